@@ -1,0 +1,320 @@
+//! `tetrarch mem ...`: the context store from the command line.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use tetrarch::store::{
+    Memory, MemoryId, MemoryType, Namespace, NewMemory, SearchOptions, Store, StoreConfig,
+};
+
+/// Memory commands.
+#[derive(Debug, Subcommand)]
+pub enum MemCommand {
+    /// Store a memory and print its id.
+    Store(StoreArgs),
+    /// Print one memory.
+    Get {
+        /// The memory's id.
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Search memories, best first.
+    Search {
+        /// The query text.
+        query: String,
+        /// Only this namespace.
+        #[arg(long)]
+        ns: Option<String>,
+        /// Only memories with all these tags (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Only memories at least this important.
+        #[arg(long)]
+        min_importance: Option<u8>,
+        /// At most this many results.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// The most recent memories, newest first.
+    Recent {
+        /// Only this namespace.
+        #[arg(long)]
+        ns: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Archive a memory: it stays readable by id but leaves search and recent lists.
+    Archive {
+        /// The memory's id.
+        id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Counts by namespace, type and archived state.
+    Stats {
+        /// Only this namespace.
+        #[arg(long)]
+        ns: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// Output format flags.
+#[derive(Debug, Args)]
+pub struct Output {
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `mem store`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Namespace: global, project:NAME or session:PROJECT:ID.
+    #[arg(long, default_value = "global")]
+    ns: String,
+    /// The text to remember.
+    #[arg(long)]
+    content: String,
+    /// A short summary.
+    #[arg(long)]
+    summary: Option<String>,
+    /// Where it came from.
+    #[arg(long)]
+    context: Option<String>,
+    /// 1 (trivia) to 10 (critical).
+    #[arg(long, default_value_t = 5)]
+    importance: u8,
+    /// 0.0 to 1.0.
+    #[arg(long, default_value_t = 1.0)]
+    confidence: f32,
+    /// Tags, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
+    /// Keywords, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    keywords: Vec<String>,
+    /// Memory type (insight, decision, pattern, bug_fix, configuration, preference,
+    /// task_output, task_error, reference).
+    #[arg(long = "type", default_value = "insight")]
+    memory_type: String,
+    /// Time to live, such as 10m, 2h or 7days; expired memories disappear.
+    #[arg(long)]
+    ttl: Option<String>,
+    #[command(flatten)]
+    output: Output,
+}
+
+fn open(path: &Path) -> Result<Store> {
+    let config = StoreConfig {
+        show_progress: std::io::stderr().is_terminal(),
+        ..StoreConfig::default()
+    };
+    Ok(Store::open(path, config)?)
+}
+
+fn namespace(text: Option<&str>) -> Result<Option<Namespace>> {
+    text.map(|t| t.parse::<Namespace>().map_err(anyhow::Error::from))
+        .transpose()
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn parse_ttl(text: &str) -> Result<Duration> {
+    let ttl = humantime::parse_duration(text).with_context(|| {
+        format!("invalid --ttl {text:?}: expected a duration such as 10m or 2h")
+    })?;
+    anyhow::ensure!(
+        !ttl.is_zero(),
+        "invalid --ttl {text:?}: must be longer than zero"
+    );
+    Ok(ttl)
+}
+
+fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn preview(memory: &Memory) -> String {
+    let text = memory.summary.as_deref().unwrap_or(&memory.content);
+    let line = text.lines().next().unwrap_or_default();
+    let mut short: String = line.chars().take(80).collect();
+    if short.len() < line.len() || text.lines().nth(1).is_some() {
+        short.push('…');
+    }
+    short
+}
+
+fn print_memory(out: &mut impl Write, m: &Memory) -> Result<()> {
+    writeln!(out, "id:          {}", m.id)?;
+    writeln!(out, "namespace:   {}", m.namespace)?;
+    writeln!(out, "type:        {}", m.memory_type)?;
+    writeln!(out, "importance:  {}", m.importance)?;
+    writeln!(out, "confidence:  {:.2}", m.confidence)?;
+    writeln!(out, "created:     {}", m.created_at)?;
+    writeln!(out, "updated:     {}", m.updated_at)?;
+    writeln!(
+        out,
+        "accessed:    {} ({} times)",
+        m.last_accessed_at, m.access_count
+    )?;
+    if let Some(at) = m.expires_at {
+        writeln!(out, "expires:     {at}")?;
+    }
+    if m.archived {
+        writeln!(out, "archived:    yes")?;
+    }
+    if !m.tags.is_empty() {
+        writeln!(out, "tags:        {}", m.tags.join(", "))?;
+    }
+    if !m.keywords.is_empty() {
+        writeln!(out, "keywords:    {}", m.keywords.join(", "))?;
+    }
+    if let Some(s) = &m.summary {
+        writeln!(out, "summary:     {s}")?;
+    }
+    if let Some(c) = &m.context {
+        writeln!(out, "context:     {c}")?;
+    }
+    writeln!(out, "content:\n{}", m.content)?;
+    Ok(())
+}
+
+/// Runs one memory command against the store at `store_path`.
+pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match command {
+        MemCommand::Store(args) => {
+            let mut new = NewMemory::new(args.ns.parse::<Namespace>()?, args.content);
+            new.summary = args.summary;
+            new.context = args.context;
+            new.importance = args.importance;
+            new.confidence = args.confidence;
+            new.tags = args.tags;
+            new.keywords = args.keywords;
+            new.memory_type = args.memory_type.parse::<MemoryType>()?;
+            new.ttl = args.ttl.as_deref().map(parse_ttl).transpose()?;
+            let store = open(store_path)?;
+            let id = runtime()?.block_on(store.store(new))?;
+            if args.output.json {
+                print_json(&mut out, &serde_json::json!({ "id": id }))?;
+            } else {
+                writeln!(out, "{id}")?;
+            }
+        }
+        MemCommand::Get { id, output } => {
+            let id: MemoryId = id.parse()?;
+            let store = open(store_path)?;
+            let memory = store.get(id)?;
+            if output.json {
+                print_json(&mut out, &memory)?;
+            } else {
+                print_memory(&mut out, &memory)?;
+            }
+        }
+        MemCommand::Search {
+            query,
+            ns,
+            tags,
+            min_importance,
+            limit,
+            output,
+        } => {
+            let options = SearchOptions {
+                namespace: namespace(ns.as_deref())?,
+                tags,
+                min_importance,
+                limit,
+            };
+            let store = open(store_path)?;
+            for hit in store.search(&query, &options) {
+                if output.json {
+                    print_json(&mut out, &hit)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:>8.3}  matched {}  {}  {}  {}",
+                        hit.score,
+                        hit.matched_terms,
+                        hit.memory.id,
+                        hit.memory.namespace,
+                        preview(&hit.memory)
+                    )?;
+                }
+            }
+        }
+        MemCommand::Recent { ns, limit, output } => {
+            let ns = namespace(ns.as_deref())?;
+            let store = open(store_path)?;
+            for memory in store.list_recent(ns.as_ref(), limit) {
+                if output.json {
+                    print_json(&mut out, &memory)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {}  {}  {}",
+                        memory.created_at,
+                        memory.id,
+                        memory.namespace,
+                        preview(&memory)
+                    )?;
+                }
+            }
+        }
+        MemCommand::Archive { id, output } => {
+            let id: MemoryId = id.parse()?;
+            let store = open(store_path)?;
+            runtime()?.block_on(store.archive(id))?;
+            if output.json {
+                print_json(&mut out, &serde_json::json!({ "id": id, "archived": true }))?;
+            } else {
+                writeln!(out, "archived {id}")?;
+            }
+        }
+        MemCommand::Stats { ns, output } => {
+            let ns = namespace(ns.as_deref())?;
+            let store = open(store_path)?;
+            let stats = store.stats(ns.as_ref());
+            if output.json {
+                print_json(&mut out, &stats)?;
+            } else {
+                writeln!(
+                    out,
+                    "live {}  archived {}  bytes {}",
+                    stats.live, stats.archived, stats.bytes
+                )?;
+                for (t, n) in &stats.by_type {
+                    writeln!(out, "  type {t}: {n}")?;
+                }
+                for (name, s) in &stats.namespaces {
+                    writeln!(
+                        out,
+                        "  {name}: live {}  archived {}  bytes {}",
+                        s.live, s.archived, s.bytes
+                    )?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

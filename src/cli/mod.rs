@@ -1,0 +1,87 @@
+//! The binary's commands. Parsing is clap's; each command lives in its own file and returns an
+//! exit code. Errors print as `error: ...` with their causes and exit 2; a closed pipe exits 0.
+
+mod mem;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// tetrarch: a supervised four-agent runtime with a shared context store.
+#[derive(Debug, Parser)]
+#[command(name = "tetrarch", version, about)]
+pub struct Cli {
+    /// The store file (default: $TETRARCH_HOME/store.redb, else the XDG data directory).
+    #[arg(long, global = true, env = "TETRARCH_STORE")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Store, read and search memories.
+    #[command(subcommand)]
+    Mem(mem::MemCommand),
+}
+
+/// Where the store lives when `--store` is not given.
+fn default_store_path() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("TETRARCH_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home).join("store.redb"));
+    }
+    let data =
+        dirs::data_dir().context("no data directory: set TETRARCH_HOME or pass --store PATH")?;
+    Ok(data.join("tetrarch").join("store.redb"))
+}
+
+impl Cli {
+    fn store_path(&self) -> Result<PathBuf> {
+        match &self.store {
+            Some(path) => Ok(path.clone()),
+            None => default_store_path(),
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let store_path = cli.store_path()?;
+    match cli.command {
+        Command::Mem(command) => mem::run(command, &store_path),
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Parses the arguments, runs the command and maps its outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! tetrarch: an actor-system runtime for multi-agent orchestration.
+//!
+//! Four agents — Orchestrator, Optimizer, Reviewer, Executor — run as supervised actors and share
+//! one context store. This crate is usable as a library (embed the store and, as they land, the
+//! agents) and through the `tetrarch` binary.
+//!
+//! Modules, one per concern:
+//! - [`store`]: memories, the BM25 search index, the context cache, the group-commit writer.
+
+pub mod store;

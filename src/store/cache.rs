@@ -1,0 +1,285 @@
+//! `ContextCache`: results of expensive lookups (file reads, documentation, research, techniques)
+//! kept for a time that depends on what they are, so agents stop repeating the same tool calls.
+//!
+//! Built on moka: per-entry expiry by category and single-flight initialisation (concurrent
+//! callers of one key wait for one computation). Values are stored postcard-encoded, so any
+//! serde type can be cached. The permanent category is written through to the store's redb file
+//! and survives restarts.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::Store;
+use super::codec;
+use super::error::StoreError;
+
+/// What a cached value is; decides how long it lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheCategory {
+    /// Contents of a file (default 5 minutes).
+    FileRead,
+    /// A documentation lookup (default 1 hour).
+    Documentation,
+    /// A research result (default 30 minutes).
+    Research,
+    /// A technique pattern: permanent, persisted in the store.
+    Technique,
+}
+
+impl CacheCategory {
+    /// Every category.
+    pub const ALL: [CacheCategory; 4] = [
+        CacheCategory::FileRead,
+        CacheCategory::Documentation,
+        CacheCategory::Research,
+        CacheCategory::Technique,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The snake_case name used in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheCategory::FileRead => "file_read",
+            CacheCategory::Documentation => "documentation",
+            CacheCategory::Research => "research",
+            CacheCategory::Technique => "technique",
+        }
+    }
+}
+
+/// Time to live per category; the technique category never expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheTtls {
+    /// For [`CacheCategory::FileRead`].
+    pub file_read: Duration,
+    /// For [`CacheCategory::Documentation`].
+    pub documentation: Duration,
+    /// For [`CacheCategory::Research`].
+    pub research: Duration,
+}
+
+impl Default for CacheTtls {
+    fn default() -> Self {
+        CacheTtls {
+            file_read: Duration::from_secs(5 * 60),
+            documentation: Duration::from_secs(60 * 60),
+            research: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl CacheTtls {
+    /// The time to live of a category; `None` is permanent.
+    pub fn ttl(&self, category: CacheCategory) -> Option<Duration> {
+        match category {
+            CacheCategory::FileRead => Some(self.file_read),
+            CacheCategory::Documentation => Some(self.documentation),
+            CacheCategory::Research => Some(self.research),
+            CacheCategory::Technique => None,
+        }
+    }
+}
+
+/// A cache key: a stable 128-bit hash of a function name and its serialized arguments.
+///
+/// Stable across processes and versions (xxh3 over postcard bytes), so persisted entries are found
+/// again after a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(u128);
+
+impl CacheKey {
+    /// The key of `function` called with `args`.
+    ///
+    /// # Errors
+    /// [`StoreError::Codec`] if `args` cannot be serialized.
+    pub fn new<A: Serialize + ?Sized>(function: &str, args: &A) -> Result<CacheKey, StoreError> {
+        let mut bytes = codec::encode_value(&function)?;
+        bytes.extend(codec::encode_value(args)?);
+        Ok(CacheKey(xxhash_rust::xxh3::xxh3_128(&bytes)))
+    }
+
+    /// The key as an integer.
+    pub fn as_u128(&self) -> u128 {
+        self.0
+    }
+}
+
+/// Why a cached computation failed. Shared (behind an `Arc`) by every caller waiting on the key.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError<E> {
+    /// The computation itself failed; nothing was cached.
+    #[error("the cached computation failed")]
+    Compute(#[source] E),
+    /// Encoding, decoding or persisting the value failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Hits and misses of one category.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CategoryStats {
+    /// Served without computing (from memory, or from disk for the permanent category).
+    pub hits: u64,
+    /// Computed.
+    pub misses: u64,
+}
+
+/// Hits and misses per category, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Per category, in [`CacheCategory::ALL`] order.
+    pub categories: Vec<(CacheCategory, CategoryStats)>,
+}
+
+impl CacheStats {
+    /// Totals over every category.
+    pub fn total(&self) -> CategoryStats {
+        self.categories
+            .iter()
+            .fold(CategoryStats::default(), |acc, (_, s)| CategoryStats {
+                hits: acc.hits + s.hits,
+                misses: acc.misses + s.misses,
+            })
+    }
+}
+
+#[derive(Clone)]
+struct CachedEntry {
+    category: CacheCategory,
+    bytes: Arc<[u8]>,
+}
+
+struct CategoryExpiry {
+    ttls: CacheTtls,
+}
+
+impl moka::Expiry<CacheKey, CachedEntry> for CategoryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &CachedEntry,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        self.ttls.ttl(value.category)
+    }
+}
+
+/// The shared context cache. Cheap to clone.
+#[derive(Clone)]
+pub struct ContextCache {
+    entries: moka::future::Cache<CacheKey, CachedEntry>,
+    store: Option<Store>,
+    hits: Arc<[AtomicU64; 4]>,
+    misses: Arc<[AtomicU64; 4]>,
+}
+
+impl std::fmt::Debug for ContextCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextCache")
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+impl ContextCache {
+    /// A cache holding at most `max_bytes` of encoded values. With a store, the permanent
+    /// category is persisted in it; without one, it lives as long as the process.
+    pub fn new(ttls: CacheTtls, max_bytes: u64, store: Option<Store>) -> Self {
+        let entries = moka::future::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_key: &CacheKey, entry: &CachedEntry| {
+                u32::try_from(entry.bytes.len()).unwrap_or(u32::MAX).max(1)
+            })
+            .expire_after(CategoryExpiry { ttls })
+            .build();
+        ContextCache {
+            entries,
+            store,
+            hits: Arc::new(Default::default()),
+            misses: Arc::new(Default::default()),
+        }
+    }
+
+    /// Returns the cached value of `key`, or runs `compute` once (however many callers ask at the
+    /// same time), caches its value for the category's time to live, and returns it.
+    ///
+    /// # Errors
+    /// The computation's error, or a store error for the permanent category; shared by every
+    /// caller that waited on the same key. A failed computation is not cached.
+    pub async fn get_or_compute<T, E, F>(
+        &self,
+        key: CacheKey,
+        category: CacheCategory,
+        compute: F,
+    ) -> Result<T, Arc<CacheError<E>>>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<T, E>>,
+    {
+        let computed = AtomicBool::new(false);
+        let init = async {
+            if category == CacheCategory::Technique
+                && let Some(store) = &self.store
+                && let Some((stored_category, bytes)) = store.cache_entry(key.0)?
+            {
+                return Ok(CachedEntry {
+                    category: stored_category,
+                    bytes: bytes.into(),
+                });
+            }
+            computed.store(true, Ordering::Relaxed);
+            let value = compute.await.map_err(CacheError::Compute)?;
+            let bytes = codec::encode_value(&value)?;
+            if category == CacheCategory::Technique
+                && let Some(store) = &self.store
+            {
+                store.put_cache_entry(key.0, category, &bytes).await?;
+            }
+            Ok::<_, CacheError<E>>(CachedEntry {
+                category,
+                bytes: bytes.into(),
+            })
+        };
+        let entry = self.entries.try_get_with(key, init).await?;
+        let counter = if computed.load(Ordering::Relaxed) {
+            &self.misses
+        } else {
+            &self.hits
+        };
+        counter[category.index()].fetch_add(1, Ordering::Relaxed);
+        codec::decode_value(&entry.bytes).map_err(|e| Arc::new(CacheError::Store(e)))
+    }
+
+    /// Drops one entry from memory (a persisted one stays on disk).
+    pub async fn invalidate(&self, key: CacheKey) {
+        self.entries.invalidate(&key).await;
+    }
+
+    /// Hit and miss counts per category.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            categories: CacheCategory::ALL
+                .iter()
+                .map(|c| {
+                    (
+                        *c,
+                        CategoryStats {
+                            hits: self.hits[c.index()].load(Ordering::Relaxed),
+                            misses: self.misses[c.index()].load(Ordering::Relaxed),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}

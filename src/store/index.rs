@@ -1,0 +1,684 @@
+//! The in-memory BM25 search index.
+//!
+//! Hand-written rather than a crate because the two goals pull against every engine we measured:
+//! a write must be visible to the next search at once (tantivy: ~8 ms per commit + reload), and a
+//! filtered search must stay under a millisecond at p99 with 100k documents (SQLite FTS5: 63 ms).
+//!
+//! Layout: a global term dictionary and document-frequency table (so scores are comparable across
+//! namespaces), and per-namespace posting lists (so a namespace filter touches only that
+//! namespace's postings). Each posting list is docno-sorted (docnos only grow) and keeps an upper
+//! bound of its term's score contribution (largest weighted tf, shortest document).
+//!
+//! Ranking: documents that match more distinct query terms rank above those matching fewer; within
+//! a match count, by BM25F score (k1 = 1.2, b = 0.75, weighted fields from [`super::text`]); then
+//! higher importance; then more recently updated. This is one additive score — each matched term
+//! contributes `MATCH_BONUS + bm25` — which lets MaxScore pruning skip the long posting lists of
+//! common terms once the top k is full: a document that only appears in lists whose bounds sum
+//! below the k-th score is never scored.
+//!
+//! Removal (update, archive, expiry) marks the document dead and fixes the statistics at once;
+//! its postings are dropped lazily when a namespace's dead postings pass a quarter of its live ones.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::memory::{MemoryId, Namespace};
+use super::text::DocTerms;
+
+/// A document's position in the index. A new version of a memory gets a new docno.
+pub(crate) type DocNo = u32;
+type TermId = u32;
+type NsId = u32;
+
+const K1: f64 = 1.2;
+const B: f64 = 0.75;
+/// Added per matched term so match count dominates the BM25 part (which stays far below this).
+const MATCH_BONUS: f64 = 100_000.0;
+/// Queries are cut to this many distinct terms, keeping the composite score exact.
+pub(crate) const MAX_QUERY_TERMS: usize = 64;
+
+/// Per-document data the ranking and filters need without touching the memory itself.
+#[derive(Clone, Debug)]
+pub(crate) struct DocSlot {
+    pub id: MemoryId,
+    pub namespace: NsId,
+    pub length: f32,
+    pub importance: u8,
+    /// Last update time (ms); the final tie-break.
+    pub recency: i64,
+    /// Expiry time (ms), `i64::MAX` when none.
+    pub expires_at: i64,
+    pub alive: bool,
+    /// The document's distinct terms, kept to fix document frequencies on removal.
+    terms: Box<[TermId]>,
+}
+
+#[derive(Default, Debug)]
+struct PostingList {
+    docs: Vec<DocNo>,
+    tfs: Vec<f32>,
+    max_tf: f32,
+    min_length: f32,
+}
+
+impl PostingList {
+    fn push(&mut self, doc: DocNo, tf: f32, length: f32) {
+        if self.docs.is_empty() {
+            self.max_tf = tf;
+            self.min_length = length;
+        } else {
+            self.max_tf = self.max_tf.max(tf);
+            self.min_length = self.min_length.min(length);
+        }
+        self.docs.push(doc);
+        self.tfs.push(tf);
+    }
+
+    /// The first position at or after `from` whose docno is >= `target` (galloping search).
+    fn seek(&self, from: usize, target: DocNo) -> usize {
+        let docs = &self.docs;
+        if from >= docs.len() || docs[from] >= target {
+            return from;
+        }
+        let mut step = 1;
+        let mut low = from;
+        let mut high = from + 1;
+        while high < docs.len() && docs[high] < target {
+            low = high;
+            step *= 2;
+            high = (high + step).min(docs.len());
+        }
+        let high = high.min(docs.len());
+        low + docs[low..high].partition_point(|&d| d < target)
+    }
+}
+
+#[derive(Default, Debug)]
+struct NamespacePostings {
+    lists: HashMap<TermId, PostingList>,
+    live: u32,
+    dead: u32,
+}
+
+/// One search result from the index.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct IndexHit {
+    pub doc: DocNo,
+    pub id: MemoryId,
+    /// The BM25F score.
+    pub score: f64,
+    /// How many distinct query terms the document contains.
+    pub matched: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    composite: f64,
+    importance: u8,
+    recency: i64,
+    doc: DocNo,
+}
+
+impl Candidate {
+    fn cmp_rank(&self, other: &Self) -> Ordering {
+        self.composite
+            .total_cmp(&other.composite)
+            .then(self.importance.cmp(&other.importance))
+            .then(self.recency.cmp(&other.recency))
+            .then(self.doc.cmp(&other.doc))
+    }
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp_rank(other) == Ordering::Equal
+    }
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Candidate {
+    // Reversed, so the BinaryHeap's top is the worst of the kept candidates.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.cmp_rank(self)
+    }
+}
+
+/// The search index. Not thread-safe by itself; the store guards it with its state lock.
+#[derive(Default, Debug)]
+pub(crate) struct SearchIndex {
+    dictionary: HashMap<Box<str>, TermId>,
+    document_frequency: Vec<u32>,
+    docs: Vec<DocSlot>,
+    namespaces: Vec<NamespacePostings>,
+    namespace_ids: HashMap<Namespace, NsId>,
+    live_docs: u32,
+    total_length: f64,
+}
+
+/// Scoring statistics for one query, fixed for its duration.
+struct QueryStats {
+    avg_length: f64,
+}
+
+impl QueryStats {
+    fn bm25(&self, idf: f64, tf: f32, length: f32) -> f64 {
+        let tf = f64::from(tf);
+        let norm = K1 * (1.0 - B + B * f64::from(length) / self.avg_length);
+        idf * tf * (K1 + 1.0) / (tf + norm)
+    }
+}
+
+struct Cursor<'a> {
+    list: &'a PostingList,
+    pos: usize,
+    idf: f64,
+    bound: f64,
+}
+
+impl Cursor<'_> {
+    fn current(&self) -> Option<DocNo> {
+        self.list.docs.get(self.pos).copied()
+    }
+}
+
+impl SearchIndex {
+    /// Number of live documents.
+    #[cfg(test)]
+    pub fn live_docs(&self) -> u32 {
+        self.live_docs
+    }
+
+    fn namespace_id(&mut self, namespace: &Namespace) -> NsId {
+        if let Some(&id) = self.namespace_ids.get(namespace) {
+            return id;
+        }
+        let id = self.namespaces.len() as NsId;
+        self.namespaces.push(NamespacePostings::default());
+        self.namespace_ids.insert(namespace.clone(), id);
+        id
+    }
+
+    fn term_id(&mut self, term: &str) -> TermId {
+        if let Some(&id) = self.dictionary.get(term) {
+            return id;
+        }
+        let id = self.document_frequency.len() as TermId;
+        self.document_frequency.push(0);
+        self.dictionary.insert(term.into(), id);
+        id
+    }
+
+    /// Adds a document and returns its docno.
+    pub fn insert(
+        &mut self,
+        id: MemoryId,
+        namespace: &Namespace,
+        importance: u8,
+        recency: i64,
+        expires_at: Option<i64>,
+        terms: &DocTerms,
+    ) -> DocNo {
+        let doc = self.docs.len() as DocNo;
+        let ns = self.namespace_id(namespace);
+        let mut term_ids = Vec::with_capacity(terms.terms.len());
+        for (term, tf) in &terms.terms {
+            let term_id = self.term_id(term);
+            term_ids.push(term_id);
+            self.document_frequency[term_id as usize] += 1;
+            self.namespaces[ns as usize]
+                .lists
+                .entry(term_id)
+                .or_default()
+                .push(doc, *tf, terms.length);
+        }
+        self.namespaces[ns as usize].live += 1;
+        self.docs.push(DocSlot {
+            id,
+            namespace: ns,
+            length: terms.length,
+            importance,
+            recency,
+            expires_at: expires_at.unwrap_or(i64::MAX),
+            alive: true,
+            terms: term_ids.into_boxed_slice(),
+        });
+        self.live_docs += 1;
+        self.total_length += f64::from(terms.length);
+        doc
+    }
+
+    /// Removes a document (its postings are dropped lazily).
+    pub fn remove(&mut self, doc: DocNo) {
+        let Some(slot) = self.docs.get_mut(doc as usize) else {
+            return;
+        };
+        if !slot.alive {
+            return;
+        }
+        slot.alive = false;
+        let terms = std::mem::take(&mut slot.terms);
+        let ns = slot.namespace as usize;
+        for term in terms.iter() {
+            let df = &mut self.document_frequency[*term as usize];
+            *df = df.saturating_sub(1);
+        }
+        self.live_docs -= 1;
+        self.total_length -= f64::from(slot.length);
+        if self.live_docs == 0 {
+            self.total_length = 0.0;
+        }
+        let postings = &mut self.namespaces[ns];
+        postings.live -= 1;
+        postings.dead += 1;
+        if postings.dead > 64 && postings.dead * 4 > postings.live {
+            self.compact(ns);
+        }
+    }
+
+    /// Drops the postings of dead documents in one namespace and tightens the bounds.
+    fn compact(&mut self, ns: usize) {
+        let docs = &self.docs;
+        let postings = &mut self.namespaces[ns];
+        postings.lists.retain(|_, list| {
+            let mut kept = PostingList::default();
+            for (&doc, &tf) in list.docs.iter().zip(&list.tfs) {
+                let slot = &docs[doc as usize];
+                if slot.alive {
+                    kept.push(doc, tf, slot.length);
+                }
+            }
+            *list = kept;
+            !list.docs.is_empty()
+        });
+        postings.dead = 0;
+    }
+
+    /// The top `limit` live documents for the query terms.
+    ///
+    /// `accept` is asked only about documents good enough to enter the results, so an expensive
+    /// filter (tags) runs rarely.
+    pub fn search(
+        &self,
+        query_terms: &[Box<str>],
+        namespace: Option<&Namespace>,
+        limit: usize,
+        now_ms: i64,
+        mut accept: impl FnMut(DocNo, &DocSlot) -> bool,
+    ) -> Vec<IndexHit> {
+        if limit == 0 || self.live_docs == 0 {
+            return Vec::new();
+        }
+        let namespaces: Vec<NsId> = match namespace {
+            Some(ns) => match self.namespace_ids.get(ns) {
+                Some(&id) => vec![id],
+                None => return Vec::new(),
+            },
+            None => (0..self.namespaces.len() as NsId).collect(),
+        };
+        let n = f64::from(self.live_docs);
+        let stats = QueryStats {
+            avg_length: (self.total_length / n).max(f64::MIN_POSITIVE),
+        };
+        let terms: Vec<(TermId, f64)> = query_terms
+            .iter()
+            .take(MAX_QUERY_TERMS)
+            .filter_map(|t| self.dictionary.get(t).copied())
+            .filter_map(|id| {
+                let df = f64::from(self.document_frequency[id as usize]);
+                (df > 0.0).then(|| (id, (1.0 + (n - df + 0.5) / (df + 0.5)).ln()))
+            })
+            .collect();
+        if terms.is_empty() {
+            return Vec::new();
+        }
+        let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(limit + 1);
+        for ns in namespaces {
+            let postings = &self.namespaces[ns as usize];
+            let mut cursors: Vec<Cursor<'_>> = terms
+                .iter()
+                .filter_map(|&(term, idf)| {
+                    let list = postings.lists.get(&term)?;
+                    let bound = MATCH_BONUS + stats.bm25(idf, list.max_tf, list.min_length);
+                    Some(Cursor {
+                        list,
+                        pos: 0,
+                        idf,
+                        bound,
+                    })
+                })
+                .collect();
+            if cursors.is_empty() {
+                continue;
+            }
+            self.search_namespace(&mut cursors, &stats, limit, now_ms, &mut accept, &mut heap);
+        }
+        let mut ranked = heap.into_sorted_vec();
+        // into_sorted_vec sorts by the reversed order: best first.
+        ranked.truncate(limit);
+        ranked
+            .into_iter()
+            .map(|c| {
+                let matched = (c.composite / MATCH_BONUS).floor();
+                IndexHit {
+                    doc: c.doc,
+                    id: self.docs[c.doc as usize].id,
+                    score: c.composite - matched * MATCH_BONUS,
+                    matched: matched as u32,
+                }
+            })
+            .collect()
+    }
+
+    /// MaxScore over one namespace's posting lists, feeding the shared heap.
+    fn search_namespace(
+        &self,
+        cursors: &mut [Cursor<'_>],
+        stats: &QueryStats,
+        limit: usize,
+        now_ms: i64,
+        accept: &mut impl FnMut(DocNo, &DocSlot) -> bool,
+        heap: &mut BinaryHeap<Candidate>,
+    ) {
+        cursors.sort_by(|a, b| a.bound.total_cmp(&b.bound));
+        // prefix[i] = sum of the bounds of cursors[..i].
+        let mut prefix = Vec::with_capacity(cursors.len() + 1);
+        prefix.push(0.0);
+        for c in cursors.iter() {
+            prefix.push(prefix[prefix.len() - 1] + c.bound);
+        }
+        let mut threshold = f64::NEG_INFINITY;
+        let mut first_essential = 0;
+        loop {
+            if heap.len() >= limit
+                && let Some(worst) = heap.peek()
+            {
+                threshold = worst.composite;
+            }
+            // Lists whose bounds together cannot reach the threshold are only probed.
+            while first_essential < cursors.len() && prefix[first_essential + 1] < threshold {
+                first_essential += 1;
+            }
+            if first_essential == cursors.len() {
+                return;
+            }
+            let Some(doc) = cursors[first_essential..]
+                .iter()
+                .filter_map(Cursor::current)
+                .min()
+            else {
+                return;
+            };
+            let slot = &self.docs[doc as usize];
+            let live = slot.alive && slot.expires_at > now_ms;
+            let mut composite = 0.0;
+            for cursor in cursors[first_essential..].iter_mut() {
+                if cursor.current() == Some(doc) {
+                    if live {
+                        let tf = cursor.list.tfs[cursor.pos];
+                        composite += MATCH_BONUS + stats.bm25(cursor.idf, tf, slot.length);
+                    }
+                    cursor.pos += 1;
+                }
+            }
+            if !live {
+                continue;
+            }
+            let mut pruned = false;
+            for i in (0..first_essential).rev() {
+                if composite + prefix[i + 1] < threshold {
+                    pruned = true;
+                    break;
+                }
+                let cursor = &mut cursors[i];
+                cursor.pos = cursor.list.seek(cursor.pos, doc);
+                if cursor.current() == Some(doc) {
+                    let tf = cursor.list.tfs[cursor.pos];
+                    composite += MATCH_BONUS + stats.bm25(cursor.idf, tf, slot.length);
+                }
+            }
+            if pruned {
+                continue;
+            }
+            let candidate = Candidate {
+                composite,
+                importance: slot.importance,
+                recency: slot.recency,
+                doc,
+            };
+            let enters = heap.len() < limit
+                || heap
+                    .peek()
+                    .is_some_and(|worst| candidate.cmp_rank(worst) == Ordering::Greater);
+            if enters && accept(doc, slot) {
+                heap.push(candidate);
+                if heap.len() > limit {
+                    heap.pop();
+                }
+            }
+        }
+    }
+
+    /// Scores every live document in scope without pruning; the oracle for the pruned search.
+    #[cfg(test)]
+    fn search_exhaustive(
+        &self,
+        query_terms: &[Box<str>],
+        namespace: Option<&Namespace>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Vec<IndexHit> {
+        let n = f64::from(self.live_docs);
+        let stats = QueryStats {
+            avg_length: (self.total_length / n).max(f64::MIN_POSITIVE),
+        };
+        let ns_filter = namespace.map(|ns| self.namespace_ids.get(ns).copied());
+        let mut all: Vec<Candidate> = Vec::new();
+        for (doc, slot) in self.docs.iter().enumerate() {
+            if !slot.alive || slot.expires_at <= now_ms {
+                continue;
+            }
+            if let Some(filter) = ns_filter
+                && filter != Some(slot.namespace)
+            {
+                continue;
+            }
+            let mut composite = 0.0;
+            for term in query_terms {
+                let Some(&id) = self.dictionary.get(term) else {
+                    continue;
+                };
+                let Some(list) = self.namespaces[slot.namespace as usize].lists.get(&id) else {
+                    continue;
+                };
+                if let Ok(pos) = list.docs.binary_search(&(doc as DocNo)) {
+                    let df = f64::from(self.document_frequency[id as usize]);
+                    let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+                    composite += MATCH_BONUS + stats.bm25(idf, list.tfs[pos], slot.length);
+                }
+            }
+            if composite > 0.0 {
+                all.push(Candidate {
+                    composite,
+                    importance: slot.importance,
+                    recency: slot.recency,
+                    doc: doc as DocNo,
+                });
+            }
+        }
+        all.sort_by(|a, b| b.cmp_rank(a));
+        all.truncate(limit);
+        all.into_iter()
+            .map(|c| IndexHit {
+                doc: c.doc,
+                id: self.docs[c.doc as usize].id,
+                score: c.composite % MATCH_BONUS,
+                matched: (c.composite / MATCH_BONUS).floor() as u32,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::text::{Fields, analyze_document, analyze_query};
+    use proptest::prelude::*;
+
+    fn doc(text: &str) -> DocTerms {
+        analyze_document(&Fields {
+            content: text,
+            summary: None,
+            keywords: &[],
+            tags: &[],
+            context: None,
+        })
+    }
+
+    fn ns(i: usize) -> Namespace {
+        Namespace::Project(format!("p{i}"))
+    }
+
+    #[test]
+    fn more_matched_terms_rank_first() {
+        let mut index = SearchIndex::default();
+        let both = MemoryId::new();
+        let one = MemoryId::new();
+        // The single-term document repeats its term, so plain BM25 could rank it first.
+        index.insert(one, &ns(0), 5, 1, None, &doc("shader shader shader shader"));
+        index.insert(
+            both,
+            &ns(0),
+            5,
+            1,
+            None,
+            &doc("shader compile error in a long sentence"),
+        );
+        let hits = index.search(&analyze_query("shader compile"), None, 10, 0, |_, _| true);
+        assert_eq!(hits.len(), 2);
+        assert_eq!((hits[0].id, hits[0].matched), (both, 2));
+        assert_eq!((hits[1].id, hits[1].matched), (one, 1));
+        assert!(hits[0].score > 0.0 && hits[1].score > 0.0);
+    }
+
+    #[test]
+    fn ties_break_by_importance_then_recency() {
+        let mut index = SearchIndex::default();
+        let old_high = MemoryId::new();
+        let new_low = MemoryId::new();
+        let new_high = MemoryId::new();
+        index.insert(old_high, &ns(0), 9, 10, None, &doc("volume"));
+        index.insert(new_low, &ns(0), 2, 30, None, &doc("volume"));
+        index.insert(new_high, &ns(0), 9, 20, None, &doc("volume"));
+        let ids: Vec<_> = index
+            .search(&analyze_query("volume"), None, 10, 0, |_, _| true)
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(ids, vec![new_high, old_high, new_low]);
+    }
+
+    #[test]
+    fn removed_and_expired_documents_disappear() {
+        let mut index = SearchIndex::default();
+        let a = index.insert(MemoryId::new(), &ns(0), 5, 1, None, &doc("alpha"));
+        index.insert(MemoryId::new(), &ns(0), 5, 1, Some(100), &doc("alpha"));
+        assert_eq!(
+            index
+                .search(&analyze_query("alpha"), None, 10, 50, |_, _| true)
+                .len(),
+            2
+        );
+        assert_eq!(
+            index
+                .search(&analyze_query("alpha"), None, 10, 100, |_, _| true)
+                .len(),
+            1
+        );
+        index.remove(a);
+        assert!(
+            index
+                .search(&analyze_query("alpha"), None, 10, 100, |_, _| true)
+                .is_empty()
+        );
+        assert_eq!(index.live_docs(), 1);
+    }
+
+    #[test]
+    fn seek_finds_the_first_position_at_or_after_target() {
+        let mut list = PostingList::default();
+        for d in (0..1000).step_by(3) {
+            list.push(d, 1.0, 1.0);
+        }
+        for from in [0usize, 5, 100, 333] {
+            for target in [0u32, 1, 3, 500, 998, 999, 2000] {
+                let expected = (from..list.docs.len())
+                    .find(|&p| list.docs[p] >= target)
+                    .unwrap_or(list.docs.len());
+                assert_eq!(
+                    list.seek(from, target),
+                    expected.max(from),
+                    "{from} {target}"
+                );
+            }
+        }
+    }
+
+    const WORDS: &[&str] = &[
+        "render", "shader", "volume", "smoke", "plasma", "light", "camera", "mesh", "error",
+        "build", "cache", "frame", "noise", "color", "depth",
+    ];
+
+    fn arb_text() -> impl Strategy<Value = String> {
+        // Zipf-ish: early words are far more likely.
+        proptest::collection::vec((0usize..WORDS.len(), 0usize..WORDS.len()), 1..12).prop_map(
+            |pairs| {
+                pairs
+                    .into_iter()
+                    .map(|(a, b)| WORDS[a.min(b)])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn pruned_search_equals_exhaustive_scoring(
+            docs in proptest::collection::vec((arb_text(), 0usize..3, 1u8..=10, 0i64..5, any::<bool>()), 1..80),
+            removals in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+            query in proptest::collection::vec(0usize..WORDS.len(), 1..4),
+            limit in 1usize..12,
+            filter in proptest::option::of(0usize..3),
+        ) {
+            let mut index = SearchIndex::default();
+            let mut docnos = Vec::new();
+            for (text, space, importance, recency, expiring) in &docs {
+                let expires = expiring.then_some(50);
+                docnos.push(index.insert(MemoryId::new(), &ns(*space), *importance, *recency, expires, &doc(text)));
+            }
+            for r in removals {
+                index.remove(docnos[r.index(docnos.len())]);
+            }
+            let query = analyze_query(&query.iter().map(|&i| WORDS[i]).collect::<Vec<_>>().join(" "));
+            let namespace = filter.map(ns);
+            for now in [0, 60] {
+                let pruned = index.search(&query, namespace.as_ref(), limit, now, |_, _| true);
+                let exhaustive = index.search_exhaustive(&query, namespace.as_ref(), limit, now);
+                let pruned_ids: Vec<_> = pruned.iter().map(|h| (h.doc, h.matched)).collect();
+                let exhaustive_ids: Vec<_> = exhaustive.iter().map(|h| (h.doc, h.matched)).collect();
+                prop_assert_eq!(pruned_ids, exhaustive_ids);
+                for (p, e) in pruned.iter().zip(&exhaustive) {
+                    prop_assert!((p.score - e.score).abs() < 1e-6);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,699 @@
+//! The context store the agents share: memories, their search index, the context cache.
+//!
+//! Two tiers. The durable tier is a redb file written by one writer thread with group commit
+//! ([`writer`]); the hot tier ([`state`]) holds every live memory, the BM25 index ([`index`]), a
+//! recency order per namespace and the counters behind [`Store::stats`]. The hot tier is rebuilt from
+//! the file at open and changed only after a commit, so what a reader sees is always durable (or,
+//! in relaxed mode, committed) and the index never disagrees with the table.
+//!
+//! Reads (`get`, `search`, `list_recent`, `stats`) are synchronous and never touch the disk for
+//! live memories; writes are `async` and resolve once committed.
+//!
+//! Durability: by default every acknowledged write is fsync'd ([`DurabilityMode::Durable`]).
+//! [`DurabilityMode::Relaxed`] commits without fsync and makes a durable commit every
+//! `sync_interval`: a crash loses at most the writes acknowledged in that window.
+//!
+//! Access statistics (`access_count`, `last_accessed_at`) are counted in memory by `get` and written
+//! by the writer at each housekeeping tick (default every second) and on [`Store::sync`]; a crash can
+//! lose the counts of that last tick. Expired memories vanish from reads at their expiry time and are
+//! deleted at the next tick; until then `stats` still counts them.
+
+mod cache;
+mod codec;
+mod error;
+mod index;
+mod memory;
+mod state;
+mod text;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+pub use cache::{CacheCategory, CacheError, CacheKey, CacheStats, CacheTtls, ContextCache};
+pub use error::StoreError;
+pub use memory::{Memory, MemoryId, MemoryPatch, MemoryType, Namespace, NewMemory, Timestamp};
+
+use memory::validate_fields;
+use state::{Effect, State};
+use text::{DocTerms, Fields, analyze_document, analyze_query};
+use writer::{CACHE, Command, MEMORIES, META, WriterContext, db_error};
+
+/// The schema version this build writes; files with a newer one are refused.
+const SCHEMA_VERSION: u32 = 1;
+
+/// How writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurabilityMode {
+    /// Every write is fsync'd before it is acknowledged (the default).
+    Durable,
+    /// Writes are committed without fsync and made durable every `sync_interval`; a crash loses at
+    /// most the writes acknowledged within that interval.
+    Relaxed {
+        /// The longest time an acknowledged write may stay unsynced.
+        sync_interval: Duration,
+    },
+}
+
+/// How a store behaves.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// When writes become durable.
+    pub durability: DurabilityMode,
+    /// The largest `content` accepted, in bytes (default 1 MiB).
+    pub max_content_bytes: usize,
+    /// How often expired memories are purged and access statistics written (default 1 s).
+    pub housekeeping_interval: Duration,
+    /// Show a progress bar on stderr while rebuilding the index of a large store.
+    pub show_progress: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            durability: DurabilityMode::Durable,
+            max_content_bytes: 1024 * 1024,
+            housekeeping_interval: Duration::from_secs(1),
+            show_progress: false,
+        }
+    }
+}
+
+/// Filters and limits for [`Store::search`].
+#[derive(Clone, Debug)]
+pub struct SearchOptions {
+    /// Only this namespace; all namespaces when `None`.
+    pub namespace: Option<Namespace>,
+    /// Only memories carrying every one of these tags.
+    pub tags: Vec<String>,
+    /// Only memories at least this important.
+    pub min_importance: Option<u8>,
+    /// At most this many results (default 10).
+    pub limit: usize,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            namespace: None,
+            tags: Vec::new(),
+            min_importance: None,
+            limit: 10,
+        }
+    }
+}
+
+/// One search result.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SearchHit {
+    /// The BM25F relevance score.
+    pub score: f64,
+    /// How many distinct query terms the memory contains; results are ordered by this first.
+    pub matched_terms: u32,
+    /// The memory.
+    pub memory: Memory,
+}
+
+/// Counts for one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NamespaceStats {
+    /// Live (not archived) memories.
+    pub live: u64,
+    /// Archived memories.
+    pub archived: u64,
+    /// Bytes of stored records, live and archived.
+    pub bytes: u64,
+    /// Live memories by type.
+    pub by_type: BTreeMap<MemoryType, u64>,
+}
+
+/// Counts for a store or one namespace of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StoreStats {
+    /// Live memories.
+    pub live: u64,
+    /// Archived memories.
+    pub archived: u64,
+    /// Bytes of stored records.
+    pub bytes: u64,
+    /// Live memories by type.
+    pub by_type: BTreeMap<MemoryType, u64>,
+    /// The same counts per namespace.
+    pub namespaces: BTreeMap<String, NamespaceStats>,
+}
+
+/// A handle to an open store. Cheap to clone; all clones share one database and one writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    config: StoreConfig,
+    db: Arc<Database>,
+    state: Arc<RwLock<State>>,
+    commands: mpsc::Sender<Command>,
+    access_queue: Arc<Mutex<Vec<MemoryId>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The writer finishes its queue, makes a last durable commit, and exits.
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// Borrows the searchable fields of a memory.
+pub(crate) fn fields_of(memory: &Memory) -> Fields<'_> {
+    Fields {
+        content: &memory.content,
+        summary: memory.summary.as_deref(),
+        keywords: &memory.keywords,
+        tags: &memory.tags,
+        context: memory.context.as_deref(),
+    }
+}
+
+fn open_error(path: &Path, error: DatabaseError) -> StoreError {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    match error {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StoreError::AlreadyOpen {
+                path: path.to_path_buf(),
+            }
+        }
+        DatabaseError::Storage(StorageError::Io(io))
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            db_error(path, "open")(io)
+        }
+        DatabaseError::Storage(StorageError::Io(io)) => corrupt(io.to_string()),
+        DatabaseError::Storage(StorageError::Corrupted(detail)) => corrupt(detail),
+        other => corrupt(other.to_string()),
+    }
+}
+
+/// A decoded record, ready for the hot tier.
+struct Loaded {
+    memory: Memory,
+    terms: Option<DocTerms>,
+    encoded_len: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and rebuilds its index.
+    ///
+    /// Blocking: it reads the whole file. From async code, call it in `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyOpen`] when another process holds the file, [`StoreError::Corrupt`]
+    /// when the file is not a tetrarch store or is damaged, [`StoreError::Database`] on I/O errors.
+    pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(db_error(&path, "create directory"))?;
+        }
+        // redb can panic on some damaged files instead of returning an error; a damaged file
+        // must be a clear error, never a crash of the process that opened it.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
+            Self::prepare_tables(&db, &path)?;
+            let state = Self::rebuild(&db, &path, &config)?;
+            Ok::<_, StoreError>((db, state))
+        }));
+        let (db, state) = opened.map_err(|panic| StoreError::Corrupt {
+            path: path.clone(),
+            detail: format!(
+                "the database engine failed on damaged data: {}",
+                panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("unknown failure")
+            ),
+        })??;
+        let db = Arc::new(db);
+        let state = Arc::new(RwLock::new(state));
+        let access_queue = Arc::new(Mutex::new(Vec::new()));
+        let (commands, receiver) = mpsc::channel();
+        let context = WriterContext {
+            db: db.clone(),
+            state: state.clone(),
+            path: path.clone(),
+            config: config.clone(),
+            access_queue: access_queue.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("tetrarch-store-writer".into())
+            .spawn(move || writer::run(context, receiver))
+            .map_err(db_error(&path, "start writer thread"))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                config,
+                db,
+                state,
+                commands,
+                access_queue,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    fn prepare_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
+        let txn = db.begin_write().map_err(db_error(path, "begin write"))?;
+        {
+            txn.open_table(MEMORIES)
+                .map_err(db_error(path, "open memories table"))?;
+            txn.open_table(CACHE)
+                .map_err(db_error(path, "open cache table"))?;
+            let mut meta = txn
+                .open_table(META)
+                .map_err(db_error(path, "open meta table"))?;
+            let existing = meta
+                .get("schema")
+                .map_err(db_error(path, "read schema version"))?
+                .map(|v| v.value().to_vec());
+            match existing {
+                Some(bytes) => {
+                    let version = <[u8; 4]>::try_from(bytes.as_slice())
+                        .map(u32::from_le_bytes)
+                        .map_err(|_| StoreError::Corrupt {
+                            path: path.to_path_buf(),
+                            detail: "unreadable schema version".into(),
+                        })?;
+                    if version > SCHEMA_VERSION {
+                        return Err(StoreError::Corrupt {
+                            path: path.to_path_buf(),
+                            detail: format!(
+                                "written by a newer tetrarch (schema {version}; this build reads up to {SCHEMA_VERSION})"
+                            ),
+                        });
+                    }
+                }
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())
+                        .map_err(db_error(path, "write schema version"))?;
+                }
+            }
+        }
+        txn.commit().map_err(db_error(path, "commit schema"))
+    }
+
+    /// Reads every record and rebuilds the hot tier, decoding and analysing on all cores.
+    fn rebuild(db: &Database, path: &Path, config: &StoreConfig) -> Result<State, StoreError> {
+        let txn = db.begin_read().map_err(db_error(path, "begin read"))?;
+        let table = txn
+            .open_table(MEMORIES)
+            .map_err(db_error(path, "open memories table"))?;
+        let mut records: Vec<(u128, Vec<u8>)> = Vec::new();
+        for item in table.iter().map_err(db_error(path, "scan memories"))? {
+            let (key, value) = item.map_err(db_error(path, "scan memories"))?;
+            records.push((key.value(), value.value().to_vec()));
+        }
+        drop(table);
+        drop(txn);
+
+        let progress = (config.show_progress && records.len() >= 10_000).then(|| {
+            let bar = indicatif::ProgressBar::new(records.len() as u64);
+            bar.set_message("rebuilding search index");
+            bar
+        });
+        let now = Timestamp::now();
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 16);
+        let chunk = records.len().div_ceil(threads).max(1);
+        let loaded: Vec<Result<Vec<Loaded>, StoreError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = records
+                .chunks(chunk)
+                .map(|part| {
+                    let progress = progress.clone();
+                    scope.spawn(move || {
+                        let mut out = Vec::with_capacity(part.len());
+                        for (i, (key, bytes)) in part.iter().enumerate() {
+                            let memory =
+                                codec::decode_memory(bytes).map_err(|e| StoreError::Corrupt {
+                                    path: path.to_path_buf(),
+                                    detail: format!("record {key:032x}: {e}"),
+                                })?;
+                            let terms = (!memory.archived && !memory.is_expired(now))
+                                .then(|| analyze_document(&fields_of(&memory)));
+                            out.push(Loaded {
+                                memory,
+                                terms,
+                                encoded_len: bytes.len() as u64,
+                            });
+                            if i % 1024 == 1023
+                                && let Some(bar) = &progress
+                            {
+                                bar.inc(1024);
+                            }
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(StoreError::Corrupt {
+                            path: path.to_path_buf(),
+                            detail: "index rebuild worker failed".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut state = State::default();
+        for part in loaded {
+            for record in part? {
+                let Loaded {
+                    memory,
+                    terms,
+                    encoded_len,
+                } = record;
+                if memory.archived {
+                    state.count_archived(&memory, encoded_len);
+                } else if memory.is_expired(now) {
+                    // Not live: the next housekeeping tick deletes it.
+                    if let Some(at) = memory.expires_at {
+                        state.expiry.insert((at.as_millis(), memory.id));
+                    }
+                } else {
+                    state.apply(Effect::Upsert {
+                        memory,
+                        terms,
+                        encoded_len,
+                    });
+                }
+            }
+        }
+        if let Some(bar) = progress {
+            bar.finish_and_clear();
+        }
+        Ok(state)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.inner
+            .commands
+            .send(command)
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Stores a new memory and returns its id once the write is committed (durably by default).
+    ///
+    /// The memory is visible to `get`, `search` and `list_recent` when this returns.
+    ///
+    /// # Errors
+    /// [`StoreError::ContentTooLarge`], [`StoreError::InvalidImportance`],
+    /// [`StoreError::InvalidConfidence`] for bad input; [`StoreError::Database`] if the commit fails.
+    pub async fn store(&self, new: NewMemory) -> Result<MemoryId, StoreError> {
+        validate_fields(
+            &new.content,
+            new.importance,
+            new.confidence,
+            self.inner.config.max_content_bytes,
+        )?;
+        let now = Timestamp::now();
+        let memory = Memory {
+            id: MemoryId::new(),
+            namespace: new.namespace,
+            memory_type: new.memory_type,
+            content: new.content,
+            summary: new.summary,
+            keywords: new.keywords,
+            tags: new.tags,
+            context: new.context,
+            importance: new.importance,
+            confidence: new.confidence,
+            created_at: now,
+            updated_at: now,
+            last_accessed_at: now,
+            access_count: 0,
+            expires_at: new.ttl.map(|ttl| now.plus(ttl)),
+            archived: false,
+        };
+        let id = memory.id;
+        // Encoding and analysis happen here, on the caller's task, so the writer only writes.
+        let encoded = codec::encode_memory(&memory)?;
+        let terms = analyze_document(&fields_of(&memory));
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Store {
+            memory: Box::new(memory),
+            encoded,
+            terms,
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::Closed)??;
+        Ok(id)
+    }
+
+    /// Reads a memory by id, counting the access. Archived memories are readable; expired ones
+    /// are not.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when no live or archived memory has this id.
+    pub fn get(&self, id: MemoryId) -> Result<Memory, StoreError> {
+        let now = Timestamp::now();
+        {
+            let state = self.inner.state.read();
+            if let Some(entry) = state.live.get(&id) {
+                if entry.memory.is_expired(now) {
+                    return Err(StoreError::NotFound(id));
+                }
+                entry.access_count.fetch_add(1, Ordering::Relaxed);
+                entry
+                    .last_accessed
+                    .store(now.as_millis(), Ordering::Relaxed);
+                if !entry.access_dirty.swap(true, Ordering::Relaxed) {
+                    self.inner.access_queue.lock().push(id);
+                }
+                return Ok(entry.snapshot());
+            }
+        }
+        // Not hot: it may be archived.
+        let path = &self.inner.path;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(db_error(path, "begin read"))?;
+        let table = txn
+            .open_table(MEMORIES)
+            .map_err(db_error(path, "open memories table"))?;
+        let bytes = table
+            .get(id.as_u128())
+            .map_err(db_error(path, "read memory"))?
+            .ok_or(StoreError::NotFound(id))?;
+        let memory = codec::decode_memory(bytes.value())?;
+        if memory.is_expired(now) {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(memory)
+    }
+
+    /// Changes a live memory and returns the new version once committed.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::Archived`], or the validation errors of `store`.
+    pub async fn update(&self, id: MemoryId, patch: MemoryPatch) -> Result<Memory, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Update {
+            id,
+            patch: Box::new(patch),
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Archives a memory: it stays readable by id but leaves search and recent lists.
+    /// Archiving an archived memory does nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when no memory has this id.
+    pub async fn archive(&self, id: MemoryId) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Archive { id, reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Makes every acknowledged write durable and writes pending access statistics.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] if the commit fails.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Sync { reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Searches live memories, best first (see the ranking in the index docs: more matched terms,
+    /// then BM25F score, then importance, then recency).
+    pub fn search(&self, query: &str, options: &SearchOptions) -> Vec<SearchHit> {
+        let terms = analyze_query(query);
+        let now = Timestamp::now().as_millis();
+        let state = self.inner.state.read();
+        let min_importance = options.min_importance.unwrap_or(0);
+        let hits = state.index.search(
+            &terms,
+            options.namespace.as_ref(),
+            options.limit,
+            now,
+            |_, slot| {
+                slot.importance >= min_importance
+                    && (options.tags.is_empty()
+                        || state.live.get(&slot.id).is_some_and(|e| {
+                            options.tags.iter().all(|t| e.memory.tags.contains(t))
+                        }))
+            },
+        );
+        hits.into_iter()
+            .filter_map(|hit| {
+                let entry = state.live.get(&hit.id)?;
+                Some(SearchHit {
+                    score: hit.score,
+                    matched_terms: hit.matched,
+                    memory: entry.snapshot(),
+                })
+            })
+            .collect()
+    }
+
+    /// The most recently created live memories, newest first, in one namespace or all.
+    pub fn list_recent(&self, namespace: Option<&Namespace>, limit: usize) -> Vec<Memory> {
+        let now = Timestamp::now();
+        let state = self.inner.state.read();
+        let order = match namespace {
+            Some(ns) => match state.recent.get(ns) {
+                Some(set) => set,
+                None => return Vec::new(),
+            },
+            None => &state.recent_all,
+        };
+        order
+            .iter()
+            .rev()
+            .filter_map(|id| state.live.get(id))
+            .filter(|e| !e.memory.is_expired(now))
+            .take(limit)
+            .map(|e| e.snapshot())
+            .collect()
+    }
+
+    /// Counts by namespace, type and archived state, and bytes stored; for one namespace or all.
+    pub fn stats(&self, namespace: Option<&Namespace>) -> StoreStats {
+        let state = self.inner.state.read();
+        let mut stats = StoreStats::default();
+        for (ns, counts) in &state.counts {
+            if namespace.is_some_and(|wanted| wanted != ns) {
+                continue;
+            }
+            if counts.live == 0 && counts.archived == 0 {
+                continue;
+            }
+            stats.live += counts.live;
+            stats.archived += counts.archived;
+            stats.bytes += counts.bytes;
+            for (t, n) in &counts.live_by_type {
+                if *n > 0 {
+                    *stats.by_type.entry(*t).or_default() += n;
+                }
+            }
+            stats.namespaces.insert(
+                ns.to_string(),
+                NamespaceStats {
+                    live: counts.live,
+                    archived: counts.archived,
+                    bytes: counts.bytes,
+                    by_type: counts
+                        .live_by_type
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(t, n)| (*t, *n))
+                        .collect(),
+                },
+            );
+        }
+        stats
+    }
+
+    /// Reads a persisted cache entry.
+    pub(crate) fn cache_entry(
+        &self,
+        key: u128,
+    ) -> Result<Option<(CacheCategory, Vec<u8>)>, StoreError> {
+        let path = &self.inner.path;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(db_error(path, "begin read"))?;
+        let table = txn
+            .open_table(CACHE)
+            .map_err(db_error(path, "open cache table"))?;
+        let found = table.get(key).map_err(db_error(path, "read cache entry"))?;
+        found
+            .map(|bytes| codec::decode_cache_entry(bytes.value()))
+            .transpose()
+    }
+
+    /// Persists a cache entry durably.
+    pub(crate) async fn put_cache_entry(
+        &self,
+        key: u128,
+        category: CacheCategory,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let encoded = codec::encode_cache_entry(category, value, Timestamp::now())?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::CachePut {
+            key,
+            encoded,
+            reply,
+        })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}

@@ -1,0 +1,206 @@
+//! The hot tier: every live memory, the search index over them, the recency and expiry orders,
+//! and the counters behind `stats`. One `RwLock` guards it all so the index can never disagree
+//! with the table; only the writer thread takes the write side, once per committed batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use super::index::{DocNo, SearchIndex};
+use super::memory::{Memory, MemoryId, MemoryType, Namespace, Timestamp};
+use super::text::DocTerms;
+
+/// A live (not archived) memory with its access statistics, which `get` bumps under the read lock.
+#[derive(Debug)]
+pub(crate) struct LiveEntry {
+    pub memory: Arc<Memory>,
+    pub doc: DocNo,
+    pub encoded_len: u64,
+    pub access_count: AtomicU64,
+    pub last_accessed: AtomicI64,
+    /// Set when the statistics changed since they were last written.
+    pub access_dirty: AtomicBool,
+}
+
+impl LiveEntry {
+    /// The memory with its current access statistics.
+    pub fn snapshot(&self) -> Memory {
+        let mut memory = (*self.memory).clone();
+        memory.access_count = self.access_count.load(Ordering::Relaxed);
+        memory.last_accessed_at =
+            Timestamp::from_millis(self.last_accessed.load(Ordering::Relaxed));
+        memory
+    }
+}
+
+/// Per-namespace counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct NamespaceCounts {
+    pub live: u64,
+    pub archived: u64,
+    pub bytes: u64,
+    pub live_by_type: BTreeMap<MemoryType, u64>,
+}
+
+/// What a committed batch does to the hot tier.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// A memory was written (new, updated or archived). `terms` is `None` for archived ones.
+    Upsert {
+        memory: Memory,
+        terms: Option<DocTerms>,
+        encoded_len: u64,
+    },
+    /// A memory was deleted after its expiry.
+    Purged {
+        id: MemoryId,
+        namespace: Namespace,
+        archived: bool,
+        encoded_len: u64,
+        expires_at: i64,
+    },
+    /// A memory's access statistics were written; its record size may have changed.
+    AccessWritten { id: MemoryId, encoded_len: u64 },
+}
+
+/// The hot tier.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub live: HashMap<MemoryId, LiveEntry>,
+    pub index: SearchIndex,
+    pub recent: HashMap<Namespace, BTreeSet<MemoryId>>,
+    pub recent_all: BTreeSet<MemoryId>,
+    /// Every memory with an expiry, archived ones included.
+    pub expiry: BTreeSet<(i64, MemoryId)>,
+    pub counts: BTreeMap<Namespace, NamespaceCounts>,
+}
+
+impl State {
+    /// Applies a committed effect.
+    pub fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Upsert {
+                memory,
+                terms,
+                encoded_len,
+            } => self.upsert(memory, terms, encoded_len),
+            Effect::Purged {
+                id,
+                namespace,
+                archived,
+                encoded_len,
+                expires_at,
+            } => {
+                self.remove_live(id);
+                let counts = self.counts.entry(namespace).or_default();
+                if archived {
+                    counts.archived = counts.archived.saturating_sub(1);
+                    counts.bytes = counts.bytes.saturating_sub(encoded_len);
+                }
+                self.expiry.remove(&(expires_at, id));
+            }
+            Effect::AccessWritten { id, encoded_len } => {
+                if let Some(entry) = self.live.get_mut(&id) {
+                    let counts = self
+                        .counts
+                        .entry(entry.memory.namespace.clone())
+                        .or_default();
+                    counts.bytes = counts.bytes.saturating_sub(entry.encoded_len) + encoded_len;
+                    entry.encoded_len = encoded_len;
+                }
+            }
+        }
+    }
+
+    /// Loads an archived record at open (it is not hot, only counted).
+    pub fn count_archived(&mut self, memory: &Memory, encoded_len: u64) {
+        let counts = self.counts.entry(memory.namespace.clone()).or_default();
+        counts.archived += 1;
+        counts.bytes += encoded_len;
+        if let Some(at) = memory.expires_at {
+            self.expiry.insert((at.as_millis(), memory.id));
+        }
+    }
+
+    fn upsert(&mut self, memory: Memory, terms: Option<DocTerms>, encoded_len: u64) {
+        let id = memory.id;
+        let previous = self.remove_live(id);
+        if let Some(previous) = &previous
+            && let Some(at) = previous.memory.expires_at
+        {
+            self.expiry.remove(&(at.as_millis(), id));
+        }
+        if let Some(at) = memory.expires_at {
+            self.expiry.insert((at.as_millis(), id));
+        }
+        let counts = self.counts.entry(memory.namespace.clone()).or_default();
+        counts.bytes += encoded_len;
+        let Some(terms) = terms.filter(|_| !memory.archived) else {
+            counts.archived += 1;
+            return;
+        };
+        counts.live += 1;
+        *counts.live_by_type.entry(memory.memory_type).or_default() += 1;
+        let doc = self.index.insert(
+            id,
+            &memory.namespace,
+            memory.importance,
+            memory.updated_at.as_millis(),
+            memory.expires_at.map(|t| t.as_millis()),
+            &terms,
+        );
+        self.recent
+            .entry(memory.namespace.clone())
+            .or_default()
+            .insert(id);
+        self.recent_all.insert(id);
+        // Access statistics carry over from the previous version of a live memory.
+        let (access_count, last_accessed) = match &previous {
+            Some(p) => (
+                p.access_count.load(Ordering::Relaxed),
+                p.last_accessed.load(Ordering::Relaxed),
+            ),
+            None => (memory.access_count, memory.last_accessed_at.as_millis()),
+        };
+        self.live.insert(
+            id,
+            LiveEntry {
+                memory: Arc::new(memory),
+                doc,
+                encoded_len,
+                access_count: AtomicU64::new(access_count),
+                last_accessed: AtomicI64::new(last_accessed),
+                access_dirty: AtomicBool::new(false),
+            },
+        );
+    }
+
+    /// Takes a memory out of the live set, the index and the counters.
+    fn remove_live(&mut self, id: MemoryId) -> Option<LiveEntry> {
+        let entry = self.live.remove(&id)?;
+        self.index.remove(entry.doc);
+        let namespace = &entry.memory.namespace;
+        if let Some(set) = self.recent.get_mut(namespace) {
+            set.remove(&id);
+        }
+        self.recent_all.remove(&id);
+        if let Some(counts) = self.counts.get_mut(namespace) {
+            counts.live = counts.live.saturating_sub(1);
+            counts.bytes = counts.bytes.saturating_sub(entry.encoded_len);
+            if let Some(n) = counts.live_by_type.get_mut(&entry.memory.memory_type) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Ids whose expiry is at or before `now`.
+    pub fn expired(&self, now: Timestamp) -> Vec<MemoryId> {
+        self.expiry
+            .range(..=(now.as_millis(), MemoryId::from_u128(u128::MAX)))
+            .map(|(_, id)| *id)
+            .collect()
+    }
+}

@@ -1,0 +1,461 @@
+//! The single writer: group commit onto redb, then the hot tier, then the acknowledgements.
+//!
+//! One OS thread owns every write transaction (redb allows one writer at a time, and a commit
+//! blocks on fsync, which must not stall an async runtime). It takes every command waiting in its
+//! queue, up to [`MAX_BATCH`], applies them in one transaction, commits, applies the effects to the
+//! hot tier, and only then answers the callers. A durable commit costs one fsync whether it carries
+//! one memory or a thousand; that is what turns ~300 durable stores/s into tens of thousands.
+//!
+//! The same thread does housekeeping between batches: it purges expired memories, writes access
+//! statistics that `get` accumulated in memory, and (in relaxed mode) makes the periodic durable
+//! commit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::codec;
+use super::error::StoreError;
+use super::memory::{Memory, MemoryId, MemoryPatch, Timestamp, validate_fields};
+use super::state::{Effect, State};
+use super::text::{DocTerms, analyze_document};
+use super::{DurabilityMode, StoreConfig, fields_of};
+
+/// Memories, keyed by id.
+pub(crate) const MEMORIES: TableDefinition<u128, &[u8]> = TableDefinition::new("memories");
+/// Persisted cache entries (the permanent category), keyed by cache key.
+pub(crate) const CACHE: TableDefinition<u128, &[u8]> = TableDefinition::new("context_cache");
+/// File-level metadata, such as the schema version.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Most commands applied in one transaction.
+pub(crate) const MAX_BATCH: usize = 4096;
+
+/// A request to the writer.
+pub(crate) enum Command {
+    Store {
+        memory: Box<Memory>,
+        encoded: Vec<u8>,
+        terms: DocTerms,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Update {
+        id: MemoryId,
+        patch: Box<MemoryPatch>,
+        reply: oneshot::Sender<Result<Memory, StoreError>>,
+    },
+    Archive {
+        id: MemoryId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    CachePut {
+        key: u128,
+        encoded: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Commit everything so far durably, writing pending access statistics too.
+    Sync {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Shutdown,
+}
+
+/// What the writer shares with the store handles.
+pub(crate) struct WriterContext {
+    pub db: Arc<Database>,
+    pub state: Arc<RwLock<State>>,
+    pub path: PathBuf,
+    pub config: StoreConfig,
+    pub access_queue: Arc<Mutex<Vec<MemoryId>>>,
+}
+
+/// Wraps a database error with the file and the operation.
+pub(crate) fn db_error<E>(path: &Path, operation: &'static str) -> impl FnOnce(E) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let path = path.to_path_buf();
+    move |source| StoreError::Database {
+        path,
+        operation,
+        source: Box::new(source),
+    }
+}
+
+enum Pending {
+    Unit(oneshot::Sender<Result<(), StoreError>>),
+    Memory(oneshot::Sender<Result<Memory, StoreError>>, Box<Memory>),
+}
+
+/// One transaction's worth of work.
+struct Batch<'a> {
+    ctx: &'a WriterContext,
+    txn: WriteTransaction,
+    /// Versions written earlier in this batch, so later commands see them.
+    written: HashMap<MemoryId, Memory>,
+    effects: Vec<Effect>,
+    replies: Vec<Pending>,
+}
+
+impl<'a> Batch<'a> {
+    fn begin(ctx: &'a WriterContext, durable: bool) -> Result<Self, StoreError> {
+        let mut txn = ctx
+            .db
+            .begin_write()
+            .map_err(db_error(&ctx.path, "begin write"))?;
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(durability)
+            .map_err(db_error(&ctx.path, "set durability"))?;
+        Ok(Batch {
+            ctx,
+            txn,
+            written: HashMap::new(),
+            effects: Vec::new(),
+            replies: Vec::new(),
+        })
+    }
+
+    fn put_memory(
+        &mut self,
+        memory: Memory,
+        encoded: &[u8],
+        terms: Option<DocTerms>,
+    ) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(MEMORIES)
+            .map_err(db_error(&self.ctx.path, "open memories table"))?;
+        table
+            .insert(memory.id.as_u128(), encoded)
+            .map_err(db_error(&self.ctx.path, "insert memory"))?;
+        self.effects.push(Effect::Upsert {
+            memory: memory.clone(),
+            terms,
+            encoded_len: encoded.len() as u64,
+        });
+        self.written.insert(memory.id, memory);
+        Ok(())
+    }
+
+    /// The current version of a memory: written in this batch, hot, or (archived) in the table.
+    fn current(&self, id: MemoryId) -> Result<Option<Memory>, StoreError> {
+        if let Some(m) = self.written.get(&id) {
+            return Ok(Some(m.clone()));
+        }
+        if let Some(entry) = self.ctx.state.read().live.get(&id) {
+            return Ok(Some(entry.snapshot()));
+        }
+        let table = self
+            .txn
+            .open_table(MEMORIES)
+            .map_err(db_error(&self.ctx.path, "open memories table"))?;
+        let found = table
+            .get(id.as_u128())
+            .map_err(db_error(&self.ctx.path, "read memory"))?;
+        found
+            .map(|bytes| codec::decode_memory(bytes.value()))
+            .transpose()
+    }
+
+    /// Applies one command; its caller is answered now on failure, after the commit on success.
+    fn execute(&mut self, command: Command, now: Timestamp) {
+        match command {
+            Command::Store {
+                memory,
+                encoded,
+                terms,
+                reply,
+            } => match self.put_memory(*memory, &encoded, Some(terms)) {
+                Ok(()) => self.replies.push(Pending::Unit(reply)),
+                Err(e) => send(reply, Err(e)),
+            },
+            Command::Update { id, patch, reply } => match self.update(id, &patch, now) {
+                Ok(memory) => self.replies.push(Pending::Memory(reply, Box::new(memory))),
+                Err(e) => send(reply, Err(e)),
+            },
+            Command::Archive { id, reply } => match self.archive(id, now) {
+                Ok(()) => self.replies.push(Pending::Unit(reply)),
+                Err(e) => send(reply, Err(e)),
+            },
+            Command::CachePut {
+                key,
+                encoded,
+                reply,
+            } => match self.put_cache_entry(key, &encoded) {
+                Ok(()) => self.replies.push(Pending::Unit(reply)),
+                Err(e) => send(reply, Err(e)),
+            },
+            Command::Sync { reply } => match self.flush_access_statistics() {
+                Ok(()) => self.replies.push(Pending::Unit(reply)),
+                Err(e) => send(reply, Err(e)),
+            },
+            Command::Shutdown => {}
+        }
+    }
+
+    fn update(
+        &mut self,
+        id: MemoryId,
+        patch: &MemoryPatch,
+        now: Timestamp,
+    ) -> Result<Memory, StoreError> {
+        let mut memory = self
+            .current(id)?
+            .filter(|m| !m.is_expired(now))
+            .ok_or(StoreError::NotFound(id))?;
+        if memory.archived {
+            return Err(StoreError::Archived(id));
+        }
+        patch.apply(&mut memory, now);
+        validate_fields(
+            &memory.content,
+            memory.importance,
+            memory.confidence,
+            self.ctx.config.max_content_bytes,
+        )?;
+        let encoded = codec::encode_memory(&memory)?;
+        let terms = analyze_document(&fields_of(&memory));
+        self.put_memory(memory.clone(), &encoded, Some(terms))?;
+        Ok(memory)
+    }
+
+    fn archive(&mut self, id: MemoryId, now: Timestamp) -> Result<(), StoreError> {
+        let mut memory = self
+            .current(id)?
+            .filter(|m| !m.is_expired(now))
+            .ok_or(StoreError::NotFound(id))?;
+        if memory.archived {
+            return Ok(());
+        }
+        memory.archived = true;
+        memory.updated_at = now;
+        let encoded = codec::encode_memory(&memory)?;
+        self.put_memory(memory, &encoded, None)
+    }
+
+    fn put_cache_entry(&mut self, key: u128, encoded: &[u8]) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(CACHE)
+            .map_err(db_error(&self.ctx.path, "open cache table"))?;
+        table
+            .insert(key, encoded)
+            .map_err(db_error(&self.ctx.path, "insert cache entry"))?;
+        Ok(())
+    }
+
+    /// Deletes memories whose expiry has passed.
+    fn purge_expired(&mut self, now: Timestamp) -> Result<(), StoreError> {
+        let expired = self.ctx.state.read().expired(now);
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let mut table = self
+            .txn
+            .open_table(MEMORIES)
+            .map_err(db_error(&self.ctx.path, "open memories table"))?;
+        for id in expired {
+            let Some(bytes) = table
+                .get(id.as_u128())
+                .map_err(db_error(&self.ctx.path, "read memory"))?
+                .map(|b| b.value().to_vec())
+            else {
+                continue;
+            };
+            let memory = codec::decode_memory(&bytes)?;
+            let Some(expires_at) = memory.expires_at.filter(|_| memory.is_expired(now)) else {
+                continue;
+            };
+            table
+                .remove(id.as_u128())
+                .map_err(db_error(&self.ctx.path, "delete expired memory"))?;
+            self.effects.push(Effect::Purged {
+                id,
+                namespace: memory.namespace,
+                archived: memory.archived,
+                encoded_len: bytes.len() as u64,
+                expires_at: expires_at.as_millis(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the access statistics `get` gathered since the last flush.
+    fn flush_access_statistics(&mut self) -> Result<(), StoreError> {
+        let ids = std::mem::take(&mut *self.ctx.access_queue.lock());
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let snapshots: Vec<Memory> = {
+            let state = self.ctx.state.read();
+            ids.iter()
+                .filter_map(|id| state.live.get(id))
+                .filter(|e| {
+                    e.access_dirty
+                        .swap(false, std::sync::atomic::Ordering::Relaxed)
+                })
+                .map(|e| e.snapshot())
+                .collect()
+        };
+        let mut table = self
+            .txn
+            .open_table(MEMORIES)
+            .map_err(db_error(&self.ctx.path, "open memories table"))?;
+        for memory in snapshots {
+            let encoded = codec::encode_memory(&memory)?;
+            table
+                .insert(memory.id.as_u128(), encoded.as_slice())
+                .map_err(db_error(&self.ctx.path, "write access statistics"))?;
+            self.effects.push(Effect::AccessWritten {
+                id: memory.id,
+                encoded_len: encoded.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits, applies the effects to the hot tier, then answers every caller.
+    fn commit(self) {
+        let Batch {
+            ctx,
+            txn,
+            effects,
+            replies,
+            ..
+        } = self;
+        match txn.commit() {
+            Ok(()) => {
+                if !effects.is_empty() {
+                    let mut state = ctx.state.write();
+                    for effect in effects {
+                        state.apply(effect);
+                    }
+                }
+                for reply in replies {
+                    match reply {
+                        Pending::Unit(tx) => send(tx, Ok(())),
+                        Pending::Memory(tx, memory) => send(tx, Ok(*memory)),
+                    }
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(path = %ctx.path.display(), error = %message, "store commit failed");
+                fail_all(ctx, replies, &message);
+            }
+        }
+    }
+}
+
+fn send<T>(reply: oneshot::Sender<T>, value: T) {
+    // A caller that stopped waiting is not an error: the write happened (or failed) regardless.
+    let _ = reply.send(value);
+}
+
+fn fail_all(ctx: &WriterContext, replies: Vec<Pending>, message: &str) {
+    let error = || StoreError::Database {
+        path: ctx.path.clone(),
+        operation: "commit",
+        source: message.to_owned().into(),
+    };
+    for reply in replies {
+        match reply {
+            Pending::Unit(tx) => send(tx, Err(error())),
+            Pending::Memory(tx, _) => send(tx, Err(error())),
+        }
+    }
+}
+
+fn fail_command(ctx: &WriterContext, command: Command, message: &str) {
+    let error = || StoreError::Database {
+        path: ctx.path.clone(),
+        operation: "write",
+        source: message.to_owned().into(),
+    };
+    match command {
+        Command::Store { reply, .. }
+        | Command::Archive { reply, .. }
+        | Command::CachePut { reply, .. }
+        | Command::Sync { reply } => send(reply, Err(error())),
+        Command::Update { reply, .. } => send(reply, Err(error())),
+        Command::Shutdown => {}
+    }
+}
+
+/// The writer thread's loop. Returns when told to shut down or when every store handle is gone.
+pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
+    let tick = ctx.config.housekeeping_interval;
+    let relaxed_interval = match ctx.config.durability {
+        DurabilityMode::Durable => None,
+        DurabilityMode::Relaxed { sync_interval } => Some(sync_interval),
+    };
+    let mut last_housekeeping = Instant::now();
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    let mut shutting_down = false;
+    while !shutting_down {
+        let mut batch: Vec<Command> = Vec::new();
+        match commands.recv_timeout(tick) {
+            Ok(c) => batch.push(c),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => shutting_down = true,
+        }
+        while batch.len() < MAX_BATCH {
+            match commands.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        if batch.iter().any(|c| matches!(c, Command::Shutdown)) {
+            shutting_down = true;
+        }
+        let housekeeping = shutting_down || last_housekeeping.elapsed() >= tick;
+        let wants_sync = batch.iter().any(|c| matches!(c, Command::Sync { .. }));
+        let sync_due = relaxed_interval.is_some_and(|i| unsynced && last_sync.elapsed() >= i);
+        if batch.is_empty() && !housekeeping && !sync_due {
+            continue;
+        }
+        let durable = relaxed_interval.is_none() || wants_sync || sync_due || shutting_down;
+        let now = Timestamp::now();
+        let mut work = match Batch::begin(&ctx, durable) {
+            Ok(w) => w,
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(path = %ctx.path.display(), error = %message, "store write failed");
+                for command in batch {
+                    fail_command(&ctx, command, &message);
+                }
+                continue;
+            }
+        };
+        if housekeeping {
+            last_housekeeping = Instant::now();
+            let chores = work
+                .purge_expired(now)
+                .and_then(|()| work.flush_access_statistics());
+            if let Err(e) = chores {
+                tracing::warn!(error = %e, "store housekeeping failed; will retry");
+            }
+        }
+        for command in batch {
+            work.execute(command, now);
+        }
+        work.commit();
+        if durable {
+            last_sync = Instant::now();
+            unsynced = false;
+        } else {
+            unsynced = true;
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `tetrarch mem ...` end to end through the built binary.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tetrarch(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("TETRARCH_HOME")
+        .env_remove("TETRARCH_STORE")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn store_get_search_recent_and_stats_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    let out = tetrarch(
+        &store,
+        &[
+            "mem",
+            "store",
+            "--ns",
+            "project:demo",
+            "--content",
+            "HDR exposure bracket for the plasma render",
+            "--summary",
+            "exposure bracket",
+            "--importance",
+            "7",
+            "--tags",
+            "hdr,render",
+            "--keywords",
+            "exposure",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout(&out).trim().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+
+    let out = tetrarch(&store, &["mem", "get", &id, "--json"]);
+    assert!(out.status.success());
+    let memory: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(memory["namespace"], "project:demo");
+    assert_eq!(memory["importance"], 7);
+    assert_eq!(memory["tags"], serde_json::json!(["hdr", "render"]));
+
+    tetrarch(
+        &store,
+        &[
+            "mem",
+            "store",
+            "--ns",
+            "project:other",
+            "--content",
+            "exposure of a different kind",
+        ],
+    );
+    let out = tetrarch(
+        &store,
+        &[
+            "mem",
+            "search",
+            "exposure",
+            "--ns",
+            "project:demo",
+            "--json",
+        ],
+    );
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["memory"]["id"], id.as_str());
+    assert!(lines[0]["score"].as_f64().unwrap() > 0.0);
+
+    let out = tetrarch(&store, &["mem", "recent", "--limit", "5", "--json"]);
+    assert_eq!(stdout(&out).lines().count(), 2);
+
+    let out = tetrarch(&store, &["mem", "stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(stats["live"], 2);
+    assert_eq!(stats["namespaces"]["project:demo"]["live"], 1);
+    let out = tetrarch(&store, &["mem", "stats", "--ns", "project:other", "--json"]);
+    let stats: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(stats["live"], 1);
+}
+
+#[test]
+fn bad_input_exits_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["mem", "store", "--ns", "team:x", "--content", "a"],
+            "invalid namespace \"team:x\"",
+        ),
+        (
+            &["mem", "store", "--content", "a", "--importance", "0"],
+            "importance 0 is outside 1..=10",
+        ),
+        (
+            &["mem", "store", "--content", "a", "--confidence", "2"],
+            "confidence 2 is outside",
+        ),
+        (
+            &["mem", "store", "--content", "a", "--ttl", "soon"],
+            "invalid --ttl \"soon\"",
+        ),
+        (&["mem", "get", "nope"], "invalid memory id \"nope\""),
+        (
+            &["mem", "get", "01890a5d-ac96-774b-bcce-b302099a8057"],
+            "no memory with id",
+        ),
+    ];
+    for (args, message) in cases {
+        let out = tetrarch(&store, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let garbage = dir.path().join("garbage.redb");
+    std::fs::write(&garbage, "not a database").unwrap();
+    let out = tetrarch(&garbage, &["mem", "stats"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("garbage.redb"));
+}
+
+#[test]
+fn tetrarch_home_sets_the_default_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .args(["mem", "store", "--content", "homed"])
+        .env("TETRARCH_HOME", dir.path())
+        .env_remove("TETRARCH_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("store.redb").exists());
+}

@@ -1,0 +1,522 @@
+//! The store's behaviour through its public API.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tetrarch::store::{
+    CacheCategory, CacheError, CacheKey, CacheTtls, ContextCache, DurabilityMode, MemoryPatch,
+    MemoryType, Namespace, NewMemory, SearchOptions, Store, StoreConfig, StoreError,
+};
+
+fn project(name: &str) -> Namespace {
+    Namespace::project(name).unwrap()
+}
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap()
+}
+
+fn fast_housekeeping() -> StoreConfig {
+    StoreConfig {
+        housekeeping_interval: Duration::from_millis(50),
+        ..StoreConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_stored_memory_is_readable_searchable_and_listed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut new = NewMemory::new(
+        project("demo"),
+        "the smoke shader spills registers on sm_90",
+    );
+    new.summary = Some("register spill".into());
+    new.tags = vec!["gpu".into()];
+    new.importance = 8;
+    new.memory_type = MemoryType::BugFix;
+    let id = store.store(new).await.unwrap();
+
+    let memory = store.get(id).unwrap();
+    assert_eq!(memory.content, "the smoke shader spills registers on sm_90");
+    assert_eq!(memory.importance, 8);
+    assert_eq!(memory.access_count, 1);
+
+    let hits = store.search("spilling shaders", &SearchOptions::default());
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].memory.id, id);
+    assert_eq!(hits[0].matched_terms, 2);
+    assert!(hits[0].score > 0.0);
+
+    let recent = store.list_recent(Some(&project("demo")), 5);
+    assert_eq!(recent.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+    assert!(store.list_recent(Some(&project("other")), 5).is_empty());
+
+    let stats = store.stats(None);
+    assert_eq!(stats.live, 1);
+    assert_eq!(stats.by_type.get(&MemoryType::BugFix), Some(&1));
+    assert!(stats.namespaces["project:demo"].bytes > 40);
+}
+
+#[tokio::test]
+async fn search_filters_by_namespace_tags_and_importance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut ids = Vec::new();
+    for (ns, tags, importance) in [
+        ("a", vec!["gpu"], 9),
+        ("a", vec!["cpu"], 9),
+        ("b", vec!["gpu"], 2),
+        ("b", vec!["gpu", "hdr"], 6),
+    ] {
+        let mut new = NewMemory::new(project(ns), "tone mapping exposure");
+        new.tags = tags.into_iter().map(String::from).collect();
+        new.importance = importance;
+        ids.push(store.store(new).await.unwrap());
+    }
+    let search = |options: SearchOptions| {
+        let mut found: Vec<_> = store
+            .search("exposure", &options)
+            .into_iter()
+            .map(|h| h.memory.id)
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(
+        search(SearchOptions {
+            namespace: Some(project("a")),
+            ..Default::default()
+        }),
+        vec![ids[0], ids[1]]
+    );
+    assert_eq!(
+        search(SearchOptions {
+            tags: vec!["gpu".into()],
+            ..Default::default()
+        }),
+        vec![ids[0], ids[2], ids[3]]
+    );
+    assert_eq!(
+        search(SearchOptions {
+            tags: vec!["gpu".into(), "hdr".into()],
+            ..Default::default()
+        }),
+        vec![ids[3]]
+    );
+    assert_eq!(
+        search(SearchOptions {
+            min_importance: Some(6),
+            namespace: Some(project("b")),
+            ..Default::default()
+        }),
+        vec![ids[3]]
+    );
+}
+
+#[tokio::test]
+async fn update_and_archive_change_what_search_and_recent_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let id = store
+        .store(NewMemory::new(
+            Namespace::Global,
+            "volumetric smoke density",
+        ))
+        .await
+        .unwrap();
+    let updated = store
+        .update(
+            id,
+            MemoryPatch {
+                content: Some("plasma emission colour".into()),
+                importance: Some(9),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.importance, 9);
+    assert!(store.search("smoke", &SearchOptions::default()).is_empty());
+    assert_eq!(store.search("plasma", &SearchOptions::default()).len(), 1);
+
+    store.archive(id).await.unwrap();
+    assert!(store.search("plasma", &SearchOptions::default()).is_empty());
+    assert!(store.list_recent(None, 10).is_empty());
+    let archived = store.get(id).unwrap();
+    assert!(archived.archived);
+    assert_eq!(archived.content, "plasma emission colour");
+    let stats = store.stats(None);
+    assert_eq!((stats.live, stats.archived), (0, 1));
+    assert!(matches!(
+        store.update(id, MemoryPatch::default()).await,
+        Err(StoreError::Archived(_))
+    ));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_typed_error_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let kept = store
+        .store(NewMemory::new(Namespace::Global, "kept"))
+        .await
+        .unwrap();
+    let big = "x".repeat(1024 * 1024 + 1);
+    assert!(matches!(
+        store.store(NewMemory::new(Namespace::Global, big)).await,
+        Err(StoreError::ContentTooLarge {
+            size: 1_048_577,
+            limit: 1_048_576
+        })
+    ));
+    let mut bad = NewMemory::new(Namespace::Global, "x");
+    bad.importance = 0;
+    assert!(matches!(
+        store.store(bad.clone()).await,
+        Err(StoreError::InvalidImportance { value: 0 })
+    ));
+    bad.importance = 5;
+    bad.confidence = 1.5;
+    assert!(matches!(
+        store.store(bad.clone()).await,
+        Err(StoreError::InvalidConfidence { .. })
+    ));
+    bad.confidence = f32::NAN;
+    assert!(store.store(bad).await.is_err());
+    assert!(matches!(
+        store
+            .update(
+                kept,
+                MemoryPatch {
+                    importance: Some(11),
+                    ..Default::default()
+                }
+            )
+            .await,
+        Err(StoreError::InvalidImportance { value: 11 })
+    ));
+    let unknown = "01890a5d-ac96-774b-bcce-b302099a8057".parse().unwrap();
+    assert!(matches!(store.get(unknown), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.archive(unknown).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        "not-a-uuid".parse::<tetrarch::store::MemoryId>(),
+        Err(StoreError::InvalidId { .. })
+    ));
+    assert_eq!(store.get(kept).unwrap().content, "kept");
+    assert_eq!(store.get(kept).unwrap().importance, 5);
+}
+
+#[tokio::test]
+async fn expired_memories_vanish_and_are_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = Store::open(&path, fast_housekeeping()).unwrap();
+    let mut short = NewMemory::new(Namespace::Global, "ephemeral note");
+    short.ttl = Some(Duration::from_millis(150));
+    let gone = store.store(short).await.unwrap();
+    let stays = store
+        .store(NewMemory::new(Namespace::Global, "ephemeral but permanent"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.search("ephemeral", &SearchOptions::default()).len(),
+        2
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Gone from reads at its expiry time, whether or not the purge has run.
+    assert!(matches!(store.get(gone), Err(StoreError::NotFound(_))));
+    let hits = store.search("ephemeral", &SearchOptions::default());
+    assert_eq!(
+        hits.iter().map(|h| h.memory.id).collect::<Vec<_>>(),
+        vec![stays]
+    );
+    assert_eq!(store.list_recent(None, 10).len(), 1);
+    // And purged from the file and the counters by the background tick.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(store.stats(None).live, 1);
+    drop(store);
+    let reopened = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(reopened.stats(None).live, 1);
+    assert!(matches!(reopened.get(gone), Err(StoreError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn reopening_rebuilds_the_index_and_keeps_access_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let ns = project(&format!("p{}", i % 3));
+        ids.push(
+            store
+                .store(NewMemory::new(
+                    ns,
+                    format!("render pass {i} uses shadow maps"),
+                ))
+                .await
+                .unwrap(),
+        );
+    }
+    store.archive(ids[0]).await.unwrap();
+    store.get(ids[1]).unwrap();
+    store.get(ids[1]).unwrap();
+    let before = (
+        store.search("shadow render", &SearchOptions::default()),
+        store.list_recent(Some(&project("p1")), 7),
+        store.stats(None),
+    );
+    drop(store);
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let after = (
+        store.search("shadow render", &SearchOptions::default()),
+        store.list_recent(Some(&project("p1")), 7),
+        store.stats(None),
+    );
+    assert_eq!(
+        before.0.iter().map(|h| h.memory.id).collect::<Vec<_>>(),
+        after.0.iter().map(|h| h.memory.id).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        before.1.iter().map(|m| m.id).collect::<Vec<_>>(),
+        after.1.iter().map(|m| m.id).collect::<Vec<_>>()
+    );
+    assert_eq!(before.2, after.2);
+    assert_eq!(after.2.archived, 1);
+    assert_eq!(store.get(ids[1]).unwrap().access_count, 3);
+}
+
+#[test]
+fn a_store_open_elsewhere_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let _first = Store::open(&path, StoreConfig::default()).unwrap();
+    match Store::open(&path, StoreConfig::default()) {
+        Err(StoreError::AlreadyOpen { path: p }) => assert_eq!(p, path),
+        other => panic!("expected AlreadyOpen, got {other:?}"),
+    }
+}
+
+#[test]
+fn files_that_are_not_stores_are_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.redb");
+    std::fs::write(&garbage, b"this is not a database at all, just text").unwrap();
+    let error = Store::open(&garbage, StoreConfig::default()).unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    assert!(error.to_string().contains("garbage.redb"), "{error}");
+    // The file is left as it was.
+    assert_eq!(
+        std::fs::read(&garbage).unwrap(),
+        b"this is not a database at all, just text"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_store_is_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        for i in 0..200 {
+            store
+                .store(NewMemory::new(Namespace::Global, format!("memory {i}")))
+                .await
+                .unwrap();
+        }
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len();
+    // Overwrite the file's body (past the header) with noise.
+    for (i, b) in bytes[4096.min(len / 2)..].iter_mut().enumerate() {
+        *b = (i * 131 % 251) as u8;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    // Either a clear error or, if redb's repair recovers, a working store; never a panic.
+    let outcome = std::panic::catch_unwind(|| Store::open(&path, StoreConfig::default()));
+    match outcome {
+        Ok(Err(e)) => assert!(e.to_string().contains("store.redb"), "{e}"),
+        Ok(Ok(_)) => {}
+        Err(_) => panic!("opening a damaged store panicked"),
+    }
+}
+
+#[tokio::test]
+async fn relaxed_mode_acknowledges_and_persists_after_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let config = StoreConfig {
+        durability: DurabilityMode::Relaxed {
+            sync_interval: Duration::from_millis(100),
+        },
+        ..StoreConfig::default()
+    };
+    let store = Store::open(&path, config).unwrap();
+    let id = store
+        .store(NewMemory::new(Namespace::Global, "relaxed write"))
+        .await
+        .unwrap();
+    assert_eq!(store.get(id).unwrap().content, "relaxed write");
+    store.sync().await.unwrap();
+    drop(store);
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    assert_eq!(store.get(id).unwrap().content, "relaxed write");
+}
+
+#[tokio::test]
+async fn many_concurrent_writers_are_all_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..32 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..20 {
+                let ns = Namespace::session("demo", &format!("c{client}")).unwrap();
+                ids.push(
+                    store
+                        .store(NewMemory::new(ns, format!("client {client} write {i}")))
+                        .await
+                        .unwrap(),
+                );
+            }
+            ids
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(ids) = tasks.join_next().await {
+        all.extend(ids.unwrap());
+    }
+    assert_eq!(all.len(), 640);
+    assert_eq!(store.stats(None).live, 640);
+    for id in all {
+        store.get(id).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_cache_computes_once_per_key_and_counts_hits() {
+    let cache = ContextCache::new(CacheTtls::default(), 1 << 20, None);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let key = CacheKey::new("read_file", &("src/main.rs", 0u32)).unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..8 {
+        let cache = cache.clone();
+        let runs = runs.clone();
+        waiters.push(tokio::spawn(async move {
+            cache
+                .get_or_compute(key, CacheCategory::FileRead, async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>(String::from("fn main() {}"))
+                })
+                .await
+        }));
+    }
+    for w in waiters {
+        assert_eq!(w.await.unwrap().unwrap(), "fn main() {}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "single-flight");
+    let stats = cache.stats().total();
+    assert_eq!((stats.hits, stats.misses), (7, 1));
+    // Different arguments are a different key.
+    assert_ne!(
+        key,
+        CacheKey::new("read_file", &("src/lib.rs", 0u32)).unwrap()
+    );
+    assert_ne!(
+        key,
+        CacheKey::new("stat_file", &("src/main.rs", 0u32)).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn cache_entries_expire_by_category_and_failures_are_not_cached() {
+    let ttls = CacheTtls {
+        file_read: Duration::from_millis(100),
+        ..CacheTtls::default()
+    };
+    let cache = ContextCache::new(ttls, 1 << 20, None);
+    let key = CacheKey::new("f", &1u8).unwrap();
+    let failed = cache
+        .get_or_compute::<u32, _, _>(key, CacheCategory::FileRead, async {
+            Err::<u32, _>(std::io::Error::other("disk gone"))
+        })
+        .await;
+    assert!(matches!(
+        failed.as_ref().map_err(|e| &**e),
+        Err(CacheError::Compute(_))
+    ));
+    let v = cache
+        .get_or_compute(key, CacheCategory::FileRead, async {
+            Ok::<_, std::io::Error>(1u32)
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    let v = cache
+        .get_or_compute(key, CacheCategory::FileRead, async {
+            Ok::<_, std::io::Error>(2u32)
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 1, "served from cache within the TTL");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let v = cache
+        .get_or_compute(key, CacheCategory::FileRead, async {
+            Ok::<_, std::io::Error>(3u32)
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 3, "recomputed after the TTL");
+    let research_key = CacheKey::new("f", &2u8).unwrap();
+    cache
+        .get_or_compute(research_key, CacheCategory::Research, async {
+            Ok::<_, std::io::Error>(5u32)
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let v = cache
+        .get_or_compute(research_key, CacheCategory::Research, async {
+            Ok::<_, std::io::Error>(6u32)
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, 5, "research entries live 30 minutes");
+}
+
+#[tokio::test]
+async fn technique_patterns_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = CacheKey::new("technique", &"volumetric raymarch").unwrap();
+    {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let cache = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store));
+        let v = cache
+            .get_or_compute(key, CacheCategory::Technique, async {
+                Ok::<_, std::io::Error>(vec!["step 1".to_string(), "step 2".to_string()])
+            })
+            .await
+            .unwrap();
+        assert_eq!(v.len(), 2);
+    }
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let cache = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store));
+    let v: Vec<String> = cache
+        .get_or_compute(key, CacheCategory::Technique, async {
+            Err::<Vec<String>, _>(std::io::Error::other("must not be computed again"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, vec!["step 1".to_string(), "step 2".to_string()]);
+    assert_eq!(cache.stats().total().hits, 1);
+}

@@ -1,0 +1,141 @@
+//! Kill safety: a writer killed with SIGKILL at random moments loses nothing it acknowledged.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rand::Rng;
+use tetrarch::store::{MemoryId, Namespace, NewMemory, SearchOptions, Store, StoreConfig};
+
+const CHILD_ENV: &str = "TETRARCH_KILL_TEST_STORE";
+const CYCLES: usize = 20;
+
+/// The child process: stores memories from 8 concurrent clients as fast as it can and prints
+/// `ACK <id> <cycle> <seq>` for each acknowledged store. Run only by the test below.
+#[test]
+#[ignore = "child process of acknowledged_writes_survive_sigkill"]
+fn kill_test_child_writer() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let cycle: usize = std::env::var("TETRARCH_KILL_TEST_CYCLE")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+        let mut clients = Vec::new();
+        for client in 0..8usize {
+            let store = store.clone();
+            let stdout = stdout.clone();
+            clients.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let seq = i * 8 + client;
+                    let ns = Namespace::session("kill", &format!("c{cycle}")).unwrap();
+                    let content = format!("kill cycle{cycle} seq{seq} token t{cycle}x{seq}");
+                    let id = store.store(NewMemory::new(ns, content)).await.unwrap();
+                    let mut out = stdout.lock().unwrap();
+                    writeln!(out, "ACK {id} {cycle} {seq}").unwrap();
+                    out.flush().unwrap();
+                }
+            }));
+        }
+        for c in clients {
+            let _ = c.await;
+        }
+    });
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let exe = std::env::current_exe().unwrap();
+    let mut acknowledged: BTreeMap<MemoryId, (usize, usize)> = BTreeMap::new();
+    let mut rng = rand::rng();
+    for cycle in 0..CYCLES {
+        let mut child = Command::new(&exe)
+            .args([
+                "kill_test_child_writer",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .env("TETRARCH_KILL_TEST_CYCLE", cycle.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let parts: Vec<&str> = line.split_whitespace().collect();
+                // A line cut by the kill is not an acknowledgement.
+                if let ["ACK", id, cycle, seq] = parts.as_slice()
+                    && let (Ok(id), Ok(cycle), Ok(seq)) =
+                        (id.parse::<MemoryId>(), cycle.parse(), seq.parse())
+                {
+                    acks.push((id, cycle, seq));
+                }
+            }
+            acks
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..600)));
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        let acks = reader.join().unwrap();
+        assert!(
+            !acks.is_empty() || cycle > 0,
+            "the child never acknowledged a write"
+        );
+        for (id, c, seq) in acks {
+            acknowledged.insert(id, (c, seq));
+        }
+
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        for (id, (c, seq)) in &acknowledged {
+            let memory = store.get(*id).unwrap_or_else(|e| {
+                panic!("acknowledged memory {id} lost after kill in cycle {cycle}: {e}")
+            });
+            assert_eq!(
+                memory.content,
+                format!("kill cycle{c} seq{seq} token t{c}x{seq}")
+            );
+        }
+        // The index agrees with the table: every stored memory is found by its own token.
+        let all = store.list_recent(None, usize::MAX);
+        assert_eq!(all.len() as u64, store.stats(None).live);
+        for memory in &all {
+            let token = memory.content.rsplit(' ').next().unwrap();
+            let hits = store.search(
+                token,
+                &SearchOptions {
+                    limit: 3,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(
+                hits.first().map(|h| h.memory.id),
+                Some(memory.id),
+                "{token}"
+            );
+        }
+    }
+    assert!(
+        acknowledged.len() > 100,
+        "only {} writes acknowledged",
+        acknowledged.len()
+    );
+}
