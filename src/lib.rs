@@ -6,5 +6,7 @@
 //!
 //! Modules, one per concern:
 //! - [`store`]: memories, the BM25 search index, the context cache, the group-commit writer.
+//! - [`scoring`]: image distance (FLIP, HDR-FLIP, SSIM, MS-SSIM, PSNR) on the CPU and with CUDA.
 
+pub mod scoring;
 pub mod store;

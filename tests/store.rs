@@ -520,3 +520,31 @@ async fn technique_patterns_survive_a_restart() {
     assert_eq!(v, vec!["step 1".to_string(), "step 2".to_string()]);
     assert_eq!(cache.stats().total().hits, 1);
 }
+
+#[tokio::test]
+async fn compiled_kernels_are_cached_in_the_store_across_restarts() {
+    use tetrarch::scoring::{KernelCache, KernelCacheKey, StoreKernelCache};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = KernelCacheKey {
+        kernel: "flip.cu".into(),
+        source_sha256: "ab".repeat(32),
+        arch: "sm_90".into(),
+        nvrtc_version: (12, 9),
+    };
+    {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let cache = StoreKernelCache::new(store.clone());
+        assert_eq!(cache.load(&key), None);
+        cache.save(&key, b"cubin bytes");
+        store.sync().await.unwrap();
+        assert_eq!(cache.load(&key).as_deref(), Some(&b"cubin bytes"[..]));
+    }
+    let cache = StoreKernelCache::new(Store::open(&path, StoreConfig::default()).unwrap());
+    assert_eq!(cache.load(&key).as_deref(), Some(&b"cubin bytes"[..]));
+    let other_arch = KernelCacheKey {
+        arch: "sm_80".into(),
+        ..key
+    };
+    assert_eq!(cache.load(&other_arch), None);
+}

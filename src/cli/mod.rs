@@ -1,7 +1,9 @@
 //! The binary's commands. Parsing is clap's; each command lives in its own file and returns an
 //! exit code. Errors print as `error: ...` with their causes and exit 2; a closed pipe exits 0.
 
+mod kernels;
 mod mem;
+mod score;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -26,6 +28,11 @@ enum Command {
     /// Store, read and search memories.
     #[command(subcommand)]
     Mem(mem::MemCommand),
+    /// Compare a test image with a reference (FLIP, HDR-FLIP, SSIM, MS-SSIM, PSNR).
+    Score(score::ScoreArgs),
+    /// Work with the CUDA kernels.
+    #[command(subcommand)]
+    Kernels(kernels::KernelsCommand),
 }
 
 /// Where the store lives when `--store` is not given.
@@ -36,15 +43,6 @@ fn default_store_path() -> Result<PathBuf> {
     let data =
         dirs::data_dir().context("no data directory: set TETRARCH_HOME or pass --store PATH")?;
     Ok(data.join("tetrarch").join("store.redb"))
-}
-
-impl Cli {
-    fn store_path(&self) -> Result<PathBuf> {
-        match &self.store {
-            Some(path) => Ok(path.clone()),
-            None => default_store_path(),
-        }
-    }
 }
 
 fn init_tracing() {
@@ -58,9 +56,17 @@ fn init_tracing() {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let store_path = cli.store_path()?;
-    match cli.command {
-        Command::Mem(command) => mem::run(command, &store_path),
+    let Cli { store, command } = cli;
+    match command {
+        Command::Mem(command) => {
+            let store_path = match store {
+                Some(path) => path,
+                None => default_store_path()?,
+            };
+            mem::run(command, &store_path)
+        }
+        Command::Score(args) => score::run(args, store.or_else(|| default_store_path().ok())),
+        Command::Kernels(command) => kernels::run(command),
     }
 }
 

@@ -30,19 +30,30 @@ pub enum CacheCategory {
     Research,
     /// A technique pattern: permanent, persisted in the store.
     Technique,
+    /// A compiled CUDA kernel: permanent, persisted in the store (see `scoring::StoreKernelCache`).
+    CompiledKernel,
 }
 
 impl CacheCategory {
     /// Every category.
-    pub const ALL: [CacheCategory; 4] = [
+    pub const ALL: [CacheCategory; 5] = [
         CacheCategory::FileRead,
         CacheCategory::Documentation,
         CacheCategory::Research,
         CacheCategory::Technique,
+        CacheCategory::CompiledKernel,
     ];
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// Whether entries are written through to the store and survive restarts.
+    pub fn is_persisted(self) -> bool {
+        matches!(
+            self,
+            CacheCategory::Technique | CacheCategory::CompiledKernel
+        )
     }
 
     /// The snake_case name used in metrics labels.
@@ -52,6 +63,7 @@ impl CacheCategory {
             CacheCategory::Documentation => "documentation",
             CacheCategory::Research => "research",
             CacheCategory::Technique => "technique",
+            CacheCategory::CompiledKernel => "compiled_kernel",
         }
     }
 }
@@ -84,7 +96,7 @@ impl CacheTtls {
             CacheCategory::FileRead => Some(self.file_read),
             CacheCategory::Documentation => Some(self.documentation),
             CacheCategory::Research => Some(self.research),
-            CacheCategory::Technique => None,
+            CacheCategory::Technique | CacheCategory::CompiledKernel => None,
         }
     }
 }
@@ -178,8 +190,8 @@ impl moka::Expiry<CacheKey, CachedEntry> for CategoryExpiry {
 pub struct ContextCache {
     entries: moka::future::Cache<CacheKey, CachedEntry>,
     store: Option<Store>,
-    hits: Arc<[AtomicU64; 4]>,
-    misses: Arc<[AtomicU64; 4]>,
+    hits: Arc<[AtomicU64; 5]>,
+    misses: Arc<[AtomicU64; 5]>,
 }
 
 impl std::fmt::Debug for ContextCache {
@@ -228,7 +240,7 @@ impl ContextCache {
     {
         let computed = AtomicBool::new(false);
         let init = async {
-            if category == CacheCategory::Technique
+            if category.is_persisted()
                 && let Some(store) = &self.store
                 && let Some((stored_category, bytes)) = store.cache_entry(key.0)?
             {
@@ -240,7 +252,7 @@ impl ContextCache {
             computed.store(true, Ordering::Relaxed);
             let value = compute.await.map_err(CacheError::Compute)?;
             let bytes = codec::encode_value(&value)?;
-            if category == CacheCategory::Technique
+            if category.is_persisted()
                 && let Some(store) = &self.store
             {
                 store.put_cache_entry(key.0, category, &bytes).await?;

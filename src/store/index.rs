@@ -21,15 +21,15 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
 use super::memory::{MemoryId, Namespace};
-use super::text::DocTerms;
+use super::text::{Dictionary, DocTerms, TermId};
 
 /// A document's position in the index. A new version of a memory gets a new docno.
 pub(crate) type DocNo = u32;
-type TermId = u32;
 type NsId = u32;
 
 const K1: f64 = 1.2;
@@ -102,6 +102,16 @@ struct NamespacePostings {
     dead: u32,
 }
 
+/// A document to add with [`SearchIndex::insert_many`].
+pub(crate) struct NewDoc<'a> {
+    pub id: MemoryId,
+    pub namespace: &'a Namespace,
+    pub importance: u8,
+    pub recency: i64,
+    pub expires_at: Option<i64>,
+    pub terms: &'a DocTerms,
+}
+
 /// One search result from the index.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct IndexHit {
@@ -150,9 +160,9 @@ impl Ord for Candidate {
 }
 
 /// The search index. Not thread-safe by itself; the store guards it with its state lock.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub(crate) struct SearchIndex {
-    dictionary: HashMap<Box<str>, TermId>,
+    dictionary: Arc<Dictionary>,
     document_frequency: Vec<u32>,
     docs: Vec<DocSlot>,
     namespaces: Vec<NamespacePostings>,
@@ -188,6 +198,19 @@ impl Cursor<'_> {
 }
 
 impl SearchIndex {
+    /// An empty index over a store's dictionary.
+    pub fn new(dictionary: Arc<Dictionary>) -> Self {
+        SearchIndex {
+            dictionary,
+            document_frequency: Vec::new(),
+            docs: Vec::new(),
+            namespaces: Vec::new(),
+            namespace_ids: HashMap::default(),
+            live_docs: 0,
+            total_length: 0.0,
+        }
+    }
+
     /// Number of live documents.
     #[cfg(test)]
     pub fn live_docs(&self) -> u32 {
@@ -204,16 +227,6 @@ impl SearchIndex {
         id
     }
 
-    fn term_id(&mut self, term: &str) -> TermId {
-        if let Some(&id) = self.dictionary.get(term) {
-            return id;
-        }
-        let id = self.document_frequency.len() as TermId;
-        self.document_frequency.push(0);
-        self.dictionary.insert(term.into(), id);
-        id
-    }
-
     /// Adds a document and returns its docno.
     pub fn insert(
         &mut self,
@@ -227,9 +240,11 @@ impl SearchIndex {
         let doc = self.docs.len() as DocNo;
         let ns = self.namespace_id(namespace);
         let mut term_ids = Vec::with_capacity(terms.terms.len());
-        for (term, tf) in &terms.terms {
-            let term_id = self.term_id(term);
+        for &(term_id, ref tf) in &terms.terms {
             term_ids.push(term_id);
+            if self.document_frequency.len() <= term_id as usize {
+                self.document_frequency.resize(term_id as usize + 1, 0);
+            }
             self.document_frequency[term_id as usize] += 1;
             self.namespaces[ns as usize]
                 .lists
@@ -251,6 +266,70 @@ impl SearchIndex {
         self.live_docs += 1;
         self.total_length += f64::from(terms.length);
         doc
+    }
+
+    /// Adds many documents at once and returns their docnos, in order.
+    ///
+    /// Used by the rebuild at open: instead of one random write per posting (a cache miss each),
+    /// postings are gathered per namespace, sorted by term, and appended list by list.
+    pub fn insert_many(&mut self, docs: &[NewDoc<'_>]) -> Vec<DocNo> {
+        let first = self.docs.len();
+        let mut gathered: Vec<Vec<(TermId, DocNo, f32, f32)>> = Vec::new();
+        let mut docnos = Vec::with_capacity(docs.len());
+        for (i, new) in docs.iter().enumerate() {
+            let doc = (first + i) as DocNo;
+            let ns = self.namespace_id(new.namespace);
+            if gathered.len() <= ns as usize {
+                gathered.resize_with(ns as usize + 1, Vec::new);
+            }
+            let mut term_ids = Vec::with_capacity(new.terms.terms.len());
+            for &(term, tf) in &new.terms.terms {
+                term_ids.push(term);
+                if self.document_frequency.len() <= term as usize {
+                    self.document_frequency.resize(term as usize + 1, 0);
+                }
+                self.document_frequency[term as usize] += 1;
+                gathered[ns as usize].push((term, doc, tf, new.terms.length));
+            }
+            self.namespaces[ns as usize].live += 1;
+            self.docs.push(DocSlot {
+                id: new.id,
+                namespace: ns,
+                length: new.terms.length,
+                importance: new.importance,
+                recency: new.recency,
+                expires_at: new.expires_at.unwrap_or(i64::MAX),
+                alive: true,
+                terms: term_ids.into_boxed_slice(),
+            });
+            self.live_docs += 1;
+            self.total_length += f64::from(new.terms.length);
+            docnos.push(doc);
+        }
+        // Sorting is most of the work and namespaces are independent: sort them on all cores.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_thread = gathered.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for group in gathered.chunks_mut(per_thread) {
+                scope.spawn(move || {
+                    for postings in group {
+                        postings.sort_unstable_by_key(|&(term, doc, _, _)| (term, doc));
+                    }
+                });
+            }
+        });
+        for (ns, postings) in gathered.into_iter().enumerate() {
+            let lists = &mut self.namespaces[ns].lists;
+            for run in postings.chunk_by(|a, b| a.0 == b.0) {
+                let list = lists.entry(run[0].0).or_default();
+                list.docs.reserve(run.len());
+                list.tfs.reserve(run.len());
+                for &(_, doc, tf, length) in run {
+                    list.push(doc, tf, length);
+                }
+            }
+        }
+        docnos
     }
 
     /// Removes a document (its postings are dropped lazily).
@@ -328,9 +407,9 @@ impl SearchIndex {
         let terms: Vec<(TermId, f64)> = query_terms
             .iter()
             .take(MAX_QUERY_TERMS)
-            .filter_map(|t| self.dictionary.get(t).copied())
+            .filter_map(|t| self.dictionary.id(t))
             .filter_map(|id| {
-                let df = f64::from(self.document_frequency[id as usize]);
+                let df = f64::from(*self.document_frequency.get(id as usize)?);
                 (df > 0.0).then(|| (id, (1.0 + (n - df + 0.5) / (df + 0.5)).ln()))
             })
             .collect();
@@ -490,7 +569,7 @@ impl SearchIndex {
             }
             let mut composite = 0.0;
             for term in query_terms {
-                let Some(&id) = self.dictionary.get(term) else {
+                let Some(id) = self.dictionary.id(term) else {
                     continue;
                 };
                 let Some(list) = self.namespaces[slot.namespace as usize].lists.get(&id) else {
@@ -531,14 +610,21 @@ mod tests {
     use crate::store::text::{Fields, analyze_document, analyze_query};
     use proptest::prelude::*;
 
-    fn doc(text: &str) -> DocTerms {
-        analyze_document(&Fields {
-            content: text,
-            summary: None,
-            keywords: &[],
-            tags: &[],
-            context: None,
-        })
+    fn doc(index: &SearchIndex, text: &str) -> DocTerms {
+        analyze_document(
+            &Fields {
+                content: text,
+                summary: None,
+                keywords: &[],
+                tags: &[],
+                context: None,
+            },
+            &index.dictionary,
+        )
+    }
+
+    fn new_index() -> SearchIndex {
+        SearchIndex::new(Arc::new(Dictionary::default()))
     }
 
     fn ns(i: usize) -> Namespace {
@@ -547,18 +633,25 @@ mod tests {
 
     #[test]
     fn more_matched_terms_rank_first() {
-        let mut index = SearchIndex::default();
+        let mut index = new_index();
         let both = MemoryId::new();
         let one = MemoryId::new();
         // The single-term document repeats its term, so plain BM25 could rank it first.
-        index.insert(one, &ns(0), 5, 1, None, &doc("shader shader shader shader"));
+        index.insert(
+            one,
+            &ns(0),
+            5,
+            1,
+            None,
+            &doc(&index, "shader shader shader shader"),
+        );
         index.insert(
             both,
             &ns(0),
             5,
             1,
             None,
-            &doc("shader compile error in a long sentence"),
+            &doc(&index, "shader compile error in a long sentence"),
         );
         let hits = index.search(&analyze_query("shader compile"), None, 10, 0, |_, _| true);
         assert_eq!(hits.len(), 2);
@@ -569,13 +662,13 @@ mod tests {
 
     #[test]
     fn ties_break_by_importance_then_recency() {
-        let mut index = SearchIndex::default();
+        let mut index = new_index();
         let old_high = MemoryId::new();
         let new_low = MemoryId::new();
         let new_high = MemoryId::new();
-        index.insert(old_high, &ns(0), 9, 10, None, &doc("volume"));
-        index.insert(new_low, &ns(0), 2, 30, None, &doc("volume"));
-        index.insert(new_high, &ns(0), 9, 20, None, &doc("volume"));
+        index.insert(old_high, &ns(0), 9, 10, None, &doc(&index, "volume"));
+        index.insert(new_low, &ns(0), 2, 30, None, &doc(&index, "volume"));
+        index.insert(new_high, &ns(0), 9, 20, None, &doc(&index, "volume"));
         let ids: Vec<_> = index
             .search(&analyze_query("volume"), None, 10, 0, |_, _| true)
             .iter()
@@ -586,9 +679,16 @@ mod tests {
 
     #[test]
     fn removed_and_expired_documents_disappear() {
-        let mut index = SearchIndex::default();
-        let a = index.insert(MemoryId::new(), &ns(0), 5, 1, None, &doc("alpha"));
-        index.insert(MemoryId::new(), &ns(0), 5, 1, Some(100), &doc("alpha"));
+        let mut index = new_index();
+        let a = index.insert(MemoryId::new(), &ns(0), 5, 1, None, &doc(&index, "alpha"));
+        index.insert(
+            MemoryId::new(),
+            &ns(0),
+            5,
+            1,
+            Some(100),
+            &doc(&index, "alpha"),
+        );
         assert_eq!(
             index
                 .search(&analyze_query("alpha"), None, 10, 50, |_, _| true)
@@ -630,6 +730,46 @@ mod tests {
         }
     }
 
+    #[test]
+    fn insert_many_builds_the_same_index_as_single_inserts() {
+        let texts = [
+            "red cube light",
+            "blue cube",
+            "light shadow red",
+            "red red red",
+            "frame",
+        ];
+        let mut one_by_one = new_index();
+        let mut bulk = SearchIndex::new(one_by_one.dictionary.clone());
+        let ids: Vec<MemoryId> = texts.iter().map(|_| MemoryId::new()).collect();
+        let analysed: Vec<DocTerms> = texts.iter().map(|t| doc(&one_by_one, t)).collect();
+        for (i, terms) in analysed.iter().enumerate() {
+            one_by_one.insert(ids[i], &ns(i % 2), 5, i as i64, None, terms);
+        }
+        let namespaces: Vec<Namespace> = (0..texts.len()).map(|i| ns(i % 2)).collect();
+        let new_docs: Vec<NewDoc<'_>> = analysed
+            .iter()
+            .enumerate()
+            .map(|(i, terms)| NewDoc {
+                id: ids[i],
+                namespace: &namespaces[i],
+                importance: 5,
+                recency: i as i64,
+                expires_at: None,
+                terms,
+            })
+            .collect();
+        bulk.insert_many(&new_docs);
+        for query in ["red", "cube light", "shadow frame blue"] {
+            for filter in [None, Some(ns(0)), Some(ns(1))] {
+                let a =
+                    one_by_one.search(&analyze_query(query), filter.as_ref(), 10, 0, |_, _| true);
+                let b = bulk.search(&analyze_query(query), filter.as_ref(), 10, 0, |_, _| true);
+                assert_eq!(a, b, "{query}");
+            }
+        }
+    }
+
     const WORDS: &[&str] = &[
         "render", "shader", "volume", "smoke", "plasma", "light", "camera", "mesh", "error",
         "build", "cache", "frame", "noise", "color", "depth",
@@ -658,11 +798,11 @@ mod tests {
             limit in 1usize..12,
             filter in proptest::option::of(0usize..3),
         ) {
-            let mut index = SearchIndex::default();
+            let mut index = new_index();
             let mut docnos = Vec::new();
             for (text, space, importance, recency, expiring) in &docs {
                 let expires = expiring.then_some(50);
-                docnos.push(index.insert(MemoryId::new(), &ns(*space), *importance, *recency, expires, &doc(text)));
+                docnos.push(index.insert(MemoryId::new(), &ns(*space), *importance, *recency, expires, &doc(&index, text)));
             }
             for r in removals {
                 index.remove(docnos[r.index(docnos.len())]);

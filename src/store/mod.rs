@@ -45,8 +45,8 @@ pub use error::StoreError;
 pub use memory::{Memory, MemoryId, MemoryPatch, MemoryType, Namespace, NewMemory, Timestamp};
 
 use memory::validate_fields;
-use state::{Effect, State};
-use text::{DocTerms, Fields, analyze_document, analyze_query};
+use state::State;
+use text::{Dictionary, DocTerms, Fields, analyze_document, analyze_query};
 use writer::{CACHE, Command, MEMORIES, META, WriterContext, db_error};
 
 /// The schema version this build writes; files with a newer one are refused.
@@ -165,6 +165,7 @@ struct Inner {
     state: Arc<RwLock<State>>,
     commands: mpsc::Sender<Command>,
     access_queue: Arc<Mutex<Vec<MemoryId>>>,
+    dictionary: Arc<Dictionary>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -247,10 +248,11 @@ impl Store {
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
             Self::prepare_tables(&db, &path)?;
-            let state = Self::rebuild(&db, &path, &config)?;
-            Ok::<_, StoreError>((db, state))
+            let dictionary = Arc::new(Dictionary::default());
+            let state = Self::rebuild(&db, &path, &config, &dictionary)?;
+            Ok::<_, StoreError>((db, state, dictionary))
         }));
-        let (db, state) = opened.map_err(|panic| StoreError::Corrupt {
+        let (db, state, dictionary) = opened.map_err(|panic| StoreError::Corrupt {
             path: path.clone(),
             detail: format!(
                 "the database engine failed on damaged data: {}",
@@ -271,6 +273,7 @@ impl Store {
             path: path.clone(),
             config: config.clone(),
             access_queue: access_queue.clone(),
+            dictionary: dictionary.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("tetrarch-store-writer".into())
@@ -284,6 +287,7 @@ impl Store {
                 state,
                 commands,
                 access_queue,
+                dictionary,
                 writer: Mutex::new(Some(handle)),
             }),
         })
@@ -330,7 +334,13 @@ impl Store {
     }
 
     /// Reads every record and rebuilds the hot tier, decoding and analysing on all cores.
-    fn rebuild(db: &Database, path: &Path, config: &StoreConfig) -> Result<State, StoreError> {
+    fn rebuild(
+        db: &Database,
+        path: &Path,
+        config: &StoreConfig,
+        dictionary: &Arc<Dictionary>,
+    ) -> Result<State, StoreError> {
+        let started = std::time::Instant::now();
         let txn = db.begin_read().map_err(db_error(path, "begin read"))?;
         let table = txn
             .open_table(MEMORIES)
@@ -348,6 +358,7 @@ impl Store {
             bar.set_message("rebuilding search index");
             bar
         });
+        let read_at = started.elapsed();
         let now = Timestamp::now();
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -368,7 +379,7 @@ impl Store {
                                     detail: format!("record {key:032x}: {e}"),
                                 })?;
                             let terms = (!memory.archived && !memory.is_expired(now))
-                                .then(|| analyze_document(&fields_of(&memory)));
+                                .then(|| analyze_document(&fields_of(&memory), dictionary));
                             out.push(Loaded {
                                 memory,
                                 terms,
@@ -396,7 +407,9 @@ impl Store {
                 })
                 .collect()
         });
-        let mut state = State::default();
+        let analysed_at = started.elapsed();
+        let mut state = State::new(dictionary.clone());
+        let mut live = Vec::with_capacity(records.len());
         for part in loaded {
             for record in part? {
                 let Loaded {
@@ -404,25 +417,29 @@ impl Store {
                     terms,
                     encoded_len,
                 } = record;
-                if memory.archived {
-                    state.count_archived(&memory, encoded_len);
-                } else if memory.is_expired(now) {
-                    // Not live: the next housekeeping tick deletes it.
-                    if let Some(at) = memory.expires_at {
-                        state.expiry.insert((at.as_millis(), memory.id));
+                match terms {
+                    Some(terms) => live.push((memory, terms, encoded_len)),
+                    None if memory.archived => state.count_archived(&memory, encoded_len),
+                    None => {
+                        // Expired: not live; the next housekeeping tick deletes it.
+                        if let Some(at) = memory.expires_at {
+                            state.expiry.insert((at.as_millis(), memory.id));
+                        }
                     }
-                } else {
-                    state.apply(Effect::Upsert {
-                        memory,
-                        terms,
-                        encoded_len,
-                    });
                 }
             }
         }
+        state.load_live(live);
         if let Some(bar) = progress {
             bar.finish_and_clear();
         }
+        tracing::debug!(
+            records = records.len(),
+            read_ms = read_at.as_millis() as u64,
+            analysed_ms = analysed_at.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "store index rebuilt"
+        );
         Ok(state)
     }
 
@@ -479,7 +496,7 @@ impl Store {
         let id = memory.id;
         // Encoding and analysis happen here, on the caller's task, so the writer only writes.
         let encoded = codec::encode_memory(&memory)?;
-        let terms = analyze_document(&fields_of(&memory));
+        let terms = analyze_document(&fields_of(&memory), &self.inner.dictionary);
         let (reply, answer) = oneshot::channel();
         self.send(Command::Store {
             memory: Box::new(memory),
@@ -678,6 +695,23 @@ impl Store {
         found
             .map(|bytes| codec::decode_cache_entry(bytes.value()))
             .transpose()
+    }
+
+    /// Queues a cache entry for the next commit without waiting for it (for synchronous callers
+    /// that treat the cache as best effort).
+    pub(crate) fn put_cache_entry_detached(
+        &self,
+        key: u128,
+        category: CacheCategory,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let encoded = codec::encode_cache_entry(category, value, Timestamp::now())?;
+        let (reply, _) = oneshot::channel();
+        self.send(Command::CachePut {
+            key,
+            encoded,
+            reply,
+        })
     }
 
     /// Persists a cache entry durably.

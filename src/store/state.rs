@@ -8,7 +8,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
-use super::index::{DocNo, SearchIndex};
+use super::index::{DocNo, NewDoc, SearchIndex};
 use super::memory::{Memory, MemoryId, MemoryType, Namespace, Timestamp};
 use super::text::DocTerms;
 
@@ -66,7 +66,7 @@ pub(crate) enum Effect {
 }
 
 /// The hot tier.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     pub live: HashMap<MemoryId, LiveEntry>,
     pub index: SearchIndex,
@@ -78,6 +78,18 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// An empty hot tier over a store's dictionary.
+    pub fn new(dictionary: std::sync::Arc<super::text::Dictionary>) -> Self {
+        State {
+            live: HashMap::default(),
+            index: SearchIndex::new(dictionary),
+            recent: HashMap::default(),
+            recent_all: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+            counts: BTreeMap::new(),
+        }
+    }
+
     /// Applies a committed effect.
     pub fn apply(&mut self, effect: Effect) {
         match effect {
@@ -121,6 +133,59 @@ impl State {
         counts.bytes += encoded_len;
         if let Some(at) = memory.expires_at {
             self.expiry.insert((at.as_millis(), memory.id));
+        }
+    }
+
+    /// Loads the live records read at open, indexing them in one pass.
+    pub fn load_live(&mut self, records: Vec<(Memory, DocTerms, u64)>) {
+        let docs: Vec<NewDoc<'_>> = records
+            .iter()
+            .map(|(memory, terms, _)| NewDoc {
+                id: memory.id,
+                namespace: &memory.namespace,
+                importance: memory.importance,
+                recency: memory.updated_at.as_millis(),
+                expires_at: memory.expires_at.map(|t| t.as_millis()),
+                terms,
+            })
+            .collect();
+        let docnos = self.index.insert_many(&docs);
+        drop(docs);
+        for ((memory, _, encoded_len), doc) in records.into_iter().zip(docnos) {
+            let id = memory.id;
+            if let Some(at) = memory.expires_at {
+                self.expiry.insert((at.as_millis(), id));
+            }
+            let counts = match self.counts.get_mut(&memory.namespace) {
+                Some(c) => c,
+                None => self.counts.entry(memory.namespace.clone()).or_default(),
+            };
+            counts.bytes += encoded_len;
+            counts.live += 1;
+            *counts.live_by_type.entry(memory.memory_type).or_default() += 1;
+            match self.recent.get_mut(&memory.namespace) {
+                Some(set) => {
+                    set.insert(id);
+                }
+                None => {
+                    self.recent
+                        .entry(memory.namespace.clone())
+                        .or_default()
+                        .insert(id);
+                }
+            }
+            self.recent_all.insert(id);
+            self.live.insert(
+                id,
+                LiveEntry {
+                    access_count: AtomicU64::new(memory.access_count),
+                    last_accessed: AtomicI64::new(memory.last_accessed_at.as_millis()),
+                    memory: Arc::new(memory),
+                    doc,
+                    encoded_len,
+                    access_dirty: AtomicBool::new(false),
+                },
+            );
         }
     }
 

@@ -24,7 +24,7 @@ use super::codec;
 use super::error::StoreError;
 use super::memory::{Memory, MemoryId, MemoryPatch, Timestamp, validate_fields};
 use super::state::{Effect, State};
-use super::text::{DocTerms, analyze_document};
+use super::text::{Dictionary, DocTerms, analyze_document};
 use super::{DurabilityMode, StoreConfig, fields_of};
 
 /// Memories, keyed by id.
@@ -73,6 +73,7 @@ pub(crate) struct WriterContext {
     pub path: PathBuf,
     pub config: StoreConfig,
     pub access_queue: Arc<Mutex<Vec<MemoryId>>>,
+    pub dictionary: Arc<Dictionary>,
 }
 
 /// Wraps a database error with the file and the operation.
@@ -224,7 +225,7 @@ impl<'a> Batch<'a> {
             self.ctx.config.max_content_bytes,
         )?;
         let encoded = codec::encode_memory(&memory)?;
-        let terms = analyze_document(&fields_of(&memory));
+        let terms = analyze_document(&fields_of(&memory), &self.ctx.dictionary);
         self.put_memory(memory.clone(), &encoded, Some(terms))?;
         Ok(memory)
     }

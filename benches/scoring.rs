@@ -1,0 +1,264 @@
+//! `cargo bench --bench scoring`: every CPU metric on a 1920×1080 pair at 1 thread and all
+//! threads, beside scikit-image SSIM and NVIDIA flip-evaluator FLIP timed on the same pair and
+//! thread count (compute only: timed inside Python around the call).
+//!
+//! Peers run from the Python virtual environment at `TETRARCH_BENCH_VENV` (default
+//! `.venv-ref` in the crate); when it lacks them the peers are reported as skipped.
+//! `TETRARCH_BENCH_REPS` sets repetitions (default 3; the median is reported);
+//! `TETRARCH_BENCH_ONLY=flip,ssim` limits the metrics; `TETRARCH_BENCH_PEERS=off` skips the peers.
+//! Writes `target/bench/scoring.json` (under `CARGO_TARGET_DIR` when set).
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use tetrarch::scoring::{self, FLIP_DEFAULT_PPD, RgbImage, Transfer};
+
+const W: usize = 1920;
+const H: usize = 1080;
+
+/// A deterministic render-like pair: gradients, hard-edged shapes, texture; the test adds noise,
+/// a shifted block and a colour cast.
+fn pair() -> (Vec<f32>, Vec<f32>) {
+    let mut state = 0x9e37_79b9u32;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state as f32 / u32::MAX as f32
+    };
+    let mut r = vec![0.0f32; W * H * 3];
+    let mut t = vec![0.0f32; W * H * 3];
+    for y in 0..H {
+        for x in 0..W {
+            let (fx, fy) = (x as f32 / W as f32, y as f32 / H as f32);
+            let mut c = [
+                fx,
+                fy,
+                0.5 + 0.4 * ((x as f32 / 23.0).sin() * (y as f32 / 17.0).cos()),
+            ];
+            if (x / 160 + y / 120) % 5 == 0 {
+                c = [0.9, 0.25, 0.1];
+            }
+            if ((x as f32 - 1300.0).powi(2) + (y as f32 - 500.0).powi(2)).sqrt() < 220.0 {
+                c = [0.1, 0.3, 0.85];
+            }
+            let i = 3 * (y * W + x);
+            for k in 0..3 {
+                let v = (c[k] + 0.05 * (rnd() - 0.5)).clamp(0.0, 1.0);
+                r[i + k] = v;
+                let shifted = if (600..900).contains(&x) && (300..500).contains(&y) {
+                    c[(k + 1) % 3]
+                } else {
+                    v
+                };
+                t[i + k] = (shifted * if k == 0 { 0.95 } else { 1.0 } + 0.04 * (rnd() - 0.5))
+                    .clamp(0.0, 1.0);
+            }
+        }
+    }
+    (r, t)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
+    median(
+        (0..reps)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+const PEER_SCRIPT: &str = r#"
+import json, sys, time
+import numpy as np
+w, h, reps, ref_path, test_path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+ref = np.fromfile(ref_path, dtype="<f4").reshape(h, w, 3)
+test = np.fromfile(test_path, dtype="<f4").reshape(h, w, 3)
+out = {}
+try:
+    from skimage.metrics import structural_similarity
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        v = structural_similarity(ref, test, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0, channel_axis=2)
+        times.append(time.perf_counter() - t0)
+    out["ssim"] = {"seconds": sorted(times)[len(times) // 2], "value": float(v)}
+except ImportError as e:
+    out["ssim"] = {"skipped": str(e)}
+try:
+    import flip_evaluator as flip
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        _, v, _ = flip.evaluate(ref, test, "LDR", applyMagma=False)
+        times.append(time.perf_counter() - t0)
+    out["flip"] = {"seconds": sorted(times)[len(times) // 2], "value": float(v)}
+    hr, ht = np.float32(16) * ref * ref * ref, np.float32(16) * test * test * test
+    times = []
+    for _ in range(max(1, reps - 1)):
+        t0 = time.perf_counter()
+        _, v, _ = flip.evaluate(hr, ht, "HDR", applyMagma=False)
+        times.append(time.perf_counter() - t0)
+    out["hdr-flip"] = {"seconds": sorted(times)[len(times) // 2], "value": float(v)}
+except ImportError as e:
+    out["flip"] = {"skipped": str(e)}
+print(json.dumps(out))
+"#;
+
+fn peers(
+    threads: usize,
+    reps: usize,
+    dir: &std::path::Path,
+    r: &[f32],
+    t: &[f32],
+) -> serde_json::Value {
+    let venv = std::env::var_os("TETRARCH_BENCH_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-ref"));
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        return serde_json::json!({"skipped": format!("no Python at {}", python.display())});
+    }
+    let write = |name: &str, data: &[f32]| {
+        let path = dir.join(name);
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let (rp, tp) = (write("ref.f32", r), write("test.f32", t));
+    let script = dir.join("peers.py");
+    std::fs::write(&script, PEER_SCRIPT).unwrap();
+    let n = threads.to_string();
+    let out = Command::new(&python)
+        .arg(&script)
+        .args([W.to_string(), H.to_string(), reps.to_string()])
+        .arg(&rp)
+        .arg(&tp)
+        .envs([
+            ("OMP_NUM_THREADS", &n),
+            ("OPENBLAS_NUM_THREADS", &n),
+            ("MKL_NUM_THREADS", &n),
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_else(
+            |e| serde_json::json!({"skipped": format!("unreadable peer output: {e}")}),
+        ),
+        Ok(o) => {
+            serde_json::json!({"skipped": String::from_utf8_lossy(&o.stderr).trim().to_string()})
+        }
+        Err(e) => serde_json::json!({"skipped": e.to_string()}),
+    }
+}
+
+fn main() {
+    let reps: usize = std::env::var("TETRARCH_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let (r_raw, t_raw) = pair();
+    let r = RgbImage::from_interleaved("reference", W, H, Transfer::Srgb, &r_raw).unwrap();
+    let t = RgbImage::from_interleaved("test", W, H, Transfer::Srgb, &t_raw).unwrap();
+    let hdr = |v: &[f32]| v.iter().map(|x| 16.0 * x * x * x).collect::<Vec<f32>>();
+    let hr =
+        RgbImage::from_interleaved("hdr reference", W, H, Transfer::Linear, &hdr(&r_raw)).unwrap();
+    let ht = RgbImage::from_interleaved("hdr test", W, H, Transfer::Linear, &hdr(&t_raw)).unwrap();
+    let target =
+        PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+            .join("bench");
+    std::fs::create_dir_all(&target).unwrap();
+    let all = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut thread_counts = vec![1];
+    if all > 1 {
+        thread_counts.push(all);
+    }
+    println!("scoring benchmark, {W}x{H}, median of {reps}");
+    println!(
+        "{:<8} {:<9} {:>11} {:>11} {:>9}  value (ours / peer)",
+        "threads", "metric", "ours (ms)", "peer (ms)", "speed-up"
+    );
+    let mut rows = Vec::new();
+    for &threads in &thread_counts {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let ours = |name: &str, f: &mut (dyn FnMut() -> f64 + Send)| {
+            let mut value = 0.0;
+            let secs = pool.install(|| time(reps, || value = f()));
+            (name.to_owned(), secs, value)
+        };
+        let only = std::env::var("TETRARCH_BENCH_ONLY").ok();
+        let wanted = |name: &str| {
+            only.as_deref()
+                .is_none_or(|list| list.split(',').any(|m| m == name))
+        };
+        let skip =
+            |name: &str, f: &mut (dyn FnMut() -> f64 + Send)| wanted(name).then(|| ours(name, f));
+        let results: Vec<_> = [
+            skip("flip", &mut || {
+                scoring::flip(&r, &t, FLIP_DEFAULT_PPD).unwrap().stats.mean
+            }),
+            skip("hdr-flip", &mut || {
+                scoring::hdr_flip(&hr, &ht, FLIP_DEFAULT_PPD)
+                    .unwrap()
+                    .0
+                    .stats
+                    .mean
+            }),
+            skip("ssim", &mut || scoring::ssim(&r, &t).unwrap()),
+            skip("msssim", &mut || scoring::ms_ssim(&r, &t).unwrap()),
+            skip("psnr", &mut || scoring::psnr(&r, &t).unwrap().psnr_db),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let peer = if std::env::var("TETRARCH_BENCH_PEERS").as_deref() == Ok("off") {
+            serde_json::json!({"skipped": "TETRARCH_BENCH_PEERS=off"})
+        } else {
+            peers(threads, reps.min(3), &target, &r_raw, &t_raw)
+        };
+        for (name, secs, value) in results {
+            let p = &peer[name.as_str()];
+            let peer_secs = p["seconds"].as_f64();
+            let speedup = peer_secs.map(|s| s / secs);
+            println!(
+                "{:<8} {:<9} {:>11.1} {:>11} {:>9}  {:.6}{}",
+                threads,
+                name,
+                secs * 1e3,
+                peer_secs.map_or("-".into(), |s| format!("{:.1}", s * 1e3)),
+                speedup.map_or("-".into(), |s| format!("{s:.2}x")),
+                value,
+                p["value"]
+                    .as_f64()
+                    .map_or(String::new(), |v| format!(" / {v:.6}")),
+            );
+            rows.push(serde_json::json!({
+                "threads": threads, "metric": name, "seconds": secs, "value": value,
+                "peer": if p.is_null() { serde_json::Value::Null } else { p.clone() },
+                "speedup_vs_peer": speedup,
+            }));
+        }
+        if let Some(reason) = peer["skipped"].as_str() {
+            println!("  peers skipped: {reason}");
+        }
+    }
+    let targets = serde_json::json!({"ssim_vs_scikit_image": 5.0, "flip_vs_flip_evaluator": 3.0});
+    let report = serde_json::json!({"width": W, "height": H, "reps": reps, "targets": targets, "results": rows});
+    let path = target.join("scoring.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("wrote {}", path.display());
+}

@@ -1,0 +1,150 @@
+//! The one error type of the scoring module.
+
+use std::path::PathBuf;
+
+/// Why an image could not be scored.
+///
+/// Every variant that concerns an input names it: `image` is the file path when the image came
+/// from a file, or the caller's label (`reference`, `test`) when it was built in memory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScoreError {
+    /// The file could not be opened or read.
+    #[error("{}: cannot read the file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not in a format this build reads (PNG, JPEG and OpenEXR are).
+    #[error("{}: unsupported image format: {message}", path.display())]
+    UnsupportedFormat {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        message: String,
+    },
+    /// The file is damaged or truncated.
+    #[error("{}: cannot decode the image: {message}", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        message: String,
+    },
+    /// The image's pixel layout is not one the metrics are defined on.
+    #[error("{image}: unsupported pixel format: {detail}")]
+    UnsupportedPixelFormat {
+        /// The image.
+        image: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The image has no pixels.
+    #[error("{image}: the image is empty ({width}x{height})")]
+    EmptyImage {
+        /// The image.
+        image: String,
+        /// Its width.
+        width: usize,
+        /// Its height.
+        height: usize,
+    },
+    /// The pixel buffer does not hold width × height pixels.
+    #[error("{image}: {len} samples per channel given for a {width}x{height} image")]
+    BufferSize {
+        /// The image.
+        image: String,
+        /// Declared width.
+        width: usize,
+        /// Declared height.
+        height: usize,
+        /// Samples given.
+        len: usize,
+    },
+    /// A pixel holds NaN or an infinity.
+    #[error("{image}: pixel ({x}, {y}) holds a non-finite value ({value})")]
+    NonFinite {
+        /// The image.
+        image: String,
+        /// Column.
+        x: usize,
+        /// Row.
+        y: usize,
+        /// The value found.
+        value: f32,
+    },
+    /// Reference and test differ in size.
+    #[error(
+        "size mismatch: {reference} is {}x{}, {test} is {}x{}",
+        reference_size.0, reference_size.1, test_size.0, test_size.1
+    )]
+    SizeMismatch {
+        /// Reference image.
+        reference: String,
+        /// Its width and height.
+        reference_size: (usize, usize),
+        /// Test image.
+        test: String,
+        /// Its width and height.
+        test_size: (usize, usize),
+    },
+    /// The image is too small for the metric's window.
+    #[error(
+        "{image}: {width}x{height} is too small for {metric} (each side needs at least {min_side} pixels)"
+    )]
+    TooSmall {
+        /// The image.
+        image: String,
+        /// The metric.
+        metric: &'static str,
+        /// Width.
+        width: usize,
+        /// Height.
+        height: usize,
+        /// Smallest side the metric accepts.
+        min_side: usize,
+    },
+    /// HDR-FLIP cannot derive an exposure range from the reference.
+    #[error("{image}: cannot choose HDR-FLIP exposures: {detail}")]
+    ExposureRange {
+        /// The reference image.
+        image: String,
+        /// Why.
+        detail: String,
+    },
+    /// The CUDA device was asked for and cannot be used.
+    #[error("CUDA unavailable: {0}")]
+    CudaUnavailable(String),
+    /// A CUDA call failed while scoring.
+    #[error("CUDA failure in {stage}: {message}")]
+    Cuda {
+        /// Which step failed.
+        stage: &'static str,
+        /// The driver's message.
+        message: String,
+    },
+    /// NVRTC rejected a kernel source.
+    #[error("kernel {kernel} failed to compile for {arch}:\n{log}")]
+    KernelCompile {
+        /// The kernel file.
+        kernel: &'static str,
+        /// The target architecture.
+        arch: String,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// Writing the error map failed.
+    #[error("{}: cannot write the error map: {message}", path.display())]
+    WriteMap {
+        /// The output file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A thread pool could not be built.
+    #[error("cannot build a thread pool: {0}")]
+    ThreadPool(String),
+}

@@ -1,0 +1,198 @@
+//! SSIM (Wang et al. 2004), MS-SSIM (Wang, Simoncelli, Bovik 2003) and PSNR on the CPU.
+//!
+//! SSIM follows the common Gaussian variant: an 11×11 window with σ = 1.5, mirrored borders,
+//! population (co)variances, K1 = 0.01, K2 = 0.03, data range 1, the map averaged after
+//! dropping the 5-pixel border the window cannot see whole, per channel, channels averaged.
+
+use rayon::prelude::*;
+
+use super::ScoreError;
+use super::constants::*;
+use super::filter::{Border, conv_cols, conv_row, pad_row, tap_rows};
+use super::image::{Plane, RgbImage, check_pair};
+
+/// The normalised 1-D Gaussian window.
+pub fn gaussian_window() -> Vec<f32> {
+    let r = SSIM_RADIUS as isize;
+    let mut taps: Vec<f32> = (-r..=r)
+        .map(|i| (-0.5 * (i * i) as f32 / (SSIM_SIGMA * SSIM_SIGMA)).exp())
+        .collect();
+    let sum: f32 = taps.iter().sum();
+    taps.iter_mut().for_each(|t| *t /= sum);
+    taps
+}
+
+/// Mean SSIM and mean contrast–structure term of one channel pair.
+///
+/// Fused for cache use: the row pass writes the five filtered quantities (x, y, x², y², xy)
+/// of each row side by side, and the column pass turns each output row into SSIM terms at once.
+fn ssim_channel(x: &Plane, y: &Plane, window: &[f32]) -> (f64, f64) {
+    let (w, h) = (x.width, x.height);
+    let r = window.len() / 2;
+    let b = Border::Reflect;
+    let mut rows = vec![0.0f32; 5 * w * h];
+    rows.par_chunks_mut(5 * w).enumerate().for_each_init(
+        || vec![0.0f32; 5 * (w + 2 * r)],
+        |padded, (row, out)| {
+            let (px, rest) = padded.split_at_mut(w + 2 * r);
+            let (py, rest) = rest.split_at_mut(w + 2 * r);
+            let (pxx, rest) = rest.split_at_mut(w + 2 * r);
+            let (pyy, pxy) = rest.split_at_mut(w + 2 * r);
+            pad_row(&x.data[row * w..(row + 1) * w], r, b, px);
+            pad_row(&y.data[row * w..(row + 1) * w], r, b, py);
+            for i in 0..w + 2 * r {
+                pxx[i] = px[i] * px[i];
+                pyy[i] = py[i] * py[i];
+                pxy[i] = px[i] * py[i];
+            }
+            for (q, src) in [&*px, &*py, &*pxx, &*pyy, &*pxy].into_iter().enumerate() {
+                conv_row(src, window, &mut out[q * w..(q + 1) * w]);
+            }
+        },
+    );
+    let c1 = (SSIM_K1 * 1.0) * (SSIM_K1 * 1.0);
+    let c2 = (SSIM_K2 * 1.0) * (SSIM_K2 * 1.0);
+    let pad = SSIM_RADIUS;
+    let (sum_s, sum_cs) = (pad..h - pad)
+        .into_par_iter()
+        .map_init(
+            || vec![0.0f32; 5 * w],
+            |acc, row| {
+                conv_cols(&tap_rows(&rows, 5 * w, 5 * w, row, h, r, b), window, acc);
+                let (mx, rest) = acc.split_at(w);
+                let (my, rest) = rest.split_at(w);
+                let (mxx, rest) = rest.split_at(w);
+                let (myy, mxy) = rest.split_at(w);
+                let (mut s_sum, mut cs_sum) = (0.0f64, 0.0f64);
+                for i in pad..w - pad {
+                    let (ux, uy) = (mx[i], my[i]);
+                    let vx = mxx[i] - ux * ux;
+                    let vy = myy[i] - uy * uy;
+                    let vxy = mxy[i] - ux * uy;
+                    let cs = (2.0 * vxy + c2) / (vx + vy + c2);
+                    let l = (2.0 * ux * uy + c1) / (ux * ux + uy * uy + c1);
+                    s_sum += f64::from(l * cs);
+                    cs_sum += f64::from(cs);
+                }
+                (s_sum, cs_sum)
+            },
+        )
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let n = ((w - 2 * pad) * (h - 2 * pad)) as f64;
+    (sum_s / n, sum_cs / n)
+}
+
+fn check_min_side(
+    image: &RgbImage,
+    metric: &'static str,
+    min_side: usize,
+) -> Result<(), ScoreError> {
+    if image.width() < min_side || image.height() < min_side {
+        return Err(ScoreError::TooSmall {
+            image: image.label().to_owned(),
+            metric,
+            width: image.width(),
+            height: image.height(),
+            min_side,
+        });
+    }
+    Ok(())
+}
+
+/// Mean SSIM over the three channels.
+///
+/// # Errors
+/// [`ScoreError::SizeMismatch`], [`ScoreError::TooSmall`] below 11 pixels a side.
+pub fn ssim(reference: &RgbImage, test: &RgbImage) -> Result<f64, ScoreError> {
+    check_pair(reference, test)?;
+    check_min_side(reference, "SSIM", 2 * SSIM_RADIUS + 1)?;
+    let window = gaussian_window();
+    let per: Vec<f64> = (0..3)
+        .into_par_iter()
+        .map(|c| ssim_channel(&reference.channels()[c], &test.channels()[c], &window).0)
+        .collect();
+    Ok(per.iter().sum::<f64>() / 3.0)
+}
+
+/// 2×2 average pooling (a trailing odd row or column is dropped).
+pub fn downsample(p: &Plane) -> Plane {
+    let (w, h) = (p.width / 2, p.height / 2);
+    let mut out = Plane::zeros(w, h);
+    out.data
+        .par_chunks_mut(w.max(1))
+        .enumerate()
+        .for_each(|(y, row)| {
+            let (a, b) = (&p.data[2 * y * p.width..], &p.data[(2 * y + 1) * p.width..]);
+            for (x, o) in row.iter_mut().enumerate() {
+                *o = 0.25 * (a[2 * x] + a[2 * x + 1] + b[2 * x] + b[2 * x + 1]);
+            }
+        });
+    out
+}
+
+/// Smallest side MS-SSIM accepts: the coarsest of 5 scales must still hold an 11×11 window.
+pub const MSSSIM_MIN_SIDE: usize = (2 * SSIM_RADIUS) * 16 + 1;
+
+/// MS-SSIM over five scales, per channel, channels averaged. Negative contrast–structure
+/// terms are clamped to zero before the weighted product, so the result stays real.
+///
+/// # Errors
+/// [`ScoreError::SizeMismatch`], [`ScoreError::TooSmall`] below 161 pixels a side.
+pub fn ms_ssim(reference: &RgbImage, test: &RgbImage) -> Result<f64, ScoreError> {
+    check_pair(reference, test)?;
+    check_min_side(reference, "MS-SSIM", MSSSIM_MIN_SIDE)?;
+    let window = gaussian_window();
+    let per: Vec<f64> = (0..3)
+        .into_par_iter()
+        .map(|c| {
+            let (mut x, mut y) = (reference.channels()[c].clone(), test.channels()[c].clone());
+            let mut value = 1.0f64;
+            for (scale, &weight) in MSSSIM_WEIGHTS.iter().enumerate() {
+                let (s, cs) = ssim_channel(&x, &y, &window);
+                let last = scale + 1 == MSSSIM_WEIGHTS.len();
+                value *= (if last { s } else { cs }).max(0.0).powf(f64::from(weight));
+                if !last {
+                    (x, y) = (downsample(&x), downsample(&y));
+                }
+            }
+            value
+        })
+        .collect();
+    Ok(per.iter().sum::<f64>() / 3.0)
+}
+
+/// Mean squared error and PSNR (data range 1).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct PsnrStats {
+    /// Mean squared error over all samples of all channels.
+    pub mse: f64,
+    /// `10 log10(1 / mse)` in dB; infinite for identical images (null in JSON).
+    pub psnr_db: f64,
+}
+
+/// MSE and PSNR over all channels.
+///
+/// # Errors
+/// [`ScoreError::SizeMismatch`].
+pub fn psnr(reference: &RgbImage, test: &RgbImage) -> Result<PsnrStats, ScoreError> {
+    check_pair(reference, test)?;
+    let sum: f64 = (0..3)
+        .map(|c| {
+            let (a, b) = (&reference.channels()[c].data, &test.channels()[c].data);
+            a.par_chunks(8192)
+                .zip(b.par_chunks(8192))
+                .map(|(x, y)| {
+                    x.iter()
+                        .zip(y)
+                        .map(|(p, q)| (f64::from(*p) - f64::from(*q)).powi(2))
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    let mse = sum / (3 * reference.width() * reference.height()) as f64;
+    Ok(PsnrStats {
+        mse,
+        psnr_db: 10.0 * (1.0 / mse).log10(),
+    })
+}

@@ -1,0 +1,240 @@
+//! Bad input gives a clear error naming the file and the problem, on every available path.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use tetrarch::scoring::{Device, Metric, RgbImage, ScoreError, Scorer, ScorerConfig, Transfer};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/scoring")
+        .join(name)
+}
+
+/// The CPU scorer, plus the CUDA one when this machine has a device.
+fn scorers() -> Vec<Scorer> {
+    let mut out = vec![
+        Scorer::new(ScorerConfig {
+            device: Device::Cpu,
+            ..Default::default()
+        })
+        .unwrap(),
+    ];
+    match Scorer::new(ScorerConfig {
+        device: Device::Cuda,
+        ..Default::default()
+    }) {
+        Ok(s) => out.push(s),
+        Err(e) => eprintln!("CUDA path skipped: {e}"),
+    }
+    out
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn different_sizes_name_both_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.png");
+    image::RgbImage::new(48, 32).save(&small).unwrap();
+    let r = RgbImage::open(&fixture("ref.png")).unwrap();
+    let t = RgbImage::open(&small).unwrap();
+    for scorer in scorers() {
+        for metric in [
+            Metric::Flip,
+            Metric::HdrFlip,
+            Metric::Ssim,
+            Metric::Msssim,
+            Metric::Psnr,
+        ] {
+            let err = scorer.score(metric, &r, &t, false).unwrap_err();
+            assert!(matches!(err, ScoreError::SizeMismatch { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("ref.png")
+                    && msg.contains("small.png")
+                    && msg.contains("96x64")
+                    && msg.contains("48x32"),
+                "{msg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_file_is_a_read_error_naming_it() {
+    let err = RgbImage::open(Path::new("/nonexistent/dir/missing.png")).unwrap_err();
+    assert!(matches!(err, ScoreError::Read { .. }));
+    assert!(err.to_string().contains("missing.png"), "{err}");
+}
+
+#[test]
+fn truncated_png_is_a_decode_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("ref.png")).unwrap();
+    let path = write(dir.path(), "cut.png", &bytes[..bytes.len() / 3]);
+    let err = RgbImage::open(&path).unwrap_err();
+    assert!(matches!(err, ScoreError::Decode { .. }), "{err}");
+    assert!(err.to_string().contains("cut.png"), "{err}");
+    let bytes = std::fs::read(fixture("hdr_ref.exr")).unwrap();
+    let path = write(dir.path(), "cut.exr", &bytes[..bytes.len() / 2]);
+    let err = RgbImage::open(&path).unwrap_err();
+    assert!(matches!(err, ScoreError::Decode { .. }), "{err}");
+    assert!(err.to_string().contains("cut.exr"), "{err}");
+}
+
+#[test]
+fn zero_sized_images_are_refused() {
+    let err = RgbImage::from_interleaved("empty", 0, 10, Transfer::Srgb, &[]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScoreError::EmptyImage {
+                width: 0,
+                height: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("empty"));
+    // A PNG whose header declares 0×0 pixels.
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 8, 2, 0, 0, 0]);
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "zero.png", &png);
+    let err = RgbImage::open(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScoreError::Decode { .. } | ScoreError::EmptyImage { .. }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("zero.png"), "{err}");
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn nan_and_infinite_hdr_values_are_refused_with_their_pixel() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bad) in [("nan.exr", f32::NAN), ("inf.exr", f32::INFINITY)] {
+        let mut img = image::Rgb32FImage::from_pixel(16, 8, image::Rgb([0.5, 1.5, 2.0]));
+        img.put_pixel(5, 3, image::Rgb([0.1, bad, 0.2]));
+        let path = dir.path().join(name);
+        img.save(&path).unwrap();
+        let err = RgbImage::open(&path).unwrap_err();
+        assert!(
+            matches!(err, ScoreError::NonFinite { x: 5, y: 3, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    let err = RgbImage::from_interleaved(
+        "buffer",
+        1,
+        1,
+        Transfer::Linear,
+        &[0.0, f32::NEG_INFINITY, 0.0],
+    )
+    .unwrap_err();
+    assert!(matches!(err, ScoreError::NonFinite { .. }), "{err}");
+}
+
+#[test]
+fn unsupported_formats_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // A BMP header: a real image format this build does not read.
+    let path = write(
+        dir.path(),
+        "picture.bmp",
+        b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0\x01\0\0\0\x01\0\0\0\x01\0\x18\0",
+    );
+    let err = RgbImage::open(&path).unwrap_err();
+    assert!(matches!(err, ScoreError::UnsupportedFormat { .. }), "{err}");
+    assert!(err.to_string().contains("picture.bmp"), "{err}");
+    let path = write(dir.path(), "notes.txt", b"not an image at all");
+    let err = RgbImage::open(&path).unwrap_err();
+    assert!(matches!(err, ScoreError::UnsupportedFormat { .. }), "{err}");
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+}
+
+#[test]
+fn translucent_alpha_is_an_unsupported_pixel_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut img = image::RgbaImage::from_pixel(12, 12, image::Rgba([10, 20, 30, 255]));
+    img.put_pixel(2, 7, image::Rgba([10, 20, 30, 128]));
+    let path = dir.path().join("alpha.png");
+    img.save(&path).unwrap();
+    let err = RgbImage::open(&path).unwrap_err();
+    assert!(
+        matches!(err, ScoreError::UnsupportedPixelFormat { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("alpha.png") && msg.contains("(2, 7)"), "{msg}");
+    // Opaque alpha is fine.
+    img.put_pixel(2, 7, image::Rgba([10, 20, 30, 255]));
+    img.save(&path).unwrap();
+    assert!(RgbImage::open(&path).is_ok());
+}
+
+#[test]
+fn too_small_and_unexposable_inputs_are_refused_on_every_path() {
+    let tiny = RgbImage::from_interleaved("tiny", 8, 8, Transfer::Srgb, &[0.5; 8 * 8 * 3]).unwrap();
+    let black =
+        RgbImage::from_interleaved("black.exr", 16, 16, Transfer::Linear, &[0.0; 16 * 16 * 3])
+            .unwrap();
+    for scorer in scorers() {
+        let err = scorer.score(Metric::Ssim, &tiny, &tiny, false).unwrap_err();
+        assert!(
+            matches!(err, ScoreError::TooSmall { min_side: 11, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("tiny"));
+        let err = scorer
+            .score(Metric::HdrFlip, &black, &black, false)
+            .unwrap_err();
+        assert!(matches!(err, ScoreError::ExposureRange { .. }), "{err}");
+        assert!(err.to_string().contains("black.exr"), "{err}");
+    }
+}
+
+#[test]
+fn a_bad_pair_in_a_batch_does_not_fail_the_others() {
+    let r = RgbImage::open(&fixture("ref.png")).unwrap();
+    let t = RgbImage::open(&fixture("test_noise.png")).unwrap();
+    let odd = RgbImage::from_interleaved("odd", 4, 4, Transfer::Srgb, &[0.0; 48]).unwrap();
+    for scorer in scorers() {
+        let results = scorer.score_batch(Metric::Psnr, &[(&r, &t), (&r, &odd), (&t, &t)], false);
+        assert!(
+            results[0]
+                .as_ref()
+                .is_ok_and(|s| (s.value - 28.1425).abs() < 0.01)
+        );
+        assert!(matches!(results[1], Err(ScoreError::SizeMismatch { .. })));
+        assert!(results[2].as_ref().is_ok_and(|s| s.value.is_infinite()));
+    }
+}
