@@ -87,7 +87,7 @@ impl PostingList {
             self.min_length = self.min_length.min(length);
         }
         match self.blocks.last_mut() {
-            Some(block) if self.docs.len() % BLOCK != 0 => {
+            Some(block) if !self.docs.len().is_multiple_of(BLOCK) => {
                 block.last = doc;
                 block.max_tf = block.max_tf.max(tf);
                 block.min_length = block.min_length.min(length);
