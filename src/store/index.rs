@@ -72,6 +72,8 @@ struct Block {
 struct PostingList {
     docs: Vec<DocNo>,
     tfs: Vec<f32>,
+    /// Each posting's document length, so scoring never touches the document table.
+    lengths: Vec<f32>,
     max_tf: f32,
     min_length: f32,
     blocks: Vec<Block>,
@@ -100,6 +102,7 @@ impl PostingList {
         }
         self.docs.push(doc);
         self.tfs.push(tf);
+        self.lengths.push(length);
     }
 
     /// The first position at or after `from` whose docno is >= `target` (galloping search).
@@ -224,6 +227,13 @@ struct Cursor<'a> {
 impl Cursor<'_> {
     fn current(&self) -> Option<DocNo> {
         self.list.docs.get(self.pos).copied()
+    }
+
+    /// The score contribution of the posting under the cursor.
+    fn score_current(&self, stats: &QueryStats) -> f64 {
+        let tf = self.list.tfs[self.pos];
+        let length = self.list.lengths[self.pos];
+        MATCH_BONUS + stats.bm25(self.idf, tf, length)
     }
 
     /// The score bound and last docno of the block that would hold `doc`, if any block can.
@@ -365,6 +375,7 @@ impl SearchIndex {
                 let list = lists.entry(run[0].0).or_default();
                 list.docs.reserve(run.len());
                 list.tfs.reserve(run.len());
+                list.lengths.reserve(run.len());
                 for &(_, doc, tf, length) in run {
                     list.push(doc, tf, length);
                 }
@@ -563,23 +574,15 @@ impl SearchIndex {
                     continue;
                 }
             }
-            let slot = &self.docs[doc as usize];
-            let live = slot.alive && slot.expires_at > now_ms;
             let mut composite = 0.0;
             parts.clear();
             for cursor in cursors[first_essential..].iter_mut() {
                 if cursor.current() == Some(doc) {
-                    if live {
-                        let tf = cursor.list.tfs[cursor.pos];
-                        let part = MATCH_BONUS + stats.bm25(cursor.idf, tf, slot.length);
-                        composite += part;
-                        parts.push((cursor.term, part));
-                    }
+                    let part = cursor.score_current(stats);
+                    composite += part;
+                    parts.push((cursor.term, part));
                     cursor.pos += 1;
                 }
-            }
-            if !live {
-                continue;
             }
             let mut pruned = false;
             for i in (0..first_essential).rev() {
@@ -590,17 +593,21 @@ impl SearchIndex {
                 let cursor = &mut cursors[i];
                 cursor.pos = cursor.list.seek(cursor.pos, doc);
                 if cursor.current() == Some(doc) {
-                    let tf = cursor.list.tfs[cursor.pos];
-                    let part = MATCH_BONUS + stats.bm25(cursor.idf, tf, slot.length);
+                    let part = cursor.score_current(stats);
                     composite += part;
                     parts.push((cursor.term, part));
                 }
             }
-            if pruned {
+            if pruned || composite < threshold {
                 continue;
             }
             parts.sort_unstable_by_key(|&(term, _)| term);
             let composite = parts.iter().map(|&(_, part)| part).sum::<f64>();
+            // Only documents good enough for the results touch the document table.
+            let slot = &self.docs[doc as usize];
+            if !slot.alive || slot.expires_at <= now_ms {
+                continue;
+            }
             let candidate = Candidate {
                 composite,
                 importance: slot.importance,
