@@ -3,6 +3,7 @@
 
 mod kernels;
 mod mem;
+mod perms;
 mod score;
 
 use std::io::IsTerminal;
@@ -33,6 +34,9 @@ enum Command {
     /// Work with the CUDA kernels.
     #[command(subcommand)]
     Kernels(kernels::KernelsCommand),
+    /// Check, compare and consolidate Claude Code permission rules.
+    #[command(subcommand)]
+    Perms(perms::PermsCommand),
 }
 
 /// Where the store lives when `--store` is not given.
@@ -67,6 +71,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Score(args) => score::run(args, store.or_else(|| default_store_path().ok())),
         Command::Kernels(command) => kernels::run(command),
+        Command::Perms(command) => perms::run(command),
     }
 }
 

