@@ -8,7 +8,9 @@
 //! - [`store`]: memories, the BM25 search index, the context cache, the group-commit writer.
 //! - [`scoring`]: image distance (FLIP, HDR-FLIP, SSIM, MS-SSIM, PSNR) on the CPU and with CUDA.
 //! - [`permissions`]: Claude Code-compatible permission rules, their evaluation and consolidation.
+//! - [`lessons`]: error→fix learning over the store.
 
+pub mod lessons;
 pub mod permissions;
 pub mod scoring;
 pub mod store;

@@ -2,6 +2,7 @@
 //! exit code. Errors print as `error: ...` with their causes and exit 2; a closed pipe exits 0.
 
 mod kernels;
+mod lessons;
 mod mem;
 mod perms;
 mod score;
@@ -37,6 +38,9 @@ enum Command {
     /// Check, compare and consolidate Claude Code permission rules.
     #[command(subcommand)]
     Perms(perms::PermsCommand),
+    /// Record failures and their fixes; suggest fixes for new errors.
+    #[command(subcommand)]
+    Lessons(lessons::LessonsCommand),
 }
 
 /// Where the store lives when `--store` is not given.
@@ -47,6 +51,13 @@ fn default_store_path() -> Result<PathBuf> {
     let data =
         dirs::data_dir().context("no data directory: set TETRARCH_HOME or pass --store PATH")?;
     Ok(data.join("tetrarch").join("store.redb"))
+}
+
+fn resolve_store(store: Option<PathBuf>) -> Result<PathBuf> {
+    match store {
+        Some(path) => Ok(path),
+        None => default_store_path(),
+    }
 }
 
 fn init_tracing() {
@@ -62,16 +73,11 @@ fn init_tracing() {
 fn run(cli: Cli) -> Result<ExitCode> {
     let Cli { store, command } = cli;
     match command {
-        Command::Mem(command) => {
-            let store_path = match store {
-                Some(path) => path,
-                None => default_store_path()?,
-            };
-            mem::run(command, &store_path)
-        }
+        Command::Mem(command) => mem::run(command, &resolve_store(store)?),
         Command::Score(args) => score::run(args, store.or_else(|| default_store_path().ok())),
         Command::Kernels(command) => kernels::run(command),
         Command::Perms(command) => perms::run(command),
+        Command::Lessons(command) => lessons::run(command, &resolve_store(store)?),
     }
 }
 

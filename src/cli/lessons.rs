@@ -1,0 +1,157 @@
+//! `tetrarch lessons ...`: error→fix learning from the command line.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use tetrarch::lessons::{DEFAULT_THRESHOLD, Failure, Lessons};
+use tetrarch::store::{Namespace, Store, StoreConfig};
+
+/// Lesson commands.
+#[derive(Debug, Subcommand)]
+pub enum LessonsCommand {
+    /// Record a failure and the fix that was tried.
+    Record {
+        /// The kind of error, such as compile_error or timeout.
+        #[arg(long = "type")]
+        error_type: String,
+        /// The error message as printed.
+        #[arg(long)]
+        message: String,
+        /// What was running.
+        #[arg(long, default_value = "")]
+        context: String,
+        /// The fix that was applied.
+        #[arg(long)]
+        fix: Option<String>,
+        /// Whether the fix worked.
+        #[arg(long)]
+        worked: Option<bool>,
+        /// Namespace of the lessons.
+        #[arg(long, default_value = "global")]
+        ns: String,
+    },
+    /// The most recent lessons.
+    List {
+        /// Namespace of the lessons.
+        #[arg(long, default_value = "global")]
+        ns: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The most successful known fix for the most similar past error.
+    Suggest {
+        /// The error message.
+        message: String,
+        /// Namespace of the lessons.
+        #[arg(long, default_value = "global")]
+        ns: String,
+        /// Least similarity (0-1) to suggest anything.
+        #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+        threshold: f64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn open(path: &Path, ns: &str) -> Result<Lessons> {
+    let namespace: Namespace = ns.parse()?;
+    let store = Store::open(path, StoreConfig::default())?;
+    Ok(Lessons::new(store, namespace))
+}
+
+/// Runs one lessons command against the store at `store_path`.
+pub fn run(command: LessonsCommand, store_path: &Path) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        LessonsCommand::Record {
+            error_type,
+            message,
+            context,
+            fix,
+            worked,
+            ns,
+        } => {
+            let lessons = open(store_path, &ns)?;
+            let failure = Failure {
+                error_type,
+                message,
+                context,
+                fix,
+                worked,
+            };
+            let id = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(lessons.record(failure))?;
+            writeln!(out, "{id}")?;
+        }
+        LessonsCommand::List { ns, limit, json } => {
+            for lesson in open(store_path, &ns)?.list(limit) {
+                if json {
+                    serde_json::to_writer(&mut out, &lesson)?;
+                    writeln!(out)?;
+                } else {
+                    let f = &lesson.failure;
+                    let outcome = match f.worked {
+                        Some(true) => "worked",
+                        Some(false) => "failed",
+                        None => "unknown",
+                    };
+                    writeln!(
+                        out,
+                        "{}  [{}] {}  fix: {} ({outcome})",
+                        lesson.id,
+                        f.error_type,
+                        lesson.normalised,
+                        f.fix.as_deref().unwrap_or("-")
+                    )?;
+                }
+            }
+        }
+        LessonsCommand::Suggest {
+            message,
+            ns,
+            threshold,
+            json,
+        } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&threshold),
+                "--threshold {threshold} is outside 0..=1"
+            );
+            let suggestion = open(store_path, &ns)?
+                .with_threshold(threshold)
+                .suggest_fix(&message);
+            match (suggestion, json) {
+                (Some(s), true) => {
+                    serde_json::to_writer(&mut out, &s)?;
+                    writeln!(out)?;
+                }
+                (Some(s), false) => writeln!(
+                    out,
+                    "{}\n  similarity {:.2}, worked {:.0}% of {} tries (like lesson {})",
+                    s.fix,
+                    s.similarity,
+                    s.success_rate * 100.0,
+                    s.attempts,
+                    s.example
+                )?,
+                (None, true) => writeln!(out, "null")?,
+                (None, false) => {
+                    writeln!(out, "no known fix for a similar error")?;
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,303 @@
+//! Error→fix learning: every failure is recorded with the fix that was tried and whether it worked,
+//! and a new error gets the most successful fix of the most similar past errors.
+//!
+//! Lessons are memories in the shared store (type `bug_fix`, tag `lesson`), so they are durable,
+//! searchable and visible to every agent; the structured record rides in the memory's `context` as
+//! JSON. Error messages are normalised before they are stored or compared: paths, UUIDs, hex
+//! values, timestamps and numbers become placeholders, so "file /a/b.rs line 12" and
+//! "file /c/d.rs line 340" are the same error.
+//!
+//! Similarity is the Jaccard index of the normalised messages' word sets; candidates come from the
+//! store's BM25 search over the normalised text, so suggesting stays fast with many lessons.
+//! Among the past errors at or above the threshold, fixes are ranked by success rate (Laplace
+//! smoothed, so one lucky success does not beat a fix that worked nine times in ten), then by the
+//! best similarity.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{MemoryId, MemoryType, Namespace, NewMemory, SearchOptions, Store, StoreError};
+
+/// The tag every lesson memory carries.
+pub const LESSON_TAG: &str = "lesson";
+
+/// The similarity below which no fix is suggested.
+pub const DEFAULT_THRESHOLD: f64 = 0.6;
+
+/// Why recording or reading a lesson failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LessonError {
+    /// The store refused the write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The failure has an empty message.
+    #[error("a failure needs a non-empty message")]
+    EmptyMessage,
+}
+
+/// One failure and what was done about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The kind of error, such as `compile_error` or `timeout`.
+    pub error_type: String,
+    /// The error message as it was printed.
+    pub message: String,
+    /// What was running: the task, tool or command.
+    pub context: String,
+    /// The fix that was applied, if any.
+    pub fix: Option<String>,
+    /// Whether the fix made the error go away (`None`: not known yet).
+    pub worked: Option<bool>,
+}
+
+/// A recorded lesson as read back.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Lesson {
+    /// The memory holding it.
+    pub id: MemoryId,
+    /// The failure.
+    pub failure: Failure,
+    /// The normalised message used for comparison.
+    pub normalised: String,
+}
+
+/// A suggested fix.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Suggestion {
+    /// The fix to try.
+    pub fix: String,
+    /// Similarity (0–1) of the closest past error this fix was applied to.
+    pub similarity: f64,
+    /// Share of the similar past errors where this fix worked.
+    pub success_rate: f64,
+    /// How many similar past errors this fix was tried on.
+    pub attempts: u32,
+    /// The closest past error's lesson.
+    pub example: MemoryId,
+}
+
+static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    let rules: [(&str, &str); 6] = [
+        (
+            r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?\b",
+            " <time> ",
+        ),
+        (
+            r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",
+            " <uuid> ",
+        ),
+        (r"\b0x[0-9a-fA-F]+\b|\b[0-9a-fA-F]{8,}\b", " <hex> "),
+        (
+            r#"(?:[A-Za-z]:\\|\.{0,2}/|~/)[^\s:'"`,;()\[\]{}<>]+|\b[\w.-]+(?:/[\w.-]+)+"#,
+            " <path> ",
+        ),
+        (
+            r"\b[\w-]+\.(?:rs|py|cu|cpp|c|h|hpp|js|ts|json|toml|yaml|yml|png|exr|txt|log)\b",
+            " <path> ",
+        ),
+        (r"\b\d+(?:\.\d+)?", " <num> "),
+    ];
+    rules
+        .into_iter()
+        .filter_map(|(pattern, replacement)| match Regex::new(pattern) {
+            Ok(regex) => Some((regex, replacement)),
+            Err(e) => {
+                // The patterns are constants; a failure here is a bug caught by the tests.
+                tracing::error!(pattern, error = %e, "invalid lesson normalisation pattern");
+                None
+            }
+        })
+        .collect()
+});
+
+/// Normalises an error message for comparison: volatile parts become placeholders, case and
+/// spacing are folded.
+pub fn normalise_message(message: &str) -> String {
+    let mut text = message.to_string();
+    for (regex, replacement) in PATTERNS.iter() {
+        text = regex.replace_all(&text, *replacement).into_owned();
+    }
+    text.split_whitespace()
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn word_set(normalised: &str) -> BTreeSet<&str> {
+    normalised
+        .split(|c: char| !(c.is_alphanumeric() || c == '<' || c == '>' || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// The Jaccard similarity of two normalised messages' word sets.
+pub fn similarity(a: &str, b: &str) -> f64 {
+    let (a, b) = (word_set(a), word_set(b));
+    let union = a.union(&b).count();
+    if union == 0 {
+        return 0.0;
+    }
+    a.intersection(&b).count() as f64 / union as f64
+}
+
+/// The lessons of one namespace of a store.
+#[derive(Clone, Debug)]
+pub struct Lessons {
+    store: Store,
+    namespace: Namespace,
+    threshold: f64,
+}
+
+impl Lessons {
+    /// Lessons kept in `namespace` of `store`, suggesting at [`DEFAULT_THRESHOLD`].
+    pub fn new(store: Store, namespace: Namespace) -> Self {
+        Lessons {
+            store,
+            namespace,
+            threshold: DEFAULT_THRESHOLD,
+        }
+    }
+
+    /// The same lessons with another similarity threshold.
+    pub fn with_threshold(mut self, threshold: f64) -> Self {
+        self.threshold = threshold;
+        self
+    }
+
+    /// Records a failure durably.
+    ///
+    /// # Errors
+    /// [`LessonError::EmptyMessage`], or the store's error.
+    pub async fn record(&self, failure: Failure) -> Result<MemoryId, LessonError> {
+        if failure.message.trim().is_empty() {
+            return Err(LessonError::EmptyMessage);
+        }
+        let normalised = normalise_message(&failure.message);
+        let mut memory = NewMemory::new(self.namespace.clone(), normalised);
+        memory.memory_type = MemoryType::BugFix;
+        memory.summary = failure.fix.clone();
+        memory.keywords = vec![failure.error_type.clone()];
+        memory.tags = vec![LESSON_TAG.to_string()];
+        memory.context = Some(
+            serde_json::to_string(&failure)
+                .map_err(|e| StoreError::Codec(format!("encode lesson: {e}")))?,
+        );
+        Ok(self.store.store(memory).await?)
+    }
+
+    fn lessons_matching(&self, query: &str, limit: usize) -> Vec<Lesson> {
+        let options = SearchOptions {
+            namespace: Some(self.namespace.clone()),
+            tags: vec![LESSON_TAG.to_string()],
+            min_importance: None,
+            limit,
+        };
+        self.store
+            .search(query, &options)
+            .into_iter()
+            .filter_map(|hit| to_lesson(hit.memory))
+            .collect()
+    }
+
+    /// The most recent lessons, newest first.
+    pub fn list(&self, limit: usize) -> Vec<Lesson> {
+        self.store
+            .list_recent(Some(&self.namespace), usize::MAX)
+            .into_iter()
+            .filter(|m| m.tags.iter().any(|t| t == LESSON_TAG))
+            .filter_map(to_lesson)
+            .take(limit)
+            .collect()
+    }
+
+    /// The most successful known fix for the errors most similar to `message`, or `None` when no
+    /// past error reaches the threshold or none of the similar ones has a fix.
+    pub fn suggest_fix(&self, message: &str) -> Option<Suggestion> {
+        let normalised = normalise_message(message);
+        struct Tally {
+            attempts: u32,
+            worked: u32,
+            best: f64,
+            example: MemoryId,
+        }
+        let mut fixes: BTreeMap<String, Tally> = BTreeMap::new();
+        for lesson in self.lessons_matching(&normalised, 200) {
+            let score = similarity(&normalised, &lesson.normalised);
+            if score < self.threshold {
+                continue;
+            }
+            let Some(fix) = lesson.failure.fix.clone() else {
+                continue;
+            };
+            let tally = fixes.entry(fix).or_insert(Tally {
+                attempts: 0,
+                worked: 0,
+                best: score,
+                example: lesson.id,
+            });
+            tally.attempts += 1;
+            tally.worked += u32::from(lesson.failure.worked == Some(true));
+            if score > tally.best {
+                tally.best = score;
+                tally.example = lesson.id;
+            }
+        }
+        let smoothed = |t: &Tally| (f64::from(t.worked) + 1.0) / (f64::from(t.attempts) + 2.0);
+        fixes
+            .into_iter()
+            .filter(|(_, t)| t.worked > 0)
+            .max_by(|(_, a), (_, b)| {
+                smoothed(a)
+                    .total_cmp(&smoothed(b))
+                    .then(a.best.total_cmp(&b.best))
+            })
+            .map(|(fix, t)| Suggestion {
+                fix,
+                similarity: t.best,
+                success_rate: f64::from(t.worked) / f64::from(t.attempts),
+                attempts: t.attempts,
+                example: t.example,
+            })
+    }
+}
+
+fn to_lesson(memory: crate::store::Memory) -> Option<Lesson> {
+    let failure: Failure = serde_json::from_str(memory.context.as_deref()?).ok()?;
+    Some(Lesson {
+        id: memory.id,
+        normalised: memory.content,
+        failure,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volatile_parts_are_normalised_away() {
+        let a = normalise_message(
+            "error[E0308]: mismatched types at /home/ana/render/src/volume.rs:120:17 (build 4f3a9c2e1b)",
+        );
+        let b = normalise_message(
+            "error[E0308]: Mismatched types at /tmp/ci/x/src/main.rs:7:3 (build 0091aa77ff)",
+        );
+        assert_eq!(a, b);
+        assert!(a.contains("<path>") && a.contains("<hex>"), "{a}");
+        let t = normalise_message(
+            "timeout after 30s at 2026-11-21T10:00:03Z for 01890a5d-ac96-774b-bcce-b302099a8057",
+        );
+        assert_eq!(t, "timeout after <num> s at <time> for <uuid>");
+    }
+
+    #[test]
+    fn similarity_is_jaccard_over_words() {
+        assert_eq!(similarity("a b c", "a b c"), 1.0);
+        assert_eq!(similarity("a b", "c d"), 0.0);
+        assert!((similarity("a b c d", "a b c e") - 0.6).abs() < 1e-9);
+    }
+}
