@@ -9,8 +9,10 @@
 //! - [`scoring`]: image distance (FLIP, HDR-FLIP, SSIM, MS-SSIM, PSNR) on the CPU and with CUDA.
 //! - [`permissions`]: Claude Code-compatible permission rules, their evaluation and consolidation.
 //! - [`lessons`]: error→fix learning over the store.
+//! - [`plan`]: the plan format, its validation, templates, gates and DAG analysis.
 
 pub mod lessons;
 pub mod permissions;
+pub mod plan;
 pub mod scoring;
 pub mod store;

@@ -5,6 +5,7 @@ mod kernels;
 mod lessons;
 mod mem;
 mod perms;
+mod plan;
 mod score;
 
 use std::io::IsTerminal;
@@ -41,6 +42,9 @@ enum Command {
     /// Record failures and their fixes; suggest fixes for new errors.
     #[command(subcommand)]
     Lessons(lessons::LessonsCommand),
+    /// Validate plans and show their DAG.
+    #[command(subcommand)]
+    Plan(plan::PlanCommand),
 }
 
 /// Where the store lives when `--store` is not given.
@@ -78,6 +82,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kernels(command) => kernels::run(command),
         Command::Perms(command) => perms::run(command),
         Command::Lessons(command) => lessons::run(command, &resolve_store(store)?),
+        Command::Plan(command) => plan::run(command),
     }
 }
 

@@ -1,0 +1,129 @@
+//! `tetrarch plan check`: validate a plan and show its DAG.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use serde_json::json;
+use tetrarch::plan::{Plan, PlanError, StaticCatalog};
+
+/// Plan commands.
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Validate a plan; print its levels and critical path, or every error with its line.
+    Check {
+        /// The plan file (TOML).
+        file: PathBuf,
+        /// Known pools, comma-separated; tasks naming other pools are errors. Tool names are
+        /// not checked (no actor catalogue yet).
+        #[arg(long, value_delimiter = ',')]
+        pools: Option<Vec<String>>,
+        /// Print a JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a plan command: exit 0 when the plan is valid, 2 when it is not.
+pub fn run(cmd: PlanCommand) -> Result<ExitCode> {
+    match cmd {
+        PlanCommand::Check { file, pools, json } => check(&file, pools, json),
+    }
+}
+
+fn check(file: &PathBuf, pools: Option<Vec<String>>, as_json: bool) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read plan {}", file.display()))?;
+    let source = file.display().to_string();
+    let catalog = pools.as_ref().map(|names| {
+        names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .fold(StaticCatalog::new(), |c, n| c.with_open_pool(n.clone()))
+    });
+    let result = match &catalog {
+        Some(catalog) => Plan::from_toml_with_catalog(&text, &source, catalog),
+        None => Plan::from_toml(&text, &source),
+    };
+    let scope = if pools.is_some() {
+        "structure, templates and pool names checked; tool names not checked (no actor catalogue)"
+    } else {
+        "structure and templates checked; pools and tools not checked: no catalogue, pass --pools"
+    };
+    match result {
+        Ok(plan) => {
+            print_plan(&plan, scope, as_json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            print_errors(&err, as_json);
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn print_plan(plan: &Plan, scope: &str, as_json: bool) {
+    let dag = plan.dag();
+    let levels = dag.levels();
+    let (path, length) = dag.critical_path();
+    if as_json {
+        let report = json!({
+            "ok": true,
+            "plan": plan.name,
+            "tasks": plan.tasks.len(),
+            "checked": scope,
+            "levels": levels.iter().map(|l| l.iter().map(|t| t.as_str()).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "critical_path": {
+                "tasks": path.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+                "seconds": length.as_secs_f64(),
+            },
+        });
+        println!("{report:#}");
+        return;
+    }
+    println!(
+        "plan {:?}: {} tasks, {} levels ({scope})",
+        plan.name,
+        plan.tasks.len(),
+        levels.len()
+    );
+    for (n, level) in levels.iter().enumerate() {
+        let ids: Vec<&str> = level.iter().map(|t| t.as_str()).collect();
+        println!("level {n}: {}", ids.join(", "));
+    }
+    let ids: Vec<&str> = path.iter().map(|t| t.as_str()).collect();
+    println!(
+        "critical path: {} ({})",
+        ids.join(" -> "),
+        humantime::format_duration(length)
+    );
+}
+
+fn print_errors(err: &PlanError, as_json: bool) {
+    if as_json {
+        let errors: Vec<_> = err
+            .diagnostics
+            .iter()
+            .map(|d| {
+                json!({
+                    "line": d.location.line,
+                    "column": d.location.column,
+                    "message": d.message,
+                })
+            })
+            .collect();
+        let report = json!({ "ok": false, "source": err.source_name, "errors": errors });
+        println!("{report:#}");
+        return;
+    }
+    for line in err.lines() {
+        eprintln!("{line}");
+    }
+    let n = err.diagnostics.len();
+    eprintln!(
+        "{}: {n} error{} — plan rejected",
+        err.source_name,
+        if n == 1 { "" } else { "s" }
+    );
+}

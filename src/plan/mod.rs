@@ -1,0 +1,353 @@
+//! Plans: the TOML format, its validation, `{{ }}` templates, gates and DAG analysis — the
+//! pure-logic layer the Orchestrator, Executor and Reviewer share.
+//!
+//! # Format
+//!
+//! ```toml
+//! name = "poster"
+//!
+//! [defaults]
+//! timeout = "2m"        # humantime: "30s", "5m", "1h 30m"
+//! retries = 1           # re-runs after an *error* (crash, timeout), same inputs
+//! max_attempts = 1      # attempts allowed by *gates* (a failed gate re-runs with feedback)
+//!
+//! [[task]]
+//! id = "render-day"
+//! tool = "blender.render"
+//! args = { scene = "poster.blend", light = "day", out = "out/{{run.id}}/day.png" }
+//! outputs = ["path", "frames"]
+//! estimate = "40s"
+//! cacheable = true
+//!
+//! [[task]]
+//! id = "render-dusk"
+//! tool = "blender.render"
+//! args = { scene = "poster.blend", light = "dusk", out = "out/{{run.id}}/dusk.png" }
+//! outputs = ["path", "frames"]
+//! estimate = "45s"
+//! cacheable = true
+//!
+//! [[task]]
+//! id = "render-night"
+//! tool = "blender.render"
+//! args = { scene = "poster.blend", light = "night", out = "out/{{run.id}}/night.png" }
+//! outputs = ["path", "frames"]
+//! estimate = "50s"
+//! cacheable = true
+//!
+//! [[task]]
+//! id = "compose"
+//! tool = "shell.magick"
+//! deps = ["render-day", "render-dusk", "render-night"]
+//! args = { inputs = ["{{tasks.render-day.output.path}}", "{{tasks.render-dusk.output.path}}",
+//!                    "{{tasks.render-night.output.path}}"],
+//!          out = "out/{{run.id}}/poster.png",
+//!          # Empty on the first attempt; the Reviewer's reasons on later ones.
+//!          notes = "attempt {{attempt}}: {{feedback}}" }
+//! outputs = ["path"]
+//! max_attempts = 3
+//! gates = [
+//!   { exit = 0 },
+//!   { file_exists = "{{tasks.compose.output.path}}" },
+//!   { score = "flip", reference = "refs/poster.png", max = 0.05 },
+//! ]
+//!
+//! [[task]]
+//! id = "publish"
+//! tool = "cdn.upload"
+//! deps = ["compose"]
+//! args = { file = "{{tasks.compose.output.path}}", bucket = "posters" }
+//! outputs = ["url", "version"]
+//! timeout = "30s"
+//! retries = 3
+//! gates = [{ json = "/status", eq = "ok" }]
+//! # Run in reverse dependency order if the run is rolled back after this task succeeded.
+//! compensate = { tool = "cdn.delete", args = { version = "{{tasks.publish.output.version}}" } }
+//! ```
+//!
+//! - `name` (required) and `[[task]]` tables (at least one). Unknown keys are errors.
+//! - `id`: ASCII letters, digits, `_`, `-` (no `.`, which separates template parts); unique.
+//! - `tool = "POOL.TOOL"`: split at the *first* `.`; the pool name is letters, digits, `_`, `-`,
+//!   and the tool name is the rest (it may contain further dots, e.g. `mcp.fs.read_file`).
+//! - `args`: any TOML value (usually a table); its strings are templates. Default `{}`.
+//! - `deps`: ids of tasks that must finish first.
+//! - `timeout`, `estimate`: humantime durations, more than zero. `timeout` falls back to
+//!   `[defaults]`; `estimate` is only a scheduling hint.
+//! - `retries` (default 0): extra runs after an *error* — the tool crashed, timed out, or the
+//!   pool failed — with the same inputs. `max_attempts` (default 1, at least 1): total
+//!   attempts when *gates fail*; each new attempt sees `{{attempt}}` and the Reviewer's
+//!   `{{feedback}}`. The two budgets are separate.
+//! - `gates`: see [`gate`] for the shapes.
+//! - `compensate = { tool = "POOL.TOOL", args = ... }`: the call that undoes the task.
+//! - `cacheable` (default false): the result may be reused for identical rendered args.
+//! - `outputs`: the fields of the task's (JSON object) output. When declared, references to
+//!   other fields are errors; when absent, any field is accepted.
+//!
+//! # Templates
+//!
+//! `{{tasks.ID.output}}`, `{{tasks.ID.output.FIELD[.SUB...]}}`, `{{attempt}}`, `{{feedback}}`,
+//! `{{run.id}}`, `{{plan.name}}` — anything else is an error. In `args`, `ID` must be an
+//! upstream task (a direct or indirect dep); gates and `compensate` run after the task, so they
+//! may also name the task itself. See [`template::render`] for how values are substituted.
+//!
+//! # Validation
+//!
+//! [`Plan::from_toml`] rejects a plan before anything runs. Syntax and shape errors (not TOML, a
+//! missing `id`, a wrong type, an unknown key) stop parsing and are reported alone; all semantic
+//! errors are collected: empty/bad/duplicate ids, unknown deps, self-deps, cycles (named by their
+//! path, `cycle: a -> b -> a`, each task depending on the next), bad durations, zero
+//! `max_attempts`, bad gates (including regexes that do not compile), template references to
+//! unknown or non-upstream tasks or undeclared fields, and, with a [`ToolCatalog`], unknown pools
+//! and tools. Each error has the line and column, `plan.toml:14:9: task "render" depends on
+//! unknown task "rendr"`.
+//!
+//! # DAG
+//!
+//! [`Plan::dag`] gives levels, ready sets, the critical path, transitive dependents and the
+//! compensation order; see [`Dag`].
+
+pub mod catalog;
+pub mod dag;
+pub mod gate;
+mod print;
+pub mod template;
+mod validate;
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use catalog::{StaticCatalog, ToolCatalog};
+pub use dag::Dag;
+pub use gate::{Gate, GateResult, JsonOp, ScoreBound, ScoreMetric, ToolOutcome};
+pub use template::{TemplateContext, TemplateError, render};
+
+/// A task's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(String);
+
+impl TaskId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for TaskId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Wraps the text as is (no validation: ids inside a [`Plan`] were validated when it was parsed).
+impl From<&str> for TaskId {
+    fn from(id: &str) -> Self {
+        TaskId(id.to_owned())
+    }
+}
+
+/// A 1-based line and column (in characters) in the plan's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1, counted in characters.
+    pub column: usize,
+}
+
+impl Location {
+    /// The location of a byte offset in `text` (clamped to the text).
+    pub fn of_offset(text: &str, offset: usize) -> Location {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Location {
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+        }
+    }
+}
+
+/// One problem found in a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Where.
+    pub location: Location,
+    /// What is wrong, naming the task and the thing.
+    pub message: String,
+}
+
+/// A plan that could not be accepted: every problem, in source order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.lines().join("\n"))]
+pub struct PlanError {
+    /// The name the text was read from (a file path), used as the prefix of each line.
+    pub source_name: String,
+    /// The problems, sorted by location.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl PlanError {
+    /// One `SOURCE:LINE:COLUMN: MESSAGE` line per problem.
+    pub fn lines(&self) -> Vec<String> {
+        self.diagnostics
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}:{}:{}: {}",
+                    self.source_name, d.location.line, d.location.column, d.message
+                )
+            })
+            .collect()
+    }
+}
+
+/// A pool and a tool in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ToolRef {
+    /// The session pool.
+    pub pool: String,
+    /// The tool's name within the pool.
+    pub tool: String,
+}
+
+impl ToolRef {
+    /// Parses `POOL.TOOL` (split at the first `.`).
+    pub fn parse(text: &str) -> Result<ToolRef, String> {
+        let Some((pool, tool)) = text.split_once('.') else {
+            return Err(format!("{text:?} is not POOL.TOOL (no `.`)"));
+        };
+        if pool.is_empty()
+            || !pool
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "pool name {pool:?} in {text:?} must be ASCII letters, digits, `_` or `-`"
+            ));
+        }
+        if tool.is_empty() || tool.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "tool name {tool:?} in {text:?} must be non-empty without spaces"
+            ));
+        }
+        Ok(ToolRef {
+            pool: pool.to_owned(),
+            tool: tool.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for ToolRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.pool, self.tool)
+    }
+}
+
+/// A tool call that is not a task (a compensation).
+#[derive(Debug, Clone)]
+pub struct ToolCall {
+    /// What to call.
+    pub tool: ToolRef,
+    /// Its arguments (templates).
+    pub args: Value,
+    /// Where `tool` is written.
+    pub tool_location: Location,
+}
+
+/// Plan-wide defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// Timeout for tasks that give none.
+    pub timeout: Option<Duration>,
+    /// Retries after errors for tasks that give none.
+    pub retries: u32,
+    /// Gate attempts for tasks that give none.
+    pub max_attempts: u32,
+}
+
+/// One task, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Unique id.
+    pub id: TaskId,
+    /// The tool to call.
+    pub tool: ToolRef,
+    /// Arguments: a JSON tree whose strings are templates.
+    pub args: Value,
+    /// Direct dependencies.
+    pub deps: Vec<TaskId>,
+    /// Time limit per run (task's, else the default's).
+    pub timeout: Option<Duration>,
+    /// Expected duration, for the critical path.
+    pub estimate: Option<Duration>,
+    /// Extra runs after errors.
+    pub retries: u32,
+    /// Total attempts allowed when gates fail.
+    pub max_attempts: u32,
+    /// The Reviewer's checks.
+    pub gates: Vec<Gate>,
+    /// The call that undoes this task.
+    pub compensate: Option<ToolCall>,
+    /// Whether results may be reused.
+    pub cacheable: bool,
+    /// Declared output fields, if declared.
+    pub outputs: Option<Vec<String>>,
+    /// Where the task's `id` is written.
+    pub location: Location,
+    /// Where the task's `tool` is written.
+    pub tool_location: Location,
+}
+
+/// A validated plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The plan's name.
+    pub name: String,
+    /// Where it was read from.
+    pub source_name: String,
+    /// The defaults, already applied to each task.
+    pub defaults: Defaults,
+    /// The tasks in file order (read-only in spirit: the graph was built from them).
+    pub tasks: Vec<Task>,
+    /// Built from `tasks` when the plan was validated.
+    dag: Dag,
+}
+
+impl Plan {
+    /// Parses and validates a plan without a tool catalogue (pools and tools are not checked).
+    /// `source_name` prefixes error locations.
+    pub fn from_toml(text: &str, source_name: &str) -> Result<Plan, PlanError> {
+        validate::parse(text, source_name, None)
+    }
+
+    /// Parses and validates a plan, also checking every pool and tool against `catalog`.
+    pub fn from_toml_with_catalog(
+        text: &str,
+        source_name: &str,
+        catalog: &dyn ToolCatalog,
+    ) -> Result<Plan, PlanError> {
+        validate::parse(text, source_name, Some(catalog))
+    }
+
+    /// The task with this id.
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.id.as_str() == id)
+    }
+
+    /// The dependency graph (built at validation).
+    pub fn dag(&self) -> &Dag {
+        &self.dag
+    }
+}

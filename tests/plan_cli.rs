@@ -1,0 +1,91 @@
+//! `tetrarch plan check` end to end.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn check(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .args(["plan", "check"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn valid_plan_prints_levels_and_critical_path() {
+    let (code, out, _) = check(&["tests/fixtures/plans/poster.toml"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("level 0: render-day, render-dusk, render-night\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("level 1: compose\nlevel 2: publish\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("critical path: render-night -> compose -> publish (3m 20s)"),
+        "{out}"
+    );
+    assert!(out.contains("pools and tools not checked"), "{out}");
+}
+
+#[test]
+fn invalid_plan_lists_every_error_and_exits_2() {
+    let (code, _, err) = check(&["tests/fixtures/plans/broken.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("tests/fixtures/plans/broken.toml:28:9: cycle: fetch -> publish -> fetch"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":15:18: task \"render\" depends on unknown task \"rendr\""),
+        "{err}"
+    );
+    assert!(err.contains("13 errors — plan rejected"), "{err}");
+}
+
+#[test]
+fn pools_option_and_json_report() {
+    let (code, out, _) = check(&[
+        "tests/fixtures/plans/poster.toml",
+        "--pools",
+        "blender,shell,cdn",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["levels"][1][0], "compose");
+    assert_eq!(report["critical_path"]["seconds"], 200.0);
+
+    let (code, out, _) = check(&[
+        "tests/fixtures/plans/poster.toml",
+        "--pools",
+        "blender,shell",
+        "--json",
+    ]);
+    assert_eq!(code, 2);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["errors"][0]["line"], 51);
+    assert_eq!(
+        report["errors"][0]["message"],
+        "task \"publish\" tool: unknown pool \"cdn\""
+    );
+}
+
+#[test]
+fn missing_file_is_an_error_naming_it() {
+    let (code, _, err) = check(&["tests/fixtures/plans/nope.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot read plan tests/fixtures/plans/nope.toml"),
+        "{err}"
+    );
+}
