@@ -10,9 +10,11 @@
 //! - [`permissions`]: Claude Code-compatible permission rules, their evaluation and consolidation.
 //! - [`lessons`]: error→fix learning over the store.
 //! - [`plan`]: the plan format, its validation, templates, gates and DAG analysis.
+//! - [`session`]: the `Session` trait, pools, and the process, MCP and native session kinds.
 
 pub mod lessons;
 pub mod permissions;
 pub mod plan;
 pub mod scoring;
+pub mod session;
 pub mod store;

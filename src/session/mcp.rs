@@ -1,0 +1,275 @@
+//! The `mcp` kind: a Model Context Protocol server started as a child process, spoken to over its
+//! stdio through the `rmcp` client, initialized once and kept open for many calls.
+//!
+//! The server gets a cleared environment plus [`McpSpec::env_allowlist`] (by default `PATH`, so
+//! that `node`/`python` are found, and `HOME`, which npm- and pip-installed servers read) plus
+//! [`McpSpec::env`]. Its stderr is read line by line into `tracing` at debug level.
+//!
+//! Results map onto [`ToolOutcome`]: `structuredContent` → `json`, text content blocks (joined by
+//! newlines) → `stdout` (and, when there is no structured content and the text is JSON, `json`),
+//! `isError` → exit status 1. A JSON-RPC error answer (unknown tool, invalid arguments) is
+//! [`SessionError::ToolRejected`] and leaves the session usable; a closed transport, a dead server
+//! or a timeout breaks the session, and its pool replaces it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, ClientRequest, PingRequest};
+use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::transport::TokioChildProcess;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
+
+/// How to start an MCP server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpSpec {
+    /// The program (e.g. `node`, `python3`, a server's own executable).
+    pub program: String,
+    /// Its arguments (e.g. the server script and `stdio`).
+    pub args: Vec<String>,
+    /// The working directory; ours when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Names of variables copied from our environment (absent ones are skipped).
+    pub env_allowlist: Vec<String>,
+    /// Variables set explicitly (they win over the allowlist).
+    pub env: BTreeMap<String, String>,
+    /// How long starting the server and the initialize handshake may take.
+    pub start_timeout: Duration,
+    /// A call made once right after the handshake, so that the server's (and our) first-call
+    /// costs — a JIT compiling the tool's code, schema compilation, lazy imports — are paid while
+    /// pre-warming rather than by the first task. Its result must not be an error.
+    pub warmup: Option<ToolRequest>,
+}
+
+impl McpSpec {
+    /// A spec for `program` with `args`, allowlisting `PATH` and `HOME`, with a 30-second start
+    /// timeout and no warm-up call.
+    pub fn new(
+        program: impl Into<String>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            cwd: None,
+            env_allowlist: vec!["PATH".to_owned(), "HOME".to_owned()],
+            env: BTreeMap::new(),
+            start_timeout: Duration::from_secs(30),
+            warmup: None,
+        }
+    }
+}
+
+/// One running MCP server and the client connected to it.
+pub struct McpSession {
+    service: RunningService<RoleClient, ()>,
+    server_pid: Option<u32>,
+    program: String,
+}
+
+impl std::fmt::Debug for McpSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpSession")
+            .field("program", &self.program)
+            .field("server_pid", &self.server_pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl McpSession {
+    /// Starts the server of `spec`, runs the initialize handshake, a ping, and the spec's warm-up
+    /// call if it has one.
+    pub async fn connect(spec: &McpSpec) -> Result<Self, SessionError> {
+        let mut command = Command::new(&spec.program);
+        command.args(&spec.args).env_clear();
+        for name in &spec.env_allowlist {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        command.envs(&spec.env);
+        if let Some(cwd) = &spec.cwd {
+            command.current_dir(cwd);
+        }
+        let (transport, stderr) = TokioChildProcess::builder(command)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| SessionError::Spawn {
+                program: spec.program.clone(),
+                source,
+            })?;
+        let server_pid = transport.id();
+        if let Some(stderr) = stderr {
+            let program = spec.program.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(target: "tetrarch::session::mcp", %program, "server stderr: {line}");
+                }
+            });
+        }
+        let service = match tokio::time::timeout(spec.start_timeout, ().serve(transport)).await {
+            Ok(Ok(service)) => service,
+            Ok(Err(e)) => {
+                return Err(SessionError::Protocol {
+                    detail: format!("MCP server {:?} failed to initialize: {e}", spec.program),
+                });
+            }
+            Err(_) => {
+                return Err(SessionError::Protocol {
+                    detail: format!(
+                        "MCP server {:?} did not finish initializing within {:?}",
+                        spec.program, spec.start_timeout
+                    ),
+                });
+            }
+        };
+        let mut session = Self {
+            service,
+            server_pid,
+            program: spec.program.clone(),
+        };
+        session.health_check().await?;
+        if let Some(warmup) = &spec.warmup {
+            let outcome = session.call_tool(warmup.clone()).await?;
+            if !outcome.succeeded() {
+                return Err(SessionError::Protocol {
+                    detail: format!(
+                        "MCP server {:?}: warm-up call {:?} failed: {}",
+                        spec.program, warmup.tool, outcome.stdout
+                    ),
+                });
+            }
+        }
+        Ok(session)
+    }
+
+    /// The server process's id, when known.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server_pid
+    }
+
+    /// The names of the server's tools.
+    pub async fn tool_names(&self) -> Result<Vec<String>, SessionError> {
+        let tools = self
+            .service
+            .list_all_tools()
+            .await
+            .map_err(|e| map_service_error("tools/list", e))?;
+        Ok(tools.into_iter().map(|t| t.name.into_owned()).collect())
+    }
+
+    async fn call_tool(&self, request: ToolRequest) -> Result<ToolOutcome, SessionError> {
+        let started = Instant::now();
+        let mut params = CallToolRequestParams::new(request.tool.clone());
+        match request.args {
+            serde_json::Value::Object(map) => params = params.with_arguments(map),
+            serde_json::Value::Null => {}
+            other => {
+                return Err(SessionError::InvalidArguments {
+                    tool: request.tool,
+                    detail: format!("MCP tool arguments must be a JSON object, got {other}"),
+                });
+            }
+        }
+        let result =
+            match tokio::time::timeout(request.timeout, self.service.call_tool(params)).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) => return Err(map_service_error(&request.tool, e)),
+                Err(_) => {
+                    return Err(SessionError::Timeout {
+                        tool: request.tool,
+                        after: request.timeout,
+                    });
+                }
+            };
+        let texts: Vec<&str> = result
+            .content
+            .iter()
+            .filter_map(|block| block.as_text().map(|t| t.text.as_str()))
+            .collect();
+        let stdout = texts.join("\n");
+        let json = match result.structured_content {
+            Some(value) => Some(value),
+            None => serde_json::from_str(stdout.trim()).ok(),
+        };
+        Ok(ToolOutcome {
+            exit_status: Some(if result.is_error == Some(true) { 1 } else { 0 }),
+            stdout,
+            stderr: String::new(),
+            json,
+            truncated: false,
+            duration: started.elapsed(),
+        })
+    }
+}
+
+fn map_service_error(tool: &str, error: ServiceError) -> SessionError {
+    match error {
+        ServiceError::McpError(e) => SessionError::ToolRejected {
+            tool: tool.to_owned(),
+            detail: e.message.into_owned(),
+        },
+        ServiceError::TransportClosed | ServiceError::TransportSend(_) => SessionError::Closed {
+            detail: format!("MCP server connection lost during {tool:?}: {error}"),
+        },
+        other => SessionError::Protocol {
+            detail: format!("MCP call {tool:?} failed: {other}"),
+        },
+    }
+}
+
+impl Session for McpSession {
+    fn call(&mut self, request: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
+        Box::pin(self.call_tool(request))
+    }
+
+    fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(async move {
+            if !self.is_open() {
+                return Err(SessionError::Closed {
+                    detail: format!("MCP server {:?} has exited", self.program),
+                });
+            }
+            self.service
+                .send_request(ClientRequest::PingRequest(PingRequest::default()))
+                .await
+                .map(|_| ())
+                .map_err(|e| map_service_error("ping", e))
+        })
+    }
+
+    fn is_open(&self) -> bool {
+        !self.service.is_closed() && !self.service.is_transport_closed()
+    }
+}
+
+/// Starts [`McpSession`]s of one [`McpSpec`] for a pool.
+#[derive(Debug, Clone)]
+pub struct McpFactory {
+    spec: Arc<McpSpec>,
+}
+
+impl McpFactory {
+    /// A factory for servers of `spec`.
+    pub fn new(spec: McpSpec) -> Self {
+        Self {
+            spec: Arc::new(spec),
+        }
+    }
+}
+
+impl SessionFactory for McpFactory {
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+        Box::pin(async move {
+            let session = McpSession::connect(&self.spec).await?;
+            Ok(Box::new(session) as Box<dyn Session>)
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! Tool sessions and the pools the Executor runs tool calls through.
+//!
+//! A [`Session`] runs one [`ToolRequest`] at a time and answers a [`ToolOutcome`] or a
+//! [`SessionError`]. Three kinds:
+//! - [`process`]: one child process per call (argv already templated by the caller, optional
+//!   stdin, cwd, a cleared environment plus an allowlist, timeout, capped output capture). The
+//!   session itself is a cheap launcher.
+//! - [`mcp`]: one Model Context Protocol server started as a child process and spoken to over stdio
+//!   through the `rmcp` client; it stays open between calls, tools are called by name.
+//! - [`native`]: Rust async functions registered in a [`NativeRegistry`].
+//!
+//! A [`Pool`] keeps sessions of one kind ready: `min_idle` are started by [`Pool::start`] before
+//! the first task (so the first call does not pay the start), at most `max_size` are in use at once
+//! (a tokio semaphore), a caller waits at most `acquire_timeout`, idle sessions above `min_idle`
+//! are closed after `idle_timeout`, idle sessions are health-checked every
+//! `health_check_interval`, and a session that breaks (a crash, a protocol error, a timeout, a dead
+//! server) is discarded and replaced in the background. The pool is written on tokio primitives
+//! because `deadpool` and `bb8` do not pre-warm to a minimum on their own (deadpool has no
+//! `min_idle`) and neither runs a health check with a per-kind notion of "broken" after a call.
+//!
+//! The [`Session`] trait returns [`BoxFuture`]s rather than using `async fn`: sessions of
+//! different kinds are pooled and handed out as `Box<dyn Session>`, which needs a dyn-compatible
+//! trait, and boxing by hand avoids the `async-trait` macro for the same effect.
+//!
+//! Cancellation: every call is a cancel-safe future. Dropping it kills the child process (and, on
+//! unix, its process group) for the `process` kind, aborts the task for the `native` kind, and
+//! drops the request for the `mcp` kind; a pooled session whose call was dropped half-way is
+//! treated as broken and replaced.
+//!
+//! Safe by default: child processes get a cleared environment plus the names in their allowlist
+//! (copied from our environment) plus explicit variables. Nothing read from a child or a server
+//! is unwrapped; bad output becomes a [`SessionError`] or shows in the outcome.
+
+mod error;
+pub mod mcp;
+pub mod native;
+mod pool;
+pub mod process;
+
+use std::time::Duration;
+
+pub use error::SessionError;
+pub use futures::future::BoxFuture;
+pub use mcp::{McpFactory, McpSession, McpSpec};
+pub use native::{NativeFactory, NativeRegistry, NativeSession, NativeTool};
+pub use pool::{Pool, PoolConfig, PoolStats, PooledSession};
+pub use process::{ProcessFactory, ProcessSession, ProcessSpec};
+
+/// One tool call as the Executor hands it to a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolRequest {
+    /// The tool's name (for `mcp` and `native`; a label in errors for `process`).
+    pub tool: String,
+    /// The tool's arguments (for `mcp`, a JSON object; `process` takes its argv from its spec).
+    pub args: serde_json::Value,
+    /// Bytes written to the child's stdin, then closed (`process` kind only).
+    pub stdin: Option<Vec<u8>>,
+    /// How long the call may run.
+    pub timeout: Duration,
+}
+
+impl ToolRequest {
+    /// A request for `tool` with `args`, no stdin, and a 60-second timeout.
+    pub fn new(tool: impl Into<String>, args: serde_json::Value) -> Self {
+        Self {
+            tool: tool.into(),
+            args,
+            stdin: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The same request with `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The same request with `stdin`.
+    pub fn with_stdin(mut self, stdin: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(stdin.into());
+        self
+    }
+}
+
+/// What a tool call produced.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ToolOutcome {
+    /// The exit status: a process's exit code, `Some(1)` for an MCP result flagged `isError` or a
+    /// native tool's `Err`, `Some(0)` otherwise.
+    pub exit_status: Option<i32>,
+    /// Standard output (lossy UTF-8, capped), or an MCP result's text content joined by newlines.
+    pub stdout: String,
+    /// Standard error (lossy UTF-8, capped), or a native tool's error message.
+    pub stderr: String,
+    /// Structured result: stdout parsed as JSON when it is JSON, an MCP result's
+    /// `structuredContent`, a native tool's value.
+    pub json: Option<serde_json::Value>,
+    /// Whether stdout or stderr was cut at the cap.
+    pub truncated: bool,
+    /// Wall time of the call.
+    pub duration: Duration,
+}
+
+impl ToolOutcome {
+    /// Whether the tool reported success (exit status 0).
+    pub fn succeeded(&self) -> bool {
+        self.exit_status == Some(0)
+    }
+}
+
+/// A session: something that runs tool calls one at a time.
+pub trait Session: Send {
+    /// Runs one tool call. Dropping the future cancels the call.
+    fn call(&mut self, request: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>>;
+
+    /// Checks that the session can still take calls (an MCP server answers a ping).
+    fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>>;
+
+    /// Brings the session back to a clean state between tasks. Kinds without state do nothing.
+    fn reset(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A cheap check without I/O: `false` once the session is known to be dead.
+    fn is_open(&self) -> bool {
+        true
+    }
+}
+
+/// Starts sessions of one kind for a [`Pool`].
+pub trait SessionFactory: Send + Sync + 'static {
+    /// Starts one session (for `mcp`, spawns and initializes a server).
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>>;
+}

@@ -1,0 +1,146 @@
+//! The `native` kind: Rust async functions registered by name through the library API.
+//!
+//! Each call runs on its own tokio task, so a panicking tool fails its call with
+//! [`SessionError::Crashed`] instead of taking the caller down, and a timeout aborts it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
+
+/// A native tool: takes the call's arguments, answers a JSON value or an error message.
+pub type NativeTool = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value, String>> + Send + Sync>;
+
+/// Native tools by name.
+#[derive(Default, Clone)]
+pub struct NativeRegistry {
+    tools: HashMap<String, NativeTool>,
+}
+
+impl std::fmt::Debug for NativeRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<_> = self.tools.keys().collect();
+        names.sort();
+        f.debug_struct("NativeRegistry")
+            .field("tools", &names)
+            .finish()
+    }
+}
+
+impl NativeRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `tool` under `name`, replacing any tool of that name.
+    pub fn register<F, Fut>(&mut self, name: impl Into<String>, tool: F)
+    where
+        F: Fn(Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        let tool: NativeTool = Arc::new(move |args| Box::pin(tool(args)));
+        self.tools.insert(name.into(), tool);
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<_> = self.tools.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+/// A session calling the tools of a shared [`NativeRegistry`].
+#[derive(Debug, Clone)]
+pub struct NativeSession {
+    registry: Arc<NativeRegistry>,
+}
+
+impl NativeSession {
+    /// A session over `registry`.
+    pub fn new(registry: Arc<NativeRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl Session for NativeSession {
+    fn call(&mut self, request: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
+        let registry = Arc::clone(&self.registry);
+        Box::pin(async move {
+            let started = Instant::now();
+            let Some(tool) = registry.tools.get(&request.tool).cloned() else {
+                return Err(SessionError::UnknownTool { tool: request.tool });
+            };
+            let args = request.args;
+            // The tool is called inside the task so that a panic before its first await is caught too.
+            let mut task = tokio::spawn(async move { tool(args).await });
+            let joined = match tokio::time::timeout(request.timeout, &mut task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    task.abort();
+                    return Err(SessionError::Timeout {
+                        tool: request.tool,
+                        after: request.timeout,
+                    });
+                }
+            };
+            let (exit_status, stdout, stderr, json) = match joined {
+                Ok(Ok(value)) => (0, value.to_string(), String::new(), Some(value)),
+                Ok(Err(message)) => (1, String::new(), message, None),
+                Err(join_error) => {
+                    let reason = if join_error.is_panic() {
+                        let payload = join_error.into_panic();
+                        let message = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "non-text panic payload".to_owned());
+                        format!("panicked: {message}")
+                    } else {
+                        "task was cancelled".to_owned()
+                    };
+                    return Err(SessionError::Crashed {
+                        tool: request.tool,
+                        reason,
+                    });
+                }
+            };
+            Ok(ToolOutcome {
+                exit_status: Some(exit_status),
+                stdout,
+                stderr,
+                json,
+                truncated: false,
+                duration: started.elapsed(),
+            })
+        })
+    }
+
+    fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Makes [`NativeSession`]s over one registry for a pool.
+#[derive(Debug, Clone)]
+pub struct NativeFactory {
+    registry: Arc<NativeRegistry>,
+}
+
+impl NativeFactory {
+    /// A factory over `registry`.
+    pub fn new(registry: Arc<NativeRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl SessionFactory for NativeFactory {
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+        let session = NativeSession::new(Arc::clone(&self.registry));
+        Box::pin(async move { Ok(Box::new(session) as Box<dyn Session>) })
+    }
+}

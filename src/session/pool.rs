@@ -1,0 +1,482 @@
+//! The session pool: pre-warming, limits, idle timeout, health checks, replacement.
+//!
+//! Invariants: at most `max_size` sessions are checked out at once (semaphore permits); idle
+//! sessions wait in a LIFO list so the most recently used (warmest) one goes out first. One
+//! background task per pool closes idle sessions past `idle_timeout` while more than `min_idle`
+//! are idle, health-checks sessions idle for longer than `health_check_interval`, and tops the
+//! idle list back up to `min_idle`; it is woken at once when a broken session is discarded. The
+//! task holds only a weak reference and ends when the last [`Pool`] handle is dropped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
+
+/// A pool's limits and timings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The pool's name, used in errors and logs.
+    pub name: String,
+    /// Sessions kept started and idle, from [`Pool::start`] on.
+    pub min_idle: usize,
+    /// Most sessions checked out at once.
+    pub max_size: usize,
+    /// Longest a caller waits for a free session.
+    pub acquire_timeout: Duration,
+    /// Idle sessions above `min_idle` are closed after this long unused.
+    pub idle_timeout: Duration,
+    /// Sessions idle longer than this are health-checked by the background task.
+    pub health_check_interval: Duration,
+    /// Longest one health check may take before the session counts as broken.
+    pub health_check_timeout: Duration,
+}
+
+impl PoolConfig {
+    /// A config named `name`: 1 idle, at most 4, 30 s acquire timeout, 5 min idle timeout,
+    /// health checks every 30 s with a 5 s limit.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            min_idle: 1,
+            max_size: 4,
+            acquire_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            health_check_interval: Duration::from_secs(30),
+            health_check_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn validate(&self) -> Result<(), SessionError> {
+        let invalid = |detail: String| Err(SessionError::InvalidConfig { detail });
+        if self.max_size == 0 {
+            return invalid(format!("pool {:?}: max_size must be at least 1", self.name));
+        }
+        if self.min_idle > self.max_size {
+            return invalid(format!(
+                "pool {:?}: min_idle ({}) is over max_size ({})",
+                self.name, self.min_idle, self.max_size
+            ));
+        }
+        if self.health_check_interval.is_zero() || self.idle_timeout.is_zero() {
+            return invalid(format!(
+                "pool {:?}: idle_timeout and health_check_interval must be above zero",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot of a pool's counters.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStats {
+    /// Live sessions (idle + in use).
+    pub size: usize,
+    /// Idle sessions.
+    pub idle: usize,
+    /// Sessions checked out.
+    pub in_use: usize,
+    /// Callers waiting in `acquire`.
+    pub waiters: usize,
+    /// Sum of all callers' waits for a permit.
+    pub total_wait: Duration,
+    /// Successful acquires.
+    pub acquired: u64,
+    /// Sessions started by the factory.
+    pub created: u64,
+    /// Sessions discarded as broken.
+    pub discarded: u64,
+}
+
+struct IdleSession {
+    session: Box<dyn Session>,
+    since: Instant,
+}
+
+struct Shared {
+    config: PoolConfig,
+    factory: Box<dyn SessionFactory>,
+    idle: Mutex<Vec<IdleSession>>,
+    permits: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    closed: AtomicBool,
+    size: AtomicUsize,
+    in_use: AtomicUsize,
+    waiters: AtomicUsize,
+    wait_nanos: AtomicU64,
+    acquired: AtomicU64,
+    created: AtomicU64,
+    discarded: AtomicU64,
+}
+
+impl Shared {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleSession>> {
+        // A panic while holding this lock cannot leave the list inconsistent (push/pop only).
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn create(&self) -> Result<Box<dyn Session>, SessionError> {
+        self.size.fetch_add(1, Ordering::SeqCst);
+        match self.factory.create().await {
+            Ok(session) => {
+                self.created.fetch_add(1, Ordering::SeqCst);
+                Ok(session)
+            }
+            Err(e) => {
+                self.size.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    fn discard(&self, session: Box<dyn Session>) {
+        self.size.fetch_sub(1, Ordering::SeqCst);
+        self.discarded.fetch_add(1, Ordering::SeqCst);
+        drop(session);
+        self.wake.notify_one();
+    }
+
+    /// One round of upkeep: idle timeout, health checks, top-up to `min_idle`.
+    async fn maintain(&self) {
+        let now = Instant::now();
+        let mut to_check = Vec::new();
+        let mut expired = Vec::new();
+        {
+            let mut idle = self.lock_idle();
+            // Oldest first: those are the ones past the idle timeout.
+            let mut index = 0;
+            while index < idle.len() {
+                let Some(entry) = idle.get(index) else { break };
+                let unused_for = now.saturating_duration_since(entry.since);
+                if unused_for >= self.config.idle_timeout && idle.len() > self.config.min_idle {
+                    expired.push(idle.remove(index));
+                } else if unused_for >= self.config.health_check_interval
+                    || !entry.session.is_open()
+                {
+                    to_check.push(idle.remove(index));
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        for entry in expired {
+            self.size.fetch_sub(1, Ordering::SeqCst);
+            drop(entry);
+        }
+        for mut entry in to_check {
+            let healthy = entry.session.is_open()
+                && matches!(
+                    tokio::time::timeout(
+                        self.config.health_check_timeout,
+                        entry.session.health_check()
+                    )
+                    .await,
+                    Ok(Ok(()))
+                );
+            if healthy {
+                entry.since = Instant::now();
+                self.lock_idle().insert(0, entry);
+            } else {
+                tracing::warn!(pool = %self.config.name, "discarding a session that failed its health check");
+                self.size.fetch_sub(1, Ordering::SeqCst);
+                self.discarded.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        while !self.closed.load(Ordering::SeqCst)
+            && self.lock_idle().len() < self.config.min_idle
+            && self.size.load(Ordering::SeqCst) < self.config.max_size
+        {
+            match self.create().await {
+                Ok(session) => self.lock_idle().push(IdleSession {
+                    session,
+                    since: Instant::now(),
+                }),
+                Err(e) => {
+                    tracing::warn!(pool = %self.config.name, error = %e, "could not start a replacement session; retrying later");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A pool of sessions of one kind. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+    _maintenance: Arc<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Validates `config`, starts `min_idle` sessions (concurrently) and the background upkeep
+    /// task. Fails if any of the first sessions cannot start, so a broken tool server shows at
+    /// supervisor start rather than at the first task.
+    pub async fn start(
+        config: PoolConfig,
+        factory: impl SessionFactory,
+    ) -> Result<Self, SessionError> {
+        config.validate()?;
+        let shared = Arc::new(Shared {
+            permits: Arc::new(Semaphore::new(config.max_size)),
+            factory: Box::new(factory),
+            idle: Mutex::new(Vec::with_capacity(config.max_size)),
+            wake: Arc::new(Notify::new()),
+            closed: AtomicBool::new(false),
+            size: AtomicUsize::new(0),
+            in_use: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            wait_nanos: AtomicU64::new(0),
+            acquired: AtomicU64::new(0),
+            created: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+            config,
+        });
+        let starts = (0..shared.config.min_idle).map(|_| shared.create());
+        let mut first_error = None;
+        for started in futures::future::join_all(starts).await {
+            match started {
+                Ok(session) => shared.lock_idle().push(IdleSession {
+                    session,
+                    since: Instant::now(),
+                }),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let tick = shared
+            .config
+            .health_check_interval
+            .min(shared.config.idle_timeout)
+            .max(Duration::from_millis(10));
+        let task = tokio::spawn(upkeep(
+            Arc::downgrade(&shared),
+            Arc::clone(&shared.wake),
+            tick,
+        ));
+        Ok(Self {
+            shared,
+            _maintenance: Arc::new(AbortOnDrop(task)),
+        })
+    }
+
+    /// Takes a session, waiting at most `acquire_timeout` for one to be free. An idle session is
+    /// handed out when there is one (dead ones are discarded on the way); otherwise a new one is
+    /// started for the caller.
+    pub async fn acquire(&self) -> Result<PooledSession, SessionError> {
+        let shared = &self.shared;
+        let pool_name = || shared.config.name.clone();
+        if shared.closed.load(Ordering::SeqCst) {
+            return Err(SessionError::PoolClosed { pool: pool_name() });
+        }
+        let started = Instant::now();
+        shared.waiters.fetch_add(1, Ordering::SeqCst);
+        let permit = tokio::time::timeout(
+            shared.config.acquire_timeout,
+            Arc::clone(&shared.permits).acquire_owned(),
+        )
+        .await;
+        shared.waiters.fetch_sub(1, Ordering::SeqCst);
+        let waited = started.elapsed();
+        shared.wait_nanos.fetch_add(
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+        let permit = match permit {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(SessionError::PoolClosed { pool: pool_name() }),
+            Err(_) => {
+                return Err(SessionError::AcquireTimeout {
+                    pool: pool_name(),
+                    waited,
+                    max_size: shared.config.max_size,
+                });
+            }
+        };
+        let session = loop {
+            let popped = shared.lock_idle().pop();
+            match popped {
+                Some(entry) if entry.session.is_open() => break entry.session,
+                Some(entry) => shared.discard(entry.session),
+                None => break shared.create().await?,
+            }
+        };
+        shared.in_use.fetch_add(1, Ordering::SeqCst);
+        shared.acquired.fetch_add(1, Ordering::SeqCst);
+        Ok(PooledSession {
+            session: Some(session),
+            shared: Arc::clone(shared),
+            broken: false,
+            in_call: false,
+            _permit: permit,
+        })
+    }
+
+    /// The pool's counters now.
+    pub fn stats(&self) -> PoolStats {
+        let shared = &self.shared;
+        PoolStats {
+            size: shared.size.load(Ordering::SeqCst),
+            idle: shared.lock_idle().len(),
+            in_use: shared.in_use.load(Ordering::SeqCst),
+            waiters: shared.waiters.load(Ordering::SeqCst),
+            total_wait: Duration::from_nanos(shared.wait_nanos.load(Ordering::SeqCst)),
+            acquired: shared.acquired.load(Ordering::SeqCst),
+            created: shared.created.load(Ordering::SeqCst),
+            discarded: shared.discarded.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The pool's configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.shared.config
+    }
+
+    /// Closes the pool: waiting and later acquires fail with [`SessionError::PoolClosed`], idle
+    /// sessions are closed now, checked-out ones when they come back.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.permits.close();
+        let drained: Vec<_> = std::mem::take(&mut *self.shared.lock_idle());
+        self.shared.size.fetch_sub(drained.len(), Ordering::SeqCst);
+    }
+}
+
+async fn upkeep(shared: Weak<Shared>, wake: Arc<Notify>, tick: Duration) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            () = wake.notified() => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        shared.maintain().await;
+    }
+}
+
+/// A checked-out session. Dropping it returns the session to its pool, or discards it (and has
+/// it replaced) when it broke.
+pub struct PooledSession {
+    session: Option<Box<dyn Session>>,
+    shared: Arc<Shared>,
+    broken: bool,
+    in_call: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for PooledSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledSession")
+            .field("pool", &self.shared.config.name)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PooledSession {
+    /// Runs one call. An error that breaks the session (see [`SessionError::breaks_session`])
+    /// marks it broken; so does dropping this future before it finishes.
+    pub async fn call(&mut self, request: ToolRequest) -> Result<ToolOutcome, SessionError> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(SessionError::Closed {
+                detail: "pooled session already returned".to_owned(),
+            });
+        };
+        self.in_call = true;
+        let result = session.call(request).await;
+        self.in_call = false;
+        if result.as_ref().is_err_and(SessionError::breaks_session) {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// Health-checks the session now; a failure marks it broken.
+    pub async fn health_check(&mut self) -> Result<(), SessionError> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(SessionError::Closed {
+                detail: "pooled session already returned".to_owned(),
+            });
+        };
+        let result = session.health_check().await;
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// Marks the session broken: it is discarded and replaced instead of returned.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether the session is marked broken.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+impl Session for PooledSession {
+    fn call(&mut self, request: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
+        Box::pin(PooledSession::call(self, request))
+    }
+
+    fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(PooledSession::health_check(self))
+    }
+
+    fn is_open(&self) -> bool {
+        !self.broken && self.session.as_ref().is_some_and(|s| s.is_open())
+    }
+}
+
+impl Drop for PooledSession {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        shared.in_use.fetch_sub(1, Ordering::SeqCst);
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        if shared.closed.load(Ordering::SeqCst) {
+            shared.size.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        if self.broken || self.in_call || !session.is_open() {
+            shared.discard(session);
+        } else {
+            shared.lock_idle().push(IdleSession {
+                session,
+                since: Instant::now(),
+            });
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The `process` kind: one child process per call.
+//!
+//! The child gets a cleared environment, then the variables named in
+//! [`ProcessSpec::env_allowlist`] copied from ours, then [`ProcessSpec::env`]. stdout and stderr are
+//! read concurrently, each kept up to [`ProcessSpec::max_output_bytes`]; past the cap the rest is
+//! read and thrown away so that a chatty child never blocks on a full pipe. On unix the child leads
+//! its own process group, and a timeout or a dropped call kills the whole group (through `nix`'s
+//! safe `killpg`), so a shell's grandchildren die with it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
+
+/// Default cap on each of stdout and stderr: 1 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// How to start the child for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// The program (a path, or a name looked up in the child's `PATH`).
+    pub program: String,
+    /// The arguments, already templated by the caller.
+    pub args: Vec<String>,
+    /// The working directory; ours when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Names of variables copied from our environment (absent ones are skipped).
+    pub env_allowlist: Vec<String>,
+    /// Variables set explicitly (they win over the allowlist).
+    pub env: BTreeMap<String, String>,
+    /// Cap on each of stdout and stderr, in bytes.
+    pub max_output_bytes: usize,
+}
+
+impl ProcessSpec {
+    /// A spec for `program` with `args`, no environment but `PATH`, and the default output cap.
+    pub fn new(
+        program: impl Into<String>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            cwd: None,
+            env_allowlist: vec!["PATH".to_owned()],
+            env: BTreeMap::new(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
+}
+
+/// A launcher that runs its [`ProcessSpec`] once per call; always healthy.
+#[derive(Debug, Clone)]
+pub struct ProcessSession {
+    spec: Arc<ProcessSpec>,
+}
+
+impl ProcessSession {
+    /// A session running `spec`.
+    pub fn new(spec: ProcessSpec) -> Self {
+        Self {
+            spec: Arc::new(spec),
+        }
+    }
+}
+
+impl Session for ProcessSession {
+    fn call(&mut self, request: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
+        let spec = Arc::clone(&self.spec);
+        Box::pin(async move { run(&spec, request).await })
+    }
+
+    fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Makes [`ProcessSession`]s for a pool.
+#[derive(Debug, Clone)]
+pub struct ProcessFactory {
+    spec: Arc<ProcessSpec>,
+}
+
+impl ProcessFactory {
+    /// A factory for sessions running `spec`.
+    pub fn new(spec: ProcessSpec) -> Self {
+        Self {
+            spec: Arc::new(spec),
+        }
+    }
+}
+
+impl SessionFactory for ProcessFactory {
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+        let session = ProcessSession {
+            spec: Arc::clone(&self.spec),
+        };
+        Box::pin(async move { Ok(Box::new(session) as Box<dyn Session>) })
+    }
+}
+
+/// Kills the child's process group when a call ends without the child having been reaped
+/// (timeout or cancellation). The group id is the child's pid, which cannot be reused while the
+/// unreaped child holds it, so the kill cannot hit a stranger.
+struct GroupKiller {
+    pgid: Option<u32>,
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pgid) = self.pgid.and_then(|id| i32::try_from(id).ok()) {
+            // ESRCH (group already gone) is the normal case and is ignored.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, SessionError> {
+    let started = Instant::now();
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .stdin(if request.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for name in &spec.env_allowlist {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command.envs(&spec.env);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    #[cfg(unix)]
+    command.process_group(0);
+
+    let mut child = command.spawn().map_err(|source| SessionError::Spawn {
+        program: spec.program.clone(),
+        source,
+    })?;
+    let mut killer = GroupKiller { pgid: child.id() };
+    let io_error = |stream: &'static str| {
+        let program = spec.program.clone();
+        move |source| SessionError::Io {
+            program,
+            stream,
+            source,
+        }
+    };
+
+    let stdin_pipe = child.stdin.take();
+    let stdin_bytes = request.stdin;
+    let feed = async move {
+        if let (Some(mut pipe), Some(bytes)) = (stdin_pipe, stdin_bytes) {
+            // A child that exits without reading its stdin closes the pipe: not our error.
+            match pipe.write_all(&bytes).await {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let stdout = read_capped(child.stdout.take(), spec.max_output_bytes);
+    let stderr = read_capped(child.stderr.take(), spec.max_output_bytes);
+
+    let work = async {
+        let (fed, out, err, status) = tokio::join!(feed, stdout, stderr, child.wait());
+        fed.map_err(io_error("stdin"))?;
+        let out = out.map_err(io_error("stdout"))?;
+        let err = err.map_err(io_error("stderr"))?;
+        let status = status.map_err(io_error("wait"))?;
+        Ok::<_, SessionError>((out, err, status))
+    };
+    let (out, err, status) = match tokio::time::timeout(request.timeout, work).await {
+        Ok(done) => done?,
+        // `killer` kills the group; kill_on_drop kills the child when `child` drops.
+        Err(_) => {
+            return Err(SessionError::Timeout {
+                tool: request.tool,
+                after: request.timeout,
+            });
+        }
+    };
+    // The child is reaped: its pid may be reused, so never signal its group from now on.
+    killer.pgid = None;
+
+    let exit_status = status.code();
+    if exit_status.is_none() {
+        return Err(SessionError::Crashed {
+            tool: request.tool,
+            reason: signal_reason(&status),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&out.bytes).into_owned();
+    let truncated = out.truncated || err.truncated;
+    let json = if out.truncated {
+        None
+    } else {
+        serde_json::from_str(stdout.trim()).ok()
+    };
+    Ok(ToolOutcome {
+        exit_status,
+        stdout,
+        stderr: String::from_utf8_lossy(&err.bytes).into_owned(),
+        json,
+        truncated,
+        duration: started.elapsed(),
+    })
+}
+
+fn signal_reason(status: &std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("killed by signal {signal}");
+        }
+    }
+    format!("ended without an exit code ({status})")
+}
+
+struct Captured {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+/// Reads `pipe` to its end, keeping the first `cap` bytes.
+async fn read_capped(
+    pipe: Option<impl AsyncRead + Unpin>,
+    cap: usize,
+) -> std::io::Result<Captured> {
+    let mut captured = Captured {
+        bytes: Vec::new(),
+        truncated: false,
+    };
+    let Some(mut pipe) = pipe else {
+        return Ok(captured);
+    };
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = pipe.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok(captured);
+        }
+        let room = cap.saturating_sub(captured.bytes.len());
+        let chunk = buffer.get(..n).unwrap_or_default();
+        if chunk.len() > room {
+            captured.truncated = true;
+        }
+        captured
+            .bytes
+            .extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+    }
+}

@@ -1,0 +1,252 @@
+//! The session pool: pre-warming, limits, replacement of broken sessions, idle timeout.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tetrarch::session::{
+    BoxFuture, Pool, PoolConfig, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest,
+};
+
+/// A session that answers its own serial number; tool `crash` fails as a crash.
+struct Numbered {
+    serial: usize,
+    sick: Arc<AtomicBool>,
+}
+
+impl Session for Numbered {
+    fn call(&mut self, request: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
+        let serial = self.serial;
+        Box::pin(async move {
+            if request.tool == "crash" {
+                return Err(SessionError::Crashed {
+                    tool: request.tool,
+                    reason: "test crash".to_owned(),
+                });
+            }
+            Ok(ToolOutcome {
+                exit_status: Some(0),
+                stdout: serial.to_string(),
+                stderr: String::new(),
+                json: Some(json!(serial)),
+                truncated: false,
+                duration: Duration::ZERO,
+            })
+        })
+    }
+
+    fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        let sick = self.sick.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if sick {
+                Err(SessionError::Closed {
+                    detail: "sick".to_owned(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[derive(Clone, Default)]
+struct Counting {
+    created: Arc<AtomicUsize>,
+    sick: Arc<AtomicBool>,
+}
+
+impl SessionFactory for Counting {
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+        let serial = self.created.fetch_add(1, Ordering::SeqCst);
+        let sick = Arc::clone(&self.sick);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Box::new(Numbered { serial, sick }) as Box<dyn Session>)
+        })
+    }
+}
+
+fn config(min_idle: usize, max_size: usize) -> PoolConfig {
+    PoolConfig {
+        min_idle,
+        max_size,
+        acquire_timeout: Duration::from_millis(200),
+        ..PoolConfig::new("test")
+    }
+}
+
+async fn serial_of(pool: &Pool) -> u64 {
+    let mut session = pool.acquire().await.unwrap();
+    let outcome = session
+        .call(ToolRequest::new("id", json!({})))
+        .await
+        .unwrap();
+    outcome.json.unwrap().as_u64().unwrap()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn start_prewarms_min_idle_before_the_first_acquire() {
+    let factory = Counting::default();
+    let pool = Pool::start(config(3, 5), factory.clone()).await.unwrap();
+    assert_eq!(factory.created.load(Ordering::SeqCst), 3);
+    let stats = pool.stats();
+    assert_eq!((stats.size, stats.idle, stats.in_use), (3, 3, 0));
+    // The first acquire takes a warm session and starts none.
+    serial_of(&pool).await;
+    assert_eq!(factory.created.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn bad_config_is_rejected() {
+    let err = Pool::start(config(3, 2), Counting::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SessionError::InvalidConfig { .. }));
+    assert!(err.to_string().contains("min_idle"));
+}
+
+#[tokio::test]
+async fn max_size_limits_concurrency_and_acquire_times_out() {
+    let pool = Pool::start(config(0, 2), Counting::default())
+        .await
+        .unwrap();
+    let first = pool.acquire().await.unwrap();
+    let _second = pool.acquire().await.unwrap();
+    assert_eq!(pool.stats().in_use, 2);
+    let started = Instant::now();
+    let err = pool.acquire().await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::AcquireTimeout { max_size: 2, .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // Returning one lets a waiter in.
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(|_| ()) }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(pool.stats().waiters, 1);
+    drop(first);
+    waiter.await.unwrap().unwrap();
+    assert!(pool.stats().total_wait >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn returned_sessions_are_reused() {
+    let factory = Counting::default();
+    let pool = Pool::start(config(1, 4), factory.clone()).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(serial_of(&pool).await, 0);
+    }
+    assert_eq!(factory.created.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn crashed_session_is_discarded_and_replaced() {
+    let factory = Counting::default();
+    let pool = Pool::start(config(1, 4), factory.clone()).await.unwrap();
+    {
+        let mut session = pool.acquire().await.unwrap();
+        let err = session
+            .call(ToolRequest::new("crash", json!({})))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Crashed { .. }));
+        assert!(session.is_broken());
+    }
+    // Replaced in the background, so the next caller gets a warm, new session.
+    wait_until("replacement", || pool.stats().idle == 1).await;
+    let stats = pool.stats();
+    assert_eq!((stats.size, stats.discarded, stats.created), (1, 1, 2));
+    assert_eq!(serial_of(&pool).await, 1);
+}
+
+#[tokio::test]
+async fn dropped_call_discards_the_session() {
+    struct Hangs;
+    impl Session for Hangs {
+        fn call(&mut self, _: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
+            Box::pin(std::future::pending())
+        }
+        fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+    struct HangsFactory;
+    impl SessionFactory for HangsFactory {
+        fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+            Box::pin(async { Ok(Box::new(Hangs) as Box<dyn Session>) })
+        }
+    }
+    let pool = Pool::start(config(1, 1), HangsFactory).await.unwrap();
+    let mut session = pool.acquire().await.unwrap();
+    let call = session.call(ToolRequest::new("x", json!({})));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), call)
+            .await
+            .is_err()
+    );
+    drop(session);
+    assert_eq!(pool.stats().discarded, 1);
+}
+
+#[tokio::test]
+async fn failed_health_check_replaces_idle_sessions() {
+    let factory = Counting::default();
+    let config = PoolConfig {
+        health_check_interval: Duration::from_millis(50),
+        ..config(2, 4)
+    };
+    let pool = Pool::start(config, factory.clone()).await.unwrap();
+    factory.sick.store(true, Ordering::SeqCst);
+    wait_until("discards", || pool.stats().discarded >= 2).await;
+    factory.sick.store(false, Ordering::SeqCst);
+    wait_until("top-up", || pool.stats().idle == 2).await;
+    assert!(factory.created.load(Ordering::SeqCst) >= 4);
+    assert!(serial_of(&pool).await >= 2);
+}
+
+#[tokio::test]
+async fn idle_timeout_shrinks_to_min_idle() {
+    let config = PoolConfig {
+        idle_timeout: Duration::from_millis(100),
+        ..config(1, 4)
+    };
+    let pool = Pool::start(config, Counting::default()).await.unwrap();
+    let held: Vec<_> = hold_sessions(&pool, 3).await;
+    assert_eq!(pool.stats().size, 3);
+    drop(held);
+    assert_eq!(pool.stats().idle, 3);
+    wait_until("shrink", || pool.stats().size == 1).await;
+    assert_eq!(pool.stats().idle, 1);
+}
+
+async fn hold_sessions(pool: &Pool, n: usize) -> Vec<tetrarch::session::PooledSession> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.acquire().await.unwrap());
+    }
+    held
+}
+
+#[tokio::test]
+async fn close_fails_later_acquires() {
+    let pool = Pool::start(config(1, 2), Counting::default())
+        .await
+        .unwrap();
+    pool.close();
+    let err = pool.acquire().await.unwrap_err();
+    assert!(matches!(err, SessionError::PoolClosed { .. }));
+    assert_eq!(pool.stats().size, 0);
+}

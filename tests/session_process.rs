@@ -1,0 +1,128 @@
+//! The `process` session kind against real programs (sh, cat, sleep).
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tetrarch::session::{ProcessSession, ProcessSpec, Session, SessionError, ToolRequest};
+
+fn sh(script: &str) -> ProcessSpec {
+    ProcessSpec::new("sh", ["-c", script])
+}
+
+fn request() -> ToolRequest {
+    ToolRequest::new("shell", json!({})).with_timeout(Duration::from_secs(10))
+}
+
+async fn run(
+    spec: ProcessSpec,
+    request: ToolRequest,
+) -> Result<tetrarch::session::ToolOutcome, SessionError> {
+    ProcessSession::new(spec).call(request).await
+}
+
+#[tokio::test]
+async fn echo_args_and_exit_status() {
+    let outcome = run(ProcessSpec::new("echo", ["hello", "two words"]), request())
+        .await
+        .unwrap();
+    assert_eq!(outcome.exit_status, Some(0));
+    assert_eq!(outcome.stdout, "hello two words\n");
+    assert!(outcome.json.is_none());
+    assert!(!outcome.truncated);
+}
+
+#[tokio::test]
+async fn stdin_is_fed_and_json_is_parsed() {
+    let outcome = run(
+        ProcessSpec::new("cat", Vec::<String>::new()),
+        request().with_stdin(br#"{"answer": 42}"#.to_vec()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.json, Some(json!({"answer": 42})));
+}
+
+#[tokio::test]
+async fn environment_is_cleared_except_the_allowlist() {
+    // HOME is always set for the test process; the child sees it only when allowlisted.
+    let script = r#"printf '%s|%s|%s' "${HOME:-unset}" "${PATH:+set}" "${EXTRA:-unset}""#;
+    let mut spec = sh(script);
+    spec.env_allowlist = vec!["PATH".to_owned()];
+    let outcome = run(spec.clone(), request()).await.unwrap();
+    assert_eq!(outcome.stdout, "unset|set|unset");
+
+    spec.env_allowlist.push("HOME".to_owned());
+    spec.env.insert("EXTRA".to_owned(), "given".to_owned());
+    let outcome = run(spec, request()).await.unwrap();
+    let home = std::env::var("HOME").unwrap();
+    assert_eq!(outcome.stdout, format!("{home}|set|given"));
+}
+
+#[tokio::test]
+async fn non_zero_exit_passes_through_with_stderr() {
+    let outcome = run(sh("echo oops >&2; exit 3"), request()).await.unwrap();
+    assert_eq!(outcome.exit_status, Some(3));
+    assert_eq!(outcome.stderr, "oops\n");
+    assert!(!outcome.succeeded());
+}
+
+#[tokio::test]
+async fn timeout_kills_the_child_and_its_group() {
+    let started = Instant::now();
+    // The shell's child `sleep` is in the same process group and must die too: if it lived, it
+    // would hold the pipe open and nothing here would notice, so check with a marker file.
+    let dir = std::env::temp_dir().join(format!("tetrarch-timeout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("survived");
+    let script = format!("(sleep 2; touch {}) & sleep 10", marker.display());
+    let err = run(
+        sh(&script),
+        request().with_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, SessionError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!marker.exists(), "a grandchild outlived the timeout");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn output_is_capped_and_flagged() {
+    let mut spec = sh("head -c 100000 /dev/zero | tr '\\0' 'a'; echo done >&2");
+    spec.max_output_bytes = 1000;
+    let outcome = run(spec, request()).await.unwrap();
+    assert_eq!(outcome.stdout.len(), 1000);
+    assert!(outcome.truncated);
+    assert_eq!(outcome.stderr, "done\n");
+    assert_eq!(outcome.exit_status, Some(0));
+}
+
+#[tokio::test]
+async fn garbage_output_is_kept_lossily() {
+    let outcome = run(sh(r"printf '\377\376{not json'"), request())
+        .await
+        .unwrap();
+    assert_eq!(outcome.stdout, "\u{FFFD}\u{FFFD}{not json");
+    assert!(outcome.json.is_none());
+}
+
+#[tokio::test]
+async fn signal_death_is_a_crash() {
+    let err = run(sh("kill -9 $$"), request()).await.unwrap_err();
+    match err {
+        SessionError::Crashed { reason, .. } => assert!(reason.contains("signal 9"), "{reason}"),
+        other => panic!("expected Crashed, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn missing_program_is_a_spawn_error_naming_it() {
+    let err = run(ProcessSpec::new("/no/such/tool", ["x"]), request())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Spawn { .. }));
+    assert!(err.to_string().contains("/no/such/tool"));
+}
