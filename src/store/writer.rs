@@ -37,10 +37,6 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// Most commands applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 4096;
 
-/// The longest the writer waits for the callers of its last batch to come back before committing.
-/// Well under one fsync, so waiting is cheaper than a second commit.
-const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(150);
-
 /// A request to the writer.
 pub(crate) enum Command {
     Store {
@@ -408,7 +404,6 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     let mut shutting_down = false;
-    let mut last_batch_size = 1;
     while !shutting_down {
         let mut batch: Vec<Command> = Vec::new();
         match commands.recv_timeout(tick) {
@@ -422,31 +417,6 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        // Group-commit gathering: callers answered by the last commit come back within
-        // microseconds. When the last batch was bigger than what is queued now, wait briefly for
-        // them so one fsync covers them all. A lone caller (last batch of one) never waits.
-        if !batch.is_empty() && batch.len() < last_batch_size {
-            let deadline = Instant::now() + GATHER_WINDOW;
-            while batch.len() < last_batch_size.min(MAX_BATCH) {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                    break;
-                };
-                match commands.recv_timeout(left) {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
-                }
-            }
-        }
-        last_batch_size = batch
-            .iter()
-            .filter(|c| {
-                matches!(
-                    c,
-                    Command::Store { .. } | Command::Update { .. } | Command::Archive { .. }
-                )
-            })
-            .count()
-            .max(1);
         if batch.iter().any(|c| matches!(c, Command::Shutdown)) {
             shutting_down = true;
         }
