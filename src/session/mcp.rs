@@ -22,7 +22,6 @@ use rmcp::model::{CallToolRequestParams, ClientRequest, PingRequest};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
 use rmcp::transport::TokioChildProcess;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
 
@@ -86,17 +85,13 @@ impl McpSession {
     /// Starts the server of `spec`, runs the initialize handshake, a ping, and the spec's warm-up
     /// call if it has one.
     pub async fn connect(spec: &McpSpec) -> Result<Self, SessionError> {
-        let mut command = Command::new(&spec.program);
-        command.args(&spec.args).env_clear();
-        for name in &spec.env_allowlist {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
-            }
-        }
-        command.envs(&spec.env);
-        if let Some(cwd) = &spec.cwd {
-            command.current_dir(cwd);
-        }
+        let command = super::child_command(
+            &spec.program,
+            &spec.args,
+            spec.cwd.as_ref(),
+            &spec.env_allowlist,
+            &spec.env,
+        );
         let (transport, stderr) = TokioChildProcess::builder(command)
             .stderr(Stdio::piped())
             .spawn()

@@ -37,6 +37,8 @@ pub mod native;
 mod pool;
 pub mod process;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::SessionError;
@@ -132,4 +134,27 @@ pub trait Session: Send {
 pub trait SessionFactory: Send + Sync + 'static {
     /// Starts one session (for `mcp`, spawns and initializes a server).
     fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>>;
+}
+
+/// A child command with a cleared environment: only the allowlisted variables of ours (absent ones
+/// skipped), then the explicit ones, which win. Shared by the process and MCP kinds.
+pub(crate) fn child_command(
+    program: &str,
+    args: &[String],
+    cwd: Option<&PathBuf>,
+    env_allowlist: &[String],
+    env: &BTreeMap<String, String>,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command.args(args).env_clear();
+    for name in env_allowlist {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command.envs(env);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    command
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
 
@@ -127,10 +126,14 @@ impl Drop for GroupKiller {
 
 async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, SessionError> {
     let started = Instant::now();
-    let mut command = Command::new(&spec.program);
+    let mut command = super::child_command(
+        &spec.program,
+        &spec.args,
+        spec.cwd.as_ref(),
+        &spec.env_allowlist,
+        &spec.env,
+    );
     command
-        .args(&spec.args)
-        .env_clear()
         .stdin(if request.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -139,15 +142,6 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for name in &spec.env_allowlist {
-        if let Some(value) = std::env::var_os(name) {
-            command.env(name, value);
-        }
-    }
-    command.envs(&spec.env);
-    if let Some(cwd) = &spec.cwd {
-        command.current_dir(cwd);
-    }
     #[cfg(unix)]
     command.process_group(0);
 

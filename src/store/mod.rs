@@ -705,13 +705,24 @@ impl Store {
         category: CacheCategory,
         value: &[u8],
     ) -> Result<(), StoreError> {
+        // The answer is not awaited: dropping the receiver leaves the write queued.
+        self.queue_cache_entry(key, category, value).map(drop)
+    }
+
+    fn queue_cache_entry(
+        &self,
+        key: u128,
+        category: CacheCategory,
+        value: &[u8],
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let encoded = codec::encode_cache_entry(category, value, Timestamp::now())?;
-        let (reply, _) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         self.send(Command::CachePut {
             key,
             encoded,
             reply,
-        })
+        })?;
+        Ok(answer)
     }
 
     /// Persists a cache entry durably.
@@ -721,13 +732,7 @@ impl Store {
         category: CacheCategory,
         value: &[u8],
     ) -> Result<(), StoreError> {
-        let encoded = codec::encode_cache_entry(category, value, Timestamp::now())?;
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::CachePut {
-            key,
-            encoded,
-            reply,
-        })?;
+        let answer = self.queue_cache_entry(key, category, value)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
