@@ -152,40 +152,11 @@ impl State {
         let docnos = self.index.insert_many(&docs);
         drop(docs);
         for ((memory, _, encoded_len), doc) in records.into_iter().zip(docnos) {
-            let id = memory.id;
             if let Some(at) = memory.expires_at {
-                self.expiry.insert((at.as_millis(), id));
+                self.expiry.insert((at.as_millis(), memory.id));
             }
-            let counts = match self.counts.get_mut(&memory.namespace) {
-                Some(c) => c,
-                None => self.counts.entry(memory.namespace.clone()).or_default(),
-            };
-            counts.bytes += encoded_len;
-            counts.live += 1;
-            *counts.live_by_type.entry(memory.memory_type).or_default() += 1;
-            match self.recent.get_mut(&memory.namespace) {
-                Some(set) => {
-                    set.insert(id);
-                }
-                None => {
-                    self.recent
-                        .entry(memory.namespace.clone())
-                        .or_default()
-                        .insert(id);
-                }
-            }
-            self.recent_all.insert(id);
-            self.live.insert(
-                id,
-                LiveEntry {
-                    access_count: AtomicU64::new(memory.access_count),
-                    last_accessed: AtomicI64::new(memory.last_accessed_at.as_millis()),
-                    memory: Arc::new(memory),
-                    doc,
-                    encoded_len,
-                    access_dirty: AtomicBool::new(false),
-                },
-            );
+            let access = (memory.access_count, memory.last_accessed_at.as_millis());
+            self.add_live(memory, doc, encoded_len, access);
         }
     }
 
@@ -200,14 +171,12 @@ impl State {
         if let Some(at) = memory.expires_at {
             self.expiry.insert((at.as_millis(), id));
         }
-        let counts = self.counts.entry(memory.namespace.clone()).or_default();
-        counts.bytes += encoded_len;
         let Some(terms) = terms.filter(|_| !memory.archived) else {
+            let counts = self.counts.entry(memory.namespace.clone()).or_default();
+            counts.bytes += encoded_len;
             counts.archived += 1;
             return;
         };
-        counts.live += 1;
-        *counts.live_by_type.entry(memory.memory_type).or_default() += 1;
         let doc = self.index.insert(
             id,
             &memory.namespace,
@@ -216,27 +185,47 @@ impl State {
             memory.expires_at.map(|t| t.as_millis()),
             &terms,
         );
-        self.recent
-            .entry(memory.namespace.clone())
-            .or_default()
-            .insert(id);
-        self.recent_all.insert(id);
         // Access statistics carry over from the previous version of a live memory.
-        let (access_count, last_accessed) = match &previous {
+        let access = match &previous {
             Some(p) => (
                 p.access_count.load(Ordering::Relaxed),
                 p.last_accessed.load(Ordering::Relaxed),
             ),
             None => (memory.access_count, memory.last_accessed_at.as_millis()),
         };
+        self.add_live(memory, doc, encoded_len, access);
+    }
+
+    /// Counts an indexed memory and puts it in the recency orders and the live map.
+    fn add_live(&mut self, memory: Memory, doc: DocNo, encoded_len: u64, access: (u64, i64)) {
+        let id = memory.id;
+        // Look up before inserting: cloning the namespace per memory shows in the rebuild at open.
+        if !self.counts.contains_key(&memory.namespace) {
+            self.counts
+                .insert(memory.namespace.clone(), NamespaceCounts::default());
+        }
+        if let Some(counts) = self.counts.get_mut(&memory.namespace) {
+            counts.bytes += encoded_len;
+            counts.live += 1;
+            *counts.live_by_type.entry(memory.memory_type).or_default() += 1;
+        }
+        match self.recent.get_mut(&memory.namespace) {
+            Some(set) => {
+                set.insert(id);
+            }
+            None => {
+                self.recent.insert(memory.namespace.clone(), [id].into());
+            }
+        }
+        self.recent_all.insert(id);
         self.live.insert(
             id,
             LiveEntry {
                 memory: Arc::new(memory),
                 doc,
                 encoded_len,
-                access_count: AtomicU64::new(access_count),
-                last_accessed: AtomicI64::new(last_accessed),
+                access_count: AtomicU64::new(access.0),
+                last_accessed: AtomicI64::new(access.1),
                 access_dirty: AtomicBool::new(false),
             },
         );
