@@ -12,6 +12,7 @@
 //! - [`plan`]: the plan format, its validation, templates, gates and DAG analysis.
 //! - [`session`]: the `Session` trait, pools, and the process, MCP and native session kinds.
 
+pub mod agents;
 pub mod lessons;
 pub mod permissions;
 pub mod plan;

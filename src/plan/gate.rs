@@ -292,6 +292,16 @@ impl Gate {
     /// Evaluates a pure gate against an outcome; templates (file paths) render against `ctx`.
     /// Returns `None` for [`Gate::Score`], which the scorer evaluates.
     pub fn check(&self, outcome: &ToolOutcome, ctx: &TemplateContext) -> Option<GateResult> {
+        self.check_in(outcome, ctx, Path::new(""))
+    }
+
+    /// [`Gate::check`] with relative file paths resolved against `base_dir` (the plan's folder).
+    pub fn check_in(
+        &self,
+        outcome: &ToolOutcome,
+        ctx: &TemplateContext,
+        base_dir: &Path,
+    ) -> Option<GateResult> {
         Some(match self {
             Gate::ExitStatus { equals } => match outcome.exit_status {
                 Some(code) if code == *equals => {
@@ -322,7 +332,7 @@ impl Gate {
             Gate::JsonField { pointer, op } => check_json(outcome.json.as_ref(), pointer, op),
             Gate::FileExists { path } => match render_text(path, ctx) {
                 Ok(rendered) => {
-                    let exists = Path::new(&rendered).exists();
+                    let exists = base_dir.join(&rendered).exists();
                     let verb = if exists { "exists" } else { "does not exist" };
                     GateResult::new(exists, format!("file {rendered} {verb}"))
                 }

@@ -66,6 +66,9 @@
 //! ```
 //!
 //! - `name` (required) and `[[task]]` tables (at least one). Unknown keys are errors.
+//! - `[pools.NAME]` (optional): pools for the plan's own tools, in the format of
+//!   [`crate::session::def`] (relative paths are resolved against the plan's folder). A plan's
+//!   pool replaces a configured pool of the same name.
 //! - `id`: ASCII letters, digits, `_`, `-` (no `.`, which separates template parts); unique.
 //! - `tool = "POOL.TOOL"`: split at the *first* `.`; the pool name is letters, digits, `_`, `-`,
 //!   and the tool name is the rest (it may contain further dots, e.g. `mcp.fs.read_file`).
@@ -86,7 +89,8 @@
 //! # Templates
 //!
 //! `{{tasks.ID.output}}`, `{{tasks.ID.output.FIELD[.SUB...]}}`, `{{attempt}}`, `{{feedback}}`,
-//! `{{run.id}}`, `{{plan.name}}` — anything else is an error. In `args`, `ID` must be an
+//! `{{run.id}}`, `{{plan.name}}`, and in `args` only `{{context}}` (the Optimizer's context for the
+//! task) — anything else is an error. In `args`, `ID` must be an
 //! upstream task (a direct or indirect dep); gates and `compensate` run after the task, so they
 //! may also name the task itself. See [`template::render`] for how values are substituted.
 //!
@@ -114,10 +118,13 @@ pub mod template;
 mod validate;
 
 use std::borrow::Borrow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::session::PoolDef;
 
 pub use catalog::{StaticCatalog, ToolCatalog};
 pub use dag::Dag;
@@ -321,6 +328,9 @@ pub struct Plan {
     pub defaults: Defaults,
     /// The tasks in file order (read-only in spirit: the graph was built from them).
     pub tasks: Vec<Task>,
+    /// Pools the plan declares for its own tools (`[pools.NAME]`, see
+    /// [`crate::session::PoolDef`]); they add to the Executor's configured pools.
+    pub pools: BTreeMap<String, PoolDef>,
     /// Built from `tasks` when the plan was validated.
     dag: Dag,
 }

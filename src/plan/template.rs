@@ -28,6 +28,9 @@ pub enum Reference {
     RunId,
     /// `{{plan.name}}`: the plan's name.
     PlanName,
+    /// `{{context}}`: the context the Optimizer assembled for the task (upstream outputs and
+    /// relevant memories within the token budget), as text. Only in a task's `args`.
+    Context,
 }
 
 impl fmt::Display for Reference {
@@ -44,6 +47,7 @@ impl fmt::Display for Reference {
             Reference::Feedback => f.write_str("feedback"),
             Reference::RunId => f.write_str("run.id"),
             Reference::PlanName => f.write_str("plan.name"),
+            Reference::Context => f.write_str("context"),
         }
     }
 }
@@ -120,7 +124,7 @@ fn parse_reference(inner: &str) -> Result<Reference, String> {
     let unknown = || {
         format!(
             "unknown template reference `{{{{{trimmed}}}}}` (expected tasks.ID.output[.FIELD], \
-             attempt, feedback, run.id or plan.name)"
+             attempt, feedback, run.id, plan.name or context)"
         )
     };
     match trimmed {
@@ -128,6 +132,7 @@ fn parse_reference(inner: &str) -> Result<Reference, String> {
         "feedback" => return Ok(Reference::Feedback),
         "run.id" => return Ok(Reference::RunId),
         "plan.name" => return Ok(Reference::PlanName),
+        "context" => return Ok(Reference::Context),
         _ => {}
     }
     let parts: Vec<&str> = trimmed.split('.').collect();
@@ -198,6 +203,8 @@ pub struct TemplateContext {
     pub run_id: String,
     /// The plan's name.
     pub plan_name: String,
+    /// The Optimizer's context for the task (`{{context}}`); empty when none was assembled.
+    pub context: String,
 }
 
 impl TemplateContext {
@@ -207,6 +214,7 @@ impl TemplateContext {
             Reference::Feedback => Ok(Value::String(self.feedback.clone())),
             Reference::RunId => Ok(Value::String(self.run_id.clone())),
             Reference::PlanName => Ok(Value::String(self.plan_name.clone())),
+            Reference::Context => Ok(Value::String(self.context.clone())),
             Reference::TaskOutput { task, path } => {
                 let mut current =
                     self.outputs

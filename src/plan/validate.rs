@@ -1,7 +1,7 @@
 //! Turning TOML text into a validated [`Plan`]: every problem is collected with its line and
 //! column, not just the first.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -13,6 +13,7 @@ use super::dag::Dag;
 use super::gate::{Gate, toml_to_json};
 use super::template::{Reference, references_in};
 use super::{Defaults, Diagnostic, Location, Plan, PlanError, Task, TaskId, ToolCall, ToolRef};
+use crate::session::PoolDef;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +22,8 @@ struct RawPlan {
     defaults: Option<RawDefaults>,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
+    #[serde(default)]
+    pools: BTreeMap<String, PoolDef>,
 }
 
 #[derive(Deserialize)]
@@ -398,6 +401,9 @@ pub(super) fn parse(
                 if tool.pool.is_empty() {
                     continue; // already reported as malformed
                 }
+                if raw.pools.contains_key(&tool.pool) {
+                    continue; // declared by the plan itself: any tool name
+                }
                 let message = if !catalog.has_pool(&tool.pool) {
                     format!(
                         "task {:?} {what}: unknown pool {:?}",
@@ -430,6 +436,7 @@ pub(super) fn parse(
         defaults,
         dag: Dag::new(&tasks),
         tasks,
+        pools: raw.pools,
     })
 }
 
@@ -453,6 +460,15 @@ fn check_templates(
             }
         };
         for reference in refs {
+            if reference == Reference::Context && site.self_allowed {
+                c.push(
+                    offset,
+                    format!(
+                        "task {owner:?} {path}: {{{{context}}}} is only available in a task's args"
+                    ),
+                );
+                continue;
+            }
             let Reference::TaskOutput { task, path: field } = &reference else {
                 continue;
             };

@@ -31,6 +31,7 @@
 //! (copied from our environment) plus explicit variables. Nothing read from a child or a server
 //! is unwrapped; bad output becomes a [`SessionError`] or shows in the outcome.
 
+pub mod def;
 mod error;
 pub mod mcp;
 pub mod native;
@@ -41,6 +42,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use def::{PoolContext, PoolDef, PoolKind};
 pub use error::SessionError;
 pub use futures::future::BoxFuture;
 pub use mcp::{McpFactory, McpSession, McpSpec};

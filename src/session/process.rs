@@ -1,6 +1,8 @@
 //! The `process` kind: one child process per call.
 //!
-//! The child gets a cleared environment, then the variables named in
+//! The child's argv is the spec's program and arguments followed by the call's `argv` (a list of
+//! strings in the request's args, templated by the Executor from the task), so one pool serves
+//! every call of a command family. The child gets a cleared environment, then the variables named in
 //! [`ProcessSpec::env_allowlist`] copied from ours, then [`ProcessSpec::env`]. stdout and stderr are
 //! read concurrently, each kept up to [`ProcessSpec::max_output_bytes`]; past the cap the rest is
 //! read and thrown away so that a chatty child never blocks on a full pipe. On unix the child leads
@@ -124,11 +126,36 @@ impl Drop for GroupKiller {
     }
 }
 
+/// The call's extra arguments: the strings of `args.argv` (numbers and booleans are written out;
+/// anything else is refused, naming the tool).
+fn extra_argv(request: &ToolRequest) -> Result<Vec<String>, SessionError> {
+    let Some(argv) = request.args.get("argv") else {
+        return Ok(Vec::new());
+    };
+    let bad = |detail: String| SessionError::InvalidConfig {
+        detail: format!("tool {:?}: {detail}", request.tool),
+    };
+    let items = argv
+        .as_array()
+        .ok_or_else(|| bad(format!("`argv` must be a list of strings, not {argv}")))?;
+    items
+        .iter()
+        .map(|item| match item {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            serde_json::Value::Bool(b) => Ok(b.to_string()),
+            other => Err(bad(format!("`argv` item {other} is not a string"))),
+        })
+        .collect()
+}
+
 async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, SessionError> {
     let started = Instant::now();
+    let mut args = spec.args.clone();
+    args.extend(extra_argv(&request)?);
     let mut command = super::child_command(
         &spec.program,
-        &spec.args,
+        &args,
         spec.cwd.as_ref(),
         &spec.env_allowlist,
         &spec.env,

@@ -32,16 +32,20 @@ pub enum CacheCategory {
     Technique,
     /// A compiled CUDA kernel: permanent, persisted in the store (see `scoring::StoreKernelCache`).
     CompiledKernel,
+    /// The result of a tool call a plan marks `cacheable`, keyed by the tool and its rendered
+    /// arguments: permanent, persisted, so a resumed or repeated run reuses it.
+    ToolResult,
 }
 
 impl CacheCategory {
     /// Every category.
-    pub const ALL: [CacheCategory; 5] = [
+    pub const ALL: [CacheCategory; 6] = [
         CacheCategory::FileRead,
         CacheCategory::Documentation,
         CacheCategory::Research,
         CacheCategory::Technique,
         CacheCategory::CompiledKernel,
+        CacheCategory::ToolResult,
     ];
 
     fn index(self) -> usize {
@@ -52,7 +56,7 @@ impl CacheCategory {
     pub fn is_persisted(self) -> bool {
         matches!(
             self,
-            CacheCategory::Technique | CacheCategory::CompiledKernel
+            CacheCategory::Technique | CacheCategory::CompiledKernel | CacheCategory::ToolResult
         )
     }
 
@@ -64,6 +68,7 @@ impl CacheCategory {
             CacheCategory::Research => "research",
             CacheCategory::Technique => "technique",
             CacheCategory::CompiledKernel => "compiled_kernel",
+            CacheCategory::ToolResult => "tool_result",
         }
     }
 }
@@ -96,7 +101,9 @@ impl CacheTtls {
             CacheCategory::FileRead => Some(self.file_read),
             CacheCategory::Documentation => Some(self.documentation),
             CacheCategory::Research => Some(self.research),
-            CacheCategory::Technique | CacheCategory::CompiledKernel => None,
+            CacheCategory::Technique
+            | CacheCategory::CompiledKernel
+            | CacheCategory::ToolResult => None,
         }
     }
 }
@@ -190,8 +197,8 @@ impl moka::Expiry<CacheKey, CachedEntry> for CategoryExpiry {
 pub struct ContextCache {
     entries: moka::future::Cache<CacheKey, CachedEntry>,
     store: Option<Store>,
-    hits: Arc<[AtomicU64; 5]>,
-    misses: Arc<[AtomicU64; 5]>,
+    hits: Arc<[AtomicU64; CacheCategory::ALL.len()]>,
+    misses: Arc<[AtomicU64; CacheCategory::ALL.len()]>,
 }
 
 impl std::fmt::Debug for ContextCache {

@@ -47,7 +47,7 @@ pub use memory::{Memory, MemoryId, MemoryPatch, MemoryType, Namespace, NewMemory
 use memory::validate_fields;
 use state::State;
 use text::{Dictionary, DocTerms, Fields, analyze_document, analyze_query};
-use writer::{CACHE, Command, MEMORIES, META, WriterContext, db_error};
+use writer::{CACHE, Command, MEMORIES, META, RUNS, WriterContext, db_error};
 
 /// The schema version this build writes; files with a newer one are refused.
 const SCHEMA_VERSION: u32 = 1;
@@ -300,6 +300,8 @@ impl Store {
                 .map_err(db_error(path, "open memories table"))?;
             txn.open_table(CACHE)
                 .map_err(db_error(path, "open cache table"))?;
+            txn.open_table(RUNS)
+                .map_err(db_error(path, "open runs table"))?;
             let mut meta = txn
                 .open_table(META)
                 .map_err(db_error(path, "open meta table"))?;
@@ -723,6 +725,52 @@ impl Store {
             reply,
         })?;
         Ok(answer)
+    }
+
+    /// Queues run records (the Orchestrator's encoded run and task states) for the next
+    /// commit. Records are committed in the order they are queued, each batch atomically, so a
+    /// reader after a crash sees a prefix of what was queued.
+    pub(crate) fn queue_run_records(
+        &self,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::RunRecords { records, reply })?;
+        Ok(answer)
+    }
+
+    /// Writes run records durably (fsync'd before this returns).
+    pub(crate) async fn put_run_records(
+        &self,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let answer = self.queue_run_records(records)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every run record whose key starts with `prefix`, in key order.
+    pub(crate) fn run_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let path = &self.inner.path;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(db_error(path, "begin read"))?;
+        let table = txn
+            .open_table(RUNS)
+            .map_err(db_error(path, "open runs table"))?;
+        let mut found = Vec::new();
+        for entry in table
+            .range(prefix..)
+            .map_err(db_error(path, "read run records"))?
+        {
+            let (key, value) = entry.map_err(db_error(path, "read run record"))?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            found.push((key.value().to_owned(), value.value().to_vec()));
+        }
+        Ok(found)
     }
 
     /// Persists a cache entry durably.

@@ -31,6 +31,8 @@ use super::{DurabilityMode, StoreConfig, fields_of};
 pub(crate) const MEMORIES: TableDefinition<u128, &[u8]> = TableDefinition::new("memories");
 /// Persisted cache entries (the permanent category), keyed by cache key.
 pub(crate) const CACHE: TableDefinition<u128, &[u8]> = TableDefinition::new("context_cache");
+/// Run and task states of the Orchestrator, keyed `RUN_ID` (the run) and `RUN_ID/TASK_ID`.
+pub(crate) const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 /// File-level metadata, such as the schema version.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -57,6 +59,10 @@ pub(crate) enum Command {
     CachePut {
         key: u128,
         encoded: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    RunRecords {
+        records: Vec<(String, Vec<u8>)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Commit everything so far durably, writing pending access statistics too.
@@ -196,6 +202,10 @@ impl<'a> Batch<'a> {
                 Ok(()) => self.replies.push(Pending::Unit(reply)),
                 Err(e) => send(reply, Err(e)),
             },
+            Command::RunRecords { records, reply } => match self.put_run_records(&records) {
+                Ok(()) => self.replies.push(Pending::Unit(reply)),
+                Err(e) => send(reply, Err(e)),
+            },
             Command::Sync { reply } => match self.flush_access_statistics() {
                 Ok(()) => self.replies.push(Pending::Unit(reply)),
                 Err(e) => send(reply, Err(e)),
@@ -252,6 +262,19 @@ impl<'a> Batch<'a> {
         table
             .insert(key, encoded)
             .map_err(db_error(&self.ctx.path, "insert cache entry"))?;
+        Ok(())
+    }
+
+    fn put_run_records(&mut self, records: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(RUNS)
+            .map_err(db_error(&self.ctx.path, "open runs table"))?;
+        for (key, value) in records {
+            table
+                .insert(key.as_str(), value.as_slice())
+                .map_err(db_error(&self.ctx.path, "insert run record"))?;
+        }
         Ok(())
     }
 
@@ -387,6 +410,7 @@ fn fail_command(ctx: &WriterContext, command: Command, message: &str) {
         Command::Store { reply, .. }
         | Command::Archive { reply, .. }
         | Command::CachePut { reply, .. }
+        | Command::RunRecords { reply, .. }
         | Command::Sync { reply } => send(reply, Err(error())),
         Command::Update { reply, .. } => send(reply, Err(error())),
         Command::Shutdown => {}

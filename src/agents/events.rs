@@ -1,0 +1,100 @@
+//! Progress events anyone can subscribe to ([`super::Runtime::subscribe`]); `tetrarch run
+//! --events json` prints one per line.
+
+use serde::Serialize;
+
+use super::{AgentKind, RunStatus, TaskState};
+
+/// Something that happened in a run or to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// A run started (or resumed, with the tasks already complete).
+    RunStarted {
+        /// The run.
+        run_id: String,
+        /// The plan's name.
+        plan: String,
+        /// Tasks in the plan.
+        tasks: usize,
+        /// Whether it continues an earlier run.
+        resumed: bool,
+        /// Tasks already COMPLETE (resumed runs).
+        already_complete: usize,
+    },
+    /// A task attempt was dispatched.
+    TaskStarted {
+        /// The run.
+        run_id: String,
+        /// The task.
+        task: String,
+        /// The 1-based attempt (gate attempts).
+        attempt: u32,
+    },
+    /// A task reached a state other than running.
+    TaskFinished {
+        /// The run.
+        run_id: String,
+        /// The task.
+        task: String,
+        /// Its state now.
+        state: TaskState,
+        /// Attempts used.
+        attempt: u32,
+        /// Why it failed or was skipped; the gates' summary when complete.
+        reason: Option<String>,
+    },
+    /// A gate failed; the task runs again with this feedback.
+    GateFailed {
+        /// The run.
+        run_id: String,
+        /// The task.
+        task: String,
+        /// The attempt that failed.
+        attempt: u32,
+        /// The Reviewer's reasons (the next attempt's `{{feedback}}`).
+        feedback: String,
+    },
+    /// A task errored and will be retried after a backoff.
+    TaskRetrying {
+        /// The run.
+        run_id: String,
+        /// The task.
+        task: String,
+        /// Retries used so far, this one included.
+        retry: u32,
+        /// The error.
+        reason: String,
+        /// The wait before the retry.
+        backoff_ms: u64,
+    },
+    /// A completed task's compensation ran during a rollback.
+    Compensated {
+        /// The run.
+        run_id: String,
+        /// The task undone.
+        task: String,
+        /// Whether the compensation succeeded.
+        ok: bool,
+        /// Its output or error.
+        detail: String,
+    },
+    /// The run ended.
+    RunFinished {
+        /// The run.
+        run_id: String,
+        /// How.
+        status: RunStatus,
+        /// Wall time in milliseconds.
+        duration_ms: u64,
+    },
+    /// The supervisor restarted an agent.
+    AgentRestarted {
+        /// The agent.
+        agent: AgentKind,
+        /// Its restarts so far.
+        restarts: u64,
+        /// Why it failed.
+        reason: String,
+    },
+}

@@ -1,0 +1,311 @@
+//! The Executor: runs each attempt's tool call through its session pool, many at once.
+//!
+//! Each call runs as a task of the actor (so killing the actor aborts them, and the pools'
+//! own limits decide the concurrency); the outcome goes on to the Reviewer. Results of tasks
+//! marked `cacheable` are kept in the [`ContextCache`] (category `tool_result`, persisted), keyed
+//! by pool, tool and rendered arguments. Outputs and errors become memories of the run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::task::{AbortHandle, JoinSet};
+
+use super::AgentKind;
+use super::config::ExecutorConfig;
+use super::mailbox::Envelope;
+use super::optimizer::run_namespace;
+use super::pipeline::{Attempt, ExecutorMsg, Outcome, Peers, Purpose, ReviewerMsg, injected_fault};
+use super::runtime::PoolSet;
+use crate::session::{SessionError, ToolOutcome, ToolRequest};
+use crate::store::{CacheCategory, CacheError, CacheKey, ContextCache, NewMemory, Store};
+
+/// Longest output kept in a memory.
+const MEMORY_CAP: usize = 8 * 1024;
+
+/// The Executor actor.
+pub(crate) struct Executor;
+
+/// What the supervisor starts it with.
+#[derive(Clone)]
+pub(crate) struct ExecutorArgs {
+    pub peers: Peers,
+    pub store: Store,
+    pub pools: PoolSet,
+    pub cache: ContextCache,
+    pub config: ExecutorConfig,
+}
+
+pub(crate) struct ExecutorState {
+    shared: Arc<ExecutorArgs>,
+    calls: JoinSet<()>,
+    runs: HashMap<tokio::task::Id, (Arc<str>, AbortHandle)>,
+}
+
+/// A cacheable outcome (postcard cannot carry `serde_json::Value`, so JSON stays text).
+#[derive(Serialize, Deserialize)]
+struct CachedOutcome {
+    exit_status: Option<i32>,
+    stdout: String,
+    stderr: String,
+    json: Option<String>,
+    truncated: bool,
+}
+
+fn retryable(error: &SessionError) -> bool {
+    !matches!(
+        error,
+        SessionError::UnknownTool { .. }
+            | SessionError::ToolRejected { .. }
+            | SessionError::InvalidConfig { .. }
+    )
+}
+
+async fn call_pool(
+    shared: &ExecutorArgs,
+    attempt: &Attempt,
+    args: serde_json::Value,
+) -> Result<ToolOutcome, SessionError> {
+    let Some((pool, call_timeout)) = shared.pools.get(&attempt.call.pool) else {
+        return Err(SessionError::InvalidConfig {
+            detail: format!("no pool named {:?}", attempt.call.pool),
+        });
+    };
+    let stdin = args
+        .get("stdin")
+        .and_then(|s| s.as_str())
+        .map(|s| s.as_bytes().to_vec());
+    let request = ToolRequest {
+        tool: attempt.call.tool.clone(),
+        args,
+        stdin,
+        timeout: attempt.timeout.unwrap_or(call_timeout),
+    };
+    let mut session = pool.acquire().await?;
+    session.call(request).await
+}
+
+async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> Outcome {
+    let args = match &attempt.args {
+        Some(Ok(args)) => args.clone(),
+        Some(Err(e)) => {
+            return Outcome::Error {
+                reason: format!("cannot render args: {e}"),
+                retryable: false,
+            };
+        }
+        None => {
+            return Outcome::Error {
+                reason: "args were not rendered".to_owned(),
+                retryable: false,
+            };
+        }
+    };
+    let result = if attempt.task.cacheable && attempt.purpose == Purpose::Task {
+        let key = CacheKey::new(
+            "tool_result",
+            &(
+                attempt.call.pool.as_str(),
+                attempt.call.tool.as_str(),
+                args.to_string(),
+            ),
+        );
+        match key {
+            Ok(key) => {
+                let computed = shared
+                    .cache
+                    .get_or_compute(key, CacheCategory::ToolResult, async {
+                        let outcome = call_pool(shared, attempt, args.clone())
+                            .await
+                            .map_err(|e| (retryable(&e), e.to_string()))?;
+                        if !outcome.succeeded() {
+                            // A failing run is not worth reusing: report it uncached.
+                            return Err((false, encode_outcome(&outcome)));
+                        }
+                        Ok(CachedOutcome {
+                            exit_status: outcome.exit_status,
+                            json: outcome.json.as_ref().map(|j| j.to_string()),
+                            stdout: outcome.stdout,
+                            stderr: outcome.stderr,
+                            truncated: outcome.truncated,
+                        })
+                    })
+                    .await;
+                match computed {
+                    Ok(cached) => Ok(ToolOutcome {
+                        exit_status: cached.exit_status,
+                        stdout: cached.stdout,
+                        stderr: cached.stderr,
+                        json: cached.json.and_then(|j| serde_json::from_str(&j).ok()),
+                        truncated: cached.truncated,
+                        duration: std::time::Duration::ZERO,
+                    }),
+                    Err(error) => match error.as_ref() {
+                        CacheError::Compute((false, encoded)) if encoded.starts_with('{') => {
+                            decode_outcome(encoded).ok_or((false, encoded.clone()))
+                        }
+                        CacheError::Compute((retry, reason)) => Err((*retry, reason.clone())),
+                        CacheError::Store(e) => Err((true, format!("result cache: {e}"))),
+                    },
+                }
+            }
+            Err(e) => Err((false, format!("cache key: {e}"))),
+        }
+    } else {
+        call_pool(shared, attempt, args)
+            .await
+            .map_err(|e| (retryable(&e), e.to_string()))
+    };
+    match result {
+        Ok(outcome) => Outcome::Ran(outcome),
+        Err((retryable, reason)) => Outcome::Error { reason, retryable },
+    }
+}
+
+/// A failing outcome carried through the cache's error path as JSON.
+fn encode_outcome(outcome: &ToolOutcome) -> String {
+    serde_json::json!({
+        "exit_status": outcome.exit_status,
+        "stdout": outcome.stdout,
+        "stderr": outcome.stderr,
+        "json": outcome.json,
+        "truncated": outcome.truncated,
+    })
+    .to_string()
+}
+
+fn decode_outcome(encoded: &str) -> Option<ToolOutcome> {
+    let value: serde_json::Value = serde_json::from_str(encoded).ok()?;
+    Some(ToolOutcome {
+        exit_status: value
+            .get("exit_status")
+            .and_then(|v| v.as_i64())
+            .and_then(|v| i32::try_from(v).ok()),
+        stdout: value.get("stdout")?.as_str()?.to_owned(),
+        stderr: value.get("stderr")?.as_str()?.to_owned(),
+        json: value.get("json").filter(|j| !j.is_null()).cloned(),
+        truncated: value.get("truncated")?.as_bool()?,
+        duration: std::time::Duration::ZERO,
+    })
+}
+
+fn capped(text: &str) -> &str {
+    if text.len() <= MEMORY_CAP {
+        return text;
+    }
+    let mut end = MEMORY_CAP;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Writes the outcome as a memory of the run, without holding up the pipeline.
+fn record(shared: &ExecutorArgs, attempt: &Attempt, outcome: &Outcome) {
+    if !shared.config.record_outputs {
+        return;
+    }
+    let Some(namespace) = run_namespace(&attempt.run_id) else {
+        return;
+    };
+    let (content, tag) = match outcome {
+        Outcome::Ran(o) if o.succeeded() => (capped(&o.stdout).to_owned(), "output"),
+        Outcome::Ran(o) => (
+            format!(
+                "exit status {:?}\n{}\n{}",
+                o.exit_status,
+                capped(&o.stderr),
+                capped(&o.stdout)
+            ),
+            "error",
+        ),
+        Outcome::Error { reason, .. } => (reason.clone(), "error"),
+    };
+    if content.trim().is_empty() {
+        return;
+    }
+    let mut memory = NewMemory::new(namespace, content);
+    memory.tags = vec![tag.to_owned(), format!("task:{}", attempt.task.id)];
+    memory.context = Some(format!(
+        "{} of task {} ({})",
+        if attempt.purpose == Purpose::Task {
+            "attempt"
+        } else {
+            "compensation"
+        },
+        attempt.task.id,
+        attempt.call
+    ));
+    let store = shared.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.store(memory).await {
+            tracing::warn!("executor: could not record an outcome: {e}");
+        }
+    });
+}
+
+impl Actor for Executor {
+    type Msg = Envelope<ExecutorMsg>;
+    type State = ExecutorState;
+    type Arguments = ExecutorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ExecutorArgs,
+    ) -> Result<ExecutorState, ActorProcessingErr> {
+        Ok(ExecutorState {
+            shared: Arc::new(args),
+            calls: JoinSet::new(),
+            runs: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        envelope: Self::Msg,
+        state: &mut ExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        while let Some(done) = state.calls.try_join_next_with_id() {
+            let id = match done {
+                Ok((id, ())) => id,
+                Err(e) => e.id(),
+            };
+            state.runs.remove(&id);
+        }
+        let Envelope { msg, .. } = envelope;
+        match msg {
+            ExecutorMsg::Execute(attempt) => {
+                let shared = Arc::clone(&state.shared);
+                let run_id = Arc::clone(&attempt.run_id);
+                let handle = state.calls.spawn(async move {
+                    let outcome = execute(&shared, &attempt).await;
+                    record(&shared, &attempt, &outcome);
+                    if let Err(e) = shared
+                        .peers
+                        .reviewer
+                        .send(ReviewerMsg::Review(attempt, outcome))
+                        .await
+                    {
+                        tracing::warn!("executor: outcome not delivered: {e}");
+                    }
+                });
+                state.runs.insert(handle.id(), (run_id, handle));
+            }
+            ExecutorMsg::CancelRun(run_id) => {
+                for (run, handle) in state.runs.values() {
+                    if *run == run_id {
+                        handle.abort();
+                    }
+                }
+            }
+            ExecutorMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            ExecutorMsg::Crash => injected_fault(AgentKind::Executor),
+        }
+        Ok(())
+    }
+}

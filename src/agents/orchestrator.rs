@@ -1,0 +1,860 @@
+//! The Orchestrator: runs plans.
+//!
+//! For each run it keeps every task's state, persists each transition in the store (queued on
+//! the group-commit writer in order, so a reader after a crash sees a consistent prefix; the run's
+//! end is written durably before it is reported), dispatches ready tasks (at most
+//! `max_in_flight` at once), and applies the Reviewer's verdicts: a pass completes the task and
+//! readies its dependents; a failed gate re-runs it with the feedback, up to `max_attempts`; an
+//! error re-runs it after an exponential backoff, up to `retries`. A task that fails for good
+//! fails the run: its dependents are skipped, nothing new is dispatched, and once the attempts in
+//! flight are back, the completed tasks' compensations run in reverse dependency order. The plan
+//! always terminates: every task ends COMPLETE, FAILED, SKIPPED, CANCELLED or COMPENSATED.
+//!
+//! Resume: a run started with `resume` reloads its tasks from the store; COMPLETE tasks keep
+//! their outputs and are never dispatched again, every other unfinished task runs again
+//! (at-least-once for the tasks that were in flight).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::Value;
+use tokio::sync::{broadcast, oneshot};
+
+use super::AgentKind;
+use super::config::RunSettings;
+use super::events::RunEvent;
+use super::mailbox::Envelope;
+use super::pipeline::{
+    Attempt, ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, Purpose, Verdict, injected_fault,
+};
+use super::runtime::RunSpec;
+use super::state::{
+    CompensationReport, RunRecordV1, RunReport, RunStatus, TaskRecordV1, TaskReport, TaskState,
+    encode_run, encode_task, load_tasks, run_key, task_key,
+};
+use crate::plan::template::{Reference, references_in};
+use crate::plan::{Plan, Task, TemplateContext};
+use crate::store::Store;
+
+/// Dispatch tokens, unique in the process, so a verdict for an attempt dispatched by an earlier
+/// Orchestrator (before a restart) can never match a new one.
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+fn next_token() -> u64 {
+    NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The Orchestrator actor.
+pub(crate) struct Orchestrator;
+
+/// What the supervisor starts it with.
+#[derive(Clone)]
+pub(crate) struct OrchestratorArgs {
+    pub peers: Peers,
+    pub store: Store,
+    pub settings: RunSettings,
+    pub events: broadcast::Sender<RunEvent>,
+}
+
+pub(crate) struct OrchestratorState {
+    args: OrchestratorArgs,
+    runs: HashMap<Arc<str>, RunState>,
+}
+
+struct Slot {
+    state: TaskState,
+    attempt: u32,
+    retries: u32,
+    feedback: String,
+    reason: Option<String>,
+    output: Option<Value>,
+    /// The dispatch in flight (or waiting out a retry backoff).
+    token: Option<u64>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Phase {
+    Running,
+    Compensating,
+}
+
+struct RunState {
+    id: Arc<str>,
+    plan: Arc<Plan>,
+    tasks: Vec<Arc<Task>>,
+    base_dir: Arc<PathBuf>,
+    record: RunRecordV1,
+    slots: Vec<Slot>,
+    index: HashMap<String, usize>,
+    dependents: Vec<Vec<usize>>,
+    waiting_on: Vec<usize>,
+    /// Tasks whose outputs each task's templates read (args, gates, compensation).
+    reads: Vec<Vec<usize>>,
+    wants_context: Vec<bool>,
+    ready: VecDeque<usize>,
+    in_flight: usize,
+    failure: Option<String>,
+    cancelled: bool,
+    phase: Phase,
+    compensation_queue: VecDeque<usize>,
+    compensation_in_flight: Option<(usize, u64)>,
+    compensations: Vec<CompensationReport>,
+    replies: Vec<oneshot::Sender<Result<RunReport, String>>>,
+    started: Instant,
+}
+
+fn referenced_tasks(task: &Task) -> (HashSet<String>, bool) {
+    let mut found = HashSet::new();
+    let mut context = false;
+    let mut visit = |value: &Value, in_args: bool| {
+        for (_, _, refs) in references_in(value, "") {
+            for reference in refs.into_iter().flatten() {
+                match reference {
+                    Reference::TaskOutput { task, .. } => {
+                        found.insert(task);
+                    }
+                    Reference::Context if in_args => context = true,
+                    _ => {}
+                }
+            }
+        }
+    };
+    visit(&task.args, true);
+    for gate in &task.gates {
+        for (_, text) in gate.templates() {
+            visit(&Value::String(text.to_owned()), false);
+        }
+    }
+    if let Some(comp) = &task.compensate {
+        visit(&comp.args, false);
+    }
+    (found, context)
+}
+
+impl RunState {
+    fn new(spec: &RunSpec, record: RunRecordV1) -> Self {
+        let plan = Arc::clone(&spec.plan);
+        let tasks: Vec<Arc<Task>> = plan.tasks.iter().cloned().map(Arc::new).collect();
+        let index: HashMap<String, usize> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.as_str().to_owned(), i))
+            .collect();
+        let mut dependents = vec![Vec::new(); tasks.len()];
+        let mut waiting_on = vec![0; tasks.len()];
+        let mut reads = Vec::with_capacity(tasks.len());
+        let mut wants_context = Vec::with_capacity(tasks.len());
+        for (i, task) in tasks.iter().enumerate() {
+            for dep in &task.deps {
+                if let Some(&d) = index.get(dep.as_str()) {
+                    dependents[d].push(i);
+                    waiting_on[i] += 1;
+                }
+            }
+            let (names, context) = referenced_tasks(task);
+            let mut ids: Vec<usize> = names.iter().filter_map(|n| index.get(n).copied()).collect();
+            if context {
+                ids.extend(
+                    task.deps
+                        .iter()
+                        .filter_map(|d| index.get(d.as_str()).copied()),
+                );
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            reads.push(ids);
+            wants_context.push(context);
+        }
+        let slots = tasks
+            .iter()
+            .map(|_| Slot {
+                state: TaskState::Pending,
+                attempt: 1,
+                retries: 0,
+                feedback: String::new(),
+                reason: None,
+                output: None,
+                token: None,
+            })
+            .collect();
+        RunState {
+            id: Arc::from(spec.run_id.as_str()),
+            plan,
+            tasks,
+            base_dir: Arc::new(spec.base_dir.clone()),
+            record,
+            slots,
+            index,
+            dependents,
+            waiting_on,
+            reads,
+            wants_context,
+            ready: VecDeque::new(),
+            in_flight: 0,
+            failure: None,
+            cancelled: false,
+            phase: Phase::Running,
+            compensation_queue: VecDeque::new(),
+            compensation_in_flight: None,
+            compensations: Vec::new(),
+            replies: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn task_record(&self, i: usize) -> TaskRecordV1 {
+        let slot = &self.slots[i];
+        TaskRecordV1 {
+            state: slot.state,
+            attempt: slot.attempt,
+            retries: slot.retries,
+            feedback: slot.feedback.clone(),
+            reason: slot.reason.clone(),
+            output_json: slot.output.as_ref().map(Value::to_string),
+        }
+    }
+
+    fn report(&self, status: RunStatus) -> RunReport {
+        RunReport {
+            run_id: self.id.to_string(),
+            plan: self.plan.name.clone(),
+            status,
+            tasks: self
+                .tasks
+                .iter()
+                .zip(&self.slots)
+                .map(|(task, slot)| TaskReport {
+                    id: task.id.as_str().to_owned(),
+                    state: slot.state,
+                    attempts: slot.attempt,
+                    retries: slot.retries,
+                    reason: slot.reason.clone(),
+                    output: slot.output.clone(),
+                })
+                .collect(),
+            compensations: self.compensations.clone(),
+            duration: self.started.elapsed(),
+        }
+    }
+}
+
+impl OrchestratorState {
+    fn emit(&self, event: RunEvent) {
+        // No subscriber is not an error.
+        let _ = self.args.events.send(event);
+    }
+
+    /// Queues a task's record on the writer (committed in order with everything queued before).
+    fn persist(&self, run: &RunState, i: usize) {
+        let record = run.task_record(i);
+        let key = task_key(&run.id, run.tasks[i].id.as_str());
+        let queued = encode_task(&record)
+            .and_then(|bytes| self.args.store.queue_run_records(vec![(key, bytes)]));
+        if let Err(e) = queued {
+            tracing::error!("orchestrator: could not persist task state: {e}");
+        }
+    }
+
+    fn task_event(&self, run: &RunState, i: usize) {
+        let slot = &run.slots[i];
+        self.emit(RunEvent::TaskFinished {
+            run_id: run.id.to_string(),
+            task: run.tasks[i].id.as_str().to_owned(),
+            state: slot.state,
+            attempt: slot.attempt,
+            reason: slot.reason.clone(),
+        });
+    }
+
+    async fn start(
+        &mut self,
+        spec: RunSpec,
+        reply: &mut Option<oneshot::Sender<Result<RunReport, String>>>,
+    ) -> Result<(), String> {
+        if let Some(run) = self.runs.get_mut(spec.run_id.as_str()) {
+            run.replies.extend(reply.take());
+            return Ok(());
+        }
+        let record = RunRecordV1 {
+            plan_name: spec.plan.name.clone(),
+            plan_hash: spec.plan_hash.clone(),
+            source: spec.source.clone(),
+            status: RunStatus::Running,
+            started_ms: crate::store::Timestamp::now().as_millis(),
+        };
+        let mut run = RunState::new(&spec, record);
+        let mut already_complete = 0;
+        if spec.resume {
+            // Commit whatever an earlier Orchestrator of this process still had queued.
+            self.args
+                .store
+                .sync()
+                .await
+                .map_err(|e| format!("store: {e}"))?;
+            let saved =
+                load_tasks(&self.args.store, &spec.run_id).map_err(|e| format!("store: {e}"))?;
+            for (id, record) in saved {
+                let Some(&i) = run.index.get(&id) else {
+                    continue;
+                };
+                let slot = &mut run.slots[i];
+                slot.attempt = record.attempt.max(1);
+                slot.retries = record.retries;
+                slot.feedback = record.feedback;
+                if record.state == TaskState::Complete {
+                    slot.state = TaskState::Complete;
+                    slot.output = record
+                        .output_json
+                        .as_deref()
+                        .and_then(|j| serde_json::from_str(j).ok());
+                    already_complete += 1;
+                }
+            }
+            for i in 0..run.tasks.len() {
+                if run.slots[i].state == TaskState::Complete {
+                    for &d in &run.dependents[i] {
+                        run.waiting_on[d] -= 1;
+                    }
+                }
+            }
+        }
+        // The run and its tasks are durable before anything runs.
+        let mut records = Vec::with_capacity(run.tasks.len() + 1);
+        records.push((
+            run_key(&spec.run_id),
+            encode_run(&run.record).map_err(|e| e.to_string())?,
+        ));
+        for i in 0..run.tasks.len() {
+            if run.slots[i].state != TaskState::Complete {
+                records.push((
+                    task_key(&spec.run_id, run.tasks[i].id.as_str()),
+                    encode_task(&run.task_record(i)).map_err(|e| e.to_string())?,
+                ));
+            }
+        }
+        self.args
+            .store
+            .put_run_records(records)
+            .await
+            .map_err(|e| format!("store: {e}"))?;
+        for i in 0..run.tasks.len() {
+            if run.slots[i].state == TaskState::Pending && run.waiting_on[i] == 0 {
+                run.ready.push_back(i);
+            }
+        }
+        self.emit(RunEvent::RunStarted {
+            run_id: spec.run_id.clone(),
+            plan: run.plan.name.clone(),
+            tasks: run.tasks.len(),
+            resumed: spec.resume,
+            already_complete,
+        });
+        run.replies.extend(reply.take());
+        let id = Arc::clone(&run.id);
+        self.runs.insert(Arc::clone(&id), run);
+        self.pump(&id).await;
+        Ok(())
+    }
+
+    /// Dispatches ready tasks up to the in-flight limit, then ends the run if nothing is left.
+    async fn pump(&mut self, run_id: &Arc<str>) {
+        let limit = self.args.settings.max_in_flight;
+        loop {
+            let Some(run) = self.runs.get_mut(run_id) else {
+                return;
+            };
+            if run.failure.is_some() || run.cancelled || run.in_flight >= limit {
+                break;
+            }
+            let Some(i) = run.ready.pop_front() else {
+                break;
+            };
+            self.dispatch(run_id, i).await;
+        }
+        self.check_finished(run_id).await;
+    }
+
+    fn template_context(&self, run: &RunState, i: usize) -> TemplateContext {
+        let slot = &run.slots[i];
+        TemplateContext {
+            outputs: run.reads[i]
+                .iter()
+                .filter_map(|&r| {
+                    let output = run.slots[r].output.clone()?;
+                    Some((run.tasks[r].id.as_str().to_owned(), output))
+                })
+                .collect(),
+            attempt: slot.attempt,
+            feedback: slot.feedback.clone(),
+            run_id: run.id.to_string(),
+            plan_name: run.plan.name.clone(),
+            context: String::new(),
+        }
+    }
+
+    async fn dispatch(&mut self, run_id: &Arc<str>, i: usize) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        let token = next_token();
+        run.slots[i].state = TaskState::Running;
+        run.slots[i].token = Some(token);
+        run.in_flight += 1;
+        let run = &self.runs[run_id];
+        self.persist(run, i);
+        self.emit(RunEvent::TaskStarted {
+            run_id: run.id.to_string(),
+            task: run.tasks[i].id.as_str().to_owned(),
+            attempt: run.slots[i].attempt,
+        });
+        let task = Arc::clone(&run.tasks[i]);
+        let attempt = Attempt {
+            run_id: Arc::clone(&run.id),
+            task_index: i,
+            call: task.tool.clone(),
+            args_template: task.args.clone(),
+            ctx: self.template_context(run, i),
+            wants_context: run.wants_context[i],
+            timeout: task.timeout,
+            base_dir: Arc::clone(&run.base_dir),
+            task,
+            token,
+            purpose: Purpose::Task,
+            args: None,
+        };
+        if let Err(e) = self
+            .args
+            .peers
+            .optimizer
+            .send(OptimizerMsg::Prepare(Box::new(attempt)))
+            .await
+        {
+            // It stays in flight; the restart notice re-dispatches it.
+            tracing::warn!("orchestrator: dispatch not delivered: {e}");
+        }
+    }
+
+    fn fail_task(&mut self, run_id: &Arc<str>, i: usize, reason: String) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        run.slots[i].state = TaskState::Failed;
+        run.slots[i].reason = Some(reason.clone());
+        let id = run.tasks[i].id.as_str().to_owned();
+        if run.failure.is_none() {
+            run.failure = Some(format!("task {id} failed: {reason}"));
+        }
+        let skipped = run.plan.dag().dependents_transitive(&id);
+        let mut changed = vec![i];
+        for dep in skipped {
+            if let Some(&d) = run.index.get(dep.as_str())
+                && run.slots[d].state == TaskState::Pending
+            {
+                run.slots[d].state = TaskState::Skipped;
+                run.slots[d].reason = Some(format!("dependency {id} failed"));
+                changed.push(d);
+            }
+        }
+        let run = &self.runs[run_id];
+        for i in changed {
+            self.persist(run, i);
+            self.task_event(run, i);
+        }
+    }
+
+    async fn on_verdict(&mut self, attempt: Box<Attempt>, verdict: Verdict) {
+        let run_id = Arc::clone(&attempt.run_id);
+        let i = attempt.task_index;
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if attempt.purpose == Purpose::Compensation {
+            if run.compensation_in_flight != Some((i, attempt.token)) {
+                return;
+            }
+            run.compensation_in_flight = None;
+            let (ok, detail) = match verdict {
+                Verdict::Pass { output, .. } => (true, output.to_string()),
+                Verdict::GateFailed { feedback } => (false, feedback),
+                Verdict::Error { reason, .. } => (false, reason),
+            };
+            if ok {
+                run.slots[i].state = TaskState::Compensated;
+            }
+            let task = run.tasks[i].id.as_str().to_owned();
+            run.compensations.push(CompensationReport {
+                task: task.clone(),
+                ok,
+                detail: detail.clone(),
+            });
+            let run = &self.runs[&run_id];
+            self.persist(run, i);
+            self.emit(RunEvent::Compensated {
+                run_id: run_id.to_string(),
+                task,
+                ok,
+                detail,
+            });
+            self.next_compensation(&run_id).await;
+            return;
+        }
+        if run.slots[i].token != Some(attempt.token) {
+            return; // superseded (re-dispatched after a restart, or cancelled)
+        }
+        run.slots[i].token = None;
+        run.in_flight -= 1;
+        let task = Arc::clone(&run.tasks[i]);
+        match verdict {
+            Verdict::Pass { output, summary } => {
+                let slot = &mut run.slots[i];
+                slot.state = TaskState::Complete;
+                slot.output = Some(output);
+                slot.reason = Some(summary);
+                for d in run.dependents[i].clone() {
+                    run.waiting_on[d] -= 1;
+                    if run.waiting_on[d] == 0 && run.slots[d].state == TaskState::Pending {
+                        run.ready.push_back(d);
+                    }
+                }
+                let run = &self.runs[&run_id];
+                self.persist(run, i);
+                self.task_event(run, i);
+            }
+            Verdict::GateFailed { feedback } => {
+                let attempt_no = run.slots[i].attempt;
+                let _ = self.args.events.send(RunEvent::GateFailed {
+                    run_id: run_id.to_string(),
+                    task: task.id.as_str().to_owned(),
+                    attempt: attempt_no,
+                    feedback: feedback.clone(),
+                });
+                if attempt_no < task.max_attempts && run.failure.is_none() && !run.cancelled {
+                    let slot = &mut run.slots[i];
+                    slot.attempt += 1;
+                    slot.feedback = feedback;
+                    self.dispatch(&run_id, i).await;
+                } else {
+                    let reason = format!(
+                        "gates failed on attempt {attempt_no} of {}: {feedback}",
+                        task.max_attempts
+                    );
+                    self.fail_task(&run_id, i, reason);
+                }
+            }
+            Verdict::Error { reason, retryable } => {
+                let retries = run.slots[i].retries;
+                if retryable && retries < task.retries && run.failure.is_none() && !run.cancelled {
+                    let retry = retries + 1;
+                    let settings = &self.args.settings;
+                    let backoff = settings
+                        .retry_backoff
+                        .saturating_mul(1u32 << (retry - 1).min(16))
+                        .min(settings.retry_backoff_max);
+                    let token = next_token();
+                    let slot = &mut run.slots[i];
+                    slot.retries = retry;
+                    slot.token = Some(token);
+                    run.in_flight += 1;
+                    let _ = self.args.events.send(RunEvent::TaskRetrying {
+                        run_id: run_id.to_string(),
+                        task: task.id.as_str().to_owned(),
+                        retry,
+                        reason,
+                        backoff_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                    });
+                    let orchestrator = self.args.peers.orchestrator.clone();
+                    let run_id = Arc::clone(&run_id);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(backoff).await;
+                        let _ = orchestrator.send_control(OrchestratorMsg::Retry {
+                            run_id,
+                            task_index: i,
+                            token,
+                        });
+                    });
+                } else {
+                    let reason = if retryable && task.retries > 0 {
+                        format!("{reason} (after {retries} retries)")
+                    } else {
+                        reason
+                    };
+                    self.fail_task(&run_id, i, reason);
+                }
+            }
+        }
+        self.pump(&run_id).await;
+    }
+
+    async fn on_retry(&mut self, run_id: Arc<str>, i: usize, token: u64) {
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if run.slots.get(i).and_then(|s| s.token) != Some(token) {
+            return;
+        }
+        run.slots[i].token = None;
+        run.in_flight -= 1;
+        if run.failure.is_some() || run.cancelled {
+            run.slots[i].state = TaskState::Skipped;
+            run.slots[i].reason = Some("the run stopped before the retry".to_owned());
+        } else {
+            self.dispatch(&run_id, i).await;
+        }
+        self.pump(&run_id).await;
+    }
+
+    /// Re-sends every attempt in flight: an agent that held some of them died with them.
+    async fn redispatch_in_flight(&mut self) {
+        let ids: Vec<Arc<str>> = self.runs.keys().cloned().collect();
+        for run_id in ids {
+            let Some(run) = self.runs.get_mut(&run_id) else {
+                continue;
+            };
+            let lost: Vec<usize> = (0..run.slots.len())
+                .filter(|&i| {
+                    run.slots[i].token.is_some() && run.slots[i].state == TaskState::Running
+                })
+                .collect();
+            for &i in &lost {
+                run.slots[i].token = None;
+                run.in_flight -= 1;
+            }
+            let compensation = run.compensation_in_flight.take();
+            for i in lost {
+                self.dispatch(&run_id, i).await;
+            }
+            if let Some((i, _)) = compensation {
+                self.dispatch_compensation(&run_id, i).await;
+            }
+        }
+    }
+
+    async fn cancel(&mut self, run_id: &str) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        if run.cancelled || run.phase != Phase::Running {
+            return;
+        }
+        run.cancelled = true;
+        let id = Arc::clone(&run.id);
+        let mut changed = Vec::new();
+        for (i, slot) in run.slots.iter_mut().enumerate() {
+            if slot.token.take().is_some() {
+                slot.state = TaskState::Cancelled;
+                slot.reason = Some("cancelled".to_owned());
+                changed.push(i);
+            }
+        }
+        run.in_flight = 0;
+        let _ = self
+            .args
+            .peers
+            .executor
+            .send_control(ExecutorMsg::CancelRun(Arc::clone(&id)));
+        let run = &self.runs[&id];
+        for i in changed {
+            self.persist(run, i);
+            self.task_event(run, i);
+        }
+        self.check_finished(&id).await;
+    }
+
+    async fn check_finished(&mut self, run_id: &Arc<str>) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        if run.phase != Phase::Running || run.in_flight > 0 {
+            return;
+        }
+        let stopping = run.failure.is_some() || run.cancelled;
+        if !stopping && !run.ready.is_empty() {
+            return;
+        }
+        if !stopping {
+            self.finish(run_id, RunStatus::Complete).await;
+            return;
+        }
+        // Whatever never started will not: say why.
+        let why = run
+            .failure
+            .clone()
+            .unwrap_or_else(|| "the run was cancelled".to_owned());
+        let mut changed = Vec::new();
+        for (i, slot) in run.slots.iter_mut().enumerate() {
+            if slot.state == TaskState::Pending {
+                slot.state = TaskState::Skipped;
+                slot.reason = Some(format!("not started: {why}"));
+                changed.push(i);
+            }
+        }
+        run.ready.clear();
+        let completed: HashSet<_> = run
+            .tasks
+            .iter()
+            .zip(&run.slots)
+            .filter(|(t, s)| s.state == TaskState::Complete && t.compensate.is_some())
+            .map(|(t, _)| t.id.clone())
+            .collect();
+        run.compensation_queue = run
+            .plan
+            .dag()
+            .reverse_completion_order(&completed)
+            .iter()
+            .filter_map(|id| run.index.get(id.as_str()).copied())
+            .collect();
+        run.phase = Phase::Compensating;
+        let run = &self.runs[run_id];
+        for i in changed {
+            self.persist(run, i);
+            self.task_event(run, i);
+        }
+        self.next_compensation(run_id).await;
+    }
+
+    async fn dispatch_compensation(&mut self, run_id: &Arc<str>, i: usize) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        let task = Arc::clone(&run.tasks[i]);
+        let Some(compensate) = &task.compensate else {
+            return;
+        };
+        let token = next_token();
+        run.compensation_in_flight = Some((i, token));
+        let run = &self.runs[run_id];
+        let mut ctx = self.template_context(run, i);
+        if let Some(output) = &run.slots[i].output {
+            ctx.outputs
+                .insert(task.id.as_str().to_owned(), output.clone());
+        }
+        let attempt = Attempt {
+            run_id: Arc::clone(&run.id),
+            task_index: i,
+            call: compensate.tool.clone(),
+            args_template: compensate.args.clone(),
+            ctx,
+            wants_context: false,
+            timeout: task.timeout,
+            base_dir: Arc::clone(&run.base_dir),
+            task: Arc::clone(&task),
+            token,
+            purpose: Purpose::Compensation,
+            args: None,
+        };
+        if let Err(e) = self
+            .args
+            .peers
+            .optimizer
+            .send(OptimizerMsg::Prepare(Box::new(attempt)))
+            .await
+        {
+            tracing::warn!("orchestrator: compensation not delivered: {e}");
+        }
+    }
+
+    async fn next_compensation(&mut self, run_id: &Arc<str>) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        if let Some(i) = run.compensation_queue.pop_front() {
+            self.dispatch_compensation(run_id, i).await;
+            return;
+        }
+        let status = if run.cancelled {
+            RunStatus::Cancelled
+        } else {
+            RunStatus::Failed
+        };
+        self.finish(run_id, status).await;
+    }
+
+    async fn finish(&mut self, run_id: &Arc<str>, status: RunStatus) {
+        let Some(mut run) = self.runs.remove(run_id) else {
+            return;
+        };
+        run.record.status = status;
+        let report = run.report(status);
+        // Durable before it is reported: everything queued before commits with it.
+        let written = match encode_run(&run.record) {
+            Ok(bytes) => self
+                .args
+                .store
+                .put_run_records(vec![(run_key(run_id), bytes)])
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        self.emit(RunEvent::RunFinished {
+            run_id: run_id.to_string(),
+            status,
+            duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
+        });
+        for reply in run.replies.drain(..) {
+            let answer = match &written {
+                Ok(()) => Ok(report.clone()),
+                Err(e) => Err(format!("the run ended but its state was not saved: {e}")),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+impl Actor for Orchestrator {
+    type Msg = Envelope<OrchestratorMsg>;
+    type State = OrchestratorState;
+    type Arguments = OrchestratorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: OrchestratorArgs,
+    ) -> Result<OrchestratorState, ActorProcessingErr> {
+        Ok(OrchestratorState {
+            args,
+            runs: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        envelope: Self::Msg,
+        state: &mut OrchestratorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Envelope { msg, .. } = envelope;
+        match msg {
+            OrchestratorMsg::Start { spec, reply } => {
+                // `start` keeps the reply in the run; on an early error it is answered here.
+                let mut reply = Some(reply);
+                if let Err(e) = state.start(*spec, &mut reply).await
+                    && let Some(reply) = reply
+                {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            OrchestratorMsg::Verdict { attempt, verdict } => {
+                state.on_verdict(attempt, verdict).await;
+            }
+            OrchestratorMsg::Retry {
+                run_id,
+                task_index,
+                token,
+            } => state.on_retry(run_id, task_index, token).await,
+            OrchestratorMsg::AgentRestarted(agent) => {
+                tracing::info!("orchestrator: {agent} restarted; re-dispatching its work");
+                state.redispatch_in_flight().await;
+            }
+            OrchestratorMsg::Cancel { run_id } => state.cancel(&run_id).await,
+            OrchestratorMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            OrchestratorMsg::Crash => injected_fault(AgentKind::Orchestrator),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! What travels through the pipeline: an [`Attempt`] (Orchestrator → Optimizer → Executor →
+//! Reviewer), then its [`Verdict`] (Reviewer → Orchestrator); and each agent's messages.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::mailbox::Mailbox;
+use super::runtime::RunSpec;
+use super::{AgentKind, RunReport};
+use crate::plan::{Task, TemplateContext, ToolRef};
+use crate::session::ToolOutcome;
+
+/// Why a tool is being called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// The task itself (gated).
+    Task,
+    /// Its compensation during a rollback (not gated).
+    Compensation,
+}
+
+/// One dispatch of a task (or of its compensation).
+pub(crate) struct Attempt {
+    pub run_id: Arc<str>,
+    pub task_index: usize,
+    pub task: Arc<Task>,
+    /// Identifies this dispatch; a verdict with a stale token is ignored.
+    pub token: u64,
+    pub purpose: Purpose,
+    pub call: ToolRef,
+    /// The args as written (templates), rendered by the Optimizer.
+    pub args_template: Value,
+    /// What templates render against; the Optimizer adds `context`.
+    pub ctx: TemplateContext,
+    /// Whether the args use `{{context}}` (the Optimizer assembles it only then).
+    pub wants_context: bool,
+    pub timeout: Option<Duration>,
+    /// The plan's folder: relative paths in gates resolve against it.
+    pub base_dir: Arc<PathBuf>,
+    /// Rendered by the Optimizer; `Err` when a template could not be rendered.
+    pub args: Option<Result<Value, String>>,
+}
+
+/// What the Executor got from the tool.
+pub(crate) enum Outcome {
+    /// The tool ran (whatever its exit status).
+    Ran(ToolOutcome),
+    /// It could not run or did not finish: crashed, timed out, pool failure, denied.
+    Error { reason: String, retryable: bool },
+}
+
+/// The Reviewer's judgement.
+pub(crate) enum Verdict {
+    /// Every gate passed.
+    Pass { output: Value, summary: String },
+    /// A gate failed; the reasons are the next attempt's feedback.
+    GateFailed { feedback: String },
+    /// The tool errored.
+    Error { reason: String, retryable: bool },
+}
+
+/// Messages to the Orchestrator.
+pub(crate) enum OrchestratorMsg {
+    Start {
+        spec: Box<RunSpec>,
+        reply: oneshot::Sender<Result<RunReport, String>>,
+    },
+    Verdict {
+        attempt: Box<Attempt>,
+        verdict: Verdict,
+    },
+    Retry {
+        run_id: Arc<str>,
+        task_index: usize,
+        token: u64,
+    },
+    AgentRestarted(AgentKind),
+    Cancel {
+        run_id: String,
+    },
+    Ping(oneshot::Sender<()>),
+    Crash,
+}
+
+/// Messages to the Optimizer.
+pub(crate) enum OptimizerMsg {
+    Prepare(Box<Attempt>),
+    Ping(oneshot::Sender<()>),
+    Crash,
+}
+
+/// Messages to the Executor.
+pub(crate) enum ExecutorMsg {
+    Execute(Box<Attempt>),
+    CancelRun(Arc<str>),
+    Ping(oneshot::Sender<()>),
+    Crash,
+}
+
+/// Messages to the Reviewer.
+pub(crate) enum ReviewerMsg {
+    Review(Box<Attempt>, Outcome),
+    Ping(oneshot::Sender<()>),
+    Crash,
+}
+
+/// Every agent's mailbox: what each agent is given to reach the others.
+#[derive(Clone)]
+pub(crate) struct Peers {
+    pub orchestrator: Mailbox<OrchestratorMsg>,
+    pub optimizer: Mailbox<OptimizerMsg>,
+    pub executor: Mailbox<ExecutorMsg>,
+    pub reviewer: Mailbox<ReviewerMsg>,
+}
+
+/// The panic a `Crash` message causes: fault injection for supervision tests.
+pub(crate) fn injected_fault(agent: AgentKind) -> ! {
+    panic!("injected fault in the {agent} (Runtime::inject_fault)")
+}

@@ -1,0 +1,296 @@
+//! The Reviewer: applies a task's gates to its outcome and sends the verdict to the Orchestrator.
+//!
+//! A task passes when every gate passes. A task without an `exit` gate must exit 0: a non-zero
+//! exit is then an error of the tool (retried up to `retries`), not a gate failure; with an
+//! explicit `exit` gate it is a gate failure (another attempt with feedback). `score` gates
+//! call the score pool (an image scorer session) and run as tasks of the actor so a slow score
+//! does not hold up other reviews. Relative paths in gates resolve against the plan's folder.
+//! Compensations are not gated: they pass when their tool exits 0.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use super::AgentKind;
+use super::mailbox::Envelope;
+use super::pipeline::{
+    Attempt, OrchestratorMsg, Outcome, Peers, Purpose, ReviewerMsg, Verdict, injected_fault,
+};
+use super::runtime::PoolSet;
+use crate::plan::template::render_text;
+use crate::plan::{Gate, GateResult, ScoreBound, ScoreMetric, TemplateContext};
+use crate::session::{ToolOutcome, ToolRequest};
+
+/// The Reviewer actor.
+pub(crate) struct Reviewer;
+
+/// What the supervisor starts it with.
+#[derive(Clone)]
+pub(crate) struct ReviewerArgs {
+    pub peers: Peers,
+    pub pools: PoolSet,
+    pub score_pool: String,
+}
+
+pub(crate) struct ReviewerState {
+    shared: Arc<ReviewerArgs>,
+    scoring: JoinSet<()>,
+}
+
+/// The task's output as later templates see it: the JSON result, else the trimmed text.
+fn output_value(outcome: &ToolOutcome) -> Value {
+    outcome
+        .json
+        .clone()
+        .unwrap_or_else(|| Value::String(outcome.stdout.trim().to_owned()))
+}
+
+fn metric_tool(metric: ScoreMetric) -> &'static str {
+    match metric {
+        ScoreMetric::Flip => "flip",
+        ScoreMetric::HdrFlip => "hdr-flip",
+        ScoreMetric::Ssim => "ssim",
+        ScoreMetric::MsSsim => "msssim",
+        ScoreMetric::Psnr => "psnr",
+    }
+}
+
+/// Runs one score gate through the score pool.
+async fn score_gate(
+    shared: &ReviewerArgs,
+    gate: &Gate,
+    ctx: &TemplateContext,
+    base_dir: &Path,
+) -> GateResult {
+    let Gate::Score {
+        metric,
+        reference,
+        test,
+        bound,
+    } = gate
+    else {
+        return GateResult {
+            passed: false,
+            reason: "not a score gate".to_owned(),
+        };
+    };
+    let fail = |reason: String| GateResult {
+        passed: false,
+        reason,
+    };
+    let (reference, test) = match (render_text(reference, ctx), render_text(test, ctx)) {
+        (Ok(r), Ok(t)) => (base_dir.join(r), base_dir.join(t)),
+        (Err(e), _) | (_, Err(e)) => return fail(format!("score gate: {e}")),
+    };
+    let Some((pool, timeout)) = shared.pools.get(&shared.score_pool) else {
+        return fail(format!(
+            "score gate: no score pool {:?} is configured",
+            shared.score_pool
+        ));
+    };
+    let name = metric_tool(*metric);
+    let request = ToolRequest::new(
+        name,
+        serde_json::json!({
+            "reference": reference.display().to_string(),
+            "test": test.display().to_string(),
+        }),
+    )
+    .with_timeout(timeout);
+    let outcome = match pool.acquire().await {
+        Ok(mut session) => session.call(request).await,
+        Err(e) => Err(e),
+    };
+    let value = match outcome {
+        Ok(o) if o.succeeded() => o.json.as_ref().and_then(|j| j.get("value")?.as_f64()),
+        Ok(o) => return fail(format!("{name} could not score: {}", o.stderr.trim())),
+        Err(e) => return fail(format!("{name} could not score: {e}")),
+    };
+    let Some(value) = value else {
+        return fail(format!("{name}: the scorer returned no value"));
+    };
+    let (passed, relation, limit, side) = match bound {
+        ScoreBound::Max(max) => (
+            value <= *max,
+            if value <= *max { "<=" } else { ">" },
+            max,
+            "max",
+        ),
+        ScoreBound::Min(min) => (
+            value >= *min,
+            if value >= *min { ">=" } else { "<" },
+            min,
+            "min",
+        ),
+    };
+    GateResult {
+        passed,
+        reason: format!(
+            "{name} {value:.4} {relation} {side} {limit} ({} vs {})",
+            test.display(),
+            reference.display()
+        ),
+    }
+}
+
+async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> Verdict {
+    let outcome = match outcome {
+        Outcome::Error { reason, retryable } => return Verdict::Error { reason, retryable },
+        Outcome::Ran(outcome) => outcome,
+    };
+    let output = output_value(&outcome);
+    if attempt.purpose == Purpose::Compensation {
+        return if outcome.succeeded() {
+            Verdict::Pass {
+                output,
+                summary: "compensation exited 0".to_owned(),
+            }
+        } else {
+            Verdict::Error {
+                reason: format!(
+                    "compensation exited {:?}: {}",
+                    outcome.exit_status,
+                    outcome.stderr.trim()
+                ),
+                retryable: false,
+            }
+        };
+    }
+    let seen = crate::plan::ToolOutcome {
+        exit_status: outcome.exit_status,
+        output: outcome.stdout.clone(),
+        json: outcome.json.clone(),
+    };
+    let mut ctx = attempt.ctx.clone();
+    ctx.outputs
+        .insert(attempt.task.id.as_str().to_owned(), output.clone());
+    let has_exit_gate = attempt
+        .task
+        .gates
+        .iter()
+        .any(|g| matches!(g, Gate::ExitStatus { .. }));
+    if !has_exit_gate && !outcome.succeeded() {
+        // No exit gate: a non-zero exit is an error of the tool (retried up to `retries`).
+        let stderr = outcome.stderr.trim();
+        return Verdict::Error {
+            reason: format!(
+                "{} exited with status {}{}",
+                attempt.call,
+                outcome
+                    .exit_status
+                    .map_or_else(|| "none".to_owned(), |c| c.to_string()),
+                if stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", stderr.chars().take(500).collect::<String>())
+                }
+            ),
+            retryable: true,
+        };
+    }
+    let gates = attempt.task.gates.iter();
+    let mut results = Vec::new();
+    for gate in gates {
+        let result = match gate.check_in(&seen, &ctx, &attempt.base_dir) {
+            Some(result) => result,
+            None => score_gate(shared, gate, &ctx, &attempt.base_dir).await,
+        };
+        let failed_exit = !result.passed && matches!(gate, Gate::ExitStatus { .. });
+        results.push(result);
+        if failed_exit {
+            // Nothing else is meaningful when the tool failed; say what it printed.
+            let stderr = outcome.stderr.trim();
+            if !stderr.is_empty() {
+                results.push(GateResult {
+                    passed: false,
+                    reason: format!("stderr: {}", stderr.chars().take(500).collect::<String>()),
+                });
+            }
+            break;
+        }
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.reason.as_str())
+        .collect();
+    if failed.is_empty() {
+        Verdict::Pass {
+            output,
+            summary: results
+                .iter()
+                .map(|r| r.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    } else {
+        Verdict::GateFailed {
+            feedback: failed.join("; "),
+        }
+    }
+}
+
+async fn review_and_reply(shared: &ReviewerArgs, attempt: Box<Attempt>, outcome: Outcome) {
+    let verdict = review(shared, &attempt, outcome).await;
+    if let Err(e) = shared
+        .peers
+        .orchestrator
+        .send(OrchestratorMsg::Verdict { attempt, verdict })
+        .await
+    {
+        tracing::warn!("reviewer: verdict not delivered: {e}");
+    }
+}
+
+impl Actor for Reviewer {
+    type Msg = Envelope<ReviewerMsg>;
+    type State = ReviewerState;
+    type Arguments = ReviewerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ReviewerArgs,
+    ) -> Result<ReviewerState, ActorProcessingErr> {
+        Ok(ReviewerState {
+            shared: Arc::new(args),
+            scoring: JoinSet::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        envelope: Self::Msg,
+        state: &mut ReviewerState,
+    ) -> Result<(), ActorProcessingErr> {
+        while state.scoring.try_join_next().is_some() {}
+        let Envelope { msg, .. } = envelope;
+        match msg {
+            ReviewerMsg::Review(attempt, outcome) => {
+                let scored = attempt.purpose == Purpose::Task
+                    && attempt
+                        .task
+                        .gates
+                        .iter()
+                        .any(|g| matches!(g, Gate::Score { .. }));
+                if scored {
+                    let shared = Arc::clone(&state.shared);
+                    state
+                        .scoring
+                        .spawn(async move { review_and_reply(&shared, attempt, outcome).await });
+                } else {
+                    review_and_reply(&state.shared, attempt, outcome).await;
+                }
+            }
+            ReviewerMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            ReviewerMsg::Crash => injected_fault(AgentKind::Reviewer),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,398 @@
+//! [`Runtime`]: the library API over the supervision tree — start it, run plans, subscribe to
+//! events, cancel, shut down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use ractor::{Actor, ActorRef};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::events::RunEvent;
+use super::mailbox::Mailbox;
+use super::pipeline::{ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, ReviewerMsg};
+use super::state::load_runs;
+use super::supervisor::{Fatal, RestartCounters, Supervisor, SupervisorArgs, SupervisorMsg};
+use super::{ActorsConfig, AgentError, AgentKind, RunReport, RunStatus};
+use crate::plan::{Plan, StaticCatalog};
+use crate::session::{NativeRegistry, Pool, PoolContext, PoolDef, PoolKind, PoolStats};
+use crate::store::{CacheTtls, ContextCache, Store};
+
+/// The session pools by name, with each pool's default call timeout. Shared by the Executor and
+/// the Reviewer (score gates) across their restarts.
+#[derive(Clone, Default)]
+pub(crate) struct PoolSet(Arc<RwLock<HashMap<String, (Pool, Duration, PoolKind)>>>);
+
+impl PoolSet {
+    pub(crate) fn get(&self, name: &str) -> Option<(Pool, Duration)> {
+        self.0
+            .read()
+            .get(name)
+            .map(|(pool, timeout, _)| (pool.clone(), *timeout))
+    }
+
+    fn insert(&self, name: String, pool: Pool, def: &PoolDef) {
+        let entry = (pool, def.call_timeout, def.kind);
+        if let Some((old, _, _)) = self.0.write().insert(name, entry) {
+            old.close();
+        }
+    }
+
+    fn stats(&self) -> Vec<(String, PoolStats)> {
+        let mut all: Vec<_> = self
+            .0
+            .read()
+            .iter()
+            .map(|(name, (pool, _, _))| (name.clone(), pool.stats()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    fn close_all(&self) {
+        for (pool, _, _) in self.0.read().values() {
+            pool.close();
+        }
+    }
+}
+
+/// What a run is, as the Orchestrator receives it.
+#[derive(Clone)]
+pub(crate) struct RunSpec {
+    pub run_id: String,
+    pub plan: Arc<Plan>,
+    pub plan_hash: String,
+    pub source: String,
+    pub base_dir: PathBuf,
+    pub resume: bool,
+}
+
+/// How to start the runtime.
+pub struct RuntimeOptions {
+    /// The context store (runs, memories, caches).
+    pub store: Store,
+    /// The agents' configuration.
+    pub actors: ActorsConfig,
+    /// Native tools, for `native` pools.
+    pub natives: NativeRegistry,
+}
+
+impl RuntimeOptions {
+    /// Options with no native tools.
+    pub fn new(store: Store, actors: ActorsConfig) -> Self {
+        Self {
+            store,
+            actors,
+            natives: NativeRegistry::new(),
+        }
+    }
+}
+
+/// How to run one plan.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The plan's folder (relative paths in pools and gates resolve against it).
+    pub base_dir: PathBuf,
+    /// Where the plan was read from (kept with the run).
+    pub source: String,
+    /// A stable hash of the plan's text ([`plan_hash`]), used to find a run to resume.
+    pub plan_hash: String,
+    /// The run's id; a new one when `None`.
+    pub run_id: Option<String>,
+    /// Continue the run `run_id` from the store instead of starting fresh.
+    pub resume: bool,
+}
+
+/// A stable hash of a plan's text: runs of the same text can be resumed.
+pub fn plan_hash(text: &str) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+}
+
+/// The running supervision tree.
+pub struct Runtime {
+    peers: Peers,
+    supervisor: ActorRef<SupervisorMsg>,
+    supervisor_done: tokio::task::JoinHandle<()>,
+    events: broadcast::Sender<RunEvent>,
+    pools: PoolSet,
+    pool_context: PoolContext,
+    restarts: Arc<RestartCounters>,
+    fatal: watch::Receiver<Option<Fatal>>,
+    store: Store,
+}
+
+async fn start_pools(
+    pools: &PoolSet,
+    defs: &BTreeMap<String, PoolDef>,
+    context: &PoolContext,
+) -> Result<(), AgentError> {
+    let started = futures::future::join_all(
+        defs.iter()
+            .map(|(name, def)| async move { (name, def, def.start(name, context).await) }),
+    )
+    .await;
+    for (name, def, pool) in started {
+        pools.insert(name.clone(), pool?, def);
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// Starts the configured pools (pre-warming their `min_idle` sessions, so the first task
+    /// pays no start-up), then the supervisor and the four agents.
+    pub async fn start(options: RuntimeOptions) -> Result<Runtime, AgentError> {
+        let RuntimeOptions {
+            store,
+            actors,
+            natives,
+        } = options;
+        actors.validate()?;
+        let (events, _) = broadcast::channel(16 * 1024);
+        let pool_context = PoolContext {
+            base_dir: actors.base_dir.clone(),
+            natives: Arc::new(natives),
+            scorer: None,
+        };
+        let pools = PoolSet::default();
+        start_pools(&pools, &actors.executor.pools, &pool_context).await?;
+        let peers = Peers {
+            orchestrator: Mailbox::new(AgentKind::Orchestrator, actors.orchestrator.mailbox),
+            optimizer: Mailbox::new(AgentKind::Optimizer, actors.optimizer.mailbox),
+            executor: Mailbox::new(AgentKind::Executor, actors.executor.mailbox),
+            reviewer: Mailbox::new(AgentKind::Reviewer, actors.reviewer.mailbox),
+        };
+        let restarts = Arc::new(RestartCounters::default());
+        let (fatal_tx, fatal) = watch::channel(None);
+        let args = SupervisorArgs {
+            peers: peers.clone(),
+            store: store.clone(),
+            pools: pools.clone(),
+            cache: ContextCache::new(CacheTtls::default(), 256 << 20, Some(store.clone())),
+            config: Arc::new(actors),
+            events: events.clone(),
+            restarts: Arc::clone(&restarts),
+            fatal: Arc::new(fatal_tx),
+        };
+        let (supervisor, supervisor_done) =
+            Actor::spawn(None, Supervisor, args)
+                .await
+                .map_err(|e| AgentError::Spawn {
+                    agent: AgentKind::Orchestrator,
+                    detail: format!("supervisor: {e}"),
+                })?;
+        Ok(Runtime {
+            peers,
+            supervisor,
+            supervisor_done,
+            events,
+            pools,
+            pool_context,
+            restarts,
+            fatal,
+            store,
+        })
+    }
+
+    /// Starts (pre-warms) pools a plan declares; a pool of an existing name replaces it.
+    pub async fn add_pools(
+        &self,
+        defs: &BTreeMap<String, PoolDef>,
+        base_dir: &Path,
+    ) -> Result<(), AgentError> {
+        let context = PoolContext {
+            base_dir: base_dir.to_path_buf(),
+            ..self.pool_context.clone()
+        };
+        start_pools(&self.pools, defs, &context).await
+    }
+
+    /// The pools and tools plans may name: configured pools, plus `extra` (a plan's own).
+    pub fn catalog(&self, extra: &BTreeMap<String, PoolDef>) -> StaticCatalog {
+        let mut catalog = StaticCatalog::new();
+        let natives = self.pool_context.natives.names();
+        let configured: Vec<(String, PoolKind)> = self
+            .pools
+            .0
+            .read()
+            .iter()
+            .map(|(name, (_, _, kind))| (name.clone(), *kind))
+            .collect();
+        let declared = extra.iter().map(|(name, def)| (name.clone(), def.kind));
+        // Native pools list the registry's tools; other kinds accept any tool name.
+        for (name, kind) in configured.into_iter().chain(declared) {
+            catalog = match kind {
+                PoolKind::Native => catalog.with_tools(name, natives.clone()),
+                _ => catalog.with_open_pool(name),
+            };
+        }
+        catalog
+    }
+
+    /// Runs `plan` to its end and reports it. If the Orchestrator dies during the run, the run
+    /// is resumed in its successor from the store (completed tasks are kept).
+    pub async fn run(&self, plan: Plan, options: RunOptions) -> Result<RunReport, AgentError> {
+        self.add_pools(&plan.pools, &options.base_dir).await?;
+        let mut spec = RunSpec {
+            run_id: options
+                .run_id
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            plan: Arc::new(plan),
+            plan_hash: options.plan_hash,
+            source: options.source,
+            base_dir: options.base_dir,
+            resume: options.resume,
+        };
+        loop {
+            self.check_alive()?;
+            let (reply, answer) = oneshot::channel();
+            let start = OrchestratorMsg::Start {
+                spec: Box::new(spec.clone()),
+                reply,
+            };
+            if let Err(e) = self.peers.orchestrator.send(start).await {
+                tracing::debug!("run: {e}; waiting for the orchestrator");
+                self.wait_for_orchestrator().await?;
+                spec.resume = true;
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(report)) => return Ok(report),
+                Ok(Err(detail)) => {
+                    return Err(AgentError::Resume {
+                        run_id: spec.run_id,
+                        reason: detail,
+                    });
+                }
+                Err(_) => {
+                    // The Orchestrator died holding the run: resume it in the next one.
+                    self.wait_for_orchestrator().await?;
+                    spec.resume = true;
+                }
+            }
+        }
+    }
+
+    fn check_alive(&self) -> Result<(), AgentError> {
+        if let Some(fatal) = self.fatal.borrow().as_ref() {
+            return Err(fatal.error());
+        }
+        Ok(())
+    }
+
+    async fn wait_for_orchestrator(&self) -> Result<(), AgentError> {
+        loop {
+            self.check_alive()?;
+            if let Some(actor) = self.peers.orchestrator.actor()
+                && actor.get_status() == ractor::ActorStatus::Running
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Progress events from now on. A subscriber that falls more than 16k events behind loses
+    /// the oldest (the run's outcome is always in [`Runtime::run`]'s report).
+    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.events.subscribe()
+    }
+
+    /// Cancels a run: its calls in flight are stopped, its completed tasks' compensations run,
+    /// and [`Runtime::run`] returns a report with status `cancelled`.
+    pub async fn cancel(&self, run_id: &str) -> Result<(), AgentError> {
+        self.peers
+            .orchestrator
+            .send(OrchestratorMsg::Cancel {
+                run_id: run_id.to_owned(),
+            })
+            .await
+    }
+
+    /// A round trip through an agent's mailbox.
+    pub async fn ping(&self, agent: AgentKind) -> Result<Duration, AgentError> {
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        match agent {
+            AgentKind::Orchestrator => {
+                self.peers
+                    .orchestrator
+                    .send(OrchestratorMsg::Ping(reply))
+                    .await?
+            }
+            AgentKind::Optimizer => self.peers.optimizer.send(OptimizerMsg::Ping(reply)).await?,
+            AgentKind::Executor => self.peers.executor.send(ExecutorMsg::Ping(reply)).await?,
+            AgentKind::Reviewer => self.peers.reviewer.send(ReviewerMsg::Ping(reply)).await?,
+        }
+        answer
+            .await
+            .map_err(|_| AgentError::Unavailable { agent })?;
+        Ok(started.elapsed())
+    }
+
+    /// Makes `agent` panic on its next message: fault injection, to test supervision (the
+    /// supervisor restarts it; runs go on).
+    pub fn inject_fault(&self, agent: AgentKind) -> Result<(), AgentError> {
+        match agent {
+            AgentKind::Orchestrator => self.peers.orchestrator.send_control(OrchestratorMsg::Crash),
+            AgentKind::Optimizer => self.peers.optimizer.send_control(OptimizerMsg::Crash),
+            AgentKind::Executor => self.peers.executor.send_control(ExecutorMsg::Crash),
+            AgentKind::Reviewer => self.peers.reviewer.send_control(ReviewerMsg::Crash),
+        }
+    }
+
+    /// Restarts of `agent` since start.
+    pub fn restarts(&self, agent: AgentKind) -> u64 {
+        self.restarts.get(agent)
+    }
+
+    /// Messages queued at each agent now.
+    pub fn mailbox_depths(&self) -> [(AgentKind, usize); 4] {
+        [
+            (AgentKind::Orchestrator, self.peers.orchestrator.depth()),
+            (AgentKind::Optimizer, self.peers.optimizer.depth()),
+            (AgentKind::Executor, self.peers.executor.depth()),
+            (AgentKind::Reviewer, self.peers.reviewer.depth()),
+        ]
+    }
+
+    /// Each pool's counters.
+    pub fn pool_stats(&self) -> Vec<(String, PoolStats)> {
+        self.pools.stats()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The runtime's fatal error, once the supervisor has given up.
+    pub fn failure(&self) -> Option<AgentError> {
+        self.fatal.borrow().as_ref().map(Fatal::error)
+    }
+
+    /// Stops the agents and closes the pools (their servers and children end).
+    pub async fn shutdown(self) {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .supervisor
+            .send_message(SupervisorMsg::Shutdown(reply))
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
+        let _ = self.supervisor_done.await;
+        self.pools.close_all();
+    }
+
+    /// The newest unfinished run of the plan whose text hashes to `plan_hash`, if any: what
+    /// `tetrarch run` resumes after the process was killed.
+    pub fn resumable_run(store: &Store, plan_hash: &str) -> Result<Option<String>, AgentError> {
+        Ok(load_runs(store)?
+            .into_iter()
+            .filter(|(_, r)| r.plan_hash == plan_hash && r.status == RunStatus::Running)
+            .map(|(id, _)| id)
+            .next_back())
+    }
+}

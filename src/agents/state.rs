@@ -1,0 +1,206 @@
+//! Run and task states: what the Orchestrator persists in the store (so a restart, or a new
+//! process after a kill, resumes a run) and what a finished run reports.
+//!
+//! Records live in the store's `runs` table under `run:RUN_ID` and `task:RUN_ID/TASK_ID`, each a
+//! postcard value inside a versioned enum (the variant index is the version tag). Outputs are
+//! kept as JSON text, since postcard cannot carry a self-describing `serde_json::Value`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::store::{Store, StoreError};
+
+/// A task's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Not started.
+    Pending,
+    /// Dispatched; not finished.
+    Running,
+    /// Every gate passed.
+    Complete,
+    /// Failed for good (errors past `retries`, gates past `max_attempts`).
+    Failed,
+    /// Not run: a dependency failed, or the run stopped first.
+    Skipped,
+    /// Stopped by a cancellation.
+    Cancelled,
+    /// Completed, then undone by its compensation during a rollback.
+    Compensated,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Still running (or killed before it ended: resumable).
+    Running,
+    /// Every task COMPLETE.
+    Complete,
+    /// A task failed for good; compensations ran.
+    Failed,
+    /// Cancelled (Ctrl-C); compensations ran.
+    Cancelled,
+}
+
+/// One task in a [`RunReport`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskReport {
+    /// The task.
+    pub id: String,
+    /// Its final state.
+    pub state: TaskState,
+    /// Gate attempts used.
+    pub attempts: u32,
+    /// Error retries used.
+    pub retries: u32,
+    /// Why it failed or was skipped.
+    pub reason: Option<String>,
+    /// Its output, when complete.
+    pub output: Option<Value>,
+}
+
+/// One compensation run during a rollback.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompensationReport {
+    /// The task undone.
+    pub task: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Its output or error.
+    pub detail: String,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    /// The run.
+    pub run_id: String,
+    /// The plan's name.
+    pub plan: String,
+    /// How it ended.
+    pub status: RunStatus,
+    /// Every task, in plan order.
+    pub tasks: Vec<TaskReport>,
+    /// Compensations, in the order they ran.
+    pub compensations: Vec<CompensationReport>,
+    /// Wall time of this process's part of the run.
+    pub duration: Duration,
+}
+
+impl RunReport {
+    /// The report of a task.
+    pub fn task(&self, id: &str) -> Option<&TaskReport> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+
+    /// One line per task that is not COMPLETE, with its reason.
+    pub fn problems(&self) -> Vec<String> {
+        self.tasks
+            .iter()
+            .filter(|t| t.state != TaskState::Complete)
+            .map(|t| {
+                format!(
+                    "{}: {:?}{}",
+                    t.id,
+                    t.state,
+                    t.reason
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredRun {
+    V1(RunRecordV1),
+}
+
+/// A run as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct RunRecordV1 {
+    pub plan_name: String,
+    pub plan_hash: String,
+    pub source: String,
+    pub status: RunStatus,
+    pub started_ms: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredTask {
+    V1(TaskRecordV1),
+}
+
+/// A task as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct TaskRecordV1 {
+    pub state: TaskState,
+    pub attempt: u32,
+    pub retries: u32,
+    pub feedback: String,
+    pub reason: Option<String>,
+    pub output_json: Option<String>,
+}
+
+pub(crate) fn run_key(run_id: &str) -> String {
+    format!("run:{run_id}")
+}
+
+pub(crate) fn task_key(run_id: &str, task: &str) -> String {
+    format!("task:{run_id}/{task}")
+}
+
+fn codec_error(what: &str, e: postcard::Error) -> StoreError {
+    StoreError::Codec(format!("{what}: {e}"))
+}
+
+pub(crate) fn encode_run(record: &RunRecordV1) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(&StoredRun::V1(record.clone())).map_err(|e| codec_error("encode run", e))
+}
+
+pub(crate) fn encode_task(record: &TaskRecordV1) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(&StoredTask::V1(record.clone())).map_err(|e| codec_error("encode task", e))
+}
+
+/// Every run in the store, `(run id, record)`, oldest first (ids sort by time).
+pub(crate) fn load_runs(store: &Store) -> Result<Vec<(String, RunRecordV1)>, StoreError> {
+    store
+        .run_records("run:")?
+        .into_iter()
+        .map(|(key, bytes)| {
+            let id = key.trim_start_matches("run:").to_owned();
+            match postcard::from_bytes::<StoredRun>(&bytes) {
+                Ok(StoredRun::V1(record)) => Ok((id, record)),
+                Err(e) => Err(codec_error(&format!("decode run {id}"), e)),
+            }
+        })
+        .collect()
+}
+
+/// The persisted tasks of a run, by task id.
+pub(crate) fn load_tasks(
+    store: &Store,
+    run_id: &str,
+) -> Result<Vec<(String, TaskRecordV1)>, StoreError> {
+    let prefix = format!("task:{run_id}/");
+    store
+        .run_records(&prefix)?
+        .into_iter()
+        .map(|(key, bytes)| {
+            let task = key[prefix.len()..].to_owned();
+            match postcard::from_bytes::<StoredTask>(&bytes) {
+                Ok(StoredTask::V1(record)) => Ok((task, record)),
+                Err(e) => Err(codec_error(
+                    &format!("decode task {task} of run {run_id}"),
+                    e,
+                )),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,205 @@
+//! Pool declarations as written in `actors/executor.toml` and in a plan's `[pools.NAME]` tables,
+//! and starting a [`Pool`] from one.
+//!
+//! ```toml
+//! [pools.demo]
+//! kind = "mcp"                      # process | mcp | native | scorer
+//! command = ["cargo", "run", "--quiet", "--release", "--example", "demo-tools"]
+//! cwd = "."                         # relative to the file that declares the pool
+//! env_allowlist = ["PATH", "HOME"]  # copied from our environment; the rest is cleared
+//! env = { RUST_LOG = "warn" }
+//! min_idle = 1                      # started before the first task
+//! max_size = 4
+//! acquire_timeout = "30s"
+//! start_timeout = "2m"
+//! call_timeout = "60s"              # for tasks that give no timeout
+//! ```
+//!
+//! `process`: `command` is the prefix of every call's argv (a task adds `args.argv`). `mcp`:
+//! `command` starts the server. `native`: tools registered through the library API. `scorer`:
+//! image scoring (`device = "auto" | "cpu" | "cuda"`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    McpFactory, McpSpec, NativeFactory, NativeRegistry, Pool, PoolConfig, ProcessFactory,
+    ProcessSpec, SessionError,
+};
+
+/// What a pool's sessions are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// One child process per call.
+    Process,
+    /// A Model Context Protocol server kept open.
+    Mcp,
+    /// Rust functions registered in a [`NativeRegistry`].
+    Native,
+    /// Image scoring (FLIP, SSIM, ...).
+    Scorer,
+}
+
+/// A pool as declared in TOML.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolDef {
+    /// The kind of session.
+    pub kind: PoolKind,
+    /// `process`: argv prefix; `mcp`: the server's command line.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Working directory, relative to the declaring file's folder.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Variables copied from our environment into the child's (otherwise empty) environment.
+    #[serde(default = "default_allowlist")]
+    pub env_allowlist: Vec<String>,
+    /// Variables set explicitly.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Sessions started before the first task.
+    #[serde(default = "one")]
+    pub min_idle: usize,
+    /// Most sessions in use at once.
+    #[serde(default = "four")]
+    pub max_size: usize,
+    /// Longest wait for a free session.
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Longest start of one session (an MCP server's spawn and handshake).
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    pub start_timeout: Duration,
+    /// Timeout of a call whose task gives none.
+    #[serde(default = "sixty_seconds", with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// `scorer` only: `auto`, `cpu` or `cuda`.
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+fn default_allowlist() -> Vec<String> {
+    vec!["PATH".to_owned()]
+}
+fn one() -> usize {
+    1
+}
+fn four() -> usize {
+    4
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn sixty_seconds() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Serde adapter for humantime durations (`"30s"`, `"2m"`).
+pub(crate) mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Parses a humantime string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {text:?}: {e}")))
+    }
+}
+
+/// What a pool needs from its surroundings to start.
+#[derive(Clone, Default)]
+pub struct PoolContext {
+    /// Folder that relative `cwd`s are resolved against (the declaring file's folder).
+    pub base_dir: PathBuf,
+    /// Native tools, for `native` pools.
+    pub natives: Arc<NativeRegistry>,
+    /// Scorer sessions, for `scorer` pools.
+    pub scorer: Option<Arc<dyn Fn(&PoolDef) -> Box<dyn super::SessionFactory> + Send + Sync>>,
+}
+
+impl PoolDef {
+    /// A declaration of `kind` with the defaults.
+    pub fn new(kind: PoolKind) -> Self {
+        Self {
+            kind,
+            command: Vec::new(),
+            cwd: None,
+            env_allowlist: default_allowlist(),
+            env: BTreeMap::new(),
+            min_idle: 1,
+            max_size: 4,
+            acquire_timeout: thirty_seconds(),
+            start_timeout: thirty_seconds(),
+            call_timeout: sixty_seconds(),
+            device: None,
+        }
+    }
+
+    fn cwd_in(&self, base: &Path) -> PathBuf {
+        match &self.cwd {
+            Some(dir) if dir.is_absolute() => dir.clone(),
+            Some(dir) => base.join(dir),
+            None => base.to_path_buf(),
+        }
+    }
+
+    /// Starts the pool named `name` (pre-warming `min_idle` sessions).
+    pub async fn start(&self, name: &str, context: &PoolContext) -> Result<Pool, SessionError> {
+        let config = PoolConfig {
+            min_idle: self.min_idle,
+            max_size: self.max_size,
+            acquire_timeout: self.acquire_timeout,
+            ..PoolConfig::new(name)
+        };
+        let invalid = |detail: String| SessionError::InvalidConfig {
+            detail: format!("pool {name:?}: {detail}"),
+        };
+        let cwd = self.cwd_in(&context.base_dir);
+        match self.kind {
+            PoolKind::Process | PoolKind::Mcp => {
+                let Some((program, args)) = self.command.split_first() else {
+                    return Err(invalid("`command` is empty".to_owned()));
+                };
+                if self.kind == PoolKind::Process {
+                    let mut spec = ProcessSpec::new(program.clone(), args.to_vec());
+                    spec.cwd = Some(cwd);
+                    spec.env_allowlist = self.env_allowlist.clone();
+                    spec.env = self.env.clone();
+                    Pool::start(config, ProcessFactory::new(spec)).await
+                } else {
+                    let mut spec = McpSpec::new(program.clone(), args.to_vec());
+                    spec.cwd = Some(cwd);
+                    spec.env_allowlist = self.env_allowlist.clone();
+                    spec.env = self.env.clone();
+                    spec.start_timeout = self.start_timeout;
+                    Pool::start(config, McpFactory::new(spec)).await
+                }
+            }
+            PoolKind::Native => {
+                Pool::start(config, NativeFactory::new(Arc::clone(&context.natives))).await
+            }
+            PoolKind::Scorer => {
+                let Some(make) = &context.scorer else {
+                    return Err(invalid("no scorer sessions are available here".to_owned()));
+                };
+                Pool::start(config, FactoryBox(make(self))).await
+            }
+        }
+    }
+}
+
+/// Lets a boxed factory be handed to [`Pool::start`].
+struct FactoryBox(Box<dyn super::SessionFactory>);
+
+impl super::SessionFactory for FactoryBox {
+    fn create(&self) -> super::BoxFuture<'_, Result<Box<dyn super::Session>, SessionError>> {
+        self.0.create()
+    }
+}

@@ -1,0 +1,475 @@
+//! The supervision tree end to end with native tools: dispatch, templates, gates with feedback,
+//! retries, timeouts, rollback, cancellation, restarts of each agent, and the restart limit.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tetrarch::agents::{
+    ActorsConfig, AgentError, AgentKind, RunEvent, RunOptions, RunStatus, Runtime, RuntimeOptions,
+    TaskState,
+};
+use tetrarch::plan::Plan;
+use tetrarch::session::{NativeRegistry, PoolDef, PoolKind};
+use tetrarch::store::{Store, StoreConfig};
+
+/// Every call of every tool: (task label, args).
+type CallLog = Arc<Mutex<Vec<(String, Value)>>>;
+
+struct Harness {
+    runtime: Runtime,
+    calls: CallLog,
+    _dir: tempfile::TempDir,
+}
+
+fn label(args: &Value) -> String {
+    args.get("label")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_owned()
+}
+
+async fn harness(tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let calls: CallLog = Arc::default();
+    let mut natives = NativeRegistry::new();
+    let log = Arc::clone(&calls);
+    // Echoes its args; sleeps `sleep_ms` first when given.
+    natives.register("echo", move |args: Value| {
+        let log = Arc::clone(&log);
+        async move {
+            log.lock().push((label(&args), args.clone()));
+            if let Some(ms) = args.get("sleep_ms").and_then(Value::as_u64) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            Ok(args)
+        }
+    });
+    let log = Arc::clone(&calls);
+    // Fails until it has been called `fail_times` times for its label.
+    natives.register("flaky", move |args: Value| {
+        let log = Arc::clone(&log);
+        async move {
+            let me = label(&args);
+            let seen = {
+                let mut log = log.lock();
+                log.push((me.clone(), args.clone()));
+                log.iter().filter(|(l, _)| *l == me).count()
+            };
+            let fail_times = args.get("fail_times").and_then(Value::as_u64).unwrap_or(0);
+            if (seen as u64) <= fail_times {
+                Err(format!("{me}: transient failure {seen}"))
+            } else {
+                Ok(json!({ "label": me, "calls": seen }))
+            }
+        }
+    });
+    let mut actors = ActorsConfig::embedded().unwrap();
+    let mut pool = PoolDef::new(PoolKind::Native);
+    pool.max_size = 32;
+    actors.executor.pools.insert("fn".to_owned(), pool);
+    actors.orchestrator.run.retry_backoff = Duration::from_millis(5);
+    tune(&mut actors);
+    let runtime = Runtime::start(RuntimeOptions {
+        store,
+        actors,
+        natives,
+    })
+    .await
+    .unwrap();
+    Harness {
+        runtime,
+        calls,
+        _dir: dir,
+    }
+}
+
+fn plan(text: &str) -> Plan {
+    Plan::from_toml(text, "test.toml").unwrap()
+}
+
+fn options() -> RunOptions {
+    RunOptions {
+        base_dir: std::env::temp_dir(),
+        ..RunOptions::default()
+    }
+}
+
+fn calls_per_label(calls: &CallLog) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for (label, _) in calls.lock().iter() {
+        *counts.entry(label.clone()).or_default() += 1;
+    }
+    counts
+}
+
+const DIAMOND: &str = r#"
+name = "diamond"
+[[task]]
+id = "a"
+tool = "fn.echo"
+args = { label = "a", value = 2 }
+[[task]]
+id = "b"
+tool = "fn.echo"
+deps = ["a"]
+args = { label = "b", got = "{{tasks.a.output.value}}" }
+[[task]]
+id = "c"
+tool = "fn.echo"
+deps = ["a"]
+args = { label = "c", text = "a gave {{tasks.a.output.value}}" }
+[[task]]
+id = "d"
+tool = "fn.echo"
+deps = ["b", "c"]
+args = { label = "d", from_b = "{{tasks.b.output.got}}", from_c = "{{tasks.c.output.text}}" }
+"#;
+
+#[tokio::test]
+async fn a_diamond_runs_in_dependency_order_with_outputs_flowing_through_templates() {
+    let h = harness(|_| {}).await;
+    let mut events = h.runtime.subscribe();
+    let report = h.runtime.run(plan(DIAMOND), options()).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    let d = report.task("d").unwrap().output.clone().unwrap();
+    assert_eq!(d["from_b"], json!(2));
+    assert_eq!(d["from_c"], json!("a gave 2"));
+    let order: Vec<String> = h.calls.lock().iter().map(|(l, _)| l.clone()).collect();
+    assert_eq!(order.first().map(String::as_str), Some("a"));
+    assert_eq!(order.last().map(String::as_str), Some("d"));
+    let mut finished = 0;
+    while let Ok(event) = events.try_recv() {
+        if let RunEvent::TaskFinished { state, .. } = event {
+            assert_eq!(state, TaskState::Complete);
+            finished += 1;
+        }
+    }
+    assert_eq!(finished, 4);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_gate_sends_the_task_back_with_the_reviewers_feedback() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "gated"
+[[task]]
+id = "draft"
+tool = "fn.echo"
+args = { label = "draft", words = "{{attempt}}", feedback = "{{feedback}}" }
+max_attempts = 3
+gates = [{ json = "/words", ge = 2 }]
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    let draft = report.task("draft").unwrap();
+    assert_eq!(draft.attempts, 2);
+    let calls = h.calls.lock();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].1["feedback"], json!(""));
+    let feedback = calls[1].1["feedback"].as_str().unwrap();
+    assert!(feedback.contains("/words"), "feedback: {feedback}");
+    drop(calls);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn errors_are_retried_with_backoff_up_to_the_limit() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "retries"
+[[task]]
+id = "recovers"
+tool = "fn.flaky"
+args = { label = "recovers", fail_times = 2 }
+retries = 2
+[[task]]
+id = "gives-up"
+tool = "fn.flaky"
+args = { label = "gives-up", fail_times = 5 }
+retries = 1
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    let recovers = report.task("recovers").unwrap();
+    assert!(
+        matches!(recovers.state, TaskState::Complete | TaskState::Skipped),
+        "{recovers:?}"
+    );
+    let gives_up = report.task("gives-up").unwrap();
+    assert_eq!(gives_up.state, TaskState::Failed);
+    assert_eq!(gives_up.retries, 1);
+    assert!(
+        gives_up
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("transient failure 2"),
+        "{gives_up:?}"
+    );
+    assert_eq!(calls_per_label(&h.calls)["gives-up"], 2);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_past_its_timeout_is_cancelled_and_fails_with_the_reason() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "timeout"
+[[task]]
+id = "slow"
+tool = "fn.echo"
+args = { label = "slow", sleep_ms = 5000 }
+timeout = "50ms"
+"#;
+    let started = std::time::Instant::now();
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let slow = report.task("slow").unwrap();
+    assert_eq!(slow.state, TaskState::Failed);
+    assert!(
+        slow.reason.as_deref().unwrap().contains("timed out"),
+        "{slow:?}"
+    );
+    h.runtime.shutdown().await;
+}
+
+const ROLLBACK: &str = r#"
+name = "rollback"
+[[task]]
+id = "create"
+tool = "fn.echo"
+args = { label = "create", id = 7 }
+compensate = { tool = "fn.echo", args = { label = "undo-create", id = "{{tasks.create.output.id}}" } }
+[[task]]
+id = "configure"
+tool = "fn.echo"
+deps = ["create"]
+args = { label = "configure" }
+compensate = { tool = "fn.echo", args = { label = "undo-configure" } }
+[[task]]
+id = "publish"
+tool = "fn.flaky"
+deps = ["configure"]
+args = { label = "publish", fail_times = 9 }
+[[task]]
+id = "announce"
+tool = "fn.echo"
+deps = ["publish"]
+args = { label = "announce" }
+"#;
+
+#[tokio::test]
+async fn a_failure_skips_dependents_and_compensates_in_reverse_order() {
+    let h = harness(|_| {}).await;
+    let report = h.runtime.run(plan(ROLLBACK), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(report.task("publish").unwrap().state, TaskState::Failed);
+    assert_eq!(report.task("announce").unwrap().state, TaskState::Skipped);
+    assert_eq!(report.task("create").unwrap().state, TaskState::Compensated);
+    assert_eq!(
+        report.task("configure").unwrap().state,
+        TaskState::Compensated
+    );
+    let undone: Vec<&str> = report
+        .compensations
+        .iter()
+        .map(|c| c.task.as_str())
+        .collect();
+    assert_eq!(undone, ["configure", "create"]);
+    assert!(report.compensations.iter().all(|c| c.ok));
+    let calls = h.calls.lock();
+    let undo = calls.iter().find(|(l, _)| l == "undo-create").unwrap();
+    assert_eq!(undo.1["id"], json!(7));
+    drop(calls);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancelling_stops_calls_in_flight_and_compensates() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "cancel"
+[[task]]
+id = "quick"
+tool = "fn.echo"
+args = { label = "quick" }
+compensate = { tool = "fn.echo", args = { label = "undo-quick" } }
+[[task]]
+id = "long"
+tool = "fn.echo"
+deps = ["quick"]
+args = { label = "long", sleep_ms = 10000 }
+"#;
+    let mut events = h.runtime.subscribe();
+    let runtime = &h.runtime;
+    let run = runtime.run(plan(text), options());
+    let cancel = async {
+        loop {
+            if let Ok(RunEvent::TaskStarted { run_id, task, .. }) = events.recv().await
+                && task == "long"
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                runtime.cancel(&run_id).await.unwrap();
+                return;
+            }
+        }
+    };
+    let (report, ()) = tokio::join!(run, cancel);
+    let report = report.unwrap();
+    assert_eq!(report.status, RunStatus::Cancelled);
+    assert_eq!(report.task("long").unwrap().state, TaskState::Cancelled);
+    assert_eq!(report.task("quick").unwrap().state, TaskState::Compensated);
+    assert!(report.duration < Duration::from_secs(5));
+    h.runtime.shutdown().await;
+}
+
+fn wide_plan(tasks: usize) -> String {
+    let mut text = String::from("name = \"wide\"\n");
+    for i in 0..tasks {
+        text.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"fn.echo\"\nargs = {{ label = \"t{i}\", sleep_ms = 15 }}\n"
+        ));
+        if i > 0 {
+            text.push_str(&format!("deps = [\"t{}\"]\n", i - 1));
+        }
+    }
+    text
+}
+
+/// Panics `agent` while a chain of tasks runs; the run must still complete with every task run
+/// once, except at most the one in flight at the crash (at-least-once), never a completed one.
+async fn crash_during_a_run(agent: AgentKind) {
+    let h = harness(|_| {}).await;
+    let mut events = h.runtime.subscribe();
+    let runtime = &h.runtime;
+    let completed_at_crash: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&completed_at_crash);
+    let run = runtime.run(plan(&wide_plan(12)), options());
+    let crash = async move {
+        let mut done = Vec::new();
+        loop {
+            match events.recv().await {
+                Ok(RunEvent::TaskFinished { task, state, .. }) => {
+                    assert_eq!(state, TaskState::Complete);
+                    done.push(task);
+                    if done.len() == 4 {
+                        *seen.lock() = done.clone();
+                        runtime.inject_fault(agent).unwrap();
+                    }
+                }
+                Ok(RunEvent::RunFinished { .. }) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let (report, ()) = tokio::join!(run, crash);
+    let report = report.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    assert_eq!(h.runtime.restarts(agent), 1);
+    let counts = calls_per_label(&h.calls);
+    for task in completed_at_crash.lock().iter() {
+        assert_eq!(
+            counts[task], 1,
+            "completed task {task} ran again after the crash"
+        );
+    }
+    let reruns: usize = counts.values().map(|c| c - 1).sum();
+    assert!(
+        reruns <= 1,
+        "more than the in-flight task ran twice: {counts:?}"
+    );
+    assert_eq!(counts.len(), 12);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_orchestrator_panic_loses_and_duplicates_no_completed_task() {
+    crash_during_a_run(AgentKind::Orchestrator).await;
+}
+
+#[tokio::test]
+async fn an_optimizer_panic_loses_and_duplicates_no_completed_task() {
+    crash_during_a_run(AgentKind::Optimizer).await;
+}
+
+#[tokio::test]
+async fn an_executor_panic_loses_and_duplicates_no_completed_task() {
+    crash_during_a_run(AgentKind::Executor).await;
+}
+
+#[tokio::test]
+async fn a_reviewer_panic_loses_and_duplicates_no_completed_task() {
+    crash_during_a_run(AgentKind::Reviewer).await;
+}
+
+#[tokio::test]
+async fn restarts_past_the_intensity_limit_stop_the_runtime_with_a_clear_error() {
+    let h = harness(|actors| {
+        actors.reviewer.restart.max_restarts = 2;
+        actors.reviewer.restart.within = Duration::from_secs(60);
+    })
+    .await;
+    for _ in 0..3 {
+        h.runtime.inject_fault(AgentKind::Reviewer).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let error = h
+        .runtime
+        .failure()
+        .expect("the runtime should have stopped");
+    assert!(matches!(
+        error,
+        AgentError::IntensityExceeded {
+            agent: AgentKind::Reviewer,
+            restarts: 3,
+            ..
+        }
+    ));
+    assert!(
+        error.to_string().contains("reviewer restarted 3 times"),
+        "{error}"
+    );
+    let refused = h.runtime.run(plan(DIAMOND), options()).await.unwrap_err();
+    assert!(
+        matches!(refused, AgentError::IntensityExceeded { .. }),
+        "{refused}"
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_agent_answers_a_round_trip() {
+    let h = harness(|_| {}).await;
+    for agent in AgentKind::ALL {
+        let took = h.runtime.ping(agent).await.unwrap();
+        assert!(took < Duration::from_secs(1));
+    }
+    assert!(
+        h.runtime
+            .mailbox_depths()
+            .iter()
+            .all(|(_, depth)| *depth == 0)
+    );
+    h.runtime.shutdown().await;
+}
