@@ -58,7 +58,9 @@ pub use config::{
 pub use events::RunEvent;
 pub use mailbox::Mailbox;
 pub use runtime::{RunOptions, Runtime, RuntimeOptions, plan_hash};
-pub use state::{CompensationReport, RunReport, RunStatus, TaskReport, TaskState};
+pub use state::{
+    CompensationReport, RunReport, RunStatus, SavedRun, TaskReport, TaskState, saved_runs,
+};
 
 /// The four agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

@@ -513,7 +513,7 @@ impl OrchestratorState {
                 let slot = &mut run.slots[i];
                 slot.state = TaskState::Complete;
                 slot.output = Some(output);
-                slot.reason = Some(summary);
+                slot.reason = (!summary.is_empty()).then_some(summary);
                 for d in run.dependents[i].clone() {
                     run.waiting_on[d] -= 1;
                     if run.waiting_on[d] == 0 && run.slots[d].state == TaskState::Pending {

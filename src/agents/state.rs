@@ -204,3 +204,38 @@ pub(crate) fn load_tasks(
         })
         .collect()
 }
+
+/// A run as saved in the store (for `tetrarch runs` and resume checks).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SavedRun {
+    /// The run.
+    pub run_id: String,
+    /// The plan's name.
+    pub plan: String,
+    /// Where the plan was read from.
+    pub source: String,
+    /// Its status (`running` for a run killed before it ended).
+    pub status: RunStatus,
+    /// Each saved task and its state, by task id.
+    pub tasks: Vec<(String, TaskState)>,
+}
+
+/// Every run in the store, oldest first, with its tasks' states.
+pub fn saved_runs(store: &Store) -> Result<Vec<SavedRun>, StoreError> {
+    load_runs(store)?
+        .into_iter()
+        .map(|(run_id, record)| {
+            let tasks = load_tasks(store, &run_id)?
+                .into_iter()
+                .map(|(id, task)| (id, task.state))
+                .collect();
+            Ok(SavedRun {
+                plan: record.plan_name,
+                source: record.source,
+                status: record.status,
+                tasks,
+                run_id,
+            })
+        })
+        .collect()
+}

@@ -6,6 +6,7 @@ mod lessons;
 mod mem;
 mod perms;
 mod plan;
+mod run;
 mod score;
 
 use std::io::IsTerminal;
@@ -28,6 +29,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a plan through the four agents (resumes an unfinished run of the same plan).
+    Run(run::RunArgs),
+    /// List the runs saved in the store.
+    Runs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Store, read and search memories.
     #[command(subcommand)]
     Mem(mem::MemCommand),
@@ -77,6 +86,8 @@ fn init_tracing() {
 fn run(cli: Cli) -> Result<ExitCode> {
     let Cli { store, command } = cli;
     match command {
+        Command::Run(args) => run::run(args, &resolve_store(store)?),
+        Command::Runs { json } => run::list(&resolve_store(store)?, json),
         Command::Mem(command) => mem::run(command, &resolve_store(store)?),
         Command::Score(args) => score::run(args, store.or_else(|| default_store_path().ok())),
         Command::Kernels(command) => kernels::run(command),

@@ -1,0 +1,332 @@
+//! `tetrarch run PLAN`: start the supervision tree, run the plan to its end, report.
+//! `tetrarch runs`: the runs saved in the store.
+//!
+//! Resume: the run is keyed by a hash of the plan's text. If the store holds an unfinished run
+//! of the same text (the process was killed), `run` continues it: COMPLETE tasks keep their
+//! outputs and are not run again; tasks that were in flight run again (at-least-once).
+//! `--fresh` starts a new run instead. Ctrl-C cancels the run (calls in flight are stopped,
+//! compensations run, the state is saved); a second Ctrl-C exits at once.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use tetrarch::agents::{
+    ActorsConfig, RunEvent, RunOptions, RunReport, RunStatus, Runtime, RuntimeOptions, TaskState,
+    plan_hash, saved_runs,
+};
+use tetrarch::plan::{Plan, StaticCatalog};
+use tetrarch::store::{Store, StoreConfig};
+use tokio::sync::broadcast;
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum EventsFormat {
+    /// A progress bar on a terminal, plain lines otherwise.
+    #[default]
+    Human,
+    /// One JSON event per line on stdout.
+    Json,
+}
+
+/// `tetrarch run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The plan file (TOML).
+    plan: PathBuf,
+    /// A folder of agent configuration files (`orchestrator.toml`, ...); the built-in defaults
+    /// are used for any file it lacks, and for all when this is not given.
+    #[arg(long)]
+    actors: Option<PathBuf>,
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t)]
+    events: EventsFormat,
+    /// Start a new run even if the store holds an unfinished run of this plan.
+    #[arg(long)]
+    fresh: bool,
+}
+
+fn open_store(path: &Path) -> Result<Store> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    Store::open(path, StoreConfig::default())
+        .with_context(|| format!("cannot open the store {}", path.display()))
+}
+
+/// Runs `tetrarch run`: exit 0 when every task is COMPLETE, 1 when the run failed or was
+/// cancelled, 2 when it could not run (bad plan, bad configuration).
+pub fn run(args: RunArgs, store: &Path) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_plan(args, store))
+}
+
+async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.plan)
+        .with_context(|| format!("cannot read plan {}", args.plan.display()))?;
+    let source = args.plan.display().to_string();
+    let base_dir = args
+        .plan
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .canonicalize()
+        .with_context(|| format!("cannot resolve the folder of {source}"))?;
+    let actors = match &args.actors {
+        Some(dir) => ActorsConfig::load(dir)?,
+        None => ActorsConfig::embedded()?,
+    };
+    // Validate everything before anything starts.
+    let catalog = actors
+        .executor
+        .pools
+        .keys()
+        .fold(StaticCatalog::new(), |c, name| c.with_open_pool(name.clone()));
+    let plan = match Plan::from_toml_with_catalog(&text, &source, &catalog) {
+        Ok(plan) => plan,
+        Err(error) => {
+            for line in error.lines() {
+                eprintln!("{line}");
+            }
+            eprintln!("error: the plan is invalid; nothing ran");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let store = open_store(store_path)?;
+    let hash = plan_hash(&text);
+    let resume = if args.fresh {
+        None
+    } else {
+        Runtime::resumable_run(&store, &hash)?
+    };
+    let run_id = resume
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let human = args.events == EventsFormat::Human;
+    if human {
+        match &resume {
+            Some(id) => eprintln!("resuming run {id} of {source}"),
+            None => eprintln!("run {run_id} of {source}"),
+        }
+        if !plan.pools.is_empty() {
+            eprintln!(
+                "starting pools {} (pre-warm)",
+                plan.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let runtime = Runtime::start(RuntimeOptions::new(store, actors)).await?;
+    let events = runtime.subscribe();
+    let printer = tokio::spawn(print_events(events, args.events, plan.tasks.len()));
+    let options = RunOptions {
+        base_dir,
+        source,
+        plan_hash: hash,
+        run_id: Some(run_id.clone()),
+        resume: resume.is_some(),
+    };
+    let outcome = {
+        let run = runtime.run(plan, options);
+        tokio::pin!(run);
+        let mut interrupted = false;
+        loop {
+            tokio::select! {
+                report = &mut run => break report,
+                signal = tokio::signal::ctrl_c(), if !interrupted => {
+                    signal.context("cannot listen for Ctrl-C")?;
+                    interrupted = true;
+                    eprintln!("\ninterrupted: cancelling run {run_id} (Ctrl-C again to exit now)");
+                    runtime.cancel(&run_id).await?;
+                    tokio::spawn(async {
+                        if tokio::signal::ctrl_c().await.is_ok() {
+                            std::process::exit(130);
+                        }
+                    });
+                }
+            }
+        }
+    };
+    // Let the printer drain the last events.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    printer.abort();
+    runtime.shutdown().await;
+    let report = outcome?;
+    print_report(&report, human);
+    Ok(if report.status == RunStatus::Complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn describe(event: &RunEvent) -> Option<String> {
+    Some(match event {
+        RunEvent::TaskStarted { task, attempt, .. } if *attempt > 1 => {
+            format!("{task}: attempt {attempt}")
+        }
+        RunEvent::TaskStarted { task, .. } => format!("{task}: started"),
+        RunEvent::TaskFinished {
+            task,
+            state,
+            reason,
+            ..
+        } => match (state, reason) {
+            (TaskState::Complete, _) => format!("{task}: complete"),
+            (state, Some(reason)) => format!("{task}: {state:?} ({reason})").to_lowercase(),
+            (state, None) => format!("{task}: {state:?}").to_lowercase(),
+        },
+        RunEvent::GateFailed {
+            task,
+            attempt,
+            feedback,
+            ..
+        } => format!("{task}: gate failed on attempt {attempt}: {feedback}"),
+        RunEvent::TaskRetrying {
+            task,
+            retry,
+            reason,
+            backoff_ms,
+            ..
+        } => format!("{task}: retry {retry} in {backoff_ms} ms after: {reason}"),
+        RunEvent::Compensated {
+            task, ok, detail, ..
+        } => format!(
+            "{task}: compensation {}: {detail}",
+            if *ok { "done" } else { "FAILED" }
+        ),
+        RunEvent::AgentRestarted {
+            agent,
+            restarts,
+            reason,
+        } => format!("supervisor: restarted {agent} (restart {restarts}): {reason}"),
+        RunEvent::RunStarted {
+            already_complete, ..
+        } if *already_complete > 0 => {
+            format!("{already_complete} tasks already complete from the earlier attempt")
+        }
+        RunEvent::RunStarted { .. } | RunEvent::RunFinished { .. } => return None,
+    })
+}
+
+async fn print_events(
+    mut events: broadcast::Receiver<RunEvent>,
+    format: EventsFormat,
+    tasks: usize,
+) {
+    let bar = (format == EventsFormat::Human && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(u64::try_from(tasks).unwrap_or(u64::MAX));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                eprintln!("({n} progress events skipped)");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        if format == EventsFormat::Json {
+            if let Ok(line) = serde_json::to_string(&event) {
+                println!("{line}");
+            }
+            continue;
+        }
+        if let RunEvent::RunStarted {
+            already_complete, ..
+        } = &event
+            && let Some(bar) = &bar
+        {
+            bar.set_position(u64::try_from(*already_complete).unwrap_or(0));
+        }
+        let done = matches!(
+            &event,
+            RunEvent::TaskFinished { .. }
+        );
+        if let Some(line) = describe(&event) {
+            match &bar {
+                Some(bar) => {
+                    if done {
+                        bar.inc(1);
+                    }
+                    bar.set_message(line.clone());
+                    if !matches!(event, RunEvent::TaskStarted { .. }) {
+                        bar.println(line);
+                    }
+                }
+                None => eprintln!("{line}"),
+            }
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+fn print_report(report: &RunReport, human: bool) {
+    if !human {
+        return;
+    }
+    let complete = report
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Complete)
+        .count();
+    eprintln!(
+        "run {} {:?}: {complete}/{} tasks complete in {:.2?}",
+        report.run_id,
+        report.status,
+        report.tasks.len(),
+        report.duration
+    );
+    for problem in report.problems() {
+        eprintln!("  {problem}");
+    }
+    for comp in &report.compensations {
+        eprintln!(
+            "  undone {}: {}",
+            comp.task,
+            if comp.ok { "ok" } else { "compensation FAILED" }
+        );
+    }
+}
+
+/// `tetrarch runs`: every run in the store, with its status and task states.
+pub fn list(store: &Path, json: bool) -> Result<ExitCode> {
+    let store = Store::open(store, StoreConfig::default())
+        .with_context(|| format!("cannot open the store {}", store.display()))?;
+    let runs = saved_runs(&store)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for run in runs {
+        let complete = run
+            .tasks
+            .iter()
+            .filter(|(_, s)| *s == TaskState::Complete)
+            .count();
+        println!(
+            "{}  {:<9}  {complete}/{} complete  {} ({})",
+            run.run_id,
+            format!("{:?}", run.status).to_lowercase(),
+            run.tasks.len(),
+            run.plan,
+            run.source
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,125 @@
+//! `tetrarch run` is killed with SIGKILL at random points, then run again until the plan
+//! completes: the final outputs are right, and no task that the store had recorded COMPLETE at a
+//! kill ever ran again afterwards.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use tetrarch::agents::{RunStatus, TaskState, saved_runs};
+use tetrarch::store::{Store, StoreConfig};
+
+const TASKS: usize = 60;
+
+/// A chain with a fan-out in the middle: every task logs its start, sleeps, and outputs
+/// `{"n": upstream n + 1}`.
+fn write_plan(dir: &Path) {
+    let mut plan = String::from(
+        "name = \"resume\"\n[pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\nmax_size = 8\n",
+    );
+    for i in 0..TASKS {
+        let (deps, n) = if i == 0 {
+            (String::new(), "0".to_owned())
+        } else {
+            // Tasks 1..=4 fan out from 0; the rest form a chain.
+            let up = if i <= 4 { 0 } else { i - 1 };
+            (
+                format!("deps = [\"t{up}\"]\n"),
+                format!("{{{{tasks.t{up}.output.n}}}}"),
+            )
+        };
+        plan.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"sh.step\"\n{deps}\
+             args = {{ argv = [\"echo start t{i} >> log.txt; sleep 0.04; echo \\\"{{\\\\\\\"n\\\\\\\": $(( {n} + 1 ))}}\\\"\"] }}\n"
+        ));
+    }
+    std::fs::write(dir.join("plan.toml"), plan).unwrap();
+}
+
+fn starts(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("log.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("start ").map(str::to_owned))
+        .collect()
+}
+
+fn tetrarch(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tetrarch"));
+    command
+        .arg("--store")
+        .arg(dir.join("store.redb"))
+        .arg("run")
+        .arg(dir.join("plan.toml"))
+        .arg("--events")
+        .arg("json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+fn completed_in_store(dir: &Path) -> HashSet<String> {
+    let store = Store::open(dir.join("store.redb"), StoreConfig::default()).unwrap();
+    let runs = saved_runs(&store).unwrap();
+    assert!(runs.len() <= 1, "a resumed run must not start a second run");
+    runs.into_iter()
+        .flat_map(|r| r.tasks)
+        .filter(|(_, state)| *state == TaskState::Complete)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[test]
+fn a_killed_run_resumes_without_rerunning_completed_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plan(dir.path());
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut kills = 0;
+    // (log length at the kill, tasks COMPLETE in the store at the kill)
+    let mut checkpoints = Vec::new();
+    for _ in 0..40 {
+        if kills >= 12 {
+            break;
+        }
+        let mut child = tetrarch(dir.path()).spawn().unwrap();
+        let wait = Duration::from_millis(rng.random_range(120..320));
+        std::thread::sleep(wait);
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before the kill
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        // Orphaned `sh` children may still append their start lines; let them.
+        std::thread::sleep(Duration::from_millis(60));
+        checkpoints.push((starts(dir.path()).len(), completed_in_store(dir.path())));
+    }
+    assert!(kills >= 10, "only {kills} kills landed mid-run");
+    let status = tetrarch(dir.path()).status().unwrap();
+    assert!(status.success(), "the final run failed: {status}");
+
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let runs = saved_runs(&store).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Complete);
+    assert!(runs[0].tasks.iter().all(|(_, s)| *s == TaskState::Complete));
+    drop(store);
+
+    let log = starts(dir.path());
+    for i in 0..TASKS {
+        assert!(log.contains(&format!("t{i}")), "t{i} never ran");
+    }
+    for (at, complete) in &checkpoints {
+        for task in &log[*at..] {
+            assert!(
+                !complete.contains(task),
+                "{task} was COMPLETE in the store at a kill but ran again"
+            );
+        }
+    }
+    let progressed = checkpoints.iter().any(|(_, c)| !c.is_empty());
+    assert!(progressed, "no kill happened after a task completed");
+}
