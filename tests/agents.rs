@@ -74,13 +74,9 @@ async fn harness(tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
     actors.executor.pools.insert("fn".to_owned(), pool);
     actors.orchestrator.run.retry_backoff = Duration::from_millis(5);
     tune(&mut actors);
-    let runtime = Runtime::start(RuntimeOptions {
-        store,
-        actors,
-        natives,
-    })
-    .await
-    .unwrap();
+    let mut options = RuntimeOptions::new(store, actors);
+    options.natives = natives;
+    let runtime = Runtime::start(options).await.unwrap();
     Harness {
         runtime,
         calls,
@@ -472,4 +468,99 @@ async fn every_agent_answers_a_round_trip() {
             .all(|(_, depth)| *depth == 0)
     );
     h.runtime.shutdown().await;
+}
+
+async fn shell_runtime(approve: bool) -> (Runtime, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let mut actors = ActorsConfig::embedded().unwrap();
+    let mut sh = PoolDef::new(PoolKind::Process);
+    sh.command = vec!["sh".to_owned(), "-c".to_owned()];
+    actors.executor.pools.insert("sh".to_owned(), sh);
+    let mut options = RuntimeOptions::new(store, actors);
+    if approve {
+        options.approval = Arc::new(tetrarch::permissions::CallbackApproval(
+            |call: &tetrarch::permissions::ToolCall, _: &tetrarch::permissions::Decision| {
+                call.input["command"].as_str() == Some("echo asked")
+            },
+        ));
+    }
+    (Runtime::start(options).await.unwrap(), dir)
+}
+
+fn with_rules(dir: &std::path::Path, settings: &str) -> RunOptions {
+    let path = dir.join("settings.json");
+    std::fs::write(&path, settings).unwrap();
+    let engine =
+        tetrarch::permissions::PermissionEngine::from_settings_json(settings, &path, dir, dir)
+            .unwrap();
+    RunOptions {
+        base_dir: dir.to_path_buf(),
+        permissions: Some(Arc::new(engine)),
+        ..RunOptions::default()
+    }
+}
+
+const SHELL_PLAN: &str = r#"
+name = "shell"
+[[task]]
+id = "allowed"
+tool = "sh.run"
+args = { argv = ["echo hello"] }
+[[task]]
+id = "denied"
+tool = "sh.run"
+args = { argv = ["echo hi && rm -rf ./nothing"] }
+[[task]]
+id = "unmatched"
+tool = "sh.run"
+args = { argv = ["echo asked"] }
+"#;
+
+#[tokio::test]
+async fn the_executor_enforces_permission_rules_and_denies_what_would_ask_when_headless() {
+    let (runtime, dir) = shell_runtime(false).await;
+    let rules = r#"{"permissions": {"allow": ["Bash(echo hello)", "Bash(echo hi)"], "deny": ["Bash(rm *)"]}}"#;
+    let report = runtime
+        .run(plan(SHELL_PLAN), with_rules(dir.path(), rules))
+        .await
+        .unwrap();
+    assert_eq!(report.task("allowed").unwrap().state, TaskState::Complete);
+    let denied = report.task("denied").unwrap();
+    assert_eq!(denied.state, TaskState::Failed);
+    let reason = denied.reason.as_deref().unwrap();
+    assert!(reason.contains("deny[0] `Bash(rm *)`"), "{reason}");
+    let unmatched = report.task("unmatched").unwrap();
+    assert!(
+        unmatched
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no rule allows")),
+        "{unmatched:?}"
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_approval_callback_settles_calls_the_rules_leave_open() {
+    let (runtime, dir) = shell_runtime(true).await;
+    let rules = r#"{"permissions": {"allow": ["Bash(echo hello)"], "deny": ["Bash(rm *)"]}}"#;
+    let text = r#"
+name = "approval"
+[[task]]
+id = "unmatched"
+tool = "sh.run"
+args = { argv = ["echo asked"] }
+[[task]]
+id = "refused"
+tool = "sh.run"
+args = { argv = ["echo refused"] }
+"#;
+    let report = runtime
+        .run(plan(text), with_rules(dir.path(), rules))
+        .await
+        .unwrap();
+    assert_eq!(report.task("unmatched").unwrap().state, TaskState::Complete);
+    assert_eq!(report.task("refused").unwrap().state, TaskState::Failed);
+    runtime.shutdown().await;
 }

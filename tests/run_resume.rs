@@ -15,14 +15,16 @@ use tetrarch::store::{Store, StoreConfig};
 const TASKS: usize = 60;
 
 /// A chain with a fan-out in the middle: every task logs its start, sleeps, and outputs
-/// `{"n": upstream n + 1}`.
+/// `{"n": upstream n + "+"}`, so the last task's output counts the chain. The plan's permission
+/// file allows exactly the commands it runs (the run is headless: anything else is denied).
 fn write_plan(dir: &Path) {
     let mut plan = String::from(
-        "name = \"resume\"\n[pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\nmax_size = 8\n",
+        "name = \"resume\"\npermissions = \"settings.json\"\n\
+         [pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\nmax_size = 8\n",
     );
     for i in 0..TASKS {
         let (deps, n) = if i == 0 {
-            (String::new(), "0".to_owned())
+            (String::new(), String::new())
         } else {
             // Tasks 1..=4 fan out from 0; the rest form a chain.
             let up = if i <= 4 { 0 } else { i - 1 };
@@ -33,10 +35,15 @@ fn write_plan(dir: &Path) {
         };
         plan.push_str(&format!(
             "[[task]]\nid = \"t{i}\"\ntool = \"sh.step\"\n{deps}\
-             args = {{ argv = [\"echo start t{i} >> log.txt; sleep 0.04; echo \\\"{{\\\\\\\"n\\\\\\\": $(( {n} + 1 ))}}\\\"\"] }}\n"
+             args = {{ argv = [\"echo start t{i} >> log.txt; sleep 0.04; echo '{{\\\"n\\\": \\\"{n}+\\\"}}'\"] }}\n"
         ));
     }
     std::fs::write(dir.join("plan.toml"), plan).unwrap();
+    std::fs::write(
+        dir.join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
 }
 
 fn starts(dir: &Path) -> Vec<String> {
@@ -105,6 +112,11 @@ fn a_killed_run_resumes_without_rerunning_completed_tasks() {
     let runs = saved_runs(&store).unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, RunStatus::Complete);
+    let last = tetrarch::agents::saved_output(&store, &runs[0].run_id, &format!("t{}", TASKS - 1))
+        .unwrap()
+        .unwrap();
+    // t0, then t4 (after the fan-out from t0), then the chain t5..: TASKS - 3 pluses.
+    assert_eq!(last["n"].as_str().unwrap().len(), TASKS - 3, "{last}");
     assert!(runs[0].tasks.iter().all(|(_, s)| *s == TaskState::Complete));
     drop(store);
 

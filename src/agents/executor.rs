@@ -18,7 +18,8 @@ use super::mailbox::Envelope;
 use super::optimizer::run_namespace;
 use super::pipeline::{Attempt, ExecutorMsg, Outcome, Peers, Purpose, ReviewerMsg, injected_fault};
 use super::runtime::PoolSet;
-use crate::session::{SessionError, ToolOutcome, ToolRequest};
+use crate::permissions::{ApprovalHandler, Decision, List, ToolCall, Verdict};
+use crate::session::{PoolDef, PoolKind, SessionError, ToolOutcome, ToolRequest};
 use crate::store::{CacheCategory, CacheError, CacheKey, ContextCache, NewMemory, Store};
 
 /// Longest output kept in a memory.
@@ -35,6 +36,7 @@ pub(crate) struct ExecutorArgs {
     pub pools: PoolSet,
     pub cache: ContextCache,
     pub config: ExecutorConfig,
+    pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
 }
 
 pub(crate) struct ExecutorState {
@@ -59,7 +61,114 @@ fn retryable(error: &SessionError) -> bool {
         SessionError::UnknownTool { .. }
             | SessionError::ToolRejected { .. }
             | SessionError::InvalidConfig { .. }
+            | SessionError::PermissionDenied { .. }
     )
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// The call as the permission rules see it: `Bash` with the command line for a process pool
+/// (the script itself for `sh -c` / `bash -c` pools), `mcp__POOL__TOOL` with the arguments for
+/// an MCP pool. Native tools and scorers run in-process and are not checked.
+fn permission_call(def: &PoolDef, attempt: &Attempt, args: &serde_json::Value) -> Option<ToolCall> {
+    match def.kind {
+        PoolKind::Process => {
+            let extra: Vec<String> = args
+                .get("argv")
+                .and_then(|a| a.as_array())
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let shell = matches!(
+                def.command.as_slice(),
+                [program, flag] if flag == "-c"
+                    && ["sh", "bash", "/bin/sh", "/bin/bash", "zsh"].contains(&program.as_str())
+            );
+            let command = if shell && !extra.is_empty() {
+                extra.join(" ")
+            } else {
+                def.command
+                    .iter()
+                    .chain(&extra)
+                    .map(|w| shell_word(w))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            Some(ToolCall::from_text("Bash", &command))
+        }
+        PoolKind::Mcp => Some(ToolCall {
+            tool: format!("mcp__{}__{}", attempt.call.pool, attempt.call.tool),
+            input: args.clone(),
+        }),
+        PoolKind::Native | PoolKind::Scorer => None,
+    }
+}
+
+/// Checks the call against the run's rules; `Err` names the rule that denied it.
+async fn check_permission(
+    shared: &ExecutorArgs,
+    attempt: &Attempt,
+    def: &PoolDef,
+    args: &serde_json::Value,
+) -> Result<(), String> {
+    let Some(call) = permission_call(def, attempt, args) else {
+        return Ok(());
+    };
+    let approval = Arc::clone(&shared.approval);
+    let engine = attempt.permissions.clone();
+    let subject = format!("{} {}", call.tool, call.input);
+    // The handler may prompt on the terminal: keep it off the async threads.
+    let decision = tokio::task::spawn_blocking(move || match engine {
+        Some(engine) => engine.resolve(&call, approval.as_ref()),
+        None => {
+            let undecided = Decision {
+                verdict: Verdict::Ask,
+                rule: None,
+            };
+            let verdict = if approval.approve(&call, &undecided) {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+            Decision {
+                verdict,
+                rule: None,
+            }
+        }
+    })
+    .await
+    .map_err(|e| format!("permission check failed: {e}"))?;
+    if decision.verdict == Verdict::Allow {
+        return Ok(());
+    }
+    Err(match decision.rule {
+        Some(rule) if rule.list == List::Deny => format!(
+            "permission denied: {subject} is denied by rule {}[{}] `{}`",
+            rule.list, rule.index, rule.text
+        ),
+        Some(rule) => format!(
+            "permission denied: {subject} needs approval (rule {}[{}] `{}`) and none was given",
+            rule.list, rule.index, rule.text
+        ),
+        None => format!(
+            "permission denied: no rule allows {subject} (headless runs deny what would ask)"
+        ),
+    })
 }
 
 async fn call_pool(
@@ -67,11 +176,15 @@ async fn call_pool(
     attempt: &Attempt,
     args: serde_json::Value,
 ) -> Result<ToolOutcome, SessionError> {
-    let Some((pool, call_timeout)) = shared.pools.get(&attempt.call.pool) else {
+    let Some((pool, def)) = shared.pools.get_with_def(&attempt.call.pool) else {
         return Err(SessionError::InvalidConfig {
             detail: format!("no pool named {:?}", attempt.call.pool),
         });
     };
+    let call_timeout = def.call_timeout;
+    if let Err(detail) = check_permission(shared, attempt, &def, &args).await {
+        return Err(SessionError::PermissionDenied { detail });
+    }
     let stdin = args
         .get("stdin")
         .and_then(|s| s.as_str())

@@ -59,7 +59,8 @@ pub use events::RunEvent;
 pub use mailbox::Mailbox;
 pub use runtime::{RunOptions, Runtime, RuntimeOptions, plan_hash};
 pub use state::{
-    CompensationReport, RunReport, RunStatus, SavedRun, TaskReport, TaskState, saved_runs,
+    CompensationReport, RunReport, RunStatus, SavedRun, TaskReport, TaskState, saved_output,
+    saved_runs,
 };
 
 /// The four agents.

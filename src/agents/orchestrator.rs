@@ -36,6 +36,7 @@ use super::state::{
     CompensationReport, RunRecordV1, RunReport, RunStatus, TaskRecordV1, TaskReport, TaskState,
     encode_run, encode_task, load_tasks, run_key, task_key,
 };
+use crate::permissions::PermissionEngine;
 use crate::plan::template::{Reference, references_in};
 use crate::plan::{Plan, Task, TemplateContext};
 use crate::store::Store;
@@ -63,6 +64,9 @@ pub(crate) struct OrchestratorArgs {
 pub(crate) struct OrchestratorState {
     args: OrchestratorArgs,
     runs: HashMap<Arc<str>, RunState>,
+    /// Task records changed while handling the current message, queued on the writer as one
+    /// command when it is handled (one commit entry per message rather than per transition).
+    unsaved: Vec<(String, Vec<u8>)>,
 }
 
 struct Slot {
@@ -87,6 +91,7 @@ struct RunState {
     plan: Arc<Plan>,
     tasks: Vec<Arc<Task>>,
     base_dir: Arc<PathBuf>,
+    permissions: Option<Arc<PermissionEngine>>,
     record: RunRecordV1,
     slots: Vec<Slot>,
     index: HashMap<String, usize>,
@@ -186,6 +191,7 @@ impl RunState {
             plan,
             tasks,
             base_dir: Arc::new(spec.base_dir.clone()),
+            permissions: spec.permissions.clone(),
             record,
             slots,
             index,
@@ -248,14 +254,27 @@ impl OrchestratorState {
         let _ = self.args.events.send(event);
     }
 
-    /// Queues a task's record on the writer (committed in order with everything queued before).
-    fn persist(&self, run: &RunState, i: usize) {
-        let record = run.task_record(i);
+    /// Records a task's state for [`Self::flush`] (committed in order with everything queued
+    /// before).
+    fn persist(&mut self, run_id: &Arc<str>, i: usize) {
+        let Some(run) = self.runs.get(run_id) else {
+            return;
+        };
         let key = task_key(&run.id, run.tasks[i].id.as_str());
-        let queued = encode_task(&record)
-            .and_then(|bytes| self.args.store.queue_run_records(vec![(key, bytes)]));
-        if let Err(e) = queued {
-            tracing::error!("orchestrator: could not persist task state: {e}");
+        match encode_task(&run.task_record(i)) {
+            Ok(bytes) => self.unsaved.push((key, bytes)),
+            Err(e) => tracing::error!("orchestrator: could not encode a task state: {e}"),
+        }
+    }
+
+    /// Queues the recorded task states on the writer.
+    fn flush(&mut self) {
+        if self.unsaved.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.unsaved);
+        if let Err(e) = self.args.store.queue_run_records(records) {
+            tracing::error!("orchestrator: could not persist task states: {e}");
         }
     }
 
@@ -404,8 +423,8 @@ impl OrchestratorState {
         run.slots[i].state = TaskState::Running;
         run.slots[i].token = Some(token);
         run.in_flight += 1;
+        self.persist(run_id, i);
         let run = &self.runs[run_id];
-        self.persist(run, i);
         self.emit(RunEvent::TaskStarted {
             run_id: run.id.to_string(),
             task: run.tasks[i].id.as_str().to_owned(),
@@ -425,6 +444,7 @@ impl OrchestratorState {
             token,
             purpose: Purpose::Task,
             args: None,
+            permissions: run.permissions.clone(),
         };
         if let Err(e) = self
             .args
@@ -459,10 +479,9 @@ impl OrchestratorState {
                 changed.push(d);
             }
         }
-        let run = &self.runs[run_id];
         for i in changed {
-            self.persist(run, i);
-            self.task_event(run, i);
+            self.persist(run_id, i);
+            self.task_event(&self.runs[run_id], i);
         }
     }
 
@@ -491,8 +510,7 @@ impl OrchestratorState {
                 ok,
                 detail: detail.clone(),
             });
-            let run = &self.runs[&run_id];
-            self.persist(run, i);
+            self.persist(&run_id, i);
             self.emit(RunEvent::Compensated {
                 run_id: run_id.to_string(),
                 task,
@@ -520,9 +538,8 @@ impl OrchestratorState {
                         run.ready.push_back(d);
                     }
                 }
-                let run = &self.runs[&run_id];
-                self.persist(run, i);
-                self.task_event(run, i);
+                self.persist(&run_id, i);
+                self.task_event(&self.runs[&run_id], i);
             }
             Verdict::GateFailed { feedback } => {
                 let attempt_no = run.slots[i].attempt;
@@ -601,6 +618,7 @@ impl OrchestratorState {
         if run.failure.is_some() || run.cancelled {
             run.slots[i].state = TaskState::Skipped;
             run.slots[i].reason = Some("the run stopped before the retry".to_owned());
+            self.persist(&run_id, i);
         } else {
             self.dispatch(&run_id, i).await;
         }
@@ -656,10 +674,9 @@ impl OrchestratorState {
             .peers
             .executor
             .send_control(ExecutorMsg::CancelRun(Arc::clone(&id)));
-        let run = &self.runs[&id];
         for i in changed {
-            self.persist(run, i);
-            self.task_event(run, i);
+            self.persist(&id, i);
+            self.task_event(&self.runs[&id], i);
         }
         self.check_finished(&id).await;
     }
@@ -708,10 +725,9 @@ impl OrchestratorState {
             .filter_map(|id| run.index.get(id.as_str()).copied())
             .collect();
         run.phase = Phase::Compensating;
-        let run = &self.runs[run_id];
         for i in changed {
-            self.persist(run, i);
-            self.task_event(run, i);
+            self.persist(run_id, i);
+            self.task_event(&self.runs[run_id], i);
         }
         self.next_compensation(run_id).await;
     }
@@ -745,6 +761,7 @@ impl OrchestratorState {
             token,
             purpose: Purpose::Compensation,
             args: None,
+            permissions: run.permissions.clone(),
         };
         if let Err(e) = self
             .args
@@ -779,6 +796,7 @@ impl OrchestratorState {
         };
         run.record.status = status;
         let report = run.report(status);
+        self.flush();
         // Durable before it is reported: everything queued before commits with it.
         let written = match encode_run(&run.record) {
             Ok(bytes) => self
@@ -817,6 +835,7 @@ impl Actor for Orchestrator {
         Ok(OrchestratorState {
             args,
             runs: HashMap::new(),
+            unsaved: Vec::new(),
         })
     }
 
@@ -855,6 +874,7 @@ impl Actor for Orchestrator {
             }
             OrchestratorMsg::Crash => injected_fault(AgentKind::Orchestrator),
         }
+        state.flush();
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use super::mailbox::Mailbox;
 use super::runtime::RunSpec;
 use super::{AgentKind, RunReport};
+use crate::permissions::PermissionEngine;
 use crate::plan::{Task, TemplateContext, ToolRef};
 use crate::session::ToolOutcome;
 
@@ -43,6 +44,8 @@ pub(crate) struct Attempt {
     pub base_dir: Arc<PathBuf>,
     /// Rendered by the Optimizer; `Err` when a template could not be rendered.
     pub args: Option<Result<Value, String>>,
+    /// The run's permission rules.
+    pub permissions: Option<Arc<PermissionEngine>>,
 }
 
 /// What the Executor got from the tool.

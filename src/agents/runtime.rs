@@ -16,6 +16,7 @@ use super::pipeline::{ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, Reviewe
 use super::state::load_runs;
 use super::supervisor::{Fatal, RestartCounters, Supervisor, SupervisorArgs, SupervisorMsg};
 use super::{ActorsConfig, AgentError, AgentKind, RunReport, RunStatus};
+use crate::permissions::{ApprovalHandler, DenyAll, PermissionEngine};
 use crate::plan::{Plan, StaticCatalog};
 use crate::session::{NativeRegistry, Pool, PoolContext, PoolDef, PoolKind, PoolStats};
 use crate::store::{CacheTtls, ContextCache, Store};
@@ -23,19 +24,24 @@ use crate::store::{CacheTtls, ContextCache, Store};
 /// The session pools by name, with each pool's default call timeout. Shared by the Executor and
 /// the Reviewer (score gates) across their restarts.
 #[derive(Clone, Default)]
-pub(crate) struct PoolSet(Arc<RwLock<HashMap<String, (Pool, Duration, PoolKind)>>>);
+pub(crate) struct PoolSet(Arc<RwLock<HashMap<String, (Pool, Arc<PoolDef>)>>>);
 
 impl PoolSet {
     pub(crate) fn get(&self, name: &str) -> Option<(Pool, Duration)> {
         self.0
             .read()
             .get(name)
-            .map(|(pool, timeout, _)| (pool.clone(), *timeout))
+            .map(|(pool, def)| (pool.clone(), def.call_timeout))
+    }
+
+    /// The pool and its declaration.
+    pub(crate) fn get_with_def(&self, name: &str) -> Option<(Pool, Arc<PoolDef>)> {
+        self.0.read().get(name).cloned()
     }
 
     fn insert(&self, name: String, pool: Pool, def: &PoolDef) {
-        let entry = (pool, def.call_timeout, def.kind);
-        if let Some((old, _, _)) = self.0.write().insert(name, entry) {
+        let entry = (pool, Arc::new(def.clone()));
+        if let Some((old, _)) = self.0.write().insert(name, entry) {
             old.close();
         }
     }
@@ -45,14 +51,14 @@ impl PoolSet {
             .0
             .read()
             .iter()
-            .map(|(name, (pool, _, _))| (name.clone(), pool.stats()))
+            .map(|(name, (pool, _))| (name.clone(), pool.stats()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
     fn close_all(&self) {
-        for (pool, _, _) in self.0.read().values() {
+        for (pool, _) in self.0.read().values() {
             pool.close();
         }
     }
@@ -67,6 +73,7 @@ pub(crate) struct RunSpec {
     pub source: String,
     pub base_dir: PathBuf,
     pub resume: bool,
+    pub permissions: Option<Arc<PermissionEngine>>,
 }
 
 /// How to start the runtime.
@@ -77,21 +84,25 @@ pub struct RuntimeOptions {
     pub actors: ActorsConfig,
     /// Native tools, for `native` pools.
     pub natives: NativeRegistry,
+    /// Settles calls the permission rules leave to a person ("ask"). The default,
+    /// [`DenyAll`], is the headless behaviour: ask becomes deny.
+    pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
 }
 
 impl RuntimeOptions {
-    /// Options with no native tools.
+    /// Options with no native tools, denying every call the rules would ask about.
     pub fn new(store: Store, actors: ActorsConfig) -> Self {
         Self {
             store,
             actors,
             natives: NativeRegistry::new(),
+            approval: Arc::new(DenyAll),
         }
     }
 }
 
 /// How to run one plan.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// The plan's folder (relative paths in pools and gates resolve against it).
     pub base_dir: PathBuf,
@@ -103,6 +114,10 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// Continue the run `run_id` from the store instead of starting fresh.
     pub resume: bool,
+    /// The permission rules every `process` and `mcp` call of the run is checked against
+    /// (native tools and scorers are in-process and exempt). `None`: no rule allows anything,
+    /// so each call goes to the approval handler (denied when headless).
+    pub permissions: Option<Arc<PermissionEngine>>,
 }
 
 /// A stable hash of a plan's text: runs of the same text can be resumed.
@@ -147,6 +162,7 @@ impl Runtime {
             store,
             actors,
             natives,
+            approval,
         } = options;
         actors.validate()?;
         let (events, _) = broadcast::channel(16 * 1024);
@@ -174,6 +190,7 @@ impl Runtime {
             events: events.clone(),
             restarts: Arc::clone(&restarts),
             fatal: Arc::new(fatal_tx),
+            approval,
         };
         let (supervisor, supervisor_done) =
             Actor::spawn(None, Supervisor, args)
@@ -217,7 +234,7 @@ impl Runtime {
             .0
             .read()
             .iter()
-            .map(|(name, (_, _, kind))| (name.clone(), *kind))
+            .map(|(name, (_, def))| (name.clone(), def.kind))
             .collect();
         let declared = extra.iter().map(|(name, def)| (name.clone(), def.kind));
         // Native pools list the registry's tools; other kinds accept any tool name.
@@ -243,6 +260,7 @@ impl Runtime {
             source: options.source,
             base_dir: options.base_dir,
             resume: options.resume,
+            permissions: options.permissions,
         };
         loop {
             self.check_alive()?;

@@ -239,3 +239,12 @@ pub fn saved_runs(store: &Store) -> Result<Vec<SavedRun>, StoreError> {
         })
         .collect()
 }
+
+/// The saved output of one task of a run, when it completed.
+pub fn saved_output(store: &Store, run_id: &str, task: &str) -> Result<Option<Value>, StoreError> {
+    Ok(load_tasks(store, run_id)?
+        .into_iter()
+        .find(|(id, _)| id == task)
+        .and_then(|(_, record)| record.output_json)
+        .and_then(|json| serde_json::from_str(&json).ok()))
+}

@@ -26,6 +26,7 @@ use super::pipeline::{OrchestratorMsg, Peers};
 use super::reviewer::{Reviewer, ReviewerArgs};
 use super::runtime::PoolSet;
 use super::{ActorsConfig, AgentError, AgentKind};
+use crate::permissions::ApprovalHandler;
 use crate::store::{ContextCache, Store};
 
 /// Restarts per agent since the runtime started.
@@ -83,6 +84,7 @@ pub(crate) struct SupervisorArgs {
     pub events: broadcast::Sender<RunEvent>,
     pub restarts: Arc<RestartCounters>,
     pub fatal: Arc<watch::Sender<Option<Fatal>>>,
+    pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
 }
 
 pub(crate) struct SupervisorState {
@@ -142,6 +144,7 @@ impl SupervisorState {
                     pools: a.pools.clone(),
                     cache: a.cache.clone(),
                     config: a.config.executor.clone(),
+                    approval: Arc::clone(&a.approval),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Executor, args, link)
                     .await

@@ -10,6 +10,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -19,6 +20,7 @@ use tetrarch::agents::{
     ActorsConfig, RunEvent, RunOptions, RunReport, RunStatus, Runtime, RuntimeOptions, TaskState,
     plan_hash, saved_runs,
 };
+use tetrarch::permissions::{PermissionEngine, TerminalPrompt};
 use tetrarch::plan::{Plan, StaticCatalog};
 use tetrarch::store::{Store, StoreConfig};
 use tokio::sync::broadcast;
@@ -48,6 +50,20 @@ pub struct RunArgs {
     /// Start a new run even if the store holds an unfinished run of this plan.
     #[arg(long)]
     fresh: bool,
+    /// A Claude Code settings file whose `permissions` govern the run's tool calls (default:
+    /// the plan's `permissions` file). Calls no rule allows are asked about on a terminal and
+    /// denied otherwise.
+    #[arg(long)]
+    permissions: Option<PathBuf>,
+}
+
+fn load_permissions(path: &Path, base: &Path) -> Result<Arc<PermissionEngine>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read permissions {}", path.display()))?;
+    let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("/"));
+    let engine = PermissionEngine::from_settings_json(&text, path, base, &home)
+        .with_context(|| format!("bad permissions in {}", path.display()))?;
+    Ok(Arc::new(engine))
 }
 
 fn open_store(path: &Path) -> Result<Store> {
@@ -89,7 +105,9 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         .executor
         .pools
         .keys()
-        .fold(StaticCatalog::new(), |c, name| c.with_open_pool(name.clone()));
+        .fold(StaticCatalog::new(), |c, name| {
+            c.with_open_pool(name.clone())
+        });
     let plan = match Plan::from_toml_with_catalog(&text, &source, &catalog) {
         Ok(plan) => plan,
         Err(error) => {
@@ -99,6 +117,11 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
             eprintln!("error: the plan is invalid; nothing ran");
             return Ok(ExitCode::from(2));
         }
+    };
+    let permissions = match (&args.permissions, &plan.permissions) {
+        (Some(path), _) => Some(load_permissions(path, &base_dir)?),
+        (None, Some(path)) => Some(load_permissions(&base_dir.join(path), &base_dir)?),
+        (None, None) => None,
     };
     let store = open_store(store_path)?;
     let hash = plan_hash(&text);
@@ -123,7 +146,11 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
             );
         }
     }
-    let runtime = Runtime::start(RuntimeOptions::new(store, actors)).await?;
+    let mut runtime_options = RuntimeOptions::new(store, actors);
+    if human && std::io::stdin().is_terminal() {
+        runtime_options.approval = Arc::new(TerminalPrompt);
+    }
+    let runtime = Runtime::start(runtime_options).await?;
     let events = runtime.subscribe();
     let printer = tokio::spawn(print_events(events, args.events, plan.tasks.len()));
     let options = RunOptions {
@@ -132,6 +159,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         plan_hash: hash,
         run_id: Some(run_id.clone()),
         resume: resume.is_some(),
+        permissions,
     };
     let outcome = {
         let run = runtime.run(plan, options);
@@ -180,8 +208,10 @@ fn describe(event: &RunEvent) -> Option<String> {
             ..
         } => match (state, reason) {
             (TaskState::Complete, _) => format!("{task}: complete"),
-            (state, Some(reason)) => format!("{task}: {state:?} ({reason})").to_lowercase(),
-            (state, None) => format!("{task}: {state:?}").to_lowercase(),
+            (state, Some(reason)) => {
+                format!("{task}: {} ({reason})", format!("{state:?}").to_lowercase())
+            }
+            (state, None) => format!("{task}: {}", format!("{state:?}").to_lowercase()),
         },
         RunEvent::GateFailed {
             task,
@@ -224,8 +254,10 @@ async fn print_events(
     let bar = (format == EventsFormat::Human && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(u64::try_from(tasks).unwrap_or(u64::MAX));
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
@@ -252,10 +284,7 @@ async fn print_events(
         {
             bar.set_position(u64::try_from(*already_complete).unwrap_or(0));
         }
-        let done = matches!(
-            &event,
-            RunEvent::TaskFinished { .. }
-        );
+        let done = matches!(&event, RunEvent::TaskFinished { .. });
         if let Some(line) = describe(&event) {
             match &bar {
                 Some(bar) => {

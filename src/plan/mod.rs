@@ -69,6 +69,8 @@
 //! - `[pools.NAME]` (optional): pools for the plan's own tools, in the format of
 //!   [`crate::session::def`] (relative paths are resolved against the plan's folder). A plan's
 //!   pool replaces a configured pool of the same name.
+//! - `permissions = "FILE"` (optional): a Claude Code settings file whose `permissions` every
+//!   `process` and `mcp` call of the run is checked against (see [`crate::permissions`]).
 //! - `id`: ASCII letters, digits, `_`, `-` (no `.`, which separates template parts); unique.
 //! - `tool = "POOL.TOOL"`: split at the *first* `.`; the pool name is letters, digits, `_`, `-`,
 //!   and the tool name is the rest (it may contain further dots, e.g. `mcp.fs.read_file`).
@@ -331,6 +333,9 @@ pub struct Plan {
     /// Pools the plan declares for its own tools (`[pools.NAME]`, see
     /// [`crate::session::PoolDef`]); they add to the Executor's configured pools.
     pub pools: BTreeMap<String, PoolDef>,
+    /// A Claude Code `settings.json` whose `permissions` govern the plan's tool calls
+    /// (`permissions = "settings.json"`, relative to the plan's folder).
+    pub permissions: Option<std::path::PathBuf>,
     /// Built from `tasks` when the plan was validated.
     dag: Dag,
 }

@@ -24,6 +24,7 @@ struct RawPlan {
     task: Vec<Spanned<RawTask>>,
     #[serde(default)]
     pools: BTreeMap<String, PoolDef>,
+    permissions: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -437,6 +438,7 @@ pub(super) fn parse(
         dag: Dag::new(&tasks),
         tasks,
         pools: raw.pools,
+        permissions: raw.permissions.map(std::path::PathBuf::from),
     })
 }
 

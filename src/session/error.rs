@@ -64,6 +64,12 @@ pub enum SessionError {
         /// The server's message.
         detail: String,
     },
+    /// The permission rules refused the call (the detail names the rule).
+    #[error("{detail}")]
+    PermissionDenied {
+        /// What was refused and by which rule.
+        detail: String,
+    },
     /// No tool of that name is registered with this session.
     #[error("unknown tool {tool:?}")]
     UnknownTool {

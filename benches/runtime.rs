@@ -1,0 +1,329 @@
+//! Runtime benchmark: what the four agents cost per task, how close a parallel plan gets to its
+//! critical path, the round trip to each agent, and the first vs the steady-state call of a
+//! pre-warmed MCP pool through the whole runtime.
+//!
+//! - Orchestration overhead: 10,000 no-op `native` tasks, wide (all independent) and deep (one
+//!   chain), run through Orchestrator → Optimizer → Executor → Reviewer with the default
+//!   configuration (task states persisted, outputs recorded as memories), against the same DAG
+//!   run by a plain tokio `JoinSet` scheduler in the same process (the floor). Per-task overhead is
+//!   wall time ÷ tasks, median over rounds. Targets: ≤ 25 µs per task and ≤ 5× the floor. Also
+//!   shown: the same without recording each output as a memory (`record_outputs = false`).
+//! - Parallel efficiency: 10 levels × 16 tasks that each sleep 10 ms, every task depending on the
+//!   whole previous level: critical path 100 ms. Target: wall ≤ 1.05 × critical path.
+//! - Round trip: a ping through each agent's mailbox, p50/p99.
+//! - Pre-warm: a one-task plan calling the `demo-tools` MCP server (built by cargo as an
+//!   example), run 12 times in one runtime; the first run's call vs the median of runs 2..12.
+//!   Target: first ≤ 1.2 × steady state.
+//!
+//! Writes `target/bench/runtime.json`.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tetrarch::agents::{ActorsConfig, AgentKind, RunOptions, RunStatus, Runtime, RuntimeOptions};
+use tetrarch::plan::Plan;
+use tetrarch::session::{NativeRegistry, PoolDef, PoolKind};
+use tetrarch::store::{Store, StoreConfig};
+use tokio::task::JoinSet;
+
+const TASKS: usize = 10_000;
+const ROUNDS: usize = 5;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn percentile(values: &mut [Duration], p: f64) -> Duration {
+    values.sort();
+    let rank = ((values.len() - 1) as f64 * p).round() as usize;
+    values[rank]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// `deps[i]`: the tasks `i` waits for.
+fn shape(name: &str) -> Vec<Vec<usize>> {
+    match name {
+        "wide" => vec![Vec::new(); TASKS],
+        _ => (0..TASKS)
+            .map(|i| if i == 0 { Vec::new() } else { vec![i - 1] })
+            .collect(),
+    }
+}
+
+fn plan_text(deps: &[Vec<usize>], tool: &str, args: &str) -> String {
+    let mut text = String::from("name = \"bench\"\n");
+    for (i, d) in deps.iter().enumerate() {
+        text.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"{tool}\"\nargs = {args}\n"
+        ));
+        if !d.is_empty() {
+            let list: Vec<String> = d.iter().map(|j| format!("\"t{j}\"")).collect();
+            text.push_str(&format!("deps = [{}]\n", list.join(", ")));
+        }
+    }
+    text
+}
+
+/// The floor: the same DAG scheduled by hand on a JoinSet (remaining-dependency counters).
+async fn joinset_floor(deps: &[Vec<usize>]) -> Duration {
+    let started = Instant::now();
+    let mut dependents = vec![Vec::new(); deps.len()];
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    for (i, d) in deps.iter().enumerate() {
+        for &j in d {
+            dependents[j].push(i);
+        }
+    }
+    let mut set = JoinSet::new();
+    for (i, &w) in waiting.iter().enumerate() {
+        if w == 0 {
+            set.spawn(async move {
+                std::hint::black_box(json!({ "i": i }));
+                i
+            });
+        }
+    }
+    while let Some(done) = set.join_next().await {
+        let i = done.unwrap();
+        for &d in &dependents[i] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                set.spawn(async move {
+                    std::hint::black_box(json!({ "i": d }));
+                    d
+                });
+            }
+        }
+    }
+    started.elapsed()
+}
+
+fn natives() -> NativeRegistry {
+    let mut natives = NativeRegistry::new();
+    natives.register("noop", |args: Value| async move { Ok(args) });
+    natives.register("sleep", |args: Value| async move {
+        let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(10);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(json!({}))
+    });
+    natives
+}
+
+async fn start_runtime(dir: &std::path::Path, pools: BTreeMap<String, PoolDef>) -> Runtime {
+    start_runtime_with(dir, pools, true).await
+}
+
+async fn start_runtime_with(
+    dir: &std::path::Path,
+    pools: BTreeMap<String, PoolDef>,
+    record_outputs: bool,
+) -> Runtime {
+    let store = Store::open(dir.join("store.redb"), StoreConfig::default()).unwrap();
+    let mut actors = ActorsConfig::embedded().unwrap();
+    actors.executor.pools.extend(pools);
+    actors.executor.record_outputs = record_outputs;
+    let mut options = RuntimeOptions::new(store, actors);
+    options.natives = natives();
+    Runtime::start(options).await.unwrap()
+}
+
+fn native_pool(max_size: usize) -> BTreeMap<String, PoolDef> {
+    let mut pool = PoolDef::new(PoolKind::Native);
+    pool.max_size = max_size;
+    pool.min_idle = max_size.min(8);
+    BTreeMap::from([("fn".to_owned(), pool)])
+}
+
+fn options() -> RunOptions {
+    RunOptions {
+        base_dir: std::env::temp_dir(),
+        ..RunOptions::default()
+    }
+}
+
+async fn overhead(name: &str, record_outputs: bool) -> Value {
+    let deps = shape(name);
+    let text = plan_text(&deps, "fn.noop", "{ x = 1 }");
+    let plan = Plan::from_toml(&text, "bench.toml").unwrap();
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = start_runtime_with(dir.path(), native_pool(64), record_outputs).await;
+        let started = Instant::now();
+        let report = runtime.run(plan.clone(), options()).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(report.status, RunStatus::Complete);
+        runtime.shutdown().await;
+        ours.push(us(took) / TASKS as f64);
+        floor.push(us(joinset_floor(&deps).await) / TASKS as f64);
+    }
+    let (ours, floor) = (median(ours), median(floor));
+    println!(
+        "{:<28} {:>10.2} µs/task   JoinSet floor {:>7.2} µs/task   ratio {:>6.1}×   (target ≤ 25 µs, ≤ 5×)",
+        format!(
+            "overhead, {name}{}",
+            if record_outputs { "" } else { ", no memories" }
+        ),
+        ours,
+        floor,
+        ours / floor
+    );
+    json!({ "tasks": TASKS, "per_task_us": ours, "joinset_floor_us": floor, "ratio": ours / floor })
+}
+
+async fn parallel_efficiency() -> Value {
+    let (levels, width) = (10usize, 16usize);
+    let deps: Vec<Vec<usize>> = (0..levels * width)
+        .map(|i| {
+            let level = i / width;
+            if level == 0 {
+                Vec::new()
+            } else {
+                ((level - 1) * width..level * width).collect()
+            }
+        })
+        .collect();
+    let text = plan_text(&deps, "fn.sleep", "{ ms = 10 }");
+    let plan = Plan::from_toml(&text, "bench.toml").unwrap();
+    let critical = Duration::from_millis(10 * levels as u64);
+    let mut ratios = Vec::new();
+    for _ in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = start_runtime(dir.path(), native_pool(width)).await;
+        let started = Instant::now();
+        let report = runtime.run(plan.clone(), options()).await.unwrap();
+        assert_eq!(report.status, RunStatus::Complete);
+        ratios.push(started.elapsed().as_secs_f64() / critical.as_secs_f64());
+        runtime.shutdown().await;
+    }
+    let ratio = median(ratios);
+    println!(
+        "{:<28} {:>10.3} × critical path ({} ms)   (target ≤ 1.05)",
+        "parallel efficiency",
+        ratio,
+        critical.as_millis()
+    );
+    json!({ "levels": levels, "width": width, "critical_path_ms": critical.as_millis() as u64, "wall_over_critical": ratio })
+}
+
+async fn round_trips() -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = start_runtime(dir.path(), native_pool(4)).await;
+    let mut all = serde_json::Map::new();
+    for agent in AgentKind::ALL {
+        let mut samples = Vec::new();
+        for _ in 0..5000 {
+            samples.push(runtime.ping(agent).await.unwrap());
+        }
+        let (p50, p99) = (
+            percentile(&mut samples, 0.5),
+            percentile(&mut samples, 0.99),
+        );
+        println!(
+            "{:<28} p50 {:>8.2} µs   p99 {:>8.2} µs",
+            format!("round trip, {agent}"),
+            us(p50),
+            us(p99)
+        );
+        all.insert(
+            agent.to_string(),
+            json!({ "p50_us": us(p50), "p99_us": us(p99) }),
+        );
+    }
+    runtime.shutdown().await;
+    Value::Object(all)
+}
+
+/// The demo MCP tool server built by `cargo bench` (examples are built with benches).
+fn demo_tools() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join("demo-tools");
+    path.exists().then_some(path)
+}
+
+async fn prewarm() -> Value {
+    let Some(server) = demo_tools() else {
+        println!("pre-warm: skipped (the demo-tools example is not built)");
+        return json!({ "skipped": "demo-tools example not built" });
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("notes.md");
+    std::fs::write(
+        &input,
+        "tetrarch runs plans through four supervised agents.\n",
+    )
+    .unwrap();
+    let mut pool = PoolDef::new(PoolKind::Mcp);
+    pool.command = vec![server.display().to_string()];
+    pool.max_size = 1;
+    let runtime = start_runtime(dir.path(), BTreeMap::from([("demo".to_owned(), pool)])).await;
+    let text = format!(
+        "name = \"prewarm\"\n[[task]]\nid = \"count\"\ntool = \"demo.count_words\"\nargs = {{ path = \"{}\" }}\n",
+        input.display()
+    );
+    let plan = Arc::new(Plan::from_toml(&text, "bench.toml").unwrap());
+    let mut runs = Vec::new();
+    for _ in 0..12 {
+        let started = Instant::now();
+        let report = runtime.run((*plan).clone(), options()).await.unwrap();
+        assert_eq!(
+            report.status,
+            RunStatus::Complete,
+            "{:?}",
+            report.problems()
+        );
+        runs.push(started.elapsed());
+    }
+    runtime.shutdown().await;
+    let first = runs[0];
+    let steady = percentile(&mut runs[1..].to_vec(), 0.5);
+    let ratio = first.as_secs_f64() / steady.as_secs_f64();
+    println!(
+        "{:<28} first {:>8.0} µs   steady {:>8.0} µs   ratio {:>5.2}   (target ≤ 1.2)",
+        "pre-warm, mcp one-task run",
+        us(first),
+        us(steady),
+        ratio
+    );
+    json!({ "first_us": us(first), "steady_us": us(steady), "ratio": ratio })
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime.block_on(async {
+        let wide = overhead("wide", true).await;
+        let deep = overhead("deep", true).await;
+        let wide_bare = overhead("wide", false).await;
+        let deep_bare = overhead("deep", false).await;
+        let efficiency = parallel_efficiency().await;
+        let trips = round_trips().await;
+        let warm = prewarm().await;
+        json!({
+            "overhead": { "wide": wide, "deep": deep },
+            "overhead_without_output_memories": { "wide": wide_bare, "deep": deep_bare },
+            "parallel_efficiency": efficiency,
+            "round_trip": trips,
+            "prewarm_mcp": warm,
+        })
+    });
+    let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+        .join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("runtime.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    println!("wrote {}", dir.join("runtime.json").display());
+}
