@@ -62,7 +62,7 @@ async fn harness(tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
             };
             let fail_times = args.get("fail_times").and_then(Value::as_u64).unwrap_or(0);
             if (seen as u64) <= fail_times {
-                Err(format!("{me}: transient failure {seen}"))
+                Err(format!("transient failure {seen}"))
             } else {
                 Ok(json!({ "label": me, "calls": seen }))
             }
@@ -563,4 +563,65 @@ args = { argv = ["echo refused"] }
     assert_eq!(report.task("unmatched").unwrap().state, TaskState::Complete);
     assert_eq!(report.task("refused").unwrap().state, TaskState::Failed);
     runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_declared_fix_is_tried_once_recorded_as_a_lesson_and_suggested_later() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "fixes"
+[[task]]
+id = "fragile"
+tool = "fn.flaky"
+args = { label = "fragile", fail_times = 1 }
+fixes = [
+  { when = "no such thing", args = { never = true } },
+  { when = "transient failure \\d+", args = { mode = "safe" } },
+]
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    {
+        let calls = h.calls.lock();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].1.get("mode"), None);
+        assert_eq!(calls[1].1["mode"], json!("safe"));
+        assert_eq!(calls[1].1.get("never"), None);
+    }
+    let lessons = tetrarch::lessons::Lessons::new(
+        h.runtime.store().clone(),
+        tetrarch::store::Namespace::Global,
+    );
+    let mut recorded = Vec::new();
+    for _ in 0..100 {
+        recorded = lessons.list(10);
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lesson = &recorded.first().expect("a lesson was recorded").failure;
+    assert_eq!(lesson.fix.as_deref(), Some(r#"set args {"mode":"safe"}"#));
+    assert_eq!(lesson.worked, Some(true));
+
+    // Another task failing the same way (no declared fix) is told about the fix that worked.
+    let text = r#"
+name = "hint"
+[[task]]
+id = "other"
+tool = "fn.flaky"
+args = { label = "other", fail_times = 3 }
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    let reason = report.task("other").unwrap().reason.clone().unwrap();
+    assert!(
+        reason.contains(r#"known fix for a similar error: set args {"mode":"safe"}"#),
+        "{reason}"
+    );
+    h.runtime.shutdown().await;
 }

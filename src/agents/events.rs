@@ -68,6 +68,17 @@ pub enum RunEvent {
         /// The wait before the retry.
         backoff_ms: u64,
     },
+    /// A fix the plan declares for the task is being tried after a failure.
+    FixApplied {
+        /// The run.
+        run_id: String,
+        /// The task.
+        task: String,
+        /// The fix in words.
+        fix: String,
+        /// The failure it answers.
+        reason: String,
+    },
     /// A completed task's compensation ran during a rollback.
     Compensated {
         /// The run.

@@ -18,6 +18,7 @@ use super::mailbox::Envelope;
 use super::optimizer::run_namespace;
 use super::pipeline::{Attempt, ExecutorMsg, Outcome, Peers, Purpose, ReviewerMsg, injected_fault};
 use super::runtime::PoolSet;
+use crate::lessons::Lessons;
 use crate::permissions::{ApprovalHandler, Decision, List, ToolCall, Verdict};
 use crate::session::{PoolDef, PoolKind, SessionError, ToolOutcome, ToolRequest};
 use crate::store::{CacheCategory, CacheError, CacheKey, ContextCache, NewMemory, Store};
@@ -37,6 +38,7 @@ pub(crate) struct ExecutorArgs {
     pub cache: ContextCache,
     pub config: ExecutorConfig,
     pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
+    pub lessons: Arc<Lessons>,
 }
 
 pub(crate) struct ExecutorState {
@@ -358,6 +360,29 @@ fn record(shared: &ExecutorArgs, attempt: &Attempt, outcome: &Outcome) {
     });
 }
 
+/// A failed call's error message, with the most successful known fix for an error like it
+/// (from the lessons).
+fn failure(shared: &ExecutorArgs, outcome: &Outcome) -> Option<(String, Option<String>)> {
+    let message = match outcome {
+        Outcome::Ran(o) if o.succeeded() => return None,
+        Outcome::Ran(o) => o.stderr.trim().to_owned(),
+        Outcome::Error { reason, .. } => reason.clone(),
+    };
+    if message.is_empty() {
+        return None;
+    }
+    let suggestion = shared.lessons.suggest_fix(&message).map(|found| {
+        format!(
+            "known fix for a similar error: {} (similarity {:.2}, worked {:.0}% of {} tries)",
+            found.fix,
+            found.similarity,
+            found.success_rate * 100.0,
+            found.attempts
+        )
+    });
+    Some((message, suggestion))
+}
+
 impl Actor for Executor {
     type Msg = Envelope<ExecutorMsg>;
     type State = ExecutorState;
@@ -394,8 +419,10 @@ impl Actor for Executor {
                 let shared = Arc::clone(&state.shared);
                 let run_id = Arc::clone(&attempt.run_id);
                 let handle = state.calls.spawn(async move {
+                    let mut attempt = attempt;
                     let outcome = execute(&shared, &attempt).await;
                     record(&shared, &attempt, &outcome);
+                    attempt.failure = failure(&shared, &outcome);
                     if let Err(e) = shared
                         .peers
                         .reviewer

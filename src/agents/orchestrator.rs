@@ -36,9 +36,10 @@ use super::state::{
     CompensationReport, RunRecordV1, RunReport, RunStatus, TaskRecordV1, TaskReport, TaskState,
     encode_run, encode_task, load_tasks, run_key, task_key,
 };
+use crate::lessons::{Failure, Lessons};
 use crate::permissions::PermissionEngine;
 use crate::plan::template::{Reference, references_in};
-use crate::plan::{Plan, Task, TemplateContext};
+use crate::plan::{Fix, Plan, Task, TemplateContext};
 use crate::store::Store;
 
 /// Dispatch tokens, unique in the process, so a verdict for an attempt dispatched by an earlier
@@ -59,6 +60,7 @@ pub(crate) struct OrchestratorArgs {
     pub store: Store,
     pub settings: RunSettings,
     pub events: broadcast::Sender<RunEvent>,
+    pub lessons: Arc<Lessons>,
 }
 
 pub(crate) struct OrchestratorState {
@@ -78,6 +80,12 @@ struct Slot {
     output: Option<Value>,
     /// The dispatch in flight (or waiting out a retry backoff).
     token: Option<u64>,
+    /// The task's args with the declared fixes applied so far.
+    fixed_args: Option<Value>,
+    /// Declared fixes already tried.
+    fixes_tried: Vec<usize>,
+    /// The fix the attempt in flight is trying, and the failure it answers.
+    fix_trial: Option<(usize, String)>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -184,6 +192,9 @@ impl RunState {
                 reason: None,
                 output: None,
                 token: None,
+                fixed_args: None,
+                fixes_tried: Vec::new(),
+                fix_trial: None,
             })
             .collect();
         RunState {
@@ -435,7 +446,10 @@ impl OrchestratorState {
             run_id: Arc::clone(&run.id),
             task_index: i,
             call: task.tool.clone(),
-            args_template: task.args.clone(),
+            args_template: run.slots[i]
+                .fixed_args
+                .clone()
+                .unwrap_or_else(|| task.args.clone()),
             ctx: self.template_context(run, i),
             wants_context: run.wants_context[i],
             timeout: task.timeout,
@@ -445,6 +459,7 @@ impl OrchestratorState {
             purpose: Purpose::Task,
             args: None,
             permissions: run.permissions.clone(),
+            failure: None,
         };
         if let Err(e) = self
             .args
@@ -526,6 +541,13 @@ impl OrchestratorState {
         run.slots[i].token = None;
         run.in_flight -= 1;
         let task = Arc::clone(&run.tasks[i]);
+        let (message, suggestion) = attempt.failure.clone().unzip();
+        let suggestion = suggestion.flatten();
+        if let Some((f, original)) = run.slots[i].fix_trial.take() {
+            let worked = matches!(verdict, Verdict::Pass { .. });
+            let fix = task.fixes.get(f).map(Fix::describe);
+            Self::record_lesson(&self.args.lessons, &task, original, fix, Some(worked));
+        }
         match verdict {
             Verdict::Pass { output, summary } => {
                 let slot = &mut run.slots[i];
@@ -559,7 +581,8 @@ impl OrchestratorState {
                         "gates failed on attempt {attempt_no} of {}: {feedback}",
                         task.max_attempts
                     );
-                    self.fail_task(&run_id, i, reason);
+                    self.fail_or_fix(&run_id, i, reason, message.clone(), suggestion.clone())
+                        .await;
                 }
             }
             Verdict::Error { reason, retryable } => {
@@ -599,11 +622,86 @@ impl OrchestratorState {
                     } else {
                         reason
                     };
-                    self.fail_task(&run_id, i, reason);
+                    self.fail_or_fix(&run_id, i, reason, message.clone(), suggestion.clone())
+                        .await;
                 }
             }
         }
         self.pump(&run_id).await;
+    }
+
+    /// Records a failure (and the fix tried, if any) as a lesson, off the actor's path.
+    fn record_lesson(
+        lessons: &Arc<Lessons>,
+        task: &Task,
+        message: String,
+        fix: Option<String>,
+        worked: Option<bool>,
+    ) {
+        let lessons = Arc::clone(lessons);
+        let failure = Failure {
+            error_type: "task_failure".to_owned(),
+            message,
+            context: format!("task {} ({})", task.id, task.tool),
+            fix,
+            worked,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = lessons.record(failure).await {
+                tracing::warn!("orchestrator: could not record a lesson: {e}");
+            }
+        });
+    }
+
+    /// A task failed for good: try the first declared fix that matches and was not tried yet,
+    /// else fail it (recording the failure as a lesson).
+    /// `message` is the error as the tool gave it (what lessons compare); `reason` is the
+    /// runtime's account of the failure.
+    async fn fail_or_fix(
+        &mut self,
+        run_id: &Arc<str>,
+        i: usize,
+        reason: String,
+        message: Option<String>,
+        suggestion: Option<String>,
+    ) {
+        let message = message.unwrap_or_else(|| reason.clone());
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        let task = Arc::clone(&run.tasks[i]);
+        let slot = &mut run.slots[i];
+        let fix = task
+            .fixes
+            .iter()
+            .enumerate()
+            .find(|(f, fix)| !slot.fixes_tried.contains(f) && fix.when.is_match(&reason));
+        if let Some((f, fix)) = fix
+            && run.failure.is_none()
+            && !run.cancelled
+        {
+            slot.fixes_tried.push(f);
+            slot.fix_trial = Some((f, message));
+            let base = slot.fixed_args.clone().unwrap_or_else(|| task.args.clone());
+            slot.fixed_args = Some(fix.apply(&base));
+            let _ = self.args.events.send(RunEvent::FixApplied {
+                run_id: run_id.to_string(),
+                task: task.id.as_str().to_owned(),
+                fix: fix.describe(),
+                reason,
+            });
+            self.dispatch(run_id, i).await;
+            return;
+        }
+        let slot_had_fix = !slot.fixes_tried.is_empty();
+        if !slot_had_fix {
+            Self::record_lesson(&self.args.lessons, &task, message, None, None);
+        }
+        let reason = match suggestion {
+            Some(hint) => format!("{reason}; {hint}"),
+            None => reason,
+        };
+        self.fail_task(run_id, i, reason);
     }
 
     async fn on_retry(&mut self, run_id: Arc<str>, i: usize, token: u64) {
@@ -762,6 +860,7 @@ impl OrchestratorState {
             purpose: Purpose::Compensation,
             args: None,
             permissions: run.permissions.clone(),
+            failure: None,
         };
         if let Err(e) = self
             .args

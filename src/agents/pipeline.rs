@@ -46,6 +46,9 @@ pub(crate) struct Attempt {
     pub args: Option<Result<Value, String>>,
     /// The run's permission rules.
     pub permissions: Option<Arc<PermissionEngine>>,
+    /// Set by the Executor when the call failed: the error as the tool gave it, and the known
+    /// fix for the most similar past error.
+    pub failure: Option<(String, Option<String>)>,
 }
 
 /// What the Executor got from the tool.

@@ -16,10 +16,11 @@ use super::pipeline::{ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, Reviewe
 use super::state::load_runs;
 use super::supervisor::{Fatal, RestartCounters, Supervisor, SupervisorArgs, SupervisorMsg};
 use super::{ActorsConfig, AgentError, AgentKind, RunReport, RunStatus};
+use crate::lessons::Lessons;
 use crate::permissions::{ApprovalHandler, DenyAll, PermissionEngine};
 use crate::plan::{Plan, StaticCatalog};
 use crate::session::{NativeRegistry, Pool, PoolContext, PoolDef, PoolKind, PoolStats};
-use crate::store::{CacheTtls, ContextCache, Store};
+use crate::store::{CacheTtls, ContextCache, Namespace, Store};
 
 /// The session pools by name, with each pool's default call timeout. Shared by the Executor and
 /// the Reviewer (score gates) across their restarts.
@@ -191,6 +192,8 @@ impl Runtime {
             restarts: Arc::clone(&restarts),
             fatal: Arc::new(fatal_tx),
             approval,
+            // The namespace `tetrarch lessons` reads by default.
+            lessons: Arc::new(Lessons::new(store.clone(), Namespace::Global)),
         };
         let (supervisor, supervisor_done) =
             Actor::spawn(None, Supervisor, args)

@@ -26,6 +26,7 @@ use super::pipeline::{OrchestratorMsg, Peers};
 use super::reviewer::{Reviewer, ReviewerArgs};
 use super::runtime::PoolSet;
 use super::{ActorsConfig, AgentError, AgentKind};
+use crate::lessons::Lessons;
 use crate::permissions::ApprovalHandler;
 use crate::store::{ContextCache, Store};
 
@@ -85,6 +86,7 @@ pub(crate) struct SupervisorArgs {
     pub restarts: Arc<RestartCounters>,
     pub fatal: Arc<watch::Sender<Option<Fatal>>>,
     pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
+    pub lessons: Arc<Lessons>,
 }
 
 pub(crate) struct SupervisorState {
@@ -118,6 +120,7 @@ impl SupervisorState {
                     store: a.store.clone(),
                     settings: a.config.orchestrator.run.clone(),
                     events: a.events.clone(),
+                    lessons: Arc::clone(&a.lessons),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Orchestrator, args, link)
                     .await
@@ -145,6 +148,7 @@ impl SupervisorState {
                     cache: a.cache.clone(),
                     config: a.config.executor.clone(),
                     approval: Arc::clone(&a.approval),
+                    lessons: Arc::clone(&a.lessons),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Executor, args, link)
                     .await

@@ -226,6 +226,7 @@ fn describe(event: &RunEvent) -> Option<String> {
             backoff_ms,
             ..
         } => format!("{task}: retry {retry} in {backoff_ms} ms after: {reason}"),
+        RunEvent::FixApplied { task, fix, .. } => format!("{task}: trying declared fix: {fix}"),
         RunEvent::Compensated {
             task, ok, detail, ..
         } => format!(

@@ -85,6 +85,8 @@
 //! - `gates`: see [`gate`] for the shapes.
 //! - `compensate = { tool = "POOL.TOOL", args = ... }`: the call that undoes the task.
 //! - `cacheable` (default false): the result may be reused for identical rendered args.
+//! - `fixes = [{ when = "REGEX", args = { ... }, env = { ... } }]`: automatic fixes, each tried
+//!   once when the task fails for good with a matching reason (see [`Fix`]).
 //! - `outputs`: the fields of the task's (JSON object) output. When declared, references to
 //!   other fields are errors; when absent, any field is accepted.
 //!
@@ -275,6 +277,57 @@ pub struct ToolCall {
     pub tool_location: Location,
 }
 
+/// A fix a plan declares for a task: when the task fails for good with an error (or gate
+/// feedback) matching `when`, the runtime runs it once more with `args` merged over the task's
+/// args and `env` added to the call's environment (`process` tools), and records whether it
+/// worked as a lesson.
+#[derive(Debug, Clone)]
+pub struct Fix {
+    /// Matched against the failure's reason.
+    pub when: regex::Regex,
+    /// Top-level args replaced or added.
+    pub args: serde_json::Map<String, Value>,
+    /// Environment variables added (`args.env` of a process call).
+    pub env: BTreeMap<String, String>,
+}
+
+impl Fix {
+    /// The fix in words, as lessons record it.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.args.is_empty() {
+            parts.push(format!("set args {}", Value::Object(self.args.clone())));
+        }
+        if !self.env.is_empty() {
+            let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.push(format!("set env {}", env.join(" ")));
+        }
+        parts.join("; ")
+    }
+
+    /// `args` with the fix applied.
+    pub fn apply(&self, args: &Value) -> Value {
+        let mut fixed = match args {
+            Value::Object(map) => map.clone(),
+            _ => serde_json::Map::new(),
+        };
+        for (key, value) in &self.args {
+            fixed.insert(key.clone(), value.clone());
+        }
+        if !self.env.is_empty() {
+            let env = fixed
+                .entry("env")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Value::Object(env) = env {
+                for (key, value) in &self.env {
+                    env.insert(key.clone(), Value::String(value.clone()));
+                }
+            }
+        }
+        Value::Object(fixed)
+    }
+}
+
 /// Plan-wide defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Defaults {
@@ -309,6 +362,8 @@ pub struct Task {
     pub gates: Vec<Gate>,
     /// The call that undoes this task.
     pub compensate: Option<ToolCall>,
+    /// Fixes the runtime may apply once each when the task fails with a matching error.
+    pub fixes: Vec<Fix>,
     /// Whether results may be reused.
     pub cacheable: bool,
     /// Declared output fields, if declared.

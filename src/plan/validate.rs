@@ -12,7 +12,9 @@ use super::catalog::ToolCatalog;
 use super::dag::Dag;
 use super::gate::{Gate, toml_to_json};
 use super::template::{Reference, references_in};
-use super::{Defaults, Diagnostic, Location, Plan, PlanError, Task, TaskId, ToolCall, ToolRef};
+use super::{
+    Defaults, Diagnostic, Fix, Location, Plan, PlanError, Task, TaskId, ToolCall, ToolRef,
+};
 use crate::session::PoolDef;
 
 #[derive(Deserialize)]
@@ -51,8 +53,19 @@ struct RawTask {
     gates: Vec<Spanned<toml::Table>>,
     compensate: Option<Spanned<RawCall>>,
     #[serde(default)]
+    fixes: Vec<Spanned<RawFix>>,
+    #[serde(default)]
     cacheable: bool,
     outputs: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFix {
+    when: Spanned<String>,
+    args: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +351,48 @@ pub(super) fn parse(
                 tool_location: c.at(call.tool.span().start),
             }
         });
+        let mut fixes = Vec::with_capacity(t.fixes.len());
+        for (f, fix) in t.fixes.iter().enumerate() {
+            let raw = fix.get_ref();
+            let when = match regex::Regex::new(raw.when.get_ref()) {
+                Ok(regex) => Some(regex),
+                Err(e) => {
+                    c.push(
+                        raw.when.span().start,
+                        format!("task {id:?} fixes[{f}].when is not a valid regex: {e}"),
+                    );
+                    None
+                }
+            };
+            let args = match raw
+                .args
+                .as_ref()
+                .map(|a| c.json(a, &format!("task {id:?} fixes[{f}].args")))
+            {
+                None => serde_json::Map::new(),
+                Some(Value::Object(map)) => map,
+                Some(_) => {
+                    c.push(
+                        fix.span().start,
+                        format!("task {id:?} fixes[{f}].args must be a table"),
+                    );
+                    serde_json::Map::new()
+                }
+            };
+            if args.is_empty() && raw.env.is_empty() {
+                c.push(
+                    fix.span().start,
+                    format!("task {id:?} fixes[{f}] changes nothing (give `args` or `env`)"),
+                );
+            }
+            if let Some(when) = when {
+                fixes.push(Fix {
+                    when,
+                    args,
+                    env: raw.env.clone(),
+                });
+            }
+        }
         let outputs = t.outputs.as_ref().map(|fields| {
             let mut names: Vec<String> = Vec::with_capacity(fields.len());
             for field in fields {
@@ -371,6 +426,7 @@ pub(super) fn parse(
             max_attempts,
             gates,
             compensate,
+            fixes,
             cacheable: t.cacheable,
             outputs,
             location: c.at(t.id.span().start),

@@ -2,7 +2,8 @@
 //!
 //! The child's argv is the spec's program and arguments followed by the call's `argv` (a list of
 //! strings in the request's args, templated by the Executor from the task), so one pool serves
-//! every call of a command family. The child gets a cleared environment, then the variables named in
+//! every call of a command family; `args.env` (an object of strings) adds variables for one call.
+//! The child gets a cleared environment, then the variables named in
 //! [`ProcessSpec::env_allowlist`] copied from ours, then [`ProcessSpec::env`]. stdout and stderr are
 //! read concurrently, each kept up to [`ProcessSpec::max_output_bytes`]; past the cap the rest is
 //! read and thrown away so that a chatty child never blocks on a full pipe. On unix the child leads
@@ -160,6 +161,14 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
         &spec.env_allowlist,
         &spec.env,
     );
+    // Per-call variables (`args.env`, e.g. from a plan's declared fix) win over the spec's.
+    if let Some(env) = request.args.get("env").and_then(|e| e.as_object()) {
+        for (name, value) in env {
+            if let Some(value) = value.as_str() {
+                command.env(name, value);
+            }
+        }
+    }
     command
         .stdin(if request.stdin.is_some() {
             Stdio::piped()
