@@ -96,19 +96,16 @@ pub struct OptimizerConfig {
     /// Restart intensity.
     #[serde(default)]
     pub restart: RestartIntensity,
-    /// Most characters of `{{context}}` (a budget until token budgets land).
-    #[serde(default = "default_context_chars")]
-    pub max_context_chars: usize,
-    /// Memories of the run searched for each task's context.
+    /// Memories (of the run and global) offered to the context optimizer per task.
     #[serde(default = "default_memories")]
     pub memories: usize,
+    /// Token budget, category shares, skills folder, monitor threshold (`[context]`).
+    #[serde(default)]
+    pub context: crate::context::ContextConfig,
 }
 
-fn default_context_chars() -> usize {
-    32 * 1024
-}
 fn default_memories() -> usize {
-    8
+    40
 }
 
 /// `actors/executor.toml`.
@@ -277,6 +274,12 @@ impl ActorsConfig {
     /// Checks the limits that keep the pipeline from blocking on itself: every attempt in flight
     /// must fit in each agent's mailbox, so the agents' sends to each other never wait.
     pub fn validate(&self) -> Result<(), AgentError> {
+        self.optimizer
+            .context
+            .validate()
+            .map_err(|e| AgentError::Config {
+                detail: format!("optimizer [context]: {e}"),
+            })?;
         let in_flight = self.orchestrator.run.max_in_flight;
         if in_flight == 0 {
             return Err(AgentError::Config {

@@ -101,8 +101,9 @@ fn permission_call(def: &PoolDef, attempt: &Attempt, args: &serde_json::Value) -
                 [program, flag] if flag == "-c"
                     && ["sh", "bash", "/bin/sh", "/bin/bash", "zsh"].contains(&program.as_str())
             );
+            // `sh -c SCRIPT NAME ARGS...`: the script is the command; the rest are its data.
             let command = if shell && !extra.is_empty() {
-                extra.join(" ")
+                extra[0].clone()
             } else {
                 def.command
                     .iter()

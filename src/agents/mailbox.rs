@@ -129,3 +129,91 @@ impl<M: Send + 'static> Mailbox<M> {
         self.deliver(Envelope::unbounded(msg))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// Handles each message by waiting for a release.
+    struct Stuck;
+
+    impl Actor for Stuck {
+        type Msg = Envelope<u32>;
+        type State = Arc<Notify>;
+        type Arguments = Arc<Notify>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            release: Arc<Notify>,
+        ) -> Result<Arc<Notify>, ActorProcessingErr> {
+            Ok(release)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            _message: Self::Msg,
+            release: &mut Arc<Notify>,
+        ) -> Result<(), ActorProcessingErr> {
+            release.notified().await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_pushes_back_and_frees_slots_as_messages_are_handled() {
+        let release = Arc::new(Notify::new());
+        let (actor, handle) = Actor::spawn(None, Stuck, Arc::clone(&release))
+            .await
+            .unwrap();
+        let mailbox = Mailbox::new(AgentKind::Executor, 3);
+        mailbox.attach(actor.clone());
+        for i in 0..3 {
+            mailbox.try_send(i).unwrap();
+        }
+        assert_eq!(mailbox.depth(), 3);
+        let busy = mailbox.try_send(9).unwrap_err();
+        assert!(
+            matches!(
+                busy,
+                AgentError::Busy {
+                    agent: AgentKind::Executor,
+                    bound: 3
+                }
+            ),
+            "{busy}"
+        );
+        assert!(busy.to_string().contains("mailbox of 3 messages is full"));
+        // A waiting sender gets in once one message has been handled.
+        let waiting = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.send(4).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "send must wait while the mailbox is full"
+        );
+        release.notify_one();
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        actor.stop(None);
+        handle.await.unwrap();
+        mailbox.detach();
+        assert!(matches!(
+            mailbox.try_send(5),
+            Err(AgentError::Unavailable { .. } | AgentError::Busy { .. })
+        ));
+    }
+}

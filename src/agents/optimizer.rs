@@ -1,11 +1,16 @@
 //! The Optimizer: assembles a task's context and renders its arguments.
 //!
-//! For a task whose args use `{{context}}`, the context is the outputs of its direct
-//! dependencies, then the run's memories most relevant to the task (store search in the run's
-//! namespace), within the configured budget. Every attempt's args are rendered here, then the
-//! attempt goes on to the Executor.
+//! For a task whose args use `{{context}}`, it asks the [`ContextOptimizer`] for a payload: the
+//! outputs of the task's direct dependencies (critical), the store's memories most relevant to the
+//! task (the run's namespace and `global`), the configured skill documents, ranked and packed into
+//! the token budget of `actors/optimizer.toml`. Each task attempt is a context session
+//! (`RUN/TASK`), so a second attempt receives only what changed plus references to what it already
+//! holds. When a session crosses the monitor's threshold, its full context is preserved in the
+//! store (tag `context-snapshot`) and then compacted. Every attempt's args are rendered here, then
+//! the attempt goes on to the Executor.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -13,8 +18,11 @@ use super::AgentKind;
 use super::config::OptimizerConfig;
 use super::mailbox::Envelope;
 use super::pipeline::{Attempt, ExecutorMsg, OptimizerMsg, Peers, injected_fault};
+use crate::context::{
+    Candidate, ContextOptimizer, ContextPayload, ContextRequest, O200kCounter, preserve_snapshot,
+};
 use crate::plan::render;
-use crate::store::{Namespace, SearchOptions, Store};
+use crate::store::{Namespace, SearchOptions, Store, Timestamp};
 
 /// The Optimizer actor.
 pub(crate) struct Optimizer;
@@ -25,6 +33,15 @@ pub(crate) struct OptimizerArgs {
     pub peers: Peers,
     pub store: Store,
     pub config: OptimizerConfig,
+    /// The actors folder: a relative `skills_dir` resolves against it.
+    pub base_dir: std::path::PathBuf,
+}
+
+pub(crate) struct OptimizerState {
+    args: OptimizerArgs,
+    /// `None` when the tokenizer could not load (logged): `{{context}}` is then the upstream
+    /// outputs alone.
+    context: Option<Arc<ContextOptimizer>>,
 }
 
 /// The run's memory namespace.
@@ -32,58 +49,144 @@ pub(crate) fn run_namespace(run_id: &str) -> Option<Namespace> {
     Namespace::session("run", run_id).ok()
 }
 
-fn assemble(args: &OptimizerArgs, attempt: &Attempt) -> String {
-    let budget = args.config.max_context_chars;
-    let mut context = String::new();
-    for dep in &attempt.task.deps {
-        if let Some(output) = attempt.ctx.outputs.get(dep.as_str()) {
-            let _ = writeln!(context, "## output of {dep}\n{output}\n");
+fn start_context(args: &OptimizerArgs) -> Option<Arc<ContextOptimizer>> {
+    let mut config = args.config.context.clone();
+    if let Some(dir) = &config.skills_dir
+        && dir.is_relative()
+    {
+        config.skills_dir = Some(args.base_dir.join(dir));
+    }
+    let counter = match O200kCounter::new() {
+        Ok(counter) => Arc::new(counter),
+        Err(e) => {
+            tracing::error!("optimizer: no token counter, context is upstream outputs only: {e}");
+            return None;
+        }
+    };
+    match ContextOptimizer::new(config, counter) {
+        Ok((optimizer, warnings)) => {
+            for warning in warnings {
+                tracing::warn!("optimizer: {warning}");
+            }
+            Some(Arc::new(optimizer))
+        }
+        Err(e) => {
+            tracing::error!("optimizer: context optimizer unavailable: {e}");
+            None
         }
     }
-    if let Some(namespace) = run_namespace(&attempt.run_id) {
-        let query = format!(
-            "{} {} {}",
-            attempt.task.id, attempt.call, attempt.args_template
-        );
+}
+
+fn memories(args: &OptimizerArgs, attempt: &Attempt, query: &str) -> Vec<Candidate> {
+    let now = Timestamp::now();
+    let mut found = Vec::new();
+    for namespace in [run_namespace(&attempt.run_id), Some(Namespace::Global)]
+        .into_iter()
+        .flatten()
+    {
         let options = SearchOptions {
             namespace: Some(namespace),
             limit: args.config.memories,
             ..SearchOptions::default()
         };
-        for hit in args.store.search(&query, &options) {
-            let _ = writeln!(context, "## memory\n{}\n", hit.memory.content);
-        }
+        found.extend(
+            args.store
+                .search(query, &options)
+                .iter()
+                .map(|hit| Candidate::from_memory(&hit.memory, now)),
+        );
     }
-    if context.len() > budget {
-        // Cut at a character boundary, then back to the last whole word.
-        let mut end = budget;
-        while !context.is_char_boundary(end) {
-            end -= 1;
-        }
-        let cut = context[..end].rfind(char::is_whitespace).unwrap_or(end);
-        context.truncate(cut);
+    found
+}
+
+fn as_text(payload: &ContextPayload) -> String {
+    let mut text = String::new();
+    for item in &payload.items {
+        let _ = writeln!(text, "## {}\n{}\n", item.source, item.text);
     }
-    context
+    if !payload.references.is_empty() {
+        let held: Vec<&str> = payload.references.iter().map(|(s, _)| s.as_str()).collect();
+        let _ = writeln!(text, "## already in your context\n{}", held.join(", "));
+    }
+    text
+}
+
+fn assemble(state: &OptimizerState, attempt: &Attempt) -> String {
+    let upstream: Vec<(String, String)> = attempt
+        .task
+        .deps
+        .iter()
+        .filter_map(|dep| {
+            let output = attempt.ctx.outputs.get(dep.as_str())?;
+            let text = match output {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Some((dep.as_str().to_owned(), text))
+        })
+        .collect();
+    let Some(optimizer) = &state.context else {
+        return upstream
+            .iter()
+            .map(|(id, text)| format!("## task:{id}\n{text}\n"))
+            .collect();
+    };
+    let query = format!(
+        "{} {} {}",
+        attempt.task.id, attempt.call, attempt.args_template
+    );
+    let session = format!("{}/{}", attempt.run_id, attempt.task.id);
+    let request = ContextRequest {
+        session: session.clone(),
+        task_id: attempt.task.id.as_str().to_owned(),
+        memories: memories(&state.args, attempt, &query),
+        query,
+        upstream,
+        project_files: Vec::new(),
+    };
+    let payload = optimizer.build(&request);
+    for warning in &payload.warnings {
+        tracing::warn!("optimizer: task {}: {warning}", attempt.task.id);
+    }
+    if let Some(alert) = &payload.alert {
+        tracing::info!(
+            "optimizer: context of {} at {:.0}% of its window; preserving it, then compacting",
+            alert.session,
+            alert.ratio * 100.0
+        );
+        let snapshot = optimizer.session_snapshot(&session);
+        let optimizer = Arc::clone(optimizer);
+        let store = state.args.store.clone();
+        let namespace = run_namespace(&attempt.run_id).unwrap_or(Namespace::Global);
+        tokio::spawn(async move {
+            match preserve_snapshot(&store, namespace, &session, &snapshot).await {
+                Ok(_) => optimizer.compact(&session),
+                Err(e) => tracing::error!("optimizer: context not preserved, kept whole: {e}"),
+            }
+        });
+    }
+    as_text(&payload)
 }
 
 impl Actor for Optimizer {
     type Msg = Envelope<OptimizerMsg>;
-    type State = OptimizerArgs;
+    type State = OptimizerState;
     type Arguments = OptimizerArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
         args: OptimizerArgs,
-    ) -> Result<OptimizerArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<OptimizerState, ActorProcessingErr> {
+        let context = start_context(&args);
+        Ok(OptimizerState { args, context })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         envelope: Self::Msg,
-        state: &mut OptimizerArgs,
+        state: &mut OptimizerState,
     ) -> Result<(), ActorProcessingErr> {
         let Envelope { msg, .. } = envelope;
         match msg {
@@ -94,6 +197,7 @@ impl Actor for Optimizer {
                 attempt.args =
                     Some(render(&attempt.args_template, &attempt.ctx).map_err(|e| e.to_string()));
                 if let Err(e) = state
+                    .args
                     .peers
                     .executor
                     .send(ExecutorMsg::Execute(attempt))

@@ -170,7 +170,7 @@ impl Runtime {
         let pool_context = PoolContext {
             base_dir: actors.base_dir.clone(),
             natives: Arc::new(natives),
-            scorer: None,
+            store: Some(store.clone()),
         };
         let pools = PoolSet::default();
         start_pools(&pools, &actors.executor.pools, &pool_context).await?;

@@ -133,6 +133,7 @@ impl SupervisorState {
                     peers: a.peers.clone(),
                     store: a.store.clone(),
                     config: a.config.optimizer.clone(),
+                    base_dir: a.config.base_dir.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Optimizer, args, link)
                     .await

@@ -28,8 +28,9 @@ use serde::Deserialize;
 
 use super::{
     McpFactory, McpSpec, NativeFactory, NativeRegistry, Pool, PoolConfig, ProcessFactory,
-    ProcessSpec, SessionError,
+    ProcessSpec, ScorerFactory, ScorerSpec, SessionError,
 };
+use crate::scoring::Device;
 
 /// What a pool's sessions are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -116,12 +117,13 @@ pub(crate) mod humantime_serde {
 /// What a pool needs from its surroundings to start.
 #[derive(Clone, Default)]
 pub struct PoolContext {
-    /// Folder that relative `cwd`s are resolved against (the declaring file's folder).
+    /// Folder that relative `cwd`s (and a scorer's relative image paths) are resolved against:
+    /// the declaring file's folder.
     pub base_dir: PathBuf,
     /// Native tools, for `native` pools.
     pub natives: Arc<NativeRegistry>,
-    /// Scorer sessions, for `scorer` pools.
-    pub scorer: Option<Arc<dyn Fn(&PoolDef) -> Box<dyn super::SessionFactory> + Send + Sync>>,
+    /// Where `scorer` pools keep compiled CUDA kernels across runs.
+    pub store: Option<crate::store::Store>,
 }
 
 impl PoolDef {
@@ -186,20 +188,23 @@ impl PoolDef {
                 Pool::start(config, NativeFactory::new(Arc::clone(&context.natives))).await
             }
             PoolKind::Scorer => {
-                let Some(make) = &context.scorer else {
-                    return Err(invalid("no scorer sessions are available here".to_owned()));
+                let device = match self.device.as_deref().unwrap_or("auto") {
+                    "auto" => Device::Auto,
+                    "cpu" => Device::Cpu,
+                    "cuda" => Device::Cuda,
+                    other => {
+                        return Err(invalid(format!(
+                            "device {other:?} is not auto, cpu or cuda"
+                        )));
+                    }
                 };
-                Pool::start(config, FactoryBox(make(self))).await
+                let mut spec = ScorerSpec::new(device);
+                if let Some(store) = &context.store {
+                    spec = spec.with_store(store.clone());
+                }
+                spec.base_dir = Some(cwd);
+                Pool::start(config, ScorerFactory::new(spec)).await
             }
         }
-    }
-}
-
-/// Lets a boxed factory be handed to [`Pool::start`].
-struct FactoryBox(Box<dyn super::SessionFactory>);
-
-impl super::SessionFactory for FactoryBox {
-    fn create(&self) -> super::BoxFuture<'_, Result<Box<dyn super::Session>, SessionError>> {
-        self.0.create()
     }
 }

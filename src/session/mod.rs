@@ -1,13 +1,14 @@
 //! Tool sessions and the pools the Executor runs tool calls through.
 //!
 //! A [`Session`] runs one [`ToolRequest`] at a time and answers a [`ToolOutcome`] or a
-//! [`SessionError`]. Three kinds:
+//! [`SessionError`]. Four kinds:
 //! - [`process`]: one child process per call (argv already templated by the caller, optional
 //!   stdin, cwd, a cleared environment plus an allowlist, timeout, capped output capture). The
 //!   session itself is a cheap launcher.
 //! - [`mcp`]: one Model Context Protocol server started as a child process and spoken to over stdio
 //!   through the `rmcp` client; it stays open between calls, tools are called by name.
 //! - [`native`]: Rust async functions registered in a [`NativeRegistry`].
+//! - [`scorer`]: image metrics ([`crate::scoring`]) on a pre-warmed scorer; tool names are metrics.
 //!
 //! A [`Pool`] keeps sessions of one kind ready: `min_idle` are started by [`Pool::start`] before
 //! the first task (so the first call does not pay the start), at most `max_size` are in use at once
@@ -37,6 +38,7 @@ pub mod mcp;
 pub mod native;
 mod pool;
 pub mod process;
+pub mod scorer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,6 +51,7 @@ pub use mcp::{McpFactory, McpSession, McpSpec};
 pub use native::{NativeFactory, NativeRegistry, NativeSession, NativeTool};
 pub use pool::{Pool, PoolConfig, PoolStats, PooledSession};
 pub use process::{ProcessFactory, ProcessSession, ProcessSpec};
+pub use scorer::{ScorerFactory, ScorerSession, ScorerSpec};
 
 /// One tool call as the Executor hands it to a session.
 #[derive(Debug, Clone, PartialEq)]

@@ -24,7 +24,7 @@ mod error;
 mod index;
 mod memory;
 mod state;
-mod text;
+pub(crate) mod text;
 mod writer;
 
 use std::collections::BTreeMap;

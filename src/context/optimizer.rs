@@ -1,0 +1,626 @@
+//! The optimizer: skills loading, ranking, packing into the budget, per-session state.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+
+use super::rank::{Bm25, analyze, compress};
+use super::{
+    Candidate, Category, ContextConfig, ContextError, ContextItem, ContextMonitor, ContextPayload,
+    ContextRequest, TokenCounter, content_hash,
+};
+use crate::store::text::{Dictionary, DocTerms};
+
+/// A compressed item smaller than this is not worth sending (except for critical items).
+const MIN_COMPRESSED_TOKENS: usize = 32;
+
+/// A skill document loaded from the skills folder.
+#[derive(Debug)]
+struct Skill {
+    source: String,
+    text: String,
+    terms: DocTerms,
+    hash: u64,
+    tokens: usize,
+    modified: SystemTime,
+}
+
+/// What one session holds: every item sent to it since its last compaction.
+#[derive(Debug, Default)]
+struct SessionState {
+    held: Vec<ContextItem>,
+}
+
+impl SessionState {
+    fn tokens(&self) -> usize {
+        self.held.iter().map(|item| item.tokens).sum()
+    }
+
+    fn tokens_in(&self, category: Category) -> usize {
+        self.held
+            .iter()
+            .filter(|item| item.category == category)
+            .map(|item| item.tokens)
+            .sum()
+    }
+
+    /// Whether the session already holds this content: whole, or as the same extract.
+    fn holds(&self, source: &str, hash: u64, text: Option<&str>) -> Option<&ContextItem> {
+        self.held.iter().find(|item| {
+            item.source == source
+                && item.hash == hash
+                && (!item.compressed || text.is_some_and(|t| t == item.text))
+        })
+    }
+}
+
+/// One candidate of a request, analysed.
+struct Entry<'a> {
+    category: Category,
+    source: Cow<'a, str>,
+    text: &'a str,
+    terms: Cow<'a, DocTerms>,
+    hash: u64,
+    importance: f32,
+    age: Duration,
+    /// Upstream outputs and named files: sent whatever their relevance.
+    always: bool,
+    /// Known token count (skills are counted when loaded).
+    tokens: Option<usize>,
+    score: f64,
+}
+
+/// Builds context payloads for agent sessions within their windows.
+///
+/// `Send + Sync`: one optimizer serves every session; per-session state is behind locks, and
+/// concurrent builds for different sessions only share the term dictionary.
+pub struct ContextOptimizer {
+    config: ContextConfig,
+    counter: Arc<dyn TokenCounter>,
+    dictionary: Dictionary,
+    skills: Vec<Skill>,
+    sessions: Mutex<HashMap<String, Arc<Mutex<SessionState>>>>,
+    monitor: ContextMonitor,
+}
+
+impl std::fmt::Debug for ContextOptimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextOptimizer")
+            .field("config", &self.config)
+            .field("counter", &self.counter.name())
+            .field("skills", &self.skills.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContextOptimizer {
+    /// Validates the configuration and loads the skills folder. Skill files that cannot be read
+    /// or are larger than `max_file_bytes`, and a missing skills folder, are skipped: the returned
+    /// warnings say which and why.
+    pub fn new(
+        config: ContextConfig,
+        counter: Arc<dyn TokenCounter>,
+    ) -> Result<(Self, Vec<String>), ContextError> {
+        config.validate()?;
+        let dictionary = Dictionary::default();
+        let mut warnings = Vec::new();
+        let mut skills = Vec::new();
+        if let Some(dir) = &config.skills_dir {
+            let mut files = Vec::new();
+            collect_markdown(dir, &mut files, &mut warnings);
+            files.sort();
+            for path in files {
+                let Some((text, modified)) = read_limited(
+                    &path,
+                    config.max_file_bytes,
+                    "skill document",
+                    &mut warnings,
+                ) else {
+                    continue;
+                };
+                let name = path.strip_prefix(dir).unwrap_or(&path);
+                let name: Vec<String> = name
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                skills.push(Skill {
+                    source: format!("skill:{}", name.join("/")),
+                    terms: analyze(&text, &dictionary),
+                    hash: content_hash(&text),
+                    tokens: counter.count(&text),
+                    text,
+                    modified,
+                });
+            }
+        }
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
+        let monitor = ContextMonitor::new(config.alert_ratio);
+        Ok((
+            ContextOptimizer {
+                config,
+                counter,
+                dictionary,
+                skills,
+                sessions: Mutex::new(HashMap::new()),
+                monitor,
+            },
+            warnings,
+        ))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ContextConfig {
+        &self.config
+    }
+
+    /// The token counter.
+    pub fn counter(&self) -> &dyn TokenCounter {
+        self.counter.as_ref()
+    }
+
+    /// The loaded skill documents as candidates (category [`Category::Skills`]).
+    pub fn skills(&self) -> Vec<Candidate> {
+        let now = SystemTime::now();
+        self.skills
+            .iter()
+            .map(|skill| Candidate {
+                category: Category::Skills,
+                source: skill.source.clone(),
+                text: skill.text.clone(),
+                importance: 0.5,
+                age: now.duration_since(skill.modified).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The monitor of the sessions' usage.
+    pub fn monitor(&self) -> &ContextMonitor {
+        &self.monitor
+    }
+
+    fn session(&self, session: &str) -> Arc<Mutex<SessionState>> {
+        self.sessions
+            .lock()
+            .entry(session.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Builds the payload for a request: ranks and packs the candidates into what is left of the
+    /// session's window, sends only what the session does not already hold, and records the
+    /// session's new usage with the monitor.
+    pub fn build(&self, request: &ContextRequest) -> ContextPayload {
+        let mut warnings = Vec::new();
+        let now = SystemTime::now();
+
+        let files: Vec<(String, String, Duration)> = request
+            .project_files
+            .iter()
+            .filter_map(|path| {
+                let (text, modified) = read_limited(
+                    path,
+                    self.config.max_file_bytes,
+                    "project file",
+                    &mut warnings,
+                )?;
+                let age = now.duration_since(modified).unwrap_or_default();
+                Some((format!("file:{}", path.display()), text, age))
+            })
+            .collect();
+
+        let mut entries: Vec<Entry<'_>> = Vec::new();
+        for (id, output) in &request.upstream {
+            entries.push(self.entry(
+                Category::Critical,
+                Cow::Owned(format!("task:{id}")),
+                output,
+                1.0,
+                Duration::ZERO,
+                true,
+            ));
+        }
+        for (source, text, age) in &files {
+            entries.push(self.entry(
+                Category::Project,
+                Cow::Borrowed(source),
+                text,
+                1.0,
+                *age,
+                true,
+            ));
+        }
+        for candidate in &request.memories {
+            entries.push(self.entry(
+                candidate.category,
+                Cow::Borrowed(&candidate.source),
+                &candidate.text,
+                candidate.importance.clamp(0.0, 1.0),
+                candidate.age,
+                false,
+            ));
+        }
+        for skill in &self.skills {
+            entries.push(Entry {
+                category: Category::Skills,
+                source: Cow::Borrowed(&skill.source),
+                text: &skill.text,
+                terms: Cow::Borrowed(&skill.terms),
+                hash: skill.hash,
+                importance: 0.5,
+                age: now.duration_since(skill.modified).unwrap_or_default(),
+                always: false,
+                tokens: Some(skill.tokens),
+                score: 0.0,
+            });
+        }
+
+        let bm25 = Bm25::new(
+            &request.query,
+            &self.dictionary,
+            entries.iter().map(|e| e.terms.as_ref()),
+        );
+        let entries = self.rank(entries, &bm25);
+        let session = self.session(&request.session);
+        let mut state = session.lock();
+        let mut payload = self.pack(entries, &bm25, &mut state, &mut warnings);
+        payload.session_tokens = state.tokens();
+        payload.window = self.config.budget.window;
+        payload.alert =
+            self.monitor
+                .record(&request.session, payload.session_tokens, payload.window);
+        for warning in &warnings {
+            tracing::warn!(session = %request.session, "{warning}");
+        }
+        payload.warnings = warnings;
+        payload
+    }
+
+    fn entry<'a>(
+        &self,
+        category: Category,
+        source: Cow<'a, str>,
+        text: &'a str,
+        importance: f32,
+        age: Duration,
+        always: bool,
+    ) -> Entry<'a> {
+        Entry {
+            category,
+            source,
+            text,
+            terms: Cow::Owned(analyze(text, &self.dictionary)),
+            hash: content_hash(text),
+            importance,
+            age,
+            always,
+            tokens: None,
+            score: 0.0,
+        }
+    }
+
+    /// Scores the entries, drops duplicates (keeping the always-sent copy, else the best scored)
+    /// and those below the relevance cut-off, and sorts the rest best first.
+    fn rank<'a>(&self, mut entries: Vec<Entry<'a>>, bm25: &Bm25) -> Vec<Entry<'a>> {
+        let ranking = &self.config.ranking;
+        let relevance: Vec<f64> = entries
+            .iter()
+            .map(|e| f64::from(bm25.score(&e.terms)))
+            .collect();
+        // Relevance is relative to the best candidate that has to earn its place, so that a long
+        // upstream output does not push every memory below the cut-off.
+        let best = entries
+            .iter()
+            .zip(&relevance)
+            .filter(|(e, _)| !e.always)
+            .map(|(_, &r)| r)
+            .fold(0.0f64, f64::max);
+        let half_life = ranking.recency_half_life_hours * 3600.0;
+        let mut keep = vec![true; entries.len()];
+        for (i, entry) in entries.iter_mut().enumerate() {
+            let relative = if best > 0.0 {
+                (relevance[i] / best).min(1.0)
+            } else {
+                0.0
+            };
+            if !entry.always && (relevance[i] <= 0.0 || relative < ranking.min_relevance) {
+                keep[i] = false;
+            }
+            let recency = 0.5f64.powf(entry.age.as_secs_f64() / half_life);
+            entry.score = ranking.relevance * relative
+                + ranking.importance * f64::from(entry.importance)
+                + ranking.recency * recency;
+        }
+        let mut kept: Vec<Entry<'a>> = entries
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(e, k)| k.then_some(e))
+            .collect();
+        kept.sort_by(|a, b| {
+            b.always
+                .cmp(&a.always)
+                .then(a.category.cmp(&b.category))
+                .then(b.score.total_cmp(&a.score))
+        });
+        let mut seen = std::collections::HashSet::new();
+        kept.retain(|e| seen.insert(e.hash));
+        kept.sort_by(|a, b| b.score.total_cmp(&a.score));
+        kept
+    }
+
+    /// Packs ranked entries into what is left of the session's window.
+    fn pack(
+        &self,
+        entries: Vec<Entry<'_>>,
+        bm25: &Bm25,
+        state: &mut SessionState,
+        warnings: &mut Vec<String>,
+    ) -> ContextPayload {
+        let budget = &self.config.budget;
+        let window = budget.window;
+        let mut remaining_total = window.saturating_sub(state.tokens());
+        let mut own = [0usize; 4];
+        for category in Category::ALL {
+            let share = (budget.share(category) * window as f64).floor() as usize;
+            own[category.index()] = share.saturating_sub(state.tokens_in(category));
+        }
+
+        let mut payload = ContextPayload::default();
+        let mut deferred: Vec<Entry<'_>> = Vec::new();
+        let mut pending = [0usize; 4];
+        let mut taken: Vec<(usize, ContextItem)> = Vec::new();
+        let mut order = 0usize;
+
+        // Phase 1: each category fills its own share in rank order; what does not fit waits.
+        for mut entry in entries {
+            if let Some(held) = state.holds(&entry.source, entry.hash, None) {
+                payload.references.push((held.source.clone(), held.hash));
+                continue;
+            }
+            let tokens = *entry
+                .tokens
+                .get_or_insert_with(|| self.counter.count(entry.text));
+            let c = entry.category.index();
+            if tokens <= own[c] && tokens <= remaining_total {
+                own[c] -= tokens;
+                remaining_total -= tokens;
+                taken.push((order, item(&entry, entry.text.to_string(), tokens, false)));
+                order += 1;
+            } else {
+                pending[c] += 1;
+                deferred.push(entry);
+            }
+        }
+
+        // Phase 2: shares left unused by categories with nothing waiting are passed on.
+        let mut spare = remaining_total;
+        for category in Category::ALL {
+            if pending[category.index()] > 0 {
+                spare = spare.saturating_sub(own[category.index()]);
+            }
+        }
+        let (critical, others): (Vec<_>, Vec<_>) = deferred
+            .into_iter()
+            .partition(|e| e.category == Category::Critical);
+
+        // Critical items share what is available fairly, smallest first, each compressed to
+        // its fair part when it is larger.
+        let mut critical = critical;
+        critical.sort_by_key(|e| e.tokens.unwrap_or(0));
+        let critical_total: usize = critical.iter().filter_map(|e| e.tokens).sum();
+        let mut available = own[Category::Critical.index()] + spare;
+        let waiting = critical.len();
+        let mut squeezed = Vec::new();
+        for (i, entry) in critical.iter().enumerate() {
+            let tokens = entry.tokens.unwrap_or(0);
+            let fair = available / (waiting - i);
+            if tokens <= fair {
+                available -= tokens;
+                taken.push((order, item(entry, entry.text.to_string(), tokens, false)));
+            } else if let Some(text) = self.fit(entry, fair, bm25) {
+                if let Some(held) = state.holds(&entry.source, entry.hash, Some(&text)) {
+                    payload.references.push((held.source.clone(), held.hash));
+                    continue;
+                }
+                let sent = self.counter.count(&text);
+                available -= sent.min(available);
+                squeezed.push(format!("{} ({tokens} → {sent} tokens)", entry.source));
+                taken.push((order, item(entry, text, sent, true)));
+            } else {
+                squeezed.push(format!("{} ({tokens} tokens) dropped", entry.source));
+            }
+            order += 1;
+        }
+        if !squeezed.is_empty() {
+            warnings.push(format!(
+                "the context window ({window} tokens, {} free) is smaller than the critical \
+                 items ({critical_total} tokens waiting): compressed to fit: {}",
+                own[Category::Critical.index()] + spare,
+                squeezed.join(", ")
+            ));
+        }
+        let critical_used = own[Category::Critical.index()] + spare - available;
+        spare = spare.saturating_sub(critical_used.saturating_sub(own[Category::Critical.index()]));
+        own[Category::Critical.index()] =
+            own[Category::Critical.index()].saturating_sub(critical_used);
+
+        // Other items in rank order: whole if they fit their share plus what was passed on,
+        // else compressed to that.
+        for entry in others {
+            let c = entry.category.index();
+            let tokens = entry.tokens.unwrap_or(0);
+            let room = own[c] + spare;
+            let (text, sent, compressed) = if tokens <= room {
+                (entry.text.to_string(), tokens, false)
+            } else if room >= MIN_COMPRESSED_TOKENS || entry.always {
+                match self.fit(&entry, room, bm25) {
+                    Some(text) => {
+                        if let Some(held) = state.holds(&entry.source, entry.hash, Some(&text)) {
+                            payload.references.push((held.source.clone(), held.hash));
+                            continue;
+                        }
+                        let sent = self.counter.count(&text);
+                        (text, sent, true)
+                    }
+                    None => {
+                        if entry.always {
+                            warnings.push(format!(
+                                "{} ({tokens} tokens) left out: no room left in the window",
+                                entry.source
+                            ));
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                if entry.always {
+                    warnings.push(format!(
+                        "{} ({tokens} tokens) left out: no room left in the window",
+                        entry.source
+                    ));
+                }
+                continue;
+            };
+            let from_own = sent.min(own[c]);
+            own[c] -= from_own;
+            spare = spare.saturating_sub(sent - from_own);
+            taken.push((order, item(&entry, text, sent, compressed)));
+            order += 1;
+        }
+
+        taken.sort_by_key(|(rank, item)| (item.category, *rank));
+        for (_, item) in taken {
+            payload.tokens += item.tokens;
+            state.held.push(item.clone());
+            payload.items.push(item);
+        }
+        payload
+    }
+
+    /// The entry compressed to `budget` tokens.
+    fn fit(&self, entry: &Entry<'_>, budget: usize, bm25: &Bm25) -> Option<String> {
+        compress(
+            entry.text,
+            budget,
+            bm25,
+            &self.dictionary,
+            self.counter.as_ref(),
+        )
+    }
+
+    /// The full context a session holds: everything sent to it since its last compaction, in
+    /// the order it was sent (what the agent preserves in the store on an alert).
+    pub fn session_snapshot(&self, session: &str) -> Vec<ContextItem> {
+        let state = self.sessions.lock().get(session).cloned();
+        state.map(|s| s.lock().held.clone()).unwrap_or_default()
+    }
+
+    /// Tokens a session holds.
+    pub fn session_tokens(&self, session: &str) -> usize {
+        let state = self.sessions.lock().get(session).cloned();
+        state.map(|s| s.lock().tokens()).unwrap_or(0)
+    }
+
+    /// Drops a session's held context once it has been preserved: its usage goes back to 0 and
+    /// the monitor is re-armed, so the next payload sends everything it needs again.
+    pub fn compact(&self, session: &str) {
+        let state = self.sessions.lock().get(session).cloned();
+        if let Some(state) = state {
+            state.lock().held.clear();
+        }
+        self.monitor
+            .record(session, 0, self.config.budget.window.max(1));
+    }
+
+    /// Forgets a session entirely (it ended).
+    pub fn forget_session(&self, session: &str) {
+        self.sessions.lock().remove(session);
+        self.monitor.forget(session);
+    }
+}
+
+fn item(entry: &Entry<'_>, text: String, tokens: usize, compressed: bool) -> ContextItem {
+    ContextItem {
+        category: entry.category,
+        source: entry.source.to_string(),
+        text,
+        tokens,
+        hash: entry.hash,
+        compressed,
+    }
+}
+
+/// Every `*.md` file under `dir`; folders that cannot be listed become warnings.
+fn collect_markdown(dir: &Path, files: &mut Vec<PathBuf>, warnings: &mut Vec<String>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            warnings.push(format!(
+                "skills folder {}: cannot be read: {e}; continuing without its skills",
+                dir.display()
+            ));
+            return;
+        }
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                warnings.push(format!("skills folder {}: {e}", dir.display()));
+                continue;
+            }
+        };
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => collect_markdown(&path, files, warnings),
+            Ok(_) if path.extension().is_some_and(|ext| ext == "md") => files.push(path),
+            Ok(_) => {}
+            Err(e) => warnings.push(format!("skill document {}: {e}; skipped", path.display())),
+        }
+    }
+}
+
+/// A text file's contents and modification time, or a warning saying why it was skipped.
+fn read_limited(
+    path: &Path,
+    max_bytes: u64,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Option<(String, SystemTime)> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) => {
+            warnings.push(format!(
+                "{what} {}: cannot be read: {e}; skipped",
+                path.display()
+            ));
+            return None;
+        }
+    };
+    if metadata.len() > max_bytes {
+        warnings.push(format!(
+            "{what} {}: {} bytes is more than max_file_bytes ({max_bytes}); skipped",
+            path.display(),
+            metadata.len()
+        ));
+        return None;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some((
+            text,
+            metadata.modified().unwrap_or_else(|_| SystemTime::now()),
+        )),
+        Err(e) => {
+            warnings.push(format!(
+                "{what} {}: cannot be read: {e}; skipped",
+                path.display()
+            ));
+            None
+        }
+    }
+}
