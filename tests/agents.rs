@@ -69,6 +69,8 @@ async fn harness(tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
         }
     });
     let mut actors = ActorsConfig::embedded().unwrap();
+    // No score gates here: skip pre-warming the scorer (slow in a debug build).
+    actors.executor.pools.remove("scorer");
     let mut pool = PoolDef::new(PoolKind::Native);
     pool.max_size = 32;
     actors.executor.pools.insert("fn".to_owned(), pool);
@@ -474,6 +476,7 @@ async fn shell_runtime(approve: bool) -> (Runtime, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
     let mut actors = ActorsConfig::embedded().unwrap();
+    actors.executor.pools.remove("scorer");
     let mut sh = PoolDef::new(PoolKind::Process);
     sh.command = vec!["sh".to_owned(), "-c".to_owned()];
     actors.executor.pools.insert("sh".to_owned(), sh);

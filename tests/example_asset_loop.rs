@@ -258,6 +258,7 @@ fn the_renders_fail_first_and_pass_later() {
         let mut history = Vec::new();
         for attempt in 1..=task.max_attempts {
             let ctx = TemplateContext {
+                context: String::new(),
                 attempt,
                 feedback: feedback.clone(),
                 run_id: run_id.clone(),

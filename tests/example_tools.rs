@@ -335,6 +335,7 @@ async fn the_digest_plan_runs_draft_fails_once_then_passes() {
         let mut passed = false;
         for attempt in 1..=task.max_attempts {
             let ctx = TemplateContext {
+                context: String::new(),
                 outputs: outputs.clone(),
                 attempt,
                 feedback: feedback.clone(),
@@ -410,6 +411,7 @@ async fn the_digest_plan_runs_draft_fails_once_then_passes() {
     // Roll back: the compensation removes the published file.
     let compensate = plan.task("publish").unwrap().compensate.clone().unwrap();
     let ctx = TemplateContext {
+        context: String::new(),
         outputs: outputs.clone(),
         attempt: 1,
         run_id: run_id.clone(),

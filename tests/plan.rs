@@ -220,6 +220,7 @@ fn template_scope_rules() {
 fn rendering_args_with_upstream_outputs() {
     let plan = Plan::from_toml(POSTER, "poster.toml").unwrap();
     let mut ctx = TemplateContext {
+        context: String::new(),
         attempt: 2,
         feedback: "FLIP 0.08 > 0.05".into(),
         run_id: "r7".into(),

@@ -39,6 +39,13 @@ fn write_plan(dir: &Path) {
         ));
     }
     std::fs::write(dir.join("plan.toml"), plan).unwrap();
+    // No scorer pool (this plan has no score gate): start-up stays short, so kills land mid-run.
+    std::fs::create_dir_all(dir.join("actors")).unwrap();
+    std::fs::write(
+        dir.join("actors/executor.toml"),
+        "mailbox = 4096\nrecord_outputs = true\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("settings.json"),
         r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
@@ -61,6 +68,8 @@ fn tetrarch(dir: &Path) -> Command {
         .arg(dir.join("store.redb"))
         .arg("run")
         .arg(dir.join("plan.toml"))
+        .arg("--actors")
+        .arg(dir.join("actors"))
         .arg("--events")
         .arg("json")
         .stdout(Stdio::null())
@@ -91,9 +100,18 @@ fn a_killed_run_resumes_without_rerunning_completed_tasks() {
         if kills >= 12 {
             break;
         }
+        let before = starts(dir.path()).len();
         let mut child = tetrarch(dir.path()).spawn().unwrap();
-        let wait = Duration::from_millis(rng.random_range(120..320));
-        std::thread::sleep(wait);
+        // Kill at a random point after this process started running tasks (start-up time varies
+        // with the machine's load; the kill must land mid-run, not before it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while starts(dir.path()).len() == before
+            && child.try_wait().unwrap().is_none()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..250)));
         if child.try_wait().unwrap().is_some() {
             break; // finished before the kill
         }

@@ -208,7 +208,8 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
-        actor.stop(None);
+        // The actor is stuck in its next message: kill it rather than wait for it to stop.
+        actor.kill();
         handle.await.unwrap();
         mailbox.detach();
         assert!(matches!(

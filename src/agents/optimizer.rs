@@ -42,6 +42,21 @@ pub(crate) struct OptimizerState {
     /// `None` when the tokenizer could not load (logged): `{{context}}` is then the upstream
     /// outputs alone.
     context: Option<Arc<ContextOptimizer>>,
+    /// The optimizer being built in the background (loading the o200k tables takes a noticeable
+    /// part of a second, which a plan without `{{context}}` should not wait for).
+    loading: Option<tokio::task::JoinHandle<Option<Arc<ContextOptimizer>>>>,
+}
+
+impl OptimizerState {
+    async fn context(&mut self) -> Option<Arc<ContextOptimizer>> {
+        if let Some(loading) = self.loading.take() {
+            self.context = loading.await.unwrap_or_else(|e| {
+                tracing::error!("optimizer: loading the context optimizer failed: {e}");
+                None
+            });
+        }
+        self.context.clone()
+    }
 }
 
 /// The run's memory namespace.
@@ -111,7 +126,11 @@ fn as_text(payload: &ContextPayload) -> String {
     text
 }
 
-fn assemble(state: &OptimizerState, attempt: &Attempt) -> String {
+fn assemble(
+    state: &OptimizerState,
+    context: Option<&Arc<ContextOptimizer>>,
+    attempt: &Attempt,
+) -> String {
     let upstream: Vec<(String, String)> = attempt
         .task
         .deps
@@ -125,7 +144,7 @@ fn assemble(state: &OptimizerState, attempt: &Attempt) -> String {
             Some((dep.as_str().to_owned(), text))
         })
         .collect();
-    let Some(optimizer) = &state.context else {
+    let Some(optimizer) = context else {
         return upstream
             .iter()
             .map(|(id, text)| format!("## task:{id}\n{text}\n"))
@@ -178,8 +197,13 @@ impl Actor for Optimizer {
         _myself: ActorRef<Self::Msg>,
         args: OptimizerArgs,
     ) -> Result<OptimizerState, ActorProcessingErr> {
-        let context = start_context(&args);
-        Ok(OptimizerState { args, context })
+        let for_loading = args.clone();
+        let loading = tokio::task::spawn_blocking(move || start_context(&for_loading));
+        Ok(OptimizerState {
+            args,
+            context: None,
+            loading: Some(loading),
+        })
     }
 
     async fn handle(
@@ -192,7 +216,8 @@ impl Actor for Optimizer {
         match msg {
             OptimizerMsg::Prepare(mut attempt) => {
                 if attempt.wants_context {
-                    attempt.ctx.context = assemble(state, &attempt);
+                    let context = state.context().await;
+                    attempt.ctx.context = assemble(state, context.as_ref(), &attempt);
                 }
                 attempt.args =
                     Some(render(&attempt.args_template, &attempt.ctx).map_err(|e| e.to_string()));

@@ -307,6 +307,7 @@ mod tests {
             json!({"path": "out/a.png", "sizes": [1, 2], "meta": {"w": 4}}),
         );
         TemplateContext {
+            context: String::new(),
             outputs,
             attempt: 2,
             feedback: "too dark".to_owned(),
