@@ -177,12 +177,13 @@ gates = [{ json = "/words", ge = 2 }]
     );
     let draft = report.task("draft").unwrap();
     assert_eq!(draft.attempts, 2);
-    let calls = h.calls.lock();
-    assert_eq!(calls.len(), 2);
-    assert_eq!(calls[0].1["feedback"], json!(""));
-    let feedback = calls[1].1["feedback"].as_str().unwrap();
-    assert!(feedback.contains("/words"), "feedback: {feedback}");
-    drop(calls);
+    {
+        let calls = h.calls.lock();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].1["feedback"], json!(""));
+        let feedback = calls[1].1["feedback"].as_str().unwrap();
+        assert!(feedback.contains("/words"), "feedback: {feedback}");
+    }
     h.runtime.shutdown().await;
 }
 
@@ -291,10 +292,11 @@ async fn a_failure_skips_dependents_and_compensates_in_reverse_order() {
         .collect();
     assert_eq!(undone, ["configure", "create"]);
     assert!(report.compensations.iter().all(|c| c.ok));
-    let calls = h.calls.lock();
-    let undo = calls.iter().find(|(l, _)| l == "undo-create").unwrap();
-    assert_eq!(undo.1["id"], json!(7));
-    drop(calls);
+    {
+        let calls = h.calls.lock();
+        let undo = calls.iter().find(|(l, _)| l == "undo-create").unwrap();
+        assert_eq!(undo.1["id"], json!(7));
+    }
     h.runtime.shutdown().await;
 }
 

@@ -25,7 +25,10 @@ use crate::store::{CacheTtls, ContextCache, Namespace, Store};
 /// The session pools by name, with each pool's default call timeout. Shared by the Executor and
 /// the Reviewer (score gates) across their restarts.
 #[derive(Clone, Default)]
-pub(crate) struct PoolSet(Arc<RwLock<HashMap<String, (Pool, Arc<PoolDef>)>>>);
+pub(crate) struct PoolSet(Arc<RwLock<HashMap<String, PoolEntry>>>);
+
+/// A started pool and the declaration it was started from.
+type PoolEntry = (Pool, Arc<PoolDef>);
 
 impl PoolSet {
     pub(crate) fn get(&self, name: &str) -> Option<(Pool, Duration)> {
