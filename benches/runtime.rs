@@ -285,10 +285,22 @@ async fn prewarm() -> Value {
         input.display()
     );
     let plan = Arc::new(Plan::from_toml(&text, "bench.toml").unwrap());
+    let settings = r#"{"permissions": {"allow": ["mcp__demo__count_words"]}}"#;
+    let engine = tetrarch::permissions::PermissionEngine::from_settings_json(
+        settings,
+        &dir.path().join("settings.json"),
+        dir.path(),
+        dir.path(),
+    )
+    .unwrap();
+    let allowed = RunOptions {
+        permissions: Some(Arc::new(engine)),
+        ..options()
+    };
     let mut runs = Vec::new();
     for _ in 0..12 {
         let started = Instant::now();
-        let report = runtime.run((*plan).clone(), options()).await.unwrap();
+        let report = runtime.run((*plan).clone(), allowed.clone()).await.unwrap();
         assert_eq!(
             report.status,
             RunStatus::Complete,

@@ -1,0 +1,82 @@
+//! Ctrl-C (SIGINT) during `tetrarch run`: the call in flight is stopped, the completed task's
+//! compensation runs, the run is saved as cancelled, and the process exits 1 promptly.
+#![allow(clippy::unwrap_used)]
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tetrarch::agents::{RunStatus, TaskState, saved_runs};
+use tetrarch::store::{Store, StoreConfig};
+
+const PLAN: &str = r#"
+name = "interrupt"
+permissions = "settings.json"
+
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+
+[[task]]
+id = "quick"
+tool = "sh.run"
+args = { argv = ["echo '{\"ok\": true}'"] }
+compensate = { tool = "sh.undo", args = { argv = ["echo undone >> undo.txt"] } }
+
+[[task]]
+id = "slow"
+tool = "sh.run"
+deps = ["quick"]
+args = { argv = ["sleep 30"] }
+"#;
+
+#[test]
+fn ctrl_c_cancels_compensates_and_saves_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plan.toml"), PLAN).unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("actors")).unwrap();
+    std::fs::write(dir.path().join("actors/executor.toml"), "mailbox = 4096\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .arg("run")
+        .arg(dir.path().join("plan.toml"))
+        .arg("--actors")
+        .arg(dir.path().join("actors"))
+        .args(["--events", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines.next().expect("the run ended before `slow` started").unwrap();
+        if line.contains("\"task_started\"") && line.contains("\"slow\"") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "Ctrl-C did not stop the run promptly");
+    assert_eq!(status.code(), Some(1), "{status}");
+    let undone = std::fs::read_to_string(dir.path().join("undo.txt")).unwrap();
+    assert_eq!(undone.trim(), "undone");
+
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let runs = saved_runs(&store).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Cancelled);
+    let state = |id: &str| runs[0].tasks.iter().find(|(t, _)| t == id).unwrap().1;
+    assert_eq!(state("quick"), TaskState::Compensated);
+    assert_eq!(state("slow"), TaskState::Cancelled);
+}
