@@ -22,3 +22,4 @@ pub mod plan;
 pub mod scoring;
 pub mod session;
 pub mod store;
+pub mod telemetry;

@@ -1,6 +1,7 @@
 //! The binary's commands. Parsing is clap's; each command lives in its own file and returns an
 //! exit code. Errors print as `error: ...` with their causes and exit 2; a closed pipe exits 0.
 
+mod dashboard;
 mod kernels;
 mod lessons;
 mod mem;
@@ -54,6 +55,8 @@ enum Command {
     /// Validate plans and show their DAG.
     #[command(subcommand)]
     Plan(plan::PlanCommand),
+    /// Serve the dashboard of a finished run from the store.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// Where the store lives when `--store` is not given.
@@ -94,6 +97,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Perms(command) => perms::run(command),
         Command::Lessons(command) => lessons::run(command, &resolve_store(store)?),
         Command::Plan(command) => plan::run(command),
+        Command::Dashboard(args) => dashboard::run(args, &resolve_store(store)?),
     }
 }
 

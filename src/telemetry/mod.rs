@@ -1,0 +1,68 @@
+//! Telemetry: Prometheus metrics, per-task tracing spans and the run dashboard.
+//!
+//! - [`install_metrics`] installs the process-wide `metrics` recorder (the Prometheus exporter,
+//!   with explicit histogram buckets) once; its handle renders `/metrics`.
+//! - [`Telemetry`] watches a run from the outside: it turns the runtime's [`RunEvent`]s into
+//!   metrics, per-task spans and the dashboard's view, and samples the runtime's gauges (mailbox
+//!   depths, restarts, pools, store) while [`Telemetry::drive`] runs a future.
+//! - [`DashboardServer`] serves the page (`/`, one HTML file embedded in the binary, plain
+//!   JavaScript: no front-end build), its JSON (`/api/state`), the live event stream
+//!   (`/api/events`, server-sent events) and `/metrics`, on 127.0.0.1 unless told otherwise.
+//!
+//! What is measured from events rather than inside the agents: a task attempt's latency runs from
+//! its dispatch (`task_started`) to its outcome (`gate_failed`, `task_retrying` or
+//! `task_finished`), so it includes context assembly and review, not only the tool call.
+//!
+//! [`RunEvent`]: crate::agents::RunEvent
+
+mod observer;
+mod server;
+mod view;
+
+pub use observer::{METRIC_NAMES, SAMPLE_PERIOD, Telemetry, install_metrics};
+pub use server::{DashboardServer, parse_addr};
+pub use view::{AgentView, DashboardState, PoolView, RunView, TaskView, ToolLatency};
+
+/// What can go wrong serving telemetry.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The dashboard's address is taken by another process.
+    #[error("dashboard: {addr} is in use: {source}")]
+    AddrInUse {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The dashboard could not listen on its address for another reason.
+    #[error("dashboard: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The text given as the dashboard's address is not an address.
+    #[error(
+        "dashboard: {text:?} is not an address (expected HOST:PORT such as 127.0.0.1:8080, or a port)"
+    )]
+    BadAddr {
+        /// What was given.
+        text: String,
+    },
+    /// The metrics recorder could not be installed (another recorder is installed).
+    #[error("metrics: cannot install the Prometheus recorder: {detail}")]
+    Metrics {
+        /// Why.
+        detail: String,
+    },
+    /// The store could not be read (finished runs).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The store holds no run to show.
+    #[error("dashboard: {detail}")]
+    NoRun {
+        /// Which run was looked for.
+        detail: String,
+    },
+}

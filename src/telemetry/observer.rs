@@ -1,0 +1,443 @@
+//! [`Telemetry`]: turns a run's events and the runtime's counters into metrics, per-task spans
+//! and the dashboard's view.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+use super::TelemetryError;
+use super::view::{AgentView, DashboardState, PoolView, ToolLatency};
+use crate::agents::{AgentKind, RunEvent, Runtime, TaskState, saved_runs};
+use crate::plan::Plan;
+use crate::store::Store;
+
+/// How often [`Telemetry::drive`] samples the runtime's gauges.
+pub const SAMPLE_PERIOD: Duration = Duration::from_millis(250);
+
+/// Histogram buckets in seconds, for attempt and run durations: 1 ms to 10 min.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
+/// Every metric this module exports, with its help text.
+pub const METRIC_NAMES: &[(&str, &str)] = &[
+    (
+        "tetrarch_tool_call_duration_seconds",
+        "Task attempt latency, from dispatch to outcome (context, tool call and gates), by tool and agent",
+    ),
+    (
+        "tetrarch_tool_calls_total",
+        "Task attempts by tool and outcome (complete, failed, skipped, cancelled, compensated, gate_failed, retrying)",
+    ),
+    (
+        "tetrarch_active_agents",
+        "Agents running (4, or 0 once the supervisor gave up)",
+    ),
+    ("tetrarch_agent_restarts_total", "Agent restarts by agent"),
+    ("tetrarch_mailbox_depth", "Messages queued at each agent"),
+    ("tetrarch_pool_sessions", "Live sessions per pool"),
+    (
+        "tetrarch_pool_sessions_in_use",
+        "Sessions checked out per pool",
+    ),
+    (
+        "tetrarch_pool_waiters",
+        "Callers waiting for a session per pool",
+    ),
+    (
+        "tetrarch_pool_wait_seconds",
+        "Sum of all callers' waits for a session per pool",
+    ),
+    (
+        "tetrarch_pool_acquired_total",
+        "Sessions handed out per pool",
+    ),
+    (
+        "tetrarch_parallel_execution_ratio",
+        "Share of task time spent with other tasks running",
+    ),
+    ("tetrarch_runs_total", "Finished runs by status"),
+    ("tetrarch_run_duration_seconds", "Run wall time"),
+    (
+        "tetrarch_store_memories",
+        "Memories in the store by state (live, archived)",
+    ),
+    ("tetrarch_store_bytes", "Bytes of stored memory records"),
+];
+
+static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's `metrics` recorder (once; later calls
+/// return the same handle) and describes every metric in [`METRIC_NAMES`].
+pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
+    RECORDER
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(DURATION_BUCKETS)
+                .and_then(PrometheusBuilder::install_recorder)
+                .map_err(|e| e.to_string())?;
+            for (name, help) in METRIC_NAMES {
+                if name.ends_with("_total") {
+                    describe_counter!(*name, *help);
+                } else if name.ends_with("_duration_seconds") {
+                    describe_histogram!(*name, metrics::Unit::Seconds, *help);
+                } else {
+                    describe_gauge!(*name, *help);
+                }
+            }
+            Ok(handle)
+        })
+        .clone()
+        .map_err(|detail| TelemetryError::Metrics { detail })
+}
+
+/// A run seen from the outside. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tracker: Mutex<Tracker>,
+    live: broadcast::Sender<RunEvent>,
+    metrics: Option<PrometheusHandle>,
+}
+
+#[derive(Default)]
+struct Tracker {
+    view: DashboardState,
+    /// Task id → `POOL.TOOL`.
+    tools: HashMap<String, String>,
+    /// Attempts in flight: task id → dispatch time and its span.
+    running: HashMap<String, (Instant, tracing::Span)>,
+    /// When the running set last changed.
+    last_change: Option<Instant>,
+    /// Task-seconds, and those spent with at least one other task running.
+    task_time: f64,
+    parallel_time: f64,
+    latency: BTreeMap<String, (u64, f64, f64)>,
+    /// A resumed run whose earlier COMPLETE tasks are still to be read from the store.
+    resumed: Option<String>,
+}
+
+impl Tracker {
+    /// Accounts the time since the last change to the running set.
+    fn advance(&mut self, now: Instant) {
+        if let Some(last) = self.last_change {
+            let tasks = self.running.len() as f64;
+            let elapsed = now.saturating_duration_since(last).as_secs_f64() * tasks;
+            self.task_time += elapsed;
+            if self.running.len() > 1 {
+                self.parallel_time += elapsed;
+            }
+        }
+        self.last_change = Some(now);
+    }
+
+    fn parallel_ratio(&self) -> f64 {
+        if self.task_time > 0.0 {
+            self.parallel_time / self.task_time
+        } else {
+            0.0
+        }
+    }
+
+    fn start_attempt(&mut self, run_id: &str, task: &str, attempt: u32, now: Instant) {
+        self.advance(now);
+        let plan = self.view.run.as_ref().map(|r| r.plan.clone());
+        let span = tracing::info_span!(
+            "task",
+            plan = plan.as_deref().unwrap_or(""),
+            run = run_id,
+            task = task,
+            attempt = attempt
+        );
+        tracing::debug!(parent: &span, "dispatched");
+        self.running.insert(task.to_owned(), (now, span));
+    }
+
+    /// Ends a task's attempt in flight with `status`, recording its latency.
+    fn end_attempt(&mut self, task: &str, status: &'static str, now: Instant) {
+        self.advance(now);
+        let tool = self.tools.get(task).cloned().unwrap_or_default();
+        counter!("tetrarch_tool_calls_total", "tool" => tool.clone(), "status" => status)
+            .increment(1);
+        let Some((started, span)) = self.running.remove(task) else {
+            return;
+        };
+        let seconds = now.saturating_duration_since(started).as_secs_f64();
+        histogram!("tetrarch_tool_call_duration_seconds", "tool" => tool.clone(), "agent" => AgentKind::Executor.as_str())
+            .record(seconds);
+        let entry = self.latency.entry(tool).or_insert((0, 0.0, 0.0));
+        entry.0 += 1;
+        entry.1 += seconds;
+        entry.2 = entry.2.max(seconds);
+        tracing::info!(parent: &span, status, seconds, "attempt ended");
+        gauge!("tetrarch_parallel_execution_ratio").set(self.parallel_ratio());
+    }
+}
+
+fn task_status(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Pending => "pending",
+        TaskState::Running => "running",
+        TaskState::Complete => "complete",
+        TaskState::Failed => "failed",
+        TaskState::Skipped => "skipped",
+        TaskState::Cancelled => "cancelled",
+        TaskState::Compensated => "compensated",
+    }
+}
+
+impl Telemetry {
+    /// A telemetry hub; `metrics` (from [`install_metrics`]) is what `/metrics` renders.
+    pub fn new(metrics: Option<PrometheusHandle>) -> Self {
+        let (live, _) = broadcast::channel(4096);
+        Telemetry {
+            inner: Arc::new(Inner {
+                tracker: Mutex::new(Tracker::default()),
+                live,
+                metrics,
+            }),
+        }
+    }
+
+    /// The view of a finished run from `store`: `run_id`, or the newest run when `None`. The
+    /// plan's file is read again (from where the run recorded it) for dependencies and tools.
+    pub fn finished(
+        store: &Store,
+        run_id: Option<&str>,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, TelemetryError> {
+        let runs = saved_runs(store)?;
+        let run = match run_id {
+            Some(id) => runs.iter().find(|r| r.run_id == id),
+            None => runs.last(),
+        };
+        let Some(run) = run else {
+            return Err(TelemetryError::NoRun {
+                detail: match run_id {
+                    Some(id) => format!("the store holds no run {id}"),
+                    None => "the store holds no runs".to_owned(),
+                },
+            });
+        };
+        let plan = std::fs::read_to_string(&run.source)
+            .ok()
+            .and_then(|text| Plan::from_toml(&text, &run.source).ok());
+        let telemetry = Telemetry::new(metrics);
+        telemetry.inner.tracker.lock().view = DashboardState::for_saved(run, plan.as_ref());
+        telemetry.sample_store(store);
+        Ok(telemetry)
+    }
+
+    /// Starts watching `plan` (resets the view: every task pending).
+    pub fn watch_plan(&self, plan: &Plan) {
+        let mut tracker = self.inner.tracker.lock();
+        *tracker = Tracker {
+            view: DashboardState::for_plan(plan),
+            tools: plan
+                .tasks
+                .iter()
+                .map(|t| (t.id.as_str().to_owned(), t.tool.to_string()))
+                .collect(),
+            ..Tracker::default()
+        };
+    }
+
+    /// Records every event from `events` (a [`Runtime::subscribe`] receiver) until the runtime
+    /// closes it, passing each on to [`Telemetry::subscribe`]rs.
+    pub fn observe(&self, mut events: broadcast::Receiver<RunEvent>) -> tokio::task::JoinHandle<()> {
+        let telemetry = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        telemetry.record(&event);
+                        let _ = telemetry.inner.live.send(event);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("telemetry: {n} run events were missed (too slow)");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    /// Records one event: the view, the metrics and the task's span.
+    pub fn record(&self, event: &RunEvent) {
+        let now = Instant::now();
+        let mut tracker = self.inner.tracker.lock();
+        tracker.view.apply(event);
+        match event {
+            RunEvent::RunStarted {
+                run_id, resumed, ..
+            } => {
+                if *resumed {
+                    tracker.resumed = Some(run_id.clone());
+                }
+            }
+            RunEvent::TaskStarted {
+                run_id,
+                task,
+                attempt,
+            } => tracker.start_attempt(run_id, task, *attempt, now),
+            RunEvent::TaskFinished { task, state, .. } => {
+                tracker.end_attempt(task, task_status(*state), now);
+            }
+            RunEvent::GateFailed { task, .. } => tracker.end_attempt(task, "gate_failed", now),
+            RunEvent::TaskRetrying { task, .. } => tracker.end_attempt(task, "retrying", now),
+            RunEvent::RunFinished {
+                status,
+                duration_ms,
+                ..
+            } => {
+                let status = format!("{status:?}").to_lowercase();
+                counter!("tetrarch_runs_total", "status" => status).increment(1);
+                histogram!("tetrarch_run_duration_seconds")
+                    .record(Duration::from_millis(*duration_ms).as_secs_f64());
+            }
+            RunEvent::AgentRestarted { agent, reason, .. } => {
+                tracing::warn!(agent = agent.as_str(), "agent restarted: {reason}");
+            }
+            RunEvent::FixApplied { .. } | RunEvent::Compensated { .. } => {}
+        }
+        tracker.view.parallel_ratio = tracker.parallel_ratio();
+    }
+
+    /// Reads the runtime's gauges: agents (restarts, mailbox depth), pools, the store.
+    pub fn sample(&self, runtime: &Runtime) {
+        let running = runtime.failure().is_none();
+        let agents: Vec<AgentView> = runtime
+            .mailbox_depths()
+            .into_iter()
+            .map(|(agent, depth)| AgentView {
+                agent,
+                restarts: runtime.restarts(agent),
+                mailbox_depth: depth,
+                running,
+            })
+            .collect();
+        gauge!("tetrarch_active_agents").set(if running { agents.len() as f64 } else { 0.0 });
+        for agent in &agents {
+            let name = agent.agent.as_str();
+            counter!("tetrarch_agent_restarts_total", "agent" => name).absolute(agent.restarts);
+            gauge!("tetrarch_mailbox_depth", "agent" => name).set(agent.mailbox_depth as f64);
+        }
+        let pools: Vec<PoolView> = runtime
+            .pool_stats()
+            .into_iter()
+            .map(|(name, stats)| PoolView {
+                name,
+                size: stats.size,
+                in_use: stats.in_use,
+                idle: stats.idle,
+                waiters: stats.waiters,
+                total_wait_ms: stats.total_wait.as_secs_f64() * 1000.0,
+                acquired: stats.acquired,
+            })
+            .collect();
+        for pool in &pools {
+            let name = pool.name.clone();
+            gauge!("tetrarch_pool_sessions", "pool" => name.clone()).set(pool.size as f64);
+            gauge!("tetrarch_pool_sessions_in_use", "pool" => name.clone())
+                .set(pool.in_use as f64);
+            gauge!("tetrarch_pool_waiters", "pool" => name.clone()).set(pool.waiters as f64);
+            gauge!("tetrarch_pool_wait_seconds", "pool" => name.clone())
+                .set(pool.total_wait_ms / 1000.0);
+            counter!("tetrarch_pool_acquired_total", "pool" => name).absolute(pool.acquired);
+        }
+        self.sample_store(runtime.store());
+        let resumed = {
+            let mut tracker = self.inner.tracker.lock();
+            tracker.view.agents = agents;
+            tracker.view.pools = pools;
+            tracker.resumed.take()
+        };
+        if let Some(run_id) = resumed {
+            self.load_resumed(runtime.store(), &run_id);
+        }
+        if let Some(handle) = &self.inner.metrics {
+            handle.run_upkeep();
+        }
+    }
+
+    /// Shows the tasks a resumed run completed before (they send no events again).
+    fn load_resumed(&self, store: &Store, run_id: &str) {
+        let saved = match saved_runs(store) {
+            Ok(runs) => runs.into_iter().find(|r| r.run_id == run_id),
+            Err(e) => {
+                tracing::warn!("telemetry: cannot read run {run_id}: {e}");
+                return;
+            }
+        };
+        let Some(saved) = saved else { return };
+        let mut tracker = self.inner.tracker.lock();
+        for (id, state) in saved.tasks {
+            if let Some(task) = tracker.view.tasks.iter_mut().find(|t| t.id == id)
+                && task.state == TaskState::Pending
+            {
+                task.state = state;
+            }
+        }
+    }
+
+    fn sample_store(&self, store: &Store) {
+        let stats = store.stats(None);
+        gauge!("tetrarch_store_memories", "state" => "live").set(stats.live as f64);
+        gauge!("tetrarch_store_memories", "state" => "archived").set(stats.archived as f64);
+        gauge!("tetrarch_store_bytes").set(stats.bytes as f64);
+    }
+
+    /// Runs `run` (typically [`Runtime::run`]) to its end, sampling the runtime every
+    /// [`SAMPLE_PERIOD`] meanwhile and once at the end.
+    pub async fn drive<F: Future>(&self, runtime: &Runtime, run: F) -> F::Output {
+        tokio::pin!(run);
+        let mut tick = tokio::time::interval(SAMPLE_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                output = &mut run => {
+                    self.sample(runtime);
+                    return output;
+                }
+                _ = tick.tick() => self.sample(runtime),
+            }
+        }
+    }
+
+    /// The dashboard's view now.
+    pub fn state(&self) -> DashboardState {
+        let tracker = self.inner.tracker.lock();
+        let mut view = tracker.view.clone();
+        view.latency = tracker
+            .latency
+            .iter()
+            .map(|(tool, (count, sum, max))| ToolLatency {
+                tool: tool.clone(),
+                count: *count,
+                mean_ms: sum * 1000.0 / *count as f64,
+                max_ms: max * 1000.0,
+            })
+            .collect();
+        view
+    }
+
+    /// Events recorded from now on (what `/api/events` streams).
+    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.inner.live.subscribe()
+    }
+
+    /// The Prometheus handle `/metrics` renders, if one was given.
+    pub fn metrics(&self) -> Option<&PrometheusHandle> {
+        self.inner.metrics.as_ref()
+    }
+}

@@ -1,0 +1,155 @@
+//! [`DashboardServer`]: the dashboard page, its JSON, its event stream and `/metrics`, served
+//! by axum.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use futures::Stream;
+use tokio::sync::{broadcast, oneshot};
+
+use super::{Telemetry, TelemetryError};
+
+/// The page: one file, plain JavaScript, no build step.
+const PAGE: &str = include_str!("dashboard.html");
+
+/// Parses `--dashboard`: `HOST:PORT`, or a bare port (on 127.0.0.1).
+pub fn parse_addr(text: &str) -> Result<SocketAddr, TelemetryError> {
+    let text = text.trim();
+    if let Ok(port) = text.trim_start_matches(':').parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse().map_err(|_| TelemetryError::BadAddr {
+        text: text.to_owned(),
+    })
+}
+
+/// The dashboard, serving until [`DashboardServer::shutdown`] or drop.
+pub struct DashboardServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DashboardServer {
+    /// Listens on `addr` (port 0 picks a free one) and serves `telemetry`.
+    pub async fn bind(addr: SocketAddr, telemetry: Telemetry) -> Result<Self, TelemetryError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AddrInUse => TelemetryError::AddrInUse { addr, source },
+                _ => TelemetryError::Bind { addr, source },
+            })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| TelemetryError::Bind { addr, source })?;
+        let app = Router::new()
+            .route("/", get(page))
+            .route("/api/state", get(state))
+            .route("/api/events", get(events))
+            .route("/metrics", get(metrics))
+            .with_state(telemetry);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!("dashboard on {bound} stopped: {e}");
+            }
+        });
+        Ok(DashboardServer {
+            addr: bound,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops listening. Open event streams are closed with the server.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Event streams never end on their own: give them a moment, then stop the server.
+        if tokio::time::timeout(std::time::Duration::from_millis(200), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+
+    /// Serves until the process ends (`tetrarch dashboard`).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for DashboardServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn state(State(telemetry): State<Telemetry>) -> Response {
+    match serde_json::to_vec(&telemetry.state()) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the dashboard state: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn events(
+    State(telemetry): State<Telemetry>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures::stream::unfold(telemetry.subscribe(), |mut events| async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => match serde_json::to_string(&event) {
+                    Ok(json) => return Some((Ok(Event::default().data(json)), events)),
+                    Err(e) => tracing::warn!("dashboard: cannot encode an event: {e}"),
+                },
+                // The page reloads /api/state when told it missed events.
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    return Some((Ok(Event::default().event("lagged").data(n.to_string())), events));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn metrics(State(telemetry): State<Telemetry>) -> Response {
+    match telemetry.metrics() {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics: no Prometheus recorder is installed in this process",
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,399 @@
+//! Telemetry over HTTP during a real run with native tools: the dashboard page, its JSON, the
+//! server-sent event stream, Prometheus metrics after the run, restarts, the view of a finished
+//! run from the store, and a dashboard address already in use (in the library and in
+//! `tetrarch run`, where the run goes on).
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tetrarch::agents::{ActorsConfig, AgentKind, RunOptions, RunStatus, Runtime, RuntimeOptions};
+use tetrarch::plan::Plan;
+use tetrarch::session::{NativeRegistry, PoolDef, PoolKind};
+use tetrarch::store::{Store, StoreConfig};
+use tetrarch::telemetry::{
+    DashboardServer, Telemetry, TelemetryError, install_metrics, parse_addr,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// A diamond whose middle tasks sleep side by side.
+const DIAMOND: &str = r#"
+name = "telemetry-diamond"
+[[task]]
+id = "a"
+tool = "fn.echo"
+args = { sleep_ms = 20 }
+[[task]]
+id = "b"
+tool = "fn.echo"
+deps = ["a"]
+args = { sleep_ms = 150 }
+[[task]]
+id = "c"
+tool = "fn.echo"
+deps = ["a"]
+args = { sleep_ms = 150 }
+[[task]]
+id = "d"
+tool = "fn.echo"
+deps = ["b", "c"]
+args = { sleep_ms = 20 }
+"#;
+
+async fn start_runtime(store: Store) -> Runtime {
+    let mut natives = NativeRegistry::new();
+    natives.register("echo", |args: Value| async move {
+        if let Some(ms) = args.get("sleep_ms").and_then(Value::as_u64) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Ok(args)
+    });
+    let mut actors = ActorsConfig::embedded().unwrap();
+    let mut pool = PoolDef::new(PoolKind::Native);
+    pool.max_size = 8;
+    actors.executor.pools.insert("fn".to_owned(), pool);
+    let mut options = RuntimeOptions::new(store, actors);
+    options.natives = natives;
+    Runtime::start(options).await.unwrap()
+}
+
+/// One HTTP/1.1 GET: (status, head, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> Value {
+    let (status, head, body) = get(addr, path).await;
+    assert_eq!(status, 200, "{path}: {head}");
+    assert!(head.to_lowercase().contains("content-type: application/json"));
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Opens `/api/events` and returns a reader positioned after the response head.
+async fn open_events(addr: SocketAddr) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_lowercase().contains("text/event-stream"), "{head}");
+    reader
+}
+
+/// Reads server-sent events (the JSON of each `data:` line) until `run_finished`. The body is
+/// chunked, so chunk-size lines are skipped: only `data:` lines are events.
+async fn read_events_until_finished(reader: &mut BufReader<TcpStream>) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(20), reader.read_line(&mut line))
+            .await
+            .expect("the event stream went quiet before run_finished")
+            .unwrap();
+        assert!(n > 0, "the event stream closed before run_finished");
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            let event: Value = serde_json::from_str(data).unwrap();
+            let done = event["event"] == "run_finished";
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+}
+
+/// The value of the one sample line of `name` whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|line| {
+            let (series, _) = line.rsplit_once(' ').unwrap_or((line, ""));
+            let bare = series.split('{').next().unwrap_or("");
+            bare == name && labels.iter().all(|l| series.contains(l))
+        })
+        .and_then(|line| line.rsplit_once(' '))
+        .map(|(_, v)| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan_path = dir.path().join("plan.toml");
+    std::fs::write(&plan_path, DIAMOND).unwrap();
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let runtime = start_runtime(store).await;
+    let plan = Plan::from_toml(DIAMOND, "plan.toml").unwrap();
+
+    let telemetry = Telemetry::new(Some(install_metrics().unwrap()));
+    telemetry.watch_plan(&plan);
+    let observer = telemetry.observe(runtime.subscribe());
+    let server = DashboardServer::bind("127.0.0.1:0".parse().unwrap(), telemetry.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    assert!(addr.ip().is_loopback());
+
+    // The page: one HTML file that reads the JSON and the event stream.
+    let (status, head, page) = get(addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(head.to_lowercase().contains("content-type: text/html"));
+    assert!(page.contains("<title>tetrarch dashboard</title>"));
+    assert!(page.contains("/api/state") && page.contains("/api/events"));
+
+    // Before the run: every task pending, the DAG's levels and dependencies.
+    let state = get_json(addr, "/api/state").await;
+    assert_eq!(state["mode"], "live");
+    let tasks = state["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 4);
+    assert!(tasks.iter().all(|t| t["state"] == "pending"));
+    let d = tasks.iter().find(|t| t["id"] == "d").unwrap();
+    assert_eq!(d["deps"], serde_json::json!(["b", "c"]));
+    assert_eq!(d["level"], 2);
+    assert_eq!(d["tool"], "fn.echo");
+
+    // Subscribe before the run starts, then run.
+    let mut stream = open_events(addr).await;
+    let reader = tokio::spawn(async move { read_events_until_finished(&mut stream).await });
+    let options = RunOptions {
+        base_dir: dir.path().to_path_buf(),
+        source: plan_path.display().to_string(),
+        ..RunOptions::default()
+    };
+    let report = telemetry
+        .drive(&runtime, runtime.run(plan, options))
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Complete);
+
+    let events = reader.await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"run_started"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "task_started").count(), 4);
+    assert_eq!(kinds.iter().filter(|k| **k == "task_finished").count(), 4);
+    assert_eq!(events.last().unwrap()["status"], "complete");
+
+    // After the run: the JSON shows the outcome and the runtime's gauges.
+    let state = get_json(addr, "/api/state").await;
+    assert_eq!(state["run"]["status"], "complete");
+    assert_eq!(state["run"]["run_id"], report.run_id.as_str());
+    assert!(
+        state["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "complete")
+    );
+    let agents = state["agents"].as_array().unwrap();
+    let names: Vec<&str> = agents.iter().map(|a| a["agent"].as_str().unwrap()).collect();
+    assert_eq!(names, ["orchestrator", "optimizer", "executor", "reviewer"]);
+    assert!(agents.iter().all(|a| a["restarts"] == 0 && a["running"] == true));
+    assert!(agents.iter().all(|a| a["mailbox_depth"].is_u64()));
+    let pool = state["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "fn")
+        .unwrap();
+    assert!(pool["acquired"].as_u64().unwrap() >= 4, "{pool}");
+    assert_eq!(pool["in_use"], 0);
+    let latency = &state["latency"][0];
+    assert_eq!(latency["tool"], "fn.echo");
+    assert_eq!(latency["count"], 4);
+    // b and c sleep 150 ms each: an attempt took at least that long.
+    assert!(latency["max_ms"].as_f64().unwrap() >= 150.0, "{latency}");
+    // b and c ran side by side: a real share of task time was parallel.
+    let ratio = state["parallel_ratio"].as_f64().unwrap();
+    assert!(ratio > 0.3 && ratio <= 1.0, "parallel ratio {ratio}");
+    assert_eq!(
+        state["events"].as_array().unwrap().len(),
+        events.len(),
+        "the JSON keeps the event log a page opened late shows"
+    );
+
+    // Prometheus text with the run's numbers.
+    let (status, _, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let echo = "tool=\"fn.echo\"";
+    assert_eq!(
+        metric(&text, "tetrarch_tool_calls_total", &[echo, "status=\"complete\""]),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tetrarch_tool_call_duration_seconds_count", &[echo, "agent=\"executor\""]),
+        Some(4.0)
+    );
+    // Explicit buckets: a histogram, not a summary. b and c slept 150 ms, so at most a and d
+    // fall in the 0.1 s bucket; all four in +Inf.
+    let bucket = |le: &str| {
+        let le = format!("le=\"{le}\"");
+        metric(&text, "tetrarch_tool_call_duration_seconds_bucket", &[echo, &le])
+    };
+    assert!(bucket("0.1").unwrap() <= 2.0, "{text}");
+    assert_eq!(bucket("+Inf"), Some(4.0), "{text}");
+    assert_eq!(metric(&text, "tetrarch_runs_total", &["status=\"complete\""]), Some(1.0));
+    assert_eq!(metric(&text, "tetrarch_active_agents", &[]), Some(4.0));
+    for agent in AgentKind::ALL {
+        let label = format!("agent=\"{agent}\"");
+        assert!(metric(&text, "tetrarch_mailbox_depth", &[&label]).is_some(), "{text}");
+        assert_eq!(metric(&text, "tetrarch_agent_restarts_total", &[&label]), Some(0.0));
+    }
+    assert!(metric(&text, "tetrarch_pool_acquired_total", &["pool=\"fn\""]).unwrap() >= 4.0);
+    assert_eq!(metric(&text, "tetrarch_pool_sessions_in_use", &["pool=\"fn\""]), Some(0.0));
+    assert!(metric(&text, "tetrarch_pool_wait_seconds", &["pool=\"fn\""]).is_some());
+    let exported_ratio = metric(&text, "tetrarch_parallel_execution_ratio", &[]).unwrap();
+    assert!((exported_ratio - ratio).abs() < 1e-9);
+    assert!(metric(&text, "tetrarch_store_memories", &["state=\"live\""]).is_some());
+
+    // A restart shows in the JSON, the metrics and the event stream.
+    let mut stream = open_events(addr).await;
+    runtime.inject_fault(AgentKind::Optimizer).unwrap();
+    let mut line = String::new();
+    let restarted = loop {
+        line.clear();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            break serde_json::from_str::<Value>(data).unwrap();
+        }
+    };
+    assert_eq!(restarted["event"], "agent_restarted");
+    assert_eq!(restarted["agent"], "optimizer");
+    telemetry.sample(&runtime);
+    let state = get_json(addr, "/api/state").await;
+    assert_eq!(state["agents"][1]["restarts"], 1);
+    let (_, _, text) = get(addr, "/metrics").await;
+    assert_eq!(
+        metric(&text, "tetrarch_agent_restarts_total", &["agent=\"optimizer\""]),
+        Some(1.0)
+    );
+
+    // The same run read back from the store, as `tetrarch dashboard` shows it.
+    let finished = Telemetry::finished(runtime.store(), None, None).unwrap();
+    let saved = serde_json::to_value(finished.state()).unwrap();
+    assert_eq!(saved["mode"], "finished");
+    assert_eq!(saved["run"]["run_id"], report.run_id.as_str());
+    assert_eq!(saved["run"]["status"], "complete");
+    assert!(saved["note"].is_null(), "the plan file was readable: {saved}");
+    let saved_tasks = saved["tasks"].as_array().unwrap();
+    assert!(saved_tasks.iter().all(|t| t["state"] == "complete"));
+    assert_eq!(saved_tasks[3]["deps"], serde_json::json!(["b", "c"]));
+    let missing = Telemetry::finished(runtime.store(), Some("no-such-run"), None)
+        .err()
+        .unwrap();
+    assert_eq!(missing.to_string(), "dashboard: the store holds no run no-such-run");
+
+    server.shutdown().await;
+    observer.abort();
+    runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dashboard_address_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let error = DashboardServer::bind(addr, Telemetry::new(None))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(error, TelemetryError::AddrInUse { .. }));
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("dashboard: 127.0.0.1:{} is in use: ", addr.port())),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_without_a_recorder_say_so() {
+    let server = DashboardServer::bind("127.0.0.1:0".parse().unwrap(), Telemetry::new(None))
+        .await
+        .unwrap();
+    let (status, _, body) = get(server.local_addr(), "/metrics").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no Prometheus recorder"), "{body}");
+    server.shutdown().await;
+}
+
+#[test]
+fn dashboard_addresses_default_to_loopback() {
+    assert_eq!(
+        parse_addr("8080").unwrap(),
+        "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        parse_addr(":9000").unwrap(),
+        "127.0.0.1:9000".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        parse_addr("0.0.0.0:81").unwrap(),
+        "0.0.0.0:81".parse::<SocketAddr>().unwrap()
+    );
+    let error = parse_addr("localhost:http").unwrap_err();
+    assert!(error.to_string().contains("\"localhost:http\" is not an address"));
+}
+
+fn write_cli_plan(dir: &Path) {
+    std::fs::write(
+        dir.join("plan.toml"),
+        "name = \"cli-dashboard\"\npermissions = \"settings.json\"\n\
+         [pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n\
+         [[task]]\nid = \"hello\"\ntool = \"sh.say\"\nargs = { argv = [\"echo '{\\\"ok\\\": true}'\"] }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)"]}}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn tetrarch_run_warns_when_the_dashboard_port_is_taken_and_runs_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cli_plan(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .arg("run")
+        .arg(dir.path().join("plan.toml"))
+        .arg("--dashboard")
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: dashboard: 127.0.0.1:{port} is in use: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the run goes on without the dashboard"), "{stderr}");
+    assert!(stderr.contains("1/1 tasks complete"), "{stderr}");
+}
