@@ -160,6 +160,8 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     assert!(head.to_lowercase().contains("content-type: text/html"));
     assert!(page.contains("<title>tetrarch dashboard</title>"));
     assert!(page.contains("/api/state") && page.contains("/api/events"));
+    // The page carries the state as of its request.
+    assert!(page.contains("\"mode\":\"live\"") && !page.contains("/*INITIAL_STATE*/"));
 
     // Before the run: every task pending, the DAG's levels and dependencies.
     let state = get_json(addr, "/api/state").await;
@@ -266,25 +268,33 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     assert!((exported_ratio - ratio).abs() < 1e-9);
     assert!(metric(&text, "tetrarch_store_memories", &["state=\"live\""]).is_some());
 
-    // A restart shows in the JSON, the metrics and the event stream.
-    let mut stream = open_events(addr).await;
+    // The run is over: the event stream says so (204 stops EventSource reconnecting).
+    let (status, _, _) = get(addr, "/api/events").await;
+    assert_eq!(status, 204);
+
+    // A restart shows in the JSON (agents and event log) and the metrics.
     runtime.inject_fault(AgentKind::Optimizer).unwrap();
-    let mut line = String::new();
-    let restarted = loop {
-        line.clear();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
-        if let Some(data) = line.trim_end().strip_prefix("data: ") {
-            break serde_json::from_str::<Value>(data).unwrap();
-        }
-    };
-    assert_eq!(restarted["event"], "agent_restarted");
-    assert_eq!(restarted["agent"], "optimizer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while runtime.restarts(AgentKind::Optimizer) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the optimizer was not restarted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     telemetry.sample(&runtime);
     let state = get_json(addr, "/api/state").await;
+    assert_eq!(state["agents"][1]["agent"], "optimizer");
     assert_eq!(state["agents"][1]["restarts"], 1);
+    let mut logged = None;
+    for _ in 0..200 {
+        let state = get_json(addr, "/api/state").await;
+        logged = state["events"].as_array().unwrap().last().cloned();
+        if logged.as_ref().is_some_and(|e| e["event"] == "agent_restarted") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let logged = logged.unwrap();
+    assert_eq!(logged["event"], "agent_restarted", "{logged}");
+    assert_eq!(logged["agent"], "optimizer");
     let (_, _, text) = get(addr, "/metrics").await;
     assert_eq!(
         metric(&text, "tetrarch_agent_restarts_total", &["agent=\"optimizer\""]),

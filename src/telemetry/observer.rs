@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 
 use super::TelemetryError;
 use super::view::{AgentView, DashboardState, PoolView, ToolLatency};
-use crate::agents::{AgentKind, RunEvent, Runtime, TaskState, saved_runs};
+use crate::agents::{AgentKind, RunEvent, RunStatus, Runtime, TaskState, saved_runs};
 use crate::plan::Plan;
 use crate::store::Store;
 
@@ -429,6 +429,17 @@ impl Telemetry {
             })
             .collect();
         view
+    }
+
+    /// Whether the watched run has ended (or the view is of a finished run).
+    pub fn run_over(&self) -> bool {
+        let tracker = self.inner.tracker.lock();
+        tracker.view.mode == "finished"
+            || tracker
+                .view
+                .run
+                .as_ref()
+                .is_some_and(|run| run.status != RunStatus::Running)
     }
 
     /// Events recorded from now on (what `/api/events` streams).

@@ -14,9 +14,13 @@ use futures::Stream;
 use tokio::sync::{broadcast, oneshot};
 
 use super::{Telemetry, TelemetryError};
+use crate::agents::RunEvent;
 
 /// The page: one file, plain JavaScript, no build step.
 const PAGE: &str = include_str!("dashboard.html");
+
+/// Where the page carries the state as of its request, so its first paint needs no round trip.
+const INITIAL_STATE: &str = "/*INITIAL_STATE*/null";
 
 /// Parses `--dashboard`: `HOST:PORT`, or a bare port (on 127.0.0.1).
 pub fn parse_addr(text: &str) -> Result<SocketAddr, TelemetryError> {
@@ -103,40 +107,65 @@ impl Drop for DashboardServer {
     }
 }
 
-async fn page() -> Html<&'static str> {
-    Html(PAGE)
+async fn page(State(telemetry): State<Telemetry>) -> Response {
+    match serde_json::to_string(&telemetry.state()) {
+        // `<` escaped so no text in the state can close the script element.
+        Ok(json) => Html(PAGE.replacen(INITIAL_STATE, &json.replace('<', "\\u003c"), 1)).into_response(),
+        Err(e) => encode_error(&e),
+    }
+}
+
+fn encode_error(e: &serde_json::Error) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("cannot encode the dashboard state: {e}"),
+    )
+        .into_response()
 }
 
 async fn state(State(telemetry): State<Telemetry>) -> Response {
     match serde_json::to_vec(&telemetry.state()) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the dashboard state: {e}"),
-        )
-            .into_response(),
+        Err(e) => encode_error(&e),
     }
 }
 
-async fn events(
-    State(telemetry): State<Telemetry>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = futures::stream::unfold(telemetry.subscribe(), |mut events| async move {
+/// The run's events as they happen. The stream ends after `run_finished`; once the run is over
+/// (or for a finished run) the answer is 204 No Content, which tells `EventSource` not to
+/// reconnect.
+async fn events(State(telemetry): State<Telemetry>) -> Response {
+    if telemetry.run_over() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    Sse::new(event_stream(telemetry.subscribe()))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn event_stream(
+    events: broadcast::Receiver<RunEvent>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(Some(events), |events| async move {
+        let mut events = events?;
         loop {
             match events.recv().await {
                 Ok(event) => match serde_json::to_string(&event) {
-                    Ok(json) => return Some((Ok(Event::default().data(json)), events)),
+                    Ok(json) => {
+                        let last = matches!(event, RunEvent::RunFinished { .. });
+                        let next = (!last).then_some(events);
+                        return Some((Ok(Event::default().data(json)), next));
+                    }
                     Err(e) => tracing::warn!("dashboard: cannot encode an event: {e}"),
                 },
                 // The page reloads /api/state when told it missed events.
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    return Some((Ok(Event::default().event("lagged").data(n.to_string())), events));
+                    let lagged = Event::default().event("lagged").data(n.to_string());
+                    return Some((Ok(lagged), Some(events)));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    })
 }
 
 async fn metrics(State(telemetry): State<Telemetry>) -> Response {
