@@ -171,9 +171,21 @@ async fn the_page_shows_task_states_change_during_a_run() {
     let (report, (early, late)) = tokio::join!(run, watch);
     assert_eq!(report.unwrap().status, RunStatus::Complete);
 
-    assert_eq!(task_state(&early, "first").as_deref(), Some("running"), "{early}");
-    assert_eq!(task_state(&early, "third").as_deref(), Some("pending"), "{early}");
-    assert_eq!(task_state(&late, "first").as_deref(), Some("complete"), "{late}");
+    assert_eq!(
+        task_state(&early, "first").as_deref(),
+        Some("running"),
+        "{early}"
+    );
+    assert_eq!(
+        task_state(&early, "third").as_deref(),
+        Some("pending"),
+        "{early}"
+    );
+    assert_eq!(
+        task_state(&late, "first").as_deref(),
+        Some("complete"),
+        "{late}"
+    );
     assert!(
         late.contains("data-live=\"1\""),
         "no event reached the open page through the event stream: {late}"

@@ -4,9 +4,10 @@
 //! `tetrarch run`, where the run goes on).
 #![allow(clippy::unwrap_used)]
 
+use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -77,14 +78,18 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
 async fn get_json(addr: SocketAddr, path: &str) -> Value {
     let (status, head, body) = get(addr, path).await;
     assert_eq!(status, 200, "{path}: {head}");
-    assert!(head.to_lowercase().contains("content-type: application/json"));
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/json")
+    );
     serde_json::from_str(&body).unwrap()
 }
 
 /// Opens `/api/events` and returns a reader positioned after the response head.
 async fn open_events(addr: SocketAddr) -> BufReader<TcpStream> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    let request =
+        format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut reader = BufReader::new(stream);
     let mut head = String::new();
@@ -189,7 +194,10 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     assert_eq!(report.status, RunStatus::Complete);
 
     let events = reader.await.unwrap();
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.first(), Some(&"run_started"), "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "task_started").count(), 4);
     assert_eq!(kinds.iter().filter(|k| **k == "task_finished").count(), 4);
@@ -207,9 +215,16 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
             .all(|t| t["state"] == "complete")
     );
     let agents = state["agents"].as_array().unwrap();
-    let names: Vec<&str> = agents.iter().map(|a| a["agent"].as_str().unwrap()).collect();
+    let names: Vec<&str> = agents
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["orchestrator", "optimizer", "executor", "reviewer"]);
-    assert!(agents.iter().all(|a| a["restarts"] == 0 && a["running"] == true));
+    assert!(
+        agents
+            .iter()
+            .all(|a| a["restarts"] == 0 && a["running"] == true)
+    );
     assert!(agents.iter().all(|a| a["mailbox_depth"].is_u64()));
     let pool = state["pools"]
         .as_array()
@@ -238,31 +253,55 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     assert_eq!(status, 200);
     let echo = "tool=\"fn.echo\"";
     assert_eq!(
-        metric(&text, "tetrarch_tool_calls_total", &[echo, "status=\"complete\""]),
+        metric(
+            &text,
+            "tetrarch_tool_calls_total",
+            &[echo, "status=\"complete\""]
+        ),
         Some(4.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, "tetrarch_tool_call_duration_seconds_count", &[echo, "agent=\"executor\""]),
+        metric(
+            &text,
+            "tetrarch_tool_call_duration_seconds_count",
+            &[echo, "agent=\"executor\""]
+        ),
         Some(4.0)
     );
     // Explicit buckets: a histogram, not a summary. b and c slept 150 ms, so at most a and d
     // fall in the 0.1 s bucket; all four in +Inf.
     let bucket = |le: &str| {
         let le = format!("le=\"{le}\"");
-        metric(&text, "tetrarch_tool_call_duration_seconds_bucket", &[echo, &le])
+        metric(
+            &text,
+            "tetrarch_tool_call_duration_seconds_bucket",
+            &[echo, &le],
+        )
     };
     assert!(bucket("0.1").unwrap() <= 2.0, "{text}");
     assert_eq!(bucket("+Inf"), Some(4.0), "{text}");
-    assert_eq!(metric(&text, "tetrarch_runs_total", &["status=\"complete\""]), Some(1.0));
+    assert_eq!(
+        metric(&text, "tetrarch_runs_total", &["status=\"complete\""]),
+        Some(1.0)
+    );
     assert_eq!(metric(&text, "tetrarch_active_agents", &[]), Some(4.0));
     for agent in AgentKind::ALL {
         let label = format!("agent=\"{agent}\"");
-        assert!(metric(&text, "tetrarch_mailbox_depth", &[&label]).is_some(), "{text}");
-        assert_eq!(metric(&text, "tetrarch_agent_restarts_total", &[&label]), Some(0.0));
+        assert!(
+            metric(&text, "tetrarch_mailbox_depth", &[&label]).is_some(),
+            "{text}"
+        );
+        assert_eq!(
+            metric(&text, "tetrarch_agent_restarts_total", &[&label]),
+            Some(0.0)
+        );
     }
     assert!(metric(&text, "tetrarch_pool_acquired_total", &["pool=\"fn\""]).unwrap() >= 4.0);
-    assert_eq!(metric(&text, "tetrarch_pool_sessions_in_use", &["pool=\"fn\""]), Some(0.0));
+    assert_eq!(
+        metric(&text, "tetrarch_pool_sessions_in_use", &["pool=\"fn\""]),
+        Some(0.0)
+    );
     assert!(metric(&text, "tetrarch_pool_wait_seconds", &["pool=\"fn\""]).is_some());
     let exported_ratio = metric(&text, "tetrarch_parallel_execution_ratio", &[]).unwrap();
     assert!((exported_ratio - ratio).abs() < 1e-9);
@@ -276,7 +315,10 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     runtime.inject_fault(AgentKind::Optimizer).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while runtime.restarts(AgentKind::Optimizer) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the optimizer was not restarted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the optimizer was not restarted"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     telemetry.sample(&runtime);
@@ -287,7 +329,10 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     for _ in 0..200 {
         let state = get_json(addr, "/api/state").await;
         logged = state["events"].as_array().unwrap().last().cloned();
-        if logged.as_ref().is_some_and(|e| e["event"] == "agent_restarted") {
+        if logged
+            .as_ref()
+            .is_some_and(|e| e["event"] == "agent_restarted")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -297,7 +342,11 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     assert_eq!(logged["agent"], "optimizer");
     let (_, _, text) = get(addr, "/metrics").await;
     assert_eq!(
-        metric(&text, "tetrarch_agent_restarts_total", &["agent=\"optimizer\""]),
+        metric(
+            &text,
+            "tetrarch_agent_restarts_total",
+            &["agent=\"optimizer\""]
+        ),
         Some(1.0)
     );
 
@@ -307,14 +356,20 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     assert_eq!(saved["mode"], "finished");
     assert_eq!(saved["run"]["run_id"], report.run_id.as_str());
     assert_eq!(saved["run"]["status"], "complete");
-    assert!(saved["note"].is_null(), "the plan file was readable: {saved}");
+    assert!(
+        saved["note"].is_null(),
+        "the plan file was readable: {saved}"
+    );
     let saved_tasks = saved["tasks"].as_array().unwrap();
     assert!(saved_tasks.iter().all(|t| t["state"] == "complete"));
     assert_eq!(saved_tasks[3]["deps"], serde_json::json!(["b", "c"]));
     let missing = Telemetry::finished(runtime.store(), Some("no-such-run"), None)
         .err()
         .unwrap();
-    assert_eq!(missing.to_string(), "dashboard: the store holds no run no-such-run");
+    assert_eq!(
+        missing.to_string(),
+        "dashboard: the store holds no run no-such-run"
+    );
 
     server.shutdown().await;
     observer.abort();
@@ -363,7 +418,11 @@ fn dashboard_addresses_default_to_loopback() {
         "0.0.0.0:81".parse::<SocketAddr>().unwrap()
     );
     let error = parse_addr("localhost:http").unwrap_err();
-    assert!(error.to_string().contains("\"localhost:http\" is not an address"));
+    assert!(
+        error
+            .to_string()
+            .contains("\"localhost:http\" is not an address")
+    );
 }
 
 fn write_cli_plan(dir: &Path) {
@@ -382,7 +441,7 @@ fn write_cli_plan(dir: &Path) {
 }
 
 #[test]
-fn tetrarch_run_warns_when_the_dashboard_port_is_taken_and_runs_anyway() {
+fn tetrarch_run_warns_when_the_dashboard_port_is_taken_and_runs_anyway_then_dashboard_serves_it() {
     let dir = tempfile::tempdir().unwrap();
     write_cli_plan(dir.path());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -399,11 +458,46 @@ fn tetrarch_run_warns_when_the_dashboard_port_is_taken_and_runs_anyway() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!(
-            "warning: dashboard: 127.0.0.1:{port} is in use: "
-        )),
+        stderr.contains(&format!("warning: dashboard: 127.0.0.1:{port} is in use: ")),
         "{stderr}"
     );
-    assert!(stderr.contains("the run goes on without the dashboard"), "{stderr}");
+    assert!(
+        stderr.contains("the run goes on without the dashboard"),
+        "{stderr}"
+    );
     assert!(stderr.contains("1/1 tasks complete"), "{stderr}");
+
+    // The finished run, served by `tetrarch dashboard` on a port it picks.
+    let mut dashboard = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .args(["dashboard", "--addr", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(dashboard.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let served = first
+        .strip_prefix("dashboard: http://")
+        .and_then(|rest| rest.split('/').next())
+        .map(str::parse::<SocketAddr>);
+    let state = served.map(|addr| {
+        let mut stream = std::net::TcpStream::connect(addr.unwrap()).unwrap();
+        stream
+            .write_all(b"GET /api/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    });
+    dashboard.kill().unwrap();
+    dashboard.wait().unwrap();
+    let state = state.unwrap_or_else(|| panic!("unexpected first line: {first}"));
+    let body: Value = serde_json::from_str(state.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["mode"], "finished");
+    assert_eq!(body["run"]["status"], "complete");
+    assert_eq!(body["tasks"][0]["id"], "hello");
+    assert_eq!(body["tasks"][0]["state"], "complete");
 }

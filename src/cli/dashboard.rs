@@ -56,7 +56,11 @@ pub struct LiveDashboard {
 }
 
 /// Starts the dashboard of `plan`'s run on `addr` (`--dashboard`), or warns and returns `None`.
-pub async fn start_live(addr: Option<&str>, plan: &Plan, runtime: &Runtime) -> Option<LiveDashboard> {
+pub async fn start_live(
+    addr: Option<&str>,
+    plan: &Plan,
+    runtime: &Runtime,
+) -> Option<LiveDashboard> {
     let addr = match parse_addr(addr?) {
         Ok(addr) => addr,
         Err(e) => {

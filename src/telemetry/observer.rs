@@ -254,7 +254,10 @@ impl Telemetry {
 
     /// Records every event from `events` (a [`Runtime::subscribe`] receiver) until the runtime
     /// closes it, passing each on to [`Telemetry::subscribe`]rs.
-    pub fn observe(&self, mut events: broadcast::Receiver<RunEvent>) -> tokio::task::JoinHandle<()> {
+    pub fn observe(
+        &self,
+        mut events: broadcast::Receiver<RunEvent>,
+    ) -> tokio::task::JoinHandle<()> {
         let telemetry = self.clone();
         tokio::spawn(async move {
             loop {
@@ -348,8 +351,7 @@ impl Telemetry {
         for pool in &pools {
             let name = pool.name.clone();
             gauge!("tetrarch_pool_sessions", "pool" => name.clone()).set(pool.size as f64);
-            gauge!("tetrarch_pool_sessions_in_use", "pool" => name.clone())
-                .set(pool.in_use as f64);
+            gauge!("tetrarch_pool_sessions_in_use", "pool" => name.clone()).set(pool.in_use as f64);
             gauge!("tetrarch_pool_waiters", "pool" => name.clone()).set(pool.waiters as f64);
             gauge!("tetrarch_pool_wait_seconds", "pool" => name.clone())
                 .set(pool.total_wait_ms / 1000.0);

@@ -110,7 +110,9 @@ impl Drop for DashboardServer {
 async fn page(State(telemetry): State<Telemetry>) -> Response {
     match serde_json::to_string(&telemetry.state()) {
         // `<` escaped so no text in the state can close the script element.
-        Ok(json) => Html(PAGE.replacen(INITIAL_STATE, &json.replace('<', "\\u003c"), 1)).into_response(),
+        Ok(json) => {
+            Html(PAGE.replacen(INITIAL_STATE, &json.replace('<', "\\u003c"), 1)).into_response()
+        }
         Err(e) => encode_error(&e),
     }
 }
