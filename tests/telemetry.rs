@@ -45,6 +45,22 @@ deps = ["b", "c"]
 args = { sleep_ms = 20 }
 "#;
 
+/// Two identical cacheable calls, one after the other.
+const CACHED: &str = r#"
+name = "telemetry-cached"
+[[task]]
+id = "x"
+tool = "fn.echo"
+cacheable = true
+args = { value = 7 }
+[[task]]
+id = "y"
+tool = "fn.echo"
+deps = ["x"]
+cacheable = true
+args = { value = 7 }
+"#;
+
 async fn start_runtime(store: Store) -> Runtime {
     let mut natives = NativeRegistry::new();
     natives.register("echo", |args: Value| async move {
@@ -369,6 +385,35 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     assert_eq!(
         missing.to_string(),
         "dashboard: the store holds no run no-such-run"
+    );
+
+    // Context cache hits and misses: the second of two identical cacheable calls is a hit.
+    let cached = Plan::from_toml(CACHED, "cached.toml").unwrap();
+    telemetry.watch_plan(&cached);
+    let report = telemetry
+        .drive(&runtime, runtime.run(cached, RunOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Complete);
+    let state = get_json(addr, "/api/state").await;
+    let tool_results = state["cache"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cache"] == "tool_result")
+        .unwrap()
+        .clone();
+    assert_eq!(tool_results["hits"], 1, "{tool_results}");
+    assert_eq!(tool_results["misses"], 1, "{tool_results}");
+    let (_, _, text) = get(addr, "/metrics").await;
+    let tool_result = "cache=\"tool_result\"";
+    assert_eq!(
+        metric(&text, "tetrarch_cache_hits_total", &[tool_result]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "tetrarch_cache_misses_total", &[tool_result]),
+        Some(1.0)
     );
 
     server.shutdown().await;

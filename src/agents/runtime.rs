@@ -20,7 +20,7 @@ use crate::lessons::Lessons;
 use crate::permissions::{ApprovalHandler, DenyAll, PermissionEngine};
 use crate::plan::{Plan, StaticCatalog};
 use crate::session::{NativeRegistry, Pool, PoolContext, PoolDef, PoolKind, PoolStats};
-use crate::store::{CacheTtls, ContextCache, Namespace, Store};
+use crate::store::{CacheStats, CacheTtls, ContextCache, Namespace, Store};
 
 /// The session pools by name, with each pool's default call timeout. Shared by the Executor and
 /// the Reviewer (score gates) across their restarts.
@@ -140,6 +140,7 @@ pub struct Runtime {
     restarts: Arc<RestartCounters>,
     fatal: watch::Receiver<Option<Fatal>>,
     store: Store,
+    cache: ContextCache,
 }
 
 async fn start_pools(
@@ -185,11 +186,12 @@ impl Runtime {
         };
         let restarts = Arc::new(RestartCounters::default());
         let (fatal_tx, fatal) = watch::channel(None);
+        let cache = ContextCache::new(CacheTtls::default(), 256 << 20, Some(store.clone()));
         let args = SupervisorArgs {
             peers: peers.clone(),
             store: store.clone(),
             pools: pools.clone(),
-            cache: ContextCache::new(CacheTtls::default(), 256 << 20, Some(store.clone())),
+            cache: cache.clone(),
             config: Arc::new(actors),
             events: events.clone(),
             restarts: Arc::clone(&restarts),
@@ -215,6 +217,7 @@ impl Runtime {
             restarts,
             fatal,
             store,
+            cache,
         })
     }
 
@@ -384,6 +387,11 @@ impl Runtime {
     /// Each pool's counters.
     pub fn pool_stats(&self) -> Vec<(String, PoolStats)> {
         self.pools.stats()
+    }
+
+    /// The context cache's hits and misses per category.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// The store.

@@ -4,7 +4,7 @@
 //!   with explicit histogram buckets) once; its handle renders `/metrics`.
 //! - [`Telemetry`] watches a run from the outside: it turns the runtime's [`RunEvent`]s into
 //!   metrics, per-task spans and the dashboard's view, and samples the runtime's gauges (mailbox
-//!   depths, restarts, pools, store) while [`Telemetry::drive`] runs a future.
+//!   depths, restarts, pools, context cache, store) while [`Telemetry::drive`] runs a future.
 //! - [`DashboardServer`] serves the page (`/`, one HTML file embedded in the binary, plain
 //!   JavaScript: no front-end build), its JSON (`/api/state`), the live event stream
 //!   (`/api/events`, server-sent events) and `/metrics`, on 127.0.0.1 unless told otherwise.
@@ -21,7 +21,7 @@ mod view;
 
 pub use observer::{METRIC_NAMES, SAMPLE_PERIOD, Telemetry, install_metrics};
 pub use server::{DashboardServer, parse_addr};
-pub use view::{AgentView, DashboardState, PoolView, RunView, TaskView, ToolLatency};
+pub use view::{AgentView, CacheView, DashboardState, PoolView, RunView, TaskView, ToolLatency};
 
 /// What can go wrong serving telemetry.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use super::TelemetryError;
-use super::view::{AgentView, DashboardState, PoolView, ToolLatency};
+use super::view::{AgentView, CacheView, DashboardState, PoolView, ToolLatency};
 use crate::agents::{AgentKind, RunEvent, RunStatus, Runtime, TaskState, saved_runs};
 use crate::plan::Plan;
 use crate::store::Store;
@@ -62,6 +62,14 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     (
         "tetrarch_parallel_execution_ratio",
         "Share of task time spent with other tasks running",
+    ),
+    (
+        "tetrarch_cache_hits_total",
+        "Context cache lookups answered from the cache, by cache category",
+    ),
+    (
+        "tetrarch_cache_misses_total",
+        "Context cache lookups that had to compute, by cache category",
     ),
     ("tetrarch_runs_total", "Finished runs by status"),
     ("tetrarch_run_duration_seconds", "Run wall time"),
@@ -316,7 +324,8 @@ impl Telemetry {
         tracker.view.parallel_ratio = tracker.parallel_ratio();
     }
 
-    /// Reads the runtime's gauges: agents (restarts, mailbox depth), pools, the store.
+    /// Reads the runtime's gauges: agents (restarts, mailbox depth), pools, the context cache,
+    /// the store.
     pub fn sample(&self, runtime: &Runtime) {
         let running = runtime.failure().is_none();
         let agents: Vec<AgentView> = runtime
@@ -357,11 +366,26 @@ impl Telemetry {
                 .set(pool.total_wait_ms / 1000.0);
             counter!("tetrarch_pool_acquired_total", "pool" => name).absolute(pool.acquired);
         }
+        let cache: Vec<CacheView> = runtime
+            .cache_stats()
+            .categories
+            .into_iter()
+            .map(|(category, stats)| CacheView {
+                cache: category.as_str(),
+                hits: stats.hits,
+                misses: stats.misses,
+            })
+            .collect();
+        for c in &cache {
+            counter!("tetrarch_cache_hits_total", "cache" => c.cache).absolute(c.hits);
+            counter!("tetrarch_cache_misses_total", "cache" => c.cache).absolute(c.misses);
+        }
         self.sample_store(runtime.store());
         let resumed = {
             let mut tracker = self.inner.tracker.lock();
             tracker.view.agents = agents;
             tracker.view.pools = pools;
+            tracker.view.cache = cache;
             tracker.resumed.take()
         };
         if let Some(run_id) = resumed {

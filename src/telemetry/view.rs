@@ -26,6 +26,8 @@ pub struct DashboardState {
     pub pools: Vec<PoolView>,
     /// Attempt latency per tool.
     pub latency: Vec<ToolLatency>,
+    /// The context cache's hits and misses per category.
+    pub cache: Vec<CacheView>,
     /// Share of task time spent with other tasks running (0 when nothing ran yet).
     pub parallel_ratio: f64,
     /// The newest events, oldest first.
@@ -96,6 +98,17 @@ pub struct PoolView {
     pub total_wait_ms: f64,
     /// Sessions handed out.
     pub acquired: u64,
+}
+
+/// One category of the context cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheView {
+    /// The category (`tool_result`, `file_read`, ...).
+    pub cache: &'static str,
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that had to compute.
+    pub misses: u64,
 }
 
 /// Attempt latency of one tool.
