@@ -13,6 +13,7 @@
 //! - [`lessons`]: error→fix learning over the store.
 //! - [`plan`]: the plan format, its validation, templates, gates and DAG analysis.
 //! - [`session`]: the `Session` trait, pools, and the process, MCP, native and scorer kinds.
+//! - [`telemetry`]: Prometheus metrics, per-task tracing spans and the run dashboard over HTTP.
 
 pub mod agents;
 pub mod context;
