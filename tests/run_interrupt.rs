@@ -57,7 +57,10 @@ fn ctrl_c_cancels_compensates_and_saves_the_run() {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     loop {
-        let line = lines.next().expect("the run ended before `slow` started").unwrap();
+        let line = lines
+            .next()
+            .expect("the run ended before `slow` started")
+            .unwrap();
         if line.contains("\"task_started\"") && line.contains("\"slow\"") {
             break;
         }
@@ -67,7 +70,10 @@ fn ctrl_c_cancels_compensates_and_saves_the_run() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let started = Instant::now();
     let status = child.wait().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(10), "Ctrl-C did not stop the run promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "Ctrl-C did not stop the run promptly"
+    );
     assert_eq!(status.code(), Some(1), "{status}");
     let undone = std::fs::read_to_string(dir.path().join("undo.txt")).unwrap();
     assert_eq!(undone.trim(), "undone");

@@ -280,10 +280,20 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     assert_eq!(
         metric(
             &text,
-            "tetrarch_tool_call_duration_seconds_count",
+            "tetrarch_task_attempt_duration_seconds_count",
             &[echo, "agent=\"executor\""]
         ),
         Some(4.0)
+    );
+    // The Executor's own measure of the calls.
+    assert_eq!(
+        metric(
+            &text,
+            "tetrarch_tool_call_duration_seconds_count",
+            &[echo, "agent=\"executor\""]
+        ),
+        Some(4.0),
+        "{text}"
     );
     // Explicit buckets: a histogram, not a summary. b and c slept 150 ms, so at most a and d
     // fall in the 0.1 s bucket; all four in +Inf.
@@ -291,7 +301,7 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
         let le = format!("le=\"{le}\"");
         metric(
             &text,
-            "tetrarch_tool_call_duration_seconds_bucket",
+            "tetrarch_task_attempt_duration_seconds_bucket",
             &[echo, &le],
         )
     };
@@ -301,6 +311,7 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
         metric(&text, "tetrarch_runs_total", &["status=\"complete\""]),
         Some(1.0)
     );
+
     assert_eq!(metric(&text, "tetrarch_active_agents", &[]), Some(4.0));
     for agent in AgentKind::ALL {
         let label = format!("agent=\"{agent}\"");
@@ -545,4 +556,60 @@ fn tetrarch_run_warns_when_the_dashboard_port_is_taken_and_runs_anyway_then_dash
     assert_eq!(body["run"]["status"], "complete");
     assert_eq!(body["tasks"][0]["id"], "hello");
     assert_eq!(body["tasks"][0]["state"], "complete");
+}
+
+/// A task whose args use `{{context}}`: the payload's size is a metric and a bar on the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn context_payloads_are_measured_and_shown_per_session() {
+    const WITH_CONTEXT: &str = r#"
+name = "telemetry-context"
+[[task]]
+id = "gather"
+tool = "fn.echo"
+args = { finding = "the smoke shader spills registers on sm_90" }
+[[task]]
+id = "summarise"
+tool = "fn.echo"
+deps = ["gather"]
+args = { notes = "{{context}}" }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let runtime = start_runtime(store).await;
+    let plan = Plan::from_toml(WITH_CONTEXT, "plan.toml").unwrap();
+    let telemetry = Telemetry::new(Some(install_metrics().unwrap()));
+    telemetry.watch_plan(&plan);
+    let observer = telemetry.observe(runtime.subscribe());
+    let server = DashboardServer::bind("127.0.0.1:0".parse().unwrap(), telemetry.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let options = RunOptions {
+        base_dir: dir.path().to_path_buf(),
+        ..RunOptions::default()
+    };
+    let report = runtime.run(plan, options).await.unwrap();
+    let notes = report.task("summarise").unwrap().output.clone().unwrap();
+    assert!(
+        notes["notes"]
+            .as_str()
+            .unwrap()
+            .contains("spills registers"),
+        "{notes}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, _, text) = get(addr, "/metrics").await;
+    assert!(
+        metric(&text, "tetrarch_context_tokens_count", &[]).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    let state = get_json(addr, "/api/state").await;
+    let context = state["context"].as_array().unwrap();
+    assert_eq!(context.len(), 1, "{state}");
+    assert_eq!(context[0]["task"], "summarise");
+    assert!(context[0]["tokens"].as_u64().unwrap() > 0, "{state}");
+    assert_eq!(context[0]["window"], 200_000);
+    server.shutdown().await;
+    observer.abort();
+    runtime.shutdown().await;
 }

@@ -68,6 +68,21 @@ pub enum RunEvent {
         /// The wait before the retry.
         backoff_ms: u64,
     },
+    /// The Optimizer assembled a task's `{{context}}`.
+    ContextBuilt {
+        /// The run.
+        run_id: String,
+        /// The task.
+        task: String,
+        /// The context session (`RUN/TASK`).
+        session: String,
+        /// Tokens sent in this payload.
+        tokens: usize,
+        /// Tokens the session holds after it.
+        session_tokens: usize,
+        /// The session's window.
+        window: usize,
+    },
     /// A fix the plan declares for the task is being tried after a failure.
     FixApplied {
         /// The run.

@@ -199,7 +199,15 @@ async fn call_pool(
         timeout: attempt.timeout.unwrap_or(call_timeout),
     };
     let mut session = pool.acquire().await?;
-    session.call(request).await
+    let started = std::time::Instant::now();
+    let outcome = session.call(request).await;
+    metrics::histogram!(
+        "tetrarch_tool_call_duration_seconds",
+        "tool" => attempt.call.to_string(),
+        "agent" => AgentKind::Executor.as_str()
+    )
+    .record(started.elapsed().as_secs_f64());
+    outcome
 }
 
 async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> Outcome {

@@ -35,6 +35,7 @@ pub(crate) struct OptimizerArgs {
     pub config: OptimizerConfig,
     /// The actors folder: a relative `skills_dir` resolves against it.
     pub base_dir: std::path::PathBuf,
+    pub events: tokio::sync::broadcast::Sender<super::RunEvent>,
 }
 
 pub(crate) struct OptimizerState {
@@ -164,6 +165,14 @@ fn assemble(
         project_files: Vec::new(),
     };
     let payload = optimizer.build(&request);
+    let _ = state.args.events.send(super::RunEvent::ContextBuilt {
+        run_id: attempt.run_id.to_string(),
+        task: attempt.task.id.as_str().to_owned(),
+        session: session.clone(),
+        tokens: payload.tokens,
+        session_tokens: payload.session_tokens,
+        window: payload.window,
+    });
     for warning in &payload.warnings {
         tracing::warn!("optimizer: task {}: {warning}", attempt.task.id);
     }

@@ -134,6 +134,7 @@ impl SupervisorState {
                     store: a.store.clone(),
                     config: a.config.optimizer.clone(),
                     base_dir: a.config.base_dir.clone(),
+                    events: a.events.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Optimizer, args, link)
                     .await

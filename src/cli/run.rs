@@ -251,7 +251,9 @@ fn describe(event: &RunEvent) -> Option<String> {
         } if *already_complete > 0 => {
             format!("{already_complete} tasks already complete from the earlier attempt")
         }
-        RunEvent::RunStarted { .. } | RunEvent::RunFinished { .. } => return None,
+        RunEvent::RunStarted { .. }
+        | RunEvent::RunFinished { .. }
+        | RunEvent::ContextBuilt { .. } => return None,
     })
 }
 

@@ -470,6 +470,13 @@ impl Store {
     /// [`StoreError::ContentTooLarge`], [`StoreError::InvalidImportance`],
     /// [`StoreError::InvalidConfidence`] for bad input; [`StoreError::Database`] if the commit fails.
     pub async fn store(&self, new: NewMemory) -> Result<MemoryId, StoreError> {
+        let started = std::time::Instant::now();
+        let stored = self.store_unmeasured(new).await;
+        record_latency("store", started);
+        stored
+    }
+
+    async fn store_unmeasured(&self, new: NewMemory) -> Result<MemoryId, StoreError> {
         validate_fields(
             &new.content,
             new.importance,
@@ -516,6 +523,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] when no live or archived memory has this id.
     pub fn get(&self, id: MemoryId) -> Result<Memory, StoreError> {
+        let started = std::time::Instant::now();
+        let found = self.get_unmeasured(id);
+        record_latency("get", started);
+        found
+    }
+
+    fn get_unmeasured(&self, id: MemoryId) -> Result<Memory, StoreError> {
         let now = Timestamp::now();
         {
             let state = self.inner.state.read();
@@ -592,6 +606,13 @@ impl Store {
     /// Searches live memories, best first (see the ranking in the index docs: more matched terms,
     /// then BM25F score, then importance, then recency).
     pub fn search(&self, query: &str, options: &SearchOptions) -> Vec<SearchHit> {
+        let started = std::time::Instant::now();
+        let hits = self.search_unmeasured(query, options);
+        record_latency("search", started);
+        hits
+    }
+
+    fn search_unmeasured(&self, query: &str, options: &SearchOptions) -> Vec<SearchHit> {
         let terms = analyze_query(query);
         let now = Timestamp::now().as_millis();
         let state = self.inner.state.read();
@@ -783,4 +804,11 @@ impl Store {
         let answer = self.queue_cache_entry(key, category, value)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Records a store operation's latency in the `metrics` recorder (a no-op until the telemetry
+/// module installs one).
+fn record_latency(op: &'static str, started: std::time::Instant) {
+    metrics::histogram!("tetrarch_store_op_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
@@ -21,6 +21,11 @@ use crate::store::Store;
 pub const SAMPLE_PERIOD: Duration = Duration::from_millis(250);
 
 /// Histogram buckets in seconds, for attempt and run durations: 1 ms to 10 min.
+/// Buckets of the context tokens per payload histogram.
+const TOKEN_BUCKETS: &[f64] = &[
+    100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0,
+];
+
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0, 600.0,
@@ -29,7 +34,19 @@ const DURATION_BUCKETS: &[f64] = &[
 /// Every metric this module exports, with its help text.
 pub const METRIC_NAMES: &[(&str, &str)] = &[
     (
+        "tetrarch_store_op_duration_seconds",
+        "Store operation latency (store, get, search), by operation",
+    ),
+    (
+        "tetrarch_context_tokens",
+        "Tokens per context payload the Optimizer built (tasks whose args use {{context}})",
+    ),
+    (
         "tetrarch_tool_call_duration_seconds",
+        "Tool call latency inside the Executor (session acquired to outcome), by tool and agent",
+    ),
+    (
+        "tetrarch_task_attempt_duration_seconds",
         "Task attempt latency, from dispatch to outcome (context, tool call and gates), by tool and agent",
     ),
     (
@@ -89,6 +106,12 @@ pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets(DURATION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("tetrarch_context_tokens".to_owned()),
+                        TOKEN_BUCKETS,
+                    )
+                })
                 .and_then(PrometheusBuilder::install_recorder)
                 .map_err(|e| e.to_string())?;
             for (name, help) in METRIC_NAMES {
@@ -96,6 +119,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
                     describe_counter!(*name, *help);
                 } else if name.ends_with("_duration_seconds") {
                     describe_histogram!(*name, metrics::Unit::Seconds, *help);
+                } else if *name == "tetrarch_context_tokens" {
+                    describe_histogram!(*name, metrics::Unit::Count, *help);
                 } else {
                     describe_gauge!(*name, *help);
                 }
@@ -181,7 +206,7 @@ impl Tracker {
             return;
         };
         let seconds = now.saturating_duration_since(started).as_secs_f64();
-        histogram!("tetrarch_tool_call_duration_seconds", "tool" => tool.clone(), "agent" => AgentKind::Executor.as_str())
+        histogram!("tetrarch_task_attempt_duration_seconds", "tool" => tool.clone(), "agent" => AgentKind::Executor.as_str())
             .record(seconds);
         let entry = self.latency.entry(tool).or_insert((0, 0.0, 0.0));
         entry.0 += 1;
@@ -318,6 +343,9 @@ impl Telemetry {
             }
             RunEvent::AgentRestarted { agent, reason, .. } => {
                 tracing::warn!(agent = agent.as_str(), "agent restarted: {reason}");
+            }
+            RunEvent::ContextBuilt { tokens, .. } => {
+                histogram!("tetrarch_context_tokens").record(*tokens as f64);
             }
             RunEvent::FixApplied { .. } | RunEvent::Compensated { .. } => {}
         }

@@ -28,6 +28,8 @@ pub struct DashboardState {
     pub latency: Vec<ToolLatency>,
     /// The context cache's hits and misses per category.
     pub cache: Vec<CacheView>,
+    /// Context usage per session (task attempt), newest last.
+    pub context: Vec<ContextView>,
     /// Share of task time spent with other tasks running (0 when nothing ran yet).
     pub parallel_ratio: f64,
     /// The newest events, oldest first.
@@ -98,6 +100,19 @@ pub struct PoolView {
     pub total_wait_ms: f64,
     /// Sessions handed out.
     pub acquired: u64,
+}
+
+/// One context session's usage of its window.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextView {
+    /// The session (`RUN/TASK`).
+    pub session: String,
+    /// The task.
+    pub task: String,
+    /// Tokens it holds.
+    pub tokens: usize,
+    /// Its window.
+    pub window: usize,
 }
 
 /// One category of the context cache.
@@ -248,6 +263,24 @@ impl DashboardState {
                 if let Some(run) = &mut self.run {
                     run.status = *status;
                     run.duration_ms = Some(*duration_ms);
+                }
+            }
+            RunEvent::ContextBuilt {
+                task,
+                session,
+                session_tokens,
+                window,
+                ..
+            } => {
+                let view = ContextView {
+                    session: session.clone(),
+                    task: task.clone(),
+                    tokens: *session_tokens,
+                    window: *window,
+                };
+                match self.context.iter_mut().find(|c| c.session == *session) {
+                    Some(existing) => *existing = view,
+                    None => self.context.push(view),
                 }
             }
             RunEvent::Compensated { .. }
