@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
@@ -427,20 +428,29 @@ impl Actor for Executor {
             ExecutorMsg::Execute(attempt) => {
                 let shared = Arc::clone(&state.shared);
                 let run_id = Arc::clone(&attempt.run_id);
-                let handle = state.calls.spawn(async move {
-                    let mut attempt = attempt;
-                    let outcome = execute(&shared, &attempt).await;
-                    record(&shared, &attempt, &outcome);
-                    attempt.failure = failure(&shared, &outcome);
-                    if let Err(e) = shared
-                        .peers
-                        .reviewer
-                        .send(ReviewerMsg::Review(attempt, outcome))
-                        .await
-                    {
-                        tracing::warn!("executor: outcome not delivered: {e}");
+                let span = tracing::info_span!(
+                    parent: &attempt.span,
+                    "tool_call",
+                    pool = %attempt.call.pool,
+                    tool = %attempt.call.tool
+                );
+                let handle = state.calls.spawn(
+                    async move {
+                        let mut attempt = attempt;
+                        let outcome = execute(&shared, &attempt).await;
+                        record(&shared, &attempt, &outcome);
+                        attempt.failure = failure(&shared, &outcome);
+                        if let Err(e) = shared
+                            .peers
+                            .reviewer
+                            .send(ReviewerMsg::Review(attempt, outcome))
+                            .await
+                        {
+                            tracing::warn!("executor: outcome not delivered: {e}");
+                        }
                     }
-                });
+                    .instrument(span),
+                );
                 state.runs.insert(handle.id(), (run_id, handle));
             }
             ExecutorMsg::CancelRun(run_id) => {

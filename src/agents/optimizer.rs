@@ -11,6 +11,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -225,8 +226,10 @@ impl Actor for Optimizer {
         match msg {
             OptimizerMsg::Prepare(mut attempt) => {
                 if attempt.wants_context {
-                    let context = state.context().await;
-                    attempt.ctx.context = assemble(state, context.as_ref(), &attempt);
+                    let span = tracing::info_span!(parent: &attempt.span, "context");
+                    let context = state.context().instrument(span.clone()).await;
+                    attempt.ctx.context =
+                        span.in_scope(|| assemble(state, context.as_ref(), &attempt));
                 }
                 attempt.args =
                     Some(render(&attempt.args_template, &attempt.ctx).map_err(|e| e.to_string()));

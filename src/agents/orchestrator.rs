@@ -118,6 +118,8 @@ struct RunState {
     compensations: Vec<CompensationReport>,
     replies: Vec<oneshot::Sender<Result<RunReport, String>>>,
     started: Instant,
+    /// The run's span: the parent of every attempt's span (`status` recorded at the end).
+    span: tracing::Span,
 }
 
 fn referenced_tasks(task: &Task) -> (HashSet<String>, bool) {
@@ -197,7 +199,15 @@ impl RunState {
                 fix_trial: None,
             })
             .collect();
+        let span = tracing::info_span!(
+            "run",
+            plan = %plan.name,
+            run = %spec.run_id,
+            resumed = spec.resume,
+            status = tracing::field::Empty
+        );
         RunState {
+            span,
             id: Arc::from(spec.run_id.as_str()),
             plan,
             tasks,
@@ -442,7 +452,17 @@ impl OrchestratorState {
             attempt: run.slots[i].attempt,
         });
         let task = Arc::clone(&run.tasks[i]);
+        let span = tracing::info_span!(
+            parent: &run.span,
+            "task",
+            plan = %run.plan.name,
+            run = %run.id,
+            task = %task.id,
+            attempt = run.slots[i].attempt,
+            outcome = tracing::field::Empty
+        );
         let attempt = Attempt {
+            span,
             run_id: Arc::clone(&run.id),
             task_index: i,
             call: task.tool.clone(),
@@ -501,6 +521,14 @@ impl OrchestratorState {
     }
 
     async fn on_verdict(&mut self, attempt: Box<Attempt>, verdict: Verdict) {
+        attempt.span.record(
+            "outcome",
+            match &verdict {
+                Verdict::Pass { .. } => "pass",
+                Verdict::GateFailed { .. } => "gate_failed",
+                Verdict::Error { .. } => "error",
+            },
+        );
         let run_id = Arc::clone(&attempt.run_id);
         let i = attempt.task_index;
         let Some(run) = self.runs.get_mut(&run_id) else {
@@ -846,7 +874,16 @@ impl OrchestratorState {
             ctx.outputs
                 .insert(task.id.as_str().to_owned(), output.clone());
         }
+        let span = tracing::info_span!(
+            parent: &run.span,
+            "compensate",
+            plan = %run.plan.name,
+            run = %run.id,
+            task = %task.id,
+            outcome = tracing::field::Empty
+        );
         let attempt = Attempt {
+            span,
             run_id: Arc::clone(&run.id),
             task_index: i,
             call: compensate.tool.clone(),
@@ -894,6 +931,7 @@ impl OrchestratorState {
             return;
         };
         run.record.status = status;
+        run.span.record("status", status.as_str());
         let report = run.report(status);
         self.flush();
         // Durable before it is reported: everything queued before commits with it.

@@ -49,6 +49,10 @@ pub(crate) struct Attempt {
     /// Set by the Executor when the call failed: the error as the tool gave it, and the known
     /// fix for the most similar past error.
     pub failure: Option<(String, Option<String>)>,
+    /// This attempt's `task` (or `compensate`) span, a child of the run's span: the agents open
+    /// their own spans (`context`, `tool_call`, `review`) under it, so one trace follows the
+    /// attempt across the four mailboxes. It closes when the Orchestrator drops the attempt.
+    pub span: tracing::Span,
 }
 
 /// What the Executor got from the tool.

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
@@ -277,13 +278,17 @@ impl Actor for Reviewer {
                         .gates
                         .iter()
                         .any(|g| matches!(g, Gate::Score { .. }));
+                let span = tracing::info_span!(parent: &attempt.span, "review");
                 if scored {
                     let shared = Arc::clone(&state.shared);
-                    state
-                        .scoring
-                        .spawn(async move { review_and_reply(&shared, attempt, outcome).await });
+                    state.scoring.spawn(
+                        async move { review_and_reply(&shared, attempt, outcome).await }
+                            .instrument(span),
+                    );
                 } else {
-                    review_and_reply(&state.shared, attempt, outcome).await;
+                    review_and_reply(&state.shared, attempt, outcome)
+                        .instrument(span)
+                        .await;
                 }
             }
             ReviewerMsg::Ping(reply) => {

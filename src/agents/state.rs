@@ -46,6 +46,18 @@ pub enum RunStatus {
     Cancelled,
 }
 
+impl RunStatus {
+    /// The status as written in JSON and on spans: `running`, `complete`, `failed`, `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Complete => "complete",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// One task in a [`RunReport`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskReport {

@@ -24,6 +24,11 @@ pub struct Cli {
     /// The store file (default: $TETRARCH_HOME/store.redb, else the XDG data directory).
     #[arg(long, global = true, env = "TETRARCH_STORE")]
     store: Option<PathBuf>,
+    /// Export the agents' spans to this OpenTelemetry collector (OTLP/HTTP traces URL, e.g.
+    /// http://127.0.0.1:4318/v1/traces). OTEL_EXPORTER_OTLP_ENDPOINT also turns it on. Needs a
+    /// binary built with `--features otel`.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,18 +81,81 @@ fn resolve_store(store: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-fn init_tracing() {
+/// What must be flushed before the process exits.
+struct TracingGuard {
+    #[cfg(feature = "otel")]
+    otlp: Option<tetrarch::telemetry::OtlpTracing>,
+}
+
+impl TracingGuard {
+    fn finish(self) {
+        #[cfg(feature = "otel")]
+        if let Some(otlp) = self.otlp
+            && let Err(e) = otlp.shutdown()
+        {
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
+fn otlp_requested(endpoint: Option<&str>) -> bool {
+    endpoint.is_some()
+        || [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// `RUST_LOG` (default `warn`) for what is printed; with `otel`, the exporter's own layer beside it.
+fn init_tracing(otlp_endpoint: Option<&str>) -> TracingGuard {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let printed = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_filter(filter);
+    let requested = otlp_requested(otlp_endpoint);
+    #[cfg(feature = "otel")]
+    {
+        let otlp = requested
+            .then(|| {
+                let config = tetrarch::telemetry::OtlpConfig {
+                    endpoint: otlp_endpoint.map(str::to_owned),
+                    ..Default::default()
+                };
+                tetrarch::telemetry::OtlpTracing::new(&config)
+                    .inspect_err(|e| eprintln!("warning: {e}; spans are not exported"))
+                    .ok()
+            })
+            .flatten();
+        let exported = otlp.as_ref().map(|o| o.layer());
+        let _ = tracing_subscriber::registry()
+            .with(printed)
+            .with(exported)
+            .try_init();
+        TracingGuard { otlp }
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        if requested {
+            eprintln!(
+                "warning: OpenTelemetry export was asked for, but this tetrarch was built without \
+                 the `otel` feature; spans are not exported (build with `--features otel`)"
+            );
+        }
+        let _ = tracing_subscriber::registry().with(printed).try_init();
+        TracingGuard {}
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let Cli { store, command } = cli;
+    let Cli { store, command, .. } = cli;
     match command {
         Command::Run(args) => run::run(args, &resolve_store(store)?),
         Command::Runs { json } => run::list(&resolve_store(store)?, json),
@@ -112,13 +180,15 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// Parses the arguments, runs the command and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    match run(cli) {
+    let tracing = init_tracing(cli.otlp_endpoint.as_deref());
+    let code = match run(cli) {
         Ok(code) => code,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    tracing.finish();
+    code
 }

@@ -3,11 +3,19 @@
 //! - [`install_metrics`] installs the process-wide `metrics` recorder (the Prometheus exporter,
 //!   with explicit histogram buckets) once; its handle renders `/metrics`.
 //! - [`Telemetry`] watches a run from the outside: it turns the runtime's [`RunEvent`]s into
-//!   metrics, per-task spans and the dashboard's view, and samples the runtime's gauges (mailbox
+//!   metrics and the dashboard's view, and samples the runtime's gauges (mailbox
 //!   depths, restarts, pools, context cache, store) while [`Telemetry::drive`] runs a future.
 //! - [`DashboardServer`] serves the page (`/`, one HTML file embedded in the binary, plain
 //!   JavaScript: no front-end build), its JSON (`/api/state`), the live event stream
 //!   (`/api/events`, server-sent events) and `/metrics`, on 127.0.0.1 unless told otherwise.
+//!
+//! Spans are opened by the agents themselves (target `tetrarch::agents::*`, INFO): `run` (plan,
+//! run, resumed, status) is the parent of one `task` span per attempt (plan, run, task, attempt,
+//! outcome) or `compensate` span per compensation, and each of those holds the Optimizer's
+//! `context` (when the task reads `{{context}}`), the Executor's `tool_call` (pool, tool) and the
+//! Reviewer's `review`. The attempt carries its span through the mailboxes, so the tree is the
+//! attempt's real path; `RUST_LOG=tetrarch=info` prints them, and with the cargo feature `otel`
+//! `OtlpTracing` exports them over OTLP/HTTP.
 //!
 //! What is measured from events rather than inside the agents: a task attempt's latency runs from
 //! its dispatch (`task_started`) to its outcome (`gate_failed`, `task_retrying` or
@@ -16,8 +24,13 @@
 //! [`RunEvent`]: crate::agents::RunEvent
 
 mod observer;
+#[cfg(feature = "otel")]
+mod otel;
 mod server;
 mod view;
+
+#[cfg(feature = "otel")]
+pub use otel::{OtlpConfig, OtlpProtocol, OtlpTracing};
 
 pub use observer::{METRIC_NAMES, SAMPLE_PERIOD, Telemetry, install_metrics};
 pub use server::{DashboardServer, parse_addr};
@@ -54,6 +67,12 @@ pub enum TelemetryError {
     #[error("metrics: cannot install the Prometheus recorder: {detail}")]
     Metrics {
         /// Why.
+        detail: String,
+    },
+    /// The OpenTelemetry exporter could not be set up or flushed (feature `otel`).
+    #[error("OpenTelemetry export: {detail}")]
+    Otlp {
+        /// What went wrong.
         detail: String,
     },
     /// The store could not be read (finished runs).

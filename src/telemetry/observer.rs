@@ -1,5 +1,5 @@
-//! [`Telemetry`]: turns a run's events and the runtime's counters into metrics, per-task spans
-//! and the dashboard's view.
+//! [`Telemetry`]: turns a run's events and the runtime's counters into metrics and the
+//! dashboard's view. (The spans are the agents' own: see `crate::agents`.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -148,8 +148,8 @@ struct Tracker {
     view: DashboardState,
     /// Task id → `POOL.TOOL`.
     tools: HashMap<String, String>,
-    /// Attempts in flight: task id → dispatch time and its span.
-    running: HashMap<String, (Instant, tracing::Span)>,
+    /// Attempts in flight: task id → dispatch time.
+    running: HashMap<String, Instant>,
     /// When the running set last changed.
     last_change: Option<Instant>,
     /// Task-seconds, and those spent with at least one other task running.
@@ -182,18 +182,9 @@ impl Tracker {
         }
     }
 
-    fn start_attempt(&mut self, run_id: &str, task: &str, attempt: u32, now: Instant) {
+    fn start_attempt(&mut self, task: &str, now: Instant) {
         self.advance(now);
-        let plan = self.view.run.as_ref().map(|r| r.plan.clone());
-        let span = tracing::info_span!(
-            "task",
-            plan = plan.as_deref().unwrap_or(""),
-            run = run_id,
-            task = task,
-            attempt = attempt
-        );
-        tracing::debug!(parent: &span, "dispatched");
-        self.running.insert(task.to_owned(), (now, span));
+        self.running.insert(task.to_owned(), now);
     }
 
     /// Ends a task's attempt in flight with `status`, recording its latency.
@@ -202,7 +193,7 @@ impl Tracker {
         let tool = self.tools.get(task).cloned().unwrap_or_default();
         counter!("tetrarch_tool_calls_total", "tool" => tool.clone(), "status" => status)
             .increment(1);
-        let Some((started, span)) = self.running.remove(task) else {
+        let Some(started) = self.running.remove(task) else {
             return;
         };
         let seconds = now.saturating_duration_since(started).as_secs_f64();
@@ -212,7 +203,6 @@ impl Tracker {
         entry.0 += 1;
         entry.1 += seconds;
         entry.2 = entry.2.max(seconds);
-        tracing::info!(parent: &span, status, seconds, "attempt ended");
         gauge!("tetrarch_parallel_execution_ratio").set(self.parallel_ratio());
     }
 }
@@ -321,11 +311,7 @@ impl Telemetry {
                     tracker.resumed = Some(run_id.clone());
                 }
             }
-            RunEvent::TaskStarted {
-                run_id,
-                task,
-                attempt,
-            } => tracker.start_attempt(run_id, task, *attempt, now),
+            RunEvent::TaskStarted { task, .. } => tracker.start_attempt(task, now),
             RunEvent::TaskFinished { task, state, .. } => {
                 tracker.end_attempt(task, task_status(*state), now);
             }
