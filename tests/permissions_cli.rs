@@ -213,3 +213,43 @@ fn consolidate_then_diff() {
     std::fs::write(&corpus, "{\"tool\": 3}\n").unwrap();
     assert_eq!(diff(&new).status.code(), Some(2));
 }
+
+#[test]
+fn consolidate_refuses_a_rule_that_loading_refuses() {
+    let dir = scratch("uncompilable");
+    let bad = dir.join("settings.json");
+    // Parses as a rule, but the glob does not compile; `Read(src/**)` "covers" it.
+    std::fs::write(
+        &bad,
+        r#"{"permissions": {"allow": ["Read(src/**)", "Read(src/[)"]}}"#,
+    )
+    .unwrap();
+    let out_file = dir.join("out.json");
+    for widen in [false, true] {
+        let mut args = vec![
+            "perms",
+            "consolidate",
+            bad.to_str().unwrap(),
+            "--out",
+            out_file.to_str().unwrap(),
+        ];
+        if widen {
+            args.push("--widen");
+        }
+        let out = tetrarch(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("allow[1] `Read(src/[)`") && err.contains("invalid path pattern"),
+            "{err}"
+        );
+        assert!(
+            !out_file.exists(),
+            "nothing is written for a file that does not load"
+        );
+    }
+    // `check` (loading) fails with the same rule named.
+    let out = tetrarch(&["perms", "check", bad.to_str().unwrap(), "Read", "src/a"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow[1] `Read(src/[)`"));
+}

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use proptest::prelude::*;
 use tetrarch::permissions::consolidate::{Consolidation, consolidate};
-use tetrarch::permissions::{PermissionEngine, ToolCall, Verdict};
+use tetrarch::permissions::{List, PermissionEngine, PermissionError, ToolCall, Verdict};
 
 const FIXTURE: &str = include_str!("fixtures/permissions/settings.json");
 const SETTINGS_PATH: &str = "/proj/.claude/settings.json";
@@ -344,4 +344,138 @@ fn fixture_is_realistic_and_shrinks() {
             );
         }
     }
+}
+
+/// The rules of one list of a settings document, as written.
+fn rules(settings: &serde_json::Value, list: &str) -> Vec<String> {
+    settings["permissions"][list]
+        .as_array()
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn widening_the_fixture_ends_under_fifty_rules() {
+    let fix = &*FIX;
+    assert!(fix.widening.rules_before >= 200);
+    assert!(
+        fix.widening.rules_after < 50,
+        "{} rules after widening",
+        fix.widening.rules_after
+    );
+    let after: usize = ["allow", "ask", "deny"]
+        .iter()
+        .map(|list| rules(&fix.widening.settings, list).len())
+        .sum();
+    assert_eq!(after, fix.widening.rules_after);
+}
+
+#[test]
+fn widening_never_moves_a_rule_between_lists() {
+    let fix = &*FIX;
+    let before: serde_json::Value = serde_json::from_str(FIXTURE).unwrap();
+    let families: Vec<&str> = fix
+        .widening
+        .widened
+        .iter()
+        .map(|f| f.rule.as_str())
+        .collect();
+    for list in ["allow", "ask", "deny"] {
+        let old: Vec<String> = rules(&before, list)
+            .iter()
+            .map(|r| r.replace(":*)", " *)"))
+            .collect();
+        for rule in rules(&fix.widening.settings, list) {
+            // A new family rule may only appear in `allow`.
+            let from_here =
+                old.contains(&rule) || (list == "allow" && families.contains(&rule.as_str()));
+            assert!(
+                from_here,
+                "{list} gained `{rule}`, which was not in its own list"
+            );
+        }
+    }
+    // Deny and ask keep every rule they had (only duplicates and `:*` spellings change).
+    for list in ["ask", "deny"] {
+        let mut old: Vec<String> = rules(&before, list)
+            .iter()
+            .map(|r| r.replace(":*)", " *)"))
+            .collect();
+        let mut new = rules(&fix.widening.settings, list);
+        old.sort();
+        old.dedup();
+        new.sort();
+        assert_eq!(old, new, "{list}");
+    }
+}
+
+#[test]
+fn consolidating_twice_changes_nothing_the_second_time() {
+    let plain = consolidate(FIXTURE, Path::new(SETTINGS_PATH), false).unwrap();
+    let again = consolidate(&plain.settings.to_string(), Path::new(SETTINGS_PATH), false).unwrap();
+    assert!(again.changes.is_empty(), "{:#?}", again.changes);
+    assert_eq!(again.rules_before, plain.rules_after);
+    assert_eq!(again.rules_after, plain.rules_after);
+    assert_eq!(again.settings, plain.settings);
+    // The same holds for a widened file: widening already dropped what it made redundant.
+    let widened = &FIX.widening;
+    let again = consolidate(
+        &widened.settings.to_string(),
+        Path::new(SETTINGS_PATH),
+        false,
+    )
+    .unwrap();
+    assert!(again.changes.is_empty(), "{:#?}", again.changes);
+    assert_eq!(again.settings, widened.settings);
+}
+
+#[test]
+fn a_rule_the_engine_cannot_compile_fails_consolidation_as_it_fails_loading() {
+    // `Read(src/[)` parses as a rule but its glob does not compile; it is also
+    // "covered" by `Read(src/**)`, so a syntax-only check would drop it silently.
+    let text =
+        r#"{"permissions": {"allow": ["Read(src/**)", "Read(src/[)"], "deny": ["Bash(rm *)"]}}"#;
+    let load = PermissionEngine::from_settings_json(
+        text,
+        Path::new(SETTINGS_PATH),
+        Path::new("/proj"),
+        Path::new("/home/u"),
+    )
+    .err()
+    .unwrap();
+    for widen in [false, true] {
+        let err = consolidate(text, Path::new(SETTINGS_PATH), widen).unwrap_err();
+        match &err {
+            PermissionError::InvalidRule {
+                list, index, rule, ..
+            } => {
+                assert_eq!(
+                    (*list, *index, rule.as_str()),
+                    (List::Allow, 1, "Read(src/[)")
+                );
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        assert_eq!(err.to_string(), load.to_string());
+        assert!(err.to_string().contains("allow[1] `Read(src/[)`"), "{err}");
+    }
+    // Deny and ask lists are compiled too, and a bad Bash rule still fails at parse.
+    let text = r#"{"permissions": {"deny": ["Edit(//etc/{a,b)"], "allow": ["Bash(ls)"]}}"#;
+    let err = consolidate(text, Path::new(SETTINGS_PATH), false).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("rule deny[0] `Edit(//etc/{a,b)`"),
+        "{err}"
+    );
+    let text = r#"{"permissions": {"ask": ["Bash(ls", "Bash(ls)"]}}"#;
+    let err = consolidate(text, Path::new(SETTINGS_PATH), false).unwrap_err();
+    assert!(
+        err.to_string().starts_with("rule ask[0] `Bash(ls`"),
+        "{err}"
+    );
 }

@@ -152,7 +152,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     }
     let mut runtime_options = RuntimeOptions::new(store, actors);
     if human && std::io::stdin().is_terminal() {
-        runtime_options.approval = Arc::new(TerminalPrompt);
+        runtime_options.approval = Arc::new(TerminalPrompt::new());
     }
     let runtime = Runtime::start(runtime_options).await?;
     let dashboard = super::dashboard::start_live(args.dashboard.as_deref(), &plan, &runtime).await;

@@ -1,6 +1,8 @@
 //! Settling `Ask` decisions.
 
+use std::fmt;
 use std::io::{BufRead, Write};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{Decision, ToolCall};
 
@@ -29,10 +31,86 @@ impl<F: Fn(&ToolCall, &Decision) -> bool> ApprovalHandler for CallbackApproval<F
     }
 }
 
-/// Asks on the terminal (stderr prompt, one line from stdin); anything but
-/// `y`/`yes`, and any I/O error or end of input, denies.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TerminalPrompt;
+/// Held across printing a question and reading its answer. The Executor
+/// checks calls concurrently, and a person sees one terminal: without this,
+/// two questions could be printed before either answer is read, and a `y`
+/// would approve whichever call happened to read it. Process-wide, so that
+/// several prompts sharing the terminal are serialised too.
+static PROMPT_LOCK: Mutex<()> = Mutex::new(());
+
+/// A poisoned lock only means another prompt panicked; the data is `()` or a stream.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a [`TerminalPrompt`] asks and reads.
+enum PromptIo {
+    /// stderr for the question, one line of stdin for the answer.
+    Terminal,
+    /// Injected streams (tests, embedding programs with their own console).
+    Streams {
+        input: Mutex<Box<dyn BufRead + Send>>,
+        output: Mutex<Box<dyn Write + Send>>,
+    },
+}
+
+/// Asks a person: prints `Allow TOOL INPUT? (RULE) [y/N]` and reads one line.
+/// Only `y`/`yes` (any case, surrounding blanks ignored) approves; anything
+/// else, an empty line, end of input and any I/O error deny. One prompt runs
+/// at a time in the whole process (question and answer together), so
+/// concurrent calls never swap answers.
+pub struct TerminalPrompt {
+    io: PromptIo,
+}
+
+impl TerminalPrompt {
+    /// Asks on stderr and reads the answer from stdin.
+    pub fn new() -> Self {
+        TerminalPrompt {
+            io: PromptIo::Terminal,
+        }
+    }
+
+    /// Asks on `output` and reads answers from `input`, one line per prompt.
+    pub fn with_io(
+        input: impl BufRead + Send + 'static,
+        output: impl Write + Send + 'static,
+    ) -> Self {
+        TerminalPrompt {
+            io: PromptIo::Streams {
+                input: Mutex::new(Box::new(input)),
+                output: Mutex::new(Box::new(output)),
+            },
+        }
+    }
+
+    /// Prints the question and reads the answer; `None` on an I/O error.
+    fn ask(question: &str, output: &mut dyn Write, input: &mut dyn BufRead) -> Option<String> {
+        output.write_all(question.as_bytes()).ok()?;
+        output.flush().ok()?;
+        let mut line = String::new();
+        match input.read_line(&mut line) {
+            Ok(n) if n > 0 => Some(line),
+            _ => None,
+        }
+    }
+}
+
+impl Default for TerminalPrompt {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for TerminalPrompt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let io = match self.io {
+            PromptIo::Terminal => "terminal",
+            PromptIo::Streams { .. } => "streams",
+        };
+        f.debug_struct("TerminalPrompt").field("io", &io).finish()
+    }
+}
 
 impl ApprovalHandler for TerminalPrompt {
     fn approve(&self, call: &ToolCall, decision: &Decision) -> bool {
@@ -40,14 +118,218 @@ impl ApprovalHandler for TerminalPrompt {
             || "no rule matched".to_string(),
             |r| format!("rule {}[{}] `{}`", r.list, r.index, r.text),
         );
-        let mut err = std::io::stderr().lock();
-        if writeln!(err, "Allow {} {}? ({reason}) [y/N] ", call.tool, call.input).is_err() {
-            return false;
+        let question = format!("Allow {} {}? ({reason}) [y/N] \n", call.tool, call.input);
+        let _one_prompt_at_a_time = lock(&PROMPT_LOCK);
+        let answer = match &self.io {
+            PromptIo::Terminal => Self::ask(
+                &question,
+                &mut std::io::stderr().lock(),
+                &mut std::io::stdin().lock(),
+            ),
+            PromptIo::Streams { input, output } => {
+                Self::ask(&question, &mut **lock(output), &mut **lock(input))
+            }
+        };
+        answer.is_some_and(|line| matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::{List, MatchedRule, Verdict};
+    use super::*;
+
+    fn ask_rule() -> Decision {
+        Decision {
+            verdict: Verdict::Ask,
+            rule: Some(MatchedRule {
+                list: List::Ask,
+                index: 2,
+                text: "Bash(git push *)".into(),
+            }),
         }
-        let mut line = String::new();
-        match std::io::stdin().lock().read_line(&mut line) {
-            Ok(n) if n > 0 => matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
-            _ => false,
+    }
+
+    /// A writer whose bytes the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&lock(&self.0)).into_owned()
+        }
+    }
+
+    fn answer(input: &str) -> (bool, String) {
+        let out = Shared::default();
+        let prompt = TerminalPrompt::with_io(std::io::Cursor::new(input.to_owned()), out.clone());
+        let call = ToolCall::from_text("Bash", "git push origin main");
+        (prompt.approve(&call, &ask_rule()), out.text())
+    }
+
+    #[test]
+    fn only_y_or_yes_approves() {
+        for yes in ["y\n", "yes\n", " Y \n", "YES\r\n", "y"] {
+            assert!(answer(yes).0, "{yes:?}");
+        }
+        for no in [
+            "n\n", "no\n", "\n", "", "yeah\n", "maybe\n", "y es\n", "ok\n",
+        ] {
+            assert!(!answer(no).0, "{no:?}");
+        }
+    }
+
+    #[test]
+    fn an_io_error_denies() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("gone"))
+            }
+        }
+        let prompt = TerminalPrompt::with_io(std::io::BufReader::new(Broken), Shared::default());
+        let call = ToolCall::from_text("Bash", "ls");
+        assert!(!prompt.approve(&call, &ask_rule()));
+    }
+
+    #[test]
+    fn the_question_names_the_tool_the_input_and_the_rule() {
+        let (_, question) = answer("n\n");
+        assert_eq!(
+            question,
+            "Allow Bash {\"command\":\"git push origin main\"}? \
+             (rule ask[2] `Bash(git push *)`) [y/N] \n"
+        );
+        let out = Shared::default();
+        let prompt = TerminalPrompt::with_io(std::io::Cursor::new("y\n"), out.clone());
+        let undecided = Decision {
+            verdict: Verdict::Ask,
+            rule: None,
+        };
+        assert!(prompt.approve(&ToolCall::from_text("Read", "/etc/hosts"), &undecided));
+        assert!(
+            out.text()
+                .contains("Read {\"file_path\":\"/etc/hosts\"}? (no rule matched)")
+        );
+    }
+
+    /// Answers each line read with `y` when the last question printed asks about
+    /// an `approve-me` command, `n` otherwise, and logs questions and reads in
+    /// order. It is slow on purpose, so unserialised prompts would interleave.
+    struct Console {
+        log: Arc<Mutex<Vec<String>>>,
+        pending: Vec<u8>,
+    }
+
+    impl Read for Console {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+                let mut log = lock(&self.log);
+                let last = log
+                    .iter()
+                    .rev()
+                    .find(|l| l.starts_with("Q "))
+                    .cloned()
+                    .unwrap_or_default();
+                let reply = if last.contains("approve-me") {
+                    "y"
+                } else {
+                    "n"
+                };
+                log.push(format!("A {reply} for {last}"));
+                self.pending = format!("{reply}\n").into_bytes();
+            }
+            let n = buf.len().min(self.pending.len());
+            buf[..n].copy_from_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            Ok(n)
+        }
+    }
+
+    struct Screen(Arc<Mutex<Vec<String>>>);
+
+    impl Write for Screen {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).push(format!("Q {}", String::from_utf8_lossy(buf)));
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Several handles on one console, as when prompts share a terminal.
+    #[derive(Clone)]
+    struct SharedConsole(Arc<Mutex<Console>>);
+
+    impl Read for SharedConsole {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            lock(&self.0).read(buf)
+        }
+    }
+
+    #[test]
+    fn concurrent_prompts_are_not_interleaved() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let console = SharedConsole(Arc::new(Mutex::new(Console {
+            log: Arc::clone(&log),
+            pending: Vec::new(),
+        })));
+        // Four prompts on one console, two threads each: calls on one prompt
+        // and calls on different prompts must both wait their turn. Unbuffered
+        // input, so each read reaches the console and logs when it happened.
+        let prompts: Vec<_> = (0..4)
+            .map(|_| {
+                let input = std::io::BufReader::with_capacity(1, console.clone());
+                Arc::new(TerminalPrompt::with_io(input, Screen(Arc::clone(&log))))
+            })
+            .collect();
+        let threads: Vec<_> = (0..8)
+            .map(|n| {
+                let prompt = Arc::clone(&prompts[n % 4]);
+                std::thread::spawn(move || {
+                    let command = if n % 3 == 0 {
+                        format!("echo approve-me {n}")
+                    } else {
+                        format!("echo refuse {n}")
+                    };
+                    let approved =
+                        prompt.approve(&ToolCall::from_text("Bash", &command), &ask_rule());
+                    (n, approved)
+                })
+            })
+            .collect();
+        for thread in threads {
+            let (n, approved) = thread.join().unwrap();
+            // Each call got the answer given to its own question.
+            assert_eq!(approved, n % 3 == 0, "call {n}: {:?}", lock(&log));
+        }
+        // Strictly question, answer, question, answer...
+        let log = lock(&log);
+        let questions = log.iter().filter(|l| l.starts_with("Q ")).count();
+        assert_eq!(questions, 8, "{log:?}");
+        let mut expect_question = true;
+        for line in log.iter() {
+            // A line's first read yields the answer; further one-byte reads
+            // (the newline) log nothing new, so the log alternates exactly.
+            assert_eq!(line.starts_with("Q "), expect_question, "{log:?}");
+            expect_question = !expect_question;
         }
     }
 }

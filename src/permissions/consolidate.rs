@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::engine::read_lists;
+use super::engine::{PermissionEngine, project_root, read_lists};
 use super::path::{Anchors, anchored_globs};
 use super::rule::{ParsedRule, parse_rule};
 use super::{List, PermissionError};
@@ -91,14 +91,32 @@ fn quoted(items: &[String]) -> String {
 }
 
 /// Consolidates the rules of a settings file (see the module doc).
-/// Fails like [`PermissionEngine::from_settings_json`](super::PermissionEngine::from_settings_json)
-/// on a file or rule it cannot read.
+///
+/// # Errors
+/// Fails exactly as
+/// [`PermissionEngine::from_settings_json`](super::PermissionEngine::from_settings_json)
+/// does: on a file that is not a settings object, and on any rule the engine
+/// cannot parse *or compile* (such as the glob of `Read(src/[)`), naming its
+/// list, index and text. A rule that would not load is never dropped as
+/// "covered".
 pub fn consolidate(
     text: &str,
     settings_path: &Path,
     widen: bool,
 ) -> Result<Consolidation, PermissionError> {
     let (mut root, lists) = read_lists(text, settings_path)?;
+    // Compile every rule as loading does (globs and patterns too, not only the
+    // syntax): a rule the engine would reject must fail here with the same
+    // error, not be dropped as "covered" and so vanish from the file. Whether
+    // a glob compiles does not depend on the anchors; these read naturally in
+    // the error (the working directory taken as the project root).
+    let project = project_root(settings_path);
+    let anchors = Anchors {
+        cwd: project.clone(),
+        root: project,
+        home: "~".into(),
+    };
+    PermissionEngine::from_lists(&lists, anchors)?;
     let parse = |list: List, rules: &[String]| -> Result<Vec<Entry>, PermissionError> {
         rules
             .iter()
@@ -338,15 +356,20 @@ fn bash_language(spec: &str) -> Vec<Vec<Tok>> {
 
 const ANCHOR_NAMES: [&str; 3] = ["\u{1}root", "\u{1}cwd", "\u{1}home"];
 
-/// A path specifier's globs with its anchor directories kept symbolic, so
-/// coverage holds for every working directory.
-fn symbolic_globs(spec: &str) -> Vec<Vec<Tok>> {
-    let anchors = Anchors {
+/// Anchor directories standing for "whatever the project root, working
+/// directory and home turn out to be".
+fn symbolic_anchors() -> Anchors {
+    Anchors {
         root: format!("/{}", ANCHOR_NAMES[0]).into(),
         cwd: format!("/{}", ANCHOR_NAMES[1]).into(),
         home: format!("/{}", ANCHOR_NAMES[2]).into(),
-    };
-    anchored_globs(spec, &anchors)
+    }
+}
+
+/// A path specifier's globs with its anchor directories kept symbolic, so
+/// coverage holds for every working directory.
+fn symbolic_globs(spec: &str) -> Vec<Vec<Tok>> {
+    anchored_globs(spec, &symbolic_anchors())
         .iter()
         .map(|g| glob_tokens(g))
         .collect()

@@ -303,15 +303,7 @@ impl PermissionEngine {
         home: &Path,
     ) -> Result<Self, PermissionError> {
         let (_, lists) = read_lists(text, settings_path)?;
-        let parent = settings_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let root = if parent.file_name().is_some_and(|n| n == ".claude") {
-            parent.parent().map(Path::to_path_buf).unwrap_or(parent)
-        } else {
-            parent
-        };
+        let root = project_root(settings_path);
         let anchors = Anchors {
             root: normalise_dir(&root, cwd),
             cwd: normalise_dir(cwd, Path::new("/")),
@@ -504,6 +496,20 @@ impl PermissionEngine {
             Subject::Other => None,
         };
         min_opt(by_name, by_kind)
+    }
+}
+
+/// The directory `/path` rules are anchored to: the parent of a `.claude`
+/// folder holding the settings file, else the settings file's own folder.
+pub(crate) fn project_root(settings_path: &Path) -> std::path::PathBuf {
+    let parent = settings_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if parent.file_name().is_some_and(|n| n == ".claude") {
+        parent.parent().map(Path::to_path_buf).unwrap_or(parent)
+    } else {
+        parent
     }
 }
 
