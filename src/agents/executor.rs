@@ -133,30 +133,31 @@ async fn check_permission(
     let Some(call) = permission_call(def, attempt, args) else {
         return Ok(());
     };
-    let approval = Arc::clone(&shared.approval);
-    let engine = attempt.permissions.clone();
     let subject = format!("{} {}", call.tool, call.input);
-    // The handler may prompt on the terminal: keep it off the async threads.
-    let decision = tokio::task::spawn_blocking(move || match engine {
-        Some(engine) => engine.resolve(&call, approval.as_ref()),
-        None => {
-            let undecided = Decision {
-                verdict: Verdict::Ask,
-                rule: None,
-            };
-            let verdict = if approval.approve(&call, &undecided) {
+    // The rules decide inline (microseconds, no I/O); only an `ask` reaches the approval
+    // handler, which may prompt on the terminal, so that part runs off the async threads.
+    let decided = match &attempt.permissions {
+        Some(engine) => engine.decide(&call),
+        None => Decision {
+            verdict: Verdict::Ask,
+            rule: None,
+        },
+    };
+    let decision = if decided.verdict == Verdict::Ask {
+        let approval = Arc::clone(&shared.approval);
+        tokio::task::spawn_blocking(move || {
+            let verdict = if approval.approve(&call, &decided) {
                 Verdict::Allow
             } else {
                 Verdict::Deny
             };
-            Decision {
-                verdict,
-                rule: None,
-            }
-        }
-    })
-    .await
-    .map_err(|e| format!("permission check failed: {e}"))?;
+            Decision { verdict, ..decided }
+        })
+        .await
+        .map_err(|e| format!("permission check failed: {e}"))?
+    } else {
+        decided
+    };
     if decision.verdict == Verdict::Allow {
         return Ok(());
     }

@@ -295,13 +295,23 @@ impl Pool {
             return Err(SessionError::PoolClosed { pool: pool_name() });
         }
         let started = Instant::now();
-        shared.waiters.fetch_add(1, Ordering::SeqCst);
-        let permit = tokio::time::timeout(
-            shared.config.acquire_timeout,
-            Arc::clone(&shared.permits).acquire_owned(),
-        )
-        .await;
-        shared.waiters.fetch_sub(1, Ordering::SeqCst);
+        // A free slot needs no timer: only a caller that must wait registers its timeout.
+        let permit = match Arc::clone(&shared.permits).try_acquire_owned() {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(SessionError::PoolClosed { pool: pool_name() });
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                shared.waiters.fetch_add(1, Ordering::SeqCst);
+                let permit = tokio::time::timeout(
+                    shared.config.acquire_timeout,
+                    Arc::clone(&shared.permits).acquire_owned(),
+                )
+                .await;
+                shared.waiters.fetch_sub(1, Ordering::SeqCst);
+                permit
+            }
+        };
         let waited = started.elapsed();
         shared.wait_nanos.fetch_add(
             u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
