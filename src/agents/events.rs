@@ -83,6 +83,20 @@ pub enum RunEvent {
         /// The session's window.
         window: usize,
     },
+    /// A context session crossed the monitor's alert ratio (once per crossing): its full
+    /// context is being preserved in the store (tag `context-snapshot`), then compacted.
+    ContextAlert {
+        /// The run.
+        run_id: String,
+        /// The task.
+        task: String,
+        /// The context session (`RUN/TASK`).
+        session: String,
+        /// Tokens the session holds.
+        used: usize,
+        /// The session's window.
+        window: usize,
+    },
     /// A fix the plan declares for the task is being tried after a failure.
     FixApplied {
         /// The run.

@@ -2,7 +2,8 @@
 //!
 //! For a task whose args use `{{context}}`, it asks the [`ContextOptimizer`] for a payload: the
 //! outputs of the task's direct dependencies (critical), the store's memories most relevant to the
-//! task (the run's namespace and `global`), the configured skill documents, ranked and packed into
+//! task (the run's namespace and `global`), the configured skill documents and the project files
+//! the task names (`context_files`, relative to the plan's folder), ranked and packed into
 //! the token budget of `actors/optimizer.toml`. Each task attempt is a context session
 //! (`RUN/TASK`), so a second attempt receives only what changed plus references to what it already
 //! holds. When a session crosses the monitor's threshold, its full context is preserved in the
@@ -147,6 +148,12 @@ fn assemble(
         })
         .collect();
     let Some(optimizer) = context else {
+        if !attempt.task.context_files.is_empty() {
+            tracing::warn!(
+                "optimizer: task {}: context_files not sent (no context optimizer)",
+                attempt.task.id
+            );
+        }
         return upstream
             .iter()
             .map(|(id, text)| format!("## task:{id}\n{text}\n"))
@@ -163,7 +170,8 @@ fn assemble(
         memories: memories(&state.args, attempt, &query),
         query,
         upstream,
-        project_files: Vec::new(),
+        project_files: attempt.task.context_files.clone(),
+        project_root: Some(attempt.base_dir.as_ref().clone()),
     };
     let payload = optimizer.build(&request);
     let _ = state.args.events.send(super::RunEvent::ContextBuilt {
@@ -178,6 +186,13 @@ fn assemble(
         tracing::warn!("optimizer: task {}: {warning}", attempt.task.id);
     }
     if let Some(alert) = &payload.alert {
+        let _ = state.args.events.send(super::RunEvent::ContextAlert {
+            run_id: attempt.run_id.to_string(),
+            task: attempt.task.id.as_str().to_owned(),
+            session: session.clone(),
+            used: alert.used,
+            window: alert.window,
+        });
         tracing::info!(
             "optimizer: context of {} at {:.0}% of its window; preserving it, then compacting",
             alert.session,

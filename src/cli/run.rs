@@ -235,6 +235,11 @@ fn describe(event: &RunEvent) -> Option<String> {
             ..
         } => format!("{task}: retry {retry} in {backoff_ms} ms after: {reason}"),
         RunEvent::FixApplied { task, fix, .. } => format!("{task}: trying declared fix: {fix}"),
+        RunEvent::ContextAlert {
+            task, used, window, ..
+        } => format!(
+            "{task}: context at {used} of {window} tokens; preserved in the store, then compacted"
+        ),
         RunEvent::Compensated {
             task, ok, detail, ..
         } => format!(

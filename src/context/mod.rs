@@ -153,8 +153,12 @@ pub struct ContextRequest {
     /// Candidates gathered by the agent (memories from the store, or any other kind): each keeps
     /// its category and is sent only if relevant enough to the task.
     pub memories: Vec<Candidate>,
-    /// Files the task names: category [`Category::Project`], read from disk, always sent.
+    /// Files the task names: category [`Category::Project`], read from disk, always sent. A
+    /// file that cannot be read (missing, not UTF-8, over `max_file_bytes`) is a warning.
     pub project_files: Vec<PathBuf>,
+    /// The folder relative `project_files` resolve against (a plan's folder); `None`: the
+    /// process's working directory. Sources name each file as given (`file:docs/a.md`).
+    pub project_root: Option<PathBuf>,
 }
 
 /// One item of a payload, as sent.

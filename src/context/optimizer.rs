@@ -203,8 +203,12 @@ impl ContextOptimizer {
             .project_files
             .iter()
             .filter_map(|path| {
+                let resolved = match &request.project_root {
+                    Some(root) if path.is_relative() => Cow::Owned(root.join(path)),
+                    _ => Cow::Borrowed(path.as_path()),
+                };
                 let (text, modified) = read_limited(
-                    path,
+                    &resolved,
                     self.config.max_file_bytes,
                     "project file",
                     &mut warnings,

@@ -89,6 +89,9 @@
 //!   once when the task fails for good with a matching reason (see [`Fix`]).
 //! - `outputs`: the fields of the task's (JSON object) output. When declared, references to
 //!   other fields are errors; when absent, any field is accepted.
+//! - `context_files = ["docs/a.md", ...]`: project files the Optimizer adds to the task's
+//!   `{{context}}` (so the args must use it), relative to the plan's folder. A file that is
+//!   missing or unreadable when the task runs is a warning, not a failure.
 //!
 //! # Templates
 //!
@@ -368,6 +371,9 @@ pub struct Task {
     pub cacheable: bool,
     /// Declared output fields, if declared.
     pub outputs: Option<Vec<String>>,
+    /// Project files sent to the task through `{{context}}` (category project), as written:
+    /// relative paths resolve against the plan's folder.
+    pub context_files: Vec<std::path::PathBuf>,
     /// Where the task's `id` is written.
     pub location: Location,
     /// Where the task's `tool` is written.

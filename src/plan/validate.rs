@@ -57,6 +57,8 @@ struct RawTask {
     #[serde(default)]
     cacheable: bool,
     outputs: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    context_files: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +417,7 @@ pub(super) fn parse(
             }
             names
         });
+        let context_files = context_files(&mut c, &id, &t.context_files, &args);
         tasks.push(Task {
             id: TaskId(id),
             tool,
@@ -429,6 +432,7 @@ pub(super) fn parse(
             fixes,
             cacheable: t.cacheable,
             outputs,
+            context_files,
             location: c.at(t.id.span().start),
             tool_location: c.at(t.tool.span().start),
         });
@@ -496,6 +500,56 @@ pub(super) fn parse(
         pools: raw.pools,
         permissions: raw.permissions.map(std::path::PathBuf::from),
     })
+}
+
+/// A task's `context_files`: non-empty, plain (no templates), each named once, and only on a
+/// task whose args read `{{context}}` (the files are sent nowhere else). Whether a file exists
+/// is not checked here: it may be written by an upstream task, and a missing one is a warning
+/// at run time.
+fn context_files(
+    c: &mut Collector<'_>,
+    id: &str,
+    files: &[Spanned<String>],
+    args: &Value,
+) -> Vec<std::path::PathBuf> {
+    let Some(first) = files.first() else {
+        return Vec::new();
+    };
+    let reads_context = references_in(args, "args")
+        .iter()
+        .any(|(_, _, refs)| refs.as_ref().is_ok_and(|r| r.contains(&Reference::Context)));
+    if !reads_context {
+        c.push(
+            first.span().start,
+            format!(
+                "task {id:?} context_files are sent through {{{{context}}}}, which its args do not use"
+            ),
+        );
+    }
+    let mut paths: Vec<std::path::PathBuf> = Vec::with_capacity(files.len());
+    for file in files {
+        let name = file.get_ref();
+        let path = std::path::PathBuf::from(name);
+        if name.trim().is_empty() {
+            c.push(
+                file.span().start,
+                format!("task {id:?} context_files has an empty path"),
+            );
+        } else if name.contains("{{") {
+            c.push(
+                file.span().start,
+                format!("task {id:?} context_files entry {name:?} is a path, not a template"),
+            );
+        } else if paths.contains(&path) {
+            c.push(
+                file.span().start,
+                format!("task {id:?} context_files names {name:?} twice"),
+            );
+        } else {
+            paths.push(path);
+        }
+    }
+    paths
 }
 
 fn check_templates(

@@ -42,6 +42,10 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
         "Tokens per context payload the Optimizer built (tasks whose args use {{context}})",
     ),
     (
+        "tetrarch_context_alerts_total",
+        "Context sessions that crossed the monitor's alert ratio (preserved in the store, then compacted)",
+    ),
+    (
         "tetrarch_tool_call_duration_seconds",
         "Tool call latency inside the Executor (session acquired to outcome), by tool and agent",
     ),
@@ -332,6 +336,9 @@ impl Telemetry {
             }
             RunEvent::ContextBuilt { tokens, .. } => {
                 histogram!("tetrarch_context_tokens").record(*tokens as f64);
+            }
+            RunEvent::ContextAlert { .. } => {
+                counter!("tetrarch_context_alerts_total").increment(1);
             }
             RunEvent::FixApplied { .. } | RunEvent::Compensated { .. } => {}
         }

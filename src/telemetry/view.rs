@@ -284,6 +284,7 @@ impl DashboardState {
                 }
             }
             RunEvent::Compensated { .. }
+            | RunEvent::ContextAlert { .. }
             | RunEvent::FixApplied { .. }
             | RunEvent::AgentRestarted { .. } => {}
         }

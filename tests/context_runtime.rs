@@ -1,0 +1,356 @@
+//! Context budgets through the real runtime and the `tetrarch` binary: the files a task names
+//! (`context_files`), the monitor's alert → preserve → compact path inside the Optimizer, a
+//! `[context]` budget and `skills_dir` loaded from an actors folder, bad skill files and a tiny
+//! window in `tetrarch run` (warnings, the run completes), and `RUST_LOG` changing what is printed.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tetrarch::agents::{ActorsConfig, RunEvent, RunOptions, RunStatus, Runtime, RuntimeOptions};
+use tetrarch::context::{O200kCounter, TokenCounter};
+use tetrarch::plan::Plan;
+use tetrarch::session::{NativeRegistry, PoolDef, PoolKind};
+use tetrarch::store::{Namespace, Store, StoreConfig};
+use tetrarch::telemetry::{Telemetry, install_metrics};
+
+/// A runtime with native tools in pool `fn`: `echo` returns its args, `say` returns its `text`
+/// arg as a JSON string (so a downstream `{{context}}` holds exactly that text).
+async fn runtime(dir: &Path, mut actors: ActorsConfig) -> Runtime {
+    let store = Store::open(dir.join("store.redb"), StoreConfig::default()).unwrap();
+    let mut natives = NativeRegistry::new();
+    natives.register("echo", |args: Value| async move { Ok(args) });
+    natives.register("say", |args: Value| async move {
+        Ok(args.get("text").cloned().unwrap_or(Value::Null))
+    });
+    // No score gates here: skip pre-warming the scorer (slow in a debug build).
+    actors.executor.pools.remove("scorer");
+    let mut pool = PoolDef::new(PoolKind::Native);
+    pool.max_size = 8;
+    actors.executor.pools.insert("fn".to_owned(), pool);
+    let mut options = RuntimeOptions::new(store, actors);
+    options.natives = natives;
+    Runtime::start(options).await.unwrap()
+}
+
+fn options(dir: &Path) -> RunOptions {
+    RunOptions {
+        base_dir: dir.to_path_buf(),
+        ..RunOptions::default()
+    }
+}
+
+fn notes(report: &tetrarch::agents::RunReport, task: &str) -> String {
+    let output = report.task(task).unwrap().output.clone().unwrap();
+    output["notes"].as_str().unwrap().to_owned()
+}
+
+/// The text of the item `source` in a rendered `{{context}}` (`## SOURCE\nTEXT\n\n...`).
+fn section<'a>(context: &'a str, source: &str) -> Option<&'a str> {
+    let start = context.find(&format!("## {source}\n"))? + source.len() + 4;
+    let rest = &context[start..];
+    Some(
+        rest.find("\n## ")
+            .map_or(rest, |end| &rest[..end])
+            .trim_end(),
+    )
+}
+
+#[test]
+fn context_files_are_validated_with_the_plan() {
+    let error = |text: &str| Plan::from_toml(text, "p.toml").err().unwrap().to_string();
+    let without_context = error(
+        "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.echo\"\n\
+         context_files = [\"a.md\"]\nargs = { x = 1 }\n",
+    );
+    assert!(
+        without_context.contains(
+            "p.toml:5:18: task \"a\" context_files are sent through {{context}}, which its args do not use"
+        ),
+        "{without_context}"
+    );
+    let bad = error(
+        "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.echo\"\n\
+         context_files = [\"a.md\", \"\", \"a.md\", \"{{run.id}}.md\"]\nargs = { x = \"{{context}}\" }\n",
+    );
+    assert!(bad.contains("context_files has an empty path"), "{bad}");
+    assert!(bad.contains("context_files names \"a.md\" twice"), "{bad}");
+    assert!(bad.contains("is a path, not a template"), "{bad}");
+    let plan = Plan::from_toml(
+        "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.echo\"\n\
+         context_files = [\"docs/a.md\", \"/abs/b.md\"]\nargs = { x = \"{{context}}\" }\n",
+        "p.toml",
+    )
+    .unwrap();
+    let files: Vec<&str> = plan.tasks[0]
+        .context_files
+        .iter()
+        .map(|p| p.to_str().unwrap())
+        .collect();
+    assert_eq!(files, ["docs/a.md", "/abs/b.md"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reads_the_files_it_names_through_context_and_a_missing_one_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("docs")).unwrap();
+    std::fs::write(
+        dir.path().join("docs/style.md"),
+        "Release notes use the imperative mood. The codeword is quetzalcoatl.\n",
+    )
+    .unwrap();
+    let runtime = runtime(dir.path(), ActorsConfig::embedded().unwrap()).await;
+    let plan = Plan::from_toml(
+        r#"
+name = "context-files"
+[[task]]
+id = "draft"
+tool = "fn.echo"
+context_files = ["docs/style.md", "docs/missing.md"]
+args = { notes = "{{context}}" }
+[[task]]
+id = "other"
+tool = "fn.echo"
+args = { notes = "{{context}}" }
+"#,
+        "plan.toml",
+    )
+    .unwrap();
+    let report = runtime.run(plan, options(dir.path())).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    let draft = notes(&report, "draft");
+    assert_eq!(
+        section(&draft, "file:docs/style.md"),
+        Some("Release notes use the imperative mood. The codeword is quetzalcoatl."),
+        "{draft}"
+    );
+    assert!(!draft.contains("missing.md"), "{draft}");
+    // Only the task that names the file gets it.
+    assert!(!notes(&report, "other").contains("quetzalcoatl"));
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_the_alert_ratio_in_a_run_alerts_once_and_preserves_the_context_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: String = (0..40)
+        .map(|i| format!("Renderer pass {i} finished with spilled registers on the volume. "))
+        .collect();
+    let big = big.trim_end().to_owned();
+    let tokens = O200kCounter::new().unwrap().count(&big);
+    let mut actors = ActorsConfig::embedded().unwrap();
+    // The big upstream output fills 80% of the window: the first payload crosses 75%.
+    actors.optimizer.context.budget.window = tokens * 100 / 80;
+    let window = actors.optimizer.context.budget.window;
+    let runtime = runtime(dir.path(), actors).await;
+    let telemetry = Telemetry::new(Some(install_metrics().unwrap()));
+    let observer = telemetry.observe(runtime.subscribe());
+    let mut events = runtime.subscribe();
+    let plan = Plan::from_toml(
+        &format!(
+            r#"
+name = "context-alert"
+[[task]]
+id = "gather-big"
+tool = "fn.say"
+args = {{ text = "{big}" }}
+[[task]]
+id = "big"
+tool = "fn.echo"
+deps = ["gather-big"]
+args = {{ notes = "{{{{context}}}}" }}
+[[task]]
+id = "gather-small"
+tool = "fn.say"
+args = {{ text = "one short line" }}
+[[task]]
+id = "small"
+tool = "fn.echo"
+deps = ["gather-small"]
+args = {{ notes = "{{{{context}}}}" }}
+"#
+        ),
+        "plan.toml",
+    )
+    .unwrap();
+    let report = runtime.run(plan, options(dir.path())).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    assert_eq!(
+        section(&notes(&report, "big"), "task:gather-big"),
+        Some(&*big)
+    );
+
+    let mut alerts = Vec::new();
+    let mut built = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            RunEvent::ContextAlert {
+                task,
+                session,
+                used,
+                window,
+                ..
+            } => alerts.push((task, session, used, window)),
+            RunEvent::ContextBuilt {
+                task,
+                session_tokens,
+                ..
+            } => built.push((task, session_tokens)),
+            _ => {}
+        }
+    }
+    let session = format!("{}/big", report.run_id);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].0, "big");
+    assert_eq!(alerts[0].1, session);
+    assert_eq!(alerts[0].3, window);
+    assert!(alerts[0].2 * 4 >= window * 3, "{alerts:?}");
+    let big_built = built.iter().find(|(t, _)| t == "big").unwrap();
+    assert_eq!(
+        big_built.1, alerts[0].2,
+        "the alert reports the session's usage"
+    );
+    assert!(built.iter().any(|(t, _)| t == "small"), "{built:?}");
+
+    // The metric counts the one crossing (no other test in this binary crosses the ratio).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = install_metrics().unwrap().render();
+    let alerts_total = text
+        .lines()
+        .find(|l| l.starts_with("tetrarch_context_alerts_total"))
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.parse::<f64>().unwrap());
+    assert_eq!(alerts_total, Some(1.0), "{text}");
+
+    // Preserved in the run's namespace before compaction (written in the background).
+    let namespace = Namespace::session("run", &report.run_id).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let snapshot = loop {
+        let found: Vec<_> = runtime
+            .store()
+            .list_recent(Some(&namespace), 100)
+            .into_iter()
+            .filter(|m| m.tags.iter().any(|t| t == "context-snapshot"))
+            .collect();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no context-snapshot memory in {namespace}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let expected_context = format!("session:{session}");
+    assert!(
+        snapshot
+            .iter()
+            .all(|m| m.context.as_deref() == Some(expected_context.as_str())),
+        "only the big session crossed"
+    );
+    let preserved = snapshot
+        .iter()
+        .find(|m| m.summary.as_deref() == Some("task:gather-big"))
+        .unwrap();
+    assert_eq!(preserved.content, big, "the full context, not an extract");
+    assert!(preserved.tags.iter().any(|t| t == "critical"));
+    observer.abort();
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_split_and_skills_dir_from_an_actors_folder_are_what_the_runtime_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let actors_dir = dir.path().join("actors");
+    std::fs::create_dir_all(actors_dir.join("skills")).unwrap();
+    std::fs::write(
+        actors_dir.join("optimizer.toml"),
+        "[context]\nskills_dir = \"skills\"\n\
+         [context.budget]\nwindow = 2000\ncritical = 0.5\nskills = 0.1\nproject = 0.4\ngeneral = 0.0\n",
+    )
+    .unwrap();
+    // Every category wants more than its share, so none passes any on: each gets exactly its
+    // share of the 2000-token window.
+    let skill: String = (0..60)
+        .map(|i| format!("Zebra stripes in the shader need rule {i}. "))
+        .collect();
+    std::fs::write(actors_dir.join("skills/zebra.md"), &skill).unwrap();
+    let project: String = (0..150)
+        .map(|i| format!("Line {i} of the changelog lists a fix. "))
+        .collect();
+    std::fs::write(dir.path().join("changes.md"), &project).unwrap();
+    let upstream: String = (0..150)
+        .map(|i| format!("Frame {i} rendered in {i} ms without issues. "))
+        .collect();
+
+    let actors = ActorsConfig::load(&actors_dir).unwrap();
+    assert_eq!(actors.optimizer.context.budget.window, 2000);
+    let runtime = runtime(dir.path(), actors).await;
+    let mut events = runtime.subscribe();
+    let plan = Plan::from_toml(
+        &format!(
+            r#"
+name = "custom-budget"
+[[task]]
+id = "frames"
+tool = "fn.say"
+args = {{ text = "{upstream}" }}
+[[task]]
+id = "zebra"
+tool = "fn.echo"
+deps = ["frames"]
+context_files = ["changes.md"]
+args = {{ topic = "zebra stripes shader rule", notes = "{{{{context}}}}" }}
+"#
+        ),
+        "plan.toml",
+    )
+    .unwrap();
+    let report = runtime.run(plan, options(dir.path())).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    let context = notes(&report, "zebra");
+    let counter = O200kCounter::new().unwrap();
+    let tokens_of = |source: &str| {
+        let text = section(&context, source).unwrap_or_else(|| panic!("no {source}: {context}"));
+        (text, counter.count(text))
+    };
+    // The skill comes from the folder named in the actors file (resolved against it), cut to
+    // the skills share: 10% of 2000.
+    let (skill_sent, skill_tokens) = tokens_of("skill:zebra.md");
+    assert!(counter.count(&skill) > 200);
+    assert!(skill_tokens <= 200, "{skill_tokens} tokens: {skill_sent}");
+    assert!(skill_sent.contains("Zebra stripes"), "{skill_sent}");
+    let (_, project_tokens) = tokens_of("file:changes.md");
+    assert!(counter.count(&project) > 800);
+    assert!(project_tokens <= 800, "{project_tokens}");
+    assert!(
+        project_tokens > 200,
+        "the project share is 40%: {project_tokens}"
+    );
+    let (_, critical_tokens) = tokens_of("task:frames");
+    assert!(critical_tokens <= 1000, "{critical_tokens}");
+    let window = std::iter::from_fn(|| events.try_recv().ok())
+        .find_map(|e| match e {
+            RunEvent::ContextBuilt { window, .. } => Some(window),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(window, 2000);
+    runtime.shutdown().await;
+}
