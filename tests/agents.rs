@@ -630,3 +630,140 @@ args = { label = "other", fail_times = 3 }
     );
     h.runtime.shutdown().await;
 }
+
+/// Waits for the lessons the orchestrator records off its path.
+async fn lessons_recorded(store: &Store, at_least: usize) -> Vec<tetrarch::lessons::Lesson> {
+    let lessons =
+        tetrarch::lessons::Lessons::new(store.clone(), tetrarch::store::Namespace::Global);
+    let mut recorded = Vec::new();
+    for _ in 0..200 {
+        recorded = lessons.list(50);
+        if recorded.len() >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    recorded
+}
+
+#[tokio::test]
+async fn a_declared_fix_can_set_an_environment_variable_of_a_process_tool() {
+    let (runtime, dir) = shell_runtime(false).await;
+    let rules = r#"{"permissions": {"allow": ["Bash"]}}"#;
+    // Fails unless FIX_MODE=safe is in its environment.
+    let text = r#"
+name = "env-fix"
+[[task]]
+id = "needs_env"
+tool = "sh.run"
+args = { argv = ['test "$FIX_MODE" = safe && echo "ran with $FIX_MODE" || { echo "FIX_MODE is not set to safe" >&2; exit 3; }'] }
+fixes = [{ when = "FIX_MODE is not set", env = { FIX_MODE = "safe" } }]
+"#;
+    let mut events = runtime.subscribe();
+    let report = runtime
+        .run(plan(text), with_rules(dir.path(), rules))
+        .await
+        .unwrap();
+    let task = report.task("needs_env").unwrap();
+    assert_eq!(task.state, TaskState::Complete, "{:?}", report.problems());
+    // The process saw the variable the fix set.
+    assert_eq!(
+        task.output.as_ref().and_then(Value::as_str).map(str::trim),
+        Some("ran with safe"),
+        "{task:?}"
+    );
+    let mut applied = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let RunEvent::FixApplied { fix, reason, .. } = event {
+            applied.push((fix, reason));
+        }
+    }
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert_eq!(applied[0].0, "set env FIX_MODE=safe");
+    assert!(applied[0].1.contains("exited with status 3"), "{applied:?}");
+    let recorded = lessons_recorded(runtime.store(), 1).await;
+    let lesson = &recorded.first().expect("a lesson was recorded").failure;
+    assert_eq!(lesson.fix.as_deref(), Some("set env FIX_MODE=safe"));
+    assert_eq!(lesson.worked, Some(true));
+    assert!(lesson.message.contains("FIX_MODE is not set"), "{lesson:?}");
+    runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fix_that_does_not_work_is_recorded_not_retried_and_the_next_match_is_tried() {
+    let h = harness(|_| {}).await;
+    // Fails twice: the first matching fix does not help, the second (third declared,
+    // the second declared does not match) does.
+    let text = r#"
+name = "fixes"
+[[task]]
+id = "stubborn"
+tool = "fn.flaky"
+args = { label = "stubborn", fail_times = 2 }
+fixes = [
+  { when = "transient failure", args = { mode = "first" } },
+  { when = "no such thing", args = { never = true } },
+  { when = "transient failure \\d+", args = { mode = "second" } },
+  { when = "transient", args = { mode = "third" } },
+]
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(report.task("stubborn").unwrap().state, TaskState::Complete);
+    {
+        let calls = h.calls.lock();
+        let modes: Vec<Value> = calls
+            .iter()
+            .map(|(_, args)| args.get("mode").cloned().unwrap_or(Value::Null))
+            .collect();
+        assert_eq!(modes, [Value::Null, json!("first"), json!("second")]);
+        assert!(calls.iter().all(|(_, args)| args.get("never").is_none()));
+    }
+    let recorded = lessons_recorded(h.runtime.store(), 2).await;
+    let outcome = |fix: &str| {
+        recorded
+            .iter()
+            .filter(|l| l.failure.fix.as_deref() == Some(fix))
+            .map(|l| l.failure.worked)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        outcome(r#"set args {"mode":"first"}"#),
+        [Some(false)],
+        "{recorded:?}"
+    );
+    assert_eq!(
+        outcome(r#"set args {"mode":"second"}"#),
+        [Some(true)],
+        "{recorded:?}"
+    );
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+
+    // When every matching fix fails, each is tried once and the task fails.
+    let text = r#"
+name = "hopeless"
+[[task]]
+id = "hopeless"
+tool = "fn.flaky"
+args = { label = "hopeless", fail_times = 100 }
+fixes = [
+  { when = "transient failure", args = { mode = "first" } },
+  { when = "transient failure", args = { mode = "second" } },
+]
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(report.task("hopeless").unwrap().state, TaskState::Failed);
+    let per_label = calls_per_label(&h.calls);
+    assert_eq!(per_label.get("hopeless"), Some(&3), "{per_label:?}");
+    let recorded = lessons_recorded(h.runtime.store(), 4).await;
+    let failed: Vec<_> = recorded
+        .iter()
+        .filter(|l| l.failure.context.contains("hopeless"))
+        .map(|l| (l.failure.fix.clone(), l.failure.worked))
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(
+        failed.iter().all(|(_, worked)| *worked == Some(false)),
+        "{failed:?}"
+    );
+    h.runtime.shutdown().await;
+}

@@ -160,6 +160,157 @@ fn the_cli_records_and_suggests() {
     assert_eq!(suggestion["fix"], "raise timeout to 120s");
     let out = run(&["lessons", "suggest", "disk quota exceeded"]);
     assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "no known fix for a similar error"
+    );
+    // --json: `null` on stdout, and the same exit status as without it.
+    let out = run(&["lessons", "suggest", "disk quota exceeded", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "null");
     let out = run(&["lessons", "list", "--json"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+fn lessons_in(dir: &tempfile::TempDir) -> Lessons {
+    let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
+    Lessons::new(store, Namespace::Global)
+}
+
+async fn record_all(lessons: &Lessons, history: &[(&str, &str, bool)]) {
+    for (message, fix, worked) in history {
+        lessons
+            .record(failure("shader", message, fix, *worked))
+            .await
+            .unwrap();
+    }
+}
+
+const CLOSE: &str = "shader cache corrupted while loading pipeline state for pass bloom";
+const LOOSE: &str = "shader cache corrupted while loading pipeline state";
+
+#[tokio::test]
+async fn the_most_similar_error_decides_not_the_best_fix_of_any_similar_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let lessons = lessons_in(&dir);
+    record_all(
+        &lessons,
+        &[
+            // The closer error: its fix worked once in two tries; another never worked.
+            (CLOSE, "clear the shader cache", true),
+            (CLOSE, "clear the shader cache", false),
+            (CLOSE, "restart the compositor", false),
+            // A less similar error whose fix always worked.
+            (LOOSE, "rebuild the pipeline", true),
+            (LOOSE, "rebuild the pipeline", true),
+            (LOOSE, "rebuild the pipeline", true),
+        ],
+    )
+    .await;
+    let query = "shader cache corrupted while loading pipeline state for pass glow";
+    let to_close = tetrarch::lessons::similarity(
+        &tetrarch::lessons::normalise_message(query),
+        &tetrarch::lessons::normalise_message(CLOSE),
+    );
+    let to_loose = tetrarch::lessons::similarity(
+        &tetrarch::lessons::normalise_message(query),
+        &tetrarch::lessons::normalise_message(LOOSE),
+    );
+    assert!(
+        to_close > to_loose && to_loose >= 0.6,
+        "{to_close} {to_loose}"
+    );
+
+    let s = lessons.suggest_fix(query).unwrap();
+    assert_eq!(s.fix, "clear the shader cache", "{s:?}");
+    assert_eq!(s.similarity, to_close);
+    assert_eq!(s.success_rate, 0.5);
+    assert_eq!(s.attempts, 2);
+    // The example is a lesson of that error where the fix worked.
+    let example = lessons
+        .list(10)
+        .into_iter()
+        .find(|l| l.id == s.example)
+        .unwrap();
+    assert_eq!(example.failure.message, CLOSE);
+    assert_eq!(example.failure.worked, Some(true));
+
+    // Asked about the other error, its own fix comes back.
+    let s = lessons.suggest_fix(LOOSE).unwrap();
+    assert_eq!(s.fix, "rebuild the pipeline");
+    assert_eq!((s.similarity, s.success_rate, s.attempts), (1.0, 1.0, 3));
+}
+
+#[tokio::test]
+async fn ties_in_similarity_go_to_the_error_tried_more_and_failed_fixes_are_passed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let lessons = lessons_in(&dir);
+    record_all(
+        &lessons,
+        &[
+            (
+                "texture upload failed for atlas mips",
+                "halve the atlas",
+                true,
+            ),
+            (
+                "texture upload failed for atlas tiles",
+                "split the upload",
+                true,
+            ),
+            (
+                "texture upload failed for atlas tiles",
+                "split the upload",
+                true,
+            ),
+            (
+                "texture upload failed for atlas tiles",
+                "split the upload",
+                false,
+            ),
+        ],
+    )
+    .await;
+    // Both errors are 5/6 similar; the second has three attempts to the first's one.
+    let s = lessons
+        .suggest_fix("texture upload failed for atlas")
+        .unwrap();
+    assert_eq!(s.fix, "split the upload", "{s:?}");
+    assert_eq!(s.attempts, 3);
+    assert!((s.success_rate - 2.0 / 3.0).abs() < 1e-9);
+    assert!((s.similarity - 5.0 / 6.0).abs() < 1e-9);
+
+    // The closest error only ever had a fix that failed: it has nothing to offer, and the
+    // next closest error's working fix is suggested.
+    record_all(
+        &lessons,
+        &[("texture upload failed for atlas", "reboot", false)],
+    )
+    .await;
+    let s = lessons
+        .suggest_fix("texture upload failed for atlas")
+        .unwrap();
+    assert_eq!(s.fix, "split the upload", "{s:?}");
+}
+
+#[tokio::test]
+async fn nothing_is_suggested_below_the_threshold_and_the_threshold_itself_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let lessons = lessons_in(&dir);
+    record_all(&lessons, &[(CLOSE, "clear the shader cache", true)]).await;
+    let query = "shader cache corrupted while loading pipeline state for pass glow";
+    let score = tetrarch::lessons::similarity(
+        &tetrarch::lessons::normalise_message(query),
+        &tetrarch::lessons::normalise_message(CLOSE),
+    );
+    assert!(score > 0.6 && score < 1.0, "{score}");
+    let at = lessons.clone().with_threshold(score).suggest_fix(query);
+    assert_eq!(at.map(|s| s.similarity), Some(score));
+    let above = lessons
+        .clone()
+        .with_threshold(score + 1e-9)
+        .suggest_fix(query);
+    assert_eq!(above, None);
+    // The default threshold (0.6) keeps out an error sharing only a few words.
+    assert_eq!(lessons.suggest_fix("shader cache full"), None);
 }

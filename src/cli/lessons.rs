@@ -45,7 +45,7 @@ pub enum LessonsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The most successful known fix for the most similar past error.
+    /// The most successful known fix for the most similar past error (exit 1 when none).
     Suggest {
         /// The error message.
         message: String,
@@ -55,7 +55,7 @@ pub enum LessonsCommand {
         /// Least similarity (0-1) to suggest anything.
         #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
         threshold: f64,
-        /// One JSON object per line.
+        /// Print the suggestion as one JSON object (`null` when there is none).
         #[arg(long)]
         json: bool,
     },
@@ -144,9 +144,14 @@ pub fn run(command: LessonsCommand, store_path: &Path) -> Result<ExitCode> {
                     s.attempts,
                     s.example
                 )?,
-                (None, true) => writeln!(out, "null")?,
-                (None, false) => {
-                    writeln!(out, "no known fix for a similar error")?;
+                // Nothing found exits 1 in both forms, so scripts can test the status alone.
+                (None, json) => {
+                    if json {
+                        writeln!(out, "null")?;
+                    } else {
+                        writeln!(out, "no known fix for a similar error")?;
+                    }
+                    out.flush()?;
                     return Ok(ExitCode::from(1));
                 }
             }

@@ -1,5 +1,5 @@
 //! Error→fix learning: every failure is recorded with the fix that was tried and whether it worked,
-//! and a new error gets the most successful fix of the most similar past errors.
+//! and a new error gets the most successful fix of the most similar past error.
 //!
 //! Lessons are memories in the shared store (type `bug_fix`, tag `lesson`), so they are durable,
 //! searchable and visible to every agent; the structured record rides in the memory's `context` as
@@ -9,9 +9,11 @@
 //!
 //! Similarity is the Jaccard index of the normalised messages' word sets; candidates come from the
 //! store's BM25 search over the normalised text, so suggesting stays fast with many lessons.
-//! Among the past errors at or above the threshold, fixes are ranked by success rate (Laplace
-//! smoothed, so one lucky success does not beat a fix that worked nine times in ten), then by the
-//! best similarity.
+//! A suggestion comes from the single most similar past error at or above the threshold (ties:
+//! the one with more recorded fix attempts; errors none of whose fixes ever worked are skipped):
+//! its fixes are ranked by success rate (Laplace smoothed, so one lucky success does not beat a
+//! fix that worked nine times in ten). A fix that worked for a less similar error never outranks
+//! the closest error's own fix.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
@@ -70,13 +72,13 @@ pub struct Lesson {
 pub struct Suggestion {
     /// The fix to try.
     pub fix: String,
-    /// Similarity (0–1) of the closest past error this fix was applied to.
+    /// Similarity (0–1) of the most similar past error, the one this fix is for.
     pub similarity: f64,
-    /// Share of the similar past errors where this fix worked.
+    /// Share of this fix's attempts on that error that worked.
     pub success_rate: f64,
-    /// How many similar past errors this fix was tried on.
+    /// How many times this fix was tried on that error.
     pub attempts: u32,
-    /// The closest past error's lesson.
+    /// A lesson of that error where this fix was applied (one where it worked).
     pub example: MemoryId,
 }
 
@@ -214,17 +216,29 @@ impl Lessons {
             .collect()
     }
 
-    /// The most successful known fix for the errors most similar to `message`, or `None` when no
-    /// past error reaches the threshold or none of the similar ones has a fix.
+    /// The most successful known fix for the past error most similar to `message`, or `None`
+    /// when no past error reaches the threshold with a fix that ever worked.
+    ///
+    /// Past errors are grouped by their normalised message (one "error" may have failed many
+    /// times). The most similar error wins, ties going to the one with more recorded fix
+    /// attempts; errors whose fixes never worked are passed over, since they have nothing to
+    /// offer. Among that error's fixes the one with the best (Laplace smoothed) success rate is
+    /// returned, with the error's similarity and the fix's raw success rate on it.
     pub fn suggest_fix(&self, message: &str) -> Option<Suggestion> {
         let normalised = normalise_message(message);
+        #[derive(Default)]
         struct Tally {
             attempts: u32,
             worked: u32,
-            best: f64,
-            example: MemoryId,
+            /// The newest lesson where the fix worked, else the newest one (ids sort by time).
+            example: Option<(bool, MemoryId)>,
         }
-        let mut fixes: BTreeMap<String, Tally> = BTreeMap::new();
+        struct PastError {
+            similarity: f64,
+            attempts: u32,
+            fixes: BTreeMap<String, Tally>,
+        }
+        let mut errors: BTreeMap<String, PastError> = BTreeMap::new();
         for lesson in self.lessons_matching(&normalised, 200) {
             let score = similarity(&normalised, &lesson.normalised);
             if score < self.threshold {
@@ -233,34 +247,50 @@ impl Lessons {
             let Some(fix) = lesson.failure.fix.clone() else {
                 continue;
             };
-            let tally = fixes.entry(fix).or_insert(Tally {
-                attempts: 0,
-                worked: 0,
-                best: score,
-                example: lesson.id,
-            });
+            let worked = lesson.failure.worked == Some(true);
+            let error = errors
+                .entry(lesson.normalised.clone())
+                .or_insert(PastError {
+                    similarity: score,
+                    attempts: 0,
+                    fixes: BTreeMap::new(),
+                });
+            error.attempts += 1;
+            let tally = error.fixes.entry(fix).or_default();
             tally.attempts += 1;
-            tally.worked += u32::from(lesson.failure.worked == Some(true));
-            if score > tally.best {
-                tally.best = score;
-                tally.example = lesson.id;
+            tally.worked += u32::from(worked);
+            let example = (worked, lesson.id);
+            if tally.example.is_none_or(|best| example > best) {
+                tally.example = Some(example);
             }
         }
         let smoothed = |t: &Tally| (f64::from(t.worked) + 1.0) / (f64::from(t.attempts) + 2.0);
-        fixes
+        let (_, error) = errors
+            .into_iter()
+            .filter(|(_, e)| e.fixes.values().any(|t| t.worked > 0))
+            .max_by(|(_, a), (_, b)| {
+                a.similarity
+                    .total_cmp(&b.similarity)
+                    .then(a.attempts.cmp(&b.attempts))
+            })?;
+        let similarity = error.similarity;
+        error
+            .fixes
             .into_iter()
             .filter(|(_, t)| t.worked > 0)
             .max_by(|(_, a), (_, b)| {
                 smoothed(a)
                     .total_cmp(&smoothed(b))
-                    .then(a.best.total_cmp(&b.best))
+                    .then(a.attempts.cmp(&b.attempts))
             })
-            .map(|(fix, t)| Suggestion {
-                fix,
-                similarity: t.best,
-                success_rate: f64::from(t.worked) / f64::from(t.attempts),
-                attempts: t.attempts,
-                example: t.example,
+            .and_then(|(fix, t)| {
+                Some(Suggestion {
+                    fix,
+                    similarity,
+                    success_rate: f64::from(t.worked) / f64::from(t.attempts),
+                    attempts: t.attempts,
+                    example: t.example?.1,
+                })
             })
     }
 }

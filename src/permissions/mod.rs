@@ -19,10 +19,14 @@
 //!   `timeout`, `time`, `nice`, `nohup`, `stdbuf`, `command`, `builtin`,
 //!   `noglob` and bare `xargs` (with their options) are stripped, and the
 //!   part is matched as its words joined by single spaces, quotes kept as
-//!   written (redirections are not part of that text, but substitutions in
-//!   their targets are split out and checked). Any part denied: deny (with that rule). Else any part asked or
-//!   unmatched: ask. Else allow (the rule reported is the one that allowed
-//!   the first part). A specifier without `*` must equal the part; `*` is
+//!   written. **Redirections are not part of that text**: `Bash(echo *)`
+//!   also allows `echo x > file` and `echo x >> ~/.bashrc`; the redirection
+//!   target is not checked against `Edit` rules (substitutions inside
+//!   targets, `> $(cmd)`, are split out and checked like any other part). A
+//!   policy that must stop writes through the shell has to deny or ask the
+//!   commands themselves. Any part denied: deny (with that rule). Else any
+//!   part asked or unmatched: ask. Else allow (the rule reported is the one
+//!   that allowed the first part). A specifier without `*` must equal the part; `*` is
 //!   any run of characters, spaces included; a trailing ` *` (or its legacy
 //!   spelling `:*`) also requires a word boundary, so `ls *` matches `ls`
 //!   and `ls -la` but not `lsof`.
@@ -52,9 +56,19 @@
 //!   `mcp__server__*` match every tool of the server, `mcp__server__tool`
 //!   one tool. Any other tool is matched by bare name only; a specifier on
 //!   such a tool is rejected at load.
+//! * **What is checked.** The Executor checks every call to a process pool
+//!   (as `Bash`, the command line it will run) and to an MCP pool (as
+//!   `mcp__POOL__TOOL`). Calls to **native** pools and to the **scorer** are
+//!   *not* checked: native functions are in-process code the embedding
+//!   program registered itself (it already decided they may run, and a rule
+//!   could not restrict what they do inside), and the scorer is the
+//!   runtime's own image scoring, not a tool an agent picks. Both are
+//!   trusted by construction; a plan can only reach them by name.
 //! * **Bad rules fail the load** with the list and index of the rule
 //!   ([`PermissionError::InvalidRule`]): the engine never runs with a rule
-//!   it could not read, so a broken rule can never allow anything.
+//!   it could not read, so a broken rule can never allow anything. A rule
+//!   whose glob or pattern does not compile (`Read(src/[)`) fails the same
+//!   way, and [`consolidate`] fails on exactly what loading fails on.
 //!
 //! # Why `brush-parser`
 //!
