@@ -84,10 +84,14 @@ impl TerminalPrompt {
         }
     }
 
-    /// Prints the question and reads the answer; `None` on an I/O error.
-    fn ask(question: &str, output: &mut dyn Write, input: &mut dyn BufRead) -> Option<String> {
+    /// Prints the question; `None` on an I/O error.
+    fn tell(question: &str, output: &mut dyn Write) -> Option<()> {
         output.write_all(question.as_bytes()).ok()?;
-        output.flush().ok()?;
+        output.flush().ok()
+    }
+
+    /// Reads one answer line; `None` at end of input or on an I/O error.
+    fn read(input: &mut dyn BufRead) -> Option<String> {
         let mut line = String::new();
         match input.read_line(&mut line) {
             Ok(n) if n > 0 => Some(line),
@@ -120,14 +124,18 @@ impl ApprovalHandler for TerminalPrompt {
         );
         let question = format!("Allow {} {}? ({reason}) [y/N] \n", call.tool, call.input);
         let _one_prompt_at_a_time = lock(&PROMPT_LOCK);
+        // Each stream's own lock is released before the next step (stderr
+        // stays usable for logs while the person thinks); PROMPT_LOCK alone
+        // keeps question and answer together.
+        // (Separate statements, so each temporary guard is dropped at its `;`.)
         let answer = match &self.io {
-            PromptIo::Terminal => Self::ask(
-                &question,
-                &mut std::io::stderr().lock(),
-                &mut std::io::stdin().lock(),
-            ),
+            PromptIo::Terminal => {
+                let told = Self::tell(&question, &mut std::io::stderr().lock());
+                told.and_then(|()| Self::read(&mut std::io::stdin().lock()))
+            }
             PromptIo::Streams { input, output } => {
-                Self::ask(&question, &mut **lock(output), &mut **lock(input))
+                let told = Self::tell(&question, &mut **lock(output));
+                told.and_then(|()| Self::read(&mut **lock(input)))
             }
         };
         answer.is_some_and(|line| matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
