@@ -69,13 +69,20 @@ async fn start_runtime(store: Store) -> Runtime {
         }
         Ok(args)
     });
+    natives.register("fail", |_args: Value| async move {
+        Err::<Value, String>("the tool broke".to_owned())
+    });
     let mut actors = ActorsConfig::embedded().unwrap();
     let mut pool = PoolDef::new(PoolKind::Native);
     pool.max_size = 8;
     actors.executor.pools.insert("fn".to_owned(), pool.clone());
     // The metrics recorder is process-wide and tests run in parallel: the context test calls its
     // tools through its own pool so its calls carry their own label.
-    actors.executor.pools.insert("ctx".to_owned(), pool);
+    actors.executor.pools.insert("ctx".to_owned(), pool.clone());
+    // One session at a time: of two calls side by side, one waits for the other.
+    let mut single = pool;
+    single.max_size = 1;
+    actors.executor.pools.insert("one".to_owned(), single);
     let mut options = RuntimeOptions::new(store, actors);
     options.natives = natives;
     Runtime::start(options).await.unwrap()
@@ -331,7 +338,15 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
         metric(&text, "tetrarch_pool_sessions_in_use", &["pool=\"fn\""]),
         Some(0.0)
     );
-    assert!(metric(&text, "tetrarch_pool_wait_seconds", &["pool=\"fn\""]).is_some());
+    // One wait sample per acquire (a histogram, not a running total).
+    assert!(
+        metric(&text, "tetrarch_pool_wait_seconds_count", &["pool=\"fn\""]).unwrap() >= 4.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "tetrarch_pool_wait_seconds", &["pool=\"fn\""]).is_none(),
+        "no gauge of the same name: {text}"
+    );
     let exported_ratio = metric(&text, "tetrarch_parallel_execution_ratio", &[]).unwrap();
     assert!((exported_ratio - ratio).abs() < 1e-9);
     assert!(metric(&text, "tetrarch_store_memories", &["state=\"live\""]).is_some());
@@ -614,4 +629,298 @@ args = { notes = "{{context}}" }
     server.shutdown().await;
     observer.abort();
     runtime.shutdown().await;
+}
+
+/// A pool of one session (one caller waits), a score gate (the Reviewer calls the scorer), a
+/// task reading `{{context}}` (the store is searched) and a task that fails: each is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_waits_score_gates_store_ops_and_failed_calls_are_measured() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scoring");
+    let plan_text = format!(
+        r#"
+name = "telemetry-measures"
+[[task]]
+id = "w1"
+tool = "one.echo"
+args = {{ sleep_ms = 200 }}
+[[task]]
+id = "w2"
+tool = "one.echo"
+args = {{ sleep_ms = 200 }}
+[[task]]
+id = "scored"
+tool = "one.echo"
+deps = ["w1", "w2"]
+args = {{ notes = "{{{{context}}}}" }}
+gates = [{{ score = "ssim", reference = "{reference}", test = "{test}", min = 0.0 }}]
+[[task]]
+id = "broken"
+tool = "one.fail"
+deps = ["scored"]
+"#,
+        reference = fixtures.join("ref.png").display(),
+        test = fixtures.join("test_blur.png").display(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let runtime = start_runtime(store).await;
+    let plan = Plan::from_toml(&plan_text, "plan.toml").unwrap();
+    let handle = install_metrics().unwrap();
+    let count = |text: &str, name: &str, labels: &[&str]| metric(text, name, labels).unwrap_or(0.0);
+    let before = handle.render();
+    let telemetry = Telemetry::new(Some(handle.clone()));
+    telemetry.watch_plan(&plan);
+    let observer = telemetry.observe(runtime.subscribe());
+    let options = RunOptions {
+        base_dir: dir.path().to_path_buf(),
+        ..RunOptions::default()
+    };
+    let report = telemetry
+        .drive(&runtime, runtime.run(plan, options))
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(
+        report.task("scored").unwrap().state,
+        tetrarch::agents::TaskState::Complete
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = handle.render();
+
+    // Failed calls by status.
+    let fail = "tool=\"one.fail\"";
+    assert_eq!(
+        metric(
+            &text,
+            "tetrarch_tool_calls_total",
+            &[fail, "status=\"failed\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tetrarch_tool_calls_total",
+            &["tool=\"one.echo\"", "status=\"complete\""]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+
+    // Pool waits: one sample per acquire, and w1 and w2 shared one session, so one of them
+    // waited for the other's 200 ms (more than the 0.1 s bucket).
+    let one = "pool=\"one\"";
+    let waits = metric(&text, "tetrarch_pool_wait_seconds_count", &[one]).unwrap();
+    assert_eq!(waits, 4.0, "{text}");
+    let quick = metric(
+        &text,
+        "tetrarch_pool_wait_seconds_bucket",
+        &[one, "le=\"0.1\""],
+    )
+    .unwrap();
+    assert_eq!(quick, 3.0, "one acquire waited: {text}");
+    assert!(metric(&text, "tetrarch_pool_wait_seconds_sum", &[one]).unwrap() >= 0.15);
+    // The explicit buckets reach below a millisecond.
+    assert!(
+        metric(
+            &text,
+            "tetrarch_pool_wait_seconds_bucket",
+            &[one, "le=\"0.0001\""]
+        )
+        .is_some(),
+        "{text}"
+    );
+
+    // The Reviewer's score gate is a tool call of its own, by tool and agent.
+    assert_eq!(
+        metric(
+            &text,
+            "tetrarch_tool_call_duration_seconds_count",
+            &["tool=\"scorer.ssim\"", "agent=\"reviewer\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tetrarch_tool_call_duration_seconds_count",
+            &["tool=\"one.echo\"", "agent=\"executor\""]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+
+    // Store operations: the outputs were stored and the context searched the store.
+    for op in ["store", "search"] {
+        let label = format!("op=\"{op}\"");
+        let name = "tetrarch_store_op_duration_seconds_count";
+        assert!(
+            count(&text, name, &[&label]) > count(&before, name, &[&label]),
+            "{op}: {text}"
+        );
+        assert!(
+            metric(
+                &text,
+                "tetrarch_store_op_duration_seconds_bucket",
+                &[&label, "le=\"+Inf\""]
+            )
+            .is_some()
+        );
+    }
+    observer.abort();
+    runtime.shutdown().await;
+}
+
+/// Starts `tetrarch run` on a plan whose one task sleeps `sleep_s`, with `--metrics ADDR`.
+fn spawn_cli_run(dir: &Path, sleep_s: u32, metrics: &str) -> std::process::Child {
+    std::fs::write(
+        dir.join("plan.toml"),
+        format!(
+            "name = \"cli-metrics\"\npermissions = \"settings.json\"\n\
+             [pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n\
+             [[task]]\nid = \"hello\"\ntool = \"sh.say\"\n\
+             args = {{ argv = [\"sleep {sleep_s}; echo '{{\\\"ok\\\": true}}'\"] }}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.join("store.redb"))
+        .arg("run")
+        .arg(dir.join("plan.toml"))
+        .arg("--metrics")
+        .arg(metrics)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Blocking HTTP/1.1 GET with a deadline: (status, body).
+fn blocking_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+#[test]
+fn tetrarch_run_metrics_serves_only_metrics_and_a_stalled_or_dropped_scraper_does_not_hold_up_the_run()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let mut child = spawn_cli_run(dir.path(), 2, "127.0.0.1:0");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("tetrarch ended before serving /metrics: {seen}");
+        }
+        seen.push_str(&line);
+        if let Some(rest) = line.trim_end().strip_prefix("metrics: http://") {
+            break rest
+                .strip_suffix("/metrics")
+                .unwrap()
+                .parse::<SocketAddr>()
+                .unwrap();
+        }
+    };
+    assert!(addr.ip().is_loopback(), "{addr}");
+    // A scraper that sends half a request and stalls, one that never reads its answer, one
+    // that hangs up mid-request: held open (or gone) while the run goes on.
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    stalled
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut unread = std::net::TcpStream::connect(addr).unwrap();
+    unread
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    {
+        let mut dropped = std::net::TcpStream::connect(addr).unwrap();
+        dropped.write_all(b"GET /metr").unwrap();
+    }
+    // A well-behaved scrape during the run: Prometheus text (the runtime's gauges once the
+    // first sample is in); nothing else is served here.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = blocking_get(addr, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        if body.contains("tetrarch_active_agents 4") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(blocking_get(addr, "/").0, 404);
+    assert_eq!(blocking_get(addr, "/api/state").0, 404);
+
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).unwrap();
+        rest
+    });
+    // The task sleeps 2 s; the stalled connections are still open while tetrarch ends.
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("tetrarch did not end with stalled scrapers open: {seen}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    seen.push_str(&reader.join().unwrap());
+    assert!(status.success(), "{seen}");
+    assert!(seen.contains("1/1 tasks complete"), "{seen}");
+    stalled.write_all(b"\r\n").ok();
+    drop((stalled, unread));
+}
+
+#[test]
+fn tetrarch_run_warns_when_the_metrics_port_is_taken_and_runs_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    // A bare port means 127.0.0.1, as for the dashboard.
+    let out = spawn_cli_run(dir.path(), 0, &port.to_string())
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("warning: metrics: 127.0.0.1:{port} is in use: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the run goes on without /metrics"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1/1 tasks complete"), "{stderr}");
+    let bad = spawn_cli_run(dir.path(), 0, "localhost:http")
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(bad.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: metrics: \"localhost:http\" is not an address"),
+        "{stderr}"
+    );
 }

@@ -102,7 +102,18 @@ async fn score_gate(
     )
     .with_timeout(timeout);
     let outcome = match pool.acquire().await {
-        Ok(mut session) => session.call(request).await,
+        Ok(mut session) => {
+            let started = std::time::Instant::now();
+            let outcome = session.call(request).await;
+            // The same measure as the Executor's calls, labelled with the agent that called.
+            metrics::histogram!(
+                "tetrarch_tool_call_duration_seconds",
+                "tool" => format!("{}.{name}", shared.score_pool),
+                "agent" => AgentKind::Reviewer.as_str()
+            )
+            .record(started.elapsed().as_secs_f64());
+            outcome
+        }
         Err(e) => Err(e),
     };
     let value = match outcome {

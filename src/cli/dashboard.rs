@@ -1,6 +1,7 @@
 //! `tetrarch dashboard`: the dashboard of a finished run, read from the store; and the live
-//! dashboard `tetrarch run --dashboard ADDR` starts beside a run. A dashboard that cannot start
-//! (address in use, bad address) is a warning: the run goes on without it.
+//! dashboard (`tetrarch run --dashboard ADDR`) and metrics endpoint (`--metrics ADDR`) started
+//! beside a run. One that cannot start (address in use, bad address) is a warning: the run goes
+//! on without it.
 
 use std::future::Future;
 use std::path::Path;
@@ -11,7 +12,9 @@ use clap::Args;
 use tetrarch::agents::Runtime;
 use tetrarch::plan::Plan;
 use tetrarch::store::{Store, StoreConfig};
-use tetrarch::telemetry::{DashboardServer, Telemetry, install_metrics, parse_addr};
+use tetrarch::telemetry::{
+    DashboardServer, MetricsServer, Telemetry, install_metrics, parse_addr, parse_server_addr,
+};
 
 /// `tetrarch dashboard`.
 #[derive(Debug, Args)]
@@ -48,68 +51,107 @@ pub fn run(args: DashboardArgs, store: &Path) -> Result<ExitCode> {
     })
 }
 
-/// The dashboard beside a live run.
-pub struct LiveDashboard {
+/// The dashboard and/or `/metrics` beside a live run, fed by one [`Telemetry`].
+pub struct LiveTelemetry {
     telemetry: Telemetry,
-    server: DashboardServer,
+    dashboard: Option<DashboardServer>,
+    metrics: Option<MetricsServer>,
     observer: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the dashboard of `plan`'s run on `addr` (`--dashboard`), or warns and returns `None`.
+/// Starts the dashboard (`--dashboard ADDR`) and the metrics endpoint (`--metrics ADDR`) of
+/// `plan`'s run. Each that cannot start (bad address, address in use) is a warning; `None` when
+/// neither was asked for or neither started.
 pub async fn start_live(
-    addr: Option<&str>,
+    dashboard: Option<&str>,
+    metrics: Option<&str>,
     plan: &Plan,
     runtime: &Runtime,
-) -> Option<LiveDashboard> {
-    let addr = match parse_addr(addr?) {
-        Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("warning: {e}; the run goes on without the dashboard");
-            return None;
-        }
-    };
-    let metrics = install_metrics()
+) -> Option<LiveTelemetry> {
+    if dashboard.is_none() && metrics.is_none() {
+        return None;
+    }
+    let dashboard_addr = dashboard.and_then(|text| {
+        parse_server_addr("dashboard", text)
+            .inspect_err(|e| eprintln!("warning: {e}; the run goes on without the dashboard"))
+            .ok()
+    });
+    let metrics_addr = metrics.and_then(|text| {
+        parse_server_addr("metrics", text)
+            .inspect_err(|e| eprintln!("warning: {e}; the run goes on without /metrics"))
+            .ok()
+    });
+    if dashboard_addr.is_none() && metrics_addr.is_none() {
+        return None;
+    }
+    let recorder = install_metrics()
         .inspect_err(|e| eprintln!("warning: {e}; /metrics will be empty"))
         .ok();
-    let telemetry = Telemetry::new(metrics);
+    let telemetry = Telemetry::new(recorder);
     telemetry.watch_plan(plan);
     let observer = telemetry.observe(runtime.subscribe());
-    match DashboardServer::bind(addr, telemetry.clone()).await {
-        Ok(server) => {
-            eprintln!(
-                "dashboard: http://{}/ (metrics at /metrics)",
-                server.local_addr()
-            );
-            Some(LiveDashboard {
-                telemetry,
-                server,
-                observer,
-            })
-        }
-        Err(e) => {
-            eprintln!("warning: {e}; the run goes on without the dashboard");
-            observer.abort();
-            None
-        }
+    let dashboard = match dashboard_addr {
+        Some(addr) => match DashboardServer::bind(addr, telemetry.clone()).await {
+            Ok(server) => {
+                eprintln!(
+                    "dashboard: http://{}/ (metrics at /metrics)",
+                    server.local_addr()
+                );
+                Some(server)
+            }
+            Err(e) => {
+                eprintln!("warning: {e}; the run goes on without the dashboard");
+                None
+            }
+        },
+        None => None,
+    };
+    let metrics = match metrics_addr {
+        Some(addr) => match MetricsServer::bind(addr, telemetry.clone()).await {
+            Ok(server) => {
+                eprintln!("metrics: http://{}/metrics", server.local_addr());
+                Some(server)
+            }
+            Err(e) => {
+                eprintln!("warning: {e}; the run goes on without /metrics");
+                None
+            }
+        },
+        None => None,
+    };
+    if dashboard.is_none() && metrics.is_none() {
+        observer.abort();
+        return None;
     }
+    Some(LiveTelemetry {
+        telemetry,
+        dashboard,
+        metrics,
+        observer,
+    })
 }
 
-/// Runs `run`, sampling the runtime for the dashboard meanwhile when there is one.
+/// Runs `run`, sampling the runtime for the dashboard and metrics meanwhile when there are any.
 pub async fn drive<F: Future>(
-    dashboard: Option<&LiveDashboard>,
+    live: Option<&LiveTelemetry>,
     runtime: &Runtime,
     run: F,
 ) -> F::Output {
-    match dashboard {
-        Some(dashboard) => dashboard.telemetry.drive(runtime, run).await,
+    match live {
+        Some(live) => live.telemetry.drive(runtime, run).await,
         None => run.await,
     }
 }
 
-impl LiveDashboard {
+impl LiveTelemetry {
     /// Stops serving (after the run's last events were recorded).
     pub async fn shutdown(self) {
-        self.server.shutdown().await;
+        if let Some(server) = self.dashboard {
+            server.shutdown().await;
+        }
+        if let Some(server) = self.metrics {
+            server.shutdown().await;
+        }
         self.observer.abort();
     }
 }

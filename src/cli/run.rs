@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// 127.0.0.1) during the run.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<String>,
+    /// Serve Prometheus metrics at `/metrics` (and nothing else) on this address (HOST:PORT,
+    /// or a port on 127.0.0.1) during the run.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn load_permissions(path: &Path, base: &Path) -> Result<Arc<PermissionEngine>> {
@@ -155,7 +159,13 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         runtime_options.approval = Arc::new(TerminalPrompt::new());
     }
     let runtime = Runtime::start(runtime_options).await?;
-    let dashboard = super::dashboard::start_live(args.dashboard.as_deref(), &plan, &runtime).await;
+    let live = super::dashboard::start_live(
+        args.dashboard.as_deref(),
+        args.metrics.as_deref(),
+        &plan,
+        &runtime,
+    )
+    .await;
     let events = runtime.subscribe();
     let printer = tokio::spawn(print_events(events, args.events, plan.tasks.len()));
     let options = RunOptions {
@@ -167,7 +177,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         permissions,
     };
     let outcome = {
-        let run = super::dashboard::drive(dashboard.as_ref(), &runtime, runtime.run(plan, options));
+        let run = super::dashboard::drive(live.as_ref(), &runtime, runtime.run(plan, options));
         tokio::pin!(run);
         let mut interrupted = false;
         loop {
@@ -190,8 +200,8 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     // Let the printer drain the last events.
     tokio::time::sleep(Duration::from_millis(20)).await;
     printer.abort();
-    if let Some(dashboard) = dashboard {
-        dashboard.shutdown().await;
+    if let Some(live) = live {
+        live.shutdown().await;
     }
     runtime.shutdown().await;
     let report = outcome?;

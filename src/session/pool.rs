@@ -317,6 +317,10 @@ impl Pool {
             u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
             Ordering::SeqCst,
         );
+        // Every acquire is one sample (a no-op until the telemetry module installs a recorder),
+        // so the distribution shows how often callers wait, not only the total.
+        metrics::histogram!("tetrarch_pool_wait_seconds", "pool" => shared.config.name.clone())
+            .record(waited.as_secs_f64());
         let permit = match permit {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(SessionError::PoolClosed { pool: pool_name() }),

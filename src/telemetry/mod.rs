@@ -7,7 +7,8 @@
 //!   depths, restarts, pools, context cache, store) while [`Telemetry::drive`] runs a future.
 //! - [`DashboardServer`] serves the page (`/`, one HTML file embedded in the binary, plain
 //!   JavaScript: no front-end build), its JSON (`/api/state`), the live event stream
-//!   (`/api/events`, server-sent events) and `/metrics`, on 127.0.0.1 unless told otherwise.
+//!   (`/api/events`, server-sent events) and `/metrics`, on 127.0.0.1 unless told otherwise;
+//!   [`MetricsServer`] serves `/metrics` alone (`tetrarch run --metrics ADDR`).
 //!
 //! Spans are opened by the agents themselves (target `tetrarch::agents::*`, INFO): `run` (plan,
 //! run, resumed, status) is the parent of one `task` span per attempt (plan, run, task, attempt,
@@ -33,33 +34,39 @@ mod view;
 pub use otel::{OtlpConfig, OtlpProtocol, OtlpTracing};
 
 pub use observer::{METRIC_NAMES, SAMPLE_PERIOD, Telemetry, install_metrics};
-pub use server::{DashboardServer, parse_addr};
+pub use server::{DashboardServer, MetricsServer, parse_addr, parse_server_addr};
 pub use view::{AgentView, CacheView, DashboardState, PoolView, RunView, TaskView, ToolLatency};
 
 /// What can go wrong serving telemetry.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    /// The dashboard's address is taken by another process.
-    #[error("dashboard: {addr} is in use: {source}")]
+    /// The server's address is taken by another process.
+    #[error("{server}: {addr} is in use: {source}")]
     AddrInUse {
+        /// Which server (`dashboard`, `metrics`).
+        server: &'static str,
         /// The address asked for.
         addr: std::net::SocketAddr,
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// The dashboard could not listen on its address for another reason.
-    #[error("dashboard: cannot listen on {addr}: {source}")]
+    /// The server could not listen on its address for another reason.
+    #[error("{server}: cannot listen on {addr}: {source}")]
     Bind {
+        /// Which server (`dashboard`, `metrics`).
+        server: &'static str,
         /// The address asked for.
         addr: std::net::SocketAddr,
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// The text given as the dashboard's address is not an address.
+    /// The text given as a server's address is not an address.
     #[error(
-        "dashboard: {text:?} is not an address (expected HOST:PORT such as 127.0.0.1:8080, or a port)"
+        "{server}: {text:?} is not an address (expected HOST:PORT such as 127.0.0.1:8080, or a port)"
     )]
     BadAddr {
+        /// Which server (`dashboard`, `metrics`).
+        server: &'static str,
         /// What was given.
         text: String,
     },

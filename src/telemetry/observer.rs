@@ -20,12 +20,18 @@ use crate::store::Store;
 /// How often [`Telemetry::drive`] samples the runtime's gauges.
 pub const SAMPLE_PERIOD: Duration = Duration::from_millis(250);
 
-/// Histogram buckets in seconds, for attempt and run durations: 1 ms to 10 min.
 /// Buckets of the context tokens per payload histogram.
 const TOKEN_BUCKETS: &[f64] = &[
     100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0, 200_000.0,
 ];
 
+/// Buckets of the pool wait histogram in seconds: most acquires find a free session at once, so
+/// the low end is finer than for durations.
+const POOL_WAIT_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_1, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Histogram buckets in seconds, for call, attempt, run and store durations: 1 ms to 10 min.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0, 600.0,
@@ -47,7 +53,7 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     ),
     (
         "tetrarch_tool_call_duration_seconds",
-        "Tool call latency inside the Executor (session acquired to outcome), by tool and agent",
+        "Tool call latency (session acquired to outcome) by tool and agent: the Executor's calls and the Reviewer's score gates",
     ),
     (
         "tetrarch_task_attempt_duration_seconds",
@@ -74,7 +80,7 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     ),
     (
         "tetrarch_pool_wait_seconds",
-        "Sum of all callers' waits for a session per pool",
+        "Time a caller waited for a session, per acquire, by pool",
     ),
     (
         "tetrarch_pool_acquired_total",
@@ -116,12 +122,20 @@ pub fn install_metrics() -> Result<PrometheusHandle, TelemetryError> {
                         TOKEN_BUCKETS,
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("tetrarch_pool_wait_seconds".to_owned()),
+                        POOL_WAIT_BUCKETS,
+                    )
+                })
                 .and_then(PrometheusBuilder::install_recorder)
                 .map_err(|e| e.to_string())?;
             for (name, help) in METRIC_NAMES {
                 if name.ends_with("_total") {
                     describe_counter!(*name, *help);
-                } else if name.ends_with("_duration_seconds") {
+                } else if name.ends_with("_duration_seconds")
+                    || *name == "tetrarch_pool_wait_seconds"
+                {
                     describe_histogram!(*name, metrics::Unit::Seconds, *help);
                 } else if *name == "tetrarch_context_tokens" {
                     describe_histogram!(*name, metrics::Unit::Count, *help);
@@ -383,8 +397,6 @@ impl Telemetry {
             gauge!("tetrarch_pool_sessions", "pool" => name.clone()).set(pool.size as f64);
             gauge!("tetrarch_pool_sessions_in_use", "pool" => name.clone()).set(pool.in_use as f64);
             gauge!("tetrarch_pool_waiters", "pool" => name.clone()).set(pool.waiters as f64);
-            gauge!("tetrarch_pool_wait_seconds", "pool" => name.clone())
-                .set(pool.total_wait_ms / 1000.0);
             counter!("tetrarch_pool_acquired_total", "pool" => name).absolute(pool.acquired);
         }
         let cache: Vec<CacheView> = runtime

@@ -1,5 +1,10 @@
 //! [`DashboardServer`]: the dashboard page, its JSON, its event stream and `/metrics`, served
-//! by axum.
+//! by axum; [`MetricsServer`]: `/metrics` alone.
+//!
+//! Neither holds up a run: each connection is served on its own task (a client that stalls or
+//! drops mid-request stalls only that task), a scrape renders from the recorder's handle without
+//! waiting on the runtime, and `shutdown` gives open connections (an event stream, a stalled
+//! scraper) a moment, then stops the server without waiting for them.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -24,40 +29,59 @@ const INITIAL_STATE: &str = "/*INITIAL_STATE*/null";
 
 /// Parses `--dashboard`: `HOST:PORT`, or a bare port (on 127.0.0.1).
 pub fn parse_addr(text: &str) -> Result<SocketAddr, TelemetryError> {
+    parse_server_addr("dashboard", text)
+}
+
+/// Parses the address of `server` (`dashboard`, `metrics`; named in the error): `HOST:PORT`,
+/// or a bare port (on 127.0.0.1).
+pub fn parse_server_addr(server: &'static str, text: &str) -> Result<SocketAddr, TelemetryError> {
     let text = text.trim();
     if let Ok(port) = text.trim_start_matches(':').parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
     text.parse().map_err(|_| TelemetryError::BadAddr {
+        server,
         text: text.to_owned(),
     })
 }
 
-/// The dashboard, serving until [`DashboardServer::shutdown`] or drop.
-pub struct DashboardServer {
+/// How long `shutdown` waits for open connections before dropping them.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// One axum server on its own task.
+struct Serving {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl DashboardServer {
-    /// Listens on `addr` (port 0 picks a free one) and serves `telemetry`.
-    pub async fn bind(addr: SocketAddr, telemetry: Telemetry) -> Result<Self, TelemetryError> {
+impl Serving {
+    async fn start(
+        server: &'static str,
+        addr: SocketAddr,
+        app: Router,
+    ) -> Result<Self, TelemetryError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| match source.kind() {
-                std::io::ErrorKind::AddrInUse => TelemetryError::AddrInUse { addr, source },
-                _ => TelemetryError::Bind { addr, source },
+                std::io::ErrorKind::AddrInUse => TelemetryError::AddrInUse {
+                    server,
+                    addr,
+                    source,
+                },
+                _ => TelemetryError::Bind {
+                    server,
+                    addr,
+                    source,
+                },
             })?;
         let bound = listener
             .local_addr()
-            .map_err(|source| TelemetryError::Bind { addr, source })?;
-        let app = Router::new()
-            .route("/", get(page))
-            .route("/api/state", get(state))
-            .route("/api/events", get(events))
-            .route("/metrics", get(metrics))
-            .with_state(telemetry);
+            .map_err(|source| TelemetryError::Bind {
+                server,
+                addr,
+                source,
+            })?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -66,44 +90,97 @@ impl DashboardServer {
                 })
                 .await;
             if let Err(e) = served {
-                tracing::warn!("dashboard on {bound} stopped: {e}");
+                tracing::warn!("{server} on {bound} stopped: {e}");
             }
         });
-        Ok(DashboardServer {
+        Ok(Serving {
             addr: bound,
             stop: Some(stop),
             task,
         })
     }
 
-    /// Where it listens.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops listening. Open event streams are closed with the server.
-    pub async fn shutdown(mut self) {
+    async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        // Event streams never end on their own: give them a moment, then stop the server.
-        if tokio::time::timeout(std::time::Duration::from_millis(200), &mut self.task)
+        // Graceful shutdown waits for every open connection, and an event stream or a stalled
+        // client never finishes on its own: give them a moment, then stop the server.
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task)
             .await
             .is_err()
         {
             self.task.abort();
         }
     }
+}
 
-    /// Serves until the process ends (`tetrarch dashboard`).
-    pub async fn wait(mut self) {
-        let _ = (&mut self.task).await;
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
-impl Drop for DashboardServer {
-    fn drop(&mut self) {
-        self.task.abort();
+/// The dashboard, serving until [`DashboardServer::shutdown`] or drop.
+pub struct DashboardServer {
+    serving: Serving,
+}
+
+impl DashboardServer {
+    /// Listens on `addr` (port 0 picks a free one) and serves `telemetry`.
+    pub async fn bind(addr: SocketAddr, telemetry: Telemetry) -> Result<Self, TelemetryError> {
+        let app = Router::new()
+            .route("/", get(page))
+            .route("/api/state", get(state))
+            .route("/api/events", get(events))
+            .route("/metrics", get(metrics))
+            .with_state(telemetry);
+        Ok(DashboardServer {
+            serving: Serving::start("dashboard", addr, app).await?,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.serving.addr
+    }
+
+    /// Stops listening. Open event streams are closed with the server.
+    pub async fn shutdown(mut self) {
+        self.serving.shutdown().await;
+    }
+
+    /// Serves until the process ends (`tetrarch dashboard`).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.serving.task).await;
+    }
+}
+
+/// `/metrics` alone (Prometheus text; every other path is 404), serving until
+/// [`MetricsServer::shutdown`] or drop.
+pub struct MetricsServer {
+    serving: Serving,
+}
+
+impl MetricsServer {
+    /// Listens on `addr` (port 0 picks a free one) and serves `telemetry`'s metrics.
+    pub async fn bind(addr: SocketAddr, telemetry: Telemetry) -> Result<Self, TelemetryError> {
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(telemetry);
+        Ok(MetricsServer {
+            serving: Serving::start("metrics", addr, app).await?,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.serving.addr
+    }
+
+    /// Stops listening; connections still open after a moment are not waited for.
+    pub async fn shutdown(mut self) {
+        self.serving.shutdown().await;
     }
 }
 
