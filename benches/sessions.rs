@@ -5,8 +5,9 @@
 //! are the median over rounds of call 1, call 10, and the steady state (median of calls 2..=50).
 //! Beside it, measured in the same run: the first call through a pool with `min_idle = 0` (it pays
 //! the server start, which is what pre-warming removes), and a one-shot `process` call (`true`).
-//! Each server is measured twice: pre-warmed with the handshake and a ping only, and pre-warmed
-//! with a warm-up call of the benchmarked tool ([`McpSpec::warmup`]).
+//! Each server is measured three ways: pre-warmed with the handshake and a ping only, and pre-warmed
+//! with a warm-up call of the benchmarked tool ([`McpSpec::warmup`]), once and five times
+//! ([`McpSpec::warmup_calls`]: a JIT such as V8 compiles a function fully only after a few runs).
 //! The `scorer` kind is measured the same way on a 1920×1080 FLIP pair (fewer rounds: each call
 //! takes about a second on the CPU), pre-warmed with a 256×256 synthetic pair and with a pair of
 //! the real size, beside a session started without a warm-up (its first call pays what the
@@ -58,8 +59,13 @@ async fn bench_server(name: &str, spec: McpSpec, request: ToolRequest) -> serde_
         warmup: Some(request.clone()),
         ..spec
     };
-    let warm = measure(&format!("{name} (+warm-up)"), warmed, &request).await;
-    json!({ "ping_only": plain, "with_warmup_call": warm })
+    let warm = measure(&format!("{name} (+warm-up)"), warmed.clone(), &request).await;
+    let repeated = McpSpec {
+        warmup_calls: 5,
+        ..warmed
+    };
+    let warm5 = measure(&format!("{name} (+5 warm-ups)"), repeated, &request).await;
+    json!({ "ping_only": plain, "with_warmup_call": warm, "with_5_warmup_calls": warm5 })
 }
 
 async fn measure(name: &str, spec: McpSpec, request: &ToolRequest) -> serde_json::Value {

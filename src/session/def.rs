@@ -13,6 +13,9 @@
 //! acquire_timeout = "30s"
 //! start_timeout = "2m"
 //! call_timeout = "60s"              # for tasks that give no timeout
+//! # mcp only: a call made while pre-warming each session, `calls` times, so the first task's
+//! # call costs what the tenth does (the server's lazy imports, a JIT, our own first-call paths)
+//! warmup = { tool = "count_words", args = { path = "README.md" }, calls = 3 }
 //! ```
 //!
 //! `process`: `command` is the prefix of every call's argv (a task adds `args.argv`). `mcp`:
@@ -28,7 +31,7 @@ use serde::Deserialize;
 
 use super::{
     McpFactory, McpSpec, NativeFactory, NativeRegistry, Pool, PoolConfig, ProcessFactory,
-    ProcessSpec, ScorerFactory, ScorerSpec, SessionError,
+    ProcessSpec, ScorerFactory, ScorerSpec, SessionError, ToolRequest,
 };
 use crate::scoring::Device;
 
@@ -82,6 +85,30 @@ pub struct PoolDef {
     /// `scorer` only: `auto`, `cpu` or `cuda`.
     #[serde(default)]
     pub device: Option<String>,
+    /// `mcp` only: a tool call made while pre-warming each session.
+    #[serde(default)]
+    pub warmup: Option<WarmupDef>,
+}
+
+/// A warm-up call of an `mcp` pool: `{ tool = "NAME", args = { ... }, calls = N }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupDef {
+    /// The tool to call.
+    pub tool: String,
+    /// Its arguments (relative paths in them are the server's business: it runs in `cwd`).
+    #[serde(default = "empty_object")]
+    pub args: serde_json::Value,
+    /// How many times (default 1).
+    #[serde(default = "one_call")]
+    pub calls: u32,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+fn one_call() -> u32 {
+    1
 }
 
 fn default_allowlist() -> Vec<String> {
@@ -141,6 +168,7 @@ impl PoolDef {
             start_timeout: thirty_seconds(),
             call_timeout: sixty_seconds(),
             device: None,
+            warmup: None,
         }
     }
 
@@ -163,6 +191,11 @@ impl PoolDef {
         let invalid = |detail: String| SessionError::InvalidConfig {
             detail: format!("pool {name:?}: {detail}"),
         };
+        if self.warmup.is_some() && self.kind != PoolKind::Mcp {
+            return Err(invalid(
+                "`warmup` is for mcp pools only (a scorer warms itself)".to_owned(),
+            ));
+        }
         let cwd = self.cwd_in(&context.base_dir);
         match self.kind {
             PoolKind::Process | PoolKind::Mcp => {
@@ -181,6 +214,18 @@ impl PoolDef {
                     spec.env_allowlist = self.env_allowlist.clone();
                     spec.env = self.env.clone();
                     spec.start_timeout = self.start_timeout;
+                    if let Some(warmup) = &self.warmup {
+                        if warmup.calls == 0 {
+                            return Err(invalid("`warmup.calls` must be at least 1".to_owned()));
+                        }
+                        spec.warmup = Some(ToolRequest {
+                            tool: warmup.tool.clone(),
+                            args: warmup.args.clone(),
+                            stdin: None,
+                            timeout: self.call_timeout,
+                        });
+                        spec.warmup_calls = warmup.calls;
+                    }
                     Pool::start(config, McpFactory::new(spec)).await
                 }
             }

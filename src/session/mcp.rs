@@ -44,6 +44,9 @@ pub struct McpSpec {
     /// costs — a JIT compiling the tool's code, schema compilation, lazy imports — are paid while
     /// pre-warming rather than by the first task. Its result must not be an error.
     pub warmup: Option<ToolRequest>,
+    /// How many times the warm-up call is made (at least once when there is one): a JIT such as
+    /// V8's compiles a function fully only after it has run a few times.
+    pub warmup_calls: u32,
 }
 
 impl McpSpec {
@@ -61,6 +64,7 @@ impl McpSpec {
             env: BTreeMap::new(),
             start_timeout: Duration::from_secs(30),
             warmup: None,
+            warmup_calls: 1,
         }
     }
 }
@@ -132,14 +136,16 @@ impl McpSession {
         };
         session.health_check().await?;
         if let Some(warmup) = &spec.warmup {
-            let outcome = session.call_tool(warmup.clone()).await?;
-            if !outcome.succeeded() {
-                return Err(SessionError::Protocol {
-                    detail: format!(
-                        "MCP server {:?}: warm-up call {:?} failed: {}",
-                        spec.program, warmup.tool, outcome.stdout
-                    ),
-                });
+            for _ in 0..spec.warmup_calls.max(1) {
+                let outcome = session.call_tool(warmup.clone()).await?;
+                if !outcome.succeeded() {
+                    return Err(SessionError::Protocol {
+                        detail: format!(
+                            "MCP server {:?}: warm-up call {:?} failed: {}",
+                            spec.program, warmup.tool, outcome.stdout
+                        ),
+                    });
+                }
             }
         }
         Ok(session)

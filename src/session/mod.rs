@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use def::{PoolContext, PoolDef, PoolKind};
+pub use def::{PoolContext, PoolDef, PoolKind, WarmupDef};
 pub use error::SessionError;
 pub use futures::future::BoxFuture;
 pub use mcp::{McpFactory, McpSession, McpSpec};
