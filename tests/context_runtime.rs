@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -353,4 +354,142 @@ args = {{ topic = "zebra stripes shader rule", notes = "{{{{context}}}}" }}
         .unwrap();
     assert_eq!(window, 2000);
     runtime.shutdown().await;
+}
+
+/// The tokens of `gather`'s output in the plan of [`write_bad_context_run`].
+const GATHER_TOKENS: usize = 300;
+
+/// A plan folder for `tetrarch run`: an actors folder whose skills folder holds only bad files
+/// (a dangling symlink, invalid UTF-8, a file over `max_file_bytes`, a folder named `*.md`) and
+/// a context window of `window` tokens, and a plan whose second task reads `{{context}}` (the
+/// first task's output, [`GATHER_TOKENS`]) and names a file that does not exist.
+fn write_bad_context_run(dir: &Path, window: usize) {
+    let actors = dir.join("actors");
+    let skills = actors.join("skills");
+    std::fs::create_dir_all(skills.join("folder.md")).unwrap();
+    std::os::unix::fs::symlink(dir.join("no-such-file.md"), skills.join("gone.md")).unwrap();
+    std::fs::write(skills.join("latin1.md"), b"caf\xe9 cr\xe8me \xff\xfe").unwrap();
+    std::fs::write(skills.join("huge.md"), "frame ".repeat(2000)).unwrap();
+    std::fs::write(
+        actors.join("optimizer.toml"),
+        format!(
+            "[context]\nskills_dir = \"skills\"\nmax_file_bytes = 4000\n\
+             [context.budget]\nwindow = {window}\n"
+        ),
+    )
+    .unwrap();
+    // No scorer pool: nothing here scores, and pre-warming it is slow in a debug build.
+    std::fs::write(actors.join("executor.toml"), "mailbox = 4096\n").unwrap();
+    let frames: String = (0..60).map(|i| format!("Frame {i} rendered. ")).collect();
+    std::fs::write(
+        dir.join("plan.toml"),
+        format!(
+            r#"name = "bad-context"
+permissions = "settings.json"
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+[[task]]
+id = "gather"
+tool = "sh.say"
+args = {{ argv = ["echo '\"{frames}\"'"] }}
+[[task]]
+id = "use"
+tool = "sh.count"
+deps = ["gather"]
+context_files = ["missing.md"]
+args = {{ argv = ["wc -c"], stdin = "{{{{context}}}}" }}
+"#,
+            frames = frames.trim_end()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(wc *)"]}}"#,
+    )
+    .unwrap();
+}
+
+/// `tetrarch run` of that folder with `RUST_LOG` set to `rust_log` (unset when `None`), each
+/// run with a store of its own: (success, stderr).
+fn run_bad_context(dir: &Path, rust_log: Option<&str>, store: &str) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tetrarch"));
+    command
+        .arg("--store")
+        .arg(dir.join(store))
+        .arg("run")
+        .arg(dir.join("plan.toml"))
+        .arg("--actors")
+        .arg(dir.join("actors"));
+    match rust_log {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tetrarch_run_warns_about_bad_skill_files_a_tiny_window_and_a_missing_file_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    // A window of 60 tokens: smaller than the critical item.
+    write_bad_context_run(dir.path(), 60);
+    let (ok, stderr) = run_bad_context(dir.path(), None, "store.redb");
+    assert!(ok, "{stderr}");
+    for expected in [
+        "skill document",
+        "gone.md: cannot be read",
+        "latin1.md: cannot be read",
+        "huge.md: 12000 bytes is more than max_file_bytes (4000); skipped",
+        "the context window (60 tokens",
+        format!("is smaller than the critical items ({GATHER_TOKENS} tokens waiting)").as_str(),
+        "project file",
+        "missing.md: cannot be read",
+        "2/2 tasks complete",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("WARN"), "{stderr}");
+    // A folder named like a skill is searched, not read: no warning names it.
+    assert!(!stderr.contains("folder.md"), "{stderr}");
+    assert!(stderr.contains(" Complete: "), "{stderr}");
+    // Each problem is told once.
+    assert_eq!(stderr.matches("huge.md").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("missing.md").count(), 1, "{stderr}");
+}
+
+#[test]
+fn rust_log_changes_what_tetrarch_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    // The critical item fills 83% of the window: the monitor alerts (an INFO event).
+    write_bad_context_run(dir.path(), GATHER_TOKENS * 6 / 5);
+    let (ok, default) = run_bad_context(dir.path(), None, "default.redb");
+    assert!(ok, "{default}");
+    let (ok, info) = run_bad_context(dir.path(), Some("tetrarch=info"), "info.redb");
+    assert!(ok, "{info}");
+    let (ok, quiet) = run_bad_context(dir.path(), Some("tetrarch=error"), "quiet.redb");
+    assert!(ok, "{quiet}");
+
+    // The default filter is `warn`: warnings, but no INFO events and no spans.
+    assert!(default.contains("max_file_bytes"), "{default}");
+    assert!(!default.contains(" INFO "), "{default}");
+    assert!(!default.contains("task{"), "{default}");
+    // `tetrarch=info`: INFO events, and events inside the agents' spans carry them.
+    let info_line = info
+        .lines()
+        .find(|l| l.contains(" INFO ") && l.contains("preserving it, then compacting"))
+        .unwrap_or_else(|| panic!("no INFO line from the optimizer:\n{info}"));
+    assert!(
+        info_line.contains("run{") && info_line.contains("task{") && info_line.contains("context"),
+        "{info_line}"
+    );
+    assert!(info.contains("task=use"), "{info}");
+    // `tetrarch=error`: the warnings are gone, the run's own report stays.
+    assert!(!quiet.contains("WARN"), "{quiet}");
+    assert!(!quiet.contains("max_file_bytes"), "{quiet}");
+    assert!(quiet.contains("2/2 tasks complete"), "{quiet}");
 }

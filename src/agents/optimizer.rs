@@ -81,13 +81,9 @@ fn start_context(args: &OptimizerArgs) -> Option<Arc<ContextOptimizer>> {
             return None;
         }
     };
+    // The context optimizer logs its own warnings (skipped skill files): not repeated here.
     match ContextOptimizer::new(config, counter) {
-        Ok((optimizer, warnings)) => {
-            for warning in warnings {
-                tracing::warn!("optimizer: {warning}");
-            }
-            Some(Arc::new(optimizer))
-        }
+        Ok((optimizer, _warnings)) => Some(Arc::new(optimizer)),
         Err(e) => {
             tracing::error!("optimizer: context optimizer unavailable: {e}");
             None
@@ -182,9 +178,6 @@ fn assemble(
         session_tokens: payload.session_tokens,
         window: payload.window,
     });
-    for warning in &payload.warnings {
-        tracing::warn!("optimizer: task {}: {warning}", attempt.task.id);
-    }
     if let Some(alert) = &payload.alert {
         let _ = state.args.events.send(super::RunEvent::ContextAlert {
             run_id: attempt.run_id.to_string(),
