@@ -6,6 +6,9 @@
 //! `.venv-ref` in the crate); when it lacks them the peers are reported as skipped.
 //! `TETRARCH_BENCH_REPS` sets repetitions (default 3; the median is reported);
 //! `TETRARCH_BENCH_ONLY=flip,ssim` limits the metrics; `TETRARCH_BENCH_PEERS=off` skips the peers.
+//! Then, when a CUDA driver, a device and NVRTC are present, the CUDA path: every metric on one
+//! pair and per pair in a batch of 8, beside the CPU value (targets on an H100: LDR-FLIP ≤ 2 ms,
+//! SSIM ≤ 0.5 ms per pair); skipped with the reason otherwise.
 //! Writes `target/bench/scoring.json` (under `CARGO_TARGET_DIR` when set).
 #![allow(clippy::unwrap_used)]
 
@@ -13,7 +16,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use tetrarch::scoring::{self, FLIP_DEFAULT_PPD, RgbImage, Transfer};
+use tetrarch::scoring::{
+    self, Device, FLIP_DEFAULT_PPD, Metric, RgbImage, Scorer, ScorerConfig, Transfer,
+};
 
 const W: usize = 1920;
 const H: usize = 1080;
@@ -161,6 +166,86 @@ fn peers(
     }
 }
 
+/// The CUDA path, when a driver, a device and NVRTC are present: each metric on one pair (upload,
+/// compute, download: what a gate pays) and per pair in a batch of 8 (copies overlapped with
+/// compute on streams), with the CPU's value beside it. Skipped, with the reason, otherwise.
+fn cuda_rows(
+    reps: usize,
+    r: &RgbImage,
+    t: &RgbImage,
+    hr: &RgbImage,
+    ht: &RgbImage,
+) -> serde_json::Value {
+    let config = ScorerConfig {
+        device: Device::Cuda,
+        ..ScorerConfig::default()
+    };
+    let (cuda, cpu) = match (
+        Scorer::new(config),
+        Scorer::new(ScorerConfig {
+            device: Device::Cpu,
+            ..ScorerConfig::default()
+        }),
+    ) {
+        (Ok(cuda), Ok(cpu)) => (cuda, cpu),
+        (Err(e), _) | (_, Err(e)) => {
+            println!("CUDA: skipped ({e})");
+            return serde_json::json!({ "skipped": e.to_string() });
+        }
+    };
+    println!(
+        "CUDA ({}), {W}x{H}, median of {}",
+        cuda.cuda_arch().unwrap_or("?"),
+        reps.max(20)
+    );
+    println!(
+        "{:<9} {:>12} {:>16} {:>12}  value (cuda / cpu)",
+        "metric", "1 pair (ms)", "batch of 8 (ms/pair)", "cpu (ms)"
+    );
+    let mut rows = Vec::new();
+    for (metric, name, (a, b)) in [
+        (Metric::Flip, "flip", (r, t)),
+        (Metric::HdrFlip, "hdr-flip", (hr, ht)),
+        (Metric::Ssim, "ssim", (r, t)),
+        (Metric::Msssim, "msssim", (r, t)),
+        (Metric::Psnr, "psnr", (r, t)),
+    ] {
+        // First call outside the timing: buffers for this size are allocated once.
+        let value = match cuda.score(metric, a, b, false) {
+            Ok(score) => score.value,
+            Err(e) => {
+                println!("{name:<9} failed: {e}");
+                rows.push(serde_json::json!({ "metric": name, "error": e.to_string() }));
+                continue;
+            }
+        };
+        let one = time(reps.max(20), || {
+            let _ = std::hint::black_box(cuda.score(metric, a, b, false));
+        });
+        let batch: Vec<(&RgbImage, &RgbImage)> = (0..8).map(|_| (a, b)).collect();
+        let per_pair = time(reps.max(5), || {
+            let _ = std::hint::black_box(cuda.score_batch(metric, &batch, false));
+        }) / 8.0;
+        let started = Instant::now();
+        let cpu_value = cpu.score(metric, a, b, false).map(|s| s.value).ok();
+        let cpu_secs = started.elapsed().as_secs_f64();
+        println!(
+            "{:<9} {:>12.3} {:>16.3} {:>12.1}  {:.6} / {}",
+            name,
+            one * 1e3,
+            per_pair * 1e3,
+            cpu_secs * 1e3,
+            value,
+            cpu_value.map_or("-".into(), |v| format!("{v:.6}"))
+        );
+        rows.push(serde_json::json!({
+            "metric": name, "one_pair_seconds": one, "batch8_seconds_per_pair": per_pair,
+            "cpu_seconds": cpu_secs, "value": value, "cpu_value": cpu_value,
+        }));
+    }
+    serde_json::json!({ "arch": cuda.cuda_arch(), "results": rows })
+}
+
 fn main() {
     let reps: usize = std::env::var("TETRARCH_BENCH_REPS")
         .ok()
@@ -256,8 +341,12 @@ fn main() {
             println!("  peers skipped: {reason}");
         }
     }
-    let targets = serde_json::json!({"ssim_vs_scikit_image": 5.0, "flip_vs_flip_evaluator": 3.0});
-    let report = serde_json::json!({"width": W, "height": H, "reps": reps, "targets": targets, "results": rows});
+    let cuda = cuda_rows(reps, &r, &t, &hr, &ht);
+    let targets = serde_json::json!({
+        "ssim_vs_scikit_image": 5.0, "flip_vs_flip_evaluator": 3.0,
+        "cuda_flip_ms_h100": 2.0, "cuda_ssim_ms_h100": 0.5,
+    });
+    let report = serde_json::json!({"width": W, "height": H, "reps": reps, "targets": targets, "results": rows, "cuda": cuda});
     let path = target.join("scoring.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     println!("wrote {}", path.display());

@@ -148,7 +148,25 @@ fn ms_ssim_is_one_for_equal_images_and_falls_with_noise() {
     );
     let small = synthetic("small", 120, 180, 0.0);
     let err = scoring::ms_ssim(&small, &small).unwrap_err().to_string();
-    assert!(err.contains("small") && err.contains("161"), "{err}");
+    assert!(err.contains("small") && err.contains("176"), "{err}");
+}
+
+#[test]
+fn ms_ssim_scores_at_its_smallest_size_and_refuses_one_pixel_less() {
+    // At 176 the coarsest scale is 11 pixels: one full window, a real score.
+    let side = scoring::MSSSIM_MIN_SIDE;
+    assert_eq!(side, 176);
+    let r = synthetic("reference", side, side, 0.0);
+    let t = synthetic("test", side, side, 0.1);
+    let value = scoring::ms_ssim(&r, &t).unwrap();
+    assert!(value.is_finite() && value > 0.0 && value < 1.0, "{value}");
+    assert!((scoring::ms_ssim(&r, &r).unwrap() - 1.0).abs() < 1e-6);
+    // At 175 the coarsest scale would be 10 pixels: refused, not scored as 0.
+    for (w, h) in [(side - 1, side), (side, side - 1)] {
+        let small = synthetic("narrow", w, h, 0.0);
+        let err = scoring::ms_ssim(&small, &small).unwrap_err().to_string();
+        assert!(err.contains("narrow") && err.contains("176"), "{err}");
+    }
 }
 
 #[test]

@@ -233,3 +233,39 @@ async fn hanging_tool_times_out_and_breaks_the_pooled_session() {
         .unwrap();
     assert_eq!(outcome.stdout, "Echo: after");
 }
+
+#[tokio::test]
+async fn a_declared_warm_up_call_runs_n_times_while_pre_warming() {
+    use tetrarch::session::{PoolContext, PoolDef};
+    let Some(spec) = python_server() else { return };
+    let text = format!(
+        "kind = \"mcp\"\ncommand = [{:?}, {:?}]\nmin_idle = 1\nmax_size = 1\n\
+         warmup = {{ tool = \"calls\", calls = 3 }}\n",
+        spec.program, spec.args[0]
+    );
+    let def: PoolDef = toml::from_str(&text).unwrap();
+    let context = PoolContext {
+        base_dir: servers_dir(),
+        ..PoolContext::default()
+    };
+    let pool = def.start("py", &context).await.unwrap();
+    // Pre-warmed: the session exists before the first acquire, and has been called 3 times.
+    assert_eq!(pool.stats().created, 1);
+    let mut session = pool.acquire().await.unwrap();
+    let outcome = session.call(call("calls", json!({}))).await.unwrap();
+    assert_eq!(outcome.stdout.trim(), "4", "{outcome:?}");
+    drop(session);
+    pool.close();
+
+    // A warm-up that fails is a start-up error naming the call, not a broken first task.
+    let text = format!(
+        "kind = \"mcp\"\ncommand = [{:?}, {:?}]\nwarmup = {{ tool = \"fail\", args = {{ message = \"cold\" }} }}\n",
+        spec.program, spec.args[0]
+    );
+    let def: PoolDef = toml::from_str(&text).unwrap();
+    let err = def.start("py", &context).await.unwrap_err();
+    assert!(
+        err.to_string().contains("warm-up call \"fail\" failed"),
+        "{err}"
+    );
+}

@@ -250,3 +250,45 @@ async fn close_fails_later_acquires() {
     assert!(matches!(err, SessionError::PoolClosed { .. }));
     assert_eq!(pool.stats().size, 0);
 }
+
+#[tokio::test]
+async fn warm_up_settings_on_the_wrong_kind_or_empty_are_refused_naming_the_pool() {
+    use tetrarch::session::{PoolContext, PoolDef};
+    let context = PoolContext::default();
+    for (text, expected) in [
+        (
+            "kind = \"process\"\ncommand = [\"true\"]\nwarmup = { tool = \"x\" }\n",
+            "`warmup` is for mcp pools only",
+        ),
+        (
+            "kind = \"mcp\"\ncommand = [\"true\"]\nwarmup_size = [64, 64]\n",
+            "`warmup_size` is for scorer pools only",
+        ),
+        (
+            "kind = \"mcp\"\ncommand = [\"true\"]\nwarmup = { tool = \"x\", calls = 0 }\n",
+            "`warmup.calls` must be at least 1",
+        ),
+        (
+            "kind = \"scorer\"\ndevice = \"cpu\"\nwarmup_size = [0, 10]\n",
+            "has an empty side",
+        ),
+    ] {
+        let def: PoolDef = toml::from_str(text).unwrap();
+        let err = def.start("named", &context).await.unwrap_err().to_string();
+        assert!(
+            err.contains("pool \"named\"") && err.contains(expected),
+            "{text}: {err}"
+        );
+    }
+    let unknown = toml::from_str::<PoolDef>(
+        "kind = \"mcp\"\ncommand = [\"true\"]\nwarmup = { tool = \"x\", cals = 2 }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(unknown.contains("cals"), "{unknown}");
+    // A scorer pool pre-warms at the declared size.
+    let def: PoolDef =
+        toml::from_str("kind = \"scorer\"\ndevice = \"cpu\"\nwarmup_size = [64, 48]\n").unwrap();
+    let pool = def.start("scorer", &context).await.unwrap();
+    assert_eq!(pool.stats().created, 1);
+}

@@ -130,14 +130,17 @@ pub fn downsample(p: &Plane) -> Plane {
     out
 }
 
-/// Smallest side MS-SSIM accepts: the coarsest of 5 scales must still hold an 11×11 window.
-pub const MSSSIM_MIN_SIDE: usize = (2 * SSIM_RADIUS) * 16 + 1;
+/// Smallest side MS-SSIM accepts: after four halvings (each rounding down) the coarsest of the
+/// 5 scales must still hold one full 11×11 window, i.e. 11 × 2⁴ = 176 pixels. (161, the bound
+/// used before, halves to 10 at the coarsest scale: no window fits and the score was 0/0.)
+pub const MSSSIM_MIN_SIDE: usize = (2 * SSIM_RADIUS + 1) * 16;
 
 /// MS-SSIM over five scales, per channel, channels averaged. Negative contrast–structure
 /// terms are clamped to zero before the weighted product, so the result stays real.
 ///
 /// # Errors
-/// [`ScoreError::SizeMismatch`], [`ScoreError::TooSmall`] below 161 pixels a side.
+/// [`ScoreError::SizeMismatch`], [`ScoreError::TooSmall`] below [`MSSSIM_MIN_SIDE`] (176)
+/// pixels a side.
 pub fn ms_ssim(reference: &RgbImage, test: &RgbImage) -> Result<f64, ScoreError> {
     check_pair(reference, test)?;
     check_min_side(reference, "MS-SSIM", MSSSIM_MIN_SIDE)?;

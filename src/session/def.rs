@@ -16,6 +16,8 @@
 //! # mcp only: a call made while pre-warming each session, `calls` times, so the first task's
 //! # call costs what the tenth does (the server's lazy imports, a JIT, our own first-call paths)
 //! warmup = { tool = "count_words", args = { path = "README.md" }, calls = 3 }
+//! # scorer only: the size of the synthetic pair scored while pre-warming (default 256×256)
+//! warmup_size = [1920, 1080]
 //! ```
 //!
 //! `process`: `command` is the prefix of every call's argv (a task adds `args.argv`). `mcp`:
@@ -88,6 +90,11 @@ pub struct PoolDef {
     /// `mcp` only: a tool call made while pre-warming each session.
     #[serde(default)]
     pub warmup: Option<WarmupDef>,
+    /// `scorer` only: the `[width, height]` of the synthetic pair each session scores while
+    /// pre-warming (default 256×256). Set it to the size of the images the gates score, so the
+    /// buffers the first gate needs (pinned host memory and device memory on CUDA) already exist.
+    #[serde(default)]
+    pub warmup_size: Option<[usize; 2]>,
 }
 
 /// A warm-up call of an `mcp` pool: `{ tool = "NAME", args = { ... }, calls = N }`.
@@ -169,6 +176,7 @@ impl PoolDef {
             call_timeout: sixty_seconds(),
             device: None,
             warmup: None,
+            warmup_size: None,
         }
     }
 
@@ -193,8 +201,11 @@ impl PoolDef {
         };
         if self.warmup.is_some() && self.kind != PoolKind::Mcp {
             return Err(invalid(
-                "`warmup` is for mcp pools only (a scorer warms itself)".to_owned(),
+                "`warmup` is for mcp pools only (a scorer pool takes `warmup_size`)".to_owned(),
             ));
+        }
+        if self.warmup_size.is_some() && self.kind != PoolKind::Scorer {
+            return Err(invalid("`warmup_size` is for scorer pools only".to_owned()));
         }
         let cwd = self.cwd_in(&context.base_dir);
         match self.kind {
@@ -248,6 +259,14 @@ impl PoolDef {
                     spec = spec.with_store(store.clone());
                 }
                 spec.base_dir = Some(cwd);
+                if let Some([width, height]) = self.warmup_size {
+                    if width == 0 || height == 0 {
+                        return Err(invalid(format!(
+                            "`warmup_size` {width}x{height} has an empty side"
+                        )));
+                    }
+                    spec.warmup_size = Some((width, height));
+                }
                 Pool::start(config, ScorerFactory::new(spec)).await
             }
         }

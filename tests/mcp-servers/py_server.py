@@ -2,7 +2,8 @@
 
 Tools: `add` (structured arguments, structured result), `pid` (the server's process id, so a test
 can kill it), `env` (whether a variable is visible, to check the cleared environment),
-`fail` (raises ToolError, so the result is flagged isError and carries the message).
+`fail` (raises ToolError, so the result is flagged isError and carries the message), `calls`
+(how many times it has been called in this process, so a test can count warm-up calls).
 """
 
 import os
@@ -11,6 +12,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("tetrarch-test")
+calls_made = 0
 
 
 @server.tool()
@@ -35,6 +37,14 @@ def env(name: str) -> str:
 def fail(message: str) -> str:
     """Always fails with `message`."""
     raise ToolError(message)
+
+
+@server.tool()
+def calls() -> int:
+    """How many times this tool has been called, this call included."""
+    global calls_made
+    calls_made += 1
+    return calls_made
 
 
 if __name__ == "__main__":
