@@ -12,7 +12,8 @@
 //! takes about a second on the CPU), pre-warmed with a 256×256 synthetic pair and with a pair of
 //! the real size, beside a session started without a warm-up (its first call pays what the
 //! warm-up moves to start-up).
-//! Target: first ≤ 1.2 × steady state (scorer: first ≤ 1.2 × tenth). Writes `target/bench/sessions.json`.
+//! Target: first ≤ 1.2 × steady state (scorer: first ≤ 1.2 × tenth). `TETRARCH_BENCH_SCORER=off`
+//! skips the scorer rows. Writes `target/bench/sessions.json`.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -163,7 +164,11 @@ async fn run() -> serde_json::Value {
         "peer: one-shot process call (`true`), median of {CALLS}: {:.3} ms",
         ms(spawn)
     );
-    let scorer = bench_scorer().await;
+    let scorer = if std::env::var("TETRARCH_BENCH_SCORER").as_deref() == Ok("off") {
+        json!({ "skipped": "TETRARCH_BENCH_SCORER=off" })
+    } else {
+        bench_scorer().await
+    };
     json!({ "mcp": results, "process_call_ms": ms(spawn), "rounds": ROUNDS, "calls_per_round": CALLS, "scorer": scorer })
 }
 

@@ -131,3 +131,121 @@ fn kernels_check_reports_every_function_or_names_missing_nvrtc() {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
 }
+
+#[test]
+fn hdr_flip_reads_openexr_and_matches_flip_evaluator() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let case = &expected["hdr"]["pair"];
+    let (r, t) = (fixture("hdr_ref.exr"), fixture("hdr_test.exr"));
+    let out = tetrarch(&[
+        "score",
+        r.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--metric",
+        "hdr-flip",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metric"], "hdr-flip");
+    let want = case["flip_mean"].as_f64().unwrap();
+    assert!((v["value"].as_f64().unwrap() - want).abs() < 5e-4, "{v}");
+}
+
+/// A 200×200 pair (large enough for MS-SSIM), the test a darker copy, as PNG and as JPEG.
+fn jpeg_and_png_pair(dir: &Path) -> [PathBuf; 3] {
+    let reference = image::RgbImage::from_fn(200, 200, |x, y| {
+        image::Rgb([(x + y) as u8, (2 * x) as u8, (3 * y % 256) as u8])
+    });
+    let test = image::RgbImage::from_fn(200, 200, |x, y| {
+        let p = reference.get_pixel(x, y).0;
+        image::Rgb([p[0] / 2 + 40, p[1] / 2 + 40, p[2] / 2 + 40])
+    });
+    let paths = [
+        dir.join("ref.png"),
+        dir.join("ref.jpg"),
+        dir.join("test.png"),
+    ];
+    reference.save(&paths[0]).unwrap();
+    reference.save(&paths[1]).unwrap();
+    test.save(&paths[2]).unwrap();
+    paths
+}
+
+#[test]
+fn jpeg_input_scores_close_to_its_png_source_and_msssim_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let [png, jpg, test] = jpeg_and_png_pair(dir.path());
+    let score = |reference: &Path, metric: &str| {
+        let out = tetrarch(&[
+            "score",
+            reference.to_str().unwrap(),
+            test.to_str().unwrap(),
+            "--metric",
+            metric,
+            "--device",
+            "cpu",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["value"].as_f64().unwrap()
+    };
+    let (from_png, from_jpg) = (score(&png, "ssim"), score(&jpg, "ssim"));
+    // JPEG is lossy: close to the PNG's score, not equal to it.
+    assert!(
+        from_png < 0.99 && (from_png - from_jpg).abs() < 0.05,
+        "{from_png} {from_jpg}"
+    );
+    let msssim = score(&png, "msssim");
+    assert!(msssim > 0.0 && msssim < 1.0, "{msssim}");
+}
+
+#[test]
+fn device_cuda_without_cuda_is_a_clear_error_and_auto_falls_back() {
+    if tetrarch::scoring::cuda_unavailable_reason().is_none() {
+        eprintln!("skipped: CUDA is present here; the refusal cannot be shown");
+        return;
+    }
+    let (r, t) = (fixture("ref.png"), fixture("test_noise.png"));
+    let out = tetrarch(&[
+        "score",
+        r.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--device",
+        "cuda",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CUDA"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // --device auto scores on the CPU and logs why (RUST_LOG shows the INFO line).
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .args([
+            "score",
+            r.to_str().unwrap(),
+            t.to_str().unwrap(),
+            "--device",
+            "auto",
+            "--json",
+        ])
+        .env("RUST_LOG", "tetrarch=info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backend"], "cpu", "{v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scoring on the CPU"), "{stderr}");
+}
