@@ -6,7 +6,7 @@
 //! Beside it, measured in the same run: the first call through a pool with `min_idle = 0` (it pays
 //! the server start, which is what pre-warming removes), and a one-shot `process` call (`true`).
 //! Each server is measured three ways: pre-warmed with the handshake and a ping only, and pre-warmed
-//! with a warm-up call of the benchmarked tool ([`McpSpec::warmup`]), once and five times
+//! with a warm-up call of the benchmarked tool ([`McpSpec::warmup`]), once and 20 times
 //! ([`McpSpec::warmup_calls`]: a JIT such as V8 compiles a function fully only after a few runs).
 //! The `scorer` kind is measured the same way on a 1920×1080 FLIP pair (fewer rounds: each call
 //! takes about a second on the CPU), pre-warmed with a 256×256 synthetic pair and with a pair of
@@ -62,11 +62,11 @@ async fn bench_server(name: &str, spec: McpSpec, request: ToolRequest) -> serde_
     };
     let warm = measure(&format!("{name} (+warm-up)"), warmed.clone(), &request).await;
     let repeated = McpSpec {
-        warmup_calls: 5,
+        warmup_calls: 20,
         ..warmed
     };
-    let warm5 = measure(&format!("{name} (+5 warm-ups)"), repeated, &request).await;
-    json!({ "ping_only": plain, "with_warmup_call": warm, "with_5_warmup_calls": warm5 })
+    let warm_n = measure(&format!("{name} (+20 warm-ups)"), repeated, &request).await;
+    json!({ "ping_only": plain, "with_warmup_call": warm, "with_20_warmup_calls": warm_n })
 }
 
 async fn measure(name: &str, spec: McpSpec, request: &ToolRequest) -> serde_json::Value {
