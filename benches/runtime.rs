@@ -18,9 +18,10 @@
 //!   the OS's, not the runtime's.
 //! - Round trip: a ping through each agent's mailbox, p50/p99.
 //! - Pre-warm: a one-task plan calling the `demo-tools` MCP server (built by cargo as an
-//!   example) from a pool pre-warmed with a declared warm-up call, run 21 times in one runtime;
-//!   the first run's task latency (dispatch to verdict, through the four agents and the pooled
-//!   session) vs the median of runs 2..21. Target: first ≤ 1.2 × steady state. The whole run's
+//!   example) from a pool pre-warmed with a declared warm-up call, run 11 times in each of 9
+//!   fresh runtimes; the median first-run task latency (dispatch to verdict, through the four
+//!   agents and the pooled session) vs the median of the later runs. Target: first ≤ 1.2 ×
+//!   steady state. The whole run's
 //!   wall time is shown beside it: it adds the run's two durable commits (start, end), whose
 //!   fsyncs vary with the disk far more than the call does.
 //!
@@ -43,8 +44,9 @@ use tokio::task::JoinSet;
 
 const TASKS: usize = 10_000;
 const ROUNDS: usize = 5;
-/// One-task runs of the pre-warm row: the first, then the steady state's median.
-const PREWARM_RUNS: usize = 21;
+/// Fresh runtimes of the pre-warm row, and one-task runs in each (the first, then steady ones).
+const PREWARM_ROUNDS: usize = 9;
+const PREWARM_RUNS: usize = 11;
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -346,7 +348,6 @@ async fn prewarm() -> Value {
         args: json!({ "path": input.display().to_string() }),
         calls: 3,
     });
-    let runtime = start_runtime(dir.path(), BTreeMap::from([("demo".to_owned(), pool)])).await;
     let text = format!(
         "name = \"prewarm\"\n[[task]]\nid = \"count\"\ntool = \"demo.count_words\"\nargs = {{ path = \"{}\" }}\n",
         input.display()
@@ -364,28 +365,43 @@ async fn prewarm() -> Value {
         permissions: Some(Arc::new(engine)),
         ..options()
     };
-    let (mut calls, mut runs) = (Vec::new(), Vec::new());
-    for _ in 0..PREWARM_RUNS {
-        let latency = tokio::spawn(task_latency(runtime.subscribe()));
-        let started = Instant::now();
-        let report = runtime.run((*plan).clone(), allowed.clone()).await.unwrap();
-        assert_eq!(
-            report.status,
-            RunStatus::Complete,
-            "{:?}",
-            report.problems()
-        );
-        runs.push(started.elapsed());
-        calls.push(latency.await.unwrap().unwrap());
+    // A first call is one sample: each round starts a fresh runtime (fresh store, fresh pool),
+    // and the first calls of the rounds are compared with the steady calls of all rounds.
+    let (mut firsts, mut steadies) = (Vec::new(), Vec::new());
+    let (mut run_firsts, mut run_steadies) = (Vec::new(), Vec::new());
+    for round in 0..PREWARM_ROUNDS {
+        let store_dir = dir.path().join(format!("round-{round}"));
+        std::fs::create_dir_all(&store_dir).unwrap();
+        let pools = BTreeMap::from([("demo".to_owned(), pool.clone())]);
+        let runtime = start_runtime(&store_dir, pools).await;
+        for run in 0..PREWARM_RUNS {
+            let latency = tokio::spawn(task_latency(runtime.subscribe()));
+            let started = Instant::now();
+            let report = runtime.run((*plan).clone(), allowed.clone()).await.unwrap();
+            assert_eq!(
+                report.status,
+                RunStatus::Complete,
+                "{:?}",
+                report.problems()
+            );
+            let (call, whole) = (latency.await.unwrap().unwrap(), started.elapsed());
+            if run == 0 {
+                firsts.push(call);
+                run_firsts.push(whole);
+            } else {
+                steadies.push(call);
+                run_steadies.push(whole);
+            }
+        }
+        runtime.shutdown().await;
     }
-    runtime.shutdown().await;
-    let ratio_of = |values: &[Duration]| {
-        let first = values[0];
-        let steady = percentile(&mut values[1..].to_vec(), 0.5);
+    let ratio_of = |firsts: &mut [Duration], steadies: &mut [Duration]| {
+        let first = percentile(firsts, 0.5);
+        let steady = percentile(steadies, 0.5);
         (first, steady, first.as_secs_f64() / steady.as_secs_f64())
     };
-    let (first, steady, ratio) = ratio_of(&calls);
-    let (run_first, run_steady, run_ratio) = ratio_of(&runs);
+    let (first, steady, ratio) = ratio_of(&mut firsts, &mut steadies);
+    let (run_first, run_steady, run_ratio) = ratio_of(&mut run_firsts, &mut run_steadies);
     println!(
         "{:<28} first {:>8.0} µs   steady {:>8.0} µs   ratio {:>5.2}   (target ≤ 1.2)",
         "pre-warm, mcp task call",
