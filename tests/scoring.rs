@@ -65,6 +65,44 @@ fn flip_matches_flip_evaluator() {
     }
 }
 
+/// Our pooled statistics against the ones flip-evaluator's tool prints for the same files.
+fn assert_pooled_like_the_flip_tool(
+    name: &str,
+    ours: scoring::FlipStats,
+    case: &serde_json::Value,
+) {
+    let theirs = &case["flip_cli_pooled"];
+    for (key, value, tolerance) in [
+        // The tool prints 6 decimals; the weighted statistics come from our 8192-bucket
+        // histogram, the tool's from the sorted errors.
+        ("mean", ours.mean, 5e-4),
+        ("weighted_median", ours.weighted_median, 2.5e-4),
+        ("weighted_q1", ours.weighted_q1, 2.5e-4),
+        ("weighted_q3", ours.weighted_q3, 2.5e-4),
+        ("min", ours.min, 2e-6),
+        ("max", ours.max, 2e-6),
+    ] {
+        let want = theirs[key].as_f64().unwrap();
+        assert!(
+            (value - want).abs() < tolerance,
+            "{name}: {key} {value} vs the flip tool's {want}"
+        );
+    }
+}
+
+#[test]
+fn pooled_flip_statistics_match_what_the_flip_tool_prints() {
+    for (name, case) in expected()["ldr"].as_object().unwrap() {
+        let (r, t) = pair(case);
+        let out = scoring::flip(&r, &t, FLIP_DEFAULT_PPD).unwrap();
+        assert_pooled_like_the_flip_tool(name, out.stats, case);
+    }
+    let case = &expected()["hdr"]["pair"];
+    let (r, t) = pair(case);
+    let (out, _) = scoring::hdr_flip(&r, &t, FLIP_DEFAULT_PPD).unwrap();
+    assert_pooled_like_the_flip_tool("hdr", out.stats, case);
+}
+
 #[test]
 fn ssim_and_psnr_match_scikit_image() {
     for (name, case) in expected()["ldr"].as_object().unwrap() {

@@ -251,20 +251,29 @@ pub fn weighted_percentile(counts: &[u64], p: f64) -> f64 {
 
 /// Pools an error map: mean (f64 sum), weighted median and quartiles from the histogram.
 pub fn pool(map: &Plane) -> FlipStats {
+    // One histogram per rayon split (fold), not per chunk: the buckets are many.
     let (sum, min, max, counts) = map
         .data
-        .par_chunks(4096)
-        .map(|chunk| {
-            let mut counts = vec![0u64; FLIP_HISTOGRAM_BUCKETS];
-            let (mut sum, mut min, mut max) = (0.0f64, f32::INFINITY, f32::NEG_INFINITY);
-            for &v in chunk {
-                sum += f64::from(v);
-                min = min.min(v);
-                max = max.max(v);
-                counts[histogram_bucket(v)] += 1;
-            }
-            (sum, min, max, counts)
-        })
+        .par_chunks(1 << 16)
+        .fold(
+            || {
+                (
+                    0.0f64,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                    vec![0u64; FLIP_HISTOGRAM_BUCKETS],
+                )
+            },
+            |(mut sum, mut min, mut max, mut counts), chunk| {
+                for &v in chunk {
+                    sum += f64::from(v);
+                    min = min.min(v);
+                    max = max.max(v);
+                    counts[histogram_bucket(v)] += 1;
+                }
+                (sum, min, max, counts)
+            },
+        )
         .reduce(
             || {
                 (
