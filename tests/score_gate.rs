@@ -1,0 +1,122 @@
+//! The Reviewer's `score` gate through the whole runtime: a render that misses the FLIP bound is
+//! sent back with the score as feedback, the next attempt passes, and the scorer pool the gate
+//! runs on was started before the first task.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use tetrarch::agents::{ActorsConfig, RunEvent, RunOptions, RunStatus, Runtime, RuntimeOptions};
+use tetrarch::plan::Plan;
+use tetrarch::session::{NativeRegistry, PoolDef, PoolKind};
+use tetrarch::store::{Store, StoreConfig};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/scoring")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_gate_fails_with_the_score_as_feedback_and_the_retry_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("renders");
+    std::fs::create_dir_all(&out).unwrap();
+    // The "renderer": attempt 1 is blurred (FLIP 0.254 against ref.png), later ones are only
+    // noisy (FLIP 0.084); it echoes the feedback it was given.
+    let mut natives = NativeRegistry::new();
+    let renders = out.clone();
+    natives.register("render", move |args: Value| {
+        let renders = renders.clone();
+        async move {
+            // A template that is the whole string renders typed: `{{attempt}}` is a number.
+            let attempt = match &args["attempt"] {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            let source = if attempt == "1" {
+                "test_blur.png"
+            } else {
+                "test_noise.png"
+            };
+            let path = renders.join(format!("attempt-{attempt}.png"));
+            std::fs::copy(fixture(source), &path).map_err(|e| e.to_string())?;
+            Ok(json!({ "path": path, "attempt": attempt, "feedback": args["feedback"] }))
+        }
+    });
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let mut actors = ActorsConfig::embedded().unwrap();
+    // The gate's scorer: the CPU, pre-warmed small (the default pool, made cheaper for a debug
+    // build).
+    let mut scorer = PoolDef::new(PoolKind::Scorer);
+    scorer.device = Some("cpu".to_owned());
+    scorer.warmup_size = Some([64, 64]);
+    actors.executor.pools.insert("scorer".to_owned(), scorer);
+    actors
+        .executor
+        .pools
+        .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
+    let mut options = RuntimeOptions::new(store, actors);
+    options.natives = natives;
+    let runtime = Runtime::start(options).await.unwrap();
+    let scorer_stats = runtime
+        .pool_stats()
+        .into_iter()
+        .find(|(name, _)| name == "scorer")
+        .unwrap()
+        .1;
+    assert_eq!(scorer_stats.created, 1, "the scorer is pre-warmed at start");
+
+    let plan_text = format!(
+        r#"
+name = "score-gate"
+[[task]]
+id = "render"
+tool = "fn.render"
+max_attempts = 3
+args = {{ attempt = "{{{{attempt}}}}", feedback = "{{{{feedback}}}}" }}
+gates = [{{ score = "flip", reference = "{reference}", max = 0.1 }}]
+"#,
+        reference = fixture("ref.png").display()
+    );
+    let plan = Plan::from_toml(&plan_text, "plan.toml").unwrap();
+    let mut events = runtime.subscribe();
+    let report = runtime
+        .run(
+            plan,
+            RunOptions {
+                base_dir: dir.path().to_path_buf(),
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    let task = report.task("render").unwrap();
+    assert_eq!(task.attempts, 2, "{task:?}");
+    let output = task.output.clone().unwrap();
+    assert_eq!(output["attempt"], "2", "{output}");
+    // The second attempt read the Reviewer's feedback: the FLIP value and the bound.
+    let feedback = output["feedback"].as_str().unwrap();
+    assert!(
+        feedback.contains("flip 0.25") && feedback.contains("max 0.1"),
+        "{feedback}"
+    );
+    let mut gate_failures = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let RunEvent::GateFailed {
+            attempt, feedback, ..
+        } = event
+        {
+            gate_failures.push((attempt, feedback));
+        }
+    }
+    assert_eq!(gate_failures.len(), 1, "{gate_failures:?}");
+    assert_eq!(gate_failures[0].0, 1);
+    runtime.shutdown().await;
+}
