@@ -132,18 +132,14 @@ fn kernels_check_reports_every_function_or_names_missing_nvrtc() {
     }
 }
 
-#[test]
-fn hdr_flip_reads_openexr_and_matches_flip_evaluator() {
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
-    let case = &expected["hdr"]["pair"];
-    let (r, t) = (fixture("hdr_ref.exr"), fixture("hdr_test.exr"));
+/// `tetrarch score REF TEST --metric METRIC --device cpu --json`, which must succeed.
+fn score_json(reference: &Path, test: &Path, metric: &str) -> serde_json::Value {
     let out = tetrarch(&[
         "score",
-        r.to_str().unwrap(),
-        t.to_str().unwrap(),
+        reference.to_str().unwrap(),
+        test.to_str().unwrap(),
         "--metric",
-        "hdr-flip",
+        metric,
         "--device",
         "cpu",
         "--json",
@@ -153,7 +149,16 @@ fn hdr_flip_reads_openexr_and_matches_flip_evaluator() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn hdr_flip_reads_openexr_and_matches_flip_evaluator() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let case = &expected["hdr"]["pair"];
+    let (r, t) = (fixture("hdr_ref.exr"), fixture("hdr_test.exr"));
+    let v = score_json(&r, &t, "hdr-flip");
     assert_eq!(v["metric"], "hdr-flip");
     let want = case["flip_mean"].as_f64().unwrap();
     assert!((v["value"].as_f64().unwrap() - want).abs() < 5e-4, "{v}");
@@ -184,23 +189,9 @@ fn jpeg_input_scores_close_to_its_png_source_and_msssim_prints() {
     let dir = tempfile::tempdir().unwrap();
     let [png, jpg, test] = jpeg_and_png_pair(dir.path());
     let score = |reference: &Path, metric: &str| {
-        let out = tetrarch(&[
-            "score",
-            reference.to_str().unwrap(),
-            test.to_str().unwrap(),
-            "--metric",
-            metric,
-            "--device",
-            "cpu",
-            "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["value"].as_f64().unwrap()
+        score_json(reference, &test, metric)["value"]
+            .as_f64()
+            .unwrap()
     };
     let (from_png, from_jpg) = (score(&png, "ssim"), score(&jpg, "ssim"));
     // JPEG is lossy: close to the PNG's score, not equal to it.
