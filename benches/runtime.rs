@@ -21,9 +21,8 @@
 //!   example) from a pool pre-warmed with a declared warm-up call, run 11 times in each of 9
 //!   fresh runtimes; the median first-run task latency (dispatch to verdict, through the four
 //!   agents and the pooled session) vs the median of the later runs. Target: first ≤ 1.2 ×
-//!   steady state. The whole run's
-//!   wall time is shown beside it: it adds the run's two durable commits (start, end), whose
-//!   fsyncs vary with the disk far more than the call does.
+//!   steady state. The whole run's wall time is shown beside it: it adds the run's end commit
+//!   (fsync'd) and the start's queued one, which vary with the disk far more than the call does.
 //!
 //! Writes `target/bench/runtime.json`.
 #![allow(clippy::unwrap_used)]
@@ -121,10 +120,10 @@ async fn joinset_floor(deps: &[Vec<usize>]) -> Duration {
     started.elapsed()
 }
 
-/// Sleeps `duration` on the blocking pool: `std::thread::sleep` overshoots by tens of
-/// microseconds, where tokio's timer rounds every sleep up to its next 1 ms tick (10 ms sleeps
-/// last 10.5–11.5 ms). The tool's work is then the 10 ms the critical path assumes, and what is
-/// left over is the runtime's scheduling. The JoinSet floor sleeps the same way.
+/// Sleeps `duration` on the blocking pool rather than on tokio's timer, which rounds every sleep
+/// up to its next 1 ms tick. `std::thread::sleep` still overshoots (0.1–0.5 ms on these
+/// machines), so each tool reports how long it really slept and the critical path is taken from
+/// that. The JoinSet floor sleeps the same way.
 async fn precise_sleep(duration: Duration) {
     let _ = tokio::task::spawn_blocking(move || std::thread::sleep(duration)).await;
 }
@@ -227,19 +226,15 @@ async fn parallel_efficiency() -> Value {
         let wall = started.elapsed().as_secs_f64();
         assert_eq!(report.status, RunStatus::Complete);
         // The critical path the tools really took: the longest sleep of each level, summed
-        // (every task waits for the whole level before it).
-        let slept: Vec<f64> = report
-            .tasks
-            .iter()
-            .map(|t| {
-                let output = t.output.as_ref().and_then(|o| o.get("slept_us"));
-                output.and_then(Value::as_f64).unwrap() / 1e6
-            })
-            .collect();
-        let measured: f64 = slept
-            .chunks(width)
-            .map(|level| level.iter().copied().fold(0.0, f64::max))
-            .sum();
+        // (every task waits for the whole level before it). Task `tI` is on level I / width.
+        let mut longest = vec![0.0f64; levels];
+        for task in &report.tasks {
+            let i: usize = task.id[1..].parse().unwrap();
+            let output = task.output.as_ref().and_then(|o| o.get("slept_us"));
+            let slept = output.and_then(Value::as_f64).unwrap() / 1e6;
+            longest[i / width] = longest[i / width].max(slept);
+        }
+        let measured: f64 = longest.iter().sum();
         ratios.push(wall / critical.as_secs_f64());
         measured_ratios.push(wall / measured);
         runtime.shutdown().await;

@@ -91,32 +91,24 @@ pub async fn start_live(
     telemetry.watch_plan(plan);
     let observer = telemetry.observe(runtime.subscribe());
     let dashboard = match dashboard_addr {
-        Some(addr) => match DashboardServer::bind(addr, telemetry.clone()).await {
-            Ok(server) => {
-                eprintln!(
+        Some(addr) => started(
+            DashboardServer::bind(addr, telemetry.clone()).await,
+            "the dashboard",
+            |s| {
+                format!(
                     "dashboard: http://{}/ (metrics at /metrics)",
-                    server.local_addr()
-                );
-                Some(server)
-            }
-            Err(e) => {
-                eprintln!("warning: {e}; the run goes on without the dashboard");
-                None
-            }
-        },
+                    s.local_addr()
+                )
+            },
+        ),
         None => None,
     };
     let metrics = match metrics_addr {
-        Some(addr) => match MetricsServer::bind(addr, telemetry.clone()).await {
-            Ok(server) => {
-                eprintln!("metrics: http://{}/metrics", server.local_addr());
-                Some(server)
-            }
-            Err(e) => {
-                eprintln!("warning: {e}; the run goes on without /metrics");
-                None
-            }
-        },
+        Some(addr) => started(
+            MetricsServer::bind(addr, telemetry.clone()).await,
+            "/metrics",
+            |s| format!("metrics: http://{}/metrics", s.local_addr()),
+        ),
         None => None,
     };
     if dashboard.is_none() && metrics.is_none() {
@@ -129,6 +121,25 @@ pub async fn start_live(
         metrics,
         observer,
     })
+}
+
+/// A server that started (announced with `announce`), or the warning that the run goes on
+/// without `what`.
+fn started<T>(
+    bound: Result<T, tetrarch::telemetry::TelemetryError>,
+    what: &str,
+    announce: impl FnOnce(&T) -> String,
+) -> Option<T> {
+    match bound {
+        Ok(server) => {
+            eprintln!("{}", announce(&server));
+            Some(server)
+        }
+        Err(e) => {
+            eprintln!("warning: {e}; the run goes on without {what}");
+            None
+        }
+    }
 }
 
 /// Runs `run`, sampling the runtime for the dashboard and metrics meanwhile when there are any.

@@ -229,12 +229,10 @@ impl PoolDef {
                         if warmup.calls == 0 {
                             return Err(invalid("`warmup.calls` must be at least 1".to_owned()));
                         }
-                        spec.warmup = Some(ToolRequest {
-                            tool: warmup.tool.clone(),
-                            args: warmup.args.clone(),
-                            stdin: None,
-                            timeout: self.call_timeout,
-                        });
+                        spec.warmup = Some(
+                            ToolRequest::new(warmup.tool.clone(), warmup.args.clone())
+                                .with_timeout(self.call_timeout),
+                        );
                         spec.warmup_calls = warmup.calls;
                     }
                     Pool::start(config, McpFactory::new(spec)).await
