@@ -27,6 +27,10 @@
 //! Writes `target/bench/runtime.json`.
 #![allow(clippy::unwrap_used)]
 
+/// The allocator the `tetrarch` binary runs with (src/main.rs), so this measures its path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

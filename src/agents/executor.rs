@@ -363,12 +363,10 @@ fn record(shared: &ExecutorArgs, attempt: &Attempt, outcome: &Outcome) {
         attempt.task.id,
         attempt.call
     ));
-    let store = shared.store.clone();
-    tokio::spawn(async move {
-        if let Err(e) = store.store(memory).await {
-            tracing::warn!("executor: could not record an outcome: {e}");
-        }
-    });
+    // Queued, not awaited: the pipeline does not wait on the disk for a record of the outcome.
+    if let Err(e) = shared.store.queue_store(memory) {
+        tracing::warn!("executor: could not record an outcome: {e}");
+    }
 }
 
 /// A failed call's error message, with the most successful known fix for an error like it

@@ -255,6 +255,10 @@ impl Actor for Optimizer {
             OptimizerMsg::Ping(reply) => {
                 let _ = reply.send(());
             }
+            OptimizerMsg::Ready(reply) => {
+                state.context().await;
+                let _ = reply.send(());
+            }
             OptimizerMsg::Crash => injected_fault(AgentKind::Optimizer),
         }
         Ok(())

@@ -448,10 +448,17 @@ impl OrchestratorState {
             return;
         };
         let token = next_token();
-        run.slots[i].state = TaskState::Running;
-        run.slots[i].token = Some(token);
+        let slot = &mut run.slots[i];
+        slot.state = TaskState::Running;
+        slot.token = Some(token);
         run.in_flight += 1;
-        self.persist(run_id, i);
+        // A first dispatch is not persisted: its record would differ from the pending one
+        // written at the start only by saying "running", and a resume re-runs a task that did
+        // not complete either way. A later attempt or retry is, for its attempt count and
+        // feedback. (This saves a third of the run's writes.)
+        if slot.attempt > 1 || slot.retries > 0 || !slot.fixes_tried.is_empty() {
+            self.persist(run_id, i);
+        }
         let run = &self.runs[run_id];
         self.emit(RunEvent::TaskStarted {
             run_id: run.id.to_string(),

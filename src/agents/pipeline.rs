@@ -100,6 +100,8 @@ pub(crate) enum OrchestratorMsg {
 pub(crate) enum OptimizerMsg {
     Prepare(Box<Attempt>),
     Ping(oneshot::Sender<()>),
+    /// Answered once the context optimizer (token counter, skills) is loaded.
+    Ready(oneshot::Sender<()>),
     Crash,
 }
 

@@ -50,6 +50,15 @@ impl PoolSet {
         }
     }
 
+    /// Every pool, for [`Pool::warm_up_idle`].
+    fn all(&self) -> Vec<Pool> {
+        self.0
+            .read()
+            .values()
+            .map(|(pool, _)| pool.clone())
+            .collect()
+    }
+
     fn stats(&self) -> Vec<(String, PoolStats)> {
         let mut all: Vec<_> = self
             .0
@@ -207,6 +216,20 @@ impl Runtime {
                     agent: AgentKind::Orchestrator,
                     detail: format!("supervisor: {e}"),
                 })?;
+        // Pre-warming ends here, not at the pools: the Optimizer's token counter and context are
+        // loaded (else the first task waits for them, or shares the CPU with their loading),
+        // then every idle session repeats its warm-up, so none has sat idle while other pools
+        // and the agents were starting.
+        let (ready, loaded) = oneshot::channel();
+        if peers
+            .optimizer
+            .send(OptimizerMsg::Ready(ready))
+            .await
+            .is_ok()
+        {
+            let _ = loaded.await;
+        }
+        futures::future::join_all(pools.all().iter().map(Pool::warm_up_idle)).await;
         Ok(Runtime {
             peers,
             supervisor,

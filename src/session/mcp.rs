@@ -74,6 +74,8 @@ pub struct McpSession {
     service: RunningService<RoleClient, ()>,
     server_pid: Option<u32>,
     program: String,
+    /// The declared warm-up call, repeated by [`Session::warm_up`].
+    warmup: Option<ToolRequest>,
 }
 
 impl std::fmt::Debug for McpSession {
@@ -133,22 +135,31 @@ impl McpSession {
             service,
             server_pid,
             program: spec.program.clone(),
+            warmup: spec.warmup.clone(),
         };
         session.health_check().await?;
-        if let Some(warmup) = &spec.warmup {
-            for _ in 0..spec.warmup_calls.max(1) {
-                let outcome = session.call_tool(warmup.clone()).await?;
-                if !outcome.succeeded() {
-                    return Err(SessionError::Protocol {
-                        detail: format!(
-                            "MCP server {:?}: warm-up call {:?} failed: {}",
-                            spec.program, warmup.tool, outcome.stdout
-                        ),
-                    });
-                }
-            }
+        for _ in 0..spec.warmup_calls.max(1) {
+            session.warm_up_once().await?;
         }
         Ok(session)
+    }
+
+    /// The declared warm-up call, once (nothing when none is declared).
+    async fn warm_up_once(&mut self) -> Result<(), SessionError> {
+        let Some(warmup) = self.warmup.clone() else {
+            return Ok(());
+        };
+        let tool = warmup.tool.clone();
+        let outcome = self.call_tool(warmup).await?;
+        if !outcome.succeeded() {
+            return Err(SessionError::Protocol {
+                detail: format!(
+                    "MCP server {:?}: warm-up call {tool:?} failed: {}",
+                    self.program, outcome.stdout
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The server process's id, when known.
@@ -248,6 +259,10 @@ impl Session for McpSession {
 
     fn is_open(&self) -> bool {
         !self.service.is_closed() && !self.service.is_transport_closed()
+    }
+
+    fn warm_up(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(self.warm_up_once())
     }
 }
 

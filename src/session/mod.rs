@@ -133,6 +133,14 @@ pub trait Session: Send {
     fn is_open(&self) -> bool {
         true
     }
+
+    /// Exercises the session once more the way its first real call will (an `mcp` session
+    /// repeats its declared warm-up call; other kinds do nothing). The runtime calls it on every
+    /// idle session as the last step of starting, so no session has sat idle between its
+    /// warm-up and the first task while other pools were starting.
+    fn warm_up(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Starts sessions of one kind for a [`Pool`].

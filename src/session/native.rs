@@ -1,12 +1,14 @@
 //! The `native` kind: Rust async functions registered by name through the library API.
 //!
-//! Each call runs on its own tokio task, so a panicking tool fails its call with
-//! [`SessionError::Crashed`] instead of taking the caller down, and a timeout aborts it.
+//! Each call's future is guarded with `catch_unwind`, so a panicking tool fails its call with
+//! [`SessionError::Crashed`] instead of taking the caller down, and a timeout drops it.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use serde_json::Value;
 
 use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
@@ -76,36 +78,28 @@ impl Session for NativeSession {
                 return Err(SessionError::UnknownTool { tool: request.tool });
             };
             let args = request.args;
-            // The tool is called inside the task so that a panic before its first await is caught too.
-            let mut task = tokio::spawn(async move { tool(args).await });
-            let joined = match tokio::time::timeout(request.timeout, &mut task).await {
-                Ok(joined) => joined,
-                Err(_) => {
-                    task.abort();
-                    return Err(SessionError::Timeout {
-                        tool: request.tool,
-                        after: request.timeout,
-                    });
-                }
+            // The tool is called inside the guarded future, so a panic before its first await is
+            // caught too. Guarding the future instead of spawning it saves a task per call; the
+            // caller's task already runs concurrently with other calls.
+            let guarded = AssertUnwindSafe(async move { tool(args).await }).catch_unwind();
+            let Ok(finished) = tokio::time::timeout(request.timeout, guarded).await else {
+                return Err(SessionError::Timeout {
+                    tool: request.tool,
+                    after: request.timeout,
+                });
             };
-            let (exit_status, stdout, stderr, json) = match joined {
+            let (exit_status, stdout, stderr, json) = match finished {
                 Ok(Ok(value)) => (0, value.to_string(), String::new(), Some(value)),
                 Ok(Err(message)) => (1, String::new(), message, None),
-                Err(join_error) => {
-                    let reason = if join_error.is_panic() {
-                        let payload = join_error.into_panic();
-                        let message = payload
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_owned())
-                            .or_else(|| payload.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "non-text panic payload".to_owned());
-                        format!("panicked: {message}")
-                    } else {
-                        "task was cancelled".to_owned()
-                    };
+                Err(payload) => {
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-text panic payload".to_owned());
                     return Err(SessionError::Crashed {
                         tool: request.tool,
-                        reason,
+                        reason: format!("panicked: {message}"),
                     });
                 }
             };

@@ -351,6 +351,37 @@ impl Pool {
         })
     }
 
+    /// Runs [`Session::warm_up`] on each session idle now, taken straight from the idle list
+    /// (not counted as acquires or waits); one that fails is discarded and replaced like any
+    /// broken session.
+    pub async fn warm_up_idle(&self) {
+        let shared = &self.shared;
+        let taken: Vec<IdleSession> = std::mem::take(&mut *shared.lock_idle());
+        let warmed = taken.into_iter().map(|mut idle| async move {
+            let result = idle.session.warm_up().await;
+            (idle.session, result)
+        });
+        for (session, result) in futures::future::join_all(warmed).await {
+            match result {
+                Ok(()) if session.is_open() && !shared.closed.load(Ordering::SeqCst) => {
+                    shared.lock_idle().push(IdleSession {
+                        session,
+                        since: Instant::now(),
+                    });
+                }
+                Ok(()) if shared.closed.load(Ordering::SeqCst) => {
+                    shared.size.fetch_sub(1, Ordering::SeqCst);
+                }
+                outcome => {
+                    if let Err(e) = outcome {
+                        tracing::warn!(pool = %shared.config.name, "warm-up failed, session replaced: {e}");
+                    }
+                    shared.discard(session);
+                }
+            }
+        }
+    }
+
     /// The pool's counters now.
     pub fn stats(&self) -> PoolStats {
         let shared = &self.shared;
@@ -448,6 +479,20 @@ impl PooledSession {
         result
     }
 
+    /// Warms the session up once more ([`Session::warm_up`]); a failure marks it broken.
+    pub async fn warm_up(&mut self) -> Result<(), SessionError> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(SessionError::Closed {
+                detail: "pooled session already returned".to_owned(),
+            });
+        };
+        let result = session.warm_up().await;
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
     /// Marks the session broken: it is discarded and replaced instead of returned.
     pub fn mark_broken(&mut self) {
         self.broken = true;
@@ -470,6 +515,10 @@ impl Session for PooledSession {
 
     fn is_open(&self) -> bool {
         !self.broken && self.session.as_ref().is_some_and(|s| s.is_open())
+    }
+
+    fn warm_up(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(PooledSession::warm_up(self))
     }
 }
 

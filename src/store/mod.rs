@@ -477,6 +477,31 @@ impl Store {
     }
 
     async fn store_unmeasured(&self, new: NewMemory) -> Result<MemoryId, StoreError> {
+        let (id, answer) = self.queue_store_unmeasured(new)?;
+        answer.await.map_err(|_| StoreError::Closed)??;
+        Ok(id)
+    }
+
+    /// Queues a new memory for the next commit and returns its id without waiting for it.
+    ///
+    /// For writers that must not wait on the disk (the Executor records every tool outcome this
+    /// way): the memory becomes visible to reads, and durable, when the writer commits it, in
+    /// queue order with everything queued before. A failed commit is logged by the writer.
+    ///
+    /// # Errors
+    /// The same bad-input errors as [`Store::store`] (nothing is queued then), and
+    /// [`StoreError::Closed`] when the store is shut down.
+    pub fn queue_store(&self, new: NewMemory) -> Result<MemoryId, StoreError> {
+        let started = std::time::Instant::now();
+        let queued = self.queue_store_unmeasured(new).map(|(id, _answer)| id);
+        record_latency("queue_store", started);
+        queued
+    }
+
+    fn queue_store_unmeasured(
+        &self,
+        new: NewMemory,
+    ) -> Result<(MemoryId, oneshot::Receiver<Result<(), StoreError>>), StoreError> {
         validate_fields(
             &new.content,
             new.importance,
@@ -513,8 +538,7 @@ impl Store {
             terms,
             reply,
         })?;
-        answer.await.map_err(|_| StoreError::Closed)??;
-        Ok(id)
+        Ok((id, answer))
     }
 
     /// Reads a memory by id, counting the access. Archived memories are readable; expired ones

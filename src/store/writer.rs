@@ -104,8 +104,9 @@ enum Pending {
 struct Batch<'a> {
     ctx: &'a WriterContext,
     txn: WriteTransaction,
-    /// Versions written earlier in this batch, so later commands see them.
-    written: HashMap<MemoryId, Memory>,
+    /// Versions written earlier in this batch, so later commands see them: the index of the
+    /// memory's latest upsert in `effects` (not a second copy of it).
+    written: HashMap<MemoryId, usize>,
     effects: Vec<Effect>,
     replies: Vec<Pending>,
 }
@@ -145,19 +146,21 @@ impl<'a> Batch<'a> {
         table
             .insert(memory.id.as_u128(), encoded)
             .map_err(db_error(&self.ctx.path, "insert memory"))?;
+        self.written.insert(memory.id, self.effects.len());
         self.effects.push(Effect::Upsert {
-            memory: memory.clone(),
+            memory,
             terms,
             encoded_len: encoded.len() as u64,
         });
-        self.written.insert(memory.id, memory);
         Ok(())
     }
 
     /// The current version of a memory: written in this batch, hot, or (archived) in the table.
     fn current(&self, id: MemoryId) -> Result<Option<Memory>, StoreError> {
-        if let Some(m) = self.written.get(&id) {
-            return Ok(Some(m.clone()));
+        if let Some(&at) = self.written.get(&id)
+            && let Some(Effect::Upsert { memory, .. }) = self.effects.get(at)
+        {
+            return Ok(Some(memory.clone()));
         }
         if let Some(entry) = self.ctx.state.read().live.get(&id) {
             return Ok(Some(entry.snapshot()));
