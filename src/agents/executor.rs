@@ -327,14 +327,16 @@ fn capped(text: &str) -> &str {
     &text[..end]
 }
 
-/// Writes the outcome as a memory of the run, without holding up the pipeline.
-fn record(shared: &ExecutorArgs, attempt: &Attempt, outcome: &Outcome) {
+/// The outcome as a memory of the run (`None` when outputs are not recorded, or it is empty).
+fn outcome_memory(
+    shared: &ExecutorArgs,
+    attempt: &Attempt,
+    outcome: &Outcome,
+) -> Option<NewMemory> {
     if !shared.config.record_outputs {
-        return;
+        return None;
     }
-    let Some(namespace) = run_namespace(&attempt.run_id) else {
-        return;
-    };
+    let namespace = run_namespace(&attempt.run_id)?;
     let (content, tag) = match outcome {
         Outcome::Ran(o) if o.succeeded() => (capped(&o.stdout).to_owned(), "output"),
         Outcome::Ran(o) => (
@@ -349,7 +351,7 @@ fn record(shared: &ExecutorArgs, attempt: &Attempt, outcome: &Outcome) {
         Outcome::Error { reason, .. } => (reason.clone(), "error"),
     };
     if content.trim().is_empty() {
-        return;
+        return None;
     }
     let mut memory = NewMemory::new(namespace, content);
     memory.tags = vec![tag.to_owned(), format!("task:{}", attempt.task.id)];
@@ -363,8 +365,16 @@ fn record(shared: &ExecutorArgs, attempt: &Attempt, outcome: &Outcome) {
         attempt.task.id,
         attempt.call
     ));
-    // Queued, not awaited: the pipeline does not wait on the disk for a record of the outcome.
-    if let Err(e) = shared.store.queue_store(memory) {
+    Some(memory)
+}
+
+/// Queues the outcome's memory, once the outcome is on its way to the Reviewer: the text
+/// analysis and the write are off the task's path, and nothing waits on the disk for them.
+/// (Like any memory write, it is not ordered with the run's own records.)
+fn record(shared: &ExecutorArgs, memory: Option<NewMemory>) {
+    if let Some(memory) = memory
+        && let Err(e) = shared.store.queue_store(memory)
+    {
         tracing::warn!("executor: could not record an outcome: {e}");
     }
 }
@@ -437,7 +447,7 @@ impl Actor for Executor {
                     async move {
                         let mut attempt = attempt;
                         let outcome = execute(&shared, &attempt).await;
-                        record(&shared, &attempt, &outcome);
+                        let memory = outcome_memory(&shared, &attempt, &outcome);
                         attempt.failure = failure(&shared, &outcome);
                         if let Err(e) = shared
                             .peers
@@ -447,6 +457,7 @@ impl Actor for Executor {
                         {
                             tracing::warn!("executor: outcome not delivered: {e}");
                         }
+                        record(&shared, memory);
                     }
                     .instrument(span),
                 );
