@@ -5,7 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 /// mimalloc rather than glibc malloc: the agents allocate on one thread and free on another,
-/// which glibc handles slowly (~45% of the Orchestrator's time in the runtime benchmark).
+/// which glibc handles slowly (over 40% of the Orchestrator's samples in the runtime benchmark).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -362,22 +362,20 @@ impl Pool {
             (idle.session, result)
         });
         for (session, result) in futures::future::join_all(warmed).await {
-            match result {
-                Ok(()) if session.is_open() && !shared.closed.load(Ordering::SeqCst) => {
-                    shared.lock_idle().push(IdleSession {
-                        session,
-                        since: Instant::now(),
-                    });
-                }
-                Ok(()) if shared.closed.load(Ordering::SeqCst) => {
-                    shared.size.fetch_sub(1, Ordering::SeqCst);
-                }
-                outcome => {
-                    if let Err(e) = outcome {
-                        tracing::warn!(pool = %shared.config.name, "warm-up failed, session replaced: {e}");
-                    }
-                    shared.discard(session);
-                }
+            if shared.closed.load(Ordering::SeqCst) {
+                shared.size.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            if let Err(e) = &result {
+                tracing::warn!(pool = %shared.config.name, "warm-up failed, session replaced: {e}");
+            }
+            if result.is_ok() && session.is_open() {
+                shared.lock_idle().push(IdleSession {
+                    session,
+                    since: Instant::now(),
+                });
+            } else {
+                shared.discard(session);
             }
         }
     }
@@ -467,26 +465,25 @@ impl PooledSession {
 
     /// Health-checks the session now; a failure marks it broken.
     pub async fn health_check(&mut self) -> Result<(), SessionError> {
-        let Some(session) = self.session.as_mut() else {
-            return Err(SessionError::Closed {
-                detail: "pooled session already returned".to_owned(),
-            });
-        };
-        let result = session.health_check().await;
-        if result.is_err() {
-            self.broken = true;
-        }
-        result
+        self.checked(|session| session.health_check()).await
     }
 
     /// Warms the session up once more ([`Session::warm_up`]); a failure marks it broken.
     pub async fn warm_up(&mut self) -> Result<(), SessionError> {
+        self.checked(|session| session.warm_up()).await
+    }
+
+    /// Runs `op` on the session; a failure marks it broken.
+    async fn checked(
+        &mut self,
+        op: impl for<'s> FnOnce(&'s mut Box<dyn Session>) -> BoxFuture<'s, Result<(), SessionError>>,
+    ) -> Result<(), SessionError> {
         let Some(session) = self.session.as_mut() else {
             return Err(SessionError::Closed {
                 detail: "pooled session already returned".to_owned(),
             });
         };
-        let result = session.warm_up().await;
+        let result = op(session).await;
         if result.is_err() {
             self.broken = true;
         }
