@@ -261,8 +261,8 @@ fn the_renders_fail_first_and_pass_later() {
                 context: String::new(),
                 attempt,
                 feedback: feedback.clone(),
-                run_id: run_id.clone(),
-                plan_name: plan.name.clone(),
+                run_id: run_id.as_str().into(),
+                plan_name: plan.name.as_str().into(),
                 ..TemplateContext::default()
             };
             let args = render(&task.args, &ctx).unwrap();

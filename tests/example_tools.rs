@@ -339,8 +339,8 @@ async fn the_digest_plan_runs_draft_fails_once_then_passes() {
                 outputs: outputs.clone(),
                 attempt,
                 feedback: feedback.clone(),
-                run_id: run_id.clone(),
-                plan_name: plan.name.clone(),
+                run_id: run_id.as_str().into(),
+                plan_name: plan.name.as_str().into(),
             };
             let args = render(&task.args, &ctx).unwrap();
             let outcome = match task.tool.pool.as_str() {
@@ -414,8 +414,8 @@ async fn the_digest_plan_runs_draft_fails_once_then_passes() {
         context: String::new(),
         outputs: outputs.clone(),
         attempt: 1,
-        run_id: run_id.clone(),
-        plan_name: plan.name.clone(),
+        run_id: run_id.as_str().into(),
+        plan_name: plan.name.as_str().into(),
         ..TemplateContext::default()
     };
     let args = render(&compensate.args, &ctx).unwrap();

@@ -224,7 +224,7 @@ fn rendering_args_with_upstream_outputs() {
         attempt: 2,
         feedback: "FLIP 0.08 > 0.05".into(),
         run_id: "r7".into(),
-        plan_name: plan.name.clone(),
+        plan_name: plan.name.as_str().into(),
         ..TemplateContext::default()
     };
     for v in ["day", "dusk", "night"] {

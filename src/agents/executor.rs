@@ -116,7 +116,7 @@ fn permission_call(def: &PoolDef, attempt: &Attempt, args: &serde_json::Value) -
             Some(ToolCall::from_text("Bash", &command))
         }
         PoolKind::Mcp => Some(ToolCall {
-            tool: format!("mcp__{}__{}", attempt.call.pool, attempt.call.tool),
+            tool: format!("mcp__{}__{}", attempt.call().pool, attempt.call().tool),
             input: args.clone(),
         }),
         PoolKind::Native | PoolKind::Scorer => None,
@@ -181,9 +181,9 @@ async fn call_pool(
     attempt: &Attempt,
     args: serde_json::Value,
 ) -> Result<ToolOutcome, SessionError> {
-    let Some((pool, def)) = shared.pools.get_with_def(&attempt.call.pool) else {
+    let Some((pool, def)) = shared.pools.get_with_def(&attempt.call().pool) else {
         return Err(SessionError::InvalidConfig {
-            detail: format!("no pool named {:?}", attempt.call.pool),
+            detail: format!("no pool named {:?}", attempt.call().pool),
         });
     };
     let call_timeout = def.call_timeout;
@@ -195,7 +195,7 @@ async fn call_pool(
         .and_then(|s| s.as_str())
         .map(|s| s.as_bytes().to_vec());
     let request = ToolRequest {
-        tool: attempt.call.tool.clone(),
+        tool: attempt.call().tool.clone(),
         args,
         stdin,
         timeout: attempt.timeout.unwrap_or(call_timeout),
@@ -205,7 +205,7 @@ async fn call_pool(
     let outcome = session.call(request).await;
     metrics::histogram!(
         "tetrarch_tool_call_duration_seconds",
-        "tool" => attempt.call.to_string(),
+        "tool" => attempt.call().to_string(),
         "agent" => AgentKind::Executor.as_str()
     )
     .record(started.elapsed().as_secs_f64());
@@ -229,55 +229,9 @@ async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> Outcome {
         }
     };
     let result = if attempt.task.cacheable && attempt.purpose == Purpose::Task {
-        let key = CacheKey::new(
-            "tool_result",
-            &(
-                attempt.call.pool.as_str(),
-                attempt.call.tool.as_str(),
-                args.to_string(),
-            ),
-        );
-        match key {
-            Ok(key) => {
-                let computed = shared
-                    .cache
-                    .get_or_compute(key, CacheCategory::ToolResult, async {
-                        let outcome = call_pool(shared, attempt, args.clone())
-                            .await
-                            .map_err(|e| (retryable(&e), e.to_string()))?;
-                        if !outcome.succeeded() {
-                            // A failing run is not worth reusing: report it uncached.
-                            return Err((false, encode_outcome(&outcome)));
-                        }
-                        Ok(CachedOutcome {
-                            exit_status: outcome.exit_status,
-                            json: outcome.json.as_ref().map(|j| j.to_string()),
-                            stdout: outcome.stdout,
-                            stderr: outcome.stderr,
-                            truncated: outcome.truncated,
-                        })
-                    })
-                    .await;
-                match computed {
-                    Ok(cached) => Ok(ToolOutcome {
-                        exit_status: cached.exit_status,
-                        stdout: cached.stdout,
-                        stderr: cached.stderr,
-                        json: cached.json.and_then(|j| serde_json::from_str(&j).ok()),
-                        truncated: cached.truncated,
-                        duration: std::time::Duration::ZERO,
-                    }),
-                    Err(error) => match error.as_ref() {
-                        CacheError::Compute((false, encoded)) if encoded.starts_with('{') => {
-                            decode_outcome(encoded).ok_or((false, encoded.clone()))
-                        }
-                        CacheError::Compute((retry, reason)) => Err((*retry, reason.clone())),
-                        CacheError::Store(e) => Err((true, format!("result cache: {e}"))),
-                    },
-                }
-            }
-            Err(e) => Err((false, format!("cache key: {e}"))),
-        }
+        // Boxed: the cache's future is large, and every call's task would carry (and copy
+        // on spawn) its size, cached or not.
+        Box::pin(cached_call(shared, attempt, args)).await
     } else {
         call_pool(shared, attempt, args)
             .await
@@ -286,6 +240,60 @@ async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> Outcome {
     match result {
         Ok(outcome) => Outcome::Ran(outcome),
         Err((retryable, reason)) => Outcome::Error { reason, retryable },
+    }
+}
+
+/// A cacheable call: the result from the [`ContextCache`], else the call's (kept when it
+/// succeeded).
+async fn cached_call(
+    shared: &ExecutorArgs,
+    attempt: &Attempt,
+    args: serde_json::Value,
+) -> Result<ToolOutcome, (bool, String)> {
+    let key = CacheKey::new(
+        "tool_result",
+        &(
+            attempt.call().pool.as_str(),
+            attempt.call().tool.as_str(),
+            args.to_string(),
+        ),
+    )
+    .map_err(|e| (false, format!("cache key: {e}")))?;
+    let computed = shared
+        .cache
+        .get_or_compute(key, CacheCategory::ToolResult, async {
+            let outcome = call_pool(shared, attempt, args.clone())
+                .await
+                .map_err(|e| (retryable(&e), e.to_string()))?;
+            if !outcome.succeeded() {
+                // A failing run is not worth reusing: report it uncached.
+                return Err((false, encode_outcome(&outcome)));
+            }
+            Ok(CachedOutcome {
+                exit_status: outcome.exit_status,
+                json: outcome.json.as_ref().map(|j| j.to_string()),
+                stdout: outcome.stdout,
+                stderr: outcome.stderr,
+                truncated: outcome.truncated,
+            })
+        })
+        .await;
+    match computed {
+        Ok(cached) => Ok(ToolOutcome {
+            exit_status: cached.exit_status,
+            stdout: cached.stdout,
+            stderr: cached.stderr,
+            json: cached.json.and_then(|j| serde_json::from_str(&j).ok()),
+            truncated: cached.truncated,
+            duration: std::time::Duration::ZERO,
+        }),
+        Err(error) => match error.as_ref() {
+            CacheError::Compute((false, encoded)) if encoded.starts_with('{') => {
+                decode_outcome(encoded).ok_or((false, encoded.clone()))
+            }
+            CacheError::Compute((retry, reason)) => Err((*retry, reason.clone())),
+            CacheError::Store(e) => Err((true, format!("result cache: {e}"))),
+        },
     }
 }
 
@@ -363,7 +371,7 @@ fn outcome_memory(
             "compensation"
         },
         attempt.task.id,
-        attempt.call
+        attempt.call()
     ));
     Some(memory)
 }
@@ -440,8 +448,8 @@ impl Actor for Executor {
                 let span = tracing::info_span!(
                     parent: &attempt.span,
                     "tool_call",
-                    pool = %attempt.call.pool,
-                    tool = %attempt.call.tool
+                    pool = %attempt.call().pool,
+                    tool = %attempt.call().tool
                 );
                 let handle = state.calls.spawn(
                     async move {

@@ -157,7 +157,9 @@ fn assemble(
     };
     let query = format!(
         "{} {} {}",
-        attempt.task.id, attempt.call, attempt.args_template
+        attempt.task.id,
+        attempt.call(),
+        attempt.args_template()
     );
     let session = format!("{}/{}", attempt.run_id, attempt.task.id);
     let request = ContextRequest {
@@ -240,7 +242,7 @@ impl Actor for Optimizer {
                         span.in_scope(|| assemble(state, context.as_ref(), &attempt));
                 }
                 attempt.args =
-                    Some(render(&attempt.args_template, &attempt.ctx).map_err(|e| e.to_string()));
+                    Some(render(attempt.args_template(), &attempt.ctx).map_err(|e| e.to_string()));
                 if let Err(e) = state
                     .args
                     .peers

@@ -97,6 +97,8 @@ enum Phase {
 struct RunState {
     id: Arc<str>,
     plan: Arc<Plan>,
+    /// The plan's name, shared by every attempt's template context.
+    plan_name: Arc<str>,
     tasks: Vec<Arc<Task>>,
     base_dir: Arc<PathBuf>,
     permissions: Option<Arc<PermissionEngine>>,
@@ -153,7 +155,7 @@ fn referenced_tasks(task: &Task) -> (HashSet<String>, bool) {
 impl RunState {
     fn new(spec: &RunSpec, record: RunRecordV1) -> Self {
         let plan = Arc::clone(&spec.plan);
-        let tasks: Vec<Arc<Task>> = plan.tasks.iter().cloned().map(Arc::new).collect();
+        let tasks: Vec<Arc<Task>> = plan.tasks.clone();
         let index: HashMap<String, usize> = tasks
             .iter()
             .enumerate()
@@ -209,6 +211,7 @@ impl RunState {
         RunState {
             span,
             id: Arc::from(spec.run_id.as_str()),
+            plan_name: Arc::from(plan.name.as_str()),
             plan,
             tasks,
             base_dir: Arc::new(spec.base_dir.clone()),
@@ -245,7 +248,8 @@ impl RunState {
         }
     }
 
-    fn report(&self, status: RunStatus) -> RunReport {
+    /// The run's report; it takes the outputs, so it is made once, when the run ends.
+    fn take_report(&mut self, status: RunStatus) -> RunReport {
         RunReport {
             run_id: self.id.to_string(),
             plan: self.plan.name.clone(),
@@ -253,26 +257,30 @@ impl RunState {
             tasks: self
                 .tasks
                 .iter()
-                .zip(&self.slots)
+                .zip(&mut self.slots)
                 .map(|(task, slot)| TaskReport {
                     id: task.id.as_str().to_owned(),
                     state: slot.state,
                     attempts: slot.attempt,
                     retries: slot.retries,
-                    reason: slot.reason.clone(),
-                    output: slot.output.clone(),
+                    reason: slot.reason.take(),
+                    output: slot.output.take(),
                 })
                 .collect(),
-            compensations: self.compensations.clone(),
+            compensations: std::mem::take(&mut self.compensations),
             duration: self.started.elapsed(),
         }
     }
 }
 
 impl OrchestratorState {
-    fn emit(&self, event: RunEvent) {
-        // No subscriber is not an error.
-        let _ = self.args.events.send(event);
+    /// Sends the event `make` builds, when anyone listens: without a subscriber (an embedded
+    /// run, the benchmark) the per-task events are not even built.
+    fn emit(&self, make: impl FnOnce() -> RunEvent) {
+        if self.args.events.receiver_count() > 0 {
+            // A subscriber that went away since is not an error.
+            let _ = self.args.events.send(make());
+        }
     }
 
     /// Records a task's state for [`Self::flush`] (committed in order with everything queued
@@ -301,7 +309,7 @@ impl OrchestratorState {
 
     fn task_event(&self, run: &RunState, i: usize) {
         let slot = &run.slots[i];
-        self.emit(RunEvent::TaskFinished {
+        self.emit(|| RunEvent::TaskFinished {
             run_id: run.id.to_string(),
             task: run.tasks[i].id.as_str().to_owned(),
             state: slot.state,
@@ -393,7 +401,7 @@ impl OrchestratorState {
                 run.ready.push_back(i);
             }
         }
-        self.emit(RunEvent::RunStarted {
+        self.emit(|| RunEvent::RunStarted {
             run_id: spec.run_id.clone(),
             plan: run.plan.name.clone(),
             tasks: run.tasks.len(),
@@ -437,8 +445,8 @@ impl OrchestratorState {
                 .collect(),
             attempt: slot.attempt,
             feedback: slot.feedback.clone(),
-            run_id: run.id.to_string(),
-            plan_name: run.plan.name.clone(),
+            run_id: Arc::clone(&run.id),
+            plan_name: Arc::clone(&run.plan_name),
             context: String::new(),
         }
     }
@@ -460,7 +468,7 @@ impl OrchestratorState {
             self.persist(run_id, i);
         }
         let run = &self.runs[run_id];
-        self.emit(RunEvent::TaskStarted {
+        self.emit(|| RunEvent::TaskStarted {
             run_id: run.id.to_string(),
             task: run.tasks[i].id.as_str().to_owned(),
             attempt: run.slots[i].attempt,
@@ -479,11 +487,7 @@ impl OrchestratorState {
             span,
             run_id: Arc::clone(&run.id),
             task_index: i,
-            call: task.tool.clone(),
-            args_template: run.slots[i]
-                .fixed_args
-                .clone()
-                .unwrap_or_else(|| task.args.clone()),
+            fixed_args: run.slots[i].fixed_args.clone(),
             ctx: self.template_context(run, i),
             wants_context: run.wants_context[i],
             timeout: task.timeout,
@@ -568,7 +572,7 @@ impl OrchestratorState {
                 detail: detail.clone(),
             });
             self.persist(&run_id, i);
-            self.emit(RunEvent::Compensated {
+            self.emit(|| RunEvent::Compensated {
                 run_id: run_id.to_string(),
                 task,
                 ok,
@@ -877,9 +881,9 @@ impl OrchestratorState {
             return;
         };
         let task = Arc::clone(&run.tasks[i]);
-        let Some(compensate) = &task.compensate else {
+        if task.compensate.is_none() {
             return;
-        };
+        }
         let token = next_token();
         run.compensation_in_flight = Some((i, token));
         let run = &self.runs[run_id];
@@ -900,8 +904,7 @@ impl OrchestratorState {
             span,
             run_id: Arc::clone(&run.id),
             task_index: i,
-            call: compensate.tool.clone(),
-            args_template: compensate.args.clone(),
+            fixed_args: None,
             ctx,
             wants_context: false,
             timeout: task.timeout,
@@ -946,7 +949,7 @@ impl OrchestratorState {
         };
         run.record.status = status;
         run.span.record("status", status.as_str());
-        let report = run.report(status);
+        let report = run.take_report(status);
         self.flush();
         // Durable before it is reported: everything queued before commits with it.
         let written = match encode_run(&run.record) {
@@ -958,17 +961,23 @@ impl OrchestratorState {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        self.emit(RunEvent::RunFinished {
+        self.emit(|| RunEvent::RunFinished {
             run_id: run_id.to_string(),
             status,
             duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
         });
-        for reply in run.replies.drain(..) {
-            let answer = match &written {
-                Ok(()) => Ok(report.clone()),
-                Err(e) => Err(format!("the run ended but its state was not saved: {e}")),
-            };
-            let _ = reply.send(answer);
+        let answer = |report: RunReport| match &written {
+            Ok(()) => Ok(report),
+            Err(e) => Err(format!("the run ended but its state was not saved: {e}")),
+        };
+        // A run started twice has two callers: the last gets the report, the others a copy.
+        let mut replies = std::mem::take(&mut run.replies);
+        let last = replies.pop();
+        for reply in replies {
+            let _ = reply.send(answer(report.clone()));
+        }
+        if let Some(reply) = last {
+            let _ = reply.send(answer(report));
         }
     }
 }

@@ -32,9 +32,8 @@ pub(crate) struct Attempt {
     /// Identifies this dispatch; a verdict with a stale token is ignored.
     pub token: u64,
     pub purpose: Purpose,
-    pub call: ToolRef,
-    /// The args as written (templates), rendered by the Optimizer.
-    pub args_template: Value,
+    /// Args that replace the task's own for this attempt (a declared fix applied them).
+    pub fixed_args: Option<Value>,
     /// What templates render against; the Optimizer adds `context`.
     pub ctx: TemplateContext,
     /// Whether the args use `{{context}}` (the Optimizer assembles it only then).
@@ -53,6 +52,26 @@ pub(crate) struct Attempt {
     /// their own spans (`context`, `tool_call`, `review`) under it, so one trace follows the
     /// attempt across the four mailboxes. It closes when the Orchestrator drops the attempt.
     pub span: tracing::Span,
+}
+
+impl Attempt {
+    /// The tool this attempt calls: the task's, or its compensation's. (Borrowed from the
+    /// task, so a dispatch copies neither.)
+    pub fn call(&self) -> &ToolRef {
+        match (self.purpose, &self.task.compensate) {
+            (Purpose::Compensation, Some(compensate)) => &compensate.tool,
+            _ => &self.task.tool,
+        }
+    }
+
+    /// The args as written (templates), which the Optimizer renders.
+    pub fn args_template(&self) -> &Value {
+        match (self.purpose, &self.task.compensate, &self.fixed_args) {
+            (Purpose::Compensation, Some(compensate), _) => &compensate.args,
+            (_, _, Some(fixed)) => fixed,
+            _ => &self.task.args,
+        }
+    }
 }
 
 /// What the Executor got from the tool.

@@ -190,7 +190,7 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
         return Verdict::Error {
             reason: format!(
                 "{} exited with status {}{}",
-                attempt.call,
+                attempt.call(),
                 outcome
                     .exit_status
                     .map_or_else(|| "none".to_owned(), |c| c.to_string()),

@@ -389,8 +389,9 @@ pub struct Plan {
     pub source_name: String,
     /// The defaults, already applied to each task.
     pub defaults: Defaults,
-    /// The tasks in file order (read-only in spirit: the graph was built from them).
-    pub tasks: Vec<Task>,
+    /// The tasks in file order (read-only in spirit: the graph was built from them). Shared,
+    /// so a run holds them without copying a large plan's arguments.
+    pub tasks: Vec<std::sync::Arc<Task>>,
     /// Pools the plan declares for its own tools (`[pools.NAME]`, see
     /// [`crate::session::PoolDef`]); they add to the Executor's configured pools.
     pub pools: BTreeMap<String, PoolDef>,
@@ -419,7 +420,10 @@ impl Plan {
 
     /// The task with this id.
     pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.iter().find(|t| t.id.as_str() == id)
+        self.tasks
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|t: &&Task| t.id.as_str() == id)
     }
 
     /// The dependency graph (built at validation).

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -199,10 +200,10 @@ pub struct TemplateContext {
     pub attempt: u32,
     /// The Reviewer's feedback from the previous attempt; empty on the first.
     pub feedback: String,
-    /// The run's id.
-    pub run_id: String,
-    /// The plan's name.
-    pub plan_name: String,
+    /// The run's id (shared: every attempt of the run carries it).
+    pub run_id: Arc<str>,
+    /// The plan's name (shared likewise).
+    pub plan_name: Arc<str>,
     /// The Optimizer's context for the task (`{{context}}`); empty when none was assembled.
     pub context: String,
 }
@@ -212,8 +213,8 @@ impl TemplateContext {
         match reference {
             Reference::Attempt => Ok(Value::from(self.attempt)),
             Reference::Feedback => Ok(Value::String(self.feedback.clone())),
-            Reference::RunId => Ok(Value::String(self.run_id.clone())),
-            Reference::PlanName => Ok(Value::String(self.plan_name.clone())),
+            Reference::RunId => Ok(Value::String(self.run_id.to_string())),
+            Reference::PlanName => Ok(Value::String(self.plan_name.to_string())),
             Reference::Context => Ok(Value::String(self.context.clone())),
             Reference::TaskOutput { task, path } => {
                 let mut current =
@@ -311,8 +312,8 @@ mod tests {
             outputs,
             attempt: 2,
             feedback: "too dark".to_owned(),
-            run_id: "r1".to_owned(),
-            plan_name: "p".to_owned(),
+            run_id: "r1".into(),
+            plan_name: "p".into(),
         }
     }
 

@@ -495,7 +495,7 @@ pub(super) fn parse(
         source_name: source_name.to_owned(),
         defaults,
         dag: Dag::new(&tasks),
-        tasks,
+        tasks: tasks.into_iter().map(std::sync::Arc::new).collect(),
         pools: raw.pools,
         permissions: raw.permissions.map(std::path::PathBuf::from),
     })
