@@ -99,7 +99,6 @@ struct RunState {
     plan: Arc<Plan>,
     /// The plan's name, shared by every attempt's template context.
     plan_name: Arc<str>,
-    tasks: Vec<Arc<Task>>,
     base_dir: Arc<PathBuf>,
     permissions: Option<Arc<PermissionEngine>>,
     record: RunRecordV1,
@@ -155,7 +154,7 @@ fn referenced_tasks(task: &Task) -> (HashSet<String>, bool) {
 impl RunState {
     fn new(spec: &RunSpec, record: RunRecordV1) -> Self {
         let plan = Arc::clone(&spec.plan);
-        let tasks: Vec<Arc<Task>> = plan.tasks.clone();
+        let tasks = &plan.tasks;
         let index: HashMap<String, usize> = tasks
             .iter()
             .enumerate()
@@ -213,7 +212,6 @@ impl RunState {
             id: Arc::from(spec.run_id.as_str()),
             plan_name: Arc::from(plan.name.as_str()),
             plan,
-            tasks,
             base_dir: Arc::new(spec.base_dir.clone()),
             permissions: spec.permissions.clone(),
             record,
@@ -255,6 +253,7 @@ impl RunState {
             plan: self.plan.name.clone(),
             status,
             tasks: self
+                .plan
                 .tasks
                 .iter()
                 .zip(&mut self.slots)
@@ -289,7 +288,7 @@ impl OrchestratorState {
         let Some(run) = self.runs.get(run_id) else {
             return;
         };
-        let key = task_key(&run.id, run.tasks[i].id.as_str());
+        let key = task_key(&run.id, run.plan.tasks[i].id.as_str());
         match encode_task(&run.task_record(i)) {
             Ok(bytes) => self.unsaved.push((key, bytes)),
             Err(e) => tracing::error!("orchestrator: could not encode a task state: {e}"),
@@ -311,7 +310,7 @@ impl OrchestratorState {
         let slot = &run.slots[i];
         self.emit(|| RunEvent::TaskFinished {
             run_id: run.id.to_string(),
-            task: run.tasks[i].id.as_str().to_owned(),
+            task: run.plan.tasks[i].id.as_str().to_owned(),
             state: slot.state,
             attempt: slot.attempt,
             reason: slot.reason.clone(),
@@ -362,7 +361,7 @@ impl OrchestratorState {
                     already_complete += 1;
                 }
             }
-            for i in 0..run.tasks.len() {
+            for i in 0..run.plan.tasks.len() {
                 if run.slots[i].state == TaskState::Complete {
                     for &d in &run.dependents[i] {
                         run.waiting_on[d] -= 1;
@@ -375,15 +374,15 @@ impl OrchestratorState {
         // run, none of whose transitions can then be durable either, and running the same plan
         // again starts it afresh — the at-least-once the tasks in flight get anyway. (Waiting
         // cost one fsync, 0.1–10 ms here, on every run's start.)
-        let mut records = Vec::with_capacity(run.tasks.len() + 1);
+        let mut records = Vec::with_capacity(run.plan.tasks.len() + 1);
         records.push((
             run_key(&spec.run_id),
             encode_run(&run.record).map_err(|e| e.to_string())?,
         ));
-        for i in 0..run.tasks.len() {
+        for i in 0..run.plan.tasks.len() {
             if run.slots[i].state != TaskState::Complete {
                 records.push((
-                    task_key(&spec.run_id, run.tasks[i].id.as_str()),
+                    task_key(&spec.run_id, run.plan.tasks[i].id.as_str()),
                     encode_task(&run.task_record(i)).map_err(|e| e.to_string())?,
                 ));
             }
@@ -396,7 +395,7 @@ impl OrchestratorState {
                 .queue_run_records(records)
                 .map_err(|e| format!("store: {e}"))?,
         );
-        for i in 0..run.tasks.len() {
+        for i in 0..run.plan.tasks.len() {
             if run.slots[i].state == TaskState::Pending && run.waiting_on[i] == 0 {
                 run.ready.push_back(i);
             }
@@ -404,7 +403,7 @@ impl OrchestratorState {
         self.emit(|| RunEvent::RunStarted {
             run_id: spec.run_id.clone(),
             plan: run.plan.name.clone(),
-            tasks: run.tasks.len(),
+            tasks: run.plan.tasks.len(),
             resumed: spec.resume,
             already_complete,
         });
@@ -440,7 +439,7 @@ impl OrchestratorState {
                 .iter()
                 .filter_map(|&r| {
                     let output = run.slots[r].output.clone()?;
-                    Some((run.tasks[r].id.as_str().to_owned(), output))
+                    Some((run.plan.tasks[r].id.as_str().to_owned(), output))
                 })
                 .collect(),
             attempt: slot.attempt,
@@ -470,10 +469,10 @@ impl OrchestratorState {
         let run = &self.runs[run_id];
         self.emit(|| RunEvent::TaskStarted {
             run_id: run.id.to_string(),
-            task: run.tasks[i].id.as_str().to_owned(),
+            task: run.plan.tasks[i].id.as_str().to_owned(),
             attempt: run.slots[i].attempt,
         });
-        let task = Arc::clone(&run.tasks[i]);
+        let task = Arc::clone(&run.plan.tasks[i]);
         let span = tracing::info_span!(
             parent: &run.span,
             "task",
@@ -517,7 +516,7 @@ impl OrchestratorState {
         };
         run.slots[i].state = TaskState::Failed;
         run.slots[i].reason = Some(reason.clone());
-        let id = run.tasks[i].id.as_str().to_owned();
+        let id = run.plan.tasks[i].id.as_str().to_owned();
         if run.failure.is_none() {
             run.failure = Some(format!("task {id} failed: {reason}"));
         }
@@ -565,7 +564,7 @@ impl OrchestratorState {
             if ok {
                 run.slots[i].state = TaskState::Compensated;
             }
-            let task = run.tasks[i].id.as_str().to_owned();
+            let task = run.plan.tasks[i].id.as_str().to_owned();
             run.compensations.push(CompensationReport {
                 task: task.clone(),
                 ok,
@@ -586,7 +585,7 @@ impl OrchestratorState {
         }
         run.slots[i].token = None;
         run.in_flight -= 1;
-        let task = Arc::clone(&run.tasks[i]);
+        let task = Arc::clone(&run.plan.tasks[i]);
         let (message, suggestion) = attempt.failure.clone().unzip();
         let suggestion = suggestion.flatten();
         if let Some((f, original)) = run.slots[i].fix_trial.take() {
@@ -715,7 +714,7 @@ impl OrchestratorState {
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
         };
-        let task = Arc::clone(&run.tasks[i]);
+        let task = Arc::clone(&run.plan.tasks[i]);
         let slot = &mut run.slots[i];
         let fix = task
             .fixes
@@ -855,6 +854,7 @@ impl OrchestratorState {
         }
         run.ready.clear();
         let completed: HashSet<_> = run
+            .plan
             .tasks
             .iter()
             .zip(&run.slots)
@@ -880,7 +880,7 @@ impl OrchestratorState {
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
         };
-        let task = Arc::clone(&run.tasks[i]);
+        let task = Arc::clone(&run.plan.tasks[i]);
         if task.compensate.is_none() {
             return;
         }

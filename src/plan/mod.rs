@@ -422,8 +422,8 @@ impl Plan {
     pub fn task(&self, id: &str) -> Option<&Task> {
         self.tasks
             .iter()
+            .find(|t| t.id.as_str() == id)
             .map(AsRef::as_ref)
-            .find(|t: &&Task| t.id.as_str() == id)
     }
 
     /// The dependency graph (built at validation).
