@@ -2,8 +2,11 @@
 //! threads, beside scikit-image SSIM and NVIDIA flip-evaluator FLIP timed on the same pair and
 //! thread count (compute only: timed inside Python around the call).
 //!
-//! Peers run from the Python virtual environment at `TETRARCH_BENCH_VENV` (default
-//! `.venv-ref` in the crate); when it lacks them the peers are reported as skipped.
+//! Peers run from the Python virtual environment at `TETRARCH_BENCH_VENV`, or by default from
+//! `.venv-ref` in the crate, which the bench creates when it is missing (once: `python3 -m venv`,
+//! then pip installs the versions the fixtures were made with, [`PEER_PACKAGES`]). A venv named by
+//! `TETRARCH_BENCH_VENV` is used as it is, never installed into. When there is no Python, no
+//! network for pip, or the packages do not import, the peers are reported as skipped, with why.
 //! `TETRARCH_BENCH_REPS` sets repetitions (default 3; the median is reported);
 //! `TETRARCH_BENCH_ONLY=flip,ssim` limits the metrics; `TETRARCH_BENCH_PEERS=off` skips the peers.
 //! Then, when a CUDA driver, a device and NVRTC are present, the CUDA path: every metric on one
@@ -19,6 +22,10 @@ use std::time::Instant;
 use tetrarch::scoring::{
     self, Device, FLIP_DEFAULT_PPD, Metric, RgbImage, Scorer, ScorerConfig, Transfer,
 };
+
+/// The peers, pinned: flip-evaluator 1.7 made the fixtures' expected values, scikit-image 0.26 is
+/// the version the SSIM tolerance was checked against.
+const PEER_PACKAGES: &[&str] = &["flip-evaluator==1.7", "scikit-image==0.26.0", "numpy"];
 
 const W: usize = 1920;
 const H: usize = 1080;
@@ -120,20 +127,85 @@ except ImportError as e:
 print(json.dumps(out))
 "#;
 
+/// Whether `python` imports both peers.
+fn imports_peers(python: &std::path::Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import flip_evaluator, skimage"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A Python that has the peers: `TETRARCH_BENCH_VENV`'s as it is, else `.venv-ref`, created and
+/// installed into when it lacks them. `Err` says why there is none.
+fn peer_python() -> Result<PathBuf, String> {
+    if let Some(venv) = std::env::var_os("TETRARCH_BENCH_VENV").map(PathBuf::from) {
+        let python = venv.join("bin/python");
+        return if imports_peers(&python) {
+            Ok(python)
+        } else {
+            Err(format!(
+                "{} (TETRARCH_BENCH_VENV) does not import flip_evaluator and skimage",
+                python.display()
+            ))
+        };
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-ref");
+    let python = venv.join("bin/python");
+    if imports_peers(&python) {
+        return Ok(python);
+    }
+    println!(
+        "creating the peers' environment at {} ({})",
+        venv.display(),
+        PEER_PACKAGES.join(" ")
+    );
+    let run = |command: &mut Command, what: &str| -> Result<(), String> {
+        match command.output() {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => Err(format!("{what} did not start: {e}")),
+        }
+    };
+    if !python.exists() {
+        run(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "python3 -m venv",
+        )?;
+    }
+    run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--retries", "1", "--timeout", "30"])
+            .args(PEER_PACKAGES),
+        "pip install",
+    )?;
+    if imports_peers(&python) {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{} does not import flip_evaluator and skimage after installing",
+            python.display()
+        ))
+    }
+}
+
 fn peers(
+    python: &std::path::Path,
     threads: usize,
     reps: usize,
     dir: &std::path::Path,
     r: &[f32],
     t: &[f32],
 ) -> serde_json::Value {
-    let venv = std::env::var_os("TETRARCH_BENCH_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-ref"));
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        return serde_json::json!({"skipped": format!("no Python at {}", python.display())});
-    }
     let write = |name: &str, data: &[f32]| {
         let path = dir.join(name);
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -144,7 +216,7 @@ fn peers(
     let script = dir.join("peers.py");
     std::fs::write(&script, PEER_SCRIPT).unwrap();
     let n = threads.to_string();
-    let out = Command::new(&python)
+    let out = Command::new(python)
         .arg(&script)
         .args([W.to_string(), H.to_string(), reps.to_string()])
         .arg(&rp)
@@ -274,6 +346,14 @@ fn main() {
         "{:<8} {:<9} {:>11} {:>11} {:>9}  value (ours / peer)",
         "threads", "metric", "ours (ms)", "peer (ms)", "speed-up"
     );
+    let python = if std::env::var("TETRARCH_BENCH_PEERS").as_deref() == Ok("off") {
+        Err("TETRARCH_BENCH_PEERS=off".to_owned())
+    } else {
+        peer_python()
+    };
+    if let Err(why) = &python {
+        println!("peers skipped: {why}");
+    }
     let mut rows = Vec::new();
     for &threads in &thread_counts {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -310,10 +390,9 @@ fn main() {
         .into_iter()
         .flatten()
         .collect();
-        let peer = if std::env::var("TETRARCH_BENCH_PEERS").as_deref() == Ok("off") {
-            serde_json::json!({"skipped": "TETRARCH_BENCH_PEERS=off"})
-        } else {
-            peers(threads, reps.min(3), &target, &r_raw, &t_raw)
+        let peer = match &python {
+            Ok(python) => peers(python, threads, reps.min(3), &target, &r_raw, &t_raw),
+            Err(why) => serde_json::json!({ "skipped": why }),
         };
         for (name, secs, value) in results {
             let p = &peer[name.as_str()];
