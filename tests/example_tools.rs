@@ -427,3 +427,59 @@ async fn the_digest_plan_runs_draft_fails_once_then_passes() {
     assert!(!published.exists());
     let _ = std::fs::remove_dir(dir.join("out").join(&run_id));
 }
+
+/// The server reads pipes through epoll, and falls back to tokio's stdio when stdin is not a pipe:
+/// here a Unix socket, spoken to line by line as JSON-RPC.
+#[test]
+fn serves_when_stdio_is_a_socket_rather_than_a_pipe() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+
+    let Some(server) = demo_tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("note.md"),
+        "three little words\nand four more here\n",
+    )
+    .unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let theirs_out = theirs.try_clone().unwrap();
+    let mut child = Command::new(&server)
+        .current_dir(dir.path())
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(ours.try_clone().unwrap()).lines();
+    let send = |message: Value| writeln!(&ours, "{message}").unwrap();
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "socket-test", "version": "1"}}}),
+    );
+    let init: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(init["id"], 1, "{init}");
+    assert!(
+        init["result"]["capabilities"]["tools"].is_object(),
+        "{init}"
+    );
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "count_words", "arguments": {"path": "note.md"}}}));
+    let reply: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(reply["id"], 2, "{reply}");
+    let counted = &reply["result"]["structuredContent"];
+    assert_eq!(counted["words"], 7, "{reply}");
+    assert_eq!(counted["lines"], 2, "{reply}");
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the server exited with {status} at end of input"
+    );
+}
