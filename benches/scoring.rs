@@ -127,31 +127,31 @@ except ImportError as e:
 print(json.dumps(out))
 "#;
 
-/// Whether `python` imports both peers.
-fn imports_peers(python: &std::path::Path) -> bool {
-    Command::new(python)
+/// `python` when it imports both peers; `Err` names it (and `context`) otherwise.
+fn with_peers(python: PathBuf, context: &str) -> Result<PathBuf, String> {
+    let imports = Command::new(&python)
         .args(["-c", "import flip_evaluator, skimage"])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if imports {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{} ({context}) does not import flip_evaluator and skimage",
+            python.display()
+        ))
+    }
 }
 
 /// A Python that has the peers: `TETRARCH_BENCH_VENV`'s as it is, else `.venv-ref`, created and
 /// installed into when it lacks them. `Err` says why there is none.
 fn peer_python() -> Result<PathBuf, String> {
     if let Some(venv) = std::env::var_os("TETRARCH_BENCH_VENV").map(PathBuf::from) {
-        let python = venv.join("bin/python");
-        return if imports_peers(&python) {
-            Ok(python)
-        } else {
-            Err(format!(
-                "{} (TETRARCH_BENCH_VENV) does not import flip_evaluator and skimage",
-                python.display()
-            ))
-        };
+        return with_peers(venv.join("bin/python"), "TETRARCH_BENCH_VENV");
     }
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-ref");
     let python = venv.join("bin/python");
-    if imports_peers(&python) {
+    if let Ok(python) = with_peers(python.clone(), "before installing") {
         return Ok(python);
     }
     println!(
@@ -188,14 +188,7 @@ fn peer_python() -> Result<PathBuf, String> {
             .args(PEER_PACKAGES),
         "pip install",
     )?;
-    if imports_peers(&python) {
-        Ok(python)
-    } else {
-        Err(format!(
-            "{} does not import flip_evaluator and skimage after installing",
-            python.display()
-        ))
-    }
+    with_peers(python, "after installing")
 }
 
 fn peers(

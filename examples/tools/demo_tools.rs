@@ -96,8 +96,7 @@ struct UnpublishArgs {
 }
 
 /// The server: every tool reads its arguments only. The router is built once: rmcp's default
-/// handler builds it again for every call (a hash map of every tool, 4% of the server's samples).
-#[derive(Clone)]
+/// handler (`#[tool_router(server_handler)]`) builds it again, a map of every tool, on every call.
 struct DemoTools {
     router: ToolRouter<DemoTools>,
 }
