@@ -157,6 +157,45 @@ async fn a_diamond_runs_in_dependency_order_with_outputs_flowing_through_templat
 }
 
 #[tokio::test]
+async fn finished_events_carry_the_time_from_dispatch_and_none_for_skipped_tasks() {
+    let h = harness(|_| {}).await;
+    let mut events = h.runtime.subscribe();
+    let text = r#"
+name = "timed"
+[[task]]
+id = "slow"
+tool = "fn.echo"
+args = { label = "slow", sleep_ms = 30 }
+[[task]]
+id = "broken"
+tool = "fn.flaky"
+deps = ["slow"]
+args = { label = "broken", fail_times = 9 }
+[[task]]
+id = "after"
+tool = "fn.echo"
+deps = ["broken"]
+args = { label = "after" }
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    let mut elapsed = HashMap::new();
+    while let Ok(event) = events.try_recv() {
+        if let RunEvent::TaskFinished {
+            task, elapsed_us, ..
+        } = event
+        {
+            elapsed.insert(task, elapsed_us);
+        }
+    }
+    let slow = elapsed["slow"].expect("the slow task ran");
+    assert!(slow >= 30_000, "slow took {slow} µs from dispatch");
+    assert!(elapsed["broken"].is_some(), "{elapsed:?}");
+    assert_eq!(elapsed["after"], None, "a skipped task never ran");
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_failing_gate_sends_the_task_back_with_the_reviewers_feedback() {
     let h = harness(|_| {}).await;
     let text = r#"

@@ -43,6 +43,11 @@ pub enum RunEvent {
         attempt: u32,
         /// Why it failed or was skipped; the gates' summary when complete.
         reason: Option<String>,
+        /// Microseconds from the dispatch of its latest attempt to this state, as the
+        /// Orchestrator measured them (a subscriber's own clock would add its scheduling
+        /// delay); none when no attempt was dispatched in this process (skipped, or completed
+        /// before a resume).
+        elapsed_us: Option<u64>,
     },
     /// A gate failed; the task runs again with this feedback.
     GateFailed {

@@ -80,6 +80,8 @@ struct Slot {
     output: Option<Value>,
     /// The dispatch in flight (or waiting out a retry backoff).
     token: Option<u64>,
+    /// When the latest attempt was dispatched (for [`RunEvent::TaskFinished`]'s `elapsed_us`).
+    dispatched: Option<Instant>,
     /// The task's args with the declared fixes applied so far.
     fixed_args: Option<Value>,
     /// Declared fixes already tried.
@@ -195,6 +197,7 @@ impl RunState {
                 reason: None,
                 output: None,
                 token: None,
+                dispatched: None,
                 fixed_args: None,
                 fixes_tried: Vec::new(),
                 fix_trial: None,
@@ -314,6 +317,9 @@ impl OrchestratorState {
             state: slot.state,
             attempt: slot.attempt,
             reason: slot.reason.clone(),
+            elapsed_us: slot
+                .dispatched
+                .map(|at| u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX)),
         });
     }
 
@@ -458,6 +464,7 @@ impl OrchestratorState {
         let slot = &mut run.slots[i];
         slot.state = TaskState::Running;
         slot.token = Some(token);
+        slot.dispatched = Some(Instant::now());
         run.in_flight += 1;
         // A first dispatch is not persisted: its record would differ from the pending one
         // written at the start only by saying "running", and a resume re-runs a task that did

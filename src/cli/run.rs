@@ -213,6 +213,15 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     })
 }
 
+/// A task's time from dispatch, at a precision that reads well on a progress line.
+fn took(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} µs"),
+        1_000..10_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.1} s", us as f64 / 1e6),
+    }
+}
+
 fn describe(event: &RunEvent) -> Option<String> {
     Some(match event {
         RunEvent::TaskStarted { task, attempt, .. } if *attempt > 1 => {
@@ -223,9 +232,13 @@ fn describe(event: &RunEvent) -> Option<String> {
             task,
             state,
             reason,
+            elapsed_us,
             ..
         } => match (state, reason) {
-            (TaskState::Complete, _) => format!("{task}: complete"),
+            (TaskState::Complete, _) => match elapsed_us {
+                Some(us) => format!("{task}: complete in {}", took(*us)),
+                None => format!("{task}: complete"),
+            },
             (state, Some(reason)) => {
                 format!("{task}: {} ({reason})", format!("{state:?}").to_lowercase())
             }
@@ -384,4 +397,16 @@ pub fn list(store: &Path, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::took;
+
+    #[test]
+    fn task_times_read_in_the_unit_that_fits() {
+        assert_eq!(took(740), "740 µs");
+        assert_eq!(took(12_340), "12.3 ms");
+        assert_eq!(took(42_500_000), "42.5 s");
+    }
 }
