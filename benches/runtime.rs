@@ -313,13 +313,14 @@ fn demo_tools() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-/// When the task `count` started and finished in one run, from the run's events.
+/// The one task's time from dispatch to verdict, as the Orchestrator measured it (the
+/// subscriber's own clock would add its scheduling delay: it often saw both events at once).
 async fn task_latency(mut events: tokio::sync::broadcast::Receiver<RunEvent>) -> Option<Duration> {
-    let mut started = None;
     while let Ok(event) = events.recv().await {
         match event {
-            RunEvent::TaskStarted { .. } => started = Some(Instant::now()),
-            RunEvent::TaskFinished { .. } => return started.map(|s| s.elapsed()),
+            RunEvent::TaskFinished { elapsed_us, .. } => {
+                return elapsed_us.map(Duration::from_micros);
+            }
             RunEvent::RunFinished { .. } => return None,
             _ => {}
         }

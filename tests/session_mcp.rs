@@ -256,15 +256,15 @@ async fn a_declared_warm_up_call_runs_n_times_while_pre_warming() {
     assert_eq!(outcome.stdout.trim(), "4", "{outcome:?}");
     drop(session);
 
-    // The runtime's last start-up step repeats the warm-up once on each idle session, without
-    // counting it as an acquire.
+    // The runtime's last start-up step repeats the warm-up (as many times as declared) on each
+    // idle session, without counting it as an acquire.
     let acquired = pool.stats().acquired;
     pool.warm_up_idle().await;
     assert_eq!(pool.stats().acquired, acquired);
     assert_eq!(pool.stats().idle, 1);
     let mut session = pool.acquire().await.unwrap();
     let outcome = session.call(call("calls", json!({}))).await.unwrap();
-    assert_eq!(outcome.stdout.trim(), "6", "{outcome:?}");
+    assert_eq!(outcome.stdout.trim(), "8", "{outcome:?}");
     drop(session);
     pool.close();
 

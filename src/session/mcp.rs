@@ -76,6 +76,7 @@ pub struct McpSession {
     program: String,
     /// The declared warm-up call, repeated by [`Session::warm_up`].
     warmup: Option<ToolRequest>,
+    warmup_calls: u32,
 }
 
 impl std::fmt::Debug for McpSession {
@@ -136,12 +137,19 @@ impl McpSession {
             server_pid,
             program: spec.program.clone(),
             warmup: spec.warmup.clone(),
+            warmup_calls: spec.warmup_calls.max(1),
         };
         session.health_check().await?;
-        for _ in 0..spec.warmup_calls.max(1) {
-            session.warm_up_once().await?;
-        }
+        session.warm_up_all().await?;
         Ok(session)
+    }
+
+    /// The declared warm-up call, as many times as declared.
+    async fn warm_up_all(&mut self) -> Result<(), SessionError> {
+        for _ in 0..self.warmup_calls {
+            self.warm_up_once().await?;
+        }
+        Ok(())
     }
 
     /// The declared warm-up call, once (nothing when none is declared).
@@ -262,7 +270,7 @@ impl Session for McpSession {
     }
 
     fn warm_up(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
-        Box::pin(self.warm_up_once())
+        Box::pin(self.warm_up_all())
     }
 }
 
