@@ -469,9 +469,18 @@ async fn restarts_past_the_intensity_limit_stop_the_runtime_with_a_clear_error()
         actors.reviewer.restart.within = Duration::from_secs(60);
     })
     .await;
-    for _ in 0..3 {
+    // Each crash is injected once the previous one has been handled (polled, not a fixed wait,
+    // which a loaded machine can overrun).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for crash in 1..=3 {
         h.runtime.inject_fault(AgentKind::Reviewer).unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        while h.runtime.restarts(AgentKind::Reviewer) < crash && h.runtime.failure().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "crash {crash} was not handled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     let error = h
         .runtime

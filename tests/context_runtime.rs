@@ -225,14 +225,20 @@ args = {{ notes = "{{{{context}}}}" }}
     assert!(built.iter().any(|(t, _)| t == "small"), "{built:?}");
 
     // The metric counts the one crossing (no other test in this binary crosses the ratio).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = install_metrics().unwrap().render();
-    let alerts_total = text
-        .lines()
-        .find(|l| l.starts_with("tetrarch_context_alerts_total"))
-        .and_then(|l| l.rsplit_once(' '))
-        .map(|(_, v)| v.parse::<f64>().unwrap());
-    assert_eq!(alerts_total, Some(1.0), "{text}");
+    // The counter is recorded on its own task: wait (up to 10 s) for it to appear.
+    let alerts_total = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("tetrarch_context_alerts_total"))
+            .and_then(|l| l.rsplit_once(' '))
+            .map(|(_, v)| v.parse::<f64>().unwrap())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut text = install_metrics().unwrap().render();
+    while alerts_total(&text).is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        text = install_metrics().unwrap().render();
+    }
+    assert_eq!(alerts_total(&text), Some(1.0), "{text}");
 
     // Preserved in the run's namespace before compaction (written in the background).
     let namespace = Namespace::session("run", &report.run_id).unwrap();

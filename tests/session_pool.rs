@@ -135,7 +135,11 @@ async fn max_size_limits_concurrency_and_acquire_times_out() {
         let pool = pool.clone();
         async move { pool.acquire().await.map(|_| ()) }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.stats().waiters == 0 {
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(pool.stats().waiters, 1);
     drop(first);
     waiter.await.unwrap().unwrap();

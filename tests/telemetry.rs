@@ -21,6 +21,19 @@ use tetrarch::telemetry::{
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+/// Waits (up to 10 s) until `done` holds: the observer records some metrics from the run's
+/// events on its own task, a moment after the run returns.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A diamond whose middle tasks sleep side by side.
 const DIAMOND: &str = r#"
 name = "telemetry-diamond"
@@ -614,12 +627,11 @@ args = { notes = "{{context}}" }
             .contains("spills registers"),
         "{notes}"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, _, text) = get(addr, "/metrics").await;
-    assert!(
-        metric(&text, "tetrarch_context_tokens_count", &[]).unwrap_or(0.0) >= 1.0,
-        "{text}"
-    );
+    eventually("the context payload is measured", async || {
+        let (_, _, text) = get(addr, "/metrics").await;
+        metric(&text, "tetrarch_context_tokens_count", &[]).unwrap_or(0.0) >= 1.0
+    })
+    .await;
     let state = get_json(addr, "/api/state").await;
     let context = state["context"].as_array().unwrap();
     assert_eq!(context.len(), 1, "{state}");
@@ -684,7 +696,13 @@ deps = ["scored"]
         report.task("scored").unwrap().state,
         tetrarch::agents::TaskState::Complete
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The observer counts calls from the finished events; `broken` finishes last.
+    eventually("every finished call is counted", async || {
+        let text = handle.render();
+        count(&text, "tetrarch_tool_calls_total", &["tool=\"one.fail\""]) >= 1.0
+            && count(&text, "tetrarch_tool_calls_total", &["tool=\"one.echo\""]) >= 3.0
+    })
+    .await;
     let text = handle.render();
 
     // Failed calls by status.
