@@ -696,12 +696,22 @@ deps = ["scored"]
         report.task("scored").unwrap().state,
         tetrarch::agents::TaskState::Complete
     );
-    // The observer counts calls from the finished events; `broken` finishes last.
-    eventually("every finished call is counted", async || {
-        let text = handle.render();
-        count(&text, "tetrarch_tool_calls_total", &["tool=\"one.fail\""]) >= 1.0
-            && count(&text, "tetrarch_tool_calls_total", &["tool=\"one.echo\""]) >= 3.0
-    })
+    // The observer counts calls from the finished events (`broken` finishes last), and the
+    // store times the output memories' writes as they commit, after the run may have returned.
+    eventually(
+        "every finished call and store operation is counted",
+        async || {
+            let text = handle.render();
+            let store_ops = ["store", "search"].iter().all(|op| {
+                let label = format!("op=\"{op}\"");
+                let name = "tetrarch_store_op_duration_seconds_count";
+                count(&text, name, &[&label]) > count(&before, name, &[&label])
+            });
+            store_ops
+                && count(&text, "tetrarch_tool_calls_total", &["tool=\"one.fail\""]) >= 1.0
+                && count(&text, "tetrarch_tool_calls_total", &["tool=\"one.echo\""]) >= 3.0
+        },
+    )
     .await;
     let text = handle.render();
 
