@@ -1,7 +1,8 @@
 //! Telemetry over HTTP during a real run with native tools: the dashboard page, its JSON, the
 //! server-sent event stream, Prometheus metrics after the run, restarts, the view of a finished
 //! run from the store, and a dashboard address already in use (in the library and in
-//! `tetrarch run`, where the run goes on).
+//! `tetrarch run`, where the run goes on), and the servers' connection limits (a client that
+//! sends no request is disconnected; connections past the limit wait).
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, Read, Write};
@@ -16,7 +17,8 @@ use tetrarch::plan::Plan;
 use tetrarch::session::{NativeRegistry, PoolDef, PoolKind};
 use tetrarch::store::{Store, StoreConfig};
 use tetrarch::telemetry::{
-    DashboardServer, Telemetry, TelemetryError, install_metrics, parse_addr,
+    DashboardServer, MetricsServer, ServeLimits, Telemetry, TelemetryError, install_metrics,
+    parse_addr,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -951,4 +953,154 @@ fn tetrarch_run_warns_when_the_metrics_port_is_taken_and_runs_anyway() {
         stderr.contains("warning: metrics: \"localhost:http\" is not an address"),
         "{stderr}"
     );
+}
+
+/// Reads one response off a kept-alive connection (its head, then `Content-Length` bytes).
+async fn read_response(reader: &mut BufReader<TcpStream>) -> (u16, String) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// Reads until the server closes the connection; fails if it has not within 10 s.
+async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin), what: &str) {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after 10 s"))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_sends_no_request_or_idles_is_disconnected_while_others_are_served() {
+    let limits = ServeLimits {
+        header_read_timeout: Duration::from_millis(300),
+        ..ServeLimits::default()
+    };
+    let server = DashboardServer::bind_with_limits(
+        "127.0.0.1:0".parse().unwrap(),
+        Telemetry::new(None),
+        limits,
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+
+    // Half a request, then silence; and a connection that never sends a byte.
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(format!("GET /api/state HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // Both stall only themselves.
+    let state = get_json(addr, "/api/state").await;
+    assert!(state["tasks"].is_array(), "{state}");
+
+    // A keep-alive connection served once, then idle.
+    let mut idle = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    idle.get_mut()
+        .write_all(format!("GET /api/state HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, body) = read_response(&mut idle).await;
+    assert_eq!(status, 200, "{body}");
+
+    closed_by_server(&mut half, "a connection with half a request").await;
+    closed_by_server(&mut silent, "a connection that sent nothing").await;
+    closed_by_server(&mut idle, "an idle keep-alive connection").await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    let limits = ServeLimits {
+        max_connections: 1,
+        ..ServeLimits::default()
+    };
+    let server = MetricsServer::bind_with_limits(
+        "127.0.0.1:0".parse().unwrap(),
+        Telemetry::new(None),
+        limits,
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    // Served once and kept alive: it holds the only slot.
+    let mut first = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    first
+        .get_mut()
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, _) = read_response(&mut first).await;
+    assert_eq!(
+        status, 404,
+        "no recorder installed in this server's telemetry"
+    );
+
+    let waiting = tokio::spawn(get(addr, "/metrics"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second connection was served while the only slot was taken"
+    );
+    drop(first);
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting connection was not served after the first closed")
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no Prometheus recorder"), "{body}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_that_could_serve_nothing_are_refused_naming_the_limit() {
+    for (limits, named) in [
+        (
+            ServeLimits {
+                max_connections: 0,
+                ..ServeLimits::default()
+            },
+            "max_connections is 0",
+        ),
+        (
+            ServeLimits {
+                header_read_timeout: Duration::ZERO,
+                ..ServeLimits::default()
+            },
+            "header_read_timeout is 0",
+        ),
+    ] {
+        let error = MetricsServer::bind_with_limits(
+            "127.0.0.1:0".parse().unwrap(),
+            Telemetry::new(None),
+            limits,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(matches!(error, TelemetryError::BadLimits { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.starts_with("metrics: bad limits: "), "{message}");
+        assert!(message.contains(named), "{message}");
+    }
 }

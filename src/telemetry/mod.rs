@@ -34,7 +34,7 @@ mod view;
 pub use otel::{OtlpConfig, OtlpProtocol, OtlpTracing};
 
 pub use observer::{METRIC_NAMES, SAMPLE_PERIOD, Telemetry, install_metrics};
-pub use server::{DashboardServer, MetricsServer, parse_addr, parse_server_addr};
+pub use server::{DashboardServer, MetricsServer, ServeLimits, parse_addr, parse_server_addr};
 pub use view::{AgentView, CacheView, DashboardState, PoolView, RunView, TaskView, ToolLatency};
 
 /// What can go wrong serving telemetry.
@@ -59,6 +59,14 @@ pub enum TelemetryError {
         addr: std::net::SocketAddr,
         /// The operating system's error.
         source: std::io::Error,
+    },
+    /// A server's [`ServeLimits`] could not serve anything.
+    #[error("{server}: bad limits: {problem}")]
+    BadLimits {
+        /// Which server (`dashboard`, `metrics`).
+        server: &'static str,
+        /// Which limit, and why.
+        problem: String,
     },
     /// The text given as a server's address is not an address.
     #[error(

@@ -4,10 +4,19 @@
 //! Neither holds up a run: each connection is served on its own task (a client that stalls or
 //! drops mid-request stalls only that task), a scrape renders from the recorder's handle without
 //! waiting on the runtime, and `shutdown` gives open connections (an event stream, a stalled
-//! scraper) a moment, then stops the server without waiting for them.
+//! scraper) a moment, then stops the server and every connection it still has.
+//!
+//! The accept loop is ours, over hyper's HTTP/1 connection builder, rather than `axum::serve`:
+//! that one sets no timer, so hyper's header-read timeout never fires, and a client that connects
+//! and sends nothing (or half a request, or idles on keep-alive) holds its connection, and a file
+//! descriptor, for ever. Here [`ServeLimits`] bounds both: how long a connection may take to send
+//! a request's headers (an idle keep-alive connection is closed after the same time), and how
+//! many connections are served at once (more wait in the listen backlog until one closes).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -16,7 +25,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures::Stream;
-use tokio::sync::{broadcast, oneshot};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{Semaphore, broadcast, oneshot, watch};
+use tokio::task::JoinSet;
 
 use super::{Telemetry, TelemetryError};
 use crate::agents::RunEvent;
@@ -46,7 +58,48 @@ pub fn parse_server_addr(server: &'static str, text: &str) -> Result<SocketAddr,
 }
 
 /// How long `shutdown` waits for open connections before dropping them.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+/// How long the accept loop pauses after a failed accept (out of file descriptors, say), so it
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What a server allows its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// How long a connection may take to send a request's headers; an idle keep-alive
+    /// connection is closed after the same time. Default 10 s. (An event stream, once its
+    /// request is read, is not limited.)
+    pub header_read_timeout: Duration,
+    /// Connections served at once, event streams included; further ones wait in the listen
+    /// backlog until one closes. Default 256.
+    pub max_connections: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 256,
+        }
+    }
+}
+
+impl ServeLimits {
+    fn check(&self, server: &'static str) -> Result<(), TelemetryError> {
+        let problem = if self.max_connections == 0 {
+            "max_connections is 0 (no connection could ever be served)"
+        } else if self.header_read_timeout.is_zero() {
+            "header_read_timeout is 0 (every connection would be closed before its request)"
+        } else {
+            return Ok(());
+        };
+        Err(TelemetryError::BadLimits {
+            server,
+            problem: problem.to_owned(),
+        })
+    }
+}
 
 /// One axum server on its own task.
 struct Serving {
@@ -60,7 +113,9 @@ impl Serving {
         server: &'static str,
         addr: SocketAddr,
         app: Router,
+        limits: ServeLimits,
     ) -> Result<Self, TelemetryError> {
+        limits.check(server)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| match source.kind() {
@@ -83,16 +138,7 @@ impl Serving {
                 source,
             })?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!("{server} on {bound} stopped: {e}");
-            }
-        });
+        let task = tokio::spawn(serve(listener, app, limits, stopped, server, bound));
         Ok(Serving {
             addr: bound,
             stop: Some(stop),
@@ -115,6 +161,67 @@ impl Serving {
     }
 }
 
+/// Accepts connections until `stopped`, then closes each gracefully (in-flight requests finish).
+/// The connections are this task's: aborting it (after [`SHUTDOWN_GRACE`]) ends them too.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    stopped: oneshot::Receiver<()>,
+    server: &'static str,
+    bound: SocketAddr,
+) {
+    let (closing, closed) = watch::channel(());
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let slot = tokio::select! {
+            _ = &mut stopped => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+        };
+        // The semaphore is never closed.
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("{server} on {bound}: accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut closed = closed.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!("{server}: connection ended: {e}");
+                    }
+                    return;
+                }
+                _ = closed.changed() => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+    }
+    // No new connections; the open ones finish their requests.
+    drop(listener);
+    let _ = closing.send(());
+    while connections.join_next().await.is_some() {}
+}
+
 impl Drop for Serving {
     fn drop(&mut self) {
         self.task.abort();
@@ -127,8 +234,18 @@ pub struct DashboardServer {
 }
 
 impl DashboardServer {
-    /// Listens on `addr` (port 0 picks a free one) and serves `telemetry`.
+    /// Listens on `addr` (port 0 picks a free one) and serves `telemetry`, with the default
+    /// [`ServeLimits`].
     pub async fn bind(addr: SocketAddr, telemetry: Telemetry) -> Result<Self, TelemetryError> {
+        Self::bind_with_limits(addr, telemetry, ServeLimits::default()).await
+    }
+
+    /// [`Self::bind`] with `limits` for its connections.
+    pub async fn bind_with_limits(
+        addr: SocketAddr,
+        telemetry: Telemetry,
+        limits: ServeLimits,
+    ) -> Result<Self, TelemetryError> {
         let app = Router::new()
             .route("/", get(page))
             .route("/api/state", get(state))
@@ -136,7 +253,7 @@ impl DashboardServer {
             .route("/metrics", get(metrics))
             .with_state(telemetry);
         Ok(DashboardServer {
-            serving: Serving::start("dashboard", addr, app).await?,
+            serving: Serving::start("dashboard", addr, app, limits).await?,
         })
     }
 
@@ -163,13 +280,23 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Listens on `addr` (port 0 picks a free one) and serves `telemetry`'s metrics.
+    /// Listens on `addr` (port 0 picks a free one) and serves `telemetry`'s metrics, with the
+    /// default [`ServeLimits`].
     pub async fn bind(addr: SocketAddr, telemetry: Telemetry) -> Result<Self, TelemetryError> {
+        Self::bind_with_limits(addr, telemetry, ServeLimits::default()).await
+    }
+
+    /// [`Self::bind`] with `limits` for its connections.
+    pub async fn bind_with_limits(
+        addr: SocketAddr,
+        telemetry: Telemetry,
+        limits: ServeLimits,
+    ) -> Result<Self, TelemetryError> {
         let app = Router::new()
             .route("/metrics", get(metrics))
             .with_state(telemetry);
         Ok(MetricsServer {
-            serving: Serving::start("metrics", addr, app).await?,
+            serving: Serving::start("metrics", addr, app, limits).await?,
         })
     }
 
