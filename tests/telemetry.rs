@@ -980,6 +980,19 @@ async fn read_response(reader: &mut BufReader<TcpStream>) -> (u16, String) {
     (status, String::from_utf8(body).unwrap())
 }
 
+/// Opens a connection, sends one HTTP/1.1 GET (keep-alive, the default) and reads its
+/// response; the connection is returned still open.
+async fn keep_alive_get(addr: SocketAddr, path: &str) -> (BufReader<TcpStream>, u16, String) {
+    let mut reader = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    reader
+        .get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, body) = read_response(&mut reader).await;
+    (reader, status, body)
+}
+
 /// Reads until the server closes the connection; fails if it has not within 10 s.
 async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin), what: &str) {
     let mut rest = Vec::new();
@@ -1015,12 +1028,7 @@ async fn a_client_that_sends_no_request_or_idles_is_disconnected_while_others_ar
     assert!(state["tasks"].is_array(), "{state}");
 
     // A keep-alive connection served once, then idle.
-    let mut idle = BufReader::new(TcpStream::connect(addr).await.unwrap());
-    idle.get_mut()
-        .write_all(format!("GET /api/state HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (status, body) = read_response(&mut idle).await;
+    let (mut idle, status, body) = keep_alive_get(addr, "/api/state").await;
     assert_eq!(status, 200, "{body}");
 
     closed_by_server(&mut half, "a connection with half a request").await;
@@ -1044,13 +1052,7 @@ async fn connections_past_the_limit_wait_until_one_closes() {
     .unwrap();
     let addr = server.local_addr();
     // Served once and kept alive: it holds the only slot.
-    let mut first = BufReader::new(TcpStream::connect(addr).await.unwrap());
-    first
-        .get_mut()
-        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (status, _) = read_response(&mut first).await;
+    let (first, status, _) = keep_alive_get(addr, "/metrics").await;
     assert_eq!(
         status, 404,
         "no recorder installed in this server's telemetry"
