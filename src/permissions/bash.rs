@@ -195,6 +195,48 @@ fn paren_depth(command: &str) -> usize {
     deepest
 }
 
+/// Characters a plain array subscript may hold: an index, `@`/`*`, a
+/// `$name`, arithmetic or pattern characters, but no brackets, braces,
+/// parentheses, quotes or backslashes, so nothing nests inside it.
+fn plain_subscript_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_@*$#+-^!.,:/ %=~".contains(c)
+}
+
+/// Whether a `[` inside a `${…}` expansion opens anything but a plain,
+/// closed subscript (`${a[$i]}`, `${a[@]}`, `${x//[^a-z]/}`).
+/// `brush-parser` 0.4's word parser backtracks exponentially on nested or
+/// unclosed subscripts (found by fuzzing: six unclosed `${k[` take 8 s,
+/// `${k[${k[…]}]}` nested six deep 5 s, a 150-byte command 48 s), so such
+/// commands are refused before it sees them. Quotes are not tracked, so
+/// this may also refuse a quoted string that merely looks like one.
+fn has_complex_subscript(command: &str) -> bool {
+    let chars: Vec<char> = command.chars().collect();
+    let mut open_expansions = 0usize;
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '$' if chars.get(i + 1) == Some(&'{') => {
+                open_expansions += 1;
+                i += 1;
+            }
+            '}' => open_expansions = open_expansions.saturating_sub(1),
+            '[' if open_expansions > 0 => {
+                let end = chars[i + 1..]
+                    .iter()
+                    .position(|&c| !plain_subscript_char(c))
+                    .map_or(chars.len(), |n| i + 1 + n);
+                if chars.get(end) != Some(&']') {
+                    return true;
+                }
+                i = end;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 fn split_into(command: &str, depth: usize, parts: &mut Vec<String>) -> Result<(), SplitError> {
     if depth > MAX_DEPTH {
         return Err(SplitError("command substitutions nest too deeply".into()));
@@ -207,6 +249,12 @@ fn split_into(command: &str, depth: usize, parts: &mut Vec<String>) -> Result<()
     if has_bad_heredoc(command) {
         return Err(SplitError(
             "a here-document is malformed or unterminated".into(),
+        ));
+    }
+    if has_complex_subscript(command) {
+        return Err(SplitError(
+            "an array subscript inside a parameter expansion is nested, unclosed or not a plain index"
+                .into(),
         ));
     }
     if paren_depth(command) > MAX_PAREN_DEPTH {
@@ -677,6 +725,15 @@ mod tests {
             ]
         );
         assert!(split_command("cat <<-\tx$(y)").is_err());
+        // Found by fuzzing: exponential backtracking on subscripts in brush-parser 0.4.
+        assert!(split_command("echo ${k[${k[${k[${k[${k[${k[").is_err());
+        assert!(split_command("echo ${k[${k[${k[${k[0]}]}]}]}").is_err());
+        assert!(split_command("tt${k[\u{1};\\:#>\0\0)\u{1}\0\0 $$tt${k[\u{1};\\:#>").is_err());
+        assert_eq!(
+            split("echo ${a[$i]} ${b[@]} ${x//[^a-z]/} [ -f x ]"),
+            ["echo ${a[$i]} ${b[@]} ${x//[^a-z]/} [ -f x ]"]
+        );
+        assert_eq!(split("echo ${a[1]} $(id)"), ["id", "echo ${a[1]} $(id)"]);
         assert_eq!(split("cat <<< \"$(id)\""), ["id", "cat"]);
         assert_eq!(split("ls 2>err 123>out"), ["ls"]);
     }

@@ -32,10 +32,11 @@
 //!   and `ls -la` but not `lsof`.
 //! * **Commands that cannot be analysed are never allowed**: a parse error,
 //!   `[[ .. ]]`, arithmetic commands, substitutions hidden in parameter
-//!   expansions (`${x:-$(cmd)}`), and three input shapes on which fuzzing
+//!   expansions (`${x:-$(cmd)}`), and four input shapes on which fuzzing
 //!   made `brush-parser` 0.4 panic, loop or backtrack exponentially
 //!   (oversized descriptor numbers; here-documents that are not a plain,
-//!   closed `<<WORD`; parentheses nested deeper than 8) make the call
+//!   closed `<<WORD`; parentheses nested deeper than 8; an array subscript
+//!   in a `${…}` that is not a plain, closed index like `${a[$i]}`) make the call
 //!   `Ask` (`Deny` under `dontAsk`) unless a deny rule matches the raw
 //!   text, which denies. A panic inside the parser is caught and treated
 //!   the same way (this needs `panic = "unwind"`, the default).
