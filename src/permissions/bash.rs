@@ -17,6 +17,10 @@ use brush_parser::ast::{
 };
 use brush_parser::word::{self, WordPiece, WordPieceWithSource};
 use brush_parser::{Parser, ParserOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 /// Why a command line could not be split. Such a command is never allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,13 +41,125 @@ fn parser_options() -> ParserOptions {
 
 /// Splits a command line into the simple commands it runs, each with
 /// environment assignments and wrappers stripped.
+///
+/// A command the parser does not finish within [`PARSE_DEADLINE`] is
+/// refused (see [`ParseGuard`]).
 pub fn split_command(command: &str) -> Result<Vec<String>, SplitError> {
     if let Some(part) = plain_simple_command(command) {
         return Ok(part.into_iter().collect());
     }
-    let mut parts = Vec::new();
-    split_into(command, 0, &mut parts)?;
-    Ok(parts)
+    PARSE_GUARD.run(command)
+}
+
+/// How long the parser may take over one command line (every nested
+/// substitution included) before the command is refused. Real commands,
+/// scripts of a few kilobytes included, parse in well under a millisecond.
+pub const PARSE_DEADLINE: Duration = Duration::from_millis(500);
+
+/// How many parses that overran their deadline may still be running before
+/// the splitter refuses every command that needs the parser.
+const MAX_OVERRUNNING_PARSES: usize = 2;
+
+static PARSE_GUARD: ParseGuard = ParseGuard::new(PARSE_DEADLINE, MAX_OVERRUNNING_PARSES);
+
+/// Bounds the time a command's parse may take.
+///
+/// `brush-parser` 0.4 is a backtracking PEG parser without memoisation:
+/// fuzzing keeps finding short inputs on which it takes exponential time
+/// (each shape below that is refused before parsing was one; `@($("))#`
+/// repeated 20 times, 174 bytes, takes 22 s). Refusing shapes one by one
+/// cannot be complete, so every parse also runs on a thread of its own and
+/// the caller waits at most the deadline; a command not parsed by then is
+/// refused (never allowed). A thread cannot be stopped from outside, so an
+/// overrunning parse runs on until it ends; while `max_overrunning` of them
+/// are still running, commands that need the parser are refused at once, so
+/// hostile input cannot pile up threads. The cost is one thread start per
+/// parsed command (about 20 µs); plain commands skip the parser entirely.
+struct ParseGuard {
+    deadline: Duration,
+    max_overrunning: usize,
+    overrunning: AtomicUsize,
+}
+
+/// A parse's progress, shared by the waiting caller and the parsing thread,
+/// so exactly one of them decides whether the parse counts as overrunning.
+const PARSING: u8 = 0;
+const PARSED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl ParseGuard {
+    const fn new(deadline: Duration, max_overrunning: usize) -> Self {
+        Self {
+            deadline,
+            max_overrunning,
+            overrunning: AtomicUsize::new(0),
+        }
+    }
+
+    fn run(&'static self, command: &str) -> Result<Vec<String>, SplitError> {
+        let command = command.to_owned();
+        self.within_deadline(move || {
+            let mut parts = Vec::new();
+            split_into(&command, 0, &mut parts)?;
+            Ok(parts)
+        })
+    }
+
+    fn within_deadline<T: Send + 'static>(
+        &'static self,
+        parse: impl FnOnce() -> Result<T, SplitError> + Send + 'static,
+    ) -> Result<T, SplitError> {
+        let overrunning = self.overrunning.load(Ordering::Acquire);
+        if overrunning >= self.max_overrunning {
+            return Err(SplitError(format!(
+                "{overrunning} earlier commands are still being parsed past their deadline"
+            )));
+        }
+        let progress = Arc::new(AtomicU8::new(PARSING));
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let parser_progress = Arc::clone(&progress);
+        let spawned = std::thread::Builder::new()
+            .name("tetrarch-sh-parse".into())
+            // The parser recurses per nesting level; give it a main thread's stack.
+            .stack_size(8 << 20)
+            .spawn(move || {
+                let result = parse();
+                if parser_progress
+                    .compare_exchange(PARSING, PARSED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // The caller gave up on this parse and counted it.
+                    self.overrunning.fetch_sub(1, Ordering::AcqRel);
+                }
+                let _ = sender.send(result);
+            });
+        if let Err(e) = spawned {
+            return Err(SplitError(format!("could not start the shell parser: {e}")));
+        }
+        match receiver.recv_timeout(self.deadline) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                self.overrunning.fetch_add(1, Ordering::AcqRel);
+                if progress
+                    .compare_exchange(PARSING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Err(SplitError(format!(
+                        "the shell parser did not finish within {} ms",
+                        self.deadline.as_millis()
+                    )));
+                }
+                // It finished just now: take its answer after all.
+                self.overrunning.fetch_sub(1, Ordering::AcqRel);
+                receiver
+                    .recv()
+                    .unwrap_or_else(|_| Err(SplitError("the shell parser stopped".into())))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(SplitError("the shell parser stopped".into()))
+            }
+        }
+    }
 }
 
 /// Words of a command with nothing for a shell to interpret: no quotes,
@@ -237,6 +353,43 @@ fn has_complex_subscript(command: &str) -> bool {
     false
 }
 
+/// How many unquoted, unescaped `[` one word may hold before the command
+/// is refused. `brush-parser` 0.4 backtracks exponentially on glob brackets
+/// in one word when an expansion, a quote or an extglob follows them (found
+/// by fuzzing: `A[A[$4` repeated 16 times, 96 bytes, takes 17 s; `x[!(?])`
+/// repeated 16 times takes 40 ms; each further bracket roughly doubles the
+/// time). Brackets inside quotes or escaped with `\` parse in linear time,
+/// so a quoted regex such as `'[0-9][0-9][0-9]'` is not limited. Every
+/// bracket counts, closed or not: a `]` does not stop the backtracking.
+const MAX_WORD_BRACKETS: usize = 8;
+
+/// The most unquoted, unescaped `[` in any one word of the command. Words
+/// end at unquoted, unescaped whitespace and at `;&|<>`, so `a=[ b[` is one
+/// word here (the parser splits at `=` too): this over-counts rather than
+/// under-counts what the parser sees.
+fn word_brackets(command: &str) -> usize {
+    let (mut count, mut most) = (0usize, 0usize);
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    for c in command.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if !single => escaped = true,
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '[' if !single && !double => count += 1,
+            c if !single && !double && (c.is_whitespace() || ";&|<>".contains(c)) => {
+                most = most.max(count);
+                count = 0;
+            }
+            _ => {}
+        }
+    }
+    most.max(count)
+}
+
 fn split_into(command: &str, depth: usize, parts: &mut Vec<String>) -> Result<(), SplitError> {
     if depth > MAX_DEPTH {
         return Err(SplitError("command substitutions nest too deeply".into()));
@@ -256,6 +409,11 @@ fn split_into(command: &str, depth: usize, parts: &mut Vec<String>) -> Result<()
             "an array subscript inside a parameter expansion is nested, unclosed or not a plain index"
                 .into(),
         ));
+    }
+    if word_brackets(command) > MAX_WORD_BRACKETS {
+        return Err(SplitError(format!(
+            "a word holds more than {MAX_WORD_BRACKETS} unquoted `[`"
+        )));
     }
     if paren_depth(command) > MAX_PAREN_DEPTH {
         return Err(SplitError(format!(
@@ -614,6 +772,75 @@ mod tests {
         split_command(s).unwrap()
     }
 
+    /// A guard of its own, so the overrunning parses a test leaves behind
+    /// never count against the one every other test shares.
+    fn private_guard(deadline_ms: u64, max_overrunning: usize) -> &'static ParseGuard {
+        Box::leak(Box::new(ParseGuard::new(
+            Duration::from_millis(deadline_ms),
+            max_overrunning,
+        )))
+    }
+
+    #[test]
+    fn a_real_parse_past_its_deadline_is_refused() {
+        // None of the refused shapes: this reaches the parser, which backtracks exponentially
+        // on it (release build: 5 ms at 12 repeats, 112 ms at 16, 22 s at 20).
+        let slow = "@($(\"))#".repeat(16);
+        let refused = private_guard(20, 4).run(&slow).unwrap_err();
+        assert!(
+            refused.0.contains("did not finish within 20 ms"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn overrunning_parses_are_capped_until_they_end() {
+        let guard = private_guard(1_000, 1);
+        let (release, released) = mpsc::channel::<()>();
+        let refused: Result<(), _> = guard.within_deadline(move || {
+            let _ = released.recv();
+            Ok(())
+        });
+        assert!(
+            refused
+                .unwrap_err()
+                .0
+                .contains("did not finish within 1000 ms"),
+            "an overrunning parse is refused"
+        );
+        assert_eq!(guard.overrunning.load(Ordering::Acquire), 1);
+        // While it runs on, commands that need the parser are refused at once…
+        let busy = guard.run("echo $(date) && ls").unwrap_err();
+        assert!(busy.0.contains("still being parsed"), "{busy}");
+        // …and once it ends, they are parsed again.
+        release.send(()).unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while guard.overrunning.load(Ordering::Acquire) > 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the overrunning parse never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            guard.run("echo $(date) && ls").unwrap(),
+            ["date", "echo $(date)", "ls"]
+        );
+    }
+
+    #[test]
+    fn a_parse_that_finishes_in_time_is_answered_and_not_counted() {
+        let guard = private_guard(5_000, 1);
+        let answer = guard.within_deadline(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(7)
+        });
+        assert_eq!(answer.unwrap(), 7);
+        let failed: Result<(), _> = guard.within_deadline(|| Err(SplitError("bad".into())));
+        assert_eq!(failed.unwrap_err().0, "bad");
+        assert_eq!(guard.overrunning.load(Ordering::Acquire), 0);
+    }
+
     #[test]
     fn splits_operators_and_substitutions() {
         assert_eq!(split("git status; rm -rf /"), ["git status", "rm -rf /"]);
@@ -729,6 +956,23 @@ mod tests {
         assert!(split_command("echo ${k[${k[${k[${k[${k[${k[").is_err());
         assert!(split_command("echo ${k[${k[${k[${k[0]}]}]}]}").is_err());
         assert!(split_command("tt${k[\u{1};\\:#>\0\0)\u{1}\0\0 $$tt${k[\u{1};\\:#>").is_err());
+        // …and on many unquoted glob brackets in one word, closed or not.
+        assert!(split_command(&format!("echo {}", "A[A[$4".repeat(5))).is_err());
+        assert!(split_command(&format!("echo {}", "x[!(?])".repeat(9))).is_err());
+        assert!(split_command(&format!("echo {}", "x[\\!(?])".repeat(9))).is_err());
+        assert!(split_command(&format!("echo {}", "x[\"\"".repeat(9))).is_err());
+        assert!(split_command(&format!("echo {}", "A[\\ ".repeat(9))).is_err());
+        assert!(split_command(&format!("echo {}", "A[\" \"".repeat(9))).is_err());
+        assert!(split_command(&format!("echo {}", "A[\"]\"".repeat(9))).is_err());
+        // Quoted or escaped brackets, and brackets spread over words, pass.
+        let spread = format!(
+            "echo {}'x[[[[[[[[[[' \"[[:space:]]\" a[b]c[d] {}",
+            "A[A[$4 ".repeat(8),
+            "x\\[!(?])".repeat(12)
+        );
+        assert_eq!(split(&spread), [spread.as_str()]);
+        let regex = "grep -E '[0-9][0-9][0-9]-[0-9][0-9][0-9]-[0-9][0-9][0-9][0-9]' notes.txt";
+        assert_eq!(split(regex), [regex]);
         assert_eq!(
             split("echo ${a[$i]} ${b[@]} ${x//[^a-z]/} [ -f x ]"),
             ["echo ${a[$i]} ${b[@]} ${x//[^a-z]/} [ -f x ]"]

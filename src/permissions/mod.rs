@@ -32,14 +32,19 @@
 //!   and `ls -la` but not `lsof`.
 //! * **Commands that cannot be analysed are never allowed**: a parse error,
 //!   `[[ .. ]]`, arithmetic commands, substitutions hidden in parameter
-//!   expansions (`${x:-$(cmd)}`), and four input shapes on which fuzzing
+//!   expansions (`${x:-$(cmd)}`), and five input shapes on which fuzzing
 //!   made `brush-parser` 0.4 panic, loop or backtrack exponentially
 //!   (oversized descriptor numbers; here-documents that are not a plain,
 //!   closed `<<WORD`; parentheses nested deeper than 8; an array subscript
-//!   in a `${…}` that is not a plain, closed index like `${a[$i]}`) make the call
+//!   in a `${…}` that is not a plain, closed index like `${a[$i]}`; a word
+//!   holding more than 8 unquoted, unescaped `[`) make the call
 //!   `Ask` (`Deny` under `dontAsk`) unless a deny rule matches the raw
 //!   text, which denies. A panic inside the parser is caught and treated
-//!   the same way (this needs `panic = "unwind"`, the default).
+//!   the same way (this needs `panic = "unwind"`, the default), and so is
+//!   a parse that takes longer than [`PARSE_DEADLINE`] (500 ms):
+//!   refusing shapes one by one cannot catch every input on which the
+//!   backtracking parser takes exponential time, so each parse runs on a
+//!   thread of its own and the caller stops waiting at the deadline.
 //! * **Read / Edit.** gitignore-style patterns: `//p` is absolute, `~/p` is
 //!   under the home directory, `/p` under the project root (the folder
 //!   holding `.claude/`, else the settings file's folder), `./p` and `a/p`
@@ -92,7 +97,7 @@ mod rule;
 use std::fmt;
 
 pub use approval::{ApprovalHandler, CallbackApproval, DenyAll, TerminalPrompt};
-pub use bash::{SplitError, split_command};
+pub use bash::{PARSE_DEADLINE, SplitError, split_command};
 pub use engine::PermissionEngine;
 pub use error::PermissionError;
 
