@@ -287,6 +287,37 @@ timeout = "50ms"
     h.runtime.shutdown().await;
 }
 
+#[tokio::test]
+async fn tasks_queued_behind_a_busy_pool_wait_their_turn_past_its_acquire_timeout() {
+    // One session, a 50 ms acquire timeout, four independent 200 ms tasks: the last one waits
+    // about 600 ms for the session, twelve times the acquire timeout, and must still run.
+    let h = harness(|actors| {
+        let mut pool = PoolDef::new(PoolKind::Native);
+        pool.max_size = 1;
+        pool.min_idle = 1;
+        pool.acquire_timeout = Duration::from_millis(50);
+        actors.executor.pools.insert("one".to_owned(), pool);
+    })
+    .await;
+    let mut text = String::from("name = \"queued\"\n");
+    for i in 0..4 {
+        text.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"one.echo\"\nargs = {{ label = \"t{i}\", sleep_ms = 200 }}\n"
+        ));
+    }
+    let started = std::time::Instant::now();
+    let report = h.runtime.run(plan(&text), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Complete, "{report:?}");
+    // They ran one at a time, through the single session.
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(calls_per_label(&h.calls).len(), 4);
+    h.runtime.shutdown().await;
+}
+
 const ROLLBACK: &str = r#"
 name = "rollback"
 [[task]]

@@ -280,3 +280,32 @@ async fn a_declared_warm_up_call_runs_n_times_while_pre_warming() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_server_silent_after_its_handshake_fails_to_start_within_the_start_timeout() {
+    let script = servers_dir().join("silent_after_init.py");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let python = std::env::split_paths(&path)
+        .map(|dir| dir.join("python3"))
+        .find(|candidate| candidate.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let spec = McpSpec::new(python.display().to_string(), [script.display().to_string()]);
+    let Some(mut spec) = available("python3", python, spec) else {
+        return;
+    };
+    spec.start_timeout = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let failed = tokio::time::timeout(Duration::from_secs(20), McpSession::connect(&spec))
+        .await
+        .expect("connect hung past its start timeout");
+    let error = failed.unwrap_err();
+    assert!(
+        matches!(&error, SessionError::Protocol { detail } if detail.contains("did not answer its first ping")),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -252,6 +252,13 @@ async fn a_bad_ppd_is_refused() {
     };
     let err = ScorerSession::start(&spec).await.unwrap_err();
     assert!(matches!(err, SessionError::InvalidConfig { .. }), "{err}");
+    // Far too large: refused before any filter is built.
+    let spec = ScorerSpec {
+        ppd: 1e12,
+        ..ScorerSpec::new(Device::Cpu)
+    };
+    let err = ScorerSession::start(&spec).await.unwrap_err();
+    assert!(err.to_string().contains("at most 1000"), "{err}");
 }
 
 #[tokio::test]

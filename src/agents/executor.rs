@@ -200,7 +200,9 @@ async fn call_pool(
         stdin,
         timeout: attempt.timeout.unwrap_or(call_timeout),
     };
-    let mut session = pool.acquire().await?;
+    // In turn, however long the pool's sessions are busy: a plan may hold more tasks than its
+    // pool has sessions, and a task must not fail for having waited behind the others.
+    let mut session = pool.acquire_queued().await?;
     let started = std::time::Instant::now();
     let outcome = session.call(request).await;
     metrics::histogram!(

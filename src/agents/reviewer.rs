@@ -101,7 +101,7 @@ async fn score_gate(
         }),
     )
     .with_timeout(timeout);
-    let outcome = match pool.acquire().await {
+    let outcome = match pool.acquire_queued().await {
         Ok(mut session) => {
             let started = std::time::Instant::now();
             let outcome = session.call(request).await;

@@ -62,9 +62,7 @@ pub fn run(args: ScoreArgs, store_path: Option<PathBuf>) -> anyhow::Result<ExitC
     if args.map.is_some() && !matches!(args.metric, Metric::Flip | Metric::HdrFlip) {
         anyhow::bail!("--map needs --metric flip or hdr-flip");
     }
-    if !(args.ppd.is_finite() && args.ppd > 0.0) {
-        anyhow::bail!("--ppd must be a positive number, got {}", args.ppd);
-    }
+    tetrarch::scoring::check_ppd(args.ppd).context("--ppd")?;
     let reference = RgbImage::open(&args.reference)?;
     let test = RgbImage::open(&args.test)?;
     let scorer = Scorer::new(ScorerConfig {

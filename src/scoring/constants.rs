@@ -17,6 +17,10 @@ pub const FLIP_GW: f32 = 0.082;
 pub const FLIP_GQF: f32 = 0.5;
 /// Default pixels per degree: a 0.7 m wide 3840-pixel monitor seen from 0.7 m.
 pub const FLIP_DEFAULT_PPD: f32 = 3840.0 * std::f32::consts::PI / 180.0;
+/// Largest pixels per degree accepted. FLIP's filters grow with it (radius ≈ 0.14 × ppd taps),
+/// and past this no real viewing needs them (1000 is that monitor seen from 10 m); an unbounded
+/// value would ask for filters too large to allocate.
+pub const FLIP_MAX_PPD: f32 = 1000.0;
 /// Contrast-sensitivity Gaussian amplitudes (first term) for Y, Cx, Cz.
 pub const FLIP_CSF_A1: [f32; 3] = [1.0, 1.0, 34.1];
 /// Contrast-sensitivity Gaussian scales (first term) for Y, Cx, Cz.

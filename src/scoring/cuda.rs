@@ -98,7 +98,7 @@ fn grid_1d(n: usize, y: u32) -> LaunchConfig {
 }
 
 fn flip_taps(ppd: f32) -> Result<(Vec<f32>, i32, i32), ScoreError> {
-    let f = FlipFilters::new(ppd);
+    let f = FlipFilters::new(ppd)?;
     let (r_csf, r_feat) = (f.y.len() / 2, f.gauss.len() / 2);
     if r_csf > CUDA_MAX_RADIUS || r_feat > CUDA_MAX_RADIUS {
         return Err(ScoreError::CudaUnavailable(format!(

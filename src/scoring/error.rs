@@ -115,6 +115,14 @@ pub enum ScoreError {
         /// Why.
         detail: String,
     },
+    /// The pixels-per-degree setting is not a number FLIP can use.
+    #[error("pixels per degree must be a number above 0 and at most {max}, got {ppd}")]
+    InvalidPpd {
+        /// The value given.
+        ppd: f32,
+        /// The largest accepted ([`super::FLIP_MAX_PPD`]).
+        max: f32,
+    },
     /// The CUDA device was asked for and cannot be used.
     #[error("CUDA unavailable: {0}")]
     CudaUnavailable(String),

@@ -31,9 +31,28 @@ pub struct FlipFilters {
     pub point: Vec<f32>,
 }
 
+/// Checks a pixels-per-degree value: finite, above 0, at most [`FLIP_MAX_PPD`].
+///
+/// # Errors
+/// [`ScoreError::InvalidPpd`].
+pub fn check_ppd(ppd: f32) -> Result<(), ScoreError> {
+    if ppd.is_finite() && ppd > 0.0 && ppd <= FLIP_MAX_PPD {
+        Ok(())
+    } else {
+        Err(ScoreError::InvalidPpd {
+            ppd,
+            max: FLIP_MAX_PPD,
+        })
+    }
+}
+
 impl FlipFilters {
     /// Filters for `ppd` pixels per degree.
-    pub fn new(ppd: f32) -> Self {
+    ///
+    /// # Errors
+    /// [`ScoreError::InvalidPpd`] (see [`check_ppd`]).
+    pub fn new(ppd: f32) -> Result<Self, ScoreError> {
+        check_ppd(ppd)?;
         let pi = std::f32::consts::PI;
         let max_b = FLIP_CSF_B1
             .iter()
@@ -82,7 +101,7 @@ impl FlipFilters {
             taps.iter_mut()
                 .for_each(|t| *t /= if *t > 0.0 { pos } else { neg });
         }
-        Self {
+        Ok(Self {
             y,
             cx,
             cz1,
@@ -90,7 +109,7 @@ impl FlipFilters {
             gauss,
             edge,
             point,
-        }
+        })
     }
 }
 
@@ -361,12 +380,11 @@ fn features(y: &Plane, f: &FlipFilters) -> [Plane; 4] {
 }
 
 /// FLIP error map of two linear-RGB images in [0, 1].
-fn ldr_flip_linear(reference: &[Plane; 3], test: &[Plane; 3], ppd: f32) -> Plane {
-    let filters = FlipFilters::new(ppd);
+fn ldr_flip_linear(reference: &[Plane; 3], test: &[Plane; 3], filters: &FlipFilters) -> Plane {
     let cmax = max_colour_distance();
     let (ry, ty) = (to_ycxcz(reference), to_ycxcz(test));
-    let (rf, tf) = rayon::join(|| csf_filter(&ry, &filters), || csf_filter(&ty, &filters));
-    let (rfeat, tfeat) = rayon::join(|| features(&ry[0], &filters), || features(&ty[0], &filters));
+    let (rf, tf) = rayon::join(|| csf_filter(&ry, filters), || csf_filter(&ty, filters));
+    let (rfeat, tfeat) = rayon::join(|| features(&ry[0], filters), || features(&ty[0], filters));
     let (w, h) = (reference[0].width, reference[0].height);
     let mut map = Plane::zeros(w, h);
     let gqf = FLIP_GQF;
@@ -390,10 +408,11 @@ fn ldr_flip_linear(reference: &[Plane; 3], test: &[Plane; 3], ppd: f32) -> Plane
 /// LDR-FLIP of two images (sRGB images are decoded; values are clamped to [0, 1]).
 ///
 /// # Errors
-/// [`ScoreError::SizeMismatch`].
+/// [`ScoreError::SizeMismatch`], [`ScoreError::InvalidPpd`].
 pub fn flip(reference: &RgbImage, test: &RgbImage, ppd: f32) -> Result<FlipOutput, ScoreError> {
     check_pair(reference, test)?;
-    let map = ldr_flip_linear(&ldr_linear(reference), &ldr_linear(test), ppd);
+    let filters = FlipFilters::new(ppd)?;
+    let map = ldr_flip_linear(&ldr_linear(reference), &ldr_linear(test), &filters);
     let stats = pool(&map);
     Ok(FlipOutput { map, stats })
 }
@@ -487,20 +506,21 @@ pub fn tone_map(rgb: &[Plane; 3], exposure: f32) -> [Plane; 3] {
 /// HDR-FLIP: LDR-FLIP on each tone-mapped exposure, keeping each pixel's largest error.
 ///
 /// # Errors
-/// [`ScoreError::SizeMismatch`], [`ScoreError::ExposureRange`].
+/// [`ScoreError::SizeMismatch`], [`ScoreError::ExposureRange`], [`ScoreError::InvalidPpd`].
 pub fn hdr_flip(
     reference: &RgbImage,
     test: &RgbImage,
     ppd: f32,
 ) -> Result<(FlipOutput, Exposures), ScoreError> {
     check_pair(reference, test)?;
+    let filters = FlipFilters::new(ppd)?;
     let (r, t) = (hdr_linear(reference), hdr_linear(test));
     let exp = exposures(reference.label(), &r)?;
     let step = (exp.stop - exp.start) / (exp.count - 1) as f32;
     let mut map = Plane::zeros(reference.width(), reference.height());
     for i in 0..exp.count {
         let e = exp.start + i as f32 * step;
-        let m = ldr_flip_linear(&tone_map(&r, e), &tone_map(&t, e), ppd);
+        let m = ldr_flip_linear(&tone_map(&r, e), &tone_map(&t, e), &filters);
         map.data
             .par_iter_mut()
             .zip(&m.data)
@@ -553,11 +573,12 @@ pub fn write_error_map(map: &Plane, path: &std::path::Path) -> Result<(), ScoreE
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn filters_have_expected_sizes_and_sums() {
-        let f = FlipFilters::new(FLIP_DEFAULT_PPD);
+        let f = FlipFilters::new(FLIP_DEFAULT_PPD).unwrap();
         assert_eq!(f.y.len(), 21);
         assert_eq!(f.gauss.len(), 19);
         assert!((f.y.iter().sum::<f32>() - 1.0).abs() < 1e-5);

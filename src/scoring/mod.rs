@@ -20,8 +20,8 @@ pub use cuda::cuda_unavailable_reason;
 pub use error::ScoreError;
 pub use filter::Border;
 pub use flip::{
-    Exposures, FlipFilters, FlipOutput, FlipStats, exposures, flip, hdr_flip, hdr_linear, magma,
-    pool, tone_map, weighted_percentile, write_error_map,
+    Exposures, FlipFilters, FlipOutput, FlipStats, check_ppd, exposures, flip, hdr_flip,
+    hdr_linear, magma, pool, tone_map, weighted_percentile, write_error_map,
 };
 pub use image::{Plane, RgbImage, Transfer};
 pub use kernels::{

@@ -103,9 +103,11 @@ impl Scorer {
     /// Builds a scorer. With [`Device::Auto`] a CUDA failure falls back to the CPU, logging why.
     ///
     /// # Errors
-    /// With [`Device::Cuda`]: [`ScoreError::CudaUnavailable`], [`ScoreError::KernelCompile`], [`ScoreError::Cuda`].
+    /// [`ScoreError::InvalidPpd`]; with [`Device::Cuda`]: [`ScoreError::CudaUnavailable`],
+    /// [`ScoreError::KernelCompile`], [`ScoreError::Cuda`].
     pub fn new(config: ScorerConfig) -> Result<Self, ScoreError> {
         let ppd = config.ppd;
+        flip::check_ppd(ppd)?;
         let cuda = match config.device {
             Device::Cpu => None,
             Device::Cuda | Device::Auto => {
@@ -113,7 +115,7 @@ impl Scorer {
                     .kernel_cache
                     .clone()
                     .unwrap_or_else(|| Arc::new(MemoryKernelCache::default()));
-                let filters = flip::FlipFilters::new(ppd);
+                let filters = flip::FlipFilters::new(ppd)?;
                 let radius = filters.y.len().max(filters.gauss.len()) / 2;
                 let attempt = match cuda_unavailable_reason() {
                     Some(reason) => Err(ScoreError::CudaUnavailable(reason)),

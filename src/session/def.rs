@@ -75,10 +75,13 @@ pub struct PoolDef {
     /// Most sessions in use at once.
     #[serde(default = "four")]
     pub max_size: usize,
-    /// Longest wait for a free session.
+    /// Longest wait for a free session through [`Pool::acquire`]. A plan's tasks and score
+    /// gates do not use it: they wait in turn ([`Pool::acquire_queued`]), since more tasks than
+    /// sessions is normal.
     #[serde(default = "thirty_seconds", with = "humantime_serde")]
     pub acquire_timeout: Duration,
-    /// Longest start of one session (an MCP server's spawn and handshake).
+    /// Longest start of one session (an MCP server's spawn, handshake, first ping and
+    /// warm-up calls).
     #[serde(default = "thirty_seconds", with = "humantime_serde")]
     pub start_timeout: Duration,
     /// Timeout of a call whose task gives none.

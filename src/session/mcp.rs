@@ -38,7 +38,8 @@ pub struct McpSpec {
     pub env_allowlist: Vec<String>,
     /// Variables set explicitly (they win over the allowlist).
     pub env: BTreeMap<String, String>,
-    /// How long starting the server and the initialize handshake may take.
+    /// How long starting the server may take: the spawn, the initialize handshake, the first ping
+    /// and the warm-up calls.
     pub start_timeout: Duration,
     /// A call made once right after the handshake, so that the server's (and our) first-call
     /// costs — a JIT compiling the tool's code, schema compilation, lazy imports — are paid while
@@ -90,8 +91,10 @@ impl std::fmt::Debug for McpSession {
 
 impl McpSession {
     /// Starts the server of `spec`, runs the initialize handshake, a ping, and the spec's warm-up
-    /// call if it has one.
+    /// call if it has one, all within the spec's `start_timeout` (a server that initializes but
+    /// never answers would otherwise hang the pool's start, or an acquire, for ever).
     pub async fn connect(spec: &McpSpec) -> Result<Self, SessionError> {
+        let deadline = tokio::time::Instant::now() + spec.start_timeout;
         let command = super::child_command(
             &spec.program,
             &spec.args,
@@ -116,7 +119,7 @@ impl McpSession {
                 }
             });
         }
-        let service = match tokio::time::timeout(spec.start_timeout, ().serve(transport)).await {
+        let service = match tokio::time::timeout_at(deadline, ().serve(transport)).await {
             Ok(Ok(service)) => service,
             Ok(Err(e)) => {
                 return Err(SessionError::Protocol {
@@ -139,9 +142,21 @@ impl McpSession {
             warmup: spec.warmup.clone(),
             warmup_calls: spec.warmup_calls.max(1),
         };
-        session.health_check().await?;
-        session.warm_up_all().await?;
-        Ok(session)
+        let ready = tokio::time::timeout_at(deadline, async {
+            session.health_check().await?;
+            session.warm_up_all().await
+        })
+        .await;
+        match ready {
+            Ok(result) => result.map(|()| session),
+            Err(_) => Err(SessionError::Protocol {
+                detail: format!(
+                    "MCP server {:?} initialized but did not answer its first ping and warm-up \
+                     within {:?} of starting",
+                    spec.program, spec.start_timeout
+                ),
+            }),
+        }
     }
 
     /// The declared warm-up call, as many times as declared.

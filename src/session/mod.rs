@@ -12,7 +12,8 @@
 //!
 //! A [`Pool`] keeps sessions of one kind ready: `min_idle` are started by [`Pool::start`] before
 //! the first task (so the first call does not pay the start), at most `max_size` are in use at once
-//! (a tokio semaphore), a caller waits at most `acquire_timeout`, idle sessions above `min_idle`
+//! (a tokio semaphore), a caller of [`Pool::acquire`] waits at most `acquire_timeout` (the
+//! agents' calls wait in turn, [`Pool::acquire_queued`]), idle sessions above `min_idle`
 //! are closed after `idle_timeout`, idle sessions are health-checked every
 //! `health_check_interval`, and a session that breaks (a crash, a protocol error, a timeout, a dead
 //! server) is discarded and replaced in the background. The pool is written on tokio primitives

@@ -289,6 +289,23 @@ impl Pool {
     /// handed out when there is one (dead ones are discarded on the way); otherwise a new one is
     /// started for the caller.
     pub async fn acquire(&self) -> Result<PooledSession, SessionError> {
+        self.acquire_within(Some(self.shared.config.acquire_timeout))
+            .await
+    }
+
+    /// Takes a session, waiting in turn (first come, first served) for as long as the sessions in
+    /// use are busy: for work that was queued on purpose, such as a plan's tasks, where more
+    /// tasks than sessions is normal and a task must not fail for having waited behind the
+    /// others. Each call holding a session has its own timeout, so the wait ends; closing the
+    /// pool ends it too. Starting a new session is still bounded by the pool's start timeout.
+    pub async fn acquire_queued(&self) -> Result<PooledSession, SessionError> {
+        self.acquire_within(None).await
+    }
+
+    async fn acquire_within(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<PooledSession, SessionError> {
         let shared = &self.shared;
         let pool_name = || shared.config.name.clone();
         if shared.closed.load(Ordering::SeqCst) {
@@ -303,11 +320,11 @@ impl Pool {
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 shared.waiters.fetch_add(1, Ordering::SeqCst);
-                let permit = tokio::time::timeout(
-                    shared.config.acquire_timeout,
-                    Arc::clone(&shared.permits).acquire_owned(),
-                )
-                .await;
+                let wait = Arc::clone(&shared.permits).acquire_owned();
+                let permit = match timeout {
+                    Some(limit) => tokio::time::timeout(limit, wait).await,
+                    None => Ok(wait.await),
+                };
                 shared.waiters.fetch_sub(1, Ordering::SeqCst);
                 permit
             }

@@ -110,9 +110,9 @@ impl ScorerSession {
     /// [`SessionError::InvalidConfig`] for a bad `ppd` or a device that cannot be used
     /// (`Device::Cuda` without CUDA, kernels that do not compile), naming the reason.
     pub async fn start(spec: &ScorerSpec) -> Result<Self, SessionError> {
-        if !(spec.ppd.is_finite() && spec.ppd > 0.0) {
+        if let Err(e) = crate::scoring::check_ppd(spec.ppd) {
             return Err(SessionError::InvalidConfig {
-                detail: format!("scorer: ppd must be a positive number, got {}", spec.ppd),
+                detail: format!("scorer: {e}"),
             });
         }
         let config = ScorerConfig {
