@@ -318,6 +318,65 @@ async fn tasks_queued_behind_a_busy_pool_wait_their_turn_past_its_acquire_timeou
     h.runtime.shutdown().await;
 }
 
+#[tokio::test]
+async fn unknown_tools_and_pools_are_refused_before_anything_runs() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "typos"
+[[task]]
+id = "first"
+tool = "fn.echo"
+args = { label = "first" }
+[[task]]
+id = "second"
+tool = "fn.ecko"
+deps = ["first"]
+args = { label = "second" }
+compensate = { tool = "nowhere.undo", args = {} }
+"#;
+    let error = h.runtime.run(plan(text), options()).await.unwrap_err();
+    let AgentError::Plan(plan_error) = &error else {
+        panic!("not a plan error: {error}");
+    };
+    let lines = plan_error.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0]
+            .starts_with("test.toml:9:8: task \"second\" tool: pool \"fn\" has no tool \"ecko\"")
+            && lines[0].contains("echo"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("task \"second\" compensate.tool: unknown pool \"nowhere\""),
+        "{lines:?}"
+    );
+    // Nothing ran, not even the task whose tool exists.
+    assert!(h.calls.lock().is_empty());
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_run_cancelled_before_it_starts_runs_nothing_and_reports_cancelled() {
+    let h = harness(|_| {}).await;
+    // As `tetrarch run` does on a Ctrl-C while the plan's pools are still starting.
+    h.runtime.cancel("early").await.unwrap();
+    let run = RunOptions {
+        run_id: Some("early".to_owned()),
+        ..options()
+    };
+    let report = h.runtime.run(plan(DIAMOND), run).await.unwrap();
+    assert_eq!(report.status, RunStatus::Cancelled);
+    assert!(
+        report.tasks.iter().all(|t| t.state == TaskState::Skipped),
+        "{report:?}"
+    );
+    assert!(h.calls.lock().is_empty());
+    // Another run is not affected.
+    let report = h.runtime.run(plan(DIAMOND), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Complete);
+    h.runtime.shutdown().await;
+}
+
 const ROLLBACK: &str = r#"
 name = "rollback"
 [[task]]

@@ -1,4 +1,4 @@
-//! `tetrarch plan check` end to end.
+//! `tetrarch plan check` end to end, and `tetrarch run` refusing a bad plan before anything runs.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -88,4 +88,64 @@ fn missing_file_is_an_error_naming_it() {
         err.contains("cannot read plan tests/fixtures/plans/nope.toml"),
         "{err}"
     );
+}
+
+/// Runs `tetrarch run PLAN` headless with a fresh store in `dir`.
+fn run(dir: &std::path::Path, plan: &str) -> (i32, String) {
+    std::fs::write(dir.join("plan.toml"), plan).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.join("store.redb"))
+        .arg("run")
+        .arg(dir.join("plan.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_refuses_a_plan_that_is_not_toml_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(dir.path(), "name = \"x\"\n[[task]]\nid = \"a\"\ntool = \n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("plan.toml:4:"), "{err}");
+    assert!(err.contains("nothing ran"), "{err}");
+}
+
+#[test]
+fn run_refuses_a_tool_its_pool_does_not_have_before_any_task_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(touch *)"]}}"#,
+    )
+    .unwrap();
+    // `mark` could run (its pool takes any tool name and the rules allow it), but the plan
+    // also names a scorer tool that does not exist, so nothing may run.
+    let plan = r#"
+name = "typo"
+permissions = "settings.json"
+[pools.sh]
+kind = "process"
+command = ["touch"]
+[[task]]
+id = "mark"
+tool = "sh.touch"
+args = { argv = ["marker"] }
+[[task]]
+id = "score"
+tool = "scorer.flipp"
+deps = ["mark"]
+args = {}
+"#;
+    let (code, err) = run(dir.path(), plan);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("task \"score\" tool: pool \"scorer\" has no tool \"flipp\""),
+        "{err}"
+    );
+    assert!(!dir.path().join("marker").exists(), "a task ran");
 }

@@ -69,7 +69,13 @@ pub(crate) struct OrchestratorState {
     /// Task records changed while handling the current message, queued on the writer as one
     /// command when it is handled (one commit entry per message rather than per transition).
     unsaved: Vec<(String, Vec<u8>)>,
+    /// Runs cancelled before they started (a Ctrl-C while the plan's pools were pre-warming):
+    /// such a run is cancelled as soon as it starts. The newest [`EARLY_CANCELS`] are kept.
+    early_cancels: VecDeque<String>,
 }
+
+/// How many cancels of runs not started yet are remembered.
+const EARLY_CANCELS: usize = 64;
 
 struct Slot {
     state: TaskState,
@@ -416,6 +422,11 @@ impl OrchestratorState {
         run.replies.extend(reply.take());
         let id = Arc::clone(&run.id);
         self.runs.insert(Arc::clone(&id), run);
+        if let Some(at) = self.early_cancels.iter().position(|c| **c == *id) {
+            self.early_cancels.remove(at);
+            self.cancel(&id).await;
+            return Ok(());
+        }
         self.pump(&id).await;
         Ok(())
     }
@@ -803,6 +814,13 @@ impl OrchestratorState {
 
     async fn cancel(&mut self, run_id: &str) {
         let Some(run) = self.runs.get_mut(run_id) else {
+            // Not started yet: remembered, so it is cancelled when it starts.
+            if !self.early_cancels.iter().any(|c| c == run_id) {
+                if self.early_cancels.len() == EARLY_CANCELS {
+                    self.early_cancels.pop_front();
+                }
+                self.early_cancels.push_back(run_id.to_owned());
+            }
             return;
         };
         if run.cancelled || run.phase != Phase::Running {
@@ -1003,6 +1021,7 @@ impl Actor for Orchestrator {
             args,
             runs: HashMap::new(),
             unsaved: Vec::new(),
+            early_cancels: VecDeque::new(),
         })
     }
 

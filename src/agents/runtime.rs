@@ -18,7 +18,7 @@ use super::supervisor::{Fatal, RestartCounters, Supervisor, SupervisorArgs, Supe
 use super::{ActorsConfig, AgentError, AgentKind, RunReport, RunStatus};
 use crate::lessons::Lessons;
 use crate::permissions::{ApprovalHandler, DenyAll, PermissionEngine};
-use crate::plan::{Plan, StaticCatalog};
+use crate::plan::{Diagnostic, Plan, PlanError, StaticCatalog};
 use crate::session::{NativeRegistry, Pool, PoolContext, PoolDef, PoolKind, PoolStats};
 use crate::store::{CacheStats, CacheTtls, ContextCache, Namespace, Store};
 
@@ -281,8 +281,14 @@ impl Runtime {
 
     /// Runs `plan` to its end and reports it. If the Orchestrator dies during the run, the run
     /// is resumed in its successor from the store (completed tasks are kept).
+    ///
+    /// Before anything runs, every task's tool (and its compensation's) is checked against the
+    /// tools its pool's sessions answer to (an MCP server's list, the native registry, the
+    /// scorer's metrics; a `process` pool takes any name): a plan naming a tool or pool that is
+    /// not there fails with [`AgentError::Plan`], naming each, and nothing runs.
     pub async fn run(&self, plan: Plan, options: RunOptions) -> Result<RunReport, AgentError> {
         self.add_pools(&plan.pools, &options.base_dir).await?;
+        self.check_tools(&plan).await?;
         let mut spec = RunSpec {
             run_id: options
                 .run_id
@@ -324,6 +330,57 @@ impl Runtime {
         }
     }
 
+    /// See [`Runtime::run`]: every call the plan makes names a pool and a tool that exist.
+    async fn check_tools(&self, plan: &Plan) -> Result<(), AgentError> {
+        let mut tools_of: HashMap<&str, Option<Vec<String>>> = HashMap::new();
+        let mut diagnostics = Vec::new();
+        for task in &plan.tasks {
+            let compensation = task
+                .compensate
+                .as_ref()
+                .map(|c| (&c.tool, c.tool_location, "compensate.tool"));
+            let calls =
+                std::iter::once((&task.tool, task.tool_location, "tool")).chain(compensation);
+            for (tool, location, what) in calls {
+                if !tools_of.contains_key(tool.pool.as_str()) {
+                    let Some((pool, _)) = self.pools.get(&tool.pool) else {
+                        diagnostics.push(Diagnostic {
+                            location,
+                            message: format!(
+                                "task {:?} {what}: unknown pool {:?}",
+                                task.id.as_str(),
+                                tool.pool
+                            ),
+                        });
+                        continue;
+                    };
+                    tools_of.insert(tool.pool.as_str(), pool.tools().await?);
+                }
+                if let Some(Some(names)) = tools_of.get(tool.pool.as_str())
+                    && !names.contains(&tool.tool)
+                {
+                    diagnostics.push(Diagnostic {
+                        location,
+                        message: format!(
+                            "task {:?} {what}: pool {:?} has no tool {:?} (its tools: {})",
+                            task.id.as_str(),
+                            tool.pool,
+                            tool.tool,
+                            names.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        if diagnostics.is_empty() {
+            return Ok(());
+        }
+        Err(AgentError::Plan(PlanError {
+            source_name: plan.source_name.clone(),
+            diagnostics,
+        }))
+    }
+
     fn check_alive(&self) -> Result<(), AgentError> {
         if let Some(fatal) = self.fatal.borrow().as_ref() {
             return Err(fatal.error());
@@ -350,7 +407,8 @@ impl Runtime {
     }
 
     /// Cancels a run: its calls in flight are stopped, its completed tasks' compensations run,
-    /// and [`Runtime::run`] returns a report with status `cancelled`.
+    /// and [`Runtime::run`] returns a report with status `cancelled`. A run that has not started
+    /// yet (its plan's pools still starting) is cancelled as soon as it starts, before any task.
     pub async fn cancel(&self, run_id: &str) -> Result<(), AgentError> {
         self.peers
             .orchestrator

@@ -167,7 +167,12 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     )
     .await;
     let events = runtime.subscribe();
-    let printer = tokio::spawn(print_events(events, args.events, plan.tasks.len()));
+    let mut printer = tokio::spawn(print_events(
+        events,
+        args.events,
+        plan.tasks.len(),
+        run_id.clone(),
+    ));
     let options = RunOptions {
         base_dir,
         source,
@@ -197,15 +202,23 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
             }
         }
     };
-    // Let the printer drain the last events.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    printer.abort();
+    // The printer stops after the run's `run_finished` event, the last one it emits: wait for
+    // it to print everything queued before that, rather than cutting the stream. A run that
+    // ended in an error emits none, so then only a moment is given.
+    let drain = if outcome.is_ok() {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_millis(20)
+    };
+    if tokio::time::timeout(drain, &mut printer).await.is_err() {
+        printer.abort();
+    }
     if let Some(live) = live {
         live.shutdown().await;
     }
     runtime.shutdown().await;
     let report = outcome?;
-    print_report(&report, human);
+    print_report(&report);
     Ok(if report.status == RunStatus::Complete {
         ExitCode::SUCCESS
     } else {
@@ -289,6 +302,7 @@ async fn print_events(
     mut events: broadcast::Receiver<RunEvent>,
     format: EventsFormat,
     tasks: usize,
+    run_id: String,
 ) {
     let bar = (format == EventsFormat::Human && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(u64::try_from(tasks).unwrap_or(u64::MAX));
@@ -310,9 +324,13 @@ async fn print_events(
             }
             Err(broadcast::error::RecvError::Closed) => break,
         };
+        let last = matches!(&event, RunEvent::RunFinished { run_id: id, .. } if *id == run_id);
         if format == EventsFormat::Json {
             if let Ok(line) = serde_json::to_string(&event) {
                 println!("{line}");
+            }
+            if last {
+                break;
             }
             continue;
         }
@@ -338,16 +356,18 @@ async fn print_events(
                 None => eprintln!("{line}"),
             }
         }
+        if last {
+            break;
+        }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
 }
 
-fn print_report(report: &RunReport, human: bool) {
-    if !human {
-        return;
-    }
+/// The run's outcome on stderr, with each problem's reason (also with `--events json`, whose
+/// stdout stays one JSON event per line).
+fn print_report(report: &RunReport) {
     let complete = report
         .tasks
         .iter()

@@ -280,6 +280,10 @@ impl Session for McpSession {
         })
     }
 
+    fn tools(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>, SessionError>> {
+        Box::pin(async move { self.tool_names().await.map(Some) })
+    }
+
     fn is_open(&self) -> bool {
         !self.service.is_closed() && !self.service.is_transport_closed()
     }

@@ -130,6 +130,13 @@ pub trait Session: Send {
         Box::pin(async { Ok(()) })
     }
 
+    /// The tool names this session answers to, when it can tell; `None` when any name is
+    /// accepted (a `process` session, whose tool name is only a label). The runtime checks a
+    /// plan's tools against this before the run starts.
+    fn tools(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>, SessionError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// A cheap check without I/O: `false` once the session is known to be dead.
     fn is_open(&self) -> bool {
         true

@@ -70,6 +70,11 @@ impl NativeSession {
 }
 
 impl Session for NativeSession {
+    fn tools(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>, SessionError>> {
+        let names = self.registry.names();
+        Box::pin(async move { Ok(Some(names)) })
+    }
+
     fn call(&mut self, request: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
         let registry = Arc::clone(&self.registry);
         Box::pin(async move {

@@ -110,6 +110,8 @@ struct Shared {
     acquired: AtomicU64,
     created: AtomicU64,
     discarded: AtomicU64,
+    /// The sessions' tool names, asked once (see [`Pool::tools`]).
+    tools: tokio::sync::OnceCell<Option<Vec<String>>>,
 }
 
 impl Shared {
@@ -251,6 +253,7 @@ impl Pool {
             acquired: AtomicU64::new(0),
             created: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
+            tools: tokio::sync::OnceCell::new(),
             config,
         });
         let starts = (0..shared.config.min_idle).map(|_| shared.create());
@@ -289,7 +292,7 @@ impl Pool {
     /// handed out when there is one (dead ones are discarded on the way); otherwise a new one is
     /// started for the caller.
     pub async fn acquire(&self) -> Result<PooledSession, SessionError> {
-        self.acquire_within(Some(self.shared.config.acquire_timeout))
+        self.acquire_within(Some(self.shared.config.acquire_timeout), true)
             .await
     }
 
@@ -299,12 +302,15 @@ impl Pool {
     /// others. Each call holding a session has its own timeout, so the wait ends; closing the
     /// pool ends it too. Starting a new session is still bounded by the pool's start timeout.
     pub async fn acquire_queued(&self) -> Result<PooledSession, SessionError> {
-        self.acquire_within(None).await
+        self.acquire_within(None, true).await
     }
 
+    /// `counted`: whether this acquire is one of the pool's statistics (`acquired`, the waits);
+    /// the pool's own questions to a session (its tool list) are not.
     async fn acquire_within(
         &self,
         timeout: Option<Duration>,
+        counted: bool,
     ) -> Result<PooledSession, SessionError> {
         let shared = &self.shared;
         let pool_name = || shared.config.name.clone();
@@ -330,14 +336,16 @@ impl Pool {
             }
         };
         let waited = started.elapsed();
-        shared.wait_nanos.fetch_add(
-            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::SeqCst,
-        );
-        // Every acquire is one sample (a no-op until the telemetry module installs a recorder),
-        // so the distribution shows how often callers wait, not only the total.
-        metrics::histogram!("tetrarch_pool_wait_seconds", "pool" => shared.config.name.clone())
-            .record(waited.as_secs_f64());
+        if counted {
+            shared.wait_nanos.fetch_add(
+                u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+                Ordering::SeqCst,
+            );
+            // Every acquire is one sample (a no-op until the telemetry module installs a
+            // recorder), so the distribution shows how often callers wait, not only the total.
+            metrics::histogram!("tetrarch_pool_wait_seconds", "pool" => shared.config.name.clone())
+                .record(waited.as_secs_f64());
+        }
         let permit = match permit {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(SessionError::PoolClosed { pool: pool_name() }),
@@ -358,7 +366,9 @@ impl Pool {
             }
         };
         shared.in_use.fetch_add(1, Ordering::SeqCst);
-        shared.acquired.fetch_add(1, Ordering::SeqCst);
+        if counted {
+            shared.acquired.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(PooledSession {
             session: Some(session),
             shared: Arc::clone(shared),
@@ -366,6 +376,17 @@ impl Pool {
             in_call: false,
             _permit: permit,
         })
+    }
+
+    /// The tool names the pool's sessions answer to (`None`: any name), asked of one session
+    /// the first time and remembered for the pool's life: a tool server's list is fixed while
+    /// it runs, and later runs then check their plans without waiting for a free session.
+    pub async fn tools(&self) -> Result<Option<Vec<String>>, SessionError> {
+        self.shared
+            .tools
+            .get_or_try_init(|| async { self.acquire_within(None, false).await?.tools().await })
+            .await
+            .cloned()
     }
 
     /// Runs [`Session::warm_up`] on each session idle now, taken straight from the idle list
@@ -485,6 +506,20 @@ impl PooledSession {
         self.checked(|session| session.health_check()).await
     }
 
+    /// The session's tool names ([`Session::tools`]); a failure marks it broken.
+    pub async fn tools(&mut self) -> Result<Option<Vec<String>>, SessionError> {
+        let Some(session) = self.session.as_mut() else {
+            return Err(SessionError::Closed {
+                detail: "pooled session already returned".to_owned(),
+            });
+        };
+        let result = session.tools().await;
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
     /// Warms the session up once more ([`Session::warm_up`]); a failure marks it broken.
     pub async fn warm_up(&mut self) -> Result<(), SessionError> {
         self.checked(|session| session.warm_up()).await
@@ -525,6 +560,10 @@ impl Session for PooledSession {
 
     fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
         Box::pin(PooledSession::health_check(self))
+    }
+
+    fn tools(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>, SessionError>> {
+        Box::pin(PooledSession::tools(self))
     }
 
     fn is_open(&self) -> bool {

@@ -231,6 +231,9 @@ fn required_path(request: &ToolRequest, name: &str) -> Result<String, SessionErr
     })
 }
 
+/// The scorer's tool names: one per metric, and `ms-ssim` for `msssim`.
+const SCORER_TOOLS: [&str; 6] = ["flip", "hdr-flip", "ssim", "msssim", "ms-ssim", "psnr"];
+
 /// The metric a tool name asks for.
 fn parse_metric(tool: &str) -> Result<Metric, SessionError> {
     Ok(match tool {
@@ -362,6 +365,10 @@ impl Session for ScorerSession {
 
     fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    fn tools(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>, SessionError>> {
+        Box::pin(async { Ok(Some(SCORER_TOOLS.map(str::to_owned).to_vec())) })
     }
 }
 
