@@ -92,6 +92,60 @@ fn context_files_are_validated_with_the_plan() {
     assert_eq!(files, ["docs/a.md", "/abs/b.md"]);
 }
 
+#[tokio::test]
+async fn the_runs_recent_memories_are_context_candidates_beside_the_search_hits() {
+    // With no search hits allowed, a memory of the run reaches a task's context only as one
+    // of the run's recent memories.
+    for recent in [0, 5] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+        let mut actors = ActorsConfig::embedded().unwrap();
+        actors.optimizer.memories = 0;
+        actors.optimizer.recent = recent;
+        actors.executor.pools.remove("scorer");
+        let mut pool = PoolDef::new(PoolKind::Native);
+        pool.max_size = 4;
+        actors.executor.pools.insert("fn".to_owned(), pool);
+        let mut runtime_options = RuntimeOptions::new(store.clone(), actors);
+        let mut natives = NativeRegistry::new();
+        natives.register("echo", |args: Value| async move { Ok(args) });
+        runtime_options.natives = natives;
+        let runtime = Runtime::start(runtime_options).await.unwrap();
+        let run_id = "recent-memories";
+        store
+            .store(tetrarch::store::NewMemory::new(
+                Namespace::session("run", run_id).unwrap(),
+                "the lantern brightness was too low at exposure 2",
+            ))
+            .await
+            .unwrap();
+        let plan = Plan::from_toml(
+            r#"
+name = "recent"
+[[task]]
+id = "relight"
+tool = "fn.echo"
+args = { notes = "{{context}}", topic = "lantern brightness" }
+"#,
+            "plan.toml",
+        )
+        .unwrap();
+        let run = RunOptions {
+            run_id: Some(run_id.to_owned()),
+            ..options(dir.path())
+        };
+        let report = runtime.run(plan, run).await.unwrap();
+        assert_eq!(report.status, RunStatus::Complete);
+        let context = notes(&report, "relight");
+        assert_eq!(
+            context.contains("lantern brightness was too low"),
+            recent > 0,
+            "recent = {recent}: {context}"
+        );
+        runtime.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_reads_the_files_it_names_through_context_and_a_missing_one_is_skipped() {
     let dir = tempfile::tempdir().unwrap();

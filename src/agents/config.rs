@@ -99,6 +99,9 @@ pub struct OptimizerConfig {
     /// Memories (of the run and global) offered to the context optimizer per task.
     #[serde(default = "default_memories")]
     pub memories: usize,
+    /// The run's most recent memories offered too, beside the search hits.
+    #[serde(default = "default_recent")]
+    pub recent: usize,
     /// Token budget, category shares, skills folder, monitor threshold (`[context]`).
     #[serde(default)]
     pub context: crate::context::ContextConfig,
@@ -106,6 +109,10 @@ pub struct OptimizerConfig {
 
 fn default_memories() -> usize {
     40
+}
+
+fn default_recent() -> usize {
+    10
 }
 
 /// `actors/executor.toml`.

@@ -2,7 +2,9 @@
 //!
 //! For a task whose args use `{{context}}`, it asks the [`ContextOptimizer`] for a payload: the
 //! outputs of the task's direct dependencies (critical), the store's memories most relevant to the
-//! task (the run's namespace and `global`), the configured skill documents and the project files
+//! task (the run's namespace and `global`) and the run's most recent memories (`recent`; ranked
+//! like the rest, so they too must pass the relevance cut-off), the configured skill documents
+//! and the project files
 //! the task names (`context_files`, relative to the plan's folder), ranked and packed into
 //! the token budget of `actors/optimizer.toml`. Each task attempt is a context session
 //! (`RUN/TASK`), so a second attempt receives only what changed plus references to what it already
@@ -91,24 +93,32 @@ fn start_context(args: &OptimizerArgs) -> Option<Arc<ContextOptimizer>> {
     }
 }
 
+/// The memory candidates of a task: the store's best matches for it in the run's namespace and
+/// the global one, and the run's most recent memories (each memory once).
 fn memories(args: &OptimizerArgs, attempt: &Attempt, query: &str) -> Vec<Candidate> {
     let now = Timestamp::now();
+    let run = run_namespace(&attempt.run_id);
+    let mut seen = std::collections::HashSet::new();
     let mut found = Vec::new();
-    for namespace in [run_namespace(&attempt.run_id), Some(Namespace::Global)]
-        .into_iter()
-        .flatten()
-    {
+    let mut offer = |memory: &crate::store::Memory| {
+        if seen.insert(memory.id) {
+            found.push(Candidate::from_memory(memory, now));
+        }
+    };
+    for namespace in [run.clone(), Some(Namespace::Global)].into_iter().flatten() {
         let options = SearchOptions {
             namespace: Some(namespace),
             limit: args.config.memories,
             ..SearchOptions::default()
         };
-        found.extend(
-            args.store
-                .search(query, &options)
-                .iter()
-                .map(|hit| Candidate::from_memory(&hit.memory, now)),
-        );
+        for hit in args.store.search(query, &options) {
+            offer(&hit.memory);
+        }
+    }
+    if let Some(run) = &run {
+        for memory in args.store.list_recent(Some(run), args.config.recent) {
+            offer(&memory);
+        }
     }
     found
 }
