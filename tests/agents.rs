@@ -430,6 +430,67 @@ async fn a_failure_skips_dependents_and_compensates_in_reverse_order() {
 }
 
 #[tokio::test]
+async fn an_orchestrator_panic_during_a_rollback_finishes_the_rollback_and_runs_no_task_again() {
+    let h = harness(|_| {}).await;
+    // `publish` fails once only: were the resumed run to dispatch it again, it would pass and
+    // the run would end COMPLETE after half a rollback.
+    let text = r#"
+name = "rollback-resume"
+[[task]]
+id = "create"
+tool = "fn.echo"
+args = { label = "create" }
+compensate = { tool = "fn.echo", args = { label = "undo-create", sleep_ms = 300 } }
+[[task]]
+id = "publish"
+tool = "fn.flaky"
+deps = ["create"]
+args = { label = "publish", fail_times = 1 }
+[[task]]
+id = "announce"
+tool = "fn.echo"
+deps = ["publish"]
+args = { label = "announce" }
+"#;
+    let runtime = &h.runtime;
+    let calls = Arc::clone(&h.calls);
+    let run = runtime.run(plan(text), options());
+    let crash = async {
+        // Crash the Orchestrator while the compensation is in flight.
+        while !calls.lock().iter().any(|(l, _)| l == "undo-create") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        runtime.inject_fault(AgentKind::Orchestrator).unwrap();
+    };
+    let (report, ()) = tokio::join!(run, crash);
+    let report = report.unwrap();
+    assert_eq!(report.status, RunStatus::Failed, "{:?}", report.problems());
+    assert_eq!(runtime.restarts(AgentKind::Orchestrator), 1);
+    assert_eq!(report.task("publish").unwrap().state, TaskState::Failed);
+    assert!(
+        report
+            .task("publish")
+            .unwrap()
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("transient failure 1"),
+        "{:?}",
+        report.task("publish")
+    );
+    assert_eq!(report.task("announce").unwrap().state, TaskState::Skipped);
+    assert_eq!(report.task("create").unwrap().state, TaskState::Compensated);
+    let counts = calls_per_label(&h.calls);
+    assert_eq!(counts.get("create"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("publish"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("announce"), None, "{counts:?}");
+    // The compensation in flight at the crash runs again in the resumed rollback
+    // (at-least-once, like any attempt in flight).
+    assert_eq!(counts.get("undo-create"), Some(&2), "{counts:?}");
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
 async fn cancelling_stops_calls_in_flight_and_compensates() {
     let h = harness(|_| {}).await;
     let text = r#"

@@ -82,6 +82,8 @@ fn ctrl_c_cancels_compensates_and_saves_the_run() {
     let runs = saved_runs(&store).unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, RunStatus::Cancelled);
+    // The plan is kept with the run as written.
+    assert_eq!(runs[0].plan_text.as_deref(), Some(PLAN));
     let state = |id: &str| runs[0].tasks.iter().find(|(t, _)| t == id).unwrap().1;
     assert_eq!(state("quick"), TaskState::Compensated);
     assert_eq!(state("slow"), TaskState::Cancelled);

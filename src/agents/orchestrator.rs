@@ -33,8 +33,8 @@ use super::pipeline::{
 };
 use super::runtime::RunSpec;
 use super::state::{
-    CompensationReport, RunRecordV1, RunReport, RunStatus, TaskRecordV1, TaskReport, TaskState,
-    encode_run, encode_task, load_tasks, run_key, task_key,
+    CompensationReport, RunRecord, RunReport, RunStatus, Stopping, TaskRecordV1, TaskReport,
+    TaskState, encode_run, encode_task, load_run, load_tasks, run_key, task_key,
 };
 use crate::lessons::{Failure, Lessons};
 use crate::permissions::PermissionEngine;
@@ -109,7 +109,7 @@ struct RunState {
     plan_name: Arc<str>,
     base_dir: Arc<PathBuf>,
     permissions: Option<Arc<PermissionEngine>>,
-    record: RunRecordV1,
+    record: RunRecord,
     slots: Vec<Slot>,
     index: HashMap<String, usize>,
     dependents: Vec<Vec<usize>>,
@@ -160,7 +160,7 @@ fn referenced_tasks(task: &Task) -> (HashSet<String>, bool) {
 }
 
 impl RunState {
-    fn new(spec: &RunSpec, record: RunRecordV1) -> Self {
+    fn new(spec: &RunSpec, record: RunRecord) -> Self {
         let plan = Arc::clone(&spec.plan);
         let tasks = &plan.tasks;
         let index: HashMap<String, usize> = tasks
@@ -338,12 +338,14 @@ impl OrchestratorState {
             run.replies.extend(reply.take());
             return Ok(());
         }
-        let record = RunRecordV1 {
+        let record = RunRecord {
             plan_name: spec.plan.name.clone(),
             plan_hash: spec.plan_hash.clone(),
             source: spec.source.clone(),
             status: RunStatus::Running,
             started_ms: crate::store::Timestamp::now().as_millis(),
+            plan_text: spec.plan_text.clone(),
+            stopping: None,
         };
         let mut run = RunState::new(&spec, record);
         let mut already_complete = 0;
@@ -354,8 +356,19 @@ impl OrchestratorState {
                 .sync()
                 .await
                 .map_err(|e| format!("store: {e}"))?;
+            if let Some(saved) =
+                load_run(&self.args.store, &spec.run_id).map_err(|e| format!("store: {e}"))?
+            {
+                run.record.started_ms = saved.started_ms;
+                run.record.plan_text = run.record.plan_text.take().or(saved.plan_text);
+                run.record.stopping = saved.stopping;
+            }
             let saved =
                 load_tasks(&self.args.store, &spec.run_id).map_err(|e| format!("store: {e}"))?;
+            // A run that was rolling back keeps every final state it reached (failed,
+            // skipped, undone...) and only finishes its rollback; otherwise only COMPLETE
+            // tasks are kept and everything else runs again.
+            let rolling_back = run.record.stopping.is_some();
             for (id, record) in saved {
                 let Some(&i) = run.index.get(&id) else {
                     continue;
@@ -364,14 +377,31 @@ impl OrchestratorState {
                 slot.attempt = record.attempt.max(1);
                 slot.retries = record.retries;
                 slot.feedback = record.feedback;
-                if record.state == TaskState::Complete {
-                    slot.state = TaskState::Complete;
-                    slot.output = record
-                        .output_json
-                        .as_deref()
-                        .and_then(|j| serde_json::from_str(j).ok());
-                    already_complete += 1;
+                match record.state {
+                    TaskState::Complete => {
+                        slot.state = TaskState::Complete;
+                        slot.output = record
+                            .output_json
+                            .as_deref()
+                            .and_then(|j| serde_json::from_str(j).ok());
+                        already_complete += 1;
+                    }
+                    TaskState::Failed
+                    | TaskState::Skipped
+                    | TaskState::Cancelled
+                    | TaskState::Compensated
+                        if rolling_back =>
+                    {
+                        slot.state = record.state;
+                        slot.reason = record.reason;
+                    }
+                    _ => {}
                 }
+            }
+            match &run.record.stopping {
+                Some(Stopping::Failed(reason)) => run.failure = Some(reason.clone()),
+                Some(Stopping::Cancelled) => run.cancelled = true,
+                None => {}
             }
             for i in 0..run.plan.tasks.len() {
                 if run.slots[i].state == TaskState::Complete {
@@ -392,7 +422,8 @@ impl OrchestratorState {
             encode_run(&run.record).map_err(|e| e.to_string())?,
         ));
         for i in 0..run.plan.tasks.len() {
-            if run.slots[i].state != TaskState::Complete {
+            // Tasks a resume kept (complete, or final in a rollback) keep their records.
+            if run.slots[i].state == TaskState::Pending {
                 records.push((
                     task_key(&spec.run_id, run.plan.tasks[i].id.as_str()),
                     encode_task(&run.task_record(i)).map_err(|e| e.to_string())?,
@@ -407,8 +438,9 @@ impl OrchestratorState {
                 .queue_run_records(records)
                 .map_err(|e| format!("store: {e}"))?,
         );
+        let rolling_back = run.failure.is_some() || run.cancelled;
         for i in 0..run.plan.tasks.len() {
-            if run.slots[i].state == TaskState::Pending && run.waiting_on[i] == 0 {
+            if !rolling_back && run.slots[i].state == TaskState::Pending && run.waiting_on[i] == 0 {
                 run.ready.push_back(i);
             }
         }
@@ -427,8 +459,21 @@ impl OrchestratorState {
             self.cancel(&id).await;
             return Ok(());
         }
+        // A resumed rollback dispatches nothing: it goes on to the compensations.
         self.pump(&id).await;
         Ok(())
+    }
+
+    /// Records the run's own record for [`Self::flush`] (with the task records of the same
+    /// message, in one commit).
+    fn persist_run(&mut self, run_id: &Arc<str>) {
+        let Some(run) = self.runs.get(run_id) else {
+            return;
+        };
+        match encode_run(&run.record) {
+            Ok(bytes) => self.unsaved.push((run_key(&run.id), bytes)),
+            Err(e) => tracing::error!("orchestrator: could not encode a run state: {e}"),
+        }
     }
 
     /// Dispatches ready tasks up to the in-flight limit, then ends the run if nothing is left.
@@ -535,8 +580,11 @@ impl OrchestratorState {
         run.slots[i].state = TaskState::Failed;
         run.slots[i].reason = Some(reason.clone());
         let id = run.plan.tasks[i].id.as_str().to_owned();
-        if run.failure.is_none() {
-            run.failure = Some(format!("task {id} failed: {reason}"));
+        let first_failure = run.failure.is_none();
+        if first_failure {
+            let failure = format!("task {id} failed: {reason}");
+            run.record.stopping = Some(Stopping::Failed(failure.clone()));
+            run.failure = Some(failure);
         }
         let skipped = run.plan.dag().dependents_transitive(&id);
         let mut changed = vec![i];
@@ -548,6 +596,9 @@ impl OrchestratorState {
                 run.slots[d].reason = Some(format!("dependency {id} failed"));
                 changed.push(d);
             }
+        }
+        if first_failure {
+            self.persist_run(run_id);
         }
         for i in changed {
             self.persist(run_id, i);
@@ -827,6 +878,7 @@ impl OrchestratorState {
             return;
         }
         run.cancelled = true;
+        run.record.stopping = Some(Stopping::Cancelled);
         let id = Arc::clone(&run.id);
         let mut changed = Vec::new();
         for (i, slot) in run.slots.iter_mut().enumerate() {
@@ -842,6 +894,7 @@ impl OrchestratorState {
             .peers
             .executor
             .send_control(ExecutorMsg::CancelRun(Arc::clone(&id)));
+        self.persist_run(&id);
         for i in changed {
             self.persist(&id, i);
             self.task_event(&self.runs[&id], i);

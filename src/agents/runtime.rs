@@ -87,6 +87,7 @@ pub(crate) struct RunSpec {
     pub base_dir: PathBuf,
     pub resume: bool,
     pub permissions: Option<Arc<PermissionEngine>>,
+    pub plan_text: Option<String>,
 }
 
 /// How to start the runtime.
@@ -131,6 +132,9 @@ pub struct RunOptions {
     /// (native tools and scorers are in-process and exempt). `None`: no rule allows anything,
     /// so each call goes to the approval handler (denied when headless).
     pub permissions: Option<Arc<PermissionEngine>>,
+    /// The plan as written, kept with the run in the store (`tetrarch dashboard --run` shows a
+    /// finished run's DAG from it even when the file has moved).
+    pub plan_text: Option<String>,
 }
 
 /// A stable hash of a plan's text: runs of the same text can be resumed.
@@ -299,6 +303,7 @@ impl Runtime {
             base_dir: options.base_dir,
             resume: options.resume,
             permissions: options.permissions,
+            plan_text: options.plan_text,
         };
         loop {
             self.check_alive()?;

@@ -132,16 +132,55 @@ impl RunReport {
 #[derive(Serialize, Deserialize)]
 enum StoredRun {
     V1(RunRecordV1),
+    V2(RunRecord),
+}
+
+/// A run as the first version persisted it (read from older stores only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct RunRecordV1 {
+    plan_name: String,
+    plan_hash: String,
+    source: String,
+    status: RunStatus,
+    started_ms: i64,
+}
+
+/// Why a run stopped dispatching before its end: it is rolling back, or rolled back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) enum Stopping {
+    /// A task failed for good (the run's failure).
+    Failed(String),
+    /// The run was cancelled.
+    Cancelled,
 }
 
 /// A run as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct RunRecordV1 {
+pub(crate) struct RunRecord {
     pub plan_name: String,
     pub plan_hash: String,
     pub source: String,
     pub status: RunStatus,
     pub started_ms: i64,
+    /// The plan as written, when the caller gave it ([`super::RunOptions::plan_text`]).
+    pub plan_text: Option<String>,
+    /// Set, in the same commit as the failing task's record (or on a cancel), when the run
+    /// starts rolling back: a resume then finishes the rollback instead of running tasks again.
+    pub stopping: Option<Stopping>,
+}
+
+impl From<RunRecordV1> for RunRecord {
+    fn from(old: RunRecordV1) -> Self {
+        RunRecord {
+            plan_name: old.plan_name,
+            plan_hash: old.plan_hash,
+            source: old.source,
+            status: old.status,
+            started_ms: old.started_ms,
+            plan_text: None,
+            stopping: None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -172,8 +211,16 @@ fn codec_error(what: &str, e: postcard::Error) -> StoreError {
     StoreError::Codec(format!("{what}: {e}"))
 }
 
-pub(crate) fn encode_run(record: &RunRecordV1) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(&StoredRun::V1(record.clone())).map_err(|e| codec_error("encode run", e))
+pub(crate) fn encode_run(record: &RunRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(&StoredRun::V2(record.clone())).map_err(|e| codec_error("encode run", e))
+}
+
+fn decode_run(id: &str, bytes: &[u8]) -> Result<RunRecord, StoreError> {
+    match postcard::from_bytes::<StoredRun>(bytes) {
+        Ok(StoredRun::V1(old)) => Ok(old.into()),
+        Ok(StoredRun::V2(record)) => Ok(record),
+        Err(e) => Err(codec_error(&format!("decode run {id}"), e)),
+    }
 }
 
 pub(crate) fn encode_task(record: &TaskRecordV1) -> Result<Vec<u8>, StoreError> {
@@ -181,18 +228,27 @@ pub(crate) fn encode_task(record: &TaskRecordV1) -> Result<Vec<u8>, StoreError> 
 }
 
 /// Every run in the store, `(run id, record)`, oldest first (ids sort by time).
-pub(crate) fn load_runs(store: &Store) -> Result<Vec<(String, RunRecordV1)>, StoreError> {
+pub(crate) fn load_runs(store: &Store) -> Result<Vec<(String, RunRecord)>, StoreError> {
     store
         .run_records("run:")?
         .into_iter()
         .map(|(key, bytes)| {
             let id = key.trim_start_matches("run:").to_owned();
-            match postcard::from_bytes::<StoredRun>(&bytes) {
-                Ok(StoredRun::V1(record)) => Ok((id, record)),
-                Err(e) => Err(codec_error(&format!("decode run {id}"), e)),
-            }
+            let record = decode_run(&id, &bytes)?;
+            Ok((id, record))
         })
         .collect()
+}
+
+/// One run's record, if the store holds it.
+pub(crate) fn load_run(store: &Store, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+    let key = run_key(run_id);
+    store
+        .run_records(&key)?
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, bytes)| decode_run(run_id, &bytes))
+        .transpose()
 }
 
 /// The persisted tasks of a run, by task id.
@@ -230,6 +286,8 @@ pub struct SavedRun {
     pub status: RunStatus,
     /// Each saved task and its state, by task id.
     pub tasks: Vec<(String, TaskState)>,
+    /// The plan as written, when the run was started with it (`tetrarch run` always is).
+    pub plan_text: Option<String>,
 }
 
 /// Every run in the store, oldest first, with its tasks' states.
@@ -246,6 +304,7 @@ pub fn saved_runs(store: &Store) -> Result<Vec<SavedRun>, StoreError> {
                 source: record.source,
                 status: record.status,
                 tasks,
+                plan_text: record.plan_text,
                 run_id,
             })
         })
@@ -259,4 +318,37 @@ pub fn saved_output(store: &Store, run_id: &str, task: &str) -> Result<Option<Va
         .find(|(id, _)| id == task)
         .and_then(|(_, record)| record.output_json)
         .and_then(|json| serde_json::from_str(&json).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_first_version_run_record_still_reads() {
+        let old = RunRecordV1 {
+            plan_name: "p".into(),
+            plan_hash: "h".into(),
+            source: "p.toml".into(),
+            status: RunStatus::Running,
+            started_ms: 7,
+        };
+        let bytes = postcard::to_stdvec(&StoredRun::V1(old)).unwrap();
+        let read = decode_run("r", &bytes).unwrap();
+        assert_eq!(read.plan_name, "p");
+        assert_eq!(read.status, RunStatus::Running);
+        assert_eq!((read.plan_text, read.stopping), (None, None));
+        // The current version round-trips with its new fields.
+        let current = RunRecord {
+            plan_text: Some("name = \"p\"".into()),
+            stopping: Some(Stopping::Failed("task a failed: boom".into())),
+            ..read
+        };
+        assert_eq!(
+            decode_run("r", &encode_run(&current).unwrap()).unwrap(),
+            current
+        );
+        assert!(decode_run("r", &[9, 9]).is_err());
+    }
 }

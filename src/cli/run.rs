@@ -180,6 +180,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         run_id: Some(run_id.clone()),
         resume: resume.is_some(),
         permissions,
+        plan_text: Some(text),
     };
     let outcome = {
         let run = super::dashboard::drive(live.as_ref(), &runtime, runtime.run(plan, options));

@@ -270,8 +270,12 @@ impl Telemetry {
                 },
             });
         };
-        let plan = std::fs::read_to_string(&run.source)
-            .ok()
+        // The plan as the run saved it; a run saved without it (older stores, or a library
+        // caller that gave none) is read from its source path.
+        let plan = run
+            .plan_text
+            .clone()
+            .or_else(|| std::fs::read_to_string(&run.source).ok())
             .and_then(|text| Plan::from_toml(&text, &run.source).ok());
         let telemetry = Telemetry::new(metrics);
         telemetry.inner.tracker.lock().view = DashboardState::for_saved(run, plan.as_ref());
