@@ -356,6 +356,53 @@ compensate = { tool = "nowhere.undo", args = {} }
 }
 
 #[tokio::test]
+async fn runs_whose_plans_declare_a_pool_of_the_same_name_each_use_their_own() {
+    let h = harness(|_| {}).await;
+    // Each plan declares pool `own`; the second run starts while the first still needs its pool.
+    let text = |name: &str| {
+        format!(
+            r#"
+name = "{name}"
+[pools.own]
+kind = "native"
+max_size = 1
+[[task]]
+id = "first"
+tool = "own.echo"
+args = {{ label = "{name}-first", sleep_ms = 300 }}
+[[task]]
+id = "second"
+tool = "own.echo"
+deps = ["first"]
+args = {{ label = "{name}-second" }}
+"#
+        )
+    };
+    let runtime = &h.runtime;
+    let one = runtime.run(plan(&text("one")), options());
+    let two = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        runtime.run(plan(&text("two")), options()).await
+    };
+    let (one, two) = tokio::join!(one, two);
+    for report in [one.unwrap(), two.unwrap()] {
+        assert_eq!(
+            report.status,
+            RunStatus::Complete,
+            "{:?}",
+            report.problems()
+        );
+    }
+    // A run's pools close with it.
+    assert!(
+        !runtime.pool_stats().iter().any(|(name, _)| name == "own"),
+        "{:?}",
+        runtime.pool_stats()
+    );
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_run_cancelled_before_it_starts_runs_nothing_and_reports_cancelled() {
     let h = harness(|_| {}).await;
     // As `tetrarch run` does on a Ctrl-C while the plan's pools are still starting.

@@ -181,7 +181,10 @@ async fn call_pool(
     attempt: &Attempt,
     args: serde_json::Value,
 ) -> Result<ToolOutcome, SessionError> {
-    let Some((pool, def)) = shared.pools.get_with_def(&attempt.call().pool) else {
+    let Some((pool, def)) = shared
+        .pools
+        .get_with_def(&attempt.run_id, &attempt.call().pool)
+    else {
         return Err(SessionError::InvalidConfig {
             detail: format!("no pool named {:?}", attempt.call().pool),
         });

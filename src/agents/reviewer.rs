@@ -86,7 +86,7 @@ async fn score_gate(
         (Ok(r), Ok(t)) => (base_dir.join(r), base_dir.join(t)),
         (Err(e), _) | (_, Err(e)) => return fail(format!("score gate: {e}")),
     };
-    let Some((pool, timeout)) = shared.pools.get(&shared.score_pool) else {
+    let Some((pool, timeout)) = shared.pools.get(Some(&ctx.run_id), &shared.score_pool) else {
         return fail(format!(
             "score gate: no score pool {:?} is configured",
             shared.score_pool

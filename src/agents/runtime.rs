@@ -24,29 +24,70 @@ use crate::store::{CacheStats, CacheTtls, ContextCache, Namespace, Store};
 
 /// The session pools by name, with each pool's default call timeout. Shared by the Executor and
 /// the Reviewer (score gates) across their restarts.
+///
+/// Configured pools (and those added through [`Runtime::add_pools`]) are seen by every run; the
+/// pools a plan declares belong to its run alone, so two runs whose plans declare a pool of the
+/// same name each use their own, and a run's pools close when it ends.
 #[derive(Clone, Default)]
-pub(crate) struct PoolSet(Arc<RwLock<HashMap<String, PoolEntry>>>);
+pub(crate) struct PoolSet(Arc<RwLock<Pools>>);
+
+#[derive(Default)]
+struct Pools {
+    shared: HashMap<String, PoolEntry>,
+    by_run: HashMap<String, HashMap<String, PoolEntry>>,
+}
+
+impl Pools {
+    /// The run's own pool of that name, else the shared one.
+    fn find(&self, run: Option<&str>, name: &str) -> Option<&PoolEntry> {
+        run.and_then(|run| self.by_run.get(run)?.get(name))
+            .or_else(|| self.shared.get(name))
+    }
+
+    fn every(&self) -> impl Iterator<Item = (&String, &PoolEntry)> {
+        self.shared
+            .iter()
+            .chain(self.by_run.values().flat_map(|pools| pools.iter()))
+    }
+}
 
 /// A started pool and the declaration it was started from.
 type PoolEntry = (Pool, Arc<PoolDef>);
 
 impl PoolSet {
-    pub(crate) fn get(&self, name: &str) -> Option<(Pool, Duration)> {
+    /// The pool `name` as run `run` sees it (`None`: the shared pools only).
+    pub(crate) fn get(&self, run: Option<&str>, name: &str) -> Option<(Pool, Duration)> {
         self.0
             .read()
-            .get(name)
+            .find(run, name)
             .map(|(pool, def)| (pool.clone(), def.call_timeout))
     }
 
-    /// The pool and its declaration.
-    pub(crate) fn get_with_def(&self, name: &str) -> Option<(Pool, Arc<PoolDef>)> {
-        self.0.read().get(name).cloned()
+    /// The pool and its declaration, as run `run` sees it.
+    pub(crate) fn get_with_def(&self, run: &str, name: &str) -> Option<(Pool, Arc<PoolDef>)> {
+        self.0.read().find(Some(run), name).cloned()
     }
 
-    fn insert(&self, name: String, pool: Pool, def: &PoolDef) {
+    /// Adds a pool for every run (`run` is `None`) or for one run; one of the same name there
+    /// is replaced and closed.
+    fn insert(&self, run: Option<&str>, name: String, pool: Pool, def: &PoolDef) {
         let entry = (pool, Arc::new(def.clone()));
-        if let Some((old, _)) = self.0.write().insert(name, entry) {
+        let mut pools = self.0.write();
+        let into = match run {
+            Some(run) => pools.by_run.entry(run.to_owned()).or_default(),
+            None => &mut pools.shared,
+        };
+        if let Some((old, _)) = into.insert(name, entry) {
             old.close();
+        }
+    }
+
+    /// Closes and forgets the pools of a run that ended.
+    fn close_run(&self, run: &str) {
+        if let Some(pools) = self.0.write().by_run.remove(run) {
+            for (pool, _) in pools.values() {
+                pool.close();
+            }
         }
     }
 
@@ -54,8 +95,8 @@ impl PoolSet {
     fn all(&self) -> Vec<Pool> {
         self.0
             .read()
-            .values()
-            .map(|(pool, _)| pool.clone())
+            .every()
+            .map(|(_, (pool, _))| pool.clone())
             .collect()
     }
 
@@ -63,7 +104,7 @@ impl PoolSet {
         let mut all: Vec<_> = self
             .0
             .read()
-            .iter()
+            .every()
             .map(|(name, (pool, _))| (name.clone(), pool.stats()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -71,7 +112,7 @@ impl PoolSet {
     }
 
     fn close_all(&self) {
-        for (pool, _) in self.0.read().values() {
+        for (_, (pool, _)) in self.0.read().every() {
             pool.close();
         }
     }
@@ -156,8 +197,10 @@ pub struct Runtime {
     cache: ContextCache,
 }
 
+/// Starts `defs` (for every run, or for run `run` alone).
 async fn start_pools(
     pools: &PoolSet,
+    run: Option<&str>,
     defs: &BTreeMap<String, PoolDef>,
     context: &PoolContext,
 ) -> Result<(), AgentError> {
@@ -166,10 +209,16 @@ async fn start_pools(
             .map(|(name, def)| async move { (name, def, def.start(name, context).await) }),
     )
     .await;
+    let mut first_error = None;
     for (name, def, pool) in started {
-        pools.insert(name.clone(), pool?, def);
+        match pool {
+            Ok(pool) => pools.insert(run, name.clone(), pool, def),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), |e| Err(e.into()))
 }
 
 impl Runtime {
@@ -190,7 +239,7 @@ impl Runtime {
             store: Some(store.clone()),
         };
         let pools = PoolSet::default();
-        start_pools(&pools, &actors.executor.pools, &pool_context).await?;
+        start_pools(&pools, None, &actors.executor.pools, &pool_context).await?;
         let peers = Peers {
             orchestrator: Mailbox::new(AgentKind::Orchestrator, actors.orchestrator.mailbox),
             optimizer: Mailbox::new(AgentKind::Optimizer, actors.optimizer.mailbox),
@@ -248,9 +297,19 @@ impl Runtime {
         })
     }
 
-    /// Starts (pre-warms) pools a plan declares; a pool of an existing name replaces it.
+    /// Starts (pre-warms) pools every later run may use; a pool of an existing name replaces
+    /// it. (The pools a plan declares are started by [`Runtime::run`] for that run alone.)
     pub async fn add_pools(
         &self,
+        defs: &BTreeMap<String, PoolDef>,
+        base_dir: &Path,
+    ) -> Result<(), AgentError> {
+        self.start_pools_for(None, defs, base_dir).await
+    }
+
+    async fn start_pools_for(
+        &self,
+        run: Option<&str>,
         defs: &BTreeMap<String, PoolDef>,
         base_dir: &Path,
     ) -> Result<(), AgentError> {
@@ -258,7 +317,7 @@ impl Runtime {
             base_dir: base_dir.to_path_buf(),
             ..self.pool_context.clone()
         };
-        start_pools(&self.pools, defs, &context).await
+        start_pools(&self.pools, run, defs, &context).await
     }
 
     /// The pools and tools plans may name: configured pools, plus `extra` (a plan's own).
@@ -269,6 +328,7 @@ impl Runtime {
             .pools
             .0
             .read()
+            .shared
             .iter()
             .map(|(name, (_, def))| (name.clone(), def.kind))
             .collect();
@@ -290,13 +350,30 @@ impl Runtime {
     /// tools its pool's sessions answer to (an MCP server's list, the native registry, the
     /// scorer's metrics; a `process` pool takes any name): a plan naming a tool or pool that is
     /// not there fails with [`AgentError::Plan`], naming each, and nothing runs.
+    ///
+    /// The pools the plan declares are started for this run alone (before anything else) and
+    /// closed when it returns.
     pub async fn run(&self, plan: Plan, options: RunOptions) -> Result<RunReport, AgentError> {
-        self.add_pools(&plan.pools, &options.base_dir).await?;
-        self.check_tools(&plan).await?;
+        let run_id = options
+            .run_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let result = self.run_with_own_pools(run_id.clone(), plan, options).await;
+        self.pools.close_run(&run_id);
+        result
+    }
+
+    async fn run_with_own_pools(
+        &self,
+        run_id: String,
+        plan: Plan,
+        options: RunOptions,
+    ) -> Result<RunReport, AgentError> {
+        self.start_pools_for(Some(&run_id), &plan.pools, &options.base_dir)
+            .await?;
+        self.check_tools(&run_id, &plan).await?;
         let mut spec = RunSpec {
-            run_id: options
-                .run_id
-                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            run_id,
             plan: Arc::new(plan),
             plan_hash: options.plan_hash,
             source: options.source,
@@ -336,7 +413,7 @@ impl Runtime {
     }
 
     /// See [`Runtime::run`]: every call the plan makes names a pool and a tool that exist.
-    async fn check_tools(&self, plan: &Plan) -> Result<(), AgentError> {
+    async fn check_tools(&self, run_id: &str, plan: &Plan) -> Result<(), AgentError> {
         let mut tools_of: HashMap<&str, Option<Vec<String>>> = HashMap::new();
         let mut diagnostics = Vec::new();
         for task in &plan.tasks {
@@ -348,7 +425,7 @@ impl Runtime {
                 std::iter::once((&task.tool, task.tool_location, "tool")).chain(compensation);
             for (tool, location, what) in calls {
                 if !tools_of.contains_key(tool.pool.as_str()) {
-                    let Some((pool, _)) = self.pools.get(&tool.pool) else {
+                    let Some((pool, _)) = self.pools.get(Some(run_id), &tool.pool) else {
                         diagnostics.push(Diagnostic {
                             location,
                             message: format!(
