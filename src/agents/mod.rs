@@ -27,8 +27,9 @@
 //! # Bounded mailboxes ([`mailbox`])
 //! ractor's mailboxes are unbounded. Every agent is reached through a [`Mailbox`] holding a
 //! semaphore of `mailbox` slots: a message takes a slot until the agent has handled it. Callers
-//! of the library API wait for a slot ([`Mailbox::send`]) or get [`AgentError::Busy`]
-//! ([`Mailbox::try_send`]). Inside the pipeline the Orchestrator never has more than
+//! of the library API ([`Runtime::run`], [`Runtime::cancel`], [`Runtime::ping`]) wait for a slot
+//! ([`Mailbox::send`]); the non-waiting [`Mailbox::try_send`] fails with [`AgentError::Busy`]
+//! instead (crate-internal for now). Inside the pipeline the Orchestrator never has more than
 //! `max_in_flight` attempts out, and configuration validation demands every mailbox hold that
 //! many, so the agents' own sends never wait on each other (no cycle can deadlock).
 //!

@@ -43,7 +43,7 @@ fn parser_options() -> ParserOptions {
 /// environment assignments and wrappers stripped.
 ///
 /// A command the parser does not finish within [`PARSE_DEADLINE`] is
-/// refused (see [`ParseGuard`]).
+/// refused (the module's `ParseGuard` says why).
 pub fn split_command(command: &str) -> Result<Vec<String>, SplitError> {
     if let Some(part) = plain_simple_command(command) {
         return Ok(part.into_iter().collect());

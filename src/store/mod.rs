@@ -1,7 +1,7 @@
 //! The context store the agents share: memories, their search index, the context cache.
 //!
 //! Two tiers. The durable tier is a redb file written by one writer thread with group commit
-//! ([`writer`]); the hot tier ([`state`]) holds every live memory, the BM25 index ([`index`]), a
+//! (`writer.rs`); the hot tier (`state.rs`) holds every live memory, the BM25 index (`index.rs`), a
 //! recency order per namespace and the counters behind [`Store::stats`]. The hot tier is rebuilt from
 //! the file at open and changed only after a commit, so what a reader sees is always durable (or,
 //! in relaxed mode, committed) and the index never disagrees with the table.
