@@ -296,3 +296,83 @@ async fn warm_up_settings_on_the_wrong_kind_or_empty_are_refused_naming_the_pool
     let pool = def.start("scorer", &context).await.unwrap();
     assert_eq!(pool.stats().created, 1);
 }
+
+/// A session whose `reset` is counted and can be told to fail.
+struct Resettable {
+    serial: usize,
+    resets: Arc<AtomicUsize>,
+    fail_reset: Arc<AtomicBool>,
+}
+
+impl Session for Resettable {
+    fn call(&mut self, _request: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
+        let serial = self.serial;
+        Box::pin(async move {
+            Ok(ToolOutcome {
+                exit_status: Some(0),
+                stdout: serial.to_string(),
+                stderr: String::new(),
+                json: Some(json!(serial)),
+                truncated: false,
+                duration: Duration::ZERO,
+            })
+        })
+    }
+
+    fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reset(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        let fail = self.fail_reset.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if fail {
+                Err(SessionError::Closed {
+                    detail: "cannot reset".to_owned(),
+                })
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[derive(Clone, Default)]
+struct ResettableFactory {
+    created: Arc<AtomicUsize>,
+    resets: Arc<AtomicUsize>,
+    fail_reset: Arc<AtomicBool>,
+}
+
+impl SessionFactory for ResettableFactory {
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+        let session = Resettable {
+            serial: self.created.fetch_add(1, Ordering::SeqCst),
+            resets: Arc::clone(&self.resets),
+            fail_reset: Arc::clone(&self.fail_reset),
+        };
+        Box::pin(async move { Ok(Box::new(session) as Box<dyn Session>) })
+    }
+}
+
+#[tokio::test]
+async fn a_session_that_served_a_call_is_reset_before_its_next_task_and_replaced_if_it_cannot_be() {
+    let factory = ResettableFactory::default();
+    let pool = Pool::start(config(1, 1), factory.clone()).await.unwrap();
+    // A fresh (pre-warmed) session is handed out as it is.
+    assert_eq!(serial_of(&pool).await, 0);
+    assert_eq!(factory.resets.load(Ordering::SeqCst), 0);
+    // It served a call: reset before the next one.
+    assert_eq!(serial_of(&pool).await, 0);
+    assert_eq!(factory.resets.load(Ordering::SeqCst), 1);
+    // Taken without a call: no reset is owed for it.
+    drop(pool.acquire().await.unwrap());
+    assert_eq!(serial_of(&pool).await, 0);
+    assert_eq!(factory.resets.load(Ordering::SeqCst), 2);
+    // A failed reset replaces the session.
+    factory.fail_reset.store(true, Ordering::SeqCst);
+    assert_eq!(serial_of(&pool).await, 1);
+    assert_eq!(factory.resets.load(Ordering::SeqCst), 3);
+    assert_eq!(pool.stats().discarded, 1);
+}

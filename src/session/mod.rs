@@ -125,7 +125,10 @@ pub trait Session: Send {
     /// Checks that the session can still take calls (an MCP server answers a ping).
     fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>>;
 
-    /// Brings the session back to a clean state between tasks. Kinds without state do nothing.
+    /// Brings the session back to a clean state between tasks: a pool calls it before handing
+    /// out again a session that served a call, and replaces a session whose reset fails. The
+    /// built-in kinds keep no state between calls and do nothing; a session kind of your own
+    /// (a [`SessionFactory`]) can clear what one task left behind.
     fn reset(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
         Box::pin(async { Ok(()) })
     }

@@ -94,6 +94,8 @@ pub struct PoolStats {
 struct IdleSession {
     session: Box<dyn Session>,
     since: Instant,
+    /// It served a call since it was started or last reset: the next acquire resets it first.
+    dirty: bool,
 }
 
 struct Shared {
@@ -197,6 +199,7 @@ impl Shared {
                 Ok(session) => self.lock_idle().push(IdleSession {
                     session,
                     since: Instant::now(),
+                    dirty: false,
                 }),
                 Err(e) => {
                     tracing::warn!(pool = %self.config.name, error = %e, "could not start a replacement session; retrying later");
@@ -263,6 +266,7 @@ impl Pool {
                 Ok(session) => shared.lock_idle().push(IdleSession {
                     session,
                     since: Instant::now(),
+                    dirty: false,
                 }),
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -360,7 +364,18 @@ impl Pool {
         let session = loop {
             let popped = shared.lock_idle().pop();
             match popped {
-                Some(entry) if entry.session.is_open() => break entry.session,
+                Some(mut entry) if entry.session.is_open() => {
+                    // Between tasks: a session that served a call is reset before it serves
+                    // another; one that cannot be reset is replaced.
+                    if entry.dirty
+                        && let Err(e) = entry.session.reset().await
+                    {
+                        tracing::warn!(pool = %shared.config.name, "reset failed, session replaced: {e}");
+                        shared.discard(entry.session);
+                        continue;
+                    }
+                    break entry.session;
+                }
                 Some(entry) => shared.discard(entry.session),
                 None => break shared.create().await?,
             }
@@ -374,6 +389,7 @@ impl Pool {
             shared: Arc::clone(shared),
             broken: false,
             in_call: false,
+            called: false,
             _permit: permit,
         })
     }
@@ -411,6 +427,7 @@ impl Pool {
                 shared.lock_idle().push(IdleSession {
                     session,
                     since: Instant::now(),
+                    dirty: false,
                 });
             } else {
                 shared.discard(session);
@@ -471,6 +488,8 @@ pub struct PooledSession {
     shared: Arc<Shared>,
     broken: bool,
     in_call: bool,
+    /// It served a call: it is reset before it serves the next acquirer.
+    called: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -493,6 +512,7 @@ impl PooledSession {
             });
         };
         self.in_call = true;
+        self.called = true;
         let result = session.call(request).await;
         self.in_call = false;
         if result.as_ref().is_err_and(SessionError::breaks_session) {
@@ -592,6 +612,7 @@ impl Drop for PooledSession {
             shared.lock_idle().push(IdleSession {
                 session,
                 since: Instant::now(),
+                dirty: self.called,
             });
         }
     }
