@@ -309,3 +309,100 @@ async fn a_server_silent_after_its_handshake_fails_to_start_within_the_start_tim
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_server_killed_during_a_run_is_replaced_and_no_completed_task_runs_again() {
+    use std::sync::Arc;
+    use tetrarch::agents::{ActorsConfig, RunOptions, RunStatus, Runtime, RuntimeOptions};
+    use tetrarch::permissions::PermissionEngine;
+    use tetrarch::plan::Plan;
+    use tetrarch::session::{NativeRegistry, PoolDef, PoolKind};
+    use tetrarch::store::{Store, StoreConfig};
+
+    let Some(spec) = python_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let mut actors = ActorsConfig::embedded().unwrap();
+    actors.executor.pools.remove("scorer");
+    let mut py = PoolDef::new(PoolKind::Mcp);
+    py.command = std::iter::once(spec.program.clone())
+        .chain(spec.args.clone())
+        .collect();
+    py.min_idle = 1;
+    py.max_size = 1;
+    actors.executor.pools.insert("py".to_owned(), py);
+    actors
+        .executor
+        .pools
+        .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
+    let mut natives = NativeRegistry::new();
+    // SIGKILLs the server whose pid the upstream task reported.
+    natives.register("kill", |args: serde_json::Value| async move {
+        let pid = args["pid"]["result"]
+            .as_i64()
+            .or_else(|| args["pid"].as_i64())
+            .ok_or_else(|| format!("no pid in {args}"))?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).map_err(|e| e.to_string())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(json!({ "killed": pid.as_raw() }))
+    });
+    let mut options = RuntimeOptions::new(store, actors);
+    options.natives = natives;
+    let runtime = Runtime::start(options).await.unwrap();
+    let plan = Plan::from_toml(
+        r#"
+name = "server-dies"
+[[task]]
+id = "before"
+tool = "py.pid"
+args = {}
+[[task]]
+id = "kill"
+tool = "fn.kill"
+deps = ["before"]
+args = { pid = "{{tasks.before.output}}" }
+[[task]]
+id = "after"
+tool = "py.pid"
+deps = ["kill"]
+args = {}
+retries = 1
+[[task]]
+id = "sum"
+tool = "py.add"
+deps = ["after"]
+args = { a = 2, b = 3 }
+"#,
+        "plan.toml",
+    )
+    .unwrap();
+    let rules = PermissionEngine::from_settings_json(
+        r#"{"permissions": {"allow": ["mcp__py"]}}"#,
+        &dir.path().join("settings.json"),
+        dir.path(),
+        dir.path(),
+    )
+    .unwrap();
+    let run = RunOptions {
+        base_dir: dir.path().to_path_buf(),
+        permissions: Some(Arc::new(rules)),
+        ..RunOptions::default()
+    };
+    let report = runtime.run(plan, run).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    let pid = |task: &str| report.task(task).unwrap().output.clone().unwrap();
+    assert_ne!(pid("before"), pid("after"), "the dead server was replaced");
+    let sum = report.task("sum").unwrap().output.clone().unwrap();
+    assert_eq!(sum["sum"], 5, "{sum}");
+    // The task that completed before the kill kept its output and ran once.
+    assert_eq!(report.task("before").unwrap().attempts, 1);
+    assert_eq!(report.task("before").unwrap().retries, 0);
+    runtime.shutdown().await;
+}
