@@ -1,12 +1,15 @@
-//! Every CUDA kernel compiles through NVRTC for sm_80 and sm_90 without spills.
+//! Every CUDA kernel compiles through NVRTC for sm_80 and sm_90 without spills, and compiled
+//! kernels kept in the store are loaded after a restart instead of compiled again.
 //!
 //! Needs NVRTC on the loader path (see tests/fixtures/scoring/README or the crate docs):
 //! skipped with the reason when it is missing, except with `CI=true`, where it must run.
 #![allow(clippy::unwrap_used)]
 
 use tetrarch::scoring::{
-    KERNEL_SOURCES, KernelCache, MemoryKernelCache, compile, cubin_cached, nvrtc_version,
+    KERNEL_SOURCES, KernelCache, KernelCacheKey, MemoryKernelCache, StoreKernelCache, compile,
+    cubin_cached, nvrtc_version,
 };
+use tetrarch::store::{Store, StoreConfig};
 
 fn nvrtc_or_skip(test: &str) -> bool {
     match nvrtc_version() {
@@ -101,4 +104,52 @@ fn second_start_loads_from_the_cache() {
         b"stored"
     );
     assert!(first.starts_with(b"\x7fELF"));
+}
+
+#[tokio::test]
+async fn the_store_kernel_cache_survives_a_restart_and_keys_by_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let sm90 = KernelCacheKey::new(&KERNEL_SOURCES[0], "sm_90", (12, 9));
+    let sm80 = KernelCacheKey::new(&KERNEL_SOURCES[0], "sm_80", (12, 9));
+    let newer_nvrtc = KernelCacheKey::new(&KERNEL_SOURCES[0], "sm_90", (12, 10));
+    {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let cache = StoreKernelCache::new(store.clone());
+        assert_eq!(cache.load(&sm90), None);
+        cache.save(&sm90, b"\x7fELF sm_90 cubin");
+        store.sync().await.unwrap();
+        assert_eq!(
+            cache.load(&sm90).as_deref(),
+            Some(&b"\x7fELF sm_90 cubin"[..])
+        );
+    }
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let cache = StoreKernelCache::new(store.clone());
+    assert_eq!(
+        cache.load(&sm90).as_deref(),
+        Some(&b"\x7fELF sm_90 cubin"[..])
+    );
+    // Another architecture or NVRTC version is another entry.
+    assert_eq!(cache.load(&sm80), None);
+    assert_eq!(cache.load(&newer_nvrtc), None);
+    if !nvrtc_or_skip("the_store_kernel_cache_survives_a_restart_and_keys_by_architecture") {
+        return;
+    }
+    // With NVRTC: the first start compiles and stores; after a restart the stored cubin is
+    // returned without compiling (the stored bytes are swapped to tell the two apart).
+    let real = KernelCacheKey::new(&KERNEL_SOURCES[1], "sm_90", nvrtc_version().unwrap());
+    let compiled = cubin_cached(&KERNEL_SOURCES[1], "sm_90", &cache).unwrap();
+    assert!(compiled.starts_with(b"\x7fELF"));
+    store.sync().await.unwrap();
+    drop((cache, store));
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let cache = StoreKernelCache::new(store.clone());
+    assert_eq!(cache.load(&real), Some(compiled));
+    cache.save(&real, b"stored");
+    store.sync().await.unwrap();
+    assert_eq!(
+        cubin_cached(&KERNEL_SOURCES[1], "sm_90", &cache).unwrap(),
+        b"stored"
+    );
 }
