@@ -701,6 +701,17 @@ async fn restarts_past_the_intensity_limit_stop_the_runtime_with_a_clear_error()
         matches!(refused, AgentError::IntensityExceeded { .. }),
         "{refused}"
     );
+    // Every other call says the same.
+    for refused in [
+        h.runtime.ping(AgentKind::Executor).await.map(|_| ()),
+        h.runtime.cancel("any").await,
+        h.runtime.inject_fault(AgentKind::Optimizer),
+    ] {
+        assert!(
+            matches!(refused, Err(AgentError::IntensityExceeded { .. })),
+            "{refused:?}"
+        );
+    }
     h.runtime.shutdown().await;
 }
 

@@ -250,4 +250,18 @@ fn device_cuda_without_cuda_is_a_clear_error_and_auto_falls_back() {
     assert_eq!(v["backend"], "cpu", "{v}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("scoring on the CPU"), "{stderr}");
+    // The reason is in the output too, without any logging.
+    assert!(
+        v["cpu_reason"]
+            .as_str()
+            .unwrap()
+            .contains("CUDA unavailable"),
+        "{v}"
+    );
+    let out = tetrarch(&["score", r.to_str().unwrap(), t.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("computed on Cpu (CUDA unavailable: "),
+        "{stdout}"
+    );
 }

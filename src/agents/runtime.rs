@@ -492,6 +492,7 @@ impl Runtime {
     /// and [`Runtime::run`] returns a report with status `cancelled`. A run that has not started
     /// yet (its plan's pools still starting) is cancelled as soon as it starts, before any task.
     pub async fn cancel(&self, run_id: &str) -> Result<(), AgentError> {
+        self.check_alive()?;
         self.peers
             .orchestrator
             .send(OrchestratorMsg::Cancel {
@@ -502,6 +503,7 @@ impl Runtime {
 
     /// A round trip through an agent's mailbox.
     pub async fn ping(&self, agent: AgentKind) -> Result<Duration, AgentError> {
+        self.check_alive()?;
         let started = Instant::now();
         let (reply, answer) = oneshot::channel();
         match agent {
@@ -524,6 +526,7 @@ impl Runtime {
     /// Makes `agent` panic on its next message: fault injection, to test supervision (the
     /// supervisor restarts it; runs go on).
     pub fn inject_fault(&self, agent: AgentKind) -> Result<(), AgentError> {
+        self.check_alive()?;
         match agent {
             AgentKind::Orchestrator => self.peers.orchestrator.send_control(OrchestratorMsg::Crash),
             AgentKind::Optimizer => self.peers.optimizer.send_control(OptimizerMsg::Crash),

@@ -87,7 +87,7 @@ pub fn run(cmd: KernelsCommand) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(
+            serde_json::to_string(
                 &serde_json::json!({"nvrtc": version, "kernels": report, "ok": !failed})
             )?
         )?;

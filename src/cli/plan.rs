@@ -79,7 +79,7 @@ fn print_plan(plan: &Plan, scope: &str, as_json: bool) {
                 "seconds": length.as_secs_f64(),
             },
         });
-        println!("{report:#}");
+        println!("{report}");
         return;
     }
     println!(
@@ -114,7 +114,7 @@ fn print_errors(err: &PlanError, as_json: bool) {
             })
             .collect();
         let report = json!({ "ok": false, "source": err.source_name, "errors": errors });
-        println!("{report:#}");
+        println!("{report}");
         return;
     }
     for line in err.lines() {

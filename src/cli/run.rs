@@ -399,7 +399,7 @@ pub fn list(store: &Path, json: bool) -> Result<ExitCode> {
         .with_context(|| format!("cannot open the store {}", store.display()))?;
     let runs = saved_runs(&store)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
+        println!("{}", serde_json::to_string(&runs)?);
         return Ok(ExitCode::SUCCESS);
     }
     for run in runs {

@@ -78,7 +78,10 @@ pub fn run(args: ScoreArgs, store_path: Option<PathBuf>) -> anyhow::Result<ExitC
         let mut value = serde_json::to_value(&score)?;
         value["reference"] = args.reference.display().to_string().into();
         value["test"] = args.test.display().to_string().into();
-        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        if let Some(reason) = scorer.cpu_reason() {
+            value["cpu_reason"] = reason.into();
+        }
+        writeln!(out, "{}", serde_json::to_string(&value)?)?;
     } else {
         let name = match args.metric {
             Metric::Flip => "FLIP",
@@ -106,7 +109,10 @@ pub fn run(args: ScoreArgs, store_path: Option<PathBuf>) -> anyhow::Result<ExitC
             (_, Some(p)) => writeln!(out, "{name} {:.4} dB (MSE {:.6e})", p.psnr_db, p.mse)?,
             _ => writeln!(out, "{name} {:.6}", score.value)?,
         }
-        writeln!(out, "  computed on {:?}", score.backend)?;
+        match scorer.cpu_reason() {
+            Some(reason) => writeln!(out, "  computed on {:?} ({reason})", score.backend)?,
+            None => writeln!(out, "  computed on {:?}", score.backend)?,
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -97,6 +97,8 @@ pub struct Score {
 pub struct Scorer {
     cuda: Option<CudaScorer>,
     ppd: f32,
+    /// Why [`Device::Auto`] fell back to the CPU.
+    cpu_reason: Option<String>,
 }
 
 impl Scorer {
@@ -108,6 +110,7 @@ impl Scorer {
     pub fn new(config: ScorerConfig) -> Result<Self, ScoreError> {
         let ppd = config.ppd;
         flip::check_ppd(ppd)?;
+        let mut cpu_reason = None;
         let cuda = match config.device {
             Device::Cpu => None,
             Device::Cuda | Device::Auto => {
@@ -129,13 +132,24 @@ impl Scorer {
                     (Ok(c), _) => Some(c),
                     (Err(e), Device::Auto) => {
                         tracing::info!(reason = %e, "scoring on the CPU");
+                        cpu_reason = Some(e.to_string());
                         None
                     }
                     (Err(e), _) => return Err(e),
                 }
             }
         };
-        Ok(Self { cuda, ppd })
+        Ok(Self {
+            cuda,
+            ppd,
+            cpu_reason,
+        })
+    }
+
+    /// Why [`Device::Auto`] chose the CPU (no driver, no device, no NVRTC, kernels that do not
+    /// compile...); `None` on CUDA or when the CPU was asked for.
+    pub fn cpu_reason(&self) -> Option<&str> {
+        self.cpu_reason.as_deref()
     }
 
     /// Where this scorer computes.
