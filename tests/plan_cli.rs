@@ -149,3 +149,41 @@ args = {}
     );
     assert!(!dir.path().join("marker").exists(), "a task ran");
 }
+
+#[test]
+fn run_of_a_failing_plan_exits_1_naming_the_task_and_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = r#"
+name = "fails"
+permissions = "settings.json"
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+[[task]]
+id = "ok"
+tool = "sh.run"
+args = { argv = ["echo fine"] }
+[[task]]
+id = "broken"
+tool = "sh.run"
+deps = ["ok"]
+args = { argv = ["echo 'disk quota exceeded' >&2; exit 3"] }
+[[task]]
+id = "after"
+tool = "sh.run"
+deps = ["broken"]
+args = { argv = ["echo never"] }
+"#;
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(exit *)"]}}"#,
+    )
+    .unwrap();
+    let (code, err) = run(dir.path(), plan);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("broken: Failed") && err.contains("disk quota exceeded"),
+        "{err}"
+    );
+    assert!(err.contains("after: Skipped"), "{err}");
+}
