@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::ScoreError;
 use super::constants::*;
-use super::filter::{Border, conv_cols, conv_row, pad_row, tap_rows};
+use super::filter::{Border, conv_cols, conv_row, pad_row};
 use super::image::{Plane, RgbImage, check_pair};
 
 /// The normalised 1-D Gaussian window.
@@ -22,57 +22,97 @@ pub fn gaussian_window() -> Vec<f32> {
     taps
 }
 
+/// Row-filters one row of a channel pair: the five quantities x, y, x², y², xy, side by side
+/// in `out` (5 × width), through `padded` (5 × (width + 2r) scratch).
+fn filter_products(x: &[f32], y: &[f32], window: &[f32], padded: &mut [f32], out: &mut [f32]) {
+    let w = x.len();
+    let r = window.len() / 2;
+    let (px, rest) = padded.split_at_mut(w + 2 * r);
+    let (py, rest) = rest.split_at_mut(w + 2 * r);
+    let (pxx, rest) = rest.split_at_mut(w + 2 * r);
+    let (pyy, pxy) = rest.split_at_mut(w + 2 * r);
+    pad_row(x, r, Border::Reflect, px);
+    pad_row(y, r, Border::Reflect, py);
+    for i in 0..w + 2 * r {
+        pxx[i] = px[i] * px[i];
+        pyy[i] = py[i] * py[i];
+        pxy[i] = px[i] * py[i];
+    }
+    for (q, src) in [&*px, &*py, &*pxx, &*pyy, &*pxy].into_iter().enumerate() {
+        conv_row(src, window, &mut out[q * w..(q + 1) * w]);
+    }
+}
+
 /// Mean SSIM and mean contrast–structure term of one channel pair.
 ///
-/// Fused for cache use: the row pass writes the five filtered quantities (x, y, x², y², xy)
-/// of each row side by side, and the column pass turns each output row into SSIM terms at once.
+/// Only the rows whose whole window lies inside the image are scored (the 5-pixel border is
+/// dropped), so the column pass never reads past an edge. Output rows go in bands, one band per
+/// task; a band keeps the `window.len()` row-filtered rows its next output row needs in a ring
+/// (11 × 5 × width floats, which stays in the core's cache) and filters each input row once as
+/// it enters, and the column pass turns each output row into SSIM terms at once. An image-sized
+/// intermediate of filtered rows, which this replaced, went through main memory twice.
 fn ssim_channel(x: &Plane, y: &Plane, window: &[f32]) -> (f64, f64) {
     let (w, h) = (x.width, x.height);
-    let r = window.len() / 2;
-    let b = Border::Reflect;
-    let mut rows = vec![0.0f32; 5 * w * h];
-    rows.par_chunks_mut(5 * w).enumerate().for_each_init(
-        || vec![0.0f32; 5 * (w + 2 * r)],
-        |padded, (row, out)| {
-            let (px, rest) = padded.split_at_mut(w + 2 * r);
-            let (py, rest) = rest.split_at_mut(w + 2 * r);
-            let (pxx, rest) = rest.split_at_mut(w + 2 * r);
-            let (pyy, pxy) = rest.split_at_mut(w + 2 * r);
-            pad_row(&x.data[row * w..(row + 1) * w], r, b, px);
-            pad_row(&y.data[row * w..(row + 1) * w], r, b, py);
-            for i in 0..w + 2 * r {
-                pxx[i] = px[i] * px[i];
-                pyy[i] = py[i] * py[i];
-                pxy[i] = px[i] * py[i];
-            }
-            for (q, src) in [&*px, &*py, &*pxx, &*pyy, &*pxy].into_iter().enumerate() {
-                conv_row(src, window, &mut out[q * w..(q + 1) * w]);
-            }
-        },
-    );
+    let taps = window.len();
+    let r = taps / 2;
+    let stride = 5 * w;
     let c1 = (SSIM_K1 * 1.0) * (SSIM_K1 * 1.0);
     let c2 = (SSIM_K2 * 1.0) * (SSIM_K2 * 1.0);
     let pad = SSIM_RADIUS;
-    let (sum_s, sum_cs) = (pad..h - pad)
+    let (first, end) = (pad, h - pad);
+    // Enough bands for every thread to take several; each band filters 2r rows of halo.
+    let band = (end - first)
+        .div_ceil(4 * rayon::current_num_threads())
+        .max(32);
+    let bands = (end - first).div_ceil(band);
+    let (sum_s, sum_cs) = (0..bands)
         .into_par_iter()
         .map_init(
-            || vec![0.0f32; 5 * w],
-            |acc, row| {
-                conv_cols(&tap_rows(&rows, 5 * w, 5 * w, row, h, r, b), window, acc);
-                let (mx, rest) = acc.split_at(w);
-                let (my, rest) = rest.split_at(w);
-                let (mxx, rest) = rest.split_at(w);
-                let (myy, mxy) = rest.split_at(w);
+            || {
+                (
+                    vec![0.0f32; taps * stride],
+                    vec![0.0f32; 5 * (w + 2 * r)],
+                    vec![0.0f32; stride],
+                )
+            },
+            |(ring, padded, acc), b| {
+                let y0 = first + b * band;
+                let y1 = (y0 + band).min(end);
+                let mut filter = |src: usize, ring: &mut [f32]| {
+                    let slot = (src % taps) * stride;
+                    filter_products(
+                        &x.data[src * w..(src + 1) * w],
+                        &y.data[src * w..(src + 1) * w],
+                        window,
+                        padded,
+                        &mut ring[slot..slot + stride],
+                    );
+                };
+                for src in y0 - r..y0 + r {
+                    filter(src, ring);
+                }
                 let (mut s_sum, mut cs_sum) = (0.0f64, 0.0f64);
-                for i in pad..w - pad {
-                    let (ux, uy) = (mx[i], my[i]);
-                    let vx = mxx[i] - ux * ux;
-                    let vy = myy[i] - uy * uy;
-                    let vxy = mxy[i] - ux * uy;
-                    let cs = (2.0 * vxy + c2) / (vx + vy + c2);
-                    let l = (2.0 * ux * uy + c1) / (ux * ux + uy * uy + c1);
-                    s_sum += f64::from(l * cs);
-                    cs_sum += f64::from(cs);
+                for row in y0..y1 {
+                    // The newest row takes the slot of the one no longer needed.
+                    filter(row + r, ring);
+                    let rows: Vec<&[f32]> = (row - r..=row + r)
+                        .map(|src| &ring[(src % taps) * stride..][..stride])
+                        .collect();
+                    conv_cols(&rows, window, acc);
+                    let (mx, rest) = acc.split_at(w);
+                    let (my, rest) = rest.split_at(w);
+                    let (mxx, rest) = rest.split_at(w);
+                    let (myy, mxy) = rest.split_at(w);
+                    for i in pad..w - pad {
+                        let (ux, uy) = (mx[i], my[i]);
+                        let vx = mxx[i] - ux * ux;
+                        let vy = myy[i] - uy * uy;
+                        let vxy = mxy[i] - ux * uy;
+                        let cs = (2.0 * vxy + c2) / (vx + vy + c2);
+                        let l = (2.0 * ux * uy + c1) / (ux * ux + uy * uy + c1);
+                        s_sum += f64::from(l * cs);
+                        cs_sum += f64::from(cs);
+                    }
                 }
                 (s_sum, cs_sum)
             },
