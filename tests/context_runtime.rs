@@ -93,6 +93,47 @@ fn context_files_are_validated_with_the_plan() {
 }
 
 #[tokio::test]
+async fn a_second_attempt_gets_its_whole_context_again() {
+    // The tools keep nothing between calls: an attempt sent back by a gate must be given the
+    // upstream output again, not a reference to what the first attempt received.
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), ActorsConfig::embedded().unwrap()).await;
+    let plan = Plan::from_toml(
+        r#"
+name = "second-attempt"
+[[task]]
+id = "gather"
+tool = "fn.say"
+args = { text = "the lantern codeword is quetzalcoatl" }
+[[task]]
+id = "use"
+tool = "fn.echo"
+deps = ["gather"]
+args = { notes = "{{context}}", attempt = "{{attempt}}" }
+max_attempts = 2
+gates = [{ json = "/attempt", ge = 2 }]
+"#,
+        "plan.toml",
+    )
+    .unwrap();
+    let report = runtime.run(plan, options(dir.path())).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    assert_eq!(report.task("use").unwrap().attempts, 2);
+    let context = notes(&report, "use");
+    assert_eq!(
+        section(&context, "task:gather"),
+        Some("the lantern codeword is quetzalcoatl"),
+        "{context}"
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_runs_recent_memories_are_context_candidates_beside_the_search_hits() {
     // With no search hits allowed, a memory of the run reaches a task's context only as one
     // of the run's recent memories.
@@ -541,7 +582,7 @@ fn rust_log_changes_what_tetrarch_prints() {
     // `tetrarch=info`: INFO events, and events inside the agents' spans carry them.
     let info_line = info
         .lines()
-        .find(|l| l.contains(" INFO ") && l.contains("preserving it, then compacting"))
+        .find(|l| l.contains(" INFO ") && l.contains("of its window; preserving it"))
         .unwrap_or_else(|| panic!("no INFO line from the optimizer:\n{info}"));
     assert!(
         info_line.contains("run{") && info_line.contains("task{") && info_line.contains("context"),

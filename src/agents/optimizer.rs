@@ -4,13 +4,14 @@
 //! outputs of the task's direct dependencies (critical), the store's memories most relevant to the
 //! task (the run's namespace and `global`) and the run's most recent memories (`recent`; ranked
 //! like the rest, so they too must pass the relevance cut-off), the configured skill documents
-//! and the project files
-//! the task names (`context_files`, relative to the plan's folder), ranked and packed into
-//! the token budget of `actors/optimizer.toml`. Each task attempt is a context session
-//! (`RUN/TASK`), so a second attempt receives only what changed plus references to what it already
-//! holds. When a session crosses the monitor's threshold, its full context is preserved in the
-//! store (tag `context-snapshot`) and then compacted. Every attempt's args are rendered here, then
-//! the attempt goes on to the Executor.
+//! and the project files the task names (`context_files`, relative to the plan's folder), ranked
+//! and packed into the token budget of `actors/optimizer.toml`. Each attempt's payload is built
+//! in a context session (`RUN/TASK`) that is forgotten once built: the tools keep nothing
+//! between calls, so a retry or a second attempt gets its whole context again, not references
+//! to what an earlier attempt was sent (the incremental payloads of [`ContextOptimizer`] are for
+//! callers whose agent keeps a conversation). When a payload crosses the monitor's threshold of
+//! the window, it is preserved in the store (tag `context-snapshot`). Every attempt's args are
+//! rendered here, then the attempt goes on to the Executor.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -199,21 +200,27 @@ fn assemble(
             window: alert.window,
         });
         tracing::info!(
-            "optimizer: context of {} at {:.0}% of its window; preserving it, then compacting",
+            "optimizer: context of {} at {:.0}% of its window; preserving it",
             alert.session,
             alert.ratio * 100.0
         );
         let snapshot = optimizer.session_snapshot(&session);
-        let optimizer = Arc::clone(optimizer);
         let store = state.args.store.clone();
         let namespace = run_namespace(&attempt.run_id).unwrap_or(Namespace::Global);
+        let preserved_session = session.clone();
         tokio::spawn(async move {
-            match preserve_snapshot(&store, namespace, &session, &snapshot).await {
-                Ok(_) => optimizer.compact(&session),
-                Err(e) => tracing::error!("optimizer: context not preserved, kept whole: {e}"),
+            if let Err(e) =
+                preserve_snapshot(&store, namespace, &preserved_session, &snapshot).await
+            {
+                tracing::error!("optimizer: context not preserved: {e}");
             }
         });
     }
+    // The tools keep nothing between calls (a process exits, an MCP or native call starts
+    // afresh, and a later attempt may go to another session of the pool): every attempt gets
+    // its whole context, so the session is forgotten once its payload is built. That also keeps
+    // a long-lived runtime from holding every task's context for ever.
+    optimizer.forget_session(&session);
     as_text(&payload)
 }
 
