@@ -157,6 +157,50 @@ async fn update_and_archive_change_what_search_and_recent_see() {
 }
 
 #[tokio::test]
+async fn a_sync_in_the_same_batch_as_an_update_or_archive_keeps_them() {
+    // A `sync` writes the access statistics `get` gathered; in the same batch as an update or
+    // an archive of that memory it must not write the older version back over it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let (mut updated, mut archived) = (Vec::new(), Vec::new());
+    {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        for round in 0..20 {
+            let id = store
+                .store(NewMemory::new(project("sync"), format!("version one {round}")))
+                .await
+                .unwrap();
+            store.get(id).unwrap();
+            let patch = MemoryPatch {
+                content: Some(format!("version two {round}")),
+                ..MemoryPatch::default()
+            };
+            let (update, sync) = tokio::join!(store.update(id, patch), store.sync());
+            update.unwrap();
+            sync.unwrap();
+            updated.push((id, round));
+            let id = store
+                .store(NewMemory::new(project("sync"), format!("to archive {round}")))
+                .await
+                .unwrap();
+            store.get(id).unwrap();
+            let (archive, sync) = tokio::join!(store.archive(id), store.sync());
+            archive.unwrap();
+            sync.unwrap();
+            archived.push(id);
+        }
+    }
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    for (id, round) in updated {
+        assert_eq!(store.get(id).unwrap().content, format!("version two {round}"));
+    }
+    for id in archived {
+        assert!(store.get(id).unwrap().archived, "{id:?} came back unarchived");
+    }
+    assert!(store.search("archive", &SearchOptions::default()).is_empty());
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_with_a_typed_error_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);

@@ -381,7 +381,10 @@ impl<'a> Batch<'a> {
         }
         let snapshots: Vec<Memory> = {
             let state = self.ctx.state.read();
+            // A memory this batch already rewrote is left alone: the hot tier still holds its
+            // previous version, and writing that would undo the update in the file.
             ids.iter()
+                .filter(|id| !self.written.contains_key(id))
                 .filter_map(|id| state.live.get(id))
                 .filter(|e| {
                     e.access_dirty
