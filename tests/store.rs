@@ -167,7 +167,10 @@ async fn a_sync_in_the_same_batch_as_an_update_or_archive_keeps_them() {
         let store = Store::open(&path, StoreConfig::default()).unwrap();
         for round in 0..20 {
             let id = store
-                .store(NewMemory::new(project("sync"), format!("version one {round}")))
+                .store(NewMemory::new(
+                    project("sync"),
+                    format!("version one {round}"),
+                ))
                 .await
                 .unwrap();
             store.get(id).unwrap();
@@ -180,7 +183,10 @@ async fn a_sync_in_the_same_batch_as_an_update_or_archive_keeps_them() {
             sync.unwrap();
             updated.push((id, round));
             let id = store
-                .store(NewMemory::new(project("sync"), format!("to archive {round}")))
+                .store(NewMemory::new(
+                    project("sync"),
+                    format!("to archive {round}"),
+                ))
                 .await
                 .unwrap();
             store.get(id).unwrap();
@@ -192,12 +198,22 @@ async fn a_sync_in_the_same_batch_as_an_update_or_archive_keeps_them() {
     }
     let store = Store::open(&path, StoreConfig::default()).unwrap();
     for (id, round) in updated {
-        assert_eq!(store.get(id).unwrap().content, format!("version two {round}"));
+        assert_eq!(
+            store.get(id).unwrap().content,
+            format!("version two {round}")
+        );
     }
     for id in archived {
-        assert!(store.get(id).unwrap().archived, "{id:?} came back unarchived");
+        assert!(
+            store.get(id).unwrap().archived,
+            "{id:?} came back unarchived"
+        );
     }
-    assert!(store.search("archive", &SearchOptions::default()).is_empty());
+    assert!(
+        store
+            .search("archive", &SearchOptions::default())
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -254,6 +270,62 @@ async fn bad_input_is_refused_with_a_typed_error_and_nothing_is_lost() {
     ));
     assert_eq!(store.get(kept).unwrap().content, "kept");
     assert_eq!(store.get(kept).unwrap().importance, 5);
+
+    // A namespace built from the enum with a name its printed form cannot hold (stored, it
+    // made the whole file unreadable at the next open).
+    assert!(matches!(
+        store
+            .store(NewMemory::new(Namespace::Project("my project".into()), "x"))
+            .await,
+        Err(StoreError::InvalidNamespace { .. })
+    ));
+    // Every text field is limited, not only the content.
+    let mut wordy = NewMemory::new(Namespace::Global, "short");
+    wordy.summary = Some("s".repeat(1024 * 1024 + 1));
+    assert!(matches!(
+        store.store(wordy).await,
+        Err(StoreError::FieldTooLarge {
+            field: "summary",
+            ..
+        })
+    ));
+    let mut tagged = NewMemory::new(Namespace::Global, "short");
+    tagged.tags = vec!["t".repeat(600 * 1024), "u".repeat(600 * 1024)];
+    assert!(matches!(
+        store.store(tagged).await,
+        Err(StoreError::FieldTooLarge { field: "tags", .. })
+    ));
+    // Expiries the store cannot keep: under its 1 ms resolution, or past the year 9999.
+    for ttl in [
+        Duration::from_micros(500),
+        Duration::MAX,
+        Duration::from_secs(9000 * 366 * 86_400),
+    ] {
+        let mut fleeting = NewMemory::new(Namespace::Global, "x");
+        fleeting.ttl = Some(ttl);
+        let refused = store.store(fleeting).await.unwrap_err();
+        assert!(
+            matches!(refused, StoreError::InvalidExpiry { .. }),
+            "{ttl:?}: {refused}"
+        );
+    }
+    assert!(matches!(
+        store
+            .update(
+                kept,
+                MemoryPatch {
+                    expires_at: Some(Some(tetrarch::store::Timestamp::from_millis(i64::MAX))),
+                    ..Default::default()
+                }
+            )
+            .await,
+        Err(StoreError::InvalidExpiry { .. })
+    ));
+    // Nothing of it was stored, and the file still opens.
+    assert_eq!(store.stats(None).live, 1);
+    drop(store);
+    let reopened = open(&dir);
+    assert_eq!(reopened.get(kept).unwrap().content, "kept");
 }
 
 #[tokio::test]

@@ -42,6 +42,22 @@ pub enum StoreError {
         /// The configured limit.
         limit: usize,
     },
+    /// A text field other than the content (summary, context, keywords, tags) over the limit.
+    #[error("{field} is {size} bytes, over the limit of {limit} bytes")]
+    FieldTooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its size in bytes (keywords and tags: all of them together).
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// An expiry the store cannot keep: a time to live under 1 ms, or one ending after 9999.
+    #[error("invalid expiry: {detail}")]
+    InvalidExpiry {
+        /// Why.
+        detail: String,
+    },
     /// Importance outside 1..=10.
     #[error("importance {value} is outside 1..=10")]
     InvalidImportance {

@@ -102,9 +102,22 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z); expiries past it are
+    /// refused when written.
+    pub const LATEST: Timestamp = Timestamp(253_402_300_799_999);
+}
+
 impl fmt::Display for Timestamp {
+    /// RFC 3339 with milliseconds. A time RFC 3339 cannot write (before 1970 or after 9999,
+    /// which only a library caller can set) is written as milliseconds since the epoch rather
+    /// than failing the whole output.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        humantime::format_rfc3339_millis(self.to_system_time()).fmt(f)
+        if (0..=Self::LATEST.0).contains(&self.0) {
+            humantime::format_rfc3339_millis(self.to_system_time()).fmt(f)
+        } else {
+            write!(f, "{} ms since the epoch", self.0)
+        }
     }
 }
 
@@ -411,23 +424,85 @@ pub struct MemoryPatch {
 }
 
 /// Checks the fields every write must satisfy.
-pub(crate) fn validate_fields(
-    content: &str,
-    importance: u8,
-    confidence: f32,
-    max_content_bytes: usize,
-) -> Result<(), StoreError> {
-    if content.len() > max_content_bytes {
+impl Namespace {
+    /// Checks a namespace built directly from the enum, which can hold names its printed form
+    /// would not parse back from (a memory stored under one made the whole store unreadable).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidNamespace`], quoting the namespace.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let valid = match self {
+            Namespace::Global => true,
+            Namespace::Project(name) => valid_part(name),
+            Namespace::Session { project, id } => valid_part(project) && valid_part(id),
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(StoreError::InvalidNamespace {
+                input: self.to_string(),
+            })
+        }
+    }
+}
+
+/// Checks everything a write would store: the namespace, the size of every text field (each
+/// within `max_bytes`; keywords and tags counted together), importance, confidence and expiry.
+pub(crate) fn validate_memory(memory: &Memory, max_bytes: usize) -> Result<(), StoreError> {
+    memory.namespace.check()?;
+    if memory.content.len() > max_bytes {
         return Err(StoreError::ContentTooLarge {
-            size: content.len(),
-            limit: max_content_bytes,
+            size: memory.content.len(),
+            limit: max_bytes,
         });
     }
-    if !(1..=10).contains(&importance) {
-        return Err(StoreError::InvalidImportance { value: importance });
+    let total = |items: &[String]| items.iter().map(String::len).sum::<usize>();
+    for (field, size) in [
+        ("summary", memory.summary.as_ref().map_or(0, String::len)),
+        ("context", memory.context.as_ref().map_or(0, String::len)),
+        ("keywords", total(&memory.keywords)),
+        ("tags", total(&memory.tags)),
+    ] {
+        if size > max_bytes {
+            return Err(StoreError::FieldTooLarge {
+                field,
+                size,
+                limit: max_bytes,
+            });
+        }
     }
-    if !(0.0..=1.0).contains(&confidence) {
-        return Err(StoreError::InvalidConfidence { value: confidence });
+    if !(1..=10).contains(&memory.importance) {
+        return Err(StoreError::InvalidImportance {
+            value: memory.importance,
+        });
+    }
+    if !(0.0..=1.0).contains(&memory.confidence) {
+        return Err(StoreError::InvalidConfidence {
+            value: memory.confidence,
+        });
+    }
+    if let Some(at) = memory.expires_at
+        && !(0..=Timestamp::LATEST.0).contains(&at.0)
+    {
+        return Err(StoreError::InvalidExpiry {
+            detail: format!("{at} is outside 1970 to 9999"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a time to live: at least a millisecond (what the store counts in), and not past
+/// [`Timestamp::LATEST`] from `now`.
+pub(crate) fn validate_ttl(ttl: Duration, now: Timestamp) -> Result<(), StoreError> {
+    if ttl < Duration::from_millis(1) {
+        return Err(StoreError::InvalidExpiry {
+            detail: format!("a time to live of {ttl:?} is under the store's 1 ms resolution"),
+        });
+    }
+    if now.plus(ttl).0 > Timestamp::LATEST.0 {
+        return Err(StoreError::InvalidExpiry {
+            detail: format!("a time to live of {ttl:?} ends after the year 9999"),
+        });
     }
     Ok(())
 }
@@ -469,6 +544,21 @@ impl MemoryPatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_rfc_3339_cannot_write_still_print() {
+        assert_eq!(Timestamp::LATEST.to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            Timestamp::from_millis(0).to_string(),
+            "1970-01-01T00:00:00.000Z"
+        );
+        for millis in [i64::MAX, Timestamp::LATEST.as_millis() + 1, -1, i64::MIN] {
+            assert_eq!(
+                Timestamp::from_millis(millis).to_string(),
+                format!("{millis} ms since the epoch")
+            );
+        }
+    }
 
     #[test]
     fn namespaces_print_as_they_parse() {

@@ -44,7 +44,7 @@ pub use cache::{CacheCategory, CacheError, CacheKey, CacheStats, CacheTtls, Cont
 pub use error::StoreError;
 pub use memory::{Memory, MemoryId, MemoryPatch, MemoryType, Namespace, NewMemory, Timestamp};
 
-use memory::validate_fields;
+use memory::{validate_memory, validate_ttl};
 use state::State;
 use text::{Dictionary, DocTerms, Fields, analyze_document, analyze_query};
 use writer::{CACHE, Command, MEMORIES, META, RUNS, WriterContext, db_error};
@@ -502,13 +502,10 @@ impl Store {
         &self,
         new: NewMemory,
     ) -> Result<(MemoryId, oneshot::Receiver<Result<(), StoreError>>), StoreError> {
-        validate_fields(
-            &new.content,
-            new.importance,
-            new.confidence,
-            self.inner.config.max_content_bytes,
-        )?;
         let now = Timestamp::now();
+        if let Some(ttl) = new.ttl {
+            validate_ttl(ttl, now)?;
+        }
         let memory = Memory {
             id: MemoryId::new(),
             namespace: new.namespace,
@@ -527,6 +524,7 @@ impl Store {
             expires_at: new.ttl.map(|ttl| now.plus(ttl)),
             archived: false,
         };
+        validate_memory(&memory, self.inner.config.max_content_bytes)?;
         let id = memory.id;
         // Encoding and analysis happen here, on the caller's task, so the writer only writes.
         let encoded = codec::encode_memory(&memory)?;

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::codec;
 use super::error::StoreError;
-use super::memory::{Memory, MemoryId, MemoryPatch, Timestamp, validate_fields};
+use super::memory::{Memory, MemoryId, MemoryPatch, Timestamp, validate_memory};
 use super::state::{Effect, State};
 use super::text::{Dictionary, DocTerms, analyze_document};
 use super::{DurabilityMode, StoreConfig, fields_of};
@@ -287,12 +287,7 @@ impl<'a> Batch<'a> {
             return Err(StoreError::Archived(id));
         }
         patch.apply(&mut memory, now);
-        validate_fields(
-            &memory.content,
-            memory.importance,
-            memory.confidence,
-            self.ctx.config.max_content_bytes,
-        )?;
+        validate_memory(&memory, self.ctx.config.max_content_bytes)?;
         let encoded = codec::encode_memory(&memory)?;
         let terms = analyze_document(&fields_of(&memory), &self.ctx.dictionary);
         self.put_memory(memory.clone(), &encoded, Some(terms))?;
