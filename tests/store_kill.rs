@@ -139,3 +139,83 @@ fn acknowledged_writes_survive_sigkill() {
         acknowledged.len()
     );
 }
+
+const RELAXED_CHILD_ENV: &str = "TETRARCH_RELAXED_KILL_TEST_STORE";
+
+/// The child of `relaxed_writes_are_synced_within_the_interval`: stores 10 memories in relaxed
+/// mode (acknowledged before any fsync), prints their ids, waits ten sync intervals, says so,
+/// and then idles until it is killed.
+#[test]
+#[ignore = "child process of relaxed_writes_are_synced_within_the_interval"]
+fn relaxed_kill_test_child() {
+    let Ok(path) = std::env::var(RELAXED_CHILD_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let config = StoreConfig {
+            durability: tetrarch::store::DurabilityMode::Relaxed {
+                sync_interval: Duration::from_millis(50),
+            },
+            // Far longer than the test: a sync may not wait for the housekeeping tick.
+            housekeeping_interval: Duration::from_secs(600),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(&path, config).unwrap();
+        let mut out = std::io::stdout();
+        for i in 0..10 {
+            let id = store
+                .store(NewMemory::new(Namespace::Global, format!("relaxed {i}")))
+                .await
+                .unwrap();
+            writeln!(out, "ACK {id} {i}").unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        writeln!(out, "WAITED").unwrap();
+        out.flush().unwrap();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    });
+}
+
+#[test]
+fn relaxed_writes_are_synced_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "relaxed_kill_test_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(RELAXED_CHILD_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acks = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.ends_with("WAITED") {
+            break;
+        }
+        // The test harness prints `test NAME ... ` before the first line of output.
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(at) = words.iter().position(|w| *w == "ACK")
+            && let [id, i] = &words[at + 1..]
+        {
+            acks.push((id.parse::<MemoryId>().unwrap(), i.parse::<usize>().unwrap()));
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown sync
+    child.wait().unwrap();
+    assert_eq!(acks.len(), 10);
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    for (id, i) in acks {
+        let memory = store.get(id).unwrap_or_else(|e| {
+            panic!("memory {i}, acknowledged 500 ms before the kill, lost: {e}")
+        });
+        assert_eq!(memory.content, format!("relaxed {i}"));
+    }
+}

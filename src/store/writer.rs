@@ -514,7 +514,13 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
     let mut batch: Vec<Command> = Vec::new();
     let mut buffers = Buffers::default();
     while !shutting_down {
-        match commands.recv_timeout(tick) {
+        // In relaxed mode, unsynced commits wake the writer when their sync is due, not at the
+        // next housekeeping tick (which made the loss window the tick, 1 s by default).
+        let wait = match relaxed_interval {
+            Some(interval) if unsynced => tick.min(interval.saturating_sub(last_sync.elapsed())),
+            _ => tick,
+        };
+        match commands.recv_timeout(wait) {
             Ok(c) => batch.push(c),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => shutting_down = true,
