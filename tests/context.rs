@@ -439,6 +439,55 @@ fn a_window_of_one_token_does_not_panic() {
 }
 
 #[test]
+fn a_session_never_holds_more_than_its_window() {
+    // A memory takes most of the window in the first payload (its own share plus what the
+    // empty categories pass on); what later payloads add must fit what is left, whatever the
+    // shares of their own categories would allow.
+    let window = 300;
+    let optimizer = optimizer(with_window(window));
+    let count = |text: &str| counter().count(text);
+    let n = (1..60)
+        .find(|&n| count(&shader_text("big", n)) * 10 >= window * 8)
+        .unwrap();
+    let big = shader_text("big", n);
+    assert!(count(&big) <= window, "{} tokens", count(&big));
+    let first = optimizer.build(&request(
+        "s",
+        "shader sm_90 registers",
+        vec![memory(Category::General, "memory:big", &big)],
+    ));
+    assert_eq!(first.items.len(), 1, "{:?}", first.warnings);
+    assert!(first.session_tokens * 10 >= window * 8);
+    // Critical items (their share alone is 40% of the window) and a skill-sized memory.
+    let mut second = request(
+        "s",
+        "shader sm_90 registers",
+        vec![memory(
+            Category::Skills,
+            "skill:x",
+            &shader_text("skill", 4),
+        )],
+    );
+    second.upstream = vec![("up".into(), shader_text("upstream", 4))];
+    let second = optimizer.build(&second);
+    assert!(
+        second.session_tokens <= window,
+        "the session holds {} tokens of a {window}-token window: {:?}",
+        second.session_tokens,
+        second.items
+    );
+    assert_eq!(second.session_tokens, optimizer.session_tokens("s"));
+    assert!(
+        second
+            .warnings
+            .iter()
+            .any(|w| w.contains("upstream") || w.contains("up")),
+        "{:?}",
+        second.warnings
+    );
+}
+
+#[test]
 fn incremental_payloads_send_only_changes_and_reference_the_rest() {
     let optimizer = optimizer(ContextConfig::default());
     let memories = vec![

@@ -417,7 +417,10 @@ impl ContextOptimizer {
         let mut critical = critical;
         critical.sort_by_key(|e| e.tokens.unwrap_or(0));
         let critical_total: usize = critical.iter().filter_map(|e| e.tokens).sum();
-        let mut available = own[Category::Critical.index()] + spare;
+        // Never more than the window has left: a category's own share can be larger when
+        // another category took the spare shares in an earlier payload of the session.
+        let free_for_critical = (own[Category::Critical.index()] + spare).min(remaining_total);
+        let mut available = free_for_critical;
         let waiting = critical.len();
         let mut squeezed = Vec::new();
         for (i, entry) in critical.iter().enumerate() {
@@ -442,13 +445,13 @@ impl ContextOptimizer {
         }
         if !squeezed.is_empty() {
             warnings.push(format!(
-                "the context window ({window} tokens, {} free) is smaller than the critical \
-                 items ({critical_total} tokens waiting): compressed to fit: {}",
-                own[Category::Critical.index()] + spare,
+                "the context window ({window} tokens, {free_for_critical} free) is smaller than \
+                 the critical items ({critical_total} tokens waiting): compressed to fit: {}",
                 squeezed.join(", ")
             ));
         }
-        let critical_used = own[Category::Critical.index()] + spare - available;
+        let critical_used = free_for_critical - available;
+        remaining_total -= critical_used;
         spare = spare.saturating_sub(critical_used.saturating_sub(own[Category::Critical.index()]));
         own[Category::Critical.index()] =
             own[Category::Critical.index()].saturating_sub(critical_used);
@@ -458,7 +461,7 @@ impl ContextOptimizer {
         for entry in others {
             let c = entry.category.index();
             let tokens = entry.tokens.unwrap_or(0);
-            let room = own[c] + spare;
+            let room = (own[c] + spare).min(remaining_total);
             let (text, sent, compressed) = if tokens <= room {
                 (entry.text.to_string(), tokens, false)
             } else if room >= MIN_COMPRESSED_TOKENS || entry.always {
@@ -493,6 +496,7 @@ impl ContextOptimizer {
             let from_own = sent.min(own[c]);
             own[c] -= from_own;
             spare = spare.saturating_sub(sent - from_own);
+            remaining_total = remaining_total.saturating_sub(sent);
             taken.push((order, item(&entry, text, sent, compressed)));
             order += 1;
         }
