@@ -49,7 +49,8 @@ pub enum RunEvent {
         /// before a resume).
         elapsed_us: Option<u64>,
     },
-    /// A gate failed; the task runs again with this feedback.
+    /// A gate failed: the task runs again with this feedback while attempts remain; after
+    /// the last one a `TaskFinished` (failed) follows for the same attempt.
     GateFailed {
         /// The run.
         run_id: String,

@@ -1,7 +1,7 @@
 //! [`Telemetry`]: turns a run's events and the runtime's counters into metrics and the
 //! dashboard's view. (The spans are the agents' own: see `crate::agents`.)
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -176,6 +176,9 @@ struct Tracker {
     latency: BTreeMap<String, (u64, f64, f64)>,
     /// A resumed run whose earlier COMPLETE tasks are still to be read from the store.
     resumed: Option<String>,
+    /// Tasks whose last attempt ended with failed gates: the `failed` that follows on the
+    /// final attempt is the same attempt, already counted as `gate_failed`.
+    gates_failed: HashSet<String>,
 }
 
 impl Tracker {
@@ -333,11 +336,19 @@ impl Telemetry {
                     tracker.resumed = Some(run_id.clone());
                 }
             }
-            RunEvent::TaskStarted { task, .. } => tracker.start_attempt(task, now),
-            RunEvent::TaskFinished { task, state, .. } => {
-                tracker.end_attempt(task, task_status(*state), now);
+            RunEvent::TaskStarted { task, .. } => {
+                tracker.gates_failed.remove(task.as_str());
+                tracker.start_attempt(task, now);
             }
-            RunEvent::GateFailed { task, .. } => tracker.end_attempt(task, "gate_failed", now),
+            RunEvent::TaskFinished { task, state, .. } => {
+                if !(tracker.gates_failed.remove(task.as_str()) && *state == TaskState::Failed) {
+                    tracker.end_attempt(task, task_status(*state), now);
+                }
+            }
+            RunEvent::GateFailed { task, .. } => {
+                tracker.gates_failed.insert(task.clone());
+                tracker.end_attempt(task, "gate_failed", now);
+            }
             RunEvent::TaskRetrying { task, .. } => tracker.end_attempt(task, "retrying", now),
             RunEvent::RunFinished {
                 status,
@@ -513,5 +524,79 @@ impl Telemetry {
     /// The Prometheus handle `/metrics` renders, if one was given.
     pub fn metrics(&self) -> Option<&PrometheusHandle> {
         self.inner.metrics.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+
+    fn calls(text: &str, status: &str) -> f64 {
+        let labels = format!("status=\"{status}\"");
+        text.lines()
+            .filter(|l| l.starts_with("tetrarch_tool_calls_total{") && l.contains(&labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Each attempt is counted once: the last attempt's failed gates end it, and the task's
+    /// FAILED that follows is the same attempt, not another call.
+    #[test]
+    fn an_attempt_whose_gates_fail_is_counted_once() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let plan = Plan::from_toml(
+            "name = \"p\"\n[[task]]\nid = \"t\"\ntool = \"fn.echo\"\nmax_attempts = 2\n",
+            "p.toml",
+        )
+        .unwrap();
+        let telemetry = Telemetry::new(None);
+        telemetry.watch_plan(&plan);
+        let run_id = "r".to_owned();
+        let task = "t".to_owned();
+        let started = |attempt| RunEvent::TaskStarted {
+            run_id: run_id.clone(),
+            task: task.clone(),
+            attempt,
+        };
+        let gate_failed = |attempt| RunEvent::GateFailed {
+            run_id: run_id.clone(),
+            task: task.clone(),
+            attempt,
+            feedback: "output lacks \"ok\"".to_owned(),
+        };
+        let finished = |state| RunEvent::TaskFinished {
+            run_id: run_id.clone(),
+            task: task.clone(),
+            state,
+            attempt: 2,
+            reason: None,
+            elapsed_us: None,
+        };
+        metrics::with_local_recorder(&recorder, || {
+            for event in [
+                started(1),
+                gate_failed(1),
+                started(2),
+                gate_failed(2),
+                finished(TaskState::Failed),
+            ] {
+                telemetry.record(&event);
+            }
+        });
+        let text = handle.render();
+        assert_eq!(calls(&text, "gate_failed"), 2.0, "{text}");
+        assert_eq!(calls(&text, "failed"), 0.0, "{text}");
+
+        // A failure that is not a gate's is still counted as failed.
+        metrics::with_local_recorder(&recorder, || {
+            telemetry.record(&started(1));
+            telemetry.record(&finished(TaskState::Failed));
+        });
+        assert_eq!(calls(&handle.render(), "failed"), 1.0);
     }
 }
