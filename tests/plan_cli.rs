@@ -187,3 +187,119 @@ args = { argv = ["echo never"] }
     );
     assert!(err.contains("after: Skipped"), "{err}");
 }
+
+/// `tetrarch COMMAND` with `--store` in `dir`, stdout a pipe whose reader is already gone (as
+/// under `| head -0`): the exit code and stderr.
+fn with_closed_stdout(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.join("store.redb"))
+        .args(args)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn runs_json_prints_one_run_per_line_and_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |name: &str, fail: bool| {
+        format!(
+            "name = \"{name}\"\n[pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n\
+             [[task]]\nid = \"t\"\ntool = \"sh.run\"\nargs = {{ argv = [\"{}\"] }}\n",
+            if fail { "exit 3" } else { "true" }
+        )
+    };
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(true)", "Bash(exit *)"]}}"#,
+    )
+    .unwrap();
+    let with_rules = |text: String| text.replacen('\n', "\npermissions = \"settings.json\"\n", 1);
+    assert_eq!(run(dir.path(), &with_rules(plan("first", false))).0, 0);
+    assert_eq!(run(dir.path(), &with_rules(plan("second", true))).0, 1);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .args(["runs", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let runs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    assert_eq!(runs[0]["plan"], "first", "{stdout}");
+    assert_eq!(runs[1]["plan"], "second", "{stdout}");
+    assert_ne!(runs[0]["status"], runs[1]["status"], "{stdout}");
+
+    for args in [
+        &["runs"][..],
+        &["runs", "--json"],
+        &["plan", "check", "plan.toml"],
+    ] {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if *a == "plan.toml" {
+                    dir.path().join(a).display().to_string()
+                } else {
+                    (*a).to_owned()
+                }
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = with_closed_stdout(dir.path(), &args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn commands_that_read_refuse_a_store_that_does_not_exist_and_create_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("stroe.redb");
+    for args in [
+        &["runs"][..],
+        &["mem", "recent"],
+        &["mem", "search", "anything"],
+        &["lessons", "list"],
+        &["dashboard", "--addr", "127.0.0.1:0"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+            .arg("--store")
+            .arg(&typo)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("no store at {}", typo.display())),
+            "{args:?}: {err}"
+        );
+        assert!(!typo.exists(), "{args:?} created the store");
+    }
+    // Storing a memory is how a store begins.
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(&typo)
+        .args(["mem", "store", "--content", "first memory"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(typo.exists());
+}

@@ -505,6 +505,14 @@ fn dashboard_addresses_default_to_loopback() {
         parse_addr("0.0.0.0:81").unwrap(),
         "0.0.0.0:81".parse::<SocketAddr>().unwrap()
     );
+    assert_eq!(
+        parse_addr("localhost:7400").unwrap(),
+        "127.0.0.1:7400".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        parse_addr("[::1]:7400").unwrap(),
+        "[::1]:7400".parse::<SocketAddr>().unwrap()
+    );
     let error = parse_addr("localhost:http").unwrap_err();
     assert!(
         error
@@ -580,8 +588,21 @@ fn tetrarch_run_warns_when_the_dashboard_port_is_taken_and_runs_anyway_then_dash
         stream.read_to_string(&mut text).unwrap();
         text
     });
+    // The dashboard read the run and closed the store: another command can open it meanwhile.
+    let runs = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .args(["runs", "--json"])
+        .output()
+        .unwrap();
     dashboard.kill().unwrap();
     dashboard.wait().unwrap();
+    assert!(
+        runs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&runs.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&runs.stdout).lines().count(), 1);
     let state = state.unwrap_or_else(|| panic!("unexpected first line: {first}"));
     let body: Value = serde_json::from_str(state.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(body["mode"], "finished");

@@ -19,7 +19,7 @@ use tetrarch::telemetry::{
 /// `tetrarch dashboard`.
 #[derive(Debug, Args)]
 pub struct DashboardArgs {
-    /// Where to serve: HOST:PORT, or a port on 127.0.0.1.
+    /// Where to serve: IP:PORT, localhost:PORT, or a port on 127.0.0.1.
     #[arg(long, default_value = "127.0.0.1:7400")]
     addr: String,
     /// The run to show (default: the newest in the store).
@@ -30,16 +30,20 @@ pub struct DashboardArgs {
 /// Serves the dashboard of a finished run until Ctrl-C.
 pub fn run(args: DashboardArgs, store: &Path) -> Result<ExitCode> {
     let addr = parse_addr(&args.addr)?;
-    let store = Store::open(store, StoreConfig::default())
-        .with_context(|| format!("cannot open the store {}", store.display()))?;
+    // The view is read once and the store closed, so a `tetrarch run` on it can start while
+    // the page is served.
+    let telemetry = {
+        let store = Store::open(store, StoreConfig::default())
+            .with_context(|| format!("cannot open the store {}", store.display()))?;
+        Telemetry::finished(&store, args.run.as_deref(), install_metrics().ok())?
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let telemetry = Telemetry::finished(&store, args.run.as_deref(), install_metrics().ok())?;
         let server = DashboardServer::bind(addr, telemetry).await?;
-        eprintln!(
+        stderr_line!(
             "dashboard: http://{}/ (Ctrl-C to stop)",
             server.local_addr()
         );
@@ -73,19 +77,19 @@ pub async fn start_live(
     }
     let dashboard_addr = dashboard.and_then(|text| {
         parse_server_addr("dashboard", text)
-            .inspect_err(|e| eprintln!("warning: {e}; the run goes on without the dashboard"))
+            .inspect_err(|e| stderr_line!("warning: {e}; the run goes on without the dashboard"))
             .ok()
     });
     let metrics_addr = metrics.and_then(|text| {
         parse_server_addr("metrics", text)
-            .inspect_err(|e| eprintln!("warning: {e}; the run goes on without /metrics"))
+            .inspect_err(|e| stderr_line!("warning: {e}; the run goes on without /metrics"))
             .ok()
     });
     if dashboard_addr.is_none() && metrics_addr.is_none() {
         return None;
     }
     let recorder = install_metrics()
-        .inspect_err(|e| eprintln!("warning: {e}; /metrics will be empty"))
+        .inspect_err(|e| stderr_line!("warning: {e}; /metrics will be empty"))
         .ok();
     let telemetry = Telemetry::new(recorder);
     telemetry.watch_plan(plan);
@@ -132,11 +136,11 @@ fn started<T>(
 ) -> Option<T> {
     match bound {
         Ok(server) => {
-            eprintln!("{}", announce(&server));
+            stderr_line!("{}", announce(&server));
             Some(server)
         }
         Err(e) => {
-            eprintln!("warning: {e}; the run goes on without {what}");
+            stderr_line!("warning: {e}; the run goes on without {what}");
             None
         }
     }

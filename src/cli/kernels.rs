@@ -44,7 +44,7 @@ pub fn run(cmd: KernelsCommand) -> anyhow::Result<ExitCode> {
                 Ok(k) => {
                     for name in source.functions {
                         if !k.functions.iter().any(|f| f.function == *name) {
-                            eprintln!(
+                            stderr_line!(
                                 "{a} {}: entry point {name} missing from the ptxas report",
                                 source.name
                             );
@@ -76,7 +76,7 @@ pub fn run(cmd: KernelsCommand) -> anyhow::Result<ExitCode> {
                     }));
                 }
                 Err(e) => {
-                    eprintln!("{e}");
+                    stderr_line!("{e}");
                     failed = true;
                     report.push(serde_json::json!({"arch": a, "kernel": source.name, "error": e.to_string()}));
                 }

@@ -61,6 +61,13 @@ pub enum LessonsCommand {
     },
 }
 
+impl LessonsCommand {
+    /// Whether the command may create the store (`record`); the others need one that exists.
+    pub fn creates_store(&self) -> bool {
+        matches!(self, LessonsCommand::Record { .. })
+    }
+}
+
 fn open(path: &Path, ns: &str) -> Result<Lessons> {
     let namespace: Namespace = ns.parse()?;
     let store = Store::open(path, StoreConfig::default())?;

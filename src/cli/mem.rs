@@ -116,6 +116,13 @@ pub struct StoreArgs {
     output: Output,
 }
 
+impl MemCommand {
+    /// Whether the command may create the store (`store`); the others need one that exists.
+    pub fn creates_store(&self) -> bool {
+        matches!(self, MemCommand::Store(_))
+    }
+}
+
 fn open(path: &Path) -> Result<Store> {
     let config = StoreConfig {
         show_progress: std::io::stderr().is_terminal(),

@@ -1,6 +1,24 @@
 //! The binary's commands. Parsing is clap's; each command lives in its own file and returns an
 //! exit code. Errors print as `error: ...` with their causes and exit 2; a closed pipe exits 0.
 
+/// A line on stdout, returning the write's error (`println!` panics on a closed pipe): with `?`,
+/// `tetrarch runs | head -1` ends quietly with exit 0.
+macro_rules! stdout_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// A line on stderr, ignoring a closed stderr (`eprintln!` panics): there is nowhere else to
+/// say it, and the exit status still tells the outcome.
+macro_rules! stderr_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod dashboard;
 mod kernels;
 mod lessons;
@@ -81,6 +99,18 @@ fn resolve_store(store: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
+/// The store of a command that only reads or changes what is there: a path with no store is a
+/// mistake (a mistyped `--store`), and opening it would leave an empty store behind.
+fn existing_store(store: Option<PathBuf>) -> Result<PathBuf> {
+    let path = resolve_store(store)?;
+    anyhow::ensure!(
+        path.exists(),
+        "no store at {}: nothing has run or been stored there (check --store or TETRARCH_STORE)",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// What must be flushed before the process exits.
 struct TracingGuard {
     #[cfg(feature = "otel")]
@@ -93,7 +123,7 @@ impl TracingGuard {
         if let Some(otlp) = self.otlp
             && let Err(e) = otlp.shutdown()
         {
-            eprintln!("warning: {e}");
+            stderr_line!("warning: {e}");
         }
     }
 }
@@ -130,7 +160,7 @@ fn init_tracing(otlp_endpoint: Option<&str>) -> TracingGuard {
                     ..Default::default()
                 };
                 tetrarch::telemetry::OtlpTracing::new(&config)
-                    .inspect_err(|e| eprintln!("warning: {e}; spans are not exported"))
+                    .inspect_err(|e| stderr_line!("warning: {e}; spans are not exported"))
                     .ok()
             })
             .flatten();
@@ -144,7 +174,7 @@ fn init_tracing(otlp_endpoint: Option<&str>) -> TracingGuard {
     #[cfg(not(feature = "otel"))]
     {
         if requested {
-            eprintln!(
+            stderr_line!(
                 "warning: OpenTelemetry export was asked for, but this tetrarch was built without \
                  the `otel` feature; spans are not exported (build with `--features otel`)"
             );
@@ -158,14 +188,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let Cli { store, command, .. } = cli;
     match command {
         Command::Run(args) => run::run(args, &resolve_store(store)?),
-        Command::Runs { json } => run::list(&resolve_store(store)?, json),
-        Command::Mem(command) => mem::run(command, &resolve_store(store)?),
+        Command::Runs { json } => run::list(&existing_store(store)?, json),
+        Command::Mem(command) => {
+            let store = if command.creates_store() {
+                resolve_store(store)?
+            } else {
+                existing_store(store)?
+            };
+            mem::run(command, &store)
+        }
         Command::Score(args) => score::run(args, store.or_else(|| default_store_path().ok())),
         Command::Kernels(command) => kernels::run(command),
         Command::Perms(command) => perms::run(command),
-        Command::Lessons(command) => lessons::run(command, &resolve_store(store)?),
+        Command::Lessons(command) => {
+            let store = if command.creates_store() {
+                resolve_store(store)?
+            } else {
+                existing_store(store)?
+            };
+            lessons::run(command, &store)
+        }
         Command::Plan(command) => plan::run(command),
-        Command::Dashboard(args) => dashboard::run(args, &resolve_store(store)?),
+        Command::Dashboard(args) => dashboard::run(args, &existing_store(store)?),
     }
 }
 
@@ -185,7 +229,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            stderr_line!("error: {error:#}");
             ExitCode::from(2)
         }
     };

@@ -106,10 +106,10 @@ pub fn run(command: PermsCommand) -> anyhow::Result<ExitCode> {
             dirs,
         } => {
             let engine = load(&settings, &dirs)?;
-            println!(
+            stdout_line!(
                 "{}",
                 describe(&engine.decide(&call_from_argument(&tool, &input)))
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         PermsCommand::Diff {
@@ -138,17 +138,17 @@ pub fn run(command: PermsCommand) -> anyhow::Result<ExitCode> {
                 let (before, after) = (old_engine.decide(&call), new_engine.decide(&call));
                 if before.verdict != after.verdict {
                     differ += 1;
-                    println!(
+                    stdout_line!(
                         "line {}: {} {}\n  old: {}\n  new: {}",
                         number + 1,
                         call.tool,
                         call.input,
                         describe(&before),
                         describe(&after)
-                    );
+                    )?;
                 }
             }
-            println!("{replayed} calls replayed, {differ} decisions differ");
+            stdout_line!("{replayed} calls replayed, {differ} decisions differ")?;
             Ok(if differ == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -171,7 +171,7 @@ pub fn run(command: PermsCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot write {}", out.display()))?;
             std::fs::write(&report, result.report())
                 .with_context(|| format!("cannot write {}", report.display()))?;
-            println!(
+            stdout_line!(
                 "rules: {} -> {}{}\nwrote {} and {}",
                 result.rules_before,
                 result.rules_after,
@@ -185,7 +185,7 @@ pub fn run(command: PermsCommand) -> anyhow::Result<ExitCode> {
                 },
                 out.display(),
                 report.display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

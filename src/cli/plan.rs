@@ -53,17 +53,17 @@ fn check(file: &PathBuf, pools: Option<Vec<String>>, as_json: bool) -> Result<Ex
     };
     match result {
         Ok(plan) => {
-            print_plan(&plan, scope, as_json);
+            print_plan(&plan, scope, as_json)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            print_errors(&err, as_json);
+            print_errors(&err, as_json)?;
             Ok(ExitCode::from(2))
         }
     }
 }
 
-fn print_plan(plan: &Plan, scope: &str, as_json: bool) {
+fn print_plan(plan: &Plan, scope: &str, as_json: bool) -> std::io::Result<()> {
     let dag = plan.dag();
     let levels = dag.levels();
     let (path, length) = dag.critical_path();
@@ -79,28 +79,27 @@ fn print_plan(plan: &Plan, scope: &str, as_json: bool) {
                 "seconds": length.as_secs_f64(),
             },
         });
-        println!("{report}");
-        return;
+        return stdout_line!("{report}");
     }
-    println!(
+    stdout_line!(
         "plan {:?}: {} tasks, {} levels ({scope})",
         plan.name,
         plan.tasks.len(),
         levels.len()
-    );
+    )?;
     for (n, level) in levels.iter().enumerate() {
         let ids: Vec<&str> = level.iter().map(|t| t.as_str()).collect();
-        println!("level {n}: {}", ids.join(", "));
+        stdout_line!("level {n}: {}", ids.join(", "))?;
     }
     let ids: Vec<&str> = path.iter().map(|t| t.as_str()).collect();
-    println!(
+    stdout_line!(
         "critical path: {} ({})",
         ids.join(" -> "),
         humantime::format_duration(length)
-    );
+    )
 }
 
-fn print_errors(err: &PlanError, as_json: bool) {
+fn print_errors(err: &PlanError, as_json: bool) -> std::io::Result<()> {
     if as_json {
         let errors: Vec<_> = err
             .diagnostics
@@ -114,16 +113,16 @@ fn print_errors(err: &PlanError, as_json: bool) {
             })
             .collect();
         let report = json!({ "ok": false, "source": err.source_name, "errors": errors });
-        println!("{report}");
-        return;
+        return stdout_line!("{report}");
     }
     for line in err.lines() {
-        eprintln!("{line}");
+        stderr_line!("{line}");
     }
     let n = err.diagnostics.len();
-    eprintln!(
+    stderr_line!(
         "{}: {n} error{} — plan rejected",
         err.source_name,
         if n == 1 { "" } else { "s" }
     );
+    Ok(())
 }

@@ -55,12 +55,12 @@ pub struct RunArgs {
     /// denied otherwise.
     #[arg(long)]
     permissions: Option<PathBuf>,
-    /// Serve the live dashboard and `/metrics` on this address (HOST:PORT, or a port on
-    /// 127.0.0.1) during the run.
+    /// Serve the live dashboard and `/metrics` on this address (IP:PORT, localhost:PORT, or a
+    /// port on 127.0.0.1) during the run.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<String>,
-    /// Serve Prometheus metrics at `/metrics` (and nothing else) on this address (HOST:PORT,
-    /// or a port on 127.0.0.1) during the run.
+    /// Serve Prometheus metrics at `/metrics` (and nothing else) on this address (IP:PORT,
+    /// localhost:PORT, or a port on 127.0.0.1) during the run.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 }
@@ -120,9 +120,9 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         Ok(plan) => plan,
         Err(error) => {
             for line in error.lines() {
-                eprintln!("{line}");
+                stderr_line!("{line}");
             }
-            eprintln!("error: the plan is invalid; nothing ran");
+            stderr_line!("error: the plan is invalid; nothing ran");
             return Ok(ExitCode::from(2));
         }
     };
@@ -144,11 +144,11 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     let human = args.events == EventsFormat::Human;
     if human {
         match &resume {
-            Some(id) => eprintln!("resuming run {id} of {source}"),
-            None => eprintln!("run {run_id} of {source}"),
+            Some(id) => stderr_line!("resuming run {id} of {source}"),
+            None => stderr_line!("run {run_id} of {source}"),
         }
         if !plan.pools.is_empty() {
-            eprintln!(
+            stderr_line!(
                 "starting pools {} (pre-warm)",
                 plan.pools.keys().cloned().collect::<Vec<_>>().join(", ")
             );
@@ -192,7 +192,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
                 signal = tokio::signal::ctrl_c(), if !interrupted => {
                     signal.context("cannot listen for Ctrl-C")?;
                     interrupted = true;
-                    eprintln!("\ninterrupted: cancelling run {run_id} (Ctrl-C again to exit now)");
+                    stderr_line!("\ninterrupted: cancelling run {run_id} (Ctrl-C again to exit now)");
                     runtime.cancel(&run_id).await?;
                     tokio::spawn(async {
                         if tokio::signal::ctrl_c().await.is_ok() {
@@ -320,15 +320,19 @@ async fn print_events(
         let event = match events.recv().await {
             Ok(event) => event,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                eprintln!("({n} progress events skipped)");
+                stderr_line!("({n} progress events skipped)");
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => break,
         };
         let last = matches!(&event, RunEvent::RunFinished { run_id: id, .. } if *id == run_id);
         if format == EventsFormat::Json {
-            if let Ok(line) = serde_json::to_string(&event) {
-                println!("{line}");
+            // A reader that went away (`| head`) ends the printing, not the run: it still
+            // finishes (or rolls back) and reports on stderr.
+            if let Ok(line) = serde_json::to_string(&event)
+                && stdout_line!("{line}").is_err()
+            {
+                break;
             }
             if last {
                 break;
@@ -354,7 +358,7 @@ async fn print_events(
                         bar.println(line);
                     }
                 }
-                None => eprintln!("{line}"),
+                None => stderr_line!("{line}"),
             }
         }
         if last {
@@ -374,7 +378,7 @@ fn print_report(report: &RunReport) {
         .iter()
         .filter(|t| t.state == TaskState::Complete)
         .count();
-    eprintln!(
+    stderr_line!(
         "run {} {:?}: {complete}/{} tasks complete in {:.2?}",
         report.run_id,
         report.status,
@@ -382,10 +386,10 @@ fn print_report(report: &RunReport) {
         report.duration
     );
     for problem in report.problems() {
-        eprintln!("  {problem}");
+        stderr_line!("  {problem}");
     }
     for comp in &report.compensations {
-        eprintln!(
+        stderr_line!(
             "  undone {}: {}",
             comp.task,
             if comp.ok { "ok" } else { "compensation FAILED" }
@@ -398,24 +402,24 @@ pub fn list(store: &Path, json: bool) -> Result<ExitCode> {
     let store = Store::open(store, StoreConfig::default())
         .with_context(|| format!("cannot open the store {}", store.display()))?;
     let runs = saved_runs(&store)?;
-    if json {
-        println!("{}", serde_json::to_string(&runs)?);
-        return Ok(ExitCode::SUCCESS);
-    }
     for run in runs {
+        if json {
+            stdout_line!("{}", serde_json::to_string(&run)?)?;
+            continue;
+        }
         let complete = run
             .tasks
             .iter()
             .filter(|(_, s)| *s == TaskState::Complete)
             .count();
-        println!(
+        stdout_line!(
             "{}  {:<9}  {complete}/{} complete  {} ({})",
             run.run_id,
             format!("{:?}", run.status).to_lowercase(),
             run.tasks.len(),
             run.plan,
             run.source
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

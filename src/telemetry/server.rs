@@ -39,16 +39,21 @@ const PAGE: &str = include_str!("dashboard.html");
 /// Where the page carries the state as of its request, so its first paint needs no round trip.
 const INITIAL_STATE: &str = "/*INITIAL_STATE*/null";
 
-/// Parses `--dashboard`: `HOST:PORT`, or a bare port (on 127.0.0.1).
+/// Parses `--dashboard`: `IP:PORT`, `localhost:PORT`, or a bare port (on 127.0.0.1).
 pub fn parse_addr(text: &str) -> Result<SocketAddr, TelemetryError> {
     parse_server_addr("dashboard", text)
 }
 
-/// Parses the address of `server` (`dashboard`, `metrics`; named in the error): `HOST:PORT`,
-/// or a bare port (on 127.0.0.1).
+/// Parses the address of `server` (`dashboard`, `metrics`; named in the error): `IP:PORT`,
+/// `localhost:PORT` or a bare port (both on 127.0.0.1). No other name is looked up: what a
+/// server binds to should not depend on a resolver.
 pub fn parse_server_addr(server: &'static str, text: &str) -> Result<SocketAddr, TelemetryError> {
     let text = text.trim();
-    if let Ok(port) = text.trim_start_matches(':').parse::<u16>() {
+    let port = match text.get(..10) {
+        Some(host) if host.eq_ignore_ascii_case("localhost:") => &text[10..],
+        _ => text.trim_start_matches(':'),
+    };
+    if let Ok(port) = port.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
     text.parse().map_err(|_| TelemetryError::BadAddr {
