@@ -834,3 +834,77 @@ fn record_latency(op: &'static str, started: std::time::Instant) {
     metrics::histogram!("tetrarch_store_op_duration_seconds", "op" => op)
         .record(started.elapsed().as_secs_f64());
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Updates keep the index's document table about the size of the live set (every version
+    /// used to keep a slot for the life of the process), and renumbering loses no memory: each
+    /// is found by its newest words, none by words it no longer has, and archive still works.
+    #[tokio::test]
+    async fn updates_do_not_grow_the_index_and_renumbering_keeps_every_memory_findable() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            durability: DurabilityMode::Relaxed {
+                sync_interval: Duration::from_millis(50),
+            },
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path().join("s.redb"), config).unwrap();
+        let ns = Namespace::Project("renumber".to_owned());
+        let mut ids = Vec::new();
+        for i in 0..12 {
+            let new = NewMemory::new(ns.clone(), format!("memory{i} round0"));
+            ids.push(store.store(new).await.unwrap());
+        }
+        let mut most_slots = 0;
+        for round in 1..=40 {
+            for (i, id) in ids
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 3 != 0 || round % 4 == 0)
+            {
+                let patch = MemoryPatch {
+                    content: Some(format!("memory{i} round{round}")),
+                    ..MemoryPatch::default()
+                };
+                store.update(*id, patch).await.unwrap();
+            }
+            most_slots = most_slots.max(store.inner.state.read().index.slots());
+        }
+        assert!(
+            most_slots <= 2 * ids.len() + index::RENUMBER_MIN_DEAD,
+            "the table grew to {most_slots} slots for {} memories",
+            ids.len()
+        );
+        let find = |text: &str| -> Vec<MemoryId> {
+            store
+                .search(
+                    text,
+                    &SearchOptions {
+                        limit: 100,
+                        ..SearchOptions::default()
+                    },
+                )
+                .into_iter()
+                .filter(|hit| hit.matched_terms == 1)
+                .map(|hit| hit.memory.id)
+                .collect()
+        };
+        for (i, id) in ids.iter().enumerate() {
+            assert!(find(&format!("memory{i}")).contains(id), "memory{i}");
+            assert_eq!(
+                store.get(*id).unwrap().content,
+                format!("memory{i} round40")
+            );
+        }
+        assert_eq!(find("round40").len(), ids.len());
+        assert!(find("round39").is_empty());
+        store.archive(ids[5]).await.unwrap();
+        assert!(find("memory5").is_empty());
+        assert_eq!(find("round40").len(), ids.len() - 1);
+    }
+}

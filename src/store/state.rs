@@ -235,6 +235,11 @@ impl State {
     fn remove_live(&mut self, id: MemoryId) -> Option<LiveEntry> {
         let entry = self.live.remove(&id)?;
         self.index.remove(entry.doc);
+        if let Some(renumbered) = self.index.renumber_if_sparse() {
+            for live in self.live.values_mut() {
+                live.doc = renumbered[live.doc as usize];
+            }
+        }
         let namespace = &entry.memory.namespace;
         if let Some(set) = self.recent.get_mut(namespace) {
             set.remove(&id);
