@@ -456,24 +456,28 @@ impl Actor for Executor {
                     pool = %attempt.call().pool,
                     tool = %attempt.call().tool
                 );
-                let handle = state.calls.spawn(
-                    async move {
-                        let mut attempt = attempt;
+                let handle = state.calls.spawn(async move {
+                    let mut attempt = attempt;
+                    // The call's span ends before the outcome goes on: once the Reviewer has
+                    // it, the run may finish, and an open child would keep the run's span open.
+                    let (outcome, memory) = async {
                         let outcome = execute(&shared, &attempt).await;
                         let memory = outcome_memory(&shared, &attempt, &outcome);
                         attempt.failure = failure(&shared, &outcome);
-                        if let Err(e) = shared
-                            .peers
-                            .reviewer
-                            .send(ReviewerMsg::Review(attempt, outcome))
-                            .await
-                        {
-                            tracing::warn!("executor: outcome not delivered: {e}");
-                        }
-                        record(&shared, memory);
+                        (outcome, memory)
                     }
-                    .instrument(span),
-                );
+                    .instrument(span)
+                    .await;
+                    if let Err(e) = shared
+                        .peers
+                        .reviewer
+                        .send(ReviewerMsg::Review(attempt, outcome))
+                        .await
+                    {
+                        tracing::warn!("executor: outcome not delivered: {e}");
+                    }
+                    record(&shared, memory);
+                });
                 state.runs.insert(handle.id(), (run_id, handle));
             }
             ExecutorMsg::CancelRun(run_id) => {

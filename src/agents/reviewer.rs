@@ -245,8 +245,15 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
     }
 }
 
-async fn review_and_reply(shared: &ReviewerArgs, attempt: Box<Attempt>, outcome: Outcome) {
-    let verdict = review(shared, &attempt, outcome).await;
+/// Reviews inside `span`, which ends before the verdict is sent: a span still open when the
+/// Orchestrator finishes the run would keep the run's span open past its end.
+async fn review_and_reply(
+    shared: &ReviewerArgs,
+    attempt: Box<Attempt>,
+    outcome: Outcome,
+    span: tracing::Span,
+) {
+    let verdict = review(shared, &attempt, outcome).instrument(span).await;
     if let Err(e) = shared
         .peers
         .orchestrator
@@ -292,14 +299,11 @@ impl Actor for Reviewer {
                 let span = tracing::info_span!(parent: &attempt.span, "review");
                 if scored {
                     let shared = Arc::clone(&state.shared);
-                    state.scoring.spawn(
-                        async move { review_and_reply(&shared, attempt, outcome).await }
-                            .instrument(span),
-                    );
+                    state.scoring.spawn(async move {
+                        review_and_reply(&shared, attempt, outcome, span).await;
+                    });
                 } else {
-                    review_and_reply(&state.shared, attempt, outcome)
-                        .instrument(span)
-                        .await;
+                    review_and_reply(&state.shared, attempt, outcome, span).await;
                 }
             }
             ReviewerMsg::Ping(reply) => {
