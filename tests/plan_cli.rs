@@ -90,20 +90,28 @@ fn missing_file_is_an_error_naming_it() {
     );
 }
 
-/// Runs `tetrarch run PLAN` headless with a fresh store in `dir`.
-fn run(dir: &std::path::Path, plan: &str) -> (i32, String) {
-    std::fs::write(dir.join("plan.toml"), plan).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .arg("--store")
-        .arg(dir.join("store.redb"))
-        .arg("run")
-        .arg(dir.join("plan.toml"))
-        .output()
-        .unwrap();
+/// `tetrarch --store STORE ARGS…`, to be run.
+fn tetrarch_on(store: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tetrarch"));
+    command.arg("--store").arg(store).args(args);
+    command
+}
+
+fn code_and_stderr(out: &std::process::Output) -> (i32, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `tetrarch run PLAN` headless with a fresh store in `dir`.
+fn run(dir: &std::path::Path, plan: &str) -> (i32, String) {
+    std::fs::write(dir.join("plan.toml"), plan).unwrap();
+    let out = tetrarch_on(&dir.join("store.redb"), &["run"])
+        .arg(dir.join("plan.toml"))
+        .output()
+        .unwrap();
+    code_and_stderr(&out)
 }
 
 #[test]
@@ -193,17 +201,11 @@ args = { argv = ["echo never"] }
 fn with_closed_stdout(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .arg("--store")
-        .arg(dir.join("store.redb"))
-        .args(args)
+    let out = tetrarch_on(&dir.join("store.redb"), args)
         .stdout(writer)
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    code_and_stderr(&out)
 }
 
 #[test]
@@ -225,10 +227,7 @@ fn runs_json_prints_one_run_per_line_and_a_closed_pipe_ends_quietly() {
     assert_eq!(run(dir.path(), &with_rules(plan("first", false))).0, 0);
     assert_eq!(run(dir.path(), &with_rules(plan("second", true))).0, 1);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .arg("--store")
-        .arg(dir.path().join("store.redb"))
-        .args(["runs", "--json"])
+    let out = tetrarch_on(&dir.path().join("store.redb"), &["runs", "--json"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -275,12 +274,7 @@ fn commands_that_read_refuse_a_store_that_does_not_exist_and_create_none() {
         &["lessons", "list"],
         &["dashboard", "--addr", "127.0.0.1:0"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-            .arg("--store")
-            .arg(&typo)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = tetrarch_on(&typo, args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(
@@ -290,10 +284,7 @@ fn commands_that_read_refuse_a_store_that_does_not_exist_and_create_none() {
         assert!(!typo.exists(), "{args:?} created the store");
     }
     // Storing a memory is how a store begins.
-    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .arg("--store")
-        .arg(&typo)
-        .args(["mem", "store", "--content", "first memory"])
+    let out = tetrarch_on(&typo, &["mem", "store", "--content", "first memory"])
         .output()
         .unwrap();
     assert!(

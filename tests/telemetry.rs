@@ -493,26 +493,20 @@ async fn metrics_without_a_recorder_say_so() {
 
 #[test]
 fn dashboard_addresses_default_to_loopback() {
-    assert_eq!(
-        parse_addr("8080").unwrap(),
-        "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
-    );
-    assert_eq!(
-        parse_addr(":9000").unwrap(),
-        "127.0.0.1:9000".parse::<SocketAddr>().unwrap()
-    );
-    assert_eq!(
-        parse_addr("0.0.0.0:81").unwrap(),
-        "0.0.0.0:81".parse::<SocketAddr>().unwrap()
-    );
-    assert_eq!(
-        parse_addr("localhost:7400").unwrap(),
-        "127.0.0.1:7400".parse::<SocketAddr>().unwrap()
-    );
-    assert_eq!(
-        parse_addr("[::1]:7400").unwrap(),
-        "[::1]:7400".parse::<SocketAddr>().unwrap()
-    );
+    for (given, meant) in [
+        ("8080", "127.0.0.1:8080"),
+        (":9000", "127.0.0.1:9000"),
+        ("0.0.0.0:81", "0.0.0.0:81"),
+        ("localhost:7400", "127.0.0.1:7400"),
+        ("LocalHost:7400", "127.0.0.1:7400"),
+        ("[::1]:7400", "[::1]:7400"),
+    ] {
+        assert_eq!(
+            parse_addr(given).unwrap(),
+            meant.parse::<SocketAddr>().unwrap(),
+            "{given}"
+        );
+    }
     let error = parse_addr("localhost:http").unwrap_err();
     assert!(
         error

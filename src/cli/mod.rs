@@ -99,12 +99,13 @@ fn resolve_store(store: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-/// The store of a command that only reads or changes what is there: a path with no store is a
-/// mistake (a mistyped `--store`), and opening it would leave an empty store behind.
-fn existing_store(store: Option<PathBuf>) -> Result<PathBuf> {
+/// The store of a command: one that may create it gets the path; for one that only reads or
+/// changes what is there, a path with no store is a mistake (a mistyped `--store`), and opening
+/// it would leave an empty store behind.
+fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
     let path = resolve_store(store)?;
     anyhow::ensure!(
-        path.exists(),
+        creates || path.exists(),
         "no store at {}: nothing has run or been stored there (check --store or TETRARCH_STORE)",
         path.display()
     );
@@ -188,28 +189,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let Cli { store, command, .. } = cli;
     match command {
         Command::Run(args) => run::run(args, &resolve_store(store)?),
-        Command::Runs { json } => run::list(&existing_store(store)?, json),
+        Command::Runs { json } => run::list(&store_for(false, store)?, json),
         Command::Mem(command) => {
-            let store = if command.creates_store() {
-                resolve_store(store)?
-            } else {
-                existing_store(store)?
-            };
+            let store = store_for(command.creates_store(), store)?;
             mem::run(command, &store)
         }
         Command::Score(args) => score::run(args, store.or_else(|| default_store_path().ok())),
         Command::Kernels(command) => kernels::run(command),
         Command::Perms(command) => perms::run(command),
         Command::Lessons(command) => {
-            let store = if command.creates_store() {
-                resolve_store(store)?
-            } else {
-                existing_store(store)?
-            };
+            let store = store_for(command.creates_store(), store)?;
             lessons::run(command, &store)
         }
         Command::Plan(command) => plan::run(command),
-        Command::Dashboard(args) => dashboard::run(args, &existing_store(store)?),
+        Command::Dashboard(args) => dashboard::run(args, &store_for(false, store)?),
     }
 }
 
