@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tetrarch::agents::{ActorsConfig, RunEvent, RunOptions, RunStatus, Runtime, RuntimeOptions};
+use tetrarch::agents::{
+    ActorsConfig, RunEvent, RunOptions, RunReport, RunStatus, Runtime, RuntimeOptions,
+};
 use tetrarch::context::{O200kCounter, TokenCounter};
 use tetrarch::plan::Plan;
 use tetrarch::session::{NativeRegistry, PoolDef, PoolKind};
@@ -42,7 +44,20 @@ fn options(dir: &Path) -> RunOptions {
     }
 }
 
-fn notes(report: &tetrarch::agents::RunReport, task: &str) -> String {
+/// Runs the plan `text` with `options` and checks every task completed.
+async fn run_complete(runtime: &Runtime, text: &str, options: RunOptions) -> RunReport {
+    let plan = Plan::from_toml(text, "plan.toml").unwrap();
+    let report = runtime.run(plan, options).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    report
+}
+
+fn notes(report: &RunReport, task: &str) -> String {
     let output = report.task(task).unwrap().output.clone().unwrap();
     output["notes"].as_str().unwrap().to_owned()
 }
@@ -98,7 +113,8 @@ async fn a_second_attempt_gets_its_whole_context_again() {
     // upstream output again, not a reference to what the first attempt received.
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(dir.path(), ActorsConfig::embedded().unwrap()).await;
-    let plan = Plan::from_toml(
+    let report = run_complete(
+        &runtime,
         r#"
 name = "second-attempt"
 [[task]]
@@ -113,16 +129,9 @@ args = { notes = "{{context}}", attempt = "{{attempt}}" }
 max_attempts = 2
 gates = [{ json = "/attempt", ge = 2 }]
 "#,
-        "plan.toml",
+        options(dir.path()),
     )
-    .unwrap();
-    let report = runtime.run(plan, options(dir.path())).await.unwrap();
-    assert_eq!(
-        report.status,
-        RunStatus::Complete,
-        "{:?}",
-        report.problems()
-    );
+    .await;
     assert_eq!(report.task("use").unwrap().attempts, 2);
     let context = notes(&report, "use");
     assert_eq!(
@@ -160,7 +169,12 @@ async fn the_runs_recent_memories_are_context_candidates_beside_the_search_hits(
             ))
             .await
             .unwrap();
-        let plan = Plan::from_toml(
+        let run = RunOptions {
+            run_id: Some(run_id.to_owned()),
+            ..options(dir.path())
+        };
+        let report = run_complete(
+            &runtime,
             r#"
 name = "recent"
 [[task]]
@@ -168,15 +182,9 @@ id = "relight"
 tool = "fn.echo"
 args = { notes = "{{context}}", topic = "lantern brightness" }
 "#,
-            "plan.toml",
+            run,
         )
-        .unwrap();
-        let run = RunOptions {
-            run_id: Some(run_id.to_owned()),
-            ..options(dir.path())
-        };
-        let report = runtime.run(plan, run).await.unwrap();
-        assert_eq!(report.status, RunStatus::Complete);
+        .await;
         let context = notes(&report, "relight");
         assert_eq!(
             context.contains("lantern brightness was too low"),
@@ -197,7 +205,8 @@ async fn a_task_reads_the_files_it_names_through_context_and_a_missing_one_is_sk
     )
     .unwrap();
     let runtime = runtime(dir.path(), ActorsConfig::embedded().unwrap()).await;
-    let plan = Plan::from_toml(
+    let report = run_complete(
+        &runtime,
         r#"
 name = "context-files"
 [[task]]
@@ -210,16 +219,9 @@ id = "other"
 tool = "fn.echo"
 args = { notes = "{{context}}" }
 "#,
-        "plan.toml",
+        options(dir.path()),
     )
-    .unwrap();
-    let report = runtime.run(plan, options(dir.path())).await.unwrap();
-    assert_eq!(
-        report.status,
-        RunStatus::Complete,
-        "{:?}",
-        report.problems()
-    );
+    .await;
     let draft = notes(&report, "draft");
     assert_eq!(
         section(&draft, "file:docs/style.md"),
@@ -248,7 +250,8 @@ async fn crossing_the_alert_ratio_in_a_run_alerts_once_and_preserves_the_context
     let telemetry = Telemetry::new(Some(install_metrics().unwrap()));
     let observer = telemetry.observe(runtime.subscribe());
     let mut events = runtime.subscribe();
-    let plan = Plan::from_toml(
+    let report = run_complete(
+        &runtime,
         &format!(
             r#"
 name = "context-alert"
@@ -272,16 +275,9 @@ deps = ["gather-small"]
 args = {{ notes = "{{{{context}}}}" }}
 "#
         ),
-        "plan.toml",
+        options(dir.path()),
     )
-    .unwrap();
-    let report = runtime.run(plan, options(dir.path())).await.unwrap();
-    assert_eq!(
-        report.status,
-        RunStatus::Complete,
-        "{:?}",
-        report.problems()
-    );
+    .await;
     assert_eq!(
         section(&notes(&report, "big"), "task:gather-big"),
         Some(&*big)
@@ -400,7 +396,8 @@ async fn a_budget_split_and_skills_dir_from_an_actors_folder_are_what_the_runtim
     assert_eq!(actors.optimizer.context.budget.window, 2000);
     let runtime = runtime(dir.path(), actors).await;
     let mut events = runtime.subscribe();
-    let plan = Plan::from_toml(
+    let report = run_complete(
+        &runtime,
         &format!(
             r#"
 name = "custom-budget"
@@ -416,16 +413,9 @@ context_files = ["changes.md"]
 args = {{ topic = "zebra stripes shader rule", notes = "{{{{context}}}}" }}
 "#
         ),
-        "plan.toml",
+        options(dir.path()),
     )
-    .unwrap();
-    let report = runtime.run(plan, options(dir.path())).await.unwrap();
-    assert_eq!(
-        report.status,
-        RunStatus::Complete,
-        "{:?}",
-        report.problems()
-    );
+    .await;
     let context = notes(&report, "zebra");
     let counter = O200kCounter::new().unwrap();
     let tokens_of = |source: &str| {

@@ -10,6 +10,29 @@ use tetrarch::session::{
     BoxFuture, Pool, PoolConfig, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest,
 };
 
+/// A successful call's outcome carrying the session's serial number.
+fn answer(serial: usize) -> ToolOutcome {
+    ToolOutcome {
+        exit_status: Some(0),
+        stdout: serial.to_string(),
+        stderr: String::new(),
+        json: Some(json!(serial)),
+        truncated: false,
+        duration: Duration::ZERO,
+    }
+}
+
+/// `Closed` with `detail` when `closed`, else fine.
+fn closed_if(closed: bool, detail: &str) -> Result<(), SessionError> {
+    if closed {
+        Err(SessionError::Closed {
+            detail: detail.to_owned(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// A session that answers its own serial number; tool `crash` fails as a crash.
 struct Numbered {
     serial: usize,
@@ -26,28 +49,13 @@ impl Session for Numbered {
                     reason: "test crash".to_owned(),
                 });
             }
-            Ok(ToolOutcome {
-                exit_status: Some(0),
-                stdout: serial.to_string(),
-                stderr: String::new(),
-                json: Some(json!(serial)),
-                truncated: false,
-                duration: Duration::ZERO,
-            })
+            Ok(answer(serial))
         })
     }
 
     fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
         let sick = self.sick.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if sick {
-                Err(SessionError::Closed {
-                    detail: "sick".to_owned(),
-                })
-            } else {
-                Ok(())
-            }
-        })
+        Box::pin(async move { closed_if(sick, "sick") })
     }
 }
 
@@ -307,16 +315,7 @@ struct Resettable {
 impl Session for Resettable {
     fn call(&mut self, _request: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
         let serial = self.serial;
-        Box::pin(async move {
-            Ok(ToolOutcome {
-                exit_status: Some(0),
-                stdout: serial.to_string(),
-                stderr: String::new(),
-                json: Some(json!(serial)),
-                truncated: false,
-                duration: Duration::ZERO,
-            })
-        })
+        Box::pin(async move { Ok(answer(serial)) })
     }
 
     fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
@@ -326,15 +325,7 @@ impl Session for Resettable {
     fn reset(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
         self.resets.fetch_add(1, Ordering::SeqCst);
         let fail = self.fail_reset.load(Ordering::SeqCst);
-        Box::pin(async move {
-            if fail {
-                Err(SessionError::Closed {
-                    detail: "cannot reset".to_owned(),
-                })
-            } else {
-                Ok(())
-            }
-        })
+        Box::pin(async move { closed_if(fail, "cannot reset") })
     }
 }
 

@@ -334,32 +334,8 @@ async fn print_events(
             {
                 break;
             }
-            if last {
-                break;
-            }
-            continue;
-        }
-        if let RunEvent::RunStarted {
-            already_complete, ..
-        } = &event
-            && let Some(bar) = &bar
-        {
-            bar.set_position(u64::try_from(*already_complete).unwrap_or(0));
-        }
-        let done = matches!(&event, RunEvent::TaskFinished { .. });
-        if let Some(line) = describe(&event) {
-            match &bar {
-                Some(bar) => {
-                    if done {
-                        bar.inc(1);
-                    }
-                    bar.set_message(line.clone());
-                    if !matches!(event, RunEvent::TaskStarted { .. }) {
-                        bar.println(line);
-                    }
-                }
-                None => stderr_line!("{line}"),
-            }
+        } else {
+            print_human(&event, bar.as_ref());
         }
         if last {
             break;
@@ -367,6 +343,32 @@ async fn print_events(
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+}
+
+/// One event as a progress line: above the bar on a terminal, else on stderr.
+fn print_human(event: &RunEvent, bar: Option<&ProgressBar>) {
+    if let RunEvent::RunStarted {
+        already_complete, ..
+    } = event
+        && let Some(bar) = bar
+    {
+        bar.set_position(u64::try_from(*already_complete).unwrap_or(0));
+    }
+    let done = matches!(event, RunEvent::TaskFinished { .. });
+    if let Some(line) = describe(event) {
+        match bar {
+            Some(bar) => {
+                if done {
+                    bar.inc(1);
+                }
+                bar.set_message(line.clone());
+                if !matches!(event, RunEvent::TaskStarted { .. }) {
+                    bar.println(line);
+                }
+            }
+            None => stderr_line!("{line}"),
+        }
     }
 }
 

@@ -100,9 +100,7 @@ impl Timestamp {
             UNIX_EPOCH - Duration::from_millis(self.0.unsigned_abs())
         }
     }
-}
 
-impl Timestamp {
     /// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z); expiries past it are
     /// refused when written.
     pub const LATEST: Timestamp = Timestamp(253_402_300_799_999);
@@ -175,6 +173,26 @@ impl Namespace {
     /// The namespace of one session of a project.
     pub fn session(project: &str, id: &str) -> Result<Self, StoreError> {
         format!("session:{project}:{id}").parse()
+    }
+
+    /// Checks a namespace built directly from the enum, which can hold names its printed form
+    /// would not parse back from (a memory stored under one made the whole store unreadable).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidNamespace`], quoting the namespace.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let valid = match self {
+            Namespace::Global => true,
+            Namespace::Project(name) => valid_part(name),
+            Namespace::Session { project, id } => valid_part(project) && valid_part(id),
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(StoreError::InvalidNamespace {
+                input: self.to_string(),
+            })
+        }
     }
 }
 
@@ -421,29 +439,6 @@ pub struct MemoryPatch {
     pub confidence: Option<f32>,
     /// New expiry (`Some(None)` makes it permanent).
     pub expires_at: Option<Option<Timestamp>>,
-}
-
-/// Checks the fields every write must satisfy.
-impl Namespace {
-    /// Checks a namespace built directly from the enum, which can hold names its printed form
-    /// would not parse back from (a memory stored under one made the whole store unreadable).
-    ///
-    /// # Errors
-    /// [`StoreError::InvalidNamespace`], quoting the namespace.
-    pub fn check(&self) -> Result<(), StoreError> {
-        let valid = match self {
-            Namespace::Global => true,
-            Namespace::Project(name) => valid_part(name),
-            Namespace::Session { project, id } => valid_part(project) && valid_part(id),
-        };
-        if valid {
-            Ok(())
-        } else {
-            Err(StoreError::InvalidNamespace {
-                input: self.to_string(),
-            })
-        }
-    }
 }
 
 /// Checks everything a write would store: the namespace, the size of every text field (each
