@@ -18,7 +18,7 @@
 //!   the OS's, not the runtime's.
 //! - Round trip: a ping through each agent's mailbox, p50/p99.
 //! - Pre-warm: a one-task plan calling the `demo-tools` MCP server (built by cargo as an
-//!   example) from a pool pre-warmed with a declared warm-up call, run 11 times in each of 9
+//!   example) from a pool pre-warmed with a declared warm-up call, run 11 times in each of 25
 //!   fresh runtimes; the median first-run task latency (dispatch to verdict, through the four
 //!   agents and the pooled session) vs the median of the later runs. Target: first ≤ 1.2 ×
 //!   steady state. The whole run's wall time is shown beside it: it adds the run's end commit
