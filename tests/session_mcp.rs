@@ -406,3 +406,112 @@ args = { a = 2, b = 3 }
     assert_eq!(report.task("before").unwrap().retries, 0);
     runtime.shutdown().await;
 }
+
+/// A server on Python's standard library (`tests/mcp-servers/stdlib_server.py`), started through
+/// `sh -c` so that it is a wrapper's child, as servers run by `npx` or `uvx` are.
+fn stdlib_server(mode: &str) -> Option<McpSpec> {
+    let script = servers_dir().join("stdlib_server.py");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let python = std::env::split_paths(&path)
+        .map(|dir| dir.join("python3"))
+        .find(|candidate| candidate.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    // `; exit` keeps the shell from exec'ing python, so the server is the shell's child.
+    let line = format!("'{}' '{}' {mode}; exit", python.display(), script.display());
+    available(
+        "python3",
+        python,
+        McpSpec::new("sh", ["-c".to_owned(), line]),
+    )
+}
+
+#[tokio::test]
+async fn an_oversized_result_is_cut_at_the_output_cap_and_marked_truncated() {
+    let Some(spec) = stdlib_server("") else {
+        return;
+    };
+    let mut session = McpSession::connect(&spec).await.unwrap();
+    let cap = tetrarch::session::DEFAULT_MAX_OUTPUT_BYTES;
+    let outcome = session
+        .call(call("big", json!({ "bytes": cap * 3 })))
+        .await
+        .unwrap();
+    assert_eq!(outcome.stdout.len(), cap);
+    assert!(outcome.truncated);
+    // Under the cap nothing is marked.
+    let outcome = session
+        .call(call("big", json!({ "bytes": 10 })))
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.stdout.as_str(), outcome.truncated),
+        ("xxxxxxxxxx", false)
+    );
+}
+
+#[tokio::test]
+async fn a_tool_list_that_never_comes_fails_within_the_start_timeout() {
+    let Some(mut spec) = stdlib_server("silent-list") else {
+        return;
+    };
+    spec.start_timeout = Duration::from_secs(1);
+    let session = McpSession::connect(&spec).await.unwrap();
+    let listed = tokio::time::timeout(Duration::from_secs(20), session.tool_names())
+        .await
+        .expect("asking for the tool list hung past the start timeout");
+    let error = listed.unwrap_err();
+    assert!(
+        matches!(&error, SessionError::Timeout { tool, .. } if tool == "tools/list"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_start_timeout_too_large_for_the_clock_means_none() {
+    let Some(mut spec) = stdlib_server("") else {
+        return;
+    };
+    spec.start_timeout = Duration::MAX;
+    let session = McpSession::connect(&spec).await.unwrap();
+    assert_eq!(session.tool_names().await.unwrap(), ["big", "pid", "sleep"]);
+}
+
+fn is_alive(pid: i32) -> bool {
+    // Gone, or a zombie waiting to be reaped: it has stopped running either way.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    !status.is_empty()
+        && !status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+}
+
+#[tokio::test]
+async fn a_discarded_session_takes_a_wrapped_server_stuck_in_a_call_with_it() {
+    let Some(spec) = stdlib_server("") else {
+        return;
+    };
+    let mut session = McpSession::connect(&spec).await.unwrap();
+    let pid: i32 = session
+        .call(call("pid", json!({})))
+        .await
+        .unwrap()
+        .stdout
+        .parse()
+        .unwrap();
+    assert_ne!(
+        Some(pid as u32),
+        session.server_pid(),
+        "the server is the shell's child"
+    );
+    let stuck = ToolRequest::new("sleep", json!({ "seconds": 120 }))
+        .with_timeout(Duration::from_millis(200));
+    let err = session.call(stuck).await.unwrap_err();
+    assert!(matches!(err, SessionError::Timeout { .. }), "{err}");
+    assert!(is_alive(pid));
+    drop(session);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while is_alive(pid) && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!is_alive(pid), "server {pid} outlived its session");
+}

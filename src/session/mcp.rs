@@ -3,11 +3,14 @@
 //!
 //! The server gets a cleared environment plus [`McpSpec::env_allowlist`] (by default `PATH`, so
 //! that `node`/`python` are found, and `HOME`, which npm- and pip-installed servers read) plus
-//! [`McpSpec::env`]. Its stderr is read line by line into `tracing` at debug level.
+//! [`McpSpec::env`]. Its stderr is read line by line into `tracing` at debug level. It runs in a
+//! process group of its own, killed with the session: a server started through a wrapper
+//! (`npx`, `uvx`, `cargo run`, `sh -c`) is not left behind when its session is discarded.
 //!
 //! Results map onto [`ToolOutcome`]: `structuredContent` → `json`, text content blocks (joined by
 //! newlines) → `stdout` (and, when there is no structured content and the text is JSON, `json`),
-//! `isError` → exit status 1. A JSON-RPC error answer (unknown tool, invalid arguments) is
+//! `isError` → exit status 1. The text is kept up to [`DEFAULT_MAX_OUTPUT_BYTES`], as a process
+//! call's output is, and marked `truncated` past it; the server's stderr lines likewise. A JSON-RPC error answer (unknown tool, invalid arguments) is
 //! [`SessionError::ToolRejected`] and leaves the session usable; a closed transport, a dead server
 //! or a timeout breaks the session, and its pool replaces it.
 
@@ -23,6 +26,7 @@ use rmcp::service::{RoleClient, RunningService, ServiceError};
 use rmcp::transport::TokioChildProcess;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use super::process::DEFAULT_MAX_OUTPUT_BYTES;
 use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
 
 /// How to start an MCP server.
@@ -78,6 +82,21 @@ pub struct McpSession {
     /// The declared warm-up call, repeated by [`Session::warm_up`].
     warmup: Option<ToolRequest>,
     warmup_calls: u32,
+    /// How long asking for the tool list may take (the spec's start timeout).
+    list_timeout: Duration,
+}
+
+impl Drop for McpSession {
+    fn drop(&mut self) {
+        // The server leads its own group (see `connect`); ESRCH (already gone) is the normal case.
+        #[cfg(unix)]
+        if let Some(pgid) = self.server_pid.and_then(|id| i32::try_from(id).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for McpSession {
@@ -94,14 +113,19 @@ impl McpSession {
     /// call if it has one, all within the spec's `start_timeout` (a server that initializes but
     /// never answers would otherwise hang the pool's start, or an acquire, for ever).
     pub async fn connect(spec: &McpSpec) -> Result<Self, SessionError> {
-        let deadline = tokio::time::Instant::now() + spec.start_timeout;
-        let command = super::child_command(
+        // A start timeout too large to add to the clock (a plan may say "1000000y") means none.
+        let deadline = tokio::time::Instant::now()
+            .checked_add(spec.start_timeout)
+            .unwrap_or_else(far_future);
+        let mut command = super::child_command(
             &spec.program,
             &spec.args,
             spec.cwd.as_ref(),
             &spec.env_allowlist,
             &spec.env,
         );
+        #[cfg(unix)]
+        command.process_group(0);
         let (transport, stderr) = TokioChildProcess::builder(command)
             .stderr(Stdio::piped())
             .spawn()
@@ -113,9 +137,15 @@ impl McpSession {
         if let Some(stderr) = stderr {
             let program = spec.program.clone();
             tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::debug!(target: "tetrarch::session::mcp", %program, "server stderr: {line}");
+                let mut stderr = BufReader::new(stderr);
+                let mut line = Vec::new();
+                // Each line is read up to the cap and the rest of it skipped: a server writing
+                // without newlines must not grow our memory.
+                while let Ok(Some(cut)) = read_capped_line(&mut stderr, &mut line).await {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end();
+                    let more = if cut { " [line cut]" } else { "" };
+                    tracing::debug!(target: "tetrarch::session::mcp", %program, "server stderr: {text}{more}");
                 }
             });
         }
@@ -141,6 +171,7 @@ impl McpSession {
             program: spec.program.clone(),
             warmup: spec.warmup.clone(),
             warmup_calls: spec.warmup_calls.max(1),
+            list_timeout: spec.start_timeout,
         };
         let ready = tokio::time::timeout_at(deadline, async {
             session.health_check().await?;
@@ -190,13 +221,19 @@ impl McpSession {
         self.server_pid
     }
 
-    /// The names of the server's tools.
+    /// The names of the server's tools, asked within the spec's start timeout (a run checks
+    /// its plan against them before it starts, so a server that never answers must not hang it).
     pub async fn tool_names(&self) -> Result<Vec<String>, SessionError> {
-        let tools = self
-            .service
-            .list_all_tools()
-            .await
-            .map_err(|e| map_service_error("tools/list", e))?;
+        let tools =
+            match tokio::time::timeout(self.list_timeout, self.service.list_all_tools()).await {
+                Ok(listed) => listed.map_err(|e| map_service_error("tools/list", e))?,
+                Err(_) => {
+                    return Err(SessionError::Timeout {
+                        tool: "tools/list".to_owned(),
+                        after: self.list_timeout,
+                    });
+                }
+            };
         Ok(tools.into_iter().map(|t| t.name.into_owned()).collect())
     }
 
@@ -229,21 +266,74 @@ impl McpSession {
             .iter()
             .filter_map(|block| block.as_text().map(|t| t.text.as_str()))
             .collect();
-        let stdout = texts.join("\n");
+        let mut stdout = texts.join("\n");
+        let truncated = truncate_at_char(&mut stdout, DEFAULT_MAX_OUTPUT_BYTES);
         let json = match result.structured_content {
             Some(value) => Some(value),
-            None => serde_json::from_str(stdout.trim()).ok(),
+            // Cut text is not the server's JSON, even where what is left parses.
+            None if !truncated => serde_json::from_str(stdout.trim()).ok(),
+            None => None,
         };
         Ok(ToolOutcome {
             exit_status: Some(if result.is_error == Some(true) { 1 } else { 0 }),
             stdout,
             stderr: String::new(),
             json,
-            truncated: false,
+            truncated,
             duration: started.elapsed(),
         })
     }
 }
+
+/// A deadline no run reaches (about 30 years), for timeouts too large to add to the clock.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// Cuts `text` to at most `max` bytes at a character boundary; whether it cut anything.
+fn truncate_at_char(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    true
+}
+
+/// Reads one line into `line` (cleared first), keeping at most [`MAX_STDERR_LINE`] bytes and
+/// skipping the rest of it. `Ok(None)` at the end of the stream; `Ok(Some(cut))` says whether
+/// the line was longer than kept.
+async fn read_capped_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let mut cut = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok((!line.is_empty() || cut).then_some(cut));
+        }
+        let (chunk, ends) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..=at], true),
+            None => (available, false),
+        };
+        let room = MAX_STDERR_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        cut |= chunk.len() > room;
+        let used = chunk.len();
+        reader.consume(used);
+        if ends {
+            return Ok(Some(cut));
+        }
+    }
+}
+
+/// The longest stderr line of a server kept for the log.
+const MAX_STDERR_LINE: usize = 8 * 1024;
 
 fn map_service_error(tool: &str, error: ServiceError) -> SessionError {
     match error {
@@ -314,5 +404,28 @@ impl SessionFactory for McpFactory {
             let session = McpSession::connect(&self.spec).await?;
             Ok(Box::new(session) as Box<dyn Session>)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_STDERR_LINE, read_capped_line};
+
+    #[tokio::test]
+    async fn stderr_lines_are_kept_up_to_the_cap_and_the_rest_skipped() {
+        let long = "y".repeat(MAX_STDERR_LINE * 3);
+        let text = format!("first\n{long}\nlast");
+        // A small buffer, so the long line arrives in many reads.
+        let mut reader = tokio::io::BufReader::with_capacity(64, text.as_bytes());
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while let Some(cut) = read_capped_line(&mut reader, &mut line).await.unwrap() {
+            lines.push((String::from_utf8(line.clone()).unwrap(), cut));
+        }
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], ("first\n".to_owned(), false));
+        assert_eq!(lines[1].0.len(), MAX_STDERR_LINE);
+        assert!(lines[1].1);
+        assert_eq!(lines[2], ("last".to_owned(), false));
     }
 }

@@ -51,7 +51,7 @@ pub use futures::future::BoxFuture;
 pub use mcp::{McpFactory, McpSession, McpSpec};
 pub use native::{NativeFactory, NativeRegistry, NativeSession, NativeTool};
 pub use pool::{Pool, PoolConfig, PoolStats, PooledSession};
-pub use process::{ProcessFactory, ProcessSession, ProcessSpec};
+pub use process::{DEFAULT_MAX_OUTPUT_BYTES, ProcessFactory, ProcessSession, ProcessSpec};
 pub use scorer::{ScorerFactory, ScorerSession, ScorerSpec};
 
 /// One tool call as the Executor hands it to a session.
