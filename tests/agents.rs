@@ -1024,3 +1024,38 @@ fixes = [
     );
     h.runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn cached_results_are_not_shared_by_pools_of_one_name_that_run_different_commands() {
+    let (runtime, dir) = shell_runtime(false).await;
+    let rules = r#"{"permissions": {"allow": ["Bash(echo *)"]}}"#;
+    // Two plans declare a pool `say` for a cacheable call with the same args.
+    let text = |word: &str| {
+        format!(
+            r#"
+name = "say-{word}"
+[pools.say]
+kind = "process"
+command = ["echo", "{word}"]
+[[task]]
+id = "say"
+tool = "say.run"
+args = {{ argv = ["it"] }}
+cacheable = true
+"#
+        )
+    };
+    let output = |report: &tetrarch::agents::RunReport| {
+        let task = report.task("say").unwrap();
+        assert_eq!(task.state, TaskState::Complete, "{task:?}");
+        task.output.clone().unwrap()
+    };
+    for word in ["first", "second", "first"] {
+        let report = runtime
+            .run(plan(&text(word)), with_rules(dir.path(), rules))
+            .await
+            .unwrap();
+        assert_eq!(output(&report), format!("{word} it"));
+    }
+    runtime.shutdown().await;
+}

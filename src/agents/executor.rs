@@ -255,12 +255,23 @@ async fn cached_call(
     attempt: &Attempt,
     args: serde_json::Value,
 ) -> Result<ToolOutcome, (bool, String)> {
+    // The key holds what decides the result besides the args: the pool's command, folder and
+    // variables. The cache outlives runs and plans, and two plans (or one plan in two folders)
+    // may declare a pool of one name that runs something else.
+    let pool = shared
+        .pools
+        .get_with_def(&attempt.run_id, &attempt.call().pool)
+        .map(|(_, def)| def);
+    let runs = pool
+        .as_deref()
+        .map(|def| (&def.command, &def.cwd, &def.env));
     let key = CacheKey::new(
         "tool_result",
         &(
             attempt.call().pool.as_str(),
             attempt.call().tool.as_str(),
             args.to_string(),
+            runs,
         ),
     )
     .map_err(|e| (false, format!("cache key: {e}")))?;

@@ -212,7 +212,9 @@ async fn start_pools(
     let mut first_error = None;
     for (name, def, pool) in started {
         match pool {
-            Ok(pool) => pools.insert(run, name.clone(), pool, def),
+            // Kept with its `cwd` resolved: the declaration then says where its calls run,
+            // which the result cache keys on.
+            Ok(pool) => pools.insert(run, name.clone(), pool, &def.resolved(&context.base_dir)),
             Err(e) => {
                 first_error.get_or_insert(e);
             }

@@ -84,7 +84,9 @@
 //!   `{{feedback}}`. The two budgets are separate.
 //! - `gates`: see [`gate`] for the shapes.
 //! - `compensate = { tool = "POOL.TOOL", args = ... }`: the call that undoes the task.
-//! - `cacheable` (default false): the result may be reused for identical rendered args.
+//! - `cacheable` (default false): the result may be reused for identical rendered args to the same
+//!   pool, tool and pool command, folder and variables (a pool of the same name declared elsewhere
+//!   runs something else, so its results are kept apart).
 //! - `fixes = [{ when = "REGEX", args = { ... }, env = { ... } }]`: automatic fixes, each tried
 //!   once when the task fails for good with a matching reason (see [`Fix`]).
 //! - `outputs`: the fields of the task's (JSON object) output. When declared, references to

@@ -183,6 +183,14 @@ impl PoolDef {
         }
     }
 
+    /// This declaration with its `cwd` resolved against `base` (the declaring file's folder).
+    pub(crate) fn resolved(&self, base: &Path) -> PoolDef {
+        PoolDef {
+            cwd: Some(self.cwd_in(base)),
+            ..self.clone()
+        }
+    }
+
     fn cwd_in(&self, base: &Path) -> PathBuf {
         match &self.cwd {
             Some(dir) if dir.is_absolute() => dir.clone(),
