@@ -93,7 +93,8 @@ fn bad_input_exits_2_naming_the_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--map needs"));
     // A pixels-per-degree that would need filters too large to allocate is refused, not tried.
-    for ppd in ["1e12", "0", "-3", "NaN"] {
+    // So is one so small that the filters' terms underflow (the score was NaN).
+    for ppd in ["1e12", "0", "-3", "NaN", "1e-20"] {
         let flag = format!("--ppd={ppd}");
         let out = tetrarch(&["score", r.to_str().unwrap(), r.to_str().unwrap(), &flag]);
         assert_eq!(out.status.code(), Some(2), "--ppd {ppd}");

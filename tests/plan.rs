@@ -461,3 +461,26 @@ fn long_chains_and_long_cycles_are_handled() {
     // The search enters at t0 and closes the cycle at t1's dependency on t0.
     assert_eq!(err.diagnostics[0].location.line, 10);
 }
+
+#[test]
+fn a_critical_path_too_long_for_a_duration_saturates() {
+    let plan = Plan::from_toml(
+        r#"
+name = "long"
+[[task]]
+id = "a"
+tool = "sh.run"
+estimate = "18446744073709551615s"
+[[task]]
+id = "b"
+tool = "sh.run"
+deps = ["a"]
+estimate = "18446744073709551615s"
+"#,
+        "long.toml",
+    )
+    .unwrap();
+    let (path, length) = plan.dag().critical_path();
+    assert_eq!(path.len(), 2);
+    assert_eq!(length, Duration::MAX);
+}

@@ -103,14 +103,8 @@ fn zero_sized_images_are_refused() {
     );
     assert!(err.to_string().contains("empty"));
     // A PNG whose header declares 0×0 pixels.
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 8, 2, 0, 0, 0]);
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "zero.png", &png);
+    let path = write(dir.path(), "zero.png", &png_header(0, 0));
     let err = RgbImage::open(&path).unwrap_err();
     assert!(
         matches!(
@@ -120,6 +114,43 @@ fn zero_sized_images_are_refused() {
         "{err}"
     );
     assert!(err.to_string().contains("zero.png"), "{err}");
+}
+
+/// A PNG's signature, header (8-bit RGB of `width × height`) and an empty data chunk: what a
+/// decoder reads to learn the size, and no pixels.
+fn png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    for chunk in [ihdr, b"IDAT".to_vec()] {
+        png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    png
+}
+
+#[test]
+fn an_image_over_the_pixel_limit_is_refused_from_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10000×10000 (1e8 pixels, over 2^25): the file is 33 bytes, the image would need gigabytes.
+    let path = write(dir.path(), "huge.png", &png_header(10_000, 10_000));
+    let err = RgbImage::open(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScoreError::TooLarge {
+                width: 10_000,
+                height: 10_000,
+                max_pixels: tetrarch::scoring::MAX_PIXELS,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("huge.png"), "{err}");
 }
 
 fn crc32(bytes: &[u8]) -> u32 {

@@ -121,6 +121,30 @@ async fn bad_config_is_rejected() {
         .unwrap_err();
     assert!(matches!(err, SessionError::InvalidConfig { .. }));
     assert!(err.to_string().contains("min_idle"));
+    // A size no semaphore can count (it panicked).
+    let err = Pool::start(config(0, usize::MAX), Counting::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_size") && err.to_string().contains("over the limit"));
+}
+
+#[tokio::test]
+async fn a_scorer_warm_up_size_over_the_pixel_limit_is_refused_before_allocating() {
+    use tetrarch::session::{PoolContext, PoolDef, PoolKind};
+    let mut def = PoolDef::new(PoolKind::Scorer);
+    def.device = Some("cpu".to_owned());
+    for size in [[100_000, 100_000], [usize::MAX, usize::MAX]] {
+        def.warmup_size = Some(size);
+        let err = def
+            .start("scorer", &PoolContext::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("warmup_size") && err.contains("pixel limit"),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]

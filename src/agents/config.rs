@@ -36,6 +36,11 @@ fn default_mailbox() -> usize {
     4096
 }
 
+/// The largest mailbox bound (and so `run.max_in_flight`) accepted. A bound costs nothing until
+/// used, but one past a semaphore's permit limit cannot be built, and a million attempts in
+/// flight is far past what any pool serves.
+pub const MAX_MAILBOX: usize = 1 << 20;
+
 /// `actors/orchestrator.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,9 +320,14 @@ impl ActorsConfig {
                 self.reviewer.restart,
             ),
         ] {
+            if mailbox > MAX_MAILBOX {
+                return Err(AgentError::Config {
+                    detail: format!("{kind} mailbox ({mailbox}) is over the limit, {MAX_MAILBOX}"),
+                });
+            }
             // The Orchestrator also receives control messages (runs, pings, restarts).
             let needed = if kind == AgentKind::Orchestrator {
-                in_flight + 16
+                in_flight.saturating_add(16)
             } else {
                 in_flight
             };
@@ -348,6 +358,21 @@ impl ActorsConfig {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn mailboxes_and_attempts_in_flight_past_the_limit_are_refused() {
+        let mut config = ActorsConfig::embedded().unwrap();
+        config.reviewer.mailbox = usize::MAX;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("reviewer mailbox") && err.contains("over the limit"),
+            "{err}"
+        );
+        let mut config = ActorsConfig::embedded().unwrap();
+        config.orchestrator.run.max_in_flight = usize::MAX;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("max_in_flight"), "{err}");
+    }
 
     #[test]
     fn embedded_defaults_parse_and_validate() {

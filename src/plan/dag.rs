@@ -114,7 +114,8 @@ impl Dag {
             let best = self.deps[task].iter().copied().max_by_key(|&d| finish[d]);
             let start = best.map_or(Duration::ZERO, |d| finish[d]);
             via[task] = best;
-            finish[task] = start + self.weights[task];
+            // Saturating: estimates are the plan's, and "584942417355y" twice overflows.
+            finish[task] = start.saturating_add(self.weights[task]);
         }
         let Some(mut last) = order.iter().copied().max_by_key(|&i| finish[i]) else {
             return (Vec::new(), Duration::ZERO);

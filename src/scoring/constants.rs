@@ -21,6 +21,13 @@ pub const FLIP_DEFAULT_PPD: f32 = 3840.0 * std::f32::consts::PI / 180.0;
 /// and past this no real viewing needs them (1000 is that monitor seen from 10 m); an unbounded
 /// value would ask for filters too large to allocate.
 pub const FLIP_MAX_PPD: f32 = 1000.0;
+/// Smallest pixels per degree accepted: below about 1e-20 the filters' terms underflow and the
+/// score is NaN. 0.01 (a degree spread over a hundredth of a pixel) is far below any real view.
+pub const FLIP_MIN_PPD: f32 = 0.01;
+/// The most pixels an image to score may have (2^25: 8K UHD, 7680×4320, fits). Scoring holds
+/// several float planes per image, so a larger one would need many gigabytes; it is refused
+/// from the file's header, before it is decoded.
+pub const MAX_PIXELS: usize = 1 << 25;
 /// Contrast-sensitivity Gaussian amplitudes (first term) for Y, Cx, Cz.
 pub const FLIP_CSF_A1: [f32; 3] = [1.0, 1.0, 34.1];
 /// Contrast-sensitivity Gaussian scales (first term) for Y, Cx, Cz.

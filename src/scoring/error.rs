@@ -76,6 +76,18 @@ pub enum ScoreError {
         /// The value found.
         value: f32,
     },
+    /// The image has more pixels than scoring takes ([`super::MAX_PIXELS`]).
+    #[error("{image}: {width}x{height} is over the {max_pixels}-pixel limit for scoring")]
+    TooLarge {
+        /// The image.
+        image: String,
+        /// Its width.
+        width: usize,
+        /// Its height.
+        height: usize,
+        /// The limit.
+        max_pixels: usize,
+    },
     /// Reference and test differ in size.
     #[error(
         "size mismatch: {reference} is {}x{}, {test} is {}x{}",
@@ -116,10 +128,12 @@ pub enum ScoreError {
         detail: String,
     },
     /// The pixels-per-degree setting is not a number FLIP can use.
-    #[error("pixels per degree must be a number above 0 and at most {max}, got {ppd}")]
+    #[error("pixels per degree must be a number from {min} to at most {max}, got {ppd}")]
     InvalidPpd {
         /// The value given.
         ppd: f32,
+        /// The smallest accepted ([`super::FLIP_MIN_PPD`]).
+        min: f32,
         /// The largest accepted ([`super::FLIP_MAX_PPD`]).
         max: f32,
     },

@@ -31,16 +31,18 @@ pub struct FlipFilters {
     pub point: Vec<f32>,
 }
 
-/// Checks a pixels-per-degree value: finite, above 0, at most [`FLIP_MAX_PPD`].
+/// Checks a pixels-per-degree value: from [`FLIP_MIN_PPD`] to [`FLIP_MAX_PPD`].
 ///
 /// # Errors
 /// [`ScoreError::InvalidPpd`].
 pub fn check_ppd(ppd: f32) -> Result<(), ScoreError> {
-    if ppd.is_finite() && ppd > 0.0 && ppd <= FLIP_MAX_PPD {
+    // NaN fails both comparisons.
+    if (FLIP_MIN_PPD..=FLIP_MAX_PPD).contains(&ppd) {
         Ok(())
     } else {
         Err(ScoreError::InvalidPpd {
             ppd,
+            min: FLIP_MIN_PPD,
             max: FLIP_MAX_PPD,
         })
     }

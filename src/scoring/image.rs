@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::ScoreError;
+use super::{MAX_PIXELS, ScoreError};
 
 /// How an image's values relate to light.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -117,7 +117,9 @@ impl RgbImage {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        let decoded = image::load_from_memory_with_format(&bytes, format).map_err(|e| match e {
+        // The header's size first: a small file can declare an image that scoring would need
+        // many gigabytes for.
+        let failed = |e: image::ImageError| match e {
             image::ImageError::Unsupported(u) => ScoreError::UnsupportedFormat {
                 path: path.to_owned(),
                 message: u.to_string(),
@@ -126,7 +128,12 @@ impl RgbImage {
                 path: path.to_owned(),
                 message: other.to_string(),
             },
-        })?;
+        };
+        let (width, height) = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format)
+            .into_dimensions()
+            .map_err(failed)?;
+        check_pixels(&path.display().to_string(), width as usize, height as usize)?;
+        let decoded = image::load_from_memory_with_format(&bytes, format).map_err(failed)?;
         Self::from_dynamic(path.display().to_string(), &decoded)
     }
 
@@ -144,6 +151,7 @@ impl RgbImage {
                 height,
             });
         }
+        check_pixels(&label, width, height)?;
         let transfer = match decoded {
             D::ImageRgb32F(_) | D::ImageRgba32F(_) => Transfer::Linear,
             D::ImageLuma8(_)
@@ -210,6 +218,19 @@ pub(crate) fn check_pair(reference: &RgbImage, test: &RgbImage) -> Result<(), Sc
             reference_size: (reference.width(), reference.height()),
             test: test.label.clone(),
             test_size: (test.width(), test.height()),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an image of more than [`MAX_PIXELS`] pixels.
+pub(crate) fn check_pixels(image: &str, width: usize, height: usize) -> Result<(), ScoreError> {
+    if width.saturating_mul(height) > MAX_PIXELS {
+        return Err(ScoreError::TooLarge {
+            image: image.to_owned(),
+            width,
+            height,
+            max_pixels: MAX_PIXELS,
         });
     }
     Ok(())

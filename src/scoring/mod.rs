@@ -23,6 +23,7 @@ pub use flip::{
     Exposures, FlipFilters, FlipOutput, FlipStats, check_ppd, exposures, flip, hdr_flip,
     hdr_linear, magma, pool, tone_map, weighted_percentile, write_error_map,
 };
+pub(crate) use image::check_pixels;
 pub use image::{Plane, RgbImage, Transfer};
 pub use kernels::{
     CompiledKernel, DirKernelCache, FunctionResources, KERNEL_SOURCES, KernelCache, KernelCacheKey,

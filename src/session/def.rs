@@ -274,6 +274,13 @@ impl PoolDef {
                             "`warmup_size` {width}x{height} has an empty side"
                         )));
                     }
+                    if width.saturating_mul(height) > crate::scoring::MAX_PIXELS {
+                        return Err(invalid(format!(
+                            "`warmup_size` {width}x{height} is over the {}-pixel limit of the \
+                             images a scorer takes",
+                            crate::scoring::MAX_PIXELS
+                        )));
+                    }
                     spec.warmup_size = Some((width, height));
                 }
                 Pool::start(config, ScorerFactory::new(spec)).await

@@ -409,6 +409,7 @@ impl SessionFactory for McpFactory {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::{MAX_STDERR_LINE, read_capped_line};
 
     #[tokio::test]

@@ -15,6 +15,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
 
+/// The most sessions a pool may hold (`max_size`): far past what a machine runs at once, and
+/// well under what a semaphore can count.
+pub const MAX_POOL_SIZE: usize = 65_536;
+
 /// A pool's limits and timings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -53,6 +57,12 @@ impl PoolConfig {
         let invalid = |detail: String| Err(SessionError::InvalidConfig { detail });
         if self.max_size == 0 {
             return invalid(format!("pool {:?}: max_size must be at least 1", self.name));
+        }
+        if self.max_size > MAX_POOL_SIZE {
+            return invalid(format!(
+                "pool {:?}: max_size ({}) is over the limit, {MAX_POOL_SIZE}",
+                self.name, self.max_size
+            ));
         }
         if self.min_idle > self.max_size {
             return invalid(format!(

@@ -322,6 +322,10 @@ fn metric_name(metric: Metric) -> &'static str {
 /// with every metric the size allows, so every code path the session will use has run once.
 fn warm(scorer: &Scorer, width: usize, height: usize) -> Result<(), SessionError> {
     let (width, height) = (width.max(1), height.max(1));
+    let failed = |e: ScoreError| SessionError::InvalidConfig {
+        detail: format!("scorer warm-up failed: {e}"),
+    };
+    crate::scoring::check_pixels("warm-up pair", width, height).map_err(failed)?;
     let pixel = |x: usize, y: usize, shift: f32| {
         let u = x as f32 / width as f32;
         let v = y as f32 / height as f32;
@@ -335,9 +339,6 @@ fn warm(scorer: &Scorer, width: usize, height: usize) -> Result<(), SessionError
             }
         }
         RgbImage::from_interleaved(label, width, height, Transfer::Srgb, &rgb)
-    };
-    let failed = |e: ScoreError| SessionError::InvalidConfig {
-        detail: format!("scorer warm-up failed: {e}"),
     };
     let reference = build("warm-up reference", 0.0).map_err(failed)?;
     let test = build("warm-up test", 0.05).map_err(failed)?;
