@@ -1059,3 +1059,42 @@ cacheable = true
     }
     runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_mcp_tools_error_message_is_the_failure_reason_and_fixes_match_it() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-servers/stdlib_server.py");
+    let (runtime, dir) = shell_runtime(false).await;
+    let rules = r#"{"permissions": {"allow": ["mcp__py__say"]}}"#;
+    // `say` answers an error result (isError, the message as text) while `fail` is true.
+    let text = format!(
+        r#"
+name = "mcp-fix"
+[pools.py]
+kind = "mcp"
+command = ["python3", "{}"]
+[[task]]
+id = "fixed"
+tool = "py.say"
+args = {{ message = "disk quota exceeded", fail = true }}
+fixes = [{{ when = "quota exceeded", args = {{ message = "saved elsewhere", fail = false }} }}]
+[[task]]
+id = "unfixed"
+tool = "py.say"
+args = {{ message = "the volume is read-only", fail = true }}
+"#,
+        script.display()
+    );
+    let report = runtime
+        .run(plan(&text), with_rules(dir.path(), rules))
+        .await
+        .unwrap();
+    let fixed = report.task("fixed").unwrap();
+    assert_eq!(fixed.state, TaskState::Complete, "{fixed:?}");
+    assert_eq!(fixed.output.as_ref(), Some(&json!("saved elsewhere")));
+    let unfixed = report.task("unfixed").unwrap();
+    assert_eq!(unfixed.state, TaskState::Failed);
+    let reason = unfixed.reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("the volume is read-only"), "{reason}");
+    runtime.shutdown().await;
+}

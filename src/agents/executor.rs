@@ -408,7 +408,7 @@ fn record(shared: &ExecutorArgs, memory: Option<NewMemory>) {
 fn failure(shared: &ExecutorArgs, outcome: &Outcome) -> Option<(String, Option<String>)> {
     let message = match outcome {
         Outcome::Ran(o) if o.succeeded() => return None,
-        Outcome::Ran(o) => o.stderr.trim().to_owned(),
+        Outcome::Ran(o) => o.error_text().to_owned(),
         Outcome::Error { reason, .. } => reason.clone(),
     };
     if message.is_empty() {

@@ -186,7 +186,7 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
         .any(|g| matches!(g, Gate::ExitStatus { .. }));
     if !has_exit_gate && !outcome.succeeded() {
         // No exit gate: a non-zero exit is an error of the tool (retried up to `retries`).
-        let stderr = outcome.stderr.trim();
+        let said = outcome.error_text();
         return Verdict::Error {
             reason: format!(
                 "{} exited with status {}{}",
@@ -194,10 +194,10 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
                 outcome
                     .exit_status
                     .map_or_else(|| "none".to_owned(), |c| c.to_string()),
-                if stderr.is_empty() {
+                if said.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", stderr.chars().take(500).collect::<String>())
+                    format!(": {}", said.chars().take(500).collect::<String>())
                 }
             ),
             retryable: true,

@@ -115,6 +115,15 @@ impl ToolOutcome {
     pub fn succeeded(&self) -> bool {
         self.exit_status == Some(0)
     }
+
+    /// What the tool said about a failure: its stderr, else its stdout (where an MCP tool's
+    /// error result puts its message), trimmed.
+    pub fn error_text(&self) -> &str {
+        match self.stderr.trim() {
+            "" => self.stdout.trim(),
+            stderr => stderr,
+        }
+    }
 }
 
 /// A session: something that runs tool calls one at a time.

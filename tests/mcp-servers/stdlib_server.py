@@ -2,7 +2,8 @@
 an SDK cannot be made to do: `tests/session_mcp.rs` uses it for an oversized result, a tool list
 that never comes (`python3 stdlib_server.py silent-list`), and a call that outlives its session.
 
-Tools: `big` (`bytes` of text), `pid` (the server's process id), `sleep` (`seconds`, then "slept").
+Tools: `big` (`bytes` of text), `pid` (the server's process id), `sleep` (`seconds`, then "slept"),
+`say` (its `message`, as an error result when `fail` is true).
 """
 import json
 import os
@@ -12,7 +13,7 @@ import time
 SILENT_LIST = sys.argv[1:] == ["silent-list"]
 TOOLS = [
     {"name": name, "inputSchema": {"type": "object"}}
-    for name in ("big", "pid", "sleep")
+    for name in ("big", "pid", "sleep", "say")
 ]
 
 
@@ -48,6 +49,8 @@ for line in sys.stdin:
             reply(message, text("x" * int(args["bytes"])))
         elif name == "pid":
             reply(message, text(str(os.getpid())))
+        elif name == "say":
+            reply(message, {**text(args["message"]), "isError": bool(args.get("fail"))})
         elif name == "sleep":
             time.sleep(float(args["seconds"]))
             reply(message, text("slept"))
