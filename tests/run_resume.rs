@@ -153,3 +153,43 @@ fn a_killed_run_resumes_without_rerunning_completed_tasks() {
     let progressed = checkpoints.iter().any(|(_, c)| !c.is_empty());
     assert!(progressed, "no kill happened after a task completed");
 }
+
+#[test]
+fn a_run_killed_then_replaced_with_fresh_is_not_resumed_later() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plan(dir.path());
+    let mut child = tetrarch(dir.path()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while starts(dir.path()).len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL, mid-run
+    child.wait().unwrap();
+    let killed = {
+        let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+        let runs = saved_runs(&store).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, RunStatus::Running);
+        runs[0].run_id.clone()
+    };
+    let fresh = tetrarch(dir.path()).arg("--fresh").status().unwrap();
+    assert!(fresh.success(), "{fresh}");
+    // The plain command now starts a run of its own: the user gave the killed one up.
+    let plain = tetrarch(dir.path()).status().unwrap();
+    assert!(plain.success(), "{plain}");
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let runs = saved_runs(&store).unwrap();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    let left = runs.iter().find(|r| r.run_id == killed).unwrap();
+    assert_eq!(
+        left.status,
+        RunStatus::Running,
+        "the killed run was resumed"
+    );
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.status == RunStatus::Complete)
+            .count(),
+        2
+    );
+}

@@ -586,13 +586,15 @@ impl Runtime {
         self.pools.close_all();
     }
 
-    /// The newest unfinished run of the plan whose text hashes to `plan_hash`, if any: what
-    /// `tetrarch run` resumes after the process was killed.
+    /// The newest run of the plan whose text hashes to `plan_hash`, if it is unfinished: what
+    /// `tetrarch run` resumes after the process was killed. An unfinished run with a newer run
+    /// of the same plan after it (`tetrarch run --fresh` started one) is not resumed.
     pub fn resumable_run(store: &Store, plan_hash: &str) -> Result<Option<String>, AgentError> {
         Ok(load_runs(store)?
             .into_iter()
-            .filter(|(_, r)| r.plan_hash == plan_hash && r.status == RunStatus::Running)
-            .map(|(id, _)| id)
-            .next_back())
+            .filter(|(_, r)| r.plan_hash == plan_hash)
+            .max_by(|(a_id, a), (b_id, b)| (a.started_ms, a_id).cmp(&(b.started_ms, b_id)))
+            .filter(|(_, r)| r.status == RunStatus::Running)
+            .map(|(id, _)| id))
     }
 }

@@ -4,7 +4,8 @@
 //! Resume: the run is keyed by a hash of the plan's text. If the store holds an unfinished run
 //! of the same text (the process was killed), `run` continues it: COMPLETE tasks keep their
 //! outputs and are not run again; tasks that were in flight run again (at-least-once).
-//! `--fresh` starts a new run instead. Ctrl-C cancels the run (calls in flight are stopped,
+//! `--fresh` starts a new run instead; the unfinished one stays in `runs` as it was and is no
+//! longer resumed (only the newest run of a plan is). Ctrl-C cancels the run (calls in flight are stopped,
 //! compensations run, the state is saved); a second Ctrl-C exits at once.
 
 use std::io::IsTerminal;
