@@ -484,3 +484,37 @@ estimate = "18446744073709551615s"
     assert_eq!(path.len(), 2);
     assert_eq!(length, Duration::MAX);
 }
+
+#[test]
+fn a_fixs_templates_are_checked_like_the_tasks_args() {
+    let e = errors(
+        r#"
+name = "fix"
+[[task]]
+id = "a"
+tool = "sh.run"
+[[task]]
+id = "b"
+tool = "sh.run"
+args = { argv = ["build"] }
+fixes = [
+  { when = "oops", args = { argv = ["{{nope}}"] } },
+  { when = "disk", env = { TARGET = "{{tasks.zz.output}}" } },
+  { when = "late", args = { from = "{{tasks.a.output}}" } },
+]
+"#,
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].starts_with("p.toml:11:")
+            && e[0].contains("fixes[0].argv[0]: unknown template reference"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("p.toml:12:")
+            && e[1].contains("fixes[1].env.TARGET")
+            && e[1].contains("unknown task \"zz\""),
+        "{e:?}"
+    );
+    assert!(e[2].contains("not upstream of \"b\""), "{e:?}");
+}

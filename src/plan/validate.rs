@@ -387,6 +387,21 @@ pub(super) fn parse(
                     format!("task {id:?} fixes[{f}] changes nothing (give `args` or `env`)"),
                 );
             }
+            // A fix's args (and variables) are rendered like the task's own when it is applied.
+            let mut rendered = args.clone();
+            if !raw.env.is_empty() {
+                let env = raw.env.iter();
+                let env = env.map(|(k, v)| (k.clone(), Value::String(v.clone())));
+                rendered.insert("env".to_owned(), Value::Object(env.collect()));
+            }
+            sites.push(TemplateSite {
+                task: i,
+                base: format!("fixes[{f}]"),
+                value: Value::Object(rendered),
+                span: fix.span(),
+                task_span: task_extent(i),
+                self_allowed: false,
+            });
             if let Some(when) = when {
                 fixes.push(Fix {
                     when,
