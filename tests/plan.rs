@@ -518,3 +518,64 @@ fixes = [
     );
     assert!(e[2].contains("not upstream of \"b\""), "{e:?}");
 }
+
+#[test]
+fn a_plans_own_pools_are_checked_with_their_lines() {
+    let e = errors(
+        r#"
+name = "pools"
+[pools.empty]
+kind = "process"
+[pools.crowded]
+kind = "native"
+min_idle = 5
+max_size = 1
+[pools.none]
+kind = "native"
+max_size = 0
+[pools.instant]
+kind = "mcp"
+command = ["server"]
+call_timeout = "0s"
+[pools.misplaced]
+kind = "process"
+command = ["sh"]
+device = "cuda"
+[pools."a.b"]
+kind = "native"
+[pools.ok]
+kind = "process"
+command = ["sh", "-c"]
+[[task]]
+id = "t"
+tool = "ok.run"
+"#,
+    );
+    let expected = [
+        ("p.toml:3:", "pool \"empty\": `command` is empty"),
+        (
+            "p.toml:5:",
+            "pool \"crowded\": min_idle (5) is over max_size (1)",
+        ),
+        ("p.toml:9:", "pool \"none\": max_size must be at least 1"),
+        (
+            "p.toml:12:",
+            "pool \"instant\": `call_timeout` must be more than zero",
+        ),
+        (
+            "p.toml:16:",
+            "pool \"misplaced\": `device` is for scorer pools only",
+        ),
+        (
+            "p.toml:20:",
+            "pool \"a.b\": a pool's name must be non-empty and without `.`",
+        ),
+    ];
+    assert_eq!(e.len(), expected.len(), "{e:?}");
+    for (line, (at, why)) in e.iter().zip(expected) {
+        assert!(
+            line.starts_with(at) && line.contains(why),
+            "{line:?}: want {at} {why}"
+        );
+    }
+}

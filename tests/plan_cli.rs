@@ -294,3 +294,42 @@ fn commands_that_read_refuse_a_store_that_does_not_exist_and_create_none() {
     );
     assert!(typo.exists());
 }
+
+#[test]
+fn the_permission_file_a_plan_names_is_read_by_plan_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    let text =
+        "name = \"p\"\npermissions = \"settings.json\"\n[[task]]\nid = \"t\"\ntool = \"sh.run\"\n";
+    std::fs::write(&plan, text).unwrap();
+    let plan = plan.to_str().unwrap();
+    let (code, _, err) = check(&[plan]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read permissions") && err.contains("settings.json"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash("]}}"#,
+    )
+    .unwrap();
+    let (code, out, _) = check(&[plan, "--json"]);
+    assert_eq!(code, 2, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], false);
+    assert!(
+        report["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad permissions"),
+        "{out}"
+    );
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(ls)"]}}"#,
+    )
+    .unwrap();
+    let (code, out, err) = check(&[plan]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -53,6 +53,24 @@ fn check(file: &PathBuf, pools: Option<Vec<String>>, as_json: bool) -> Result<Ex
     };
     match result {
         Ok(plan) => {
+            // The permission file the plan names is read and parsed as `run` would.
+            if let Some(path) = &plan.permissions {
+                let base = file
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                if let Err(e) = super::run::load_permissions(&base.join(path), base) {
+                    let message = format!("{e:#}");
+                    if as_json {
+                        let errors = [json!({ "message": message })];
+                        let report = json!({ "ok": false, "source": source, "errors": errors });
+                        stdout_line!("{report}")?;
+                    } else {
+                        stderr_line!("{source}: {message} — plan rejected");
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            }
             print_plan(&plan, scope, as_json)?;
             Ok(ExitCode::SUCCESS)
         }

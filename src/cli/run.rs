@@ -66,7 +66,7 @@ pub struct RunArgs {
     metrics: Option<String>,
 }
 
-fn load_permissions(path: &Path, base: &Path) -> Result<Arc<PermissionEngine>> {
+pub(crate) fn load_permissions(path: &Path, base: &Path) -> Result<Arc<PermissionEngine>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read permissions {}", path.display()))?;
     let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("/"));

@@ -25,7 +25,7 @@ struct RawPlan {
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
     #[serde(default)]
-    pools: BTreeMap<String, PoolDef>,
+    pools: BTreeMap<String, Spanned<PoolDef>>,
     permissions: Option<String>,
 }
 
@@ -226,6 +226,22 @@ pub(super) fn parse(
     }
     if raw.task.is_empty() {
         c.push(0, "plan has no tasks (add [[task]] tables)".to_owned());
+    }
+    // The plan's own pools, checked as a run would start them (nothing is started here).
+    for (name, def) in &raw.pools {
+        let at = def.span().start;
+        if name.is_empty() || name.contains('.') {
+            c.push(
+                at,
+                format!("pool {name:?}: a pool's name must be non-empty and without `.` (tools are POOL.TOOL)"),
+            );
+        } else if let Err(e) = def.get_ref().check(name) {
+            let detail = match e {
+                crate::session::SessionError::InvalidConfig { detail } => detail,
+                other => other.to_string(),
+            };
+            c.push(at, detail);
+        }
     }
 
     // Ids first, so deps and templates can be checked against them.
@@ -511,7 +527,11 @@ pub(super) fn parse(
         defaults,
         dag: Dag::new(&tasks),
         tasks: tasks.into_iter().map(std::sync::Arc::new).collect(),
-        pools: raw.pools,
+        pools: raw
+            .pools
+            .into_iter()
+            .map(|(name, def)| (name, def.into_inner()))
+            .collect(),
         permissions: raw.permissions.map(std::path::PathBuf::from),
     })
 }

@@ -199,90 +199,131 @@ impl PoolDef {
         }
     }
 
-    /// Starts the pool named `name` (pre-warming `min_idle` sessions).
-    pub async fn start(&self, name: &str, context: &PoolContext) -> Result<Pool, SessionError> {
-        let config = PoolConfig {
+    /// The pool's limits as a [`PoolConfig`] for the pool named `name`.
+    fn config(&self, name: &str) -> PoolConfig {
+        PoolConfig {
             min_idle: self.min_idle,
             max_size: self.max_size,
             acquire_timeout: self.acquire_timeout,
             ..PoolConfig::new(name)
-        };
+        }
+    }
+
+    /// The scorer device named by `device`.
+    fn scorer_device(&self) -> Result<Device, String> {
+        match self.device.as_deref().unwrap_or("auto") {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda),
+            other => Err(format!("device {other:?} is not auto, cpu or cuda")),
+        }
+    }
+
+    /// Checks the declaration of the pool named `name` without starting anything: what
+    /// `tetrarch plan check` reports for a plan's own pools, and what [`PoolDef::start`] refuses.
+    ///
+    /// # Errors
+    /// [`SessionError::InvalidConfig`] naming the pool and the setting.
+    pub fn check(&self, name: &str) -> Result<(), SessionError> {
         let invalid = |detail: String| SessionError::InvalidConfig {
             detail: format!("pool {name:?}: {detail}"),
         };
-        if self.warmup.is_some() && self.kind != PoolKind::Mcp {
-            return Err(invalid(
-                "`warmup` is for mcp pools only (a scorer pool takes `warmup_size`)".to_owned(),
-            ));
+        self.config(name).validate()?;
+        let (mcp, scorer) = (self.kind == PoolKind::Mcp, self.kind == PoolKind::Scorer);
+        if matches!(self.kind, PoolKind::Process | PoolKind::Mcp) && self.command.is_empty() {
+            return Err(invalid("`command` is empty".to_owned()));
         }
-        if self.warmup_size.is_some() && self.kind != PoolKind::Scorer {
-            return Err(invalid("`warmup_size` is for scorer pools only".to_owned()));
+        for (setting, value) in [
+            ("start_timeout", self.start_timeout),
+            ("call_timeout", self.call_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(format!("`{setting}` must be more than zero")));
+            }
         }
+        match &self.warmup {
+            Some(_) if !mcp => {
+                return Err(invalid(
+                    "`warmup` is for mcp pools only (a scorer pool takes `warmup_size`)".to_owned(),
+                ));
+            }
+            Some(warmup) if warmup.calls == 0 => {
+                return Err(invalid("`warmup.calls` must be at least 1".to_owned()));
+            }
+            _ => {}
+        }
+        if self.device.is_some() && !scorer {
+            return Err(invalid("`device` is for scorer pools only".to_owned()));
+        }
+        self.scorer_device().map_err(invalid)?;
+        match self.warmup_size {
+            Some(_) if !scorer => Err(invalid("`warmup_size` is for scorer pools only".to_owned())),
+            Some([width, height]) if width == 0 || height == 0 => Err(invalid(format!(
+                "`warmup_size` {width}x{height} has an empty side"
+            ))),
+            Some([width, height]) if width.saturating_mul(height) > crate::scoring::MAX_PIXELS => {
+                Err(invalid(format!(
+                    "`warmup_size` {width}x{height} is over the {}-pixel limit of the images a \
+                     scorer takes",
+                    crate::scoring::MAX_PIXELS
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the pool named `name` (pre-warming `min_idle` sessions).
+    ///
+    /// # Errors
+    /// A declaration [`PoolDef::check`] refuses, or the pool's failure to start.
+    pub async fn start(&self, name: &str, context: &PoolContext) -> Result<Pool, SessionError> {
+        self.check(name)?;
+        let config = self.config(name);
         let cwd = self.cwd_in(&context.base_dir);
+        let (program, args) = self
+            .command
+            .split_first()
+            .map_or((String::new(), Vec::new()), |(p, a)| {
+                (p.clone(), a.to_vec())
+            });
         match self.kind {
-            PoolKind::Process | PoolKind::Mcp => {
-                let Some((program, args)) = self.command.split_first() else {
-                    return Err(invalid("`command` is empty".to_owned()));
-                };
-                if self.kind == PoolKind::Process {
-                    let mut spec = ProcessSpec::new(program.clone(), args.to_vec());
-                    spec.cwd = Some(cwd);
-                    spec.env_allowlist = self.env_allowlist.clone();
-                    spec.env = self.env.clone();
-                    Pool::start(config, ProcessFactory::new(spec)).await
-                } else {
-                    let mut spec = McpSpec::new(program.clone(), args.to_vec());
-                    spec.cwd = Some(cwd);
-                    spec.env_allowlist = self.env_allowlist.clone();
-                    spec.env = self.env.clone();
-                    spec.start_timeout = self.start_timeout;
-                    if let Some(warmup) = &self.warmup {
-                        if warmup.calls == 0 {
-                            return Err(invalid("`warmup.calls` must be at least 1".to_owned()));
-                        }
-                        spec.warmup = Some(
-                            ToolRequest::new(warmup.tool.clone(), warmup.args.clone())
-                                .with_timeout(self.call_timeout),
-                        );
-                        spec.warmup_calls = warmup.calls;
-                    }
-                    Pool::start(config, McpFactory::new(spec)).await
+            PoolKind::Process => {
+                let mut spec = ProcessSpec::new(program, args);
+                spec.cwd = Some(cwd);
+                spec.env_allowlist = self.env_allowlist.clone();
+                spec.env = self.env.clone();
+                Pool::start(config, ProcessFactory::new(spec)).await
+            }
+            PoolKind::Mcp => {
+                let mut spec = McpSpec::new(program, args);
+                spec.cwd = Some(cwd);
+                spec.env_allowlist = self.env_allowlist.clone();
+                spec.env = self.env.clone();
+                spec.start_timeout = self.start_timeout;
+                if let Some(warmup) = &self.warmup {
+                    spec.warmup = Some(
+                        ToolRequest::new(warmup.tool.clone(), warmup.args.clone())
+                            .with_timeout(self.call_timeout),
+                    );
+                    spec.warmup_calls = warmup.calls;
                 }
+                Pool::start(config, McpFactory::new(spec)).await
             }
             PoolKind::Native => {
                 Pool::start(config, NativeFactory::new(Arc::clone(&context.natives))).await
             }
             PoolKind::Scorer => {
-                let device = match self.device.as_deref().unwrap_or("auto") {
-                    "auto" => Device::Auto,
-                    "cpu" => Device::Cpu,
-                    "cuda" => Device::Cuda,
-                    other => {
-                        return Err(invalid(format!(
-                            "device {other:?} is not auto, cpu or cuda"
-                        )));
-                    }
-                };
+                let device =
+                    self.scorer_device()
+                        .map_err(|detail| SessionError::InvalidConfig {
+                            detail: format!("pool {name:?}: {detail}"),
+                        })?;
                 let mut spec = ScorerSpec::new(device);
                 if let Some(store) = &context.store {
                     spec = spec.with_store(store.clone());
                 }
                 spec.base_dir = Some(cwd);
-                if let Some([width, height]) = self.warmup_size {
-                    if width == 0 || height == 0 {
-                        return Err(invalid(format!(
-                            "`warmup_size` {width}x{height} has an empty side"
-                        )));
-                    }
-                    if width.saturating_mul(height) > crate::scoring::MAX_PIXELS {
-                        return Err(invalid(format!(
-                            "`warmup_size` {width}x{height} is over the {}-pixel limit of the \
-                             images a scorer takes",
-                            crate::scoring::MAX_PIXELS
-                        )));
-                    }
-                    spec.warmup_size = Some((width, height));
-                }
+                spec.warmup_size = self.warmup_size.map(|[width, height]| (width, height));
                 Pool::start(config, ScorerFactory::new(spec)).await
             }
         }

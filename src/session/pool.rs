@@ -53,7 +53,7 @@ impl PoolConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), SessionError> {
+    pub(crate) fn validate(&self) -> Result<(), SessionError> {
         let invalid = |detail: String| Err(SessionError::InvalidConfig { detail });
         if self.max_size == 0 {
             return invalid(format!("pool {:?}: max_size must be at least 1", self.name));
