@@ -732,6 +732,21 @@ async fn every_agent_answers_a_round_trip() {
 }
 
 async fn shell_runtime(approve: bool) -> (Runtime, tempfile::TempDir) {
+    let approval: Option<Arc<dyn tetrarch::permissions::ApprovalHandler + Send + Sync>> = approve
+        .then(|| {
+            Arc::new(tetrarch::permissions::CallbackApproval(
+                |call: &tetrarch::permissions::ToolCall, _: &tetrarch::permissions::Decision| {
+                    call.input["command"].as_str() == Some("echo asked")
+                },
+            )) as _
+        });
+    shell_runtime_with(approval).await
+}
+
+/// A runtime with an `sh -c` process pool and, when given, that approval handler.
+async fn shell_runtime_with(
+    approval: Option<Arc<dyn tetrarch::permissions::ApprovalHandler + Send + Sync>>,
+) -> (Runtime, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
     let mut actors = ActorsConfig::embedded().unwrap();
@@ -740,12 +755,8 @@ async fn shell_runtime(approve: bool) -> (Runtime, tempfile::TempDir) {
     sh.command = vec!["sh".to_owned(), "-c".to_owned()];
     actors.executor.pools.insert("sh".to_owned(), sh);
     let mut options = RuntimeOptions::new(store, actors);
-    if approve {
-        options.approval = Arc::new(tetrarch::permissions::CallbackApproval(
-            |call: &tetrarch::permissions::ToolCall, _: &tetrarch::permissions::Decision| {
-                call.input["command"].as_str() == Some("echo asked")
-            },
-        ));
+    if let Some(approval) = approval {
+        options.approval = approval;
     }
     (Runtime::start(options).await.unwrap(), dir)
 }
@@ -794,10 +805,9 @@ async fn the_executor_enforces_permission_rules_and_denies_what_would_ask_when_h
     assert!(reason.contains("deny[0] `Bash(rm *)`"), "{reason}");
     let unmatched = report.task("unmatched").unwrap();
     assert!(
-        unmatched
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("no rule allows")),
+        unmatched.reason.as_deref().is_some_and(
+            |r| r.contains("no rule allows") && r.contains("headless runs deny what would ask")
+        ),
         "{unmatched:?}"
     );
     runtime.shutdown().await;
@@ -823,7 +833,37 @@ args = { argv = ["echo refused"] }
         .await
         .unwrap();
     assert_eq!(report.task("unmatched").unwrap().state, TaskState::Complete);
-    assert_eq!(report.task("refused").unwrap().state, TaskState::Failed);
+    let refused = report.task("refused").unwrap();
+    assert_eq!(refused.state, TaskState::Failed);
+    // The reason says who declined: here the callback, not a headless default.
+    let reason = refused.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("the approval handler declined it"),
+        "{reason}"
+    );
+    runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_no_at_the_prompt_is_reported_as_the_users_not_as_headless() {
+    let prompt = tetrarch::permissions::TerminalPrompt::with_io(
+        std::io::Cursor::new("n\n"),
+        std::io::sink(),
+    );
+    let (runtime, dir) = shell_runtime_with(Some(Arc::new(prompt))).await;
+    let rules = r#"{"permissions": {"allow": ["Bash(echo hello)"]}}"#;
+    let text = "name = \"prompt\"\n[[task]]\nid = \"asked\"\ntool = \"sh.run\"\nargs = { argv = [\"echo asked\"] }\n";
+    let report = runtime
+        .run(plan(text), with_rules(dir.path(), rules))
+        .await
+        .unwrap();
+    let asked = report.task("asked").unwrap();
+    assert_eq!(asked.state, TaskState::Failed);
+    let reason = asked.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("no rule allows") && reason.contains("not approved at the prompt"),
+        "{reason}"
+    );
     runtime.shutdown().await;
 }
 

@@ -161,18 +161,17 @@ async fn check_permission(
     if decision.verdict == Verdict::Allow {
         return Ok(());
     }
+    let declined = shared.approval.declined();
     Err(match decision.rule {
         Some(rule) if rule.list == List::Deny => format!(
             "permission denied: {subject} is denied by rule {}[{}] `{}`",
             rule.list, rule.index, rule.text
         ),
         Some(rule) => format!(
-            "permission denied: {subject} needs approval (rule {}[{}] `{}`) and none was given",
+            "permission denied: {subject} needs approval (rule {}[{}] `{}`): {declined}",
             rule.list, rule.index, rule.text
         ),
-        None => format!(
-            "permission denied: no rule allows {subject} (headless runs deny what would ask)"
-        ),
+        None => format!("permission denied: no rule allows {subject} ({declined})"),
     })
 }
 

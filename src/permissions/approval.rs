@@ -10,6 +10,11 @@ use super::{Decision, ToolCall};
 pub trait ApprovalHandler {
     /// Returns `true` to allow the call, `false` to deny it.
     fn approve(&self, call: &ToolCall, decision: &Decision) -> bool;
+
+    /// How a denial by this handler reads in the task's failure reason.
+    fn declined(&self) -> &'static str {
+        "the approval handler declined it"
+    }
 }
 
 /// The headless default: every `Ask` is denied.
@@ -19,6 +24,10 @@ pub struct DenyAll;
 impl ApprovalHandler for DenyAll {
     fn approve(&self, _call: &ToolCall, _decision: &Decision) -> bool {
         false
+    }
+
+    fn declined(&self) -> &'static str {
+        "headless runs deny what would ask"
     }
 }
 
@@ -117,6 +126,10 @@ impl fmt::Debug for TerminalPrompt {
 }
 
 impl ApprovalHandler for TerminalPrompt {
+    fn declined(&self) -> &'static str {
+        "not approved at the prompt"
+    }
+
     fn approve(&self, call: &ToolCall, decision: &Decision) -> bool {
         let reason = decision.rule.as_ref().map_or_else(
             || "no rule matched".to_string(),
