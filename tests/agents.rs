@@ -1138,3 +1138,42 @@ args = {{ message = "the volume is read-only", fail = true }}
     assert!(reason.contains("the volume is read-only"), "{reason}");
     runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_malformed_argv_fails_its_task_naming_it_without_retries() {
+    let (runtime, dir) = shell_runtime(false).await;
+    let rules = r#"{"permissions": {"allow": ["Bash(echo *)"]}}"#;
+    let text = r#"
+name = "argv"
+[[task]]
+id = "string"
+tool = "sh.run"
+args = { argv = "echo {}" }
+retries = 2
+[[task]]
+id = "table"
+tool = "sh.run"
+args = { argv = ["echo", { k = 1 }] }
+"#;
+    let report = runtime
+        .run(plan(text), with_rules(dir.path(), rules))
+        .await
+        .unwrap();
+    for (id, why) in [
+        ("string", "`argv` must be a list of strings"),
+        ("table", "`argv[1]` is {\"k\":1}, not a string"),
+    ] {
+        let task = report.task(id).unwrap();
+        assert_eq!(
+            (task.state, task.retries),
+            (TaskState::Failed, 0),
+            "{task:?}"
+        );
+        let reason = task.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains(why) && !reason.contains("permission"),
+            "{reason}"
+        );
+    }
+    runtime.shutdown().await;
+}

@@ -126,3 +126,22 @@ async fn missing_program_is_a_spawn_error_naming_it() {
     assert!(matches!(err, SessionError::Spawn { .. }));
     assert!(err.to_string().contains("/no/such/tool"));
 }
+
+#[tokio::test]
+async fn a_missing_working_directory_is_named_not_the_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    for (cwd, problem) in [
+        (dir.path().join("gone"), "does not exist"),
+        (file, "is not a folder"),
+    ] {
+        let mut spec = sh("echo hi");
+        spec.cwd = Some(cwd.clone());
+        let err = run(spec, request()).await.unwrap_err().to_string();
+        assert!(
+            err.contains(&cwd.display().to_string()) && err.contains(problem),
+            "{err}"
+        );
+    }
+}

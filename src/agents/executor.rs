@@ -62,6 +62,7 @@ fn retryable(error: &SessionError) -> bool {
     !matches!(
         error,
         SessionError::UnknownTool { .. }
+            | SessionError::InvalidArguments { .. }
             | SessionError::ToolRejected { .. }
             | SessionError::InvalidConfig { .. }
             | SessionError::PermissionDenied { .. }
@@ -189,6 +190,9 @@ async fn call_pool(
         });
     };
     let call_timeout = def.call_timeout;
+    if def.kind == PoolKind::Process {
+        crate::session::process::extra_argv(&attempt.call().tool, &args)?;
+    }
     if let Err(detail) = check_permission(shared, attempt, &def, &args).await {
         return Err(SessionError::PermissionDenied { detail });
     }

@@ -129,10 +129,7 @@ impl McpSession {
         let (transport, stderr) = TokioChildProcess::builder(command)
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| SessionError::Spawn {
-                program: spec.program.clone(),
-                source,
-            })?;
+            .map_err(|source| super::spawn_error(&spec.program, spec.cwd.as_ref(), source))?;
         let server_pid = transport.id();
         if let Some(stderr) = stderr {
             let program = spec.program.clone();

@@ -172,6 +172,32 @@ pub trait SessionFactory: Send + Sync + 'static {
     fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>>;
 }
 
+/// Why `program` could not be started: a missing or non-folder working directory is named as
+/// such (the operating system reports it as the program not being found).
+pub(crate) fn spawn_error(
+    program: &str,
+    cwd: Option<&PathBuf>,
+    source: std::io::Error,
+) -> SessionError {
+    match cwd {
+        Some(dir) if !dir.is_dir() => SessionError::InvalidConfig {
+            detail: format!(
+                "cannot start {program:?}: its working directory {} {}",
+                dir.display(),
+                if dir.exists() {
+                    "is not a folder"
+                } else {
+                    "does not exist"
+                }
+            ),
+        },
+        _ => SessionError::Spawn {
+            program: program.to_owned(),
+            source,
+        },
+    }
+}
+
 /// A child command with a cleared environment: only the allowlisted variables of ours (absent ones
 /// skipped), then the explicit ones, which win. Shared by the process and MCP kinds.
 pub(crate) fn child_command(

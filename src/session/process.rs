@@ -128,24 +128,30 @@ impl Drop for GroupKiller {
 }
 
 /// The call's extra arguments: the strings of `args.argv` (numbers and booleans are written out;
-/// anything else is refused, naming the tool).
-fn extra_argv(request: &ToolRequest) -> Result<Vec<String>, SessionError> {
-    let Some(argv) = request.args.get("argv") else {
+/// anything else is refused, naming the tool and the item). The Executor checks them before the
+/// permission rules see the command, so a malformed `argv` is reported as such.
+pub(crate) fn extra_argv(
+    tool: &str,
+    args: &serde_json::Value,
+) -> Result<Vec<String>, SessionError> {
+    let Some(argv) = args.get("argv") else {
         return Ok(Vec::new());
     };
-    let bad = |detail: String| SessionError::InvalidConfig {
-        detail: format!("tool {:?}: {detail}", request.tool),
+    let bad = |detail: String| SessionError::InvalidArguments {
+        tool: tool.to_owned(),
+        detail,
     };
     let items = argv
         .as_array()
         .ok_or_else(|| bad(format!("`argv` must be a list of strings, not {argv}")))?;
     items
         .iter()
-        .map(|item| match item {
+        .enumerate()
+        .map(|(i, item)| match item {
             serde_json::Value::String(s) => Ok(s.clone()),
             serde_json::Value::Number(n) => Ok(n.to_string()),
             serde_json::Value::Bool(b) => Ok(b.to_string()),
-            other => Err(bad(format!("`argv` item {other} is not a string"))),
+            other => Err(bad(format!("`argv[{i}]` is {other}, not a string"))),
         })
         .collect()
 }
@@ -153,7 +159,7 @@ fn extra_argv(request: &ToolRequest) -> Result<Vec<String>, SessionError> {
 async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, SessionError> {
     let started = Instant::now();
     let mut args = spec.args.clone();
-    args.extend(extra_argv(&request)?);
+    args.extend(extra_argv(&request.tool, &request.args)?);
     let mut command = super::child_command(
         &spec.program,
         &args,
@@ -181,10 +187,9 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
     #[cfg(unix)]
     command.process_group(0);
 
-    let mut child = command.spawn().map_err(|source| SessionError::Spawn {
-        program: spec.program.clone(),
-        source,
-    })?;
+    let mut child = command
+        .spawn()
+        .map_err(|source| super::spawn_error(&spec.program, spec.cwd.as_ref(), source))?;
     let mut killer = GroupKiller { pgid: child.id() };
     let io_error = |stream: &'static str| {
         let program = spec.program.clone();
