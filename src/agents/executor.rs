@@ -135,9 +135,16 @@ async fn check_permission(
         return Ok(());
     };
     let subject = format!("{} {}", call.tool, call.input);
-    // The rules decide inline (microseconds, no I/O); only an `ask` reaches the approval
-    // handler, which may prompt on the terminal, so that part runs off the async threads.
+    // A tool name decides inline (a microsecond, no I/O). A shell command may be parsed, which
+    // waits on a parser thread (tens of µs, up to its 500 ms deadline), so it is decided off the
+    // async threads, as is an `ask`, whose approval handler may prompt on the terminal.
     let decided = match &attempt.permissions {
+        Some(engine) if call.tool == "Bash" => {
+            let (engine, command) = (Arc::clone(engine), call.clone());
+            tokio::task::spawn_blocking(move || engine.decide(&command))
+                .await
+                .map_err(|e| format!("permission check failed: {e}"))?
+        }
         Some(engine) => engine.decide(&call),
         None => Decision {
             verdict: Verdict::Ask,

@@ -137,7 +137,7 @@ fn as_text(payload: &ContextPayload) -> String {
 }
 
 fn assemble(
-    state: &OptimizerState,
+    args: &OptimizerArgs,
     context: Option<&Arc<ContextOptimizer>>,
     attempt: &Attempt,
 ) -> String {
@@ -176,14 +176,14 @@ fn assemble(
     let request = ContextRequest {
         session: session.clone(),
         task_id: attempt.task.id.as_str().to_owned(),
-        memories: memories(&state.args, attempt, &query),
+        memories: memories(args, attempt, &query),
         query,
         upstream,
         project_files: attempt.task.context_files.clone(),
         project_root: Some(attempt.base_dir.as_ref().clone()),
     };
     let payload = optimizer.build(&request);
-    let _ = state.args.events.send(super::RunEvent::ContextBuilt {
+    let _ = args.events.send(super::RunEvent::ContextBuilt {
         run_id: attempt.run_id.to_string(),
         task: attempt.task.id.as_str().to_owned(),
         session: session.clone(),
@@ -192,7 +192,7 @@ fn assemble(
         window: payload.window,
     });
     if let Some(alert) = &payload.alert {
-        let _ = state.args.events.send(super::RunEvent::ContextAlert {
+        let _ = args.events.send(super::RunEvent::ContextAlert {
             run_id: attempt.run_id.to_string(),
             task: attempt.task.id.as_str().to_owned(),
             session: session.clone(),
@@ -205,7 +205,7 @@ fn assemble(
             alert.ratio * 100.0
         );
         let snapshot = optimizer.session_snapshot(&session);
-        let store = state.args.store.clone();
+        let store = args.store.clone();
         let namespace = run_namespace(&attempt.run_id).unwrap_or(Namespace::Global);
         let preserved_session = session.clone();
         tokio::spawn(async move {
@@ -255,8 +255,19 @@ impl Actor for Optimizer {
                 if attempt.wants_context {
                     let span = tracing::info_span!(parent: &attempt.span, "context");
                     let context = state.context().instrument(span.clone()).await;
-                    attempt.ctx.context =
-                        span.in_scope(|| assemble(state, context.as_ref(), &attempt));
+                    // Off the async threads: it reads files and counts the tokens of upstream
+                    // outputs (up to a mebibyte each). The mailbox still waits for it, so the
+                    // attempts keep their order. A panic there fails this agent, as it would
+                    // inline, and the supervisor restarts it.
+                    let args = state.args.clone();
+                    let (returned, text) = tokio::task::spawn_blocking(move || {
+                        let text = span.in_scope(|| assemble(&args, context.as_ref(), &attempt));
+                        (attempt, text)
+                    })
+                    .await
+                    .map_err(|e| format!("optimizer: context assembly failed: {e}"))?;
+                    attempt = returned;
+                    attempt.ctx.context = text;
                 }
                 attempt.args =
                     Some(render(attempt.args_template(), &attempt.ctx).map_err(|e| e.to_string()));
