@@ -1177,3 +1177,52 @@ args = { argv = ["echo", { k = 1 }] }
     }
     runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn dropping_a_runs_future_cancels_the_run_and_closes_its_pools() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "dropped"
+[pools.own]
+kind = "native"
+[[task]]
+id = "slow"
+tool = "own.echo"
+args = { label = "slow", sleep_ms = 30000 }
+compensate = { tool = "own.echo", args = { label = "undo-slow" } }
+[[task]]
+id = "next"
+tool = "own.echo"
+deps = ["slow"]
+args = { label = "next" }
+"#;
+    let mut events = h.runtime.subscribe();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(500),
+        h.runtime.run(plan(text), options()),
+    )
+    .await;
+    assert!(dropped.is_err(), "the run should still have been going");
+    // The run ends cancelled, well before its 30 s task would have.
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(RunEvent::RunFinished { status, .. }) = events.recv().await {
+                return status;
+            }
+        }
+    })
+    .await
+    .expect("the abandoned run was not cancelled");
+    assert_eq!(status, RunStatus::Cancelled);
+    // ...and its pool closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.runtime.pool_stats().iter().any(|(name, _)| name == "own") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pool `own` still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls_per_label(&h.calls).get("next"), None);
+    h.runtime.shutdown().await;
+}

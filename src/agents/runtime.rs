@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -115,6 +116,64 @@ impl PoolSet {
         for (_, (pool, _)) in self.0.read().every() {
             pool.close();
         }
+    }
+}
+
+/// Cleans up after a [`Runtime::run`] future dropped before it returned: a run the
+/// Orchestrator has is cancelled, and the run's pools close when it has finished (its
+/// compensations may need them); a run that never reached the Orchestrator just closes them.
+struct AbandonedRun {
+    run_id: String,
+    pools: PoolSet,
+    orchestrator: Mailbox<OrchestratorMsg>,
+    events: broadcast::Sender<RunEvent>,
+    store: Store,
+    /// The Orchestrator was handed the run.
+    started: AtomicBool,
+    /// `run` returned (it closed the pools itself).
+    returned: bool,
+}
+
+impl Drop for AbandonedRun {
+    fn drop(&mut self) {
+        if self.returned {
+            return;
+        }
+        let run_id = std::mem::take(&mut self.run_id);
+        let handle = tokio::runtime::Handle::try_current();
+        let (true, Ok(handle)) = (self.started.load(Ordering::Acquire), handle) else {
+            self.pools.close_run(&run_id);
+            return;
+        };
+        // Subscribed before the cancel is sent, so the run's end cannot be missed.
+        let mut finished = self.events.subscribe();
+        let (pools, orchestrator) = (self.pools.clone(), self.orchestrator.clone());
+        let store = self.store.clone();
+        handle.spawn(async move {
+            let cancel = OrchestratorMsg::Cancel {
+                run_id: run_id.clone(),
+            };
+            // The run may also have ended just before the cancel (its record says so): checked
+            // each second, as the event has then gone by.
+            let ended = |store: &Store| {
+                super::state::load_run(store, &run_id)
+                    .map_or(true, |r| r.is_none_or(|r| r.status != RunStatus::Running))
+            };
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            if orchestrator.send(cancel).await.is_ok() {
+                loop {
+                    tokio::select! {
+                        event = finished.recv() => match event {
+                            Ok(RunEvent::RunFinished { run_id: id, .. }) if id == run_id => break,
+                            Err(broadcast::error::RecvError::Closed) => break,
+                            _ => {}
+                        },
+                        _ = tick.tick() => if ended(&store) { break },
+                    }
+                }
+            }
+            pools.close_run(&run_id);
+        });
     }
 }
 
@@ -355,12 +414,27 @@ impl Runtime {
     ///
     /// The pools the plan declares are started for this run alone (before anything else) and
     /// closed when it returns.
+    ///
+    /// Dropping the future (a `tokio::time::timeout`, a `select!`) cancels the run as
+    /// [`Runtime::cancel`] does; its pools close once its rollback has finished.
     pub async fn run(&self, plan: Plan, options: RunOptions) -> Result<RunReport, AgentError> {
         let run_id = options
             .run_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let result = self.run_with_own_pools(run_id.clone(), plan, options).await;
+        let mut guard = AbandonedRun {
+            run_id: run_id.clone(),
+            pools: self.pools.clone(),
+            orchestrator: self.peers.orchestrator.clone(),
+            events: self.events.clone(),
+            store: self.store.clone(),
+            started: AtomicBool::new(false),
+            returned: false,
+        };
+        let result = self
+            .run_with_own_pools(run_id.clone(), plan, options, &guard.started)
+            .await;
+        guard.returned = true;
         self.pools.close_run(&run_id);
         result
     }
@@ -370,6 +444,7 @@ impl Runtime {
         run_id: String,
         plan: Plan,
         options: RunOptions,
+        started: &AtomicBool,
     ) -> Result<RunReport, AgentError> {
         self.start_pools_for(Some(&run_id), &plan.pools, &options.base_dir)
             .await?;
@@ -397,6 +472,7 @@ impl Runtime {
                 spec.resume = true;
                 continue;
             }
+            started.store(true, Ordering::Release);
             match answer.await {
                 Ok(Ok(report)) => return Ok(report),
                 Ok(Err(detail)) => {
