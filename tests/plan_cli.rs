@@ -283,6 +283,19 @@ fn commands_that_read_refuse_a_store_that_does_not_exist_and_create_none() {
         );
         assert!(!typo.exists(), "{args:?} created the store");
     }
+    // An empty file is refused the same way, and stays empty.
+    let empty = dir.path().join("empty.redb");
+    std::fs::write(&empty, "").unwrap();
+    for args in [&["runs"][..], &["mem", "recent"]] {
+        let out = tetrarch_on(&empty, args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("is an empty file, not a store"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+    }
     // Storing a memory is how a store begins.
     let out = tetrarch_on(&typo, &["mem", "store", "--content", "first memory"])
         .output()
@@ -332,4 +345,17 @@ fn the_permission_file_a_plan_names_is_read_by_plan_check() {
     .unwrap();
     let (code, out, err) = check(&[plan]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn an_endless_plan_file_is_refused_and_errors_say_their_cause_once() {
+    let (code, _, err) = check(&["/dev/zero"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot read plan /dev/zero: it is over 64 MiB"),
+        "{err}"
+    );
+    let (code, _, err) = check(&["no-such-plan.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }

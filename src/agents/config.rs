@@ -236,7 +236,15 @@ impl ActorsConfig {
     pub fn load(dir: &Path) -> Result<Self, AgentError> {
         if !dir.is_dir() {
             return Err(AgentError::Config {
-                detail: format!("actors folder {} does not exist", dir.display()),
+                detail: format!(
+                    "actors folder {} {}",
+                    dir.display(),
+                    if dir.exists() {
+                        "is a file, not a folder (give the folder holding <agent>.toml)"
+                    } else {
+                        "does not exist"
+                    }
+                ),
             });
         }
         Self::assemble(

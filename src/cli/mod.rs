@@ -109,7 +109,36 @@ fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
         "no store at {}: nothing has run or been stored there (check --store or TETRARCH_STORE)",
         path.display()
     );
+    // An empty file is not a store either (opening it would make it one).
+    anyhow::ensure!(
+        creates || path.metadata().map_or(true, |m| m.len() > 0),
+        "{} is an empty file, not a store (check --store or TETRARCH_STORE)",
+        path.display()
+    );
     Ok(path)
+}
+
+/// The largest plan or settings file read (a 20,000-task plan is about 2 MB): a path such as
+/// `/dev/zero` must fail, not fill the memory.
+const MAX_TEXT_FILE: u64 = 64 << 20;
+
+/// Reads a plan or settings file as UTF-8, refusing one over [`MAX_TEXT_FILE`].
+pub(crate) fn read_text(path: &std::path::Path, what: &str) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TEXT_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= MAX_TEXT_FILE,
+        "cannot read {what} {}: it is over {} MiB",
+        path.display(),
+        MAX_TEXT_FILE >> 20
+    );
+    String::from_utf8(bytes)
+        .with_context(|| format!("cannot read {what} {}: it is not UTF-8", path.display()))
 }
 
 /// What must be flushed before the process exits.
@@ -214,6 +243,20 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
+/// The error and its causes, each cause once: the library's errors already say their source
+/// (`cannot read the file: No such file...`), which `{:#}` would print a second time.
+pub(crate) fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// Parses the arguments, runs the command and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -222,7 +265,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            stderr_line!("error: {error:#}");
+            stderr_line!("error: {}", error_text(&error));
             ExitCode::from(2)
         }
     };

@@ -79,8 +79,7 @@ impl Dirs {
 
 fn load(settings: &Path, dirs: &Dirs) -> anyhow::Result<PermissionEngine> {
     let (cwd, home) = dirs.resolve()?;
-    let text = std::fs::read_to_string(settings)
-        .with_context(|| format!("cannot read {}", settings.display()))?;
+    let text = super::read_text(settings, "settings")?;
     Ok(PermissionEngine::from_settings_json(
         &text, settings, &cwd, &home,
     )?)
@@ -161,8 +160,7 @@ pub fn run(command: PermsCommand) -> anyhow::Result<ExitCode> {
             out,
             report,
         } => {
-            let text = std::fs::read_to_string(&settings)
-                .with_context(|| format!("cannot read {}", settings.display()))?;
+            let text = super::read_text(&settings, "settings")?;
             let result = consolidate(&text, &settings, widen)?;
             let out = out.unwrap_or_else(|| settings.with_extension("consolidated.json"));
             let report = report.unwrap_or_else(|| out.with_extension("report.md"));

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use serde_json::json;
 use tetrarch::plan::{Plan, PlanError, StaticCatalog};
@@ -32,9 +32,8 @@ pub fn run(cmd: PlanCommand) -> Result<ExitCode> {
     }
 }
 
-fn check(file: &PathBuf, pools: Option<Vec<String>>, as_json: bool) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read plan {}", file.display()))?;
+fn check(file: &std::path::Path, pools: Option<Vec<String>>, as_json: bool) -> Result<ExitCode> {
+    let text = super::read_text(file, "plan")?;
     let source = file.display().to_string();
     let catalog = pools.as_ref().map(|names| {
         names
@@ -60,7 +59,7 @@ fn check(file: &PathBuf, pools: Option<Vec<String>>, as_json: bool) -> Result<Ex
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or(std::path::Path::new("."));
                 if let Err(e) = super::run::load_permissions(&base.join(path), base) {
-                    let message = format!("{e:#}");
+                    let message = super::error_text(&e);
                     if as_json {
                         let errors = [json!({ "message": message })];
                         let report = json!({ "ok": false, "source": source, "errors": errors });

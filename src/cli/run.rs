@@ -67,8 +67,7 @@ pub struct RunArgs {
 }
 
 pub(crate) fn load_permissions(path: &Path, base: &Path) -> Result<Arc<PermissionEngine>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read permissions {}", path.display()))?;
+    let text = super::read_text(path, "permissions")?;
     let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("/"));
     let engine = PermissionEngine::from_settings_json(&text, path, base, &home)
         .with_context(|| format!("bad permissions in {}", path.display()))?;
@@ -95,8 +94,7 @@ pub fn run(args: RunArgs, store: &Path) -> Result<ExitCode> {
 }
 
 async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.plan)
-        .with_context(|| format!("cannot read plan {}", args.plan.display()))?;
+    let text = super::read_text(&args.plan, "plan")?;
     let source = args.plan.display().to_string();
     let base_dir = args
         .plan
@@ -271,7 +269,10 @@ fn describe(event: &RunEvent) -> Option<String> {
             reason,
             backoff_ms,
             ..
-        } => format!("{task}: retry {retry} in {backoff_ms} ms after: {reason}"),
+        } => format!(
+            "{task}: retry {retry} in {} after: {reason}",
+            humantime::format_duration(Duration::from_millis(*backoff_ms))
+        ),
         RunEvent::FixApplied { task, fix, .. } => format!("{task}: trying declared fix: {fix}"),
         RunEvent::ContextAlert {
             task, used, window, ..

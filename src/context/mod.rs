@@ -128,7 +128,11 @@ impl Candidate {
     /// A memory from the store as a general candidate: importance 1–10 scaled to 0–1, age since
     /// its last update.
     pub fn from_memory(memory: &Memory, now: Timestamp) -> Candidate {
-        let age_ms = (now.as_millis() - memory.updated_at.as_millis()).max(0);
+        // Saturating: both come from the store, where a damaged record may hold any value.
+        let age_ms = now
+            .as_millis()
+            .saturating_sub(memory.updated_at.as_millis())
+            .max(0);
         Candidate {
             category: Category::General,
             source: format!("memory:{}", memory.id),

@@ -175,10 +175,12 @@ impl Gate {
         };
         if let Some(value) = table.get("exit") {
             allow(&["exit"])?;
+            // A process exits with 0 to 255; any other value could never be met.
             let equals = value
                 .as_integer()
+                .filter(|i| (0..=255).contains(i))
                 .and_then(|i| i32::try_from(i).ok())
-                .ok_or("gate `exit` must be an integer exit status")?;
+                .ok_or("gate `exit` must be an exit status from 0 to 255")?;
             return Ok(Gate::ExitStatus { equals });
         }
         if table.contains_key("contains") {
@@ -219,6 +221,13 @@ impl Gate {
             };
             let value = table.get(**op).map(toml_to_json).transpose()?;
             let value = value.unwrap_or(Value::Null);
+            let ordering = matches!(**op, "lt" | "le" | "gt" | "ge");
+            if ordering && !matches!(value, Value::Number(_) | Value::String(_)) {
+                return Err(format!(
+                    "gate `{}` compares numbers or strings, not {value}",
+                    **op
+                ));
+            }
             let op = match **op {
                 "eq" => JsonOp::Eq(value),
                 "ne" => JsonOp::Ne(value),
@@ -551,6 +560,14 @@ mod tests {
             ("{ json = \"/a\", eq = 1, ne = 2 }", "exactly one"),
             ("{ exit = 0, contains = \"x\" }", "unexpected key"),
             ("{ exists = true }", "unknown gate"),
+            // Gates no outcome could ever pass.
+            ("{ exit = 300 }", "from 0 to 255"),
+            ("{ exit = -1 }", "from 0 to 255"),
+            (
+                "{ json = \"/a\", lt = true }",
+                "compares numbers or strings",
+            ),
+            ("{ json = \"/a\", ge = [1] }", "compares numbers or strings"),
         ] {
             let err = gate(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");

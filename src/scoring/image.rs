@@ -109,7 +109,7 @@ impl RgbImage {
     /// A [`ScoreError`] naming the file: unreadable, unsupported format, truncated or damaged,
     /// empty, an alpha channel that is not opaque, or non-finite samples.
     pub fn open(path: &Path) -> Result<Self, ScoreError> {
-        let bytes = std::fs::read(path).map_err(|source| ScoreError::Read {
+        let bytes = read_capped(path).map_err(|source| ScoreError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -221,6 +221,26 @@ pub(crate) fn check_pair(reference: &RgbImage, test: &RgbImage) -> Result<(), Sc
         });
     }
     Ok(())
+}
+
+/// The largest image file read: an uncompressed float EXR of [`MAX_PIXELS`] RGBA pixels is
+/// 512 MiB, and a path such as `/dev/zero` must fail rather than fill the memory.
+const MAX_IMAGE_FILE: u64 = 1 << 30;
+
+/// Reads a file of at most [`MAX_IMAGE_FILE`] bytes.
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_IMAGE_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE {
+        return Err(std::io::Error::other(format!(
+            "the file is over the {} MiB limit for images",
+            MAX_IMAGE_FILE >> 20
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Refuses an image of more than [`MAX_PIXELS`] pixels.
