@@ -98,11 +98,7 @@ fn permission_call(def: &PoolDef, attempt: &Attempt, args: &serde_json::Value) -
                         .collect()
                 })
                 .unwrap_or_default();
-            let shell = matches!(
-                def.command.as_slice(),
-                [program, flag] if flag == "-c"
-                    && ["sh", "bash", "/bin/sh", "/bin/bash", "zsh"].contains(&program.as_str())
-            );
+            let shell = runs_script(&def.command);
             // `sh -c SCRIPT NAME ARGS...`: the script is the command; the rest are its data.
             let command = if shell && !extra.is_empty() {
                 extra[0].clone()
@@ -122,6 +118,20 @@ fn permission_call(def: &PoolDef, attempt: &Attempt, args: &serde_json::Value) -
         }),
         PoolKind::Native | PoolKind::Scorer => None,
     }
+}
+
+/// Whether a pool's command is a shell taking its script as the next word: `sh -c`, `bash -lc`,
+/// `/usr/bin/bash -e -c` (a shell by its file name, then short options, the last with `c`).
+/// The rules then judge the script itself, not the shell's command line.
+fn runs_script(command: &[String]) -> bool {
+    let Some((program, options)) = command.split_first() else {
+        return false;
+    };
+    let name = program.rsplit('/').next().unwrap_or(program);
+    let short = |o: &String| o.len() > 1 && o.starts_with('-') && !o.starts_with("--");
+    ["sh", "bash", "dash", "zsh", "ksh"].contains(&name)
+        && options.iter().all(short)
+        && options.last().is_some_and(|o| o.contains('c'))
 }
 
 /// Checks the call against the run's rules; `Err` names the rule that denied it.
@@ -514,5 +524,35 @@ impl Actor for Executor {
             ExecutorMsg::Crash => injected_fault(AgentKind::Executor),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_script;
+
+    #[test]
+    fn shells_given_a_script_are_recognised_by_name_and_options() {
+        let command = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        for script in [
+            &["sh", "-c"][..],
+            &["bash", "-lc"],
+            &["/usr/bin/bash", "-c"],
+            &["sh", "-e", "-c"],
+            &["zsh", "-ec"],
+        ] {
+            assert!(runs_script(&command(script)), "{script:?}");
+        }
+        for not in [
+            &["sh"][..],
+            &["bash", "script.sh"],
+            &["bash", "-c", "echo"],
+            &["bash", "--norc", "-c"],
+            &["python3", "-c"],
+            &["sh", "-e"],
+            &[],
+        ] {
+            assert!(!runs_script(&command(not)), "{not:?}");
+        }
     }
 }
