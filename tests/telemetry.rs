@@ -105,8 +105,13 @@ async fn start_runtime(store: Store) -> Runtime {
 
 /// One HTTP/1.1 GET: (status, head, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    get_as(addr, &addr.to_string(), path).await
+}
+
+/// [`get`] with `host` as the `Host` header.
+async fn get_as(addr: SocketAddr, host: &str, path: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
@@ -576,7 +581,7 @@ fn tetrarch_run_warns_when_the_dashboard_port_is_taken_and_runs_anyway_then_dash
     let state = served.map(|addr| {
         let mut stream = std::net::TcpStream::connect(addr.unwrap()).unwrap();
         stream
-            .write_all(b"GET /api/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /api/state HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut text = String::new();
         stream.read_to_string(&mut text).unwrap();
@@ -890,11 +895,11 @@ fn tetrarch_run_metrics_serves_only_metrics_and_a_stalled_or_dropped_scraper_doe
     // that hangs up mid-request: held open (or gone) while the run goes on.
     let mut stalled = std::net::TcpStream::connect(addr).unwrap();
     stalled
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n")
         .unwrap();
     let mut unread = std::net::TcpStream::connect(addr).unwrap();
     unread
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     {
         let mut dropped = std::net::TcpStream::connect(addr).unwrap();
@@ -1120,4 +1125,32 @@ async fn limits_that_could_serve_nothing_are_refused_naming_the_limit() {
         assert!(message.starts_with("metrics: bad limits: "), "{message}");
         assert!(message.contains(named), "{message}");
     }
+}
+
+#[tokio::test]
+async fn a_loopback_server_answers_only_to_localhost_and_ip_addresses() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), Telemetry::new(None))
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let port = addr.port();
+    for host in [
+        addr.to_string(),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_owned(),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, _, _) = get_as(addr, &host, "/metrics").await;
+        assert_ne!(status, 403, "Host: {host}");
+    }
+    // A name a web page controls, pointed at 127.0.0.1 (DNS rebinding).
+    for host in [
+        format!("attacker.example:{port}"),
+        "localhost.attacker.example".to_owned(),
+    ] {
+        let (status, _, body) = get_as(addr, &host, "/metrics").await;
+        assert_eq!(status, 403, "Host: {host}: {body}");
+        assert!(body.contains("Host not allowed"), "{body}");
+    }
+    server.shutdown().await;
 }

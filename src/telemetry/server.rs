@@ -121,6 +121,11 @@ impl Serving {
         limits: ServeLimits,
     ) -> Result<Self, TelemetryError> {
         limits.check(server)?;
+        let app = if addr.ip().is_loopback() {
+            app.layer(axum::middleware::from_fn(local_host_only))
+        } else {
+            app
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| match source.kind() {
@@ -225,6 +230,34 @@ async fn serve(
     drop(listener);
     let _ = closing.send(());
     while connections.join_next().await.is_some() {}
+}
+
+/// On a loopback address, serves only requests whose `Host` is `localhost` or an IP address.
+/// A web page can point a name it controls at 127.0.0.1 (DNS rebinding) and then read what a
+/// local server answers as its own; its requests carry that name, so they are refused.
+async fn local_host_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request.headers().get(header::HOST).map(|h| h.to_str());
+    match host {
+        None => next.run(request).await,
+        Some(Ok(host)) if is_local_host(host) => next.run(request).await,
+        Some(_) => (
+            StatusCode::FORBIDDEN,
+            "Host not allowed: a loopback server answers to localhost or an IP address\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Whether a `Host` header (`name[:port]`, `[v6]:port`) names localhost or an IP address.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok()
 }
 
 impl Drop for Serving {
