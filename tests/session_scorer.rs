@@ -320,3 +320,37 @@ async fn pooled_scorers_are_started_before_the_first_call_and_run_in_parallel() 
     }
     assert_eq!(pool.stats().created, 2, "no session was replaced");
 }
+
+#[tokio::test]
+async fn a_job_whose_call_timed_out_holds_its_slot_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    // Big enough that FLIP takes a while; the small pair takes next to nothing.
+    let (w, h) = (960, 720);
+    png(dir.path(), "big-ref.png", w, h, gradient);
+    png(dir.path(), "big-test.png", w, h, darker);
+    png(dir.path(), "ref.png", 64, 48, gradient);
+    png(dir.path(), "test.png", 64, 48, darker);
+    let factory = ScorerFactory::new(ScorerSpec {
+        base_dir: Some(dir.path().to_path_buf()),
+        warmup_size: None,
+        max_jobs: 1,
+        ..ScorerSpec::new(Device::Cpu)
+    });
+    use tetrarch::session::SessionFactory;
+    let (mut first, mut second) = (
+        factory.create().await.unwrap(),
+        factory.create().await.unwrap(),
+    );
+    let big = json!({ "reference": "big-ref.png", "test": "big-test.png" });
+    let small = json!({ "reference": "ref.png", "test": "test.png" });
+    let impatient = ToolRequest::new("flip", big).with_timeout(Duration::from_millis(1));
+    let err = first.call(impatient).await.unwrap_err();
+    assert!(matches!(err, SessionError::Timeout { .. }), "{err}");
+    // The big job still runs and holds the only slot: another session's call waits for it.
+    let waiting = ToolRequest::new("flip", small.clone()).with_timeout(Duration::from_millis(100));
+    let err = second.call(waiting).await.unwrap_err();
+    assert!(matches!(err, SessionError::Timeout { .. }), "{err}");
+    // Once it ends, the slot is free again.
+    let outcome = second.call(call("flip", small)).await.unwrap();
+    assert_eq!(outcome.exit_status, Some(0), "{}", outcome.stderr);
+}

@@ -324,6 +324,7 @@ impl PoolDef {
                 }
                 spec.base_dir = Some(cwd);
                 spec.warmup_size = self.warmup_size.map(|[width, height]| (width, height));
+                spec.max_jobs = self.max_size;
                 Pool::start(config, ScorerFactory::new(spec)).await
             }
         }

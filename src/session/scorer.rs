@@ -52,6 +52,10 @@ pub struct ScorerSpec {
     /// The width and height of the synthetic pair scored at start-up; `None` skips the warm-up.
     /// Set it to the size of the images the pool will score for the flattest first call.
     pub warmup_size: Option<(usize, usize)>,
+    /// The most scoring jobs running at once over all the sessions of one [`ScorerFactory`]
+    /// (a pool sets its `max_size`). A job whose call timed out still counts until it ends (a
+    /// computation cannot be stopped midway), so retries of slow calls wait rather than pile up.
+    pub max_jobs: usize,
 }
 
 impl std::fmt::Debug for ScorerSpec {
@@ -62,13 +66,14 @@ impl std::fmt::Debug for ScorerSpec {
             .field("kernel_cache", &self.kernel_cache.is_some())
             .field("base_dir", &self.base_dir)
             .field("warmup_size", &self.warmup_size)
+            .field("max_jobs", &self.max_jobs)
             .finish()
     }
 }
 
 impl Default for ScorerSpec {
     /// `Auto` device, FLIP's default 67.02 pixels per degree, no kernel cache, paths relative to
-    /// our working directory, a 256×256 warm-up pair.
+    /// our working directory, a 256×256 warm-up pair, 4 jobs at once.
     fn default() -> Self {
         Self {
             device: Device::Auto,
@@ -76,6 +81,7 @@ impl Default for ScorerSpec {
             kernel_cache: None,
             base_dir: None,
             warmup_size: Some((256, 256)),
+            max_jobs: 4,
         }
     }
 }
@@ -101,6 +107,8 @@ impl ScorerSpec {
 pub struct ScorerSession {
     scorer: Arc<Scorer>,
     base_dir: Option<PathBuf>,
+    /// Shared by the sessions of one factory: see [`ScorerSpec::max_jobs`].
+    jobs: Arc<tokio::sync::Semaphore>,
 }
 
 impl ScorerSession {
@@ -110,6 +118,15 @@ impl ScorerSession {
     /// [`SessionError::InvalidConfig`] for a bad `ppd` or a device that cannot be used
     /// (`Device::Cuda` without CUDA, kernels that do not compile), naming the reason.
     pub async fn start(spec: &ScorerSpec) -> Result<Self, SessionError> {
+        let jobs = job_slots(spec.max_jobs);
+        Self::start_sharing(spec, jobs).await
+    }
+
+    /// [`ScorerSession::start`] with the job slots shared by a factory's sessions.
+    async fn start_sharing(
+        spec: &ScorerSpec,
+        jobs: Arc<tokio::sync::Semaphore>,
+    ) -> Result<Self, SessionError> {
         if let Err(e) = crate::scoring::check_ppd(spec.ppd) {
             return Err(SessionError::InvalidConfig {
                 detail: format!("scorer: {e}"),
@@ -138,6 +155,7 @@ impl ScorerSession {
         Ok(Self {
             scorer: Arc::new(scorer),
             base_dir: spec.base_dir.clone(),
+            jobs,
         })
     }
 
@@ -174,7 +192,16 @@ impl ScorerSession {
             map: map.as_deref().map(|m| (m.to_owned(), self.resolve(m))),
         };
         let scorer = Arc::clone(&self.scorer);
-        let task = tokio::task::spawn_blocking(move || job.run(&scorer));
+        let jobs = Arc::clone(&self.jobs);
+        // The slot is the job's, held until it ends even when this call gives up on it.
+        let task = async move {
+            let slot = jobs.acquire_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                job.run(&scorer)
+            })
+            .await
+        };
         let result = match tokio::time::timeout(request.timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => {
@@ -373,16 +400,24 @@ impl Session for ScorerSession {
     }
 }
 
+/// The job slots of [`ScorerSpec::max_jobs`] (at least one, at most what a semaphore counts).
+fn job_slots(max_jobs: usize) -> Arc<tokio::sync::Semaphore> {
+    let permits = max_jobs.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    Arc::new(tokio::sync::Semaphore::new(permits))
+}
+
 /// Starts [`ScorerSession`]s of one [`ScorerSpec`] for a pool.
 #[derive(Debug, Clone)]
 pub struct ScorerFactory {
     spec: Arc<ScorerSpec>,
+    jobs: Arc<tokio::sync::Semaphore>,
 }
 
 impl ScorerFactory {
     /// A factory for sessions of `spec`.
     pub fn new(spec: ScorerSpec) -> Self {
         Self {
+            jobs: job_slots(spec.max_jobs),
             spec: Arc::new(spec),
         }
     }
@@ -391,7 +426,7 @@ impl ScorerFactory {
 impl SessionFactory for ScorerFactory {
     fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
         Box::pin(async move {
-            let session = ScorerSession::start(&self.spec).await?;
+            let session = ScorerSession::start_sharing(&self.spec, Arc::clone(&self.jobs)).await?;
             Ok(Box::new(session) as Box<dyn Session>)
         })
     }
