@@ -1226,3 +1226,32 @@ args = { label = "next" }
     assert_eq!(calls_per_label(&h.calls).get("next"), None);
     h.runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_cached_result_that_fails_its_gates_is_not_reused_by_the_next_attempt() {
+    let h = harness(|_| {}).await;
+    // `flaky` answers how many times it has been called for its label: the first answer fails
+    // the gate. Reusing it from the cache, every attempt would fail the same way.
+    let text = r#"
+name = "cached-gate"
+[[task]]
+id = "counted"
+tool = "fn.flaky"
+args = { label = "counted" }
+cacheable = true
+max_attempts = 3
+gates = [{ json = "/calls", ge = 2 }]
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    let task = report.task("counted").unwrap();
+    assert_eq!(task.state, TaskState::Complete, "{task:?}");
+    assert_eq!(
+        (task.attempts, calls_per_label(&h.calls)["counted"]),
+        (2, 2)
+    );
+    // The result that passed is cached: a later run of the same call is served from it.
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(report.task("counted").unwrap().state, TaskState::Complete);
+    assert_eq!(calls_per_label(&h.calls)["counted"], 2);
+    h.runtime.shutdown().await;
+}

@@ -642,6 +642,51 @@ async fn technique_patterns_survive_a_restart() {
 }
 
 #[tokio::test]
+async fn a_persisted_entry_that_no_longer_decodes_is_computed_again_and_a_removed_one_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = CacheKey::new("technique", &"renamed type").unwrap();
+    {
+        // Written by a build whose value was a short string.
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let cache = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store));
+        cache
+            .get_or_compute(key, CacheCategory::Technique, async {
+                Ok::<_, std::io::Error>("hi".to_owned())
+            })
+            .await
+            .unwrap();
+    }
+    // Read by one whose value is four numbers: recomputed, then persisted in its place.
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let cache = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store.clone()));
+    let v = cache
+        .get_or_compute(key, CacheCategory::Technique, async {
+            Ok::<_, std::io::Error>([1u64 << 40, 2, 3, 4])
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, [1u64 << 40, 2, 3, 4]);
+    let fresh = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store));
+    let again = fresh
+        .get_or_compute(key, CacheCategory::Technique, async {
+            Err::<[u64; 4], _>(std::io::Error::other("must come from the store"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, [1u64 << 40, 2, 3, 4]);
+    // Removed from memory and store: computed again.
+    fresh.remove(key).await.unwrap();
+    let recomputed = fresh
+        .get_or_compute(key, CacheCategory::Technique, async {
+            Ok::<_, std::io::Error>([5u64, 6, 7, 8])
+        })
+        .await
+        .unwrap();
+    assert_eq!(recomputed, [5, 6, 7, 8]);
+}
+
+#[tokio::test]
 async fn compiled_kernels_are_cached_in_the_store_across_restarts() {
     use tetrarch::scoring::{KernelCache, KernelCacheKey, StoreKernelCache};
     let dir = tempfile::tempdir().unwrap();

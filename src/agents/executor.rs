@@ -6,7 +6,10 @@
 //! by pool, tool and rendered arguments. Outputs and errors become memories of the run.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures::FutureExt;
 use tracing::Instrument;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -237,47 +240,60 @@ async fn call_pool(
     outcome
 }
 
-async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> Outcome {
+/// The call's outcome, and the result cache's key when the call is cacheable.
+async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<CacheKey>) {
     let args = match &attempt.args {
         Some(Ok(args)) => args.clone(),
         Some(Err(e)) => {
-            return Outcome::Error {
-                reason: format!("cannot render args: {e}"),
-                retryable: false,
-            };
+            let reason = format!("cannot render args: {e}");
+            return (
+                Outcome::Error {
+                    reason,
+                    retryable: false,
+                },
+                None,
+            );
         }
         None => {
-            return Outcome::Error {
-                reason: "args were not rendered".to_owned(),
-                retryable: false,
-            };
+            let reason = "args were not rendered".to_owned();
+            return (
+                Outcome::Error {
+                    reason,
+                    retryable: false,
+                },
+                None,
+            );
         }
     };
-    let result = if attempt.task.cacheable && attempt.purpose == Purpose::Task {
-        // Boxed: the cache's future is large, and every call's task would carry (and copy
-        // on spawn) its size, cached or not.
-        Box::pin(cached_call(shared, attempt, args)).await
+    let (result, key) = if attempt.task.cacheable && attempt.purpose == Purpose::Task {
+        match result_key(shared, attempt, &args) {
+            // Boxed: the cache's future is large, and every call's task would carry (and copy
+            // on spawn) its size, cached or not.
+            Ok(key) => (
+                Box::pin(cached_call(shared, attempt, args, key)).await,
+                Some(key),
+            ),
+            Err(e) => (Err((false, format!("cache key: {e}"))), None),
+        }
     } else {
-        call_pool(shared, attempt, args)
-            .await
-            .map_err(|e| (retryable(&e), e.to_string()))
+        let result = call_pool(shared, attempt, args).await;
+        (result.map_err(|e| (retryable(&e), e.to_string())), None)
     };
-    match result {
+    let outcome = match result {
         Ok(outcome) => Outcome::Ran(outcome),
         Err((retryable, reason)) => Outcome::Error { reason, retryable },
-    }
+    };
+    (outcome, key)
 }
 
-/// A cacheable call: the result from the [`ContextCache`], else the call's (kept when it
-/// succeeded).
-async fn cached_call(
+/// The result cache's key of a call: what decides the result besides the args is the pool's
+/// command, folder and variables. The cache outlives runs and plans, and two plans (or one plan
+/// in two folders) may declare a pool of one name that runs something else.
+fn result_key(
     shared: &ExecutorArgs,
     attempt: &Attempt,
-    args: serde_json::Value,
-) -> Result<ToolOutcome, (bool, String)> {
-    // The key holds what decides the result besides the args: the pool's command, folder and
-    // variables. The cache outlives runs and plans, and two plans (or one plan in two folders)
-    // may declare a pool of one name that runs something else.
+    args: &serde_json::Value,
+) -> Result<CacheKey, crate::store::StoreError> {
     let pool = shared
         .pools
         .get_with_def(&attempt.run_id, &attempt.call().pool)
@@ -285,7 +301,7 @@ async fn cached_call(
     let runs = pool
         .as_deref()
         .map(|def| (&def.command, &def.cwd, &def.env));
-    let key = CacheKey::new(
+    CacheKey::new(
         "tool_result",
         &(
             attempt.call().pool.as_str(),
@@ -294,7 +310,16 @@ async fn cached_call(
             runs,
         ),
     )
-    .map_err(|e| (false, format!("cache key: {e}")))?;
+}
+
+/// A cacheable call: the result from the [`ContextCache`], else the call's (kept when it
+/// succeeded).
+async fn cached_call(
+    shared: &ExecutorArgs,
+    attempt: &Attempt,
+    args: serde_json::Value,
+    key: CacheKey,
+) -> Result<ToolOutcome, (bool, String)> {
     let computed = shared
         .cache
         .get_or_compute(key, CacheCategory::ToolResult, async {
@@ -491,14 +516,38 @@ impl Actor for Executor {
                     let mut attempt = attempt;
                     // The call's span ends before the outcome goes on: once the Reviewer has
                     // it, the run may finish, and an open child would keep the run's span open.
-                    let (outcome, memory) = async {
-                        let outcome = execute(&shared, &attempt).await;
+                    // A panic on the way (ours: a tool's own panic is caught by its session)
+                    // fails this attempt like a crashed tool, and the attempt still goes on:
+                    // swallowed, its run would wait for its verdict for ever.
+                    let called = AssertUnwindSafe(async {
+                        let (outcome, key) = execute(&shared, &attempt).await;
                         let memory = outcome_memory(&shared, &attempt, &outcome);
-                        attempt.failure = failure(&shared, &outcome);
-                        (outcome, memory)
-                    }
+                        (failure(&shared, &outcome), outcome, key, memory)
+                    })
+                    .catch_unwind()
                     .instrument(span)
                     .await;
+                    let (outcome, memory) = match called {
+                        Ok((failed, outcome, key, memory)) => {
+                            attempt.failure = failed;
+                            attempt.cache_key = key;
+                            (outcome, memory)
+                        }
+                        Err(panic) => {
+                            let reason = format!(
+                                "the executor failed during the call: {}",
+                                crate::session::panic_message(panic.as_ref())
+                            );
+                            tracing::error!("executor: {reason}");
+                            (
+                                Outcome::Error {
+                                    reason,
+                                    retryable: true,
+                                },
+                                None,
+                            )
+                        }
+                    };
                     if let Err(e) = shared
                         .peers
                         .reviewer

@@ -560,6 +560,7 @@ impl OrchestratorState {
             args: None,
             permissions: run.permissions.clone(),
             failure: None,
+            cache_key: None,
         };
         if let Err(e) = self
             .args
@@ -993,6 +994,7 @@ impl OrchestratorState {
             args: None,
             permissions: run.permissions.clone(),
             failure: None,
+            cache_key: None,
         };
         if let Err(e) = self
             .args

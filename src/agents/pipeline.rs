@@ -48,6 +48,9 @@ pub(crate) struct Attempt {
     /// Set by the Executor when the call failed: the error as the tool gave it, and the known
     /// fix for the most similar past error.
     pub failure: Option<(String, Option<String>)>,
+    /// Set by the Executor for a cacheable call: the result cache's key of its outcome, which
+    /// the Reviewer drops when the gates fail (a result that failed them must not be reused).
+    pub cache_key: Option<crate::store::CacheKey>,
     /// This attempt's `task` (or `compensate`) span, a child of the run's span: the agents open
     /// their own spans (`context`, `tool_call`, `review`) under it, so one trace follows the
     /// attempt across the four mailboxes. It closes when the Orchestrator drops the attempt.

@@ -24,6 +24,7 @@ use super::runtime::PoolSet;
 use crate::plan::template::render_text;
 use crate::plan::{Gate, GateResult, ScoreBound, ScoreMetric, TemplateContext};
 use crate::session::{ToolOutcome, ToolRequest};
+use crate::store::ContextCache;
 
 /// The Reviewer actor.
 pub(crate) struct Reviewer;
@@ -34,6 +35,8 @@ pub(crate) struct ReviewerArgs {
     pub peers: Peers,
     pub pools: PoolSet,
     pub score_pool: String,
+    /// Where a cached result that failed the gates is dropped.
+    pub cache: ContextCache,
 }
 
 pub(crate) struct ReviewerState {
@@ -254,6 +257,13 @@ async fn review_and_reply(
     span: tracing::Span,
 ) {
     let verdict = review(shared, &attempt, outcome).instrument(span).await;
+    // A result that failed the gates is not reused: the next attempt (or a later run) calls
+    // the tool again. Cached results are only those whose call exited 0, not those that passed.
+    if let (Verdict::GateFailed { .. }, Some(key)) = (&verdict, attempt.cache_key)
+        && let Err(e) = shared.cache.remove(key).await
+    {
+        tracing::warn!("reviewer: a result that failed its gates stays cached: {e}");
+    }
     if let Err(e) = shared
         .peers
         .orchestrator

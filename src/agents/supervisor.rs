@@ -163,6 +163,7 @@ impl SupervisorState {
                     peers: a.peers.clone(),
                     pools: a.pools.clone(),
                     score_pool: a.config.reviewer.score_pool.clone(),
+                    cache: a.cache.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Reviewer, args, link)
                     .await

@@ -172,6 +172,15 @@ pub trait SessionFactory: Send + Sync + 'static {
     fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>>;
 }
 
+/// The text a panic was raised with (`panic!("...")` gives a `&str` or a `String`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".to_owned())
+}
+
 /// Why `program` could not be started: a missing or non-folder working directory is named as
 /// such (the operating system reports it as the program not being found).
 pub(crate) fn spawn_error(

@@ -97,14 +97,9 @@ impl Session for NativeSession {
                 Ok(Ok(value)) => (0, value.to_string(), String::new(), Some(value)),
                 Ok(Err(message)) => (1, String::new(), message, None),
                 Err(payload) => {
-                    let message = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-text panic payload".to_owned());
                     return Err(SessionError::Crashed {
                         tool: request.tool,
-                        reason: format!("panicked: {message}"),
+                        reason: format!("panicked: {}", super::panic_message(payload.as_ref())),
                     });
                 }
             };

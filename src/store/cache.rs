@@ -249,12 +249,33 @@ impl ContextCache {
         let init = async {
             if category.is_persisted()
                 && let Some(store) = &self.store
-                && let Some((stored_category, bytes)) = store.cache_entry(key.0)?
             {
-                return Ok(CachedEntry {
-                    category: stored_category,
-                    bytes: bytes.into(),
-                });
+                // A persisted entry that cannot be read back as `T` (damaged, or written by a
+                // build whose type differed) is computed again and overwritten: cached values
+                // are re-computable, and keeping it would fail this key for good.
+                match store.cache_entry(key.0) {
+                    Ok(Some((stored_category, bytes)))
+                        if codec::decode_value::<T>(&bytes).is_ok() =>
+                    {
+                        return Ok(CachedEntry {
+                            category: stored_category,
+                            bytes: bytes.into(),
+                        });
+                    }
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        tracing::warn!(
+                            "context cache: entry {:032x} does not decode; recomputing",
+                            key.0
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "context cache: entry {:032x} unreadable ({e}); recomputing",
+                            key.0
+                        );
+                    }
+                }
             }
             computed.store(true, Ordering::Relaxed);
             let value = compute.await.map_err(CacheError::Compute)?;
@@ -282,6 +303,18 @@ impl ContextCache {
     /// Drops one entry from memory (a persisted one stays on disk).
     pub async fn invalidate(&self, key: CacheKey) {
         self.entries.invalidate(&key).await;
+    }
+
+    /// Drops one entry from memory and from the store: the next `get_or_compute` computes it.
+    ///
+    /// # Errors
+    /// The store's, when removing the persisted entry fails (the memory entry is gone anyway).
+    pub async fn remove(&self, key: CacheKey) -> Result<(), StoreError> {
+        self.entries.invalidate(&key).await;
+        match &self.store {
+            Some(store) => store.remove_cache_entry(key.0).await,
+            None => Ok(()),
+        }
     }
 
     /// Hit and miss counts per category.

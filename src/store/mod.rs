@@ -816,6 +816,13 @@ impl Store {
         Ok(found)
     }
 
+    /// Removes a persisted cache entry (fsync'd before this returns; absent is not an error).
+    pub(crate) async fn remove_cache_entry(&self, key: u128) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::CacheRemove { key, reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Persists a cache entry durably.
     pub(crate) async fn put_cache_entry(
         &self,

@@ -61,6 +61,10 @@ pub(crate) enum Command {
         encoded: Vec<u8>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    CacheRemove {
+        key: u128,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     RunRecords {
         records: Vec<(String, Vec<u8>)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -261,6 +265,10 @@ impl<'a> Batch<'a> {
                 Ok(()) => self.replies.push(Pending::Unit(reply)),
                 Err(e) => send(reply, Err(e)),
             },
+            Command::CacheRemove { key, reply } => match self.remove_cache_entry(key) {
+                Ok(()) => self.replies.push(Pending::Unit(reply)),
+                Err(e) => send(reply, Err(e)),
+            },
             Command::RunRecords { records, reply } => match self.put_run_records(&records) {
                 Ok(()) => self.replies.push(Pending::Unit(reply)),
                 Err(e) => send(reply, Err(e)),
@@ -316,6 +324,17 @@ impl<'a> Batch<'a> {
         table
             .insert(key, encoded)
             .map_err(db_error(&self.ctx.path, "insert cache entry"))?;
+        Ok(())
+    }
+
+    fn remove_cache_entry(&mut self, key: u128) -> Result<(), StoreError> {
+        let mut table = self
+            .txn
+            .open_table(CACHE)
+            .map_err(db_error(&self.ctx.path, "open cache table"))?;
+        table
+            .remove(key)
+            .map_err(db_error(&self.ctx.path, "remove cache entry"))?;
         Ok(())
     }
 
@@ -492,6 +511,7 @@ fn fail_command(ctx: &WriterContext, command: Command, message: &str) {
         Command::Store { reply, .. }
         | Command::Archive { reply, .. }
         | Command::CachePut { reply, .. }
+        | Command::CacheRemove { reply, .. }
         | Command::RunRecords { reply, .. }
         | Command::Sync { reply } => send(reply, Err(error())),
         Command::Update { reply, .. } => send(reply, Err(error())),
