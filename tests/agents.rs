@@ -555,24 +555,21 @@ args = { label = "long", sleep_ms = 10000 }
 "#;
     let mut events = h.runtime.subscribe();
     let runtime = &h.runtime;
-    let run = runtime.run(plan(text), options());
     let cancel = async {
+        // Ctrl-C once the failure is in, while `slow` is still running.
         loop {
-            if let Ok(RunEvent::TaskStarted { run_id, task, .. }) = events.recv().await
-                && task == "long"
+            if let Ok(RunEvent::TaskFinished { run_id, task, .. }) = events.recv().await
+                && task == "broken"
             {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 runtime.cancel(&run_id).await.unwrap();
                 return;
             }
         }
     };
-    let (report, ()) = tokio::join!(run, cancel);
+    let (report, ()) = tokio::join!(runtime.run(plan(text), options()), cancel);
     let report = report.unwrap();
-    assert_eq!(report.status, RunStatus::Cancelled);
-    assert_eq!(report.task("long").unwrap().state, TaskState::Cancelled);
-    assert_eq!(report.task("quick").unwrap().state, TaskState::Compensated);
-    assert!(report.duration < Duration::from_secs(5));
+    assert_eq!(report.status, RunStatus::Failed, "{:?}", report.problems());
     h.runtime.shutdown().await;
 }
 
@@ -1253,5 +1250,74 @@ gates = [{ json = "/calls", ge = 2 }]
     let report = h.runtime.run(plan(text), options()).await.unwrap();
     assert_eq!(report.task("counted").unwrap().state, TaskState::Complete);
     assert_eq!(calls_per_label(&h.calls)["counted"], 2);
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_stopped_by_another_tasks_failure_is_skipped_not_failed() {
+    let h = harness(|_| {}).await;
+    // `broken` fails at once and stops the run; `gated` fails its gate on its first attempt
+    // after that, with two attempts left.
+    let text = r#"
+name = "stopped"
+[[task]]
+id = "broken"
+tool = "fn.flaky"
+args = { label = "broken", fail_times = 100 }
+[[task]]
+id = "gated"
+tool = "fn.echo"
+args = { label = "gated", sleep_ms = 300, ok = false }
+max_attempts = 3
+gates = [{ json = "/ok", eq = true }]
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(report.task("broken").unwrap().state, TaskState::Failed);
+    let gated = report.task("gated").unwrap();
+    assert_eq!(gated.state, TaskState::Skipped, "{gated:?}");
+    assert_eq!(
+        gated.reason.as_deref(),
+        Some("the run stopped before the task's next attempt")
+    );
+    // Only the real failure is a lesson.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lessons = lessons_recorded(h.runtime.store(), 1).await;
+    assert_eq!(lessons.len(), 1, "{lessons:?}");
+    assert!(lessons[0].failure.context.contains("broken"), "{lessons:?}");
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cancel_after_a_failure_keeps_the_run_failed() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "cancel-after-failure"
+[[task]]
+id = "slow"
+tool = "fn.echo"
+args = { label = "slow", sleep_ms = 800 }
+[[task]]
+id = "broken"
+tool = "fn.flaky"
+args = { label = "broken", fail_times = 100 }
+"#;
+    let mut events = h.runtime.subscribe();
+    let runtime = &h.runtime;
+    let cancel = async {
+        // Ctrl-C once the failure is in, while `slow` is still running.
+        loop {
+            if let Ok(RunEvent::TaskFinished { run_id, task, .. }) = events.recv().await
+                && task == "broken"
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                runtime.cancel(&run_id).await.unwrap();
+                return;
+            }
+        }
+    };
+    let (report, ()) = tokio::join!(runtime.run(plan(text), options()), cancel);
+    let report = report.unwrap();
+    assert_eq!(report.status, RunStatus::Failed, "{:?}", report.problems());
     h.runtime.shutdown().await;
 }

@@ -650,7 +650,7 @@ impl OrchestratorState {
             self.next_compensation(&run_id).await;
             return;
         }
-        if run.slots[i].token != Some(attempt.token) {
+        if run.slots.get(i).and_then(|s| s.token) != Some(attempt.token) {
             return; // superseded (re-dispatched after a restart, or cancelled)
         }
         run.slots[i].token = None;
@@ -686,11 +686,15 @@ impl OrchestratorState {
                     attempt: attempt_no,
                     feedback: feedback.clone(),
                 });
-                if attempt_no < task.max_attempts && run.failure.is_none() && !run.cancelled {
+                let stopping = run.failure.is_some() || run.cancelled;
+                if attempt_no < task.max_attempts && !stopping {
                     let slot = &mut run.slots[i];
                     slot.attempt += 1;
                     slot.feedback = feedback;
                     self.dispatch(&run_id, i).await;
+                } else if attempt_no < task.max_attempts {
+                    // Not this task's failure: it had attempts left when the run stopped.
+                    self.stopped_before_next_attempt(&run_id, i);
                 } else {
                     let reason = format!(
                         "gates failed on attempt {attempt_no} of {}: {feedback}",
@@ -702,7 +706,10 @@ impl OrchestratorState {
             }
             Verdict::Error { reason, retryable } => {
                 let retries = run.slots[i].retries;
-                if retryable && retries < task.retries && run.failure.is_none() && !run.cancelled {
+                let stopping = run.failure.is_some() || run.cancelled;
+                if retryable && retries < task.retries && stopping {
+                    self.stopped_before_next_attempt(&run_id, i);
+                } else if retryable && retries < task.retries {
                     let retry = retries + 1;
                     let settings = &self.args.settings;
                     let backoff = settings
@@ -819,6 +826,20 @@ impl OrchestratorState {
         self.fail_task(run_id, i, reason);
     }
 
+    /// A task whose attempt failed while the run was stopping (another task failed, or a
+    /// cancel), with attempts or retries left: skipped, as a retry due then is, and not
+    /// recorded as a lesson, since the stop, not the task, ended it.
+    fn stopped_before_next_attempt(&mut self, run_id: &Arc<str>, i: usize) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        let slot = &mut run.slots[i];
+        slot.state = TaskState::Skipped;
+        slot.reason = Some("the run stopped before the task's next attempt".to_owned());
+        self.persist(run_id, i);
+        self.task_event(&self.runs[run_id], i);
+    }
+
     async fn on_retry(&mut self, run_id: Arc<str>, i: usize, token: u64) {
         let Some(run) = self.runs.get_mut(&run_id) else {
             return;
@@ -879,7 +900,10 @@ impl OrchestratorState {
             return;
         }
         run.cancelled = true;
-        run.record.stopping = Some(Stopping::Cancelled);
+        // A run already rolling back for a failure keeps that reason (and status) on resume.
+        if run.record.stopping.is_none() {
+            run.record.stopping = Some(Stopping::Cancelled);
+        }
         let id = Arc::clone(&run.id);
         let mut changed = Vec::new();
         for (i, slot) in run.slots.iter_mut().enumerate() {
@@ -1015,10 +1039,11 @@ impl OrchestratorState {
             self.dispatch_compensation(run_id, i).await;
             return;
         }
-        let status = if run.cancelled {
-            RunStatus::Cancelled
-        } else {
+        // A failure that came first stays the run's outcome, as it does on a resume.
+        let status = if run.failure.is_some() {
             RunStatus::Failed
+        } else {
+            RunStatus::Cancelled
         };
         self.finish(run_id, status).await;
     }
