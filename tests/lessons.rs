@@ -314,3 +314,22 @@ async fn nothing_is_suggested_below_the_threshold_and_the_threshold_itself_count
     // The default threshold (0.6) keeps out an error sharing only a few words.
     assert_eq!(lessons.suggest_fix("shader cache full"), None);
 }
+
+#[tokio::test]
+async fn a_megabyte_of_error_output_is_recorded_by_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let lessons = lessons_in(&dir);
+    // One line of what matters, then a megabyte of noise (over the store's 1 MiB field limit
+    // once escaped into the lesson's context; it was dropped with only a warning).
+    let message = format!("{CLOSE}\n{}", "é".repeat(600_000));
+    lessons
+        .record(failure("shader", &message, "clear the shader cache", true))
+        .await
+        .unwrap();
+    let recorded = lessons.list(10);
+    assert_eq!(recorded.len(), 1);
+    let kept = &recorded[0].failure.message;
+    assert!(kept.len() <= tetrarch::lessons::MAX_MESSAGE_BYTES && kept.starts_with(CLOSE));
+    let found = lessons.suggest_fix(CLOSE).unwrap();
+    assert_eq!(found.fix, "clear the shader cache");
+}

@@ -92,6 +92,14 @@ async fn search_filters_by_namespace_tags_and_importance() {
         }),
         vec![ids[0], ids[1]]
     );
+    // A limit far past the store's size means all of them (it aborted on allocation).
+    for limit in [1 << 40, usize::MAX] {
+        let all = search(SearchOptions {
+            limit,
+            ..Default::default()
+        });
+        assert_eq!(all, ids, "limit {limit}");
+    }
     assert_eq!(
         search(SearchOptions {
             tags: vec!["gpu".into()],
@@ -712,4 +720,40 @@ async fn compiled_kernels_are_cached_in_the_store_across_restarts() {
         ..key
     };
     assert_eq!(cache.load(&other_arch), None);
+}
+
+#[test]
+fn a_configuration_the_writer_cannot_run_with_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (config, named) in [
+        (
+            StoreConfig {
+                housekeeping_interval: Duration::ZERO,
+                ..StoreConfig::default()
+            },
+            "housekeeping_interval",
+        ),
+        (
+            StoreConfig {
+                durability: tetrarch::store::DurabilityMode::Relaxed {
+                    sync_interval: Duration::ZERO,
+                },
+                ..StoreConfig::default()
+            },
+            "sync_interval",
+        ),
+        (
+            StoreConfig {
+                max_content_bytes: 0,
+                ..StoreConfig::default()
+            },
+            "max_content_bytes",
+        ),
+    ] {
+        let err = Store::open(dir.path().join("s.redb"), config)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(named), "{err}");
+    }
+    assert!(!dir.path().join("s.redb").exists());
 }

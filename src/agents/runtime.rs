@@ -165,6 +165,10 @@ impl Drop for AbandonedRun {
                     tokio::select! {
                         event = finished.recv() => match event {
                             Ok(RunEvent::RunFinished { run_id: id, .. }) if id == run_id => break,
+                            // A new Orchestrator resumes only the runs whose callers wait.
+                            Ok(RunEvent::AgentRestarted { agent: AgentKind::Orchestrator, .. }) => {
+                                break;
+                            }
                             Err(broadcast::error::RecvError::Closed) => break,
                             _ => {}
                         },

@@ -29,6 +29,9 @@ pub const LESSON_TAG: &str = "lesson";
 /// The similarity below which no fix is suggested.
 pub const DEFAULT_THRESHOLD: f64 = 0.6;
 
+/// The longest failure message a lesson keeps (its start; the rest is cut).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
 /// Why recording or reading a lesson failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -174,9 +177,18 @@ impl Lessons {
     ///
     /// # Errors
     /// [`LessonError::EmptyMessage`], or the store's error.
-    pub async fn record(&self, failure: Failure) -> Result<MemoryId, LessonError> {
+    pub async fn record(&self, mut failure: Failure) -> Result<MemoryId, LessonError> {
         if failure.message.trim().is_empty() {
             return Err(LessonError::EmptyMessage);
+        }
+        // A failing tool may print a megabyte of errors; the lesson keeps its start, which is
+        // what similarity needs, and stays well under the store's size limit.
+        if failure.message.len() > MAX_MESSAGE_BYTES {
+            let mut end = MAX_MESSAGE_BYTES;
+            while !failure.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            failure.message.truncate(end);
         }
         let normalised = normalise_message(&failure.message);
         let mut memory = NewMemory::new(self.namespace.clone(), normalised);

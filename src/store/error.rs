@@ -104,6 +104,9 @@ pub enum StoreError {
     /// A stored value could not be encoded or decoded.
     #[error("codec: {0}")]
     Codec(String),
+    /// A [`super::StoreConfig`] a store cannot run with.
+    #[error("invalid store configuration: {0}")]
+    InvalidConfig(String),
     /// The store's writer has stopped (the store is closing or a previous commit failed fatally).
     #[error("the store's writer has stopped")]
     Closed,

@@ -553,7 +553,9 @@ impl SearchIndex {
         if terms.is_empty() {
             return Vec::new();
         }
-        let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(limit + 1);
+        // No more than there are documents: `limit` is the caller's, and may be huge.
+        let room = limit.min(self.live_docs as usize).saturating_add(1);
+        let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(room);
         for ns in namespaces {
             let postings = &self.namespaces[ns as usize];
             let mut cursors: Vec<Cursor<'_>> = terms

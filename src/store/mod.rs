@@ -89,6 +89,30 @@ impl Default for StoreConfig {
     }
 }
 
+impl StoreConfig {
+    /// Refuses settings the writer cannot run with: a zero housekeeping or sync interval (the
+    /// writer would spin, committing without pause) or a zero content limit (nothing fits).
+    fn check(&self) -> Result<(), StoreError> {
+        let bad = |what: &str| {
+            Err(StoreError::InvalidConfig(format!(
+                "{what} must be above zero"
+            )))
+        };
+        if self.housekeeping_interval.is_zero() {
+            return bad("housekeeping_interval");
+        }
+        if let DurabilityMode::Relaxed { sync_interval } = self.durability
+            && sync_interval.is_zero()
+        {
+            return bad("the relaxed sync_interval");
+        }
+        if self.max_content_bytes == 0 {
+            return bad("max_content_bytes");
+        }
+        Ok(())
+    }
+}
+
 /// Filters and limits for [`Store::search`].
 #[derive(Clone, Debug)]
 pub struct SearchOptions {
@@ -239,6 +263,7 @@ impl Store {
     /// [`StoreError::AlreadyOpen`] when another process holds the file, [`StoreError::Corrupt`]
     /// when the file is not a tetrarch store or is damaged, [`StoreError::Database`] on I/O errors.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, StoreError> {
+        config.check()?;
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(db_error(&path, "create directory"))?;
@@ -380,6 +405,14 @@ impl Store {
                                     path: path.to_path_buf(),
                                     detail: format!("record {key:032x}: {e}"),
                                 })?;
+                            // Every later write and purge goes by the memory's own id: one
+                            // stored under another key would be loaded twice or never removed.
+                            if memory.id.as_u128() != *key {
+                                return Err(StoreError::Corrupt {
+                                    path: path.to_path_buf(),
+                                    detail: format!("record {key:032x} holds memory {}", memory.id),
+                                });
+                            }
                             let terms = (!memory.archived && !memory.is_expired(now))
                                 .then(|| analyze_document(&fields_of(&memory), dictionary));
                             out.push(Loaded {
@@ -913,5 +946,62 @@ mod tests {
         store.archive(ids[5]).await.unwrap();
         assert!(find("memory5").is_empty());
         assert_eq!(find("round40").len(), ids.len() - 1);
+    }
+
+    /// A memory read just before it expires is purged at the next tick, and its access
+    /// statistics, flushed in the same batch, do not write it back to the file.
+    #[tokio::test]
+    async fn a_memory_read_just_before_it_expires_is_not_written_back_after_its_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            housekeeping_interval: Duration::from_millis(50),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path().join("s.redb"), config).unwrap();
+        let mut new = NewMemory::new(Namespace::Global, "short-lived".to_owned());
+        new.ttl = Some(Duration::from_millis(300));
+        let id = store.store(new).await.unwrap();
+        // Read it until it expires: the last read marks its statistics for the next flush.
+        while store.get(id).is_ok() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let txn = store.inner.db.begin_read().unwrap();
+        let table = txn.open_table(writer::MEMORIES).unwrap();
+        assert!(
+            table.get(id.as_u128()).unwrap().is_none(),
+            "the purged memory is back on disk"
+        );
+        assert_eq!((store.stats(None).live, store.stats(None).bytes), (0, 0));
+    }
+
+    /// A record whose memory says another id than its key is refused at open, naming both:
+    /// loaded, it would be indexed twice or never purged.
+    #[tokio::test]
+    async fn a_record_under_another_memorys_key_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let id = {
+            let store = Store::open(&path, StoreConfig::default()).unwrap();
+            let new = NewMemory::new(Namespace::Global, "copied".to_owned());
+            let id = store.store(new).await.unwrap();
+            store.sync().await.unwrap();
+            id
+        };
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(writer::MEMORIES).unwrap();
+                let bytes = table.get(id.as_u128()).unwrap().unwrap().value().to_vec();
+                table.insert(id.as_u128() ^ 1, bytes.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = Store::open(&path, StoreConfig::default()).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::Corrupt { detail, .. } if detail.contains(&format!("holds memory {id}"))),
+            "{err}"
+        );
     }
 }

@@ -20,6 +20,8 @@ use dashmap::DashMap;
 use rust_stemmers::{Algorithm, Stemmer};
 use unicode_segmentation::UnicodeSegmentation;
 
+use super::index::MAX_QUERY_TERMS;
+
 /// Weight of a token in the content field.
 pub const CONTENT_WEIGHT: f32 = 1.0;
 /// Weight of a token in the summary field.
@@ -243,10 +245,15 @@ pub(crate) fn analyze_document(fields: &Fields<'_>, dictionary: &Dictionary) -> 
     DocTerms { terms, length }
 }
 
-/// Analyses a query into its distinct terms, in order of first appearance.
+/// Analyses a query into its first [`MAX_QUERY_TERMS`] distinct terms, in order of first
+/// appearance (the search uses no more; a query may be a whole error log, and collecting every
+/// distinct word of it was quadratic).
 pub(crate) fn analyze_query(query: &str) -> Vec<Box<str>> {
     let mut terms: Vec<Box<str>> = Vec::new();
     for_each_word(query, |word| {
+        if terms.len() == MAX_QUERY_TERMS {
+            return;
+        }
         let term = normalise(word);
         if !terms.contains(&term) {
             terms.push(term);
@@ -289,6 +296,14 @@ mod tests {
             analyze_query("Rendering renders RENDERED render"),
             vec![Box::<str>::from("render")]
         );
+    }
+
+    #[test]
+    fn a_query_keeps_its_first_distinct_terms_up_to_the_search_limit() {
+        let log: Vec<String> = (0..10_000).map(|i| format!("symbol{i}")).collect();
+        let terms = analyze_query(&log.join(" "));
+        assert_eq!(terms.len(), MAX_QUERY_TERMS);
+        assert_eq!((&*terms[0], &*terms[63]), ("symbol0", "symbol63"));
     }
 
     #[test]

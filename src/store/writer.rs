@@ -273,7 +273,7 @@ impl<'a> Batch<'a> {
                 Ok(()) => self.replies.push(Pending::Unit(reply)),
                 Err(e) => send(reply, Err(e)),
             },
-            Command::Sync { reply } => match self.flush_access_statistics() {
+            Command::Sync { reply } => match self.flush_access_statistics(now) {
                 Ok(()) => self.replies.push(Pending::Unit(reply)),
                 Err(e) => send(reply, Err(e)),
             },
@@ -369,7 +369,19 @@ impl<'a> Batch<'a> {
             else {
                 continue;
             };
-            let memory = codec::decode_memory(&bytes)?;
+            // A record damaged on disk since the store opened is judged by the hot tier's copy:
+            // failing here would stop every later purge (and the access statistics after it).
+            let memory = match codec::decode_memory(&bytes) {
+                Ok(memory) => memory,
+                Err(e) => {
+                    let held = self.ctx.state.read().live.get(&id).map(|e| e.snapshot());
+                    let Some(held) = held else { continue };
+                    tracing::warn!(
+                        "store: expired memory {id} is damaged on disk ({e}); purging it"
+                    );
+                    held
+                }
+            };
             let Some(expires_at) = memory.expires_at.filter(|_| memory.is_expired(now)) else {
                 continue;
             };
@@ -388,7 +400,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Writes the access statistics `get` gathered since the last flush.
-    fn flush_access_statistics(&mut self) -> Result<(), StoreError> {
+    fn flush_access_statistics(&mut self, now: Timestamp) -> Result<(), StoreError> {
         let ids = std::mem::take(&mut *self.ctx.access_queue.lock());
         if ids.is_empty() {
             return Ok(());
@@ -405,6 +417,9 @@ impl<'a> Batch<'a> {
                         .swap(false, std::sync::atomic::Ordering::Relaxed)
                 })
                 .map(|e| e.snapshot())
+                // An expired one is (or is about to be) purged: writing it back would leave a
+                // record the hot tier no longer knows (purged earlier in this very batch).
+                .filter(|m| !m.is_expired(now))
                 .collect()
         };
         let mut table = self
@@ -575,11 +590,11 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
         };
         if housekeeping {
             last_housekeeping = Instant::now();
-            let chores = work
-                .purge_expired(now)
-                .and_then(|()| work.flush_access_statistics());
-            if let Err(e) = chores {
-                tracing::warn!(error = %e, "store housekeeping failed; will retry");
+            // Each chore runs whatever the other did.
+            for chore in [work.purge_expired(now), work.flush_access_statistics(now)] {
+                if let Err(e) = chore {
+                    tracing::warn!(error = %e, "store housekeeping failed; will retry");
+                }
             }
         }
         work.execute_all(&mut batch, now);
