@@ -1321,3 +1321,34 @@ args = { label = "broken", fail_times = 100 }
     assert_eq!(report.status, RunStatus::Failed, "{:?}", report.problems());
     h.runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn attempts_still_on_their_way_when_a_run_is_cancelled_do_not_run() {
+    let h = harness(|actors| actors.orchestrator.run.max_in_flight = 1000).await;
+    // A thousand independent tasks whose args need a context: at the cancel most of them wait
+    // at the Optimizer, on their way to the Executor.
+    let mut text = String::from("name = \"many\"\n");
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"fn.echo\"\nargs = {{ label = \"t{i}\", context = \"{{{{context}}}}\" }}\n"
+        ));
+    }
+    let runtime = &h.runtime;
+    let mut events = runtime.subscribe();
+    let cancel = async {
+        loop {
+            if let Ok(RunEvent::ContextBuilt { run_id, .. }) = events.recv().await {
+                runtime.cancel(&run_id).await.unwrap();
+                return;
+            }
+        }
+    };
+    let (report, ()) = tokio::join!(runtime.run(plan(&text), options()), cancel);
+    assert_eq!(report.unwrap().status, RunStatus::Cancelled);
+    let ran = h.calls.lock().len();
+    assert!(ran < 1000, "the cancel came after every call");
+    // Nothing of the cancelled run starts once it has been reported.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.calls.lock().len(), ran);
+    h.runtime.shutdown().await;
+}

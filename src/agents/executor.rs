@@ -49,7 +49,14 @@ pub(crate) struct ExecutorState {
     shared: Arc<ExecutorArgs>,
     calls: JoinSet<()>,
     runs: HashMap<tokio::task::Id, (Arc<str>, AbortHandle)>,
+    /// Runs cancelled lately (the newest [`CANCELLED_RUNS`]): their task attempts still on
+    /// their way (queued at the Optimizer, or in this mailbox) are dropped, not run. Their
+    /// compensations still run.
+    cancelled: std::collections::VecDeque<Arc<str>>,
 }
+
+/// How many cancelled runs the Executor remembers.
+const CANCELLED_RUNS: usize = 64;
 
 /// A cacheable outcome (postcard cannot carry `serde_json::Value`, so JSON stays text).
 #[derive(Serialize, Deserialize)]
@@ -485,6 +492,7 @@ impl Actor for Executor {
             shared: Arc::new(args),
             calls: JoinSet::new(),
             runs: HashMap::new(),
+            cancelled: std::collections::VecDeque::new(),
         })
     }
 
@@ -503,6 +511,18 @@ impl Actor for Executor {
         }
         let Envelope { msg, .. } = envelope;
         match msg {
+            ExecutorMsg::Execute(attempt)
+                if attempt.purpose == Purpose::Task
+                    && state.cancelled.contains(&attempt.run_id) =>
+            {
+                // The Orchestrator has forgotten this attempt (its verdict would be ignored):
+                // running it would act after the cancel, with nothing to undo it.
+                tracing::debug!(
+                    "executor: {} of cancelled run {} not run",
+                    attempt.task.id,
+                    attempt.run_id
+                );
+            }
             ExecutorMsg::Execute(attempt) => {
                 let shared = Arc::clone(&state.shared);
                 let run_id = Arc::clone(&attempt.run_id);
@@ -566,6 +586,10 @@ impl Actor for Executor {
                         handle.abort();
                     }
                 }
+                if state.cancelled.len() == CANCELLED_RUNS {
+                    state.cancelled.pop_front();
+                }
+                state.cancelled.push_back(run_id);
             }
             ExecutorMsg::Ping(reply) => {
                 let _ = reply.send(());
