@@ -1355,3 +1355,46 @@ async fn attempts_still_on_their_way_when_a_run_is_cancelled_do_not_run() {
     assert_eq!(h.calls.lock().len(), ran);
     h.runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_restart_leaves_a_task_waiting_out_its_backoff_to_its_timer() {
+    let h = harness(|actors| {
+        actors.orchestrator.run.retry_backoff = Duration::from_millis(1500);
+        actors.orchestrator.run.retry_backoff_max = Duration::from_millis(1500);
+    })
+    .await;
+    let text = r#"
+name = "backoff"
+[[task]]
+id = "flaky"
+tool = "fn.flaky"
+args = { label = "flaky", fail_times = 1 }
+retries = 1
+"#;
+    let runtime = &h.runtime;
+    let mut events = runtime.subscribe();
+    let meddle = async {
+        loop {
+            if let Ok(RunEvent::TaskRetrying { .. }) = events.recv().await {
+                break;
+            }
+        }
+        // Another agent restarts while the task waits out its backoff.
+        runtime.inject_fault(AgentKind::Reviewer).unwrap();
+        loop {
+            if let Ok(RunEvent::AgentRestarted { .. }) = events.recv().await {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        calls_per_label(&h.calls)["flaky"]
+    };
+    let (report, calls_during_backoff) = tokio::join!(runtime.run(plan(text), options()), meddle);
+    assert_eq!(report.unwrap().status, RunStatus::Complete);
+    assert_eq!(
+        calls_during_backoff, 1,
+        "the restart re-sent the task before its backoff ended"
+    );
+    assert_eq!(calls_per_label(&h.calls)["flaky"], 2);
+    h.runtime.shutdown().await;
+}

@@ -94,6 +94,9 @@ struct Slot {
     fixes_tried: Vec<usize>,
     /// The fix the attempt in flight is trying, and the failure it answers.
     fix_trial: Option<(usize, String)>,
+    /// Waiting out a retry backoff: `token` is the timer's, and no agent holds the task, so a
+    /// restart's re-dispatch leaves it to the timer.
+    backing_off: bool,
 }
 
 #[derive(PartialEq, Eq)]
@@ -207,6 +210,7 @@ impl RunState {
                 fixed_args: None,
                 fixes_tried: Vec::new(),
                 fix_trial: None,
+                backing_off: false,
             })
             .collect();
         let span = tracing::info_span!(
@@ -520,6 +524,7 @@ impl OrchestratorState {
         let slot = &mut run.slots[i];
         slot.state = TaskState::Running;
         slot.token = Some(token);
+        slot.backing_off = false;
         slot.dispatched = Some(Instant::now());
         run.in_flight += 1;
         // A first dispatch is not persisted: its record would differ from the pending one
@@ -720,6 +725,7 @@ impl OrchestratorState {
                     let slot = &mut run.slots[i];
                     slot.retries = retry;
                     slot.token = Some(token);
+                    slot.backing_off = true;
                     run.in_flight += 1;
                     let _ = self.args.events.send(RunEvent::TaskRetrying {
                         run_id: run_id.to_string(),
@@ -848,6 +854,7 @@ impl OrchestratorState {
             return;
         }
         run.slots[i].token = None;
+        run.slots[i].backing_off = false;
         run.in_flight -= 1;
         if run.failure.is_some() || run.cancelled {
             run.slots[i].state = TaskState::Skipped;
@@ -868,7 +875,8 @@ impl OrchestratorState {
             };
             let lost: Vec<usize> = (0..run.slots.len())
                 .filter(|&i| {
-                    run.slots[i].token.is_some() && run.slots[i].state == TaskState::Running
+                    let slot = &run.slots[i];
+                    slot.token.is_some() && slot.state == TaskState::Running && !slot.backing_off
                 })
                 .collect();
             for &i in &lost {
