@@ -94,20 +94,16 @@ fn shell_word(word: &str) -> String {
 
 /// The call as the permission rules see it: `Bash` with the command line for a process pool
 /// (the script itself for `sh -c` / `bash -c` pools), `mcp__POOL__TOOL` with the arguments for
-/// an MCP pool. Native tools and scorers run in-process and are not checked.
-fn permission_call(def: &PoolDef, attempt: &Attempt, args: &serde_json::Value) -> Option<ToolCall> {
+/// an MCP pool (`extra` is a process call's `argv`, as the process will get it). Native tools
+/// and scorers run in-process and are not checked.
+fn permission_call(
+    def: &PoolDef,
+    attempt: &Attempt,
+    args: &serde_json::Value,
+    extra: &[String],
+) -> Option<ToolCall> {
     match def.kind {
         PoolKind::Process => {
-            let extra: Vec<String> = args
-                .get("argv")
-                .and_then(|a| a.as_array())
-                .map(|items| {
-                    items
-                        .iter()
-                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
             let shell = runs_script(&def.command);
             // `sh -c SCRIPT NAME ARGS...`: the script is the command; the rest are its data.
             let command = if shell && !extra.is_empty() {
@@ -115,7 +111,7 @@ fn permission_call(def: &PoolDef, attempt: &Attempt, args: &serde_json::Value) -
             } else {
                 def.command
                     .iter()
-                    .chain(&extra)
+                    .chain(extra)
                     .map(|w| shell_word(w))
                     .collect::<Vec<_>>()
                     .join(" ")
@@ -150,8 +146,9 @@ async fn check_permission(
     attempt: &Attempt,
     def: &PoolDef,
     args: &serde_json::Value,
+    argv: &[String],
 ) -> Result<(), String> {
-    let Some(call) = permission_call(def, attempt, args) else {
+    let Some(call) = permission_call(def, attempt, args, argv) else {
         return Ok(());
     };
     let subject = format!("{} {}", call.tool, call.input);
@@ -217,10 +214,12 @@ async fn call_pool(
         });
     };
     let call_timeout = def.call_timeout;
-    if def.kind == PoolKind::Process {
-        crate::session::process::extra_argv(&attempt.call().tool, &args)?;
-    }
-    if let Err(detail) = check_permission(shared, attempt, &def, &args).await {
+    // Parsed before the rules see the command, so a malformed `argv` is reported as such.
+    let argv = match def.kind {
+        PoolKind::Process => crate::session::process::extra_argv(&attempt.call().tool, &args)?,
+        _ => Vec::new(),
+    };
+    if let Err(detail) = check_permission(shared, attempt, &def, &args, &argv).await {
         return Err(SessionError::PermissionDenied { detail });
     }
     let stdin = args
@@ -251,26 +250,8 @@ async fn call_pool(
 async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<CacheKey>) {
     let args = match &attempt.args {
         Some(Ok(args)) => args.clone(),
-        Some(Err(e)) => {
-            let reason = format!("cannot render args: {e}");
-            return (
-                Outcome::Error {
-                    reason,
-                    retryable: false,
-                },
-                None,
-            );
-        }
-        None => {
-            let reason = "args were not rendered".to_owned();
-            return (
-                Outcome::Error {
-                    reason,
-                    retryable: false,
-                },
-                None,
-            );
-        }
+        Some(Err(e)) => return (not_run(format!("cannot render args: {e}")), None),
+        None => return (not_run("args were not rendered".to_owned()), None),
     };
     let (result, key) = if attempt.task.cacheable && attempt.purpose == Purpose::Task {
         match result_key(shared, attempt, &args) {
@@ -291,6 +272,14 @@ async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<C
         Err((retryable, reason)) => Outcome::Error { reason, retryable },
     };
     (outcome, key)
+}
+
+/// A call that cannot be made (it would fail the same way again).
+fn not_run(reason: String) -> Outcome {
+    Outcome::Error {
+        reason,
+        retryable: false,
+    }
 }
 
 /// The result cache's key of a call: what decides the result besides the args is the pool's
@@ -393,14 +382,7 @@ fn decode_outcome(encoded: &str) -> Option<ToolOutcome> {
 }
 
 fn capped(text: &str) -> &str {
-    if text.len() <= MEMORY_CAP {
-        return text;
-    }
-    let mut end = MEMORY_CAP;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    &text[..text.floor_char_boundary(MEMORY_CAP)]
 }
 
 /// The outcome as a memory of the run (`None` when outputs are not recorded, or it is empty).

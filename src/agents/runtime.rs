@@ -119,10 +119,10 @@ impl PoolSet {
     }
 }
 
-/// Cleans up after a [`Runtime::run`] future dropped before it returned: a run the
-/// Orchestrator has is cancelled, and the run's pools close when it has finished (its
-/// compensations may need them); a run that never reached the Orchestrator just closes them.
-struct AbandonedRun {
+/// Closes a run's own pools when [`Runtime::run`] is done with it. When its future was dropped
+/// before it returned, a run the Orchestrator has is cancelled first, and the pools close when
+/// it has finished (its compensations may need them).
+struct RunPools {
     run_id: String,
     pools: PoolSet,
     orchestrator: Mailbox<OrchestratorMsg>,
@@ -130,18 +130,16 @@ struct AbandonedRun {
     store: Store,
     /// The Orchestrator was handed the run.
     started: AtomicBool,
-    /// `run` returned (it closed the pools itself).
+    /// `run` returned: nothing is left running.
     returned: bool,
 }
 
-impl Drop for AbandonedRun {
+impl Drop for RunPools {
     fn drop(&mut self) {
-        if self.returned {
-            return;
-        }
         let run_id = std::mem::take(&mut self.run_id);
         let handle = tokio::runtime::Handle::try_current();
-        let (true, Ok(handle)) = (self.started.load(Ordering::Acquire), handle) else {
+        let abandoned = !self.returned && self.started.load(Ordering::Acquire);
+        let (true, Ok(handle)) = (abandoned, handle) else {
             self.pools.close_run(&run_id);
             return;
         };
@@ -426,7 +424,7 @@ impl Runtime {
             .run_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let mut guard = AbandonedRun {
+        let mut pools = RunPools {
             run_id: run_id.clone(),
             pools: self.pools.clone(),
             orchestrator: self.peers.orchestrator.clone(),
@@ -436,10 +434,9 @@ impl Runtime {
             returned: false,
         };
         let result = self
-            .run_with_own_pools(run_id.clone(), plan, options, &guard.started)
+            .run_with_own_pools(run_id, plan, options, &pools.started)
             .await;
-        guard.returned = true;
-        self.pools.close_run(&run_id);
+        pools.returned = true;
         result
     }
 

@@ -183,13 +183,8 @@ impl Lessons {
         }
         // A failing tool may print a megabyte of errors; the lesson keeps its start, which is
         // what similarity needs, and stays well under the store's size limit.
-        if failure.message.len() > MAX_MESSAGE_BYTES {
-            let mut end = MAX_MESSAGE_BYTES;
-            while !failure.message.is_char_boundary(end) {
-                end -= 1;
-            }
-            failure.message.truncate(end);
-        }
+        let kept = failure.message.floor_char_boundary(MAX_MESSAGE_BYTES);
+        failure.message.truncate(kept);
         let normalised = normalise_message(&failure.message);
         let mut memory = NewMemory::new(self.namespace.clone(), normalised);
         memory.memory_type = MemoryType::BugFix;

@@ -10,9 +10,10 @@
 //! Results map onto [`ToolOutcome`]: `structuredContent` → `json`, text content blocks (joined by
 //! newlines) → `stdout` (and, when there is no structured content and the text is JSON, `json`),
 //! `isError` → exit status 1. The text is kept up to [`DEFAULT_MAX_OUTPUT_BYTES`], as a process
-//! call's output is, and marked `truncated` past it; the server's stderr lines likewise. A JSON-RPC error answer (unknown tool, invalid arguments) is
-//! [`SessionError::ToolRejected`] and leaves the session usable; a closed transport, a dead server
-//! or a timeout breaks the session, and its pool replaces it.
+//! call's output is, and marked `truncated` past it; the server's stderr lines are cut too. A
+//! JSON-RPC error answer (unknown tool, invalid arguments) is [`SessionError::ToolRejected`] and
+//! leaves the session usable; a closed transport, a dead server or a timeout breaks the session,
+//! and its pool replaces it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -264,7 +265,8 @@ impl McpSession {
             .filter_map(|block| block.as_text().map(|t| t.text.as_str()))
             .collect();
         let mut stdout = texts.join("\n");
-        let truncated = truncate_at_char(&mut stdout, DEFAULT_MAX_OUTPUT_BYTES);
+        let truncated = stdout.len() > DEFAULT_MAX_OUTPUT_BYTES;
+        stdout.truncate(stdout.floor_char_boundary(DEFAULT_MAX_OUTPUT_BYTES));
         let json = match result.structured_content {
             Some(value) => Some(value),
             // Cut text is not the server's JSON, even where what is left parses.
@@ -285,19 +287,6 @@ impl McpSession {
 /// A deadline no run reaches (about 30 years), for timeouts too large to add to the clock.
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
-}
-
-/// Cuts `text` to at most `max` bytes at a character boundary; whether it cut anything.
-fn truncate_at_char(text: &mut String, max: usize) -> bool {
-    if text.len() <= max {
-        return false;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    true
 }
 
 /// Reads one line into `line` (cleared first), keeping at most [`MAX_STDERR_LINE`] bytes and
