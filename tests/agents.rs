@@ -97,6 +97,24 @@ fn options() -> RunOptions {
     }
 }
 
+/// The first event (from now) that `pick` returns something for.
+async fn first_event<T>(
+    events: &mut tokio::sync::broadcast::Receiver<RunEvent>,
+    mut pick: impl FnMut(RunEvent) -> Option<T>,
+) -> T {
+    loop {
+        match events.recv().await {
+            Ok(event) => {
+                if let Some(found) = pick(event) {
+                    return found;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(closed) => panic!("no such event: {closed}"),
+        }
+    }
+}
+
 fn calls_per_label(calls: &CallLog) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for (label, _) in calls.lock().iter() {
@@ -557,15 +575,13 @@ args = { label = "long", sleep_ms = 10000 }
     let runtime = &h.runtime;
     let run = runtime.run(plan(text), options());
     let cancel = async {
-        loop {
-            if let Ok(RunEvent::TaskStarted { run_id, task, .. }) = events.recv().await
-                && task == "long"
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                runtime.cancel(&run_id).await.unwrap();
-                return;
-            }
-        }
+        let run_id = first_event(&mut events, |event| match event {
+            RunEvent::TaskStarted { run_id, task, .. } if task == "long" => Some(run_id),
+            _ => None,
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        runtime.cancel(&run_id).await.unwrap();
     };
     let (report, ()) = tokio::join!(run, cancel);
     let report = report.unwrap();
@@ -1204,15 +1220,13 @@ args = { label = "next" }
     .await;
     assert!(dropped.is_err(), "the run should still have been going");
     // The run ends cancelled, well before its 30 s task would have.
-    let status = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(RunEvent::RunFinished { status, .. }) = events.recv().await {
-                return status;
-            }
-        }
-    })
-    .await
-    .expect("the abandoned run was not cancelled");
+    let finished = first_event(&mut events, |event| match event {
+        RunEvent::RunFinished { status, .. } => Some(status),
+        _ => None,
+    });
+    let status = tokio::time::timeout(Duration::from_secs(10), finished)
+        .await
+        .expect("the abandoned run was not cancelled");
     assert_eq!(status, RunStatus::Cancelled);
     // ...and its pool closes.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1309,15 +1323,13 @@ args = { label = "broken", fail_times = 100 }
     let runtime = &h.runtime;
     let cancel = async {
         // Ctrl-C once the failure is in, while `slow` is still running.
-        loop {
-            if let Ok(RunEvent::TaskFinished { run_id, task, .. }) = events.recv().await
-                && task == "broken"
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                runtime.cancel(&run_id).await.unwrap();
-                return;
-            }
-        }
+        let run_id = first_event(&mut events, |event| match event {
+            RunEvent::TaskFinished { run_id, task, .. } if task == "broken" => Some(run_id),
+            _ => None,
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        runtime.cancel(&run_id).await.unwrap();
     };
     let (report, ()) = tokio::join!(runtime.run(plan(text), options()), cancel);
     let report = report.unwrap();
@@ -1339,12 +1351,12 @@ async fn attempts_still_on_their_way_when_a_run_is_cancelled_do_not_run() {
     let runtime = &h.runtime;
     let mut events = runtime.subscribe();
     let cancel = async {
-        loop {
-            if let Ok(RunEvent::ContextBuilt { run_id, .. }) = events.recv().await {
-                runtime.cancel(&run_id).await.unwrap();
-                return;
-            }
-        }
+        let run_id = first_event(&mut events, |event| match event {
+            RunEvent::ContextBuilt { run_id, .. } => Some(run_id),
+            _ => None,
+        })
+        .await;
+        runtime.cancel(&run_id).await.unwrap();
     };
     let (report, ()) = tokio::join!(runtime.run(plan(&text), options()), cancel);
     assert_eq!(report.unwrap().status, RunStatus::Cancelled);
@@ -1374,18 +1386,16 @@ retries = 1
     let runtime = &h.runtime;
     let mut events = runtime.subscribe();
     let meddle = async {
-        loop {
-            if let Ok(RunEvent::TaskRetrying { .. }) = events.recv().await {
-                break;
-            }
-        }
+        first_event(&mut events, |event| {
+            matches!(event, RunEvent::TaskRetrying { .. }).then_some(())
+        })
+        .await;
         // Another agent restarts while the task waits out its backoff.
         runtime.inject_fault(AgentKind::Reviewer).unwrap();
-        loop {
-            if let Ok(RunEvent::AgentRestarted { .. }) = events.recv().await {
-                break;
-            }
-        }
+        first_event(&mut events, |event| {
+            matches!(event, RunEvent::AgentRestarted { .. }).then_some(())
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         calls_per_label(&h.calls)["flaky"]
     };
