@@ -1,4 +1,4 @@
-//! `tetrarch mem ...` end to end through the built binary.
+//! `tetrarch mem ...` and `tetrarch cache ...` end to end through the built binary.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -154,4 +154,90 @@ fn tetrarch_home_sets_the_default_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dir.path().join("store.redb").exists());
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn cache_stats_and_clear_through_the_binary() {
+    use tetrarch::store::{CacheCategory, CacheKey, CacheTtls, ContextCache, Store, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("s.redb");
+    {
+        let store = Store::open(&store_path, StoreConfig::default()).unwrap();
+        let cache = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store));
+        for (name, category) in [
+            ("a technique", CacheCategory::Technique),
+            ("a tool result", CacheCategory::ToolResult),
+        ] {
+            cache
+                .get_or_compute(CacheKey::new("cli", name).unwrap(), category, async {
+                    Ok::<_, std::io::Error>(name.to_owned())
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    let stats = json(&tetrarch(&store_path, &["cache", "stats", "--json"]));
+    assert_eq!(stats["entries"], 2);
+    let names: Vec<_> = stats["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["category"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["technique", "tool_result"]);
+    let human = stdout(&tetrarch(&store_path, &["cache", "stats"]));
+    assert!(human.contains("persisted cache: 2 entries"), "{human}");
+    assert!(human.contains("tool_result: 1 entries"), "{human}");
+
+    let refused: &[(&[&str], &str)] = &[
+        (
+            &["cache", "clear", "--category", "file_read"],
+            "live only in a running process's memory",
+        ),
+        (
+            &["cache", "clear", "--category", "bogus"],
+            "unknown cache category \"bogus\"",
+        ),
+        (
+            &["cache", "clear", "--older-than", "soon"],
+            "invalid --older-than \"soon\"",
+        ),
+    ];
+    for (args, message) in refused {
+        let out = tetrarch(&store_path, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+
+    // Nothing is an hour old yet.
+    let none = json(&tetrarch(
+        &store_path,
+        &["cache", "clear", "--older-than", "1h", "--json"],
+    ));
+    assert_eq!(none["entries"], 0);
+    let one = json(&tetrarch(
+        &store_path,
+        &["cache", "clear", "--category", "tool_result", "--json"],
+    ));
+    assert_eq!(one["entries"], 1);
+    let stats = json(&tetrarch(&store_path, &["cache", "stats", "--json"]));
+    assert_eq!(stats["entries"], 1);
+    assert_eq!(stats["categories"][0]["category"], "technique");
+    let all = stdout(&tetrarch(&store_path, &["cache", "clear"]));
+    assert!(all.starts_with("removed 1 entries"), "{all}");
+
+    let missing = tetrarch(&dir.path().join("nope.redb"), &["cache", "stats"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no store at"));
+    assert!(!dir.path().join("nope.redb").exists());
 }

@@ -757,3 +757,130 @@ fn a_configuration_the_writer_cannot_run_with_is_refused() {
     }
     assert!(!dir.path().join("s.redb").exists());
 }
+
+async fn cache_put(cache: &ContextCache, name: &str, category: CacheCategory) {
+    let value = name.to_owned();
+    cache
+        .get_or_compute(CacheKey::new("test", name).unwrap(), category, async {
+            Ok::<_, std::io::Error>(value)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_persisted_cache_is_listed_and_cleared_by_category_and_age_durably() {
+    use tetrarch::store::{CacheClearFilter, Timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let cut = {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let cache = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store));
+        cache_put(&cache, "old technique", CacheCategory::Technique).await;
+        cache_put(&cache, "old result", CacheCategory::ToolResult).await;
+        // Not persisted: never listed.
+        cache_put(&cache, "a file", CacheCategory::FileRead).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cut = Timestamp::now();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cache_put(&cache, "new technique", CacheCategory::Technique).await;
+        cache_put(&cache, "new result", CacheCategory::ToolResult).await;
+        cut
+    };
+    // An entry that does not decode (the table is the store's file format: u128 keys, bytes).
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let table_def: redb::TableDefinition<u128, &[u8]> =
+                redb::TableDefinition::new("context_cache");
+            let mut table = txn.open_table(table_def).unwrap();
+            table
+                .insert(7u128, &b"\xff\xff\xff not an entry"[..])
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let usage = store.persisted_cache_usage().unwrap();
+    let listed: Vec<_> = usage.iter().map(|u| (u.category, u.entries)).collect();
+    assert_eq!(
+        listed,
+        [
+            (Some(CacheCategory::Technique), 2),
+            (Some(CacheCategory::ToolResult), 2),
+            (None, 1)
+        ]
+    );
+    assert!(usage.iter().all(|u| u.bytes > 0));
+    assert!(usage[0].oldest.unwrap() < cut && cut < usage[0].newest.unwrap());
+    assert_eq!((usage[2].oldest, usage[2].newest), (None, None));
+
+    let cleared = store
+        .clear_persisted_cache(CacheClearFilter {
+            category: Some(CacheCategory::ToolResult),
+            stored_before: Some(cut),
+        })
+        .await
+        .unwrap();
+    assert_eq!(cleared.entries, 1, "only the old tool result");
+    assert!(cleared.bytes > 0);
+    let cleared = store
+        .clear_persisted_cache(CacheClearFilter {
+            category: Some(CacheCategory::Technique),
+            stored_before: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        cleared.entries, 2,
+        "both techniques, not the entry without a category"
+    );
+    drop(store);
+
+    // Durable: a reopened store lists what is left, and a cleared entry is computed again.
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let listed: Vec<_> = store
+        .persisted_cache_usage()
+        .unwrap()
+        .iter()
+        .map(|u| (u.category, u.entries))
+        .collect();
+    assert_eq!(listed, [(Some(CacheCategory::ToolResult), 1), (None, 1)]);
+    let cache = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store.clone()));
+    let kept: String = cache
+        .get_or_compute(
+            CacheKey::new("test", "new result").unwrap(),
+            CacheCategory::ToolResult,
+            async { Err::<String, _>(std::io::Error::other("must come from the store")) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, "new result");
+    let recomputed: String = cache
+        .get_or_compute(
+            CacheKey::new("test", "old technique").unwrap(),
+            CacheCategory::Technique,
+            async { Ok::<_, std::io::Error>("recomputed".to_owned()) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(recomputed, "recomputed");
+
+    // No filter: everything, the entry that does not decode too.
+    let cleared = store
+        .clear_persisted_cache(CacheClearFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(cleared.entries, 3);
+    assert!(store.persisted_cache_usage().unwrap().is_empty());
+    assert_eq!(
+        store
+            .clear_persisted_cache(CacheClearFilter::default())
+            .await
+            .unwrap()
+            .entries,
+        0
+    );
+}

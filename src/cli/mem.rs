@@ -123,7 +123,7 @@ impl MemCommand {
     }
 }
 
-fn open(path: &Path) -> Result<Store> {
+pub(crate) fn open(path: &Path) -> Result<Store> {
     let config = StoreConfig {
         show_progress: std::io::stderr().is_terminal(),
         ..StoreConfig::default()
@@ -136,7 +136,7 @@ fn namespace(text: Option<&str>) -> Result<Option<Namespace>> {
         .transpose()
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -154,7 +154,7 @@ fn parse_ttl(text: &str) -> Result<Duration> {
     Ok(ttl)
 }
 
-fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     writeln!(out)?;
     Ok(())

@@ -19,6 +19,7 @@ macro_rules! stderr_line {
     }};
 }
 
+mod cache;
 mod dashboard;
 mod kernels;
 mod lessons;
@@ -80,6 +81,9 @@ enum Command {
     Plan(plan::PlanCommand),
     /// Serve the dashboard of a finished run from the store.
     Dashboard(dashboard::DashboardArgs),
+    /// Show or clear the persisted context cache (tool results, technique patterns, kernels).
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 /// Where the store lives when `--store` is not given.
@@ -232,6 +236,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Plan(command) => plan::run(command),
         Command::Dashboard(args) => dashboard::run(args, &store_for(false, store)?),
+        Command::Cache(command) => cache::run(command, &store_for(false, store)?),
     }
 }
 

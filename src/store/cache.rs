@@ -3,8 +3,10 @@
 //!
 //! Built on moka: per-entry expiry by category and single-flight initialisation (concurrent
 //! callers of one key wait for one computation). Values are stored postcard-encoded, so any
-//! serde type can be cached. The permanent category is written through to the store's redb file
-//! and survives restarts.
+//! serde type can be cached. The permanent categories are written through to the store's redb
+//! file and survive restarts; they never expire on their own, so the store lists and clears them
+//! on request ([`Store::persisted_cache_usage`], [`Store::clear_persisted_cache`], and the CLI's
+//! `tetrarch cache`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::Store;
 use super::codec;
 use super::error::StoreError;
+use super::memory::Timestamp;
 
 /// What a cached value is; decides how long it lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -71,6 +74,81 @@ impl CacheCategory {
             CacheCategory::ToolResult => "tool_result",
         }
     }
+}
+
+impl std::str::FromStr for CacheCategory {
+    type Err = StoreError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        CacheCategory::ALL
+            .into_iter()
+            .find(|c| c.as_str() == input)
+            .ok_or_else(|| StoreError::InvalidCacheCategory {
+                input: input.to_owned(),
+            })
+    }
+}
+
+impl std::fmt::Display for CacheCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the store holds of one persisted category (see [`Store::persisted_cache_usage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PersistedCacheUsage {
+    /// The category; `None` for entries that do not decode (damaged, or written by a newer
+    /// schema). Those are recomputed and overwritten when their key is next asked for.
+    pub category: Option<CacheCategory>,
+    /// How many entries.
+    pub entries: u64,
+    /// Their size as stored (encoded), in bytes.
+    pub bytes: u64,
+    /// When the oldest was stored (`None` for entries that do not decode).
+    pub oldest: Option<Timestamp>,
+    /// When the newest was stored.
+    pub newest: Option<Timestamp>,
+}
+
+/// Which persisted entries [`Store::clear_persisted_cache`] removes: those that match every
+/// filter given, so the default removes them all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheClearFilter {
+    /// Only entries of this category. Entries that do not decode have none, so only a clear
+    /// without a category removes them.
+    pub category: Option<CacheCategory>,
+    /// Only entries stored before this time. Entries that do not decode have no time and match.
+    pub stored_before: Option<Timestamp>,
+}
+
+impl CacheClearFilter {
+    /// Whether an entry of `category` (`None`: it does not decode) stored at `stored_at` is
+    /// removed.
+    pub(crate) fn matches(
+        &self,
+        category: Option<CacheCategory>,
+        stored_at: Option<Timestamp>,
+    ) -> bool {
+        let category_matches = match self.category {
+            Some(wanted) => category == Some(wanted),
+            None => true,
+        };
+        let age_matches = match (self.stored_before, stored_at) {
+            (Some(before), Some(at)) => at < before,
+            _ => true,
+        };
+        category_matches && age_matches
+    }
+}
+
+/// What [`Store::clear_persisted_cache`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CacheCleared {
+    /// How many entries.
+    pub entries: u64,
+    /// Their size as stored, in bytes.
+    pub bytes: u64,
 }
 
 /// Time to live per category; the technique category never expires.

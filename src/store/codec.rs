@@ -128,6 +128,18 @@ pub(crate) fn decode_cache_entry(bytes: &[u8]) -> Result<(CacheCategory, Vec<u8>
     }
 }
 
+/// Decodes a persisted cache entry's category and the time it was stored (for listing and
+/// clearing the cache; the value is not returned).
+pub(crate) fn decode_cache_entry_meta(
+    bytes: &[u8],
+) -> Result<(CacheCategory, Timestamp), StoreError> {
+    let record: StoredCacheEntry = postcard::from_bytes(bytes)
+        .map_err(|e| StoreError::Codec(format!("decode cache entry: {e}")))?;
+    match record {
+        StoredCacheEntry::V1(v1) => Ok((v1.category, Timestamp::from_millis(v1.stored_at))),
+    }
+}
+
 /// Encodes any value for the cache (not versioned: cached values are re-computable).
 pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_stdvec(value).map_err(|e| StoreError::Codec(format!("encode value: {e}")))
@@ -202,6 +214,7 @@ mod tests {
         fn cache_entry_round_trips(value in proptest::collection::vec(any::<u8>(), 0..300), at in any::<i64>()) {
             let bytes = encode_cache_entry(CacheCategory::Technique, &value, Timestamp::from_millis(at)).unwrap();
             let (category, decoded) = decode_cache_entry(&bytes).unwrap();
+            prop_assert_eq!(decode_cache_entry_meta(&bytes).unwrap(), (CacheCategory::Technique, Timestamp::from_millis(at)));
             prop_assert_eq!(category, CacheCategory::Technique);
             prop_assert_eq!(decoded, value);
         }
@@ -210,6 +223,7 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_memory(&bytes);
             let _ = decode_cache_entry(&bytes);
+            let _ = decode_cache_entry_meta(&bytes);
         }
     }
 

@@ -34,6 +34,14 @@ pub enum StoreError {
         /// The text that was given.
         input: String,
     },
+    /// A cache category name that is unknown.
+    #[error(
+        "unknown cache category {input:?}: expected file_read, documentation, research, technique, compiled_kernel or tool_result"
+    )]
+    InvalidCacheCategory {
+        /// The text that was given.
+        input: String,
+    },
     /// Content over the configured limit.
     #[error("content is {size} bytes, over the limit of {limit} bytes")]
     ContentTooLarge {

@@ -40,7 +40,10 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, StorageErro
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-pub use cache::{CacheCategory, CacheError, CacheKey, CacheStats, CacheTtls, ContextCache};
+pub use cache::{
+    CacheCategory, CacheClearFilter, CacheCleared, CacheError, CacheKey, CacheStats, CacheTtls,
+    ContextCache, PersistedCacheUsage,
+};
 pub use error::StoreError;
 pub use memory::{Memory, MemoryId, MemoryPatch, MemoryType, Namespace, NewMemory, Timestamp};
 
@@ -775,6 +778,92 @@ impl Store {
             .transpose()
     }
 
+    /// Visits every persisted cache entry: its key, category and time stored (both `None` when
+    /// it does not decode) and its size as stored.
+    fn scan_cache(
+        &self,
+        mut visit: impl FnMut(u128, Option<(CacheCategory, Timestamp)>, u64),
+    ) -> Result<(), StoreError> {
+        let path = &self.inner.path;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(db_error(path, "begin read"))?;
+        let table = txn
+            .open_table(CACHE)
+            .map_err(db_error(path, "open cache table"))?;
+        for entry in table.iter().map_err(db_error(path, "read cache entries"))? {
+            let (key, value) = entry.map_err(db_error(path, "read cache entry"))?;
+            let bytes = value.value();
+            visit(
+                key.value(),
+                codec::decode_cache_entry_meta(bytes).ok(),
+                bytes.len() as u64,
+            );
+        }
+        Ok(())
+    }
+
+    /// What the persisted cache (technique patterns, compiled kernels, tool results) holds, per
+    /// category in [`CacheCategory::ALL`] order, then the entries that do not decode; categories
+    /// with no entries are left out.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the file cannot be read.
+    pub fn persisted_cache_usage(&self) -> Result<Vec<PersistedCacheUsage>, StoreError> {
+        let mut usage: BTreeMap<Option<CacheCategory>, PersistedCacheUsage> = BTreeMap::new();
+        self.scan_cache(|_, meta, bytes| {
+            let category = meta.map(|(c, _)| c);
+            let at = meta.map(|(_, t)| t);
+            let entry = usage.entry(category).or_insert(PersistedCacheUsage {
+                category,
+                entries: 0,
+                bytes: 0,
+                oldest: at,
+                newest: at,
+            });
+            entry.entries += 1;
+            entry.bytes += bytes;
+            entry.oldest = entry.oldest.min(at);
+            entry.newest = entry.newest.max(at);
+        })?;
+        // `None` (does not decode) sorts first in the map; it is listed last.
+        let mut listed: Vec<PersistedCacheUsage> = usage.into_values().collect();
+        let undecodable = listed.first().is_some_and(|u| u.category.is_none());
+        listed.rotate_left(usize::from(undecodable));
+        Ok(listed)
+    }
+
+    /// Removes the persisted cache entries that `filter` matches, durably (fsync'd before this
+    /// returns), and says how many. Cached values are recomputable: a removed entry is computed
+    /// again the next time its key is asked for. A [`ContextCache`] already running on this
+    /// store keeps its in-memory copies.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the file cannot be read or written; nothing is removed then.
+    pub async fn clear_persisted_cache(
+        &self,
+        filter: CacheClearFilter,
+    ) -> Result<CacheCleared, StoreError> {
+        let mut keys = Vec::new();
+        let mut cleared = CacheCleared::default();
+        self.scan_cache(|key, meta, bytes| {
+            if filter.matches(meta.map(|(c, _)| c), meta.map(|(_, t)| t)) {
+                keys.push(key);
+                cleared.entries += 1;
+                cleared.bytes += bytes;
+            }
+        })?;
+        if keys.is_empty() {
+            return Ok(cleared);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::CacheRemove { keys, reply })?;
+        answer.await.map_err(|_| StoreError::Closed)??;
+        Ok(cleared)
+    }
+
     /// Queues a cache entry for the next commit without waiting for it (for synchronous callers
     /// that treat the cache as best effort).
     pub(crate) fn put_cache_entry_detached(
@@ -852,7 +941,10 @@ impl Store {
     /// Removes a persisted cache entry (fsync'd before this returns; absent is not an error).
     pub(crate) async fn remove_cache_entry(&self, key: u128) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::CacheRemove { key, reply })?;
+        self.send(Command::CacheRemove {
+            keys: vec![key],
+            reply,
+        })?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 

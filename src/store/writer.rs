@@ -61,8 +61,9 @@ pub(crate) enum Command {
         encoded: Vec<u8>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Removes persisted cache entries (absent keys are not an error).
     CacheRemove {
-        key: u128,
+        keys: Vec<u128>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     RunRecords {
@@ -265,7 +266,7 @@ impl<'a> Batch<'a> {
                 Ok(()) => self.replies.push(Pending::Unit(reply)),
                 Err(e) => send(reply, Err(e)),
             },
-            Command::CacheRemove { key, reply } => match self.remove_cache_entry(key) {
+            Command::CacheRemove { keys, reply } => match self.remove_cache_entries(&keys) {
                 Ok(()) => self.replies.push(Pending::Unit(reply)),
                 Err(e) => send(reply, Err(e)),
             },
@@ -327,14 +328,16 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
-    fn remove_cache_entry(&mut self, key: u128) -> Result<(), StoreError> {
+    fn remove_cache_entries(&mut self, keys: &[u128]) -> Result<(), StoreError> {
         let mut table = self
             .txn
             .open_table(CACHE)
             .map_err(db_error(&self.ctx.path, "open cache table"))?;
-        table
-            .remove(key)
-            .map_err(db_error(&self.ctx.path, "remove cache entry"))?;
+        for &key in keys {
+            table
+                .remove(key)
+                .map_err(db_error(&self.ctx.path, "remove cache entry"))?;
+        }
         Ok(())
     }
 
