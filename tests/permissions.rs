@@ -126,6 +126,93 @@ fn wrappers_and_environment_are_stripped() {
 }
 
 #[test]
+fn a_deny_rule_is_not_dodged_by_quoting_wrappers_or_computed_names() {
+    // Everything is allowed but `rm`, even under bypassPermissions.
+    let lists = json!({"permissions": {"allow": ["Bash"], "deny": ["Bash(rm *)"]}});
+    let bypass =
+        json!({"permissions": {"defaultMode": "bypassPermissions", "deny": ["Bash(rm *)"]}});
+    for e in [engine_with(lists), engine_with(bypass)] {
+        for quoted in [
+            "\\rm -rf /",
+            "'rm' -rf /",
+            "\"rm\" -rf /",
+            "r\"\"m -rf /",
+            "r''m -rf /",
+            "echo ok && 'rm' -rf /",
+            "env rm -rf /",
+            "env -i FOO=1 rm -rf /",
+            "exec rm -rf /",
+            "sudo -u root rm -rf /",
+            "sudo 'rm' -rf /",
+        ] {
+            assert_eq!(bash(&e, quoted), Verdict::Deny, "{quoted}");
+        }
+        // The shell computes the name: no rule can say it is not `rm`.
+        for computed in [
+            "$'rm' -rf /",
+            "{rm,-rf,/tmp/x}",
+            "rm${IFS}-rf${IFS}/",
+            "$CMD -rf /",
+            "/bin/r? -rf /",
+            "/bin/r[m] -rf /",
+        ] {
+            assert_eq!(bash(&e, computed), Verdict::Ask, "{computed}");
+        }
+        assert_eq!(bash(&e, "ls -la"), Verdict::Allow);
+        assert_eq!(bash(&e, "'my tool' --help"), Verdict::Allow);
+    }
+}
+
+#[test]
+fn an_allow_rule_is_not_stretched_by_assignments_or_xargs() {
+    let e = engine(
+        &[
+            "Bash(git status)",
+            "Bash(git push)",
+            "Bash(ls *)",
+            "Bash(grep *)",
+            "Bash(echo *)",
+            "Bash(find *)",
+        ],
+        &[],
+        &[],
+    );
+    // Variables that make the allowed program run other code.
+    for dangerous in [
+        "GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=core.fsmonitor GIT_CONFIG_VALUE_0='touch x' git status",
+        "LD_PRELOAD=/tmp/evil.so ls",
+        "BASH_ENV=/tmp/x ls",
+        "PAGER='sh -c id' git status",
+        "CI=1 LD_PRELOAD=/tmp/e.so ls",
+        "CI=$(id) ls",
+    ] {
+        assert_eq!(bash(&e, dangerous), Verdict::Ask, "{dangerous}");
+    }
+    // Harmless ones keep the match.
+    for harmless in [
+        "CI=1 ls -la",
+        "RUST_LOG=debug NO_COLOR=1 git status",
+        "TERM=dumb ls",
+    ] {
+        assert_eq!(bash(&e, harmless), Verdict::Allow, "{harmless}");
+    }
+    // A bare xargs adds the arguments it reads: an exact rule does not cover them, `CMD *` does.
+    assert_eq!(
+        bash(&e, "echo --force origin main | xargs git push"),
+        Verdict::Ask
+    );
+    assert_eq!(
+        bash(&e, "find . -name '*.rs' | xargs grep -n todo"),
+        Verdict::Allow
+    );
+    assert_eq!(bash(&e, "git push"), Verdict::Allow);
+    // Wrappers that do not change what runs still keep the match; env, exec and sudo do not.
+    assert_eq!(bash(&e, "timeout 5 git status"), Verdict::Allow);
+    assert_eq!(bash(&e, "sudo git status"), Verdict::Ask);
+    assert_eq!(bash(&e, "env ls"), Verdict::Ask);
+}
+
+#[test]
 fn unparseable_commands_are_never_allowed() {
     let e = engine(&["Bash(*)"], &[], &[]);
     assert_eq!(bash(&e, "echo 'unterminated"), Verdict::Ask);

@@ -10,6 +10,19 @@
 //! `nohup`, `stdbuf`, `command`, `builtin`, `noglob` and bare `xargs`
 //! (with their options) and rendered as its words joined by single spaces
 //! (redirections are not part of that text).
+//!
+//! Deny/ask rules and allow rules see a part differently ([`CommandPart`]):
+//! a rule that restricts must not be dodged by spelling, and a rule that
+//! permits must not be stretched by what the stripping hides. So deny and
+//! ask rules also see the part with its quotes and escapes removed (`\rm`,
+//! `'rm'`, `r""m` are `rm`) and with `env`, `exec` and `sudo` stripped too,
+//! while allow rules see leading assignments kept (unless every one sets a
+//! variable from a short harmless list: `LD_PRELOAD=…`, `GIT_CONFIG_…=…`,
+//! `PAGER=…` can make an allowed program run other code) and a bare `xargs`
+//! kept as its command followed by ` …`, the arguments it will read (an
+//! exact `Bash(git push)` does not allow `… | xargs git push`; `Bash(git
+//! push *)` does). A command name that the shell computes (`$x`, a glob,
+//! `{a,b}`) is never allowed.
 
 use brush_parser::ast::{
     self, Command, CommandPrefixOrSuffixItem, CompoundCommand, CompoundList, IoFileRedirectTarget,
@@ -45,6 +58,15 @@ fn parser_options() -> ParserOptions {
 /// A command the parser does not finish within [`PARSE_DEADLINE`] is
 /// refused (the module's `ParseGuard` says why).
 pub fn split_command(command: &str) -> Result<Vec<String>, SplitError> {
+    let parts = split_parts(command)?;
+    Ok(parts
+        .into_iter()
+        .filter_map(|p| p.restrictive.into_iter().next())
+        .collect())
+}
+
+/// Splits a command line into its simple commands, each in the forms the rule lists see.
+pub(crate) fn split_parts(command: &str) -> Result<Vec<CommandPart>, SplitError> {
     if let Some(part) = plain_simple_command(command) {
         return Ok(part.into_iter().collect());
     }
@@ -102,7 +124,7 @@ impl ParseGuard {
         }
     }
 
-    fn run(&'static self, command: &str) -> Result<Vec<String>, SplitError> {
+    fn run(&'static self, command: &str) -> Result<Vec<CommandPart>, SplitError> {
         let command = command.to_owned();
         self.within_deadline(move || {
             let mut parts = Vec::new();
@@ -172,20 +194,12 @@ impl ParseGuard {
 /// expansions, operators, globs, comments or reserved words. Parsing such
 /// a command would give the same words, so the parser (the bulk of a
 /// decision's cost) is skipped. `None`: use the parser.
-fn plain_simple_command(command: &str) -> Option<Option<String>> {
+fn plain_simple_command(command: &str) -> Option<Option<CommandPart>> {
     let plain = |c: char| c.is_ascii_alphanumeric() || " \t_-./=:,@%+^~".contains(c);
     if !command.chars().all(plain) {
         return None;
     }
     let words: Vec<&str> = command.split_whitespace().collect();
-    let is_assignment = |w: &str| {
-        w.split_once('=').is_some_and(|(name, _)| {
-            name.chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        })
-    };
     let command_at = words
         .iter()
         .position(|w| !is_assignment(w))
@@ -197,13 +211,140 @@ fn plain_simple_command(command: &str) -> Option<Option<String>> {
     if words.get(command_at).is_some_and(|w| RESERVED.contains(w)) {
         return None;
     }
-    let stripped = strip_wrappers(&words[command_at..]);
-    let text = if stripped.is_empty() {
-        words.join(" ")
-    } else {
-        stripped.join(" ")
-    };
-    Some((!text.is_empty()).then_some(text))
+    // No quotes or expansions: every word's value is its text.
+    let values: Vec<Option<String>> = words[command_at..]
+        .iter()
+        .map(|w| Some((*w).to_owned()))
+        .collect();
+    Some(CommandPart::new(
+        &words[..command_at],
+        &words[command_at..],
+        &values,
+    ))
+}
+
+/// One simple command of a command line, in the forms the rule lists see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CommandPart {
+    /// What deny and ask rules are matched against; a match on any form counts. The first is
+    /// the part with its assignments and wrappers stripped, as written (what
+    /// [`split_command`] returns); then, where they differ, the same with `env`, `exec` and
+    /// `sudo` stripped too, and both again with quotes and escapes removed.
+    pub restrictive: Vec<String>,
+    /// What allow rules are matched against: assignments kept unless all are harmless, only
+    /// the wrappers that change nothing about what runs stripped, a bare `xargs CMD` as
+    /// `CMD …`.
+    pub permissive: String,
+    /// The command name is computed by the shell (an expansion, a glob or a brace expansion
+    /// in it), so no rule can say what runs: never allowed.
+    pub dynamic_name: bool,
+}
+
+/// Variables an allowed command may be given inline (`CI=1 cargo test`) and still match its
+/// allow rule: they change output or logging, not which code runs. Any other assignment stays
+/// part of the text allow rules see.
+const HARMLESS_VARIABLES: [&str; 12] = [
+    "CI",
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "CLICOLOR",
+    "TERM",
+    "TZ",
+    "LANG",
+    "LC_ALL",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "CARGO_TERM_COLOR",
+    "COLUMNS",
+];
+
+/// Characters that make the shell compute a command name rather than read it.
+fn computes_name(word: &str) -> bool {
+    word.contains(['$', '`', '*', '?', '[', '{'])
+}
+
+impl CommandPart {
+    /// Builds the forms of a simple command from its leading assignments and its words (as
+    /// written), with each word's value after quote removal (`None`: only known when the
+    /// shell runs it). `None` when there is nothing to match.
+    fn new(assignments: &[&str], words: &[&str], values: &[Option<String>]) -> Option<CommandPart> {
+        let as_written = |stripped: &[&str]| {
+            if stripped.is_empty() {
+                // Nothing but assignments (or a lone wrapper): the text as written.
+                assignments
+                    .iter()
+                    .chain(words)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                stripped.join(" ")
+            }
+        };
+        let first = as_written(strip_wrappers(words, Wrappers::Pure));
+        if first.is_empty() {
+            return None;
+        }
+        let unquoted: Vec<&str> = words
+            .iter()
+            .zip(values)
+            .map(|(w, v)| v.as_deref().unwrap_or(w))
+            .collect();
+        let mut restrictive = vec![first];
+        for form in [
+            strip_wrappers(words, Wrappers::All),
+            strip_wrappers(&unquoted, Wrappers::Pure),
+            strip_wrappers(&unquoted, Wrappers::All),
+        ] {
+            let text = as_written(form);
+            if !restrictive.contains(&text) {
+                restrictive.push(text);
+            }
+        }
+        let inert = strip_wrappers(words, Wrappers::Inert);
+        let (command, reads_arguments) = match inert.split_first() {
+            // A bare `xargs CMD ...`: CMD with the arguments xargs will read.
+            Some((&"xargs", rest)) if rest.first().is_some_and(|w| !w.starts_with('-')) => {
+                (strip_wrappers(rest, Wrappers::Inert), true)
+            }
+            _ => (inert, false),
+        };
+        let harmless = assignments.iter().all(|a| {
+            a.split_once('=').is_some_and(|(name, value)| {
+                HARMLESS_VARIABLES.contains(&name) && !value.contains(['$', '`'])
+            })
+        });
+        let permissive = if command.is_empty() {
+            as_written(command)
+        } else {
+            let mut text = if harmless {
+                Vec::new()
+            } else {
+                assignments.to_vec()
+            };
+            text.extend(command);
+            if reads_arguments {
+                text.push("…");
+            }
+            text.join(" ")
+        };
+        let dynamic_name = command.first().is_some_and(|name| computes_name(name));
+        Some(CommandPart {
+            restrictive,
+            permissive,
+            dynamic_name,
+        })
+    }
+}
+
+/// `NAME=value`, with a valid variable name.
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        name.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 /// Runs a `brush-parser` call, turning a panic inside it into a
@@ -402,7 +543,7 @@ fn word_brackets(command: &str) -> usize {
     most.max(count)
 }
 
-fn split_into(command: &str, depth: usize, parts: &mut Vec<String>) -> Result<(), SplitError> {
+fn split_into(command: &str, depth: usize, parts: &mut Vec<CommandPart>) -> Result<(), SplitError> {
     if depth > MAX_DEPTH {
         return Err(SplitError("command substitutions nest too deeply".into()));
     }
@@ -452,7 +593,7 @@ fn split_into(command: &str, depth: usize, parts: &mut Vec<String>) -> Result<()
 struct Walker<'a> {
     options: ParserOptions,
     depth: usize,
-    parts: &'a mut Vec<String>,
+    parts: &'a mut Vec<CommandPart>,
 }
 
 impl Walker<'_> {
@@ -574,6 +715,18 @@ impl Walker<'_> {
         }
     }
 
+    /// A word's value after quote removal, when the shell does not compute it (no expansion
+    /// or substitution in it); `None` otherwise.
+    fn value(&self, text: &str) -> Option<String> {
+        if !text.contains(['\'', '"', '\\', '$', '`', '~']) {
+            return Some(text.to_owned());
+        }
+        let pieces =
+            guarded(|| word::parse(text, &self.options).map_err(|e| e.to_string())).ok()?;
+        let mut value = String::new();
+        literal_pieces(&pieces, &mut value).then_some(value)
+    }
+
     /// Finds the command substitutions inside one word and splits them too.
     fn word(&mut self, text: &str) -> Result<(), SplitError> {
         // Fast path: a word without `$` or a backquote cannot substitute.
@@ -640,20 +793,10 @@ impl Walker<'_> {
         for item in simple.suffix.iter().flat_map(|s| s.0.iter()) {
             self.item(item, &mut words)?;
         }
-        let stripped = strip_wrappers(&words);
-        let text = if stripped.is_empty() {
-            // Nothing but assignments (or a lone wrapper): match the text as written.
-            rendered_prefix
-                .iter()
-                .map(String::as_str)
-                .chain(words.iter().copied())
-                .collect::<Vec<_>>()
-                .join(" ")
-        } else {
-            stripped.join(" ")
-        };
-        if !text.is_empty() {
-            self.parts.push(text);
+        let values: Vec<Option<String>> = words.iter().map(|w| self.value(w)).collect();
+        let assignments: Vec<&str> = rendered_prefix.iter().map(String::as_str).collect();
+        if let Some(part) = CommandPart::new(&assignments, &words, &values) {
+            self.parts.push(part);
         }
         Ok(())
     }
@@ -687,10 +830,75 @@ impl Walker<'_> {
     }
 }
 
+/// Which wrappers [`strip_wrappers`] removes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrappers {
+    /// Those that change nothing about what runs or its arguments: `timeout`, `time`, `nice`,
+    /// `nohup`, `stdbuf`, `command`, `builtin`, `noglob`.
+    Inert,
+    /// Those and a bare `xargs` (the text [`split_command`] returns).
+    Pure,
+    /// Those and `env` (with its assignments), `exec` and `sudo`: for deny and ask rules,
+    /// which must see the command they run.
+    All,
+}
+
+/// Appends the literal value of word pieces to `value`; false when a piece is computed by the
+/// shell (an expansion or substitution), so the word has no value before it runs.
+fn literal_pieces(pieces: &[WordPieceWithSource], value: &mut String) -> bool {
+    pieces.iter().all(|piece| match &piece.piece {
+        WordPiece::Text(text) | WordPiece::SingleQuotedText(text) => {
+            value.push_str(text);
+            true
+        }
+        WordPiece::EscapeSequence(escaped) => {
+            value.push_str(escaped.strip_prefix('\\').unwrap_or(escaped));
+            true
+        }
+        WordPiece::DoubleQuotedSequence(inner) | WordPiece::GettextDoubleQuotedSequence(inner) => {
+            literal_pieces(inner, value)
+        }
+        // `$'..'` decodes escapes the value would need; not worth decoding for a match.
+        WordPiece::AnsiCQuotedText(_)
+        | WordPiece::TildeExpansion(_)
+        | WordPiece::ParameterExpansion(_)
+        | WordPiece::CommandSubstitution(_)
+        | WordPiece::BackquotedCommandSubstitution(_)
+        | WordPiece::ArithmeticExpression(_) => false,
+    })
+}
+
 /// Options of a wrapper that take a separate value argument.
 fn option_takes_value(wrapper: &str, option: &str) -> bool {
     match wrapper {
         "timeout" => matches!(option, "-s" | "-k" | "--signal" | "--kill-after"),
+        "env" => matches!(
+            option,
+            "-u" | "--unset" | "-C" | "--chdir" | "-S" | "--split-string"
+        ),
+        "exec" => option == "-a",
+        "sudo" => matches!(
+            option,
+            "-u" | "--user"
+                | "-g"
+                | "--group"
+                | "-h"
+                | "--host"
+                | "-p"
+                | "--prompt"
+                | "-C"
+                | "--close-from"
+                | "-D"
+                | "--chdir"
+                | "-r"
+                | "--role"
+                | "-t"
+                | "--type"
+                | "-T"
+                | "--command-timeout"
+                | "-U"
+                | "--other-user"
+        ),
         "nice" => matches!(option, "-n" | "--adjustment"),
         "stdbuf" => matches!(
             option,
@@ -702,7 +910,7 @@ fn option_takes_value(wrapper: &str, option: &str) -> bool {
 
 /// Strips wrapper commands (and their options) from the front of a command.
 /// Returns an empty slice when nothing but wrappers is left.
-fn strip_wrappers<'w>(mut words: &'w [&'w str]) -> &'w [&'w str] {
+fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str] {
     loop {
         let Some((&first, rest)) = words.split_first() else {
             return words;
@@ -712,7 +920,13 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str]) -> &'w [&'w str] {
                 first
             }
             // Only a bare `xargs` is a pure wrapper: its options change what runs.
-            "xargs" if rest.first().is_some_and(|w| !w.starts_with('-')) => first,
+            "xargs"
+                if which != Wrappers::Inert
+                    && rest.first().is_some_and(|w| !w.starts_with('-')) =>
+            {
+                first
+            }
+            "env" | "exec" | "sudo" if which == Wrappers::All => first,
             _ => return words,
         };
         let mut rest = rest;
@@ -720,6 +934,11 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str]) -> &'w [&'w str] {
             if option == "--" {
                 rest = after;
                 break;
+            }
+            if option == "-" && wrapper == "env" {
+                // `env -`: start from an empty environment.
+                rest = after;
+                continue;
             }
             if !option.starts_with('-') || option == "-" || wrapper == "xargs" {
                 break;
@@ -733,6 +952,12 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str]) -> &'w [&'w str] {
         if wrapper == "timeout" {
             // The duration argument.
             rest = rest.get(1..).unwrap_or(&[]);
+        }
+        if wrapper == "env" {
+            // `env NAME=value ... CMD`.
+            while rest.first().is_some_and(|w| is_assignment(w)) {
+                rest = &rest[1..];
+            }
         }
         if rest.is_empty() {
             return rest;
@@ -834,10 +1059,13 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(
-            guard.run("echo $(date) && ls").unwrap(),
-            ["date", "echo $(date)", "ls"]
-        );
+        let parts: Vec<String> = guard
+            .run("echo $(date) && ls")
+            .unwrap()
+            .into_iter()
+            .map(|p| p.permissive)
+            .collect();
+        assert_eq!(parts, ["date", "echo $(date)", "ls"]);
     }
 
     #[test]

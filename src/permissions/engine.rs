@@ -6,7 +6,7 @@ use std::path::Path;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::RegexSet;
 
-use super::bash::{BashPattern, split_command};
+use super::bash::{BashPattern, CommandPart, split_parts};
 use super::path::{Anchors, anchored_globs, normalise};
 use super::rule::{EDIT_TOOLS, ParsedRule, READ_TOOLS, parse_rule};
 use super::{Decision, DefaultMode, List, MatchedRule, PermissionError, ToolCall, Verdict};
@@ -423,28 +423,56 @@ impl PermissionEngine {
     }
 
     fn decide_bash(&self, command: &str) -> Decision {
-        let parts = match split_command(command) {
+        let parts = match split_parts(command) {
             Ok(parts) if !parts.is_empty() => parts,
-            Ok(_) => vec![command.trim().to_string()],
+            Ok(_) => {
+                let text = command.trim().to_string();
+                vec![CommandPart {
+                    restrictive: vec![text.clone()],
+                    permissive: text,
+                    dynamic_name: false,
+                }]
+            }
             Err(_) => return self.decide_unanalysable(command),
+        };
+        // Deny and ask rules see every form of a part (any match counts); allow rules only
+        // the form that keeps what stripping would hide (see `bash::CommandPart`).
+        let restricted_by = |list: &CompiledList, part: &CommandPart| {
+            part.restrictive.iter().filter_map(|f| list.bash(f)).min()
         };
         let mut first_ask = None;
         let mut unmatched = false;
+        let mut computed_name = false;
         let mut first_allow = None;
         for part in &parts {
-            if let Some(i) = self.deny.bash(part) {
+            if let Some(i) = restricted_by(&self.deny, part) {
                 return Decision {
                     verdict: Verdict::Deny,
                     rule: Some(self.deny.rule(List::Deny, i)),
                 };
             }
-            if let Some(i) = self.ask.bash(part) {
+            if let Some(i) = restricted_by(&self.ask, part) {
                 first_ask = first_ask.or(Some(i));
-            } else if let Some(i) = self.allow.bash(part) {
+            } else if part.dynamic_name {
+                computed_name = true;
+            } else if let Some(i) = self.allow.bash(&part.permissive) {
                 first_allow = first_allow.or(Some(i));
             } else {
                 unmatched = true;
             }
+        }
+        if computed_name {
+            // No rule can say what a computed command name runs: never allowed, whatever
+            // the default mode (as a command that cannot be parsed).
+            let verdict = if self.mode == DefaultMode::DontAsk {
+                Verdict::Deny
+            } else {
+                Verdict::Ask
+            };
+            return Decision {
+                verdict,
+                rule: first_ask.map(|i| self.ask.rule(List::Ask, i)),
+            };
         }
         if first_ask.is_some() || unmatched {
             return self.conclude(first_ask, None, false);

@@ -19,7 +19,13 @@
 //!   `timeout`, `time`, `nice`, `nohup`, `stdbuf`, `command`, `builtin`,
 //!   `noglob` and bare `xargs` (with their options) are stripped, and the
 //!   part is matched as its words joined by single spaces, quotes kept as
-//!   written. **Redirections are not part of that text**: `Bash(echo *)`
+//!   written. That is the text deny and ask rules see, and they also see it
+//!   with quotes and escapes removed and with `env`, `exec` and `sudo`
+//!   stripped (any form matching counts); allow rules see leading
+//!   assignments kept unless each sets a harmless variable, and a bare
+//!   `xargs CMD` as `CMD …` (see `bash::CommandPart`). A command name the
+//!   shell computes (an expansion, a glob, `{a,b}`) is never allowed, as
+//!   for a command that cannot be analysed. **Redirections are not part of that text**: `Bash(echo *)`
 //!   also allows `echo x > file` and `echo x >> ~/.bashrc`; the redirection
 //!   target is not checked against `Edit` rules (substitutions inside
 //!   targets, `> $(cmd)`, are split out and checked like any other part). A
