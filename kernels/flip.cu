@@ -2,11 +2,9 @@
 // processed together (blockIdx.z selects the image), separable filters through shared tiles,
 // pooling (sum, min, max, histogram) on the device. Mirrors src/scoring/flip.rs.
 
-// Filter taps, laid out [y, cx, cz1, cz2, gauss, edge, point], each 2*MAX_RADIUS+1 long and
-// centred at MAX_RADIUS (unused ends are zero).
-#define TAP_STRIDE (2 * MAX_RADIUS + 1)
-#define ROW_PLANES 7
-#define COL_ROWS 4
+// Filter taps, laid out [y, cx, cz1, cz2, gauss, edge, point] (ROW_PLANES sets), each
+// TAP_STRIDE = 2*MAX_RADIUS+1 long and centred at MAX_RADIUS (unused ends are zero). ROW_PLANES,
+// TAP_STRIDE and COL_ROWS come from the generated header, as the launcher uses them too.
 
 // rgb: images of 3 planes each; out: YCxCz planes. blockIdx.y = image (0 reference, 1 test).
 // Bit blockIdx.y of srgb_mask says the image is sRGB-encoded (decoded after clamping to [0,1]).
@@ -23,7 +21,7 @@ extern "C" __global__ void flip_prepare(const float* __restrict__ rgb, float* __
         float v = src[(size_t)k * n + i];
         if (srgb) v = srgb_to_linear(fminf(fmaxf(v, 0.0f), 1.0f));
         if (hdr) {
-            float x = v * exposure_scale;
+            float x = fminf(v * exposure_scale, HDR_EXPOSED_MAX);
             v = (ACES_0 * x * x + ACES_1 * x + ACES_2) / (ACES_3 * x * x + ACES_4 * x + ACES_5);
         }
         c[k] = fminf(fmaxf(v, 0.0f), 1.0f);

@@ -269,3 +269,90 @@ fn a_bad_pair_in_a_batch_does_not_fail_the_others() {
         assert!(results[2].as_ref().is_ok_and(|s| s.value.is_infinite()));
     }
 }
+
+fn linear(label: &str, w: usize, h: usize, value: impl Fn(usize) -> f32) -> RgbImage {
+    let rgb: Vec<f32> = (0..w * h * 3).map(|i| value(i / 3)).collect();
+    RgbImage::from_interleaved(label, w, h, Transfer::Linear, &rgb).unwrap()
+}
+
+#[test]
+fn an_extreme_hdr_pixel_is_an_error_not_a_perfect_match() {
+    // A dark HDR image, and the same with one pixel at 1e13: the tone curve's `x * x`
+    // overflowed, the NaN spread over the pixel's neighbourhood and the per-exposure maximum
+    // dropped it, so HDR-FLIP came out 0.0 (a perfect match).
+    let dark = |i: usize| 1e-7 * (1.0 + (i % 7) as f32);
+    let reference = linear("dark.exr", 32, 32, dark);
+    let test = linear("bright-pixel.exr", 32, 32, |i| {
+        if i == 500 { 1e13 } else { dark(i) }
+    });
+    for scorer in scorers() {
+        let score = scorer
+            .score(Metric::HdrFlip, &reference, &test, true)
+            .unwrap();
+        let map = score.error_map.unwrap();
+        assert!(score.value > 0.0, "{:?}: {}", scorer.backend(), score.value);
+        assert!(map.data.iter().all(|v| v.is_finite()));
+        let largest = map.data.iter().copied().fold(0.0f32, f32::max);
+        assert!(
+            map.data[500] > 0.0 && map.data[500] == largest,
+            "the bright pixel itself: {} (largest {largest})",
+            map.data[500]
+        );
+    }
+}
+
+#[test]
+fn a_metric_that_overflows_is_an_error_naming_both_images() {
+    // Finite values near f32::MAX: SSIM's squares overflow to inf, and inf - inf is NaN.
+    let reference = linear("gradient.exr", 32, 32, |i| (i % 32) as f32 / 32.0);
+    let test = linear("huge.exr", 32, 32, |i| if i % 2 == 0 { 3e38 } else { 0.0 });
+    for scorer in scorers() {
+        let error = scorer
+            .score(Metric::Ssim, &reference, &test, false)
+            .unwrap_err();
+        assert!(
+            matches!(error, ScoreError::NotFinite { metric: "ssim", .. }),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("huge.exr") && text.contains("gradient.exr"),
+            "{text}"
+        );
+        // Identical images' PSNR stays +inf: the one infinite value that means something.
+        let psnr = scorer
+            .score(Metric::Psnr, &reference, &reference, false)
+            .unwrap();
+        assert_eq!(psnr.value, f64::INFINITY);
+    }
+}
+
+#[test]
+fn a_viewing_distance_too_coarse_for_the_edge_detector_is_refused() {
+    // Below about 1.7 pixels per degree the feature filter's taps underflowed and edges silently
+    // stopped counting (scores were the same from 0.01 to 1.69).
+    for ppd in [0.01, 1.0, 1.69, 1.99] {
+        let error = Scorer::new(ScorerConfig {
+            device: Device::Cpu,
+            ppd,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(error, ScoreError::InvalidPpd { min, .. } if min == 2.0),
+            "{ppd}: {error:?}"
+        );
+    }
+    let a = linear("a.exr", 16, 16, |i| (i % 16) as f32 / 16.0);
+    let b = linear("b.exr", 16, 16, |i| ((i + 3) % 16) as f32 / 16.0);
+    for ppd in [2.0f32, 2.5, 4.0] {
+        let scorer = Scorer::new(ScorerConfig {
+            device: Device::Cpu,
+            ppd,
+            ..Default::default()
+        })
+        .unwrap();
+        let value = scorer.score(Metric::Flip, &a, &b, false).unwrap().value;
+        assert!(value.is_finite() && value > 0.0, "{ppd}: {value}");
+    }
+}

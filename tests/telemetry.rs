@@ -512,6 +512,10 @@ fn dashboard_addresses_default_to_loopback() {
             "{given}"
         );
     }
+    // An IPv6 address without a port is not a port: `::1` used to bind 127.0.0.1:1.
+    for bad in ["::1", ":::8080", "::"] {
+        assert!(parse_addr(bad).is_err(), "{bad}");
+    }
     let error = parse_addr("localhost:http").unwrap_err();
     assert!(
         error

@@ -141,10 +141,16 @@ async fn score_gate(
             "min",
         ),
     };
+    // Identical images' PSNR comes back as the largest finite number (JSON has no infinity).
+    let shown = if value >= f64::MAX {
+        "inf".to_owned()
+    } else {
+        format!("{value:.4}")
+    };
     GateResult {
         passed,
         reason: format!(
-            "{name} {value:.4} {relation} {side} {limit} ({} vs {})",
+            "{name} {shown} {relation} {side} {limit} ({} vs {})",
             test.display(),
             reference.display()
         ),

@@ -21,9 +21,12 @@ pub const FLIP_DEFAULT_PPD: f32 = 3840.0 * std::f32::consts::PI / 180.0;
 /// and past this no real viewing needs them (1000 is that monitor seen from 10 m); an unbounded
 /// value would ask for filters too large to allocate.
 pub const FLIP_MAX_PPD: f32 = 1000.0;
-/// Smallest pixels per degree accepted: below about 1e-20 the filters' terms underflow and the
-/// score is NaN. 0.01 (a degree spread over a hundredth of a pixel) is far below any real view.
-pub const FLIP_MIN_PPD: f32 = 0.01;
+/// Smallest pixels per degree accepted. Below about 1.7 the feature detector's Gaussian is so
+/// narrow that its outer taps underflow to zero in single precision: the edge filter's weights
+/// become 0/0 and edges silently stop counting (scores were identical from 0.01 to 1.69). At 2 the
+/// taps are ordinary floats, and no real view is coarser (2 pixels per degree is a 64-pixel
+/// thumbnail spanning 32 degrees).
+pub const FLIP_MIN_PPD: f32 = 2.0;
 /// The most pixels an image to score may have (2^25: 8K UHD, 7680×4320, fits). Scoring holds
 /// several float planes per image, so a larger one would need many gigabytes; it is refused
 /// from the file's header, before it is decoded.
@@ -80,6 +83,11 @@ pub const ACES: [f32; 6] = [
 ];
 /// Tone-mapped value whose input defines the brightest HDR-FLIP exposure target.
 pub const HDR_TONEMAP_TARGET: f32 = 0.85;
+/// The largest exposed value HDR-FLIP tone-maps: the ACES curve is clamped to 1 from about 12
+/// on, so capping there changes no result, and it keeps `x * x` finite for any finite pixel
+/// (at about 2e19 it overflowed to inf, inf / inf is NaN, and the NaN made a bad pixel's whole
+/// neighbourhood score as a perfect match).
+pub const HDR_EXPOSED_MAX: f32 = 1.0e4;
 /// SSIM's Gaussian window standard deviation.
 pub const SSIM_SIGMA: f32 = 1.5;
 /// SSIM's window radius (11×11 window).
@@ -96,17 +104,25 @@ pub const CUDA_TILE_X: u32 = 32;
 pub const CUDA_TILE_Y: u32 = 8;
 /// Largest filter radius the CUDA kernels reserve shared memory for.
 pub const CUDA_MAX_RADIUS: usize = 24;
+/// Length of one filter's taps in the launcher's tap buffer (each centred at `CUDA_MAX_RADIUS`).
+pub const TAP_STRIDE: usize = 2 * CUDA_MAX_RADIUS + 1;
+/// Filter sets in that buffer and planes the FLIP row pass writes per image (Y, Cx, two Cz
+/// parts, and the feature detector's Gaussian, edge and point filters).
+pub const ROW_PLANES: usize = 7;
+/// Output rows per thread in the FLIP column pass (`flip_cols`' launch grid divides by it).
+pub const COL_ROWS: u32 = 4;
 
 /// The `#define` header that gives the kernels the constants above.
 pub fn cuda_defines() -> String {
     let mut out = String::from("// Generated from src/scoring/constants.rs; do not edit.\n");
-    let scalars: [(&str, f32); 14] = [
+    let scalars: [(&str, f32); 15] = [
         ("FLIP_GQC", FLIP_GQC),
         ("FLIP_GPC", FLIP_GPC),
         ("FLIP_GPT", FLIP_GPT),
         ("FLIP_GW", FLIP_GW),
         ("FLIP_GQF", FLIP_GQF),
         ("HDR_TONEMAP_TARGET", HDR_TONEMAP_TARGET),
+        ("HDR_EXPOSED_MAX", HDR_EXPOSED_MAX),
         ("SSIM_K1", SSIM_K1),
         ("SSIM_K2", SSIM_K2),
         ("SSIM_SIGMA", SSIM_SIGMA),
@@ -132,12 +148,15 @@ pub fn cuda_defines() -> String {
             let _ = writeln!(out, "#define {name}_{i} {}", float_literal(*v));
         }
     }
-    let ints: [(&str, usize); 5] = [
+    let ints: [(&str, usize); 8] = [
         ("FLIP_HISTOGRAM_BUCKETS", FLIP_HISTOGRAM_BUCKETS),
         ("SSIM_RADIUS", SSIM_RADIUS),
         ("TILE_X", CUDA_TILE_X as usize),
         ("TILE_Y", CUDA_TILE_Y as usize),
         ("MAX_RADIUS", CUDA_MAX_RADIUS),
+        ("TAP_STRIDE", TAP_STRIDE),
+        ("ROW_PLANES", ROW_PLANES),
+        ("COL_ROWS", COL_ROWS as usize),
     ];
     for (name, value) in ints {
         let _ = writeln!(out, "#define {name} {value}");

@@ -20,9 +20,6 @@ use super::kernels::{KERNEL_SOURCES, KernelCache, cubin_cached};
 use super::ssim::{MSSSIM_MIN_SIDE, PsnrStats, gaussian_window};
 
 const STREAMS: usize = 2;
-const TAP_STRIDE: usize = 2 * CUDA_MAX_RADIUS + 1;
-const ROW_PLANES: usize = 7;
-const COL_ROWS: u32 = 4;
 const LINEAR_BLOCK: u32 = 256;
 
 fn cuda_err(stage: &'static str) -> impl Fn(DriverError) -> ScoreError {
@@ -336,7 +333,7 @@ impl CudaScorer {
                 block_dim: (LINEAR_BLOCK, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: flip_pool(const float*, int, double*, unsigned*, unsigned*); one pair: 1 sum, 2 minmax, 100 buckets.
+            // SAFETY: flip_pool(const float*, int, double*, unsigned*, unsigned*); one pair: 1 sum, 2 minmax, FLIP_HISTOGRAM_BUCKETS buckets.
             unsafe { b.launch(cfg) }.map_err(cuda_err("flip_pool"))?;
             pending.push((s, n, w, h, exposures, map, sums, minmax, hist));
         }

@@ -166,6 +166,21 @@ pub enum ScoreError {
         /// Why.
         message: String,
     },
+    /// The metric's value is not a number: its single-precision arithmetic overflowed on the
+    /// images' values (finite pixels near 3e38 in an EXR).
+    #[error(
+        "{metric} of {test} against {reference} is {value}: the images' values overflow single precision"
+    )]
+    NotFinite {
+        /// The metric's name.
+        metric: &'static str,
+        /// The value it came to (NaN or an infinity).
+        value: f64,
+        /// The reference image.
+        reference: String,
+        /// The test image.
+        test: String,
+    },
     /// A thread pool could not be built.
     #[error("cannot build a thread pool: {0}")]
     ThreadPool(String),

@@ -103,6 +103,16 @@ impl FlipFilters {
             taps.iter_mut()
                 .for_each(|t| *t /= if *t > 0.0 { pos } else { neg });
         }
+        // A defence behind `check_ppd`'s bounds: taps that underflowed or overflowed would
+        // make the score NaN or silently drop a term.
+        let taps = [&y, &cx, &cz1, &cz2, &gauss, &edge, &point];
+        if taps.iter().any(|t| t.iter().any(|w| !w.is_finite())) {
+            return Err(ScoreError::InvalidPpd {
+                ppd,
+                min: FLIP_MIN_PPD,
+                max: FLIP_MAX_PPD,
+            });
+        }
         Ok(Self {
             y,
             cx,
@@ -496,7 +506,7 @@ pub fn tone_map(rgb: &[Plane; 3], exposure: f32) -> [Plane; 3] {
     let scale = exposure.exp2();
     rgb.clone().map(|mut p| {
         p.data.par_iter_mut().for_each(|v| {
-            let x = *v * scale;
+            let x = (*v * scale).min(HDR_EXPOSED_MAX);
             let mapped = (ACES[0] * x * x + ACES[1] * x + ACES[2])
                 / (ACES[3] * x * x + ACES[4] * x + ACES[5]);
             *v = mapped.clamp(0.0, 1.0);

@@ -26,6 +26,19 @@ pub enum Metric {
     Psnr,
 }
 
+impl Metric {
+    /// Its name as the CLI and plans spell it (`flip`, `hdr-flip`, `ssim`, `msssim`, `psnr`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Flip => "flip",
+            Metric::HdrFlip => "hdr-flip",
+            Metric::Ssim => "ssim",
+            Metric::Msssim => "msssim",
+            Metric::Psnr => "psnr",
+        }
+    }
+}
+
 /// Where to compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Device {
@@ -202,7 +215,10 @@ impl Scorer {
             return pairs
                 .iter()
                 .zip(checked)
-                .map(|((r, t), ok)| ok.and_then(|()| self.score_cpu(metric, r, t, want_map)))
+                .map(|((r, t), ok)| {
+                    ok.and_then(|()| self.score_cpu(metric, r, t, want_map))
+                        .and_then(|s| finite(s, r, t))
+                })
                 .collect();
         };
         let good: Vec<(&RgbImage, &RgbImage)> = pairs
@@ -264,13 +280,17 @@ impl Scorer {
         };
         checked
             .into_iter()
-            .map(|c| match c {
-                Ok(()) => computed.next().unwrap_or_else(|| {
-                    Err(ScoreError::Cuda {
-                        stage: "batch",
-                        message: "missing result".into(),
+            .zip(pairs)
+            .map(|(c, (r, t))| match c {
+                Ok(()) => computed
+                    .next()
+                    .unwrap_or_else(|| {
+                        Err(ScoreError::Cuda {
+                            stage: "batch",
+                            message: "missing result".into(),
+                        })
                     })
-                }),
+                    .and_then(|s| finite(s, r, t)),
                 Err(e) => Err(e),
             })
             .collect()
@@ -312,6 +332,22 @@ impl Scorer {
             }
         })
     }
+}
+
+/// A score whose value is not a number (single precision overflowed on extreme pixel values)
+/// is an error, not a result a gate could compare; identical images' PSNR (+inf) is the one
+/// infinite value that means something.
+fn finite(score: Score, reference: &RgbImage, test: &RgbImage) -> Result<Score, ScoreError> {
+    let psnr_of_identical = score.metric == Metric::Psnr && score.value == f64::INFINITY;
+    if score.value.is_finite() || psnr_of_identical {
+        return Ok(score);
+    }
+    Err(ScoreError::NotFinite {
+        metric: score.metric.name(),
+        value: score.value,
+        reference: reference.label().to_owned(),
+        test: test.label().to_owned(),
+    })
 }
 
 fn plain(metric: Metric, value: f64, backend: Backend) -> Score {

@@ -292,7 +292,7 @@ impl Job {
         let reference = RgbImage::open(&self.reference)?;
         let test = RgbImage::open(&self.test)?;
         let score = scorer.score(self.metric, &reference, &test, self.map.is_some())?;
-        let name = metric_name(self.metric);
+        let name = self.metric.name();
         let device = match score.backend {
             Backend::Cpu => "cpu",
             Backend::Cuda => "cuda",
@@ -332,16 +332,6 @@ impl Job {
             score.value, self.reference_label, self.test_label
         );
         Ok((line, json))
-    }
-}
-
-fn metric_name(metric: Metric) -> &'static str {
-    match metric {
-        Metric::Flip => "flip",
-        Metric::HdrFlip => "hdr-flip",
-        Metric::Ssim => "ssim",
-        Metric::Msssim => "msssim",
-        Metric::Psnr => "psnr",
     }
 }
 

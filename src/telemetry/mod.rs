@@ -70,7 +70,7 @@ pub enum TelemetryError {
     },
     /// The text given as a server's address is not an address.
     #[error(
-        "{server}: {text:?} is not an address (expected IP:PORT such as 127.0.0.1:8080, localhost:PORT, or a port)"
+        "{server}: {text:?} is not an address (expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080, localhost:PORT, or a port)"
     )]
     BadAddr {
         /// Which server (`dashboard`, `metrics`).

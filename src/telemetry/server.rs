@@ -51,7 +51,8 @@ pub fn parse_server_addr(server: &'static str, text: &str) -> Result<SocketAddr,
     let text = text.trim();
     let port = match text.get(..10) {
         Some(host) if host.eq_ignore_ascii_case("localhost:") => &text[10..],
-        _ => text.trim_start_matches(':'),
+        // One `:` at most (`:8080`): `::1` is an IPv6 address, not port 1.
+        _ => text.strip_prefix(':').unwrap_or(text),
     };
     if let Ok(port) = port.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
