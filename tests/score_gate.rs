@@ -120,3 +120,67 @@ gates = [{{ score = "flip", reference = "{reference}", max = 0.1 }}]
     assert_eq!(gate_failures[0].0, 1);
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_that_cannot_be_read_fails_the_task_at_once_without_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let render_path = dir.path().join("render.png");
+    std::fs::copy(fixture("test_noise.png"), &render_path).unwrap();
+    let mut natives = NativeRegistry::new();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    natives.register("render", move |_args: Value| {
+        let path = render_path.clone();
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(json!({ "path": path }))
+        }
+    });
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let mut actors = ActorsConfig::embedded().unwrap();
+    let mut scorer = PoolDef::new(PoolKind::Scorer);
+    scorer.device = Some("cpu".to_owned());
+    scorer.warmup_size = Some([64, 64]);
+    actors.executor.pools.insert("scorer".to_owned(), scorer);
+    actors
+        .executor
+        .pools
+        .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
+    let mut options = RuntimeOptions::new(store, actors);
+    options.natives = natives;
+    let runtime = Runtime::start(options).await.unwrap();
+    let missing = dir.path().join("no-such-reference.png");
+    let plan_text = format!(
+        r#"
+name = "missing-reference"
+[[task]]
+id = "render"
+tool = "fn.render"
+max_attempts = 3
+gates = [{{ score = "flip", reference = "{}", max = 0.5 }}]
+"#,
+        missing.display()
+    );
+    let plan = Plan::from_toml(&plan_text, "plan.toml").unwrap();
+    let report = runtime
+        .run(
+            plan,
+            RunOptions {
+                base_dir: dir.path().to_path_buf(),
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    let problems = format!("{:?}", report.problems());
+    assert!(
+        problems.contains("the reference") && problems.contains("no-such-reference.png"),
+        "{problems}"
+    );
+    // The gate's feedback could not have helped: one attempt, not three.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(report.task("render").unwrap().attempts, 1);
+    runtime.shutdown().await;
+}

@@ -62,13 +62,22 @@ fn metric_tool(metric: ScoreMetric) -> &'static str {
     }
 }
 
+/// What a score gate came to: a judgement of the task's image, or a failure that is not the
+/// task's fault (a reference that cannot be read, no scorer, a scorer that timed out or
+/// crashed), which must not send the task back with feedback it cannot act on.
+enum ScoreGateOutcome {
+    Judged(GateResult),
+    Broken { reason: String, retryable: bool },
+}
+
 /// Runs one score gate through the score pool.
 async fn score_gate(
     shared: &ReviewerArgs,
     gate: &Gate,
     ctx: &TemplateContext,
     base_dir: &Path,
-) -> GateResult {
+) -> ScoreGateOutcome {
+    use ScoreGateOutcome::{Broken, Judged};
     let Gate::Score {
         metric,
         reference,
@@ -76,24 +85,39 @@ async fn score_gate(
         bound,
     } = gate
     else {
-        return GateResult {
-            passed: false,
+        return Broken {
             reason: "not a score gate".to_owned(),
+            retryable: false,
         };
     };
-    let fail = |reason: String| GateResult {
-        passed: false,
-        reason,
+    let fail = |reason: String| {
+        Judged(GateResult {
+            passed: false,
+            reason,
+        })
     };
     let (reference, test) = match (render_text(reference, ctx), render_text(test, ctx)) {
         (Ok(r), Ok(t)) => (base_dir.join(r), base_dir.join(t)),
         (Err(e), _) | (_, Err(e)) => return fail(format!("score gate: {e}")),
     };
+    // The reference is the plan's, not the task's: a missing one fails the task at once.
+    if let Err(e) = std::fs::File::open(&reference) {
+        return Broken {
+            reason: format!(
+                "score gate: the reference {} cannot be read: {e}",
+                reference.display()
+            ),
+            retryable: false,
+        };
+    }
     let Some((pool, timeout)) = shared.pools.get(Some(&ctx.run_id), &shared.score_pool) else {
-        return fail(format!(
-            "score gate: no score pool {:?} is configured",
-            shared.score_pool
-        ));
+        return Broken {
+            reason: format!(
+                "score gate: no score pool {:?} is configured",
+                shared.score_pool
+            ),
+            retryable: false,
+        };
     };
     let name = metric_tool(*metric);
     let request = ToolRequest::new(
@@ -121,8 +145,15 @@ async fn score_gate(
     };
     let value = match outcome {
         Ok(o) if o.succeeded() => o.json.as_ref().and_then(|j| j.get("value")?.as_f64()),
+        // The scorer refused the images (the test image unreadable, of another size...).
         Ok(o) => return fail(format!("{name} could not score: {}", o.stderr.trim())),
-        Err(e) => return fail(format!("{name} could not score: {e}")),
+        // The scorer itself failed (timed out, crashed, no session): retried as a tool error.
+        Err(e) => {
+            return Broken {
+                reason: format!("{name} could not score: {e}"),
+                retryable: true,
+            };
+        }
     };
     let Some(value) = value else {
         return fail(format!("{name}: the scorer returned no value"));
@@ -147,14 +178,14 @@ async fn score_gate(
     } else {
         format!("{value:.4}")
     };
-    GateResult {
+    Judged(GateResult {
         passed,
         reason: format!(
             "{name} {shown} {relation} {side} {limit} ({} vs {})",
             test.display(),
             reference.display()
         ),
-    }
+    })
 }
 
 async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> Verdict {
@@ -217,7 +248,12 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
     for gate in gates {
         let result = match gate.check_in(&seen, &ctx, &attempt.base_dir) {
             Some(result) => result,
-            None => score_gate(shared, gate, &ctx, &attempt.base_dir).await,
+            None => match score_gate(shared, gate, &ctx, &attempt.base_dir).await {
+                ScoreGateOutcome::Judged(result) => result,
+                ScoreGateOutcome::Broken { reason, retryable } => {
+                    return Verdict::Error { reason, retryable };
+                }
+            },
         };
         let failed_exit = !result.passed && matches!(gate, Gate::ExitStatus { .. });
         results.push(result);
