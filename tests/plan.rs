@@ -543,6 +543,8 @@ command = ["sh"]
 device = "cuda"
 [pools."a.b"]
 kind = "native"
+[pools.my__srv]
+kind = "native"
 [pools.ok]
 kind = "process"
 command = ["sh", "-c"]
@@ -570,6 +572,10 @@ tool = "ok.run"
             "p.toml:20:",
             "pool \"a.b\": a pool's name must be non-empty and without `.`",
         ),
+        (
+            "p.toml:22:",
+            "pool \"my__srv\": a pool's name must be ASCII letters, digits, `-` and single inner `_`",
+        ),
     ];
     assert_eq!(e.len(), expected.len(), "{e:?}");
     for (line, (at, why)) in e.iter().zip(expected) {
@@ -578,4 +584,15 @@ tool = "ok.run"
             "{line:?}: want {at} {why}"
         );
     }
+}
+
+#[test]
+fn a_pool_name_permission_rules_would_misread_is_refused() {
+    // `mcp__my__srv__tool` is read by the rules as pool `my`, tool `srv__tool`.
+    for bad in ["my__srv.tool", "_srv.tool", "srv_.tool"] {
+        let error = tetrarch::plan::ToolRef::parse(bad).unwrap_err();
+        assert!(error.contains("single inner `_`"), "{bad}: {error}");
+    }
+    let ok = tetrarch::plan::ToolRef::parse("my_srv.tool__x").unwrap();
+    assert_eq!((ok.pool.as_str(), ok.tool.as_str()), ("my_srv", "tool__x"));
 }

@@ -248,9 +248,12 @@ impl ToolRef {
             || !pool
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || pool.contains("__")
+            || pool.starts_with('_')
+            || pool.ends_with('_')
         {
             return Err(format!(
-                "pool name {pool:?} in {text:?} must be ASCII letters, digits, `_` or `-`"
+                "pool name {pool:?} in {text:?} must be ASCII letters, digits, `-` and single inner `_` (permission rules read `mcp__POOL__TOOL` at the first `__`)"
             ));
         }
         if tool.is_empty() || tool.chars().any(char::is_whitespace) {

@@ -228,6 +228,21 @@ impl PoolDef {
         let invalid = |detail: String| SessionError::InvalidConfig {
             detail: format!("pool {name:?}: {detail}"),
         };
+        // Permission rules name an MCP pool's tools `mcp__POOL__TOOL` and split at the first
+        // `__`: a pool named `my__srv` (or `a_`) would be read as another pool, so its deny
+        // rules would never match.
+        let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if name.is_empty()
+            || !name.chars().all(plain)
+            || name.contains("__")
+            || name.starts_with('_')
+            || name.ends_with('_')
+        {
+            return Err(invalid(
+                "a pool's name must be ASCII letters, digits, `-` and single inner `_` (permission rules read `mcp__POOL__TOOL` at the first `__`)"
+                    .to_owned(),
+            ));
+        }
         self.config(name).validate()?;
         let (mcp, scorer) = (self.kind == PoolKind::Mcp, self.kind == PoolKind::Scorer);
         if matches!(self.kind, PoolKind::Process | PoolKind::Mcp) && self.command.is_empty() {
