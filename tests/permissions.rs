@@ -234,6 +234,18 @@ fn unparseable_commands_are_never_allowed() {
 }
 
 #[test]
+fn root_patterns_name_everything_under_them() {
+    // `Read(/)` is the project root (/proj) and `Edit(//)` the filesystem root; both used to
+    // become globs ending in `/` that matched nothing.
+    let e = engine(&[], &[], &["Read(/)", "Edit(//)"]);
+    assert_eq!(call(&e, "Read", "/proj/sub/a.txt"), Verdict::Deny);
+    assert_eq!(call(&e, "Read", "/proj"), Verdict::Deny);
+    assert_eq!(call(&e, "Read", "/elsewhere/a.txt"), Verdict::Ask);
+    assert_eq!(call(&e, "Edit", "/etc/passwd"), Verdict::Deny);
+    assert_eq!(call(&e, "Write", "/tmp/x"), Verdict::Deny);
+}
+
+#[test]
 fn read_edit_path_anchors() {
     let e = engine(
         &[
@@ -403,6 +415,20 @@ fn bad_input_names_the_rule_and_position() {
         err.to_string().contains("deny[0]") && err.to_string().contains("empty specifier"),
         "{err}"
     );
+    // Rules that would load but never match are refused, naming why.
+    for (rule, why) in [
+        ("Bash( rm *)", "leading or trailing spaces"),
+        ("Bash(git push --force )", "leading or trailing spaces"),
+        ("bash", "write `Bash`"),
+        ("webfetch", "write `WebFetch`"),
+        ("read", "write `Read`"),
+    ] {
+        let err = load(&json!({"permissions": {"deny": [rule]}}).to_string());
+        assert!(
+            err.to_string().contains("deny[0]") && err.to_string().contains(why),
+            "{rule}: {err}"
+        );
+    }
     let err = load(r#"{"permissions": {"ask": ["not a tool!"]}}"#);
     assert!(
         err.to_string().contains("ask[0]") && err.to_string().contains("tool name"),

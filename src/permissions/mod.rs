@@ -78,7 +78,11 @@
 //!   trusted by construction; a plan can only reach them by name.
 //! * **Bad rules fail the load** with the list and index of the rule
 //!   ([`PermissionError::InvalidRule`]): the engine never runs with a rule
-//!   it could not read, so a broken rule can never allow anything. A rule
+//!   it could not read, so a broken rule can never allow anything. Rules
+//!   that would load but never match fail the same way: a Bash specifier
+//!   with leading or trailing spaces, a by-name rule whose tool name differs
+//!   from a known tool only in case (`bash`). `Read(/)` names the whole
+//!   project root and `Edit(//)` the whole filesystem. A rule
 //!   whose glob or pattern does not compile (`Read(src/[)`) fails the same
 //!   way, and [`consolidate`] fails on exactly what loading fails on.
 //!

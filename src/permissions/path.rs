@@ -24,6 +24,10 @@ fn dir_glob(dir: &Path) -> String {
 /// Turns one specifier into the absolute globs it stands for (a pattern
 /// names a file or, like gitignore, a directory and everything under it).
 pub(crate) fn anchored_globs(spec: &str, anchors: &Anchors) -> Vec<String> {
+    if spec == "//" {
+        // The filesystem root (its trailing `/` is not the directory-only mark).
+        return vec!["/**".to_owned()];
+    }
     let (spec, dir_only) = match spec.strip_suffix('/') {
         Some(s) if !s.is_empty() => (s, true),
         _ => (spec, false),
@@ -44,7 +48,12 @@ pub(crate) fn anchored_globs(spec: &str, anchors: &Anchors) -> Vec<String> {
         // A bare name matches at any depth, as in gitignore.
         format!("/**/{spec}")
     };
-    if base.ends_with("/**") {
+    // `Read(/)` (the project root) and `Edit(//)` (the filesystem root) name a directory
+    // whose glob would otherwise end in `/` and match nothing.
+    let base = base.trim_end_matches('/').to_owned();
+    if base.is_empty() {
+        vec!["/**".to_owned()]
+    } else if base.ends_with("/**") {
         vec![base]
     } else if dir_only {
         vec![format!("{base}/**")]

@@ -144,7 +144,20 @@ pub(crate) fn parse_rule(text: &str) -> Result<ParsedRule, String> {
             }
         },
         other => match spec {
-            None => Ok(ParsedRule::Tool(other.to_string())),
+            None => {
+                // A by-name rule is matched exactly: `bash` would never match a `Bash` call.
+                let known = ["Bash", "WebFetch", "WebSearch"]
+                    .into_iter()
+                    .chain(EDIT_TOOLS)
+                    .chain(READ_TOOLS)
+                    .find(|t| *t != other && t.eq_ignore_ascii_case(other));
+                if let Some(known) = known {
+                    return Err(format!(
+                        "tool names are case-sensitive: `{other}` would never match; write `{known}`"
+                    ));
+                }
+                Ok(ParsedRule::Tool(other.to_string()))
+            }
             Some(_) if EDIT_TOOLS.contains(&other) => Err(format!(
                 "`{other}` paths are written as `Edit(..)` rules, which cover every file-editing tool"
             )),
@@ -169,6 +182,10 @@ fn parse_bash_spec(spec: Option<&str>) -> Result<Option<String>, String> {
     };
     if spec.contains('\n') || spec.contains('\0') {
         return Err("a Bash specifier cannot contain a newline or NUL".into());
+    }
+    if spec.trim() != spec {
+        // Commands are matched as their words joined by single spaces, trimmed.
+        return Err("a Bash specifier with leading or trailing spaces would never match".into());
     }
     Ok(Some(spec))
 }
