@@ -234,6 +234,66 @@ fn unparseable_commands_are_never_allowed() {
 }
 
 #[test]
+fn each_tool_is_judged_on_its_own_field_and_a_missing_subject_is_never_allowed() {
+    let bypass = |deny: &[&str]| {
+        engine_with(json!({"permissions": {"defaultMode": "bypassPermissions", "deny": deny}}))
+    };
+    let e = bypass(&["Read(//proj/secrets)", "Edit(//etc/**)"]);
+    let decide = |tool: &str, input: serde_json::Value| {
+        e.decide(&ToolCall {
+            tool: tool.to_owned(),
+            input,
+        })
+        .verdict
+    };
+    // A decoy field beside the one the tool uses.
+    assert_eq!(
+        decide(
+            "Grep",
+            json!({"file_path": "/tmp/ok", "path": "/proj/secrets"})
+        ),
+        Verdict::Deny
+    );
+    assert_eq!(
+        decide(
+            "NotebookEdit",
+            json!({"file_path": "/tmp/x.ipynb", "notebook_path": "/etc/x.ipynb"})
+        ),
+        Verdict::Deny
+    );
+    // Nothing to judge: asked, even under bypassPermissions.
+    assert_eq!(decide("Read", json!({})), Verdict::Ask);
+    assert_eq!(decide("Edit", json!({"path": "/etc/passwd"})), Verdict::Ask);
+    assert_eq!(
+        decide("WebFetch", json!({"url": "evil.com/page"})),
+        Verdict::Ask
+    );
+    assert_eq!(
+        decide("WebFetch", json!({"url": ["https://a.com"]})),
+        Verdict::Ask
+    );
+    assert_eq!(
+        decide("WebFetch", json!({"url": "https://a.com/x"})),
+        Verdict::Allow
+    );
+    assert_eq!(
+        decide("Read", json!({"file_path": "/tmp/a"})),
+        Verdict::Allow
+    );
+    // A whole-tool deny still denies a call it cannot judge.
+    let no_web = bypass(&["WebFetch"]);
+    assert_eq!(
+        no_web
+            .decide(&ToolCall {
+                tool: "WebFetch".to_owned(),
+                input: json!({}),
+            })
+            .verdict,
+        Verdict::Deny
+    );
+}
+
+#[test]
 fn root_patterns_name_everything_under_them() {
     // `Read(/)` is the project root (/proj) and `Edit(//)` the filesystem root; both used to
     // become globs ending in `/` that matched nothing.

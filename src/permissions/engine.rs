@@ -352,6 +352,22 @@ impl PermissionEngine {
             };
         }
         let ask = self.find(&self.ask, call, &subject);
+        if matches!(
+            subject,
+            Subject::Read(None) | Subject::Edit(None) | Subject::Web(None)
+        ) {
+            // No path, or a URL without a host: nothing a rule could judge, so never allowed
+            // (as a Bash call without a command).
+            let verdict = if self.mode == DefaultMode::DontAsk {
+                Verdict::Deny
+            } else {
+                Verdict::Ask
+            };
+            return Decision {
+                verdict,
+                rule: ask.map(|i| self.ask.rule(List::Ask, i)),
+            };
+        }
         let allow = self.find(&self.allow, call, &subject);
         let edits_inside_cwd = matches!(&subject, Subject::Edit(Some(p)) if Path::new(p).starts_with(&self.anchors.cwd));
         self.conclude(ask, allow, edits_inside_cwd)
@@ -481,30 +497,25 @@ impl PermissionEngine {
     }
 
     fn subject<'a>(&self, call: &'a ToolCall) -> Subject<'a> {
-        let field = |names: &[&str]| {
-            names
-                .iter()
-                .find_map(|n| call.input.get(*n).and_then(|v| v.as_str()))
-        };
         let tool = call.tool.as_str();
+        // Only the tool's own field: another one beside it is not what the tool acts on.
+        let own = call
+            .input
+            .get(super::subject_field(tool))
+            .and_then(|v| v.as_str());
         if tool == "Bash" {
-            Subject::Bash(field(&["command"]))
+            Subject::Bash(own)
         } else if READ_TOOLS.contains(&tool) {
-            let path = field(&["file_path", "path", "notebook_path"]);
             // Grep and Glob without a path search the working directory.
-            let path = path.or_else(|| (tool != "Read").then_some("."));
+            let path = own.or_else(|| (tool != "Read").then_some("."));
             Subject::Read(path.map(|p| normalise(p, &self.anchors)))
         } else if EDIT_TOOLS.contains(&tool) {
-            Subject::Edit(
-                field(&["file_path", "notebook_path", "path"]).map(|p| normalise(p, &self.anchors)),
-            )
+            Subject::Edit(own.map(|p| normalise(p, &self.anchors)))
         } else if tool == "WebFetch" {
-            let host = field(&["url"])
-                .and_then(|u| url::Url::parse(u).ok())
-                .and_then(|u| {
-                    u.host_str()
-                        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-                });
+            let host = own.and_then(|u| url::Url::parse(u).ok()).and_then(|u| {
+                u.host_str()
+                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            });
             Subject::Web(host)
         } else if tool.starts_with("mcp__") {
             Subject::Mcp

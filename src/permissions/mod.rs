@@ -63,6 +63,10 @@
 //!   `MultiEdit` and `NotebookEdit`; a Read deny also denies those edits.
 //!   A `Grep`/`Glob` over a directory is judged on the directory's own path
 //!   (`Read(src/**)` names what is inside `src`; `Read(src)` names both).
+//!   Each tool is judged on its own field (`file_path`; `path` for Grep
+//!   and Glob; `notebook_path` for NotebookEdit; `url` for WebFetch), and a
+//!   call without it, or with a URL that has no host, is never allowed
+//!   (a whole-tool deny rule still denies it).
 //! * **WebFetch**: `domain:host` matches that host; `domain:*.host` matches
 //!   its subdomains, not `host` itself. **MCP**: `mcp__server` and
 //!   `mcp__server__*` match every tool of the server, `mcp__server__tool`
@@ -219,17 +223,22 @@ impl ToolCall {
     /// command for Bash, the path for file tools, the URL for WebFetch.
     /// (Never parsed as JSON: a command may look like JSON.)
     pub fn from_text(tool: &str, text: &str) -> Self {
-        let key = match tool {
-            "Bash" => "command",
-            "WebFetch" => "url",
-            "Grep" | "Glob" => "path",
-            "NotebookEdit" => "notebook_path",
-            _ => "file_path",
-        };
         ToolCall {
             tool: tool.to_string(),
-            input: serde_json::json!({ key: text }),
+            input: serde_json::json!({ subject_field(tool): text }),
         }
+    }
+}
+
+/// The input field that holds what a tool acts on: the command, the URL or the path. The engine
+/// reads only that field (a `file_path` beside a Grep's `path` is not what the Grep searches).
+pub(crate) fn subject_field(tool: &str) -> &'static str {
+    match tool {
+        "Bash" => "command",
+        "WebFetch" => "url",
+        "Grep" | "Glob" => "path",
+        "NotebookEdit" => "notebook_path",
+        _ => "file_path",
     }
 }
 
