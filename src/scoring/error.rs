@@ -181,6 +181,22 @@ pub enum ScoreError {
         /// The test image.
         test: String,
     },
+    /// SSIM, MS-SSIM and PSNR compare stored values, so both images must be encoded alike.
+    #[error(
+        "{metric} compares stored values, but {reference} is {reference_encoding} and {test} is {test_encoding}: convert one of them, or use flip (which decodes each image by its encoding)"
+    )]
+    MixedEncodings {
+        /// The metric's name.
+        metric: &'static str,
+        /// The reference image.
+        reference: String,
+        /// Its encoding.
+        reference_encoding: super::Transfer,
+        /// The test image.
+        test: String,
+        /// Its encoding.
+        test_encoding: super::Transfer,
+    },
     /// A thread pool could not be built.
     #[error("cannot build a thread pool: {0}")]
     ThreadPool(String),

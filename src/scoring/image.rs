@@ -14,6 +14,15 @@ pub enum Transfer {
     Linear,
 }
 
+impl std::fmt::Display for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transfer::Srgb => "sRGB-encoded",
+            Transfer::Linear => "linear light",
+        })
+    }
+}
+
 /// One channel of `width × height` floats, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plane {
@@ -230,10 +239,18 @@ const MAX_IMAGE_FILE: u64 = 1 << 30;
 /// Reads a file of at most [`MAX_IMAGE_FILE`] bytes.
 fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let metadata = file.metadata()?;
+    // A regular file says its size: one over the limit is refused before reading it. A pipe
+    // or device (`/dev/zero`) can only be read up to the limit.
+    if metadata.is_file() && metadata.len() > MAX_IMAGE_FILE {
+        return Err(std::io::Error::other(format!(
+            "the file is over the {} MiB limit for images",
+            MAX_IMAGE_FILE >> 20
+        )));
+    }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_IMAGE_FILE + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(MAX_IMAGE_FILE + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_IMAGE_FILE {
         return Err(std::io::Error::other(format!(
             "the file is over the {} MiB limit for images",

@@ -386,5 +386,17 @@ fn validate(metric: Metric, reference: &RgbImage, test: &RgbImage) -> Result<(),
     if metric == Metric::HdrFlip {
         flip::exposures(reference.label(), &flip::hdr_linear(reference))?;
     }
+    // FLIP decodes each image by its own encoding; SSIM, MS-SSIM and PSNR compare stored
+    // values, which means nothing between linear light and sRGB-encoded values.
+    let compares_values = matches!(metric, Metric::Ssim | Metric::Msssim | Metric::Psnr);
+    if compares_values && reference.transfer() != test.transfer() {
+        return Err(ScoreError::MixedEncodings {
+            metric: metric.name(),
+            reference: reference.label().to_owned(),
+            reference_encoding: reference.transfer(),
+            test: test.label().to_owned(),
+            test_encoding: test.transfer(),
+        });
+    }
     Ok(())
 }
