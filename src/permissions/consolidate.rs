@@ -479,9 +479,28 @@ fn star_absorbs(token: &Tok) -> bool {
     match token {
         Tok::Lit(c) => *c != '/',
         Tok::Star | Tok::Quest => true,
-        Tok::Set(text) => !text.contains('/'),
+        Tok::Set(text) => set_excludes_slash(text),
         Tok::GlobStar | Tok::Anchor(_) => false,
     }
+}
+
+/// Whether a `[..]` or `{..}` set can never match `/` (only then can a `*` stand for it). A
+/// negated class (`[!x]`, `[^x]`) matches `/`, and so does a range spanning it (`[+-0]`).
+fn set_excludes_slash(text: &str) -> bool {
+    if text.contains('/') {
+        return false;
+    }
+    let Some(body) = text.strip_prefix('[') else {
+        // `{a,b}`: alternatives of literal text.
+        return true;
+    };
+    let body: Vec<char> = body.strip_suffix(']').unwrap_or(body).chars().collect();
+    if matches!(body.first(), Some('!' | '^')) {
+        return false;
+    }
+    !body
+        .windows(3)
+        .any(|w| w[1] == '-' && w[0] <= '/' && '/' <= w[2])
 }
 
 /// How far widening reaches.
@@ -626,7 +645,41 @@ fn family_of(rule: &ParsedRule) -> Option<(String, ParsedRule)> {
             if labels.len() < 3 {
                 return None;
             }
-            let parent = labels[labels.len() - 2..].join(".");
+            // A registrable parent is two labels, or three under a country's second level
+            // (`example.co.uk`); `*.co.uk` would allow every British company's site.
+            let second_level = [
+                "co", "com", "org", "net", "gov", "ac", "edu", "ne", "or", "go",
+            ];
+            let country = labels[labels.len() - 1].len() == 2;
+            let keep = if country && second_level.contains(&labels[labels.len() - 2]) {
+                3
+            } else {
+                2
+            };
+            if labels.len() <= keep {
+                return None;
+            }
+            let parent = labels[labels.len() - keep..].join(".");
+            // Hosts where every subdomain is someone else's site: never merged.
+            const SHARED_HOSTING: [&str; 14] = [
+                "github.io",
+                "gitlab.io",
+                "herokuapp.com",
+                "vercel.app",
+                "netlify.app",
+                "pages.dev",
+                "workers.dev",
+                "appspot.com",
+                "azurewebsites.net",
+                "cloudfront.net",
+                "amazonaws.com",
+                "blogspot.com",
+                "web.app",
+                "firebaseapp.com",
+            ];
+            if SHARED_HOSTING.contains(&parent.as_str()) {
+                return None;
+            }
             Some((
                 format!("WebFetch {parent}"),
                 ParsedRule::WebFetch(Some(format!("*.{parent}"))),
@@ -755,6 +808,31 @@ mod tests {
     }
 
     #[test]
+    fn a_star_covers_only_sets_that_cannot_match_a_slash() {
+        assert!(covers(
+            &rule("Read(src/*.rs)"),
+            &rule("Read(src/a[bc]d.rs)")
+        ));
+        assert!(covers(
+            &rule("Read(src/*.rs)"),
+            &rule("Read(src/a[a-z].rs)")
+        ));
+        // Negated classes and ranges across `/` match `src/a/b.rs`, which `*.rs` does not.
+        assert!(!covers(
+            &rule("Read(src/*.rs)"),
+            &rule("Read(src/a[!x]b.rs)")
+        ));
+        assert!(!covers(
+            &rule("Read(src/*.rs)"),
+            &rule("Read(src/a[^x]b.rs)")
+        ));
+        assert!(!covers(
+            &rule("Read(src/*.rs)"),
+            &rule("Read(src/a[+-0]b.rs)")
+        ));
+    }
+
+    #[test]
     fn web_and_mcp_coverage() {
         assert!(covers(
             &rule("WebFetch(domain:*.rs)"),
@@ -765,6 +843,18 @@ mod tests {
             &rule("WebFetch(domain:docs.rs)")
         ));
         assert!(covers(&rule("mcp__gh"), &rule("mcp__gh__x")));
+        // Widening stops at a registrable parent, and never merges shared hosting.
+        let family = |d: &str| family_of(&rule(&format!("WebFetch(domain:{d})"))).map(|f| f.1);
+        assert_eq!(
+            family("docs.example.co.uk"),
+            Some(rule("WebFetch(domain:*.example.co.uk)"))
+        );
+        assert_eq!(family("example.co.uk"), None);
+        assert_eq!(family("alice.github.io"), None);
+        assert_eq!(
+            family("api.docs.rs"),
+            Some(rule("WebFetch(domain:*.docs.rs)"))
+        );
         assert!(!covers(&rule("mcp__gh__x"), &rule("mcp__gh")));
     }
 }
