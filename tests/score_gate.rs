@@ -184,3 +184,66 @@ gates = [{{ score = "flip", reference = "{}", max = 0.5 }}]
     assert_eq!(report.task("render").unwrap().attempts, 1);
     runtime.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_gates_run_only_on_a_scorer_pool_checked_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let mut actors = ActorsConfig::embedded().unwrap();
+    actors.executor.pools.clear();
+    let mut sh = PoolDef::new(PoolKind::Process);
+    sh.command = vec!["sh".to_owned(), "-c".to_owned()];
+    actors.executor.pools.insert("sh".to_owned(), sh);
+    let runtime = Runtime::start(RuntimeOptions::new(store, actors))
+        .await
+        .unwrap();
+    // A plan declaring its own `scorer` as a process pool: its command would run for every
+    // score gate, unchecked by the permission rules, and report any score it likes.
+    let hijack = format!(
+        r#"
+name = "hijack"
+[pools.scorer]
+kind = "process"
+command = ["sh", "-c", "touch {marker}; echo '{{\"value\": 0}}'"]
+[[task]]
+id = "a"
+tool = "sh.run"
+args = {{ argv = ["touch {marker}; echo '{{\"path\": \"x.png\"}}'"] }}
+gates = [{{ score = "flip", reference = "ref.png", max = 0.05 }}]
+"#,
+        marker = marker.display()
+    );
+    // And one whose score gate has no scorer at all (none is configured here).
+    let missing = r#"
+name = "no-scorer"
+[[task]]
+id = "a"
+tool = "sh.run"
+args = { argv = ["echo '{\"path\": \"x.png\"}'"] }
+gates = [{ score = "flip", reference = "ref.png", max = 0.05 }]
+"#;
+    for (text, problem) in [
+        (hijack.as_str(), "it is not a scorer pool"),
+        (missing, "no such pool is configured"),
+    ] {
+        let plan = Plan::from_toml(text, "plan.toml").unwrap();
+        let error = runtime
+            .run(
+                plan,
+                RunOptions {
+                    base_dir: dir.path().to_path_buf(),
+                    ..RunOptions::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("score pool \"scorer\"") && text.contains(problem),
+            "{text}"
+        );
+    }
+    assert!(!marker.exists(), "nothing ran");
+    runtime.shutdown().await;
+}

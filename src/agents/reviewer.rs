@@ -110,7 +110,7 @@ async fn score_gate(
             retryable: false,
         };
     }
-    let Some((pool, timeout)) = shared.pools.get(Some(&ctx.run_id), &shared.score_pool) else {
+    let Some((pool, def)) = shared.pools.get_with_def(&ctx.run_id, &shared.score_pool) else {
         return Broken {
             reason: format!(
                 "score gate: no score pool {:?} is configured",
@@ -119,6 +119,18 @@ async fn score_gate(
             retryable: false,
         };
     };
+    // Only the runtime's own scorer: a plan's `process` pool of that name would run its
+    // command unchecked by the permission rules.
+    if def.kind != crate::session::PoolKind::Scorer {
+        return Broken {
+            reason: format!(
+                "score gate: pool {:?} is not a scorer pool",
+                shared.score_pool
+            ),
+            retryable: false,
+        };
+    }
+    let timeout = def.call_timeout;
     let name = metric_tool(*metric);
     let request = ToolRequest::new(
         name,

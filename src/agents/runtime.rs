@@ -256,6 +256,8 @@ pub struct Runtime {
     fatal: watch::Receiver<Option<Fatal>>,
     store: Store,
     cache: ContextCache,
+    /// The Reviewer's score pool (for [`Runtime::run`]'s check of score gates).
+    score_pool: String,
 }
 
 /// Starts `defs` (for every run, or for run `run` alone).
@@ -312,6 +314,7 @@ impl Runtime {
         let restarts = Arc::new(RestartCounters::default());
         let (fatal_tx, fatal) = watch::channel(None);
         let cache = ContextCache::new(CacheTtls::default(), 256 << 20, Some(store.clone()));
+        let score_pool = actors.reviewer.score_pool.clone();
         let args = SupervisorArgs {
             peers: peers.clone(),
             store: store.clone(),
@@ -357,6 +360,7 @@ impl Runtime {
             fatal,
             store,
             cache,
+            score_pool,
         })
     }
 
@@ -531,6 +535,35 @@ impl Runtime {
                         ),
                     });
                 }
+            }
+        }
+        // Score gates run on the Reviewer's score pool: it must exist and be a scorer (a plan
+        // declaring a `process` pool by that name would run any command, unchecked by the
+        // permission rules, and report any score it likes).
+        let scored = plan.tasks.iter().find(|t| {
+            t.gates
+                .iter()
+                .any(|g| matches!(g, crate::plan::Gate::Score { .. }))
+        });
+        if let Some(task) = scored {
+            let kind = self
+                .pools
+                .get_with_def(run_id, &self.score_pool)
+                .map(|(_, def)| def.kind);
+            let problem = match kind {
+                None => Some("no such pool is configured"),
+                Some(PoolKind::Scorer) => None,
+                Some(_) => Some("it is not a scorer pool"),
+            };
+            if let Some(problem) = problem {
+                diagnostics.push(Diagnostic {
+                    location: task.tool_location,
+                    message: format!(
+                        "task {:?} has a score gate, but the score pool {:?} cannot run it: {problem}",
+                        task.id.as_str(),
+                        self.score_pool
+                    ),
+                });
             }
         }
         if diagnostics.is_empty() {
