@@ -944,6 +944,38 @@ args = { label = "other", fail_times = 3 }
     h.runtime.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_declared_fix_may_use_upstream_outputs() {
+    // The fix's args name an upstream output that the task's own args do not: the fixed
+    // attempt failed with "no output from task" although `plan check` accepted it.
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "fix-upstream"
+[[task]]
+id = "source"
+tool = "fn.echo"
+args = { label = "source", mode = "safe" }
+[[task]]
+id = "fragile"
+tool = "fn.flaky"
+deps = ["source"]
+args = { label = "fragile", fail_times = 1 }
+fixes = [{ when = "transient failure", args = { mode = "{{tasks.source.output.mode}}" } }]
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    let calls = h.calls.lock();
+    let fixed = calls.iter().filter(|(l, _)| l == "fragile").nth(1).unwrap();
+    assert_eq!(fixed.1["mode"], json!("safe"));
+    drop(calls);
+    h.runtime.shutdown().await;
+}
+
 /// Waits for the lessons the orchestrator records off its path.
 async fn lessons_recorded(store: &Store, at_least: usize) -> Vec<tetrarch::lessons::Lesson> {
     let lessons =

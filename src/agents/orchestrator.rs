@@ -159,6 +159,13 @@ fn referenced_tasks(task: &Task) -> (HashSet<String>, bool) {
     if let Some(comp) = &task.compensate {
         visit(&comp.args, false);
     }
+    // A declared fix's args and variables become the call's args when it is tried.
+    for fix in &task.fixes {
+        visit(&Value::Object(fix.args.clone()), true);
+        for value in fix.env.values() {
+            visit(&Value::String(value.clone()), true);
+        }
+    }
     (found, context)
 }
 
