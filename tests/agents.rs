@@ -790,6 +790,40 @@ fn with_rules(dir: &std::path::Path, settings: &str) -> RunOptions {
     }
 }
 
+#[tokio::test]
+async fn stdin_and_variables_that_render_to_json_values_reach_the_tool_as_text() {
+    // `"{{tasks.a.output}}"` renders to the object itself and `"{{attempt}}"` to a number:
+    // both were dropped (empty stdin, unset variable) with no error.
+    let (runtime, dir) = shell_runtime(false).await;
+    let text = r#"
+name = "typed"
+[[task]]
+id = "a"
+tool = "sh.run"
+args = { argv = ["printf '{\"k\":\"v\",\"port\":8080}'"] }
+[[task]]
+id = "b"
+tool = "sh.run"
+deps = ["a"]
+args = { argv = ["echo N=$N PORT=$PORT; cat"], stdin = "{{tasks.a.output}}", env = { N = "{{attempt}}", PORT = "{{tasks.a.output.port}}" } }
+gates = [{ contains = "N=1 PORT=8080" }, { contains = '"k":"v"' }]
+"#;
+    let report = runtime
+        .run(
+            plan(text),
+            with_rules(dir.path(), r#"{"permissions": {"allow": ["Bash"]}}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    runtime.shutdown().await;
+}
+
 const SHELL_PLAN: &str = r#"
 name = "shell"
 [[task]]

@@ -224,8 +224,8 @@ async fn call_pool(
     }
     let stdin = args
         .get("stdin")
-        .and_then(|s| s.as_str())
-        .map(|s| s.as_bytes().to_vec());
+        .and_then(crate::session::process::value_text)
+        .map(String::into_bytes);
     let request = ToolRequest {
         tool: attempt.call().tool.clone(),
         args,

@@ -127,6 +127,17 @@ impl Drop for GroupKiller {
     }
 }
 
+/// A call's value as text for a variable or stdin: a string as it is, a number or boolean
+/// written out, an object or array as JSON (a whole-string template such as
+/// `"{{tasks.a.output}}"` renders to the referenced value, not to a string); `null` is none.
+pub(crate) fn value_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(text) => Some(text.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
 /// The call's extra arguments: the strings of `args.argv` (numbers and booleans are written out;
 /// anything else is refused, naming the tool and the item). The Executor checks them before the
 /// permission rules see the command, so a malformed `argv` is reported as such.
@@ -170,7 +181,7 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
     // Per-call variables (`args.env`, e.g. from a plan's declared fix) win over the spec's.
     if let Some(env) = request.args.get("env").and_then(|e| e.as_object()) {
         for (name, value) in env {
-            if let Some(value) = value.as_str() {
+            if let Some(value) = value_text(value) {
                 command.env(name, value);
             }
         }
