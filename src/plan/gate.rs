@@ -325,7 +325,7 @@ impl Gate {
                 ),
             },
             Gate::OutputContains { text } => {
-                let found = outcome.output.contains(text.as_str());
+                let found = printed(&outcome.output).contains(text.as_str());
                 let verb = if found {
                     "contains"
                 } else {
@@ -334,12 +334,16 @@ impl Gate {
                 GateResult::new(found, format!("output {verb} {text:?}"))
             }
             Gate::OutputMatches { regex } => {
-                let found = regex.is_match(&outcome.output);
+                let found = regex.is_match(printed(&outcome.output));
                 let verb = if found { "matches" } else { "does not match" };
                 GateResult::new(found, format!("output {verb} /{}/", regex.as_str()))
             }
             Gate::JsonField { pointer, op } => check_json(outcome.json.as_ref(), pointer, op),
             Gate::FileExists { path } => match render_text(path, ctx) {
+                // An empty path would name the plan's own folder, which always exists.
+                Ok(rendered) if rendered.trim().is_empty() => {
+                    GateResult::new(false, "file_exists path is empty".to_owned())
+                }
                 Ok(rendered) => {
                     let exists = base_dir.join(&rendered).exists();
                     let verb = if exists { "exists" } else { "does not exist" };
@@ -407,16 +411,49 @@ fn check_json(json: Option<&Value>, pointer: &str, op: &JsonOp) -> GateResult {
     }
 }
 
+/// The output as text gates read: without the one line break a program prints last, so
+/// `matches = "^ok$"` holds for `echo ok` (as `{{tasks.ID.output}}` is trimmed too).
+fn printed(output: &str) -> &str {
+    output
+        .strip_suffix('\n')
+        .map_or(output, |o| o.strip_suffix('\r').unwrap_or(o))
+}
+
+/// Numbers by value: integers exactly (two ids above 2^53 that round to one `f64` differ),
+/// and through `f64` when either is a fraction.
+fn number_order(x: &serde_json::Number, y: &serde_json::Number) -> Option<std::cmp::Ordering> {
+    let exact = |n: &serde_json::Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    match (exact(x), exact(y)) {
+        (Some(a), Some(b)) => Some(a.cmp(&b)),
+        _ => x.as_f64()?.partial_cmp(&y.as_f64()?),
+    }
+}
+
+/// Equality with numbers by value, at any depth (`[1]` equals `[1.0]`).
 fn json_equal(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y,
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            number_order(x, y) == Some(std::cmp::Ordering::Equal)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_equal(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, p)| y.get(k).is_some_and(|q| json_equal(p, q)))
+        }
         _ => a == b,
     }
 }
 
 fn json_order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::Number(x), Value::Number(y)) => number_order(x, y),
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
         _ => None,
     }
@@ -524,6 +561,43 @@ mod tests {
         assert!(g.check(&ToolOutcome::default(), &ctx).unwrap().passed);
         std::fs::remove_file(&file).unwrap();
         assert!(!g.check(&ToolOutcome::default(), &ctx).unwrap().passed);
+    }
+
+    #[test]
+    fn an_empty_file_exists_path_fails() {
+        // It joined to the plan's own folder, which always exists.
+        let mut ctx = TemplateContext::default();
+        ctx.outputs.insert("r".into(), json!({"path": ""}));
+        let g = gate("{ file_exists = \"{{tasks.r.output.path}}\" }").unwrap();
+        let result = g.check(&ToolOutcome::default(), &ctx).unwrap();
+        assert!(!result.passed);
+        assert_eq!(result.reason, "file_exists path is empty");
+    }
+
+    #[test]
+    fn the_last_line_break_is_not_part_of_what_text_gates_see() {
+        let printed = outcome(Some(0), "ok\n");
+        assert!(passes("{ matches = '^ok$' }", &printed));
+        assert!(passes("{ matches = '^ok$' }", &outcome(Some(0), "ok\r\n")));
+        assert!(!passes("{ matches = '^ok$' }", &outcome(Some(0), "ok\n\n")));
+        assert!(passes("{ contains = \"ok\" }", &printed));
+    }
+
+    #[test]
+    fn integers_compare_exactly_and_numbers_by_value_at_any_depth() {
+        let big = outcome(Some(0), r#"{"n":9007199254740993,"list":[1,{"x":2}]}"#);
+        assert!(!passes("{ json = \"/n\", eq = 9007199254740992 }", &big));
+        assert!(passes("{ json = \"/n\", ne = 9007199254740992 }", &big));
+        assert!(!passes("{ json = \"/n\", le = 9007199254740992 }", &big));
+        assert!(passes("{ json = \"/n\", gt = 9007199254740992 }", &big));
+        assert!(passes("{ json = \"/n\", eq = 9007199254740993 }", &big));
+        assert!(passes(
+            "{ json = \"/list\", eq = [1.0, { x = 2.0 }] }",
+            &big
+        ));
+        assert!(!passes("{ json = \"/list\", eq = [1.0, { x = 3 }] }", &big));
+        let u = outcome(Some(0), r#"{"u":18446744073709551615}"#);
+        assert!(passes("{ json = \"/u\", gt = 9223372036854775807 }", &u));
     }
 
     #[test]
