@@ -1003,10 +1003,12 @@ fixes = [{ when = "transient failure", args = { mode = "{{tasks.source.output.mo
         "{:?}",
         report.problems()
     );
-    let calls = h.calls.lock();
-    let fixed = calls.iter().filter(|(l, _)| l == "fragile").nth(1).unwrap();
-    assert_eq!(fixed.1["mode"], json!("safe"));
-    drop(calls);
+    let fixed_mode = {
+        let calls = h.calls.lock();
+        let fixed = calls.iter().filter(|(l, _)| l == "fragile").nth(1).unwrap();
+        fixed.1["mode"].clone()
+    };
+    assert_eq!(fixed_mode, json!("safe"));
     h.runtime.shutdown().await;
 }
 
