@@ -12,6 +12,9 @@ use super::{AgentError, AgentKind};
 use crate::session::PoolDef;
 use crate::session::def::humantime_serde;
 
+/// The shortest restart window accepted (see [`ActorsConfig::validate`]).
+pub const MIN_RESTART_WINDOW: Duration = Duration::from_secs(1);
+
 /// OTP-style restart intensity: at most `max_restarts` restarts within `within`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -352,9 +355,14 @@ impl ActorsConfig {
                     ),
                 });
             }
-            if restart.within.is_zero() {
+            // A window shorter than a restart takes counts each failure alone, so a crash
+            // loop would never reach the limit; OTP's period is whole seconds for the same reason.
+            if restart.within < MIN_RESTART_WINDOW {
                 return Err(AgentError::Config {
-                    detail: format!("{kind} restart.within must be above zero"),
+                    detail: format!(
+                        "{kind} restart.within must be at least 1s (got {:?}): a shorter window never sees two restarts, so a crash loop would never stop",
+                        restart.within
+                    ),
                 });
             }
         }
@@ -380,6 +388,22 @@ mod tests {
         config.orchestrator.run.max_in_flight = usize::MAX;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("max_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn a_restart_window_too_short_to_see_two_restarts_is_refused() {
+        for within in [Duration::from_nanos(1), Duration::from_millis(999)] {
+            let mut config = ActorsConfig::embedded().unwrap();
+            config.executor.restart.within = within;
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("executor restart.within must be at least 1s"),
+                "{err}"
+            );
+        }
+        let mut config = ActorsConfig::embedded().unwrap();
+        config.executor.restart.within = MIN_RESTART_WINDOW;
+        config.validate().unwrap();
     }
 
     #[test]
