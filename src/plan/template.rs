@@ -103,21 +103,36 @@ pub fn parse_template(text: &str) -> Result<Vec<Segment>, TemplateError> {
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
         if start > 0 {
-            segments.push(Segment::Text(rest[..start].to_owned()));
+            push_text(&mut segments, &rest[..start]);
         }
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
             return Err(syntax("unclosed `{{`".to_owned()));
         };
-        segments.push(Segment::Ref(
-            parse_reference(&after[..end]).map_err(syntax)?,
-        ));
+        // `{{ "{{" }}` is a literal `{{` (for `docker ps --format '{{ "{{" }}.Names}}'`); a
+        // lone `}}` is never special.
+        if after[..end].trim() == "\"{{\"" {
+            push_text(&mut segments, "{{");
+        } else {
+            segments.push(Segment::Ref(
+                parse_reference(&after[..end]).map_err(syntax)?,
+            ));
+        }
         rest = &after[end + 2..];
     }
     if !rest.is_empty() {
-        segments.push(Segment::Text(rest.to_owned()));
+        push_text(&mut segments, rest);
     }
     Ok(segments)
+}
+
+/// Appends literal text, joining it to literal text just before (an escaped `{{` and what
+/// follows it are one piece of text).
+fn push_text(segments: &mut Vec<Segment>, text: &str) {
+    match segments.last_mut() {
+        Some(Segment::Text(previous)) => previous.push_str(text),
+        _ => segments.push(Segment::Text(text.to_owned())),
+    }
 }
 
 fn parse_reference(inner: &str) -> Result<Reference, String> {
@@ -315,6 +330,25 @@ mod tests {
             run_id: "r1".into(),
             plan_name: "p".into(),
         }
+    }
+
+    #[test]
+    fn an_escaped_pair_of_braces_is_literal_text() {
+        let rendered = render(
+            &json!("docker ps --format '{{ \"{{\" }}.Names}}' --filter name={{tasks.render.output.path}}"),
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(
+            rendered,
+            json!("docker ps --format '{{.Names}}' --filter name=out/a.png")
+        );
+        assert_eq!(
+            parse_template("{{\"{{\"}}x").unwrap(),
+            [Segment::Text("{{x".to_owned())]
+        );
+        // Anything else in quotes is still an unknown reference.
+        assert!(parse_template("{{ \"}\" }}").is_err());
     }
 
     #[test]
