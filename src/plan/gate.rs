@@ -270,6 +270,23 @@ impl Gate {
                 (None, Some(min)) => ScoreBound::Min(min),
                 _ => return Err("score gate needs exactly one of `max` or `min`".to_owned()),
             };
+            // A bound outside what the metric can score would fail every attempt.
+            let range = match metric {
+                ScoreMetric::Flip | ScoreMetric::HdrFlip => Some((0.0, 1.0)),
+                ScoreMetric::Ssim | ScoreMetric::MsSsim => Some((-1.0, 1.0)),
+                ScoreMetric::Psnr => None,
+            };
+            if let Some((low, high)) = range {
+                let never = match bound {
+                    ScoreBound::Max(max) => (max < low).then(|| format!("`max = {max}`")),
+                    ScoreBound::Min(min) => (min > high).then(|| format!("`min = {min}`")),
+                };
+                if let Some(setting) = never {
+                    return Err(format!(
+                        "score gate {setting} can never pass: {name} scores from {low} to {high}"
+                    ));
+                }
+            }
             let test = match table.get("test") {
                 Some(_) => string("test")?,
                 None => default_score_test(task),
@@ -634,6 +651,14 @@ mod tests {
             ("{ json = \"/a\", eq = 1, ne = 2 }", "exactly one"),
             ("{ exit = 0, contains = \"x\" }", "unexpected key"),
             ("{ exists = true }", "unknown gate"),
+            (
+                "{ score = \"flip\", reference = \"r\", max = -1 }",
+                "`max = -1` can never pass: flip scores from 0 to 1",
+            ),
+            (
+                "{ score = \"ssim\", reference = \"r\", min = 1.5 }",
+                "`min = 1.5` can never pass",
+            ),
             // Gates no outcome could ever pass.
             ("{ exit = 300 }", "from 0 to 255"),
             ("{ exit = -1 }", "from 0 to 255"),
