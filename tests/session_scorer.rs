@@ -189,17 +189,29 @@ async fn bad_images_fail_the_call_naming_the_file_and_the_session_stays_usable()
     std::fs::write(dir.path().join("cut.png"), &bytes[..bytes.len() / 2]).unwrap();
     png(dir.path(), "small.png", 32, 48, gradient);
     std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
+    std::fs::create_dir(dir.path().join("folder.png")).unwrap();
+    // A FIFO nobody writes to blocked the job (and its slot) for ever.
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("fifo.png"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
 
     for (test, words) in [
         ("missing.png", vec!["missing.png", "cannot read"]),
         ("cut.png", vec!["cut.png"]),
         ("small.png", vec!["small.png", "32"]),
         ("notes.txt", vec!["notes.txt"]),
+        ("folder.png", vec!["folder.png", "not a regular file"]),
+        ("fifo.png", vec!["fifo.png", "not a regular file"]),
     ] {
-        let outcome = session
-            .call(call("flip", json!({"reference": "ref.png", "test": test})))
-            .await
-            .unwrap();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(20),
+            session.call(call("flip", json!({"reference": "ref.png", "test": test}))),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{test}: the call did not return"))
+        .unwrap();
         assert_eq!(outcome.exit_status, Some(1), "{test}: {outcome:?}");
         assert!(outcome.json.is_none());
         for word in words {

@@ -289,6 +289,20 @@ struct Job {
 
 impl Job {
     fn run(self, scorer: &Scorer) -> Result<(String, Value), ScoreError> {
+        // The paths come from plans and tasks' outputs: a FIFO or a device would block this
+        // job (and hold its slot) for as long as nothing writes to it.
+        for path in [&self.reference, &self.test] {
+            let metadata = std::fs::metadata(path).map_err(|source| ScoreError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            if !metadata.is_file() {
+                return Err(ScoreError::Read {
+                    path: path.clone(),
+                    source: std::io::Error::other("not a regular file"),
+                });
+            }
+        }
         let reference = RgbImage::open(&self.reference)?;
         let test = RgbImage::open(&self.test)?;
         let score = scorer.score(self.metric, &reference, &test, self.map.is_some())?;
