@@ -17,6 +17,24 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A runtime whose score pool is the CPU scorer, pre-warmed small (the default pool, made
+/// cheaper for a debug build), beside a native pool `fn` of `natives`.
+async fn scorer_runtime(dir: &Path, natives: NativeRegistry) -> Runtime {
+    let store = Store::open(dir.join("store.redb"), StoreConfig::default()).unwrap();
+    let mut actors = ActorsConfig::embedded().unwrap();
+    let mut scorer = PoolDef::new(PoolKind::Scorer);
+    scorer.device = Some("cpu".to_owned());
+    scorer.warmup_size = Some([64, 64]);
+    actors.executor.pools.insert("scorer".to_owned(), scorer);
+    actors
+        .executor
+        .pools
+        .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
+    let mut options = RuntimeOptions::new(store, actors);
+    options.natives = natives;
+    Runtime::start(options).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_gate_fails_with_the_score_as_feedback_and_the_retry_passes() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,21 +62,7 @@ async fn a_flip_gate_fails_with_the_score_as_feedback_and_the_retry_passes() {
             Ok(json!({ "path": path, "attempt": attempt, "feedback": args["feedback"] }))
         }
     });
-    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
-    let mut actors = ActorsConfig::embedded().unwrap();
-    // The gate's scorer: the CPU, pre-warmed small (the default pool, made cheaper for a debug
-    // build).
-    let mut scorer = PoolDef::new(PoolKind::Scorer);
-    scorer.device = Some("cpu".to_owned());
-    scorer.warmup_size = Some([64, 64]);
-    actors.executor.pools.insert("scorer".to_owned(), scorer);
-    actors
-        .executor
-        .pools
-        .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
-    let mut options = RuntimeOptions::new(store, actors);
-    options.natives = natives;
-    let runtime = Runtime::start(options).await.unwrap();
+    let runtime = scorer_runtime(dir.path(), natives).await;
     let scorer_stats = runtime
         .pool_stats()
         .into_iter()
@@ -137,19 +141,7 @@ async fn a_reference_that_cannot_be_read_fails_the_task_at_once_without_retries(
             Ok(json!({ "path": path }))
         }
     });
-    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
-    let mut actors = ActorsConfig::embedded().unwrap();
-    let mut scorer = PoolDef::new(PoolKind::Scorer);
-    scorer.device = Some("cpu".to_owned());
-    scorer.warmup_size = Some([64, 64]);
-    actors.executor.pools.insert("scorer".to_owned(), scorer);
-    actors
-        .executor
-        .pools
-        .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
-    let mut options = RuntimeOptions::new(store, actors);
-    options.natives = natives;
-    let runtime = Runtime::start(options).await.unwrap();
+    let runtime = scorer_runtime(dir.path(), natives).await;
     let missing = dir.path().join("no-such-reference.png");
     let plan_text = format!(
         r#"

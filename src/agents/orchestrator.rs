@@ -161,7 +161,9 @@ fn referenced_tasks(task: &Task) -> (HashSet<String>, bool) {
     }
     // A declared fix's args and variables become the call's args when it is tried.
     for fix in &task.fixes {
-        visit(&Value::Object(fix.args.clone()), true);
+        for value in fix.args.values() {
+            visit(value, true);
+        }
         for value in fix.env.values() {
             visit(&Value::String(value.clone()), true);
         }

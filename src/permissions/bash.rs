@@ -212,14 +212,10 @@ fn plain_simple_command(command: &str) -> Option<Option<CommandPart>> {
         return None;
     }
     // No quotes or expansions: every word's value is its text.
-    let values: Vec<Option<String>> = words[command_at..]
-        .iter()
-        .map(|w| Some((*w).to_owned()))
-        .collect();
     Some(CommandPart::new(
         &words[..command_at],
         &words[command_at..],
-        &values,
+        &[],
     ))
 }
 
@@ -265,9 +261,14 @@ fn computes_name(word: &str) -> bool {
 
 impl CommandPart {
     /// Builds the forms of a simple command from its leading assignments and its words (as
-    /// written), with each word's value after quote removal (`None`: only known when the
-    /// shell runs it). `None` when there is nothing to match.
-    fn new(assignments: &[&str], words: &[&str], values: &[Option<String>]) -> Option<CommandPart> {
+    /// written), with the value after quote removal of each word where it differs from the
+    /// text (`unquoted[i]`; `None`, or a shorter slice, where it does not or the shell
+    /// computes it). `None` when there is nothing to match.
+    fn new(
+        assignments: &[&str],
+        words: &[&str],
+        unquoted: &[Option<String>],
+    ) -> Option<CommandPart> {
         let as_written = |stripped: &[&str]| {
             if stripped.is_empty() {
                 // Nothing but assignments (or a lone wrapper): the text as written.
@@ -285,21 +286,32 @@ impl CommandPart {
         if first.is_empty() {
             return None;
         }
-        let unquoted: Vec<&str> = words
-            .iter()
-            .zip(values)
-            .map(|(w, v)| v.as_deref().unwrap_or(w))
-            .collect();
         let mut restrictive = vec![first];
-        for form in [
-            strip_wrappers(words, Wrappers::All),
-            strip_wrappers(&unquoted, Wrappers::Pure),
-            strip_wrappers(&unquoted, Wrappers::All),
-        ] {
-            let text = as_written(form);
-            if !restrictive.contains(&text) {
-                restrictive.push(text);
+        // The written words' `Pure` form is `first`; their `All` form, and both forms of the
+        // unquoted words, are added where they differ.
+        let mut add_forms = |base: &[&str], with_pure: bool| {
+            let pure = strip_wrappers(base, Wrappers::Pure);
+            let all = strip_wrappers(base, Wrappers::All);
+            // Both are tails of `base`: the same length is the same text.
+            let forms = [
+                with_pure.then_some(pure),
+                (all.len() != pure.len()).then_some(all),
+            ];
+            for form in forms.into_iter().flatten() {
+                let text = as_written(form);
+                if !restrictive.contains(&text) {
+                    restrictive.push(text);
+                }
             }
+        };
+        add_forms(words, false);
+        if unquoted.iter().any(Option::is_some) {
+            let values: Vec<&str> = words
+                .iter()
+                .enumerate()
+                .map(|(i, w)| unquoted.get(i).and_then(Option::as_deref).unwrap_or(w))
+                .collect();
+            add_forms(&values, true);
         }
         let inert = strip_wrappers(words, Wrappers::Inert);
         let (command, reads_arguments) = match inert.split_first() {
@@ -715,11 +727,11 @@ impl Walker<'_> {
         }
     }
 
-    /// A word's value after quote removal, when the shell does not compute it (no expansion
-    /// or substitution in it); `None` otherwise.
-    fn value(&self, text: &str) -> Option<String> {
+    /// A word's value after quote removal, where it differs from the text and the shell does
+    /// not compute it (no expansion or substitution in it); `None` otherwise.
+    fn unquoted(&self, text: &str) -> Option<String> {
         if !text.contains(['\'', '"', '\\', '$', '`', '~']) {
-            return Some(text.to_owned());
+            return None;
         }
         let pieces =
             guarded(|| word::parse(text, &self.options).map_err(|e| e.to_string())).ok()?;
@@ -793,9 +805,9 @@ impl Walker<'_> {
         for item in simple.suffix.iter().flat_map(|s| s.0.iter()) {
             self.item(item, &mut words)?;
         }
-        let values: Vec<Option<String>> = words.iter().map(|w| self.value(w)).collect();
+        let unquoted: Vec<Option<String>> = words.iter().map(|w| self.unquoted(w)).collect();
         let assignments: Vec<&str> = rendered_prefix.iter().map(String::as_str).collect();
-        if let Some(part) = CommandPart::new(&assignments, &words, &values) {
+        if let Some(part) = CommandPart::new(&assignments, &words, &unquoted) {
             self.parts.push(part);
         }
         Ok(())

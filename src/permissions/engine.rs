@@ -356,17 +356,9 @@ impl PermissionEngine {
             subject,
             Subject::Read(None) | Subject::Edit(None) | Subject::Web(None)
         ) {
-            // No path, or a URL without a host: nothing a rule could judge, so never allowed
-            // (as a Bash call without a command).
-            let verdict = if self.mode == DefaultMode::DontAsk {
-                Verdict::Deny
-            } else {
-                Verdict::Ask
-            };
-            return Decision {
-                verdict,
-                rule: ask.map(|i| self.ask.rule(List::Ask, i)),
-            };
+            // No path, or a URL without a host: nothing a rule could judge (as a Bash call
+            // without a command).
+            return self.never_allowed(ask);
         }
         let allow = self.find(&self.allow, call, &subject);
         let edits_inside_cwd = matches!(&subject, Subject::Edit(Some(p)) if Path::new(p).starts_with(&self.anchors.cwd));
@@ -429,13 +421,21 @@ impl PermissionEngine {
                 rule: Some(self.deny.rule(List::Deny, i)),
             };
         }
-        let ask = self.ask.bash(raw).map(|i| self.ask.rule(List::Ask, i));
+        self.never_allowed(self.ask.bash(raw))
+    }
+
+    /// The verdict on a call no rule can judge, once no deny rule matched: a person is asked
+    /// (`dontAsk`: denied), whatever the default mode, reporting the ask rule that matched.
+    fn never_allowed(&self, ask: Option<usize>) -> Decision {
         let verdict = if self.mode == DefaultMode::DontAsk {
             Verdict::Deny
         } else {
             Verdict::Ask
         };
-        Decision { verdict, rule: ask }
+        Decision {
+            verdict,
+            rule: ask.map(|i| self.ask.rule(List::Ask, i)),
+        }
     }
 
     fn decide_bash(&self, command: &str) -> Decision {
@@ -478,17 +478,9 @@ impl PermissionEngine {
             }
         }
         if computed_name {
-            // No rule can say what a computed command name runs: never allowed, whatever
-            // the default mode (as a command that cannot be parsed).
-            let verdict = if self.mode == DefaultMode::DontAsk {
-                Verdict::Deny
-            } else {
-                Verdict::Ask
-            };
-            return Decision {
-                verdict,
-                rule: first_ask.map(|i| self.ask.rule(List::Ask, i)),
-            };
+            // No rule can say what a computed command name runs (as a command that cannot
+            // be parsed).
+            return self.never_allowed(first_ask);
         }
         if first_ask.is_some() || unmatched {
             return self.conclude(first_ask, None, false);

@@ -244,16 +244,10 @@ impl ToolRef {
         let Some((pool, tool)) = text.split_once('.') else {
             return Err(format!("{text:?} is not POOL.TOOL (no `.`)"));
         };
-        if pool.is_empty()
-            || !pool
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            || pool.contains("__")
-            || pool.starts_with('_')
-            || pool.ends_with('_')
-        {
+        if !crate::session::def::is_pool_name(pool) {
             return Err(format!(
-                "pool name {pool:?} in {text:?} must be ASCII letters, digits, `-` and single inner `_` (permission rules read `mcp__POOL__TOOL` at the first `__`)"
+                "pool name {pool:?} in {text:?}: {}",
+                crate::session::def::POOL_NAME_RULE
             ));
         }
         if tool.is_empty() || tool.chars().any(char::is_whitespace) {

@@ -163,6 +163,21 @@ pub struct PoolContext {
     pub store: Option<crate::store::Store>,
 }
 
+/// What a pool's name may be, in words (for errors).
+pub const POOL_NAME_RULE: &str = "a pool's name must be ASCII letters, digits, `-` and single inner `_` (permission rules read `mcp__POOL__TOOL` at the first `__`)";
+
+/// Whether `name` can name a pool. Permission rules name an MCP pool's tools
+/// `mcp__POOL__TOOL` and split at the first `__`: a pool named `my__srv` (or `a_`) would be
+/// read as another pool, so its deny rules would never match.
+pub fn is_pool_name(name: &str) -> bool {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    !name.is_empty()
+        && name.chars().all(plain)
+        && !name.contains("__")
+        && !name.starts_with('_')
+        && !name.ends_with('_')
+}
+
 impl PoolDef {
     /// A declaration of `kind` with the defaults.
     pub fn new(kind: PoolKind) -> Self {
@@ -228,20 +243,8 @@ impl PoolDef {
         let invalid = |detail: String| SessionError::InvalidConfig {
             detail: format!("pool {name:?}: {detail}"),
         };
-        // Permission rules name an MCP pool's tools `mcp__POOL__TOOL` and split at the first
-        // `__`: a pool named `my__srv` (or `a_`) would be read as another pool, so its deny
-        // rules would never match.
-        let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-        if name.is_empty()
-            || !name.chars().all(plain)
-            || name.contains("__")
-            || name.starts_with('_')
-            || name.ends_with('_')
-        {
-            return Err(invalid(
-                "a pool's name must be ASCII letters, digits, `-` and single inner `_` (permission rules read `mcp__POOL__TOOL` at the first `__`)"
-                    .to_owned(),
-            ));
+        if !is_pool_name(name) {
+            return Err(invalid(POOL_NAME_RULE.to_owned()));
         }
         self.config(name).validate()?;
         let (mcp, scorer) = (self.kind == PoolKind::Mcp, self.kind == PoolKind::Scorer);

@@ -607,14 +607,7 @@ impl Store {
         }
         // Not hot: it may be archived.
         let path = &self.inner.path;
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(db_error(path, "begin read"))?;
-        let table = txn
-            .open_table(MEMORIES)
-            .map_err(db_error(path, "open memories table"))?;
+        let table = self.read_table(MEMORIES, "open memories table")?;
         let bytes = table
             .get(id.as_u128())
             .map_err(db_error(path, "read memory"))?
@@ -764,18 +757,26 @@ impl Store {
         key: u128,
     ) -> Result<Option<(CacheCategory, Vec<u8>)>, StoreError> {
         let path = &self.inner.path;
+        let table = self.read_table(CACHE, "open cache table")?;
+        let found = table.get(key).map_err(db_error(path, "read cache entry"))?;
+        found
+            .map(|bytes| codec::decode_cache_entry(bytes.value()))
+            .transpose()
+    }
+
+    /// A table of the file in a read transaction of its own (the table keeps it open).
+    fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: redb::TableDefinition<K, V>,
+        operation: &'static str,
+    ) -> Result<redb::ReadOnlyTable<K, V>, StoreError> {
+        let path = &self.inner.path;
         let txn = self
             .inner
             .db
             .begin_read()
             .map_err(db_error(path, "begin read"))?;
-        let table = txn
-            .open_table(CACHE)
-            .map_err(db_error(path, "open cache table"))?;
-        let found = table.get(key).map_err(db_error(path, "read cache entry"))?;
-        found
-            .map(|bytes| codec::decode_cache_entry(bytes.value()))
-            .transpose()
+        txn.open_table(table).map_err(db_error(path, operation))
     }
 
     /// Visits every persisted cache entry: its key, category and time stored (both `None` when
@@ -785,14 +786,7 @@ impl Store {
         mut visit: impl FnMut(u128, Option<(CacheCategory, Timestamp)>, u64),
     ) -> Result<(), StoreError> {
         let path = &self.inner.path;
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(db_error(path, "begin read"))?;
-        let table = txn
-            .open_table(CACHE)
-            .map_err(db_error(path, "open cache table"))?;
+        let table = self.read_table(CACHE, "open cache table")?;
         for entry in table.iter().map_err(db_error(path, "read cache entries"))? {
             let (key, value) = entry.map_err(db_error(path, "read cache entry"))?;
             let bytes = value.value();
@@ -916,14 +910,7 @@ impl Store {
     /// Every run record whose key starts with `prefix`, in key order.
     pub(crate) fn run_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let path = &self.inner.path;
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(db_error(path, "begin read"))?;
-        let table = txn
-            .open_table(RUNS)
-            .map_err(db_error(path, "open runs table"))?;
+        let table = self.read_table(RUNS, "open runs table")?;
         let mut found = Vec::new();
         for entry in table
             .range(prefix..)
