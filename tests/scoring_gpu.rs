@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use tetrarch::scoring::{
-    Backend, Device, Metric, RgbImage, Scorer, ScorerConfig, Transfer, cuda_unavailable_reason,
+    Backend, CUDA_MAX_HEIGHT, Device, Metric, RgbImage, Scorer, ScorerConfig, Transfer,
+    cuda_unavailable_reason,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -102,4 +103,26 @@ fn cuda_matches_cpu_on_every_metric() {
         g.value,
         c.value
     );
+}
+
+#[test]
+fn an_image_taller_than_a_launch_grid_is_scored_on_the_cpu_beside_cuda_pairs() {
+    let Some((cuda, cpu)) = cuda_or_skip("an_image_taller_than_a_launch_grid_is_scored_on_the_cpu")
+    else {
+        return;
+    };
+    let (tall_a, tall_b) = (
+        big("tall_a", 12, CUDA_MAX_HEIGHT + 1, 3),
+        big("tall_b", 12, CUDA_MAX_HEIGHT + 1, 5),
+    );
+    let (a, b) = (big("a", 64, 48, 7), big("b", 64, 48, 9));
+    for metric in [Metric::Psnr, Metric::Ssim] {
+        let scored = cuda.score_batch(metric, &[(&tall_a, &tall_b), (&a, &b)], false);
+        let tall = scored[0].as_ref().unwrap();
+        let small = scored[1].as_ref().unwrap();
+        assert_eq!(tall.backend, Backend::Cpu, "{metric:?}");
+        assert_eq!(small.backend, Backend::Cuda, "{metric:?}");
+        let expected = cpu.score(metric, &tall_a, &tall_b, false).unwrap();
+        assert_eq!(tall.value, expected.value, "{metric:?}");
+    }
 }

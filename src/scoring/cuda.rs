@@ -74,6 +74,24 @@ impl std::fmt::Debug for CudaScorer {
     }
 }
 
+/// The most blocks a launch may have in its y dimension (CUDA's limit on every device).
+const MAX_GRID_Y: usize = 65_535;
+
+/// The tallest image the kernels take: the row passes launch one block row per
+/// `CUDA_TILE_Y` image rows, and a grid's y dimension stops at [`MAX_GRID_Y`].
+pub const CUDA_MAX_HEIGHT: usize = MAX_GRID_Y * CUDA_TILE_Y as usize;
+
+/// Why a `width`×`height` image cannot be scored by the kernels, if it cannot (it is scored
+/// on the CPU instead). The grid's x dimension (up to 2^31 − 1 blocks) holds any width the
+/// pixel limit allows, so only the height can be out of reach.
+pub fn grid_limit_reason(width: usize, height: usize) -> Option<String> {
+    (height > CUDA_MAX_HEIGHT).then(|| {
+        format!(
+            "{width}x{height} is taller than the {CUDA_MAX_HEIGHT} rows a CUDA launch grid holds"
+        )
+    })
+}
+
 fn grid_2d(w: usize, h: usize, rows_per_block: u32, z: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (
@@ -523,5 +541,20 @@ impl CudaScorer {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_limit_is_on_the_height_alone() {
+        assert_eq!(CUDA_MAX_HEIGHT, 524_280);
+        assert_eq!(grid_limit_reason(64, CUDA_MAX_HEIGHT), None);
+        // The widest image the pixel limit allows fits the grid's x dimension.
+        assert_eq!(grid_limit_reason(MAX_PIXELS, 1), None);
+        let reason = grid_limit_reason(64, CUDA_MAX_HEIGHT + 1).unwrap_or_default();
+        assert!(reason.contains("64x524281"), "{reason}");
     }
 }

@@ -16,7 +16,7 @@ mod scorer;
 mod ssim;
 
 pub use constants::*;
-pub use cuda::cuda_unavailable_reason;
+pub use cuda::{CUDA_MAX_HEIGHT, cuda_unavailable_reason, grid_limit_reason};
 pub use error::ScoreError;
 pub use filter::Border;
 pub use flip::{

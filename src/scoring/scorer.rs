@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::ScoreError;
 use super::constants::{CUDA_MAX_RADIUS, FLIP_DEFAULT_PPD, SSIM_RADIUS};
-use super::cuda::{CudaScorer, cuda_unavailable_reason};
+use super::cuda::{CudaScorer, cuda_unavailable_reason, grid_limit_reason};
 use super::flip::{self, Exposures, FlipStats};
 use super::image::{Plane, RgbImage, check_pair};
 use super::kernels::{KernelCache, MemoryKernelCache};
@@ -221,13 +221,30 @@ impl Scorer {
                 })
                 .collect();
         };
-        let good: Vec<(&RgbImage, &RgbImage)> = pairs
+        // A pair the kernels cannot launch over (taller than a grid holds) goes to the CPU
+        // path, which takes any size the pixel limit allows: same numbers, slower.
+        let on_cuda: Vec<bool> = pairs
             .iter()
             .zip(&checked)
-            .filter(|(_, c)| c.is_ok())
+            .map(|((r, _), c)| {
+                c.is_ok()
+                    && match grid_limit_reason(r.width(), r.height()) {
+                        None => true,
+                        Some(reason) => {
+                            tracing::info!(image = r.label(), %reason, "scoring on the CPU");
+                            false
+                        }
+                    }
+            })
+            .collect();
+        let good: Vec<(&RgbImage, &RgbImage)> = pairs
+            .iter()
+            .zip(&on_cuda)
+            .filter(|(_, cuda)| **cuda)
             .map(|(p, _)| *p)
             .collect();
         let computed: Result<Vec<Score>, ScoreError> = match metric {
+            _ if good.is_empty() => Ok(Vec::new()),
             Metric::Flip | Metric::HdrFlip => cuda
                 .flip_batch(&good, self.ppd, metric == Metric::HdrFlip, want_map)
                 .map(|v| {
@@ -281,7 +298,11 @@ impl Scorer {
         checked
             .into_iter()
             .zip(pairs)
-            .map(|(c, (r, t))| match c {
+            .zip(on_cuda)
+            .map(|((c, (r, t)), cuda)| match c {
+                Ok(()) if !cuda => self
+                    .score_cpu(metric, r, t, want_map)
+                    .and_then(|s| finite(s, r, t)),
                 Ok(()) => computed
                     .next()
                     .unwrap_or_else(|| {
