@@ -2,12 +2,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::json;
 use tetrarch::plan::{
-    Gate, Plan, PlanError, ScoreBound, ScoreMetric, StaticCatalog, TaskId, TemplateContext, render,
+    Gate, Plan, PlanError, ScoreBound, ScoreMetric, StaticCatalog, Task, TaskId, TemplateContext,
+    render,
 };
 
 const POSTER: &str = include_str!("fixtures/plans/poster.toml");
@@ -410,6 +412,59 @@ fn plans_print_back_to_equal_plans() {
         assert_eq!(first.dag().levels(), second.dag().levels());
         assert_eq!(printed, second.to_toml());
     }
+}
+
+#[test]
+fn plans_print_back_with_their_pools_fixes_context_files_and_permissions() {
+    let text = r#"name = "full"
+permissions = "rules/settings.json"
+
+[pools.tools]
+kind = "mcp"
+command = ["./server", "--stdio"]
+cwd = "servers"
+env_allowlist = ["PATH", "HOME"]
+env = { MODE = "fast" }
+min_idle = 2
+max_size = 3
+acquire_timeout = "5s"
+start_timeout = "1m 30s"
+call_timeout = "250ms"
+warmup = { tool = "count", args = { path = "a.md" }, calls = 3 }
+
+[pools.judge]
+kind = "scorer"
+device = "cpu"
+warmup_size = [640, 480]
+
+[[task]]
+id = "a"
+tool = "tools.count"
+args = { text = "{{context}}" }
+context_files = ["docs/a.md", "b.md"]
+fixes = [{ when = "timed? out", args = { fast = true }, env = { RETRY = "1" } }, { when = "^x$", env = { X = "1" } }]
+"#;
+    let first = Plan::from_toml(text, "a.toml").unwrap();
+    let printed = first.to_toml();
+    let second = Plan::from_toml(&printed, "b.toml").unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(first.pools, second.pools, "{printed}");
+    assert_eq!(first.pools["tools"].start_timeout, Duration::from_secs(90));
+    assert_eq!(
+        second.permissions.as_deref(),
+        Some(Path::new("rules/settings.json"))
+    );
+    let (a, b) = (&first.tasks[0], &second.tasks[0]);
+    assert_eq!(b.context_files, [Path::new("docs/a.md"), Path::new("b.md")]);
+    assert_eq!(a.context_files, b.context_files);
+    let fixes = |t: &Task| {
+        t.fixes
+            .iter()
+            .map(|f| (f.when.as_str().to_owned(), f.args.clone(), f.env.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fixes(a).len(), 2);
+    assert_eq!(fixes(a), fixes(b), "{printed}");
+    assert_eq!(printed, second.to_toml());
 }
 
 #[test]

@@ -1,22 +1,38 @@
 //! Printing a plan back to TOML, so a plan that was built or rewritten in code (or stored by
 //! the Orchestrator) can be read again by [`Plan::from_toml`].
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use toml::{Table, Value as Toml};
 
 use super::gate::{Gate, JsonOp, ScoreBound, ScoreMetric};
-use super::{Plan, ToolCall};
+use super::{Fix, Plan, ToolCall};
+use crate::session::{PoolDef, PoolKind};
 
 impl Plan {
     /// The plan as TOML. Defaults are already applied to each task, so every task carries its
     /// own `timeout`, `retries` and `max_attempts` and no `[defaults]` table is written; a score
-    /// gate's `test` is written out even when it was the default. Parsing the text gives a plan
-    /// with the same tasks, args, gates and graph.
+    /// gate's `test` and each pool's settings are written out even when they were defaults.
+    /// Parsing the text gives a plan with the same tasks (args, gates, fixes, context files),
+    /// graph, pools and permissions file. Paths are written as they were given (relative ones
+    /// still resolve against the folder of the file the text is saved in); a path that is not
+    /// UTF-8 is written lossily.
     pub fn to_toml(&self) -> String {
         let mut root = Table::new();
         root.insert("name".into(), Toml::String(self.name.clone()));
+        if let Some(permissions) = &self.permissions {
+            root.insert("permissions".into(), path(permissions));
+        }
+        if !self.pools.is_empty() {
+            let pools = self
+                .pools
+                .iter()
+                .map(|(name, def)| (name.clone(), Toml::Table(pool_table(def))));
+            root.insert("pools".into(), Toml::Table(pools.collect()));
+        }
         let tasks = self
             .tasks
             .iter()
@@ -56,6 +72,14 @@ impl Plan {
                     let names = outputs.iter().map(|o| Toml::String(o.clone()));
                     t.insert("outputs".into(), Toml::Array(names.collect()));
                 }
+                if !task.fixes.is_empty() {
+                    let fixes = task.fixes.iter().map(|f| Toml::Table(fix_table(f)));
+                    t.insert("fixes".into(), Toml::Array(fixes.collect()));
+                }
+                if !task.context_files.is_empty() {
+                    let files = task.context_files.iter().map(|f| path(f));
+                    t.insert("context_files".into(), Toml::Array(files.collect()));
+                }
                 Toml::Table(t)
             })
             .collect();
@@ -77,6 +101,79 @@ fn call_table(call: &ToolCall) -> Table {
     t.insert("tool".into(), Toml::String(call.tool.to_string()));
     if !is_empty_object(&call.args) {
         t.insert("args".into(), json_to_toml(&call.args));
+    }
+    t
+}
+
+fn path(p: &Path) -> Toml {
+    Toml::String(p.to_string_lossy().into_owned())
+}
+
+fn strings<'a>(items: impl IntoIterator<Item = &'a String>) -> Toml {
+    Toml::Array(items.into_iter().cloned().map(Toml::String).collect())
+}
+
+fn string_table(map: &BTreeMap<String, String>) -> Toml {
+    let entries = map
+        .iter()
+        .map(|(k, v)| (k.clone(), Toml::String(v.clone())));
+    Toml::Table(entries.collect())
+}
+
+fn count(n: usize) -> Toml {
+    Toml::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn fix_table(fix: &Fix) -> Table {
+    let mut t = Table::new();
+    t.insert("when".into(), Toml::String(fix.when.as_str().to_owned()));
+    if !fix.args.is_empty() {
+        t.insert(
+            "args".into(),
+            json_to_toml(&Value::Object(fix.args.clone())),
+        );
+    }
+    if !fix.env.is_empty() {
+        t.insert("env".into(), string_table(&fix.env));
+    }
+    t
+}
+
+fn pool_table(def: &PoolDef) -> Table {
+    let mut t = Table::new();
+    let kind = match def.kind {
+        PoolKind::Process => "process",
+        PoolKind::Mcp => "mcp",
+        PoolKind::Native => "native",
+        PoolKind::Scorer => "scorer",
+    };
+    t.insert("kind".into(), Toml::String(kind.to_owned()));
+    t.insert("command".into(), strings(&def.command));
+    if let Some(cwd) = &def.cwd {
+        t.insert("cwd".into(), path(cwd));
+    }
+    t.insert("env_allowlist".into(), strings(&def.env_allowlist));
+    t.insert("env".into(), string_table(&def.env));
+    t.insert("min_idle".into(), count(def.min_idle));
+    t.insert("max_size".into(), count(def.max_size));
+    t.insert("acquire_timeout".into(), duration(def.acquire_timeout));
+    t.insert("start_timeout".into(), duration(def.start_timeout));
+    t.insert("call_timeout".into(), duration(def.call_timeout));
+    if let Some(device) = &def.device {
+        t.insert("device".into(), Toml::String(device.clone()));
+    }
+    if let Some(warmup) = &def.warmup {
+        let mut w = Table::new();
+        w.insert("tool".into(), Toml::String(warmup.tool.clone()));
+        w.insert("args".into(), json_to_toml(&warmup.args));
+        w.insert("calls".into(), Toml::Integer(warmup.calls.into()));
+        t.insert("warmup".into(), Toml::Table(w));
+    }
+    if let Some([width, height]) = def.warmup_size {
+        t.insert(
+            "warmup_size".into(),
+            Toml::Array(vec![count(width), count(height)]),
+        );
     }
     t
 }
