@@ -651,3 +651,16 @@ fn a_pool_name_permission_rules_would_misread_is_refused() {
     let ok = tetrarch::plan::ToolRef::parse("my_srv.tool__x").unwrap();
     assert_eq!((ok.pool.as_str(), ok.tool.as_str()), ("my_srv", "tool__x"));
 }
+
+#[test]
+fn each_bad_reference_in_one_string_has_its_own_column() {
+    let text = "name = \"x\"\n[[task]]\nid = \"a\"\ntool = \"p.t\"\n\
+        args = { x = \"{{tasks.nope.output}} and {{ tasks.zip.output }}\" }\n";
+    let err = Plan::from_toml(text, "p.toml").unwrap_err();
+    let lines = err.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("p.toml:5:15: "), "{}", lines[0]);
+    assert!(lines[0].contains("\"nope\""), "{}", lines[0]);
+    assert!(lines[1].starts_with("p.toml:5:41: "), "{}", lines[1]);
+    assert!(lines[1].contains("\"zip\""), "{}", lines[1]);
+}

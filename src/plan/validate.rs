@@ -637,9 +637,11 @@ fn check_templates(
                     _ => continue,
                 },
             };
+            let name = reference.to_string();
+            let at = locate_reference(c.text, &site.span, &name).unwrap_or(offset);
             c.push(
-                offset,
-                format!("task {owner:?} {path}: {{{{{reference}}}}} {problem}"),
+                at,
+                format!("task {owner:?} {path}: {{{{{name}}}}} {problem}"),
             );
         }
     }
@@ -652,6 +654,24 @@ fn locate(text: &str, span: &std::ops::Range<usize>, template: &str) -> Option<u
     let needle = template.find("{{").map_or(template, |i| &template[i..]);
     let needle = needle.find("}}").map_or(needle, |end| &needle[..end + 2]);
     window.find(needle).map(|i| span.start + i)
+}
+
+/// The offset of the first `{{ ... }}` inside `span` of the source that names `reference`
+/// (spaces inside the braces ignored), so each of several references in one string gets its
+/// own column. `None` when it is not there as written (escapes in the source).
+fn locate_reference(text: &str, span: &std::ops::Range<usize>, reference: &str) -> Option<usize> {
+    let window = text.get(span.clone())?;
+    let mut from = 0;
+    while let Some(open) = window[from..].find("{{") {
+        let start = from + open + 2;
+        let end = start + window[start..].find("}}")?;
+        let inner = window[start..end].chars().filter(|c| !c.is_whitespace());
+        if inner.eq(reference.chars()) {
+            return Some(span.start + start - 2);
+        }
+        from = start;
+    }
+    None
 }
 
 /// Whether `task` depends on `target`, directly or not. Breadth-first from `task`, so a direct
