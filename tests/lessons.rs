@@ -333,3 +333,52 @@ async fn a_megabyte_of_error_output_is_recorded_by_its_start() {
     let found = lessons.suggest_fix(CLOSE).unwrap();
     assert_eq!(found.fix, "clear the shader cache");
 }
+
+#[tokio::test]
+async fn a_long_error_with_a_varied_tail_matches_its_own_lesson() {
+    let dir = tempfile::tempdir().unwrap();
+    let lessons = lessons_in(&dir);
+    // Symbol names past the kept 16 KiB: with the whole query normalised, they were words the
+    // lesson never had, and the error no longer reached the threshold against itself.
+    let symbols: Vec<String> = (0..6000).map(|i| format!("sym_{i}_q")).collect();
+    let message = format!("linker error: undefined references: {}", symbols.join(" "));
+    assert!(message.len() > 3 * tetrarch::lessons::MAX_MESSAGE_BYTES);
+    lessons
+        .record(failure("link", &message, "link libfoo", true))
+        .await
+        .unwrap();
+    let found = lessons.suggest_fix(&message).unwrap();
+    assert_eq!(found.fix, "link libfoo");
+    assert_eq!(found.similarity, 1.0);
+}
+
+#[tokio::test]
+async fn failures_recorded_without_a_fix_do_not_hide_a_known_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let lessons = lessons_in(&dir);
+    lessons
+        .record(failure(
+            "render",
+            "render failed: texture atlas overflow in pass 3",
+            "raise the atlas size",
+            true,
+        ))
+        .await
+        .unwrap();
+    // What the Orchestrator records each time a task fails with no fix declared.
+    for pass in 0..210 {
+        let mut unfixed = failure(
+            "render",
+            &format!("render failed: texture atlas overflow in pass {pass}"),
+            "",
+            false,
+        );
+        unfixed.fix = None;
+        unfixed.worked = None;
+        lessons.record(unfixed).await.unwrap();
+    }
+    let found = lessons
+        .suggest_fix("render failed: texture atlas overflow in pass 7")
+        .unwrap();
+    assert_eq!(found.fix, "raise the atlas size");
+}

@@ -26,6 +26,14 @@ use crate::store::{MemoryId, MemoryType, Namespace, NewMemory, SearchOptions, St
 /// The tag every lesson memory carries.
 pub const LESSON_TAG: &str = "lesson";
 
+/// The tag a lesson with a fix also carries, so suggesting searches among fixes only: a failure
+/// recorded without a fix (every failure a plan has no fix for) cannot crowd a known fix out of
+/// the candidates.
+pub const LESSON_FIX_TAG: &str = "lesson-fix";
+
+/// Candidates read from the search per suggestion.
+const CANDIDATES: usize = 200;
+
 /// The similarity below which no fix is suggested.
 pub const DEFAULT_THRESHOLD: f64 = 0.6;
 
@@ -85,31 +93,58 @@ pub struct Suggestion {
     pub example: MemoryId,
 }
 
-static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
-    let rules: [(&str, &str); 6] = [
+/// Which matches of a normalisation rule it replaces.
+type Accept = fn(&str) -> bool;
+
+/// A normalisation rule: what to find, what it becomes, and which matches it takes.
+type Rule = (Regex, &'static str, Accept);
+
+fn any_match(_: &str) -> bool {
+    true
+}
+
+/// A hex run of 8 or more digits is only a hex value when it is written `0x…` or has a letter:
+/// `12345678` is a number like `1234567`, so both become `<num>`.
+fn has_hex_letter(found: &str) -> bool {
+    found.starts_with("0x") || found.bytes().any(|b| b.is_ascii_alphabetic())
+}
+
+static PATTERNS: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    let rules: [(&str, &str, Accept); 6] = [
         (
             r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?\b",
             " <time> ",
+            any_match,
         ),
         (
             r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b",
             " <uuid> ",
+            any_match,
         ),
-        (r"\b0x[0-9a-fA-F]+\b|\b[0-9a-fA-F]{8,}\b", " <hex> "),
         (
-            r#"(?:[A-Za-z]:\\|\.{0,2}/|~/)[^\s:'"`,;()\[\]{}<>]+|\b[\w.-]+(?:/[\w.-]+)+"#,
+            r"\b0x[0-9a-fA-F]+\b|\b[0-9a-fA-F]{8,}\b",
+            " <hex> ",
+            has_hex_letter,
+        ),
+        // A path starts at a root (`/`, `./`, `../`, `~/`, `C:\`) that no word is glued to, or
+        // is a relative path of three or more parts or ending in an extension: `I/O`, `TCP/IP`
+        // and `and/or` are words.
+        (
+            r#"(?:[A-Za-z]:\\|\B\.{0,2}/|\B~/)[^\s:'"`,;()\[\]{}<>]+|\b[\w.-]+(?:/[\w.-]+){2,}|\b[\w.-]+/[\w-]*\.[A-Za-z]\w*"#,
             " <path> ",
+            any_match,
         ),
         (
             r"\b[\w-]+\.(?:rs|py|cu|cpp|c|h|hpp|js|ts|json|toml|yaml|yml|png|exr|txt|log)\b",
             " <path> ",
+            any_match,
         ),
-        (r"\b\d+(?:\.\d+)?", " <num> "),
+        (r"\b\d+(?:\.\d+)?", " <num> ", any_match),
     ];
     rules
         .into_iter()
-        .filter_map(|(pattern, replacement)| match Regex::new(pattern) {
-            Ok(regex) => Some((regex, replacement)),
+        .filter_map(|(pattern, replacement, accept)| match Regex::new(pattern) {
+            Ok(regex) => Some((regex, replacement, accept)),
             Err(e) => {
                 // The patterns are constants; a failure here is a bug caught by the tests.
                 tracing::error!(pattern, error = %e, "invalid lesson normalisation pattern");
@@ -123,8 +158,17 @@ static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
 /// spacing are folded.
 pub fn normalise_message(message: &str) -> String {
     let mut text = message.to_string();
-    for (regex, replacement) in PATTERNS.iter() {
-        text = regex.replace_all(&text, *replacement).into_owned();
+    for (regex, replacement, accept) in PATTERNS.iter() {
+        text = regex
+            .replace_all(&text, |found: &regex::Captures<'_>| {
+                let found = &found[0];
+                if accept(found) {
+                    (*replacement).to_owned()
+                } else {
+                    found.to_owned()
+                }
+            })
+            .into_owned();
     }
     text.split_whitespace()
         .map(str::to_lowercase)
@@ -183,14 +227,16 @@ impl Lessons {
         }
         // A failing tool may print a megabyte of errors; the lesson keeps its start, which is
         // what similarity needs, and stays well under the store's size limit.
-        let kept = failure.message.floor_char_boundary(MAX_MESSAGE_BYTES);
-        failure.message.truncate(kept);
+        failure.message.truncate(kept_len(&failure.message));
         let normalised = normalise_message(&failure.message);
         let mut memory = NewMemory::new(self.namespace.clone(), normalised);
         memory.memory_type = MemoryType::BugFix;
         memory.summary = failure.fix.clone();
         memory.keywords = vec![failure.error_type.clone()];
         memory.tags = vec![LESSON_TAG.to_string()];
+        if failure.fix.is_some() {
+            memory.tags.push(LESSON_FIX_TAG.to_string());
+        }
         memory.context = Some(
             serde_json::to_string(&failure)
                 .map_err(|e| StoreError::Codec(format!("encode lesson: {e}")))?,
@@ -198,10 +244,10 @@ impl Lessons {
         Ok(self.store.store(memory).await?)
     }
 
-    fn lessons_matching(&self, query: &str, limit: usize) -> Vec<Lesson> {
+    fn lessons_matching(&self, query: &str, tags: &[&str], limit: usize) -> Vec<Lesson> {
         let options = SearchOptions {
             namespace: Some(self.namespace.clone()),
-            tags: vec![LESSON_TAG.to_string()],
+            tags: tags.iter().map(|t| (*t).to_string()).collect(),
             min_importance: None,
             limit,
         };
@@ -210,6 +256,19 @@ impl Lessons {
             .into_iter()
             .filter_map(|hit| to_lesson(hit.memory))
             .collect()
+    }
+
+    /// The lessons with a fix that match `query`: those tagged [`LESSON_FIX_TAG`], then any
+    /// recorded before that tag existed (found among all lessons).
+    fn fixes_matching(&self, query: &str) -> Vec<Lesson> {
+        let mut found = self.lessons_matching(query, &[LESSON_TAG, LESSON_FIX_TAG], CANDIDATES);
+        let mut seen: std::collections::HashSet<MemoryId> = found.iter().map(|l| l.id).collect();
+        for lesson in self.lessons_matching(query, &[LESSON_TAG], CANDIDATES) {
+            if lesson.failure.fix.is_some() && seen.insert(lesson.id) {
+                found.push(lesson);
+            }
+        }
+        found
     }
 
     /// The most recent lessons, newest first.
@@ -232,7 +291,8 @@ impl Lessons {
     /// offer. Among that error's fixes the one with the best (Laplace smoothed) success rate is
     /// returned, with the error's similarity and the fix's raw success rate on it.
     pub fn suggest_fix(&self, message: &str) -> Option<Suggestion> {
-        let normalised = normalise_message(message);
+        // Cut as a lesson's message is cut, so a long error matches its own lesson.
+        let normalised = normalise_message(&message[..kept_len(message)]);
         #[derive(Default)]
         struct Tally {
             attempts: u32,
@@ -246,7 +306,7 @@ impl Lessons {
             fixes: BTreeMap<String, Tally>,
         }
         let mut errors: BTreeMap<String, PastError> = BTreeMap::new();
-        for lesson in self.lessons_matching(&normalised, 200) {
+        for lesson in self.fixes_matching(&normalised) {
             let score = similarity(&normalised, &lesson.normalised);
             if score < self.threshold {
                 continue;
@@ -302,6 +362,12 @@ impl Lessons {
     }
 }
 
+/// How much of a failure message a lesson keeps: its first [`MAX_MESSAGE_BYTES`], cut at a
+/// character boundary.
+fn kept_len(message: &str) -> usize {
+    message.floor_char_boundary(MAX_MESSAGE_BYTES)
+}
+
 fn to_lesson(memory: crate::store::Memory) -> Option<Lesson> {
     let failure: Failure = serde_json::from_str(memory.context.as_deref()?).ok()?;
     Some(Lesson {
@@ -329,6 +395,37 @@ mod tests {
             "timeout after 30s at 2026-11-21T10:00:03Z for 01890a5d-ac96-774b-bcce-b302099a8057",
         );
         assert_eq!(t, "timeout after <num> s at <time> for <uuid>");
+    }
+
+    #[test]
+    fn words_with_a_slash_are_not_paths_and_long_numbers_are_numbers() {
+        let io = normalise_message("I/O error while reading config");
+        let tcp = normalise_message("TCP/IP error while reading config");
+        assert_eq!(io, "i/o error while reading config");
+        assert!(similarity(&io, &tcp) < DEFAULT_THRESHOLD, "{io} / {tcp}");
+        assert_eq!(
+            normalise_message("job 12345678 failed"),
+            normalise_message("job 1234567 failed")
+        );
+        assert_eq!(normalise_message("job 12345678 failed"), "job <num> failed");
+        assert_eq!(
+            normalise_message("at 0x12345678 and deadbeef00"),
+            "at <hex> and <hex>"
+        );
+        for path in [
+            "src/main.rs",
+            "a/b/c",
+            "./x",
+            "../up/x",
+            "~/notes",
+            "/etc/hosts",
+        ] {
+            assert_eq!(
+                normalise_message(&format!("open {path}")),
+                "open <path>",
+                "{path}"
+            );
+        }
     }
 
     #[test]
