@@ -160,6 +160,10 @@ fn a_deny_rule_is_not_dodged_by_quoting_wrappers_or_computed_names() {
         }
         assert_eq!(bash(&e, "ls -la"), Verdict::Allow);
         assert_eq!(bash(&e, "'my tool' --help"), Verdict::Allow);
+        // `[` alone is the test command, not a glob (it was never allowed).
+        assert_eq!(bash(&e, "[ -f x ]"), Verdict::Allow);
+        assert_eq!(bash(&e, "[ 1 -ge 2 ] && echo a"), Verdict::Allow);
+        assert_eq!(bash(&e, "[ -f x ] && rm x"), Verdict::Deny);
     }
 }
 

@@ -256,7 +256,15 @@ const HARMLESS_VARIABLES: [&str; 12] = [
 
 /// Characters that make the shell compute a command name rather than read it.
 fn computes_name(word: &str) -> bool {
-    word.contains(['$', '`', '*', '?', '[', '{'])
+    // `[` and `{` only expand with their closing bracket after them in the word (`[ab]`,
+    // `{a,b}`): `[`, `[[` and `{` alone are the test command and keywords.
+    let opens_before_close = |open: char, close: char| {
+        word.find(open)
+            .is_some_and(|at| word[at + open.len_utf8()..].contains(close))
+    };
+    word.contains(['$', '`', '*', '?'])
+        || opens_before_close('[', ']')
+        || opens_before_close('{', '}')
 }
 
 impl CommandPart {
