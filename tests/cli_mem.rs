@@ -120,6 +120,7 @@ fn bad_input_exits_non_zero_with_the_reason() {
             &["mem", "store", "--content", "a", "--ttl", "soon"],
             "invalid --ttl \"soon\"",
         ),
+        (&["mem", "store", "--content", "  "], "--content is empty"),
         (&["mem", "get", "nope"], "invalid memory id \"nope\""),
         (
             &["mem", "get", "01890a5d-ac96-774b-bcce-b302099a8057"],
@@ -240,4 +241,35 @@ async fn cache_stats_and_clear_through_the_binary() {
     let missing = tetrarch(&dir.path().join("nope.redb"), &["cache", "stats"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no store at"));
     assert!(!dir.path().join("nope.redb").exists());
+}
+
+#[test]
+fn comma_separated_tags_are_trimmed_and_empty_ones_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    let out = tetrarch(
+        &store,
+        &[
+            "mem",
+            "store",
+            "--content",
+            "tagged lantern",
+            "--tags",
+            "gpu, cuda,,",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = json(&out)["id"].as_str().unwrap().to_owned();
+    let memory = json(&tetrarch(&store, &["mem", "get", &id, "--json"]));
+    assert_eq!(memory["tags"], serde_json::json!(["gpu", "cuda"]));
+    let found = tetrarch(
+        &store,
+        &["mem", "search", "lantern", "--tags", " cuda", "--json"],
+    );
+    assert_eq!(stdout(&found).lines().count(), 1, "{}", stdout(&found));
 }

@@ -375,6 +375,31 @@ async fn expired_memories_vanish_and_are_purged() {
 }
 
 #[tokio::test]
+async fn an_idle_store_does_not_write_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = Store::open(&path, fast_housekeeping()).unwrap();
+    let id = store
+        .store(NewMemory::new(Namespace::Global, "written once"))
+        .await
+        .unwrap();
+    // A read queues access statistics, which the next tick writes; then nothing is left to do.
+    store.get(id).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let modified = || std::fs::metadata(&path).unwrap().modified().unwrap();
+    let before = modified();
+    // Eight housekeeping ticks with nothing to do: each one used to commit (and fsync) an
+    // empty transaction.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(modified(), before, "the idle store wrote its file");
+    store
+        .store(NewMemory::new(Namespace::Global, "written twice"))
+        .await
+        .unwrap();
+    assert_ne!(modified(), before);
+}
+
+#[tokio::test]
 async fn reopening_rebuilds_the_index_and_keeps_access_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");

@@ -205,19 +205,32 @@ fn print_memory(out: &mut impl Write, m: &Memory) -> Result<()> {
     Ok(())
 }
 
+/// A comma-separated option's values as meant: `--tags "gpu, cuda"` is `gpu` and `cuda`, and
+/// empty values (`,,`) are none.
+fn list(values: Vec<String>) -> Vec<String> {
+    values
+        .into_iter()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 /// Runs one memory command against the store at `store_path`.
 pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match command {
         MemCommand::Store(args) => {
+            if args.content.trim().is_empty() {
+                anyhow::bail!("--content is empty: a memory with no text can never be found");
+            }
             let mut new = NewMemory::new(args.ns.parse::<Namespace>()?, args.content);
             new.summary = args.summary;
             new.context = args.context;
             new.importance = args.importance;
             new.confidence = args.confidence;
-            new.tags = args.tags;
-            new.keywords = args.keywords;
+            new.tags = list(args.tags);
+            new.keywords = list(args.keywords);
             new.memory_type = args.memory_type.parse::<MemoryType>()?;
             new.ttl = args.ttl.as_deref().map(parse_ttl).transpose()?;
             let store = open(store_path)?;
@@ -248,7 +261,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
         } => {
             let options = SearchOptions {
                 namespace: namespace(ns.as_deref())?,
-                tags,
+                tags: list(tags),
                 min_importance,
                 limit,
             };

@@ -255,6 +255,13 @@ impl State {
         Some(entry)
     }
 
+    /// Whether any memory's expiry is at or before `now`.
+    pub fn any_expired(&self, now: Timestamp) -> bool {
+        self.expiry
+            .first()
+            .is_some_and(|(at, _)| *at <= now.as_millis())
+    }
+
     /// Ids whose expiry is at or before `now`.
     pub fn expired(&self, now: Timestamp) -> Vec<MemoryId> {
         self.expiry

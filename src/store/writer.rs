@@ -578,8 +578,15 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
         if batch.is_empty() && !housekeeping && !sync_due {
             continue;
         }
-        let durable = relaxed_interval.is_none() || wants_sync || sync_due || shutting_down;
         let now = Timestamp::now();
+        // An idle store does not commit: an empty housekeeping commit was an fsync every tick.
+        let chores = housekeeping
+            && (ctx.state.read().any_expired(now) || !ctx.access_queue.lock().is_empty());
+        if batch.is_empty() && !chores && !sync_due && !shutting_down {
+            last_housekeeping = Instant::now();
+            continue;
+        }
+        let durable = relaxed_interval.is_none() || wants_sync || sync_due || shutting_down;
         let mut work = match Batch::begin(&ctx, durable, &mut buffers) {
             Ok(w) => w,
             Err(e) => {
@@ -593,6 +600,8 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
         };
         if housekeeping {
             last_housekeeping = Instant::now();
+        }
+        if chores {
             // Each chore runs whatever the other did.
             for chore in [work.purge_expired(now), work.flush_access_statistics(now)] {
                 if let Err(e) = chore {
