@@ -21,7 +21,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use tetrarch::context::{
     Candidate, Category, ContextConfig, ContextOptimizer, ContextRequest, O200kCounter,
-    TokenCounter, keyword_overlap_baseline,
+    TokenCounter, item_overhead, keyword_overlap_baseline,
 };
 
 /// The reported run; the other seeds show how much the figures move with the corpus.
@@ -397,7 +397,11 @@ fn run(
             .collect();
         let picked: Vec<(String, usize, bool)> = keyword_overlap_baseline(query, &candidates)
             .into_iter()
-            .map(|c| (c.source.clone(), tokens[c.source.as_str()], false))
+            .map(|c| {
+                // Sent the same way as ours: each item under its `## SOURCE` heading.
+                let heading = item_overhead(counter.as_ref(), &c.source);
+                (c.source.clone(), tokens[c.source.as_str()] + heading, false)
+            })
             .collect();
         naive.add(&picked, &relevant);
 

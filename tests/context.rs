@@ -8,7 +8,7 @@ use std::time::Duration;
 use tetrarch::context::{
     BudgetConfig, CalibratedCounter, Candidate, Category, ContextConfig, ContextError, ContextItem,
     ContextMonitor, ContextOptimizer, ContextRequest, O200kCounter, TokenCounter, content_hash,
-    keyword_overlap_baseline, preserve_snapshot,
+    item_overhead, keyword_overlap_baseline, preserve_snapshot,
 };
 use tetrarch::store::{Namespace, SearchOptions, Store, StoreConfig};
 use unicode_segmentation::UnicodeSegmentation;
@@ -302,6 +302,85 @@ fn duplicates_are_sent_once() {
     assert_eq!(payload.items[0].hash, content_hash(text));
 }
 
+#[test]
+fn upstream_outputs_with_the_same_text_are_each_sent_under_their_own_task() {
+    let optimizer = optimizer(ContextConfig::default());
+    let mut req = request(
+        "s",
+        "link",
+        vec![memory(Category::General, "memory:m", "build ok")],
+    );
+    req.upstream = vec![
+        ("a".into(), "build ok".into()),
+        ("b".into(), "build ok".into()),
+    ];
+    let payload = optimizer.build(&req);
+    let sources: Vec<&str> = payload.items.iter().map(|i| i.source.as_str()).collect();
+    // The memory with the same text is a duplicate; the two tasks are not.
+    assert_eq!(sources, ["task:a", "task:b"]);
+}
+
+#[test]
+fn the_rendered_payload_fits_the_window_it_is_counted_against() {
+    let counter = counter();
+    for window in [60, 200, 1_000] {
+        let optimizer = optimizer(with_window(window));
+        let mut req = request("s", "shader registers", Vec::new());
+        req.upstream = (0..3)
+            .map(|i| (format!("stage-{i}"), shader_text(&format!("s{i}"), 4)))
+            .collect();
+        let payload = optimizer.build(&req);
+        let rendered = payload.render();
+        let counted = counter.count(&rendered);
+        // Headings are charged: the count of the text as sent is what the payload says, give
+        // or take a token at each seam, and within the window.
+        assert!(counted <= window, "{counted} > {window}:\n{rendered}");
+        assert!(
+            counted.abs_diff(payload.tokens) <= payload.items.len(),
+            "{counted} vs {}",
+            payload.tokens
+        );
+        assert_eq!(payload.items.len(), 3, "{window}: {:?}", payload.warnings);
+    }
+}
+
+#[test]
+fn an_upstream_output_without_word_breaks_is_cut_not_dropped() {
+    let optimizer = optimizer(with_window(40));
+    let mut req = request("s", "decode", Vec::new());
+    let blob: String = (0..800)
+        .map(|i| {
+            char::from(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[i * 7 % 64],
+            )
+        })
+        .collect();
+    req.upstream = vec![("blob".into(), blob.clone())];
+    let payload = optimizer.build(&req);
+    assert_eq!(payload.items.len(), 1, "{:?}", payload.warnings);
+    let item = &payload.items[0];
+    assert!(item.compressed);
+    let kept = item.text.trim_end_matches('…').trim_end();
+    assert!(!kept.is_empty() && blob.starts_with(kept), "{}", item.text);
+    assert!(payload.tokens <= 40);
+}
+
+#[test]
+fn every_upstream_output_gets_a_fair_part_when_they_do_not_all_fit() {
+    // Thirty outputs of ~60 tokens against a 1,000-token window: taken whole in order, the
+    // first ones left the last nothing.
+    let optimizer = optimizer(with_window(1_000));
+    let mut req = request("s", "shader registers", Vec::new());
+    req.upstream = (0..30)
+        .map(|i| (format!("up{i}"), shader_text(&format!("up-{i}"), 3)))
+        .collect();
+    let payload = optimizer.build(&req);
+    assert_eq!(payload.items.len(), 30, "{:?}", payload.warnings);
+    let smallest = payload.items.iter().map(|i| i.tokens).min().unwrap();
+    let largest = payload.items.iter().map(|i| i.tokens).max().unwrap();
+    assert!(largest <= 2 * smallest, "{smallest}..{largest}");
+}
+
 /// Every word of `extract` (outside elision marks) is a whole word of `original`, and its
 /// sentences occur in `original` in the same order.
 fn assert_extract_of(extract: &str, original: &str) {
@@ -510,7 +589,13 @@ fn incremental_payloads_send_only_changes_and_reference_the_rest() {
 
     let second = optimizer.build(&req);
     assert!(second.items.is_empty(), "{:?}", second.items);
-    assert_eq!(second.tokens, 0);
+    // All it sends is the line naming what the session holds.
+    let rendered = second.render();
+    assert!(
+        rendered.starts_with("## already in your context\n"),
+        "{rendered}"
+    );
+    assert_eq!(second.tokens, counter().count(&rendered));
     assert_eq!(second.references.len(), 3);
     assert_eq!(second.session_tokens, first.session_tokens);
 
@@ -520,7 +605,10 @@ fn incremental_payloads_send_only_changes_and_reference_the_rest() {
     assert_eq!(third.items.len(), 1);
     assert_eq!(third.items[0].source, "memory:b");
     assert_eq!(third.references.len(), 2);
-    assert_eq!(third.session_tokens, first.session_tokens + third.tokens);
+    assert_eq!(
+        third.session_tokens,
+        first.session_tokens + third.items[0].tokens
+    );
 
     // Another session starts from nothing.
     req.session = "other".into();
@@ -697,7 +785,13 @@ fn named_project_files_are_read_and_bad_ones_warn() {
         ..ContextConfig::default()
     });
     let mut req = request("s", "blender.render unrelated words", Vec::new());
-    req.project_files = vec![good.clone(), big.clone(), dir.path().join("absent.txt")];
+    // `/dev/zero` reports no size: it was read until memory ran out.
+    req.project_files = vec![
+        good.clone(),
+        big.clone(),
+        dir.path().join("absent.txt"),
+        "/dev/zero".into(),
+    ];
     let payload = optimizer.build(&req);
     assert_eq!(
         payload.items.len(),
@@ -706,7 +800,13 @@ fn named_project_files_are_read_and_bad_ones_warn() {
     );
     assert_eq!(payload.items[0].source, format!("file:{}", good.display()));
     assert_eq!(payload.items[0].category, Category::Project);
-    assert_eq!(payload.warnings.len(), 2, "{:?}", payload.warnings);
+    assert_eq!(payload.warnings.len(), 3, "{:?}", payload.warnings);
+    assert!(
+        payload
+            .warnings
+            .iter()
+            .any(|w| w.contains("/dev/zero: not a regular file"))
+    );
     assert!(
         payload
             .warnings
@@ -741,7 +841,8 @@ fn critical_items_use_shares_the_others_leave() {
     let mut total = 0;
     for i in 0..7 {
         let text = format!("Render {i} done: {}", "frame written ok. ".repeat(20));
-        total += counter.count(&text);
+        // Each item is charged with its `## task:ID` heading.
+        total += counter.count(&text) + item_overhead(&counter, &format!("task:r{i}"));
         req.upstream.push((format!("r{i}"), text));
     }
     assert!(total > window * 4 / 10 && total <= window, "{total}");

@@ -196,6 +196,59 @@ args = { notes = "{{context}}", topic = "lantern brightness" }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lessons_snapshots_and_template_words_do_not_pull_memories_into_a_tasks_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let mut actors = ActorsConfig::embedded().unwrap();
+    actors.executor.pools.remove("scorer");
+    let mut pool = PoolDef::new(PoolKind::Native);
+    pool.max_size = 4;
+    actors.executor.pools.insert("fn".to_owned(), pool);
+    let mut runtime_options = RuntimeOptions::new(store.clone(), actors);
+    let mut natives = NativeRegistry::new();
+    natives.register("echo", |args: Value| async move { Ok(args) });
+    runtime_options.natives = natives;
+    let runtime = Runtime::start(runtime_options).await.unwrap();
+    let remember = |text: &str, tag: Option<&str>| {
+        let mut memory = tetrarch::store::NewMemory::new(Namespace::Global, text);
+        memory.tags = tag.into_iter().map(str::to_owned).collect();
+        let store = store.clone();
+        async move { store.store(memory).await.unwrap() }
+    };
+    // Words only the template language uses: `{{context}}`, `tasks`, `output`.
+    remember("the invoice context field holds the tasks output", None).await;
+    remember("lantern exposure failed: permission denied", Some("lesson")).await;
+    remember("lantern exposure notes", Some("context-snapshot")).await;
+    remember("lantern exposure is 2 at dusk", None).await;
+    let report = run_complete(
+        &runtime,
+        r#"
+name = "quiet"
+[[task]]
+id = "fetch"
+tool = "fn.echo"
+args = { path = "scene" }
+[[task]]
+id = "relight"
+tool = "fn.echo"
+deps = ["fetch"]
+args = { notes = "{{context}}", topic = "lantern exposure", from = "{{tasks.fetch.output.path}}" }
+"#,
+        options(dir.path()),
+    )
+    .await;
+    let context = notes(&report, "relight");
+    assert!(
+        context.contains("lantern exposure is 2 at dusk"),
+        "{context}"
+    );
+    for unwanted in ["invoice", "permission denied", "lantern exposure notes"] {
+        assert!(!context.contains(unwanted), "{unwanted:?} in: {context}");
+    }
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_reads_the_files_it_names_through_context_and_a_missing_one_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("docs")).unwrap();
@@ -447,8 +500,9 @@ args = {{ topic = "zebra stripes shader rule", notes = "{{{{context}}}}" }}
     runtime.shutdown().await;
 }
 
-/// The tokens of `gather`'s output in the plan of [`write_bad_context_run`].
-const GATHER_TOKENS: usize = 300;
+/// The tokens `gather`'s output costs in the plan of [`write_bad_context_run`]: 300 of text and
+/// 5 of its `## task:gather` heading.
+const GATHER_TOKENS: usize = 305;
 
 /// A plan folder for `tetrarch run`: an actors folder whose skills folder holds only bad files
 /// (a dangling symlink, invalid UTF-8, a file over `max_file_bytes`, a folder named `*.md`) and

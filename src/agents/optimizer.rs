@@ -13,7 +13,6 @@
 //! the window, it is preserved in the store (tag `context-snapshot`). Every attempt's args are
 //! rendered here, then the attempt goes on to the Executor.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -24,7 +23,7 @@ use super::config::OptimizerConfig;
 use super::mailbox::Envelope;
 use super::pipeline::{Attempt, ExecutorMsg, OptimizerMsg, Peers, injected_fault};
 use crate::context::{
-    Candidate, ContextOptimizer, ContextPayload, ContextRequest, O200kCounter, preserve_snapshot,
+    Candidate, ContextOptimizer, ContextRequest, O200kCounter, preserve_snapshot,
 };
 use crate::plan::render;
 use crate::store::{Namespace, SearchOptions, Store, Timestamp};
@@ -102,7 +101,13 @@ fn memories(args: &OptimizerArgs, attempt: &Attempt, query: &str) -> Vec<Candida
     let mut seen = std::collections::HashSet::new();
     let mut found = Vec::new();
     let mut offer = |memory: &crate::store::Memory| {
-        if seen.insert(memory.id) {
+        // Lessons (normalised error text) and preserved context snapshots are the runtime's own
+        // records, not knowledge for a task: lessons reach a failing task through its reason.
+        let bookkeeping = memory
+            .tags
+            .iter()
+            .any(|t| t == crate::lessons::LESSON_TAG || t == crate::context::SNAPSHOT_TAG);
+        if !bookkeeping && seen.insert(memory.id) {
             found.push(Candidate::from_memory(memory, now));
         }
     };
@@ -124,16 +129,26 @@ fn memories(args: &OptimizerArgs, attempt: &Attempt, query: &str) -> Vec<Candida
     found
 }
 
-fn as_text(payload: &ContextPayload) -> String {
-    let mut text = String::new();
-    for item in &payload.items {
-        let _ = writeln!(text, "## {}\n{}\n", item.source, item.text);
+/// `text` without its `{{ ... }}` placeholders: their words (`context`, `tasks`, `output`)
+/// are the template language's, not the task's, and matched unrelated memories.
+fn without_placeholders(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        match rest[open..].find("}}") {
+            Some(close) => {
+                out.push(' ');
+                rest = &rest[open + close + 2..];
+            }
+            None => {
+                rest = &rest[open..];
+                break;
+            }
+        }
     }
-    if !payload.references.is_empty() {
-        let held: Vec<&str> = payload.references.iter().map(|(s, _)| s.as_str()).collect();
-        let _ = writeln!(text, "## already in your context\n{}", held.join(", "));
-    }
-    text
+    out.push_str(rest);
+    out
 }
 
 fn assemble(
@@ -161,16 +176,17 @@ fn assemble(
                 attempt.task.id
             );
         }
-        return upstream
-            .iter()
-            .map(|(id, text)| format!("## task:{id}\n{text}\n"))
-            .collect();
+        let mut text = String::new();
+        for (id, output) in &upstream {
+            crate::context::render_item(&mut text, &format!("task:{id}"), output);
+        }
+        return text;
     };
     let query = format!(
         "{} {} {}",
         attempt.task.id,
         attempt.call(),
-        attempt.args_template()
+        without_placeholders(&attempt.args_template().to_string())
     );
     let session = format!("{}/{}", attempt.run_id, attempt.task.id);
     let request = ContextRequest {
@@ -221,7 +237,7 @@ fn assemble(
     // its whole context, so the session is forgotten once its payload is built. That also keeps
     // a long-lived runtime from holding every task's context for ever.
     optimizer.forget_session(&session);
-    as_text(&payload)
+    payload.render()
 }
 
 impl Actor for Optimizer {
@@ -292,5 +308,24 @@ impl Actor for Optimizer {
             OptimizerMsg::Crash => injected_fault(AgentKind::Optimizer),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_placeholders;
+
+    #[test]
+    fn a_task_query_leaves_out_the_template_language() {
+        assert_eq!(
+            without_placeholders(
+                r#"{"argv":["wc","{{tasks.fetch.output.path}}"],"note":"{{context}} x"}"#
+            ),
+            r#"{"argv":["wc"," "],"note":"  x"}"#
+        );
+        assert_eq!(
+            without_placeholders("open {{ never closed"),
+            "open {{ never closed"
+        );
     }
 }

@@ -174,7 +174,8 @@ pub struct ContextItem {
     pub source: String,
     /// The text sent (compressed if `compressed`).
     pub text: String,
-    /// Tokens of `text`.
+    /// Tokens the item costs as rendered ([`ContextPayload::render`]): its text and its
+    /// `## SOURCE` heading.
     pub tokens: usize,
     /// [`content_hash`] of the full original content.
     pub hash: u64,
@@ -190,7 +191,7 @@ pub struct ContextPayload {
     pub items: Vec<ContextItem>,
     /// `(source, hash)` of relevant items the session already holds.
     pub references: Vec<(String, u64)>,
-    /// Tokens of `items`.
+    /// Tokens of the payload as rendered: its items and the line naming its references.
     pub tokens: usize,
     /// Tokens of everything the session holds after this payload.
     pub session_tokens: usize,
@@ -200,6 +201,46 @@ pub struct ContextPayload {
     pub warnings: Vec<String>,
     /// Set when this payload made the session cross the alert ratio.
     pub alert: Option<ContextAlert>,
+}
+
+impl ContextPayload {
+    /// The payload as a task's `{{context}}` receives it: each item under a `## SOURCE`
+    /// heading followed by a blank line, then the sources the session already holds.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        for item in &self.items {
+            render_item(&mut text, &item.source, &item.text);
+        }
+        if let Some(line) = references_line(&self.references) {
+            text.push_str(&line);
+        }
+        text
+    }
+}
+
+/// Appends one item as [`ContextPayload::render`] writes it.
+pub fn render_item(out: &mut String, source: &str, text: &str) {
+    out.push_str("## ");
+    out.push_str(source);
+    out.push('\n');
+    out.push_str(text);
+    out.push_str("\n\n");
+}
+
+/// Tokens an item's heading and spacing add to its text (what the budget charges besides the
+/// text itself).
+pub fn item_overhead(counter: &dyn TokenCounter, source: &str) -> usize {
+    let mut rendered = String::new();
+    render_item(&mut rendered, source, "");
+    counter.count(&rendered)
+}
+
+/// The closing line naming what the session already holds, if anything.
+fn references_line(references: &[(String, u64)]) -> Option<String> {
+    (!references.is_empty()).then(|| {
+        let held: Vec<&str> = references.iter().map(|(s, _)| s.as_str()).collect();
+        format!("## already in your context\n{}\n", held.join(", "))
+    })
 }
 
 /// A session's usage crossed the alert ratio: preserve its context, then compact it.
@@ -267,6 +308,9 @@ fn is_keyword(term: &str) -> bool {
     term.chars().count() >= 3 && !STOP_WORDS.contains(&term)
 }
 
+/// The tag of the memories [`preserve_snapshot`] writes.
+pub const SNAPSHOT_TAG: &str = "context-snapshot";
+
 /// Saves a session's full context (from [`ContextOptimizer::session_snapshot`]) in the store
 /// before it is compacted: one memory per item, type [`MemoryType::Reference`], tagged
 /// `context-snapshot`, with the item's source as its summary and `session:ID` as its context.
@@ -282,10 +326,7 @@ pub async fn preserve_snapshot(
         let mut memory = NewMemory::new(namespace.clone(), item.text.clone());
         memory.memory_type = MemoryType::Reference;
         memory.summary = Some(item.source.clone());
-        memory.tags = vec![
-            "context-snapshot".to_string(),
-            item.category.as_str().to_string(),
-        ];
+        memory.tags = vec![SNAPSHOT_TAG.to_string(), item.category.as_str().to_string()];
         memory.context = Some(format!("session:{session}"));
         ids.push(store.store(memory).await?);
     }

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,7 +12,7 @@ use parking_lot::Mutex;
 use super::rank::{Bm25, analyze, compress};
 use super::{
     Candidate, Category, ContextConfig, ContextError, ContextItem, ContextMonitor, ContextPayload,
-    ContextRequest, TokenCounter, content_hash,
+    ContextRequest, TokenCounter, content_hash, item_overhead, references_line,
 };
 use crate::store::text::{Dictionary, DocTerms};
 
@@ -69,8 +70,11 @@ struct Entry<'a> {
     age: Duration,
     /// Upstream outputs and named files: sent whatever their relevance.
     always: bool,
-    /// Known token count (skills are counted when loaded).
+    /// Known token count of the text (skills are counted when loaded); from packing on, of the
+    /// item as rendered (text plus `overhead`).
     tokens: Option<usize>,
+    /// Tokens of the item's `## SOURCE` heading and spacing, set when packing.
+    overhead: usize,
     score: f64,
 }
 
@@ -260,6 +264,7 @@ impl ContextOptimizer {
                 age: now.duration_since(skill.modified).unwrap_or_default(),
                 always: false,
                 tokens: Some(skill.tokens),
+                overhead: 0,
                 score: 0.0,
             });
         }
@@ -304,12 +309,15 @@ impl ContextOptimizer {
             age,
             always,
             tokens: None,
+            overhead: 0,
             score: 0.0,
         }
     }
 
-    /// Scores the entries, drops duplicates (keeping the always-sent copy, else the best scored)
-    /// and those below the relevance cut-off, and sorts the rest best first.
+    /// Scores the entries, drops duplicates (keeping the always-sent copy, else the best scored;
+    /// two always-sent items with the same content are both kept, since each names its own
+    /// source: two upstream tasks that printed the same text) and those below the relevance
+    /// cut-off, and sorts the rest best first.
     fn rank<'a>(&self, mut entries: Vec<Entry<'a>>, bm25: &Bm25) -> Vec<Entry<'a>> {
         let ranking = &self.config.ranking;
         let relevance: Vec<f64> = entries
@@ -352,7 +360,7 @@ impl ContextOptimizer {
                 .then(b.score.total_cmp(&a.score))
         });
         let mut seen = std::collections::HashSet::new();
-        kept.retain(|e| seen.insert(e.hash));
+        kept.retain(|e| seen.insert(e.hash) || e.always);
         kept.sort_by(|a, b| b.score.total_cmp(&a.score));
         kept
     }
@@ -380,17 +388,25 @@ impl ContextOptimizer {
         let mut taken: Vec<(usize, ContextItem)> = Vec::new();
         let mut order = 0usize;
 
-        // Phase 1: each category fills its own share in rank order; what does not fit waits.
+        // Phase 1: each category but the critical one fills its own share in rank order; what
+        // does not fit waits.
         for mut entry in entries {
             if let Some(held) = state.holds(&entry.source, entry.hash, None) {
                 payload.references.push((held.source.clone(), held.hash));
                 continue;
             }
-            let tokens = *entry
+            // Every item is charged as rendered: its text and its heading.
+            entry.overhead = item_overhead(self.counter.as_ref(), &entry.source);
+            let text_tokens = entry
                 .tokens
-                .get_or_insert_with(|| self.counter.count(entry.text));
+                .unwrap_or_else(|| self.counter.count(entry.text));
+            let tokens = text_tokens + entry.overhead;
+            entry.tokens = Some(tokens);
             let c = entry.category.index();
-            if tokens <= own[c] && tokens <= remaining_total {
+            // Upstream outputs all wait for phase 2, where they share their room fairly: taken
+            // whole here in rank order, the first ones could leave the last none at all.
+            if entry.category != Category::Critical && tokens <= own[c] && tokens <= remaining_total
+            {
                 own[c] -= tokens;
                 remaining_total -= tokens;
                 taken.push((order, item(&entry, entry.text.to_string(), tokens, false)));
@@ -400,6 +416,13 @@ impl ContextOptimizer {
                 deferred.push(entry);
             }
         }
+
+        // The line naming the items the session already holds is sent too.
+        let references_cost = |references: &[(String, u64)]| {
+            references_line(references).map_or(0, |line| self.counter.count(&line))
+        };
+        let reserved = references_cost(&payload.references);
+        remaining_total = remaining_total.saturating_sub(reserved);
 
         // Phase 2: shares left unused by categories with nothing waiting are passed on.
         let mut spare = remaining_total;
@@ -434,7 +457,7 @@ impl ContextOptimizer {
                     payload.references.push((held.source.clone(), held.hash));
                     continue;
                 }
-                let sent = self.counter.count(&text);
+                let sent = self.counter.count(&text) + entry.overhead;
                 available -= sent.min(available);
                 squeezed.push(format!("{} ({tokens} → {sent} tokens)", entry.source));
                 taken.push((order, item(entry, text, sent, true)));
@@ -471,7 +494,7 @@ impl ContextOptimizer {
                             payload.references.push((held.source.clone(), held.hash));
                             continue;
                         }
-                        let sent = self.counter.count(&text);
+                        let sent = self.counter.count(&text) + entry.overhead;
                         (text, sent, true)
                     }
                     None => {
@@ -507,14 +530,15 @@ impl ContextOptimizer {
             state.held.push(item.clone());
             payload.items.push(item);
         }
+        payload.tokens += references_cost(&payload.references);
         payload
     }
 
-    /// The entry compressed to `budget` tokens.
+    /// The entry's text compressed so that, with its heading, it costs at most `budget` tokens.
     fn fit(&self, entry: &Entry<'_>, budget: usize, bm25: &Bm25) -> Option<String> {
         compress(
             entry.text,
-            budget,
+            budget.checked_sub(entry.overhead)?,
             bm25,
             &self.dictionary,
             self.counter.as_ref(),
@@ -610,22 +634,50 @@ fn read_limited(
             return None;
         }
     };
-    if metadata.len() > max_bytes {
+    // A device or a FIFO reports no size (`/dev/zero` would be read until memory ran out, a
+    // FIFO would block the Optimizer): only regular files are read.
+    if !metadata.is_file() {
         warnings.push(format!(
-            "{what} {}: {} bytes is more than max_file_bytes ({max_bytes}); skipped",
-            path.display(),
-            metadata.len()
+            "{what} {}: not a regular file; skipped",
+            path.display()
         ));
         return None;
     }
-    match std::fs::read_to_string(path) {
+    let too_large = |size: u64| {
+        format!(
+            "{what} {}: {size} bytes is more than max_file_bytes ({max_bytes}); skipped",
+            path.display()
+        )
+    };
+    if metadata.len() > max_bytes {
+        warnings.push(too_large(metadata.len()));
+        return None;
+    }
+    // Read at most one byte past the limit: the file may have grown since its size was read.
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|file| {
+        file.take(max_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+    });
+    if let Err(e) = read {
+        warnings.push(format!(
+            "{what} {}: cannot be read: {e}; skipped",
+            path.display()
+        ));
+        return None;
+    }
+    if bytes.len() as u64 > max_bytes {
+        warnings.push(too_large(bytes.len() as u64));
+        return None;
+    }
+    match String::from_utf8(bytes) {
         Ok(text) => Some((
             text,
             metadata.modified().unwrap_or_else(|_| SystemTime::now()),
         )),
-        Err(e) => {
+        Err(_) => {
             warnings.push(format!(
-                "{what} {}: cannot be read: {e}; skipped",
+                "{what} {}: cannot be read: stream did not contain valid UTF-8; skipped",
                 path.display()
             ));
             None

@@ -109,9 +109,11 @@ impl Bm25 {
 }
 
 /// Compresses `text` to at most `budget` tokens: the sentences most relevant to the query, in
-/// their original order, with `…` where sentences were left out; when no sentence is relevant,
-/// the leading sentences (truncation at a sentence boundary); when not even one sentence fits,
-/// the first one cut at a word boundary. `None` when nothing fits.
+/// their original order, with `…` where sentences were left out (sentences sharing no term with
+/// the task are not sent even when there is room: the budget is a cap, not a target, and what
+/// one item leaves goes to the items after it); when no sentence is relevant, the leading sentences (truncation at a sentence boundary); when not even one
+/// sentence fits, the first one cut at a word boundary, or at a character (grapheme) boundary
+/// when not even one word fits (a base64 blob, a long URL). `None` when nothing fits.
 pub(super) fn compress(
     text: &str,
     budget: usize,
@@ -189,7 +191,8 @@ fn join_chosen(sentences: &[&str], chosen: &[bool]) -> String {
 }
 
 /// The longest prefix of `sentence` ending at a word boundary that fits in `budget` with an
-/// elision mark after it.
+/// elision mark after it; when not even its first word fits, the longest prefix ending at a
+/// grapheme boundary (never inside a character).
 fn truncate_at_word(sentence: &str, budget: usize, counter: &dyn TokenCounter) -> Option<String> {
     let mut ends: Vec<usize> = Vec::new();
     let mut offset = 0;
@@ -200,18 +203,25 @@ fn truncate_at_word(sentence: &str, budget: usize, counter: &dyn TokenCounter) -
         }
     }
     let render = |end: usize| format!("{} {}", sentence[..end].trim_end(), ELISION.trim_end());
-    // Token counts grow with the prefix, so the longest fitting prefix is found by bisection.
-    let (mut low, mut high) = (0usize, ends.len());
-    while low < high {
-        let mid = (low + high).div_ceil(2);
-        if counter.count(&render(ends[mid - 1])) <= budget {
-            low = mid;
-        } else {
-            high = mid - 1;
+    let longest_fitting = |ends: &[usize]| {
+        // Token counts grow with the prefix, so the longest fitting prefix is found by bisection.
+        let (mut low, mut high) = (0usize, ends.len());
+        while low < high {
+            let mid = (low + high).div_ceil(2);
+            if counter.count(&render(ends[mid - 1])) <= budget {
+                low = mid;
+            } else {
+                high = mid - 1;
+            }
         }
-    }
-    if low == 0 {
-        return None;
-    }
-    Some(render(ends[low - 1]))
+        low.checked_sub(1).map(|last| render(ends[last]))
+    };
+    longest_fitting(&ends).or_else(|| {
+        let first_word = ends.first().copied().unwrap_or(sentence.len());
+        let graphemes: Vec<usize> = sentence[..first_word]
+            .grapheme_indices(true)
+            .map(|(at, g)| at + g.len())
+            .collect();
+        longest_fitting(&graphemes)
+    })
 }
