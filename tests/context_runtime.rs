@@ -633,6 +633,12 @@ fn rust_log_changes_what_tetrarch_prints() {
         "{info_line}"
     );
     assert!(info.contains("task=use"), "{info}");
+    // And the spans themselves, each printed as it closes, with its time.
+    let closed = info
+        .lines()
+        .find(|l| l.contains("tool_call{") && l.contains(" close time.busy="))
+        .unwrap_or_else(|| panic!("no closed tool_call span:\n{info}"));
+    assert!(closed.contains("task=use") || closed.contains("task=gather"), "{closed}");
     // `tetrarch=error`: the warnings are gone, the run's own report stays.
     assert!(!quiet.contains("WARN"), "{quiet}");
     assert!(!quiet.contains("max_file_bytes"), "{quiet}");

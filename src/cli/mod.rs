@@ -180,7 +180,10 @@ fn init_tracing(otlp_endpoint: Option<&str>) -> TracingGuard {
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A span is printed when it closes (with its busy and idle time), so `RUST_LOG=tetrarch=info`
+    // shows each run, task, tool call and review as it ends.
     let printed = tracing_subscriber::fmt::layer()
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
