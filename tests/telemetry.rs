@@ -1158,3 +1158,18 @@ async fn a_loopback_server_answers_only_to_localhost_and_ip_addresses() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_server_on_every_address_still_checks_the_host_of_loopback_connections() {
+    // Bound to 0.0.0.0 it also answers on 127.0.0.1, where a rebinding page's requests arrive.
+    let server = MetricsServer::bind("0.0.0.0:0".parse().unwrap(), Telemetry::new(None))
+        .await
+        .unwrap();
+    let port = server.local_addr().port();
+    let loopback: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, _, _) = get_as(loopback, "attacker.example", "/metrics").await;
+    assert_eq!(status, 403);
+    let (status, _, _) = get_as(loopback, &format!("localhost:{port}"), "/metrics").await;
+    assert_ne!(status, 403);
+    server.shutdown().await;
+}

@@ -61,7 +61,7 @@ pub const METRIC_NAMES: &[(&str, &str)] = &[
     ),
     (
         "tetrarch_tool_calls_total",
-        "Task attempts by tool and outcome (complete, failed, skipped, cancelled, compensated, gate_failed, retrying)",
+        "Task attempts by tool and outcome (complete, failed, cancelled, gate_failed, retrying); a task that never started (skipped) is not an attempt",
     ),
     (
         "tetrarch_active_agents",
@@ -195,9 +195,21 @@ impl Tracker {
         self.last_change = Some(now);
     }
 
-    fn parallel_ratio(&self) -> f64 {
-        if self.task_time > 0.0 {
-            self.parallel_time / self.task_time
+    /// The share of task time spent with another task running, up to `now`: the time of the
+    /// tasks running now counts too (one long task alone lowers the ratio while it runs, not
+    /// only when it ends).
+    fn parallel_ratio(&self, now: Instant) -> f64 {
+        let (mut task_time, mut parallel_time) = (self.task_time, self.parallel_time);
+        if let Some(last) = self.last_change {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64()
+                * self.running.len() as f64;
+            task_time += elapsed;
+            if self.running.len() > 1 {
+                parallel_time += elapsed;
+            }
+        }
+        if task_time > 0.0 {
+            parallel_time / task_time
         } else {
             0.0
         }
@@ -208,15 +220,16 @@ impl Tracker {
         self.running.insert(task.to_owned(), now);
     }
 
-    /// Ends a task's attempt in flight with `status`, recording its latency.
+    /// Ends a task's attempt in flight with `status`, counting it and recording its latency;
+    /// nothing for a task with no attempt in flight (skipped, or cancelled before it started).
     fn end_attempt(&mut self, task: &str, status: &'static str, now: Instant) {
         self.advance(now);
-        let tool = self.tools.get(task).cloned().unwrap_or_default();
-        counter!("tetrarch_tool_calls_total", "tool" => tool.clone(), "status" => status)
-            .increment(1);
         let Some(started) = self.running.remove(task) else {
             return;
         };
+        let tool = self.tools.get(task).cloned().unwrap_or_default();
+        counter!("tetrarch_tool_calls_total", "tool" => tool.clone(), "status" => status)
+            .increment(1);
         let seconds = now.saturating_duration_since(started).as_secs_f64();
         histogram!("tetrarch_task_attempt_duration_seconds", "tool" => tool.clone(), "agent" => AgentKind::Executor.as_str())
             .record(seconds);
@@ -224,7 +237,7 @@ impl Tracker {
         entry.0 += 1;
         entry.1 += seconds;
         entry.2 = entry.2.max(seconds);
-        gauge!("tetrarch_parallel_execution_ratio").set(self.parallel_ratio());
+        gauge!("tetrarch_parallel_execution_ratio").set(self.parallel_ratio(now));
     }
 }
 
@@ -371,7 +384,7 @@ impl Telemetry {
             }
             RunEvent::FixApplied { .. } | RunEvent::Compensated { .. } => {}
         }
-        tracker.view.parallel_ratio = tracker.parallel_ratio();
+        tracker.view.parallel_ratio = tracker.parallel_ratio(now);
     }
 
     /// Reads the runtime's gauges: agents (restarts, mailbox depth), pools, the context cache,
@@ -431,6 +444,7 @@ impl Telemetry {
         self.sample_store(runtime.store());
         let resumed = {
             let mut tracker = self.inner.tracker.lock();
+            gauge!("tetrarch_parallel_execution_ratio").set(tracker.parallel_ratio(Instant::now()));
             tracker.view.agents = agents;
             tracker.view.pools = pools;
             tracker.view.cache = cache;
@@ -492,6 +506,7 @@ impl Telemetry {
     pub fn state(&self) -> DashboardState {
         let tracker = self.inner.tracker.lock();
         let mut view = tracker.view.clone();
+        view.parallel_ratio = tracker.parallel_ratio(Instant::now());
         view.latency = tracker
             .latency
             .iter()
@@ -598,5 +613,26 @@ mod tests {
             telemetry.record(&finished(TaskState::Failed));
         });
         assert_eq!(calls(&handle.render(), "failed"), 1.0);
+
+        // A task skipped after a failed dependency never started: it is not an attempt.
+        metrics::with_local_recorder(&recorder, || {
+            telemetry.record(&finished(TaskState::Skipped));
+        });
+        assert_eq!(calls(&handle.render(), "skipped"), 0.0);
+    }
+
+    #[test]
+    fn the_parallel_ratio_counts_the_tasks_running_now() {
+        let mut tracker = Tracker::default();
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        tracker.start_attempt("a", at(0));
+        tracker.start_attempt("b", at(0));
+        tracker.end_attempt("a", "complete", at(100));
+        // b ran alongside a for 100 ms each (200 ms of task time, all parallel); then alone.
+        assert!((tracker.parallel_ratio(at(100)) - 1.0).abs() < 1e-9);
+        // Alone for 1.8 s more: 200 of 2,000 ms of task time were parallel, though nothing
+        // has started or ended since.
+        assert!((tracker.parallel_ratio(at(1_900)) - 0.1).abs() < 1e-9);
     }
 }

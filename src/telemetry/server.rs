@@ -122,11 +122,12 @@ impl Serving {
         limits: ServeLimits,
     ) -> Result<Self, TelemetryError> {
         limits.check(server)?;
-        let app = if addr.ip().is_loopback() {
-            app.layer(axum::middleware::from_fn(local_host_only))
-        } else {
-            app
-        };
+        if !is_loopback(addr.ip()) {
+            tracing::warn!(
+                "{server} listens on {addr}: other machines can reach it, and it shows command \
+                 lines and failure reasons"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| match source.kind() {
@@ -149,7 +150,7 @@ impl Serving {
                 source,
             })?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, app, limits, stopped, server, bound));
+        let task = tokio::spawn(serve(listener, Apps::new(app), limits, stopped, server, bound));
         Ok(Serving {
             addr: bound,
             stop: Some(stop),
@@ -172,11 +173,50 @@ impl Serving {
     }
 }
 
+/// The router for each kind of connection.
+#[derive(Clone)]
+struct Apps {
+    /// For connections to a loopback address: only `localhost` or an IP address as `Host`.
+    loopback: Router,
+    /// For connections from other machines (a server bound to a non-loopback address).
+    remote: Router,
+}
+
+impl Apps {
+    fn new(app: Router) -> Apps {
+        Apps {
+            loopback: app.clone().layer(axum::middleware::from_fn(local_host_only)),
+            remote: app,
+        }
+    }
+
+    /// The router for a connection accepted on `local`. A server bound to `0.0.0.0` also
+    /// answers on 127.0.0.1, where a rebinding page's requests arrive: the `Host` check holds
+    /// for every connection made to a loopback address, whatever address was bound.
+    fn for_connection(&self, local: Option<SocketAddr>) -> &Router {
+        match local {
+            Some(local) if !is_loopback(local.ip()) => &self.remote,
+            _ => &self.loopback,
+        }
+    }
+}
+
+/// Whether `ip` is a loopback address, an IPv4 one mapped into IPv6 (`::ffff:127.0.0.1`, seen
+/// on a dual-stack socket) included.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    }
+}
+
 /// Accepts connections until `stopped`, then closes each gracefully (in-flight requests finish).
 /// The connections are this task's: aborting it (after [`SHUTDOWN_GRACE`]) ends them too.
 async fn serve(
     listener: tokio::net::TcpListener,
-    app: Router,
+    apps: Apps,
     limits: ServeLimits,
     stopped: oneshot::Receiver<()>,
     server: &'static str,
@@ -205,6 +245,7 @@ async fn serve(
                 }
             },
         };
+        let app = apps.for_connection(stream.local_addr().ok());
         let service = TowerToHyperService::new(app.clone());
         let mut closed = closed.clone();
         connections.spawn(async move {
@@ -379,10 +420,13 @@ async fn state(State(telemetry): State<Telemetry>) -> Response {
 /// (or for a finished run) the answer is 204 No Content, which tells `EventSource` not to
 /// reconnect.
 async fn events(State(telemetry): State<Telemetry>) -> Response {
+    // Subscribed before the check: a run that finishes in between is seen as over here, or its
+    // `run_finished` is in the stream (checked first, the stream could miss it and never end).
+    let events = telemetry.subscribe();
     if telemetry.run_over() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    Sse::new(event_stream(telemetry.subscribe()))
+    Sse::new(event_stream(events))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
