@@ -638,7 +638,10 @@ fn rust_log_changes_what_tetrarch_prints() {
         .lines()
         .find(|l| l.contains("tool_call{") && l.contains(" close time.busy="))
         .unwrap_or_else(|| panic!("no closed tool_call span:\n{info}"));
-    assert!(closed.contains("task=use") || closed.contains("task=gather"), "{closed}");
+    assert!(
+        closed.contains("task=use") || closed.contains("task=gather"),
+        "{closed}"
+    );
     // `tetrarch=error`: the warnings are gone, the run's own report stays.
     assert!(!quiet.contains("WARN"), "{quiet}");
     assert!(!quiet.contains("max_file_bytes"), "{quiet}");

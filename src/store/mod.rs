@@ -225,6 +225,34 @@ pub(crate) fn fields_of(memory: &Memory) -> Fields<'_> {
     }
 }
 
+/// What a panic of the database engine on damaged data becomes.
+fn engine_failed(path: &Path, panic: &(dyn std::any::Any + Send)) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!(
+            "the database engine failed on damaged data: {}",
+            panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("unknown failure")
+        ),
+    }
+}
+
+/// Runs a read of the file, turning a panic of the engine into [`StoreError::Corrupt`]. redb
+/// panics on some damaged pages (a key that is not UTF-8) instead of returning an error, and
+/// damage it did not meet while opening can be met by any later read: the caller gets an error
+/// naming the file, and the process goes on to close the store cleanly (a crash left the file
+/// needing a repair that damaged data can make impossible, taking every memory with it).
+fn guarded_read<T>(
+    path: &Path,
+    read: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+        .unwrap_or_else(|panic| Err(engine_failed(path, &*panic)))
+}
+
 fn open_error(path: &Path, error: DatabaseError) -> StoreError {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.to_path_buf(),
@@ -280,17 +308,7 @@ impl Store {
             let state = Self::rebuild(&db, &path, &config, &dictionary)?;
             Ok::<_, StoreError>((db, state, dictionary))
         }));
-        let (db, state, dictionary) = opened.map_err(|panic| StoreError::Corrupt {
-            path: path.clone(),
-            detail: format!(
-                "the database engine failed on damaged data: {}",
-                panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("unknown failure")
-            ),
-        })??;
+        let (db, state, dictionary) = opened.map_err(|panic| engine_failed(&path, &*panic))??;
         let db = Arc::new(db);
         let state = Arc::new(RwLock::new(state));
         let access_queue = Arc::new(Mutex::new(Vec::new()));
@@ -607,12 +625,14 @@ impl Store {
         }
         // Not hot: it may be archived.
         let path = &self.inner.path;
-        let table = self.read_table(MEMORIES, "open memories table")?;
-        let bytes = table
-            .get(id.as_u128())
-            .map_err(db_error(path, "read memory"))?
-            .ok_or(StoreError::NotFound(id))?;
-        let memory = codec::decode_memory(bytes.value())?;
+        let memory = guarded_read(path, || {
+            let table = self.read_table(MEMORIES, "open memories table")?;
+            let bytes = table
+                .get(id.as_u128())
+                .map_err(db_error(path, "read memory"))?
+                .ok_or(StoreError::NotFound(id))?;
+            codec::decode_memory(bytes.value())
+        })?;
         if memory.is_expired(now) {
             return Err(StoreError::NotFound(id));
         }
@@ -757,11 +777,13 @@ impl Store {
         key: u128,
     ) -> Result<Option<(CacheCategory, Vec<u8>)>, StoreError> {
         let path = &self.inner.path;
-        let table = self.read_table(CACHE, "open cache table")?;
-        let found = table.get(key).map_err(db_error(path, "read cache entry"))?;
-        found
-            .map(|bytes| codec::decode_cache_entry(bytes.value()))
-            .transpose()
+        guarded_read(path, || {
+            let table = self.read_table(CACHE, "open cache table")?;
+            let found = table.get(key).map_err(db_error(path, "read cache entry"))?;
+            found
+                .map(|bytes| codec::decode_cache_entry(bytes.value()))
+                .transpose()
+        })
     }
 
     /// A table of the file in a read transaction of its own (the table keeps it open).
@@ -786,17 +808,19 @@ impl Store {
         mut visit: impl FnMut(u128, Option<(CacheCategory, Timestamp)>, u64),
     ) -> Result<(), StoreError> {
         let path = &self.inner.path;
-        let table = self.read_table(CACHE, "open cache table")?;
-        for entry in table.iter().map_err(db_error(path, "read cache entries"))? {
-            let (key, value) = entry.map_err(db_error(path, "read cache entry"))?;
-            let bytes = value.value();
-            visit(
-                key.value(),
-                codec::decode_cache_entry_meta(bytes).ok(),
-                bytes.len() as u64,
-            );
-        }
-        Ok(())
+        guarded_read(path, || {
+            let table = self.read_table(CACHE, "open cache table")?;
+            for entry in table.iter().map_err(db_error(path, "read cache entries"))? {
+                let (key, value) = entry.map_err(db_error(path, "read cache entry"))?;
+                let bytes = value.value();
+                visit(
+                    key.value(),
+                    codec::decode_cache_entry_meta(bytes).ok(),
+                    bytes.len() as u64,
+                );
+            }
+            Ok(())
+        })
     }
 
     /// What the persisted cache (technique patterns, compiled kernels, tool results) holds, per
@@ -910,19 +934,21 @@ impl Store {
     /// Every run record whose key starts with `prefix`, in key order.
     pub(crate) fn run_records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let path = &self.inner.path;
-        let table = self.read_table(RUNS, "open runs table")?;
-        let mut found = Vec::new();
-        for entry in table
-            .range(prefix..)
-            .map_err(db_error(path, "read run records"))?
-        {
-            let (key, value) = entry.map_err(db_error(path, "read run record"))?;
-            if !key.value().starts_with(prefix) {
-                break;
+        guarded_read(path, || {
+            let table = self.read_table(RUNS, "open runs table")?;
+            let mut found = Vec::new();
+            for entry in table
+                .range(prefix..)
+                .map_err(db_error(path, "read run records"))?
+            {
+                let (key, value) = entry.map_err(db_error(path, "read run record"))?;
+                if !key.value().starts_with(prefix) {
+                    break;
+                }
+                found.push((key.value().to_owned(), value.value().to_vec()));
             }
-            found.push((key.value().to_owned(), value.value().to_vec()));
-        }
-        Ok(found)
+            Ok(found)
+        })
     }
 
     /// Removes a persisted cache entry (fsync'd before this returns; absent is not an error).
@@ -959,6 +985,45 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A run record whose key is no longer UTF-8 made redb panic inside `run_records`; the
+    /// process crashed with the file open, and the repair at the next open failed, so every
+    /// memory was lost with it. The read is now an error and the store opens again.
+    #[tokio::test]
+    async fn a_damaged_run_record_is_an_error_and_the_store_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let key = "run/damaged-key-marker";
+        {
+            let store = Store::open(&path, StoreConfig::default()).unwrap();
+            store
+                .store(NewMemory::new(Namespace::Global, "kept through damage"))
+                .await
+                .unwrap();
+            store
+                .put_run_records(vec![(key.to_owned(), b"record".to_vec())])
+                .await
+                .unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut damaged = 0;
+        for at in 0..bytes.len().saturating_sub(key.len()) {
+            if bytes[at..].starts_with(key.as_bytes()) {
+                bytes[at + 8] = 0xFF;
+                damaged += 1;
+            }
+        }
+        assert!(damaged > 0, "the key is not in the file");
+        std::fs::write(&path, &bytes).unwrap();
+        {
+            let store = Store::open(&path, StoreConfig::default()).unwrap();
+            let error = store.run_records("run/").unwrap_err();
+            assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+            assert!(error.to_string().contains("damaged data"), "{error}");
+        }
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(store.list_recent(None, 10).len(), 1);
+    }
 
     /// Updates keep the index's document table about the size of the live set (every version
     /// used to keep a slot for the life of the process), and renumbering loses no memory: each

@@ -201,8 +201,8 @@ impl Tracker {
     fn parallel_ratio(&self, now: Instant) -> f64 {
         let (mut task_time, mut parallel_time) = (self.task_time, self.parallel_time);
         if let Some(last) = self.last_change {
-            let elapsed = now.saturating_duration_since(last).as_secs_f64()
-                * self.running.len() as f64;
+            let elapsed =
+                now.saturating_duration_since(last).as_secs_f64() * self.running.len() as f64;
             task_time += elapsed;
             if self.running.len() > 1 {
                 parallel_time += elapsed;

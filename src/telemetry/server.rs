@@ -150,7 +150,14 @@ impl Serving {
                 source,
             })?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, Apps::new(app), limits, stopped, server, bound));
+        let task = tokio::spawn(serve(
+            listener,
+            Apps::new(app),
+            limits,
+            stopped,
+            server,
+            bound,
+        ));
         Ok(Serving {
             addr: bound,
             stop: Some(stop),
@@ -185,7 +192,9 @@ struct Apps {
 impl Apps {
     fn new(app: Router) -> Apps {
         Apps {
-            loopback: app.clone().layer(axum::middleware::from_fn(local_host_only)),
+            loopback: app
+                .clone()
+                .layer(axum::middleware::from_fn(local_host_only)),
             remote: app,
         }
     }
