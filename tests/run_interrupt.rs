@@ -88,3 +88,84 @@ fn ctrl_c_cancels_compensates_and_saves_the_run() {
     assert_eq!(state("quick"), TaskState::Compensated);
     assert_eq!(state("slow"), TaskState::Cancelled);
 }
+
+const SLOW_UNDO_PLAN: &str = r#"
+name = "interrupt-twice"
+permissions = "settings.json"
+
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+
+[[task]]
+id = "quick"
+tool = "sh.run"
+args = { argv = ["echo '{\"ok\": true}'"] }
+compensate = { tool = "sh.undo", args = { argv = ["echo $$ > undo.pid; sleep 30"] } }
+
+[[task]]
+id = "slow"
+tool = "sh.run"
+deps = ["quick"]
+args = { argv = ["sleep 30"] }
+"#;
+
+#[test]
+fn a_second_ctrl_c_exits_130_and_kills_the_compensation_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plan.toml"), SLOW_UNDO_PLAN).unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .arg("run")
+        .arg(dir.path().join("plan.toml"))
+        .args(["--events", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("the run ended before `slow` started")
+            .unwrap();
+        if line.contains("\"task_started\"") && line.contains("\"slow\"") {
+            break;
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    // The compensation starts and writes its pid.
+    let pid_file = dir.path().join("undo.pid");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let undo = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            break nix::unistd::Pid::from_raw(pid);
+        }
+        assert!(Instant::now() < deadline, "the compensation never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    // Its child was killed before the exit (it leads its own group, so the terminal's Ctrl-C
+    // would not have reached it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(undo, None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the compensation's process outlived tetrarch"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -6,7 +6,8 @@
 //! outputs and are not run again; tasks that were in flight run again (at-least-once).
 //! `--fresh` starts a new run instead; the unfinished one stays in `runs` as it was and is no
 //! longer resumed (only the newest run of a plan is). Ctrl-C cancels the run (calls in flight are stopped,
-//! compensations run, the state is saved); a second Ctrl-C exits at once.
+//! compensations run, the state is saved); a second Ctrl-C kills the children still running and exits
+//! at once (130).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -191,10 +192,15 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
                 signal = tokio::signal::ctrl_c(), if !interrupted => {
                     signal.context("cannot listen for Ctrl-C")?;
                     interrupted = true;
-                    stderr_line!("\ninterrupted: cancelling run {run_id} (Ctrl-C again to exit now)");
+                    stderr_line!(
+                        "\ninterrupted: cancelling run {run_id} (Ctrl-C again to exit now; a \
+                         rollback cut short resumes on the next `tetrarch run` of this plan)"
+                    );
                     runtime.cancel(&run_id).await?;
                     tokio::spawn(async {
                         if tokio::signal::ctrl_c().await.is_ok() {
+                            // Exiting skips every drop: the children's groups are killed here.
+                            tetrarch::session::kill_child_process_groups();
                             std::process::exit(130);
                         }
                     });

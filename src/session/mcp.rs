@@ -79,25 +79,14 @@ impl McpSpec {
 pub struct McpSession {
     service: RunningService<RoleClient, ()>,
     server_pid: Option<u32>,
+    /// The server leads its own group (see `connect`), killed when the session drops.
+    _group: super::ChildGroup,
     program: String,
     /// The declared warm-up call, repeated by [`Session::warm_up`].
     warmup: Option<ToolRequest>,
     warmup_calls: u32,
     /// How long asking for the tool list may take (the spec's start timeout).
     list_timeout: Duration,
-}
-
-impl Drop for McpSession {
-    fn drop(&mut self) {
-        // The server leads its own group (see `connect`); ESRCH (already gone) is the normal case.
-        #[cfg(unix)]
-        if let Some(pgid) = self.server_pid.and_then(|id| i32::try_from(id).ok()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 impl std::fmt::Debug for McpSession {
@@ -132,6 +121,8 @@ impl McpSession {
             .spawn()
             .map_err(|source| super::spawn_error(&spec.program, spec.cwd.as_ref(), source))?;
         let server_pid = transport.id();
+        // From here the group dies with this function's failure or with the session.
+        let group = super::ChildGroup::new(server_pid);
         if let Some(stderr) = stderr {
             let program = spec.program.clone();
             tokio::spawn(async move {
@@ -166,6 +157,7 @@ impl McpSession {
         let mut session = Self {
             service,
             server_pid,
+            _group: group,
             program: spec.program.clone(),
             warmup: spec.warmup.clone(),
             warmup_calls: spec.warmup_calls.max(1),

@@ -35,6 +35,7 @@
 
 pub mod def;
 mod error;
+mod groups;
 pub mod mcp;
 pub mod native;
 mod pool;
@@ -48,6 +49,8 @@ use std::time::Duration;
 pub use def::{PoolContext, PoolDef, PoolKind, WarmupDef};
 pub use error::SessionError;
 pub use futures::future::BoxFuture;
+pub(crate) use groups::ChildGroup;
+pub use groups::kill_child_process_groups;
 pub use mcp::{McpFactory, McpSession, McpSpec};
 pub use native::{NativeFactory, NativeRegistry, NativeSession, NativeTool};
 pub use pool::{Pool, PoolConfig, PoolStats, PooledSession};

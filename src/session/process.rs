@@ -107,26 +107,6 @@ impl SessionFactory for ProcessFactory {
     }
 }
 
-/// Kills the child's process group when a call ends without the child having been reaped
-/// (timeout or cancellation). The group id is the child's pid, which cannot be reused while the
-/// unreaped child holds it, so the kill cannot hit a stranger.
-struct GroupKiller {
-    pgid: Option<u32>,
-}
-
-impl Drop for GroupKiller {
-    fn drop(&mut self) {
-        #[cfg(unix)]
-        if let Some(pgid) = self.pgid.and_then(|id| i32::try_from(id).ok()) {
-            // ESRCH (group already gone) is the normal case and is ignored.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
 /// A call's value as text for a variable or stdin: a string as it is, a number or boolean
 /// written out, an object or array as JSON (a whole-string template such as
 /// `"{{tasks.a.output}}"` renders to the referenced value, not to a string); `null` is none.
@@ -201,7 +181,9 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
     let mut child = command
         .spawn()
         .map_err(|source| super::spawn_error(&spec.program, spec.cwd.as_ref(), source))?;
-    let mut killer = GroupKiller { pgid: child.id() };
+    // Kills the group when the call ends without the child having been reaped (timeout or
+    // cancellation).
+    let mut group = super::ChildGroup::new(child.id());
     let io_error = |stream: &'static str| {
         let program = spec.program.clone();
         move |source| SessionError::Io {
@@ -236,7 +218,7 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
     };
     let (out, err, status) = match tokio::time::timeout(request.timeout, work).await {
         Ok(done) => done?,
-        // `killer` kills the group; kill_on_drop kills the child when `child` drops.
+        // `group` kills the group; kill_on_drop kills the child when `child` drops.
         Err(_) => {
             return Err(SessionError::Timeout {
                 tool: request.tool,
@@ -244,8 +226,7 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
             });
         }
     };
-    // The child is reaped: its pid may be reused, so never signal its group from now on.
-    killer.pgid = None;
+    group.reaped();
 
     let exit_status = status.code();
     if exit_status.is_none() {
