@@ -664,3 +664,22 @@ fn each_bad_reference_in_one_string_has_its_own_column() {
     assert!(lines[1].starts_with("p.toml:5:41: "), "{}", lines[1]);
     assert!(lines[1].contains("\"zip\""), "{}", lines[1]);
 }
+
+#[test]
+fn a_reference_in_a_gates_expected_text_is_refused() {
+    let text = "name = \"x\"\n[[task]]\nid = \"a\"\ntool = \"p.t\"\n\
+        gates = [{ contains = \"{{attempt}}\" }, { json = \"/v\", eq = \"{{tasks.a.output}}\" }, { contains = \"{{.Names}}\" }, { matches = \"^a{2}$\" }]\n";
+    let err = Plan::from_toml(text, "p.toml").unwrap_err();
+    let lines = err.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("gates[0].contains: {{attempt}} is not filled in"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("gates[1].eq: {{tasks.a.output}} is not filled in"),
+        "{}",
+        lines[1]
+    );
+}

@@ -315,6 +315,24 @@ impl Gate {
         }
     }
 
+    /// The gate's expected texts, compared as written (not templates), by key.
+    pub fn literal_texts(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            Gate::OutputContains { text } => vec![("contains", text)],
+            Gate::OutputMatches { regex } => vec![("matches", regex.as_str())],
+            Gate::JsonField { op, .. } => match op {
+                JsonOp::Eq(Value::String(s)) => vec![("eq", s)],
+                JsonOp::Ne(Value::String(s)) => vec![("ne", s)],
+                JsonOp::Lt(Value::String(s)) => vec![("lt", s)],
+                JsonOp::Le(Value::String(s)) => vec![("le", s)],
+                JsonOp::Gt(Value::String(s)) => vec![("gt", s)],
+                JsonOp::Ge(Value::String(s)) => vec![("ge", s)],
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
     /// Evaluates a pure gate against an outcome; templates (file paths) render against `ctx`.
     /// Returns `None` for [`Gate::Score`], which the scorer evaluates.
     pub fn check(&self, outcome: &ToolOutcome, ctx: &TemplateContext) -> Option<GateResult> {

@@ -331,6 +331,30 @@ pub(super) fn parse(
         for (g, gate) in t.gates.iter().enumerate() {
             match Gate::from_table(gate.get_ref(), &id) {
                 Ok(parsed) => {
+                    // An expected text is compared as written: a reference in it would never be
+                    // filled in, so the gate could never pass as meant (`{{.Names}}` and other
+                    // text that is not a reference stays literal).
+                    for (key, text) in parsed.literal_texts() {
+                        let reference =
+                            super::template::parse_template(text)
+                                .ok()
+                                .and_then(|segments| {
+                                    segments.into_iter().find_map(|s| match s {
+                                        super::template::Segment::Ref(r) => Some(r),
+                                        super::template::Segment::Text(_) => None,
+                                    })
+                                });
+                        if let Some(reference) = reference {
+                            c.push(
+                                gate.span().start,
+                                format!(
+                                    "task {id:?} gates[{g}].{key}: {{{{{reference}}}}} is not filled in: \
+                                     a gate's expected text is compared as written (only file_exists, \
+                                     reference and test are templates)"
+                                ),
+                            );
+                        }
+                    }
                     for (key, template) in parsed.templates() {
                         sites.push(TemplateSite {
                             task: i,
