@@ -374,6 +374,51 @@ compensate = { tool = "nowhere.undo", args = {} }
 }
 
 #[tokio::test]
+async fn a_process_calls_unknown_arg_keys_are_refused_before_anything_runs() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "process-typos"
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+[[task]]
+id = "first"
+tool = "fn.echo"
+args = { label = "first", anything = 1 }
+[[task]]
+id = "typo"
+tool = "sh.run"
+deps = ["first"]
+args = { arg = ["echo typo"] }
+fixes = [{ when = "x", env = { A = "1" } }, { when = "y", args = { argvv = ["z"] } }]
+compensate = { tool = "sh.undo", args = "echo undo" }
+"#;
+    let error = h.runtime.run(plan(text), options()).await.unwrap_err();
+    let AgentError::Plan(plan_error) = &error else {
+        panic!("not a plan error: {error}");
+    };
+    let lines = plan_error.lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].ends_with(
+            "task \"typo\" tool args: unknown key `arg` for a process call (expected argv, stdin, env)"
+        ),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("fixes[1] args: unknown key `argvv`"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].contains("compensate args: a process call's args are a table"),
+        "{lines:?}"
+    );
+    // A native tool's args are its own business; nothing ran.
+    assert!(h.calls.lock().is_empty());
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
 async fn runs_whose_plans_declare_a_pool_of_the_same_name_each_use_their_own() {
     let h = harness(|_| {}).await;
     // Each plan declares pool `own`; the second run starts while the first still needs its pool.

@@ -245,6 +245,27 @@ args = { notes = "{{context}}", topic = "lantern exposure", from = "{{tasks.fetc
     for unwanted in ["invoice", "permission denied", "lantern exposure notes"] {
         assert!(!context.contains(unwanted), "{unwanted:?} in: {context}");
     }
+    // Outputs are recorded as memories of the run (in the background), typed as task outputs.
+    let namespace = Namespace::session("run", &report.run_id).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let outputs: Vec<_> = runtime
+            .store()
+            .list_recent(Some(&namespace), 100)
+            .into_iter()
+            .filter(|m| m.tags.iter().any(|t| t == "output"))
+            .collect();
+        if outputs.len() == 2 {
+            assert!(
+                outputs
+                    .iter()
+                    .all(|m| m.memory_type == tetrarch::store::MemoryType::TaskOutput)
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{outputs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     runtime.shutdown().await;
 }
 

@@ -827,8 +827,9 @@ deps = ["scored"]
     runtime.shutdown().await;
 }
 
-/// Starts `tetrarch run` on a plan whose one task sleeps `sleep_s`, with `--metrics ADDR`.
-fn spawn_cli_run(dir: &Path, sleep_s: u32, metrics: &str) -> std::process::Child {
+/// Starts `tetrarch run` on a plan whose one task sleeps `sleep_s`, with `--metrics ADDR` and
+/// `extra` arguments.
+fn spawn_cli_run(dir: &Path, sleep_s: u32, metrics: &str, extra: &[&str]) -> std::process::Child {
     std::fs::write(
         dir.join("plan.toml"),
         format!(
@@ -851,6 +852,7 @@ fn spawn_cli_run(dir: &Path, sleep_s: u32, metrics: &str) -> std::process::Child
         .arg(dir.join("plan.toml"))
         .arg("--metrics")
         .arg(metrics)
+        .args(extra)
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .spawn()
@@ -877,7 +879,7 @@ fn tetrarch_run_metrics_serves_only_metrics_and_a_stalled_or_dropped_scraper_doe
  {
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let mut child = spawn_cli_run(dir.path(), 2, "127.0.0.1:0");
+    let mut child = spawn_cli_run(dir.path(), 2, "127.0.0.1:0", &[]);
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     let addr = loop {
@@ -954,7 +956,7 @@ fn tetrarch_run_warns_when_the_metrics_port_is_taken_and_runs_anyway() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     // A bare port means 127.0.0.1, as for the dashboard.
-    let out = spawn_cli_run(dir.path(), 0, &port.to_string())
+    let out = spawn_cli_run(dir.path(), 0, &port.to_string(), &[])
         .wait_with_output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -968,7 +970,7 @@ fn tetrarch_run_warns_when_the_metrics_port_is_taken_and_runs_anyway() {
         "{stderr}"
     );
     assert!(stderr.contains("1/1 tasks complete"), "{stderr}");
-    let bad = spawn_cli_run(dir.path(), 0, "localhost:http")
+    let bad = spawn_cli_run(dir.path(), 0, "localhost:http", &[])
         .wait_with_output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&bad.stderr);
@@ -1172,4 +1174,46 @@ async fn a_server_on_every_address_still_checks_the_host_of_loopback_connections
     let (status, _, _) = get_as(loopback, &format!("localhost:{port}"), "/metrics").await;
     assert_ne!(status, 403);
     server.shutdown().await;
+}
+
+#[test]
+fn serve_after_keeps_metrics_up_for_the_runs_final_values_until_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_cli_run(dir.path(), 0, "127.0.0.1:0", &["--serve-after", "5m"]);
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut addr = None;
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("tetrarch ended before the run was over: {seen}");
+        }
+        seen.push_str(&line);
+        if let Some(rest) = line.trim_end().strip_prefix("metrics: http://") {
+            addr = Some(
+                rest.strip_suffix("/metrics")
+                    .unwrap()
+                    .parse::<SocketAddr>()
+                    .unwrap(),
+            );
+        }
+        if line.starts_with("run over: serving") {
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no metrics address in: {seen}"));
+    // Set only when the run ended: without the extra time no scrape could see it.
+    let (status, body) = blocking_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("tetrarch_runs_total{status=\"complete\"} 1")),
+        "{body}"
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let interrupted = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert!(interrupted.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{seen}");
 }

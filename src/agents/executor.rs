@@ -25,7 +25,9 @@ use super::runtime::PoolSet;
 use crate::lessons::Lessons;
 use crate::permissions::{ApprovalHandler, Decision, List, ToolCall, Verdict};
 use crate::session::{PoolDef, PoolKind, SessionError, ToolOutcome, ToolRequest};
-use crate::store::{CacheCategory, CacheError, CacheKey, ContextCache, NewMemory, Store};
+use crate::store::{
+    CacheCategory, CacheError, CacheKey, ContextCache, MemoryType, NewMemory, Store,
+};
 
 /// Longest output kept in a memory.
 const MEMORY_CAP: usize = 8 * 1024;
@@ -395,23 +397,30 @@ fn outcome_memory(
         return None;
     }
     let namespace = run_namespace(&attempt.run_id)?;
-    let (content, tag) = match outcome {
-        Outcome::Ran(o) if o.succeeded() => (capped(&o.stdout).to_owned(), "output"),
+    let (content, tag, memory_type) = match outcome {
+        Outcome::Ran(o) if o.succeeded() => (
+            capped(&o.stdout).to_owned(),
+            "output",
+            MemoryType::TaskOutput,
+        ),
         Outcome::Ran(o) => (
             format!(
-                "exit status {:?}\n{}\n{}",
-                o.exit_status,
+                "exit status {}\n{}\n{}",
+                o.exit_status
+                    .map_or_else(|| "none".to_owned(), |code| code.to_string()),
                 capped(&o.stderr),
                 capped(&o.stdout)
             ),
             "error",
+            MemoryType::TaskError,
         ),
-        Outcome::Error { reason, .. } => (reason.clone(), "error"),
+        Outcome::Error { reason, .. } => (reason.clone(), "error", MemoryType::TaskError),
     };
     if content.trim().is_empty() {
         return None;
     }
     let mut memory = NewMemory::new(namespace, content);
+    memory.memory_type = memory_type;
     memory.tags = vec![tag.to_owned(), format!("task:{}", attempt.task.id)];
     memory.context = Some(format!(
         "{} of task {} ({})",

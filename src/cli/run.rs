@@ -65,6 +65,15 @@ pub struct RunArgs {
     /// localhost:PORT, or a port on 127.0.0.1) during the run.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Keep serving the dashboard and `/metrics` this long after the run ends (`30s`, `5m`), so
+    /// a scraper sees the run's final values (`tetrarch_runs_total`,
+    /// `tetrarch_run_duration_seconds`); Ctrl-C stops early.
+    #[arg(long, value_name = "DURATION", value_parser = parse_serve_after)]
+    serve_after: Option<Duration>,
+}
+
+fn parse_serve_after(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
 }
 
 pub(crate) fn load_permissions(path: &Path, base: &Path) -> Result<Arc<PermissionEngine>> {
@@ -220,6 +229,16 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         printer.abort();
     }
     if let Some(live) = live {
+        if let Some(linger) = args.serve_after.filter(|d| !d.is_zero()) {
+            stderr_line!(
+                "run over: serving the dashboard and metrics for {} more (Ctrl-C to stop)",
+                humantime::format_duration(linger)
+            );
+            tokio::select! {
+                () = tokio::time::sleep(linger) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
         live.shutdown().await;
     }
     runtime.shutdown().await;
@@ -417,16 +436,11 @@ pub fn list(store: &Path, json: bool) -> Result<ExitCode> {
             stdout_line!("{}", serde_json::to_string(&run)?)?;
             continue;
         }
-        let complete = run
-            .tasks
-            .iter()
-            .filter(|(_, s)| *s == TaskState::Complete)
-            .count();
         stdout_line!(
-            "{}  {:<9}  {complete}/{} complete  {} ({})",
+            "{}  {:<9}  {}  {} ({})",
             run.run_id,
             format!("{:?}", run.status).to_lowercase(),
-            run.tasks.len(),
+            task_counts(&run.tasks),
             run.plan,
             run.source
         )?;
@@ -434,9 +448,49 @@ pub fn list(store: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A run's tasks by state: `3/5 complete` then any other state held (`, 1 failed, 1 skipped`).
+fn task_counts(tasks: &[(String, TaskState)]) -> String {
+    let count = |state: TaskState| tasks.iter().filter(|(_, s)| *s == state).count();
+    let mut text = format!("{}/{} complete", count(TaskState::Complete), tasks.len());
+    for (state, name) in [
+        (TaskState::Failed, "failed"),
+        (TaskState::Skipped, "skipped"),
+        (TaskState::Cancelled, "cancelled"),
+        (TaskState::Compensated, "compensated"),
+        (TaskState::Running, "running"),
+        (TaskState::Pending, "pending"),
+    ] {
+        let n = count(state);
+        if n > 0 {
+            text.push_str(&format!(", {n} {name}"));
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
-    use super::took;
+    use super::{TaskState, task_counts, took};
+
+    #[test]
+    fn a_runs_line_counts_its_tasks_by_state() {
+        let tasks: Vec<(String, TaskState)> = [
+            TaskState::Complete,
+            TaskState::Failed,
+            TaskState::Skipped,
+            TaskState::Skipped,
+            TaskState::Compensated,
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (format!("t{i}"), s))
+        .collect();
+        assert_eq!(
+            task_counts(&tasks),
+            "1/5 complete, 1 failed, 2 skipped, 1 compensated"
+        );
+        assert_eq!(task_counts(&tasks[..1]), "1/1 complete");
+    }
 
     #[test]
     fn task_times_read_in_the_unit_that_fits() {
