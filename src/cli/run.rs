@@ -17,12 +17,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tetrarch::agents::{
     ActorsConfig, RunEvent, RunOptions, RunReport, RunStatus, Runtime, RuntimeOptions, TaskState,
     plan_hash, saved_runs,
 };
-use tetrarch::permissions::{PermissionEngine, TerminalPrompt};
+use tetrarch::permissions::{
+    ApprovalHandler, Decision, PermissionEngine, TerminalPrompt, ToolCall,
+};
 use tetrarch::plan::{Plan, StaticCatalog};
 use tetrarch::store::{Store, StoreConfig};
 use tokio::sync::broadcast;
@@ -164,8 +166,13 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         }
     }
     let mut runtime_options = RuntimeOptions::new(store, actors);
+    let bar = (args.events == EventsFormat::Human && std::io::stderr().is_terminal())
+        .then(|| progress_bar(plan.tasks.len()));
     if human && std::io::stdin().is_terminal() {
-        runtime_options.approval = Arc::new(TerminalPrompt::new());
+        runtime_options.approval = Arc::new(PromptAboveBar {
+            prompt: TerminalPrompt::new(),
+            bar: bar.clone(),
+        });
     }
     let runtime = Runtime::start(runtime_options).await?;
     let live = super::dashboard::start_live(
@@ -176,12 +183,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     )
     .await;
     let events = runtime.subscribe();
-    let mut printer = tokio::spawn(print_events(
-        events,
-        args.events,
-        plan.tasks.len(),
-        run_id.clone(),
-    ));
+    let mut printer = tokio::spawn(print_events(events, args.events, bar, run_id.clone()));
     let options = RunOptions {
         base_dir,
         source,
@@ -326,23 +328,50 @@ fn describe(event: &RunEvent) -> Option<String> {
     })
 }
 
+/// The run's progress bar on a terminal, hidden until the printer shows it (the pools start,
+/// and print, in between).
+fn progress_bar(tasks: usize) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(u64::try_from(tasks).unwrap_or(u64::MAX)),
+        ProgressDrawTarget::hidden(),
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// The terminal's `y/N` prompt with the progress bar hidden while it waits: the bar's ticks
+/// redrew its line and erased the question.
+struct PromptAboveBar {
+    prompt: TerminalPrompt,
+    bar: Option<ProgressBar>,
+}
+
+impl ApprovalHandler for PromptAboveBar {
+    fn approve(&self, call: &ToolCall, decision: &Decision) -> bool {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| self.prompt.approve(call, decision)),
+            None => self.prompt.approve(call, decision),
+        }
+    }
+
+    fn declined(&self) -> &'static str {
+        self.prompt.declined()
+    }
+}
+
 async fn print_events(
     mut events: broadcast::Receiver<RunEvent>,
     format: EventsFormat,
-    tasks: usize,
+    bar: Option<ProgressBar>,
     run_id: String,
 ) {
-    let bar = (format == EventsFormat::Human && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(u64::try_from(tasks).unwrap_or(u64::MAX));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+    if let Some(bar) = &bar {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
         bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    });
+    }
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
