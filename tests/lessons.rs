@@ -382,3 +382,23 @@ async fn failures_recorded_without_a_fix_do_not_hide_a_known_fix() {
         .unwrap();
     assert_eq!(found.fix, "raise the atlas size");
 }
+
+#[tokio::test]
+async fn a_blank_fix_or_a_verdict_without_a_fix_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lessons = lessons_in(&dir);
+    let blank = failure("shader", CLOSE, "  ", true);
+    assert!(matches!(
+        lessons.record(blank).await,
+        Err(tetrarch::lessons::LessonError::EmptyFix)
+    ));
+    let mut no_fix = failure("shader", CLOSE, "x", true);
+    no_fix.fix = None;
+    assert!(matches!(
+        lessons.record(no_fix).await,
+        Err(tetrarch::lessons::LessonError::WorkedWithoutFix)
+    ));
+    // Nothing was stored, and a blank fix is never suggested.
+    assert!(lessons.list(10).is_empty());
+    assert_eq!(lessons.suggest_fix(CLOSE), None);
+}

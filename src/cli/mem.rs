@@ -33,8 +33,8 @@ pub enum MemCommand {
         /// Only memories with all these tags (comma-separated).
         #[arg(long, value_delimiter = ',')]
         tags: Vec<String>,
-        /// Only memories at least this important.
-        #[arg(long)]
+        /// Only memories at least this important (1 to 10).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
         min_importance: Option<u8>,
         /// At most this many results.
         #[arg(long, default_value_t = 10)]

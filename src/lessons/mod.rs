@@ -50,6 +50,12 @@ pub enum LessonError {
     /// The failure has an empty message.
     #[error("a failure needs a non-empty message")]
     EmptyMessage,
+    /// The fix is given but blank: nothing could be suggested from it.
+    #[error("a fix needs a non-empty text (leave it out when none was tried)")]
+    EmptyFix,
+    /// Whether a fix worked is given without the fix.
+    #[error("`worked` says whether the fix worked: give the fix too")]
+    WorkedWithoutFix,
 }
 
 /// One failure and what was done about it.
@@ -220,10 +226,16 @@ impl Lessons {
     /// Records a failure durably.
     ///
     /// # Errors
-    /// [`LessonError::EmptyMessage`], or the store's error.
+    /// [`LessonError::EmptyMessage`], [`LessonError::EmptyFix`],
+    /// [`LessonError::WorkedWithoutFix`], or the store's error.
     pub async fn record(&self, mut failure: Failure) -> Result<MemoryId, LessonError> {
         if failure.message.trim().is_empty() {
             return Err(LessonError::EmptyMessage);
+        }
+        match &failure.fix {
+            Some(fix) if fix.trim().is_empty() => return Err(LessonError::EmptyFix),
+            None if failure.worked.is_some() => return Err(LessonError::WorkedWithoutFix),
+            _ => {}
         }
         // A failing tool may print a megabyte of errors; the lesson keeps its start, which is
         // what similarity needs, and stays well under the store's size limit.
