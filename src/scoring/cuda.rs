@@ -14,7 +14,7 @@ use cudarc::driver::{
 
 use super::ScoreError;
 use super::constants::*;
-use super::flip::{self, Exposures, FlipFilters, FlipOutput, FlipStats, weighted_percentile};
+use super::flip::{self, Exposures, FlipFilters, FlipOutput, FlipStats};
 use super::image::{Plane, RgbImage, Transfer};
 use super::kernels::{KERNEL_SOURCES, KernelCache, cubin_cached};
 use super::ssim::{MSSSIM_MIN_SIDE, PsnrStats, gaussian_window};
@@ -379,14 +379,12 @@ impl CudaScorer {
                     data: Vec::new(),
                 }
             };
-            let stats = FlipStats {
-                mean: sums[0] / n as f64,
-                weighted_median: weighted_percentile(&hist, 0.5),
-                weighted_q1: weighted_percentile(&hist, 0.25),
-                weighted_q3: weighted_percentile(&hist, 0.75),
-                min: f64::from(f32::from_bits(u32::MAX - minmax[0])),
-                max: f64::from(f32::from_bits(minmax[1])),
-            };
+            let stats = FlipStats::pooled(
+                sums[0] / n as f64,
+                &hist,
+                f64::from(f32::from_bits(u32::MAX - minmax[0])),
+                f64::from(f32::from_bits(minmax[1])),
+            );
             out.push((FlipOutput { map, stats }, exposures));
         }
         Ok(out)

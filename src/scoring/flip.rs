@@ -319,13 +319,29 @@ pub fn pool(map: &Plane) -> FlipStats {
                 (a.0 + b.0, a.1.min(b.1), a.2.max(b.2), counts)
             },
         );
-    FlipStats {
-        mean: sum / map.data.len() as f64,
-        weighted_median: weighted_percentile(&counts, 0.5),
-        weighted_q1: weighted_percentile(&counts, 0.25),
-        weighted_q3: weighted_percentile(&counts, 0.75),
-        min: f64::from(min),
-        max: f64::from(max),
+    FlipStats::pooled(
+        sum / map.data.len() as f64,
+        &counts,
+        f64::from(min),
+        f64::from(max),
+    )
+}
+
+impl FlipStats {
+    /// The statistics from the mean, the histogram and the extremes (the same on both paths).
+    /// The weighted percentiles come from the histogram, which places them inside a bucket;
+    /// they are held to the errors' range: identical images (every error 0) have a median of
+    /// 0, not the first bucket's midpoint.
+    pub fn pooled(mean: f64, counts: &[u64], min: f64, max: f64) -> FlipStats {
+        let within = |p: f64| weighted_percentile(counts, p).clamp(min.min(max), max.max(min));
+        FlipStats {
+            mean,
+            weighted_median: within(0.5),
+            weighted_q1: within(0.25),
+            weighted_q3: within(0.75),
+            min,
+            max,
+        }
     }
 }
 
@@ -599,6 +615,26 @@ mod tests {
         assert!((s1 * s1 + s2 * s2 - 1.0).abs() < 1e-5);
         let pos: f32 = f.edge.iter().filter(|v| **v > 0.0).sum();
         assert!((pos - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn identical_images_pool_to_zero_everywhere() {
+        let map = Plane {
+            width: 4,
+            height: 2,
+            data: vec![0.0; 8],
+        };
+        let stats = pool(&map);
+        assert_eq!(
+            [
+                stats.mean,
+                stats.weighted_median,
+                stats.weighted_q1,
+                stats.weighted_q3,
+                stats.max
+            ],
+            [0.0; 5]
+        );
     }
 
     #[test]
