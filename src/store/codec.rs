@@ -56,6 +56,37 @@ pub(crate) enum StoredCacheEntry {
     V1(CacheEntryV1),
 }
 
+/// How many versions of [`StoredMemory`] this build reads.
+const MEMORY_VERSIONS: u32 = 1;
+/// How many versions of [`StoredCacheEntry`] this build reads.
+const CACHE_ENTRY_VERSIONS: u32 = 1;
+
+/// Why an envelope did not decode. postcard writes the envelope's variant (the schema version,
+/// from 0) first, as a varint: a variant this build does not know is a record written by a
+/// newer tetrarch, which is said as such rather than as a decoding error.
+fn envelope_error(what: &str, known: u32, bytes: &[u8], error: &postcard::Error) -> StoreError {
+    match leading_varint(bytes) {
+        Some(variant) if variant >= u64::from(known) => StoreError::Codec(format!(
+            "decode {what}: written by a newer tetrarch ({what} version {}; this one reads \
+             versions 1 to {known})",
+            variant + 1
+        )),
+        _ => StoreError::Codec(format!("decode {what}: {error}")),
+    }
+}
+
+/// The unsigned LEB128 varint at the start of `bytes` (postcard's encoding of a variant index).
+fn leading_varint(bytes: &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// Encodes a memory in the current schema.
 pub(crate) fn encode_memory(memory: &Memory) -> Result<Vec<u8>, StoreError> {
     let record = StoredMemory::V1(MemoryV1 {
@@ -82,7 +113,7 @@ pub(crate) fn encode_memory(memory: &Memory) -> Result<Vec<u8>, StoreError> {
 /// Decodes a memory written by any schema version.
 pub(crate) fn decode_memory(bytes: &[u8]) -> Result<Memory, StoreError> {
     let record: StoredMemory = postcard::from_bytes(bytes)
-        .map_err(|e| StoreError::Codec(format!("decode memory: {e}")))?;
+        .map_err(|e| envelope_error("memory", MEMORY_VERSIONS, bytes, &e))?;
     match record {
         StoredMemory::V1(v1) => Ok(Memory {
             id: MemoryId::from_u128(v1.id),
@@ -122,7 +153,7 @@ pub(crate) fn encode_cache_entry(
 /// Decodes a persisted cache entry, returning its category and value bytes.
 pub(crate) fn decode_cache_entry(bytes: &[u8]) -> Result<(CacheCategory, Vec<u8>), StoreError> {
     let record: StoredCacheEntry = postcard::from_bytes(bytes)
-        .map_err(|e| StoreError::Codec(format!("decode cache entry: {e}")))?;
+        .map_err(|e| envelope_error("cache entry", CACHE_ENTRY_VERSIONS, bytes, &e))?;
     match record {
         StoredCacheEntry::V1(v1) => Ok((v1.category, v1.value)),
     }
@@ -134,7 +165,7 @@ pub(crate) fn decode_cache_entry_meta(
     bytes: &[u8],
 ) -> Result<(CacheCategory, Timestamp), StoreError> {
     let record: StoredCacheEntry = postcard::from_bytes(bytes)
-        .map_err(|e| StoreError::Codec(format!("decode cache entry: {e}")))?;
+        .map_err(|e| envelope_error("cache entry", CACHE_ENTRY_VERSIONS, bytes, &e))?;
     match record {
         StoredCacheEntry::V1(v1) => Ok((v1.category, Timestamp::from_millis(v1.stored_at))),
     }
@@ -155,6 +186,47 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_record_from_a_newer_schema_says_so() {
+        let memory = Memory {
+            id: MemoryId::from_u128(7),
+            namespace: Namespace::Global,
+            memory_type: MemoryType::Insight,
+            content: "kept".into(),
+            summary: None,
+            keywords: Vec::new(),
+            tags: Vec::new(),
+            context: None,
+            importance: 5,
+            confidence: 1.0,
+            created_at: Timestamp::from_millis(1),
+            updated_at: Timestamp::from_millis(1),
+            last_accessed_at: Timestamp::from_millis(1),
+            access_count: 0,
+            expires_at: None,
+            archived: false,
+        };
+        let mut bytes = encode_memory(&memory).unwrap();
+        // The envelope's variant is the first byte: V1 is 0; 1 would be a V2 this build lacks.
+        assert_eq!(bytes[0], 0);
+        bytes[0] = 1;
+        let error = decode_memory(&bytes).unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "written by a newer tetrarch (memory version 2; this one reads versions 1 to 1)"
+            ),
+            "{error}"
+        );
+        // Damage that is not a version stays a decoding error.
+        let error = decode_memory(&[0, 0xff]).unwrap_err().to_string();
+        assert!(!error.contains("newer"), "{error}");
+        let mut entry =
+            encode_cache_entry(CacheCategory::ToolResult, b"v", Timestamp::now()).unwrap();
+        entry[0] = 3;
+        let error = decode_cache_entry(&entry).unwrap_err().to_string();
+        assert!(error.contains("cache entry version 4"), "{error}");
+    }
 
     fn arb_namespace() -> impl Strategy<Value = Namespace> {
         prop_oneof![
