@@ -540,7 +540,7 @@ impl Store {
     ///
     /// For writers that must not wait on the disk (the Executor records every tool outcome this
     /// way): the memory becomes visible to reads, and durable, when the writer commits it, in
-    /// queue order with everything queued before. A failed commit is logged by the writer.
+    /// queue order with everything queued before. A failed write or commit is logged by the writer.
     ///
     /// # Errors
     /// The same bad-input errors as [`Store::store`] (nothing is queued then), and

@@ -500,9 +500,13 @@ fn record_upsert(
     });
 }
 
-fn send<T>(reply: oneshot::Sender<T>, value: T) {
+fn send<T>(reply: oneshot::Sender<Result<T, StoreError>>, value: Result<T, StoreError>) {
     // A caller that stopped waiting is not an error: the write happened (or failed) regardless.
-    let _ = reply.send(value);
+    // A failure nobody hears of (a queued write, such as an outcome's memory, has no caller
+    // waiting) is logged, so it is not lost without a trace.
+    if let Err(Err(error)) = reply.send(value) {
+        tracing::error!(%error, "store write failed (no caller was waiting for it)");
+    }
 }
 
 fn fail_all(ctx: &WriterContext, replies: impl Iterator<Item = Pending>, message: &str) {
