@@ -426,6 +426,11 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     );
     let saved_tasks = saved["tasks"].as_array().unwrap();
     assert!(saved_tasks.iter().all(|t| t["state"] == "complete"));
+    // Each task's attempt (and reason, had it failed) comes from its record, not only its state.
+    assert!(
+        saved_tasks.iter().all(|t| t["attempt"] == 1),
+        "{saved_tasks:?}"
+    );
     assert_eq!(saved_tasks[3]["deps"], serde_json::json!(["b", "c"]));
     let missing = Telemetry::finished(runtime.store(), Some("no-such-run"), None)
         .err()

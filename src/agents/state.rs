@@ -311,6 +311,32 @@ pub fn saved_runs(store: &Store) -> Result<Vec<SavedRun>, StoreError> {
         .collect()
 }
 
+/// One task of a saved run as its last record left it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SavedTask {
+    /// The task's id.
+    pub id: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Its latest attempt (0: it never started).
+    pub attempt: u32,
+    /// Why it failed, was skipped or cancelled, when it did.
+    pub reason: Option<String>,
+}
+
+/// The tasks of one saved run, with their attempts and reasons (what [`saved_runs`] leaves out).
+pub fn saved_tasks(store: &Store, run_id: &str) -> Result<Vec<SavedTask>, StoreError> {
+    Ok(load_tasks(store, run_id)?
+        .into_iter()
+        .map(|(id, record)| SavedTask {
+            id,
+            state: record.state,
+            attempt: record.attempt,
+            reason: record.reason,
+        })
+        .collect())
+}
+
 /// The saved output of one task of a run, when it completed.
 pub fn saved_output(store: &Store, run_id: &str, task: &str) -> Result<Option<Value>, StoreError> {
     Ok(load_tasks(store, run_id)?

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 
 use super::TelemetryError;
 use super::view::{AgentView, CacheView, DashboardState, PoolView, ToolLatency};
-use crate::agents::{AgentKind, RunEvent, RunStatus, Runtime, TaskState, saved_runs};
+use crate::agents::{AgentKind, RunEvent, RunStatus, Runtime, TaskState, saved_runs, saved_tasks};
 use crate::plan::Plan;
 use crate::store::Store;
 
@@ -294,7 +294,12 @@ impl Telemetry {
             .or_else(|| std::fs::read_to_string(&run.source).ok())
             .and_then(|text| Plan::from_toml(&text, &run.source).ok());
         let telemetry = Telemetry::new(metrics);
-        telemetry.inner.tracker.lock().view = DashboardState::for_saved(run, plan.as_ref());
+        let mut view = DashboardState::for_saved(run, plan.as_ref());
+        // Why each task ended as it did, and its attempt: the run list holds only the states.
+        for task in saved_tasks(store, &run.run_id)? {
+            view.set_task(&task.id, task.state, Some(task.attempt), Some(task.reason));
+        }
+        telemetry.inner.tracker.lock().view = view;
         telemetry.sample_store(store);
         Ok(telemetry)
     }

@@ -207,7 +207,7 @@ impl DashboardState {
         state
     }
 
-    fn set_task(
+    pub(crate) fn set_task(
         &mut self,
         id: &str,
         state: TaskState,
