@@ -1222,3 +1222,29 @@ fn serve_after_keeps_metrics_up_for_the_runs_final_values_until_ctrl_c() {
     assert!(interrupted.elapsed() < Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{seen}");
 }
+
+#[tokio::test]
+async fn event_streams_cannot_take_every_connection() {
+    let limits = ServeLimits {
+        max_connections: 4,
+        ..ServeLimits::default()
+    };
+    let server = DashboardServer::bind_with_limits(
+        "127.0.0.1:0".parse().unwrap(),
+        Telemetry::new(None),
+        limits,
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    // Half the connections may be event streams; the next one is told to poll instead.
+    let _first = open_events(addr).await;
+    let _second = open_events(addr).await;
+    let (status, _, body) = get(addr, "/api/events").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many event streams"), "{body}");
+    // The page's state is still served beside the open streams.
+    let (status, _, _) = get(addr, "/api/state").await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}

@@ -335,11 +335,17 @@ impl DashboardServer {
         telemetry: Telemetry,
         limits: ServeLimits,
     ) -> Result<Self, TelemetryError> {
+        // Event streams stay open for the run; held to half the connections, they cannot take
+        // every slot and lock the page and `/metrics` out.
+        let streams = EventStreams(Arc::new(Semaphore::new(
+            (limits.max_connections / 2).max(1),
+        )));
         let app = Router::new()
             .route("/", get(page))
             .route("/api/state", get(state))
             .route("/api/events", get(events))
             .route("/metrics", get(metrics))
+            .layer(axum::Extension(streams))
             .with_state(telemetry);
         Ok(DashboardServer {
             serving: Serving::start("dashboard", addr, app, limits).await?,
@@ -428,29 +434,46 @@ async fn state(State(telemetry): State<Telemetry>) -> Response {
 /// The run's events as they happen. The stream ends after `run_finished`; once the run is over
 /// (or for a finished run) the answer is 204 No Content, which tells `EventSource` not to
 /// reconnect.
-async fn events(State(telemetry): State<Telemetry>) -> Response {
+async fn events(
+    State(telemetry): State<Telemetry>,
+    axum::Extension(streams): axum::Extension<EventStreams>,
+) -> Response {
     // Subscribed before the check: a run that finishes in between is seen as over here, or its
     // `run_finished` is in the stream (checked first, the stream could miss it and never end).
     let events = telemetry.subscribe();
     if telemetry.run_over() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    Sse::new(event_stream(events))
+    let Ok(permit) = streams.0.try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many event streams are open; reload /api/state instead\n",
+        )
+            .into_response();
+    };
+    Sse::new(event_stream(events, permit))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
+/// The event streams a dashboard serves at once.
+#[derive(Clone)]
+struct EventStreams(Arc<Semaphore>);
+
+/// The run's events as SSE; the stream holds `permit` (its place among the open streams) until
+/// it ends or its client goes.
 fn event_stream(
     events: broadcast::Receiver<RunEvent>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold(Some(events), |events| async move {
-        let mut events = events?;
+    futures::stream::unfold(Some((events, permit)), |state| async move {
+        let (mut events, permit) = state?;
         loop {
             match events.recv().await {
                 Ok(event) => match serde_json::to_string(&event) {
                     Ok(json) => {
                         let last = matches!(event, RunEvent::RunFinished { .. });
-                        let next = (!last).then_some(events);
+                        let next = (!last).then_some((events, permit));
                         return Some((Ok(Event::default().data(json)), next));
                     }
                     Err(e) => tracing::warn!("dashboard: cannot encode an event: {e}"),
@@ -458,7 +481,7 @@ fn event_stream(
                 // The page reloads /api/state when told it missed events.
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     let lagged = Event::default().event("lagged").data(n.to_string());
-                    return Some((Ok(lagged), Some(events)));
+                    return Some((Ok(lagged), Some((events, permit))));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
