@@ -250,6 +250,22 @@ impl ActorsConfig {
                 ),
             });
         }
+        // A misspelled file (`executer.toml`) would be ignored, and its agent run on defaults.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let known = |stem: &str| AgentKind::ALL.iter().any(|kind| kind.as_str() == stem);
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                if path.extension().is_some_and(|e| e == "toml") && !known(stem) {
+                    tracing::warn!(
+                        "actors folder {}: {} is not an agent's file (orchestrator.toml, \
+                         optimizer.toml, executor.toml, reviewer.toml) and is ignored",
+                        dir.display(),
+                        path.display()
+                    );
+                }
+            }
+        }
         Self::assemble(
             |kind| {
                 let path = dir.join(format!("{kind}.toml"));
@@ -275,39 +291,100 @@ impl ActorsConfig {
         read: impl Fn(AgentKind) -> Result<(String, String), AgentError>,
         base_dir: PathBuf,
     ) -> Result<Self, AgentError> {
-        let (text, source) = read(AgentKind::Orchestrator)?;
-        let orchestrator: OrchestratorConfig = parse(&text, &source)?;
-        let (text, source) = read(AgentKind::Optimizer)?;
-        let optimizer: OptimizerConfig = parse(&text, &source)?;
-        let (text, source) = read(AgentKind::Executor)?;
-        let executor: ExecutorConfig = parse(&text, &source)?;
-        let (text, source) = read(AgentKind::Reviewer)?;
-        let reviewer: ReviewerConfig = parse(&text, &source)?;
+        let files = [
+            AgentKind::Orchestrator,
+            AgentKind::Optimizer,
+            AgentKind::Executor,
+            AgentKind::Reviewer,
+        ]
+        .map(|kind| read(kind).map(|(text, source)| (kind, text, source)));
+        let [orchestrator, optimizer, executor, reviewer] = files;
+        let (orchestrator, optimizer, executor, reviewer) =
+            (orchestrator?, optimizer?, executor?, reviewer?);
         let config = Self {
-            orchestrator,
-            optimizer,
-            executor,
-            reviewer,
+            orchestrator: parse(&orchestrator.1, &orchestrator.2)?,
+            optimizer: parse(&optimizer.1, &optimizer.2)?,
+            executor: parse(&executor.1, &executor.2)?,
+            reviewer: parse(&reviewer.1, &reviewer.2)?,
             base_dir,
         };
-        config.validate()?;
+        // A setting that parsed but cannot work is named with its file and line, as a bad key
+        // is (the line of the setting's key, found in the file's text).
+        let files = [orchestrator, optimizer, executor, reviewer];
+        config.check().map_err(|problem| {
+            let file = files.iter().find(|(kind, _, _)| *kind == problem.agent);
+            let detail = match file {
+                Some((_, text, source)) => match key_line(text, &problem.key) {
+                    Some(line) => format!("{source}:{line}: {}", problem.message),
+                    None => format!("{source}: {}", problem.message),
+                },
+                None => problem.message,
+            };
+            AgentError::Config { detail }
+        })?;
         Ok(config)
     }
 
-    /// Checks the limits that keep the pipeline from blocking on itself: every attempt in flight
-    /// must fit in each agent's mailbox, so the agents' sends to each other never wait.
+    /// Checks the limits that keep the pipeline from blocking on itself (every attempt in flight
+    /// must fit in each agent's mailbox, so the agents' sends to each other never wait), the
+    /// restart windows, the retry backoff, the context budget and the Executor's pools.
     pub fn validate(&self) -> Result<(), AgentError> {
-        self.optimizer
-            .context
-            .validate()
-            .map_err(|e| AgentError::Config {
-                detail: format!("optimizer [context]: {e}"),
-            })?;
-        let in_flight = self.orchestrator.run.max_in_flight;
+        self.check().map_err(|problem| AgentError::Config {
+            detail: problem.message,
+        })
+    }
+
+    fn check(&self) -> Result<(), Problem> {
+        let problem = |agent, key: &str, message: String| Problem {
+            agent,
+            key: key.to_owned(),
+            message,
+        };
+        self.optimizer.context.validate().map_err(|e| {
+            let key = match &e {
+                crate::context::ContextError::Config { field, .. } => {
+                    field.rsplit('.').next().unwrap_or("context").to_owned()
+                }
+                _ => "[context".to_owned(),
+            };
+            problem(
+                AgentKind::Optimizer,
+                &key,
+                format!("optimizer [context]: {e}"),
+            )
+        })?;
+        let run = &self.orchestrator.run;
+        let in_flight = run.max_in_flight;
         if in_flight == 0 {
-            return Err(AgentError::Config {
-                detail: "orchestrator run.max_in_flight must be at least 1".to_owned(),
-            });
+            return Err(problem(
+                AgentKind::Orchestrator,
+                "max_in_flight",
+                "orchestrator run.max_in_flight must be at least 1".to_owned(),
+            ));
+        }
+        if run.retry_backoff > run.retry_backoff_max {
+            return Err(problem(
+                AgentKind::Orchestrator,
+                "retry_backoff",
+                format!(
+                    "orchestrator run.retry_backoff ({}) is longer than run.retry_backoff_max ({})",
+                    humantime::format_duration(run.retry_backoff),
+                    humantime::format_duration(run.retry_backoff_max)
+                ),
+            ));
+        }
+        for (name, def) in &self.executor.pools {
+            if let Err(e) = def.check(name) {
+                let detail = match e {
+                    crate::session::SessionError::InvalidConfig { detail } => detail,
+                    other => other.to_string(),
+                };
+                return Err(problem(
+                    AgentKind::Executor,
+                    &format!("[pools.{name}]"),
+                    format!("executor [pools.{name}]: {detail}"),
+                ));
+            }
         }
         for (kind, mailbox, restart) in [
             (
@@ -332,9 +409,11 @@ impl ActorsConfig {
             ),
         ] {
             if mailbox > MAX_MAILBOX {
-                return Err(AgentError::Config {
-                    detail: format!("{kind} mailbox ({mailbox}) is over the limit, {MAX_MAILBOX}"),
-                });
+                return Err(problem(
+                    kind,
+                    "mailbox",
+                    format!("{kind} mailbox ({mailbox}) is over the limit, {MAX_MAILBOX}"),
+                ));
             }
             // The Orchestrator also receives control messages (runs, pings, restarts).
             let needed = if kind == AgentKind::Orchestrator {
@@ -343,8 +422,10 @@ impl ActorsConfig {
                 in_flight
             };
             if mailbox < needed {
-                return Err(AgentError::Config {
-                    detail: format!(
+                return Err(problem(
+                    kind,
+                    "mailbox",
+                    format!(
                         "{kind} mailbox ({mailbox}) must hold every attempt in flight \
                          (orchestrator run.max_in_flight = {in_flight}{}), at least {needed}",
                         if kind == AgentKind::Orchestrator {
@@ -353,21 +434,51 @@ impl ActorsConfig {
                             ""
                         }
                     ),
-                });
+                ));
             }
             // A window shorter than a restart takes counts each failure alone, so a crash
             // loop would never reach the limit; OTP's period is whole seconds for the same reason.
             if restart.within < MIN_RESTART_WINDOW {
-                return Err(AgentError::Config {
-                    detail: format!(
+                return Err(problem(
+                    kind,
+                    "within",
+                    format!(
                         "{kind} restart.within must be at least 1s (got {:?}): a shorter window never sees two restarts, so a crash loop would never stop",
                         restart.within
                     ),
-                });
+                ));
             }
         }
         Ok(())
     }
+}
+
+/// A setting that parsed but cannot work: its agent's file, the key to point at, the message.
+struct Problem {
+    agent: AgentKind,
+    /// The key's last name (`within`, `mailbox`), or `[pools.NAME]` for a pool.
+    key: String,
+    message: String,
+}
+
+/// The 1-based line of `key` in a configuration file's text: a `[pools.NAME]`-style header, or
+/// the first `key =` (inline tables included). `None` when the key is not written there (a
+/// default that does not fit another setting).
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let found = |line: &str| {
+        let line = line.trim_start();
+        if key.starts_with('[') {
+            return line.starts_with(key);
+        }
+        line.match_indices(key).any(|(at, _)| {
+            let before = line[..at].chars().next_back();
+            let after = line[at + key.len()..].trim_start();
+            before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) && after.starts_with('=')
+        })
+    };
+    text.lines()
+        .position(|line| !line.trim_start().starts_with('#') && found(line))
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -424,6 +535,39 @@ mod tests {
         let error = ActorsConfig::load(dir.path()).unwrap_err().to_string();
         assert!(error.contains("executor.toml:3:1"), "{error}");
         assert!(error.contains("max_restart"), "{error}");
+    }
+
+    #[test]
+    fn a_setting_that_cannot_work_names_the_file_and_line() {
+        let cases = [
+            (
+                "orchestrator.toml",
+                "# comment with within = 1\n[restart]\nmax_restarts = 1\nwithin = \"0s\"\n",
+                ":4: orchestrator restart.within must be at least 1s",
+            ),
+            (
+                "orchestrator.toml",
+                "[run]\nretry_backoff_max = \"1s\"\nretry_backoff = \"10s\"\n",
+                ":3: orchestrator run.retry_backoff (10s) is longer than run.retry_backoff_max (1s)",
+            ),
+            (
+                "executor.toml",
+                "mailbox = 4096\n\n[pools.judge]\nkind = \"scorer\"\ncommand = [\"x\"]\n",
+                ":3: executor [pools.judge]: pool \"judge\": `command` is for process and mcp pools only",
+            ),
+            (
+                "reviewer.toml",
+                "mailbox = 3\n",
+                ":1: reviewer mailbox (3) must hold every attempt in flight",
+            ),
+        ];
+        for (file, text, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(file), text).unwrap();
+            let error = ActorsConfig::load(dir.path()).unwrap_err().to_string();
+            let named = format!("{}{expected}", dir.path().join(file).display());
+            assert!(error.contains(&named), "{error}\nexpected: {named}");
+        }
     }
 
     #[test]

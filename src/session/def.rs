@@ -248,8 +248,17 @@ impl PoolDef {
         }
         self.config(name).validate()?;
         let (mcp, scorer) = (self.kind == PoolKind::Mcp, self.kind == PoolKind::Scorer);
-        if matches!(self.kind, PoolKind::Process | PoolKind::Mcp) && self.command.is_empty() {
-            return Err(invalid("`command` is empty".to_owned()));
+        match self.kind {
+            PoolKind::Process | PoolKind::Mcp if self.command.is_empty() => {
+                return Err(invalid("`command` is empty".to_owned()));
+            }
+            // Nothing would run it: a scorer scores in-process, native tools are registered.
+            PoolKind::Scorer | PoolKind::Native if !self.command.is_empty() => {
+                return Err(invalid(
+                    "`command` is for process and mcp pools only".to_owned(),
+                ));
+            }
+            _ => {}
         }
         for (setting, value) in [
             ("start_timeout", self.start_timeout),
