@@ -322,6 +322,8 @@ fn the_permission_file_a_plan_names_is_read_by_plan_check() {
         err.contains("cannot read permissions") && err.contains("settings.json"),
         "{err}"
     );
+    // At the line that names it.
+    assert!(err.starts_with(&format!("{plan}:2:1: ")), "{err}");
     std::fs::write(
         dir.path().join("settings.json"),
         r#"{"permissions": {"allow": ["Bash("]}}"#,
@@ -331,6 +333,7 @@ fn the_permission_file_a_plan_names_is_read_by_plan_check() {
     assert_eq!(code, 2, "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["ok"], false);
+    assert_eq!(report["errors"][0]["line"], 2, "{out}");
     assert!(
         report["errors"][0]["message"]
             .as_str()

@@ -59,13 +59,23 @@ fn check(file: &std::path::Path, pools: Option<Vec<String>>, as_json: bool) -> R
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or(std::path::Path::new("."));
                 if let Err(e) = super::run::load_permissions(&base.join(path), base) {
+                    // Named at the plan's `permissions =` line, as the plan's other errors are.
+                    let line = text.lines().position(|l| {
+                        let l = l.trim_start();
+                        l.strip_prefix("permissions")
+                            .is_some_and(|rest| rest.trim_start().starts_with('='))
+                    });
                     let message = super::error_text(&e);
                     if as_json {
-                        let errors = [json!({ "message": message })];
+                        let errors = [match line {
+                            Some(i) => json!({ "line": i + 1, "column": 1, "message": message }),
+                            None => json!({ "message": message }),
+                        }];
                         let report = json!({ "ok": false, "source": source, "errors": errors });
                         stdout_line!("{report}")?;
                     } else {
-                        stderr_line!("{source}: {message} — plan rejected");
+                        let at = line.map_or(String::new(), |i| format!(":{}:1", i + 1));
+                        stderr_line!("{source}{at}: {message} — plan rejected");
                     }
                     return Ok(ExitCode::from(2));
                 }
