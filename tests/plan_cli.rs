@@ -362,3 +362,18 @@ fn an_endless_plan_file_is_refused_and_errors_say_their_cause_once() {
     assert_eq!(code, 2, "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+#[test]
+fn a_native_pool_in_a_plan_run_by_the_binary_says_why_it_has_no_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(
+        dir.path(),
+        "name = \"n\"\n[pools.n]\nkind = \"native\"\n[[task]]\nid = \"a\"\ntool = \"n.foo\"\n",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(":6:8: task \"a\" tool: pool \"n\" has no tool \"foo\""),
+        "{err}"
+    );
+    assert!(err.contains("no native tools are registered"), "{err}");
+}

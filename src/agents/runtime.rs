@@ -549,14 +549,25 @@ impl Runtime {
                 if let Some(Some(names)) = tools_of.get(tool.pool.as_str())
                     && !names.contains(&tool.tool)
                 {
+                    let native = self
+                        .pools
+                        .get_with_def(run_id, &tool.pool)
+                        .is_some_and(|(_, def)| def.kind == PoolKind::Native);
+                    let known = if names.is_empty() && native {
+                        // The binary registers no native tools: only an embedding program can.
+                        "it is a native pool, and no native tools are registered: they are Rust \
+                         functions a library caller registers (RuntimeOptions::natives)"
+                            .to_owned()
+                    } else {
+                        format!("its tools: {}", names.join(", "))
+                    };
                     diagnostics.push(Diagnostic {
                         location,
                         message: format!(
-                            "task {:?} {what}: pool {:?} has no tool {:?} (its tools: {})",
+                            "task {:?} {what}: pool {:?} has no tool {:?} ({known})",
                             task.id.as_str(),
                             tool.pool,
                             tool.tool,
-                            names.join(", ")
                         ),
                     });
                 }
