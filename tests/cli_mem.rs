@@ -273,3 +273,35 @@ fn comma_separated_tags_are_trimmed_and_empty_ones_dropped() {
     );
     assert_eq!(stdout(&found).lines().count(), 1, "{}", stdout(&found));
 }
+
+#[test]
+fn commands_started_together_wait_their_turn_for_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    // One store file is open in one process at a time: the others wait instead of failing.
+    let spawned: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+                .arg("--store")
+                .arg(&store)
+                .args(["mem", "store", "--content", &format!("together {i}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in spawned {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let recent = tetrarch(
+        &store,
+        &["mem", "search", "together", "--limit", "20", "--json"],
+    );
+    assert_eq!(stdout(&recent).lines().count(), 8, "{}", stdout(&recent));
+}

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tetrarch::agents::Runtime;
 use tetrarch::plan::Plan;
-use tetrarch::store::{Store, StoreConfig};
+use tetrarch::store::StoreConfig;
 use tetrarch::telemetry::{
     DashboardServer, MetricsServer, Telemetry, install_metrics, parse_addr, parse_server_addr,
 };
@@ -33,7 +33,7 @@ pub fn run(args: DashboardArgs, store: &Path) -> Result<ExitCode> {
     // The view is read once and the store closed, so a `tetrarch run` on it can start while
     // the page is served.
     let telemetry = {
-        let store = Store::open(store, StoreConfig::default())
+        let store = super::open_store(store, StoreConfig::default())
             .with_context(|| format!("cannot open the store {}", store.display()))?;
         Telemetry::finished(&store, args.run.as_deref(), install_metrics().ok())?
     };

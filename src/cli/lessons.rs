@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use tetrarch::lessons::{DEFAULT_THRESHOLD, Failure, Lessons};
-use tetrarch::store::{Namespace, Store, StoreConfig};
+use tetrarch::store::{Namespace, StoreConfig};
 
 /// Lesson commands.
 #[derive(Debug, Subcommand)]
@@ -70,7 +70,7 @@ impl LessonsCommand {
 
 fn open(path: &Path, ns: &str) -> Result<Lessons> {
     let namespace: Namespace = ns.parse()?;
-    let store = Store::open(path, StoreConfig::default())?;
+    let store = super::open_store(path, StoreConfig::default())?;
     Ok(Lessons::new(store, namespace))
 }
 

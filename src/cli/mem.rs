@@ -128,7 +128,7 @@ pub(crate) fn open(path: &Path) -> Result<Store> {
         show_progress: std::io::stderr().is_terminal(),
         ..StoreConfig::default()
     };
-    Ok(Store::open(path, config)?)
+    Ok(super::open_store(path, config)?)
 }
 
 fn namespace(text: Option<&str>) -> Result<Option<Namespace>> {

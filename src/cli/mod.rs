@@ -122,6 +122,32 @@ fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// How long a command waits for a store another process holds (a `mem` command beside another
+/// short one; a run holds its store until it ends, so waiting on one is bounded).
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the store at `path`, waiting up to [`STORE_WAIT`] while another process holds it:
+/// redb takes the file for one process at a time, so two commands started together would
+/// otherwise fail at once.
+pub(crate) fn open_store(
+    path: &std::path::Path,
+    config: tetrarch::store::StoreConfig,
+) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
+    let deadline = std::time::Instant::now() + STORE_WAIT;
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        match tetrarch::store::Store::open(path, config.clone()) {
+            Err(tetrarch::store::StoreError::AlreadyOpen { .. })
+                if std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The largest plan or settings file read (a 20,000-task plan is about 2 MB): a path such as
 /// `/dev/zero` must fail, not fill the memory.
 const MAX_TEXT_FILE: u64 = 64 << 20;

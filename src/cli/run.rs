@@ -91,7 +91,7 @@ fn open_store(path: &Path) -> Result<Store> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    Store::open(path, StoreConfig::default())
+    super::open_store(path, StoreConfig::default())
         .with_context(|| format!("cannot open the store {}", path.display()))
 }
 
@@ -457,7 +457,7 @@ fn print_report(report: &RunReport) {
 
 /// `tetrarch runs`: every run in the store, with its status and task states.
 pub fn list(store: &Path, json: bool) -> Result<ExitCode> {
-    let store = Store::open(store, StoreConfig::default())
+    let store = super::open_store(store, StoreConfig::default())
         .with_context(|| format!("cannot open the store {}", store.display()))?;
     let runs = saved_runs(&store)?;
     for run in runs {

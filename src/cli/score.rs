@@ -11,7 +11,7 @@ use tetrarch::scoring::{
     Device, FLIP_DEFAULT_PPD, KernelCache, Metric, RgbImage, Scorer, ScorerConfig,
     StoreKernelCache, cuda_unavailable_reason, write_error_map,
 };
-use tetrarch::store::{Store, StoreConfig};
+use tetrarch::store::StoreConfig;
 
 /// Arguments of `tetrarch score`.
 #[derive(Debug, clap::Args)]
@@ -44,7 +44,7 @@ fn kernel_cache(device: Device, store_path: Option<PathBuf>) -> Option<Arc<dyn K
         return None;
     }
     let path = store_path?;
-    match Store::open(&path, StoreConfig::default()) {
+    match super::open_store(&path, StoreConfig::default()) {
         Ok(store) => Some(Arc::new(StoreKernelCache::new(store))),
         Err(e) => {
             tracing::warn!(error = %e, "kernel cache unavailable; kernels will be compiled");
