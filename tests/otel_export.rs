@@ -302,4 +302,31 @@ async fn an_unreachable_or_unsupported_collector_does_not_stop_the_run() {
         stderr.contains("only http:// is supported") && stderr.contains("spans are not exported"),
         "{stderr}"
     );
+
+    // The same endpoint from the environment is refused the same way (the exporter used to
+    // take it and fail on every export).
+    let env_dir = dir.path().to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+            .arg("--store")
+            .arg(env_dir.join("store.redb"))
+            .arg("run")
+            .arg(env_dir.join("plan.toml"))
+            .arg("--actors")
+            .arg(env_dir.join("actors"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector.invalid")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}\n{stderr}", output.status);
+    assert!(
+        stderr.contains("(from OTEL_EXPORTER_OTLP_ENDPOINT): only http:// is supported")
+            && stderr.contains("spans are not exported"),
+        "{stderr}"
+    );
 }

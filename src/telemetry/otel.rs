@@ -77,18 +77,32 @@ impl OtlpTracing {
     /// Builds the exporter and its batch processor. Nothing is sent until spans close.
     pub fn new(config: &OtlpConfig) -> Result<Self, TelemetryError> {
         let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
-        if let Some(endpoint) = &config.endpoint {
+        let http_only = |endpoint: &str, from: &str| -> Result<(), TelemetryError> {
             let url = url::Url::parse(endpoint).map_err(|e| TelemetryError::Otlp {
-                detail: format!("endpoint {endpoint:?} is not a URL: {e}"),
+                detail: format!("endpoint {endpoint:?}{from} is not a URL: {e}"),
             })?;
             if url.scheme() != "http" {
                 return Err(TelemetryError::Otlp {
                     detail: format!(
-                        "endpoint {endpoint:?}: only http:// is supported (send to a local collector)"
+                        "endpoint {endpoint:?}{from}: only http:// is supported (send to a local collector)"
                     ),
                 });
             }
+            Ok(())
+        };
+        if let Some(endpoint) = &config.endpoint {
+            http_only(endpoint, "")?;
             builder = builder.with_endpoint(endpoint.clone());
+        } else {
+            // The exporter reads these itself: an https:// one would fail on every export.
+            for name in [
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ] {
+                if let Some(endpoint) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
+                    http_only(&endpoint, &format!(" (from {name})"))?;
+                }
+            }
         }
         if let Some(protocol) = config.protocol {
             builder = builder.with_protocol(match protocol {
