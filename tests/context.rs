@@ -724,6 +724,33 @@ async fn the_snapshot_is_preserved_in_the_store() {
     );
     optimizer.compact("s1");
     assert_eq!(optimizer.session_tokens("s1"), 0);
+
+    // An item larger than the store takes is kept by its start; the items after it are kept.
+    let small = Store::open(
+        dir.path().join("small.redb"),
+        StoreConfig {
+            max_content_bytes: 64,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let item = |source: &str, text: String| ContextItem {
+        category: Category::Critical,
+        source: source.into(),
+        tokens: 1,
+        hash: content_hash(&text),
+        text,
+        compressed: false,
+    };
+    let items = [
+        item("task:big", "é".repeat(100)),
+        item("task:after", "the quokka after".into()),
+    ];
+    let ids = preserve_snapshot(&small, Namespace::project("demo").unwrap(), "s2", &items)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(small.get(ids[0]).unwrap().content, "é".repeat(32));
 }
 
 #[test]

@@ -314,16 +314,20 @@ pub const SNAPSHOT_TAG: &str = "context-snapshot";
 /// Saves a session's full context (from [`ContextOptimizer::session_snapshot`]) in the store
 /// before it is compacted: one memory per item, type [`MemoryType::Reference`], tagged
 /// `context-snapshot`, with the item's source as its summary and `session:ID` as its context.
-/// Returns the ids in item order; stops at the first item the store refuses.
+/// An item longer than the store takes is kept by its start (cut at a character boundary), so
+/// one large item does not cost the items after it. Returns the ids in item order; stops at the
+/// first item the store refuses.
 pub async fn preserve_snapshot(
     store: &Store,
     namespace: crate::store::Namespace,
     session: &str,
     items: &[ContextItem],
 ) -> Result<Vec<MemoryId>, ContextError> {
+    let limit = store.config().max_content_bytes;
     let mut ids = Vec::with_capacity(items.len());
     for item in items {
-        let mut memory = NewMemory::new(namespace.clone(), item.text.clone());
+        let kept = &item.text[..item.text.floor_char_boundary(limit)];
+        let mut memory = NewMemory::new(namespace.clone(), kept);
         memory.memory_type = MemoryType::Reference;
         memory.summary = Some(item.source.clone());
         memory.tags = vec![SNAPSHOT_TAG.to_string(), item.category.as_str().to_string()];
