@@ -160,6 +160,22 @@ fn a_deny_rule_is_not_dodged_by_quoting_wrappers_or_computed_names() {
         }
         assert_eq!(bash(&e, "ls -la"), Verdict::Allow);
         assert_eq!(bash(&e, "'my tool' --help"), Verdict::Allow);
+        // A script handed to another shell is judged too.
+        for wrapped in [
+            "sh -c 'rm -rf /'",
+            "bash -lc 'echo a; rm -rf /'",
+            "env sh -c 'rm -rf /'",
+            "timeout 60 bash --norc -o pipefail -c 'rm -rf /'",
+            "eval 'rm -rf /'",
+            "bash -c \"sh -c 'rm -rf /'\"",
+            "sh -c 'echo $(rm -rf /)'",
+        ] {
+            assert_eq!(bash(&e, wrapped), Verdict::Deny, "{wrapped}");
+        }
+        assert_eq!(bash(&e, "sh -c 'echo ok'"), Verdict::Allow);
+        assert_eq!(bash(&e, "bash script.sh"), Verdict::Allow);
+        // A script the shell computes cannot be judged.
+        assert_eq!(bash(&e, "bash -c \"$CMD\""), Verdict::Ask);
         // `[` alone is the test command, not a glob (it was never allowed).
         assert_eq!(bash(&e, "[ -f x ]"), Verdict::Allow);
         assert_eq!(bash(&e, "[ 1 -ge 2 ] && echo a"), Verdict::Allow);

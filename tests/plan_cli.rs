@@ -377,3 +377,146 @@ fn a_native_pool_in_a_plan_run_by_the_binary_says_why_it_has_no_tools() {
     );
     assert!(err.contains("no native tools are registered"), "{err}");
 }
+
+/// A plan on an `sh -c` pool whose rules allow everything but `rm`, with `tasks` appended.
+fn shell_plan(dir: &std::path::Path, tasks: &str) -> String {
+    std::fs::write(
+        dir.join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(*)"], "deny": ["Bash(rm *)"]}}"#,
+    )
+    .unwrap();
+    format!(
+        "name = \"guarded\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+         command = [\"sh\", \"-c\"]\n{tasks}"
+    )
+}
+
+#[test]
+fn a_shell_pools_script_cannot_hide_behind_an_option_or_another_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, argv) in [
+        r#"["-e", "rm -f victim"]"#,
+        r#"["--", "rm -f victim"]"#,
+        r#"["bash -c 'rm -f victim'"]"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(dir.path().join("victim"), "keep").unwrap();
+        let plan = shell_plan(
+            dir.path(),
+            &format!("[[task]]\nid = \"t{i}\"\ntool = \"sh.run\"\nargs = {{ argv = {argv} }}\n"),
+        );
+        let (code, err) = run(dir.path(), &plan);
+        assert_eq!(code, 1, "{argv}: {err}");
+        assert!(
+            err.contains("starts with `-` or `+` as an option")
+                || err.contains("denied by rule deny[0]"),
+            "{argv}: {err}"
+        );
+        assert!(
+            dir.path().join("victim").exists(),
+            "{argv} deleted the file"
+        );
+    }
+}
+
+#[test]
+fn variables_a_call_sets_are_judged_like_leading_assignments() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(ls)", "Bash(ls *)", "Bash(echo *)"]}}"#,
+    )
+    .unwrap();
+    let plan = "name = \"env\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+        command = [\"sh\", \"-c\"]\n\
+        [[task]]\nid = \"path\"\ntool = \"sh.run\"\nargs = { argv = [\"ls\"], env = { PATH = \"./bin:/usr/bin:/bin\" } }\n\
+        [[task]]\nid = \"harmless\"\ntool = \"sh.run\"\nargs = { argv = [\"echo ok\"], env = { NO_COLOR = \"1\" } }\n";
+    let (code, err) = run(dir.path(), plan);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("path: Failed (permission denied: no rule allows Bash")
+            && err.contains("env PATH=./bin:/usr/bin:/bin sh -c ls"),
+        "{err}"
+    );
+    assert!(!err.contains("harmless: Failed"), "{err}");
+}
+
+#[test]
+fn a_cached_result_is_not_served_to_a_call_the_rules_now_deny() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |rules: &str| {
+        std::fs::write(dir.path().join("settings.json"), rules).unwrap();
+        "name = \"cached\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+         command = [\"sh\", \"-c\"]\n[[task]]\nid = \"secret\"\ntool = \"sh.run\"\ncacheable = true\n\
+         args = { argv = [\"echo cached-secret\"] }\n"
+            .to_owned()
+    };
+    let (code, err) = run(
+        dir.path(),
+        &plan(r#"{"permissions": {"allow": ["Bash(echo *)"]}}"#),
+    );
+    assert_eq!(code, 0, "{err}");
+    let fresh = |text: String| {
+        std::fs::write(dir.path().join("plan.toml"), text).unwrap();
+        let out = tetrarch_on(&dir.path().join("store.redb"), &["run", "--fresh"])
+            .arg(dir.path().join("plan.toml"))
+            .output()
+            .unwrap();
+        code_and_stderr(&out)
+    };
+    let (code, err) = fresh(plan(
+        r#"{"permissions": {"allow": ["Bash(echo *)"], "deny": ["Bash(echo cached-secret)"]}}"#,
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("denied by rule deny[0]"), "{err}");
+}
+
+#[test]
+fn a_cached_result_is_kept_apart_per_value_of_the_variables_passed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)"]}}"#,
+    )
+    .unwrap();
+    let plan = "name = \"mode\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+        command = [\"sh\", \"-c\"]\nenv_allowlist = [\"PATH\", \"MODE\"]\n\
+        [[task]]\nid = \"show\"\ntool = \"sh.run\"\ncacheable = true\n\
+        args = { argv = [\"echo \\\"{\\\\\\\"mode\\\\\\\": \\\\\\\"$MODE\\\\\\\"}\\\"\"] }\n";
+    std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
+    let shown = |mode: &str| {
+        let out = tetrarch_on(&dir.path().join("store.redb"), &["run", "--fresh"])
+            .arg(dir.path().join("plan.toml"))
+            .args(["--events", "json"])
+            .env("MODE", mode)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let store = dir.path().join("store.redb");
+        let runs = tetrarch_on(&store, &["runs", "--json"]).output().unwrap();
+        let last = String::from_utf8_lossy(&runs.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .to_owned();
+        let run: serde_json::Value = serde_json::from_str(&last).unwrap();
+        let run_id = run["run_id"].as_str().unwrap().to_owned();
+        let s =
+            tetrarch::store::Store::open(&store, tetrarch::store::StoreConfig::default()).unwrap();
+        tetrarch::agents::saved_output(&s, &run_id, "show")
+            .unwrap()
+            .unwrap()["mode"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(shown("alpha"), "alpha");
+    assert_eq!(shown("beta"), "beta");
+    assert_eq!(shown("alpha"), "alpha");
+}

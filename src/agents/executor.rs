@@ -107,16 +107,41 @@ fn permission_call(
     match def.kind {
         PoolKind::Process => {
             let shell = runs_script(&def.command);
-            // `sh -c SCRIPT NAME ARGS...`: the script is the command; the rest are its data.
-            let command = if shell && !extra.is_empty() {
-                extra[0].clone()
-            } else {
+            let line = || {
                 def.command
                     .iter()
                     .chain(extra)
                     .map(|w| shell_word(w))
                     .collect::<Vec<_>>()
                     .join(" ")
+            };
+            // Variables the call sets (`args.env`) that could change what runs (`PATH`,
+            // `LD_PRELOAD`, `BASH_ENV`): judged as `env NAME=value …` around the command, so
+            // allow rules see them as they see leading assignments.
+            let variables: Vec<String> = args
+                .get("env")
+                .and_then(|e| e.as_object())
+                .into_iter()
+                .flatten()
+                .filter(|(name, value)| {
+                    !crate::permissions::is_harmless_variable(name)
+                        && crate::session::process::value_text(value).is_some()
+                })
+                .map(|(name, value)| {
+                    let text = crate::session::process::value_text(value).unwrap_or_default();
+                    shell_word(&format!("{name}={text}"))
+                })
+                .collect();
+            // `sh -c SCRIPT NAME ARGS...`: the script is the command; the rest are its data.
+            let command = match (shell && !extra.is_empty(), variables.is_empty()) {
+                (true, true) => extra[0].clone(),
+                (true, false) => format!(
+                    "env {} sh -c {}",
+                    variables.join(" "),
+                    shell_word(&extra[0])
+                ),
+                (false, true) => line(),
+                (false, false) => format!("env {} {}", variables.join(" "), line()),
             };
             Some(ToolCall::from_text("Bash", &command))
         }
@@ -202,11 +227,19 @@ async fn check_permission(
     })
 }
 
-async fn call_pool(
+/// A call that may be made: its pool, the pool's declaration, and the parsed `argv`.
+struct Checked {
+    pool: crate::session::Pool,
+    call_timeout: std::time::Duration,
+}
+
+/// Everything that must hold before a call is made, or its result served from the cache: the
+/// pool exists, the args are well formed, and the permission rules allow the call.
+async fn check_call(
     shared: &ExecutorArgs,
     attempt: &Attempt,
-    args: serde_json::Value,
-) -> Result<ToolOutcome, SessionError> {
+    args: &serde_json::Value,
+) -> Result<Checked, SessionError> {
     let Some((pool, def)) = shared
         .pools
         .get_with_def(&attempt.run_id, &attempt.call().pool)
@@ -215,15 +248,45 @@ async fn call_pool(
             detail: format!("no pool named {:?}", attempt.call().pool),
         });
     };
-    let call_timeout = def.call_timeout;
     // Parsed before the rules see the command, so a malformed `argv` is reported as such.
     let argv = match def.kind {
-        PoolKind::Process => crate::session::process::extra_argv(&attempt.call().tool, &args)?,
+        PoolKind::Process => crate::session::process::extra_argv(&attempt.call().tool, args)?,
         _ => Vec::new(),
     };
-    if let Err(detail) = check_permission(shared, attempt, &def, &args, &argv).await {
+    // A shell pool's script is `argv[0]`; one that starts with `-` or `+` is read by the shell
+    // as an option, and the next word runs as the script, unseen by the rules.
+    if def.kind == PoolKind::Process
+        && runs_script(&def.command)
+        && argv
+            .first()
+            .is_some_and(|script| script.starts_with(['-', '+']))
+    {
+        return Err(SessionError::InvalidArguments {
+            tool: attempt.call().tool.clone(),
+            detail: format!(
+                "`argv[0]` {:?} is the script of a shell pool, and a shell reads a script that \
+                 starts with `-` or `+` as an option",
+                argv[0]
+            ),
+        });
+    }
+    if let Err(detail) = check_permission(shared, attempt, &def, args, &argv).await {
         return Err(SessionError::PermissionDenied { detail });
     }
+    Ok(Checked {
+        pool,
+        call_timeout: def.call_timeout,
+    })
+}
+
+/// Makes a call [`check_call`] let through.
+async fn make_call(
+    attempt: &Attempt,
+    checked: &Checked,
+    args: serde_json::Value,
+) -> Result<ToolOutcome, SessionError> {
+    let Checked { pool, call_timeout } = checked;
+    let call_timeout = *call_timeout;
     let stdin = args
         .get("stdin")
         .and_then(crate::session::process::value_text)
@@ -255,18 +318,30 @@ async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<C
         Some(Err(e)) => return (not_run(format!("cannot render args: {e}")), None),
         None => return (not_run("args were not rendered".to_owned()), None),
     };
+    // Checked first, cached or not: a result cached under looser rules is not served under
+    // stricter ones.
+    let checked = match check_call(shared, attempt, &args).await {
+        Ok(checked) => checked,
+        Err(e) => {
+            let outcome = Outcome::Error {
+                retryable: retryable(&e),
+                reason: e.to_string(),
+            };
+            return (outcome, None);
+        }
+    };
     let (result, key) = if attempt.task.cacheable && attempt.purpose == Purpose::Task {
         match result_key(shared, attempt, &args) {
             // Boxed: the cache's future is large, and every call's task would carry (and copy
             // on spawn) its size, cached or not.
             Ok(key) => (
-                Box::pin(cached_call(shared, attempt, args, key)).await,
+                Box::pin(cached_call(shared, attempt, &checked, args, key)).await,
                 Some(key),
             ),
             Err(e) => (Err((false, format!("cache key: {e}"))), None),
         }
     } else {
-        let result = call_pool(shared, attempt, args).await;
+        let result = make_call(attempt, &checked, args).await;
         (result.map_err(|e| (retryable(&e), e.to_string())), None)
     };
     let outcome = match result {
@@ -285,8 +360,10 @@ fn not_run(reason: String) -> Outcome {
 }
 
 /// The result cache's key of a call: what decides the result besides the args is the pool's
-/// command, folder and variables. The cache outlives runs and plans, and two plans (or one plan
-/// in two folders) may declare a pool of one name that runs something else.
+/// kind, command, folder and variables, set (`env`) or passed on from ours (`env_allowlist`,
+/// with the values they have now). The cache outlives runs and plans, and two plans (or one plan
+/// in two folders: relative paths and a relative `cwd` resolve there) may declare a pool of one
+/// name that runs something else.
 fn result_key(
     shared: &ExecutorArgs,
     attempt: &Attempt,
@@ -296,9 +373,20 @@ fn result_key(
         .pools
         .get_with_def(&attempt.run_id, &attempt.call().pool)
         .map(|(_, def)| def);
-    let runs = pool
-        .as_deref()
-        .map(|def| (&def.command, &def.cwd, &def.env));
+    let runs = pool.as_deref().map(|def| {
+        let passed_on: Vec<(&str, Option<String>)> = def
+            .env_allowlist
+            .iter()
+            .map(|name| (name.as_str(), std::env::var(name).ok()))
+            .collect();
+        (
+            format!("{:?}", def.kind),
+            &def.command,
+            &def.cwd,
+            &def.env,
+            passed_on,
+        )
+    });
     CacheKey::new(
         "tool_result",
         &(
@@ -306,6 +394,7 @@ fn result_key(
             attempt.call().tool.as_str(),
             args.to_string(),
             runs,
+            attempt.base_dir.as_ref(),
         ),
     )
 }
@@ -315,13 +404,14 @@ fn result_key(
 async fn cached_call(
     shared: &ExecutorArgs,
     attempt: &Attempt,
+    checked: &Checked,
     args: serde_json::Value,
     key: CacheKey,
 ) -> Result<ToolOutcome, (bool, String)> {
     let computed = shared
         .cache
         .get_or_compute(key, CacheCategory::ToolResult, async {
-            let outcome = call_pool(shared, attempt, args.clone())
+            let outcome = make_call(attempt, checked, args.clone())
                 .await
                 .map_err(|e| (retryable(&e), e.to_string()))?;
             if !outcome.succeeded() {

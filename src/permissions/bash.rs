@@ -234,6 +234,46 @@ pub(crate) struct CommandPart {
     /// The command name is computed by the shell (an expansion, a glob or a brace expansion
     /// in it), so no rule can say what runs: never allowed.
     pub dynamic_name: bool,
+    /// The script the part hands to another shell (`bash -c SCRIPT`, `sh -ec SCRIPT`, `eval
+    /// WORDS`), after quote removal: deny and ask rules judge its commands too.
+    pub inner_script: Option<String>,
+}
+
+/// The script a command runs in a shell of its own: the word after a `-c` option of `sh`,
+/// `bash`, `dash`, `zsh` or `ksh` (short options clustered, `-o NAME` and `--rcfile FILE`
+/// skipped), or the words of `eval`. `words` are unquoted and stripped of wrappers.
+fn inner_script(words: &[&str]) -> Option<String> {
+    let (name, mut rest) = words.split_first()?;
+    let base = name.rsplit('/').next().unwrap_or(name);
+    if base == "eval" {
+        return (!rest.is_empty()).then(|| rest.join(" "));
+    }
+    if !["sh", "bash", "dash", "zsh", "ksh"].contains(&base) {
+        return None;
+    }
+    while let Some((&option, after)) = rest.split_first() {
+        let short = option.len() > 1 && option.starts_with(['-', '+']) && !option.starts_with("--");
+        if short && option.contains('c') {
+            return after.first().map(|script| (*script).to_owned());
+        }
+        let takes_value = matches!(
+            option,
+            "-o" | "+o" | "-O" | "+O" | "--rcfile" | "--init-file"
+        );
+        rest = match option {
+            _ if takes_value => after.get(1..).unwrap_or(&[]),
+            _ if short || (option.starts_with("--") && option.len() > 2) => after,
+            // A script file, `--`, or an operand: no inline script.
+            _ => return None,
+        };
+    }
+    None
+}
+
+/// Whether `name` is one of the variables an allowed command may be given and still match its
+/// allow rule (see [`HARMLESS_VARIABLES`]).
+pub fn is_harmless_variable(name: &str) -> bool {
+    HARMLESS_VARIABLES.contains(&name)
 }
 
 /// Variables an allowed command may be given inline (`CI=1 cargo test`) and still match its
@@ -313,14 +353,15 @@ impl CommandPart {
             }
         };
         add_forms(words, false);
+        let values: Vec<&str> = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| unquoted.get(i).and_then(Option::as_deref).unwrap_or(w))
+            .collect();
         if unquoted.iter().any(Option::is_some) {
-            let values: Vec<&str> = words
-                .iter()
-                .enumerate()
-                .map(|(i, w)| unquoted.get(i).and_then(Option::as_deref).unwrap_or(w))
-                .collect();
             add_forms(&values, true);
         }
+        let inner_script = inner_script(strip_wrappers(&values, Wrappers::All));
         let inert = strip_wrappers(words, Wrappers::Inert);
         let (command, reads_arguments) = match inert.split_first() {
             // A bare `xargs CMD ...`: CMD with the arguments xargs will read.
@@ -353,6 +394,7 @@ impl CommandPart {
             restrictive,
             permissive,
             dynamic_name,
+            inner_script,
         })
     }
 }

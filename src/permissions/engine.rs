@@ -439,6 +439,8 @@ impl PermissionEngine {
     }
 
     fn decide_bash(&self, command: &str) -> Decision {
+        /// How many shells deep (`bash -c "sh -c '…'"`) scripts are judged; deeper is asked.
+        const MAX_SCRIPT_DEPTH: usize = 4;
         let parts = match split_parts(command) {
             Ok(parts) if !parts.is_empty() => parts,
             Ok(_) => {
@@ -447,6 +449,7 @@ impl PermissionEngine {
                     restrictive: vec![text.clone()],
                     permissive: text,
                     dynamic_name: false,
+                    inner_script: None,
                 }]
             }
             Err(_) => return self.decide_unanalysable(command),
@@ -475,6 +478,36 @@ impl PermissionEngine {
                 first_allow = first_allow.or(Some(i));
             } else {
                 unmatched = true;
+            }
+        }
+        // Scripts handed to another shell (`bash -c '…'`, `eval …`): deny and ask rules judge
+        // their commands too (a deny rule was dodged by wrapping the command in `sh -c`). They
+        // add no allow: what the outer command's rule allows stands.
+        let mut scripts: Vec<(String, usize)> = parts
+            .iter()
+            .filter_map(|p| p.inner_script.clone())
+            .map(|s| (s, 1))
+            .collect();
+        while let Some((script, depth)) = scripts.pop() {
+            let inner = match split_parts(&script) {
+                Ok(inner) if depth <= MAX_SCRIPT_DEPTH => inner,
+                // Too deep, or not analysable: judged whole, and never allowed.
+                _ => return self.decide_unanalysable(&script),
+            };
+            for part in inner {
+                if let Some(i) = restricted_by(&self.deny, &part) {
+                    return Decision {
+                        verdict: Verdict::Deny,
+                        rule: Some(self.deny.rule(List::Deny, i)),
+                    };
+                }
+                if let Some(i) = restricted_by(&self.ask, &part) {
+                    first_ask = first_ask.or(Some(i));
+                }
+                computed_name |= part.dynamic_name;
+                if let Some(next) = part.inner_script {
+                    scripts.push((next, depth + 1));
+                }
             }
         }
         if computed_name {

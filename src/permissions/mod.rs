@@ -111,7 +111,7 @@ mod rule;
 use std::fmt;
 
 pub use approval::{ApprovalHandler, CallbackApproval, DenyAll, TerminalPrompt};
-pub use bash::{PARSE_DEADLINE, SplitError, split_command};
+pub use bash::{PARSE_DEADLINE, SplitError, is_harmless_variable, split_command};
 pub use engine::PermissionEngine;
 pub use error::PermissionError;
 
