@@ -101,6 +101,39 @@ async fn output_is_capped_and_flagged() {
 }
 
 #[tokio::test]
+async fn capped_output_is_never_over_the_cap_nor_cut_inside_a_character() {
+    // 999 bytes of `a`, then `é` (2 bytes) across the cap: the half character is dropped.
+    let mut spec = sh("head -c 999 /dev/zero | tr '\\0' 'a'; printf '\\303\\251tail'");
+    spec.max_output_bytes = 1000;
+    let outcome = run(spec, request()).await.unwrap();
+    assert_eq!(outcome.stdout, "a".repeat(999));
+    assert!(outcome.truncated);
+    // Bytes that are not UTF-8 grow threefold as U+FFFD: still held to the cap.
+    let mut spec = sh("head -c 3000 /dev/zero | tr '\\0' '\\377'");
+    spec.max_output_bytes = 1000;
+    let outcome = run(spec, request()).await.unwrap();
+    assert!(outcome.stdout.len() <= 1000, "{}", outcome.stdout.len());
+    assert!(outcome.stdout.chars().all(|c| c == '\u{FFFD}'));
+    assert!(outcome.truncated);
+}
+
+#[tokio::test]
+async fn a_process_left_in_the_background_does_not_hold_the_call() {
+    let started = Instant::now();
+    let outcome = run(sh("sleep 30 & echo '{\"ok\": 1}'"), request())
+        .await
+        .unwrap();
+    // The shell exited at once; the background sleep still holds stdout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(outcome.exit_status, Some(0));
+    assert_eq!(outcome.json, Some(json!({ "ok": 1 })));
+}
+
+#[tokio::test]
 async fn garbage_output_is_kept_lossily() {
     let outcome = run(sh(r"printf '\377\376{not json'"), request())
         .await

@@ -205,18 +205,50 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
         }
         Ok::<(), std::io::Error>(())
     };
-    let stdout = read_capped(child.stdout.take(), spec.max_output_bytes);
-    let stderr = read_capped(child.stderr.take(), spec.max_output_bytes);
+    let (stdout_pipe, stderr_pipe) = (child.stdout.take(), child.stderr.take());
+    let (mut out, mut err) = (Captured::default(), Captured::default());
+    let cap = spec.max_output_bytes;
 
     let work = async {
-        let (fed, out, err, status) = tokio::join!(feed, stdout, stderr, child.wait());
-        fed.map_err(io_error("stdin"))?;
-        let out = out.map_err(io_error("stdout"))?;
-        let err = err.map_err(io_error("stderr"))?;
-        let status = status.map_err(io_error("wait"))?;
-        Ok::<_, SessionError>((out, err, status))
+        let (exited, mut exit_seen) = tokio::sync::watch::channel(false);
+        let wait = async {
+            let status = child.wait().await;
+            let _ = exited.send(true);
+            status
+        };
+        // The pipes are read alongside the wait (a child blocks on a full pipe), until their
+        // end, or until a moment after the child exits: a process it left in the background
+        // (`server &`) may hold them open for ever, and the call is over when the child is.
+        let streams = async {
+            tokio::try_join!(
+                async { feed.await.map_err(io_error("stdin")) },
+                async {
+                    read_into(stdout_pipe, cap, &mut out)
+                        .await
+                        .map_err(io_error("stdout"))
+                },
+                async {
+                    read_into(stderr_pipe, cap, &mut err)
+                        .await
+                        .map_err(io_error("stderr"))
+                },
+            )
+            .map(|_| ())
+        };
+        let io = async {
+            tokio::select! {
+                done = streams => done,
+                _ = async {
+                    let _ = exit_seen.wait_for(|exited| *exited).await;
+                    tokio::time::sleep(PIPES_AFTER_EXIT).await;
+                } => Ok(()),
+            }
+        };
+        let (status, io) = tokio::join!(wait, io);
+        io?;
+        status.map_err(io_error("wait"))
     };
-    let (out, err, status) = match tokio::time::timeout(request.timeout, work).await {
+    let status = match tokio::time::timeout(request.timeout, work).await {
         Ok(done) => done?,
         // `group` kills the group; kill_on_drop kills the child when `child` drops.
         Err(_) => {
@@ -235,9 +267,9 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
             reason: signal_reason(&status),
         });
     }
-    let stdout = String::from_utf8_lossy(&out.bytes).into_owned();
-    let truncated = out.truncated || err.truncated;
-    let json = if out.truncated {
+    let (stdout, out_cut) = out.text(cap);
+    let (stderr, err_cut) = err.text(cap);
+    let json = if out_cut {
         None
     } else {
         serde_json::from_str(stdout.trim()).ok()
@@ -245,12 +277,16 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
     Ok(ToolOutcome {
         exit_status,
         stdout,
-        stderr: String::from_utf8_lossy(&err.bytes).into_owned(),
+        stderr,
         json,
-        truncated,
+        truncated: out_cut || err_cut,
         duration: started.elapsed(),
     })
 }
+
+/// How long the output pipes are still read after the child exits: enough for what it wrote
+/// last, not for what a process it left in the background writes.
+const PIPES_AFTER_EXIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn signal_reason(status: &std::process::ExitStatus) -> String {
     #[cfg(unix)]
@@ -263,28 +299,68 @@ fn signal_reason(status: &std::process::ExitStatus) -> String {
     format!("ended without an exit code ({status})")
 }
 
+#[derive(Default)]
 struct Captured {
     bytes: Vec<u8>,
     truncated: bool,
 }
 
+impl Captured {
+    /// The captured bytes as text, at most `cap` bytes of it, and whether anything was cut. A
+    /// cut can split the last character (its start is dropped, not turned into U+FFFD), and
+    /// bytes that are not UTF-8 become U+FFFD, three bytes each, so the text is held to `cap`
+    /// again after the conversion.
+    fn text(&self, cap: usize) -> (String, bool) {
+        let mut bytes = self.bytes.as_slice();
+        if self.truncated {
+            bytes = &bytes[..complete_utf8_len(bytes)];
+        }
+        let text = String::from_utf8_lossy(bytes);
+        if text.len() <= cap {
+            return (text.into_owned(), self.truncated);
+        }
+        (text[..text.floor_char_boundary(cap)].to_owned(), true)
+    }
+}
+
+/// The length of `bytes` without an incomplete UTF-8 sequence at its end.
+fn complete_utf8_len(bytes: &[u8]) -> usize {
+    // The last character starts at most 3 bytes before the end.
+    for start in (bytes.len().saturating_sub(4)..bytes.len()).rev() {
+        let lead = bytes[start];
+        if lead & 0xC0 == 0x80 {
+            continue; // a continuation byte
+        }
+        let width = match lead {
+            0x00..=0x7F => 1,
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if start + width > bytes.len() {
+            start
+        } else {
+            bytes.len()
+        };
+    }
+    bytes.len()
+}
+
 /// Reads `pipe` to its end, keeping the first `cap` bytes.
-async fn read_capped(
+async fn read_into(
     pipe: Option<impl AsyncRead + Unpin>,
     cap: usize,
-) -> std::io::Result<Captured> {
-    let mut captured = Captured {
-        bytes: Vec::new(),
-        truncated: false,
-    };
+    captured: &mut Captured,
+) -> std::io::Result<()> {
     let Some(mut pipe) = pipe else {
-        return Ok(captured);
+        return Ok(());
     };
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let n = pipe.read(&mut buffer).await?;
         if n == 0 {
-            return Ok(captured);
+            return Ok(());
         }
         let room = cap.saturating_sub(captured.bytes.len());
         let chunk = buffer.get(..n).unwrap_or_default();
