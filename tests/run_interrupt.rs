@@ -33,6 +33,17 @@ args = { argv = ["sleep 30"] }
 
 #[test]
 fn ctrl_c_cancels_compensates_and_saves_the_run() {
+    stopped_by(nix::sys::signal::Signal::SIGINT);
+}
+
+/// `kill`, `docker stop`, systemd: the same as Ctrl-C (the process used to end at once, its
+/// tools still running and nothing rolled back).
+#[test]
+fn sigterm_cancels_compensates_and_saves_the_run_as_ctrl_c_does() {
+    stopped_by(nix::sys::signal::Signal::SIGTERM);
+}
+
+fn stopped_by(stop: nix::sys::signal::Signal) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("plan.toml"), PLAN).unwrap();
     std::fs::write(
@@ -67,7 +78,7 @@ fn ctrl_c_cancels_compensates_and_saves_the_run() {
     }
     std::thread::sleep(Duration::from_millis(100));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(pid, stop).unwrap();
     let started = Instant::now();
     let status = child.wait().unwrap();
     assert!(

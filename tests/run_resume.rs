@@ -193,3 +193,55 @@ fn a_run_killed_then_replaced_with_fresh_is_not_resumed_later() {
         2
     );
 }
+
+/// A task still in flight when another fails runs to its end and is compensated in the
+/// rollback. Killed while it runs, the resumed rollback does not know whether its call did its
+/// work: it compensates it (it used to call it "not started" and leave its work in place).
+#[test]
+fn a_rollback_resumed_after_a_kill_compensates_the_task_that_was_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "name = \"rollback\"\npermissions = \"settings.json\"\n\
+         [pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n\
+         [[task]]\nid = \"slow\"\ntool = \"sh.run\"\n\
+         args = { argv = [\"echo slow-start >> log.txt; sleep 3; echo slow-effect >> log.txt\"] }\n\
+         compensate = { tool = \"sh.undo\", args = { argv = [\"echo undo-slow >> log.txt\"] } }\n\
+         [[task]]\nid = \"bad\"\ntool = \"sh.run\"\nargs = { argv = [\"sleep 0.3; exit 1\"] }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("actors")).unwrap();
+    std::fs::write(dir.path().join("actors/executor.toml"), "mailbox = 4096\n").unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("log.txt")).unwrap_or_default();
+    let mut child = tetrarch(dir.path()).stdout(Stdio::piped()).spawn().unwrap();
+    // `bad` has failed while `slow` still runs (its failure is committed at once).
+    let events = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    for line in events {
+        let line = line.unwrap();
+        if line.contains("\"task_finished\"") && line.contains("\"bad\"") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        log().contains("slow-start") && !log().contains("slow-effect"),
+        "{}",
+        log()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = tetrarch(dir.path()).status().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(log().contains("undo-slow"), "{}", log());
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let runs = saved_runs(&store).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    let slow = runs[0].tasks.iter().find(|(id, _)| id == "slow").unwrap().1;
+    assert_eq!(slow, TaskState::Compensated);
+}

@@ -97,6 +97,9 @@ struct Slot {
     /// Waiting out a retry backoff: `token` is the timer's, and no agent holds the task, so a
     /// restart's re-dispatch leaves it to the timer.
     backing_off: bool,
+    /// A resumed rollback found the task in flight when the process stopped: its call may have
+    /// done its work, so its compensation runs.
+    outcome_unknown: bool,
 }
 
 #[derive(PartialEq, Eq)]
@@ -220,6 +223,7 @@ impl RunState {
                 fixes_tried: Vec::new(),
                 fix_trial: None,
                 backing_off: false,
+                outcome_unknown: false,
             })
             .collect();
         let span = tracing::info_span!(
@@ -407,6 +411,18 @@ impl OrchestratorState {
                     {
                         slot.state = record.state;
                         slot.reason = record.reason;
+                    }
+                    // In flight when the process stopped during the rollback (the failure
+                    // committed it as running): whether its call did its work is unknown, so
+                    // it does not run again, and its compensation runs as a completed task's.
+                    TaskState::Running if rolling_back => {
+                        slot.state = TaskState::Cancelled;
+                        slot.reason = Some(
+                            "in flight when the process stopped during the rollback: its \
+                             outcome is unknown"
+                                .to_owned(),
+                        );
+                        slot.outcome_unknown = true;
                     }
                     _ => {}
                 }
@@ -613,11 +629,25 @@ impl OrchestratorState {
             }
         }
         if first_failure {
+            // The tasks still in flight finish before the rollback and are compensated then.
+            // Their first dispatch was not persisted: they are, as running, in the failure's
+            // commit, so a resumed rollback knows they may have done their work.
+            let in_flight = run
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| {
+                    s.token.is_some() && s.state == TaskState::Running && !s.backing_off
+                })
+                .map(|(i, _)| i);
+            changed.extend(in_flight);
             self.persist_run(run_id);
         }
         for i in changed {
             self.persist(run_id, i);
-            self.task_event(&self.runs[run_id], i);
+            if self.runs[run_id].slots[i].state != TaskState::Running {
+                self.task_event(&self.runs[run_id], i);
+            }
         }
     }
 
@@ -978,7 +1008,9 @@ impl OrchestratorState {
             .tasks
             .iter()
             .zip(&run.slots)
-            .filter(|(t, s)| s.state == TaskState::Complete && t.compensate.is_some())
+            .filter(|(t, s)| {
+                (s.state == TaskState::Complete || s.outcome_unknown) && t.compensate.is_some()
+            })
             .map(|(t, _)| t.id.clone())
             .collect();
         run.compensation_queue = run

@@ -196,24 +196,27 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     let outcome = {
         let run = super::dashboard::drive(live.as_ref(), &runtime, runtime.run(plan, options));
         tokio::pin!(run);
+        // SIGTERM (`kill`, `docker stop`, systemd) and SIGHUP (the terminal closed) stop a run
+        // as Ctrl-C does: they used to end the process with its tools still running and no
+        // rollback.
+        let mut stops = Interrupts::new()?;
         let mut interrupted = false;
         loop {
             tokio::select! {
                 report = &mut run => break report,
-                signal = tokio::signal::ctrl_c(), if !interrupted => {
-                    signal.context("cannot listen for Ctrl-C")?;
+                signal = stops.next(), if !interrupted => {
                     interrupted = true;
                     stderr_line!(
-                        "\ninterrupted: cancelling run {run_id} (Ctrl-C again to exit now; a \
-                         rollback cut short resumes on the next `tetrarch run` of this plan)"
+                        "\ninterrupted ({signal}): cancelling run {run_id} (Ctrl-C again to exit \
+                         now; a rollback cut short resumes on the next `tetrarch run` of this plan)"
                     );
+                    let mut again = Interrupts::new()?;
                     runtime.cancel(&run_id).await?;
-                    tokio::spawn(async {
-                        if tokio::signal::ctrl_c().await.is_ok() {
-                            // Exiting skips every drop: the children's groups are killed here.
-                            tetrarch::session::kill_child_process_groups();
-                            std::process::exit(130);
-                        }
+                    tokio::spawn(async move {
+                        again.next().await;
+                        // Exiting skips every drop: the children's groups are killed here.
+                        tetrarch::session::kill_child_process_groups();
+                        std::process::exit(130);
                     });
                 }
             }
@@ -326,6 +329,46 @@ fn describe(event: &RunEvent) -> Option<String> {
         | RunEvent::RunFinished { .. }
         | RunEvent::ContextBuilt { .. } => return None,
     })
+}
+
+/// The signals that stop a run: Ctrl-C (SIGINT), SIGTERM and SIGHUP.
+struct Interrupts {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Interrupts {
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Interrupts {})
+    }
+
+    /// The next signal, by name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                _ = self.terminate.recv() => "SIGTERM",
+                _ = self.hangup.recv() => "SIGHUP",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
 }
 
 /// The run's progress bar on a terminal, hidden until the printer shows it (the pools start,
