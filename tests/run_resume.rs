@@ -245,3 +245,58 @@ fn a_rollback_resumed_after_a_kill_compensates_the_task_that_was_in_flight() {
     let slow = runs[0].tasks.iter().find(|(id, _)| id == "slow").unwrap().1;
     assert_eq!(slow, TaskState::Compensated);
 }
+
+/// The same plan text in another folder (a copy, a worktree) sharing the store is another run:
+/// its relative paths mean another folder, so it must not resume the first one's run.
+#[test]
+fn a_copy_of_the_plan_in_another_folder_does_not_resume_its_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = "name = \"copied\"\npermissions = \"settings.json\"\n\
+        [pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n\
+        [[task]]\nid = \"slow\"\ntool = \"sh.run\"\nargs = { argv = [\"sleep 2\"] }\n";
+    let store = dir.path().join("store.redb");
+    let first_event = |folder: &Path, kill: bool| -> String {
+        std::fs::create_dir_all(folder).unwrap();
+        std::fs::write(folder.join("plan.toml"), plan).unwrap();
+        std::fs::write(
+            folder.join("settings.json"),
+            r#"{"permissions": {"allow": ["Bash(sleep *)"]}}"#,
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+            .arg("--store")
+            .arg(&store)
+            .arg("run")
+            .arg(folder.join("plan.toml"))
+            .args(["--events", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let started = lines.next().unwrap().unwrap();
+        for line in lines {
+            if line.unwrap().contains("\"task_started\"") {
+                break;
+            }
+        }
+        if kill {
+            // The run's first records are committed in the background: give them a moment.
+            std::thread::sleep(Duration::from_millis(500));
+            child.kill().unwrap();
+        }
+        child.wait().unwrap();
+        started
+    };
+    let first = first_event(&dir.path().join("a"), true);
+    assert!(first.contains("\"resumed\":false"), "{first}");
+    let copy = first_event(&dir.path().join("b"), false);
+    assert!(
+        copy.contains("\"resumed\":false"),
+        "a copy resumed the first run: {copy}"
+    );
+    // The same folder again does resume its killed run.
+    let again = first_event(&dir.path().join("a"), false);
+    assert!(again.contains("\"resumed\":true"), "{again}");
+}

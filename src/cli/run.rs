@@ -143,7 +143,11 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         (None, None) => None,
     };
     let store = open_store(store_path)?;
-    let hash = plan_hash(&text);
+    // A run resumes the unfinished run of the same plan text in the same folder: relative
+    // paths (the tools' files, gates, a pool's cwd) mean that folder, so a copy of the plan
+    // elsewhere sharing the store is another run.
+    let folder = std::fs::canonicalize(&base_dir).unwrap_or_else(|_| base_dir.clone());
+    let hash = plan_hash(&format!("{}\n{text}", folder.display()));
     let resume = if args.fresh {
         None
     } else {
