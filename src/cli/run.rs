@@ -1,8 +1,9 @@
 //! `tetrarch run PLAN`: start the supervision tree, run the plan to its end, report.
 //! `tetrarch runs`: the runs saved in the store.
 //!
-//! Resume: the run is keyed by a hash of the plan's text. If the store holds an unfinished run
-//! of the same text (the process was killed), `run` continues it: COMPLETE tasks keep their
+//! Resume: the run is keyed by a hash of the plan's folder and text. If the store holds an
+//! unfinished run of the same text in the same folder (the process was killed), `run` continues
+//! it: COMPLETE tasks keep their
 //! outputs and are not run again; tasks that were in flight run again (at-least-once).
 //! `--fresh` starts a new run instead; the unfinished one stays in `runs` as it was and is no
 //! longer resumed (only the newest run of a plan is). Ctrl-C cancels the run (calls in flight are stopped,
