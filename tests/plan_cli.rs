@@ -520,3 +520,51 @@ fn a_cached_result_is_kept_apart_per_value_of_the_variables_passed_on() {
     assert_eq!(shown("beta"), "beta");
     assert_eq!(shown("alpha"), "alpha");
 }
+
+#[test]
+fn a_task_waiting_to_retry_when_another_fails_stops_at_once_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("actors")).unwrap();
+    std::fs::write(
+        dir.path().join("actors/orchestrator.toml"),
+        "[run]\nretry_backoff = \"5s\"\nretry_backoff_max = \"5s\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(exit *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "name = \"retrying\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+         command = [\"sh\", \"-c\"]\n\
+         [[task]]\nid = \"flaky\"\ntool = \"sh.run\"\nretries = 3\nargs = { argv = [\"exit 1\"] }\n\
+         [[task]]\nid = \"bad\"\ntool = \"sh.run\"\nargs = { argv = [\"sleep 0.5; exit 1\"] }\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = tetrarch_on(&dir.path().join("store.redb"), &["run"])
+        .arg(dir.path().join("plan.toml"))
+        .arg("--actors")
+        .arg(dir.path().join("actors"))
+        .args(["--events", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // Not held up by the 5 s backoff.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let events = String::from_utf8_lossy(&out.stdout);
+    let flaky = events
+        .lines()
+        .find(|l| l.contains("\"task_finished\"") && l.contains("\"flaky\""))
+        .unwrap_or_else(|| panic!("no task_finished for flaky:\n{events}"));
+    assert!(
+        flaky.contains("\"skipped\"") && flaky.contains("stopped before the retry"),
+        "{flaky}"
+    );
+}

@@ -628,6 +628,17 @@ impl OrchestratorState {
                 changed.push(d);
             }
         }
+        // A task waiting out a retry backoff will not retry: it stops now, rather than when
+        // its timer fires (the rollback waited up to `retry_backoff_max` for it).
+        for (j, slot) in run.slots.iter_mut().enumerate() {
+            if slot.backing_off && slot.token.take().is_some() {
+                slot.backing_off = false;
+                slot.state = TaskState::Skipped;
+                slot.reason = Some("the run stopped before the retry".to_owned());
+                run.in_flight -= 1;
+                changed.push(j);
+            }
+        }
         if first_failure {
             // The tasks still in flight finish before the rollback and are compensated then.
             // Their first dispatch was not persisted: they are, as running, in the failure's
@@ -899,6 +910,7 @@ impl OrchestratorState {
             run.slots[i].state = TaskState::Skipped;
             run.slots[i].reason = Some("the run stopped before the retry".to_owned());
             self.persist(&run_id, i);
+            self.task_event(&self.runs[&run_id], i);
         } else {
             self.dispatch(&run_id, i).await;
         }
