@@ -568,3 +568,26 @@ fn a_task_waiting_to_retry_when_another_fails_stops_at_once_and_says_so() {
         "{flaky}"
     );
 }
+
+#[test]
+fn a_failed_compensation_is_reported_with_its_exit_status_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(exit *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    let (code, err) = run(
+        dir.path(),
+        "name = \"undo\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+         command = [\"sh\", \"-c\"]\n\
+         [[task]]\nid = \"made\"\ntool = \"sh.run\"\nargs = { argv = [\"echo made\"] }\n\
+         compensate = { tool = \"sh.undo\", args = { argv = [\"echo cannot undo >&2; exit 3\"] } }\n\
+         [[task]]\nid = \"bad\"\ntool = \"sh.run\"\ndeps = [\"made\"]\nargs = { argv = [\"exit 1\"] }\n",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("undone made: compensation FAILED: compensation exited 3: cannot undo"),
+        "{err}"
+    );
+}

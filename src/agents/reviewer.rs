@@ -215,8 +215,10 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
         } else {
             Verdict::Error {
                 reason: format!(
-                    "compensation exited {:?}: {}",
-                    outcome.exit_status,
+                    "compensation exited {}: {}",
+                    outcome
+                        .exit_status
+                        .map_or_else(|| "without a status".to_owned(), |code| code.to_string()),
                     outcome.stderr.trim()
                 ),
                 retryable: false,

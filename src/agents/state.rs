@@ -318,7 +318,7 @@ pub struct SavedTask {
     pub id: String,
     /// Its state.
     pub state: TaskState,
-    /// Its latest attempt (0: it never started).
+    /// Its latest attempt (a task that never started is at its first).
     pub attempt: u32,
     /// Why it failed, was skipped or cancelled, when it did.
     pub reason: Option<String>,

@@ -316,10 +316,15 @@ fn describe(event: &RunEvent) -> Option<String> {
         ),
         RunEvent::Compensated {
             task, ok, detail, ..
-        } => format!(
-            "{task}: compensation {}: {detail}",
-            if *ok { "done" } else { "FAILED" }
-        ),
+        } => {
+            // A compensation that printed nothing has nothing more to say than "done".
+            let said = detail.trim_matches('"').trim();
+            match (*ok, said.is_empty()) {
+                (true, true) => format!("{task}: compensation done"),
+                (true, false) => format!("{task}: compensation done: {detail}"),
+                (false, _) => format!("{task}: compensation FAILED: {detail}"),
+            }
+        }
         RunEvent::AgentRestarted {
             agent,
             restarts,
@@ -495,11 +500,15 @@ fn print_report(report: &RunReport) {
         stderr_line!("  {problem}");
     }
     for comp in &report.compensations {
-        stderr_line!(
-            "  undone {}: {}",
-            comp.task,
-            if comp.ok { "ok" } else { "compensation FAILED" }
-        );
+        if comp.ok {
+            stderr_line!("  undone {}: ok", comp.task);
+        } else {
+            stderr_line!(
+                "  undone {}: compensation FAILED: {}",
+                comp.task,
+                comp.detail
+            );
+        }
     }
 }
 
