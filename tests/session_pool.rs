@@ -391,3 +391,52 @@ async fn a_session_that_served_a_call_is_reset_before_its_next_task_and_replaced
     assert_eq!(factory.resets.load(Ordering::SeqCst), 3);
     assert_eq!(pool.stats().discarded, 1);
 }
+
+/// A task cancelled while its session starts (an MCP server's handshake) drops the acquire
+/// part-way: the session that never was must not stay counted, or the pool stops topping up
+/// once the count reaches `max_size`.
+#[tokio::test]
+async fn an_acquire_dropped_while_its_session_starts_leaves_the_count_right() {
+    struct SlowStart {
+        created: Arc<AtomicUsize>,
+    }
+    impl SessionFactory for SlowStart {
+        fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+            let serial = self.created.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(Box::new(Numbered {
+                    serial,
+                    sick: Arc::default(),
+                }) as Box<dyn Session>)
+            })
+        }
+    }
+    let created = Arc::new(AtomicUsize::new(0));
+    let pool = Pool::start(
+        PoolConfig {
+            min_idle: 0,
+            max_size: 2,
+            acquire_timeout: Duration::from_secs(5),
+            ..PoolConfig::new("slow")
+        },
+        SlowStart {
+            created: Arc::clone(&created),
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let acquire = pool.acquire();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), acquire)
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(pool.stats().size, 0, "{:?}", pool.stats());
+    // And the pool still makes sessions up to its limit.
+    let (a, b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    assert_eq!(pool.stats().size, 2);
+    drop((a, b));
+}

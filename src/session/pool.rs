@@ -126,6 +126,33 @@ struct Shared {
     tools: tokio::sync::OnceCell<Option<Vec<String>>>,
 }
 
+/// One session counted in a pool's `size`, taken off the count when this drops unless
+/// [`SizeGuard::keep`] was called: the count follows the session even when the future holding
+/// it is dropped at an `.await`.
+struct SizeGuard<'a> {
+    size: &'a std::sync::atomic::AtomicUsize,
+    armed: bool,
+}
+
+impl<'a> SizeGuard<'a> {
+    fn new(size: &'a std::sync::atomic::AtomicUsize) -> Self {
+        SizeGuard { size, armed: true }
+    }
+
+    /// The session lives on: it stays counted.
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for SizeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.size.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Shared {
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleSession>> {
         // A panic while holding this lock cannot leave the list inconsistent (push/pop only).
@@ -136,16 +163,14 @@ impl Shared {
 
     async fn create(&self) -> Result<Box<dyn Session>, SessionError> {
         self.size.fetch_add(1, Ordering::SeqCst);
-        match self.factory.create().await {
-            Ok(session) => {
-                self.created.fetch_add(1, Ordering::SeqCst);
-                Ok(session)
-            }
-            Err(e) => {
-                self.size.fetch_sub(1, Ordering::SeqCst);
-                Err(e)
-            }
-        }
+        // Given back if the start fails, or if this future is dropped part-way (a task
+        // cancelled while its MCP server starts): the count must not keep a session that
+        // never was, or the pool stops topping up to `min_idle` once it reaches `max_size`.
+        let counted = SizeGuard::new(&self.size);
+        let session = self.factory.create().await?;
+        counted.keep();
+        self.created.fetch_add(1, Ordering::SeqCst);
+        Ok(session)
     }
 
     fn discard(&self, session: Box<dyn Session>) {
@@ -377,12 +402,16 @@ impl Pool {
                 Some(mut entry) if entry.session.is_open() => {
                     // Between tasks: a session that served a call is reset before it serves
                     // another; one that cannot be reset is replaced.
-                    if entry.dirty
-                        && let Err(e) = entry.session.reset().await
-                    {
-                        tracing::warn!(pool = %shared.config.name, "reset failed, session replaced: {e}");
-                        shared.discard(entry.session);
-                        continue;
+                    if entry.dirty {
+                        // Dropped with the session if this future is dropped during the reset.
+                        let counted = SizeGuard::new(&shared.size);
+                        let reset = entry.session.reset().await;
+                        counted.keep();
+                        if let Err(e) = reset {
+                            tracing::warn!(pool = %shared.config.name, "reset failed, session replaced: {e}");
+                            shared.discard(entry.session);
+                            continue;
+                        }
                     }
                     break entry.session;
                 }
@@ -422,7 +451,10 @@ impl Pool {
         let shared = &self.shared;
         let taken: Vec<IdleSession> = std::mem::take(&mut *shared.lock_idle());
         let warmed = taken.into_iter().map(|mut idle| async move {
+            // Dropped with the session if this future is dropped part-way.
+            let counted = SizeGuard::new(&shared.size);
             let result = idle.session.warm_up().await;
+            counted.keep();
             (idle.session, result)
         });
         for (session, result) in futures::future::join_all(warmed).await {
