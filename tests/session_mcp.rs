@@ -475,7 +475,7 @@ async fn a_start_timeout_too_large_for_the_clock_means_none() {
     let session = McpSession::connect(&spec).await.unwrap();
     assert_eq!(
         session.tool_names().await.unwrap(),
-        ["big", "pid", "sleep", "say"]
+        ["big", "pid", "sleep", "say", "die"]
     );
 }
 
@@ -517,4 +517,20 @@ async fn a_discarded_session_takes_a_wrapped_server_stuck_in_a_call_with_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!is_alive(pid), "server {pid} outlived its session");
+}
+
+#[tokio::test]
+async fn a_server_that_dies_mid_call_is_reported_with_its_last_stderr_lines() {
+    let Some(spec) = stdlib_server("") else {
+        return;
+    };
+    let mut session = McpSession::connect(&spec).await.unwrap();
+    let error = session.call(call("die", json!({}))).await.unwrap_err();
+    assert!(matches!(error, SessionError::Closed { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("the server's stderr ends: ValueError: model file corrupt"),
+        "{error}"
+    );
 }

@@ -87,6 +87,51 @@ pub struct McpSession {
     warmup_calls: u32,
     /// How long asking for the tool list may take (the spec's start timeout).
     list_timeout: Duration,
+    /// The server's last stderr lines, for the reason when it dies.
+    stderr: ServerStderr,
+}
+
+/// The last lines a server wrote on stderr, and whether it has closed it (exited).
+#[derive(Clone, Default)]
+struct ServerStderr {
+    lines: Arc<parking_lot::Mutex<std::collections::VecDeque<String>>>,
+    closed: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// How many of a server's last stderr lines a lost connection's reason quotes.
+const STDERR_LINES_KEPT: usize = 5;
+
+impl ServerStderr {
+    /// `error` with the server's last stderr lines, when it lost the connection or broke the
+    /// protocol (a Python traceback says why; "transport closed" does not). Waits a moment for
+    /// the server's last lines when it has just exited.
+    async fn explain(&self, error: SessionError) -> SessionError {
+        let append =
+            |detail: String, lines: &str| format!("{detail}; the server's stderr ends: {lines}");
+        if !matches!(
+            error,
+            SessionError::Closed { .. } | SessionError::Protocol { .. }
+        ) {
+            return error;
+        }
+        if let Some(mut closed) = self.closed.clone() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), closed.wait_for(|c| *c)).await;
+        }
+        let lines: Vec<String> = self.lines.lock().iter().cloned().collect();
+        if lines.is_empty() {
+            return error;
+        }
+        let lines = lines.join(" | ");
+        match error {
+            SessionError::Closed { detail } => SessionError::Closed {
+                detail: append(detail, &lines),
+            },
+            SessionError::Protocol { detail } => SessionError::Protocol {
+                detail: append(detail, &lines),
+            },
+            other => other,
+        }
+    }
 }
 
 impl std::fmt::Debug for McpSession {
@@ -123,8 +168,12 @@ impl McpSession {
         let server_pid = transport.id();
         // From here the group dies with this function's failure or with the session.
         let group = super::ChildGroup::new(server_pid);
+        let mut server_stderr = ServerStderr::default();
         if let Some(stderr) = stderr {
             let program = spec.program.clone();
+            let kept = Arc::clone(&server_stderr.lines);
+            let (closed, closed_seen) = tokio::sync::watch::channel(false);
+            server_stderr.closed = Some(closed_seen);
             tokio::spawn(async move {
                 let mut stderr = BufReader::new(stderr);
                 let mut line = Vec::new();
@@ -135,15 +184,25 @@ impl McpSession {
                     let text = text.trim_end();
                     let more = if cut { " [line cut]" } else { "" };
                     tracing::debug!(target: "tetrarch::session::mcp", %program, "server stderr: {text}{more}");
+                    if !text.is_empty() {
+                        let mut kept = kept.lock();
+                        if kept.len() == STDERR_LINES_KEPT {
+                            kept.pop_front();
+                        }
+                        let short = &text[..text.floor_char_boundary(500)];
+                        kept.push_back(short.to_owned());
+                    }
                 }
+                let _ = closed.send(true);
             });
         }
         let service = match tokio::time::timeout_at(deadline, ().serve(transport)).await {
             Ok(Ok(service)) => service,
             Ok(Err(e)) => {
-                return Err(SessionError::Protocol {
+                let error = SessionError::Protocol {
                     detail: format!("MCP server {:?} failed to initialize: {e}", spec.program),
-                });
+                };
+                return Err(server_stderr.explain(error).await);
             }
             Err(_) => {
                 return Err(SessionError::Protocol {
@@ -162,6 +221,7 @@ impl McpSession {
             warmup: spec.warmup.clone(),
             warmup_calls: spec.warmup_calls.max(1),
             list_timeout: spec.start_timeout,
+            stderr: server_stderr,
         };
         let ready = tokio::time::timeout_at(deadline, async {
             session.health_check().await?;
@@ -243,7 +303,10 @@ impl McpSession {
         let result =
             match tokio::time::timeout(request.timeout, self.service.call_tool(params)).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(e)) => return Err(map_service_error(&request.tool, e)),
+                Ok(Err(e)) => {
+                    let error = map_service_error(&request.tool, e);
+                    return Err(self.stderr.explain(error).await);
+                }
                 Err(_) => {
                     return Err(SessionError::Timeout {
                         tool: request.tool,

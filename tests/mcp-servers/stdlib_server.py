@@ -3,7 +3,8 @@ an SDK cannot be made to do: `tests/session_mcp.rs` uses it for an oversized res
 that never comes (`python3 stdlib_server.py silent-list`), and a call that outlives its session.
 
 Tools: `big` (`bytes` of text), `pid` (the server's process id), `sleep` (`seconds`, then "slept"),
-`say` (its `message`, as an error result when `fail` is true).
+`say` (its `message`, as an error result when `fail` is true), `die` (writes a traceback-like line
+on stderr and exits 3 mid-call).
 """
 import json
 import os
@@ -13,7 +14,7 @@ import time
 SILENT_LIST = sys.argv[1:] == ["silent-list"]
 TOOLS = [
     {"name": name, "inputSchema": {"type": "object"}}
-    for name in ("big", "pid", "sleep", "say")
+    for name in ("big", "pid", "sleep", "say", "die")
 ]
 
 
@@ -51,6 +52,10 @@ for line in sys.stdin:
             reply(message, text(str(os.getpid())))
         elif name == "say":
             reply(message, {**text(args["message"]), "isError": bool(args.get("fail"))})
+        elif name == "die":
+            sys.stderr.write("ValueError: model file corrupt\n")
+            sys.stderr.flush()
+            sys.exit(3)
         elif name == "sleep":
             time.sleep(float(args["seconds"]))
             reply(message, text("slept"))
