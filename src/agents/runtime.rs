@@ -14,7 +14,6 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::events::RunEvent;
 use super::mailbox::Mailbox;
 use super::pipeline::{ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, ReviewerMsg};
-use super::state::load_runs;
 use super::supervisor::{Fatal, RestartCounters, Supervisor, SupervisorArgs, SupervisorMsg};
 use super::{ActorsConfig, AgentError, AgentKind, RunReport, RunStatus};
 use crate::lessons::Lessons;
@@ -736,8 +735,24 @@ impl Runtime {
     /// `tetrarch run` resumes after the process was killed. An unfinished run with a newer run
     /// of the same plan after it (`tetrarch run --fresh` started one) is not resumed.
     pub fn resumable_run(store: &Store, plan_hash: &str) -> Result<Option<String>, AgentError> {
-        Ok(load_runs(store)?
+        // A run record that does not decode (damaged, or from a newer tetrarch) is another
+        // plan's business: it is passed over with a warning, not a reason to run nothing.
+        let runs = store
+            .run_records("run:")?
             .into_iter()
+            .filter_map(|(key, bytes)| {
+                let id = key.trim_start_matches("run:").to_owned();
+                match super::state::decode_run(&id, &bytes) {
+                    Ok(record) => Some((id, record)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "run {id} is passed over when looking for a run to resume: {e}"
+                        );
+                        None
+                    }
+                }
+            });
+        Ok(runs
             .filter(|(_, r)| r.plan_hash == plan_hash)
             .max_by(|(a_id, a), (b_id, b)| (a.started_ms, a_id).cmp(&(b.started_ms, b_id)))
             .filter(|(_, r)| r.status == RunStatus::Running)

@@ -215,7 +215,7 @@ pub(crate) fn encode_run(record: &RunRecord) -> Result<Vec<u8>, StoreError> {
     postcard::to_stdvec(&StoredRun::V2(record.clone())).map_err(|e| codec_error("encode run", e))
 }
 
-fn decode_run(id: &str, bytes: &[u8]) -> Result<RunRecord, StoreError> {
+pub(crate) fn decode_run(id: &str, bytes: &[u8]) -> Result<RunRecord, StoreError> {
     match postcard::from_bytes::<StoredRun>(bytes) {
         Ok(StoredRun::V1(old)) => Ok(old.into()),
         Ok(StoredRun::V2(record)) => Ok(record),
@@ -376,5 +376,31 @@ mod tests {
             current
         );
         assert!(decode_run("r", &[9, 9]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_run_record_that_does_not_decode_does_not_stop_another_plan_resuming() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), Default::default()).unwrap();
+        let running = RunRecord {
+            plan_name: "p".into(),
+            plan_hash: "h".into(),
+            source: "p.toml".into(),
+            status: RunStatus::Running,
+            started_ms: 7,
+            plan_text: None,
+            stopping: None,
+        };
+        store
+            .put_run_records(vec![
+                (run_key("good"), encode_run(&running).unwrap()),
+                (run_key("damaged"), vec![9, 9]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::agents::Runtime::resumable_run(&store, "h").unwrap(),
+            Some("good".to_owned())
+        );
     }
 }
