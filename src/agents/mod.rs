@@ -166,6 +166,15 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
+    /// A new run could not start or go on (its records could not be written, or its end could
+    /// not be saved).
+    #[error("run {run_id}: {reason}")]
+    Run {
+        /// The run.
+        run_id: String,
+        /// Why.
+        reason: String,
+    },
     /// The runtime was shut down.
     #[error("the runtime has shut down")]
     ShutDown,

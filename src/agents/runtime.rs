@@ -479,8 +479,14 @@ impl Runtime {
             started.store(true, Ordering::Release);
             match answer.await {
                 Ok(Ok(report)) => return Ok(report),
-                Ok(Err(detail)) => {
+                Ok(Err(detail)) if spec.resume => {
                     return Err(AgentError::Resume {
+                        run_id: spec.run_id,
+                        reason: detail,
+                    });
+                }
+                Ok(Err(detail)) => {
+                    return Err(AgentError::Run {
                         run_id: spec.run_id,
                         reason: detail,
                     });
