@@ -198,21 +198,11 @@ args = { notes = "{{context}}", topic = "lantern brightness" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lessons_snapshots_and_template_words_do_not_pull_memories_into_a_tasks_context() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
-    let mut actors = ActorsConfig::embedded().unwrap();
-    actors.executor.pools.remove("scorer");
-    let mut pool = PoolDef::new(PoolKind::Native);
-    pool.max_size = 4;
-    actors.executor.pools.insert("fn".to_owned(), pool);
-    let mut runtime_options = RuntimeOptions::new(store.clone(), actors);
-    let mut natives = NativeRegistry::new();
-    natives.register("echo", |args: Value| async move { Ok(args) });
-    runtime_options.natives = natives;
-    let runtime = Runtime::start(runtime_options).await.unwrap();
+    let runtime = runtime(dir.path(), ActorsConfig::embedded().unwrap()).await;
     let remember = |text: &str, tag: Option<&str>| {
         let mut memory = tetrarch::store::NewMemory::new(Namespace::Global, text);
         memory.tags = tag.into_iter().map(str::to_owned).collect();
-        let store = store.clone();
+        let store = runtime.store().clone();
         async move { store.store(memory).await.unwrap() }
     };
     // Words only the template language uses: `{{context}}`, `tasks`, `output`.

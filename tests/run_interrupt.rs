@@ -43,9 +43,11 @@ fn sigterm_cancels_compensates_and_saves_the_run_as_ctrl_c_does() {
     stopped_by(nix::sys::signal::Signal::SIGTERM);
 }
 
-fn stopped_by(stop: nix::sys::signal::Signal) {
+/// Writes `plan` with its rules and an actors folder in a new folder, starts `tetrarch run` on
+/// it and returns once the task `slow` has started.
+fn run_until_slow_starts(plan: &str) -> (tempfile::TempDir, std::process::Child) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("plan.toml"), PLAN).unwrap();
+    std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
     std::fs::write(
         dir.path().join("settings.json"),
         r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
@@ -76,6 +78,11 @@ fn stopped_by(stop: nix::sys::signal::Signal) {
             break;
         }
     }
+    (dir, child)
+}
+
+fn stopped_by(stop: nix::sys::signal::Signal) {
+    let (dir, mut child) = run_until_slow_starts(PLAN);
     std::thread::sleep(Duration::from_millis(100));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, stop).unwrap();
@@ -100,57 +107,13 @@ fn stopped_by(stop: nix::sys::signal::Signal) {
     assert_eq!(state("slow"), TaskState::Cancelled);
 }
 
-const SLOW_UNDO_PLAN: &str = r#"
-name = "interrupt-twice"
-permissions = "settings.json"
-
-[pools.sh]
-kind = "process"
-command = ["sh", "-c"]
-
-[[task]]
-id = "quick"
-tool = "sh.run"
-args = { argv = ["echo '{\"ok\": true}'"] }
-compensate = { tool = "sh.undo", args = { argv = ["echo $$ > undo.pid; sleep 30"] } }
-
-[[task]]
-id = "slow"
-tool = "sh.run"
-deps = ["quick"]
-args = { argv = ["sleep 30"] }
-"#;
-
 #[test]
 fn a_second_ctrl_c_exits_130_and_kills_the_compensation_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("plan.toml"), SLOW_UNDO_PLAN).unwrap();
-    std::fs::write(
-        dir.path().join("settings.json"),
-        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .arg("--store")
-        .arg(dir.path().join("store.redb"))
-        .arg("run")
-        .arg(dir.path().join("plan.toml"))
-        .args(["--events", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("the run ended before `slow` started")
-            .unwrap();
-        if line.contains("\"task_started\"") && line.contains("\"slow\"") {
-            break;
-        }
-    }
+    // The completed task's compensation writes its pid and takes its time.
+    let plan = PLAN
+        .replace("name = \"interrupt\"", "name = \"interrupt-twice\"")
+        .replace("echo undone >> undo.txt", "echo $$ > undo.pid; sleep 30");
+    let (dir, mut child) = run_until_slow_starts(&plan);
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     // The compensation starts and writes its pid.
