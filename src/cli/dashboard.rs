@@ -159,6 +159,16 @@ pub async fn drive<F: Future>(
 }
 
 impl LiveTelemetry {
+    /// Waits (at most 2 s) until the run's end is recorded: the events reach the telemetry on
+    /// a task of their own, and what is served after the run must include its final values
+    /// (`tetrarch_runs_total` is only counted then).
+    pub async fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !self.telemetry.run_over() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stops serving (after the run's last events were recorded).
     pub async fn shutdown(self) {
         if let Some(server) = self.dashboard {

@@ -240,6 +240,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     }
     if let Some(live) = live {
         if let Some(linger) = args.serve_after.filter(|d| !d.is_zero()) {
+            live.settle().await;
             stderr_line!(
                 "run over: serving the dashboard and metrics for {} more (Ctrl-C to stop)",
                 humantime::format_duration(linger)
