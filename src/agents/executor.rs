@@ -123,13 +123,10 @@ fn permission_call(
                 .and_then(|e| e.as_object())
                 .into_iter()
                 .flatten()
-                .filter(|(name, value)| {
-                    !crate::permissions::is_harmless_variable(name)
-                        && crate::session::process::value_text(value).is_some()
-                })
-                .map(|(name, value)| {
-                    let text = crate::session::process::value_text(value).unwrap_or_default();
-                    shell_word(&format!("{name}={text}"))
+                .filter(|(name, _)| !crate::permissions::is_harmless_variable(name))
+                .filter_map(|(name, value)| {
+                    let text = crate::session::process::value_text(value)?;
+                    Some(shell_word(&format!("{name}={text}")))
                 })
                 .collect();
             // `sh -c SCRIPT NAME ARGS...`: the script is the command; the rest are its data.
@@ -227,7 +224,8 @@ async fn check_permission(
     })
 }
 
-/// A call that may be made: its pool, the pool's declaration, and the parsed `argv`.
+/// A call [`check_call`] let through: the pool to make it on, and the pool's call timeout
+/// (for a task that gives none).
 struct Checked {
     pool: crate::session::Pool,
     call_timeout: std::time::Duration,

@@ -27,6 +27,8 @@ struct Skill {
     terms: DocTerms,
     hash: u64,
     tokens: usize,
+    /// Tokens of its `## skill:NAME` heading (counted once, at load).
+    overhead: usize,
     modified: SystemTime,
 }
 
@@ -73,7 +75,7 @@ struct Entry<'a> {
     /// Known token count of the text (skills are counted when loaded); from packing on, of the
     /// item as rendered (text plus `overhead`).
     tokens: Option<usize>,
-    /// Tokens of the item's `## SOURCE` heading and spacing, set when packing.
+    /// Tokens of the item's `## SOURCE` heading and spacing (0: not counted yet).
     overhead: usize,
     score: f64,
 }
@@ -131,8 +133,10 @@ impl ContextOptimizer {
                     .components()
                     .map(|c| c.as_os_str().to_string_lossy().into_owned())
                     .collect();
+                let source = format!("skill:{}", name.join("/"));
                 skills.push(Skill {
-                    source: format!("skill:{}", name.join("/")),
+                    overhead: item_overhead(counter.as_ref(), &source),
+                    source,
                     terms: analyze(&text, &dictionary),
                     hash: content_hash(&text),
                     tokens: counter.count(&text),
@@ -264,7 +268,7 @@ impl ContextOptimizer {
                 age: now.duration_since(skill.modified).unwrap_or_default(),
                 always: false,
                 tokens: Some(skill.tokens),
-                overhead: 0,
+                overhead: skill.overhead,
                 score: 0.0,
             });
         }
@@ -395,8 +399,11 @@ impl ContextOptimizer {
                 payload.references.push((held.source.clone(), held.hash));
                 continue;
             }
-            // Every item is charged as rendered: its text and its heading.
-            entry.overhead = item_overhead(self.counter.as_ref(), &entry.source);
+            // Every item is charged as rendered: its text and its heading (a skill's heading
+            // was counted when it was loaded).
+            if entry.overhead == 0 {
+                entry.overhead = item_overhead(self.counter.as_ref(), &entry.source);
+            }
             let text_tokens = entry
                 .tokens
                 .unwrap_or_else(|| self.counter.count(entry.text));
