@@ -147,9 +147,11 @@ fn a_deny_rule_is_not_dodged_by_quoting_wrappers_or_computed_names() {
         ] {
             assert_eq!(bash(&e, quoted), Verdict::Deny, "{quoted}");
         }
+        // `$'…'` is decoded as bash decodes it, so the deny rule sees `rm`.
+        assert_eq!(bash(&e, "$'rm' -rf /"), Verdict::Deny);
+        assert_eq!(bash(&e, "$'\\x72m' -rf /"), Verdict::Deny);
         // The shell computes the name: no rule can say it is not `rm`.
         for computed in [
-            "$'rm' -rf /",
             "{rm,-rf,/tmp/x}",
             "rm${IFS}-rf${IFS}/",
             "$CMD -rf /",
@@ -350,9 +352,12 @@ fn read_edit_path_anchors() {
     assert_eq!(call(&e, "Read", "/home/u/notes/deep/todo.md"), Verdict::Ask);
     // `/docs` is relative to the project root (the folder holding .claude/).
     assert_eq!(call(&e, "Read", "/proj/docs/x.md"), Verdict::Allow);
-    // A bare name matches at any depth.
+    // A bare name matches at any depth under the working directory, and nowhere else (as
+    // Claude Code documents `Read(*.env)`: relative to the working directory).
     assert_eq!(call(&e, "Read", "/proj/sub/src/.env"), Verdict::Deny);
-    assert_eq!(call(&e, "Read", "/var/log/app/x.log"), Verdict::Allow);
+    assert_eq!(call(&e, "Read", "/proj/sub/var/log/x.log"), Verdict::Allow);
+    assert_eq!(call(&e, "Read", "/var/log/app/x.log"), Verdict::Ask);
+    assert_eq!(call(&e, "Read", "/proj/.env"), Verdict::Ask);
     // Trailing slash: the directory's contents.
     assert_eq!(
         call(&e, "Read", "/proj/sub/src/secrets/k.pem"),
@@ -525,5 +530,195 @@ fn bad_input_names_the_rule_and_position() {
     assert_eq!(
         Rule::parse("Bash(npm run:*)").unwrap().to_string(),
         "Bash(npm run *)"
+    );
+}
+
+/// The shapes a review found getting past deny rules: bash reads options after `-c`,
+/// decodes `$'…'`, runs what `env -S`, `xargs [OPTIONS]` and `find -exec` are given, runs a
+/// command named by its path, takes `a+=b` as an assignment, and evaluates `$(…)` inside
+/// array subscripts later.
+#[test]
+fn deny_rules_see_what_bash_will_really_run() {
+    let allow_all = [
+        "Bash(bash *)",
+        "Bash(sh *)",
+        "Bash(git *)",
+        "Bash(env *)",
+        "Bash(nice *)",
+        "Bash(eval *)",
+        "Bash(find *)",
+        "Bash(xargs *)",
+        "Bash(printf *)",
+        "Bash(test *)",
+        "Bash(declare *)",
+        "Bash(let *)",
+        "Bash(unset *)",
+        "Bash(echo *)",
+        "Bash(ls *)",
+    ];
+    let e = engine(
+        &allow_all,
+        &[],
+        &[
+            "Bash(rm *)",
+            "Bash(git push --force *)",
+            "Bash(*LD_PRELOAD*)",
+        ],
+    );
+    for denied in [
+        // Options after `-c`, and `--`, before the script.
+        "bash -c -- 'rm -rf x'",
+        "bash -c -e 'rm -rf x'",
+        "sh -c -- 'rm x'",
+        "nice -n5 bash -c -- 'rm x'",
+        "bash -eo pipefail -c 'rm x'",
+        "eval -- rm -rf x",
+        // ANSI-C quoting.
+        "git push $'--force' origin",
+        "git push --$'force' origin",
+        "git push $'\\x2d-force' origin",
+        "git $'push' --force origin",
+        // The string `env -S` splits into a command.
+        "env -S 'rm -rf x'",
+        "env -iS 'rm -rf x'",
+        "env --split-string='rm -rf x'",
+        // Commands xargs (with options) and find start.
+        "xargs -0 rm -rf",
+        "xargs -I{} rm {}",
+        "xargs -n 1 rm",
+        "find . -exec rm -rf {} +",
+        "find . -name '*.o' -execdir rm {} \\;",
+        "find . -exec sh -c 'rm x' \\;",
+        // A command named by its path.
+        "/bin/rm -rf x",
+        "./rm -rf x",
+        // `NAME+=value` is an assignment; `env` takes any `NAME=value`.
+        "a+=b rm -rf x",
+        "A=1 B+=2 rm x",
+        "env a+=b rm -rf x",
+        // Deny rules see leading assignments.
+        "LD_PRELOAD=/tmp/e.so ls",
+    ] {
+        assert_eq!(bash(&e, denied), Verdict::Deny, "{denied}");
+    }
+    // Code the shell runs later, or reads from standard input: never allowed.
+    for hidden in [
+        "test -v 'x[$(rm -rf ~)]'",
+        "printf -v 'x[$(rm -rf ~)]' %s 1",
+        "let 'x[$(rm -rf ~)]=1'",
+        "declare 'x[$(rm -rf ~)]=1'",
+        "unset 'x[$(rm -rf ~)]'",
+        "x='a[$(rm -rf ~)]' echo $((x))",
+        "printf -v x %s \"\\$(rm -rf ~)\"; echo \"${x@P}\"",
+        "echo 'rm x' | bash",
+        "bash -s <<< 'rm x'",
+    ] {
+        assert_eq!(bash(&e, hidden), Verdict::Ask, "{hidden}");
+    }
+    // What the allow rules allowed before still is.
+    for allowed in [
+        "bash -c 'ls -l'",
+        "bash script.sh",
+        "bash --version",
+        "env -S 'ls -l'",
+        "find . -name x -print",
+        "xargs -n1 echo",
+        "printf '%s\\n' hello",
+        "test -f x",
+        "declare -a arr",
+        "git push origin main",
+    ] {
+        assert_eq!(bash(&e, allowed), Verdict::Allow, "{allowed}");
+    }
+    // In bypass mode nothing is asked, so the deny rules must catch these.
+    let bypass = engine_with(json!({"permissions": {
+        "deny": ["Bash(rm *)"], "defaultMode": "bypassPermissions"}}));
+    for denied in ["env -S \"rm -rf x\"", "xargs -0 rm -rf", "/bin/rm x"] {
+        assert_eq!(bash(&bypass, denied), Verdict::Deny, "{denied}");
+    }
+    assert_eq!(bash(&bypass, "echo hi | bash"), Verdict::Ask);
+}
+
+#[test]
+fn a_search_of_a_denied_folder_is_denied() {
+    let e = engine(
+        &["Read(./**)"],
+        &[],
+        &["Read(./secrets/**)", "Read(./keys/)", "Read(.env)"],
+    );
+    let search = |tool: &str, input: serde_json::Value| {
+        e.decide(&ToolCall {
+            tool: tool.into(),
+            input,
+        })
+        .verdict
+    };
+    assert_eq!(
+        search("Grep", json!({"pattern": "k", "path": "secrets"})),
+        Verdict::Deny
+    );
+    assert_eq!(
+        search("Glob", json!({"pattern": "*", "path": "secrets"})),
+        Verdict::Deny
+    );
+    assert_eq!(
+        search("Grep", json!({"pattern": "k", "path": "keys"})),
+        Verdict::Deny
+    );
+    assert_eq!(
+        search(
+            "Grep",
+            json!({"pattern": "KEY", "path": "src", "glob": ".env"})
+        ),
+        Verdict::Deny
+    );
+    // A folder holding some denied files is judged on the folder.
+    assert_eq!(
+        search("Grep", json!({"pattern": "k", "path": "src"})),
+        Verdict::Allow
+    );
+    assert_eq!(
+        search("Glob", json!({"pattern": "*.rs", "path": "src"})),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn relative_settings_and_working_directory_are_taken_from_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = std::env::current_dir().unwrap();
+    let settings = json!({"permissions": {"deny": ["Read(/private/)"], "allow": ["Read(./**)"]}});
+    // A relative settings path anchors `/private/` at the process's folder, as an absolute one does.
+    let relative = PermissionEngine::from_settings_json(
+        &settings.to_string(),
+        Path::new("settings.json"),
+        dir.path(),
+        Path::new("/home/u"),
+    )
+    .unwrap();
+    assert_eq!(
+        call(
+            &relative,
+            "Read",
+            &here.join("private/x").display().to_string()
+        ),
+        Verdict::Deny
+    );
+    // A relative working directory is under the process's folder, not under `/`.
+    let relative_cwd = PermissionEngine::from_settings_json(
+        &json!({"permissions": {"deny": ["Read(./secrets/**)"], "allow": ["Read(./**)"]}})
+            .to_string(),
+        Path::new("/proj/settings.json"),
+        Path::new("sub"),
+        Path::new("/home/u"),
+    )
+    .unwrap();
+    assert_eq!(
+        call(
+            &relative_cwd,
+            "Read",
+            &here.join("sub/secrets/k").display().to_string()
+        ),
+        Verdict::Deny
     );
 }

@@ -235,39 +235,250 @@ pub(crate) struct CommandPart {
     /// in it), so no rule can say what runs: never allowed.
     pub dynamic_name: bool,
     /// The script the part hands to another shell (`bash -c SCRIPT`, `sh -ec SCRIPT`, `eval
-    /// WORDS`), after quote removal: deny and ask rules judge its commands too.
+    /// WORDS`, `env -S STRING`), after quote removal: deny and ask rules judge its commands
+    /// too.
     pub inner_script: Option<String>,
+    /// The part runs code no rule can see: a shell reading its commands from standard input
+    /// (`… | bash`, `bash -s`), or text the shell evaluates later (a `$(…)` inside an array
+    /// subscript given to `test -v`, `printf -v`, `declare`, `let`, … or assigned to a
+    /// variable): never allowed, like a computed command name.
+    pub hidden_code: bool,
+    /// Commands the part starts from words of its own (`xargs [OPTIONS] CMD …`, `find …
+    /// -exec CMD … ;`): deny and ask rules judge them too.
+    pub spawned: Vec<CommandPart>,
 }
 
-/// The script a command runs in a shell of its own: the word after a `-c` option of `sh`,
-/// `bash`, `dash`, `zsh` or `ksh` (short options clustered, `-o NAME` and `--rcfile FILE`
-/// skipped), or the words of `eval`. `words` are unquoted and stripped of wrappers.
-fn inner_script(words: &[&str]) -> Option<String> {
-    let (name, mut rest) = words.split_first()?;
+/// What a part hands to another shell to run.
+#[derive(Debug, PartialEq, Eq)]
+enum HandedScript {
+    /// Nothing (a script file is the rule's business, like any program's input).
+    None,
+    /// This script text.
+    Inline(String),
+    /// Commands read from standard input, which no rule sees.
+    Unseen,
+}
+
+/// The script a command runs in a shell of its own: for `sh`, `bash`, `dash`, `zsh` or `ksh`
+/// with a `-c` option, the first word after all the options (options after `-c` count too, as
+/// the shell reads them: `bash -c -e SCRIPT`, `bash -c -- SCRIPT`; short options clustered,
+/// `-o NAME`, `-O NAME` and `--rcfile FILE` skipped); without one, the commands on standard
+/// input unless a script file is named; the words of `eval` (after a `--`); the string of
+/// `env -S STRING` with the words after it. `words` are unquoted and stripped of wrappers.
+fn inner_script(words: &[&str]) -> HandedScript {
+    let Some((name, rest)) = words.split_first() else {
+        return HandedScript::None;
+    };
     let base = name.rsplit('/').next().unwrap_or(name);
-    if base == "eval" {
-        return (!rest.is_empty()).then(|| rest.join(" "));
-    }
-    if !["sh", "bash", "dash", "zsh", "ksh"].contains(&base) {
-        return None;
-    }
-    while let Some((&option, after)) = rest.split_first() {
-        let short = option.len() > 1 && option.starts_with(['-', '+']) && !option.starts_with("--");
-        if short && option.contains('c') {
-            return after.first().map(|script| (*script).to_owned());
+    match base {
+        "eval" => {
+            let rest = match rest.split_first() {
+                Some((&"--", after)) => after,
+                _ => rest,
+            };
+            if rest.is_empty() {
+                HandedScript::None
+            } else {
+                HandedScript::Inline(rest.join(" "))
+            }
         }
-        let takes_value = matches!(
-            option,
-            "-o" | "+o" | "-O" | "+O" | "--rcfile" | "--init-file"
-        );
-        rest = match option {
-            _ if takes_value => after.get(1..).unwrap_or(&[]),
-            _ if short || (option.starts_with("--") && option.len() > 2) => after,
-            // A script file, `--`, or an operand: no inline script.
-            _ => return None,
+        "env" => env_split_string(rest).map_or(HandedScript::None, HandedScript::Inline),
+        "sh" | "bash" | "dash" | "zsh" | "ksh" => shell_script(rest),
+        _ => HandedScript::None,
+    }
+}
+
+/// What a shell given `args` runs besides a script file (see [`inner_script`]).
+fn shell_script(mut args: &[&str]) -> HandedScript {
+    let (mut inline, mut from_stdin) = (false, false);
+    while let Some((&option, after)) = args.split_first() {
+        if option == "--" || option == "-" {
+            args = after;
+            break;
+        }
+        if option.starts_with("--") && option.len() > 2 {
+            if matches!(option, "--version" | "--help") {
+                return HandedScript::None;
+            }
+            let takes_value = matches!(option, "--rcfile" | "--init-file");
+            args = if takes_value {
+                after.get(1..).unwrap_or(&[])
+            } else {
+                after
+            };
+            continue;
+        }
+        let short = option.len() > 1 && option.starts_with(['-', '+']);
+        if !short {
+            break;
+        }
+        if option.starts_with('-') {
+            inline |= option.contains('c');
+            from_stdin |= option.contains('s');
+        }
+        // `-o NAME` / `-O NAME`, alone or ending a cluster (`-eo pipefail`).
+        args = if option.ends_with(['o', 'O']) {
+            after.get(1..).unwrap_or(&[])
+        } else {
+            after
+        };
+    }
+    if inline {
+        args.first().map_or(HandedScript::None, |script| {
+            HandedScript::Inline((*script).to_owned())
+        })
+    } else if from_stdin || args.is_empty() {
+        HandedScript::Unseen
+    } else {
+        HandedScript::None
+    }
+}
+
+/// The command `env -S STRING [ARGS…]` runs (`-S` also in a cluster, with its value attached
+/// or not, or `--split-string[=STRING]`): the string, split by the shell's rules here (close
+/// to `env`'s own), followed by the other words. `args` follow `env`.
+fn env_split_string(mut args: &[&str]) -> Option<String> {
+    while let Some((&option, after)) = args.split_first() {
+        let string = if let Some(value) = option.strip_prefix("--split-string=") {
+            Some((value, after))
+        } else if option == "--split-string" {
+            after.split_first().map(|(value, rest)| (*value, rest))
+        } else if option.starts_with('-') && !option.starts_with("--") {
+            match option.find('S') {
+                Some(at) if at + 1 < option.len() => Some((&option[at + 1..], after)),
+                Some(_) => after.split_first().map(|(value, rest)| (*value, rest)),
+                None => None,
+            }
+        } else {
+            None
+        };
+        if let Some((value, rest)) = string {
+            let mut script = value.to_owned();
+            for word in rest {
+                script.push(' ');
+                script.push_str(word);
+            }
+            return Some(script);
+        }
+        if option == "--" || !option.starts_with('-') || option == "-" {
+            return None;
+        }
+        args = if option_takes_value("env", option) {
+            after.get(1..).unwrap_or(&[])
+        } else {
+            after
         };
     }
     None
+}
+
+/// Commands `xargs` or `find` start from their own words: `xargs [OPTIONS] CMD …` (its
+/// options skipped, with their values; no command is `echo`), and each `find … -exec CMD … ;`
+/// (also `-execdir`, `-ok`, `-okdir`, ended by `;` or `+`). `words` are unquoted and
+/// stripped of wrappers.
+fn spawned_commands<'w>(words: &[&'w str]) -> Vec<Vec<&'w str>> {
+    let Some((name, rest)) = words.split_first() else {
+        return Vec::new();
+    };
+    match name.rsplit('/').next().unwrap_or(name) {
+        "xargs" => {
+            let mut args = rest;
+            while let Some((&option, after)) = args.split_first() {
+                if option == "--" {
+                    args = after;
+                    break;
+                }
+                if !option.starts_with('-') || option == "-" {
+                    break;
+                }
+                args = if let Some(long) = option.strip_prefix("--") {
+                    let takes_value = !long.contains('=')
+                        && matches!(
+                            long,
+                            "arg-file"
+                                | "delimiter"
+                                | "max-args"
+                                | "max-procs"
+                                | "max-chars"
+                                | "process-slot-var"
+                        );
+                    if takes_value {
+                        after.get(1..).unwrap_or(&[])
+                    } else {
+                        after
+                    }
+                } else {
+                    // A cluster: a letter taking a value takes the rest of the cluster, or
+                    // the next word when it ends the cluster; `e`, `i`, `l` take only an
+                    // attached one.
+                    let letters = &option[1..];
+                    let needs_next = letters
+                        .char_indices()
+                        .find(|(_, c)| "adEILnPseil".contains(*c))
+                        .is_some_and(|(at, c)| {
+                            at + c.len_utf8() == letters.len() && "adEILnPs".contains(c)
+                        });
+                    if needs_next {
+                        after.get(1..).unwrap_or(&[])
+                    } else {
+                        after
+                    }
+                };
+            }
+            vec![if args.is_empty() {
+                vec!["echo"]
+            } else {
+                args.to_vec()
+            }]
+        }
+        "find" => {
+            let mut commands = Vec::new();
+            let mut at = 0;
+            while at < rest.len() {
+                if matches!(rest[at], "-exec" | "-execdir" | "-ok" | "-okdir") {
+                    let start = at + 1;
+                    let end = rest[start..]
+                        .iter()
+                        .position(|w| *w == ";" || *w == "+")
+                        .map_or(rest.len(), |n| start + n);
+                    if end > start {
+                        commands.push(rest[start..end].to_vec());
+                    }
+                    at = end;
+                }
+                at += 1;
+            }
+            commands
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Builtins that evaluate an array subscript in a word they are given (`test -v 'a[$(cmd)]'`
+/// runs `cmd`), as the shell does for any variable it expands arithmetically.
+const SUBSCRIPT_EVALUATING: [&str; 15] = [
+    "test",
+    "[",
+    "printf",
+    "let",
+    "declare",
+    "typeset",
+    "local",
+    "export",
+    "readonly",
+    "unset",
+    "read",
+    "mapfile",
+    "readarray",
+    "wait",
+    "shift",
+];
+
+/// Text the shell may run later as code: a command substitution behind a `[` (a subscript
+/// evaluated when the word is used as a variable name or in arithmetic).
+fn defers_code(text: &str) -> bool {
+    text.find('[')
+        .is_some_and(|at| text[at..].contains("$(") || text[at..].contains('`'))
 }
 
 /// Whether `name` is one of the variables an allowed command may be given and still match its
@@ -361,7 +572,48 @@ impl CommandPart {
         if unquoted.iter().any(Option::is_some) {
             add_forms(&values, true);
         }
-        let inner_script = inner_script(strip_wrappers(&values, Wrappers::All));
+        // Deny and ask rules also see the part with its leading assignments
+        // (`Bash(*LD_PRELOAD*)`), and a command named by its path by its file name
+        // (`/bin/rm`, `./rm` are `rm`).
+        if !assignments.is_empty() {
+            let with_assignments = format!("{} {}", assignments.join(" "), restrictive[0]);
+            if !restrictive.contains(&with_assignments) {
+                restrictive.push(with_assignments);
+            }
+        }
+        for i in 0..restrictive.len() {
+            let (name, args) = restrictive[i]
+                .split_once(' ')
+                .unwrap_or((&restrictive[i], ""));
+            if let Some((_, file)) = name.rsplit_once('/')
+                && !file.is_empty()
+            {
+                let form = if args.is_empty() {
+                    file.to_owned()
+                } else {
+                    format!("{file} {args}")
+                };
+                if !restrictive.contains(&form) {
+                    restrictive.push(form);
+                }
+            }
+        }
+        let runs = strip_wrappers(&values, Wrappers::All);
+        let (inner_script, reads_stdin) = match inner_script(runs) {
+            HandedScript::None => (None, false),
+            HandedScript::Inline(script) => (Some(script), false),
+            HandedScript::Unseen => (None, true),
+        };
+        let spawned = spawned_commands(runs)
+            .iter()
+            .filter_map(|command| CommandPart::new(&[], command, &[]))
+            .collect();
+        let evaluates_subscripts = runs.first().is_some_and(|name| {
+            SUBSCRIPT_EVALUATING.contains(&name.rsplit('/').next().unwrap_or(name))
+        });
+        let hidden_code = reads_stdin
+            || assignments.iter().any(|a| defers_code(a))
+            || (evaluates_subscripts && words.iter().chain(&values).any(|w| defers_code(w)));
         let inert = strip_wrappers(words, Wrappers::Inert);
         let (command, reads_arguments) = match inert.split_first() {
             // A bare `xargs CMD ...`: CMD with the arguments xargs will read.
@@ -395,18 +647,27 @@ impl CommandPart {
             permissive,
             dynamic_name,
             inner_script,
+            hidden_code,
+            spawned,
         })
     }
 }
 
-/// `NAME=value`, with a valid variable name.
+/// A shell assignment word: `NAME=value` or `NAME+=value`, with a valid variable name.
 fn is_assignment(word: &str) -> bool {
     word.split_once('=').is_some_and(|(name, _)| {
+        let name = name.strip_suffix('+').unwrap_or(name);
         name.chars()
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     })
+}
+
+/// An assignment `env` makes: any `NAME=value` whose name is not empty (`env` takes names a
+/// shell would not, `a+=b` sets a variable called `a+`).
+fn is_env_assignment(word: &str) -> bool {
+    word.find('=').is_some_and(|at| at > 0)
 }
 
 /// Runs a `brush-parser` call, turning a panic inside it into a
@@ -815,6 +1076,13 @@ impl Walker<'_> {
                     // than walk every expansion form, refuse any that hides a
                     // substitution.
                     let source = text.get(piece.start_index..piece.end_index).unwrap_or(text);
+                    if source.contains("@P}") {
+                        // `${x@P}` expands `x` as a prompt, running the substitutions in its
+                        // value: code no rule sees.
+                        return Err(SplitError(
+                            "a prompt expansion (`${…@P}`) runs code that is not analysed".into(),
+                        ));
+                    }
                     if source.contains("$(")
                         || source.contains('`')
                         || source.contains("<(")
@@ -920,14 +1188,99 @@ fn literal_pieces(pieces: &[WordPieceWithSource], value: &mut String) -> bool {
         WordPiece::DoubleQuotedSequence(inner) | WordPiece::GettextDoubleQuotedSequence(inner) => {
             literal_pieces(inner, value)
         }
-        // `$'..'` decodes escapes the value would need; not worth decoding for a match.
-        WordPiece::AnsiCQuotedText(_)
-        | WordPiece::TildeExpansion(_)
+        WordPiece::AnsiCQuotedText(text) => decode_ansi_c(text).is_some_and(|decoded| {
+            value.push_str(&decoded);
+            true
+        }),
+        WordPiece::TildeExpansion(_)
         | WordPiece::ParameterExpansion(_)
         | WordPiece::CommandSubstitution(_)
         | WordPiece::BackquotedCommandSubstitution(_)
         | WordPiece::ArithmeticExpression(_) => false,
     })
+}
+
+/// The value of an ANSI-C quoted `$'…'` body, as bash decodes it (`\n`, `\t`, `\xHH`, octal
+/// `\NNN`, `\uHHHH`, `\UHHHHHHHH`, `\cX`, …; an unknown escape stays as written). `None` for a
+/// code that is not a character (the word then has no value a rule can see).
+fn decode_ansi_c(body: &str) -> Option<String> {
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars().peekable();
+    let number = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>, radix: u32, max: usize| {
+        let mut digits = String::new();
+        while digits.len() < max
+            && let Some(&c) = chars.peek()
+            && c.is_digit(radix)
+        {
+            digits.push(c);
+            chars.next();
+        }
+        (!digits.is_empty())
+            .then(|| u32::from_str_radix(&digits, radix).ok())
+            .flatten()
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let Some(escape) = chars.next() else {
+            out.push('\\');
+            break;
+        };
+        let decoded = match escape {
+            'a' => '\u{7}',
+            'b' => '\u{8}',
+            'e' | 'E' => '\u{1b}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'v' => '\u{b}',
+            '\\' | '\'' | '"' | '?' => escape,
+            '0'..='7' => {
+                let mut code = escape.to_digit(8).unwrap_or(0);
+                for _ in 0..2 {
+                    match chars.peek().and_then(|c| c.to_digit(8)) {
+                        Some(d) => {
+                            code = code * 8 + d;
+                            chars.next();
+                        }
+                        None => break,
+                    }
+                }
+                char::from_u32(code & 0xff)?
+            }
+            'x' => match number(&mut chars, 16, 2) {
+                Some(code) => char::from_u32(code)?,
+                None => {
+                    out.push_str("\\x");
+                    continue;
+                }
+            },
+            'u' | 'U' => {
+                let max = if escape == 'u' { 4 } else { 8 };
+                match number(&mut chars, 16, max) {
+                    Some(code) => char::from_u32(code)?,
+                    None => {
+                        out.push('\\');
+                        out.push(escape);
+                        continue;
+                    }
+                }
+            }
+            'c' => {
+                let control = chars.next()?;
+                char::from_u32(u32::from(control.to_ascii_uppercase()) ^ 0x40)?
+            }
+            other => {
+                out.push('\\');
+                other
+            }
+        };
+        out.push(decoded);
+    }
+    Some(out)
 }
 
 /// Options of a wrapper that take a separate value argument.
@@ -1002,6 +1355,13 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
                 rest = after;
                 continue;
             }
+            let splits_string = option.starts_with("--split-string")
+                || (!option.starts_with("--") && option.contains('S'));
+            if wrapper == "env" && splits_string {
+                // `env -S STRING`: what runs is in the string ([`inner_script`]); the part
+                // stays `env …`.
+                return words;
+            }
             if !option.starts_with('-') || option == "-" || wrapper == "xargs" {
                 break;
             }
@@ -1017,7 +1377,7 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
         }
         if wrapper == "env" {
             // `env NAME=value ... CMD`.
-            while rest.first().is_some_and(|w| is_assignment(w)) {
+            while rest.first().is_some_and(|w| is_env_assignment(w)) {
                 rest = &rest[1..];
             }
         }

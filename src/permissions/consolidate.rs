@@ -804,7 +804,9 @@ mod tests {
         // cwd and project root may differ: no coverage across anchors.
         assert!(!covers(&rule("Read(/src/**)"), &rule("Read(src/a.rs)")));
         assert!(!covers(&rule("Read(~/*)"), &rule("Read(./x)")));
-        assert!(covers(&rule("Read(.env)"), &rule("Read(//proj/.env)")));
+        // A bare name is anywhere under the working directory, not anywhere at all.
+        assert!(covers(&rule("Read(.env)"), &rule("Read(./sub/.env)")));
+        assert!(!covers(&rule("Read(.env)"), &rule("Read(//proj/.env)")));
     }
 
     #[test]

@@ -294,8 +294,10 @@ impl PermissionEngine {
     ///
     /// `settings_path` anchors `/path` rules (its project root: the parent of
     /// a `.claude` folder, else the file's directory); `cwd` anchors relative
-    /// rules and relative tool paths; `home` anchors `~/` rules. Any rule that
-    /// does not parse fails the load with its list and index.
+    /// rules and relative tool paths; `home` anchors `~/` rules. A relative
+    /// `settings_path` or `cwd` is taken from the process's working directory,
+    /// as a shell would (where the file was read from), not from each other.
+    /// Any rule that does not parse fails the load with its list and index.
     pub fn from_settings_json(
         text: &str,
         settings_path: &Path,
@@ -303,11 +305,13 @@ impl PermissionEngine {
         home: &Path,
     ) -> Result<Self, PermissionError> {
         let (_, lists) = read_lists(text, settings_path)?;
-        let root = project_root(settings_path);
+        let from_process = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.into());
+        let cwd = normalise_dir(&from_process(cwd), Path::new("/"));
+        let root = project_root(&from_process(settings_path));
         let anchors = Anchors {
-            root: normalise_dir(&root, cwd),
-            cwd: normalise_dir(cwd, Path::new("/")),
-            home: normalise_dir(home, cwd),
+            root: normalise_dir(&root, &cwd),
+            home: normalise_dir(home, &cwd),
+            cwd,
         };
         Self::from_lists(&lists, anchors)
     }
@@ -343,6 +347,9 @@ impl PermissionEngine {
         // A Read deny also blocks editing the same path.
         let deny = match (&subject, deny) {
             (Subject::Edit(path), None) => self.deny.read.find(path.as_deref()),
+            (Subject::Read(Some(dir)), None) if call.tool != "Read" => {
+                self.search_denied(dir, call)
+            }
             (_, d) => d,
         };
         if let Some(index) = deny {
@@ -363,6 +370,30 @@ impl PermissionEngine {
         let allow = self.find(&self.allow, call, &subject);
         let edits_inside_cwd = matches!(&subject, Subject::Edit(Some(p)) if Path::new(p).starts_with(&self.anchors.cwd));
         self.conclude(ask, allow, edits_inside_cwd)
+    }
+
+    /// The Read deny rule a `Grep`/`Glob` over `dir` reaches although `dir` itself is not
+    /// denied: one denying every file in it (`Read(./secrets/**)` for a search of `secrets`),
+    /// or the files its name filter picks (a Grep `glob` or Glob `pattern` such as `.env`).
+    /// A search over a folder with only some denied files inside stays the rules' `dir`
+    /// decision (the tool is expected to skip those files, as Claude Code's does).
+    fn search_denied(&self, dir: &str, call: &ToolCall) -> Option<usize> {
+        // A name no specific pattern (`*.key`, `.env`) matches: only `*`/`**` reach it.
+        let any_file = format!("{}/\u{10FFFF}", dir.trim_end_matches('/'));
+        let filter = call
+            .input
+            .get(if call.tool == "Grep" {
+                "glob"
+            } else {
+                "pattern"
+            })
+            .and_then(|v| v.as_str())
+            .filter(|f| !f.is_empty() && !f.starts_with('/'))
+            .map(|f| format!("{}/{f}", dir.trim_end_matches('/')));
+        min_opt(
+            self.deny.read.find(Some(&any_file)),
+            filter.and_then(|f| self.deny.read.find(Some(&f))),
+        )
     }
 
     /// Decides a call and settles `Ask` with `handler`: approved becomes
@@ -450,6 +481,8 @@ impl PermissionEngine {
                     permissive: text,
                     dynamic_name: false,
                     inner_script: None,
+                    hidden_code: false,
+                    spawned: Vec::new(),
                 }]
             }
             Err(_) => return self.decide_unanalysable(command),
@@ -472,7 +505,7 @@ impl PermissionEngine {
             }
             if let Some(i) = restricted_by(&self.ask, part) {
                 first_ask = first_ask.or(Some(i));
-            } else if part.dynamic_name {
+            } else if part.dynamic_name || part.hidden_code {
                 computed_name = true;
             } else if let Some(i) = self.allow.bash(&part.permissive) {
                 first_allow = first_allow.or(Some(i));
@@ -480,19 +513,32 @@ impl PermissionEngine {
                 unmatched = true;
             }
         }
-        // Scripts handed to another shell (`bash -c '…'`, `eval …`): deny and ask rules judge
-        // their commands too (a deny rule was dodged by wrapping the command in `sh -c`). They
-        // add no allow: what the outer command's rule allows stands.
-        let mut scripts: Vec<(String, usize)> = parts
-            .iter()
-            .filter_map(|p| p.inner_script.clone())
-            .map(|s| (s, 1))
-            .collect();
-        while let Some((script, depth)) = scripts.pop() {
-            let inner = match split_parts(&script) {
-                Ok(inner) if depth <= MAX_SCRIPT_DEPTH => inner,
-                // Too deep, or not analysable: judged whole, and never allowed.
-                _ => return self.decide_unanalysable(&script),
+        // Commands a part hands on: scripts for another shell (`bash -c '…'`, `eval …`) and
+        // commands `xargs` and `find -exec` start. Deny and ask rules judge them too (a deny
+        // rule was dodged by wrapping the command in `sh -c`). They add no allow: what the
+        // outer command's rule allows stands.
+        enum Handed {
+            Script(String),
+            Part(CommandPart),
+        }
+        let handed_by = |part: &CommandPart| {
+            let scripts = part.inner_script.clone().map(Handed::Script);
+            scripts
+                .into_iter()
+                .chain(part.spawned.iter().cloned().map(Handed::Part))
+                .collect::<Vec<_>>()
+        };
+        let mut handed: Vec<(Handed, usize)> =
+            parts.iter().flat_map(handed_by).map(|h| (h, 1)).collect();
+        while let Some((next, depth)) = handed.pop() {
+            let inner = match next {
+                Handed::Part(part) if depth <= MAX_SCRIPT_DEPTH => vec![part],
+                Handed::Script(script) => match split_parts(&script) {
+                    Ok(inner) if depth <= MAX_SCRIPT_DEPTH => inner,
+                    // Too deep, or not analysable: judged whole, and never allowed.
+                    _ => return self.decide_unanalysable(&script),
+                },
+                Handed::Part(part) => return self.decide_unanalysable(&part.restrictive[0]),
             };
             for part in inner {
                 if let Some(i) = restricted_by(&self.deny, &part) {
@@ -504,10 +550,8 @@ impl PermissionEngine {
                 if let Some(i) = restricted_by(&self.ask, &part) {
                     first_ask = first_ask.or(Some(i));
                 }
-                computed_name |= part.dynamic_name;
-                if let Some(next) = part.inner_script {
-                    scripts.push((next, depth + 1));
-                }
+                computed_name |= part.dynamic_name || part.hidden_code;
+                handed.extend(handed_by(&part).into_iter().map(|h| (h, depth + 1)));
             }
         }
         if computed_name {

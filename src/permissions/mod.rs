@@ -55,14 +55,19 @@
 //!   under the home directory, `/p` under the project root (the folder
 //!   holding `.claude/`, else the settings file's folder), `./p` and `a/p`
 //!   under the working directory, and a bare name (`.env`, `*.key`) at any
-//!   depth anywhere. A pattern also covers everything under a directory it
+//!   depth under the working directory (as Claude Code documents `Read(*.env)`:
+//!   relative to it). A pattern also covers everything under a directory it
 //!   names; a trailing `/` matches directories only. Globs use `globset`
 //!   with `literal_separator(true)`. Tool paths are made absolute and `..`
 //!   is removed lexically (symlinks are not followed). `Read` rules apply
 //!   to `Read`, `Grep` and `Glob`; `Edit` rules to `Edit`, `Write`,
 //!   `MultiEdit` and `NotebookEdit`; a Read deny also denies those edits.
 //!   A `Grep`/`Glob` over a directory is judged on the directory's own path
-//!   (`Read(src/**)` names what is inside `src`; `Read(src)` names both).
+//!   (`Read(src/**)` names what is inside `src`; `Read(src)` names both), and
+//!   is also denied when a Read deny rule covers every file in it (`Read(./secrets/**)`
+//!   denies `Grep secrets`) or the files its name filter picks (a Grep `glob`, a
+//!   Glob `pattern`: `.env`). A search of a folder holding only some denied files
+//!   is decided on the folder: the tool must skip those files itself.
 //!   Each tool is judged on its own field (`file_path`; `path` for Grep
 //!   and Glob; `notebook_path` for NotebookEdit; `url` for WebFetch), and a
 //!   call without it, or with a URL that has no host, is never allowed

@@ -45,8 +45,9 @@ pub(crate) fn anchored_globs(spec: &str, anchors: &Anchors) -> Vec<String> {
     } else if spec.contains('/') {
         format!("{}/{spec}", dir_glob(&anchors.cwd))
     } else {
-        // A bare name matches at any depth, as in gitignore.
-        format!("/**/{spec}")
+        // A bare name is relative to the working directory like `./name`, and matches at any
+        // depth under it, as in gitignore (`Edit(.bashrc)` is not `~/.bashrc`).
+        format!("{}/**/{spec}", dir_glob(&anchors.cwd))
     };
     // `Read(/)` (the project root) and `Edit(//)` (the filesystem root) name a directory
     // whose glob would otherwise end in `/` and match nothing.
@@ -116,8 +117,11 @@ mod tests {
             anchored_globs("a/b", &a),
             ["/proj/sub/a/b/**", "/proj/sub/a/b"]
         );
-        assert_eq!(anchored_globs(".env", &a), ["/**/.env/**", "/**/.env"]);
-        assert_eq!(anchored_globs("build/", &a), ["/**/build/**"]);
+        assert_eq!(
+            anchored_globs(".env", &a),
+            ["/proj/sub/**/.env/**", "/proj/sub/**/.env"]
+        );
+        assert_eq!(anchored_globs("build/", &a), ["/proj/sub/**/build/**"]);
     }
 
     #[test]

@@ -6,6 +6,9 @@ use std::fmt;
 pub(crate) const EDIT_TOOLS: [&str; 4] = ["Edit", "Write", "MultiEdit", "NotebookEdit"];
 /// Tools whose calls read files; `Read(..)` rules apply to all of them.
 pub(crate) const READ_TOOLS: [&str; 3] = ["Read", "Grep", "Glob"];
+/// Claude Code tools whose rules take a specifier tetrarch does not judge (subagent and skill
+/// names): such a rule loads, with a warning, and matches no call.
+const UNJUDGED_SPECIFIER_TOOLS: [&str; 3] = ["Task", "Agent", "Skill"];
 
 /// A rule after syntax checking, before compilation against a directory layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +164,27 @@ pub(crate) fn parse_rule(text: &str) -> Result<ParsedRule, String> {
             Some(_) if EDIT_TOOLS.contains(&other) => Err(format!(
                 "`{other}` paths are written as `Edit(..)` rules, which cover every file-editing tool"
             )),
-            Some(_) => Err(format!("tool `{other}` does not take a specifier")),
+            Some(_) => {
+                let known = ["Bash", "Read", "Edit", "WebFetch"]
+                    .into_iter()
+                    .find(|t| t.eq_ignore_ascii_case(other));
+                if let Some(known) = known {
+                    return Err(format!(
+                        "tool names are case-sensitive: `{other}` would never match; write `{known}`"
+                    ));
+                }
+                if UNJUDGED_SPECIFIER_TOOLS.contains(&other) {
+                    // Claude Code's settings files carry these; a rule for a tool tetrarch
+                    // never calls must not make the whole file unusable. Kept whole, it
+                    // matches no call.
+                    tracing::warn!(
+                        "permission rule `{text}`: tetrarch does not judge `{other}` specifiers; \
+                         the rule matches no call"
+                    );
+                    return Ok(ParsedRule::Tool(text.to_string()));
+                }
+                Err(format!("tool `{other}` does not take a specifier"))
+            }
         },
     }
 }
@@ -177,9 +200,11 @@ fn parse_bash_spec(spec: Option<&str>) -> Result<Option<String>, String> {
         Some(prefix) if prefix.trim().is_empty() => {
             return Err("`:*` needs a command prefix before it".into());
         }
-        Some(prefix) => format!("{prefix} *"),
+        // `npm run :*` is `npm run *` (a `npm run  *` would never match).
+        Some(prefix) => format!("{} *", prefix.trim_end()),
         None => spec.to_string(),
     };
+    let spec = single_spaced(&spec);
     if spec.contains('\n') || spec.contains('\0') {
         return Err("a Bash specifier cannot contain a newline or NUL".into());
     }
@@ -188,6 +213,32 @@ fn parse_bash_spec(spec: Option<&str>) -> Result<Option<String>, String> {
         return Err("a Bash specifier with leading or trailing spaces would never match".into());
     }
     Ok(Some(spec))
+}
+
+/// `spec` with each run of spaces and tabs outside quotes made one space: commands are matched
+/// as their words joined by single spaces, so `Bash(rm  -rf *)` would never match anything.
+fn single_spaced(spec: &str) -> String {
+    let mut out = String::with_capacity(spec.len());
+    let mut quote = None;
+    let mut escaped = false;
+    for c in spec.chars() {
+        let blank = quote.is_none() && !escaped && (c == ' ' || c == '\t');
+        if blank {
+            if !out.ends_with(' ') {
+                out.push(' ');
+            }
+            continue;
+        }
+        match (quote, c) {
+            _ if escaped => escaped = false,
+            (Some('\''), '\'') | (Some('"'), '"') => quote = None,
+            (None, '\'' | '"') => quote = Some(c),
+            (Some('"') | None, '\\') => escaped = true,
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -230,9 +281,43 @@ mod tests {
         );
         assert!(parse_rule("mcp__").unwrap_err().contains("MCP"));
         assert!(
-            parse_rule("Task(x)")
+            parse_rule("Foo(x)")
                 .unwrap_err()
                 .contains("does not take a specifier")
+        );
+        assert!(
+            parse_rule("bash(rm *)")
+                .unwrap_err()
+                .contains("write `Bash`")
+        );
+    }
+
+    #[test]
+    fn claude_code_subagent_and_skill_rules_load_and_match_nothing() {
+        assert_eq!(
+            parse_rule("Task(Explore)").unwrap(),
+            ParsedRule::Tool("Task(Explore)".into())
+        );
+        assert_eq!(
+            parse_rule("Skill(pdf)").unwrap(),
+            ParsedRule::Tool("Skill(pdf)".into())
+        );
+    }
+
+    #[test]
+    fn blank_runs_in_bash_specifiers_are_one_space() {
+        assert_eq!(
+            parse_rule("Bash(rm  -rf\t*)").unwrap(),
+            ParsedRule::Bash(Some("rm -rf *".into()))
+        );
+        assert_eq!(
+            parse_rule("Bash(npm run :*)").unwrap(),
+            ParsedRule::Bash(Some("npm run *".into()))
+        );
+        // Quoted text is matched as written.
+        assert_eq!(
+            parse_rule("Bash(echo 'a  b'  x)").unwrap(),
+            ParsedRule::Bash(Some("echo 'a  b' x".into()))
         );
     }
 
