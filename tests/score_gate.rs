@@ -142,38 +142,58 @@ async fn a_reference_that_cannot_be_read_fails_the_task_at_once_without_retries(
         }
     });
     let runtime = scorer_runtime(dir.path(), natives).await;
-    let missing = dir.path().join("no-such-reference.png");
-    let plan_text = format!(
-        r#"
-name = "missing-reference"
+    // Missing, a folder, and a file that does not decode (the test image is fine each time).
+    let folder = dir.path().join("refs");
+    std::fs::create_dir(&folder).unwrap();
+    let truncated = dir.path().join("truncated.png");
+    let png = std::fs::read(fixture("test_noise.png")).unwrap();
+    std::fs::write(&truncated, &png[..png.len() / 2]).unwrap();
+    let references = [
+        (
+            dir.path().join("no-such-reference.png"),
+            "no-such-reference.png",
+        ),
+        (folder, "not a regular file"),
+        (truncated, "truncated.png"),
+    ];
+    for (reference, named) in references {
+        calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        let plan_text = format!(
+            r#"
+name = "unusable-reference"
 [[task]]
 id = "render"
 tool = "fn.render"
 max_attempts = 3
 gates = [{{ score = "flip", reference = "{}", max = 0.5 }}]
 "#,
-        missing.display()
-    );
-    let plan = Plan::from_toml(&plan_text, "plan.toml").unwrap();
-    let report = runtime
-        .run(
-            plan,
-            RunOptions {
-                base_dir: dir.path().to_path_buf(),
-                ..RunOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(report.status, RunStatus::Failed);
-    let problems = format!("{:?}", report.problems());
-    assert!(
-        problems.contains("the reference") && problems.contains("no-such-reference.png"),
-        "{problems}"
-    );
-    // The gate's feedback could not have helped: one attempt, not three.
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert_eq!(report.task("render").unwrap().attempts, 1);
+            reference.display()
+        );
+        let plan = Plan::from_toml(&plan_text, "plan.toml").unwrap();
+        let report = runtime
+            .run(
+                plan,
+                RunOptions {
+                    base_dir: dir.path().to_path_buf(),
+                    ..RunOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.status, RunStatus::Failed, "{named}");
+        let problems = format!("{:?}", report.problems());
+        assert!(
+            problems.contains("the reference") && problems.contains(named),
+            "{problems}"
+        );
+        // The gate's feedback could not have helped: one attempt, not three.
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{named}"
+        );
+        assert_eq!(report.task("render").unwrap().attempts, 1, "{named}");
+    }
     runtime.shutdown().await;
 }
 

@@ -250,6 +250,17 @@ fn too_small_and_unexposable_inputs_are_refused_on_every_path() {
             .unwrap_err();
         assert!(matches!(err, ScoreError::ExposureRange { .. }), "{err}");
         assert!(err.to_string().contains("black.exr"), "{err}");
+        // A denormal median luminance made the exposure count endless: HDR-FLIP never returned.
+        let denormal: Vec<f32> = (0..16 * 16 * 3)
+            .map(|i| if (i / 3) % 16 < 12 { 1e-39 } else { 1.0 })
+            .collect();
+        let faint =
+            RgbImage::from_interleaved("faint.exr", 16, 16, Transfer::Linear, &denormal).unwrap();
+        let err = scorer
+            .score(Metric::HdrFlip, &faint, &faint, false)
+            .unwrap_err();
+        assert!(matches!(err, ScoreError::ExposureRange { .. }), "{err}");
+        assert!(err.to_string().contains("faint.exr"), "{err}");
     }
 }
 
@@ -307,18 +318,26 @@ fn a_metric_that_overflows_is_an_error_naming_both_images() {
     let reference = linear("gradient.exr", 32, 32, |i| (i % 32) as f32 / 32.0);
     let test = linear("huge.exr", 32, 32, |i| if i % 2 == 0 { 3e38 } else { 0.0 });
     for scorer in scorers() {
+        // Refused before it could overflow: SSIM scores values from 0 to 1.
         let error = scorer
             .score(Metric::Ssim, &reference, &test, false)
             .unwrap_err();
         assert!(
-            matches!(error, ScoreError::NotFinite { metric: "ssim", .. }),
+            matches!(error, ScoreError::OutOfRange { metric: "ssim", .. }),
             "{error:?}"
         );
-        let text = error.to_string();
-        assert!(
-            text.contains("huge.exr") && text.contains("gradient.exr"),
-            "{text}"
-        );
+        assert!(error.to_string().contains("huge.exr"), "{error}");
+        // PSNR takes any finite values: its result is a number or an error naming both.
+        match scorer.score(Metric::Psnr, &reference, &test, false) {
+            Ok(score) => assert!(!score.value.is_nan(), "{}", score.value),
+            Err(error) => {
+                let text = error.to_string();
+                assert!(
+                    text.contains("huge.exr") && text.contains("gradient.exr"),
+                    "{text}"
+                );
+            }
+        }
         // Identical images' PSNR stays +inf: the one infinite value that means something.
         let psnr = scorer
             .score(Metric::Psnr, &reference, &reference, false)
@@ -386,5 +405,59 @@ fn value_metrics_refuse_a_linear_image_against_an_srgb_one() {
             );
         }
         assert!(scorer.score(Metric::Flip, &srgb, &linear, false).is_ok());
+    }
+}
+
+#[test]
+fn a_gray_image_scores_as_identical_to_the_same_pixels_stored_as_rgb() {
+    let (width, height) = (32u32, 32u32);
+    let gray =
+        image::GrayImage::from_fn(width, height, |x, y| image::Luma([(x * 7 + y * 3) as u8]));
+    let rgb = image::RgbImage::from_fn(width, height, |x, y| {
+        let v = (x * 7 + y * 3) as u8;
+        image::Rgb([v, v, v])
+    });
+    let gray16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(width, height, |x, y| {
+        image::Luma([u16::from((x * 7 + y * 3) as u8) * 257])
+    });
+    let load = |name: &str, decoded: image::DynamicImage| {
+        RgbImage::from_dynamic(name.to_owned(), &decoded).unwrap()
+    };
+    let rgb = load("rgb.png", image::DynamicImage::ImageRgb8(rgb));
+    for gray in [
+        load("gray.png", image::DynamicImage::ImageLuma8(gray)),
+        load("gray16.png", image::DynamicImage::ImageLuma16(gray16)),
+    ] {
+        assert_eq!(gray.channels(), rgb.channels(), "{}", gray.label());
+        for scorer in scorers() {
+            let psnr = scorer.score(Metric::Psnr, &rgb, &gray, false).unwrap();
+            assert!(psnr.value.is_infinite(), "{}: {}", gray.label(), psnr.value);
+            let ssim = scorer.score(Metric::Ssim, &rgb, &gray, false).unwrap();
+            assert_eq!(ssim.value, 1.0, "{}", gray.label());
+        }
+    }
+}
+
+#[test]
+fn ssim_refuses_values_outside_zero_to_one() {
+    // 1e6 ± noise, anti-correlated: SSIM came out as 18029641.
+    let (width, height) = (32usize, 32usize);
+    let noise = |i: usize| ((i * 7919) % 13) as f32 - 6.0;
+    let bright: Vec<f32> = (0..width * height * 3)
+        .map(|i| 1e6 + 10.0 * noise(i))
+        .collect();
+    let mirrored: Vec<f32> = (0..width * height * 3)
+        .map(|i| 1e6 - 10.0 * noise(i))
+        .collect();
+    let reference =
+        RgbImage::from_interleaved("bright.exr", width, height, Transfer::Linear, &bright).unwrap();
+    let test = RgbImage::from_interleaved("mirror.exr", width, height, Transfer::Linear, &mirrored)
+        .unwrap();
+    for scorer in scorers() {
+        let err = scorer
+            .score(Metric::Ssim, &reference, &test, false)
+            .unwrap_err();
+        assert!(matches!(err, ScoreError::OutOfRange { .. }), "{err}");
+        assert!(err.to_string().contains("bright.exr"), "{err}");
     }
 }

@@ -70,6 +70,29 @@ enum ScoreGateOutcome {
     Broken { reason: String, retryable: bool },
 }
 
+/// Why the reference image cannot be scored by `metric` whatever the test image is, if so:
+/// it does not decode, or (HDR-FLIP) it has no exposure range. Asked only after the scorer
+/// refused a pair, so a good reference is decoded once more only on that path.
+async fn reference_problem(reference: &Path, metric: ScoreMetric) -> Option<String> {
+    let path = reference.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let image = match crate::scoring::RgbImage::open(&path) {
+            Ok(image) => image,
+            Err(e) => return Some(e.to_string()),
+        };
+        if matches!(metric, ScoreMetric::HdrFlip) {
+            let linear = crate::scoring::hdr_linear(&image);
+            if let Err(e) = crate::scoring::exposures(image.label(), &linear) {
+                return Some(e.to_string());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Runs one score gate through the score pool.
 async fn score_gate(
     shared: &ReviewerArgs,
@@ -101,7 +124,12 @@ async fn score_gate(
         (Err(e), _) | (_, Err(e)) => return fail(format!("score gate: {e}")),
     };
     // The reference is the plan's, not the task's: a missing one fails the task at once.
-    if let Err(e) = std::fs::File::open(&reference) {
+    let unreadable = match std::fs::metadata(&reference) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(_) => Some("not a regular file".to_owned()),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(e) = unreadable {
         return Broken {
             reason: format!(
                 "score gate: the reference {} cannot be read: {e}",
@@ -157,8 +185,17 @@ async fn score_gate(
     };
     let value = match outcome {
         Ok(o) if o.succeeded() => o.json.as_ref().and_then(|j| j.get("value")?.as_f64()),
-        // The scorer refused the images (the test image unreadable, of another size...).
-        Ok(o) => return fail(format!("{name} could not score: {}", o.stderr.trim())),
+        // The scorer refused the images: the task's fault (its image unreadable, of another
+        // size...) unless the reference alone cannot be scored (corrupt, no HDR exposure range).
+        Ok(o) => {
+            if let Some(problem) = reference_problem(&reference, *metric).await {
+                return Broken {
+                    reason: format!("score gate: the reference cannot be scored: {problem}"),
+                    retryable: false,
+                };
+            }
+            return fail(format!("{name} could not score: {}", o.stderr.trim()));
+        }
         // The scorer itself failed (timed out, crashed, no session): retried as a tool error.
         Err(e) => {
             return Broken {

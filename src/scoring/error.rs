@@ -181,6 +181,18 @@ pub enum ScoreError {
         /// The test image.
         test: String,
     },
+    /// SSIM and MS-SSIM score values in [0, 1] (their stabilising constants assume that range).
+    #[error(
+        "{metric} scores values from 0 to 1, but {image} holds {value}: tone-map it first, or use hdr-flip"
+    )]
+    OutOfRange {
+        /// The metric's name.
+        metric: &'static str,
+        /// The image.
+        image: String,
+        /// The first value outside the range.
+        value: f32,
+    },
     /// SSIM, MS-SSIM and PSNR compare stored values, so both images must be encoded alike.
     #[error(
         "{metric} compares stored values, but {reference} is {reference_encoding} and {test} is {test_encoding}: convert one of them, or use flip (which decodes each image by its encoding)"

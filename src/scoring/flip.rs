@@ -513,6 +513,17 @@ pub fn exposures(label: &str, rgb: &[Plane; 3]) -> Result<Exposures, ScoreError>
     }
     let start = (x_max / y_max).log2();
     let stop = (x_max / y_median).log2();
+    if !(start.is_finite() && stop.is_finite()) {
+        // A denormal median (below about 6e-39) overflows `x_max / median`: the range would be
+        // endless (an infinite count of exposures), not merely wide.
+        return Err(ScoreError::ExposureRange {
+            image: label.to_owned(),
+            detail: format!(
+                "maximum luminance {y_max} and median luminance {y_median} give no finite \
+                 exposure range (the median is too close to 0)"
+            ),
+        });
+    }
     let count = (stop - start).ceil().max(2.0) as usize;
     Ok(Exposures { start, stop, count })
 }

@@ -189,7 +189,14 @@ impl RgbImage {
                 });
             }
         }
-        let rgb = decoded.to_rgb32f();
+        // Gray is widened to RGB in its own depth first: the crate's gray-to-float conversion
+        // lands a float step away from `v / 255`, so a gray PNG did not score as identical to
+        // the same pixels stored as RGB (PSNR 150 dB, SSIM above 1).
+        let rgb = match decoded {
+            D::ImageLuma8(_) | D::ImageLumaA8(_) => D::ImageRgb8(decoded.to_rgb8()).to_rgb32f(),
+            D::ImageLuma16(_) | D::ImageLumaA16(_) => D::ImageRgb16(decoded.to_rgb16()).to_rgb32f(),
+            _ => decoded.to_rgb32f(),
+        };
         Self::from_interleaved(label, width, height, transfer, rgb.as_raw())
     }
 
