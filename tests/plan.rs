@@ -332,8 +332,11 @@ proptest! {
         let mut deps = deps;
         deps[lo].push(hi);
         let err: PlanError = Plan::from_toml(&plan_text(&deps), "gen.toml").unwrap_err();
+        // Other cycles through the same tasks are counted after the path, not listed.
         let cycles: Vec<&str> = err.diagnostics.iter()
-            .filter_map(|d| d.message.strip_prefix("cycle: ")).collect();
+            .filter_map(|d| d.message.strip_prefix("cycle: "))
+            .filter_map(|c| c.split(" (and at least ").next())
+            .collect();
         prop_assert!(!cycles.is_empty(), "{}", err);
         prop_assert_eq!(cycles.len(), err.diagnostics.len(), "{}", err);
         for cycle in cycles {
@@ -562,7 +565,7 @@ fixes = [
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(
         e[0].starts_with("p.toml:11:")
-            && e[0].contains("fixes[0].argv[0]: unknown template reference"),
+            && e[0].contains("fixes[0].args.argv[0]: unknown template reference"),
         "{e:?}"
     );
     assert!(
@@ -681,5 +684,193 @@ fn a_reference_in_a_gates_expected_text_is_refused() {
         lines[1].contains("gates[1].eq: {{tasks.a.output}} is not filled in"),
         "{}",
         lines[1]
+    );
+}
+
+#[test]
+fn a_fixs_args_env_is_checked_beside_its_env() {
+    // `Fix::apply` merges `env` into the args' `env`: both are rendered, so both are checked,
+    // except a variable `env` replaces (never rendered).
+    let text = r#"name = "fx"
+[[task]]
+id = "late"
+tool = "sh.x"
+[[task]]
+id = "t"
+tool = "sh.x"
+fixes = [{ when = "m", args = { env = { MODE = "{{tasks.late.output}}", GONE = "{{tasks.zz.output}}" } }, env = { OTHER = "{{tasks.yy.output}}", GONE = "1" } }]
+"#;
+    let e = errors(text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("p.toml:8:49: task \"t\" fixes[0].args.env.MODE: {{tasks.late.output}} refers to task \"late\", which is not upstream"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("p.toml:8:124: task \"t\" fixes[0].env.OTHER: {{tasks.yy.output}} refers to unknown task \"yy\""),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn dense_cycles_are_reported_once_per_group_with_a_bounded_path() {
+    // t{i} depends on t{i+1}, and every t{i>0} on t0: a cycle closes at each of 4999 entries.
+    let n = 5000;
+    let mut text = String::from("name = \"dense\"\n");
+    for i in 0..n {
+        let mut deps = Vec::new();
+        if i + 1 < n {
+            deps.push(format!("\"t{}\"", i + 1));
+        }
+        if i > 0 {
+            deps.push("\"t0\"".to_owned());
+        }
+        text.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"p.run\"\ndeps = [{}]\n",
+            deps.join(", ")
+        ));
+    }
+    let err = Plan::from_toml(&text, "dense.toml").unwrap_err();
+    assert_eq!(err.diagnostics.len(), 1, "{}", err.diagnostics.len());
+    let message = &err.diagnostics[0].message;
+    assert_eq!(
+        message,
+        "cycle: t0 -> t1 -> t2 -> t3 -> t4 -> t5 -> t6 -> t7 -> t8 -> t9 -> … (4981 tasks) … -> \
+         t4991 -> t4992 -> t4993 -> t4994 -> t4995 -> t4996 -> t4997 -> t4998 -> t4999 -> t0 \
+         (and at least 4998 more among the same 5000 tasks)"
+    );
+    // The entry that closes the cycle: t4999's dependency on t0.
+    assert_eq!(err.diagnostics[0].location.line, 4 * (n - 1) + 5);
+
+    // Two groups, one with two cycles: one line each, the small path in full.
+    let e = errors(
+        "name = \"x\"\n[[task]]\nid = \"a\"\ntool = \"p.t\"\ndeps = [\"b\"]\n[[task]]\nid = \"b\"\n\
+         tool = \"p.t\"\ndeps = [\"a\", \"c\"]\n[[task]]\nid = \"c\"\ntool = \"p.t\"\ndeps = [\"a\"]\n\
+         [[task]]\nid = \"d\"\ntool = \"p.t\"\ndeps = [\"e\"]\n[[task]]\nid = \"e\"\ntool = \"p.t\"\n\
+         deps = [\"d\"]\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "p.toml:9:9: cycle: a -> b -> a (and at least 1 more among the same 3 tasks)",
+            "p.toml:21:9: cycle: d -> e -> d",
+        ]
+    );
+}
+
+#[test]
+fn template_errors_point_at_their_own_value_in_header_and_inline_tables() {
+    let e = errors(
+        r#"name = "x"
+[[task]]
+id = "a"
+tool = "sh.x"
+[[task]]
+id = "b"
+tool = "sh.x"
+deps = ["a"]
+[task.args]
+ok = "{{tasks.a.output}}"
+v = "{{tasks.a.output}} {{tasks.zz.output}}"
+[[task.gates]]
+file_exists = "{{tasks.b.output}}"
+[[task.gates]]
+file_exists = "{{tasks.b.output}}/{{tasks.qq.output}}"
+[task.compensate]
+tool = "sh.undo"
+args = { keep = "{{tasks.b.output}}", undo = "{{tasks.ww.output}}" }
+[[task]]
+id = "c"
+tool = "sh.x"
+args = { x = "{{ tasks.d.output }}", y = "{{tasks.d.output}}" }
+[[task]]
+id = "d"
+tool = "sh.x"
+"#,
+    );
+    assert_eq!(
+        e.iter()
+            .map(|l| l.split(": ").next().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "p.toml:11:25",
+            "p.toml:15:35",
+            "p.toml:18:47",
+            "p.toml:22:15",
+            "p.toml:22:43"
+        ],
+        "{e:?}"
+    );
+    assert!(e[0].contains("args.v: {{tasks.zz.output}}"), "{e:?}");
+    assert!(
+        e[1].contains("gates[1].file_exists: {{tasks.qq.output}}"),
+        "{e:?}"
+    );
+    assert!(
+        e[2].contains("compensate.args.undo: {{tasks.ww.output}}"),
+        "{e:?}"
+    );
+    assert!(e[3].contains("args.x: {{tasks.d.output}}"), "{e:?}");
+    assert!(e[4].contains("args.y: {{tasks.d.output}}"), "{e:?}");
+}
+
+#[test]
+fn a_reference_inside_a_gates_json_array_or_object_is_refused() {
+    let e = errors(
+        "name = \"x\"\n[[task]]\nid = \"a\"\ntool = \"p.t\"\n\
+         gates = [{ json = \"/a\", eq = [\"{{attempt}}\"] }, { json = \"/b\", ne = { k = [1, \"x {{run.id}}\"] } }, \
+         { json = \"/c\", eq = [\"{{.Names}}\", { k = \"ok\" }] }]\n",
+    );
+    assert_eq!(
+        e,
+        [
+            "p.toml:5:32: task \"a\" gates[0].eq[0]: {{attempt}} is not filled in: a gate's \
+             expected text is compared as written (only file_exists, reference and test are templates)",
+            "p.toml:5:82: task \"a\" gates[1].ne.k[1]: {{run.id}} is not filled in: a gate's \
+             expected text is compared as written (only file_exists, reference and test are templates)",
+        ]
+    );
+}
+
+#[test]
+fn a_process_call_the_plans_own_pool_would_refuse_is_found_without_running() {
+    let plan = Plan::from_toml(
+        r#"name = "ak"
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+[pools.mcp]
+kind = "mcp"
+command = ["server"]
+[[task]]
+id = "t"
+tool = "sh.x"
+args = { arg = ["echo hi"] }
+fixes = [{ when = "a", env = { A = "1" } }, { when = "b", args = { argvv = ["x"] } }]
+compensate = { tool = "sh.undo", args = "echo undo" }
+[[task]]
+id = "m"
+tool = "mcp.read"
+args = { path = "x" }
+[[task]]
+id = "elsewhere"
+tool = "other.x"
+args = { anything = 1 }
+"#,
+        "p.toml",
+    )
+    .unwrap();
+    let found: Vec<String> = plan
+        .own_process_args_problems()
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.location.line, d.location.column, d.message))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "10:8: task \"t\" tool args: unknown key `arg` for a process call (expected argv, stdin, env)",
+            "10:8: task \"t\" fixes[1] args: unknown key `argvv` for a process call (expected argv, stdin, env)",
+            "13:23: task \"t\" compensate args: a process call's args are a table of argv, stdin, env, not \"echo undo\"",
+        ]
     );
 }

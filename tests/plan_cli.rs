@@ -591,3 +591,51 @@ fn a_failed_compensation_is_reported_with_its_exit_status_and_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn plan_check_refuses_process_args_that_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"name = "ak"
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+[[task]]
+id = "t"
+tool = "sh.x"
+args = { arg = ["echo hi"] }
+fixes = [{ when = "x", args = { argvv = ["echo x"] } }]
+"#;
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, text).unwrap();
+    let name = plan.to_str().unwrap();
+    let (code, _, err) = check(&[name]);
+    assert_eq!(code, 2, "{err}");
+    let expected = [
+        format!(
+            "{name}:7:8: task \"t\" tool args: unknown key `arg` for a process call (expected argv, stdin, env)"
+        ),
+        format!(
+            "{name}:7:8: task \"t\" fixes[0] args: unknown key `argvv` for a process call (expected argv, stdin, env)"
+        ),
+        format!("{name}: 2 errors — plan rejected"),
+    ];
+    assert_eq!(err.lines().collect::<Vec<_>>(), expected, "{err}");
+    // `run` refuses it with the same lines.
+    let (code, run_err) = run(dir.path(), text);
+    assert_eq!(code, 2, "{run_err}");
+    assert!(run_err.contains(&expected[0][name.len()..]), "{run_err}");
+
+    let (code, out, _) = check(&[name, "--json"]);
+    assert_eq!(code, 2, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["errors"][0]["line"], 7, "{out}");
+    // A process call with only the keys it reads passes.
+    std::fs::write(
+        &plan,
+        text.replace("arg = ", "argv = ").replace("argvv", "argv"),
+    )
+    .unwrap();
+    let (code, out, err) = check(&[name]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -508,28 +508,18 @@ impl Runtime {
             let compensation = task
                 .compensate
                 .as_ref()
-                .map(|c| (&c.tool, c.tool_location, "compensate", &c.args));
-            let calls = std::iter::once((&task.tool, task.tool_location, "tool", &task.args))
-                .chain(compensation);
-            for (tool, location, what, args) in calls {
+                .map(|c| (&c.tool, c.tool_location, "compensate"));
+            let calls =
+                std::iter::once((&task.tool, task.tool_location, "tool")).chain(compensation);
+            for (tool, location, what) in calls {
                 // A process call reads `argv`, `stdin` and `env` from its args: another key is
                 // a typo that would run the pool's command without what was meant.
                 if let Some((_, def)) = self.pools.get_with_def(run_id, &tool.pool)
                     && def.kind == PoolKind::Process
                 {
-                    let fixes = task.fixes.iter().enumerate().filter(|_| what == "tool");
-                    let problems = process_args_problem(args)
-                        .map(|p| format!("{what} args: {p}"))
-                        .into_iter()
-                        .chain(fixes.filter_map(|(i, fix)| {
-                            let keys = fix.args.keys().map(String::as_str);
-                            unknown_process_key(keys).map(|p| format!("fixes[{i}] args: {p}"))
-                        }));
-                    for problem in problems {
-                        diagnostics.push(Diagnostic {
-                            location,
-                            message: format!("task {:?} {problem}", task.id.as_str()),
-                        });
+                    let problems = task.process_args_problems(what == "compensate");
+                    for message in problems {
+                        diagnostics.push(Diagnostic { location, message });
                     }
                 }
                 let what = if what == "tool" {
@@ -764,28 +754,4 @@ impl Runtime {
             .filter(|(_, r)| r.status == RunStatus::Running)
             .map(|(id, _)| id))
     }
-}
-
-/// The keys a `process` call reads from its args.
-const PROCESS_ARG_KEYS: [&str; 3] = ["argv", "stdin", "env"];
-
-/// What is wrong with a `process` call's args (as written, before rendering), if anything.
-fn process_args_problem(args: &serde_json::Value) -> Option<String> {
-    match args {
-        serde_json::Value::Object(map) => unknown_process_key(map.keys().map(String::as_str)),
-        other => Some(format!(
-            "a process call's args are a table of {}, not {other}",
-            PROCESS_ARG_KEYS.join(", ")
-        )),
-    }
-}
-
-/// The first key a `process` call would ignore, named with the keys it reads.
-fn unknown_process_key<'a>(mut keys: impl Iterator<Item = &'a str>) -> Option<String> {
-    keys.find(|key| !PROCESS_ARG_KEYS.contains(key)).map(|key| {
-        format!(
-            "unknown key `{key}` for a process call (expected {})",
-            PROCESS_ARG_KEYS.join(", ")
-        )
-    })
 }

@@ -52,6 +52,17 @@ fn check(file: &std::path::Path, pools: Option<Vec<String>>, as_json: bool) -> R
     };
     match result {
         Ok(plan) => {
+            // What `run` refuses before anything runs, where the plan itself says the pool's
+            // kind (a configured pool's is not known here).
+            let diagnostics = plan.own_process_args_problems();
+            if !diagnostics.is_empty() {
+                let err = PlanError {
+                    source_name: source,
+                    diagnostics,
+                };
+                print_errors(&err, as_json)?;
+                return Ok(ExitCode::from(2));
+            }
             // The permission file the plan names is read and parsed as `run` would.
             if let Some(path) = &plan.permissions {
                 let base = file

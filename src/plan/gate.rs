@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::template::{TemplateContext, render_text};
+use super::template::{TemplateContext, render_text, walk_strings};
 
 /// An image-comparison metric for [`Gate::Score`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +273,9 @@ impl Gate {
             // A bound outside what the metric can score would fail every attempt.
             let range = match metric {
                 ScoreMetric::Flip | ScoreMetric::HdrFlip => Some((0.0, 1.0)),
-                ScoreMetric::Ssim | ScoreMetric::MsSsim => Some((-1.0, 1.0)),
+                ScoreMetric::Ssim => Some((-1.0, 1.0)),
+                // Its terms are clamped at 0 (a negative scale would make the product meaningless).
+                ScoreMetric::MsSsim => Some((0.0, 1.0)),
                 ScoreMetric::Psnr => None,
             };
             if let Some((low, high)) = range {
@@ -315,22 +317,31 @@ impl Gate {
         }
     }
 
-    /// The gate's expected texts, compared as written (not templates), by key.
-    pub fn literal_texts(&self) -> Vec<(&'static str, &str)> {
+    /// The gate's expected texts, compared as written (not templates), each with its key and
+    /// its place in a JSON value (`eq`, `eq[0]`, `eq.k`): every string of an array or object
+    /// `eq` is compared as written too.
+    pub fn literal_texts(&self) -> Vec<(String, &str)> {
+        let mut found = Vec::new();
         match self {
-            Gate::OutputContains { text } => vec![("contains", text)],
-            Gate::OutputMatches { regex } => vec![("matches", regex.as_str())],
-            Gate::JsonField { op, .. } => match op {
-                JsonOp::Eq(Value::String(s)) => vec![("eq", s)],
-                JsonOp::Ne(Value::String(s)) => vec![("ne", s)],
-                JsonOp::Lt(Value::String(s)) => vec![("lt", s)],
-                JsonOp::Le(Value::String(s)) => vec![("le", s)],
-                JsonOp::Gt(Value::String(s)) => vec![("gt", s)],
-                JsonOp::Ge(Value::String(s)) => vec![("ge", s)],
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
+            Gate::OutputContains { text } => found.push(("contains".to_owned(), text.as_str())),
+            Gate::OutputMatches { regex } => found.push(("matches".to_owned(), regex.as_str())),
+            Gate::JsonField { op, .. } => {
+                let (key, value) = match op {
+                    JsonOp::Eq(v) => ("eq", v),
+                    JsonOp::Ne(v) => ("ne", v),
+                    JsonOp::Lt(v) => ("lt", v),
+                    JsonOp::Le(v) => ("le", v),
+                    JsonOp::Gt(v) => ("gt", v),
+                    JsonOp::Ge(v) => ("ge", v),
+                    JsonOp::Exists(_) => return found,
+                };
+                walk_strings(value, key.to_owned(), &mut |path, text| {
+                    found.push((path, text));
+                });
+            }
+            _ => {}
         }
+        found
     }
 
     /// Evaluates a pure gate against an outcome; templates (file paths) render against `ctx`.
@@ -676,6 +687,10 @@ mod tests {
             (
                 "{ score = \"ssim\", reference = \"r\", min = 1.5 }",
                 "`min = 1.5` can never pass",
+            ),
+            (
+                "{ score = \"msssim\", reference = \"r\", max = -0.5 }",
+                "`max = -0.5` can never pass: msssim scores from 0 to 1",
             ),
             // Gates no outcome could ever pass.
             ("{ exit = 300 }", "from 0 to 255"),

@@ -108,11 +108,15 @@
 //! [`Plan::from_toml`] rejects a plan before anything runs. Syntax and shape errors (not TOML, a
 //! missing `id`, a wrong type, an unknown key) stop parsing and are reported alone; all semantic
 //! errors are collected: empty/bad/duplicate ids, unknown deps, self-deps, cycles (named by their
-//! path, `cycle: a -> b -> a`, each task depending on the next), bad durations, zero
-//! `max_attempts`, bad gates (including regexes that do not compile), template references to
-//! unknown or non-upstream tasks or undeclared fields, and, with a [`ToolCatalog`], unknown pools
-//! and tools. Each error has the line and column, `plan.toml:14:9: task "render" depends on
-//! unknown task "rendr"`.
+//! path, `cycle: a -> b -> a`, each task depending on the next; one per group of tasks that
+//! depend on each other, counting the group's other cycles, with a path of over 24 tasks cut in
+//! the middle), bad durations, zero `max_attempts`, bad gates (including regexes that do not
+//! compile and references in expected values), template references to unknown or non-upstream
+//! tasks or undeclared fields, and, with a [`ToolCatalog`], unknown pools and tools. Each error
+//! has the line and column of the value at fault, `plan.toml:14:9: task "render" depends on
+//! unknown task "rendr"`. [`Plan::own_process_args_problems`] adds what the plan's own
+//! `process` pools would refuse (`tetrarch plan check` reports it; `tetrarch run` refuses it for
+//! every `process` pool).
 //!
 //! # DAG
 //!
@@ -379,6 +383,49 @@ pub struct Task {
     pub tool_location: Location,
 }
 
+/// The keys a `process` call reads from its args.
+const PROCESS_ARG_KEYS: [&str; 3] = ["argv", "stdin", "env"];
+
+impl Task {
+    /// What a `process` pool would refuse in one of this task's calls before running anything
+    /// (`compensate`: its compensation, else its `tool` call and the args of its fixes): args
+    /// that are not a table, or a key the call does not read (`arg`, a fix's `argvv`), a typo
+    /// that would run the pool's command without what was meant. Each message names the task.
+    pub fn process_args_problems(&self, compensate: bool) -> Vec<String> {
+        let id = self.id.as_str();
+        let (what, args) = match (&self.compensate, compensate) {
+            (Some(call), true) => ("compensate", &call.args),
+            (None, true) => return Vec::new(),
+            (_, false) => ("tool", &self.args),
+        };
+        let own = match args {
+            Value::Object(map) => unknown_process_key(map.keys().map(String::as_str)),
+            other => Some(format!(
+                "a process call's args are a table of {}, not {other}",
+                PROCESS_ARG_KEYS.join(", ")
+            )),
+        };
+        let own = own.map(|p| format!("task {id:?} {what} args: {p}"));
+        // A fix is applied to the task's own call only.
+        let fixes = self.fixes.iter().enumerate().filter(|_| !compensate);
+        let fixes = fixes.filter_map(|(i, fix)| {
+            unknown_process_key(fix.args.keys().map(String::as_str))
+                .map(|p| format!("task {id:?} fixes[{i}] args: {p}"))
+        });
+        own.into_iter().chain(fixes).collect()
+    }
+}
+
+/// The first key a `process` call would ignore, named with the keys it reads.
+fn unknown_process_key<'a>(mut keys: impl Iterator<Item = &'a str>) -> Option<String> {
+    keys.find(|key| !PROCESS_ARG_KEYS.contains(key)).map(|key| {
+        format!(
+            "unknown key `{key}` for a process call (expected {})",
+            PROCESS_ARG_KEYS.join(", ")
+        )
+    })
+}
+
 /// A validated plan.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -428,5 +475,34 @@ impl Plan {
     /// The dependency graph (built at validation).
     pub fn dag(&self) -> &Dag {
         &self.dag
+    }
+
+    /// [`Task::process_args_problems`] for every call to a `process` pool the plan declares
+    /// itself, at the call's `tool`: what `tetrarch run` refuses before anything runs, found
+    /// without starting a pool (the kind of a pool configured elsewhere is not known here).
+    pub fn own_process_args_problems(&self) -> Vec<Diagnostic> {
+        let is_process = |tool: &ToolRef| {
+            self.pools
+                .get(&tool.pool)
+                .is_some_and(|def| def.kind == crate::session::PoolKind::Process)
+        };
+        let mut diagnostics = Vec::new();
+        for task in &self.tasks {
+            let calls = std::iter::once((&task.tool, task.tool_location, false)).chain(
+                task.compensate
+                    .as_ref()
+                    .map(|c| (&c.tool, c.tool_location, true)),
+            );
+            for (tool, location, compensate) in calls {
+                if is_process(tool) {
+                    diagnostics.extend(
+                        task.process_args_problems(compensate)
+                            .into_iter()
+                            .map(|message| Diagnostic { location, message }),
+                    );
+                }
+            }
+        }
+        diagnostics
     }
 }

@@ -189,7 +189,12 @@ pub fn references_in(
     found
 }
 
-fn walk_strings(value: &Value, path: String, visit: &mut dyn FnMut(String, &str)) {
+/// Calls `visit` with every string in a JSON tree and its path (`base.key[0].sub`).
+pub(crate) fn walk_strings<'a>(
+    value: &'a Value,
+    path: String,
+    visit: &mut dyn FnMut(String, &'a str),
+) {
     match value {
         Value::String(s) => visit(path, s),
         Value::Array(items) => {

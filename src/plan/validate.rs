@@ -7,11 +7,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use super::catalog::ToolCatalog;
 use super::dag::Dag;
 use super::gate::{Gate, toml_to_json};
-use super::template::{Reference, references_in};
+use super::template::{Reference, Segment, parse_template, references_in};
 use super::{
     Defaults, Diagnostic, Fix, Location, Plan, PlanError, Task, TaskId, ToolCall, ToolRef,
 };
@@ -77,19 +78,119 @@ struct RawCall {
     args: Option<Spanned<toml::Value>>,
 }
 
-/// Where the templates of one task sit, for scope checks after the graph is known.
+/// One string of a task that is rendered as a template, for scope checks after the graph is
+/// known.
 struct TemplateSite {
     task: usize,
-    /// Path of the value for messages (`args.input`, `gates[1].reference`).
-    base: String,
-    value: Value,
-    /// Source range to search for the reference text; its start is the fallback location.
+    /// Path of the string for messages (`args.input`, `gates[1].reference`).
+    path: String,
+    text: String,
+    /// The source range of the string's own value, searched for each reference's column; its
+    /// start is the fallback location.
     span: std::ops::Range<usize>,
-    /// From the task's start to the next task's, searched when `span` does not hold the text
-    /// (a table written as a `[task.args]` header has only the header as its span).
-    task_span: std::ops::Range<usize>,
     /// Whether the task's own output may be referenced (gates and compensation run after it).
     self_allowed: bool,
+}
+
+/// The task a template belongs to, and whether it may name the task's own output.
+#[derive(Clone, Copy)]
+struct Owner {
+    task: usize,
+    self_allowed: bool,
+}
+
+/// A value of the parsed document, kept for the source range of each nested value: the
+/// deserialized plan has spans only where it asks for them (a `[task.args]` table's span is
+/// its header, not the key holding the error).
+type Node<'a, 'i> = Option<&'a Spanned<DeValue<'i>>>;
+
+fn child<'a, 'i>(node: Node<'a, 'i>, key: &str) -> Node<'a, 'i> {
+    match node?.get_ref() {
+        DeValue::Table(table) => table.get(key),
+        _ => None,
+    }
+}
+
+fn item<'a, 'i>(node: Node<'a, 'i>, index: usize) -> Node<'a, 'i> {
+    match node?.get_ref() {
+        DeValue::Array(items) => items.get(index),
+        _ => None,
+    }
+}
+
+/// Adds a site for every string of `value` holding `{{`, located by the matching value of
+/// `node` (the nearest enclosing range, `fallback`, where the document has none).
+fn add_sites(
+    sites: &mut Vec<TemplateSite>,
+    owner: Owner,
+    value: &Value,
+    node: Node<'_, '_>,
+    path: String,
+    fallback: &std::ops::Range<usize>,
+) {
+    let span = node.map_or_else(|| fallback.clone(), Spanned::span);
+    match value {
+        Value::String(text) if text.contains("{{") => sites.push(TemplateSite {
+            task: owner.task,
+            path,
+            text: text.clone(),
+            span,
+            self_allowed: owner.self_allowed,
+        }),
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                add_sites(
+                    sites,
+                    owner,
+                    v,
+                    item(node, i),
+                    format!("{path}[{i}]"),
+                    &span,
+                );
+            }
+        }
+        Value::Object(map) => {
+            for (key, v) in map {
+                add_sites(
+                    sites,
+                    owner,
+                    v,
+                    child(node, key),
+                    format!("{path}.{key}"),
+                    &span,
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The source range of the string at `path` (`eq[0]`, `eq.k`, as
+/// [`super::template::walk_strings`] names them) in the table `node`: for a gate's strings,
+/// which are taken from the parsed gate rather than from the TOML.
+fn string_span(node: Node<'_, '_>, path: &str) -> Option<std::ops::Range<usize>> {
+    fn walk(node: &Spanned<DeValue<'_>>, at: String, want: &str) -> Option<std::ops::Range<usize>> {
+        if !want.starts_with(at.as_str()) {
+            return None;
+        }
+        match node.get_ref() {
+            DeValue::String(_) => (at == want).then(|| node.span()),
+            DeValue::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, format!("{at}[{i}]"), want)),
+            DeValue::Table(table) => table
+                .iter()
+                .find_map(|(k, v)| walk(v, format!("{at}.{}", k.get_ref()), want)),
+            _ => None,
+        }
+    }
+    match node?.get_ref() {
+        DeValue::Table(table) => table
+            .iter()
+            .find_map(|(k, v)| walk(v, k.get_ref().to_string(), path)),
+        _ => None,
+    }
 }
 
 struct Collector<'a> {
@@ -197,6 +298,11 @@ pub(super) fn parse(
             message: e.message().trim_end().to_owned(),
         }])
     })?;
+    // The same text as a document keeps the range of every nested value, so each template
+    // error points at its own string (the text parsed above, so this does not fail; without it
+    // errors fall back to the enclosing table).
+    let document = DeTable::parse(text).ok();
+    let task_nodes = document.as_ref().and_then(|doc| doc.get_ref().get("task"));
     let line_starts = std::iter::once(0)
         .chain(text.match_indices('\n').map(|(i, _)| i + 1))
         .collect();
@@ -266,15 +372,17 @@ pub(super) fn parse(
     let mut tasks = Vec::with_capacity(raw.task.len());
     let mut edges: Vec<Vec<(usize, usize)>> = vec![Vec::new(); raw.task.len()];
     let mut sites = Vec::new();
-    let task_extent = |i: usize| {
-        let end = raw
-            .task
-            .get(i + 1)
-            .map_or(text.len(), |next| next.span().start);
-        raw.task[i].span().start..end
-    };
     for (i, spanned) in raw.task.iter().enumerate() {
         let t = spanned.get_ref();
+        let node = item(task_nodes, i);
+        let in_args = Owner {
+            task: i,
+            self_allowed: false,
+        };
+        let after_run = Owner {
+            task: i,
+            self_allowed: true,
+        };
         let id = t.id.get_ref().clone();
         let tool = c.tool(&t.tool, &format!("task {id:?} tool"));
         let mut deps = Vec::with_capacity(t.deps.len());
@@ -318,37 +426,41 @@ pub(super) fn parse(
                 c.json(a, &format!("task {id:?} args"))
             });
         if let Some(a) = &t.args {
-            sites.push(TemplateSite {
-                task: i,
-                base: "args".to_owned(),
-                value: args.clone(),
-                span: a.span(),
-                task_span: task_extent(i),
-                self_allowed: false,
-            });
+            let path = "args".to_owned();
+            add_sites(
+                &mut sites,
+                in_args,
+                &args,
+                child(node, "args"),
+                path,
+                &a.span(),
+            );
         }
         let mut gates = Vec::with_capacity(t.gates.len());
         for (g, gate) in t.gates.iter().enumerate() {
+            let gate_node = item(child(node, "gates"), g);
+            let at = |path: &str| string_span(gate_node, path).unwrap_or_else(|| gate.span());
             match Gate::from_table(gate.get_ref(), &id) {
                 Ok(parsed) => {
                     // An expected text is compared as written: a reference in it would never be
                     // filled in, so the gate could never pass as meant (`{{.Names}}` and other
                     // text that is not a reference stays literal).
-                    for (key, text) in parsed.literal_texts() {
-                        let reference =
-                            super::template::parse_template(text)
-                                .ok()
-                                .and_then(|segments| {
-                                    segments.into_iter().find_map(|s| match s {
-                                        super::template::Segment::Ref(r) => Some(r),
-                                        super::template::Segment::Text(_) => None,
-                                    })
-                                });
+                    for (path, text) in parsed.literal_texts() {
+                        let reference = parse_template(text).ok().and_then(|segments| {
+                            segments.into_iter().find_map(|s| match s {
+                                Segment::Ref(r) => Some(r),
+                                Segment::Text(_) => None,
+                            })
+                        });
                         if let Some(reference) = reference {
+                            let span = at(&path);
+                            let name = reference.to_string();
+                            let offset =
+                                locate_reference(c.text, &span, &name).unwrap_or(span.start);
                             c.push(
-                                gate.span().start,
+                                offset,
                                 format!(
-                                    "task {id:?} gates[{g}].{key}: {{{{{reference}}}}} is not filled in: \
+                                    "task {id:?} gates[{g}].{path}: {{{{{name}}}}} is not filled in: \
                                      a gate's expected text is compared as written (only file_exists, \
                                      reference and test are templates)"
                                 ),
@@ -358,10 +470,9 @@ pub(super) fn parse(
                     for (key, template) in parsed.templates() {
                         sites.push(TemplateSite {
                             task: i,
-                            base: format!("gates[{g}].{key}"),
-                            value: Value::String(template.to_owned()),
-                            span: gate.span(),
-                            task_span: task_extent(i),
+                            path: format!("gates[{g}].{key}"),
+                            text: template.to_owned(),
+                            span: at(key),
                             self_allowed: true,
                         });
                     }
@@ -379,14 +490,13 @@ pub(super) fn parse(
                 .map_or(Value::Object(serde_json::Map::new()), |a| {
                     c.json(a, &format!("task {id:?} compensate.args"))
                 });
-            sites.push(TemplateSite {
-                task: i,
-                base: "compensate.args".to_owned(),
-                value: args.clone(),
-                span: comp.span(),
-                task_span: task_extent(i),
-                self_allowed: true,
-            });
+            let args_node = child(child(node, "compensate"), "args");
+            let fallback = call
+                .args
+                .as_ref()
+                .map_or_else(|| comp.span(), Spanned::span);
+            let path = "compensate.args".to_owned();
+            add_sites(&mut sites, after_run, &args, args_node, path, &fallback);
             ToolCall {
                 tool,
                 args,
@@ -427,21 +537,32 @@ pub(super) fn parse(
                     format!("task {id:?} fixes[{f}] changes nothing (give `args` or `env`)"),
                 );
             }
-            // A fix's args (and variables) are rendered like the task's own when it is applied.
-            let mut rendered = args.clone();
-            if !raw.env.is_empty() {
-                let env = raw.env.iter();
-                let env = env.map(|(k, v)| (k.clone(), Value::String(v.clone())));
-                rendered.insert("env".to_owned(), Value::Object(env.collect()));
+            // A fix's args and variables are rendered like the task's own when it is applied
+            // (`Fix::apply` merges `env` into the args' `env`, so both are checked, less the
+            // variables `env` replaces).
+            let fix_node = item(child(node, "fixes"), f);
+            let mut checked = args.clone();
+            if let Some(Value::Object(vars)) = checked.get_mut("env") {
+                vars.retain(|name, _| !raw.env.contains_key(name));
             }
-            sites.push(TemplateSite {
-                task: i,
-                base: format!("fixes[{f}]"),
-                value: Value::Object(rendered),
-                span: fix.span(),
-                task_span: task_extent(i),
-                self_allowed: false,
-            });
+            add_sites(
+                &mut sites,
+                in_args,
+                &Value::Object(checked),
+                child(fix_node, "args"),
+                format!("fixes[{f}].args"),
+                &raw.args.as_ref().map_or_else(|| fix.span(), Spanned::span),
+            );
+            let env = raw.env.iter();
+            let env = env.map(|(k, v)| (k.clone(), Value::String(v.clone())));
+            add_sites(
+                &mut sites,
+                in_args,
+                &Value::Object(env.collect()),
+                child(fix_node, "env"),
+                format!("fixes[{f}].env"),
+                &fix.span(),
+            );
             if let Some(when) = when {
                 fixes.push(Fix {
                     when,
@@ -494,10 +615,9 @@ pub(super) fn parse(
     }
 
     let mut cycles = find_cycles(&edges);
-    cycles.sort_by_key(|(_, offset)| *offset);
-    for (cycle, offset) in cycles {
-        let path: Vec<&str> = cycle.iter().map(|&i| tasks[i].id.as_str()).collect();
-        c.push(offset, format!("cycle: {}", path.join(" -> ")));
+    cycles.sort_by_key(|cycle| cycle.offset);
+    for cycle in cycles {
+        c.push(cycle.offset, cycle_message(&cycle, &tasks));
     }
 
     // Reachability is searched per reference, stopping at the target: a set of ancestors per
@@ -618,66 +738,62 @@ fn check_templates(
     edges: &[Vec<(usize, usize)>],
 ) {
     let owner = tasks[site.task].id.as_str();
-    for (path, template, refs) in references_in(&site.value, &site.base) {
-        let offset = locate(c.text, &site.span, &template)
-            .or_else(|| locate(c.text, &site.task_span, &template))
-            .unwrap_or(site.span.start);
-        let refs = match refs {
-            Ok(refs) => refs,
-            Err(e) => {
-                c.push(offset, format!("task {owner:?} {path}: {e}"));
-                continue;
-            }
-        };
-        for reference in refs {
-            if reference == Reference::Context && site.self_allowed {
-                c.push(
-                    offset,
-                    format!(
-                        "task {owner:?} {path}: {{{{context}}}} is only available in a task's args"
-                    ),
-                );
-                continue;
-            }
-            let Reference::TaskOutput { task, path: field } = &reference else {
-                continue;
-            };
-            let problem = match ids.get(task.as_str()) {
-                None => format!("refers to unknown task {task:?}"),
-                Some(&target) if target == site.task && !site.self_allowed => {
-                    "refers to the task's own output, which does not exist before it runs"
-                        .to_owned()
-                }
-                Some(&target) if target != site.task && !is_upstream(edges, site.task, target) => {
-                    format!(
-                        "refers to task {task:?}, which is not upstream of {owner:?} (add it to deps)"
-                    )
-                }
-                Some(&target) => match (&tasks[target].outputs, field.first()) {
-                    (Some(declared), Some(first)) if !declared.contains(first) => format!(
-                        "refers to output field {first:?}, which task {task:?} does not declare (outputs: {})",
-                        declared.join(", ")
-                    ),
-                    _ => continue,
-                },
-            };
-            let name = reference.to_string();
-            let at = locate_reference(c.text, &site.span, &name).unwrap_or(offset);
-            c.push(
-                at,
-                format!("task {owner:?} {path}: {{{{{name}}}}} {problem}"),
-            );
+    let path = &site.path;
+    // Each reference at its own `{{` in the string's source (the string's start when escapes
+    // make the source differ from the text).
+    let text = c.text;
+    let at = |name: &str| locate_reference(text, &site.span, name).unwrap_or(site.span.start);
+    let refs = match parse_template(&site.text) {
+        Ok(segments) => segments.into_iter().filter_map(|s| match s {
+            Segment::Ref(r) => Some(r),
+            Segment::Text(_) => None,
+        }),
+        Err(e) => {
+            let window = text.get(site.span.clone()).unwrap_or("");
+            let offset = window
+                .find("{{")
+                .map_or(site.span.start, |i| site.span.start + i);
+            c.push(offset, format!("task {owner:?} {path}: {e}"));
+            return;
         }
+    };
+    for reference in refs {
+        let name = reference.to_string();
+        if reference == Reference::Context && site.self_allowed {
+            c.push(
+                at(&name),
+                format!(
+                    "task {owner:?} {path}: {{{{context}}}} is only available in a task's args"
+                ),
+            );
+            continue;
+        }
+        let Reference::TaskOutput { task, path: field } = &reference else {
+            continue;
+        };
+        let problem = match ids.get(task.as_str()) {
+            None => format!("refers to unknown task {task:?}"),
+            Some(&target) if target == site.task && !site.self_allowed => {
+                "refers to the task's own output, which does not exist before it runs".to_owned()
+            }
+            Some(&target) if target != site.task && !is_upstream(edges, site.task, target) => {
+                format!(
+                    "refers to task {task:?}, which is not upstream of {owner:?} (add it to deps)"
+                )
+            }
+            Some(&target) => match (&tasks[target].outputs, field.first()) {
+                (Some(declared), Some(first)) if !declared.contains(first) => format!(
+                    "refers to output field {first:?}, which task {task:?} does not declare (outputs: {})",
+                    declared.join(", ")
+                ),
+                _ => continue,
+            },
+        };
+        c.push(
+            at(&name),
+            format!("task {owner:?} {path}: {{{{{name}}}}} {problem}"),
+        );
     }
-}
-
-/// The offset of `template`'s first `{{ ... }}` inside `span` of the source (`None` when it is
-/// not there, or escapes make the source text differ).
-fn locate(text: &str, span: &std::ops::Range<usize>, template: &str) -> Option<usize> {
-    let window = text.get(span.clone()).unwrap_or("");
-    let needle = template.find("{{").map_or(template, |i| &template[i..]);
-    let needle = needle.find("}}").map_or(needle, |end| &needle[..end + 2]);
-    window.find(needle).map(|i| span.start + i)
 }
 
 /// The offset of the first `{{ ... }}` inside `span` of the source that names `reference`
@@ -716,19 +832,121 @@ fn is_upstream(edges: &[Vec<(usize, usize)>], task: usize, target: usize) -> boo
     false
 }
 
-/// Cycles found by depth-first search, each as the path `a -> b -> ... -> a` (each task depends
-/// on the next) with the offset of the dependency entry that closes it. Each cycle is reported
-/// once, whichever task the search entered it by.
-fn find_cycles(edges: &[Vec<(usize, usize)>]) -> Vec<(Vec<usize>, usize)> {
+/// A cycle to report: the path `a -> b -> ... -> a` (each task depends on the next), the offset
+/// of the dependency entry that closes it, and how many other dependencies close cycles among
+/// the `tasks` that depend on each other with it (its strongly connected component).
+struct Cycle {
+    path: Vec<usize>,
+    offset: usize,
+    more: usize,
+    tasks: usize,
+}
+
+/// Tasks printed in full in a cycle's path; a longer path shows its ends.
+const CYCLE_SHOWN: usize = 24;
+/// Tasks shown at each end of a longer path.
+const CYCLE_ENDS: usize = 10;
+
+/// One line per cycle: a plan of thousands of tasks may have as many cycles through each task,
+/// and a path as long as the plan, so the path is cut in the middle and the other cycles of
+/// the same tasks are counted, not listed.
+fn cycle_message(cycle: &Cycle, tasks: &[Task]) -> String {
+    let name = |&i: &usize| tasks[i].id.as_str();
+    let path: Vec<&str> = cycle.path.iter().map(name).collect();
+    let mut text = if path.len() <= CYCLE_SHOWN + 1 {
+        path.join(" -> ")
+    } else {
+        format!(
+            "{} -> … ({} tasks) … -> {}",
+            path[..CYCLE_ENDS].join(" -> "),
+            path.len() - 2 * CYCLE_ENDS,
+            path[path.len() - CYCLE_ENDS..].join(" -> ")
+        )
+    };
+    if cycle.more > 0 {
+        text.push_str(&format!(
+            " (and at least {} more among the same {} tasks)",
+            cycle.more, cycle.tasks
+        ));
+    }
+    format!("cycle: {text}")
+}
+
+/// The strongly connected component of each task (Tarjan's algorithm, iterative so a long
+/// chain cannot overflow the stack): the tasks that depend on each other, directly or not.
+fn components(edges: &[Vec<(usize, usize)>]) -> Vec<usize> {
+    const NONE: usize = usize::MAX;
+    let n = edges.len();
+    let mut index = vec![NONE; n];
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut stack = Vec::new();
+    let mut component = vec![NONE; n];
+    let (mut next_index, mut next_component) = (0, 0);
+    for root in 0..n {
+        if index[root] != NONE {
+            continue;
+        }
+        index[root] = next_index;
+        low[root] = next_index;
+        next_index += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        let mut work: Vec<(usize, usize)> = vec![(root, 0)];
+        while let Some(&mut (node, ref mut next)) = work.last_mut() {
+            if let Some(&(dep, _)) = edges[node].get(*next) {
+                *next += 1;
+                if index[dep] == NONE {
+                    index[dep] = next_index;
+                    low[dep] = next_index;
+                    next_index += 1;
+                    stack.push(dep);
+                    on_stack[dep] = true;
+                    work.push((dep, 0));
+                } else if on_stack[dep] {
+                    low[node] = low[node].min(index[dep]);
+                }
+                continue;
+            }
+            work.pop();
+            if let Some(&(parent, _)) = work.last() {
+                low[parent] = low[parent].min(low[node]);
+            }
+            if low[node] == index[node] {
+                while let Some(member) = stack.pop() {
+                    on_stack[member] = false;
+                    component[member] = next_component;
+                    if member == node {
+                        break;
+                    }
+                }
+                next_component += 1;
+            }
+        }
+    }
+    component
+}
+
+/// Cycles found by depth-first search, at most one per strongly connected component: the first
+/// the search closes, with the number of other dependencies closing cycles there (each closes
+/// at least one more).
+fn find_cycles(edges: &[Vec<(usize, usize)>]) -> Vec<Cycle> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
         Open,
         Done,
     }
+    let component = components(edges);
+    let mut sizes: HashMap<usize, usize> = HashMap::new();
+    for &c in &component {
+        *sizes.entry(c).or_default() += 1;
+    }
+    let mut reported: HashMap<usize, usize> = HashMap::new();
     let mut mark = vec![Mark::New; edges.len()];
-    let mut found: Vec<(Vec<usize>, usize)> = Vec::new();
-    let mut seen: HashSet<Vec<usize>> = HashSet::new();
+    // Where each open task is on the stack, so closing a cycle does not scan the stack.
+    let mut depth = vec![0; edges.len()];
+    let mut found: Vec<Cycle> = Vec::new();
     for root in 0..edges.len() {
         if mark[root] != Mark::New {
             continue;
@@ -742,24 +960,25 @@ fn find_cycles(edges: &[Vec<(usize, usize)>]) -> Vec<(Vec<usize>, usize)> {
                 match mark[dep] {
                     Mark::New => {
                         mark[dep] = Mark::Open;
+                        depth[dep] = stack.len();
                         stack.push((dep, 0));
                     }
-                    Mark::Open => {
-                        let start = stack.iter().position(|&(n, _)| n == dep).unwrap_or(0);
-                        let mut cycle: Vec<usize> =
-                            stack[start..].iter().map(|&(n, _)| n).collect();
-                        let mut key = cycle.clone();
-                        let min = key
-                            .iter()
-                            .enumerate()
-                            .min_by_key(|&(_, n)| *n)
-                            .map_or(0, |(i, _)| i);
-                        key.rotate_left(min);
-                        if seen.insert(key) {
-                            cycle.push(dep);
-                            found.push((cycle, offset));
+                    // A dependency on an open task closes a cycle; both are in one component.
+                    Mark::Open => match reported.get(&component[dep]) {
+                        Some(&at) => found[at].more += 1,
+                        None => {
+                            reported.insert(component[dep], found.len());
+                            let mut path: Vec<usize> =
+                                stack[depth[dep]..].iter().map(|&(n, _)| n).collect();
+                            path.push(dep);
+                            found.push(Cycle {
+                                path,
+                                offset,
+                                more: 0,
+                                tasks: sizes.get(&component[dep]).copied().unwrap_or(0),
+                            });
                         }
-                    }
+                    },
                     Mark::Done => {}
                 }
             } else {
