@@ -143,6 +143,33 @@ fn bad_arguments_exit_2_with_a_message() {
     );
     assert_eq!(code, 2);
     assert!(stderr.contains("missing.png"), "{stderr}");
+    // Every look value is checked on its own flag (NaN rendered a black image with exit 0; a
+    // bad `--target-density` was blamed on `--density`).
+    for (flag, value) in [
+        ("--light-azimuth", "nan"),
+        ("--coverage", "1.5"),
+        ("--target-density", "nan"),
+        ("--target-density", "-5"),
+    ] {
+        let (code, _, stderr) = run(
+            &bin,
+            dir.path(),
+            &strings(&["render", "--out", "x.png", &format!("{flag}={value}")]),
+        );
+        assert_eq!(code, 2, "{flag}={value}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(value),
+            "{flag}={value}: {stderr}"
+        );
+    }
+    std::fs::write(dir.path().join("a.png"), b"").unwrap();
+    let (code, _, stderr) = run(
+        &bin,
+        dir.path(),
+        &strings(&["sheet", "--out", "s.png", "--candidate", "a.png=NaN"]),
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("a.png=NaN"), "{stderr}");
 }
 
 #[test]

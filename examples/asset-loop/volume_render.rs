@@ -21,6 +21,10 @@
 //! previous FLIP value and its bound (`previous_flip`, `max_flip`, read from text like
 //! `flip 0.081 > max 0.05`) in the output. The seed is not blended: a different seed is a
 //! different volume.
+//!
+//! Every look parameter, the start's and the target's alike, must be a finite number in the range
+//! `--help` gives; anything else exits 2 with a message naming the flag and the value given. A
+//! candidate's score must be finite, and a size 1 to 8192; those too exit 2, naming what is wrong.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,43 +53,45 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, Args)]
 struct Look {
-    /// Extinction scale of the smoke.
-    #[arg(long, default_value_t = 2.0)]
+    /// Extinction scale of the smoke (0–100).
+    #[arg(long, value_parser = parse_density, default_value_t = 2.0)]
     density: f32,
-    /// Noise frequency (features per cube side).
-    #[arg(long, default_value_t = 3.0)]
+    /// Noise frequency (features per cube side, 0–64).
+    #[arg(long, value_parser = parse_frequency, default_value_t = 3.0)]
     frequency: f32,
     /// Noise level below which there is no smoke (0–1).
-    #[arg(long, default_value_t = 0.45)]
+    #[arg(long, value_parser = parse_coverage, default_value_t = 0.45)]
     coverage: f32,
-    /// Light azimuth in degrees.
-    #[arg(long, default_value_t = 40.0)]
+    /// Light azimuth in degrees (-360 to 360).
+    #[arg(long, value_parser = parse_azimuth, default_value_t = 40.0)]
     light_azimuth: f32,
-    /// Light elevation in degrees.
-    #[arg(long, default_value_t = 35.0)]
+    /// Light elevation in degrees (-90 to 90).
+    #[arg(long, value_parser = parse_elevation, default_value_t = 35.0)]
     light_elevation: f32,
-    /// Light colour as R,G,B (linear, around 0–2).
+    /// Light colour as R,G,B (linear, each 0–10; the looks use around 0–2).
     #[arg(long, value_parser = parse_rgb, default_value = "1.6,1.3,1.0")]
     light_color: Rgb,
 }
 
-/// The target look, all optional: fields left out stay at the starting value.
+/// The target look, all optional: fields left out stay at the starting value. Each is checked
+/// against its starting flag's range, so a bad target is reported under its own name rather than
+/// as the blend it would produce.
 #[derive(Debug, Clone, Copy, Args)]
 struct Target {
-    /// Target density.
-    #[arg(long)]
+    /// Target density (0–100).
+    #[arg(long, value_parser = parse_density)]
     target_density: Option<f32>,
-    /// Target frequency.
-    #[arg(long)]
+    /// Target frequency (0–64).
+    #[arg(long, value_parser = parse_frequency)]
     target_frequency: Option<f32>,
-    /// Target coverage.
-    #[arg(long)]
+    /// Target coverage (0–1).
+    #[arg(long, value_parser = parse_coverage)]
     target_coverage: Option<f32>,
-    /// Target light azimuth.
-    #[arg(long)]
+    /// Target light azimuth in degrees (-360 to 360).
+    #[arg(long, value_parser = parse_azimuth)]
     target_light_azimuth: Option<f32>,
-    /// Target light elevation.
-    #[arg(long)]
+    /// Target light elevation in degrees (-90 to 90).
+    #[arg(long, value_parser = parse_elevation)]
     target_light_elevation: Option<f32>,
     /// Target light colour.
     #[arg(long, value_parser = parse_rgb)]
@@ -131,6 +137,10 @@ struct SheetArgs {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Rgb([f32; 3]);
 
+/// The largest light colour component: far above the looks' 0–2, low enough that the shading
+/// stays finite (an infinite colour turns the tone curve's `x / (1 + x)` into NaN, a black pixel).
+const MAX_LIGHT_COLOR: f32 = 10.0;
+
 fn parse_rgb(text: &str) -> Result<Rgb, String> {
     let parts: Vec<f32> = text
         .split(',')
@@ -138,11 +148,44 @@ fn parse_rgb(text: &str) -> Result<Rgb, String> {
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{text:?} is not R,G,B numbers: {e}"))?;
     match parts.as_slice() {
-        [r, g, b] if parts.iter().all(|v| v.is_finite() && *v >= 0.0) => Ok(Rgb([*r, *g, *b])),
+        [r, g, b] if parts.iter().all(|v| (0.0..=MAX_LIGHT_COLOR).contains(v)) => {
+            Ok(Rgb([*r, *g, *b]))
+        }
         _ => Err(format!(
-            "{text:?}: expected three non-negative numbers R,G,B"
+            "{text:?}: expected three numbers R,G,B, each from 0 to {MAX_LIGHT_COLOR}"
         )),
     }
+}
+
+/// `text` as a number from `min` to `max`. The ranges keep the ray march finite: a NaN or an
+/// infinity in any parameter renders a black image rather than failing.
+fn parse_in_range(text: &str, min: f32, max: f32) -> Result<f32, String> {
+    match text.trim().parse::<f32>() {
+        // `contains` is false for NaN, and parsing maps anything past f32's range to infinity.
+        Ok(value) if (min..=max).contains(&value) => Ok(value),
+        _ => Err(format!("expected a number from {min} to {max}")),
+    }
+}
+
+fn parse_density(text: &str) -> Result<f32, String> {
+    parse_in_range(text, 0.0, 100.0)
+}
+
+/// Above 64 features per side the noise is finer than the 64³ grid it is sampled into.
+fn parse_frequency(text: &str) -> Result<f32, String> {
+    parse_in_range(text, 0.0, 64.0)
+}
+
+fn parse_coverage(text: &str) -> Result<f32, String> {
+    parse_in_range(text, 0.0, 1.0)
+}
+
+fn parse_azimuth(text: &str) -> Result<f32, String> {
+    parse_in_range(text, -360.0, 360.0)
+}
+
+fn parse_elevation(text: &str) -> Result<f32, String> {
+    parse_in_range(text, -90.0, 90.0)
 }
 
 fn main() -> ExitCode {
@@ -211,18 +254,9 @@ fn render_command(args: &RenderArgs) -> Result<serde_json::Value, String> {
     }
     let blend = blend_for(args.attempt);
     let previous = flip_in_feedback(&args.feedback);
+    // The start and the target were each checked against their flag's range when parsed, and a
+    // blend (0 <= blend < 1) between two values in a range stays in it.
     let look = blended(args.look, args.target, blend);
-    for (name, value) in [
-        ("density", look.density),
-        ("frequency", look.frequency),
-        ("coverage", look.coverage),
-    ] {
-        if !(value.is_finite() && value >= 0.0) {
-            return Err(format!(
-                "--{name} must be a non-negative number, got {value}"
-            ));
-        }
-    }
     let pixels = render(&look, args.seed, args.width, args.height);
     save(&args.out, args.width, args.height, pixels)?;
     Ok(json!({
@@ -457,12 +491,18 @@ fn to_srgb8(linear: f32) -> u8 {
 fn sheet_command(args: &SheetArgs) -> Result<serde_json::Value, String> {
     let mut candidates = Vec::new();
     for candidate in &args.candidates {
-        let (path, score) = candidate
+        let (path, score_text) = candidate
             .rsplit_once('=')
             .ok_or_else(|| format!("candidate {candidate:?} is not PATH=SCORE"))?;
-        let score: f64 = score.trim().parse().map_err(|e| {
-            format!("candidate {candidate:?}: score {score:?} is not a number: {e}")
+        let score: f64 = score_text.trim().parse().map_err(|e| {
+            format!("candidate {candidate:?}: score {score_text:?} is not a number: {e}")
         })?;
+        // total_cmp sorts -NaN and -inf first, so either would be framed as the best.
+        if !score.is_finite() {
+            return Err(format!(
+                "candidate {candidate:?}: score {score_text:?} is not a finite number"
+            ));
+        }
         let image = image::open(path)
             .map_err(|e| format!("cannot read candidate {path}: {e}"))?
             .to_rgb8();
