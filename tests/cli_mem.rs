@@ -157,6 +157,37 @@ fn tetrarch_home_sets_the_default_store() {
     assert!(dir.path().join("store.redb").exists());
 }
 
+#[test]
+fn tetrarch_store_names_the_store_and_an_empty_one_counts_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let named = dir.path().join("named.redb");
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .args(["mem", "store", "--content", "named"])
+        .env("TETRARCH_STORE", &named)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(named.exists());
+    // Empty: every command failed with "a value is required for '--store'".
+    let home = dir.path().join("home");
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .args(["mem", "store", "--content", "homed"])
+        .env("TETRARCH_STORE", "")
+        .env("TETRARCH_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(home.join("store.redb").exists());
+}
+
 fn json(output: &Output) -> serde_json::Value {
     assert!(
         output.status.success(),

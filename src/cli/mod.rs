@@ -40,8 +40,11 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tetrarch", version, about)]
 pub struct Cli {
-    /// The store file (default: $TETRARCH_HOME/store.redb, else the XDG data directory).
-    #[arg(long, global = true, env = "TETRARCH_STORE")]
+    /// The store file (default: $TETRARCH_STORE, else $TETRARCH_HOME/store.redb, else the XDG data
+    /// directory; an empty variable counts as unset).
+    // Read by `resolve_store`, not clap's `env`: clap took an empty TETRARCH_STORE as a missing
+    // `--store` value and failed every command.
+    #[arg(long, global = true)]
     store: Option<PathBuf>,
     /// Export the agents' spans to this OpenTelemetry collector (OTLP/HTTP traces URL, e.g.
     /// http://127.0.0.1:4318/v1/traces). OTEL_EXPORTER_OTLP_ENDPOINT also turns it on. Needs a
@@ -97,7 +100,12 @@ fn default_store_path() -> Result<PathBuf> {
 }
 
 fn resolve_store(store: Option<PathBuf>) -> Result<PathBuf> {
-    match store {
+    let from_env = || {
+        std::env::var_os("TETRARCH_STORE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    match store.or_else(from_env) {
         Some(path) => Ok(path),
         None => default_store_path(),
     }
