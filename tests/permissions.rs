@@ -151,8 +151,9 @@ fn a_deny_rule_is_not_dodged_by_quoting_wrappers_or_computed_names() {
         assert_eq!(bash(&e, "$'rm' -rf /"), Verdict::Deny);
         assert_eq!(bash(&e, "$'\\x72m' -rf /"), Verdict::Deny);
         // The shell computes the name: no rule can say it is not `rm`.
+        // Brace expansion is expanded as bash would.
+        assert_eq!(bash(&e, "{rm,-rf,/tmp/x}"), Verdict::Deny);
         for computed in [
-            "{rm,-rf,/tmp/x}",
             "rm${IFS}-rf${IFS}/",
             "$CMD -rf /",
             "/bin/r? -rf /",
@@ -721,4 +722,97 @@ fn relative_settings_and_working_directory_are_taken_from_the_process() {
         ),
         Verdict::Deny
     );
+}
+
+/// A second review's shapes: each ran the denied command in bash (a `touch` stand-in) while the
+/// engine said allow (or, with nothing asked in bypass mode, let it through).
+#[test]
+fn deny_rules_see_through_nul_braces_clusters_launchers_and_unseen_scripts() {
+    let e = engine(
+        &[
+            "Bash(git *)",
+            "Bash(find *)",
+            "Bash(echo *)",
+            "Bash(bash *)",
+            "Bash(xargs *)",
+            "Bash(printf *)",
+            "Bash(grep *)",
+        ],
+        &[],
+        &["Bash(touch *)", "Bash(git push --force *)"],
+    );
+    for denied in [
+        // Bash ends `$'…'` at a NUL.
+        "git push $'--force\\0' origin main",
+        "find . -maxdepth 0 -exec $'touch\\0' ran ';'",
+        // Brace expansion in the arguments.
+        "git push {--force,origin,main}",
+        "git push --force{,} origin main",
+        "git {push,--force,origin,main}",
+        // Every `o` of a cluster takes a word.
+        "bash -oc pipefail 'touch ran'",
+        "bash -c -oe pipefail 'touch ran'",
+        "bash -oo pipefail errexit -c 'touch ran'",
+        // getopt's long-option prefixes.
+        "echo ran | xargs --max-a 1 touch",
+    ] {
+        assert_eq!(bash(&e, denied), Verdict::Deny, "{denied}");
+    }
+    for unseen in [
+        "bash /dev/stdin <<< 'touch ran'",
+        "bash <(echo touch ran)",
+        "bash --rcfile <(echo touch ran) -ic true",
+        "printf -v x 'a[%s(touch ran)]' '$'; echo ${a[x]}",
+        "printf -v x 'a[%s(touch ran)]' '$'; echo ${!x}",
+        "git push --force{,}\"\" origin",
+    ] {
+        assert_eq!(bash(&e, unseen), Verdict::Ask, "{unseen}");
+    }
+    for allowed in [
+        "xargs -0 grep foo",
+        "find . -print0 | xargs -0 grep foo",
+        "echo '{a,b}'",
+        "echo {1..3}",
+        "echo ${#a[@]} ${a[0]} ${!a[@]}",
+        "find . -name '*.rs' -exec grep -l foo {} +",
+    ] {
+        assert_eq!(bash(&e, allowed), Verdict::Allow, "{allowed}");
+    }
+    let bypass = engine_with(json!({"permissions": {
+        "deny": ["Bash(touch *)"], "defaultMode": "bypassPermissions"}}));
+    for denied in [
+        "/usr/bin/env touch ran",
+        "/usr/bin/timeout 5 touch ran",
+        "env -iu FOO touch ran",
+        "exec -ca foo touch ran",
+        "env --uns FOO touch ran",
+        "timeout --sig KILL 5 touch ran",
+        "env S=1 touch ran",
+        "env -S 'touch\\_ran'",
+        "env {touch,ran}",
+        "setsid -w touch ran",
+        "flock F touch ran",
+        "flock F -c 'touch ran'",
+        "taskset -c 0 touch ran",
+        "ionice -c 3 touch ran",
+        "chroot / touch ran",
+        "script -qc 'touch ran' /dev/null",
+        "rbash -c 'touch ran'",
+        "su -c 'touch ran' root",
+        "runuser -u root touch ran",
+        "busybox sh -c 'touch ran'",
+        "trap 'touch ran' EXIT",
+        "mapfile -C 'touch ran #' -c 1 < f",
+        "alias x='touch ran'",
+        "watch touch ran",
+    ] {
+        assert_eq!(bash(&bypass, denied), Verdict::Deny, "{denied}");
+    }
+    for unseen in [
+        "source /dev/stdin <<< x",
+        ". <(echo touch ran)",
+        "env $x ran",
+    ] {
+        assert_eq!(bash(&bypass, unseen), Verdict::Ask, "{unseen}");
+    }
 }

@@ -70,7 +70,15 @@ pub(crate) fn split_parts(command: &str) -> Result<Vec<CommandPart>, SplitError>
     if let Some(part) = plain_simple_command(command) {
         return Ok(part.into_iter().collect());
     }
-    PARSE_GUARD.run(command)
+    let mut parts = PARSE_GUARD.run(command)?;
+    // A variable written from text and evaluated arithmetically on one line (`printf -v x
+    // 'a[%s(cmd)]' '$'; echo $((x))`) runs code no rule sees.
+    if parts.iter().any(|p| p.writes_variables) && parts.iter().any(|p| p.evaluates_names) {
+        for part in &mut parts {
+            part.hidden_code = true;
+        }
+    }
+    Ok(parts)
 }
 
 /// How long the parser may take over one command line (every nested
@@ -246,6 +254,12 @@ pub(crate) struct CommandPart {
     /// Commands the part starts from words of its own (`xargs [OPTIONS] CMD …`, `find …
     /// -exec CMD … ;`): deny and ask rules judge them too.
     pub spawned: Vec<CommandPart>,
+    /// The part writes text into a variable (`printf -v`, `read`, an assignment of a computed
+    /// value, …).
+    pub writes_variables: bool,
+    /// The part holds an arithmetic expansion naming a variable (`$((x))`), which evaluates the
+    /// variable's value as code.
+    pub evaluates_names: bool,
 }
 
 /// What a part hands to another shell to run.
@@ -283,7 +297,69 @@ fn inner_script(words: &[&str]) -> HandedScript {
             }
         }
         "env" => env_split_string(rest).map_or(HandedScript::None, HandedScript::Inline),
-        "sh" | "bash" | "dash" | "zsh" | "ksh" => shell_script(rest),
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "rbash" | "mksh" | "yash" | "ash" => {
+            shell_script(rest)
+        }
+        "source" | "." => match rest.first() {
+            Some(file) if reads_unseen(file) => HandedScript::Unseen,
+            _ => HandedScript::None,
+        },
+        // Tools whose `-c` (`--command`) is a shell command line.
+        "su" | "runuser" | "script" | "flock" => rest
+            .iter()
+            .enumerate()
+            .find_map(|(i, word)| {
+                if let Some(command) = word.strip_prefix("--command=") {
+                    return Some(command.to_owned());
+                }
+                (matches!(*word, "-c" | "--command")
+                    || (word.starts_with('-') && !word.starts_with("--") && word.ends_with('c')))
+                .then(|| rest.get(i + 1).map(|c| (*c).to_owned()))
+                .flatten()
+            })
+            .map_or(
+                if base == "su" && !rest.iter().any(|w| w.starts_with("-c")) {
+                    // A shell reading standard input (or a terminal).
+                    HandedScript::Unseen
+                } else {
+                    HandedScript::None
+                },
+                HandedScript::Inline,
+            ),
+        // `watch CMD…` hands its words to `sh -c`; `trap 'CMD' SIGNAL` runs CMD later;
+        // `alias NAME='CMD'` runs CMD where NAME is used; `mapfile -C CMD` per line.
+        "watch" => {
+            let command = rest
+                .iter()
+                .position(|w| !w.starts_with('-'))
+                .map(|at| rest[at..].join(" "));
+            command.map_or(HandedScript::None, HandedScript::Inline)
+        }
+        "trap" => rest
+            .iter()
+            .find(|w| !w.starts_with('-'))
+            .map_or(HandedScript::None, |action| {
+                HandedScript::Inline((*action).to_owned())
+            }),
+        "alias" => {
+            let values: Vec<&str> = rest
+                .iter()
+                .filter_map(|w| w.split_once('='))
+                .map(|(_, v)| v)
+                .collect();
+            if values.is_empty() {
+                HandedScript::None
+            } else {
+                HandedScript::Inline(values.join("\n"))
+            }
+        }
+        "mapfile" | "readarray" => rest
+            .iter()
+            .position(|w| *w == "-C")
+            .and_then(|at| rest.get(at + 1))
+            .map_or(HandedScript::None, |callback| {
+                HandedScript::Inline((*callback).to_owned())
+            }),
         _ => HandedScript::None,
     }
 }
@@ -301,6 +377,9 @@ fn shell_script(mut args: &[&str]) -> HandedScript {
                 return HandedScript::None;
             }
             let takes_value = matches!(option, "--rcfile" | "--init-file");
+            if takes_value && after.first().is_some_and(|file| reads_unseen(file)) {
+                return HandedScript::Unseen;
+            }
             args = if takes_value {
                 after.get(1..).unwrap_or(&[])
             } else {
@@ -316,22 +395,30 @@ fn shell_script(mut args: &[&str]) -> HandedScript {
             inline |= option.contains('c');
             from_stdin |= option.contains('s');
         }
-        // `-o NAME` / `-O NAME`, alone or ending a cluster (`-eo pipefail`).
-        args = if option.ends_with(['o', 'O']) {
-            after.get(1..).unwrap_or(&[])
-        } else {
-            after
-        };
+        // Each `o`/`O` of a cluster takes the next word (`-eo pipefail`, `-oc pipefail S`,
+        // `-oo pipefail errexit`), as bash reads them.
+        let values = option.chars().filter(|c| matches!(c, 'o' | 'O')).count();
+        args = after.get(values..).unwrap_or(&[]);
     }
     if inline {
         args.first().map_or(HandedScript::None, |script| {
             HandedScript::Inline((*script).to_owned())
         })
-    } else if from_stdin || args.is_empty() {
+    } else if from_stdin || args.first().is_none_or(|file| reads_unseen(file)) {
         HandedScript::Unseen
     } else {
         HandedScript::None
     }
+}
+
+/// A script file argument that is really a stream no rule sees: standard input, a file
+/// descriptor, or a process substitution (`bash /dev/stdin`, `. <(echo …)`).
+fn reads_unseen(file: &str) -> bool {
+    file == "<(..)"
+        || file == "-"
+        || file == "/dev/stdin"
+        || file.starts_with("/dev/fd/")
+        || (file.starts_with("/proc/") && file.contains("/fd/"))
 }
 
 /// The command `env -S STRING [ARGS…]` runs (`-S` also in a cluster, with its value attached
@@ -339,29 +426,27 @@ fn shell_script(mut args: &[&str]) -> HandedScript {
 /// to `env`'s own), followed by the other words. `args` follow `env`.
 fn env_split_string(mut args: &[&str]) -> Option<String> {
     while let Some((&option, after)) = args.split_first() {
-        let string = if let Some(value) = option.strip_prefix("--split-string=") {
-            Some((value, after))
-        } else if option == "--split-string" {
-            after.split_first().map(|(value, rest)| (*value, rest))
-        } else if option.starts_with('-') && !option.starts_with("--") {
-            match option.find('S') {
-                Some(at) if at + 1 < option.len() => Some((&option[at + 1..], after)),
-                Some(_) => after.split_first().map(|(value, rest)| (*value, rest)),
-                None => None,
-            }
-        } else {
-            None
-        };
-        if let Some((value, rest)) = string {
-            let mut script = value.to_owned();
+        if option == "--" || !option.starts_with('-') || option == "-" {
+            return None;
+        }
+        if is_split_string(option) {
+            let (value, rest) = if let Some((_, value)) = option.split_once('=') {
+                (value, after)
+            } else if let Some(at) = option.find('S').filter(|_| !option.starts_with("--")) {
+                match &option[at + 1..] {
+                    "" => after.split_first().map(|(v, rest)| (*v, rest))?,
+                    attached => (attached, after),
+                }
+            } else {
+                after.split_first().map(|(v, rest)| (*v, rest))?
+            };
+            // `env` reads `\_` as a word break; the shell's splitting (used here) would not.
+            let mut script = value.replace("\\_", " ");
             for word in rest {
                 script.push(' ');
                 script.push_str(word);
             }
             return Some(script);
-        }
-        if option == "--" || !option.starts_with('-') || option == "-" {
-            return None;
         }
         args = if option_takes_value("env", option) {
             after.get(1..).unwrap_or(&[])
@@ -392,16 +477,19 @@ fn spawned_commands<'w>(words: &[&'w str]) -> Vec<Vec<&'w str>> {
                     break;
                 }
                 args = if let Some(long) = option.strip_prefix("--") {
-                    let takes_value = !long.contains('=')
-                        && matches!(
-                            long,
-                            "arg-file"
-                                | "delimiter"
-                                | "max-args"
-                                | "max-procs"
-                                | "max-chars"
-                                | "process-slot-var"
-                        );
+                    // getopt takes any unambiguous prefix (`--max-a 1`).
+                    let takes_value = !long.is_empty()
+                        && !long.contains('=')
+                        && [
+                            "arg-file",
+                            "delimiter",
+                            "max-args",
+                            "max-procs",
+                            "max-chars",
+                            "process-slot-var",
+                        ]
+                        .iter()
+                        .any(|name| name.starts_with(long));
                     if takes_value {
                         after.get(1..).unwrap_or(&[])
                     } else {
@@ -453,6 +541,179 @@ fn spawned_commands<'w>(words: &[&'w str]) -> Vec<Vec<&'w str>> {
         _ => Vec::new(),
     }
 }
+
+/// A word's text with each quoted or escaped character made `_`: what brace expansion sees.
+fn outside_quotes(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    let (mut quote, mut escaped) = (None, false);
+    for c in word.chars() {
+        let literal = escaped || quote.is_some_and(|q| q != c);
+        match (quote, c) {
+            _ if escaped => escaped = false,
+            (None, '\\') | (Some('"'), '\\') => escaped = true,
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if q == c => quote = None,
+            _ => {}
+        }
+        out.push(if literal { '_' } else { c });
+    }
+    out
+}
+
+/// How many words one part's brace expansions may make before the part is left unjudged.
+const MAX_BRACE_WORDS: usize = 256;
+
+/// Whether a word (as written) holds a brace expansion: a `{` closed by its `}` with a
+/// top-level `,` or a `..` sequence inside.
+fn has_brace_expansion(word: &str) -> bool {
+    if !word.contains('{') {
+        return false;
+    }
+    let mut budget = MAX_BRACE_WORDS;
+    expand_braces(word, &mut budget).is_none_or(|words| words.len() != 1 || words[0] != word)
+}
+
+/// The words bash makes of `word` by brace expansion (`a{b,c}d` → `abd acd`, `{1..3}`), at
+/// most `budget` in all across calls (`None` past it).
+fn expand_braces(word: &str, budget: &mut usize) -> Option<Vec<String>> {
+    let chars: Vec<(usize, char)> = word.char_indices().collect();
+    for (i, &(open, c)) in chars.iter().enumerate() {
+        if c != '{' {
+            continue;
+        }
+        let (mut depth, mut commas, mut close) = (0usize, Vec::new(), None);
+        for &(at, c) in &chars[i + 1..] {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    close = Some(at);
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => commas.push(at),
+                _ => {}
+            }
+        }
+        let Some(close) = close else { continue };
+        let inner = &word[open + 1..close];
+        let alternatives: Vec<String> = if commas.is_empty() {
+            match sequence(inner) {
+                Some(items) => items,
+                None => continue,
+            }
+        } else {
+            let mut cuts = vec![open];
+            cuts.extend(&commas);
+            cuts.push(close);
+            cuts.windows(2)
+                .map(|w| word[w[0] + 1..w[1]].to_owned())
+                .collect()
+        };
+        let (prefix, suffix) = (&word[..open], &word[close + 1..]);
+        let mut out = Vec::new();
+        for alternative in alternatives {
+            out.extend(expand_braces(
+                &format!("{prefix}{alternative}{suffix}"),
+                budget,
+            )?);
+        }
+        return Some(out);
+    }
+    *budget = budget.checked_sub(1)?;
+    Some(vec![word.to_owned()])
+}
+
+/// The items of a `{a..b}` / `{a..b..step}` sequence (numbers, or single letters), at most 64.
+fn sequence(inner: &str) -> Option<Vec<String>> {
+    let parts: Vec<&str> = inner.split("..").collect();
+    if !(2..=3).contains(&parts.len()) {
+        return None;
+    }
+    let step = parts
+        .get(2)
+        .map_or(Some(1i64), |s| s.parse().ok())?
+        .unsigned_abs()
+        .max(1);
+    let letter = |s: &str| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .filter(|c| c.is_ascii_alphabetic() && chars.next().is_none())
+    };
+    let (from, to, letters) = match (parts[0].parse::<i64>(), parts[1].parse::<i64>()) {
+        (Ok(a), Ok(b)) => (a, b, false),
+        _ => (
+            i64::from(u32::from(letter(parts[0])?)),
+            i64::from(u32::from(letter(parts[1])?)),
+            true,
+        ),
+    };
+    let count = from.abs_diff(to) / step + 1;
+    if count > 64 {
+        return None;
+    }
+    let forward = from <= to;
+    Some(
+        (0..count)
+            .map(|k| {
+                let offset = i64::try_from(k * step).unwrap_or(0);
+                let n = if forward {
+                    from + offset
+                } else {
+                    from - offset
+                };
+                if letters {
+                    char::from_u32(u32::try_from(n).unwrap_or(0))
+                        .map(String::from)
+                        .unwrap_or_default()
+                } else {
+                    n.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Whether a parameter expansion's text makes bash evaluate a variable's value as code: a
+/// subscript that is not a number, `@` or `*` (`${a[x]}`, `${a[$i]}`), or an indirect
+/// expansion of a name (`${!x}`; `${!a[@]}` and `${!prefix*}` only list names).
+fn evaluates_a_variable_as_code(source: &str) -> bool {
+    let Some(body) = source
+        .strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+    else {
+        return false;
+    };
+    let body = body.strip_prefix('#').unwrap_or(body);
+    if let Some(name) = body.strip_prefix('!') {
+        let indirect =
+            !name.ends_with("[@]") && !name.ends_with("[*]") && !name.ends_with(['*', '@']);
+        if indirect && !name.is_empty() {
+            return true;
+        }
+    }
+    let name_end = body
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '!'))
+        .unwrap_or(body.len());
+    body[name_end..].strip_prefix('[').is_some_and(|rest| {
+        let subscript = rest.split(']').next().unwrap_or(rest);
+        !(subscript == "@" || subscript == "*" || subscript.chars().all(|c| c.is_ascii_digit()))
+    })
+}
+
+/// Builtins that write text they are given into a variable (`printf -v`, `read`, …), whose
+/// value an arithmetic expansion on the same line would then evaluate as code.
+const WRITES_VARIABLES: [&str; 9] = [
+    "printf",
+    "read",
+    "mapfile",
+    "readarray",
+    "declare",
+    "typeset",
+    "local",
+    "export",
+    "readonly",
+];
 
 /// Builtins that evaluate an array subscript in a word they are given (`test -v 'a[$(cmd)]'`
 /// runs `cmd`), as the shell does for any variable it expands arithmetically.
@@ -572,6 +833,30 @@ impl CommandPart {
         if unquoted.iter().any(Option::is_some) {
             add_forms(&values, true);
         }
+        // Brace expansion in the arguments (`git push {--force,origin}`, `--force{,}`): deny
+        // and ask rules see the words bash will make. One too large to expand, or mixed with
+        // quotes, leaves the part never allowed.
+        let mut braces_unseen = false;
+        if words
+            .iter()
+            .any(|w| has_brace_expansion(&outside_quotes(w)))
+        {
+            let mut budget = MAX_BRACE_WORDS;
+            let mut expanded: Vec<String> = Vec::new();
+            for word in words {
+                let plain = !word.contains(['\'', '"', '\\', '$', '`']);
+                match (has_brace_expansion(&outside_quotes(word)), plain) {
+                    (true, true) => match expand_braces(word, &mut budget) {
+                        Some(alternatives) => expanded.extend(alternatives),
+                        None => braces_unseen = true,
+                    },
+                    (true, false) => braces_unseen = true,
+                    _ => expanded.push((*word).to_owned()),
+                }
+            }
+            let expanded: Vec<&str> = expanded.iter().map(String::as_str).collect();
+            add_forms(&expanded, true);
+        }
         // Deny and ask rules also see the part with its leading assignments
         // (`Bash(*LD_PRELOAD*)`), and a command named by its path by its file name
         // (`/bin/rm`, `./rm` are `rm`).
@@ -611,16 +896,27 @@ impl CommandPart {
         let evaluates_subscripts = runs.first().is_some_and(|name| {
             SUBSCRIPT_EVALUATING.contains(&name.rsplit('/').next().unwrap_or(name))
         });
-        let hidden_code = reads_stdin
+        let writes_variables = assignments
+            .iter()
+            .chain(words.iter().filter(|w| is_assignment(w)))
+            .any(|a| a.contains(['$', '`']))
+            || runs.first().is_some_and(|name| {
+                WRITES_VARIABLES.contains(name) && (*name != "printf" || runs.contains(&"-v"))
+            });
+        let hidden_code = braces_unseen
+            || reads_stdin
             || assignments.iter().any(|a| defers_code(a))
             || (evaluates_subscripts && words.iter().chain(&values).any(|w| defers_code(w)));
         let inert = strip_wrappers(words, Wrappers::Inert);
-        let (command, reads_arguments) = match inert.split_first() {
-            // A bare `xargs CMD ...`: CMD with the arguments xargs will read.
-            Some((&"xargs", rest)) if rest.first().is_some_and(|w| !w.starts_with('-')) => {
-                (strip_wrappers(rest, Wrappers::Inert), true)
-            }
-            _ => (inert, false),
+        let xargs_runs = match inert.first() {
+            Some(&"xargs") => spawned_commands(inert).into_iter().next(),
+            _ => None,
+        };
+        let (command, reads_arguments) = match &xargs_runs {
+            // `xargs [OPTIONS] CMD ...`: CMD with the arguments xargs will read (its options
+            // change how they are passed, not what runs).
+            Some(runs) => (strip_wrappers(runs, Wrappers::Inert), true),
+            None => (inert, false),
         };
         let harmless = assignments.iter().all(|a| {
             a.split_once('=').is_some_and(|(name, value)| {
@@ -641,7 +937,11 @@ impl CommandPart {
             }
             text.join(" ")
         };
-        let dynamic_name = command.first().is_some_and(|name| computes_name(name));
+        // The name after every wrapper too: `env {touch,x}`, `exec $CMD` run a computed name.
+        let dynamic_name = command.first().is_some_and(|name| computes_name(name))
+            || strip_wrappers(words, Wrappers::All)
+                .first()
+                .is_some_and(|name| computes_name(name));
         Some(CommandPart {
             restrictive,
             permissive,
@@ -649,6 +949,8 @@ impl CommandPart {
             inner_script,
             hidden_code,
             spawned,
+            writes_variables,
+            evaluates_names: false,
         })
     }
 }
@@ -906,6 +1208,7 @@ fn split_into(command: &str, depth: usize, parts: &mut Vec<CommandPart>) -> Resu
         options,
         depth,
         parts,
+        arithmetic_names: false,
     };
     for list in &program.complete_commands {
         walker.compound_list(list)?;
@@ -917,6 +1220,8 @@ struct Walker<'a> {
     options: ParserOptions,
     depth: usize,
     parts: &'a mut Vec<CommandPart>,
+    /// The simple command being walked holds an arithmetic expansion that names a variable.
+    arithmetic_names: bool,
 }
 
 impl Walker<'_> {
@@ -1076,6 +1381,21 @@ impl Walker<'_> {
                     // than walk every expansion form, refuse any that hides a
                     // substitution.
                     let source = text.get(piece.start_index..piece.end_index).unwrap_or(text);
+                    if evaluates_a_variable_as_code(source) {
+                        // `${a[x]}`, `${a[$i]}`, `${!x}`: bash evaluates the value of `x` as an
+                        // arithmetic expression or a name, running any `$(…)` a subscript in it
+                        // holds; the value may have been built earlier on the line.
+                        return Err(SplitError(
+                            "an array subscript or indirect expansion that evaluates a variable \
+                             is not analysed"
+                                .into(),
+                        ));
+                    }
+                    if matches!(piece.piece, WordPiece::ArithmeticExpression(_))
+                        && source.contains(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    {
+                        self.arithmetic_names = true;
+                    }
                     if source.contains("@P}") {
                         // `${x@P}` expands `x` as a prompt, running the substitutions in its
                         // value: code no rule sees.
@@ -1125,7 +1445,8 @@ impl Walker<'_> {
         }
         let unquoted: Vec<Option<String>> = words.iter().map(|w| self.unquoted(w)).collect();
         let assignments: Vec<&str> = rendered_prefix.iter().map(String::as_str).collect();
-        if let Some(part) = CommandPart::new(&assignments, &words, &unquoted) {
+        if let Some(mut part) = CommandPart::new(&assignments, &words, &unquoted) {
+            part.evaluates_names = std::mem::take(&mut self.arithmetic_names);
             self.parts.push(part);
         }
         Ok(())
@@ -1278,48 +1599,90 @@ fn decode_ansi_c(body: &str) -> Option<String> {
                 other
             }
         };
+        if decoded == '\0' {
+            // Bash ends the quoted text at a NUL (`$'--force\0x'` is `--force`).
+            break;
+        }
         out.push(decoded);
     }
     Some(out)
 }
 
-/// Options of a wrapper that take a separate value argument.
-fn option_takes_value(wrapper: &str, option: &str) -> bool {
+/// The options of a wrapper that take a value: their letters and long names.
+fn value_options(wrapper: &str) -> (&'static str, &'static [&'static str]) {
     match wrapper {
-        "timeout" => matches!(option, "-s" | "-k" | "--signal" | "--kill-after"),
-        "env" => matches!(
-            option,
-            "-u" | "--unset" | "-C" | "--chdir" | "-S" | "--split-string"
+        "timeout" => ("sk", &["signal", "kill-after"]),
+        "env" => ("uCS", &["unset", "chdir", "split-string"]),
+        "exec" => ("a", &[]),
+        "sudo" => (
+            "ughpCDrtTU",
+            &[
+                "user",
+                "group",
+                "host",
+                "prompt",
+                "close-from",
+                "chdir",
+                "role",
+                "type",
+                "command-timeout",
+                "other-user",
+            ],
         ),
-        "exec" => option == "-a",
-        "sudo" => matches!(
-            option,
-            "-u" | "--user"
-                | "-g"
-                | "--group"
-                | "-h"
-                | "--host"
-                | "-p"
-                | "--prompt"
-                | "-C"
-                | "--close-from"
-                | "-D"
-                | "--chdir"
-                | "-r"
-                | "--role"
-                | "-t"
-                | "--type"
-                | "-T"
-                | "--command-timeout"
-                | "-U"
-                | "--other-user"
+        "doas" => ("uC", &[]),
+        "nice" => ("n", &["adjustment"]),
+        "stdbuf" => ("ioe", &["input", "output", "error"]),
+        "ionice" => ("cnpPu", &["class", "classdata", "pid", "pgid", "uid"]),
+        "runuser" => (
+            "ugGw",
+            &["user", "group", "supp-group", "whitelist-environment"],
         ),
-        "nice" => matches!(option, "-n" | "--adjustment"),
-        "stdbuf" => matches!(
-            option,
-            "-i" | "-o" | "-e" | "--input" | "--output" | "--error"
-        ),
-        _ => false,
+        "flock" => ("wE", &["timeout", "wait", "conflict-exit-code"]),
+        "chroot" => ("", &["userspec", "groups"]),
+        _ => ("", &[]),
+    }
+}
+
+/// Whether an option word of a wrapper takes the next word as its value: a long option (or an
+/// unambiguous prefix of one, as getopt allows: `--sig`) that takes a value and has no `=`, or a
+/// cluster (`-iu`) whose first value-taking letter ends it (else the value is attached).
+fn option_takes_value(wrapper: &str, option: &str) -> bool {
+    let (letters, longs) = value_options(wrapper);
+    if let Some(long) = option.strip_prefix("--") {
+        return !long.is_empty()
+            && !long.contains('=')
+            && longs.iter().any(|name| name.starts_with(long));
+    }
+    let Some(cluster) = option.strip_prefix('-') else {
+        return false;
+    };
+    cluster
+        .char_indices()
+        .find(|(_, c)| letters.contains(*c))
+        .is_some_and(|(at, c)| at + c.len_utf8() == cluster.len())
+}
+
+/// Whether an option word of `env` is its split-string option (`-S`, in a cluster, or a prefix
+/// of `--split-string`).
+fn is_split_string(option: &str) -> bool {
+    if let Some(long) = option.strip_prefix("--") {
+        let name = long.split_once('=').map_or(long, |(name, _)| name);
+        return name.len() >= 2 && "split-string".starts_with(name);
+    }
+    option.strip_prefix('-').is_some_and(|cluster| {
+        cluster
+            .chars()
+            .find(|c| "uCS".contains(*c))
+            .is_some_and(|c| c == 'S')
+    })
+}
+
+/// Positional words a wrapper takes before the command it runs (`taskset MASK CMD`, `chroot
+/// DIR CMD`, `flock FILE CMD`; `timeout`'s duration is handled apart).
+fn wrapper_operands(wrapper: &str) -> usize {
+    match wrapper {
+        "taskset" | "chroot" | "flock" => 1,
+        _ => 0,
     }
 }
 
@@ -1330,18 +1693,26 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
         let Some((&first, rest)) = words.split_first() else {
             return words;
         };
-        let wrapper = match first {
+        // A wrapper named by its path (`/usr/bin/env`) is the same wrapper.
+        let name = first.rsplit('/').next().unwrap_or(first);
+        let wrapper = match name {
             "timeout" | "time" | "nice" | "nohup" | "stdbuf" | "command" | "builtin" | "noglob" => {
-                first
+                name
             }
             // Only a bare `xargs` is a pure wrapper: its options change what runs.
             "xargs"
                 if which != Wrappers::Inert
                     && rest.first().is_some_and(|w| !w.starts_with('-')) =>
             {
-                first
+                name
             }
-            "env" | "exec" | "sudo" if which == Wrappers::All => first,
+            // They run the command they are given, as someone else, elsewhere or later.
+            "env" | "exec" | "sudo" | "doas" | "setsid" | "unbuffer" | "taskset" | "ionice"
+            | "chroot" | "flock" | "runuser" | "busybox"
+                if which == Wrappers::All =>
+            {
+                name
+            }
             _ => return words,
         };
         let mut rest = rest;
@@ -1355,9 +1726,16 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
                 rest = after;
                 continue;
             }
-            let splits_string = option.starts_with("--split-string")
-                || (!option.starts_with("--") && option.contains('S'));
-            if wrapper == "env" && splits_string {
+            let runs_shell_command = matches!(wrapper, "flock" | "runuser")
+                && (option == "--command"
+                    || option.starts_with("--command=")
+                    || (!option.starts_with("--") && option.ends_with('c')));
+            if runs_shell_command {
+                // `flock FILE -c CMD`, `runuser -c CMD USER`: a shell command line, judged as
+                // the script ([`inner_script`]); the part stays the wrapper.
+                return words;
+            }
+            if wrapper == "env" && option.starts_with('-') && is_split_string(option) {
                 // `env -S STRING`: what runs is in the string ([`inner_script`]); the part
                 // stays `env …`.
                 return words;
@@ -1374,6 +1752,14 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
         if wrapper == "timeout" {
             // The duration argument.
             rest = rest.get(1..).unwrap_or(&[]);
+        }
+        rest = rest.get(wrapper_operands(wrapper)..).unwrap_or(&[]);
+        if matches!(wrapper, "flock" | "runuser")
+            && rest
+                .first()
+                .is_some_and(|w| *w == "-c" || w.starts_with("--command"))
+        {
+            return words;
         }
         if wrapper == "env" {
             // `env NAME=value ... CMD`.
@@ -1639,10 +2025,14 @@ mod tests {
         let regex = "grep -E '[0-9][0-9][0-9]-[0-9][0-9][0-9]-[0-9][0-9][0-9][0-9]' notes.txt";
         assert_eq!(split(regex), [regex]);
         assert_eq!(
-            split("echo ${a[$i]} ${b[@]} ${x//[^a-z]/} [ -f x ]"),
-            ["echo ${a[$i]} ${b[@]} ${x//[^a-z]/} [ -f x ]"]
+            split("echo ${a[12]} ${b[@]} ${x//[^a-z]/} [ -f x ]"),
+            ["echo ${a[12]} ${b[@]} ${x//[^a-z]/} [ -f x ]"]
         );
         assert_eq!(split("echo ${a[1]} $(id)"), ["id", "echo ${a[1]} $(id)"]);
+        // A subscript or indirection that evaluates a variable's value runs what it holds.
+        assert!(split_command("echo ${a[$i]}").is_err());
+        assert!(split_command("echo ${a[x]}").is_err());
+        assert!(split_command("echo ${!x}").is_err());
         assert_eq!(split("cat <<< \"$(id)\""), ["id", "cat"]);
         assert_eq!(split("ls 2>err 123>out"), ["ls"]);
     }

@@ -483,6 +483,8 @@ impl PermissionEngine {
                     inner_script: None,
                     hidden_code: false,
                     spawned: Vec::new(),
+                    writes_variables: false,
+                    evaluates_names: false,
                 }]
             }
             Err(_) => return self.decide_unanalysable(command),
