@@ -148,15 +148,22 @@ async fn a_reference_that_cannot_be_read_fails_the_task_at_once_without_retries(
     let truncated = dir.path().join("truncated.png");
     let png = std::fs::read(fixture("test_noise.png")).unwrap();
     std::fs::write(&truncated, &png[..png.len() / 2]).unwrap();
+    // Values above 1, which SSIM does not score: the reference's fault, whatever the render.
+    let hot = dir.path().join("hot.exr");
+    image::Rgb32FImage::from_pixel(32, 32, image::Rgb([2.0, 2.0, 2.0]))
+        .save(&hot)
+        .unwrap();
     let references = [
         (
             dir.path().join("no-such-reference.png"),
             "no-such-reference.png",
+            "flip",
         ),
-        (folder, "not a regular file"),
-        (truncated, "truncated.png"),
+        (folder, "not a regular file", "flip"),
+        (truncated, "truncated.png", "flip"),
+        (hot, "hot.exr", "ssim"),
     ];
-    for (reference, named) in references {
+    for (reference, named, metric) in references {
         calls.store(0, std::sync::atomic::Ordering::SeqCst);
         let plan_text = format!(
             r#"
@@ -165,7 +172,7 @@ name = "unusable-reference"
 id = "render"
 tool = "fn.render"
 max_attempts = 3
-gates = [{{ score = "flip", reference = "{}", max = 0.5 }}]
+gates = [{{ score = "{metric}", reference = "{}", min = 0.0 }}]
 "#,
             reference.display()
         );

@@ -80,13 +80,28 @@ async fn reference_problem(reference: &Path, metric: ScoreMetric) -> Option<Stri
             Ok(image) => image,
             Err(e) => return Some(e.to_string()),
         };
-        if matches!(metric, ScoreMetric::HdrFlip) {
-            let linear = crate::scoring::hdr_linear(&image);
-            if let Err(e) = crate::scoring::exposures(image.label(), &linear) {
-                return Some(e.to_string());
+        match metric {
+            ScoreMetric::HdrFlip => {
+                let linear = crate::scoring::hdr_linear(&image);
+                crate::scoring::exposures(image.label(), &linear)
+                    .err()
+                    .map(|e| e.to_string())
             }
+            // SSIM's constants assume values in [0, 1] (the scorer refuses others).
+            ScoreMetric::Ssim | ScoreMetric::MsSsim => image
+                .channels()
+                .iter()
+                .flat_map(|plane| plane.data.iter())
+                .find(|v| !(0.0..=1.0).contains(*v))
+                .map(|value| {
+                    format!(
+                        "{} holds {value}, outside the 0-1 that {} scores",
+                        image.label(),
+                        metric_tool(metric)
+                    )
+                }),
+            ScoreMetric::Flip | ScoreMetric::Psnr => None,
         }
-        None
     })
     .await
     .ok()

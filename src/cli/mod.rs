@@ -264,7 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let store = store_for(command.creates_store(), store)?;
             mem::run(command, &store)
         }
-        Command::Score(args) => score::run(args, store.or_else(|| default_store_path().ok())),
+        Command::Score(args) => score::run(args, resolve_store(store).ok()),
         Command::Kernels(command) => kernels::run(command),
         Command::Perms(command) => perms::run(command),
         Command::Lessons(command) => {
