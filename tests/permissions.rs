@@ -816,3 +816,69 @@ fn deny_rules_see_through_nul_braces_clusters_launchers_and_unseen_scripts() {
         assert_eq!(bash(&bypass, unseen), Verdict::Ask, "{unseen}");
     }
 }
+
+/// A third review's shapes (each ran the denied command in bash while the engine allowed it).
+#[test]
+fn deny_rules_see_through_expanded_options_stdin_spellings_and_code_variables() {
+    let e = engine(
+        &[
+            "Bash(git *)",
+            "Bash(bash *)",
+            "Bash(echo *)",
+            "Bash(env *)",
+            "Bash(xargs *)",
+            "Bash(find *)",
+            "Bash(printf *)",
+        ],
+        &[],
+        &["Bash(touch *)"],
+    );
+    for denied in [
+        // Brace expansion building options.
+        "find . -maxdepth 0 {-exec,touch} ran \\;",
+        "bash -{a..e..2} 'touch ran'",
+        // Bash's long options after one dash.
+        "bash -login -c 'touch ran'",
+        "bash -noediting -c 'touch ran'",
+        // The last `-c` of `su` counts.
+        "bash -c 'su -c true -c \"touch ran\"'",
+    ] {
+        assert_eq!(bash(&e, denied), Verdict::Deny, "{denied}");
+    }
+    for unseen in [
+        "echo x | xargs -{t,E} echo touch ran",
+        "bash -rcfile /dev/fd/3 -i 3<<<'touch ran'",
+        "bash /dev/./stdin <<< 'touch ran'",
+        "bash ../../../../dev/stdin <<< 'touch ran'",
+        "bash -c 'source /dev/./stdin' <<< 'touch ran'",
+        "env BASH_ENV=/dev/stdin bash -c true <<< 'touch ran'",
+        "printf -v x 'a[\\x24(touch ran)]'; echo ${PWD:x}",
+        "printf -v x 'a[\\x24(touch ran)]'; printf -v 'a[x]' 1",
+        "bash -c 'printf -v x \"a[\\x24(touch ran)]\"; let y=x'",
+        "bash -c $'PS4=\\'$(touch ran)\\'\\nset -x\\n:'",
+        "bash -O expand_aliases -c $'BASH_ALIASES[e]=touch\\ne ran'",
+    ] {
+        assert_ne!(bash(&e, unseen), Verdict::Allow, "{unseen}");
+    }
+    for allowed in [
+        "echo ${PATH//:/,}",
+        "echo ${HOME:-x} ${PWD:1:3}",
+        "bash -c 'cargo test'",
+    ] {
+        assert_eq!(bash(&e, allowed), Verdict::Allow, "{allowed}");
+    }
+    let bypass = engine_with(json!({"permissions": {
+        "deny": ["Bash(touch *)"], "defaultMode": "bypassPermissions"}}));
+    for denied in [
+        "su -c true -c 'touch ran'",
+        "su -c true --session-command='touch ran'",
+        "su '-ctouch ran'",
+        "script -q --comm 'touch ran' /dev/null",
+        "watch -n 1 touch ran",
+        "mapfile -c1 -tC 'touch ran #' a <<< hi",
+    ] {
+        assert_eq!(bash(&bypass, denied), Verdict::Deny, "{denied}");
+    }
+    // `command -v` runs nothing.
+    assert_eq!(bash(&bypass, "command -v touch"), Verdict::Allow);
+}

@@ -304,36 +304,35 @@ fn inner_script(words: &[&str]) -> HandedScript {
             Some(file) if reads_unseen(file) => HandedScript::Unseen,
             _ => HandedScript::None,
         },
-        // Tools whose `-c` (`--command`) is a shell command line.
-        "su" | "runuser" | "script" | "flock" => rest
-            .iter()
-            .enumerate()
-            .find_map(|(i, word)| {
-                if let Some(command) = word.strip_prefix("--command=") {
-                    return Some(command.to_owned());
-                }
-                (matches!(*word, "-c" | "--command")
-                    || (word.starts_with('-') && !word.starts_with("--") && word.ends_with('c')))
-                .then(|| rest.get(i + 1).map(|c| (*c).to_owned()))
-                .flatten()
-            })
-            .map_or(
-                if base == "su" && !rest.iter().any(|w| w.starts_with("-c")) {
-                    // A shell reading standard input (or a terminal).
-                    HandedScript::Unseen
-                } else {
-                    HandedScript::None
-                },
-                HandedScript::Inline,
-            ),
-        // `watch CMD…` hands its words to `sh -c`; `trap 'CMD' SIGNAL` runs CMD later;
-        // `alias NAME='CMD'` runs CMD where NAME is used; `mapfile -C CMD` per line.
+        // Tools whose `-c` (`--command`) is a shell command line: the last one counts.
+        "su" | "runuser" | "script" | "flock" => match last_command_option(rest) {
+            Some(command) => HandedScript::Inline(command),
+            // A shell reading standard input (or a terminal).
+            None if base == "su" => HandedScript::Unseen,
+            None => HandedScript::None,
+        },
+        // `watch [OPTIONS] CMD…` hands its words to `sh -c`; `trap 'CMD' SIGNAL` runs CMD
+        // later; `alias NAME='CMD'` runs CMD where NAME is used; `mapfile -C CMD` per line.
         "watch" => {
-            let command = rest
-                .iter()
-                .position(|w| !w.starts_with('-'))
-                .map(|at| rest[at..].join(" "));
-            command.map_or(HandedScript::None, HandedScript::Inline)
+            let mut at = 0;
+            while let Some(word) = rest.get(at) {
+                if !word.starts_with('-') {
+                    break;
+                }
+                let takes_value = matches!(*word, "-n" | "-q")
+                    || (word.starts_with("--")
+                        && !word.contains('=')
+                        && word.len() > 2
+                        && ["interval", "equexit"]
+                            .iter()
+                            .any(|n| n.starts_with(&word[2..])))
+                    || (!word.starts_with("--") && word.len() > 2 && word.ends_with(['n', 'q']));
+                at += if takes_value { 2 } else { 1 };
+            }
+            match rest.get(at..) {
+                Some(command) if !command.is_empty() => HandedScript::Inline(command.join(" ")),
+                _ => HandedScript::None,
+            }
         }
         "trap" => rest
             .iter()
@@ -353,16 +352,96 @@ fn inner_script(words: &[&str]) -> HandedScript {
                 HandedScript::Inline(values.join("\n"))
             }
         }
-        "mapfile" | "readarray" => rest
-            .iter()
-            .position(|w| *w == "-C")
-            .and_then(|at| rest.get(at + 1))
-            .map_or(HandedScript::None, |callback| {
-                HandedScript::Inline((*callback).to_owned())
-            }),
+        "mapfile" | "readarray" => {
+            let mut callback = None;
+            let mut at = 0;
+            while let Some(word) = rest.get(at) {
+                let Some(cluster) = word.strip_prefix('-').filter(|c| !c.is_empty()) else {
+                    break;
+                };
+                at += 1;
+                // The first letter taking a value takes the rest of the word, else the next.
+                if let Some((i, letter)) =
+                    cluster.char_indices().find(|(_, c)| "dnOsuCc".contains(*c))
+                {
+                    let attached = &cluster[i + 1..];
+                    let value = if attached.is_empty() {
+                        at += 1;
+                        rest.get(at - 1).copied()
+                    } else {
+                        Some(attached)
+                    };
+                    if letter == 'C' {
+                        callback = value.map(str::to_owned);
+                    }
+                }
+            }
+            callback.map_or(HandedScript::None, HandedScript::Inline)
+        }
         _ => HandedScript::None,
     }
 }
+
+/// The shell command line of the last `-c` option of `su`, `runuser`, `script` or `flock`
+/// (`-c CMD`, `-cCMD`, in a cluster, `--command[=]CMD` or a prefix of it, `--session-command`).
+fn last_command_option(args: &[&str]) -> Option<String> {
+    let mut last = None;
+    let mut at = 0;
+    while let Some(word) = args.get(at) {
+        at += 1;
+        if let Some(long) = word.strip_prefix("--") {
+            let (name, value) = long
+                .split_once('=')
+                .map_or((long, None), |(n, v)| (n, Some(v)));
+            let is_command = name.len() >= 3
+                && ["command", "session-command"]
+                    .iter()
+                    .any(|n| n.starts_with(name));
+            if is_command {
+                last = match value {
+                    Some(value) => Some(value.to_owned()),
+                    None => {
+                        at += 1;
+                        args.get(at - 1).map(|v| (*v).to_owned())
+                    }
+                };
+            }
+            continue;
+        }
+        if let Some(cluster) = word.strip_prefix('-')
+            && let Some(c) = cluster.find('c')
+        {
+            let attached = &cluster[c + 1..];
+            last = if attached.is_empty() {
+                at += 1;
+                args.get(at - 1).map(|v| (*v).to_owned())
+            } else {
+                Some(attached.to_owned())
+            };
+        }
+    }
+    last
+}
+
+/// Bash's long options, which it also takes after a single dash.
+const BASH_LONG_OPTIONS: [&str; 16] = [
+    "debugger",
+    "dump-po-strings",
+    "dump-strings",
+    "help",
+    "init-file",
+    "login",
+    "noediting",
+    "noprofile",
+    "norc",
+    "posix",
+    "pretty-print",
+    "protected",
+    "rcfile",
+    "restricted",
+    "verbose",
+    "version",
+];
 
 /// What a shell given `args` runs besides a script file (see [`inner_script`]).
 fn shell_script(mut args: &[&str]) -> HandedScript {
@@ -372,11 +451,20 @@ fn shell_script(mut args: &[&str]) -> HandedScript {
             args = after;
             break;
         }
-        if option.starts_with("--") && option.len() > 2 {
-            if matches!(option, "--version" | "--help") {
+        // Bash also takes its long options after one dash (`-login`, `-rcfile FILE`).
+        let long_name = option
+            .strip_prefix("--")
+            .filter(|l| !l.is_empty())
+            .or_else(|| {
+                option
+                    .strip_prefix('-')
+                    .filter(|l| BASH_LONG_OPTIONS.contains(l))
+            });
+        if let Some(long) = long_name {
+            if matches!(long, "version" | "help") {
                 return HandedScript::None;
             }
-            let takes_value = matches!(option, "--rcfile" | "--init-file");
+            let takes_value = matches!(long, "rcfile" | "init-file");
             if takes_value && after.first().is_some_and(|file| reads_unseen(file)) {
                 return HandedScript::Unseen;
             }
@@ -414,11 +502,16 @@ fn shell_script(mut args: &[&str]) -> HandedScript {
 /// A script file argument that is really a stream no rule sees: standard input, a file
 /// descriptor, or a process substitution (`bash /dev/stdin`, `. <(echo …)`).
 fn reads_unseen(file: &str) -> bool {
+    // Spelled any way (`/dev/./stdin`, `//dev/stdin`, `../../dev/stdin`).
+    let parts: Vec<&str> = file
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     file == "<(..)"
         || file == "-"
-        || file == "/dev/stdin"
-        || file.starts_with("/dev/fd/")
-        || (file.starts_with("/proc/") && file.contains("/fd/"))
+        || parts.ends_with(&["dev", "stdin"])
+        || parts.windows(2).any(|w| w == ["dev", "fd"])
+        || (parts.first() == Some(&"proc") && parts.contains(&"fd"))
 }
 
 /// The command `env -S STRING [ARGS…]` runs (`-S` also in a cluster, with its value attached
@@ -578,7 +671,8 @@ fn has_brace_expansion(word: &str) -> bool {
 fn expand_braces(word: &str, budget: &mut usize) -> Option<Vec<String>> {
     let chars: Vec<(usize, char)> = word.char_indices().collect();
     for (i, &(open, c)) in chars.iter().enumerate() {
-        if c != '{' {
+        // `${…}` is a parameter expansion, not a brace expansion.
+        if c != '{' || (i > 0 && chars[i - 1].1 == '$') {
             continue;
         }
         let (mut depth, mut commas, mut close) = (0usize, Vec::new(), None);
@@ -695,6 +789,14 @@ fn evaluates_a_variable_as_code(source: &str) -> bool {
     let name_end = body
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '!'))
         .unwrap_or(body.len());
+    // `${x:offset:length}` evaluates offset and length arithmetically (`${PWD:x}`); `${x:-…}`,
+    // `${x:=…}`, `${x:+…}`, `${x:?…}` are defaults, not offsets.
+    if let Some(offset) = body[name_end..].strip_prefix(':')
+        && !offset.starts_with(['-', '=', '+', '?'])
+        && offset.contains(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '$')
+    {
+        return true;
+    }
     body[name_end..].strip_prefix('[').is_some_and(|rest| {
         let subscript = rest.split(']').next().unwrap_or(rest);
         !(subscript == "@" || subscript == "*" || subscript.chars().all(|c| c.is_ascii_digit()))
@@ -736,10 +838,43 @@ const SUBSCRIPT_EVALUATING: [&str; 15] = [
 ];
 
 /// Text the shell may run later as code: a command substitution behind a `[` (a subscript
-/// evaluated when the word is used as a variable name or in arithmetic).
+/// evaluated when the word is used as a variable name or in arithmetic), escaped or not.
 fn defers_code(text: &str) -> bool {
+    let text = text.replace('\\', "");
     text.find('[')
         .is_some_and(|at| text[at..].contains("$(") || text[at..].contains('`'))
+}
+
+/// A word naming an array element by a subscript that is not a number (`a[x]`, `a[$i]`):
+/// given to `printf -v`, `test -v`, `unset`, … it evaluates that subscript as code.
+fn names_evaluated_subscript(text: &str) -> bool {
+    text.find('[').is_some_and(|at| {
+        let subscript = text[at + 1..].split(']').next().unwrap_or("");
+        !subscript.is_empty()
+            && subscript != "@"
+            && subscript != "*"
+            && !subscript.chars().all(|c| c.is_ascii_digit())
+    })
+}
+
+/// Variables whose value the shell runs as code (a script, a prompt, aliases, functions):
+/// setting one is never allowed.
+fn sets_code_variable(word: &str) -> bool {
+    const CODE_VARIABLES: [&str; 11] = [
+        "BASH_ENV",
+        "ENV",
+        "PROMPT_COMMAND",
+        "PS0",
+        "PS1",
+        "PS2",
+        "PS3",
+        "PS4",
+        "BASH_ALIASES",
+        "SHELLOPTS",
+        "BASHOPTS",
+    ];
+    let name_end = word.find(['=', '[', '+']).unwrap_or(0);
+    name_end > 0 && (CODE_VARIABLES.contains(&&word[..name_end]) || word.starts_with("BASH_FUNC_"))
 }
 
 /// Whether `name` is one of the variables an allowed command may be given and still match its
@@ -837,10 +972,16 @@ impl CommandPart {
         // and ask rules see the words bash will make. One too large to expand, or mixed with
         // quotes, leaves the part never allowed.
         let mut braces_unseen = false;
+        let mut brace_words: Option<Vec<String>> = None;
         if words
             .iter()
             .any(|w| has_brace_expansion(&outside_quotes(w)))
         {
+            // In an option word (`-{t,E}`, `{-exec,touch}` is fine), expansion would change
+            // how `xargs`, `find` and shells read the words: never allowed.
+            braces_unseen |= words
+                .iter()
+                .any(|w| w.starts_with('-') && has_brace_expansion(&outside_quotes(w)));
             let mut budget = MAX_BRACE_WORDS;
             let mut expanded: Vec<String> = Vec::new();
             for word in words {
@@ -854,8 +995,9 @@ impl CommandPart {
                     _ => expanded.push((*word).to_owned()),
                 }
             }
-            let expanded: Vec<&str> = expanded.iter().map(String::as_str).collect();
-            add_forms(&expanded, true);
+            let forms: Vec<&str> = expanded.iter().map(String::as_str).collect();
+            add_forms(&forms, true);
+            brace_words = Some(expanded);
         }
         // Deny and ask rules also see the part with its leading assignments
         // (`Bash(*LD_PRELOAD*)`), and a command named by its path by its file name
@@ -883,7 +1025,11 @@ impl CommandPart {
                 }
             }
         }
-        let runs = strip_wrappers(&values, Wrappers::All);
+        // What runs, after brace expansion where there is one (`find . {-exec,rm} x \;`).
+        let expanded: Option<Vec<&str>> = brace_words
+            .as_ref()
+            .map(|words| words.iter().map(String::as_str).collect());
+        let runs = strip_wrappers(expanded.as_deref().unwrap_or(&values), Wrappers::All);
         let (inner_script, reads_stdin) = match inner_script(runs) {
             HandedScript::None => (None, false),
             HandedScript::Inline(script) => (Some(script), false),
@@ -905,8 +1051,15 @@ impl CommandPart {
             });
         let hidden_code = braces_unseen
             || reads_stdin
-            || assignments.iter().any(|a| defers_code(a))
-            || (evaluates_subscripts && words.iter().chain(&values).any(|w| defers_code(w)));
+            || assignments
+                .iter()
+                .any(|a| defers_code(a) || sets_code_variable(a))
+            || words.iter().any(|w| sets_code_variable(w))
+            || (evaluates_subscripts
+                && words
+                    .iter()
+                    .chain(&values)
+                    .any(|w| defers_code(w) || names_evaluated_subscript(w)));
         let inert = strip_wrappers(words, Wrappers::Inert);
         let xargs_runs = match inert.first() {
             Some(&"xargs") => spawned_commands(inert).into_iter().next(),
@@ -950,7 +1103,11 @@ impl CommandPart {
             hidden_code,
             spawned,
             writes_variables,
-            evaluates_names: false,
+            evaluates_names: runs.first().is_some_and(|name| {
+                *name == "let"
+                    || (matches!(*name, "declare" | "typeset" | "local")
+                        && runs.iter().any(|w| w.starts_with('-') && w.contains('i')))
+            }),
         })
     }
 }
@@ -1446,7 +1603,7 @@ impl Walker<'_> {
         let unquoted: Vec<Option<String>> = words.iter().map(|w| self.unquoted(w)).collect();
         let assignments: Vec<&str> = rendered_prefix.iter().map(String::as_str).collect();
         if let Some(mut part) = CommandPart::new(&assignments, &words, &unquoted) {
-            part.evaluates_names = std::mem::take(&mut self.arithmetic_names);
+            part.evaluates_names |= std::mem::take(&mut self.arithmetic_names);
             self.parts.push(part);
         }
         Ok(())
@@ -1742,6 +1899,10 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
             }
             if !option.starts_with('-') || option == "-" || wrapper == "xargs" {
                 break;
+            }
+            if wrapper == "command" && (option.contains('v') || option.contains('V')) {
+                // `command -v NAME` prints what NAME is; it runs nothing.
+                return words;
             }
             rest = if option_takes_value(wrapper, option) {
                 after.get(1..).unwrap_or(&[])
