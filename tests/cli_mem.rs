@@ -140,13 +140,13 @@ fn bad_input_exits_non_zero_with_the_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("garbage.redb"));
 }
 
-#[test]
-fn tetrarch_home_sets_the_default_store() {
-    let dir = tempfile::tempdir().unwrap();
+/// `mem store CONTENT` with no `--store`, the store variables cleared and then `vars` set.
+fn store_by_environment(content: &str, vars: &[(&str, &std::ffi::OsStr)]) {
     let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .args(["mem", "store", "--content", "homed"])
-        .env("TETRARCH_HOME", dir.path())
+        .args(["mem", "store", "--content", content])
+        .env_remove("TETRARCH_HOME")
         .env_remove("TETRARCH_STORE")
+        .envs(vars.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -154,6 +154,12 @@ fn tetrarch_home_sets_the_default_store() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn tetrarch_home_sets_the_default_store() {
+    let dir = tempfile::tempdir().unwrap();
+    store_by_environment("homed", &[("TETRARCH_HOME", dir.path().as_os_str())]);
     assert!(dir.path().join("store.redb").exists());
 }
 
@@ -161,29 +167,16 @@ fn tetrarch_home_sets_the_default_store() {
 fn tetrarch_store_names_the_store_and_an_empty_one_counts_as_unset() {
     let dir = tempfile::tempdir().unwrap();
     let named = dir.path().join("named.redb");
-    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .args(["mem", "store", "--content", "named"])
-        .env("TETRARCH_STORE", &named)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    store_by_environment("named", &[("TETRARCH_STORE", named.as_os_str())]);
     assert!(named.exists());
     // Empty: every command failed with "a value is required for '--store'".
     let home = dir.path().join("home");
-    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .args(["mem", "store", "--content", "homed"])
-        .env("TETRARCH_STORE", "")
-        .env("TETRARCH_HOME", &home)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    store_by_environment(
+        "homed",
+        &[
+            ("TETRARCH_STORE", "".as_ref()),
+            ("TETRARCH_HOME", home.as_os_str()),
+        ],
     );
     assert!(home.join("store.redb").exists());
 }

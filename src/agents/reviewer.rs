@@ -87,19 +87,11 @@ async fn reference_problem(reference: &Path, metric: ScoreMetric) -> Option<Stri
                     .err()
                     .map(|e| e.to_string())
             }
-            // SSIM's constants assume values in [0, 1] (the scorer refuses others).
+            // The scorer's own check: it refuses such a pair whatever the test image.
             ScoreMetric::Ssim | ScoreMetric::MsSsim => image
-                .channels()
-                .iter()
-                .flat_map(|plane| plane.data.iter())
-                .find(|v| !(0.0..=1.0).contains(*v))
-                .map(|value| {
-                    format!(
-                        "{} holds {value}, outside the 0-1 that {} scores",
-                        image.label(),
-                        metric_tool(metric)
-                    )
-                }),
+                .check_unit_range(metric_tool(metric))
+                .err()
+                .map(|e| e.to_string()),
             ScoreMetric::Flip | ScoreMetric::Psnr => None,
         }
     })

@@ -973,26 +973,27 @@ impl CommandPart {
         // quotes, leaves the part never allowed.
         let mut braces_unseen = false;
         let mut brace_words: Option<Vec<String>> = None;
-        if words
+        // Which words bash brace-expands (most parts have no `{`: no work for them).
+        let braced: Vec<bool> = words
             .iter()
-            .any(|w| has_brace_expansion(&outside_quotes(w)))
-        {
-            // In an option word (`-{t,E}`, `{-exec,touch}` is fine), expansion would change
-            // how `xargs`, `find` and shells read the words: never allowed.
-            braces_unseen |= words
-                .iter()
-                .any(|w| w.starts_with('-') && has_brace_expansion(&outside_quotes(w)));
+            .map(|w| w.contains('{') && has_brace_expansion(&outside_quotes(w)))
+            .collect();
+        if braced.contains(&true) {
             let mut budget = MAX_BRACE_WORDS;
             let mut expanded: Vec<String> = Vec::new();
-            for word in words {
+            for (word, &has) in words.iter().zip(&braced) {
+                // In an option word (`-{t,E}`; `{-exec,touch}` is fine), expansion would change
+                // how `xargs`, `find` and shells read the words: never allowed (deny and ask
+                // rules still see it expanded).
+                braces_unseen |= has && word.starts_with('-');
                 let plain = !word.contains(['\'', '"', '\\', '$', '`']);
-                match (has_brace_expansion(&outside_quotes(word)), plain) {
+                match (has, plain) {
                     (true, true) => match expand_braces(word, &mut budget) {
                         Some(alternatives) => expanded.extend(alternatives),
                         None => braces_unseen = true,
                     },
                     (true, false) => braces_unseen = true,
-                    _ => expanded.push((*word).to_owned()),
+                    (false, _) => expanded.push((*word).to_owned()),
                 }
             }
             let forms: Vec<&str> = expanded.iter().map(String::as_str).collect();

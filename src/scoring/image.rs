@@ -224,6 +224,24 @@ impl RgbImage {
     pub fn channels(&self) -> &[Plane; 3] {
         &self.channels
     }
+
+    /// [`ScoreError::OutOfRange`] naming `metric` when a value lies outside 0–1, the range
+    /// SSIM and MS-SSIM score (their constants assume it).
+    pub fn check_unit_range(&self, metric: &'static str) -> Result<(), ScoreError> {
+        let outside = self
+            .channels
+            .iter()
+            .flat_map(|plane| plane.data.iter())
+            .find(|v| !(0.0..=1.0).contains(*v));
+        match outside {
+            Some(&value) => Err(ScoreError::OutOfRange {
+                metric,
+                image: self.label.clone(),
+                value,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Checks that two images can be compared.

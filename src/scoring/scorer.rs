@@ -422,20 +422,8 @@ fn validate(metric: Metric, reference: &RgbImage, test: &RgbImage) -> Result<(),
     // SSIM's constants assume values in [0, 1]; linear HDR values far above it gave scores in
     // the millions (and a gate `min = 0.95` passed an anti-correlated image).
     if matches!(metric, Metric::Ssim | Metric::Msssim) {
-        for image in [reference, test] {
-            let outside = image
-                .channels()
-                .iter()
-                .flat_map(|plane| plane.data.iter())
-                .find(|v| !(0.0..=1.0).contains(*v));
-            if let Some(&value) = outside {
-                return Err(ScoreError::OutOfRange {
-                    metric: metric.name(),
-                    image: image.label().to_owned(),
-                    value,
-                });
-            }
-        }
+        reference.check_unit_range(metric.name())?;
+        test.check_unit_range(metric.name())?;
     }
     Ok(())
 }
