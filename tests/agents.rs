@@ -1521,3 +1521,44 @@ retries = 1
     assert_eq!(calls_per_label(&h.calls)["flaky"], 2);
     h.runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_program_that_is_gone_fails_its_task_without_retries() {
+    let (runtime, dir) = shell_runtime(false).await;
+    let tool = dir.path().join("tool.sh");
+    std::fs::write(&tool, "#!/bin/sh\necho ran\n").unwrap();
+    let mut mode = std::fs::metadata(&tool).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+    std::fs::set_permissions(&tool, mode).unwrap();
+    // The pool starts (its program is there), then the first task deletes the program.
+    let text = format!(
+        r#"
+name = "gone"
+[pools.gone]
+kind = "process"
+command = ["{tool}"]
+min_idle = 0
+[[task]]
+id = "delete"
+tool = "sh.run"
+args = {{ argv = ["rm {tool}"] }}
+[[task]]
+id = "call"
+tool = "gone.run"
+deps = ["delete"]
+retries = 3
+"#,
+        tool = tool.display()
+    );
+    let rules = r#"{"permissions": {"allow": ["Bash"]}}"#;
+    let report = runtime
+        .run(plan(&text), with_rules(dir.path(), rules))
+        .await
+        .unwrap();
+    let call = report.task("call").unwrap();
+    assert_eq!(call.state, TaskState::Failed, "{call:?}");
+    assert_eq!(call.retries, 0, "{call:?}");
+    let reason = call.reason.clone().unwrap_or_default();
+    assert!(reason.contains("could not start"), "{reason}");
+    runtime.shutdown().await;
+}

@@ -268,6 +268,68 @@ async fn idle_timeout_shrinks_to_min_idle() {
     assert_eq!(pool.stats().idle, 1);
 }
 
+#[tokio::test]
+async fn health_checks_do_not_keep_idle_sessions_past_their_idle_timeout() {
+    // As the defaults are (30 s checks, 5 min idle timeout): checks more often than the timeout.
+    let config = PoolConfig {
+        idle_timeout: Duration::from_millis(300),
+        health_check_interval: Duration::from_millis(30),
+        ..config(1, 4)
+    };
+    let pool = Pool::start(config, Counting::default()).await.unwrap();
+    drop(hold_sessions(&pool, 3).await);
+    assert_eq!(pool.stats().idle, 3);
+    wait_until("shrink", || pool.stats().size == 1).await;
+    assert_eq!(pool.stats().idle, 1);
+}
+
+/// Sessions whose health check takes a while, so an acquire can come while one is checked.
+#[derive(Clone, Default)]
+struct SlowToCheck {
+    created: Arc<AtomicUsize>,
+}
+
+struct SlowCheck;
+
+impl Session for SlowCheck {
+    fn call(&mut self, _: ToolRequest) -> BoxFuture<'_, Result<ToolOutcome, SessionError>> {
+        Box::pin(async { Ok(answer(0)) })
+    }
+
+    fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(())
+        })
+    }
+}
+
+impl SessionFactory for SlowToCheck {
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+        self.created.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(Box::new(SlowCheck) as Box<dyn Session>) })
+    }
+}
+
+#[tokio::test]
+async fn a_session_acquired_while_another_is_health_checked_keeps_the_pool_within_max_size() {
+    let factory = SlowToCheck::default();
+    let config = PoolConfig {
+        health_check_interval: Duration::from_millis(50),
+        ..config(1, 1)
+    };
+    let pool = Pool::start(config, factory.clone()).await.unwrap();
+    // The only session is taken off the idle list to be checked; an acquire now starts another.
+    wait_until("a check", || pool.stats().idle == 0).await;
+    let held = pool.acquire().await.unwrap();
+    assert_eq!(factory.created.load(Ordering::SeqCst), 2);
+    // When the check ends, the pool is back to one session, not two for good.
+    wait_until("the checked one closed", || pool.stats().size == 1).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(pool.stats().size, 1, "{:?}", pool.stats());
+}
+
 async fn hold_sessions(pool: &Pool, n: usize) -> Vec<tetrarch::session::PooledSession> {
     let mut held = Vec::new();
     for _ in 0..n {

@@ -118,12 +118,16 @@ async fn capped_output_is_never_over_the_cap_nor_cut_inside_a_character() {
 }
 
 #[tokio::test]
-async fn a_process_left_in_the_background_does_not_hold_the_call() {
+async fn a_process_left_in_the_background_does_not_hold_the_call_or_outlive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let script = format!(
+        "sleep 30 & echo $! > '{}'; echo '{{\"ok\": 1}}'",
+        pid_file.display()
+    );
     let started = Instant::now();
-    let outcome = run(sh("sleep 30 & echo '{\"ok\": 1}'"), request())
-        .await
-        .unwrap();
-    // The shell exited at once; the background sleep still holds stdout.
+    let outcome = run(sh(&script), request()).await.unwrap();
+    // The shell exited at once; the background sleep held stdout.
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -131,6 +135,89 @@ async fn a_process_left_in_the_background_does_not_hold_the_call() {
     );
     assert_eq!(outcome.exit_status, Some(0));
     assert_eq!(outcome.json, Some(json!({ "ok": 1 })));
+    // And it went with the call: gone, or a zombie waiting for init to reap it.
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = format!("/proc/{}/stat", pid.trim());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(&stat).ok().and_then(|text| {
+            text.rsplit(") ")
+                .next()
+                .and_then(|rest| rest.chars().next())
+        });
+        if matches!(state, None | Some('Z')) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sleep {pid} still runs: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_process_pool_with_a_missing_program_or_folder_fails_at_start_naming_it() {
+    use tetrarch::session::{PoolContext, PoolDef};
+    let dir = tempfile::tempdir().unwrap();
+    let context = PoolContext {
+        base_dir: dir.path().to_path_buf(),
+        ..PoolContext::default()
+    };
+    std::fs::write(dir.path().join("not-executable"), "#!/bin/sh\n").unwrap();
+    for (text, expected) in [
+        // Checked even when no session is pre-warmed: no task may run first.
+        (
+            "kind = \"process\"\ncommand = [\"/nonexistent/tool-xyz\"]\nmin_idle = 0\n",
+            "/nonexistent/tool-xyz is not an executable file",
+        ),
+        (
+            "kind = \"process\"\ncommand = [\"no-such-tool-xyz\"]\n",
+            "no such program on the PATH the child gets",
+        ),
+        (
+            "kind = \"process\"\ncommand = [\"./not-executable\"]\n",
+            "not-executable is not an executable file",
+        ),
+        (
+            "kind = \"process\"\ncommand = [\"sh\"]\ncwd = \"no-such-dir\"\n",
+            "no-such-dir does not exist",
+        ),
+        (
+            "kind = \"process\"\ncommand = [\"\"]\n",
+            "starts with an empty program name",
+        ),
+        (
+            "kind = \"native\"\nenv = { A = \"1\" }\n",
+            "`env` and `env_allowlist` are for process and mcp pools only",
+        ),
+        (
+            "kind = \"native\"\ncwd = \"/tmp\"\n",
+            "`cwd` is for process, mcp and scorer pools only",
+        ),
+        (
+            "kind = \"process\"\ncommand = [\"sh\"]\nstart_timeout = \"5m\"\n",
+            "`start_timeout` is for mcp pools only",
+        ),
+    ] {
+        let def: PoolDef = toml::from_str(text).unwrap();
+        let err = def.start("named", &context).await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+    // A program on the PATH, in a folder that exists, starts; so does one given by path.
+    for text in [
+        "kind = \"process\"\ncommand = [\"sh\", \"-c\"]\n",
+        "kind = \"process\"\ncommand = [\"/bin/sh\"]\ncwd = \".\"\n",
+    ] {
+        let def: PoolDef = toml::from_str(text).unwrap();
+        def.start("named", &context).await.unwrap();
+    }
+    // With no folder anywhere (a default context), children run in ours.
+    let def: PoolDef = toml::from_str("kind = \"process\"\ncommand = [\"pwd\"]\n").unwrap();
+    let pool = def.start("named", &PoolContext::default()).await.unwrap();
+    let outcome = pool.acquire().await.unwrap().call(request()).await.unwrap();
+    let ours = std::env::current_dir().unwrap();
+    assert_eq!(outcome.stdout.trim(), ours.display().to_string());
 }
 
 #[tokio::test]

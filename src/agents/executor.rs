@@ -71,14 +71,20 @@ struct CachedOutcome {
 }
 
 fn retryable(error: &SessionError) -> bool {
-    !matches!(
-        error,
+    match error {
         SessionError::UnknownTool { .. }
-            | SessionError::InvalidArguments { .. }
-            | SessionError::ToolRejected { .. }
-            | SessionError::InvalidConfig { .. }
-            | SessionError::PermissionDenied { .. }
-    )
+        | SessionError::InvalidArguments { .. }
+        | SessionError::ToolRejected { .. }
+        | SessionError::InvalidConfig { .. }
+        | SessionError::PermissionDenied { .. } => false,
+        // A program that is not there, or may not be run, will not be there on a retry either
+        // (running out of processes or file handles might pass).
+        SessionError::Spawn { source, .. } => !matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+        ),
+        _ => true,
+    }
 }
 
 /// Quotes a word for a POSIX shell when it needs it.

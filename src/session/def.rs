@@ -201,16 +201,19 @@ impl PoolDef {
     /// This declaration with its `cwd` resolved against `base` (the declaring file's folder).
     pub(crate) fn resolved(&self, base: &Path) -> PoolDef {
         PoolDef {
-            cwd: Some(self.cwd_in(base)),
+            cwd: self.cwd_in(base),
             ..self.clone()
         }
     }
 
-    fn cwd_in(&self, base: &Path) -> PathBuf {
+    /// The folder the pool's children run in; `None` (ours) when neither the declaration nor
+    /// `base` names one (a [`PoolContext::default`]).
+    fn cwd_in(&self, base: &Path) -> Option<PathBuf> {
         match &self.cwd {
-            Some(dir) if dir.is_absolute() => dir.clone(),
-            Some(dir) => base.join(dir),
-            None => base.to_path_buf(),
+            Some(dir) if dir.is_absolute() => Some(dir.clone()),
+            Some(dir) => Some(base.join(dir)),
+            None if base.as_os_str().is_empty() => None,
+            None => Some(base.to_path_buf()),
         }
     }
 
@@ -252,6 +255,13 @@ impl PoolDef {
             PoolKind::Process | PoolKind::Mcp if self.command.is_empty() => {
                 return Err(invalid("`command` is empty".to_owned()));
             }
+            PoolKind::Process | PoolKind::Mcp
+                if self.command.first().is_some_and(String::is_empty) =>
+            {
+                return Err(invalid(
+                    "`command` starts with an empty program name".to_owned(),
+                ));
+            }
             // Nothing would run it: a scorer scores in-process, native tools are registered.
             PoolKind::Scorer | PoolKind::Native if !self.command.is_empty() => {
                 return Err(invalid(
@@ -259,6 +269,25 @@ impl PoolDef {
                 ));
             }
             _ => {}
+        }
+        // Settings the kind would ignore are refused, so a declaration means what it says.
+        let child = matches!(self.kind, PoolKind::Process | PoolKind::Mcp);
+        if !child && (!self.env.is_empty() || self.env_allowlist != default_allowlist()) {
+            return Err(invalid(
+                "`env` and `env_allowlist` are for process and mcp pools only (nothing is \
+                 started with an environment)"
+                    .to_owned(),
+            ));
+        }
+        if self.kind == PoolKind::Native && self.cwd.is_some() {
+            return Err(invalid(
+                "`cwd` is for process, mcp and scorer pools only".to_owned(),
+            ));
+        }
+        if !mcp && self.start_timeout != thirty_seconds() {
+            return Err(invalid(
+                "`start_timeout` is for mcp pools only (the time to start a server)".to_owned(),
+            ));
         }
         for (setting, value) in [
             ("start_timeout", self.start_timeout),
@@ -316,14 +345,17 @@ impl PoolDef {
         match self.kind {
             PoolKind::Process => {
                 let mut spec = ProcessSpec::new(program, args);
-                spec.cwd = Some(cwd);
+                spec.cwd = cwd;
                 spec.env_allowlist = self.env_allowlist.clone();
                 spec.env = self.env.clone();
-                Pool::start(config, ProcessFactory::new(spec)).await
+                let factory = ProcessFactory::new(spec);
+                // Before any task runs, even when no session is pre-warmed.
+                factory.check()?;
+                Pool::start(config, factory).await
             }
             PoolKind::Mcp => {
                 let mut spec = McpSpec::new(program, args);
-                spec.cwd = Some(cwd);
+                spec.cwd = cwd;
                 spec.env_allowlist = self.env_allowlist.clone();
                 spec.env = self.env.clone();
                 spec.start_timeout = self.start_timeout;
@@ -349,7 +381,7 @@ impl PoolDef {
                 if let Some(store) = &context.store {
                     spec = spec.with_store(store.clone());
                 }
-                spec.base_dir = Some(cwd);
+                spec.base_dir = cwd;
                 spec.warmup_size = self.warmup_size.map(|[width, height]| (width, height));
                 spec.max_jobs = self.max_size;
                 Pool::start(config, ScorerFactory::new(spec)).await

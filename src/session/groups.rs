@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 
 static LIVE: parking_lot::Mutex<BTreeSet<i32>> = parking_lot::Mutex::new(BTreeSet::new());
 
-/// A live child's process group, killed (SIGKILL) when this drops unless the child was reaped
-/// first. The group id is the child's pid, which cannot be reused while the unreaped child
-/// holds it, so the kill cannot hit a stranger.
+/// A live child's process group, killed (SIGKILL) when this drops or when the child has exited
+/// ([`ChildGroup::kill_leftovers`]). The group id is the child's pid, which cannot be reused
+/// while the unreaped child holds it, so the kill cannot hit a stranger.
 #[derive(Debug)]
 pub(crate) struct ChildGroup {
     pgid: Option<i32>,
@@ -25,9 +25,14 @@ impl ChildGroup {
         ChildGroup { pgid }
     }
 
-    /// The child was reaped: its pid may be reused, so its group is never signalled from now on.
-    pub(crate) fn reaped(&mut self) {
+    /// The child was reaped: what it left running in its group (`server &`) is killed now, and
+    /// the group is never signalled again. Safe right after the reap: while any process of the
+    /// group lives, the kernel does not hand its id to a new process; with none left, `killpg`
+    /// finds nothing (a new group of that id would need the pid numbers to wrap around within
+    /// the microseconds since the reap).
+    pub(crate) fn kill_leftovers(&mut self) {
         if let Some(pgid) = self.pgid.take() {
+            kill(pgid);
             LIVE.lock().remove(&pgid);
         }
     }

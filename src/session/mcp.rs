@@ -1,9 +1,10 @@
 //! The `mcp` kind: a Model Context Protocol server started as a child process, spoken to over its
 //! stdio through the `rmcp` client, initialized once and kept open for many calls.
 //!
-//! The server gets a cleared environment plus [`McpSpec::env_allowlist`] (by default `PATH`, so
-//! that `node`/`python` are found, and `HOME`, which npm- and pip-installed servers read) plus
-//! [`McpSpec::env`]. Its stderr is read line by line into `tracing` at debug level. It runs in a
+//! The server gets a cleared environment plus [`McpSpec::env_allowlist`] plus [`McpSpec::env`].
+//! [`McpSpec::new`] allows `PATH`, so that `node`/`python` are found, and `HOME`, which npm- and
+//! pip-installed servers read; a pool declared in TOML allows only `PATH` unless its
+//! `env_allowlist` names more. Its stderr is read line by line into `tracing` at debug level. It runs in a
 //! process group of its own, killed with the session: a server started through a wrapper
 //! (`npx`, `uvx`, `cargo run`, `sh -c`) is not left behind when its session is discarded.
 //!

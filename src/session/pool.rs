@@ -103,7 +103,12 @@ pub struct PoolStats {
 
 struct IdleSession {
     session: Box<dyn Session>,
+    /// Last returned (or started): the idle timeout counts from here.
     since: Instant,
+    /// Last known healthy (returned, started or health-checked): health checks count from
+    /// here. Kept apart from `since`, or every health check would restart the idle clock and
+    /// no session past `min_idle` would ever time out.
+    checked: Instant,
     /// It served a call since it was started or last reset: the next acquire resets it first.
     dirty: bool,
 }
@@ -194,7 +199,8 @@ impl Shared {
                 let unused_for = now.saturating_duration_since(entry.since);
                 if unused_for >= self.config.idle_timeout && idle.len() > self.config.min_idle {
                     expired.push(idle.remove(index));
-                } else if unused_for >= self.config.health_check_interval
+                } else if now.saturating_duration_since(entry.checked)
+                    >= self.config.health_check_interval
                     || !entry.session.is_open()
                 {
                     to_check.push(idle.remove(index));
@@ -217,8 +223,12 @@ impl Shared {
                     .await,
                     Ok(Ok(()))
                 );
-            if healthy {
-                entry.since = Instant::now();
+            // An acquire that found the list empty while this session was being checked started
+            // its own: the pool is then one over `max_size`, and this (older) one is closed.
+            if healthy && self.size.load(Ordering::SeqCst) > self.config.max_size {
+                self.size.fetch_sub(1, Ordering::SeqCst);
+            } else if healthy {
+                entry.checked = Instant::now();
                 self.lock_idle().insert(0, entry);
             } else {
                 tracing::warn!(pool = %self.config.name, "discarding a session that failed its health check");
@@ -234,6 +244,7 @@ impl Shared {
                 Ok(session) => self.lock_idle().push(IdleSession {
                     session,
                     since: Instant::now(),
+                    checked: Instant::now(),
                     dirty: false,
                 }),
                 Err(e) => {
@@ -301,6 +312,7 @@ impl Pool {
                 Ok(session) => shared.lock_idle().push(IdleSession {
                     session,
                     since: Instant::now(),
+                    checked: Instant::now(),
                     dirty: false,
                 }),
                 Err(e) => {
@@ -469,6 +481,7 @@ impl Pool {
                 shared.lock_idle().push(IdleSession {
                     session,
                     since: Instant::now(),
+                    checked: Instant::now(),
                     dirty: false,
                 });
             } else {
@@ -650,10 +663,15 @@ impl Drop for PooledSession {
         }
         if self.broken || self.in_call || !session.is_open() {
             shared.discard(session);
+        } else if shared.size.load(Ordering::SeqCst) > shared.config.max_size {
+            // One over `max_size` (see `maintain`): closed rather than kept idle.
+            shared.size.fetch_sub(1, Ordering::SeqCst);
         } else {
+            let now = Instant::now();
             shared.lock_idle().push(IdleSession {
                 session,
-                since: Instant::now(),
+                since: now,
+                checked: now,
                 dirty: self.called,
             });
         }

@@ -8,7 +8,8 @@
 //! read concurrently, each kept up to [`ProcessSpec::max_output_bytes`]; past the cap the rest is
 //! read and thrown away so that a chatty child never blocks on a full pipe. On unix the child leads
 //! its own process group, and a timeout or a dropped call kills the whole group (through `nix`'s
-//! safe `killpg`), so a shell's grandchildren die with it.
+//! safe `killpg`), so a shell's grandchildren die with it; so does the child's exit, so a process
+//! it left in the background (`server &`) does not outlive the call.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -96,14 +97,104 @@ impl ProcessFactory {
             spec: Arc::new(spec),
         }
     }
+
+    /// Checks that the spec's program can be started (see [`SessionFactory::create`]), for a
+    /// pool that pre-warms no session.
+    ///
+    /// # Errors
+    /// [`SessionError::Spawn`] naming the program, or [`SessionError::InvalidConfig`] naming a
+    /// working folder that is missing.
+    pub fn check(&self) -> Result<(), SessionError> {
+        check_startable(&self.spec)
+    }
 }
 
 impl SessionFactory for ProcessFactory {
     fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
-        let session = ProcessSession {
-            spec: Arc::clone(&self.spec),
+        let spec = Arc::clone(&self.spec);
+        Box::pin(async move {
+            // A process session starts nothing until its first call: checking the program and
+            // the folder here makes a broken command fail the pool's pre-warm, before any task
+            // (with side effects) has run, instead of the first task that calls it.
+            check_startable(&spec)?;
+            Ok(Box::new(ProcessSession { spec }) as Box<dyn Session>)
+        })
+    }
+}
+
+/// Whether `spec`'s program can be started: its working folder exists, and the program is an
+/// executable file (a path with a `/`, relative to that folder as the child sees it) or one is
+/// found on a `PATH` the child may search. Lenient where the lookup depends on the platform: a
+/// name found on our `PATH` or in `/bin:/usr/bin` passes even if the child's `PATH` lacks it.
+fn check_startable(spec: &ProcessSpec) -> Result<(), SessionError> {
+    if let Some(dir) = spec.cwd.as_ref().filter(|dir| !dir.is_dir()) {
+        return Err(super::spawn_error(
+            &spec.program,
+            Some(dir),
+            std::io::ErrorKind::NotFound.into(),
+        ));
+    }
+    let missing = |detail: &str| SessionError::Spawn {
+        program: spec.program.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, detail.to_owned()),
+    };
+    if spec.program.is_empty() {
+        return Err(missing("the program is empty"));
+    }
+    if spec.program.contains('/') {
+        let path = match &spec.cwd {
+            Some(dir) => dir.join(&spec.program),
+            None => PathBuf::from(&spec.program),
         };
-        Box::pin(async move { Ok(Box::new(session) as Box<dyn Session>) })
+        return if is_executable(&path) {
+            Ok(())
+        } else {
+            Err(missing(&format!(
+                "{} is not an executable file",
+                path.display()
+            )))
+        };
+    }
+    let child_path = spec
+        .env
+        .get("PATH")
+        .map(std::ffi::OsString::from)
+        .or_else(|| {
+            spec.env_allowlist
+                .iter()
+                .any(|name| name == "PATH")
+                .then(|| std::env::var_os("PATH"))
+                .flatten()
+        });
+    let searched = [
+        child_path,
+        std::env::var_os("PATH"),
+        Some("/bin:/usr/bin".into()),
+    ];
+    let base = spec.cwd.clone().unwrap_or_default();
+    let found = searched.iter().flatten().any(|paths| {
+        std::env::split_paths(paths).any(|dir| is_executable(&base.join(dir).join(&spec.program)))
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(missing("no such program on the PATH the child gets"))
+    }
+}
+
+/// Whether `path` is a file we may execute.
+fn is_executable(path: &std::path::Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
     }
 }
 
@@ -213,12 +304,16 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
         let (exited, mut exit_seen) = tokio::sync::watch::channel(false);
         let wait = async {
             let status = child.wait().await;
+            // The call is one child: a process it left in the background goes with it rather
+            // than outliving the task, the run and tetrarch (a server meant to outlive the call
+            // detaches itself with `setsid`). That also closes the pipes it held.
+            group.kill_leftovers();
             let _ = exited.send(true);
             status
         };
         // The pipes are read alongside the wait (a child blocks on a full pipe), until their
-        // end, or until a moment after the child exits: a process it left in the background
-        // (`server &`) may hold them open for ever, and the call is over when the child is.
+        // end, or until a moment after the child exits: a process that left the child's group
+        // (`setsid server &`) may hold them open for ever, and the call is over when the child is.
         let streams = async {
             tokio::try_join!(
                 async { feed.await.map_err(io_error("stdin")) },
@@ -258,8 +353,6 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
             });
         }
     };
-    group.reaped();
-
     let exit_status = status.code();
     if exit_status.is_none() {
         return Err(SessionError::Crashed {
