@@ -143,3 +143,88 @@ fn a_second_ctrl_c_exits_130_and_kills_the_compensation_in_flight() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Ctrl-C typed while a permission question waits on the terminal: the question is answered
+/// "no", the run is cancelled and reported, and the process exits. It used to report 10 s late
+/// and then wait for Enter for ever (a blocking read of the terminal held the exit).
+#[test]
+fn ctrl_c_at_a_permission_prompt_cancels_and_exits() {
+    use std::io::{Read, Write};
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run this test: util-linux `script` is missing"
+        );
+        eprintln!("skipped: util-linux `script` (a terminal for the prompt) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // No rules: the call is asked about on the terminal.
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "name = \"ask\"\n[pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n\
+         [[task]]\nid = \"a\"\ntool = \"sh.run\"\nargs = { argv = [\"echo asked\"] }\n",
+    )
+    .unwrap();
+    let command = format!(
+        "'{}' --store '{}' run '{}'",
+        env!("CARGO_BIN_EXE_tetrarch"),
+        dir.path().join("store.redb").display(),
+        dir.path().join("plan.toml").display()
+    );
+    // `script` gives tetrarch a terminal; what is written to its stdin is typed there.
+    let mut child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buffer = [0_u8; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0
+                || lines
+                    .send(String::from_utf8_lossy(&buffer[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut output = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !output.contains("[y/N]") {
+        assert!(Instant::now() < deadline, "no prompt: {output}");
+        if let Ok(text) = seen.recv_timeout(Duration::from_millis(100)) {
+            output.push_str(&text);
+        }
+    }
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    let typed = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if typed.elapsed() > Duration::from_secs(8) {
+            child.kill().unwrap();
+            panic!("still running 8 s after Ctrl-C: {output}");
+        }
+        while let Ok(text) = seen.try_recv() {
+            output.push_str(&text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while let Ok(text) = seen.recv_timeout(Duration::from_millis(200)) {
+        output.push_str(&text);
+    }
+    // `script -e` exits with the command's status: 1, a cancelled run.
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains("Cancelled"), "{output}");
+    assert!(!output.contains("\nasked"), "the call ran: {output}");
+    drop(stdin);
+}

@@ -194,6 +194,44 @@ fn a_run_killed_then_replaced_with_fresh_is_not_resumed_later() {
     );
 }
 
+/// Any edit to the plan (a comment too) starts a new run: the command says which unfinished run
+/// it leaves, instead of silently running completed tasks again.
+#[test]
+fn an_edited_plan_names_the_unfinished_run_it_does_not_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    write_plan(dir.path());
+    let mut child = tetrarch(dir.path()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while starts(dir.path()).len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL, mid-run
+    child.wait().unwrap();
+    let killed = {
+        let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+        saved_runs(&store).unwrap()[0].run_id.clone()
+    };
+    let plan = dir.path().join("plan.toml");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    std::fs::write(&plan, format!("{text}# a comment\n")).unwrap();
+    let edited = tetrarch(dir.path())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(edited.status.success(), "{edited:?}");
+    let said = String::from_utf8_lossy(&edited.stderr);
+    assert!(
+        said.contains(&format!("note: run {killed} of")) && said.contains("is unfinished"),
+        "{said}"
+    );
+    // Once a newer run of the file has finished, the old one is not named again.
+    let again = tetrarch(dir.path())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("note: run"));
+}
+
 /// A task still in flight when another fails runs to its end and is compensated in the
 /// rollback. Killed while it runs, the resumed rollback does not know whether its call did its
 /// work: it compensates it (it used to call it "not started" and leave its work in place).
@@ -235,9 +273,28 @@ fn a_rollback_resumed_after_a_kill_compensates_the_task_that_was_in_flight() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    let status = tetrarch(dir.path()).status().unwrap();
-    assert_eq!(status.code(), Some(1));
+    let resumed = tetrarch(dir.path())
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(resumed.status.code(), Some(1));
     assert!(log().contains("undo-slow"), "{}", log());
+    // The event stream says so too, before the compensation: it had no event for `slow`.
+    let events = String::from_utf8_lossy(&resumed.stdout);
+    let finished = events
+        .lines()
+        .position(|l| {
+            l.contains("\"task_finished\"")
+                && l.contains("\"slow\"")
+                && l.contains("\"cancelled\"")
+                && l.contains("outcome is unknown")
+        })
+        .unwrap_or_else(|| panic!("no task_finished for slow: {events}"));
+    let compensated = events
+        .lines()
+        .position(|l| l.contains("\"compensated\"") && l.contains("\"slow\""))
+        .unwrap_or_else(|| panic!("no compensation of slow: {events}"));
+    assert!(finished < compensated, "{events}");
     let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
     let runs = saved_runs(&store).unwrap();
     assert_eq!(runs.len(), 1);

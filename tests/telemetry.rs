@@ -1183,6 +1183,36 @@ async fn a_server_on_every_address_still_checks_the_host_of_loopback_connections
 
 #[test]
 fn serve_after_keeps_metrics_up_for_the_runs_final_values_until_ctrl_c() {
+    serve_after_until(nix::sys::signal::Signal::SIGINT);
+}
+
+#[test]
+fn serve_after_stops_on_sigterm_as_on_ctrl_c() {
+    // `docker stop` and systemd send SIGTERM: it was ignored, and the process served on.
+    serve_after_until(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn serve_after_without_a_server_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plan.toml"), "name = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .arg("run")
+        .arg(dir.path().join("plan.toml"))
+        .args(["--serve-after", "5s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--serve-after") && err.contains("needs --dashboard or --metrics"),
+        "{err}"
+    );
+}
+
+fn serve_after_until(stop: nix::sys::signal::Signal) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_cli_run(dir.path(), 0, "127.0.0.1:0", &["--serve-after", "5m"]);
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
@@ -1217,7 +1247,7 @@ fn serve_after_keeps_metrics_up_for_the_runs_final_values_until_ctrl_c() {
     );
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     let interrupted = std::time::Instant::now();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(pid, stop).unwrap();
     let status = child.wait().unwrap();
     assert!(interrupted.elapsed() < Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{seen}");

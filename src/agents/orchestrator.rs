@@ -480,6 +480,13 @@ impl OrchestratorState {
             resumed: spec.resume,
             already_complete,
         });
+        // A task whose outcome a resumed rollback cannot know is reported as cancelled, as a
+        // task cancelled in this process is, before its compensation runs.
+        for i in 0..run.plan.tasks.len() {
+            if run.slots[i].outcome_unknown {
+                self.task_event(&run, i);
+            }
+        }
         run.replies.extend(reply.take());
         let id = Arc::clone(&run.id);
         self.runs.insert(Arc::clone(&id), run);

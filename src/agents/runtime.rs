@@ -731,27 +731,50 @@ impl Runtime {
     /// `tetrarch run` resumes after the process was killed. An unfinished run with a newer run
     /// of the same plan after it (`tetrarch run --fresh` started one) is not resumed.
     pub fn resumable_run(store: &Store, plan_hash: &str) -> Result<Option<String>, AgentError> {
-        // A run record that does not decode (damaged, or from a newer tetrarch) is another
-        // plan's business: it is passed over with a warning, not a reason to run nothing.
-        let runs = store
-            .run_records("run:")?
-            .into_iter()
-            .filter_map(|(key, bytes)| {
-                let id = key.trim_start_matches("run:").to_owned();
-                match super::state::decode_run(&id, &bytes) {
-                    Ok(record) => Some((id, record)),
-                    Err(e) => {
-                        tracing::warn!(
-                            "run {id} is passed over when looking for a run to resume: {e}"
-                        );
-                        None
-                    }
-                }
-            });
-        Ok(runs
-            .filter(|(_, r)| r.plan_hash == plan_hash)
-            .max_by(|(a_id, a), (b_id, b)| (a.started_ms, a_id).cmp(&(b.started_ms, b_id)))
+        Ok(newest(decoded_runs(store)?, |r| r.plan_hash == plan_hash)
             .filter(|(_, r)| r.status == RunStatus::Running)
             .map(|(id, _)| id))
     }
+
+    /// The newest run read from `source` (the plan's path as given), if it is unfinished and
+    /// its plan text or folder differ from `plan_hash`'s: the run a `tetrarch run` of an
+    /// edited plan does not resume, which it names rather than starting afresh in silence.
+    pub fn unfinished_run_of_edited_plan(
+        store: &Store,
+        source: &str,
+        plan_hash: &str,
+    ) -> Result<Option<String>, AgentError> {
+        Ok(newest(decoded_runs(store)?, |r| r.source == source)
+            .filter(|(_, r)| r.status == RunStatus::Running && r.plan_hash != plan_hash)
+            .map(|(id, _)| id))
+    }
+}
+
+/// The run records that decode. One that does not (damaged, or from a newer tetrarch) is
+/// another plan's business: it is passed over with a warning, not a reason to run nothing.
+fn decoded_runs(store: &Store) -> Result<Vec<(String, super::state::RunRecord)>, AgentError> {
+    Ok(store
+        .run_records("run:")?
+        .into_iter()
+        .filter_map(|(key, bytes)| {
+            let id = key.trim_start_matches("run:").to_owned();
+            match super::state::decode_run(&id, &bytes) {
+                Ok(record) => Some((id, record)),
+                Err(e) => {
+                    tracing::warn!("run {id} is passed over when looking for a run to resume: {e}");
+                    None
+                }
+            }
+        })
+        .collect())
+}
+
+/// The newest of the runs `pick` keeps.
+fn newest(
+    runs: Vec<(String, super::state::RunRecord)>,
+    pick: impl Fn(&super::state::RunRecord) -> bool,
+) -> Option<(String, super::state::RunRecord)> {
+    runs.into_iter()
+        .filter(|(_, r)| pick(r))
+        .max_by(|(a_id, a), (b_id, b)| (a.started_ms, a_id).cmp(&(b.started_ms, b_id)))
 }

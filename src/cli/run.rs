@@ -70,7 +70,8 @@ pub struct RunArgs {
     metrics: Option<String>,
     /// Keep serving the dashboard and `/metrics` this long after the run ends (`30s`, `5m`), so
     /// a scraper sees the run's final values (`tetrarch_runs_total`,
-    /// `tetrarch_run_duration_seconds`); Ctrl-C stops early.
+    /// `tetrarch_run_duration_seconds`); Ctrl-C, SIGTERM or SIGHUP stops early. Needs
+    /// `--dashboard` or `--metrics`.
     #[arg(long, value_name = "DURATION", value_parser = parse_serve_after)]
     serve_after: Option<Duration>,
 }
@@ -103,10 +104,21 @@ pub fn run(args: RunArgs, store: &Path) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_plan(args, store))
+    let result = runtime.block_on(run_plan(args, store));
+    // Not a plain drop, which waits for every blocking thread: one still reading a terminal
+    // prompt would keep the process alive after its report.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
+    if args.serve_after.is_some() && args.dashboard.is_none() && args.metrics.is_none() {
+        stderr_line!(
+            "error: --serve-after keeps the dashboard or metrics server up after the run: it \
+             needs --dashboard or --metrics"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let text = super::read_text(&args.plan, "plan")?;
     let source = args.plan.display().to_string();
     let base_dir = args
@@ -154,6 +166,16 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     } else {
         Runtime::resumable_run(&store, &hash)?
     };
+    if resume.is_none()
+        && !args.fresh
+        && let Some(old) = Runtime::unfinished_run_of_edited_plan(&store, &source, &hash)?
+    {
+        stderr_line!(
+            "note: run {old} of {source} is unfinished, but the plan's text (or its folder) has \
+             changed since: starting a new run (any edit, a comment too, starts one; undo the \
+             edit to resume {old})"
+        );
+    }
     let run_id = resume
         .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
@@ -198,13 +220,15 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         permissions,
         plan_text: Some(text),
     };
+    // One listener from here to the end: a signal between the run's end and `--serve-after`'s
+    // wait is seen by that wait.
+    let mut stops = Interrupts::new()?;
     let outcome = {
         let run = super::dashboard::drive(live.as_ref(), &runtime, runtime.run(plan, options));
         tokio::pin!(run);
         // SIGTERM (`kill`, `docker stop`, systemd) and SIGHUP (the terminal closed) stop a run
         // as Ctrl-C does: they used to end the process with its tools still running and no
         // rollback.
-        let mut stops = Interrupts::new()?;
         let mut interrupted = false;
         loop {
             tokio::select! {
@@ -216,6 +240,8 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
                          now; a rollback cut short resumes on the next `tetrarch run` of this plan)"
                     );
                     let mut again = Interrupts::new()?;
+                    // A question on the terminal is answered "no": nobody is answering now.
+                    tetrarch::permissions::abandon_prompts();
                     runtime.cancel(&run_id).await?;
                     tokio::spawn(async move {
                         again.next().await;
@@ -247,7 +273,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
             );
             tokio::select! {
                 () = tokio::time::sleep(linger) => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = stops.next() => {}
             }
         }
         live.shutdown().await;
@@ -342,8 +368,12 @@ fn describe(event: &RunEvent) -> Option<String> {
     })
 }
 
-/// The signals that stop a run: Ctrl-C (SIGINT), SIGTERM and SIGHUP.
+/// The signals that stop a run: Ctrl-C (SIGINT), SIGTERM and SIGHUP. Each is listened for from
+/// `new` on, so one that comes while nothing awaits `next` is kept for the next call rather
+/// than lost.
 struct Interrupts {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -356,6 +386,7 @@ impl Interrupts {
         {
             use tokio::signal::unix::{SignalKind, signal};
             Ok(Interrupts {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?,
                 terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
                 hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
             })
@@ -369,7 +400,7 @@ impl Interrupts {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => "Ctrl-C",
+                _ = self.interrupt.recv() => "Ctrl-C",
                 _ = self.terminate.recv() => "SIGTERM",
                 _ = self.hangup.recv() => "SIGHUP",
             }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{Decision, ToolCall};
@@ -46,6 +47,17 @@ impl<F: Fn(&ToolCall, &Decision) -> bool> ApprovalHandler for CallbackApproval<F
 /// would approve whichever call happened to read it. Process-wide, so that
 /// several prompts sharing the terminal are serialised too.
 static PROMPT_LOCK: Mutex<()> = Mutex::new(());
+
+/// Set by [`abandon_prompts`].
+static ABANDONED: AtomicBool = AtomicBool::new(false);
+
+/// Makes a [`TerminalPrompt`] waiting on a terminal now answer "no" within a tenth of a second,
+/// and every later one at once, without asking: for a run being cancelled (Ctrl-C), whose
+/// person is no longer answering. A blocking read would hold its thread, and the process's
+/// exit, until someone pressed Enter. Process-wide, like the prompts' lock.
+pub fn abandon_prompts() {
+    ABANDONED.store(true, Ordering::SeqCst);
+}
 
 /// A poisoned lock only means another prompt panicked; the data is `()` or a stream.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,6 +111,30 @@ impl TerminalPrompt {
         output.flush().ok()
     }
 
+    /// Reads one answer line from stdin; `None` at end of input, on an I/O error, or once the
+    /// prompts are abandoned. On a terminal (which hands over a line at a time) it waits for
+    /// the line in short polls, so that [`abandon_prompts`] is seen.
+    fn read_stdin() -> Option<String> {
+        let stdin = std::io::stdin();
+        #[cfg(unix)]
+        if std::io::IsTerminal::is_terminal(&stdin) {
+            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            use std::os::fd::AsFd;
+            loop {
+                if ABANDONED.load(Ordering::SeqCst) {
+                    return None;
+                }
+                let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::from(100_u8)) {
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                    Ok(_) => break,
+                    Err(_) => return None,
+                }
+            }
+        }
+        Self::read(&mut stdin.lock())
+    }
+
     /// Reads one answer line; `None` at end of input or on an I/O error.
     fn read(input: &mut dyn BufRead) -> Option<String> {
         let mut line = String::new();
@@ -137,6 +173,9 @@ impl ApprovalHandler for TerminalPrompt {
         );
         let question = format!("Allow {} {}? ({reason}) [y/N] \n", call.tool, call.input);
         let _one_prompt_at_a_time = lock(&PROMPT_LOCK);
+        if ABANDONED.load(Ordering::SeqCst) {
+            return false;
+        }
         // Each stream's own lock is released before the next step (stderr
         // stays usable for logs while the person thinks); PROMPT_LOCK alone
         // keeps question and answer together.
@@ -144,7 +183,7 @@ impl ApprovalHandler for TerminalPrompt {
         let answer = match &self.io {
             PromptIo::Terminal => {
                 let told = Self::tell(&question, &mut std::io::stderr().lock());
-                told.and_then(|()| Self::read(&mut std::io::stdin().lock()))
+                told.and_then(|()| Self::read_stdin())
             }
             PromptIo::Streams { input, output } => {
                 let told = Self::tell(&question, &mut **lock(output));

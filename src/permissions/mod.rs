@@ -115,7 +115,7 @@ mod rule;
 
 use std::fmt;
 
-pub use approval::{ApprovalHandler, CallbackApproval, DenyAll, TerminalPrompt};
+pub use approval::{ApprovalHandler, CallbackApproval, DenyAll, TerminalPrompt, abandon_prompts};
 pub use bash::{PARSE_DEADLINE, SplitError, is_harmless_variable, split_command};
 pub use engine::PermissionEngine;
 pub use error::PermissionError;
