@@ -450,6 +450,32 @@ async fn an_oversized_result_is_cut_at_the_output_cap_and_marked_truncated() {
 }
 
 #[tokio::test]
+async fn a_message_over_the_limit_fails_its_call_at_once_naming_the_limit() {
+    let Some(spec) = stdlib_server("") else {
+        return;
+    };
+    let mut session = McpSession::connect(&spec).await.unwrap();
+    // rmcp dropped the line and kept waiting: the call waited for its whole timeout.
+    let started = std::time::Instant::now();
+    let request = call(
+        "big",
+        json!({ "bytes": tetrarch::session::MAX_MESSAGE_BYTES + 1 }),
+    )
+    .with_timeout(Duration::from_secs(60));
+    let error = session.call(request).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = error.to_string();
+    assert!(text.contains("a message over 16 MiB"), "{text}");
+    // The session is broken: its pool replaces it.
+    assert!(error.breaks_session(), "{error:?}");
+    assert!(!session.is_open());
+}
+
+#[tokio::test]
 async fn a_tool_list_that_never_comes_fails_within_the_start_timeout() {
     let Some(mut spec) = stdlib_server("silent-list") else {
         return;

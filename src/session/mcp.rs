@@ -11,22 +11,28 @@
 //! Results map onto [`ToolOutcome`]: `structuredContent` → `json`, text content blocks (joined by
 //! newlines) → `stdout` (and, when there is no structured content and the text is JSON, `json`),
 //! `isError` → exit status 1. The text is kept up to [`DEFAULT_MAX_OUTPUT_BYTES`], as a process
-//! call's output is, and marked `truncated` past it; the server's stderr lines are cut too. A
+//! call's output is, and marked `truncated` past it; the server's stderr lines are cut too. One
+//! message (a JSON-RPC line) over [`MAX_MESSAGE_BYTES`] (16 MiB) closes the connection and fails
+//! the call waiting for it at once, naming the limit (rmcp dropped the line, and the call waited
+//! for its whole timeout); the session is replaced. A
 //! JSON-RPC error answer (unknown tool, invalid arguments) is [`SessionError::ToolRejected`] and
 //! leaves the session usable; a closed transport, a dead server or a timeout breaks the session,
 //! and its pool replaces it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
 use rmcp::model::{CallToolRequestParams, ClientRequest, PingRequest};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
-use rmcp::transport::TokioChildProcess;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use rmcp::transport::async_rw::AsyncRwTransport;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 
 use super::process::DEFAULT_MAX_OUTPUT_BYTES;
 use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
@@ -82,6 +88,8 @@ pub struct McpSession {
     server_pid: Option<u32>,
     /// The server leads its own group (see `connect`), killed when the session drops.
     _group: super::ChildGroup,
+    /// The server process (killed when dropped, then reaped in the background).
+    _child: tokio::process::Child,
     program: String,
     /// The declared warm-up call, repeated by [`Session::warm_up`].
     warmup: Option<ToolRequest>,
@@ -97,6 +105,54 @@ pub struct McpSession {
 struct ServerStderr {
     lines: Arc<parking_lot::Mutex<std::collections::VecDeque<String>>>,
     closed: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Set when the server sent a message over [`MAX_MESSAGE_BYTES`] (see [`LineLimit`]).
+    oversized: Arc<AtomicBool>,
+}
+
+/// The most one message from a server (one line of JSON-RPC) may hold: rmcp's own limit.
+pub const MAX_MESSAGE_BYTES: usize = rmcp::transport::async_rw::DEFAULT_MAX_LINE_LENGTH;
+
+/// The server's stdout as the transport reads it, ended with an error at a line over `limit`
+/// bytes. rmcp drops such a line and keeps reading, so the call it answered would wait for its
+/// whole timeout; ending the stream fails it at once, and `oversized` says why.
+struct LineLimit<R> {
+    inner: R,
+    line: usize,
+    limit: usize,
+    oversized: Arc<AtomicBool>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for LineLimit<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        let mut start = 0;
+        for newline in memchr::memchr_iter(b'\n', read) {
+            this.line = this.line.saturating_add(newline - start);
+            if this.line > this.limit {
+                break;
+            }
+            this.line = 0;
+            start = newline + 1;
+        }
+        if this.line <= this.limit {
+            this.line = this.line.saturating_add(read.len() - start);
+        }
+        if this.line > this.limit {
+            this.oversized.store(true, Ordering::SeqCst);
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a message over {} bytes", this.limit),
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// How many of a server's last stderr lines a lost connection's reason quotes.
@@ -114,6 +170,15 @@ impl ServerStderr {
             SessionError::Closed { .. } | SessionError::Protocol { .. }
         ) {
             return error;
+        }
+        if self.oversized.load(Ordering::SeqCst) {
+            return SessionError::Protocol {
+                detail: format!(
+                    "the MCP server sent a message over {} MiB, the most one JSON-RPC message \
+                     may hold: the connection was closed ({error})",
+                    MAX_MESSAGE_BYTES >> 20
+                ),
+            };
         }
         if let Some(mut closed) = self.closed.clone() {
             let _ = tokio::time::timeout(Duration::from_millis(200), closed.wait_for(|c| *c)).await;
@@ -162,15 +227,36 @@ impl McpSession {
         );
         #[cfg(unix)]
         command.process_group(0);
-        let (transport, stderr) = TokioChildProcess::builder(command)
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
             .spawn()
             .map_err(|source| super::spawn_error(&spec.program, spec.cwd.as_ref(), source))?;
-        let server_pid = transport.id();
+        let server_pid = child.id();
         // From here the group dies with this function's failure or with the session.
         let group = super::ChildGroup::new(server_pid);
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(SessionError::Protocol {
+                detail: format!("MCP server {:?}: its stdio was not piped", spec.program),
+            });
+        };
         let mut server_stderr = ServerStderr::default();
-        if let Some(stderr) = stderr {
+        // rmcp's transport over the server's stdio (what its TokioChildProcess builds), reading
+        // through a limit of our own that fails an oversized message at once.
+        let transport = AsyncRwTransport::<RoleClient, _, _>::new(
+            LineLimit {
+                inner: stdout,
+                line: 0,
+                limit: MAX_MESSAGE_BYTES,
+                oversized: Arc::clone(&server_stderr.oversized),
+            },
+            stdin,
+        )
+        .with_max_line_length(MAX_MESSAGE_BYTES.saturating_add(1));
+        if let Some(stderr) = child.stderr.take() {
             let program = spec.program.clone();
             let kept = Arc::clone(&server_stderr.lines);
             let (closed, closed_seen) = tokio::sync::watch::channel(false);
@@ -218,6 +304,7 @@ impl McpSession {
             service,
             server_pid,
             _group: group,
+            _child: child,
             program: spec.program.clone(),
             warmup: spec.warmup.clone(),
             warmup_calls: spec.warmup_calls.max(1),

@@ -51,7 +51,7 @@ pub use error::SessionError;
 pub use futures::future::BoxFuture;
 pub(crate) use groups::ChildGroup;
 pub use groups::kill_child_process_groups;
-pub use mcp::{McpFactory, McpSession, McpSpec};
+pub use mcp::{MAX_MESSAGE_BYTES, McpFactory, McpSession, McpSpec};
 pub use native::{NativeFactory, NativeRegistry, NativeSession, NativeTool};
 pub use pool::{Pool, PoolConfig, PoolStats, PooledSession};
 pub use process::{DEFAULT_MAX_OUTPUT_BYTES, ProcessFactory, ProcessSession, ProcessSpec};
