@@ -227,12 +227,25 @@ pub fn render_item(out: &mut String, source: &str, text: &str) {
     out.push_str("\n\n");
 }
 
-/// Tokens an item's heading and spacing add to its text (what the budget charges besides the
-/// text itself).
-pub fn item_overhead(counter: &dyn TokenCounter, source: &str) -> usize {
-    let mut rendered = String::new();
-    render_item(&mut rendered, source, "");
+/// Tokens an item costs as [`ContextPayload::render`] writes it: heading, text and spacing,
+/// counted together. With o200k this is exact, and the items of a payload add up to the count of
+/// the whole render: an item ends in a newline and the next starts with `#`, where o200k always
+/// splits, so no token spans two items. (With [`CalibratedCounter`] the sum is an upper bound.)
+pub fn rendered_item_tokens(counter: &dyn TokenCounter, source: &str, text: &str) -> usize {
+    let mut rendered = String::with_capacity(source.len() + text.len() + 6);
+    render_item(&mut rendered, source, text);
     counter.count(&rendered)
+}
+
+/// Tokens an item's heading and spacing add to its text, counted apart from it: the
+/// `## SOURCE` line and the blank line after the text. Exact for text that starts and ends with
+/// a letter or a digit; text that starts or ends with whitespace or punctuation can share a
+/// token with them, so it is then an upper bound in practice ([`rendered_item_tokens`] is the
+/// exact cost).
+pub fn item_overhead(counter: &dyn TokenCounter, source: &str) -> usize {
+    // Counted apart: counted together, with no text between them, o200k would take the three
+    // newlines as one token, which the real render never does.
+    counter.count(&format!("## {source}\n")) + counter.count("\n\n")
 }
 
 /// The closing line naming what the session already holds, if anything.

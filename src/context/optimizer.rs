@@ -13,6 +13,7 @@ use super::rank::{Bm25, analyze, compress};
 use super::{
     Candidate, Category, ContextConfig, ContextError, ContextItem, ContextMonitor, ContextPayload,
     ContextRequest, TokenCounter, content_hash, item_overhead, references_line,
+    rendered_item_tokens,
 };
 use crate::store::text::{Dictionary, DocTerms};
 
@@ -26,8 +27,9 @@ struct Skill {
     text: String,
     terms: DocTerms,
     hash: u64,
+    /// Tokens of the skill as rendered, heading included (counted once, at load).
     tokens: usize,
-    /// Tokens of its `## skill:NAME` heading (counted once, at load).
+    /// Tokens of its `## skill:NAME` heading and spacing counted apart (for compression).
     overhead: usize,
     modified: SystemTime,
 }
@@ -72,10 +74,11 @@ struct Entry<'a> {
     age: Duration,
     /// Upstream outputs and named files: sent whatever their relevance.
     always: bool,
-    /// Known token count of the text (skills are counted when loaded); from packing on, of the
-    /// item as rendered (text plus `overhead`).
+    /// Known token count of the item as rendered, heading included (skills are counted when
+    /// loaded, the others when packed).
     tokens: Option<usize>,
-    /// Tokens of the item's `## SOURCE` heading and spacing (0: not counted yet).
+    /// Tokens of the item's `## SOURCE` heading and spacing counted apart from its text, what
+    /// compression leaves room for (0: not counted yet).
     overhead: usize,
     score: f64,
 }
@@ -136,10 +139,10 @@ impl ContextOptimizer {
                 let source = format!("skill:{}", name.join("/"));
                 skills.push(Skill {
                     overhead: item_overhead(counter.as_ref(), &source),
+                    tokens: rendered_item_tokens(counter.as_ref(), &source, &text),
                     source,
                     terms: analyze(&text, &dictionary),
                     hash: content_hash(&text),
-                    tokens: counter.count(&text),
                     text,
                     modified,
                 });
@@ -399,15 +402,12 @@ impl ContextOptimizer {
                 payload.references.push((held.source.clone(), held.hash));
                 continue;
             }
-            // Every item is charged as rendered: its text and its heading (a skill's heading
-            // was counted when it was loaded).
-            if entry.overhead == 0 {
-                entry.overhead = item_overhead(self.counter.as_ref(), &entry.source);
-            }
-            let text_tokens = entry
-                .tokens
-                .unwrap_or_else(|| self.counter.count(entry.text));
-            let tokens = text_tokens + entry.overhead;
+            // Every item is charged as rendered, heading and spacing included, counted together
+            // with its text (a skill was counted when it was loaded).
+            let tokens = match entry.tokens {
+                Some(tokens) => tokens,
+                None => rendered_item_tokens(self.counter.as_ref(), &entry.source, entry.text),
+            };
             entry.tokens = Some(tokens);
             let c = entry.category.index();
             // Upstream outputs all wait for phase 2, where they share their room fairly: taken
@@ -459,12 +459,11 @@ impl ContextOptimizer {
             if tokens <= fair {
                 available -= tokens;
                 taken.push((order, item(entry, entry.text.to_string(), tokens, false)));
-            } else if let Some(text) = self.fit(entry, fair, bm25) {
+            } else if let Some((text, sent)) = self.fit(entry, fair, bm25) {
                 if let Some(held) = state.holds(&entry.source, entry.hash, Some(&text)) {
                     payload.references.push((held.source.clone(), held.hash));
                     continue;
                 }
-                let sent = self.counter.count(&text) + entry.overhead;
                 available -= sent.min(available);
                 squeezed.push(format!("{} ({tokens} → {sent} tokens)", entry.source));
                 taken.push((order, item(entry, text, sent, true)));
@@ -496,12 +495,11 @@ impl ContextOptimizer {
                 (entry.text.to_string(), tokens, false)
             } else if room >= MIN_COMPRESSED_TOKENS || entry.always {
                 match self.fit(&entry, room, bm25) {
-                    Some(text) => {
+                    Some((text, sent)) => {
                         if let Some(held) = state.holds(&entry.source, entry.hash, Some(&text)) {
                             payload.references.push((held.source.clone(), held.hash));
                             continue;
                         }
-                        let sent = self.counter.count(&text) + entry.overhead;
                         (text, sent, true)
                     }
                     None => {
@@ -541,17 +539,26 @@ impl ContextOptimizer {
         payload
     }
 
-    /// The entry's text compressed so that, with its heading, it costs at most `budget` tokens.
-    fn fit(&self, entry: &Entry<'_>, budget: usize, bm25: &Bm25) -> Option<String> {
-        compress(
-            entry.text,
-            budget.checked_sub(entry.overhead)?,
-            bm25,
-            &self.dictionary,
-            self.counter.as_ref(),
-        )
+    /// The entry's text compressed so that, rendered with its heading, it costs at most
+    /// `budget` tokens; with that cost.
+    fn fit(&self, entry: &Entry<'_>, budget: usize, bm25: &Bm25) -> Option<(String, usize)> {
+        let counter = self.counter.as_ref();
+        let overhead = match entry.overhead {
+            0 => item_overhead(counter, &entry.source),
+            overhead => overhead,
+        };
+        let mut room = budget.checked_sub(overhead)?;
+        loop {
+            let text = compress(entry.text, room, bm25, &self.dictionary, counter)?;
+            let sent = rendered_item_tokens(counter, &entry.source, &text);
+            if sent <= budget {
+                return Some((text, sent));
+            }
+            // The heading counted apart from the text is a bound only in practice: should the
+            // seams cost more, compress again into that much less room (always less: ends).
+            room = room.checked_sub(sent - budget)?;
+        }
     }
-
     /// The full context a session holds: everything sent to it since its last compaction, in
     /// the order it was sent (what the agent preserves in the store on an alert).
     pub fn session_snapshot(&self, session: &str) -> Vec<ContextItem> {
