@@ -511,6 +511,41 @@ args = {{ topic = "zebra stripes shader rule", notes = "{{{{context}}}}" }}
     runtime.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_context_a_task_receives_fits_the_window_and_is_what_the_event_reports() {
+    // Eight short upstream outputs against a window they fill by the count the Optimizer
+    // makes: at 104 tokens the task received 112, and the event said 104.
+    let dir = tempfile::tempdir().unwrap();
+    let window = 104;
+    let mut actors = ActorsConfig::embedded().unwrap();
+    actors.optimizer.context.budget.window = window;
+    let runtime = runtime(dir.path(), actors).await;
+    let mut events = runtime.subscribe();
+    let mut plan = String::from("name = \"release-notes\"\n");
+    for i in 0..8 {
+        plan.push_str(&format!(
+            "[[task]]\nid = \"r{i}\"\ntool = \"fn.say\"\n\
+             args = {{ text = \"release {i} notes: fixed the crash\" }}\n"
+        ));
+    }
+    plan.push_str(
+        "[[task]]\nid = \"z\"\ntool = \"fn.echo\"\n\
+         deps = [\"r0\", \"r1\", \"r2\", \"r3\", \"r4\", \"r5\", \"r6\", \"r7\"]\n\
+         args = { notes = \"{{context}}\" }\n",
+    );
+    let report = run_complete(&runtime, &plan, options(dir.path())).await;
+    let received = O200kCounter::new().unwrap().count(&notes(&report, "z"));
+    let reported = std::iter::from_fn(|| events.try_recv().ok())
+        .find_map(|e| match e {
+            RunEvent::ContextBuilt { task, tokens, .. } if task == "z" => Some(tokens),
+            _ => None,
+        })
+        .unwrap();
+    assert!(received <= window, "{received} tokens received");
+    assert_eq!(reported, received);
+    runtime.shutdown().await;
+}
+
 /// The tokens `gather`'s output costs in the plan of [`write_bad_context_run`]: 300 of text and
 /// 5 of its `## task:gather` heading.
 const GATHER_TOKENS: usize = 305;
