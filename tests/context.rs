@@ -594,7 +594,8 @@ fn incremental_payloads_send_only_changes_and_reference_the_rest() {
     );
     assert_eq!(second.tokens, counter().count(&rendered));
     assert_eq!(second.references.len(), 3);
-    assert_eq!(second.session_tokens, first.session_tokens);
+    // The line stays in the session's context too.
+    assert_eq!(second.session_tokens, first.session_tokens + second.tokens);
 
     // One memory changes: only it is sent; the others are references.
     req.memories[1].text = "Shader builds for sm_90 need CUDA 12.4 or later.".into();
@@ -602,10 +603,7 @@ fn incremental_payloads_send_only_changes_and_reference_the_rest() {
     assert_eq!(third.items.len(), 1);
     assert_eq!(third.items[0].source, "memory:b");
     assert_eq!(third.references.len(), 2);
-    assert_eq!(
-        third.session_tokens,
-        first.session_tokens + third.items[0].tokens
-    );
+    assert_eq!(third.session_tokens, second.session_tokens + third.tokens);
     assert_eq!(third.tokens, counter().count(&third.render()));
 
     // Another session starts from nothing.
@@ -1058,6 +1056,7 @@ proptest! {
         upstream in prop::collection::vec(generated_text(), 0..6),
         others in prop::collection::vec(generated_text(), 0..6),
         window in 1usize..400,
+        builds in 1usize..4,
     ) {
         let mut req = request("s", "shader release notes launch café item", Vec::new());
         req.upstream = upstream
@@ -1078,9 +1077,71 @@ proptest! {
                 memory(category, &source, text)
             })
             .collect();
-        check_payloads(counter(), true, window, &req, 1)?;
+        check_payloads(counter(), true, window, &req, builds)?;
         let estimate: Arc<dyn TokenCounter> =
             Arc::new(CalibratedCounter::with_chars_per_token(3.5).unwrap());
-        check_payloads(estimate, false, window, &req, 1)?;
+        check_payloads(estimate, false, window, &req, builds)?;
     }
+}
+
+#[test]
+fn the_line_naming_held_items_is_charged_before_the_items() {
+    // A session holds an upstream output; the next payload names it and adds a memory that
+    // fits what is left of the window only without that line (1003 tokens of 1000, before).
+    let window = 1_000;
+    let counter = O200kCounter::new().unwrap();
+    let cost = |source: &str, text: &str| rendered_item_tokens(&counter, source, text);
+    let padded = |head: &str, n: usize| format!("{head}{}", " registers".repeat(n));
+    let k = (1..2_000)
+        .find(|&k| cost("task:a", &padded("Build log:", k)) >= 894)
+        .unwrap();
+    let upstream = padded("Build log:", k);
+    let line = counter.count("## already in your context\ntask:a\n");
+    let left = window - cost("task:a", &upstream);
+    // The general share is 100 tokens: the memory fits it and what is left, but not the line.
+    let j = (1..200)
+        .find(|&j| {
+            let tokens = cost("memory:m", &padded("shader", j));
+            tokens + line > left && tokens <= left.min(100)
+        })
+        .unwrap();
+
+    let optimizer = optimizer(with_window(window));
+    let mut req = request("s", "shader registers", Vec::new());
+    req.upstream = vec![("a".into(), upstream)];
+    let first = optimizer.build(&req);
+    assert_eq!(first.items.len(), 1);
+    assert!(!first.items[0].compressed);
+    assert_eq!(first.session_tokens, window - left);
+
+    req.memories = vec![memory(Category::General, "memory:m", &padded("shader", j))];
+    let second = optimizer.build(&req);
+    assert_eq!(
+        second.references,
+        [("task:a".to_string(), first.items[0].hash)]
+    );
+    assert_eq!(second.tokens, counter.count(&second.render()));
+    // The line is held like the items: it is in the session's usage, within the window.
+    assert_eq!(second.session_tokens, first.session_tokens + second.tokens);
+    assert_eq!(second.session_tokens, optimizer.session_tokens("s"));
+    assert!(
+        second.session_tokens <= window,
+        "{} of {window}: {:?}",
+        second.session_tokens,
+        second.items
+    );
+    // The memory was still sent, in what the line leaves.
+    assert_eq!(second.items.len(), 1, "{:?}", second.warnings);
+    assert!(second.items[0].compressed);
+
+    // With the window full, even the line is left out rather than overflow it.
+    assert!(second.session_tokens + line > window);
+    let third = optimizer.build(&req);
+    assert_eq!(third.session_tokens, second.session_tokens);
+    assert!(third.references.is_empty() && third.items.is_empty());
+    assert!(
+        third.warnings.iter().any(|w| w.contains("left out")),
+        "{:?}",
+        third.warnings
+    );
 }

@@ -193,7 +193,8 @@ pub struct ContextPayload {
     pub references: Vec<(String, u64)>,
     /// Tokens of the payload as rendered: its items and the line naming its references.
     pub tokens: usize,
-    /// Tokens of everything the session holds after this payload.
+    /// Tokens of everything the session holds after this payload: the items sent to it and
+    /// the lines naming held items that its payloads carried.
     pub session_tokens: usize,
     /// The session's window.
     pub window: usize,

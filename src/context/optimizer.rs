@@ -38,11 +38,19 @@ struct Skill {
 #[derive(Debug, Default)]
 struct SessionState {
     held: Vec<ContextItem>,
+    /// Tokens of the lines naming held items that its payloads carried: they stay in the
+    /// session's context like the items do.
+    reference_tokens: usize,
 }
 
 impl SessionState {
     fn tokens(&self) -> usize {
-        self.held.iter().map(|item| item.tokens).sum()
+        self.held.iter().map(|item| item.tokens).sum::<usize>() + self.reference_tokens
+    }
+
+    fn clear(&mut self) {
+        self.held.clear();
+        self.reference_tokens = 0;
     }
 
     fn tokens_in(&self, category: Category) -> usize {
@@ -382,14 +390,40 @@ impl ContextOptimizer {
     ) -> ContextPayload {
         let budget = &self.config.budget;
         let window = budget.window;
+        let mut payload = ContextPayload::default();
+
+        // Relevant items the session already holds are named on one line instead of sent. The
+        // line is known before anything is packed, so its cost is set aside first: taken after
+        // the items, it could push the session past its window.
+        let entries: Vec<Entry<'_>> = entries
+            .into_iter()
+            .filter(|entry| match state.holds(&entry.source, entry.hash, None) {
+                Some(held) => {
+                    payload.references.push((held.source.clone(), held.hash));
+                    false
+                }
+                None => true,
+            })
+            .collect();
         let mut remaining_total = window.saturating_sub(state.tokens());
+        let mut line_tokens = self.references_tokens(&payload.references);
+        if line_tokens > remaining_total {
+            // The session holds these items either way; naming them is not worth overflowing.
+            warnings.push(format!(
+                "the line naming what the session already holds ({} items, {line_tokens} \
+                 tokens) is left out: only {remaining_total} tokens of the window are left",
+                payload.references.len()
+            ));
+            payload.references.clear();
+            line_tokens = 0;
+        }
+        remaining_total -= line_tokens;
         let mut own = [0usize; 4];
         for category in Category::ALL {
             let share = (budget.share(category) * window as f64).floor() as usize;
             own[category.index()] = share.saturating_sub(state.tokens_in(category));
         }
 
-        let mut payload = ContextPayload::default();
         let mut deferred: Vec<Entry<'_>> = Vec::new();
         let mut pending = [0usize; 4];
         let mut taken: Vec<(usize, ContextItem)> = Vec::new();
@@ -398,10 +432,6 @@ impl ContextOptimizer {
         // Phase 1: each category but the critical one fills its own share in rank order; what
         // does not fit waits.
         for mut entry in entries {
-            if let Some(held) = state.holds(&entry.source, entry.hash, None) {
-                payload.references.push((held.source.clone(), held.hash));
-                continue;
-            }
             // Every item is charged as rendered, heading and spacing included, counted together
             // with its text (a skill was counted when it was loaded).
             let tokens = match entry.tokens {
@@ -423,13 +453,6 @@ impl ContextOptimizer {
                 deferred.push(entry);
             }
         }
-
-        // The line naming the items the session already holds is sent too.
-        let references_cost = |references: &[(String, u64)]| {
-            references_line(references).map_or(0, |line| self.counter.count(&line))
-        };
-        let reserved = references_cost(&payload.references);
-        remaining_total = remaining_total.saturating_sub(reserved);
 
         // Phase 2: shares left unused by categories with nothing waiting are passed on.
         let mut spare = remaining_total;
@@ -461,7 +484,12 @@ impl ContextOptimizer {
                 taken.push((order, item(entry, entry.text.to_string(), tokens, false)));
             } else if let Some((text, sent)) = self.fit(entry, fair, bm25) {
                 if let Some(held) = state.holds(&entry.source, entry.hash, Some(&text)) {
-                    payload.references.push((held.source.clone(), held.hash));
+                    if let Some(extra) =
+                        self.refer(&mut payload.references, held, line_tokens, fair)
+                    {
+                        line_tokens += extra;
+                        available -= extra;
+                    }
                     continue;
                 }
                 available -= sent.min(available);
@@ -491,13 +519,25 @@ impl ContextOptimizer {
             let c = entry.category.index();
             let tokens = entry.tokens.unwrap_or(0);
             let room = (own[c] + spare).min(remaining_total);
+            // What is sent comes out of the category's own share first, then the spare.
+            let mut charge = |sent: usize| {
+                let from_own = sent.min(own[c]);
+                own[c] -= from_own;
+                spare = spare.saturating_sub(sent - from_own);
+                remaining_total = remaining_total.saturating_sub(sent);
+            };
             let (text, sent, compressed) = if tokens <= room {
                 (entry.text.to_string(), tokens, false)
             } else if room >= MIN_COMPRESSED_TOKENS || entry.always {
                 match self.fit(&entry, room, bm25) {
                     Some((text, sent)) => {
                         if let Some(held) = state.holds(&entry.source, entry.hash, Some(&text)) {
-                            payload.references.push((held.source.clone(), held.hash));
+                            if let Some(extra) =
+                                self.refer(&mut payload.references, held, line_tokens, room)
+                            {
+                                line_tokens += extra;
+                                charge(extra);
+                            }
                             continue;
                         }
                         (text, sent, true)
@@ -521,10 +561,7 @@ impl ContextOptimizer {
                 }
                 continue;
             };
-            let from_own = sent.min(own[c]);
-            own[c] -= from_own;
-            spare = spare.saturating_sub(sent - from_own);
-            remaining_total = remaining_total.saturating_sub(sent);
+            charge(sent);
             taken.push((order, item(&entry, text, sent, compressed)));
             order += 1;
         }
@@ -535,8 +572,37 @@ impl ContextOptimizer {
             state.held.push(item.clone());
             payload.items.push(item);
         }
-        payload.tokens += references_cost(&payload.references);
+        // The line stays in the session's context like the items it sends.
+        payload.tokens += line_tokens;
+        state.reference_tokens += line_tokens;
         payload
+    }
+
+    /// Tokens of the line naming `references` (0 for none).
+    fn references_tokens(&self, references: &[(String, u64)]) -> usize {
+        references_line(references).map_or(0, |line| self.counter.count(&line))
+    }
+
+    /// Names a held item on the references line if that makes the line, now `line_tokens`
+    /// long, at most `room` tokens longer: what it adds, or `None` (not named; the session
+    /// holds it either way).
+    fn refer(
+        &self,
+        references: &mut Vec<(String, u64)>,
+        held: &ContextItem,
+        line_tokens: usize,
+        room: usize,
+    ) -> Option<usize> {
+        references.push((held.source.clone(), held.hash));
+        let extra = self
+            .references_tokens(references)
+            .saturating_sub(line_tokens);
+        if extra <= room {
+            Some(extra)
+        } else {
+            references.pop();
+            None
+        }
     }
 
     /// The entry's text compressed so that, rendered with its heading, it costs at most
@@ -577,7 +643,7 @@ impl ContextOptimizer {
     pub fn compact(&self, session: &str) {
         let state = self.sessions.lock().get(session).cloned();
         if let Some(state) = state {
-            state.lock().held.clear();
+            state.lock().clear();
         }
         self.monitor
             .record(session, 0, self.config.budget.window.max(1));
