@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tetrarch::store::{
     CacheCategory, CacheError, CacheKey, CacheTtls, ContextCache, DurabilityMode, MemoryPatch,
-    MemoryType, Namespace, NewMemory, SearchOptions, Store, StoreConfig, StoreError,
+    MemoryType, Namespace, NewMemory, SearchOptions, Store, StoreConfig, StoreError, Timestamp,
 };
 
 fn project(name: &str) -> Namespace {
@@ -908,4 +908,84 @@ async fn the_persisted_cache_is_listed_and_cleared_by_category_and_age_durably()
             .entries,
         0
     );
+}
+
+/// `update` took an expiry already past, and the memory vanished at once. It is refused, like a
+/// time to live under 1 ms for `store`, and the memory is left as it was.
+#[tokio::test]
+async fn an_update_to_an_expiry_already_past_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let id = store
+        .store(NewMemory::new(Namespace::Global, "still wanted"))
+        .await
+        .unwrap();
+    let now = Timestamp::now().as_millis();
+    for at in [now - 60_000, now, 0] {
+        let patch = MemoryPatch {
+            expires_at: Some(Some(Timestamp::from_millis(at))),
+            ..MemoryPatch::default()
+        };
+        let error = store.update(id, patch).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::InvalidExpiry { detail } if detail.contains("not in the future")),
+            "{error}"
+        );
+    }
+    let memory = store.get(id).unwrap();
+    assert_eq!(memory.expires_at, None);
+    assert_eq!(store.search("wanted", &SearchOptions::default()).len(), 1);
+    let later = Timestamp::from_millis(now + 3_600_000);
+    let patch = MemoryPatch {
+        expires_at: Some(Some(later)),
+        ..MemoryPatch::default()
+    };
+    assert_eq!(
+        store.update(id, patch).await.unwrap().expires_at,
+        Some(later)
+    );
+}
+
+/// The in-memory cache was keyed by the key alone: a value filed as a file read, then asked
+/// for as a technique, came back with the file read's time to live, and the technique was
+/// never computed nor persisted. Each category now has its own entry.
+#[tokio::test]
+async fn the_same_key_asked_in_another_category_is_its_own_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = CacheKey::new("lookup", &"shared args").unwrap();
+    {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let cache = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store));
+        let read: String = cache
+            .get_or_compute(key, CacheCategory::FileRead, async {
+                Ok::<_, std::io::Error>("file contents".to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(read, "file contents");
+        let technique: String = cache
+            .get_or_compute(key, CacheCategory::Technique, async {
+                Ok::<_, std::io::Error>("technique pattern".to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(technique, "technique pattern");
+        let again: String = cache
+            .get_or_compute(key, CacheCategory::FileRead, async {
+                Ok::<_, std::io::Error>("not computed again".to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(again, "file contents");
+    }
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let cache = ContextCache::new(CacheTtls::default(), 1 << 20, Some(store));
+    let persisted: String = cache
+        .get_or_compute(key, CacheCategory::Technique, async {
+            Err::<String, _>(std::io::Error::other("must come from the store"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(persisted, "technique pattern");
 }

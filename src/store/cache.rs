@@ -259,10 +259,15 @@ struct CategoryExpiry {
     ttls: CacheTtls,
 }
 
-impl moka::Expiry<CacheKey, CachedEntry> for CategoryExpiry {
+/// What the in-memory cache is keyed by: the key and the category asked for. With the key alone,
+/// a value filed under one category was returned (with that category's time to live) to a caller
+/// asking for another, whose value was then never computed nor persisted.
+type MemoryKey = (CacheKey, CacheCategory);
+
+impl moka::Expiry<MemoryKey, CachedEntry> for CategoryExpiry {
     fn expire_after_create(
         &self,
-        _key: &CacheKey,
+        _key: &MemoryKey,
         value: &CachedEntry,
         _created_at: Instant,
     ) -> Option<Duration> {
@@ -273,7 +278,7 @@ impl moka::Expiry<CacheKey, CachedEntry> for CategoryExpiry {
 /// The shared context cache. Cheap to clone.
 #[derive(Clone)]
 pub struct ContextCache {
-    entries: moka::future::Cache<CacheKey, CachedEntry>,
+    entries: moka::future::Cache<MemoryKey, CachedEntry>,
     store: Option<Store>,
     hits: Arc<[AtomicU64; CacheCategory::ALL.len()]>,
     misses: Arc<[AtomicU64; CacheCategory::ALL.len()]>,
@@ -293,7 +298,7 @@ impl ContextCache {
     pub fn new(ttls: CacheTtls, max_bytes: u64, store: Option<Store>) -> Self {
         let entries = moka::future::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_key: &CacheKey, entry: &CachedEntry| {
+            .weigher(|_key: &MemoryKey, entry: &CachedEntry| {
                 u32::try_from(entry.bytes.len()).unwrap_or(u32::MAX).max(1)
             })
             .expire_after(CategoryExpiry { ttls })
@@ -308,6 +313,10 @@ impl ContextCache {
 
     /// Returns the cached value of `key`, or runs `compute` once (however many callers ask at the
     /// same time), caches its value for the category's time to live, and returns it.
+    ///
+    /// The category is part of the key: the same key asked with another category is another
+    /// entry. A persisted entry filed under another category is computed again and overwritten
+    /// (the file holds one entry per key).
     ///
     /// # Errors
     /// The computation's error, or a store error for the permanent category; shared by every
@@ -333,14 +342,21 @@ impl ContextCache {
                 // are re-computable, and keeping it would fail this key for good.
                 match store.cache_entry(key.0) {
                     Ok(Some((stored_category, bytes)))
-                        if codec::decode_value::<T>(&bytes).is_ok() =>
+                        if stored_category == category
+                            && codec::decode_value::<T>(&bytes).is_ok() =>
                     {
                         return Ok(CachedEntry {
-                            category: stored_category,
+                            category,
                             bytes: bytes.into(),
                         });
                     }
                     Ok(None) => {}
+                    Ok(Some((stored_category, _))) if stored_category != category => {
+                        tracing::warn!(
+                            "context cache: entry {:032x} is filed as {stored_category}, asked as {category}; recomputing",
+                            key.0
+                        );
+                    }
                     Ok(Some(_)) => {
                         tracing::warn!(
                             "context cache: entry {:032x} does not decode; recomputing",
@@ -368,7 +384,7 @@ impl ContextCache {
                 bytes: bytes.into(),
             })
         };
-        let entry = self.entries.try_get_with(key, init).await?;
+        let entry = self.entries.try_get_with((key, category), init).await?;
         let counter = if computed.load(Ordering::Relaxed) {
             &self.misses
         } else {
@@ -378,9 +394,11 @@ impl ContextCache {
         codec::decode_value(&entry.bytes).map_err(|e| Arc::new(CacheError::Store(e)))
     }
 
-    /// Drops one entry from memory (a persisted one stays on disk).
+    /// Drops one entry from memory, whatever its category (a persisted one stays on disk).
     pub async fn invalidate(&self, key: CacheKey) {
-        self.entries.invalidate(&key).await;
+        for category in CacheCategory::ALL {
+            self.entries.invalidate(&(key, category)).await;
+        }
     }
 
     /// Drops one entry from memory and from the store: the next `get_or_compute` computes it.
@@ -388,7 +406,7 @@ impl ContextCache {
     /// # Errors
     /// The store's, when removing the persisted entry fails (the memory entry is gone anyway).
     pub async fn remove(&self, key: CacheKey) -> Result<(), StoreError> {
-        self.entries.invalidate(&key).await;
+        self.invalidate(key).await;
         match &self.store {
             Some(store) => store.remove_cache_entry(key.0).await,
             None => Ok(()),

@@ -61,30 +61,64 @@ const MEMORY_VERSIONS: u32 = 1;
 /// How many versions of [`StoredCacheEntry`] this build reads.
 const CACHE_ENTRY_VERSIONS: u32 = 1;
 
+/// How many versions ahead of this build a record's version tag may be and still be taken for a
+/// record of a newer tetrarch; a tag further ahead is damage more likely than a future schema.
+const PLAUSIBLE_VERSIONS_AHEAD: u64 = 8;
+
 /// Why an envelope did not decode. postcard writes the envelope's variant (the schema version,
-/// from 0) first, as a varint: a variant this build does not know is a record written by a
-/// newer tetrarch, which is said as such rather than as a decoding error.
-fn envelope_error(what: &str, known: u32, bytes: &[u8], error: &postcard::Error) -> StoreError {
+/// from 0) first, as a varint. A variant this build does not know, close above its own and
+/// followed by what reads as this build's latest version (a newer schema extends it), is said
+/// to be a record of a newer tetrarch; any other unknown variant may be that or damage, and is
+/// said as both. A known variant that does not decode is damage.
+fn envelope_error(
+    what: &str,
+    known: u32,
+    bytes: &[u8],
+    error: &postcard::Error,
+    latest_body_reads: fn(&[u8]) -> bool,
+) -> StoreError {
+    let known = u64::from(known);
     match leading_varint(bytes) {
-        Some(variant) if variant >= u64::from(known) => StoreError::Codec(format!(
-            "decode {what}: written by a newer tetrarch ({what} version {}; this one reads \
-             versions 1 to {known})",
-            variant + 1
-        )),
-        _ => StoreError::Codec(format!("decode {what}: {error}")),
+        Some((variant, len)) if variant >= known => {
+            let version = variant.saturating_add(1);
+            let plausible = variant < known + PLAUSIBLE_VERSIONS_AHEAD
+                && bytes.get(len..).is_some_and(latest_body_reads);
+            let who = if plausible {
+                "written by a newer tetrarch"
+            } else {
+                "damaged or written by a newer tetrarch"
+            };
+            StoreError::Codec(format!(
+                "decode {what}: {who} ({what} version {version}; this one reads versions 1 to \
+                 {known})"
+            ))
+        }
+        _ if bytes.is_empty() => StoreError::Codec(format!("decode {what}: damaged (empty)")),
+        _ => StoreError::Codec(format!("decode {what}: damaged ({error})")),
     }
 }
 
-/// The unsigned LEB128 varint at the start of `bytes` (postcard's encoding of a variant index).
-fn leading_varint(bytes: &[u8]) -> Option<u64> {
+/// The unsigned LEB128 varint at the start of `bytes` (postcard's encoding of a variant index)
+/// and how many bytes it takes.
+fn leading_varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (i, byte) in bytes.iter().take(10).enumerate() {
         value |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
-            return Some(value);
+            return Some((value, i + 1));
         }
     }
     None
+}
+
+/// Whether `body` starts with what reads as the latest memory version.
+fn reads_as_latest_memory(body: &[u8]) -> bool {
+    postcard::take_from_bytes::<MemoryV1>(body).is_ok()
+}
+
+/// Whether `body` starts with what reads as the latest cache entry version.
+fn reads_as_latest_cache_entry(body: &[u8]) -> bool {
+    postcard::take_from_bytes::<CacheEntryV1>(body).is_ok()
 }
 
 /// Encodes a memory in the current schema.
@@ -112,8 +146,9 @@ pub(crate) fn encode_memory(memory: &Memory) -> Result<Vec<u8>, StoreError> {
 
 /// Decodes a memory written by any schema version.
 pub(crate) fn decode_memory(bytes: &[u8]) -> Result<Memory, StoreError> {
-    let record: StoredMemory = postcard::from_bytes(bytes)
-        .map_err(|e| envelope_error("memory", MEMORY_VERSIONS, bytes, &e))?;
+    let record: StoredMemory = postcard::from_bytes(bytes).map_err(|e| {
+        envelope_error("memory", MEMORY_VERSIONS, bytes, &e, reads_as_latest_memory)
+    })?;
     match record {
         StoredMemory::V1(v1) => Ok(Memory {
             id: MemoryId::from_u128(v1.id),
@@ -152,8 +187,15 @@ pub(crate) fn encode_cache_entry(
 
 /// Decodes a persisted cache entry, returning its category and value bytes.
 pub(crate) fn decode_cache_entry(bytes: &[u8]) -> Result<(CacheCategory, Vec<u8>), StoreError> {
-    let record: StoredCacheEntry = postcard::from_bytes(bytes)
-        .map_err(|e| envelope_error("cache entry", CACHE_ENTRY_VERSIONS, bytes, &e))?;
+    let record: StoredCacheEntry = postcard::from_bytes(bytes).map_err(|e| {
+        envelope_error(
+            "cache entry",
+            CACHE_ENTRY_VERSIONS,
+            bytes,
+            &e,
+            reads_as_latest_cache_entry,
+        )
+    })?;
     match record {
         StoredCacheEntry::V1(v1) => Ok((v1.category, v1.value)),
     }
@@ -164,8 +206,15 @@ pub(crate) fn decode_cache_entry(bytes: &[u8]) -> Result<(CacheCategory, Vec<u8>
 pub(crate) fn decode_cache_entry_meta(
     bytes: &[u8],
 ) -> Result<(CacheCategory, Timestamp), StoreError> {
-    let record: StoredCacheEntry = postcard::from_bytes(bytes)
-        .map_err(|e| envelope_error("cache entry", CACHE_ENTRY_VERSIONS, bytes, &e))?;
+    let record: StoredCacheEntry = postcard::from_bytes(bytes).map_err(|e| {
+        envelope_error(
+            "cache entry",
+            CACHE_ENTRY_VERSIONS,
+            bytes,
+            &e,
+            reads_as_latest_cache_entry,
+        )
+    })?;
     match record {
         StoredCacheEntry::V1(v1) => Ok((v1.category, Timestamp::from_millis(v1.stored_at))),
     }
@@ -218,14 +267,62 @@ mod tests {
             ),
             "{error}"
         );
+        assert!(!error.contains("damaged"), "{error}");
         // Damage that is not a version stays a decoding error.
         let error = decode_memory(&[0, 0xff]).unwrap_err().to_string();
         assert!(!error.contains("newer"), "{error}");
+        assert!(error.contains("damaged"), "{error}");
+        let error = decode_memory(&[]).unwrap_err().to_string();
+        assert!(error.contains("damaged (empty)"), "{error}");
         let mut entry =
             encode_cache_entry(CacheCategory::ToolResult, b"v", Timestamp::now()).unwrap();
         entry[0] = 3;
         let error = decode_cache_entry(&entry).unwrap_err().to_string();
         assert!(error.contains("cache entry version 4"), "{error}");
+    }
+
+    /// Garbage whose first byte is above this build's version was said to be "written by a
+    /// newer tetrarch". That is said only when the tag is close above ours and the rest reads as
+    /// a record; otherwise it may be either, and is said as both.
+    #[test]
+    fn garbage_with_a_high_first_byte_is_not_called_newer_for_sure() {
+        for garbage in [
+            &b"\x01 plain text, no record"[..],
+            b"\x05\xff\xff\xff",
+            b"\x7f",
+        ] {
+            let error = decode_memory(garbage).unwrap_err().to_string();
+            assert!(
+                error.contains("damaged or written by a newer tetrarch"),
+                "{garbage:?}: {error}"
+            );
+        }
+        // Far above any version this build could be behind: damage, or a newer one.
+        let mut bytes = encode_memory(&Memory {
+            id: MemoryId::from_u128(1),
+            namespace: Namespace::Global,
+            memory_type: MemoryType::Insight,
+            content: "x".into(),
+            summary: None,
+            keywords: vec![],
+            tags: vec![],
+            context: None,
+            importance: 5,
+            confidence: 1.0,
+            created_at: Timestamp::from_millis(1),
+            updated_at: Timestamp::from_millis(1),
+            last_accessed_at: Timestamp::from_millis(1),
+            access_count: 0,
+            expires_at: None,
+            archived: false,
+        })
+        .unwrap();
+        bytes[0] = 100;
+        let error = decode_memory(&bytes).unwrap_err().to_string();
+        assert!(
+            error.contains("damaged or written by a newer tetrarch (memory version 101"),
+            "{error}"
+        );
     }
 
     fn arb_namespace() -> impl Strategy<Value = Namespace> {

@@ -60,7 +60,8 @@ pub enum StoreError {
         /// The configured limit.
         limit: usize,
     },
-    /// An expiry the store cannot keep: a time to live under 1 ms, or one ending after 9999.
+    /// An expiry the store cannot keep: a time to live under 1 ms, an expiry time not in the
+    /// future, or one after 9999.
     #[error("invalid expiry: {detail}")]
     InvalidExpiry {
         /// Why.
@@ -115,7 +116,21 @@ pub enum StoreError {
     /// A [`super::StoreConfig`] a store cannot run with.
     #[error("invalid store configuration: {0}")]
     InvalidConfig(String),
-    /// The store's writer has stopped (the store is closing or a previous commit failed fatally).
+    /// The store file (or its folder) cannot be opened for writing. tetrarch opens its store
+    /// for writing even to read it (the database engine takes the file's write lock).
+    #[error(
+        "store {path} is not writable: tetrarch needs write access to its store file, even to read it"
+    )]
+    NotWritable {
+        /// The database file.
+        path: PathBuf,
+        /// The refusal.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store's writer has stopped: the store is shutting down, or its writer thread ended
+    /// unexpectedly. A failed commit is not this: it is a [`StoreError::Database`] error, and
+    /// the writer goes on (reopening the file first after an I/O error).
     #[error("the store's writer has stopped")]
     Closed,
 }

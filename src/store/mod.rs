@@ -16,7 +16,15 @@
 //! Access statistics (`access_count`, `last_accessed_at`) are counted in memory by `get` and written
 //! by the writer at each housekeeping tick (default every second) and on [`Store::sync`]; a crash can
 //! lose the counts of that last tick. Expired memories vanish from reads at their expiry time and are
-//! deleted at the next tick; until then `stats` still counts them.
+//! deleted at the next tick; until then `stats` still counts them (a store opened after they
+//! expired leaves them out of its counts at once).
+//!
+//! A record of `memories` that does not load at open (damaged, or written by a newer tetrarch) is
+//! moved, as it was, to the `damaged_memories` table with a warning naming it, and the store
+//! opens with the rest; [`StoreStats::damaged`] counts them.
+//!
+//! After an I/O error (a full disk) the writer closes and reopens the file and rebuilds the hot
+//! tier from it, so writes work again once there is room, without a restart (see `writer.rs`).
 
 mod cache;
 mod codec;
@@ -36,7 +44,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError};
+use redb::{
+    Database, DatabaseError, MultimapTableHandle, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, StorageError, TableError, TableHandle,
+};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -50,7 +61,9 @@ pub use memory::{Memory, MemoryId, MemoryPatch, MemoryType, Namespace, NewMemory
 use memory::{validate_memory, validate_ttl};
 use state::State;
 use text::{Dictionary, DocTerms, Fields, analyze_document, analyze_query};
-use writer::{CACHE, Command, MEMORIES, META, RUNS, WriterContext, db_error};
+use writer::{
+    CACHE, Command, DAMAGED_MEMORIES, MEMORIES, META, RUNS, SharedDb, WriterContext, db_error,
+};
 
 /// The schema version this build writes; files with a newer one are refused.
 const SCHEMA_VERSION: u32 = 1;
@@ -177,6 +190,10 @@ pub struct StoreStats {
     pub by_type: BTreeMap<MemoryType, u64>,
     /// The same counts per namespace.
     pub namespaces: BTreeMap<String, NamespaceStats>,
+    /// Records that did not load and were set aside in the `damaged_memories` table, kept as
+    /// they were; counted for the whole store (their namespace is unknown), so 0 in the stats of
+    /// one namespace.
+    pub damaged: u64,
 }
 
 /// A handle to an open store. Cheap to clone; all clones share one database and one writer.
@@ -188,7 +205,7 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     config: StoreConfig,
-    db: Arc<Database>,
+    db: Arc<SharedDb>,
     state: Arc<RwLock<State>>,
     commands: mpsc::Sender<Command>,
     access_queue: Arc<Mutex<Vec<MemoryId>>>,
@@ -253,6 +270,14 @@ fn guarded_read<T>(
         .unwrap_or_else(|panic| Err(engine_failed(path, &*panic)))
 }
 
+/// Opens (or creates) the database file; a panic of the engine on a damaged file is
+/// [`StoreError::Corrupt`].
+pub(crate) fn open_database(path: &Path) -> Result<Database, StoreError> {
+    guarded_read(path, || {
+        Database::create(path).map_err(|e| open_error(path, e))
+    })
+}
+
 fn open_error(path: &Path, error: DatabaseError) -> StoreError {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.to_path_buf(),
@@ -262,6 +287,14 @@ fn open_error(path: &Path, error: DatabaseError) -> StoreError {
         DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
             StoreError::AlreadyOpen {
                 path: path.to_path_buf(),
+            }
+        }
+        DatabaseError::Storage(StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            StoreError::NotWritable {
+                path: path.to_path_buf(),
+                source: io,
             }
         }
         DatabaseError::Storage(StorageError::Io(io))
@@ -285,14 +318,57 @@ struct Loaded {
     encoded_len: u64,
 }
 
+/// A record of `memories` that did not load, and why.
+struct Damaged {
+    key: u128,
+    bytes: Vec<u8>,
+    reason: String,
+}
+
+/// What an open table error means: a table of ours with other types (or a multimap table) is a
+/// file that is not a tetrarch store; a storage error is a database error.
+fn table_error(path: &Path, table: &str) -> impl FnOnce(TableError) -> StoreError {
+    let path = path.to_path_buf();
+    let table = table.to_owned();
+    move |error| match error {
+        TableError::Storage(storage) => db_error(&path, "open table")(storage),
+        other => StoreError::Corrupt {
+            detail: format!(
+                "not a tetrarch store: its table `{table}` is not tetrarch's ({other})"
+            ),
+            path,
+        },
+    }
+}
+
+/// Checks that a table of the file, if present, has tetrarch's types; says whether it is there.
+fn check_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    path: &Path,
+    table: redb::TableDefinition<K, V>,
+    names: &std::collections::BTreeSet<String>,
+) -> Result<bool, StoreError> {
+    if !names.contains(table.name()) {
+        return Ok(false);
+    }
+    txn.open_table(table)
+        .map_err(table_error(path, table.name()))?;
+    Ok(true)
+}
+
 impl Store {
     /// Opens (or creates) the store at `path` and rebuilds its index.
     ///
     /// Blocking: it reads the whole file. From async code, call it in `spawn_blocking`.
     ///
+    /// Records that do not load are set aside, not refused (see the module docs). A new path or
+    /// an empty file becomes a store; a redb file with tables but without tetrarch's schema is
+    /// refused and left as it is.
+    ///
     /// # Errors
     /// [`StoreError::AlreadyOpen`] when another process holds the file, [`StoreError::Corrupt`]
-    /// when the file is not a tetrarch store or is damaged, [`StoreError::Database`] on I/O errors.
+    /// when the file is not a tetrarch store or is damaged, [`StoreError::NotWritable`] when it
+    /// cannot be opened for writing, [`StoreError::Database`] on other I/O errors.
     pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, StoreError> {
         config.check()?;
         let path = path.as_ref().to_path_buf();
@@ -305,11 +381,11 @@ impl Store {
             let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
             Self::prepare_tables(&db, &path)?;
             let dictionary = Arc::new(Dictionary::default());
-            let state = Self::rebuild(&db, &path, &config, &dictionary)?;
+            let state = Self::load_state(&db, &path, &config, &dictionary)?;
             Ok::<_, StoreError>((db, state, dictionary))
         }));
         let (db, state, dictionary) = opened.map_err(|panic| engine_failed(&path, &*panic))??;
-        let db = Arc::new(db);
+        let db = Arc::new(SharedDb::new(db));
         let state = Arc::new(RwLock::new(state));
         let access_queue = Arc::new(Mutex::new(Vec::new()));
         let (commands, receiver) = mpsc::channel();
@@ -339,55 +415,173 @@ impl Store {
         })
     }
 
+    /// Checks that the file is a tetrarch store this build reads, creating the schema in a new
+    /// (empty) file and any table an older build did not have. Only reads when nothing is
+    /// missing, so opening a store to read it does not write it. A redb file with tables but
+    /// no tetrarch schema belongs to something else and is refused untouched.
     fn prepare_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let txn = db.begin_read().map_err(db_error(path, "begin read"))?;
+        let mut names: std::collections::BTreeSet<String> = txn
+            .list_tables()
+            .map_err(db_error(path, "list tables"))?
+            .map(|t| t.name().to_owned())
+            .collect();
+        names.extend(
+            txn.list_multimap_tables()
+                .map_err(db_error(path, "list tables"))?
+                .map(|t| t.name().to_owned()),
+        );
+        let fresh = names.is_empty();
+        if !fresh {
+            // The schema version first: nothing else is opened in a file that is not ours.
+            if !names.contains(META.name()) {
+                let listed: Vec<&str> = names.iter().map(String::as_str).take(5).collect();
+                return Err(corrupt(format!(
+                    "not a tetrarch store: a redb file without tetrarch's schema (its tables: {})",
+                    listed.join(", ")
+                )));
+            }
+            let meta = txn.open_table(META).map_err(table_error(path, "meta"))?;
+            let bytes = meta
+                .get("schema")
+                .map_err(db_error(path, "read schema version"))?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| {
+                    corrupt("not a tetrarch store: its meta table has no schema version".into())
+                })?;
+            let version = <[u8; 4]>::try_from(bytes.as_slice())
+                .map(u32::from_le_bytes)
+                .map_err(|_| corrupt("unreadable schema version".into()))?;
+            if version > SCHEMA_VERSION {
+                return Err(corrupt(format!(
+                    "written by a newer tetrarch (schema {version}; this build reads up to {SCHEMA_VERSION})"
+                )));
+            }
+        }
+        let missing = [
+            check_table(&txn, path, MEMORIES, &names)?,
+            check_table(&txn, path, CACHE, &names)?,
+            check_table(&txn, path, RUNS, &names)?,
+            check_table(&txn, path, DAMAGED_MEMORIES, &names)?,
+        ]
+        .contains(&false);
+        drop(txn);
+        if !fresh && !missing {
+            return Ok(());
+        }
         let txn = db.begin_write().map_err(db_error(path, "begin write"))?;
         {
             txn.open_table(MEMORIES)
-                .map_err(db_error(path, "open memories table"))?;
+                .map_err(table_error(path, "memories"))?;
             txn.open_table(CACHE)
-                .map_err(db_error(path, "open cache table"))?;
-            txn.open_table(RUNS)
-                .map_err(db_error(path, "open runs table"))?;
-            let mut meta = txn
-                .open_table(META)
-                .map_err(db_error(path, "open meta table"))?;
-            let existing = meta
-                .get("schema")
-                .map_err(db_error(path, "read schema version"))?
-                .map(|v| v.value().to_vec());
-            match existing {
-                Some(bytes) => {
-                    let version = <[u8; 4]>::try_from(bytes.as_slice())
-                        .map(u32::from_le_bytes)
-                        .map_err(|_| StoreError::Corrupt {
-                            path: path.to_path_buf(),
-                            detail: "unreadable schema version".into(),
-                        })?;
-                    if version > SCHEMA_VERSION {
-                        return Err(StoreError::Corrupt {
-                            path: path.to_path_buf(),
-                            detail: format!(
-                                "written by a newer tetrarch (schema {version}; this build reads up to {SCHEMA_VERSION})"
-                            ),
-                        });
-                    }
-                }
-                None => {
-                    meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())
-                        .map_err(db_error(path, "write schema version"))?;
-                }
+                .map_err(table_error(path, "context_cache"))?;
+            txn.open_table(RUNS).map_err(table_error(path, "runs"))?;
+            txn.open_table(DAMAGED_MEMORIES)
+                .map_err(table_error(path, "damaged_memories"))?;
+            if fresh {
+                let mut meta = txn.open_table(META).map_err(table_error(path, "meta"))?;
+                meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())
+                    .map_err(db_error(path, "write schema version"))?;
             }
         }
         txn.commit().map_err(db_error(path, "commit schema"))
     }
 
-    /// Reads every record and rebuilds the hot tier, decoding and analysing on all cores.
-    fn rebuild(
+    /// Rebuilds the hot tier from the file and sets aside the records that do not load (see
+    /// [`Self::quarantine`]).
+    pub(crate) fn load_state(
         db: &Database,
         path: &Path,
         config: &StoreConfig,
         dictionary: &Arc<Dictionary>,
     ) -> Result<State, StoreError> {
+        let (mut state, damaged) = Self::rebuild(db, path, config, dictionary)?;
+        let mut left_in_place = 0;
+        if !damaged.is_empty() {
+            left_in_place = Self::quarantine(db, path, &damaged);
+        }
+        let set_aside = guarded_read(path, || {
+            let txn = db.begin_read().map_err(db_error(path, "begin read"))?;
+            match txn.open_table(DAMAGED_MEMORIES) {
+                Ok(table) => table.len().map_err(db_error(path, "count damaged records")),
+                Err(TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(e) => Err(table_error(path, "damaged_memories")(e)),
+            }
+        })?;
+        state.damaged = set_aside + left_in_place as u64;
+        Ok(state)
+    }
+
+    /// Moves records that did not load from `memories` to `damaged_memories`, as they were, in
+    /// one durable commit, so the store opens and nothing is lost. Returns how many stayed in
+    /// `memories` (the move failed, or the key is already set aside with other bytes); those
+    /// are skipped at each open until the move succeeds.
+    fn quarantine(db: &Database, path: &Path, damaged: &[Damaged]) -> usize {
+        for d in damaged {
+            tracing::warn!(
+                path = %path.display(),
+                "store: record {:032x} of memories does not load ({}); setting it aside in damaged_memories",
+                d.key,
+                d.reason
+            );
+        }
+        let moved = guarded_read(path, || {
+            let txn = db.begin_write().map_err(db_error(path, "begin write"))?;
+            let mut kept = 0;
+            {
+                let mut memories = txn
+                    .open_table(MEMORIES)
+                    .map_err(table_error(path, "memories"))?;
+                let mut aside = txn
+                    .open_table(DAMAGED_MEMORIES)
+                    .map_err(table_error(path, "damaged_memories"))?;
+                for d in damaged {
+                    let earlier = aside
+                        .get(d.key)
+                        .map_err(db_error(path, "read damaged record"))?
+                        .map(|v| v.value() != d.bytes.as_slice());
+                    if earlier == Some(true) {
+                        // Never overwrite what an earlier open set aside.
+                        kept += 1;
+                        continue;
+                    }
+                    aside
+                        .insert(d.key, d.bytes.as_slice())
+                        .map_err(db_error(path, "set aside damaged record"))?;
+                    memories
+                        .remove(d.key)
+                        .map_err(db_error(path, "set aside damaged record"))?;
+                }
+            }
+            txn.commit()
+                .map_err(db_error(path, "commit damaged records"))?;
+            Ok(kept)
+        });
+        match moved {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "store: damaged records could not be set aside; they stay where they are and are skipped"
+                );
+                damaged.len()
+            }
+        }
+    }
+
+    /// Reads every record and rebuilds the hot tier, decoding and analysing on all cores;
+    /// returns the records that do not load beside it.
+    fn rebuild(
+        db: &Database,
+        path: &Path,
+        config: &StoreConfig,
+        dictionary: &Arc<Dictionary>,
+    ) -> Result<(State, Vec<Damaged>), StoreError> {
         let started = std::time::Instant::now();
         let txn = db.begin_read().map_err(db_error(path, "begin read"))?;
         let table = txn
@@ -413,27 +607,40 @@ impl Store {
             .unwrap_or(1)
             .clamp(1, 16);
         let chunk = records.len().div_ceil(threads).max(1);
-        let loaded: Vec<Result<Vec<Loaded>, StoreError>> = std::thread::scope(|scope| {
+        type Part = Result<(Vec<Loaded>, Vec<Damaged>), StoreError>;
+        let loaded: Vec<Part> = std::thread::scope(|scope| {
             let workers: Vec<_> = records
                 .chunks(chunk)
                 .map(|part| {
                     let progress = progress.clone();
                     scope.spawn(move || {
                         let mut out = Vec::with_capacity(part.len());
+                        let mut damaged = Vec::new();
                         for (i, (key, bytes)) in part.iter().enumerate() {
-                            let memory =
-                                codec::decode_memory(bytes).map_err(|e| StoreError::Corrupt {
-                                    path: path.to_path_buf(),
-                                    detail: format!("record {key:032x}: {e}"),
-                                })?;
-                            // Every later write and purge goes by the memory's own id: one
-                            // stored under another key would be loaded twice or never removed.
-                            if memory.id.as_u128() != *key {
-                                return Err(StoreError::Corrupt {
-                                    path: path.to_path_buf(),
-                                    detail: format!("record {key:032x} holds memory {}", memory.id),
-                                });
-                            }
+                            let decoded = codec::decode_memory(bytes).and_then(|memory| {
+                                // Every later write and purge goes by the memory's own id: one
+                                // stored under another key would be loaded twice or never
+                                // removed.
+                                if memory.id.as_u128() == *key {
+                                    Ok(memory)
+                                } else {
+                                    Err(StoreError::Codec(format!(
+                                        "the record holds memory {}",
+                                        memory.id
+                                    )))
+                                }
+                            });
+                            let memory = match decoded {
+                                Ok(memory) => memory,
+                                Err(e) => {
+                                    damaged.push(Damaged {
+                                        key: *key,
+                                        bytes: bytes.clone(),
+                                        reason: e.to_string(),
+                                    });
+                                    continue;
+                                }
+                            };
                             let terms = (!memory.archived && !memory.is_expired(now))
                                 .then(|| analyze_document(&fields_of(&memory), dictionary));
                             out.push(Loaded {
@@ -447,7 +654,7 @@ impl Store {
                                 bar.inc(1024);
                             }
                         }
-                        Ok(out)
+                        Ok((out, damaged))
                     })
                 })
                 .collect();
@@ -466,8 +673,11 @@ impl Store {
         let analysed_at = started.elapsed();
         let mut state = State::new(dictionary.clone());
         let mut live = Vec::with_capacity(records.len());
+        let mut damaged = Vec::new();
         for part in loaded {
-            for record in part? {
+            let (part, part_damaged) = part?;
+            damaged.extend(part_damaged);
+            for record in part {
                 let Loaded {
                     memory,
                     terms,
@@ -496,7 +706,7 @@ impl Store {
             total_ms = started.elapsed().as_millis() as u64,
             "store index rebuilt"
         );
-        Ok(state)
+        Ok((state, damaged))
     }
 
     /// The database file.
@@ -642,7 +852,8 @@ impl Store {
     /// Changes a live memory and returns the new version once committed.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`], [`StoreError::Archived`], or the validation errors of `store`.
+    /// [`StoreError::NotFound`], [`StoreError::Archived`], [`StoreError::InvalidExpiry`] for an
+    /// expiry that is not in the future, or the validation errors of `store`.
     pub async fn update(&self, id: MemoryId, patch: MemoryPatch) -> Result<Memory, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Update {
@@ -737,7 +948,14 @@ impl Store {
     /// Counts by namespace, type and archived state, and bytes stored; for one namespace or all.
     pub fn stats(&self, namespace: Option<&Namespace>) -> StoreStats {
         let state = self.inner.state.read();
-        let mut stats = StoreStats::default();
+        let mut stats = StoreStats {
+            damaged: if namespace.is_none() {
+                state.damaged
+            } else {
+                0
+            },
+            ..StoreStats::default()
+        };
         for (ns, counts) in &state.counts {
             if namespace.is_some_and(|wanted| wanted != ns) {
                 continue;
@@ -793,11 +1011,7 @@ impl Store {
         operation: &'static str,
     ) -> Result<redb::ReadOnlyTable<K, V>, StoreError> {
         let path = &self.inner.path;
-        let txn = self
-            .inner
-            .db
-            .begin_read()
-            .map_err(db_error(path, "begin read"))?;
+        let txn = self.inner.db.begin_read(path)?;
         txn.open_table(table).map_err(db_error(path, operation))
     }
 
@@ -1110,7 +1324,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let txn = store.inner.db.begin_read().unwrap();
+        let txn = store.inner.db.begin_read(&store.inner.path).unwrap();
         let table = txn.open_table(writer::MEMORIES).unwrap();
         assert!(
             table.get(id.as_u128()).unwrap().is_none(),
@@ -1119,10 +1333,10 @@ mod tests {
         assert_eq!((store.stats(None).live, store.stats(None).bytes), (0, 0));
     }
 
-    /// A record whose memory says another id than its key is refused at open, naming both:
-    /// loaded, it would be indexed twice or never purged.
+    /// A record whose memory says another id than its key is set aside at open (loaded, it
+    /// would be indexed twice or never purged); the memory under its own key still loads.
     #[tokio::test]
-    async fn a_record_under_another_memorys_key_is_reported_as_corrupt() {
+    async fn a_record_under_another_memorys_key_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let id = {
@@ -1132,20 +1346,35 @@ mod tests {
             store.sync().await.unwrap();
             id
         };
-        {
+        let copy = {
             let db = redb::Database::open(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            {
+            let copy = {
                 let mut table = txn.open_table(writer::MEMORIES).unwrap();
                 let bytes = table.get(id.as_u128()).unwrap().unwrap().value().to_vec();
                 table.insert(id.as_u128() ^ 1, bytes.as_slice()).unwrap();
-            }
+                bytes
+            };
             txn.commit().unwrap();
-        }
-        let err = Store::open(&path, StoreConfig::default()).err().unwrap();
-        assert!(
-            matches!(&err, StoreError::Corrupt { detail, .. } if detail.contains(&format!("holds memory {id}"))),
-            "{err}"
-        );
+            copy
+        };
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(store.get(id).unwrap().content, "copied");
+        assert_eq!((store.stats(None).live, store.stats(None).damaged), (1, 1));
+        let txn = store.inner.db.begin_read(&path).unwrap();
+        let aside = txn.open_table(writer::DAMAGED_MEMORIES).unwrap();
+        assert_eq!(aside.get(id.as_u128() ^ 1).unwrap().unwrap().value(), copy);
+        let memories = txn.open_table(writer::MEMORIES).unwrap();
+        assert!(memories.get(id.as_u128() ^ 1).unwrap().is_none());
+    }
+
+    /// A store file the process may not write is said to be that, not a bare "open failed".
+    #[test]
+    fn a_store_file_that_is_not_writable_is_said_to_be() {
+        let path = Path::new("/somewhere/store.redb");
+        let refused = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let error = open_error(path, DatabaseError::Storage(StorageError::Io(refused)));
+        assert!(matches!(error, StoreError::NotWritable { .. }), "{error:?}");
+        assert!(error.to_string().contains("is not writable"), "{error}");
     }
 }

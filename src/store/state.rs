@@ -75,6 +75,8 @@ pub(crate) struct State {
     /// Every memory with an expiry, archived ones included.
     pub expiry: BTreeSet<(i64, MemoryId)>,
     pub counts: BTreeMap<Namespace, NamespaceCounts>,
+    /// Records set aside in `damaged_memories` (or left in place when that failed) at load.
+    pub damaged: u64,
 }
 
 impl State {
@@ -87,6 +89,7 @@ impl State {
             recent_all: BTreeSet::new(),
             expiry: BTreeSet::new(),
             counts: BTreeMap::new(),
+            damaged: 0,
         }
     }
 

@@ -9,6 +9,11 @@
 //! The same thread does housekeeping between batches: it purges expired memories, writes access
 //! statistics that `get` accumulated in memory, and (in relaxed mode) makes the periodic durable
 //! commit.
+//!
+//! After an I/O error (disk full, a file size limit) redb refuses every later transaction until
+//! the database is closed and opened again. The writer does that itself before its next batch or
+//! housekeeping tick, and rebuilds the hot tier from the reopened file, so the store recovers once
+//! there is room again and what readers see is exactly what the file holds.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
-use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    CommitError, Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageError,
+    TableDefinition, TransactionError, WriteTransaction,
+};
 use tokio::sync::oneshot;
 
 use super::codec;
@@ -35,6 +43,10 @@ pub(crate) const CACHE: TableDefinition<u128, &[u8]> = TableDefinition::new("con
 pub(crate) const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 /// File-level metadata, such as the schema version.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Records of `memories` that did not load at open, moved here as they were (key → raw bytes)
+/// so one damaged record neither stops the store from opening nor is lost.
+pub(crate) const DAMAGED_MEMORIES: TableDefinition<u128, &[u8]> =
+    TableDefinition::new("damaged_memories");
 
 /// Most commands applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 4096;
@@ -77,9 +89,70 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// The open database, shared by the writer and the readers. The writer replaces it after an I/O
+/// error (see the module docs); `None` while a reopen has failed and is waiting to be retried.
+/// Callers hold the lock only to begin a transaction: a transaction does not borrow the
+/// database, and the reopen needs the old one dropped (it holds the file's lock).
+pub(crate) struct SharedDb(RwLock<Option<Database>>);
+
+/// Why a transaction could not begin while the writer has no database open.
+#[derive(Debug, thiserror::Error)]
+#[error("the file was closed after an I/O error and is not open again yet (the writer retries)")]
+struct NotReopenedYet;
+
+impl SharedDb {
+    pub(crate) fn new(db: Database) -> Self {
+        SharedDb(RwLock::new(Some(db)))
+    }
+
+    /// Begins a read transaction.
+    pub(crate) fn begin_read(&self, path: &Path) -> Result<ReadTransaction, StoreError> {
+        match &*self.0.read() {
+            Some(db) => db.begin_read().map_err(db_error(path, "begin read")),
+            None => Err(db_error(path, "begin read")(NotReopenedYet)),
+        }
+    }
+
+    /// Runs `f` on the open database.
+    pub(crate) fn with<T>(
+        &self,
+        path: &Path,
+        operation: &'static str,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &*self.0.read() {
+            Some(db) => f(db),
+            None => Err(db_error(path, operation)(NotReopenedYet)),
+        }
+    }
+
+    fn begin_write(&self, path: &Path) -> Result<WriteTransaction, StoreError> {
+        match &*self.0.read() {
+            Some(db) => db.begin_write().map_err(db_error(path, "begin write")),
+            None => Err(db_error(path, "begin write")(NotReopenedYet)),
+        }
+    }
+}
+
+/// Whether a failed begin left redb refusing every later transaction (an I/O error, now or
+/// before), which only closing and reopening the file clears.
+fn begin_needs_reopen(error: &StoreError) -> bool {
+    let StoreError::Database { source, .. } = error else {
+        return false;
+    };
+    match source.downcast_ref::<TransactionError>() {
+        Some(TransactionError::Storage(storage)) => io_latched(storage),
+        _ => source.is::<NotReopenedYet>(),
+    }
+}
+
+fn io_latched(error: &StorageError) -> bool {
+    matches!(error, StorageError::Io(_) | StorageError::PreviousIo)
+}
+
 /// What the writer shares with the store handles.
 pub(crate) struct WriterContext {
-    pub db: Arc<Database>,
+    pub db: Arc<SharedDb>,
     pub state: Arc<RwLock<State>>,
     pub path: PathBuf,
     pub config: StoreConfig,
@@ -131,10 +204,7 @@ impl<'a> Batch<'a> {
         durable: bool,
         buffers: &mut Buffers,
     ) -> Result<Self, StoreError> {
-        let mut txn = ctx
-            .db
-            .begin_write()
-            .map_err(db_error(&ctx.path, "begin write"))?;
+        let mut txn = ctx.db.begin_write(&ctx.path)?;
         let durability = if durable {
             redb::Durability::Immediate
         } else {
@@ -174,9 +244,9 @@ impl<'a> Batch<'a> {
         let mut table = match self.txn.open_table(MEMORIES) {
             Ok(table) => table,
             Err(e) => {
-                let message = e.to_string();
+                let error = SharedError::new(&self.ctx.path, "open memories table", e);
                 for command in stores {
-                    fail_command(self.ctx, command, &message);
+                    fail_command(command, &error);
                 }
                 return;
             }
@@ -294,6 +364,14 @@ impl<'a> Batch<'a> {
             .ok_or(StoreError::NotFound(id))?;
         if memory.archived {
             return Err(StoreError::Archived(id));
+        }
+        // A memory given an expiry already past would vanish the moment it is written.
+        if let Some(Some(at)) = patch.expires_at
+            && at.as_millis() <= now.as_millis()
+        {
+            return Err(StoreError::InvalidExpiry {
+                detail: format!("{at} is not in the future (now is {now})"),
+            });
         }
         patch.apply(&mut memory, now);
         validate_memory(&memory, self.ctx.config.max_content_bytes)?;
@@ -443,8 +521,9 @@ impl<'a> Batch<'a> {
     }
 
     /// Commits, applies the effects to the hot tier, then answers every caller; hands the
-    /// emptied buffers back for the next batch.
-    fn commit(self, buffers: &mut Buffers) {
+    /// emptied buffers back for the next batch. Returns whether the commit failed on an I/O
+    /// error, after which the file must be reopened.
+    fn commit(self, buffers: &mut Buffers) -> bool {
         let Batch {
             ctx,
             txn,
@@ -452,6 +531,7 @@ impl<'a> Batch<'a> {
             mut effects,
             mut replies,
         } = self;
+        let mut needs_reopen = false;
         match txn.commit() {
             Ok(()) => {
                 if !effects.is_empty() {
@@ -468,10 +548,17 @@ impl<'a> Batch<'a> {
                 }
             }
             Err(e) => {
-                let message = e.to_string();
-                tracing::error!(path = %ctx.path.display(), error = %message, "store commit failed");
+                tracing::error!(path = %ctx.path.display(), error = %e, "store commit failed");
+                // Not acknowledged, so none of it reaches the hot tier.
                 effects.clear();
-                fail_all(ctx, replies.drain(..), &message);
+                needs_reopen = matches!(&e, CommitError::Storage(s) if io_latched(s));
+                let error = SharedError::new(&ctx.path, "commit", e);
+                for reply in replies.drain(..) {
+                    match reply {
+                        Pending::Unit(tx) => send(tx, Err(error.get())),
+                        Pending::Memory(tx, _) => send(tx, Err(error.get())),
+                    }
+                }
             }
         }
         written.clear();
@@ -480,6 +567,7 @@ impl<'a> Batch<'a> {
             effects,
             replies,
         };
+        needs_reopen
     }
 }
 
@@ -509,36 +597,109 @@ fn send<T>(reply: oneshot::Sender<Result<T, StoreError>>, value: Result<T, Store
     }
 }
 
-fn fail_all(ctx: &WriterContext, replies: impl Iterator<Item = Pending>, message: &str) {
-    let error = || StoreError::Database {
-        path: ctx.path.clone(),
-        operation: "commit",
-        source: message.to_owned().into(),
-    };
-    for reply in replies {
-        match reply {
-            Pending::Unit(tx) => send(tx, Err(error())),
-            Pending::Memory(tx, _) => send(tx, Err(error())),
+/// One error for many callers. [`StoreError`] is not `Clone` (its source is boxed), so the
+/// cause is shared and each caller's error keeps it, with its own sources, in its chain.
+struct SharedError {
+    path: PathBuf,
+    operation: &'static str,
+    cause: Arc<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+/// A shared cause, shown as itself (Display and source are the cause's).
+#[derive(Debug)]
+struct SharedCause(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl std::fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl SharedError {
+    fn new<E>(path: &Path, operation: &'static str, cause: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        SharedError {
+            path: path.to_path_buf(),
+            operation,
+            cause: Arc::new(cause),
+        }
+    }
+
+    /// Shares a store error: a database error keeps its operation and cause; any other is the
+    /// cause of a failed `operation`.
+    fn from_store(path: &Path, error: StoreError, operation: &'static str) -> Self {
+        match error {
+            StoreError::Database {
+                path,
+                operation,
+                source,
+            } => SharedError {
+                path,
+                operation,
+                cause: Arc::from(source),
+            },
+            other => SharedError {
+                path: path.to_path_buf(),
+                operation,
+                cause: Arc::new(other),
+            },
+        }
+    }
+
+    fn get(&self) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            operation: self.operation,
+            source: Box::new(SharedCause(self.cause.clone())),
         }
     }
 }
 
-fn fail_command(ctx: &WriterContext, command: Command, message: &str) {
-    let error = || StoreError::Database {
-        path: ctx.path.clone(),
-        operation: "write",
-        source: message.to_owned().into(),
-    };
+fn fail_command(command: Command, error: &SharedError) {
     match command {
         Command::Store { reply, .. }
         | Command::Archive { reply, .. }
         | Command::CachePut { reply, .. }
         | Command::CacheRemove { reply, .. }
         | Command::RunRecords { reply, .. }
-        | Command::Sync { reply } => send(reply, Err(error())),
-        Command::Update { reply, .. } => send(reply, Err(error())),
+        | Command::Sync { reply } => send(reply, Err(error.get())),
+        Command::Update { reply, .. } => send(reply, Err(error.get())),
         Command::Shutdown => {}
     }
+}
+
+/// Closes the database and opens the file again, then rebuilds the hot tier from it: after an
+/// I/O error the file is what recovery made of it (a failed commit may or may not be in it, and
+/// in relaxed mode unsynced commits may be gone), and the hot tier must match it.
+fn reopen(ctx: &WriterContext) -> Result<(), StoreError> {
+    {
+        let mut slot = ctx.db.0.write();
+        if let Some(old) = slot.take()
+            && let Err(e) = old.close()
+        {
+            // Expected after an I/O error; the open below recovers the file.
+            tracing::debug!(error = %e, "store: closing after an I/O error");
+        }
+        *slot = Some(super::open_database(&ctx.path)?);
+    }
+    let state = ctx.db.with(&ctx.path, "reopen", |db| {
+        super::guarded_read(&ctx.path, || {
+            super::Store::load_state(db, &ctx.path, &ctx.config, &ctx.dictionary)
+        })
+    })?;
+    // Reads counted against the old hot tier are lost, as in a crash (see the module docs).
+    ctx.access_queue.lock().clear();
+    *ctx.state.write() = state;
+    tracing::info!(path = %ctx.path.display(), "store reopened after an I/O error");
+    Ok(())
 }
 
 /// The writer thread's loop. Returns when told to shut down or when every store handle is gone.
@@ -552,6 +713,8 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     let mut shutting_down = false;
+    // Set after an I/O error; cleared once the file is reopened (see `reopen`).
+    let mut needs_reopen = false;
     // Kept across batches, like the batch's own buffers (see `Buffers`).
     let mut batch: Vec<Command> = Vec::new();
     let mut buffers = Buffers::default();
@@ -582,6 +745,26 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
         if batch.is_empty() && !housekeeping && !sync_due {
             continue;
         }
+        if needs_reopen {
+            if housekeeping {
+                last_housekeeping = Instant::now();
+            }
+            match reopen(&ctx) {
+                Ok(()) => {
+                    needs_reopen = false;
+                    // The rebuilt hot tier is what the file holds: nothing is unsynced.
+                    unsynced = false;
+                }
+                Err(e) => {
+                    tracing::error!(path = %ctx.path.display(), error = %e, "store reopen failed; will retry");
+                    let error = SharedError::from_store(&ctx.path, e, "reopen after an I/O error");
+                    for command in batch.drain(..) {
+                        fail_command(command, &error);
+                    }
+                    continue;
+                }
+            }
+        }
         let now = Timestamp::now();
         // An idle store does not commit: an empty housekeeping commit was an fsync every tick.
         let chores = housekeeping
@@ -591,13 +774,32 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
             continue;
         }
         let durable = relaxed_interval.is_none() || wants_sync || sync_due || shutting_down;
-        let mut work = match Batch::begin(&ctx, durable, &mut buffers) {
+        let begun = match Batch::begin(&ctx, durable, &mut buffers) {
+            // Latched by an error the writer did not see (a read's): reopen and try once more.
+            Err(e) if begin_needs_reopen(&e) => {
+                tracing::warn!(path = %ctx.path.display(), error = %e, "store: reopening after an I/O error");
+                match reopen(&ctx) {
+                    Ok(()) => {
+                        unsynced = false;
+                        Batch::begin(&ctx, durable, &mut buffers)
+                    }
+                    Err(e) => {
+                        // Retried at the next batch or tick.
+                        needs_reopen = true;
+                        Err(e)
+                    }
+                }
+            }
+            begun => begun,
+        };
+        let mut work = match begun {
             Ok(w) => w,
             Err(e) => {
-                let message = e.to_string();
-                tracing::error!(path = %ctx.path.display(), error = %message, "store write failed");
+                tracing::error!(path = %ctx.path.display(), error = %e, "store write failed");
+                needs_reopen |= begin_needs_reopen(&e);
+                let error = SharedError::from_store(&ctx.path, e, "begin write");
                 for command in batch.drain(..) {
-                    fail_command(&ctx, command, &message);
+                    fail_command(command, &error);
                 }
                 continue;
             }
@@ -614,7 +816,7 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
             }
         }
         work.execute_all(&mut batch, now);
-        work.commit(&mut buffers);
+        needs_reopen = work.commit(&mut buffers);
         if durable {
             last_sync = Instant::now();
             unsynced = false;
