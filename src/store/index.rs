@@ -42,7 +42,8 @@ const K1: f64 = 1.2;
 const B: f64 = 0.75;
 /// Added per matched term so match count dominates the BM25 part (which stays far below this).
 const MATCH_BONUS: f64 = 100_000.0;
-/// Queries are cut to this many distinct terms, keeping the composite score exact.
+/// Queries are cut to this many distinct terms that the index knows (unknown ones are skipped,
+/// not counted), keeping the composite score exact.
 pub(crate) const MAX_QUERY_TERMS: usize = 64;
 
 /// Per-document data the ranking and filters need without touching the memory itself.
@@ -541,14 +542,15 @@ impl SearchIndex {
         let stats = QueryStats {
             avg_length: (self.total_length / n).max(f64::MIN_POSITIVE),
         };
+        // Terms no live document has are dropped before the cut, so they take no place in it.
         let terms: Vec<(TermId, f64)> = query_terms
             .iter()
-            .take(MAX_QUERY_TERMS)
             .filter_map(|t| self.dictionary.id(t))
             .filter_map(|id| {
                 let df = f64::from(*self.document_frequency.get(id as usize)?);
                 (df > 0.0).then(|| (id, (1.0 + (n - df + 0.5) / (df + 0.5)).ln()))
             })
+            .take(MAX_QUERY_TERMS)
             .collect();
         if terms.is_empty() {
             return Vec::new();

@@ -60,7 +60,7 @@ pub use memory::{Memory, MemoryId, MemoryPatch, MemoryType, Namespace, NewMemory
 
 use memory::{validate_memory, validate_ttl};
 use state::State;
-use text::{Dictionary, DocTerms, Fields, analyze_document, analyze_query};
+use text::{Dictionary, DocTerms, Fields, analyze_document, analyze_query_known};
 use writer::{
     CACHE, Command, DAMAGED_MEMORIES, MEMORIES, META, RUNS, SharedDb, WriterContext, db_error,
 };
@@ -895,7 +895,7 @@ impl Store {
     }
 
     fn search_unmeasured(&self, query: &str, options: &SearchOptions) -> Vec<SearchHit> {
-        let terms = analyze_query(query);
+        let terms = analyze_query_known(query, &self.inner.dictionary);
         let now = Timestamp::now().as_millis();
         let state = self.inner.state.read();
         let min_importance = options.min_importance.unwrap_or(0);

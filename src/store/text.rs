@@ -1,14 +1,26 @@
 //! Text analysis shared by indexing and querying: UAX #29 word segmentation
-//! (`unicode-segmentation`), lower-casing, and English Snowball stemming (`rust-stemmers`).
+//! (`unicode-segmentation`), case folding, and English Snowball stemming (`rust-stemmers`).
+//!
+//! Each word is folded before it is stemmed: ASCII words are lower-cased; other words are put in
+//! NFKC (`icu_normalizer`: composed and decomposed accents, fullwidth letters and ligatures become
+//! one form), lower-cased with the full folds of `ß`/`ẞ` (to `ss`) and final `ς` (to `σ`), and
+//! their typographic apostrophes (U+2018, U+2019, U+02BC) become `'`, so `user’s` stems to `user`
+//! as `user's` does. A word joined by `.` or `:` between letters (`index.rs`, `Store.open`,
+//! `a:b`) is indexed whole and as each of its parts, so a file or dotted name is found by any of
+//! its parts, and a query for the whole name matches the whole term and every part (ranking the
+//! document that has the whole name first, as it matches more terms).
+//!
+//! Nothing analysed is persisted: the index is rebuilt from the memories when a store opens, so a
+//! change to the analysis applies to every memory at the next open.
 //!
 //! Documents are analysed as BM25F-style weighted term frequencies: each field's occurrences count
-//! with the field's weight, and the document length is the weighted token count. Terms become ids
-//! in a [`Dictionary`] shared by every analysing thread, so the writer and the index rebuild only
-//! handle integers.
+//! with the field's weight, and the document length is the weighted word count (a word's parts
+//! add to its terms' frequencies, not to the length). Terms become ids in a [`Dictionary`] shared
+//! by every analysing thread, so the writer and the index rebuild only handle integers.
 //!
 //! ASCII text takes a fast path that implements the UAX #29 word rules for ASCII characters
 //! directly (a property test checks it against `unicode-segmentation`); anything else goes through
-//! `unicode-segmentation`.
+//! `unicode-segmentation`, and only its non-ASCII words pay for normalisation.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
@@ -17,8 +29,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+use icu_normalizer::ComposingNormalizerBorrowed;
 use rust_stemmers::{Algorithm, Stemmer};
-use unicode_segmentation::UnicodeSegmentation;
+use unicode_segmentation::{UnicodeSegmentation, UnicodeWords};
 
 use super::index::MAX_QUERY_TERMS;
 
@@ -42,13 +55,41 @@ const WORD_CACHE_LIMIT: usize = 200_000;
 
 struct WordCache {
     dictionary: u64,
-    ids: HashMap<Box<str>, TermId>,
+    ids: HashMap<Box<str>, WordIds>,
+    /// Scratch space for folding a word, reused so a new word costs no allocation of its own.
+    folded: String,
+    /// Scratch space for a new word's term ids.
+    fresh: Vec<TermId>,
+}
+
+/// The term ids of one word: the whole word's, then its parts' (see the module docs).
+enum WordIds {
+    One(TermId),
+    Many(Box<[TermId]>),
+}
+
+impl WordIds {
+    fn new(ids: &[TermId]) -> Self {
+        match ids {
+            [id] => WordIds::One(*id),
+            ids => WordIds::Many(ids.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[TermId] {
+        match self {
+            WordIds::One(id) => std::slice::from_ref(id),
+            WordIds::Many(ids) => ids,
+        }
+    }
 }
 
 thread_local! {
     static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache {
         dictionary: 0,
         ids: HashMap::default(),
+        folded: String::new(),
+        fresh: Vec::new(),
     });
 }
 
@@ -121,81 +162,173 @@ fn ascii_class(b: u8) -> AsciiClass {
 }
 
 /// UAX #29 words of ASCII text, keeping those with a letter or digit (as `unicode_words` does).
-fn ascii_words<'a>(text: &'a str, mut sink: impl FnMut(&'a str)) {
-    use AsciiClass::{Digit, Letter, MidLetter, MidNum, MidNumLet, Underscore};
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let class = ascii_class(bytes[i]);
-        if !matches!(class, Letter | Digit | Underscore) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        let mut last = class;
-        let mut alphanumeric = class != Underscore;
-        i += 1;
+struct AsciiWords<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+fn ascii_words(text: &str) -> AsciiWords<'_> {
+    AsciiWords { text, at: 0 }
+}
+
+impl<'a> Iterator for AsciiWords<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        use AsciiClass::{Digit, Letter, MidLetter, MidNum, MidNumLet, Underscore};
+        let bytes = self.text.as_bytes();
+        let mut i = self.at;
         while i < bytes.len() {
-            let next = ascii_class(bytes[i]);
-            if matches!(next, Letter | Digit | Underscore) {
-                alphanumeric |= next != Underscore;
-                last = next;
+            let class = ascii_class(bytes[i]);
+            if !matches!(class, Letter | Digit | Underscore) {
                 i += 1;
                 continue;
             }
-            // A middle character joins only between two letters or two digits (WB6/7, WB11/12).
-            let after = bytes.get(i + 1).map(|&b| ascii_class(b));
-            let joins = matches!(
-                (last, next, after),
-                (Letter, MidLetter | MidNumLet, Some(Letter))
-                    | (Digit, MidNum | MidNumLet, Some(Digit))
-            );
-            if !joins {
-                break;
+            let start = i;
+            let mut last = class;
+            let mut alphanumeric = class != Underscore;
+            i += 1;
+            while i < bytes.len() {
+                let next = ascii_class(bytes[i]);
+                if matches!(next, Letter | Digit | Underscore) {
+                    alphanumeric |= next != Underscore;
+                    last = next;
+                    i += 1;
+                    continue;
+                }
+                // A middle character joins only between two letters or two digits (WB6/7, WB11/12).
+                let after = bytes.get(i + 1).map(|&b| ascii_class(b));
+                let joins = matches!(
+                    (last, next, after),
+                    (Letter, MidLetter | MidNumLet, Some(Letter))
+                        | (Digit, MidNum | MidNumLet, Some(Digit))
+                );
+                if !joins {
+                    break;
+                }
+                i += 2;
             }
-            i += 2;
+            if alphanumeric {
+                self.at = i;
+                return Some(&self.text[start..i]);
+            }
         }
-        if alphanumeric {
-            sink(&text[start..i]);
+        self.at = i;
+        None
+    }
+}
+
+/// The UAX #29 words of a text: the ASCII fast path or `unicode-segmentation`.
+enum Words<'a> {
+    Ascii(AsciiWords<'a>),
+    Unicode(UnicodeWords<'a>),
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            Words::Ascii(words) => words.next(),
+            Words::Unicode(words) => words.next(),
         }
     }
 }
 
-fn for_each_word<'a>(text: &'a str, mut sink: impl FnMut(&'a str)) {
+fn words(text: &str) -> Words<'_> {
     if text.is_ascii() {
-        ascii_words(text, sink);
+        Words::Ascii(ascii_words(text))
     } else {
-        for word in text.unicode_words() {
-            sink(word);
-        }
+        Words::Unicode(text.unicode_words())
     }
 }
 
-/// The normalised term of one word: lower-cased and stemmed.
-fn normalise(word: &str) -> Box<str> {
-    STEMMER.stem(&word.to_lowercase()).into()
+/// Folds one word into `out` (cleared first): lower-cased, and for a non-ASCII word also NFKC,
+/// the full folds of `ß` and `ς`, and typographic apostrophes as `'` (see the module docs).
+fn fold_into(word: &str, out: &mut String) {
+    out.clear();
+    if word.is_ascii() {
+        out.push_str(word);
+        out.make_ascii_lowercase();
+        return;
+    }
+    const NFKC: ComposingNormalizerBorrowed<'static> = ComposingNormalizerBorrowed::new_nfkc();
+    for c in NFKC.normalize(word).chars() {
+        match c {
+            '\u{2018}' | '\u{2019}' | '\u{02BC}' => out.push('\''),
+            'ß' | 'ẞ' => out.push_str("ss"),
+            'ς' => out.push('σ'),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+    // Lower-casing can leave a string that is not NFKC (as Unicode's NFKC_Casefold accounts for).
+    if !out.is_ascii() && !NFKC.is_normalized(out) {
+        *out = NFKC.normalize(out).into_owned();
+    }
 }
 
-/// Calls `sink` with the term id of every word in `text`, assigning ids to new terms.
-fn for_each_term_id(text: &str, dictionary: &Dictionary, mut sink: impl FnMut(TermId)) {
+/// Calls `sink` with each part of a word joined by `.` or `:` between letters (`index.rs` →
+/// `index`, `rs`); nothing when the word has no such joint.
+fn for_each_part<'a>(word: &'a str, mut sink: impl FnMut(&'a str)) {
+    if !word.bytes().any(|b| b == b'.' || b == b':') {
+        return;
+    }
+    let mut start = 0;
+    let mut previous: Option<char> = None;
+    let mut chars = word.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if matches!(c, '.' | ':')
+            && previous.is_some_and(char::is_alphabetic)
+            && chars.peek().is_some_and(|&(_, next)| next.is_alphabetic())
+        {
+            sink(&word[start..i]);
+            start = i + c.len_utf8();
+        }
+        previous = Some(c);
+    }
+    if start > 0 {
+        sink(&word[start..]);
+    }
+}
+
+/// Calls `sink` with the terms of one word: the folded, stemmed word, then its parts' (see
+/// [`for_each_part`]). `folded` is scratch space.
+fn for_each_term_of_word(word: &str, folded: &mut String, mut sink: impl FnMut(&str)) {
+    fold_into(word, folded);
+    sink(&STEMMER.stem(folded));
+    for_each_part(folded, |part| sink(&STEMMER.stem(part)));
+}
+
+/// Calls `sink` with the term ids of each word in `text` (the whole word's first, then its parts'),
+/// assigning ids to new terms.
+fn for_each_word_ids(text: &str, dictionary: &Dictionary, mut sink: impl FnMut(&[TermId])) {
     WORD_CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if cache.dictionary != dictionary.identity {
-            cache.ids.clear();
-            cache.dictionary = dictionary.identity;
+        let WordCache {
+            dictionary: identity,
+            ids: cached,
+            folded,
+            fresh,
+        } = &mut *cache;
+        if *identity != dictionary.identity {
+            cached.clear();
+            *identity = dictionary.identity;
         }
-        for_each_word(text, |word| {
-            if let Some(&id) = cache.ids.get(word) {
-                sink(id);
-                return;
+        for word in words(text) {
+            if let Some(ids) = cached.get(word) {
+                sink(ids.as_slice());
+                continue;
             }
-            let id = dictionary.id_or_insert(&normalise(word));
-            sink(id);
-            if cache.ids.len() >= WORD_CACHE_LIMIT {
-                cache.ids.clear();
+            fresh.clear();
+            for_each_term_of_word(word, folded, |term| {
+                fresh.push(dictionary.id_or_insert(term));
+            });
+            sink(fresh);
+            if cached.len() >= WORD_CACHE_LIMIT {
+                cached.clear();
             }
-            cache.ids.insert(word.into(), id);
-        });
+            cached.insert(word.into(), WordIds::new(fresh));
+        }
     });
 }
 
@@ -204,7 +337,7 @@ fn for_each_term_id(text: &str, dictionary: &Dictionary, mut sink: impl FnMut(Te
 pub(crate) struct DocTerms {
     /// Distinct terms and their weighted term frequency, sorted by term id.
     pub terms: Vec<(TermId, f32)>,
-    /// Weighted number of tokens.
+    /// Weighted number of words.
     pub length: f32,
 }
 
@@ -222,9 +355,11 @@ pub(crate) fn analyze_document(fields: &Fields<'_>, dictionary: &Dictionary) -> 
     let mut counts: HashMap<TermId, f32> = HashMap::default();
     let mut length = 0.0f32;
     let mut add = |text: &str, weight: f32| {
-        for_each_term_id(text, dictionary, |id| {
+        for_each_word_ids(text, dictionary, |ids| {
             length += weight;
-            *counts.entry(id).or_default() += weight;
+            for &id in ids {
+                *counts.entry(id).or_default() += weight;
+            }
         });
     };
     add(fields.content, CONTENT_WEIGHT);
@@ -246,19 +381,33 @@ pub(crate) fn analyze_document(fields: &Fields<'_>, dictionary: &Dictionary) -> 
 }
 
 /// Analyses a query into its first [`MAX_QUERY_TERMS`] distinct terms, in order of first
-/// appearance (the search uses no more; a query may be a whole error log, and collecting every
+/// appearance (a search uses no more; a query may be a whole error log, and collecting every
 /// distinct word of it was quadratic).
 pub(crate) fn analyze_query(query: &str) -> Vec<Box<str>> {
+    query_terms(query, |_| true)
+}
+
+/// Analyses a query for a search in a store with this dictionary: its first [`MAX_QUERY_TERMS`]
+/// distinct terms that the dictionary knows, in order of first appearance. Unknown terms can
+/// match nothing, so they are skipped while collecting rather than cut afterwards: an error log
+/// whose first hundred words are ids still finds the words after them.
+pub(crate) fn analyze_query_known(query: &str, dictionary: &Dictionary) -> Vec<Box<str>> {
+    query_terms(query, |term| dictionary.id(term).is_some())
+}
+
+fn query_terms(query: &str, mut known: impl FnMut(&str) -> bool) -> Vec<Box<str>> {
     let mut terms: Vec<Box<str>> = Vec::new();
-    for_each_word(query, |word| {
+    let mut folded = String::new();
+    for word in words(query) {
+        for_each_term_of_word(word, &mut folded, |term| {
+            if terms.len() < MAX_QUERY_TERMS && !terms.iter().any(|t| **t == *term) && known(term) {
+                terms.push(term.into());
+            }
+        });
         if terms.len() == MAX_QUERY_TERMS {
-            return;
+            break;
         }
-        let term = normalise(word);
-        if !terms.contains(&term) {
-            terms.push(term);
-        }
-    });
+    }
     terms
 }
 
@@ -271,19 +420,26 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn ascii_fast_path_equals_unicode_segmentation(text in "[aZ9_.:',; \\-\n]{0,24}") {
-            let mut fast = Vec::new();
-            ascii_words(&text, |w| fast.push(w));
+            let fast: Vec<&str> = ascii_words(&text).collect();
             let reference: Vec<&str> = text.unicode_words().collect();
             prop_assert_eq!(fast, reference);
+        }
+
+        // The CLI refuses text with no alphanumeric character as having no word to index.
+        #[test]
+        fn a_text_has_a_word_exactly_when_it_has_an_alphanumeric_character(
+            text in "[a9_.:'\u{2019} \\-!é\u{301}日]{0,12}",
+        ) {
+            prop_assert_eq!(
+                words(&text).next().is_some(),
+                text.chars().any(char::is_alphanumeric)
+            );
         }
     }
 
     #[test]
     fn ascii_words_follow_uax29() {
-        let mut words = Vec::new();
-        ascii_words("sm_90 can't e.g. 3.14 a:b 1,000 x.. __ _a", |w| {
-            words.push(w)
-        });
+        let words: Vec<&str> = ascii_words("sm_90 can't e.g. 3.14 a:b 1,000 x.. __ _a").collect();
         assert_eq!(
             words,
             ["sm_90", "can't", "e.g", "3.14", "a:b", "1,000", "x", "_a"]
@@ -309,9 +465,75 @@ mod tests {
     #[test]
     fn segments_unicode_words() {
         let terms = analyze_query("Größe, naïve café—日本語");
-        assert!(terms.iter().any(|t| t.starts_with("größ")), "{terms:?}");
+        // ß folds to ss.
+        assert!(terms.iter().any(|t| t.starts_with("gröss")), "{terms:?}");
         assert!(terms.iter().any(|t| t.starts_with("caf")), "{terms:?}");
         assert!(terms.len() >= 4, "{terms:?}");
+    }
+
+    fn terms(text: &str) -> Vec<String> {
+        analyze_query(text).iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn typographic_apostrophes_fold_to_ascii_and_possessives_stem() {
+        assert_eq!(terms("user’s user‘s userʼs user's users"), ["user"]);
+        assert_eq!(terms("can’t"), terms("can't"));
+    }
+
+    #[test]
+    fn accents_width_and_full_case_folds_are_one_term() {
+        assert_eq!(terms("caf\u{e9}"), terms("cafe\u{301}"));
+        assert_eq!(terms("Straße"), terms("STRASSE"));
+        assert_eq!(terms("STRAẞE"), terms("strasse"));
+        assert_eq!(terms("ＧＰＵ"), ["gpu"]);
+        assert_eq!(terms("ﬁle"), terms("file"));
+        assert_eq!(terms("ΟΔΟΣ"), terms("οδος"));
+    }
+
+    #[test]
+    fn dotted_and_colon_joined_words_add_their_parts() {
+        // Each term is stemmed: the whole word too.
+        assert_eq!(terms("index.rs"), ["index.r", "index", "rs"]);
+        assert_eq!(terms("Store.open"), ["store.open", "store", "open"]);
+        assert_eq!(terms("a:b.c"), ["a:b.c", "a", "b", "c"]);
+        // Numbers and apostrophes are not split.
+        assert_eq!(terms("3.14 can't"), ["3.14", "can't"]);
+    }
+
+    #[test]
+    fn a_dotted_word_counts_once_in_the_length_and_its_parts_in_the_frequencies() {
+        let dictionary = Dictionary::default();
+        let fields = |content| Fields {
+            content,
+            summary: None,
+            keywords: &[],
+            tags: &[],
+            context: None,
+        };
+        let doc = analyze_document(&fields("open config.toml"), &dictionary);
+        assert_eq!(doc.length, 2.0 * CONTENT_WEIGHT);
+        assert_eq!(doc.terms.len(), 4);
+        // Cached words give the same result as new ones.
+        assert_eq!(
+            analyze_document(&fields("open config.toml"), &dictionary),
+            doc
+        );
+    }
+
+    #[test]
+    fn a_query_for_a_store_skips_unknown_terms_before_the_limit() {
+        let dictionary = Dictionary::default();
+        for term in ["plasma", "render"] {
+            dictionary.id_or_insert(term);
+        }
+        let ids: Vec<String> = (0..500).map(|i| format!("id{i}")).collect();
+        let query = format!("{} rendering PLASMA plasma", ids.join(" "));
+        assert_eq!(
+            analyze_query_known(&query, &dictionary),
+            vec![Box::<str>::from("render"), Box::from("plasma")]
+        );
+        assert_eq!(analyze_query(&query).len(), MAX_QUERY_TERMS);
     }
 
     #[test]
