@@ -329,3 +329,53 @@ fn commands_started_together_wait_their_turn_for_the_store() {
     );
     assert_eq!(stdout(&recent).lines().count(), 8, "{}", stdout(&recent));
 }
+
+#[test]
+fn arguments_that_could_only_give_nothing_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    let out = tetrarch(
+        &store,
+        &[
+            "mem",
+            "store",
+            "--content",
+            "plasma renders too dark",
+            "--summary",
+            " ",
+            "--context",
+            "",
+        ],
+    );
+    assert!(out.status.success());
+    let id = stdout(&out).trim().to_string();
+    let memory = json(&tetrarch(&store, &["mem", "get", &id, "--json"]));
+    // Blank is not given: no summary or context, rather than an empty one.
+    assert_eq!(memory["summary"], serde_json::Value::Null);
+    assert_eq!(memory["context"], serde_json::Value::Null);
+    // The preview falls back to the content when there is no summary.
+    let listed = stdout(&tetrarch(&store, &["mem", "recent"]));
+    assert!(listed.contains("plasma renders too dark"), "{listed}");
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["mem", "search", "plasma", "--limit", "0"], "--limit"),
+        (&["mem", "recent", "--limit", "0"], "--limit"),
+        (&["lessons", "list", "--limit", "0"], "--limit"),
+        (&["mem", "search", ""], "has no word"),
+        (&["mem", "search", "!!! ---"], "has no word"),
+        (&["mem", "store", "--content", "!!! ---"], "has no word"),
+    ];
+    for (args, message) in cases {
+        let out = tetrarch(&store, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let stats = json(&tetrarch(&store, &["mem", "stats", "--json"]));
+    assert_eq!(stats["live"], 1, "nothing more was stored");
+    let found = stdout(&tetrarch(
+        &store,
+        &["mem", "search", "plasma", "--limit", "1"],
+    ));
+    assert!(found.contains(&id), "{found}");
+}

@@ -38,8 +38,8 @@ pub enum LessonsCommand {
         /// Namespace of the lessons.
         #[arg(long, default_value = "global")]
         ns: String,
-        /// At most this many.
-        #[arg(long, default_value_t = 20)]
+        /// At most this many (1 or more).
+        #[arg(long, default_value_t = 20, value_parser = super::mem::positive())]
         limit: usize,
         /// One JSON object per line.
         #[arg(long)]
@@ -130,6 +130,10 @@ pub fn run(command: LessonsCommand, store_path: &Path) -> Result<ExitCode> {
             threshold,
             json,
         } => {
+            anyhow::ensure!(
+                !message.trim().is_empty(),
+                "the error message is empty: give the message to find a fix for"
+            );
             anyhow::ensure!(
                 (0.0..=1.0).contains(&threshold),
                 "--threshold {threshold} is outside 0..=1"

@@ -36,8 +36,8 @@ pub enum MemCommand {
         /// Only memories at least this important (1 to 10).
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
         min_importance: Option<u8>,
-        /// At most this many results.
-        #[arg(long, default_value_t = 10)]
+        /// At most this many results (1 or more).
+        #[arg(long, default_value_t = 10, value_parser = positive())]
         limit: usize,
         #[command(flatten)]
         output: Output,
@@ -47,8 +47,8 @@ pub enum MemCommand {
         /// Only this namespace.
         #[arg(long)]
         ns: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 20)]
+        /// At most this many (1 or more).
+        #[arg(long, default_value_t = 20, value_parser = positive())]
         limit: usize,
         #[command(flatten)]
         output: Output,
@@ -114,6 +114,23 @@ pub struct StoreArgs {
     ttl: Option<String>,
     #[command(flatten)]
     output: Output,
+}
+
+/// A count of 1 or more: a limit of 0 could only ever print nothing.
+pub(crate) fn positive() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// Whether `text` has a word the search index keeps: the index keeps exactly the words with a
+/// letter or digit (UAX #29 words, as `tetrarch::store` analyses them), so text without one can
+/// never match or be matched.
+fn has_word(text: &str) -> bool {
+    text.chars().any(char::is_alphanumeric)
+}
+
+/// An optional text given blank is not given: `--summary ""` stores no summary.
+fn non_blank(text: Option<String>) -> Option<String> {
+    text.filter(|t| !t.trim().is_empty())
 }
 
 impl MemCommand {
@@ -224,9 +241,16 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             if args.content.trim().is_empty() {
                 anyhow::bail!("--content is empty: a memory with no text can never be found");
             }
+            if !has_word(&args.content) {
+                anyhow::bail!(
+                    "--content {:?} has no word (letters or digits): a memory with no word can \
+                     never be found",
+                    args.content
+                );
+            }
             let mut new = NewMemory::new(args.ns.parse::<Namespace>()?, args.content);
-            new.summary = args.summary;
-            new.context = args.context;
+            new.summary = non_blank(args.summary);
+            new.context = non_blank(args.context);
             new.importance = args.importance;
             new.confidence = args.confidence;
             new.tags = list(args.tags);
@@ -259,6 +283,12 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             limit,
             output,
         } => {
+            if !has_word(&query) {
+                anyhow::bail!(
+                    "the query {query:?} has no word (letters or digits) to search for: it could \
+                     never match"
+                );
+            }
             let options = SearchOptions {
                 namespace: namespace(ns.as_deref())?,
                 tags: list(tags),
