@@ -101,11 +101,12 @@ async fn a_fix_that_never_worked_is_not_suggested_and_lessons_persist() {
             ))
             .await
             .unwrap();
-        assert_eq!(lessons.suggest_fix("database is locked (code 517)"), None);
+        // The fix never worked, so nothing is suggested (a code is part of the error: same code).
+        assert_eq!(lessons.suggest_fix("database is locked (code 5)"), None);
         lessons
             .record(failure(
                 "lock",
-                "database is locked (code 6)",
+                "database is locked (code 5)",
                 "close the other writer",
                 true,
             ))
@@ -115,7 +116,9 @@ async fn a_fix_that_never_worked_is_not_suggested_and_lessons_persist() {
     let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
     let lessons = Lessons::new(store, Namespace::Global);
     assert_eq!(lessons.list(10).len(), 2);
-    let suggestion = lessons.suggest_fix("database is locked (code 99)").unwrap();
+    let suggestion = lessons
+        .suggest_fix("database is locked at 10:02 (code 5)")
+        .unwrap();
     assert_eq!(suggestion.fix, "close the other writer");
     assert_eq!(suggestion.success_rate, 1.0);
 }
@@ -401,4 +404,77 @@ async fn a_blank_fix_or_a_verdict_without_a_fix_is_refused() {
     // Nothing was stored, and a blank fix is never suggested.
     assert!(lessons.list(10).is_empty());
     assert_eq!(lessons.suggest_fix(CLOSE), None);
+}
+
+#[tokio::test]
+async fn a_blank_error_type_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lessons = lessons_in(&dir);
+    assert!(matches!(
+        lessons.record(failure(" ", CLOSE, "x", true)).await,
+        Err(tetrarch::lessons::LessonError::EmptyErrorType)
+    ));
+    assert!(lessons.list(10).is_empty());
+}
+
+#[tokio::test]
+async fn a_fix_is_not_suggested_for_an_error_with_another_status_or_http_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let lessons = lessons_in(&dir);
+    record_all(
+        &lessons,
+        &[
+            ("worker exited with status 137", "lower batch size", true),
+            ("HTTP 404 Not Found", "check the asset URL", true),
+        ],
+    )
+    .await;
+    assert_eq!(lessons.suggest_fix("worker exited with status 2"), None);
+    assert_eq!(lessons.suggest_fix("HTTP 500 Not Found"), None);
+    // The same codes still find their fixes, whatever else varies.
+    let oom = lessons
+        .suggest_fix("worker exited with status 137")
+        .unwrap();
+    assert_eq!(
+        (oom.fix.as_str(), oom.similarity),
+        ("lower batch size", 1.0)
+    );
+    let missing = lessons.suggest_fix("http 404 not found").unwrap();
+    assert_eq!(missing.fix, "check the asset URL");
+}
+
+#[test]
+fn the_cli_refuses_a_blank_error_type_or_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "lessons",
+        "record",
+        "--type",
+        "",
+        "--message",
+        "worker exited with status 137",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("non-empty error type"));
+    let out = run(&[
+        "lessons",
+        "record",
+        "--type",
+        "oom",
+        "--message",
+        "worker exited with status 137",
+    ]);
+    assert!(out.status.success());
+    let out = run(&["lessons", "suggest", " "]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the error message is empty"));
 }

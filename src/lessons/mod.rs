@@ -5,10 +5,18 @@
 //! searchable and visible to every agent; the structured record rides in the memory's `context` as
 //! JSON. Error messages are normalised before they are stored or compared: paths, UUIDs, hex
 //! values, timestamps and numbers become placeholders, so "file /a/b.rs line 12" and
-//! "file /c/d.rs line 340" are the same error.
+//! "file /c/d.rs line 340" are the same error. A number that is a code is kept: an integer of up
+//! to four digits right after `status`, `code`, `exit`, `exited`, `errno`, `signal`, `sig`, `rc`
+//! or `HTTP` (`HTTP/1.1`), optionally with `:`, `=` or `#` between, or after `error` and a space,
+//! and not glued to a unit, decimal or time (`30s`, `1.5`, `12:30`). So "exited with status 137"
+//! and "exited with status 2", or "HTTP 404" and "HTTP 500", stay apart, while ids, timestamps,
+//! durations, sizes, counts and line numbers (`file.rs:123`) are still placeholders.
 //!
-//! Similarity is the Jaccard index of the normalised messages' word sets; candidates come from the
+//! Similarity is the Jaccard index of the normalised messages' word sets, except that two
+//! messages that both name codes, and not the same ones, are different errors (similarity 0): one
+//! differing word in a short message would otherwise leave them similar. Candidates come from the
 //! store's BM25 search over the normalised text, so suggesting stays fast with many lessons.
+//! Lessons keep the normalised text they were recorded with.
 //! A suggestion comes from the single most similar past error at or above the threshold (ties:
 //! the one with more recorded fix attempts; errors none of whose fixes ever worked are skipped):
 //! its fixes are ranked by success rate (Laplace smoothed, so one lucky success does not beat a
@@ -50,6 +58,9 @@ pub enum LessonError {
     /// The failure has an empty message.
     #[error("a failure needs a non-empty message")]
     EmptyMessage,
+    /// The failure has an empty error type.
+    #[error("a failure needs a non-empty error type (such as compile_error or timeout)")]
+    EmptyErrorType,
     /// The fix is given but blank: nothing could be suggested from it.
     #[error("a fix needs a non-empty text (leave it out when none was tried)")]
     EmptyFix,
@@ -116,7 +127,7 @@ fn has_hex_letter(found: &str) -> bool {
 }
 
 static PATTERNS: LazyLock<Vec<Rule>> = LazyLock::new(|| {
-    let rules: [(&str, &str, Accept); 6] = [
+    let rules: [(&str, &str, Accept); 5] = [
         (
             r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?\b",
             " <time> ",
@@ -145,7 +156,6 @@ static PATTERNS: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             " <path> ",
             any_match,
         ),
-        (r"\b\d+(?:\.\d+)?", " <num> ", any_match),
     ];
     rules
         .into_iter()
@@ -159,6 +169,47 @@ static PATTERNS: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         })
         .collect()
 });
+
+/// A number, with the word before it when that word can introduce a code (see the module docs).
+static NUMBER: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    const PATTERN: &str = r"(?i)(\b(?:status|code|exit|exited|errno|signal|sig|rc|https?(?:/\d(?:\.\d)?)?)(?:\s*[:=#]\s*|\s+)|\berror\s+)?\b(\d+(?:\.\d+)?)";
+    Regex::new(PATTERN)
+        .inspect_err(|e| {
+            // A constant; a failure here is a bug caught by the tests.
+            tracing::error!(pattern = PATTERN, error = %e, "invalid lesson number pattern");
+        })
+        .ok()
+});
+
+/// Replaces each number in `text` by `<num>`, except codes (see the module docs).
+fn normalise_numbers(text: &str) -> String {
+    let Some(number) = NUMBER.as_ref() else {
+        return text.to_owned();
+    };
+    number
+        .replace_all(text, |found: &regex::Captures<'_>| {
+            let (Some(all), Some(digits)) = (found.get(0), found.get(2)) else {
+                return String::new();
+            };
+            let prefix = found.get(1).map_or("", |p| p.as_str());
+            let mut after = text[all.end()..].chars();
+            let glued = match after.next() {
+                Some(c) if c.is_alphanumeric() || c == '_' => true,
+                Some('.' | ':' | ',') => after.next().is_some_and(|c| c.is_ascii_digit()),
+                _ => false,
+            };
+            let code = !prefix.is_empty()
+                && digits.len() <= 4
+                && digits.as_str().bytes().all(|b| b.is_ascii_digit())
+                && !glued;
+            if code {
+                all.as_str().to_owned()
+            } else {
+                format!("{prefix} <num> ")
+            }
+        })
+        .into_owned()
+}
 
 /// Normalises an error message for comparison: volatile parts become placeholders, case and
 /// spacing are folded.
@@ -176,6 +227,7 @@ pub fn normalise_message(message: &str) -> String {
             })
             .into_owned();
     }
+    let text = normalise_numbers(&text);
     text.split_whitespace()
         .map(str::to_lowercase)
         .collect::<Vec<_>>()
@@ -189,9 +241,17 @@ fn word_set(normalised: &str) -> BTreeSet<&str> {
         .collect()
 }
 
-/// The Jaccard similarity of two normalised messages' word sets.
+/// The Jaccard similarity of two normalised messages' word sets; 0 when both name codes and not
+/// the same ones (see the module docs).
 pub fn similarity(a: &str, b: &str) -> f64 {
     let (a, b) = (word_set(a), word_set(b));
+    // Every other number is a placeholder by now, so the words that are all digits are the codes.
+    let is_code = |w: &&&str| w.bytes().all(|b| b.is_ascii_digit());
+    let (mut codes_a, mut codes_b) = (a.iter().filter(is_code), b.iter().filter(is_code));
+    let (first_a, first_b) = (codes_a.next(), codes_b.next());
+    if first_a.is_some() && first_b.is_some() && (first_a != first_b || !codes_a.eq(codes_b)) {
+        return 0.0;
+    }
     let union = a.union(&b).count();
     if union == 0 {
         return 0.0;
@@ -226,11 +286,14 @@ impl Lessons {
     /// Records a failure durably.
     ///
     /// # Errors
-    /// [`LessonError::EmptyMessage`], [`LessonError::EmptyFix`],
+    /// [`LessonError::EmptyMessage`], [`LessonError::EmptyErrorType`], [`LessonError::EmptyFix`],
     /// [`LessonError::WorkedWithoutFix`], or the store's error.
     pub async fn record(&self, mut failure: Failure) -> Result<MemoryId, LessonError> {
         if failure.message.trim().is_empty() {
             return Err(LessonError::EmptyMessage);
+        }
+        if failure.error_type.trim().is_empty() {
+            return Err(LessonError::EmptyErrorType);
         }
         match &failure.fix {
             Some(fix) if fix.trim().is_empty() => return Err(LessonError::EmptyFix),
@@ -438,6 +501,50 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn codes_after_a_code_word_are_kept_and_other_numbers_are_not() {
+        for (message, normalised) in [
+            (
+                "worker exited with status 137",
+                "worker exited with status 137",
+            ),
+            ("HTTP 404 Not Found", "http 404 not found"),
+            ("HTTP/1.1 500 oops", "http/1.1 500 oops"),
+            ("exit code: 2", "exit code: 2"),
+            (
+                "rc=1 errno=28 killed by signal 9",
+                "rc=1 errno=28 killed by signal 9",
+            ),
+            ("Error 503 from upstream", "error 503 from upstream"),
+            // Not codes: no code word, a unit, a decimal, a time, too long, a line number.
+            ("retry 3 of 5", "retry <num> of <num>"),
+            ("status 30s", "status <num> s"),
+            ("status 1.5", "status <num>"),
+            ("status 12:30", "status <num> : <num>"),
+            ("code 123456", "code <num>"),
+            ("error: 3 tests failed", "error: <num> tests failed"),
+            ("panic at main.rs:123", "panic at <path> : <num>"),
+        ] {
+            assert_eq!(normalise_message(message), normalised, "{message}");
+        }
+    }
+
+    #[test]
+    fn errors_with_different_codes_are_not_similar() {
+        let similar = |a: &str, b: &str| similarity(&normalise_message(a), &normalise_message(b));
+        assert_eq!(
+            similar(
+                "worker exited with status 137",
+                "worker exited with status 2"
+            ),
+            0.0
+        );
+        assert_eq!(similar("HTTP 404 Not Found", "HTTP 500 Not Found"), 0.0);
+        assert_eq!(similar("HTTP 404 Not Found", "http 404 not found"), 1.0);
+        // A message without a code is compared by its words alone.
+        assert!(similar("worker exited with status 137", "worker exited with status") > 0.6);
     }
 
     #[test]
