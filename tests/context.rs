@@ -215,6 +215,49 @@ fn importance_and_recency_rank_equally_relevant_candidates() {
 }
 
 #[test]
+fn a_nan_importance_ranks_as_none_not_above_everything() {
+    let text_a = shader_text("a", 4);
+    let tokens = O200kCounter::new().unwrap().count(&text_a);
+    let config = ContextConfig {
+        budget: BudgetConfig {
+            window: tokens + tokens / 2,
+            critical: 0.0,
+            skills: 0.0,
+            project: 0.0,
+            general: 1.0,
+        },
+        ..ContextConfig::default()
+    };
+    let optimizer = optimizer(config);
+    let mut nan = memory(Category::General, "memory:nan", &text_a);
+    nan.importance = f32::NAN;
+    let mut known = memory(Category::General, "memory:known", &shader_text("b", 4));
+    known.importance = 0.5;
+    let payload = optimizer.build(&request("s", "shader registers sm_90", vec![nan, known]));
+    assert_eq!(payload.items[0].source, "memory:known");
+}
+
+#[test]
+fn a_long_task_text_of_unknown_words_still_ranks_by_the_words_after_them() {
+    let config = with_window(200);
+    let optimizer = optimizer(config);
+    let relevant = memory(
+        Category::General,
+        "memory:plasma",
+        "plasma renders too dark",
+    );
+    let other = memory(
+        Category::General,
+        "memory:other",
+        "the cache warmed up twice",
+    );
+    let ids: Vec<String> = (0..80).map(|i| format!("qzx{i}")).collect();
+    let query = format!("{} plasma", ids.join(" "));
+    let payload = optimizer.build(&request("s", &query, vec![other, relevant]));
+    assert_eq!(payload.items[0].source, "memory:plasma", "{payload:?}");
+}
+
+#[test]
 fn budget_shares_are_respected_when_every_category_wants_more() {
     let window = 4_000;
     let optimizer = optimizer(with_window(window));

@@ -263,7 +263,12 @@ impl ContextOptimizer {
                 candidate.category,
                 Cow::Borrowed(&candidate.source),
                 &candidate.text,
-                candidate.importance.clamp(0.0, 1.0),
+                // NaN (a library caller's) would pass `clamp` and outrank everything.
+                if candidate.importance.is_nan() {
+                    0.0
+                } else {
+                    candidate.importance.clamp(0.0, 1.0)
+                },
                 candidate.age,
                 false,
             ));

@@ -3,7 +3,9 @@
 use unicode_segmentation::UnicodeSegmentation;
 
 use super::TokenCounter;
-use crate::store::text::{Dictionary, DocTerms, Fields, TermId, analyze_document, analyze_query};
+use crate::store::text::{
+    Dictionary, DocTerms, Fields, TermId, analyze_document, analyze_query_known,
+};
 
 /// BM25 term-frequency saturation.
 const K1: f32 = 1.2;
@@ -48,7 +50,9 @@ impl Bm25 {
         dictionary: &Dictionary,
         docs: impl Iterator<Item = &'a DocTerms> + Clone,
     ) -> Bm25 {
-        let query_terms: Vec<TermId> = analyze_query(query)
+        // Only known terms take the query's places: a task text led by ids and paths still
+        // ranks by the words after them.
+        let query_terms: Vec<TermId> = analyze_query_known(query, dictionary)
             .iter()
             .filter_map(|term| dictionary.id(term))
             .collect();
