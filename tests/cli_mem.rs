@@ -373,6 +373,21 @@ fn arguments_that_could_only_give_nothing_are_refused() {
     }
     let stats = json(&tetrarch(&store, &["mem", "stats", "--json"]));
     assert_eq!(stats["live"], 1, "nothing more was stored");
+    // Symbols alone are findable when another indexed field has a word.
+    let out = tetrarch(
+        &store,
+        &[
+            "mem",
+            "store",
+            "--content",
+            "→ ✓ ✓",
+            "--summary",
+            "deploy checklist passed",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let found = stdout(&tetrarch(&store, &["mem", "search", "checklist"]));
+    assert!(found.contains(stdout(&out).trim()), "{found}");
     let found = stdout(&tetrarch(
         &store,
         &["mem", "search", "plasma", "--limit", "1"],

@@ -478,3 +478,34 @@ fn the_cli_refuses_a_blank_error_type_or_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the error message is empty"));
 }
+
+/// A lesson recorded before codes were kept (its stored text says `exit code <num>`) still
+/// matches the same error: it is normalised again from its message when read.
+#[tokio::test]
+async fn a_lesson_recorded_before_codes_were_kept_still_matches() {
+    use tetrarch::store::{MemoryType, NewMemory};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
+    let namespace = Namespace::project("render").unwrap();
+    // Exactly what the earlier `Lessons::record` wrote.
+    let mut old = NewMemory::new(namespace.clone(), "exit code <num>");
+    old.memory_type = MemoryType::BugFix;
+    old.summary = Some("rm -rf target && retry".into());
+    old.keywords = vec!["process_error".into()];
+    old.tags = vec!["lesson".into(), "lesson-fix".into()];
+    old.context = Some(
+        serde_json::json!({
+            "error_type": "process_error", "message": "exit code 1", "context": "build",
+            "fix": "rm -rf target && retry", "worked": true,
+        })
+        .to_string(),
+    );
+    store.store(old).await.unwrap();
+    let lessons = Lessons::new(store, namespace);
+    let found = lessons.suggest_fix("exit code 1").unwrap();
+    assert_eq!(
+        (found.fix.as_str(), found.similarity),
+        ("rm -rf target && retry", 1.0)
+    );
+    assert_eq!(lessons.suggest_fix("exit code 2"), None);
+}

@@ -157,32 +157,74 @@ async fn a_process_left_in_the_background_does_not_hold_the_call_or_outlive_it()
 }
 
 #[tokio::test]
-async fn a_process_pool_with_a_missing_program_or_folder_fails_at_start_naming_it() {
-    use tetrarch::session::{PoolContext, PoolDef};
+async fn output_a_process_substitution_is_still_copying_at_the_exit_is_kept() {
+    // bash does not wait for `>(…)`: the shell exits while the copy is still writing.
+    let script = "exec > >(sleep 0.05; cat); echo '{\"ok\": true}'";
+    let outcome = run(ProcessSpec::new("bash", ["-c", script]), request())
+        .await
+        .unwrap();
+    assert_eq!(outcome.json, Some(json!({ "ok": true })), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_missing_program_or_folder_is_named_by_the_check_and_does_not_stop_the_pool() {
+    use tetrarch::session::{PoolContext, PoolDef, ProcessFactory};
     let dir = tempfile::tempdir().unwrap();
     let context = PoolContext {
         base_dir: dir.path().to_path_buf(),
         ..PoolContext::default()
     };
     std::fs::write(dir.path().join("not-executable"), "#!/bin/sh\n").unwrap();
-    for (text, expected) in [
-        // Checked even when no session is pre-warmed: no task may run first.
+    let check = |program: &str, cwd: &str| {
+        let mut spec = ProcessSpec::new(program, Vec::<String>::new());
+        spec.cwd = Some(dir.path().join(cwd));
+        ProcessFactory::new(spec).check()
+    };
+    for (program, cwd, expected) in [
         (
-            "kind = \"process\"\ncommand = [\"/nonexistent/tool-xyz\"]\nmin_idle = 0\n",
+            "/nonexistent/tool-xyz",
+            ".",
             "/nonexistent/tool-xyz is not an executable file",
         ),
         (
-            "kind = \"process\"\ncommand = [\"no-such-tool-xyz\"]\n",
+            "no-such-tool-xyz",
+            ".",
             "no such program on the PATH the child gets",
         ),
         (
-            "kind = \"process\"\ncommand = [\"./not-executable\"]\n",
+            "./not-executable",
+            ".",
             "not-executable is not an executable file",
         ),
-        (
-            "kind = \"process\"\ncommand = [\"sh\"]\ncwd = \"no-such-dir\"\n",
-            "no-such-dir does not exist",
-        ),
+        ("sh", "no-such-dir", "no-such-dir does not exist"),
+    ] {
+        let err = check(program, cwd).unwrap_err().to_string();
+        assert!(err.contains(expected), "{program} in {cwd}: {err}");
+    }
+    check("sh", ".").unwrap();
+    check("/bin/sh", ".").unwrap();
+    // A pool whose program an earlier task will build still starts (with a warning); its call
+    // fails while the program is missing, and works once it is there.
+    let def: PoolDef = toml::from_str("kind = \"process\"\ncommand = [\"./bin/tool\"]\n").unwrap();
+    let pool = def.start("built", &context).await.unwrap();
+    let err = pool
+        .acquire()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Spawn { .. }), "{err}");
+    std::fs::create_dir(dir.path().join("bin")).unwrap();
+    let tool = dir.path().join("bin/tool");
+    std::fs::write(&tool, "#!/bin/sh\necho built\n").unwrap();
+    let mut mode = std::fs::metadata(&tool).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+    std::fs::set_permissions(&tool, mode).unwrap();
+    let outcome = pool.acquire().await.unwrap().call(request()).await.unwrap();
+    assert_eq!(outcome.stdout, "built\n");
+    // Settings that cannot work are still refused.
+    for (text, expected) in [
         (
             "kind = \"process\"\ncommand = [\"\"]\n",
             "starts with an empty program name",
@@ -203,14 +245,6 @@ async fn a_process_pool_with_a_missing_program_or_folder_fails_at_start_naming_i
         let def: PoolDef = toml::from_str(text).unwrap();
         let err = def.start("named", &context).await.unwrap_err().to_string();
         assert!(err.contains(expected), "{text}: {err}");
-    }
-    // A program on the PATH, in a folder that exists, starts; so does one given by path.
-    for text in [
-        "kind = \"process\"\ncommand = [\"sh\", \"-c\"]\n",
-        "kind = \"process\"\ncommand = [\"/bin/sh\"]\ncwd = \".\"\n",
-    ] {
-        let def: PoolDef = toml::from_str(text).unwrap();
-        def.start("named", &context).await.unwrap();
     }
     // With no folder anywhere (a default context), children run in ours.
     let def: PoolDef = toml::from_str("kind = \"process\"\ncommand = [\"pwd\"]\n").unwrap();

@@ -119,8 +119,8 @@ fn writes_work_again_after_an_io_error_without_a_restart() {
 const MEMORIES: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("memories");
 const DAMAGED: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("damaged_memories");
 
-/// One damaged, empty or newer-version record refused the whole store at open. The good
-/// records load, the bad ones are moved as they were to `damaged_memories` and counted.
+/// One damaged or empty record refused the whole store at open. The good records load, the
+/// bad ones are moved as they were to `damaged_memories` and counted.
 #[tokio::test]
 async fn damaged_records_are_set_aside_and_the_store_opens_with_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,6 +178,54 @@ async fn damaged_records_are_set_aside_and_the_store_opens_with_the_rest() {
         );
         assert_eq!(damaged.get(key).unwrap().unwrap().value(), bytes, "{key}");
     }
+}
+
+/// A record a newer tetrarch wrote is not damage: the store is refused, naming it, and the
+/// record stays where that tetrarch will look for it (moving it aside hid it from both).
+#[tokio::test]
+async fn a_record_of_a_newer_tetrarch_refuses_the_store_and_stays_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let id = {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        store
+            .store(NewMemory::new(
+                Namespace::Global,
+                "a memory from the future",
+            ))
+            .await
+            .unwrap()
+    };
+    let key = id.as_u128();
+    let newer = {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let newer = {
+            let mut table = txn.open_table(MEMORIES).unwrap();
+            // The same body under the next version's tag: what a newer build's record reads as.
+            let mut bytes = redb::ReadableTable::get(&table, key)
+                .unwrap()
+                .unwrap()
+                .value()
+                .to_vec();
+            bytes[0] = 1;
+            table.insert(key, bytes.as_slice()).unwrap();
+            bytes
+        };
+        txn.commit().unwrap();
+        newer
+    };
+    let error = Store::open(&path, StoreConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("written by a newer tetrarch"), "{error}");
+    let db = redb::Database::open(&path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let memories = txn.open_table(MEMORIES).unwrap();
+    assert_eq!(
+        memories.get(key).unwrap().unwrap().value(),
+        newer.as_slice()
+    );
 }
 
 /// Another application's redb file was taken over: tetrarch's tables were created in it. It is

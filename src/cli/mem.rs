@@ -241,13 +241,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             if args.content.trim().is_empty() {
                 anyhow::bail!("--content is empty: a memory with no text can never be found");
             }
-            if !has_word(&args.content) {
-                anyhow::bail!(
-                    "--content {:?} has no word (letters or digits): a memory with no word can \
-                     never be found",
-                    args.content
-                );
-            }
+            let content = args.content.clone();
             let mut new = NewMemory::new(args.ns.parse::<Namespace>()?, args.content);
             new.summary = non_blank(args.summary);
             new.context = non_blank(args.context);
@@ -255,6 +249,21 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             new.confidence = args.confidence;
             new.tags = list(args.tags);
             new.keywords = list(args.keywords);
+            // Every one of these is indexed: a word in any of them finds the memory.
+            let findable = [&new.content]
+                .into_iter()
+                .chain(new.summary.as_ref())
+                .chain(new.context.as_ref())
+                .chain(&new.tags)
+                .chain(&new.keywords)
+                .any(|text| has_word(text));
+            if !findable {
+                anyhow::bail!(
+                    "--content {content:?} has no word (letters or digits), and neither has \
+                     --summary, --context, --tags or --keywords: a memory with no word can never \
+                     be found"
+                );
+            }
             new.memory_type = args.memory_type.parse::<MemoryType>()?;
             new.ttl = args.ttl.as_deref().map(parse_ttl).transpose()?;
             let store = open(store_path)?;

@@ -39,6 +39,11 @@ pub const LESSON_TAG: &str = "lesson";
 /// the candidates.
 pub const LESSON_FIX_TAG: &str = "lesson-fix";
 
+/// The tag of a lesson whose stored normalisation keeps codes (see the module docs). A lesson
+/// recorded before codes were kept (every number `<num>`) lacks it and is normalised again from
+/// its message when read, so it still matches the same error.
+const CODES_KEPT_TAG: &str = "lesson-codes";
+
 /// Candidates read from the search per suggestion.
 const CANDIDATES: usize = 200;
 
@@ -202,8 +207,18 @@ fn normalise_numbers(text: &str) -> String {
                 && digits.len() <= 4
                 && digits.as_str().bytes().all(|b| b.is_ascii_digit())
                 && !glued;
+            // The protocol's version is not part of a code (`HTTP/1.1 404` is `HTTP 404`), and
+            // its digits must not read as codes of their own.
+            let prefix = if prefix
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("http"))
+            {
+                "http "
+            } else {
+                prefix
+            };
             if code {
-                all.as_str().to_owned()
+                format!("{prefix}{}", digits.as_str())
             } else {
                 format!("{prefix} <num> ")
             }
@@ -308,7 +323,7 @@ impl Lessons {
         memory.memory_type = MemoryType::BugFix;
         memory.summary = failure.fix.clone();
         memory.keywords = vec![failure.error_type.clone()];
-        memory.tags = vec![LESSON_TAG.to_string()];
+        memory.tags = vec![LESSON_TAG.to_string(), CODES_KEPT_TAG.to_string()];
         if failure.fix.is_some() {
             memory.tags.push(LESSON_FIX_TAG.to_string());
         }
@@ -445,9 +460,14 @@ fn kept_len(message: &str) -> usize {
 
 fn to_lesson(memory: crate::store::Memory) -> Option<Lesson> {
     let failure: Failure = serde_json::from_str(memory.context.as_deref()?).ok()?;
+    let normalised = if memory.tags.iter().any(|t| t == CODES_KEPT_TAG) {
+        memory.content
+    } else {
+        normalise_message(&failure.message)
+    };
     Some(Lesson {
         id: memory.id,
-        normalised: memory.content,
+        normalised,
         failure,
     })
 }
@@ -511,7 +531,8 @@ mod tests {
                 "worker exited with status 137",
             ),
             ("HTTP 404 Not Found", "http 404 not found"),
-            ("HTTP/1.1 500 oops", "http/1.1 500 oops"),
+            ("HTTP/1.1 500 oops", "http 500 oops"),
+            ("HTTP/2 404", "http 404"),
             ("exit code: 2", "exit code: 2"),
             (
                 "rc=1 errno=28 killed by signal 9",
@@ -529,6 +550,23 @@ mod tests {
         ] {
             assert_eq!(normalise_message(message), normalised, "{message}");
         }
+    }
+
+    #[test]
+    fn the_http_version_is_not_part_of_the_code() {
+        let similar = |a: &str, b: &str| similarity(&normalise_message(a), &normalise_message(b));
+        let plain = "GET /api/items failed: HTTP 404 Not Found";
+        for versioned in [
+            "GET /api/items failed: HTTP/1.1 404 Not Found",
+            "GET /api/items failed: HTTP/2 404 Not Found",
+            "GET /api/items failed: HTTP/1.0 404 Not Found",
+        ] {
+            assert_eq!(similar(plain, versioned), 1.0, "{versioned}");
+        }
+        assert_eq!(
+            similar("HTTP/1.1 404 Not Found", "HTTP/1.1 500 Not Found"),
+            0.0
+        );
     }
 
     #[test]

@@ -349,8 +349,15 @@ impl PoolDef {
                 spec.env_allowlist = self.env_allowlist.clone();
                 spec.env = self.env.clone();
                 let factory = ProcessFactory::new(spec);
-                // Before any task runs, even when no session is pre-warmed.
-                factory.check()?;
+                // Said before any task runs; not refused, since an earlier task of the plan may
+                // build the program (or the folder). A call that finds it missing fails its
+                // task, without retries.
+                if let Err(problem) = factory.check() {
+                    tracing::warn!(
+                        pool = name,
+                        "{problem}: calls to pool {name:?} fail unless it exists by then"
+                    );
+                }
                 Pool::start(config, factory).await
             }
             PoolKind::Mcp => {

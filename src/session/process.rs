@@ -98,8 +98,8 @@ impl ProcessFactory {
         }
     }
 
-    /// Checks that the spec's program can be started (see [`SessionFactory::create`]), for a
-    /// pool that pre-warms no session.
+    /// Checks that the spec's program can be started now: its folder exists and the program
+    /// is found. Not a condition of starting a pool, whose program an earlier task may build.
     ///
     /// # Errors
     /// [`SessionError::Spawn`] naming the program, or [`SessionError::InvalidConfig`] naming a
@@ -111,14 +111,10 @@ impl ProcessFactory {
 
 impl SessionFactory for ProcessFactory {
     fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
-        let spec = Arc::clone(&self.spec);
-        Box::pin(async move {
-            // A process session starts nothing until its first call: checking the program and
-            // the folder here makes a broken command fail the pool's pre-warm, before any task
-            // (with side effects) has run, instead of the first task that calls it.
-            check_startable(&spec)?;
-            Ok(Box::new(ProcessSession { spec }) as Box<dyn Session>)
-        })
+        let session = ProcessSession {
+            spec: Arc::clone(&self.spec),
+        };
+        Box::pin(async move { Ok(Box::new(session) as Box<dyn Session>) })
     }
 }
 
@@ -304,10 +300,6 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
         let (exited, mut exit_seen) = tokio::sync::watch::channel(false);
         let wait = async {
             let status = child.wait().await;
-            // The call is one child: a process it left in the background goes with it rather
-            // than outliving the task, the run and tetrarch (a server meant to outlive the call
-            // detaches itself with `setsid`). That also closes the pipes it held.
-            group.kill_leftovers();
             let _ = exited.send(true);
             status
         };
@@ -340,6 +332,11 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
             }
         };
         let (status, io) = tokio::join!(wait, io);
+        // The call is one child: what it left in its group goes with it once its output is
+        // read (a `tee` of a process substitution may still be copying the last lines), rather
+        // than outliving the task, the run and tetrarch. A server meant to outlive the call
+        // detaches itself with `setsid`.
+        group.kill_leftovers();
         io?;
         status.map_err(io_error("wait"))
     };

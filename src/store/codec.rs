@@ -79,10 +79,9 @@ fn envelope_error(
 ) -> StoreError {
     let known = u64::from(known);
     match leading_varint(bytes) {
-        Some((variant, len)) if variant >= known => {
+        Some((variant, _)) if variant >= known => {
             let version = variant.saturating_add(1);
-            let plausible = variant < known + PLAUSIBLE_VERSIONS_AHEAD
-                && bytes.get(len..).is_some_and(latest_body_reads);
+            let plausible = plausibly_newer(known, bytes, latest_body_reads);
             let who = if plausible {
                 "written by a newer tetrarch"
             } else {
@@ -96,6 +95,22 @@ fn envelope_error(
         _ if bytes.is_empty() => StoreError::Codec(format!("decode {what}: damaged (empty)")),
         _ => StoreError::Codec(format!("decode {what}: damaged ({error})")),
     }
+}
+
+/// Whether `bytes` read as a record of a newer tetrarch: an envelope variant close above the
+/// `known` ones, followed by what reads as this build's latest version.
+fn plausibly_newer(known: u64, bytes: &[u8], latest_body_reads: fn(&[u8]) -> bool) -> bool {
+    leading_varint(bytes).is_some_and(|(variant, len)| {
+        variant >= known
+            && variant < known + PLAUSIBLE_VERSIONS_AHEAD
+            && bytes.get(len..).is_some_and(latest_body_reads)
+    })
+}
+
+/// Whether a memory record that did not decode reads as one written by a newer tetrarch (not
+/// damage): such a record is not this build's to set aside.
+pub(crate) fn memory_from_a_newer_build(bytes: &[u8]) -> bool {
+    plausibly_newer(u64::from(MEMORY_VERSIONS), bytes, reads_as_latest_memory)
 }
 
 /// The unsigned LEB128 varint at the start of `bytes` (postcard's encoding of a variant index)

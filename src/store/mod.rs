@@ -19,9 +19,10 @@
 //! deleted at the next tick; until then `stats` still counts them (a store opened after they
 //! expired leaves them out of its counts at once).
 //!
-//! A record of `memories` that does not load at open (damaged, or written by a newer tetrarch) is
-//! moved, as it was, to the `damaged_memories` table with a warning naming it, and the store
-//! opens with the rest; [`StoreStats::damaged`] counts them.
+//! A record of `memories` that does not load at open because it is damaged is moved, as it was,
+//! to the `damaged_memories` table with a warning naming it, and the store opens with the rest;
+//! [`StoreStats::damaged`] counts them. One that reads as written by a newer tetrarch is left in
+//! place and the store is refused, naming it (as a newer schema is): it is that tetrarch's.
 //!
 //! After an I/O error (a full disk) the writer closes and reopens the file and rebuilds the hot
 //! tier from it, so writes work again once there is room, without a restart (see `writer.rs`).
@@ -632,6 +633,15 @@ impl Store {
                             });
                             let memory = match decoded {
                                 Ok(memory) => memory,
+                                // A newer tetrarch's record is not damage: moving it aside
+                                // would hide it from that tetrarch too. The store is refused,
+                                // as a newer schema is.
+                                Err(e) if codec::memory_from_a_newer_build(bytes) => {
+                                    return Err(StoreError::Corrupt {
+                                        path: path.to_path_buf(),
+                                        detail: format!("record {key:032x}: {e}"),
+                                    });
+                                }
                                 Err(e) => {
                                     damaged.push(Damaged {
                                         key: *key,
