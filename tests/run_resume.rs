@@ -77,8 +77,25 @@ fn tetrarch(dir: &Path) -> Command {
     command
 }
 
+/// Opens the store a killed `tetrarch` used. A tool process it was starting when it was killed
+/// holds the file (and its lock) from its fork until its exec a moment later, so `AlreadyOpen`
+/// is tried again for a few seconds.
+fn open_store(dir: &Path) -> Store {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Store::open(dir.join("store.redb"), StoreConfig::default()) {
+            Err(tetrarch::store::StoreError::AlreadyOpen { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+}
+
 fn completed_in_store(dir: &Path) -> HashSet<String> {
-    let store = Store::open(dir.join("store.redb"), StoreConfig::default()).unwrap();
+    let store = open_store(dir);
     let runs = saved_runs(&store).unwrap();
     assert!(runs.len() <= 1, "a resumed run must not start a second run");
     runs.into_iter()
@@ -126,7 +143,7 @@ fn a_killed_run_resumes_without_rerunning_completed_tasks() {
     let status = tetrarch(dir.path()).status().unwrap();
     assert!(status.success(), "the final run failed: {status}");
 
-    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let store = open_store(dir.path());
     let runs = saved_runs(&store).unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, RunStatus::Complete);
@@ -166,7 +183,7 @@ fn a_run_killed_then_replaced_with_fresh_is_not_resumed_later() {
     child.kill().unwrap(); // SIGKILL, mid-run
     child.wait().unwrap();
     let killed = {
-        let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+        let store = open_store(dir.path());
         let runs = saved_runs(&store).unwrap();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].status, RunStatus::Running);
@@ -177,7 +194,7 @@ fn a_run_killed_then_replaced_with_fresh_is_not_resumed_later() {
     // The plain command now starts a run of its own: the user gave the killed one up.
     let plain = tetrarch(dir.path()).status().unwrap();
     assert!(plain.success(), "{plain}");
-    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let store = open_store(dir.path());
     let runs = saved_runs(&store).unwrap();
     assert_eq!(runs.len(), 3, "{runs:?}");
     let left = runs.iter().find(|r| r.run_id == killed).unwrap();
@@ -208,7 +225,7 @@ fn an_edited_plan_names_the_unfinished_run_it_does_not_resume() {
     child.kill().unwrap(); // SIGKILL, mid-run
     child.wait().unwrap();
     let killed = {
-        let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+        let store = open_store(dir.path());
         saved_runs(&store).unwrap()[0].run_id.clone()
     };
     let plan = dir.path().join("plan.toml");
@@ -295,7 +312,7 @@ fn a_rollback_resumed_after_a_kill_compensates_the_task_that_was_in_flight() {
         .position(|l| l.contains("\"compensated\"") && l.contains("\"slow\""))
         .unwrap_or_else(|| panic!("no compensation of slow: {events}"));
     assert!(finished < compensated, "{events}");
-    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let store = open_store(dir.path());
     let runs = saved_runs(&store).unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, RunStatus::Failed);
