@@ -185,13 +185,9 @@ fn relevant_candidates_are_sent_and_unrelated_ones_are_not() {
     assert!(payload.alert.is_none());
 }
 
-#[test]
-fn importance_and_recency_rank_equally_relevant_candidates() {
-    // Room for one of two equally relevant memories: the important, recent one wins.
-    let text_a = shader_text("a", 4);
-    let text_b = shader_text("b", 4);
-    let tokens = O200kCounter::new().unwrap().count(&text_a);
-    let config = ContextConfig {
+/// A window of one and a half items of `tokens`, all of it for general memories: room for one.
+fn room_for_one_general(tokens: usize) -> ContextConfig {
+    ContextConfig {
         budget: BudgetConfig {
             window: tokens + tokens / 2,
             critical: 0.0,
@@ -200,8 +196,16 @@ fn importance_and_recency_rank_equally_relevant_candidates() {
             general: 1.0,
         },
         ..ContextConfig::default()
-    };
-    let optimizer = optimizer(config);
+    }
+}
+
+#[test]
+fn importance_and_recency_rank_equally_relevant_candidates() {
+    // Room for one of two equally relevant memories: the important, recent one wins.
+    let text_a = shader_text("a", 4);
+    let text_b = shader_text("b", 4);
+    let tokens = O200kCounter::new().unwrap().count(&text_a);
+    let optimizer = optimizer(room_for_one_general(tokens));
     let mut old = memory(Category::General, "memory:old", &text_a);
     old.importance = 0.1;
     old.age = Duration::from_secs(90 * 24 * 3600);
@@ -218,17 +222,7 @@ fn importance_and_recency_rank_equally_relevant_candidates() {
 fn a_nan_importance_ranks_as_none_not_above_everything() {
     let text_a = shader_text("a", 4);
     let tokens = O200kCounter::new().unwrap().count(&text_a);
-    let config = ContextConfig {
-        budget: BudgetConfig {
-            window: tokens + tokens / 2,
-            critical: 0.0,
-            skills: 0.0,
-            project: 0.0,
-            general: 1.0,
-        },
-        ..ContextConfig::default()
-    };
-    let optimizer = optimizer(config);
+    let optimizer = optimizer(room_for_one_general(tokens));
     let mut nan = memory(Category::General, "memory:nan", &text_a);
     nan.importance = f32::NAN;
     let mut known = memory(Category::General, "memory:known", &shader_text("b", 4));

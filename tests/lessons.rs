@@ -123,18 +123,21 @@ async fn a_fix_that_never_worked_is_not_suggested_and_lessons_persist() {
     assert_eq!(suggestion.success_rate, 1.0);
 }
 
+/// Runs `tetrarch --store STORE ARGS…`.
+fn tetrarch(store: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_cli_records_and_suggests() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s.redb");
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-            .arg("--store")
-            .arg(&store)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| tetrarch(&store, args);
     let out = run(&[
         "lessons",
         "record",
@@ -447,14 +450,7 @@ async fn a_fix_is_not_suggested_for_an_error_with_another_status_or_http_code() 
 fn the_cli_refuses_a_blank_error_type_or_message() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s.redb");
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-            .arg("--store")
-            .arg(&store)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| tetrarch(&store, args);
     let out = run(&[
         "lessons",
         "record",

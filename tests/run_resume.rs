@@ -171,24 +171,27 @@ fn a_killed_run_resumes_without_rerunning_completed_tasks() {
     assert!(progressed, "no kill happened after a task completed");
 }
 
+/// Starts the plan of `write_plan` in `dir`, kills it (SIGKILL) once three tasks have started,
+/// and returns the id of the run it left unfinished.
+fn killed_mid_run(dir: &Path) -> String {
+    write_plan(dir);
+    let mut child = tetrarch(dir).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while starts(dir).len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let runs = saved_runs(&open_store(dir)).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Running);
+    runs[0].run_id.clone()
+}
+
 #[test]
 fn a_run_killed_then_replaced_with_fresh_is_not_resumed_later() {
     let dir = tempfile::tempdir().unwrap();
-    write_plan(dir.path());
-    let mut child = tetrarch(dir.path()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while starts(dir.path()).len() < 3 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL, mid-run
-    child.wait().unwrap();
-    let killed = {
-        let store = open_store(dir.path());
-        let runs = saved_runs(&store).unwrap();
-        assert_eq!(runs.len(), 1);
-        assert_eq!(runs[0].status, RunStatus::Running);
-        runs[0].run_id.clone()
-    };
+    let killed = killed_mid_run(dir.path());
     let fresh = tetrarch(dir.path()).arg("--fresh").status().unwrap();
     assert!(fresh.success(), "{fresh}");
     // The plain command now starts a run of its own: the user gave the killed one up.
@@ -216,18 +219,7 @@ fn a_run_killed_then_replaced_with_fresh_is_not_resumed_later() {
 #[test]
 fn an_edited_plan_names_the_unfinished_run_it_does_not_resume() {
     let dir = tempfile::tempdir().unwrap();
-    write_plan(dir.path());
-    let mut child = tetrarch(dir.path()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while starts(dir.path()).len() < 3 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL, mid-run
-    child.wait().unwrap();
-    let killed = {
-        let store = open_store(dir.path());
-        saved_runs(&store).unwrap()[0].run_id.clone()
-    };
+    let killed = killed_mid_run(dir.path());
     let plan = dir.path().join("plan.toml");
     let text = std::fs::read_to_string(&plan).unwrap();
     std::fs::write(&plan, format!("{text}# a comment\n")).unwrap();

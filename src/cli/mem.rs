@@ -241,7 +241,6 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             if args.content.trim().is_empty() {
                 anyhow::bail!("--content is empty: a memory with no text can never be found");
             }
-            let content = args.content.clone();
             let mut new = NewMemory::new(args.ns.parse::<Namespace>()?, args.content);
             new.summary = non_blank(args.summary);
             new.context = non_blank(args.context);
@@ -259,9 +258,10 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
                 .any(|text| has_word(text));
             if !findable {
                 anyhow::bail!(
-                    "--content {content:?} has no word (letters or digits), and neither has \
+                    "--content {:?} has no word (letters or digits), and neither has \
                      --summary, --context, --tags or --keywords: a memory with no word can never \
-                     be found"
+                     be found",
+                    new.content
                 );
             }
             new.memory_type = args.memory_type.parse::<MemoryType>()?;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 static LIVE: parking_lot::Mutex<BTreeSet<i32>> = parking_lot::Mutex::new(BTreeSet::new());
 
-/// A live child's process group, killed (SIGKILL) when this drops or when the child has exited
+/// A live child's process group, killed (SIGKILL) when this drops or when the call is over
 /// ([`ChildGroup::kill_leftovers`]). The group id is the child's pid, which cannot be reused
 /// while the unreaped child holds it, so the kill cannot hit a stranger.
 #[derive(Debug)]
@@ -25,8 +25,8 @@ impl ChildGroup {
         ChildGroup { pgid }
     }
 
-    /// The child was reaped: what it left running in its group (`server &`) is killed now, and
-    /// the group is never signalled again. Safe right after the reap: while any process of the
+    /// The child was reaped and the call is over: what it left running in its group
+    /// (`server &`) is killed now, and the group is never signalled again. Safe right after the reap: while any process of the
     /// group lives, the kernel does not hand its id to a new process; with none left, `killpg`
     /// finds nothing (a new group of that id would need the pid numbers to wrap around within
     /// the microseconds since the reap).
@@ -40,10 +40,7 @@ impl ChildGroup {
 
 impl Drop for ChildGroup {
     fn drop(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            kill(pgid);
-            LIVE.lock().remove(&pgid);
-        }
+        self.kill_leftovers();
     }
 }
 

@@ -131,20 +131,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for LineLimit<R> {
         let before = buf.filled().len();
         let this = &mut *self;
         std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let read = &buf.filled()[before..];
-        let mut start = 0;
-        for newline in memchr::memchr_iter(b'\n', read) {
-            this.line = this.line.saturating_add(newline - start);
-            if this.line > this.limit {
-                break;
-            }
+        let mut rest = &buf.filled()[before..];
+        // Each line ended in this read, then the start of the next one.
+        let mut over = false;
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            over |= this.line.saturating_add(end) > this.limit;
             this.line = 0;
-            start = newline + 1;
+            rest = &rest[end + 1..];
         }
-        if this.line <= this.limit {
-            this.line = this.line.saturating_add(read.len() - start);
-        }
-        if this.line > this.limit {
+        this.line = this.line.saturating_add(rest.len());
+        if over || this.line > this.limit {
             this.oversized.store(true, Ordering::SeqCst);
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -255,6 +251,8 @@ impl McpSession {
             },
             stdin,
         )
+        // One more than ours, so that rmcp (which counts a line's newline) never drops a line
+        // our limit let through.
         .with_max_line_length(MAX_MESSAGE_BYTES.saturating_add(1));
         if let Some(stderr) = child.stderr.take() {
             let program = spec.program.clone();

@@ -158,6 +158,19 @@ impl Drop for SizeGuard<'_> {
     }
 }
 
+impl IdleSession {
+    /// A session going idle now (started, or returned after `dirty` use).
+    fn new(session: Box<dyn Session>, dirty: bool) -> Self {
+        let now = Instant::now();
+        IdleSession {
+            session,
+            since: now,
+            checked: now,
+            dirty,
+        }
+    }
+}
+
 impl Shared {
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleSession>> {
         // A panic while holding this lock cannot leave the list inconsistent (push/pop only).
@@ -241,12 +254,7 @@ impl Shared {
             && self.size.load(Ordering::SeqCst) < self.config.max_size
         {
             match self.create().await {
-                Ok(session) => self.lock_idle().push(IdleSession {
-                    session,
-                    since: Instant::now(),
-                    checked: Instant::now(),
-                    dirty: false,
-                }),
+                Ok(session) => self.lock_idle().push(IdleSession::new(session, false)),
                 Err(e) => {
                     tracing::warn!(pool = %self.config.name, error = %e, "could not start a replacement session; retrying later");
                     break;
@@ -309,12 +317,7 @@ impl Pool {
         let mut first_error = None;
         for started in futures::future::join_all(starts).await {
             match started {
-                Ok(session) => shared.lock_idle().push(IdleSession {
-                    session,
-                    since: Instant::now(),
-                    checked: Instant::now(),
-                    dirty: false,
-                }),
+                Ok(session) => shared.lock_idle().push(IdleSession::new(session, false)),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -478,12 +481,7 @@ impl Pool {
                 tracing::warn!(pool = %shared.config.name, "warm-up failed, session replaced: {e}");
             }
             if result.is_ok() && session.is_open() {
-                shared.lock_idle().push(IdleSession {
-                    session,
-                    since: Instant::now(),
-                    checked: Instant::now(),
-                    dirty: false,
-                });
+                shared.lock_idle().push(IdleSession::new(session, false));
             } else {
                 shared.discard(session);
             }
@@ -667,13 +665,9 @@ impl Drop for PooledSession {
             // One over `max_size` (see `maintain`): closed rather than kept idle.
             shared.size.fetch_sub(1, Ordering::SeqCst);
         } else {
-            let now = Instant::now();
-            shared.lock_idle().push(IdleSession {
-                session,
-                since: now,
-                checked: now,
-                dirty: self.called,
-            });
+            shared
+                .lock_idle()
+                .push(IdleSession::new(session, self.called));
         }
     }
 }

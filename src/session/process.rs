@@ -8,8 +8,9 @@
 //! read concurrently, each kept up to [`ProcessSpec::max_output_bytes`]; past the cap the rest is
 //! read and thrown away so that a chatty child never blocks on a full pipe. On unix the child leads
 //! its own process group, and a timeout or a dropped call kills the whole group (through `nix`'s
-//! safe `killpg`), so a shell's grandchildren die with it; so does the child's exit, so a process
-//! it left in the background (`server &`) does not outlive the call.
+//! safe `killpg`), so a shell's grandchildren die with it; so does the end of a call, once the
+//! output is read, so a process the child left in the background (`server &`) does not outlive
+//! it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

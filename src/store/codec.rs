@@ -202,18 +202,8 @@ pub(crate) fn encode_cache_entry(
 
 /// Decodes a persisted cache entry, returning its category and value bytes.
 pub(crate) fn decode_cache_entry(bytes: &[u8]) -> Result<(CacheCategory, Vec<u8>), StoreError> {
-    let record: StoredCacheEntry = postcard::from_bytes(bytes).map_err(|e| {
-        envelope_error(
-            "cache entry",
-            CACHE_ENTRY_VERSIONS,
-            bytes,
-            &e,
-            reads_as_latest_cache_entry,
-        )
-    })?;
-    match record {
-        StoredCacheEntry::V1(v1) => Ok((v1.category, v1.value)),
-    }
+    let v1 = decode_cache_record(bytes)?;
+    Ok((v1.category, v1.value))
 }
 
 /// Decodes a persisted cache entry's category and the time it was stored (for listing and
@@ -221,6 +211,12 @@ pub(crate) fn decode_cache_entry(bytes: &[u8]) -> Result<(CacheCategory, Vec<u8>
 pub(crate) fn decode_cache_entry_meta(
     bytes: &[u8],
 ) -> Result<(CacheCategory, Timestamp), StoreError> {
+    let v1 = decode_cache_record(bytes)?;
+    Ok((v1.category, Timestamp::from_millis(v1.stored_at)))
+}
+
+/// A persisted cache entry in this build's latest form.
+fn decode_cache_record(bytes: &[u8]) -> Result<CacheEntryV1, StoreError> {
     let record: StoredCacheEntry = postcard::from_bytes(bytes).map_err(|e| {
         envelope_error(
             "cache entry",
@@ -231,7 +227,7 @@ pub(crate) fn decode_cache_entry_meta(
         )
     })?;
     match record {
-        StoredCacheEntry::V1(v1) => Ok((v1.category, Timestamp::from_millis(v1.stored_at))),
+        StoredCacheEntry::V1(v1) => Ok(v1),
     }
 }
 
