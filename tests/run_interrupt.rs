@@ -166,8 +166,11 @@ fn ctrl_c_at_a_permission_prompt_cancels_and_exits() {
          [[task]]\nid = \"a\"\ntool = \"sh.run\"\nargs = { argv = [\"echo asked\"] }\n",
     )
     .unwrap();
+    // `exec`: `script` runs the command through `$SHELL -c` (`/bin/sh` when unset), and dash
+    // neither execs a lone command nor survives the Ctrl-C, so `script` would report the
+    // shell's death by SIGINT (130) rather than tetrarch's status.
     let command = format!(
-        "'{}' --store '{}' run '{}'",
+        "exec '{}' --store '{}' run '{}'",
         env!("CARGO_BIN_EXE_tetrarch"),
         dir.path().join("store.redb").display(),
         dir.path().join("plan.toml").display()
