@@ -1229,6 +1229,38 @@ cacheable = true
     runtime.shutdown().await;
 }
 
+/// Pre-warming ends with each pool's declared warm-up call made once more through the four
+/// agents, as a task would be (the sessions' own warm-ups are not acquires; this call is),
+/// without permission rules (none allow it here), and it leaves no memory behind.
+#[tokio::test]
+async fn pre_warming_sends_each_declared_warm_up_call_through_the_agents() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-servers/stdlib_server.py");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let mut actors = ActorsConfig::embedded().unwrap();
+    actors.executor.pools.remove("scorer");
+    for (name, declared) in [("warm", true), ("cold", false)] {
+        let mut pool = PoolDef::new(PoolKind::Mcp);
+        pool.command = vec!["python3".to_owned(), script.display().to_string()];
+        pool.warmup = declared.then(|| tetrarch::session::WarmupDef {
+            tool: "say".to_owned(),
+            args: json!({ "message": "warm" }),
+            calls: 2,
+        });
+        actors.executor.pools.insert(name.to_owned(), pool);
+    }
+    let runtime = Runtime::start(RuntimeOptions::new(store.clone(), actors))
+        .await
+        .unwrap();
+    let stats: HashMap<String, _> = runtime.pool_stats().into_iter().collect();
+    assert_eq!(stats["warm"].acquired, 1, "{:?}", stats["warm"]);
+    assert_eq!(stats["cold"].acquired, 0, "{:?}", stats["cold"]);
+    assert_eq!(stats["warm"].discarded, 0, "{:?}", stats["warm"]);
+    assert_eq!(store.stats(None).live, 0, "a warm-up call is not a memory");
+    runtime.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_mcp_tools_error_message_is_the_failure_reason_and_fixes_match_it() {
     let script =

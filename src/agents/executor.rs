@@ -274,7 +274,10 @@ async fn check_call(
             ),
         });
     }
-    if let Err(detail) = check_permission(shared, attempt, &def, args, &argv).await {
+    // A warm-up call is the pool's own configuration, made without rules as at the pool's start.
+    if attempt.purpose != Purpose::WarmUp
+        && let Err(detail) = check_permission(shared, attempt, &def, args, &argv).await
+    {
         return Err(SessionError::PermissionDenied { detail });
     }
     Ok(Checked {
@@ -487,7 +490,7 @@ fn outcome_memory(
     attempt: &Attempt,
     outcome: &Outcome,
 ) -> Option<NewMemory> {
-    if !shared.config.record_outputs {
+    if !shared.config.record_outputs || attempt.purpose == Purpose::WarmUp {
         return None;
     }
     let namespace = run_namespace(&attempt.run_id)?;

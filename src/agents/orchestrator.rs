@@ -29,7 +29,8 @@ use super::config::RunSettings;
 use super::events::RunEvent;
 use super::mailbox::Envelope;
 use super::pipeline::{
-    Attempt, ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, Purpose, Verdict, injected_fault,
+    Attempt, ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, Purpose, Verdict, WarmUpCall,
+    injected_fault,
 };
 use super::runtime::RunSpec;
 use super::state::{
@@ -39,7 +40,7 @@ use super::state::{
 use crate::lessons::{Failure, Lessons};
 use crate::permissions::PermissionEngine;
 use crate::plan::template::{Reference, references_in};
-use crate::plan::{Fix, Plan, Task, TemplateContext};
+use crate::plan::{Fix, Location, Plan, Task, TaskId, TemplateContext};
 use crate::store::Store;
 
 /// Dispatch tokens, unique in the process, so a verdict for an attempt dispatched by an earlier
@@ -72,6 +73,8 @@ pub(crate) struct OrchestratorState {
     /// Runs cancelled before they started (a Ctrl-C while the plan's pools were pre-warming):
     /// such a run is cancelled as soon as it starts. The newest [`EARLY_CANCELS`] are kept.
     early_cancels: VecDeque<String>,
+    /// Warm-up passes in flight: the tokens still out, and who waits for them.
+    warm_ups: Vec<(HashSet<u64>, oneshot::Sender<()>)>,
 }
 
 /// How many cancels of runs not started yet are remembered.
@@ -678,6 +681,10 @@ impl OrchestratorState {
                 Verdict::Error { .. } => "error",
             },
         );
+        if attempt.purpose == Purpose::WarmUp {
+            self.warmed(&attempt, &verdict);
+            return;
+        }
         let run_id = Arc::clone(&attempt.run_id);
         let i = attempt.task_index;
         let Some(run) = self.runs.get_mut(&run_id) else {
@@ -951,6 +958,107 @@ impl OrchestratorState {
         }
     }
 
+    /// Sends each warm-up call down the pipeline as an attempt of a task of its own (one that
+    /// belongs to no run: nothing is persisted or emitted for it); `done` is answered by
+    /// [`Self::warmed`] once all are back.
+    async fn warm_up(
+        &mut self,
+        run_id: Option<Arc<str>>,
+        calls: Vec<WarmUpCall>,
+        done: oneshot::Sender<()>,
+    ) {
+        // Pools are found by run: a run id no run has finds the runtime's own pools.
+        let run_id = run_id.unwrap_or_else(|| Arc::from(""));
+        let mut tokens = HashSet::new();
+        let mut attempts = Vec::new();
+        for call in calls {
+            let token = next_token();
+            tokens.insert(token);
+            let task = Task {
+                id: TaskId::from("warm-up"),
+                tool: call.tool,
+                args: call.args,
+                deps: Vec::new(),
+                timeout: None,
+                estimate: None,
+                retries: 0,
+                max_attempts: 1,
+                gates: Vec::new(),
+                compensate: None,
+                fixes: Vec::new(),
+                cacheable: false,
+                outputs: None,
+                context_files: Vec::new(),
+                location: Location { line: 1, column: 1 },
+                tool_location: Location { line: 1, column: 1 },
+            };
+            attempts.push(Attempt {
+                span: tracing::Span::none(),
+                run_id: Arc::clone(&run_id),
+                task_index: 0,
+                fixed_args: None,
+                ctx: TemplateContext {
+                    outputs: HashMap::new(),
+                    attempt: 1,
+                    feedback: String::new(),
+                    run_id: Arc::clone(&run_id),
+                    plan_name: Arc::from("warm-up"),
+                    context: String::new(),
+                },
+                wants_context: false,
+                timeout: None,
+                base_dir: Arc::new(PathBuf::new()),
+                task: Arc::new(task),
+                token,
+                purpose: Purpose::WarmUp,
+                args: None,
+                permissions: None,
+                failure: None,
+                cache_key: None,
+            });
+        }
+        if tokens.is_empty() {
+            let _ = done.send(());
+            return;
+        }
+        self.warm_ups.push((tokens, done));
+        for attempt in attempts {
+            if let Err(e) = self
+                .args
+                .peers
+                .optimizer
+                .send(OptimizerMsg::Prepare(Box::new(attempt)))
+                .await
+            {
+                // Whoever waits gives up after its own deadline; nothing else depends on it.
+                tracing::debug!("orchestrator: warm-up not delivered: {e}");
+            }
+        }
+    }
+
+    /// A warm-up attempt is back: its waiter is answered once its whole pass is.
+    fn warmed(&mut self, attempt: &Attempt, verdict: &Verdict) {
+        if let Verdict::Error { reason, .. } = verdict {
+            tracing::debug!(
+                "orchestrator: warm-up call {} failed: {reason}",
+                attempt.call()
+            );
+        }
+        let Some(at) = self
+            .warm_ups
+            .iter()
+            .position(|(tokens, _)| tokens.contains(&attempt.token))
+        else {
+            return;
+        };
+        let tokens = &mut self.warm_ups[at].0;
+        tokens.remove(&attempt.token);
+        if tokens.is_empty() {
+            let (_, done) = self.warm_ups.swap_remove(at);
+            let _ = done.send(());
+        }
+    }
+
     async fn cancel(&mut self, run_id: &str) {
         let Some(run) = self.runs.get_mut(run_id) else {
             // Not started yet: remembered, so it is cancelled when it starts.
@@ -1170,6 +1278,7 @@ impl Actor for Orchestrator {
             runs: HashMap::new(),
             unsaved: Vec::new(),
             early_cancels: VecDeque::new(),
+            warm_ups: Vec::new(),
         })
     }
 
@@ -1202,6 +1311,11 @@ impl Actor for Orchestrator {
                 tracing::info!("orchestrator: {agent} restarted; re-dispatching its work");
                 state.redispatch_in_flight().await;
             }
+            OrchestratorMsg::WarmUp {
+                run_id,
+                calls,
+                done,
+            } => state.warm_up(run_id, calls, done).await,
             OrchestratorMsg::Cancel { run_id } => state.cancel(&run_id).await,
             OrchestratorMsg::Ping(reply) => {
                 let _ = reply.send(());

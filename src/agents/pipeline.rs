@@ -22,6 +22,9 @@ pub(crate) enum Purpose {
     Task,
     /// Its compensation during a rollback (not gated).
     Compensation,
+    /// A pool's declared warm-up call sent through the agents while pre-warming (see
+    /// [`OrchestratorMsg::WarmUp`]): no permission check, cache, memory or event.
+    WarmUp,
 }
 
 /// One dispatch of a task (or of its compensation).
@@ -111,11 +114,28 @@ pub(crate) enum OrchestratorMsg {
         token: u64,
     },
     AgentRestarted(AgentKind),
+    /// Pre-warming: each call goes through the Optimizer, the Executor (the pool's session) and
+    /// the Reviewer, as a task would; `done` is answered once every verdict is back. The hops and
+    /// the session are then warm for the first task, which otherwise took 1.4–1.9× as long as
+    /// the tenth.
+    WarmUp {
+        /// The pools of this run (a plan's own pools), or of none (the runtime's).
+        run_id: Option<Arc<str>>,
+        calls: Vec<WarmUpCall>,
+        done: oneshot::Sender<()>,
+    },
     Cancel {
         run_id: String,
     },
     Ping(oneshot::Sender<()>),
     Crash,
+}
+
+/// One pool's declared warm-up call, made through the agents.
+#[derive(Clone, Debug)]
+pub(crate) struct WarmUpCall {
+    pub tool: ToolRef,
+    pub args: Value,
 }
 
 /// Messages to the Optimizer.
