@@ -330,6 +330,41 @@ fn commands_started_together_wait_their_turn_for_the_store() {
     assert_eq!(stdout(&recent).lines().count(), 8, "{}", stdout(&recent));
 }
 
+/// The commands that only read leave the store file as it was, byte for byte (they used to
+/// open it for writing, which rewrites its header, and failed on a file they could not write).
+#[test]
+fn commands_that_only_read_do_not_write_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    let stored = tetrarch(
+        &store,
+        &["mem", "store", "--content", "a lantern in the fog"],
+    );
+    assert!(stored.status.success());
+    let before = std::fs::read(&store).unwrap();
+    for args in [
+        &["mem", "search", "lantern"][..],
+        &["mem", "recent"],
+        &["mem", "stats"],
+        &["cache", "stats"],
+        &["lessons", "list"],
+        &["runs"],
+    ] {
+        let out = tetrarch(&store, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read(&store).unwrap() == before,
+            "{args:?} changed the store file"
+        );
+    }
+    let found = tetrarch(&store, &["mem", "search", "lantern", "--json"]);
+    assert_eq!(stdout(&found).lines().count(), 1, "{}", stdout(&found));
+}
+
 #[test]
 fn arguments_that_could_only_give_nothing_are_refused() {
     let dir = tempfile::tempdir().unwrap();

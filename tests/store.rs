@@ -989,3 +989,81 @@ async fn the_same_key_asked_in_another_category_is_its_own_entry() {
         .unwrap();
     assert_eq!(persisted, "technique pattern");
 }
+
+/// A store opened read-only reads what was stored without writing a byte of the file (no
+/// access is counted either), shares the file with other read-only handles, keeps a writer out
+/// while it is open, and refuses writes, naming the file.
+#[tokio::test]
+async fn a_store_opened_read_only_reads_without_writing_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let id = {
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let id = store
+            .store(NewMemory::new(Namespace::Global, "the quarterly report"))
+            .await
+            .unwrap();
+        store.get(id).unwrap();
+        id
+    };
+    let before = std::fs::read(&path).unwrap();
+    {
+        let reader = Store::open_read_only(&path, StoreConfig::default()).unwrap();
+        let other = Store::open_read_only(&path, StoreConfig::default()).unwrap();
+        assert!(reader.is_read_only() && other.is_read_only());
+        let hits = reader.search("quarterly", &SearchOptions::default());
+        assert_eq!(hits.len(), 1);
+        assert_eq!(other.get(id).unwrap().access_count, 1);
+        assert_eq!(other.get(id).unwrap().access_count, 1);
+        assert_eq!(other.stats(None).live, 1);
+        let writer = Store::open(&path, StoreConfig::default()).unwrap_err();
+        assert!(matches!(writer, StoreError::AlreadyOpen { .. }), "{writer}");
+        let refused = reader
+            .store(NewMemory::new(Namespace::Global, "more"))
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, StoreError::ReadOnly { .. }), "{refused}");
+        assert!(
+            refused.to_string().contains(&path.display().to_string()),
+            "{refused}"
+        );
+        assert!(matches!(
+            other.archive(id).await,
+            Err(StoreError::ReadOnly { .. })
+        ));
+    }
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "a read-only open changed the file"
+    );
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    assert!(!store.is_read_only());
+    assert_eq!(store.get(id).unwrap().access_count, 2);
+    let missing = Store::open_read_only(dir.path().join("none.redb"), StoreConfig::default());
+    assert!(missing.is_err());
+    assert!(
+        !dir.path().join("none.redb").exists(),
+        "a read-only open created a file"
+    );
+}
+
+/// A file a crash left needing a repair (here, a copy taken while its store was open) is
+/// opened as `Store::open` opens it: writable, repaired, with everything committed.
+#[tokio::test]
+async fn a_read_only_open_of_a_file_needing_a_repair_opens_it_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, copy) = (dir.path().join("store.redb"), dir.path().join("copy.redb"));
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let id = store
+        .store(NewMemory::new(
+            Namespace::Global,
+            "written before the crash",
+        ))
+        .await
+        .unwrap();
+    std::fs::copy(&path, &copy).unwrap();
+    drop(store);
+    let opened = Store::open_read_only(&copy, StoreConfig::default()).unwrap();
+    assert!(!opened.is_read_only());
+    assert_eq!(opened.get(id).unwrap().content, "written before the crash");
+}

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use tetrarch::store::{CacheCategory, CacheClearFilter, Timestamp};
 
-use super::mem::{open, print_json, runtime};
+use super::mem::{open, open_to_read, print_json, runtime};
 
 /// Cache commands.
 #[derive(Debug, Subcommand)]
@@ -72,7 +72,7 @@ pub fn run(command: CacheCommand, store_path: &Path) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match command {
         CacheCommand::Stats { json } => {
-            let usage = open(store_path)?.persisted_cache_usage()?;
+            let usage = open_to_read(store_path)?.persisted_cache_usage()?;
             let entries: u64 = usage.iter().map(|u| u.entries).sum();
             let bytes: u64 = usage.iter().map(|u| u.bytes).sum();
             if json {

@@ -33,7 +33,7 @@ pub fn run(args: DashboardArgs, store: &Path) -> Result<ExitCode> {
     // The view is read once and the store closed, so a `tetrarch run` on it can start while
     // the page is served.
     let telemetry = {
-        let store = super::open_store(store, StoreConfig::default())
+        let store = super::open_store_to_read(store, StoreConfig::default())
             .with_context(|| format!("cannot open the store {}", store.display()))?;
         Telemetry::finished(&store, args.run.as_deref(), install_metrics().ok())?
     };

@@ -68,9 +68,14 @@ impl LessonsCommand {
     }
 }
 
-fn open(path: &Path, ns: &str) -> Result<Lessons> {
+/// The lessons of `ns`; `reading`: for a command that only reads (the file is not written).
+fn open(path: &Path, ns: &str, reading: bool) -> Result<Lessons> {
     let namespace: Namespace = ns.parse()?;
-    let store = super::open_store(path, StoreConfig::default())?;
+    let store = if reading {
+        super::open_store_to_read(path, StoreConfig::default())?
+    } else {
+        super::open_store(path, StoreConfig::default())?
+    };
     Ok(Lessons::new(store, namespace))
 }
 
@@ -86,7 +91,7 @@ pub fn run(command: LessonsCommand, store_path: &Path) -> Result<ExitCode> {
             worked,
             ns,
         } => {
-            let lessons = open(store_path, &ns)?;
+            let lessons = open(store_path, &ns, false)?;
             let failure = Failure {
                 error_type,
                 message,
@@ -102,7 +107,7 @@ pub fn run(command: LessonsCommand, store_path: &Path) -> Result<ExitCode> {
             writeln!(out, "{id}")?;
         }
         LessonsCommand::List { ns, limit, json } => {
-            for lesson in open(store_path, &ns)?.list(limit) {
+            for lesson in open(store_path, &ns, true)?.list(limit) {
                 if json {
                     serde_json::to_writer(&mut out, &lesson)?;
                     writeln!(out)?;
@@ -138,7 +143,7 @@ pub fn run(command: LessonsCommand, store_path: &Path) -> Result<ExitCode> {
                 (0.0..=1.0).contains(&threshold),
                 "--threshold {threshold} is outside 0..=1"
             );
-            let suggestion = open(store_path, &ns)?
+            let suggestion = open(store_path, &ns, true)?
                 .with_threshold(threshold)
                 .suggest_fix(&message);
             match (suggestion, json) {

@@ -141,11 +141,20 @@ impl MemCommand {
 }
 
 pub(crate) fn open(path: &Path) -> Result<Store> {
-    let config = StoreConfig {
+    Ok(super::open_store(path, config())?)
+}
+
+/// [`open`] for a command that only reads (`search`, `recent`, `stats`; not `get`, which
+/// counts an access): see [`super::open_store_to_read`].
+pub(crate) fn open_to_read(path: &Path) -> Result<Store> {
+    Ok(super::open_store_to_read(path, config())?)
+}
+
+fn config() -> StoreConfig {
+    StoreConfig {
         show_progress: std::io::stderr().is_terminal(),
         ..StoreConfig::default()
-    };
-    Ok(super::open_store(path, config)?)
+    }
 }
 
 fn namespace(text: Option<&str>) -> Result<Option<Namespace>> {
@@ -304,7 +313,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
                 min_importance,
                 limit,
             };
-            let store = open(store_path)?;
+            let store = open_to_read(store_path)?;
             for hit in store.search(&query, &options) {
                 if output.json {
                     print_json(&mut out, &hit)?;
@@ -323,7 +332,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
         }
         MemCommand::Recent { ns, limit, output } => {
             let ns = namespace(ns.as_deref())?;
-            let store = open(store_path)?;
+            let store = open_to_read(store_path)?;
             for memory in store.list_recent(ns.as_ref(), limit) {
                 if output.json {
                     print_json(&mut out, &memory)?;
@@ -351,7 +360,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
         }
         MemCommand::Stats { ns, output } => {
             let ns = namespace(ns.as_deref())?;
-            let store = open(store_path)?;
+            let store = open_to_read(store_path)?;
             let stats = store.stats(ns.as_ref());
             if output.json {
                 print_json(&mut out, &stats)?;

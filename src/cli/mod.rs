@@ -135,16 +135,41 @@ fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
 const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens the store at `path`, waiting up to [`STORE_WAIT`] while another process holds it:
-/// redb takes the file for one process at a time, so two commands started together would
+/// redb takes the file for one writer at a time, so two commands started together would
 /// otherwise fail at once.
 pub(crate) fn open_store(
     path: &std::path::Path,
     config: tetrarch::store::StoreConfig,
 ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
+    open_waiting(path, config, |path, config| {
+        tetrarch::store::Store::open(path, config)
+    })
+}
+
+/// [`open_store`] for a command that only reads: the file is not written (unless a crash left
+/// it needing a repair; see `Store::open_read_only`), and such commands share it rather than
+/// take turns (a writer still waits for them, and they for it).
+pub(crate) fn open_store_to_read(
+    path: &std::path::Path,
+    config: tetrarch::store::StoreConfig,
+) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
+    open_waiting(path, config, |path, config| {
+        tetrarch::store::Store::open_read_only(path, config)
+    })
+}
+
+fn open_waiting(
+    path: &std::path::Path,
+    config: tetrarch::store::StoreConfig,
+    open: impl Fn(
+        &std::path::Path,
+        tetrarch::store::StoreConfig,
+    ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError>,
+) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
     let deadline = std::time::Instant::now() + STORE_WAIT;
     let mut pause = std::time::Duration::from_millis(20);
     loop {
-        match tetrarch::store::Store::open(path, config.clone()) {
+        match open(path, config.clone()) {
             Err(tetrarch::store::StoreError::AlreadyOpen { .. })
                 if std::time::Instant::now() + pause < deadline =>
             {

@@ -546,7 +546,7 @@ fn print_report(report: &RunReport) {
 
 /// `tetrarch runs`: every run in the store, with its status and task states.
 pub fn list(store: &Path, json: bool) -> Result<ExitCode> {
-    let store = super::open_store(store, StoreConfig::default())
+    let store = super::open_store_to_read(store, StoreConfig::default())
         .with_context(|| format!("cannot open the store {}", store.display()))?;
     let runs = saved_runs(&store)?;
     for run in runs {

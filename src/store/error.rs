@@ -116,10 +116,12 @@ pub enum StoreError {
     /// A [`super::StoreConfig`] a store cannot run with.
     #[error("invalid store configuration: {0}")]
     InvalidConfig(String),
-    /// The store file (or its folder) cannot be opened for writing. tetrarch opens its store
-    /// for writing even to read it (the database engine takes the file's write lock).
+    /// The store file (or its folder) cannot be opened for writing. [`super::Store::open`]
+    /// opens it for writing even to read it (the database engine takes the file's write lock);
+    /// [`super::Store::open_read_only`] does not, unless the file needs a repair first.
     #[error(
-        "store {path} is not writable: tetrarch needs write access to its store file, even to read it"
+        "store {path} is not writable: tetrarch needs write access to its store file to write \
+         it, or to repair it after a crash"
     )]
     NotWritable {
         /// The database file.
@@ -133,4 +135,10 @@ pub enum StoreError {
     /// the writer goes on (reopening the file first after an I/O error).
     #[error("the store's writer has stopped")]
     Closed,
+    /// A write to a store opened with [`super::Store::open_read_only`].
+    #[error("store {path} is open read-only")]
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+    },
 }

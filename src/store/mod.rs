@@ -26,6 +26,14 @@
 //!
 //! After an I/O error (a full disk) the writer closes and reopens the file and rebuilds the hot
 //! tier from it, so writes work again once there is room, without a restart (see `writer.rs`).
+//!
+//! [`Store::open_read_only`] opens a store for reading without writing the file (redb's
+//! read-only handle, shared by any number of readers, no writer thread); the CLI's commands that
+//! only read use it. A file that needs a write first (a repair after a crash, tables a newer
+//! build added, damaged records to set aside) is opened writable instead, as [`Store::open`] does.
+//! redb's multi-process modes would also let readers open a store while a run writes it, but
+//! they cost a second fsync per commit and forbid relaxed durability, so the writer keeps the
+//! file to itself.
 
 mod cache;
 mod codec;
@@ -63,7 +71,8 @@ use memory::{validate_memory, validate_ttl};
 use state::State;
 use text::{Dictionary, DocTerms, Fields, analyze_document, analyze_query_known};
 use writer::{
-    CACHE, Command, DAMAGED_MEMORIES, MEMORIES, META, RUNS, SharedDb, WriterContext, db_error,
+    CACHE, Command, DAMAGED_MEMORIES, MEMORIES, META, OpenDb, RUNS, SharedDb, WriterContext,
+    db_error,
 };
 
 /// The schema version this build writes; files with a newer one are refused.
@@ -212,6 +221,8 @@ struct Inner {
     access_queue: Arc<Mutex<Vec<MemoryId>>>,
     dictionary: Arc<Dictionary>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Opened by [`Store::open_read_only`]: no writer; every write is [`StoreError::ReadOnly`].
+    read_only: bool,
 }
 
 impl Drop for Inner {
@@ -386,7 +397,7 @@ impl Store {
             Ok::<_, StoreError>((db, state, dictionary))
         }));
         let (db, state, dictionary) = opened.map_err(|panic| engine_failed(&path, &*panic))??;
-        let db = Arc::new(SharedDb::new(db));
+        let db = Arc::new(SharedDb::new(OpenDb::Writable(db)));
         let state = Arc::new(RwLock::new(state));
         let access_queue = Arc::new(Mutex::new(Vec::new()));
         let (commands, receiver) = mpsc::channel();
@@ -412,6 +423,71 @@ impl Store {
                 access_queue,
                 dictionary,
                 writer: Mutex::new(Some(handle)),
+                read_only: false,
+            }),
+        })
+    }
+
+    /// Opens an existing store to read it, without writing to the file: a read-only handle
+    /// (shared with other read-only ones, and refused with [`StoreError::AlreadyOpen`] while a
+    /// writer holds the file), whose writes fail with [`StoreError::ReadOnly`]. Reads do not
+    /// count as accesses (`get` leaves `access_count` as it was).
+    ///
+    /// A file that needs a write before it can be read as a store is opened as [`Store::open`]
+    /// opens it, writable: one a crash left needing a repair, one without every table of this
+    /// build's schema, or one with records that do not load (to be set aside). Blocking, as
+    /// [`Store::open`] is.
+    ///
+    /// # Errors
+    /// As [`Store::open`]; a path with no file is [`StoreError::Database`] (nothing is created).
+    pub fn open_read_only(
+        path: impl AsRef<Path>,
+        config: StoreConfig,
+    ) -> Result<Store, StoreError> {
+        config.check()?;
+        let path = path.as_ref().to_path_buf();
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = match redb::Builder::new().open_read_only(&path) {
+                Ok(db) => db,
+                // Only a writable open repairs the file.
+                Err(DatabaseError::RepairAborted) => return Ok(None),
+                // Not `NotWritable`: nothing here asked to write.
+                Err(DatabaseError::Storage(StorageError::Io(io)))
+                    if io.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    return Err(db_error(&path, "open")(io));
+                }
+                Err(e) => return Err(open_error(&path, e)),
+            };
+            if Self::check_schema(&db, &path)? {
+                return Ok(None);
+            }
+            let dictionary = Arc::new(Dictionary::default());
+            let (mut state, damaged) = Self::rebuild(&db, &path, &config, &dictionary)?;
+            if !damaged.is_empty() {
+                return Ok(None);
+            }
+            state.damaged = Self::count_set_aside(&db, &path)?;
+            Ok::<_, StoreError>(Some((db, state, dictionary)))
+        }));
+        let Some((db, state, dictionary)) =
+            opened.map_err(|panic| engine_failed(&path, &*panic))??
+        else {
+            return Self::open(path, config);
+        };
+        // No writer: the channel's far end is gone, and `send` refuses before using it.
+        let (commands, _) = mpsc::channel();
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                config,
+                db: Arc::new(SharedDb::new(OpenDb::ReadOnly(db))),
+                state: Arc::new(RwLock::new(state)),
+                commands,
+                access_queue: Arc::new(Mutex::new(Vec::new())),
+                dictionary,
+                writer: Mutex::new(None),
+                read_only: true,
             }),
         })
     }
@@ -421,6 +497,35 @@ impl Store {
     /// missing, so opening a store to read it does not write it. A redb file with tables but
     /// no tetrarch schema belongs to something else and is refused untouched.
     fn prepare_tables(db: &Database, path: &Path) -> Result<(), StoreError> {
+        if !Self::check_schema(db, path)? {
+            return Ok(());
+        }
+        let txn = db.begin_write().map_err(db_error(path, "begin write"))?;
+        let fresh = txn
+            .list_tables()
+            .map_err(db_error(path, "list tables"))?
+            .next()
+            .is_none();
+        {
+            txn.open_table(MEMORIES)
+                .map_err(table_error(path, "memories"))?;
+            txn.open_table(CACHE)
+                .map_err(table_error(path, "context_cache"))?;
+            txn.open_table(RUNS).map_err(table_error(path, "runs"))?;
+            txn.open_table(DAMAGED_MEMORIES)
+                .map_err(table_error(path, "damaged_memories"))?;
+            if fresh {
+                let mut meta = txn.open_table(META).map_err(table_error(path, "meta"))?;
+                meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())
+                    .map_err(db_error(path, "write schema version"))?;
+            }
+        }
+        txn.commit().map_err(db_error(path, "commit schema"))
+    }
+
+    /// Checks, reading only, that the file is a tetrarch store this build reads; says whether
+    /// it needs tables created (a new file, or one from a build with fewer tables).
+    fn check_schema(db: &impl ReadableDatabase, path: &Path) -> Result<bool, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt {
             path: path.to_path_buf(),
             detail,
@@ -470,26 +575,7 @@ impl Store {
             check_table(&txn, path, DAMAGED_MEMORIES, &names)?,
         ]
         .contains(&false);
-        drop(txn);
-        if !fresh && !missing {
-            return Ok(());
-        }
-        let txn = db.begin_write().map_err(db_error(path, "begin write"))?;
-        {
-            txn.open_table(MEMORIES)
-                .map_err(table_error(path, "memories"))?;
-            txn.open_table(CACHE)
-                .map_err(table_error(path, "context_cache"))?;
-            txn.open_table(RUNS).map_err(table_error(path, "runs"))?;
-            txn.open_table(DAMAGED_MEMORIES)
-                .map_err(table_error(path, "damaged_memories"))?;
-            if fresh {
-                let mut meta = txn.open_table(META).map_err(table_error(path, "meta"))?;
-                meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())
-                    .map_err(db_error(path, "write schema version"))?;
-            }
-        }
-        txn.commit().map_err(db_error(path, "commit schema"))
+        Ok(fresh || missing)
     }
 
     /// Rebuilds the hot tier from the file and sets aside the records that do not load (see
@@ -505,16 +591,20 @@ impl Store {
         if !damaged.is_empty() {
             left_in_place = Self::quarantine(db, path, &damaged);
         }
-        let set_aside = guarded_read(path, || {
+        state.damaged = Self::count_set_aside(db, path)? + left_in_place as u64;
+        Ok(state)
+    }
+
+    /// The records earlier opens set aside in `damaged_memories`.
+    fn count_set_aside(db: &impl ReadableDatabase, path: &Path) -> Result<u64, StoreError> {
+        guarded_read(path, || {
             let txn = db.begin_read().map_err(db_error(path, "begin read"))?;
             match txn.open_table(DAMAGED_MEMORIES) {
                 Ok(table) => table.len().map_err(db_error(path, "count damaged records")),
                 Err(TableError::TableDoesNotExist(_)) => Ok(0),
                 Err(e) => Err(table_error(path, "damaged_memories")(e)),
             }
-        })?;
-        state.damaged = set_aside + left_in_place as u64;
-        Ok(state)
+        })
     }
 
     /// Moves records that did not load from `memories` to `damaged_memories`, as they were, in
@@ -578,7 +668,7 @@ impl Store {
     /// Reads every record and rebuilds the hot tier, decoding and analysing on all cores;
     /// returns the records that do not load beside it.
     fn rebuild(
-        db: &Database,
+        db: &impl ReadableDatabase,
         path: &Path,
         config: &StoreConfig,
         dictionary: &Arc<Dictionary>,
@@ -730,10 +820,21 @@ impl Store {
     }
 
     fn send(&self, command: Command) -> Result<(), StoreError> {
+        if self.inner.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.inner.path.clone(),
+            });
+        }
         self.inner
             .commands
             .send(command)
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Whether this handle was opened read-only ([`Store::open_read_only`] found nothing to
+    /// write): its writes fail with [`StoreError::ReadOnly`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
     }
 
     /// Stores a new memory and returns its id once the write is committed (durably by default).
@@ -833,12 +934,15 @@ impl Store {
                 if entry.memory.is_expired(now) {
                     return Err(StoreError::NotFound(id));
                 }
-                entry.access_count.fetch_add(1, Ordering::Relaxed);
-                entry
-                    .last_accessed
-                    .store(now.as_millis(), Ordering::Relaxed);
-                if !entry.access_dirty.swap(true, Ordering::Relaxed) {
-                    self.inner.access_queue.lock().push(id);
+                // A read-only handle could not save the count; it leaves it as stored.
+                if !self.inner.read_only {
+                    entry.access_count.fetch_add(1, Ordering::Relaxed);
+                    entry
+                        .last_accessed
+                        .store(now.as_millis(), Ordering::Relaxed);
+                    if !entry.access_dirty.swap(true, Ordering::Relaxed) {
+                        self.inner.access_queue.lock().push(id);
+                    }
                 }
                 return Ok(entry.snapshot());
             }

@@ -23,8 +23,8 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use redb::{
-    CommitError, Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageError,
-    TableDefinition, TransactionError, WriteTransaction,
+    CommitError, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    StorageError, TableDefinition, TransactionError, WriteTransaction,
 };
 use tokio::sync::oneshot;
 
@@ -93,7 +93,19 @@ pub(crate) enum Command {
 /// error (see the module docs); `None` while a reopen has failed and is waiting to be retried.
 /// Callers hold the lock only to begin a transaction: a transaction does not borrow the
 /// database, and the reopen needs the old one dropped (it holds the file's lock).
-pub(crate) struct SharedDb(RwLock<Option<Database>>);
+pub(crate) struct SharedDb(RwLock<Option<OpenDb>>);
+
+/// How the file is open: for the writer, or read-only ([`super::Store::open_read_only`]: no
+/// writer, and nothing written to the file).
+pub(crate) enum OpenDb {
+    Writable(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+/// Why a write transaction could not begin on a store opened read-only.
+#[derive(Debug, thiserror::Error)]
+#[error("the store is open read-only")]
+struct OpenReadOnly;
 
 /// Why a transaction could not begin while the writer has no database open.
 #[derive(Debug, thiserror::Error)]
@@ -101,19 +113,21 @@ pub(crate) struct SharedDb(RwLock<Option<Database>>);
 struct NotReopenedYet;
 
 impl SharedDb {
-    pub(crate) fn new(db: Database) -> Self {
+    pub(crate) fn new(db: OpenDb) -> Self {
         SharedDb(RwLock::new(Some(db)))
     }
 
     /// Begins a read transaction.
     pub(crate) fn begin_read(&self, path: &Path) -> Result<ReadTransaction, StoreError> {
-        match &*self.0.read() {
-            Some(db) => db.begin_read().map_err(db_error(path, "begin read")),
-            None => Err(db_error(path, "begin read")(NotReopenedYet)),
-        }
+        let begun = match &*self.0.read() {
+            Some(OpenDb::Writable(db)) => db.begin_read(),
+            Some(OpenDb::ReadOnly(db)) => db.begin_read(),
+            None => return Err(db_error(path, "begin read")(NotReopenedYet)),
+        };
+        begun.map_err(db_error(path, "begin read"))
     }
 
-    /// Runs `f` on the open database.
+    /// Runs `f` on the database open for writing.
     pub(crate) fn with<T>(
         &self,
         path: &Path,
@@ -121,16 +135,16 @@ impl SharedDb {
         f: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         match &*self.0.read() {
-            Some(db) => f(db),
+            Some(OpenDb::Writable(db)) => f(db),
+            Some(OpenDb::ReadOnly(_)) => Err(db_error(path, operation)(OpenReadOnly)),
             None => Err(db_error(path, operation)(NotReopenedYet)),
         }
     }
 
     fn begin_write(&self, path: &Path) -> Result<WriteTransaction, StoreError> {
-        match &*self.0.read() {
-            Some(db) => db.begin_write().map_err(db_error(path, "begin write")),
-            None => Err(db_error(path, "begin write")(NotReopenedYet)),
-        }
+        self.with(path, "begin write", |db| {
+            db.begin_write().map_err(db_error(path, "begin write"))
+        })
     }
 }
 
@@ -682,13 +696,14 @@ fn fail_command(command: Command, error: &SharedError) {
 fn reopen(ctx: &WriterContext) -> Result<(), StoreError> {
     {
         let mut slot = ctx.db.0.write();
-        if let Some(old) = slot.take()
+        // The writer's store is never a read-only one.
+        if let Some(OpenDb::Writable(old)) = slot.take()
             && let Err(e) = old.close()
         {
             // Expected after an I/O error; the open below recovers the file.
             tracing::debug!(error = %e, "store: closing after an I/O error");
         }
-        *slot = Some(super::open_database(&ctx.path)?);
+        *slot = Some(OpenDb::Writable(super::open_database(&ctx.path)?));
     }
     let state = ctx.db.with(&ctx.path, "reopen", |db| {
         super::guarded_read(&ctx.path, || {
