@@ -69,7 +69,7 @@ async fn search_filters_by_namespace_tags_and_importance() {
         ("a", vec!["gpu"], 9),
         ("a", vec!["cpu"], 9),
         ("b", vec!["gpu"], 2),
-        ("b", vec!["gpu", "hdr"], 6),
+        ("b", vec!["gpu", "HDR"], 6),
     ] {
         let mut new = NewMemory::new(project(ns), "tone mapping exposure");
         new.tags = tags.into_iter().map(String::from).collect();
@@ -107,12 +107,23 @@ async fn search_filters_by_namespace_tags_and_importance() {
         }),
         vec![ids[0], ids[2], ids[3]]
     );
-    assert_eq!(
+    // Tags compare without case, both ways round.
+    for wanted in [["gpu", "hdr"], ["GPU", "Hdr"]] {
+        assert_eq!(
+            search(SearchOptions {
+                tags: wanted.iter().map(|t| (*t).to_owned()).collect(),
+                ..Default::default()
+            }),
+            vec![ids[3]],
+            "{wanted:?}"
+        );
+    }
+    assert!(
         search(SearchOptions {
-            tags: vec!["gpu".into(), "hdr".into()],
+            tags: vec!["hd".into()],
             ..Default::default()
-        }),
-        vec![ids[3]]
+        })
+        .is_empty()
     );
     assert_eq!(
         search(SearchOptions {

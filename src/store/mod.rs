@@ -144,7 +144,8 @@ impl StoreConfig {
 pub struct SearchOptions {
     /// Only this namespace; all namespaces when `None`.
     pub namespace: Option<Namespace>,
-    /// Only memories carrying every one of these tags.
+    /// Only memories carrying every one of these tags, compared without case (`HDR` finds a
+    /// memory tagged `hdr`: tags come from people and tools that spell them either way).
     pub tags: Vec<String>,
     /// Only memories at least this important.
     pub min_importance: Option<u8>,
@@ -241,6 +242,13 @@ impl std::fmt::Debug for Store {
             .field("path", &self.inner.path)
             .finish()
     }
+}
+
+/// Whether a memory's `tag` is the `wanted` one of a search (given in lower case): compared
+/// without case, without allocating (the filter runs for each hit good enough to enter the
+/// results).
+fn same_tag(tag: &str, wanted: &str) -> bool {
+    tag.chars().flat_map(char::to_lowercase).eq(wanted.chars())
 }
 
 /// Borrows the searchable fields of a memory.
@@ -1013,6 +1021,7 @@ impl Store {
         let now = Timestamp::now().as_millis();
         let state = self.inner.state.read();
         let min_importance = options.min_importance.unwrap_or(0);
+        let wanted_tags: Vec<String> = options.tags.iter().map(|t| t.to_lowercase()).collect();
         let hits = state.index.search(
             &terms,
             options.namespace.as_ref(),
@@ -1022,7 +1031,9 @@ impl Store {
                 slot.importance >= min_importance
                     && (options.tags.is_empty()
                         || state.live.get(&slot.id).is_some_and(|e| {
-                            options.tags.iter().all(|t| e.memory.tags.contains(t))
+                            wanted_tags.iter().all(|wanted| {
+                                e.memory.tags.iter().any(|tag| same_tag(tag, wanted))
+                            })
                         }))
             },
         );
