@@ -1231,7 +1231,8 @@ cacheable = true
 
 /// Pre-warming ends with each pool's declared warm-up call made once more through the four
 /// agents, as a task would be (the sessions' own warm-ups are not acquires; this call is),
-/// without permission rules (none allow it here), and it leaves no memory behind.
+/// without permission rules (none allow it here), with its args as declared (not templates, as
+/// the sessions' own warm-ups send them), and it leaves no memory behind.
 #[tokio::test]
 async fn pre_warming_sends_each_declared_warm_up_call_through_the_agents() {
     let script =
@@ -1245,7 +1246,7 @@ async fn pre_warming_sends_each_declared_warm_up_call_through_the_agents() {
         pool.command = vec!["python3".to_owned(), script.display().to_string()];
         pool.warmup = declared.then(|| tetrarch::session::WarmupDef {
             tool: "say".to_owned(),
-            args: json!({ "message": "warm" }),
+            args: json!({ "message": "a {{literal}} brace" }),
             calls: 2,
         });
         actors.executor.pools.insert(name.to_owned(), pool);
@@ -1258,6 +1259,65 @@ async fn pre_warming_sends_each_declared_warm_up_call_through_the_agents() {
     assert_eq!(stats["cold"].acquired, 0, "{:?}", stats["cold"]);
     assert_eq!(stats["warm"].discarded, 0, "{:?}", stats["warm"]);
     assert_eq!(store.stats(None).live, 0, "a warm-up call is not a memory");
+    runtime.shutdown().await;
+}
+
+/// An agent that restarts while a warm-up call is out does not hold the run's start for the
+/// warm-up's deadline (10 s): its waiter is answered at the restart.
+#[tokio::test]
+async fn a_restart_during_a_plans_warm_up_does_not_hold_its_start() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-servers/stdlib_server.py");
+    let (runtime, dir) = shell_runtime(false).await;
+    let rules = r#"{"permissions": {"allow": ["mcp__slow__say"]}}"#;
+    let text = format!(
+        r#"
+name = "slow-warm-up"
+[pools.slow]
+kind = "mcp"
+command = ["python3", "{}"]
+warmup = {{ tool = "sleep", args = {{ seconds = 1.5 }} }}
+[[task]]
+id = "said"
+tool = "slow.say"
+args = {{ message = "after the warm-up" }}
+"#,
+        script.display()
+    );
+    let runtime = Arc::new(runtime);
+    let started = std::time::Instant::now();
+    let run = tokio::spawn({
+        let runtime = Arc::clone(&runtime);
+        let options = with_rules(dir.path(), rules);
+        async move { runtime.run(plan(&text), options).await }
+    });
+    // The pool's own warm-up (1.5 s) is not an acquire; the call through the agents is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !runtime
+        .pool_stats()
+        .iter()
+        .any(|(name, stats)| name == "slow" && stats.in_use == 1)
+    {
+        assert!(std::time::Instant::now() < deadline, "no warm-up call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runtime.inject_fault(AgentKind::Executor).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    // Two warm-ups (4.5 s at most with the restart) and the task, not the 10 s deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "the run started {:?} after it was asked",
+        started.elapsed()
+    );
+    let Ok(runtime) = Arc::try_unwrap(runtime) else {
+        panic!("the run still holds the runtime");
+    };
     runtime.shutdown().await;
 }
 

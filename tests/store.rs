@@ -125,6 +125,21 @@ async fn search_filters_by_namespace_tags_and_importance() {
         })
         .is_empty()
     );
+    // A tag given exactly as stored is found, whatever its case folds to (`str::to_lowercase`
+    // makes a final Σ a ς; a character-wise fold does not).
+    let mut greek = NewMemory::new(project("c"), "tone mapping exposure");
+    greek.tags = vec!["ΟΔΟΣ".into()];
+    let greek = store.store(greek).await.unwrap();
+    for wanted in ["ΟΔΟΣ", "οδοσ"] {
+        assert_eq!(
+            search(SearchOptions {
+                tags: vec![wanted.into()],
+                ..Default::default()
+            }),
+            vec![greek],
+            "{wanted}"
+        );
+    }
     assert_eq!(
         search(SearchOptions {
             min_importance: Some(6),

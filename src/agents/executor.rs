@@ -309,12 +309,16 @@ async fn make_call(
     let mut session = pool.acquire_queued().await?;
     let started = std::time::Instant::now();
     let outcome = session.call(request).await;
-    metrics::histogram!(
-        "tetrarch_tool_call_duration_seconds",
-        "tool" => attempt.call().to_string(),
-        "agent" => AgentKind::Executor.as_str()
-    )
-    .record(started.elapsed().as_secs_f64());
+    // A warm-up is not a task's call: counted, it would put the histogram ahead of
+    // `tetrarch_tool_calls_total`.
+    if attempt.purpose != Purpose::WarmUp {
+        metrics::histogram!(
+            "tetrarch_tool_call_duration_seconds",
+            "tool" => attempt.call().to_string(),
+            "agent" => AgentKind::Executor.as_str()
+        )
+        .record(started.elapsed().as_secs_f64());
+    }
     outcome
 }
 
@@ -614,12 +618,17 @@ impl Actor for Executor {
             ExecutorMsg::Execute(attempt) => {
                 let shared = Arc::clone(&state.shared);
                 let run_id = Arc::clone(&attempt.run_id);
-                let span = tracing::info_span!(
-                    parent: &attempt.span,
-                    "tool_call",
-                    pool = %attempt.call().pool,
-                    tool = %attempt.call().tool
-                );
+                // A warm-up belongs to no run, so it has no trace either.
+                let span = if attempt.purpose == Purpose::WarmUp {
+                    tracing::Span::none()
+                } else {
+                    tracing::info_span!(
+                        parent: &attempt.span,
+                        "tool_call",
+                        pool = %attempt.call().pool,
+                        tool = %attempt.call().tool
+                    )
+                };
                 let handle = state.calls.spawn(async move {
                     let mut attempt = attempt;
                     // The call's span ends before the outcome goes on: once the Reviewer has

@@ -21,7 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::AgentKind;
 use super::config::OptimizerConfig;
 use super::mailbox::Envelope;
-use super::pipeline::{Attempt, ExecutorMsg, OptimizerMsg, Peers, injected_fault};
+use super::pipeline::{Attempt, ExecutorMsg, OptimizerMsg, Peers, Purpose, injected_fault};
 use crate::context::{
     Candidate, ContextOptimizer, ContextRequest, O200kCounter, preserve_snapshot,
 };
@@ -285,8 +285,12 @@ impl Actor for Optimizer {
                     attempt = returned;
                     attempt.ctx.context = text;
                 }
-                attempt.args =
-                    Some(render(attempt.args_template(), &attempt.ctx).map_err(|e| e.to_string()));
+                // A warm-up call's args go as declared, as the sessions' own warm-ups send them.
+                attempt.args = Some(if attempt.purpose == Purpose::WarmUp {
+                    Ok(attempt.args_template().clone())
+                } else {
+                    render(attempt.args_template(), &attempt.ctx).map_err(|e| e.to_string())
+                });
                 if let Err(e) = state
                     .args
                     .peers

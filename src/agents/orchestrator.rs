@@ -1309,6 +1309,11 @@ impl Actor for Orchestrator {
             } => state.on_retry(run_id, task_index, token).await,
             OrchestratorMsg::AgentRestarted(agent) => {
                 tracing::info!("orchestrator: {agent} restarted; re-dispatching its work");
+                // A warm-up the dead agent held never comes back, and is not worth redoing:
+                // its waiters go on now rather than at their deadline.
+                for (_, done) in state.warm_ups.drain(..) {
+                    let _ = done.send(());
+                }
                 state.redispatch_in_flight().await;
             }
             OrchestratorMsg::WarmUp {

@@ -406,7 +406,12 @@ impl Actor for Reviewer {
                         .gates
                         .iter()
                         .any(|g| matches!(g, Gate::Score { .. }));
-                let span = tracing::info_span!(parent: &attempt.span, "review");
+                // A warm-up belongs to no run, so it has no trace either.
+                let span = if attempt.purpose == Purpose::WarmUp {
+                    tracing::Span::none()
+                } else {
+                    tracing::info_span!(parent: &attempt.span, "review")
+                };
                 if scored {
                     let shared = Arc::clone(&state.shared);
                     state.scoring.spawn(async move {

@@ -1021,7 +1021,13 @@ impl Store {
         let now = Timestamp::now().as_millis();
         let state = self.inner.state.read();
         let min_importance = options.min_importance.unwrap_or(0);
-        let wanted_tags: Vec<String> = options.tags.iter().map(|t| t.to_lowercase()).collect();
+        // Per character, as `same_tag` folds the stored tags (`str::to_lowercase` makes a final
+        // `Σ` a `ς`, which the stored `ΟΔΟΣ` would never fold to).
+        let wanted_tags: Vec<String> = options
+            .tags
+            .iter()
+            .map(|t| t.chars().flat_map(char::to_lowercase).collect())
+            .collect();
         let hits = state.index.search(
             &terms,
             options.namespace.as_ref(),
@@ -1031,9 +1037,9 @@ impl Store {
                 slot.importance >= min_importance
                     && (options.tags.is_empty()
                         || state.live.get(&slot.id).is_some_and(|e| {
-                            wanted_tags.iter().all(|wanted| {
-                                e.memory.tags.iter().any(|tag| same_tag(tag, wanted))
-                            })
+                            wanted_tags
+                                .iter()
+                                .all(|wanted| e.memory.tags.iter().any(|tag| same_tag(tag, wanted)))
                         }))
             },
         );
