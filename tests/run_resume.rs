@@ -366,3 +366,72 @@ fn a_copy_of_the_plan_in_another_folder_does_not_resume_its_run() {
     let again = first_event(&dir.path().join("a"), false);
     assert!(again.contains("\"resumed\":true"), "{again}");
 }
+
+/// The pids of running processes whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<i32> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .filter(|pid| {
+            // A zombie waiting to be reaped has stopped running.
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            !status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+        })
+        .collect()
+}
+
+/// A `tetrarch run` killed outright (SIGKILL: no drop, no signal handler runs) takes the tools
+/// it was running with it: its reaper kills their process groups. A `sleep` tool used to run on
+/// for its whole length.
+#[test]
+fn a_killed_run_leaves_no_tool_running() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "name = \"reap\"\npermissions = \"settings.json\"\n\
+         [pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n\
+         [[task]]\nid = \"long\"\ntool = \"sh.run\"\n\
+         args = { argv = [\"echo started > started.txt; sleep 317\"] }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("actors")).unwrap();
+    let mut child = tetrarch(dir.path()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let sleeping = loop {
+        let found = processes_running(&["sleep", "317"]);
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tool never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !processes_running(&["sleep", "317"]).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = processes_running(&["sleep", "317"]);
+    for &pid in &left {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(
+        left.is_empty(),
+        "the tool (pids {sleeping:?}) outlived the killed tetrarch"
+    );
+}
