@@ -1093,3 +1093,73 @@ async fn a_read_only_open_of_a_file_needing_a_repair_opens_it_writable() {
     assert!(!opened.is_read_only());
     assert_eq!(opened.get(id).unwrap().content, "written before the crash");
 }
+
+/// Memories with an excluded tag take no place in a search's limit or a recent list's: the
+/// best other memory comes back even when excluded ones rank above it and are newer.
+#[tokio::test]
+async fn excluded_tags_take_no_place_in_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let wanted = store
+        .store(NewMemory::new(project("p"), "lantern exposure"))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let mut record = NewMemory::new(
+            project("p"),
+            format!("lantern exposure lantern exposure copy {i}"),
+        );
+        record.tags = vec!["Context-Snapshot".into()];
+        store.store(record).await.unwrap();
+    }
+    let options = SearchOptions {
+        limit: 1,
+        exclude_tags: vec!["context-snapshot".into()],
+        ..Default::default()
+    };
+    let hits = store.search("lantern exposure", &options);
+    assert_eq!(
+        hits.iter().map(|h| h.memory.id).collect::<Vec<_>>(),
+        [wanted]
+    );
+    let recent = store.list_recent_matching(Some(&project("p")), 1, |m| m.tags.is_empty());
+    assert_eq!(recent.iter().map(|m| m.id).collect::<Vec<_>>(), [wanted]);
+    assert_eq!(store.list_recent(Some(&project("p")), 10).len(), 6);
+}
+
+/// `store_many` stores in order and answers once committed; the first memory it refuses stops
+/// it, with those before it stored and those after it not.
+#[tokio::test]
+async fn store_many_keeps_order_and_stops_at_the_first_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let ids = store
+        .store_many((0..3).map(|i| NewMemory::new(project("m"), format!("batch item {i}"))))
+        .await
+        .unwrap();
+    let contents: Vec<String> = ids
+        .iter()
+        .map(|id| store.get(*id).unwrap().content)
+        .collect();
+    assert_eq!(contents, ["batch item 0", "batch item 1", "batch item 2"]);
+    let mut bad = NewMemory::new(project("n"), "refused");
+    bad.importance = 11;
+    let refused = store
+        .store_many([
+            NewMemory::new(project("n"), "before the refusal"),
+            bad,
+            NewMemory::new(project("n"), "after the refusal"),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::InvalidImportance { .. }),
+        "{refused}"
+    );
+    let kept: Vec<String> = store
+        .list_recent(Some(&project("n")), 10)
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(kept, ["before the refusal"]);
+}

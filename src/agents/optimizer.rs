@@ -40,6 +40,41 @@ pub(crate) struct OptimizerArgs {
     /// The actors folder: a relative `skills_dir` resolves against it.
     pub base_dir: std::path::PathBuf,
     pub events: tokio::sync::broadcast::Sender<super::RunEvent>,
+    /// The contents already preserved in each run's snapshots.
+    pub preserved: Arc<PreservedContents>,
+}
+
+/// The content hashes of the items preserved in context snapshots, per namespace (a run's),
+/// for the newest [`PreservedContents::RUNS`] namespaces. Kept by the Optimizer alone; after
+/// its restart an item may be preserved once more.
+#[derive(Default)]
+pub(crate) struct PreservedContents(parking_lot::Mutex<PreservedByRun>);
+
+#[derive(Default)]
+struct PreservedByRun {
+    hashes: std::collections::HashMap<Namespace, std::collections::HashSet<u64>>,
+    order: std::collections::VecDeque<Namespace>,
+}
+
+impl PreservedContents {
+    /// How many runs' hashes are kept (a long-lived runtime runs many plans).
+    const RUNS: usize = 64;
+
+    /// Whether `text` is new to `namespace`'s snapshots; it is counted as preserved from now.
+    fn claim(&self, namespace: &Namespace, text: &str) -> bool {
+        let hash = crate::context::content_hash(text);
+        let mut preserved = self.0.lock();
+        let PreservedByRun { hashes, order } = &mut *preserved;
+        if !hashes.contains_key(namespace) {
+            if order.len() == Self::RUNS
+                && let Some(oldest) = order.pop_front()
+            {
+                hashes.remove(&oldest);
+            }
+            order.push_back(namespace.clone());
+        }
+        hashes.entry(namespace.clone()).or_default().insert(hash)
+    }
 }
 
 pub(crate) struct OptimizerState {
@@ -100,14 +135,13 @@ fn memories(args: &OptimizerArgs, attempt: &Attempt, query: &str) -> Vec<Candida
     let run = run_namespace(&attempt.run_id);
     let mut seen = std::collections::HashSet::new();
     let mut found = Vec::new();
+    // Lessons (normalised error text) and preserved context snapshots are the runtime's own
+    // records, not knowledge for a task: lessons reach a failing task through its reason. They
+    // are left out inside the search and the recent list, where they would take the places of
+    // the task's memories (a run's snapshots match its tasks' words better than anything).
+    let bookkeeping = [crate::lessons::LESSON_TAG, crate::context::SNAPSHOT_TAG];
     let mut offer = |memory: &crate::store::Memory| {
-        // Lessons (normalised error text) and preserved context snapshots are the runtime's own
-        // records, not knowledge for a task: lessons reach a failing task through its reason.
-        let bookkeeping = memory
-            .tags
-            .iter()
-            .any(|t| t == crate::lessons::LESSON_TAG || t == crate::context::SNAPSHOT_TAG);
-        if !bookkeeping && seen.insert(memory.id) {
+        if seen.insert(memory.id) {
             found.push(Candidate::from_memory(memory, now));
         }
     };
@@ -115,6 +149,7 @@ fn memories(args: &OptimizerArgs, attempt: &Attempt, query: &str) -> Vec<Candida
         let options = SearchOptions {
             namespace: Some(namespace),
             limit: args.config.memories,
+            exclude_tags: bookkeeping.iter().map(|t| (*t).to_owned()).collect(),
             ..SearchOptions::default()
         };
         for hit in args.store.search(query, &options) {
@@ -122,7 +157,15 @@ fn memories(args: &OptimizerArgs, attempt: &Attempt, query: &str) -> Vec<Candida
         }
     }
     if let Some(run) = &run {
-        for memory in args.store.list_recent(Some(run), args.config.recent) {
+        let recent = args
+            .store
+            .list_recent_matching(Some(run), args.config.recent, |memory| {
+                !memory
+                    .tags
+                    .iter()
+                    .any(|t| bookkeeping.contains(&t.as_str()))
+            });
+        for memory in recent {
             offer(&memory);
         }
     }
@@ -220,17 +263,25 @@ fn assemble(
             alert.session,
             alert.ratio * 100.0
         );
-        let snapshot = optimizer.session_snapshot(&session);
-        let store = args.store.clone();
         let namespace = run_namespace(&attempt.run_id).unwrap_or(Namespace::Global);
-        let preserved_session = session.clone();
-        tokio::spawn(async move {
-            if let Err(e) =
-                preserve_snapshot(&store, namespace, &preserved_session, &snapshot).await
-            {
-                tracing::error!("optimizer: context not preserved: {e}");
-            }
-        });
+        // What an earlier snapshot of the run holds already is not stored again: tasks that
+        // share an upstream output or a file would each store a copy.
+        let snapshot: Vec<_> = optimizer
+            .session_snapshot(&session)
+            .into_iter()
+            .filter(|item| args.preserved.claim(&namespace, &item.text))
+            .collect();
+        if !snapshot.is_empty() {
+            let store = args.store.clone();
+            let preserved_session = session.clone();
+            tokio::spawn(async move {
+                if let Err(e) =
+                    preserve_snapshot(&store, namespace, &preserved_session, &snapshot).await
+                {
+                    tracing::error!("optimizer: context not preserved: {e}");
+                }
+            });
+        }
     }
     // The tools keep nothing between calls (a process exits, an MCP or native call starts
     // afresh, and a later attempt may go to another session of the pool): every attempt gets

@@ -135,6 +135,7 @@ impl SupervisorState {
                     config: a.config.optimizer.clone(),
                     base_dir: a.config.base_dir.clone(),
                     events: a.events.clone(),
+                    preserved: Arc::default(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Optimizer, args, link)
                     .await

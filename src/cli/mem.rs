@@ -30,9 +30,13 @@ pub enum MemCommand {
         /// Only this namespace.
         #[arg(long)]
         ns: Option<String>,
-        /// Only memories with all these tags (comma-separated).
+        /// Only memories with all these tags (comma-separated; compared without case).
         #[arg(long, value_delimiter = ',')]
         tags: Vec<String>,
+        /// Only memories with none of these tags (comma-separated; e.g. `lesson,context-snapshot`
+        /// leaves out the runtime's own records).
+        #[arg(long, value_delimiter = ',')]
+        exclude_tags: Vec<String>,
         /// Only memories at least this important (1 to 10).
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
         min_importance: Option<u8>,
@@ -297,6 +301,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             query,
             ns,
             tags,
+            exclude_tags,
             min_importance,
             limit,
             output,
@@ -310,6 +315,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             let options = SearchOptions {
                 namespace: namespace(ns.as_deref())?,
                 tags: list(tags),
+                exclude_tags: list(exclude_tags),
                 min_importance,
                 limit,
             };

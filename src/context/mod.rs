@@ -327,10 +327,10 @@ pub const SNAPSHOT_TAG: &str = "context-snapshot";
 
 /// Saves a session's full context (from [`ContextOptimizer::session_snapshot`]) in the store
 /// before it is compacted: one memory per item, type [`MemoryType::Reference`], tagged
-/// `context-snapshot`, with the item's source as its summary and `session:ID` as its context.
-/// An item longer than the store takes is kept by its start (cut at a character boundary), so
-/// one large item does not cost the items after it. Returns the ids in item order; stops at the
-/// first item the store refuses.
+/// `context-snapshot`, with the item's source as its summary and `session:ID` as its context,
+/// all in one commit. An item longer than the store takes is kept by its start (cut at a
+/// character boundary), so one large item does not cost the items after it. Returns the ids in
+/// item order; stops at the first item the store refuses (those before it are stored).
 pub async fn preserve_snapshot(
     store: &Store,
     namespace: crate::store::Namespace,
@@ -338,15 +338,14 @@ pub async fn preserve_snapshot(
     items: &[ContextItem],
 ) -> Result<Vec<MemoryId>, ContextError> {
     let limit = store.config().max_content_bytes;
-    let mut ids = Vec::with_capacity(items.len());
-    for item in items {
+    let memories = items.iter().map(|item| {
         let kept = &item.text[..item.text.floor_char_boundary(limit)];
         let mut memory = NewMemory::new(namespace.clone(), kept);
         memory.memory_type = MemoryType::Reference;
         memory.summary = Some(item.source.clone());
         memory.tags = vec![SNAPSHOT_TAG.to_string(), item.category.as_str().to_string()];
         memory.context = Some(format!("session:{session}"));
-        ids.push(store.store(memory).await?);
-    }
-    Ok(ids)
+        memory
+    });
+    Ok(store.store_many(memories).await?)
 }

@@ -338,6 +338,7 @@ impl Lessons {
         let options = SearchOptions {
             namespace: Some(self.namespace.clone()),
             tags: tags.iter().map(|t| (*t).to_string()).collect(),
+            exclude_tags: Vec::new(),
             min_importance: None,
             limit,
         };

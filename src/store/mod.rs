@@ -147,6 +147,10 @@ pub struct SearchOptions {
     /// Only memories carrying every one of these tags, compared without case (`HDR` finds a
     /// memory tagged `hdr`: tags come from people and tools that spell them either way).
     pub tags: Vec<String>,
+    /// Only memories carrying none of these tags (compared as `tags` is). Left out inside the
+    /// ranking, so they take no place in `limit`: filtering the hits afterwards would leave
+    /// fewer than asked for, or none, where many such memories match.
+    pub exclude_tags: Vec<String>,
     /// Only memories at least this important.
     pub min_importance: Option<u8>,
     /// At most this many results (default 10).
@@ -158,6 +162,7 @@ impl Default for SearchOptions {
         SearchOptions {
             namespace: None,
             tags: Vec::new(),
+            exclude_tags: Vec::new(),
             min_importance: None,
             limit: 10,
         }
@@ -859,6 +864,38 @@ impl Store {
         stored
     }
 
+    /// Stores several memories in one group commit (one fsync rather than one each) and returns
+    /// their ids, in order, once it is committed.
+    ///
+    /// # Errors
+    /// The first memory refused for bad input (as [`Store::store`] refuses it) stops the call:
+    /// those before it are stored, and its error is returned once they are. A failed commit is
+    /// [`StoreError::Database`].
+    pub async fn store_many(
+        &self,
+        memories: impl IntoIterator<Item = NewMemory>,
+    ) -> Result<Vec<MemoryId>, StoreError> {
+        let started = std::time::Instant::now();
+        let (mut ids, mut answers, mut refused) = (Vec::new(), Vec::new(), None);
+        for new in memories {
+            match self.queue_store_unmeasured(new) {
+                Ok((id, answer)) => {
+                    ids.push(id);
+                    answers.push(answer);
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        for answer in answers {
+            answer.await.map_err(|_| StoreError::Closed)??;
+        }
+        record_latency("store_many", started);
+        refused.map_or(Ok(ids), Err)
+    }
+
     async fn store_unmeasured(&self, new: NewMemory) -> Result<MemoryId, StoreError> {
         let (id, answer) = self.queue_store_unmeasured(new)?;
         answer.await.map_err(|_| StoreError::Closed)??;
@@ -1023,11 +1060,12 @@ impl Store {
         let min_importance = options.min_importance.unwrap_or(0);
         // Per character, as `same_tag` folds the stored tags (`str::to_lowercase` makes a final
         // `Σ` a `ς`, which the stored `ΟΔΟΣ` would never fold to).
-        let wanted_tags: Vec<String> = options
-            .tags
-            .iter()
-            .map(|t| t.chars().flat_map(char::to_lowercase).collect())
-            .collect();
+        let fold = |tags: &[String]| -> Vec<String> {
+            tags.iter()
+                .map(|t| t.chars().flat_map(char::to_lowercase).collect())
+                .collect()
+        };
+        let (wanted_tags, excluded_tags) = (fold(&options.tags), fold(&options.exclude_tags));
         let hits = state.index.search(
             &terms,
             options.namespace.as_ref(),
@@ -1035,11 +1073,12 @@ impl Store {
             now,
             |_, slot| {
                 slot.importance >= min_importance
-                    && (options.tags.is_empty()
+                    && (wanted_tags.is_empty() && excluded_tags.is_empty()
                         || state.live.get(&slot.id).is_some_and(|e| {
-                            wanted_tags
-                                .iter()
-                                .all(|wanted| e.memory.tags.iter().any(|tag| same_tag(tag, wanted)))
+                            let has = |wanted: &String| {
+                                e.memory.tags.iter().any(|tag| same_tag(tag, wanted))
+                            };
+                            wanted_tags.iter().all(has) && !excluded_tags.iter().any(has)
                         }))
             },
         );
@@ -1057,6 +1096,17 @@ impl Store {
 
     /// The most recently created live memories, newest first, in one namespace or all.
     pub fn list_recent(&self, namespace: Option<&Namespace>, limit: usize) -> Vec<Memory> {
+        self.list_recent_matching(namespace, limit, |_| true)
+    }
+
+    /// [`Store::list_recent`] of the memories `keep` accepts: the newest `limit` of those (the
+    /// others take no place in `limit`).
+    pub fn list_recent_matching(
+        &self,
+        namespace: Option<&Namespace>,
+        limit: usize,
+        mut keep: impl FnMut(&Memory) -> bool,
+    ) -> Vec<Memory> {
         let now = Timestamp::now();
         let state = self.inner.state.read();
         let order = match namespace {
@@ -1070,7 +1120,7 @@ impl Store {
             .iter()
             .rev()
             .filter_map(|id| state.live.get(id))
-            .filter(|e| !e.memory.is_expired(now))
+            .filter(|e| !e.memory.is_expired(now) && keep(&e.memory))
             .take(limit)
             .map(|e| e.snapshot())
             .collect()
