@@ -5,43 +5,54 @@
 //!
 //! A process killed outright (SIGKILL, the OOM killer, a crash) runs none of that, and its
 //! children kept running: a `sleep 300` tool, an MCP server that does not exit when its stdin
-//! closes. So the groups are also listed to a reaper, started with the first child: a `sh` in a
-//! group of its own that reads `+PGID`/`-PGID` lines on a pipe only this process holds, and at
-//! the pipe's end, which this process's death brings, SIGKILLs every group still listed.
-//! (Linux's `PR_SET_PDEATHSIG` is no substitute: it fires when the spawning *thread* ends, which
-//! for a blocking-pool thread is after 10 s idle, and it reaches the child alone, not its group.)
-//! Without `sh`, there is no reaper, with a warning.
+//! closes. So the groups are also listed to a reaper, started before the first child: an awk
+//! (through `sh`) in a group of its own that reads `+PGID`/`-PGID` lines on a pipe only this
+//! process holds, and at the pipe's end, which this process's death brings, SIGKILLs every group
+//! still listed. (Linux's `PR_SET_PDEATHSIG` is no substitute: it fires when the spawning
+//! *thread* ends, which for a blocking-pool thread is after 10 s idle, and it reaches the child
+//! alone, not its group.) Without `sh`, there is no reaper, with a warning. Limits: a child
+//! killed with us in the microseconds between its spawn and its `+` line escapes; a host that
+//! forks without exec hands the pipe to its fork, which then keeps the reaper waiting until it
+//! too ends.
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::sync::OnceLock;
+use std::sync::mpsc::Sender;
 
 static LIVE: parking_lot::Mutex<BTreeSet<i32>> = parking_lot::Mutex::new(BTreeSet::new());
 
-/// The reaper's end of the pipe (`None` when it could not be started, or its pipe broke).
-static REAPER: parking_lot::Mutex<Option<Reaper>> = parking_lot::Mutex::new(None);
-static REAPER_STARTED: std::sync::Once = std::sync::Once::new();
+/// The reaper's feed: `(+ or -, group id)` lines for its writer thread; `None` when it could not
+/// be started.
+static REAPER: OnceLock<Option<Sender<(char, i32)>>> = OnceLock::new();
 
-/// Keeps a list of `+`/`-` group ids; at end of input, kills the groups still listed. It ignores
-/// the signals a terminal or a service manager sends its whole session, so it outlives us.
+/// Keeps a count per listed group id (`+` adds one, `-` takes one off); at end of input, kills
+/// the groups still listed, in one `kill`. awk, not a shell loop: removing an id from a shell
+/// string costs more the longer the list (27 s of CPU for 10,000 lines over 500 running
+/// children in dash). It ignores the signals a terminal or a service manager sends a whole
+/// session (inherited through the `exec`), so it outlives us. Ids 0 and 1 are never listed
+/// (`kill -0`/`-1` would reach its own group, or every process).
 const REAPER_SCRIPT: &str = r#"trap '' INT TERM HUP QUIT
-live=' '
-while read -r line; do
-  pg=${line#?}
-  case $line in
-    +*) live="$live$pg " ;;
-    -*) case $live in *" $pg "*) live="${live%% $pg *} ${live#* $pg }" ;; esac ;;
-  esac
-done
-for pg in $live; do kill -KILL -"$pg" 2>/dev/null; done
+exec awk '/^\+[0-9]+$/{k=substr($0,2)+0; if(k>1)n[k]++; next}
+/^-[0-9]+$/{k=substr($0,2)+0; if((k in n)&&--n[k]==0)delete n[k]}
+END{s=""; for(k in n)s=s" -"k; if(s!="")system("kill -KILL"s" 2>/dev/null")}'
 "#;
 
-/// The write end of the reaper's stdin (close-on-exec, so no other child holds it open).
-struct Reaper {
-    input: std::process::ChildStdin,
+/// Starts the reaper, if it is not running yet: called before a child is spawned, so that a
+/// kill right after the spawn finds the reaper there (starting `sh` takes milliseconds).
+pub(crate) fn start_reaper() {
+    let _ = reaper();
 }
 
+fn reaper() -> Option<&'static Sender<(char, i32)>> {
+    REAPER.get_or_init(spawn_reaper).as_ref()
+}
+
+/// Spawns the reaper and the thread that writes its lines: the writes block when the pipe is
+/// full (a reaper stopped by SIGSTOP), and they must never block a caller, which may be an
+/// async worker (the whole runtime froze in a test that stopped the reaper).
 #[cfg(unix)]
-fn start_reaper() -> Option<Reaper> {
+fn spawn_reaper() -> Option<Sender<(char, i32)>> {
     use std::os::unix::process::CommandExt;
     let spawned = std::process::Command::new("sh")
         .args(["-c", REAPER_SCRIPT])
@@ -53,40 +64,53 @@ fn start_reaper() -> Option<Reaper> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
-    match spawned {
-        Ok(mut child) => Some(Reaper {
-            input: child.stdin.take()?,
-        }),
+    let mut input = match spawned.map(|mut child| child.stdin.take()) {
+        Ok(Some(input)) => input,
+        Ok(None) => return None,
         Err(e) => {
             tracing::warn!(
                 "no reaper for child processes (cannot start sh: {e}): if this process is \
                  killed outright, its tools keep running"
             );
+            return None;
+        }
+    };
+    let (lines, received) = std::sync::mpsc::channel::<(char, i32)>();
+    let feeding = std::thread::Builder::new()
+        .name("tetrarch-reaper-feed".into())
+        .spawn(move || {
+            for (change, pgid) in received {
+                // One write per line: a pipe write this small arrives whole.
+                if input
+                    .write_all(format!("{change}{pgid}\n").as_bytes())
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "the reaper of child processes has gone: if this process is killed \
+                         outright, its tools keep running"
+                    );
+                    return;
+                }
+            }
+        });
+    match feeding {
+        Ok(_) => Some(lines),
+        Err(e) => {
+            tracing::warn!("no reaper for child processes (cannot start its thread: {e})");
             None
         }
     }
 }
 
 #[cfg(not(unix))]
-fn start_reaper() -> Option<Reaper> {
+fn spawn_reaper() -> Option<Sender<(char, i32)>> {
     None
 }
 
-/// Tells the reaper a group started (`+`) or ended (`-`).
+/// Tells the reaper a group started (`+`) or ended (`-`). Never blocks.
 fn tell_reaper(change: char, pgid: i32) {
-    REAPER_STARTED.call_once(|| *REAPER.lock() = start_reaper());
-    let mut reaper = REAPER.lock();
-    // One write per line: the reaper reads lines, and a pipe write this small is atomic.
-    let line = format!("{change}{pgid}\n");
-    let broken = reaper
-        .as_mut()
-        .is_some_and(|r| r.input.write_all(line.as_bytes()).is_err());
-    if broken {
-        tracing::warn!(
-            "the reaper of child processes has gone: if this process is killed outright, its \
-             tools keep running"
-        );
-        *reaper = None;
+    if let Some(feed) = reaper() {
+        let _ = feed.send((change, pgid));
     }
 }
 
@@ -110,9 +134,9 @@ impl ChildGroup {
     }
 
     /// The child was reaped and the call is over: what it left running in its group
-    /// (`server &`) is killed now, and the group is never signalled again. Safe right after the reap: while any process of the
-    /// group lives, the kernel does not hand its id to a new process; with none left, `killpg`
-    /// finds nothing (a new group of that id would need the pid numbers to wrap around within
+    /// (`server &`) is killed now, and the group is never signalled again. Safe right after the
+    /// reap: while any process of the group lives, the kernel does not hand its id to a new
+    /// process; with none left, `killpg` finds nothing (a new group of that id would need the pid numbers to wrap around within
     /// the microseconds since the reap).
     pub(crate) fn kill_leftovers(&mut self) {
         if let Some(pgid) = self.pgid.take() {

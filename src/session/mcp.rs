@@ -228,6 +228,7 @@ impl McpSession {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        super::groups::start_reaper();
         let mut child = command
             .spawn()
             .map_err(|source| super::spawn_error(&spec.program, spec.cwd.as_ref(), source))?;

@@ -265,7 +265,7 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
         .kill_on_drop(true);
     #[cfg(unix)]
     command.process_group(0);
-
+    super::groups::start_reaper();
     let mut child = command
         .spawn()
         .map_err(|source| super::spawn_error(&spec.program, spec.cwd.as_ref(), source))?;
