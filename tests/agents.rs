@@ -22,7 +22,7 @@ type CallLog = Arc<Mutex<Vec<(String, Value)>>>;
 struct Harness {
     runtime: Runtime,
     calls: CallLog,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn label(args: &Value) -> String {
@@ -82,7 +82,7 @@ async fn harness(tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
     Harness {
         runtime,
         calls,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -774,6 +774,38 @@ async fn restarts_past_the_intensity_limit_stop_the_runtime_with_a_clear_error()
         );
     }
     h.runtime.shutdown().await;
+}
+
+// Worker threads: the agents stop on them while the test's task goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_shutdown_the_store_holds_every_write_and_opens_again_at_once() {
+    // A failed task's lesson is written in the background: a shutdown waits for it, and for the
+    // agents to let the store go. (A shutdown that returned before its agents had stopped left
+    // the file open: about half the reopens right after it were refused as AlreadyOpen.)
+    let text = r#"
+name = "fails"
+[[task]]
+id = "broken"
+tool = "fn.flaky"
+args = { label = "broken", fail_times = 9 }
+"#;
+    for round in 0..8 {
+        let h = harness(|_| {}).await;
+        let report = h.runtime.run(plan(text), options()).await.unwrap();
+        assert_eq!(report.status, RunStatus::Failed);
+        h.runtime.shutdown().await;
+        let path = h.dir.path().join("store.redb");
+        let store = Store::open(&path, StoreConfig::default())
+            .unwrap_or_else(|e| panic!("round {round}: reopening right after shutdown: {e}"));
+        let lessons =
+            tetrarch::lessons::Lessons::new(store.clone(), tetrarch::store::Namespace::Global);
+        let recorded = lessons.list(10);
+        assert_eq!(
+            recorded.len(),
+            1,
+            "round {round}: the failure's lesson was written before shutdown returned"
+        );
+    }
 }
 
 #[tokio::test]

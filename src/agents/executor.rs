@@ -588,6 +588,17 @@ impl Actor for Executor {
         })
     }
 
+    /// A stop (a runtime's shutdown) cancels the calls in flight and waits until they are gone,
+    /// so none outlives the runtime holding the store or a pool's session.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut ExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.calls.shutdown().await;
+        Ok(())
+    }
+
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,

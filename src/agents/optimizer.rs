@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio_util::task::TaskTracker;
 
 use super::AgentKind;
 use super::config::OptimizerConfig;
@@ -42,6 +43,8 @@ pub(crate) struct OptimizerArgs {
     pub events: tokio::sync::broadcast::Sender<super::RunEvent>,
     /// The contents already preserved in each run's snapshots.
     pub preserved: Arc<PreservedContents>,
+    /// Where snapshots are stored, off the actor's path (a shutdown waits for them).
+    pub background: TaskTracker,
 }
 
 /// The content hashes of the items preserved in context snapshots, per namespace (a run's),
@@ -274,7 +277,7 @@ fn assemble(
         if !snapshot.is_empty() {
             let store = args.store.clone();
             let preserved_session = session.clone();
-            tokio::spawn(async move {
+            args.background.spawn(async move {
                 if let Err(e) =
                     preserve_snapshot(&store, namespace, &preserved_session, &snapshot).await
                 {

@@ -23,6 +23,7 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
+use tokio_util::task::TaskTracker;
 
 use super::AgentKind;
 use super::config::RunSettings;
@@ -62,6 +63,8 @@ pub(crate) struct OrchestratorArgs {
     pub settings: RunSettings,
     pub events: broadcast::Sender<RunEvent>,
     pub lessons: Arc<Lessons>,
+    /// Where lessons are recorded, off the actor's path (a shutdown waits for them).
+    pub background: TaskTracker,
 }
 
 pub(crate) struct OrchestratorState {
@@ -730,7 +733,7 @@ impl OrchestratorState {
         if let Some((f, original)) = run.slots[i].fix_trial.take() {
             let worked = matches!(verdict, Verdict::Pass { .. });
             let fix = task.fixes.get(f).map(Fix::describe);
-            Self::record_lesson(&self.args.lessons, &task, original, fix, Some(worked));
+            Self::record_lesson(&self.args, &task, original, fix, Some(worked));
         }
         match verdict {
             Verdict::Pass { output, summary } => {
@@ -824,13 +827,13 @@ impl OrchestratorState {
 
     /// Records a failure (and the fix tried, if any) as a lesson, off the actor's path.
     fn record_lesson(
-        lessons: &Arc<Lessons>,
+        args: &OrchestratorArgs,
         task: &Task,
         message: String,
         fix: Option<String>,
         worked: Option<bool>,
     ) {
-        let lessons = Arc::clone(lessons);
+        let lessons = Arc::clone(&args.lessons);
         let failure = Failure {
             error_type: "task_failure".to_owned(),
             message,
@@ -838,7 +841,7 @@ impl OrchestratorState {
             fix,
             worked,
         };
-        tokio::spawn(async move {
+        args.background.spawn(async move {
             if let Err(e) = lessons.record(failure).await {
                 tracing::warn!("orchestrator: could not record a lesson: {e}");
             }
@@ -887,7 +890,7 @@ impl OrchestratorState {
         }
         let slot_had_fix = !slot.fixes_tried.is_empty();
         if !slot_had_fix {
-            Self::record_lesson(&self.args.lessons, &task, message, None, None);
+            Self::record_lesson(&self.args, &task, message, None, None);
         }
         let reason = match suggestion {
             Some(hint) => format!("{reason}; {hint}"),

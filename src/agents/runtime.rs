@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use ractor::{Actor, ActorRef};
 use tokio::sync::{broadcast, oneshot, watch};
+use tokio_util::task::TaskTracker;
 
 use super::events::RunEvent;
 use super::mailbox::Mailbox;
@@ -195,6 +196,9 @@ pub(crate) struct RunSpec {
 /// on, within its pool's call timeout, and the start goes on without it).
 const WARM_UP_PASS_LIMIT: Duration = Duration::from_secs(10);
 
+/// The longest a shutdown waits for the agents' background writes (each is one group commit).
+const BACKGROUND_WRITES_WAIT: Duration = Duration::from_secs(10);
+
 /// The warm-up calls declared by the pools of `defs` that are pre-warmed (`min_idle` > 0).
 fn warm_up_calls(defs: &BTreeMap<String, PoolDef>) -> Vec<WarmUpCall> {
     defs.iter()
@@ -305,6 +309,8 @@ pub struct Runtime {
     fatal: watch::Receiver<Option<Fatal>>,
     store: Store,
     cache: ContextCache,
+    /// The agents' background writes (lessons, context snapshots), waited for at shutdown.
+    background: TaskTracker,
     /// The Reviewer's score pool (for [`Runtime::run`]'s check of score gates).
     score_pool: String,
 }
@@ -361,6 +367,7 @@ impl Runtime {
             reviewer: Mailbox::new(AgentKind::Reviewer, actors.reviewer.mailbox),
         };
         let restarts = Arc::new(RestartCounters::default());
+        let background = TaskTracker::new();
         let warm_ups = warm_up_calls(&actors.executor.pools);
         let (fatal_tx, fatal) = watch::channel(None);
         let cache = ContextCache::new(CacheTtls::default(), 256 << 20, Some(store.clone()));
@@ -377,6 +384,7 @@ impl Runtime {
             approval,
             // The namespace `tetrarch lessons` reads by default.
             lessons: Arc::new(Lessons::new(store.clone(), Namespace::Global)),
+            background: background.clone(),
         };
         let (supervisor, supervisor_done) =
             Actor::spawn(None, Supervisor, args)
@@ -412,6 +420,7 @@ impl Runtime {
             fatal,
             store,
             cache,
+            background,
             score_pool,
         })
     }
@@ -773,7 +782,10 @@ impl Runtime {
         self.fatal.borrow().as_ref().map(Fatal::error)
     }
 
-    /// Stops the agents and closes the pools (their servers and children end).
+    /// Stops the agents, waits for their background writes (lessons, context snapshots), and
+    /// closes the pools (their servers and children end). Calls in flight are cancelled. When it
+    /// returns, the runtime holds the store no longer: the caller's own [`Store`] handle is the
+    /// last, and the file can be opened again once that is dropped.
     pub async fn shutdown(self) {
         let (reply, answer) = oneshot::channel();
         if self
@@ -784,6 +796,16 @@ impl Runtime {
             let _ = answer.await;
         }
         let _ = self.supervisor_done.await;
+        self.background.close();
+        if tokio::time::timeout(BACKGROUND_WRITES_WAIT, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown: background writes still running after {BACKGROUND_WRITES_WAIT:?}; \
+                 not waiting for them"
+            );
+        }
         self.pools.close_all();
     }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, oneshot, watch};
+use tokio_util::task::TaskTracker;
 
 use super::events::RunEvent;
 use super::executor::{Executor, ExecutorArgs};
@@ -71,6 +72,9 @@ pub(crate) enum SupervisorMsg {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// How long a shutdown waits for an agent to stop before killing it.
+const AGENT_STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// The supervisor actor.
 pub(crate) struct Supervisor;
 
@@ -87,6 +91,8 @@ pub(crate) struct SupervisorArgs {
     pub fatal: Arc<watch::Sender<Option<Fatal>>>,
     pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
     pub lessons: Arc<Lessons>,
+    /// The agents' background writes, which [`super::Runtime::shutdown`] waits for.
+    pub background: TaskTracker,
 }
 
 pub(crate) struct SupervisorState {
@@ -121,6 +127,7 @@ impl SupervisorState {
                     settings: a.config.orchestrator.run.clone(),
                     events: a.events.clone(),
                     lessons: Arc::clone(&a.lessons),
+                    background: a.background.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Orchestrator, args, link)
                     .await
@@ -136,6 +143,7 @@ impl SupervisorState {
                     base_dir: a.config.base_dir.clone(),
                     events: a.events.clone(),
                     preserved: Arc::default(),
+                    background: a.background.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Optimizer, args, link)
                     .await
@@ -187,12 +195,41 @@ impl SupervisorState {
         }
     }
 
-    fn stop_all(&mut self, myself: &ActorRef<SupervisorMsg>, reason: &str) {
+    /// Stops every agent and waits until each has stopped (its message in hand handled, its
+    /// state dropped: a shutdown that returned earlier left the store open for a moment, and a
+    /// `Store::open` of the same file right after it was refused). An agent still busy after
+    /// [`AGENT_STOP_WAIT`] is killed.
+    async fn stop_children_and_wait(&mut self, reason: &str) {
         self.stopping = true;
-        for (kind, cell) in self.children.values() {
-            self.detach(*kind);
-            cell.stop(Some(reason.to_owned()));
-        }
+        let cells: Vec<ActorCell> = self
+            .children
+            .values()
+            .map(|(kind, cell)| {
+                self.detach(*kind);
+                cell.clone()
+            })
+            .collect();
+        futures::future::join_all(cells.iter().map(|cell| async move {
+            if cell
+                .stop_and_wait(Some(reason.to_owned()), Some(AGENT_STOP_WAIT))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "supervisor: agent {} did not stop within {:?}; killing it",
+                    cell.get_name().unwrap_or_default(),
+                    AGENT_STOP_WAIT
+                );
+                cell.kill();
+                let _ = cell.wait(Some(AGENT_STOP_WAIT)).await;
+            }
+        }))
+        .await;
+    }
+
+    /// Stops the agents (waiting for them) and then the supervisor itself.
+    async fn stop_all(&mut self, myself: &ActorRef<SupervisorMsg>, reason: &str) {
+        self.stop_children_and_wait(reason).await;
         myself.stop(Some(reason.to_owned()));
     }
 
@@ -236,7 +273,8 @@ impl SupervisorState {
                 within: intensity.within,
                 reason: reason.clone(),
             }));
-            self.stop_all(myself, &format!("{kind} over its restart intensity"));
+            self.stop_all(myself, &format!("{kind} over its restart intensity"))
+                .await;
             return Ok(());
         }
         tracing::warn!("supervisor: restarting {kind} after: {reason}");
@@ -289,7 +327,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Shutdown(reply) => {
-                state.stop_all(&myself, "shutdown");
+                state.stop_all(&myself, "shutdown").await;
                 let _ = reply.send(());
             }
         }
