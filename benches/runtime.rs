@@ -23,6 +23,9 @@
 //!   agents and the pooled session) vs the median of the later runs. Target: first ≤ 1.2 ×
 //!   steady state. The whole run's wall time is shown beside it: it adds the run's end commit
 //!   (fsync'd) and the start's queued one, which vary with the disk far more than the call does.
+//!   Also shown, not judged: the same rounds with 5 ms of idle before every run, the first
+//!   included, which separates what a pause costs any call (threads parked, caches cooled) from
+//!   what the pool's warmth saves the first one.
 //!
 //! Writes `target/bench/runtime.json`.
 #![allow(clippy::unwrap_used)]
@@ -51,6 +54,8 @@ const ROUNDS: usize = 5;
 /// 25, not 9: with 9 the ratio of medians moved 0.85–1.69× between back-to-back runs of one build.
 const PREWARM_ROUNDS: usize = 25;
 const PREWARM_RUNS: usize = 11;
+/// The idle time before each run of the pre-warm row's paused variant.
+const PREWARM_PAUSE: Duration = Duration::from_millis(5);
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -368,41 +373,14 @@ async fn prewarm() -> Value {
     };
     // A first call is one sample: each round starts a fresh runtime (fresh store, fresh pool),
     // and the first calls of the rounds are compared with the steady calls of all rounds.
-    let (mut firsts, mut steadies) = (Vec::new(), Vec::new());
-    let (mut run_firsts, mut run_steadies) = (Vec::new(), Vec::new());
-    for round in 0..PREWARM_ROUNDS {
-        let store_dir = dir.path().join(format!("round-{round}"));
-        std::fs::create_dir_all(&store_dir).unwrap();
-        let pools = BTreeMap::from([("demo".to_owned(), pool.clone())]);
-        let runtime = start_runtime(&store_dir, pools).await;
-        for run in 0..PREWARM_RUNS {
-            let latency = tokio::spawn(task_latency(runtime.subscribe()));
-            let started = Instant::now();
-            let report = runtime.run((*plan).clone(), allowed.clone()).await.unwrap();
-            assert_eq!(
-                report.status,
-                RunStatus::Complete,
-                "{:?}",
-                report.problems()
-            );
-            let (call, whole) = (latency.await.unwrap().unwrap(), started.elapsed());
-            if run == 0 {
-                firsts.push(call);
-                run_firsts.push(whole);
-            } else {
-                steadies.push(call);
-                run_steadies.push(whole);
-            }
-        }
-        runtime.shutdown().await;
-    }
-    let ratio_of = |firsts: &mut [Duration], steadies: &mut [Duration]| {
-        let first = percentile(firsts, 0.5);
-        let steady = percentile(steadies, 0.5);
-        (first, steady, first.as_secs_f64() / steady.as_secs_f64())
-    };
-    let (first, steady, ratio) = ratio_of(&mut firsts, &mut steadies);
-    let (run_first, run_steady, run_ratio) = ratio_of(&mut run_firsts, &mut run_steadies);
+    let back_to_back = prewarm_rounds(&pool, &plan, &allowed, dir.path(), None).await;
+    // The same with a pause before every run, the first included (after start): calls that come
+    // one after another keep the worker threads, the server and the CPU caches hot, which no
+    // first call after a pause can be; this row tells that cost apart from the pool's warmth.
+    let paused = prewarm_rounds(&pool, &plan, &allowed, dir.path(), Some(PREWARM_PAUSE)).await;
+    let (first, steady, ratio) = back_to_back.call_ratio();
+    let (run_first, run_steady, run_ratio) = back_to_back.run_ratio();
+    let (paused_first, paused_steady, paused_ratio) = paused.call_ratio();
     println!(
         "{:<28} first {:>8.0} µs   steady {:>8.0} µs   ratio {:>5.2}   (target ≤ 1.2)",
         "pre-warm, mcp task call",
@@ -417,10 +395,93 @@ async fn prewarm() -> Value {
         us(run_steady),
         run_ratio
     );
+    println!(
+        "{:<28} first {:>8.0} µs   steady {:>8.0} µs   ratio {:>5.2}   (every run after {} ms idle)",
+        "  task call after a pause",
+        us(paused_first),
+        us(paused_steady),
+        paused_ratio,
+        PREWARM_PAUSE.as_millis()
+    );
     json!({
         "first_us": us(first), "steady_us": us(steady), "ratio": ratio,
         "run_first_us": us(run_first), "run_steady_us": us(run_steady), "run_ratio": run_ratio,
+        "paused_ms": PREWARM_PAUSE.as_millis(),
+        "paused_first_us": us(paused_first), "paused_steady_us": us(paused_steady),
+        "paused_ratio": paused_ratio,
     })
+}
+
+/// The task latencies and whole-run times of the pre-warm rounds, first runs apart.
+#[derive(Default)]
+struct PrewarmSamples {
+    firsts: Vec<Duration>,
+    steadies: Vec<Duration>,
+    run_firsts: Vec<Duration>,
+    run_steadies: Vec<Duration>,
+}
+
+impl PrewarmSamples {
+    fn call_ratio(&self) -> (Duration, Duration, f64) {
+        median_ratio(&self.firsts, &self.steadies)
+    }
+
+    fn run_ratio(&self) -> (Duration, Duration, f64) {
+        median_ratio(&self.run_firsts, &self.run_steadies)
+    }
+}
+
+fn median_ratio(firsts: &[Duration], steadies: &[Duration]) -> (Duration, Duration, f64) {
+    let first = percentile(&mut firsts.to_vec(), 0.5);
+    let steady = percentile(&mut steadies.to_vec(), 0.5);
+    (first, steady, first.as_secs_f64() / steady.as_secs_f64())
+}
+
+/// Runs the one-task plan `PREWARM_RUNS` times in each of `PREWARM_ROUNDS` fresh runtimes,
+/// idling `pause` before each run when given.
+async fn prewarm_rounds(
+    pool: &PoolDef,
+    plan: &Plan,
+    allowed: &RunOptions,
+    dir: &std::path::Path,
+    pause: Option<Duration>,
+) -> PrewarmSamples {
+    let mut samples = PrewarmSamples::default();
+    let label = if pause.is_some() {
+        "paused"
+    } else {
+        "back-to-back"
+    };
+    for round in 0..PREWARM_ROUNDS {
+        let store_dir = dir.join(format!("{label}-{round}"));
+        std::fs::create_dir_all(&store_dir).unwrap();
+        let pools = BTreeMap::from([("demo".to_owned(), pool.clone())]);
+        let runtime = start_runtime(&store_dir, pools).await;
+        for run in 0..PREWARM_RUNS {
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
+            let latency = tokio::spawn(task_latency(runtime.subscribe()));
+            let started = Instant::now();
+            let report = runtime.run(plan.clone(), allowed.clone()).await.unwrap();
+            assert_eq!(
+                report.status,
+                RunStatus::Complete,
+                "{:?}",
+                report.problems()
+            );
+            let (call, whole) = (latency.await.unwrap().unwrap(), started.elapsed());
+            if run == 0 {
+                samples.firsts.push(call);
+                samples.run_firsts.push(whole);
+            } else {
+                samples.steadies.push(call);
+                samples.run_steadies.push(whole);
+            }
+        }
+        runtime.shutdown().await;
+    }
+    samples
 }
 
 fn main() {
