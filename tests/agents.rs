@@ -68,6 +68,12 @@ async fn harness(tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
             }
         }
     });
+    // Blocks its thread for `ms` (a tool that never awaits, which no cancel can cut off).
+    natives.register("block", |args: Value| async move {
+        let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(args)
+    });
     let mut actors = ActorsConfig::embedded().unwrap();
     // No score gates here: skip pre-warming the scorer (slow in a debug build).
     actors.executor.pools.remove("scorer");
@@ -806,6 +812,58 @@ args = { label = "broken", fail_times = 9 }
             "round {round}: the failure's lesson was written before shutdown returned"
         );
     }
+}
+
+const BLOCKING_TASK: &str = r#"
+name = "blocks"
+[[task]]
+id = "stuck"
+tool = "fn.block"
+args = { ms = 6000 }
+"#;
+
+// A tool blocking a worker thread needs another to run the agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_tool_blocking_its_thread_delays_a_shutdown_by_a_second_at_most() {
+    let h = harness(|_| {}).await;
+    let runtime = Arc::new(h.runtime);
+    let running = Arc::clone(&runtime);
+    let run = tokio::spawn(async move { running.run(plan(BLOCKING_TASK), options()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    let runtime = Arc::into_inner(runtime).expect("the run's handle is gone");
+    let started = std::time::Instant::now();
+    runtime.shutdown().await;
+    // The Executor waits 1 s for its cancelled calls; this one cannot be cut off. (It waited
+    // out the supervisor's 10 s and a kill when the Executor waited for its calls unbounded.)
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_restart_limit_stop_answers_a_run_at_once_while_a_tool_blocks_its_thread() {
+    let h = harness(|actors| {
+        actors.reviewer.restart.max_restarts = 0;
+        actors.reviewer.restart.within = Duration::from_secs(60);
+    })
+    .await;
+    let runtime = Arc::new(h.runtime);
+    let running = Arc::clone(&runtime);
+    let run = tokio::spawn(async move { running.run(plan(BLOCKING_TASK), options()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    runtime.inject_fault(AgentKind::Reviewer).unwrap();
+    // The error comes as the tree stops, not when the slowest agent has stopped (10 s later,
+    // behind the blocked call, when the escalation waited for every agent).
+    let answered = tokio::time::timeout(Duration::from_secs(4), run)
+        .await
+        .expect("the run was answered while the tool still blocked")
+        .unwrap();
+    assert!(
+        matches!(answered, Err(AgentError::IntensityExceeded { .. })),
+        "{:?}",
+        answered.map(|r| r.status)
+    );
 }
 
 #[tokio::test]

@@ -227,9 +227,22 @@ impl SupervisorState {
         .await;
     }
 
-    /// Stops the agents (waiting for them) and then the supervisor itself.
-    async fn stop_all(&mut self, myself: &ActorRef<SupervisorMsg>, reason: &str) {
+    /// A shutdown: stops the agents (waiting for them) and then the supervisor itself.
+    async fn shut_down(&mut self, myself: &ActorRef<SupervisorMsg>, reason: &str) {
         self.stop_children_and_wait(reason).await;
+        myself.stop(Some(reason.to_owned()));
+    }
+
+    /// An escalation: stops the agents and the supervisor without waiting. A stopped agent's
+    /// state comes back to the supervisor in its exit event, and the Orchestrator's holds the
+    /// runs' callers: waiting here for the slowest agent held their `IntensityExceeded` error
+    /// as long (10 s behind a tool blocking its thread, in a test).
+    fn stop_all_now(&mut self, myself: &ActorRef<SupervisorMsg>, reason: &str) {
+        self.stopping = true;
+        for (kind, cell) in self.children.values() {
+            self.detach(*kind);
+            cell.stop(Some(reason.to_owned()));
+        }
         myself.stop(Some(reason.to_owned()));
     }
 
@@ -273,8 +286,7 @@ impl SupervisorState {
                 within: intensity.within,
                 reason: reason.clone(),
             }));
-            self.stop_all(myself, &format!("{kind} over its restart intensity"))
-                .await;
+            self.stop_all_now(myself, &format!("{kind} over its restart intensity"));
             return Ok(());
         }
         tracing::warn!("supervisor: restarting {kind} after: {reason}");
@@ -327,7 +339,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Shutdown(reply) => {
-                state.stop_all(&myself, "shutdown").await;
+                state.shut_down(&myself, "shutdown").await;
                 let _ = reply.send(());
             }
         }
