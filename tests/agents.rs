@@ -866,6 +866,43 @@ async fn a_restart_limit_stop_answers_a_run_at_once_while_a_tool_blocks_its_thre
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_limit_stop_a_shutdown_lets_the_store_go() {
+    let sleeping = r#"
+name = "sleeps"
+[[task]]
+id = "long"
+tool = "fn.echo"
+args = { label = "long", sleep_ms = 30000 }
+"#;
+    // The store was let go late in about one round in eight: the failed agent's state is
+    // dropped after its exit event, and a pool's upkeep replacing the cancelled call's session
+    // held the pool's context (with the store) a moment longer.
+    for round in 0..20 {
+        let h = harness(|actors| {
+            actors.reviewer.restart.max_restarts = 0;
+        })
+        .await;
+        let runtime = Arc::new(h.runtime);
+        let running = Arc::clone(&runtime);
+        let run = tokio::spawn(async move { running.run(plan(sleeping), options()).await });
+        while h.calls.lock().is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        runtime.inject_fault(AgentKind::Reviewer).unwrap();
+        let answered = run.await.unwrap();
+        assert!(
+            matches!(answered, Err(AgentError::IntensityExceeded { .. })),
+            "round {round}: {:?}",
+            answered.map(|r| r.status)
+        );
+        let runtime = Arc::into_inner(runtime).expect("the run's handle is gone");
+        runtime.shutdown().await;
+        Store::open(h.dir.path().join("store.redb"), StoreConfig::default())
+            .unwrap_or_else(|e| panic!("round {round}: reopening right after shutdown: {e}"));
+    }
+}
+
 #[tokio::test]
 async fn every_agent_answers_a_round_trip() {
     let h = harness(|_| {}).await;

@@ -45,6 +45,10 @@ pub(crate) struct ExecutorArgs {
     pub config: ExecutorConfig,
     pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
     pub lessons: Arc<Lessons>,
+    /// Dropped with the agent's state, after the fields above (declared last: fields drop in
+    /// order, and the store's last handle closes the file as it drops). See
+    /// [`super::supervisor::StateToken`].
+    pub _token: super::supervisor::StateToken,
 }
 
 pub(crate) struct ExecutorState {

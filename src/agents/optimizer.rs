@@ -45,6 +45,10 @@ pub(crate) struct OptimizerArgs {
     pub preserved: Arc<PreservedContents>,
     /// Where snapshots are stored, off the actor's path (a shutdown waits for them).
     pub background: TaskTracker,
+    /// Dropped with the agent's state, after the fields above (declared last: fields drop in
+    /// order, and the store's last handle closes the file as it drops). See
+    /// [`super::supervisor::StateToken`].
+    pub _token: super::supervisor::StateToken,
 }
 
 /// The content hashes of the items preserved in context snapshots, per namespace (a run's),

@@ -65,6 +65,10 @@ pub(crate) struct OrchestratorArgs {
     pub lessons: Arc<Lessons>,
     /// Where lessons are recorded, off the actor's path (a shutdown waits for them).
     pub background: TaskTracker,
+    /// Dropped with the agent's state, after the fields above (declared last: fields drop in
+    /// order, and the store's last handle closes the file as it drops). See
+    /// [`super::supervisor::StateToken`].
+    pub _token: super::supervisor::StateToken,
 }
 
 pub(crate) struct OrchestratorState {

@@ -37,6 +37,10 @@ pub(crate) struct ReviewerArgs {
     pub score_pool: String,
     /// Where a cached result that failed the gates is dropped.
     pub cache: ContextCache,
+    /// Dropped with the agent's state, after the fields above (declared last: fields drop in
+    /// order, and the store's last handle closes the file as it drops). See
+    /// [`super::supervisor::StateToken`].
+    pub _token: super::supervisor::StateToken,
 }
 
 pub(crate) struct ReviewerState {

@@ -15,7 +15,9 @@ use tokio_util::task::TaskTracker;
 use super::events::RunEvent;
 use super::mailbox::Mailbox;
 use super::pipeline::{ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, ReviewerMsg, WarmUpCall};
-use super::supervisor::{Fatal, RestartCounters, Supervisor, SupervisorArgs, SupervisorMsg};
+use super::supervisor::{
+    Fatal, RestartCounters, StateToken, Supervisor, SupervisorArgs, SupervisorMsg,
+};
 use super::{ActorsConfig, AgentError, AgentKind, RunReport, RunStatus};
 use crate::lessons::Lessons;
 use crate::permissions::{ApprovalHandler, DenyAll, PermissionEngine};
@@ -112,10 +114,9 @@ impl PoolSet {
         all
     }
 
-    fn close_all(&self) {
-        for (_, (pool, _)) in self.0.read().every() {
-            pool.close();
-        }
+    /// Closes every pool and waits for their upkeep to stop ([`Pool::close_and_wait`]).
+    async fn close_all(&self) {
+        futures::future::join_all(self.all().iter().map(Pool::close_and_wait)).await;
     }
 }
 
@@ -198,6 +199,9 @@ const WARM_UP_PASS_LIMIT: Duration = Duration::from_secs(10);
 
 /// The longest a shutdown waits for the agents' background writes (each is one group commit).
 const BACKGROUND_WRITES_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest a shutdown waits for the agents' states to be dropped once they have stopped.
+const AGENT_STATES_WAIT: Duration = Duration::from_secs(1);
 
 /// The warm-up calls declared by the pools of `defs` that are pre-warmed (`min_idle` > 0).
 fn warm_up_calls(defs: &BTreeMap<String, PoolDef>) -> Vec<WarmUpCall> {
@@ -311,6 +315,8 @@ pub struct Runtime {
     cache: ContextCache,
     /// The agents' background writes (lessons, context snapshots), waited for at shutdown.
     background: TaskTracker,
+    /// Ends when the supervisor's and every agent's state have been dropped.
+    states_dropped: tokio::sync::mpsc::Receiver<std::convert::Infallible>,
     /// The Reviewer's score pool (for [`Runtime::run`]'s check of score gates).
     score_pool: String,
 }
@@ -368,6 +374,7 @@ impl Runtime {
         };
         let restarts = Arc::new(RestartCounters::default());
         let background = TaskTracker::new();
+        let (token, states_dropped) = StateToken::new();
         let warm_ups = warm_up_calls(&actors.executor.pools);
         let (fatal_tx, fatal) = watch::channel(None);
         let cache = ContextCache::new(CacheTtls::default(), 256 << 20, Some(store.clone()));
@@ -385,6 +392,7 @@ impl Runtime {
             // The namespace `tetrarch lessons` reads by default.
             lessons: Arc::new(Lessons::new(store.clone(), Namespace::Global)),
             background: background.clone(),
+            token,
         };
         let (supervisor, supervisor_done) =
             Actor::spawn(None, Supervisor, args)
@@ -421,6 +429,7 @@ impl Runtime {
             store,
             cache,
             background,
+            states_dropped,
             score_pool,
         })
     }
@@ -783,9 +792,11 @@ impl Runtime {
     }
 
     /// Stops the agents, waits for their background writes (lessons, context snapshots), and
-    /// closes the pools (their servers and children end). Calls in flight are cancelled. When it
-    /// returns, the runtime holds the store no longer: the caller's own [`Store`] handle is the
-    /// last, and the file can be opened again once that is dropped.
+    /// closes the pools (their servers and children end; their upkeep is stopped and waited
+    /// for). Calls in flight are cancelled. When it returns, the runtime holds the store no
+    /// longer: the caller's own [`Store`] handle is the last, and the file can be opened again
+    /// once that is dropped. (Except behind a tool that blocks its thread: its call cannot be
+    /// cut off, and holds the store until it returns.)
     pub async fn shutdown(self) {
         let (reply, answer) = oneshot::channel();
         if self
@@ -806,7 +817,20 @@ impl Runtime {
                  not waiting for them"
             );
         }
-        self.pools.close_all();
+        self.pools.close_all().await;
+        // An agent's state can outlive its task for a moment (a stopped agent's travels in its
+        // exit event to the supervisor; a failed one's is dropped after that event), and with it
+        // its handle on the store.
+        let mut states_dropped = self.states_dropped;
+        if tokio::time::timeout(AGENT_STATES_WAIT, states_dropped.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown: an agent's state is still held after {AGENT_STATES_WAIT:?} (a call \
+                 blocking its thread?); the store stays open until it is dropped"
+            );
+        }
     }
 
     /// The newest run of the plan whose text hashes to `plan_hash`, if it is unfinished: what

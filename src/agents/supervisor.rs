@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::events::RunEvent;
@@ -72,6 +73,23 @@ pub(crate) enum SupervisorMsg {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Held by the supervisor's state and each agent's (an Executor's calls hold theirs through its
+/// args): [`super::Runtime::shutdown`] waits until every copy is dropped, which is when no agent
+/// state holds the store any more, wherever ractor has it then (a stopped agent's state travels
+/// in its exit event to the supervisor; a failed one's is dropped after that event).
+#[derive(Clone)]
+pub(crate) struct StateToken {
+    _held: tokio::sync::mpsc::Sender<std::convert::Infallible>,
+}
+
+impl StateToken {
+    /// A token and what waits for all its copies to be dropped.
+    pub(crate) fn new() -> (Self, tokio::sync::mpsc::Receiver<std::convert::Infallible>) {
+        let (held, dropped) = tokio::sync::mpsc::channel(1);
+        (Self { _held: held }, dropped)
+    }
+}
+
 /// How long a shutdown waits for an agent to stop before killing it.
 const AGENT_STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -93,11 +111,15 @@ pub(crate) struct SupervisorArgs {
     pub lessons: Arc<Lessons>,
     /// The agents' background writes, which [`super::Runtime::shutdown`] waits for.
     pub background: TaskTracker,
+    /// Copied into each agent's args.
+    pub token: StateToken,
 }
 
 pub(crate) struct SupervisorState {
     args: SupervisorArgs,
-    children: HashMap<ActorId, (AgentKind, ActorCell)>,
+    /// Each agent's cell, and its task's handle: the task ends once the agent's state is
+    /// dropped, which for an agent that failed comes after its exit event.
+    children: HashMap<ActorId, (AgentKind, ActorCell, JoinHandle<()>)>,
     history: HashMap<AgentKind, VecDeque<Instant>>,
     stopping: bool,
 }
@@ -119,25 +141,27 @@ impl SupervisorState {
     ) -> Result<(), ActorProcessingErr> {
         let a = &self.args;
         let link = myself.get_cell();
-        let cell = match kind {
+        let (cell, done) = match kind {
             AgentKind::Orchestrator => {
                 let args = OrchestratorArgs {
                     peers: a.peers.clone(),
+                    _token: a.token.clone(),
                     store: a.store.clone(),
                     settings: a.config.orchestrator.run.clone(),
                     events: a.events.clone(),
                     lessons: Arc::clone(&a.lessons),
                     background: a.background.clone(),
                 };
-                let (actor, _) = Actor::spawn_linked(None, Orchestrator, args, link)
+                let (actor, done) = Actor::spawn_linked(None, Orchestrator, args, link)
                     .await
                     .map_err(spawn_error(kind))?;
                 a.peers.orchestrator.attach(actor.clone());
-                actor.get_cell()
+                (actor.get_cell(), done)
             }
             AgentKind::Optimizer => {
                 let args = OptimizerArgs {
                     peers: a.peers.clone(),
+                    _token: a.token.clone(),
                     store: a.store.clone(),
                     config: a.config.optimizer.clone(),
                     base_dir: a.config.base_dir.clone(),
@@ -145,15 +169,16 @@ impl SupervisorState {
                     preserved: Arc::default(),
                     background: a.background.clone(),
                 };
-                let (actor, _) = Actor::spawn_linked(None, Optimizer, args, link)
+                let (actor, done) = Actor::spawn_linked(None, Optimizer, args, link)
                     .await
                     .map_err(spawn_error(kind))?;
                 a.peers.optimizer.attach(actor.clone());
-                actor.get_cell()
+                (actor.get_cell(), done)
             }
             AgentKind::Executor => {
                 let args = ExecutorArgs {
                     peers: a.peers.clone(),
+                    _token: a.token.clone(),
                     store: a.store.clone(),
                     pools: a.pools.clone(),
                     cache: a.cache.clone(),
@@ -161,27 +186,28 @@ impl SupervisorState {
                     approval: Arc::clone(&a.approval),
                     lessons: Arc::clone(&a.lessons),
                 };
-                let (actor, _) = Actor::spawn_linked(None, Executor, args, link)
+                let (actor, done) = Actor::spawn_linked(None, Executor, args, link)
                     .await
                     .map_err(spawn_error(kind))?;
                 a.peers.executor.attach(actor.clone());
-                actor.get_cell()
+                (actor.get_cell(), done)
             }
             AgentKind::Reviewer => {
                 let args = ReviewerArgs {
                     peers: a.peers.clone(),
+                    _token: a.token.clone(),
                     pools: a.pools.clone(),
                     score_pool: a.config.reviewer.score_pool.clone(),
                     cache: a.cache.clone(),
                 };
-                let (actor, _) = Actor::spawn_linked(None, Reviewer, args, link)
+                let (actor, done) = Actor::spawn_linked(None, Reviewer, args, link)
                     .await
                     .map_err(spawn_error(kind))?;
                 a.peers.reviewer.attach(actor.clone());
-                actor.get_cell()
+                (actor.get_cell(), done)
             }
         };
-        self.children.insert(cell.get_id(), (kind, cell));
+        self.children.insert(cell.get_id(), (kind, cell, done));
         Ok(())
     }
 
@@ -200,18 +226,10 @@ impl SupervisorState {
     /// `Store::open` of the same file right after it was refused). An agent still busy after
     /// [`AGENT_STOP_WAIT`] is killed.
     async fn stop_children_and_wait(&mut self, reason: &str) {
-        self.stopping = true;
-        let cells: Vec<ActorCell> = self
-            .children
-            .values()
-            .map(|(kind, cell)| {
-                self.detach(*kind);
-                cell.clone()
-            })
-            .collect();
-        futures::future::join_all(cells.iter().map(|cell| async move {
-            if cell
-                .stop_and_wait(Some(reason.to_owned()), Some(AGENT_STOP_WAIT))
+        let children = self.take_children();
+        futures::future::join_all(children.into_iter().map(|(cell, mut done)| async move {
+            cell.stop(Some(reason.to_owned()));
+            if tokio::time::timeout(AGENT_STOP_WAIT, &mut done)
                 .await
                 .is_err()
             {
@@ -221,10 +239,32 @@ impl SupervisorState {
                     AGENT_STOP_WAIT
                 );
                 cell.kill();
-                let _ = cell.wait(Some(AGENT_STOP_WAIT)).await;
+                let _ = tokio::time::timeout(AGENT_STOP_WAIT, done).await;
             }
         }))
         .await;
+    }
+
+    /// Every agent's cell and task handle, each detached from the peers; the supervisor is
+    /// stopping from now on (an agent's exit is no longer a reason to restart it).
+    fn take_children(&mut self) -> Vec<(ActorCell, JoinHandle<()>)> {
+        self.stopping = true;
+        let children: Vec<_> = self.children.drain().map(|(_, child)| child).collect();
+        children
+            .into_iter()
+            .map(|(kind, cell, done)| {
+                self.detach(kind);
+                (cell, done)
+            })
+            .collect()
+    }
+
+    /// Waits for an agent's task to end (its state dropped) among the background tasks
+    /// [`super::Runtime::shutdown`] waits for.
+    fn await_in_background(&self, done: JoinHandle<()>) {
+        self.args.background.spawn(async move {
+            let _ = tokio::time::timeout(AGENT_STOP_WAIT, done).await;
+        });
     }
 
     /// A shutdown: stops the agents (waiting for them) and then the supervisor itself.
@@ -236,12 +276,12 @@ impl SupervisorState {
     /// An escalation: stops the agents and the supervisor without waiting. A stopped agent's
     /// state comes back to the supervisor in its exit event, and the Orchestrator's holds the
     /// runs' callers: waiting here for the slowest agent held their `IntensityExceeded` error
-    /// as long (10 s behind a tool blocking its thread, in a test).
+    /// as long (10 s behind a tool blocking its thread, in a test). The waits are left to the
+    /// background tasks.
     fn stop_all_now(&mut self, myself: &ActorRef<SupervisorMsg>, reason: &str) {
-        self.stopping = true;
-        for (kind, cell) in self.children.values() {
-            self.detach(*kind);
+        for (cell, done) in self.take_children() {
             cell.stop(Some(reason.to_owned()));
+            self.await_in_background(done);
         }
         myself.stop(Some(reason.to_owned()));
     }
@@ -252,10 +292,12 @@ impl SupervisorState {
         id: ActorId,
         reason: String,
     ) -> Result<(), ActorProcessingErr> {
-        let Some((kind, _)) = self.children.remove(&id) else {
+        let Some((kind, _, done)) = self.children.remove(&id) else {
             return Ok(());
         };
         self.detach(kind);
+        // A failed agent's state is dropped after its exit event: a shutdown waits for it.
+        self.await_in_background(done);
         if self.stopping {
             return Ok(());
         }

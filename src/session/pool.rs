@@ -264,11 +264,15 @@ impl Shared {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The pool's upkeep task: aborted when the last handle on the pool drops, or ended and waited
+/// for by [`Pool::close_and_wait`].
+struct Maintenance(parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>);
 
-impl Drop for AbortOnDrop {
+impl Drop for Maintenance {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = self.0.get_mut().take() {
+            task.abort();
+        }
     }
 }
 
@@ -276,7 +280,7 @@ impl Drop for AbortOnDrop {
 #[derive(Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
-    _maintenance: Arc<AbortOnDrop>,
+    maintenance: Arc<Maintenance>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -338,7 +342,7 @@ impl Pool {
         ));
         Ok(Self {
             shared,
-            _maintenance: Arc::new(AbortOnDrop(task)),
+            maintenance: Arc::new(Maintenance(parking_lot::Mutex::new(Some(task)))),
         })
     }
 
@@ -515,6 +519,18 @@ impl Pool {
         self.shared.permits.close();
         let drained: Vec<_> = std::mem::take(&mut *self.shared.lock_idle());
         self.shared.size.fetch_sub(drained.len(), Ordering::SeqCst);
+    }
+
+    /// Closes the pool ([`Pool::close`]) and stops its upkeep, waiting (a second at most) for a
+    /// health check or a replacement in progress to be dropped: until then it holds the pool's
+    /// context, and the store in it.
+    pub async fn close_and_wait(&self) {
+        self.close();
+        let task = self.maintenance.0.lock().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
     }
 }
 
