@@ -835,8 +835,9 @@ async fn a_tool_blocking_its_thread_delays_a_shutdown_by_a_second_at_most() {
     let runtime = Arc::into_inner(runtime).expect("the run's handle is gone");
     let started = std::time::Instant::now();
     runtime.shutdown().await;
-    // The Executor waits 1 s for its cancelled calls; this one cannot be cut off. (It waited
-    // out the supervisor's 10 s and a kill when the Executor waited for its calls unbounded.)
+    // Shutdown waits 1 s for the agents' states, and the cancelled call holds the Executor's; it
+    // cannot be cut off. (It waited out the supervisor's 10 s and a kill when the Executor waited
+    // for its calls unbounded.)
     let took = started.elapsed();
     assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
 }

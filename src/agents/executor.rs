@@ -574,9 +574,6 @@ fn failure(shared: &ExecutorArgs, outcome: &Outcome) -> Option<(String, Option<S
     Some((message, suggestion))
 }
 
-/// How long a stopping Executor waits for its cancelled calls to end.
-const CALLS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 impl Actor for Executor {
     type Msg = Envelope<ExecutorMsg>;
     type State = ExecutorState;
@@ -593,29 +590,6 @@ impl Actor for Executor {
             runs: HashMap::new(),
             cancelled: std::collections::VecDeque::new(),
         })
-    }
-
-    /// A stop (a runtime's shutdown) cancels the calls in flight and waits until they are gone,
-    /// so none outlives the runtime holding the store or a pool's session. A cancelled call
-    /// ends at its next await; one whose tool blocks its thread (a native function that never
-    /// awaits) cannot be cut off: it is waited for [`CALLS_STOP_WAIT`] at most, and holds the
-    /// store until it returns.
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut ExecutorState,
-    ) -> Result<(), ActorProcessingErr> {
-        if tokio::time::timeout(CALLS_STOP_WAIT, state.calls.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "executor: {} call(s) still running {CALLS_STOP_WAIT:?} after being cancelled \
-                 (a tool blocking its thread?); the store stays open until they return",
-                state.calls.len()
-            );
-        }
-        Ok(())
     }
 
     async fn handle(

@@ -200,7 +200,8 @@ const WARM_UP_PASS_LIMIT: Duration = Duration::from_secs(10);
 /// The longest a shutdown waits for the agents' background writes (each is one group commit).
 const BACKGROUND_WRITES_WAIT: Duration = Duration::from_secs(10);
 
-/// The longest a shutdown waits for the agents' states to be dropped once they have stopped.
+/// The longest a shutdown waits for the agents' states to be dropped (a call whose tool blocks
+/// its thread cannot be cut off, and holds its agent's).
 const AGENT_STATES_WAIT: Duration = Duration::from_secs(1);
 
 /// The warm-up calls declared by the pools of `defs` that are pre-warmed (`min_idle` > 0).
@@ -807,6 +808,21 @@ impl Runtime {
             let _ = answer.await;
         }
         let _ = self.supervisor_done.await;
+        // The agents' states, and the Executor's calls (cancelled as its state drops), are gone
+        // when the last copy of the token is: ractor drops a stopped agent's state after its task
+        // has ended (it travels in the exit event to the supervisor), so waiting for the tasks
+        // would not do. With them goes each one's handle on the store, and any source of new
+        // background writes.
+        let mut states_dropped = self.states_dropped;
+        if tokio::time::timeout(AGENT_STATES_WAIT, states_dropped.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown: an agent's state is still held after {AGENT_STATES_WAIT:?} (a call \
+                 blocking its thread?); the store stays open until it is dropped"
+            );
+        }
         self.background.close();
         if tokio::time::timeout(BACKGROUND_WRITES_WAIT, self.background.wait())
             .await
@@ -818,19 +834,6 @@ impl Runtime {
             );
         }
         self.pools.close_all().await;
-        // An agent's state can outlive its task for a moment (a stopped agent's travels in its
-        // exit event to the supervisor; a failed one's is dropped after that event), and with it
-        // its handle on the store.
-        let mut states_dropped = self.states_dropped;
-        if tokio::time::timeout(AGENT_STATES_WAIT, states_dropped.recv())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "shutdown: an agent's state is still held after {AGENT_STATES_WAIT:?} (a call \
-                 blocking its thread?); the store stays open until it is dropped"
-            );
-        }
     }
 
     /// The newest run of the plan whose text hashes to `plan_hash`, if it is unfinished: what

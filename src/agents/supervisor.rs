@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::events::RunEvent;
@@ -90,9 +89,6 @@ impl StateToken {
     }
 }
 
-/// How long a shutdown waits for an agent to stop before killing it.
-const AGENT_STOP_WAIT: Duration = Duration::from_secs(10);
-
 /// The supervisor actor.
 pub(crate) struct Supervisor;
 
@@ -117,9 +113,7 @@ pub(crate) struct SupervisorArgs {
 
 pub(crate) struct SupervisorState {
     args: SupervisorArgs,
-    /// Each agent's cell, and its task's handle: the task ends once the agent's state is
-    /// dropped, which for an agent that failed comes after its exit event.
-    children: HashMap<ActorId, (AgentKind, ActorCell, JoinHandle<()>)>,
+    children: HashMap<ActorId, (AgentKind, ActorCell)>,
     history: HashMap<AgentKind, VecDeque<Instant>>,
     stopping: bool,
 }
@@ -141,7 +135,7 @@ impl SupervisorState {
     ) -> Result<(), ActorProcessingErr> {
         let a = &self.args;
         let link = myself.get_cell();
-        let (cell, done) = match kind {
+        let cell = match kind {
             AgentKind::Orchestrator => {
                 let args = OrchestratorArgs {
                     peers: a.peers.clone(),
@@ -152,11 +146,11 @@ impl SupervisorState {
                     lessons: Arc::clone(&a.lessons),
                     background: a.background.clone(),
                 };
-                let (actor, done) = Actor::spawn_linked(None, Orchestrator, args, link)
+                let (actor, _) = Actor::spawn_linked(None, Orchestrator, args, link)
                     .await
                     .map_err(spawn_error(kind))?;
                 a.peers.orchestrator.attach(actor.clone());
-                (actor.get_cell(), done)
+                actor.get_cell()
             }
             AgentKind::Optimizer => {
                 let args = OptimizerArgs {
@@ -169,11 +163,11 @@ impl SupervisorState {
                     preserved: Arc::default(),
                     background: a.background.clone(),
                 };
-                let (actor, done) = Actor::spawn_linked(None, Optimizer, args, link)
+                let (actor, _) = Actor::spawn_linked(None, Optimizer, args, link)
                     .await
                     .map_err(spawn_error(kind))?;
                 a.peers.optimizer.attach(actor.clone());
-                (actor.get_cell(), done)
+                actor.get_cell()
             }
             AgentKind::Executor => {
                 let args = ExecutorArgs {
@@ -186,11 +180,11 @@ impl SupervisorState {
                     approval: Arc::clone(&a.approval),
                     lessons: Arc::clone(&a.lessons),
                 };
-                let (actor, done) = Actor::spawn_linked(None, Executor, args, link)
+                let (actor, _) = Actor::spawn_linked(None, Executor, args, link)
                     .await
                     .map_err(spawn_error(kind))?;
                 a.peers.executor.attach(actor.clone());
-                (actor.get_cell(), done)
+                actor.get_cell()
             }
             AgentKind::Reviewer => {
                 let args = ReviewerArgs {
@@ -200,14 +194,14 @@ impl SupervisorState {
                     score_pool: a.config.reviewer.score_pool.clone(),
                     cache: a.cache.clone(),
                 };
-                let (actor, done) = Actor::spawn_linked(None, Reviewer, args, link)
+                let (actor, _) = Actor::spawn_linked(None, Reviewer, args, link)
                     .await
                     .map_err(spawn_error(kind))?;
                 a.peers.reviewer.attach(actor.clone());
-                (actor.get_cell(), done)
+                actor.get_cell()
             }
         };
-        self.children.insert(cell.get_id(), (kind, cell, done));
+        self.children.insert(cell.get_id(), (kind, cell));
         Ok(())
     }
 
@@ -221,67 +215,11 @@ impl SupervisorState {
         }
     }
 
-    /// Stops every agent and waits until each has stopped (its message in hand handled, its
-    /// state dropped: a shutdown that returned earlier left the store open for a moment, and a
-    /// `Store::open` of the same file right after it was refused). An agent still busy after
-    /// [`AGENT_STOP_WAIT`] is killed.
-    async fn stop_children_and_wait(&mut self, reason: &str) {
-        let children = self.take_children();
-        futures::future::join_all(children.into_iter().map(|(cell, mut done)| async move {
-            cell.stop(Some(reason.to_owned()));
-            if tokio::time::timeout(AGENT_STOP_WAIT, &mut done)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "supervisor: agent {} did not stop within {:?}; killing it",
-                    cell.get_name().unwrap_or_default(),
-                    AGENT_STOP_WAIT
-                );
-                cell.kill();
-                let _ = tokio::time::timeout(AGENT_STOP_WAIT, done).await;
-            }
-        }))
-        .await;
-    }
-
-    /// Every agent's cell and task handle, each detached from the peers; the supervisor is
-    /// stopping from now on (an agent's exit is no longer a reason to restart it).
-    fn take_children(&mut self) -> Vec<(ActorCell, JoinHandle<()>)> {
+    fn stop_all(&mut self, myself: &ActorRef<SupervisorMsg>, reason: &str) {
         self.stopping = true;
-        let children: Vec<_> = self.children.drain().map(|(_, child)| child).collect();
-        children
-            .into_iter()
-            .map(|(kind, cell, done)| {
-                self.detach(kind);
-                (cell, done)
-            })
-            .collect()
-    }
-
-    /// Waits for an agent's task to end (its state dropped) among the background tasks
-    /// [`super::Runtime::shutdown`] waits for.
-    fn await_in_background(&self, done: JoinHandle<()>) {
-        self.args.background.spawn(async move {
-            let _ = tokio::time::timeout(AGENT_STOP_WAIT, done).await;
-        });
-    }
-
-    /// A shutdown: stops the agents (waiting for them) and then the supervisor itself.
-    async fn shut_down(&mut self, myself: &ActorRef<SupervisorMsg>, reason: &str) {
-        self.stop_children_and_wait(reason).await;
-        myself.stop(Some(reason.to_owned()));
-    }
-
-    /// An escalation: stops the agents and the supervisor without waiting. A stopped agent's
-    /// state comes back to the supervisor in its exit event, and the Orchestrator's holds the
-    /// runs' callers: waiting here for the slowest agent held their `IntensityExceeded` error
-    /// as long (10 s behind a tool blocking its thread, in a test). The waits are left to the
-    /// background tasks.
-    fn stop_all_now(&mut self, myself: &ActorRef<SupervisorMsg>, reason: &str) {
-        for (cell, done) in self.take_children() {
+        for (kind, cell) in self.children.values() {
+            self.detach(*kind);
             cell.stop(Some(reason.to_owned()));
-            self.await_in_background(done);
         }
         myself.stop(Some(reason.to_owned()));
     }
@@ -292,12 +230,10 @@ impl SupervisorState {
         id: ActorId,
         reason: String,
     ) -> Result<(), ActorProcessingErr> {
-        let Some((kind, _, done)) = self.children.remove(&id) else {
+        let Some((kind, _)) = self.children.remove(&id) else {
             return Ok(());
         };
         self.detach(kind);
-        // A failed agent's state is dropped after its exit event: a shutdown waits for it.
-        self.await_in_background(done);
         if self.stopping {
             return Ok(());
         }
@@ -328,7 +264,7 @@ impl SupervisorState {
                 within: intensity.within,
                 reason: reason.clone(),
             }));
-            self.stop_all_now(myself, &format!("{kind} over its restart intensity"));
+            self.stop_all(myself, &format!("{kind} over its restart intensity"));
             return Ok(());
         }
         tracing::warn!("supervisor: restarting {kind} after: {reason}");
@@ -381,7 +317,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Shutdown(reply) => {
-                state.shut_down(&myself, "shutdown").await;
+                state.stop_all(&myself, "shutdown");
                 let _ = reply.send(());
             }
         }

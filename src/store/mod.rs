@@ -253,7 +253,13 @@ impl std::fmt::Debug for Store {
 /// without case, without allocating (the filter runs for each hit good enough to enter the
 /// results).
 fn same_tag(tag: &str, wanted: &str) -> bool {
-    tag.chars().flat_map(char::to_lowercase).eq(wanted.chars())
+    folded(tag).eq(wanted.chars())
+}
+
+/// A tag lower-cased per character (`str::to_lowercase` makes a final `Σ` a `ς`, which the
+/// same tag stored as `ΟΔΟΣ` would never fold to).
+fn folded(tag: &str) -> impl Iterator<Item = char> + '_ {
+    tag.chars().flat_map(char::to_lowercase)
 }
 
 /// Borrows the searchable fields of a memory.
@@ -1058,13 +1064,9 @@ impl Store {
         let now = Timestamp::now().as_millis();
         let state = self.inner.state.read();
         let min_importance = options.min_importance.unwrap_or(0);
-        // Per character, as `same_tag` folds the stored tags (`str::to_lowercase` makes a final
-        // `Σ` a `ς`, which the stored `ΟΔΟΣ` would never fold to).
-        let fold = |tags: &[String]| -> Vec<String> {
-            tags.iter()
-                .map(|t| t.chars().flat_map(char::to_lowercase).collect())
-                .collect()
-        };
+        // As `same_tag` folds the stored tags.
+        let fold =
+            |tags: &[String]| -> Vec<String> { tags.iter().map(|t| folded(t).collect()).collect() };
         let (wanted_tags, excluded_tags) = (fold(&options.tags), fold(&options.exclude_tags));
         let hits = state.index.search(
             &terms,
