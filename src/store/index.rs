@@ -79,12 +79,21 @@ struct Block {
     min_length: f32,
 }
 
+/// One document's entry in a term's posting list.
+#[derive(Clone, Copy, Debug)]
+struct Posting {
+    doc: DocNo,
+    tf: f32,
+    /// The document's length, so scoring never touches the document table.
+    length: f32,
+}
+
 #[derive(Default, Debug)]
 struct PostingList {
-    docs: Vec<DocNo>,
-    tfs: Vec<f32>,
-    /// Each posting's document length, so scoring never touches the document table.
-    lengths: Vec<f32>,
+    /// Docno-sorted. One array of whole postings rather than one per field: scoring reads all
+    /// three at once, and a search over every namespace starts many short lists, each start a
+    /// cache miss per array.
+    postings: Vec<Posting>,
     max_tf: f32,
     min_length: f32,
     blocks: Vec<Block>,
@@ -92,7 +101,7 @@ struct PostingList {
 
 impl PostingList {
     fn push(&mut self, doc: DocNo, tf: f32, length: f32) {
-        if self.docs.is_empty() {
+        if self.postings.is_empty() {
             self.max_tf = tf;
             self.min_length = length;
         } else {
@@ -100,7 +109,7 @@ impl PostingList {
             self.min_length = self.min_length.min(length);
         }
         match self.blocks.last_mut() {
-            Some(block) if !self.docs.len().is_multiple_of(BLOCK) => {
+            Some(block) if !self.postings.len().is_multiple_of(BLOCK) => {
                 block.last = doc;
                 block.max_tf = block.max_tf.max(tf);
                 block.min_length = block.min_length.min(length);
@@ -111,59 +120,53 @@ impl PostingList {
                 min_length: length,
             }),
         }
-        self.docs.push(doc);
-        self.tfs.push(tf);
-        self.lengths.push(length);
+        self.postings.push(Posting { doc, tf, length });
     }
 
     /// Maps every posting through `map` (old docno → new, `DocNo::MAX` dropping it) in place,
     /// then recomputes the bounds: no allocation, as this runs under the store's write lock.
     fn renumber(&mut self, map: &[DocNo]) {
-        let mut kept = 0;
-        for i in 0..self.docs.len() {
-            let new = map[self.docs[i] as usize];
-            if new != DocNo::MAX {
-                self.docs[kept] = new;
-                self.tfs[kept] = self.tfs[i];
-                self.lengths[kept] = self.lengths[i];
-                kept += 1;
-            }
-        }
-        self.docs.truncate(kept);
-        self.tfs.truncate(kept);
-        self.lengths.truncate(kept);
+        self.postings.retain_mut(|posting| {
+            posting.doc = map[posting.doc as usize];
+            posting.doc != DocNo::MAX
+        });
         self.blocks.clear();
-        self.max_tf = self.tfs.iter().copied().fold(0.0, f32::max);
-        self.min_length = self.lengths.iter().copied().fold(f32::INFINITY, f32::min);
-        for start in (0..kept).step_by(BLOCK) {
-            let end = (start + BLOCK).min(kept);
-            self.blocks.push(Block {
-                last: self.docs[end - 1],
-                max_tf: self.tfs[start..end].iter().copied().fold(0.0, f32::max),
-                min_length: self.lengths[start..end]
-                    .iter()
-                    .copied()
-                    .fold(f32::INFINITY, f32::min),
-            });
+        let max_tf = |postings: &[Posting]| postings.iter().map(|p| p.tf).fold(0.0, f32::max);
+        let min_length = |postings: &[Posting]| {
+            postings
+                .iter()
+                .map(|p| p.length)
+                .fold(f32::INFINITY, f32::min)
+        };
+        self.max_tf = max_tf(&self.postings);
+        self.min_length = min_length(&self.postings);
+        for block in self.postings.chunks(BLOCK) {
+            if let Some(last) = block.last() {
+                self.blocks.push(Block {
+                    last: last.doc,
+                    max_tf: max_tf(block),
+                    min_length: min_length(block),
+                });
+            }
         }
     }
 
     /// The first position at or after `from` whose docno is >= `target` (galloping search).
     fn seek(&self, from: usize, target: DocNo) -> usize {
-        let docs = &self.docs;
-        if from >= docs.len() || docs[from] >= target {
+        let docs = &self.postings;
+        if from >= docs.len() || docs[from].doc >= target {
             return from;
         }
         let mut step = 1;
         let mut low = from;
         let mut high = from + 1;
-        while high < docs.len() && docs[high] < target {
+        while high < docs.len() && docs[high].doc < target {
             low = high;
             step *= 2;
             high = (high + step).min(docs.len());
         }
         let high = high.min(docs.len());
-        low + docs[low..high].partition_point(|&d| d < target)
+        low + docs[low..high].partition_point(|p| p.doc < target)
     }
 }
 
@@ -243,17 +246,43 @@ pub(crate) struct SearchIndex {
     total_length: f64,
 }
 
-/// Scoring statistics for one query, fixed for its duration.
+/// Scoring statistics for one query, fixed for its duration, in the form the scoring loop wants:
+/// BM25's length normalisation `K1 * (1 - B + B * length / avg_length)` as `base + weight *
+/// length`, so a score costs one division.
 struct QueryStats {
-    avg_length: f64,
+    norm_base: f64,
+    length_weight: f64,
 }
 
 impl QueryStats {
+    fn new(total_length: f64, live_docs: f64) -> Self {
+        let avg_length = (total_length / live_docs).max(f64::MIN_POSITIVE);
+        QueryStats {
+            norm_base: K1 * (1.0 - B),
+            length_weight: K1 * B / avg_length,
+        }
+    }
+
     fn bm25(&self, idf: f64, tf: f32, length: f32) -> f64 {
         let tf = f64::from(tf);
-        let norm = K1 * (1.0 - B + B * f64::from(length) / self.avg_length);
-        idf * tf * (K1 + 1.0) / (tf + norm)
+        idf * (K1 + 1.0) * tf / (tf + self.norm_base + self.length_weight * f64::from(length))
     }
+}
+
+/// What one search's namespace scans share.
+#[derive(Clone, Copy)]
+struct Scan<'a> {
+    stats: &'a QueryStats,
+    limit: usize,
+    now_ms: i64,
+}
+
+/// Buffers a search reuses across its namespace scans.
+struct ScanBuffers {
+    /// `prefix[i]`: the sum of the bounds of the `i` weakest cursors.
+    prefix: Vec<f64>,
+    /// The matched terms' score parts of the document being scored, by query-term position.
+    parts: Vec<(usize, f64)>,
 }
 
 struct Cursor<'a> {
@@ -263,20 +292,23 @@ struct Cursor<'a> {
     bound: f64,
     /// The first block that may hold docs >= the last doc asked about; only moves forward.
     block: usize,
+    /// The score bound of block `bound_of_block` (`usize::MAX`: none yet), so a block's bound is
+    /// computed once per query rather than at every document it is asked about.
+    block_score: f64,
+    bound_of_block: usize,
     /// The query term's position, so contributions are summed in one order on every path.
     term: usize,
 }
 
 impl Cursor<'_> {
     fn current(&self) -> Option<DocNo> {
-        self.list.docs.get(self.pos).copied()
+        self.list.postings.get(self.pos).map(|p| p.doc)
     }
 
     /// The score contribution of the posting under the cursor.
     fn score_current(&self, stats: &QueryStats) -> f64 {
-        let tf = self.list.tfs[self.pos];
-        let length = self.list.lengths[self.pos];
-        MATCH_BONUS + stats.bm25(self.idf, tf, length)
+        let posting = self.list.postings[self.pos];
+        MATCH_BONUS + stats.bm25(self.idf, posting.tf, posting.length)
     }
 
     /// The score bound and last docno of the block that would hold `doc`, if any block can.
@@ -286,8 +318,11 @@ impl Cursor<'_> {
             self.block += 1;
         }
         let block = blocks.get(self.block)?;
-        let bound = MATCH_BONUS + stats.bm25(self.idf, block.max_tf, block.min_length);
-        Some((bound, block.last))
+        if self.bound_of_block != self.block {
+            self.block_score = MATCH_BONUS + stats.bm25(self.idf, block.max_tf, block.min_length);
+            self.bound_of_block = self.block;
+        }
+        Some((self.block_score, block.last))
     }
 }
 
@@ -422,9 +457,7 @@ impl SearchIndex {
             let lists = &mut self.namespaces[ns].lists;
             for run in postings.chunk_by(|a, b| a.0 == b.0) {
                 let list = lists.entry(run[0].0).or_default();
-                list.docs.reserve(run.len());
-                list.tfs.reserve(run.len());
-                list.lengths.reserve(run.len());
+                list.postings.reserve(run.len());
                 for &(_, doc, tf, length) in run {
                     list.push(doc, tf, length);
                 }
@@ -490,7 +523,7 @@ impl SearchIndex {
         for postings in &mut self.namespaces {
             postings.lists.retain(|_, list| {
                 list.renumber(&map);
-                !list.docs.is_empty()
+                !list.postings.is_empty()
             });
             postings.lists.shrink_to_fit();
             postings.dead = 0;
@@ -504,14 +537,13 @@ impl SearchIndex {
         let postings = &mut self.namespaces[ns];
         postings.lists.retain(|_, list| {
             let mut kept = PostingList::default();
-            for (&doc, &tf) in list.docs.iter().zip(&list.tfs) {
-                let slot = &docs[doc as usize];
-                if slot.alive {
-                    kept.push(doc, tf, slot.length);
+            for posting in &list.postings {
+                if docs[posting.doc as usize].alive {
+                    kept.push(posting.doc, posting.tf, posting.length);
                 }
             }
             *list = kept;
-            !list.docs.is_empty()
+            !list.postings.is_empty()
         });
         postings.dead = 0;
     }
@@ -539,9 +571,7 @@ impl SearchIndex {
             None => (0..self.namespaces.len() as NsId).collect(),
         };
         let n = f64::from(self.live_docs);
-        let stats = QueryStats {
-            avg_length: (self.total_length / n).max(f64::MIN_POSITIVE),
-        };
+        let stats = QueryStats::new(self.total_length, n);
         // Terms no live document has are dropped before the cut, so they take no place in it.
         let terms: Vec<(TermId, f64)> = query_terms
             .iter()
@@ -558,28 +588,43 @@ impl SearchIndex {
         // No more than there are documents: `limit` is the caller's, and may be huge.
         let room = limit.min(self.live_docs as usize).saturating_add(1);
         let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(room);
+        // One set of buffers for every namespace.
+        let mut cursors: Vec<Cursor<'_>> = Vec::with_capacity(terms.len());
+        let mut buffers = ScanBuffers {
+            prefix: Vec::with_capacity(terms.len() + 1),
+            parts: Vec::with_capacity(terms.len()),
+        };
         for ns in namespaces {
             let postings = &self.namespaces[ns as usize];
-            let mut cursors: Vec<Cursor<'_>> = terms
-                .iter()
-                .enumerate()
-                .filter_map(|(position, &(term, idf))| {
-                    let list = postings.lists.get(&term)?;
-                    let bound = MATCH_BONUS + stats.bm25(idf, list.max_tf, list.min_length);
-                    Some(Cursor {
-                        list,
-                        pos: 0,
-                        idf,
-                        bound,
-                        block: 0,
-                        term: position,
-                    })
-                })
-                .collect();
+            cursors.clear();
+            cursors.extend(
+                terms
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(position, &(term, idf))| {
+                        let list = postings.lists.get(&term)?;
+                        let bound = MATCH_BONUS + stats.bm25(idf, list.max_tf, list.min_length);
+                        Some(Cursor {
+                            list,
+                            pos: 0,
+                            idf,
+                            bound,
+                            block: 0,
+                            block_score: 0.0,
+                            bound_of_block: usize::MAX,
+                            term: position,
+                        })
+                    }),
+            );
             if cursors.is_empty() {
                 continue;
             }
-            self.search_namespace(&mut cursors, &stats, limit, now_ms, &mut accept, &mut heap);
+            let scan = Scan {
+                stats: &stats,
+                limit,
+                now_ms,
+            };
+            self.search_namespace(&mut cursors, &scan, &mut buffers, &mut accept, &mut heap);
         }
         let mut ranked = heap.into_sorted_vec();
         // into_sorted_vec sorts by the reversed order: best first.
@@ -602,15 +647,20 @@ impl SearchIndex {
     fn search_namespace(
         &self,
         cursors: &mut [Cursor<'_>],
-        stats: &QueryStats,
-        limit: usize,
-        now_ms: i64,
+        scan: &Scan<'_>,
+        buffers: &mut ScanBuffers,
         accept: &mut impl FnMut(DocNo, &DocSlot) -> bool,
         heap: &mut BinaryHeap<Candidate>,
     ) {
+        let Scan {
+            stats,
+            limit,
+            now_ms,
+        } = *scan;
         cursors.sort_by(|a, b| a.bound.total_cmp(&b.bound));
         // prefix[i] = sum of the bounds of cursors[..i].
-        let mut prefix = Vec::with_capacity(cursors.len() + 1);
+        let ScanBuffers { prefix, parts } = buffers;
+        prefix.clear();
         prefix.push(0.0);
         for c in cursors.iter() {
             prefix.push(prefix[prefix.len() - 1] + c.bound);
@@ -621,7 +671,6 @@ impl SearchIndex {
         const MARGIN: f64 = 1e-6;
         let mut threshold = f64::NEG_INFINITY;
         let mut first_essential = 0;
-        let mut parts: Vec<(usize, f64)> = Vec::with_capacity(cursors.len());
         loop {
             if heap.len() >= limit
                 && let Some(worst) = heap.peek()
@@ -726,9 +775,7 @@ impl SearchIndex {
         now_ms: i64,
     ) -> Vec<IndexHit> {
         let n = f64::from(self.live_docs);
-        let stats = QueryStats {
-            avg_length: (self.total_length / n).max(f64::MIN_POSITIVE),
-        };
+        let stats = QueryStats::new(self.total_length, n);
         let ns_filter = namespace.map(|ns| self.namespace_ids.get(ns).copied());
         let mut all: Vec<Candidate> = Vec::new();
         for (doc, slot) in self.docs.iter().enumerate() {
@@ -748,10 +795,14 @@ impl SearchIndex {
                 let Some(list) = self.namespaces[slot.namespace as usize].lists.get(&id) else {
                     continue;
                 };
-                if let Ok(pos) = list.docs.binary_search(&(doc as DocNo)) {
+                if let Ok(pos) = list
+                    .postings
+                    .binary_search_by_key(&(doc as DocNo), |p| p.doc)
+                {
                     let df = f64::from(self.document_frequency[id as usize]);
                     let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-                    composite += MATCH_BONUS + stats.bm25(idf, list.tfs[pos], slot.length);
+                    let tf = list.postings[pos].tf;
+                    composite += MATCH_BONUS + stats.bm25(idf, tf, slot.length);
                 }
             }
             if composite > 0.0 {
@@ -891,9 +942,9 @@ mod tests {
         }
         for from in [0usize, 5, 100, 333] {
             for target in [0u32, 1, 3, 500, 998, 999, 2000] {
-                let expected = (from..list.docs.len())
-                    .find(|&p| list.docs[p] >= target)
-                    .unwrap_or(list.docs.len());
+                let expected = (from..list.postings.len())
+                    .find(|&p| list.postings[p].doc >= target)
+                    .unwrap_or(list.postings.len());
                 assert_eq!(
                     list.seek(from, target),
                     expected.max(from),
