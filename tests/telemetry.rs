@@ -432,6 +432,13 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
         "{saved_tasks:?}"
     );
     assert_eq!(saved_tasks[3]["deps"], serde_json::json!(["b", "c"]));
+    // Each tool's latency, from the attempt times saved with the tasks: four attempts, the
+    // longest at least b's or c's 150 ms sleep, the mean at least the sleeps' (20+150+150+20)/4.
+    let latency = &saved["latency"][0];
+    assert_eq!(latency["tool"], "fn.echo", "{saved}");
+    assert_eq!(latency["count"], 4, "{latency}");
+    assert!(latency["max_ms"].as_f64().unwrap() >= 150.0, "{latency}");
+    assert!(latency["mean_ms"].as_f64().unwrap() >= 85.0, "{latency}");
     let missing = Telemetry::finished(runtime.store(), Some("no-such-run"), None)
         .err()
         .unwrap();

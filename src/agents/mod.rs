@@ -60,8 +60,8 @@ pub use events::RunEvent;
 pub use mailbox::Mailbox;
 pub use runtime::{RunOptions, Runtime, RuntimeOptions, plan_hash};
 pub use state::{
-    CompensationReport, RunReport, RunStatus, SavedRun, SavedTask, TaskReport, TaskState,
-    saved_output, saved_runs, saved_tasks,
+    AttemptTimes, CompensationReport, RunReport, RunStatus, SavedRun, SavedTask, TaskReport,
+    TaskState, saved_output, saved_runs, saved_tasks,
 };
 
 /// The four agents.

@@ -35,8 +35,8 @@ use super::pipeline::{
 };
 use super::runtime::RunSpec;
 use super::state::{
-    CompensationReport, RunRecord, RunReport, RunStatus, Stopping, TaskRecordV1, TaskReport,
-    TaskState, encode_run, encode_task, load_run, load_tasks, run_key, task_key,
+    AttemptTimes, CompensationReport, RunRecord, RunReport, RunStatus, Stopping, TaskRecord,
+    TaskReport, TaskState, encode_run, encode_task, load_run, load_tasks, run_key, task_key,
 };
 use crate::lessons::{Failure, Lessons};
 use crate::permissions::PermissionEngine;
@@ -98,6 +98,8 @@ struct Slot {
     token: Option<u64>,
     /// When the latest attempt was dispatched (for [`RunEvent::TaskFinished`]'s `elapsed_us`).
     dispatched: Option<Instant>,
+    /// The attempts that reached a verdict, this process's and those saved before a resume.
+    attempt_times: AttemptTimes,
     /// The task's args with the declared fixes applied so far.
     fixed_args: Option<Value>,
     /// Declared fixes already tried.
@@ -229,6 +231,7 @@ impl RunState {
                 output: None,
                 token: None,
                 dispatched: None,
+                attempt_times: AttemptTimes::default(),
                 fixed_args: None,
                 fixes_tried: Vec::new(),
                 fix_trial: None,
@@ -270,15 +273,16 @@ impl RunState {
         }
     }
 
-    fn task_record(&self, i: usize) -> TaskRecordV1 {
+    fn task_record(&self, i: usize) -> TaskRecord {
         let slot = &self.slots[i];
-        TaskRecordV1 {
+        TaskRecord {
             state: slot.state,
             attempt: slot.attempt,
             retries: slot.retries,
             feedback: slot.feedback.clone(),
             reason: slot.reason.clone(),
             output_json: slot.output.as_ref().map(Value::to_string),
+            attempt_times: slot.attempt_times,
         }
     }
 
@@ -404,6 +408,7 @@ impl OrchestratorState {
                 slot.attempt = record.attempt.max(1);
                 slot.retries = record.retries;
                 slot.feedback = record.feedback;
+                slot.attempt_times = record.attempt_times;
                 match record.state {
                     TaskState::Complete => {
                         slot.state = TaskState::Complete;
@@ -729,7 +734,11 @@ impl OrchestratorState {
         if run.slots.get(i).and_then(|s| s.token) != Some(attempt.token) {
             return; // superseded (re-dispatched after a restart, or cancelled)
         }
-        run.slots[i].token = None;
+        let slot = &mut run.slots[i];
+        slot.token = None;
+        if let Some(at) = slot.dispatched {
+            slot.attempt_times.add(at.elapsed());
+        }
         run.in_flight -= 1;
         let task = Arc::clone(&run.plan.tasks[i]);
         let (message, suggestion) = attempt.failure.clone().unzip();

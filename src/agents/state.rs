@@ -186,9 +186,59 @@ impl From<RunRecordV1> for RunRecord {
 #[derive(Serialize, Deserialize)]
 enum StoredTask {
     V1(TaskRecordV1),
+    V2(TaskRecord),
+}
+
+/// How long a task's attempts took, each from its dispatch to its verdict (context, tool call
+/// and gates), as the Orchestrator measured them. Saved with the task, so a finished run's
+/// dashboard shows each tool's latency. An attempt cancelled before its verdict is not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptTimes {
+    /// Attempts measured.
+    pub count: u32,
+    /// Their total, in microseconds.
+    pub total_us: u64,
+    /// The longest, in microseconds.
+    pub longest_us: u64,
+}
+
+impl AttemptTimes {
+    /// Counts one more attempt that took `elapsed`.
+    pub(crate) fn add(&mut self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.count = self.count.saturating_add(1);
+        self.total_us = self.total_us.saturating_add(us);
+        self.longest_us = self.longest_us.max(us);
+    }
 }
 
 /// A task as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct TaskRecord {
+    pub state: TaskState,
+    pub attempt: u32,
+    pub retries: u32,
+    pub feedback: String,
+    pub reason: Option<String>,
+    pub output_json: Option<String>,
+    pub attempt_times: AttemptTimes,
+}
+
+impl From<TaskRecordV1> for TaskRecord {
+    fn from(old: TaskRecordV1) -> Self {
+        TaskRecord {
+            state: old.state,
+            attempt: old.attempt,
+            retries: old.retries,
+            feedback: old.feedback,
+            reason: old.reason,
+            output_json: old.output_json,
+            attempt_times: AttemptTimes::default(),
+        }
+    }
+}
+
+/// A task as persisted before attempt times were kept.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct TaskRecordV1 {
     pub state: TaskState,
@@ -223,8 +273,8 @@ pub(crate) fn decode_run(id: &str, bytes: &[u8]) -> Result<RunRecord, StoreError
     }
 }
 
-pub(crate) fn encode_task(record: &TaskRecordV1) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(&StoredTask::V1(record.clone())).map_err(|e| codec_error("encode task", e))
+pub(crate) fn encode_task(record: &TaskRecord) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(&StoredTask::V2(record.clone())).map_err(|e| codec_error("encode task", e))
 }
 
 /// Every run in the store, `(run id, record)`, oldest first (ids sort by time).
@@ -255,22 +305,28 @@ pub(crate) fn load_run(store: &Store, run_id: &str) -> Result<Option<RunRecord>,
 pub(crate) fn load_tasks(
     store: &Store,
     run_id: &str,
-) -> Result<Vec<(String, TaskRecordV1)>, StoreError> {
+) -> Result<Vec<(String, TaskRecord)>, StoreError> {
     let prefix = format!("task:{run_id}/");
     store
         .run_records(&prefix)?
         .into_iter()
         .map(|(key, bytes)| {
             let task = key[prefix.len()..].to_owned();
-            match postcard::from_bytes::<StoredTask>(&bytes) {
-                Ok(StoredTask::V1(record)) => Ok((task, record)),
-                Err(e) => Err(codec_error(
-                    &format!("decode task {task} of run {run_id}"),
-                    e,
-                )),
-            }
+            let record = decode_task(run_id, &task, &bytes)?;
+            Ok((task, record))
         })
         .collect()
+}
+
+fn decode_task(run_id: &str, task: &str, bytes: &[u8]) -> Result<TaskRecord, StoreError> {
+    match postcard::from_bytes::<StoredTask>(bytes) {
+        Ok(StoredTask::V1(old)) => Ok(old.into()),
+        Ok(StoredTask::V2(record)) => Ok(record),
+        Err(e) => Err(codec_error(
+            &format!("decode task {task} of run {run_id}"),
+            e,
+        )),
+    }
 }
 
 /// A run as saved in the store (for `tetrarch runs` and resume checks).
@@ -322,6 +378,8 @@ pub struct SavedTask {
     pub attempt: u32,
     /// Why it failed, was skipped or cancelled, when it did.
     pub reason: Option<String>,
+    /// How long its attempts took (none counted in a store written before they were kept).
+    pub attempt_times: AttemptTimes,
 }
 
 /// The tasks of one saved run, with their attempts and reasons (what [`saved_runs`] leaves out).
@@ -333,6 +391,7 @@ pub fn saved_tasks(store: &Store, run_id: &str) -> Result<Vec<SavedTask>, StoreE
             state: record.state,
             attempt: record.attempt,
             reason: record.reason,
+            attempt_times: record.attempt_times,
         })
         .collect())
 }
@@ -376,6 +435,42 @@ mod tests {
             current
         );
         assert!(decode_run("r", &[9, 9]).is_err());
+    }
+
+    #[test]
+    fn a_first_version_task_record_reads_with_no_attempt_times() {
+        let old = TaskRecordV1 {
+            state: TaskState::Complete,
+            attempt: 2,
+            retries: 1,
+            feedback: "too dark".into(),
+            reason: None,
+            output_json: Some("{\"ok\":true}".into()),
+        };
+        let bytes = postcard::to_stdvec(&StoredTask::V1(old)).unwrap();
+        let read = decode_task("r", "t", &bytes).unwrap();
+        assert_eq!(
+            (read.state, read.attempt, read.retries),
+            (TaskState::Complete, 2, 1)
+        );
+        assert_eq!(read.output_json.as_deref(), Some("{\"ok\":true}"));
+        assert_eq!(read.attempt_times, AttemptTimes::default());
+        // The current version round-trips with its attempt times.
+        let mut times = AttemptTimes::default();
+        times.add(Duration::from_micros(300));
+        times.add(Duration::from_micros(1200));
+        assert_eq!(
+            (times.count, times.total_us, times.longest_us),
+            (2, 1500, 1200)
+        );
+        let current = TaskRecord {
+            attempt_times: times,
+            ..read
+        };
+        let bytes = encode_task(&current).unwrap();
+        assert_eq!(decode_task("r", "t", &bytes).unwrap(), current);
+        let damaged = decode_task("r", "t", &[9, 9]).unwrap_err().to_string();
+        assert!(damaged.contains("decode task t of run r"), "{damaged}");
     }
 
     #[tokio::test]

@@ -295,11 +295,32 @@ impl Telemetry {
             .and_then(|text| Plan::from_toml(&text, &run.source).ok());
         let telemetry = Telemetry::new(metrics);
         let mut view = DashboardState::for_saved(run, plan.as_ref());
-        // Why each task ended as it did, and its attempt: the run list holds only the states.
+        // Each task's tool, for the latency table (not known when the plan is gone).
+        let tools: HashMap<&str, String> = plan
+            .iter()
+            .flat_map(|plan| &plan.tasks)
+            .map(|t| (t.id.as_str(), t.tool.to_string()))
+            .collect();
+        let mut latency: BTreeMap<String, (u64, f64, f64)> = BTreeMap::new();
+        // Why each task ended as it did, its attempt and how long its attempts took: the run
+        // list holds only the states.
         for task in saved_tasks(store, &run.run_id)? {
+            let times = task.attempt_times;
+            if times.count > 0
+                && let Some(tool) = tools.get(task.id.as_str())
+            {
+                let entry = latency.entry(tool.clone()).or_insert((0, 0.0, 0.0));
+                entry.0 += u64::from(times.count);
+                entry.1 += times.total_us as f64 / 1e6;
+                entry.2 = entry.2.max(times.longest_us as f64 / 1e6);
+            }
             view.set_task(&task.id, task.state, Some(task.attempt), Some(task.reason));
         }
-        telemetry.inner.tracker.lock().view = view;
+        {
+            let mut tracker = telemetry.inner.tracker.lock();
+            tracker.view = view;
+            tracker.latency = latency;
+        }
         telemetry.sample_store(store);
         Ok(telemetry)
     }
