@@ -127,6 +127,35 @@ fn fsync_baseline(dir: &Path) -> Percentiles {
     })
 }
 
+/// redb by itself, as the store uses it: one 500-byte record inserted under a time-ordered key
+/// into a table already holding `n`, then a durable commit. The floor under a durable `store`.
+fn redb_commit_floor(dir: &Path, n: usize) -> Percentiles {
+    const TABLE: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("memories");
+    let db = redb::Database::create(dir.join("redb-floor.redb")).unwrap();
+    let value = vec![b'x'; 500];
+    let mut key = 0u128;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(4096) {
+        let tx = db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(TABLE).unwrap();
+            for _ in chunk {
+                key += 1;
+                table.insert(key, value.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    time_each(300, |_| {
+        let tx = db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(TABLE).unwrap();
+            key += 1;
+            table.insert(key, value.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    })
+}
+
 fn entry(p: &Percentiles) -> Value {
     json!({ "p50_us": round(p.p50), "p99_us": round(p.p99) })
 }
@@ -459,6 +488,7 @@ fn main() {
     for &n in &sizes {
         let dir = tempfile::tempdir_in(&target_dir).unwrap();
         let fsync = fsync_baseline(dir.path());
+        let redb_floor = redb_commit_floor(dir.path(), n);
         let ours = bench_tetrarch(dir.path(), n, 42);
         let theirs = bench_sqlite(dir.path(), n, 42);
         println!(
@@ -467,6 +497,10 @@ fn main() {
         println!(
             "one fsync here: p50 {:.1} µs, p99 {:.1} µs",
             fsync.p50, fsync.p99
+        );
+        println!(
+            "redb alone, one insert + durable commit: p50 {:.1} µs, p99 {:.1} µs",
+            redb_floor.p50, redb_floor.p99
         );
         println!(
             "{:<22} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9}  target (at 100k)",
@@ -509,6 +543,7 @@ fn main() {
         runs.push(json!({
             "n": n,
             "fsync": entry(&fsync),
+            "redb_insert_commit": entry(&redb_floor),
             "tetrarch": ours.json(),
             "sqlite_fts5": theirs.json(),
         }));
