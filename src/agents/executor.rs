@@ -677,6 +677,11 @@ impl Actor for Executor {
                     {
                         tracing::warn!("executor: outcome not delivered: {e}");
                     }
+                    // The Reviewer, woken by the send, waits in this worker's next-task slot
+                    // until this task yields: recording first would put the text analysis on
+                    // the attempt's path. Yielding lets the review run first, and another
+                    // worker may take the recording meanwhile.
+                    tokio::task::yield_now().await;
                     record(&shared, memory);
                 });
                 state.runs.insert(handle.id(), (run_id, handle));
