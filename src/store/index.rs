@@ -91,8 +91,7 @@ struct Posting {
 #[derive(Default, Debug)]
 struct PostingList {
     /// Docno-sorted. One array of whole postings rather than one per field: scoring reads all
-    /// three at once, and a search over every namespace starts many short lists, each start a
-    /// cache miss per array.
+    /// three of a posting at once.
     postings: Vec<Posting>,
     max_tf: f32,
     min_length: f32,
