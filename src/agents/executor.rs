@@ -540,14 +540,23 @@ fn outcome_memory(
     Some(memory)
 }
 
-/// Queues the outcome's memory, once the outcome is on its way to the Reviewer: the text
-/// analysis and the write are off the task's path, and nothing waits on the disk for them.
-/// (Like any memory write, it is not ordered with the run's own records.)
-fn record(shared: &ExecutorArgs, memory: Option<NewMemory>) {
-    if let Some(memory) = memory
-        && let Err(e) = shared.store.queue_store(memory)
-    {
-        tracing::warn!("executor: could not record an outcome: {e}");
+/// An outcome's memory, queued when this drops: the call task drops it once the outcome is on
+/// its way to the Reviewer and the task has yielded, so the text analysis and the write are off
+/// the attempt's path, and nothing waits on the disk for them. A call task cut off at that
+/// yield (its run cancelled, or the Executor stopping) drops it too, so the memory is still
+/// queued. (Like any memory write, it is not ordered with the run's own records.)
+struct OutcomeRecord {
+    store: Store,
+    memory: Option<NewMemory>,
+}
+
+impl Drop for OutcomeRecord {
+    fn drop(&mut self) {
+        if let Some(memory) = self.memory.take()
+            && let Err(e) = self.store.queue_store(memory)
+        {
+            tracing::warn!("executor: could not record an outcome: {e}");
+        }
     }
 }
 
@@ -669,6 +678,10 @@ impl Actor for Executor {
                             )
                         }
                     };
+                    let record = OutcomeRecord {
+                        store: shared.store.clone(),
+                        memory,
+                    };
                     if let Err(e) = shared
                         .peers
                         .reviewer
@@ -679,10 +692,10 @@ impl Actor for Executor {
                     }
                     // The Reviewer, woken by the send, waits in this worker's next-task slot
                     // until this task yields: recording first would put the text analysis on
-                    // the attempt's path. Yielding lets the review run first, and another
-                    // worker may take the recording meanwhile.
+                    // the attempt's path. A yielded task runs again once its worker has
+                    // nothing else to run.
                     tokio::task::yield_now().await;
-                    record(&shared, memory);
+                    drop(record);
                 });
                 state.runs.insert(handle.id(), (run_id, handle));
             }
@@ -708,7 +721,33 @@ impl Actor for Executor {
 
 #[cfg(test)]
 mod tests {
-    use super::runs_script;
+    #![allow(clippy::unwrap_used)]
+    use super::{OutcomeRecord, runs_script};
+    use crate::store::{Namespace, NewMemory, Store, StoreConfig};
+
+    #[tokio::test]
+    async fn an_outcome_record_is_queued_when_its_call_task_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
+        let namespace = Namespace::session("run", "r1").unwrap();
+        let record = OutcomeRecord {
+            store: store.clone(),
+            memory: Some(NewMemory::new(namespace.clone(), "lantern rendered")),
+        };
+        // A call task holding its record when it is aborted (its run cancelled, or the
+        // Executor stopping) at the yield before recording.
+        let call = tokio::spawn(async move {
+            let _record = record;
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        store.sync().await.unwrap();
+        let recorded = store.list_recent(Some(&namespace), 10);
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].content, "lantern rendered");
+    }
 
     #[test]
     fn shells_given_a_script_are_recognised_by_name_and_options() {
