@@ -134,11 +134,11 @@ fn redb_commit_floor(dir: &Path, n: usize) -> Percentiles {
     let db = redb::Database::create(dir.join("redb-floor.redb")).unwrap();
     let value = vec![b'x'; 500];
     let mut key = 0u128;
-    for chunk in (0..n).collect::<Vec<_>>().chunks(4096) {
+    while key < n as u128 {
         let tx = db.begin_write().unwrap();
         {
             let mut table = tx.open_table(TABLE).unwrap();
-            for _ in chunk {
+            for _ in 0..4096.min(n as u128 - key) {
                 key += 1;
                 table.insert(key, value.as_slice()).unwrap();
             }

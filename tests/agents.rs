@@ -782,6 +782,12 @@ async fn restarts_past_the_intensity_limit_stop_the_runtime_with_a_clear_error()
     h.runtime.shutdown().await;
 }
 
+/// The harness's store opened again right after a shutdown (refused while the runtime holds it).
+fn reopen_store(dir: &std::path::Path, round: usize) -> Store {
+    Store::open(dir.join("store.redb"), StoreConfig::default())
+        .unwrap_or_else(|e| panic!("round {round}: reopening right after shutdown: {e}"))
+}
+
 // Worker threads: the agents stop on them while the test's task goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_shutdown_the_store_holds_every_write_and_opens_again_at_once() {
@@ -800,9 +806,7 @@ args = { label = "broken", fail_times = 9 }
         let report = h.runtime.run(plan(text), options()).await.unwrap();
         assert_eq!(report.status, RunStatus::Failed);
         h.runtime.shutdown().await;
-        let path = h.dir.path().join("store.redb");
-        let store = Store::open(&path, StoreConfig::default())
-            .unwrap_or_else(|e| panic!("round {round}: reopening right after shutdown: {e}"));
+        let store = reopen_store(h.dir.path(), round);
         let lessons =
             tetrarch::lessons::Lessons::new(store.clone(), tetrarch::store::Namespace::Global);
         let recorded = lessons.list(10);
@@ -899,8 +903,7 @@ args = { label = "long", sleep_ms = 30000 }
         );
         let runtime = Arc::into_inner(runtime).expect("the run's handle is gone");
         runtime.shutdown().await;
-        Store::open(h.dir.path().join("store.redb"), StoreConfig::default())
-            .unwrap_or_else(|e| panic!("round {round}: reopening right after shutdown: {e}"));
+        reopen_store(h.dir.path(), round);
     }
 }
 

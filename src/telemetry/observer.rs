@@ -233,12 +233,31 @@ impl Tracker {
         let seconds = now.saturating_duration_since(started).as_secs_f64();
         histogram!("tetrarch_task_attempt_duration_seconds", "tool" => tool.clone(), "agent" => AgentKind::Executor.as_str())
             .record(seconds);
-        let entry = self.latency.entry(tool).or_insert((0, 0.0, 0.0));
-        entry.0 += 1;
-        entry.1 += seconds;
-        entry.2 = entry.2.max(seconds);
+        add_latency(&mut self.latency, tool, 1, seconds, seconds);
         gauge!("tetrarch_parallel_execution_ratio").set(self.parallel_ratio(now));
     }
+}
+
+/// Counts `count` attempts of `tool` taking `seconds` in all, the longest `longest` seconds.
+fn add_latency(
+    latency: &mut BTreeMap<String, (u64, f64, f64)>,
+    tool: String,
+    count: u64,
+    seconds: f64,
+    longest: f64,
+) {
+    let entry = latency.entry(tool).or_insert((0, 0.0, 0.0));
+    entry.0 += count;
+    entry.1 += seconds;
+    entry.2 = entry.2.max(longest);
+}
+
+/// Each task's `POOL.TOOL`, by task id.
+fn task_tools(plan: &Plan) -> HashMap<String, String> {
+    plan.tasks
+        .iter()
+        .map(|t| (t.id.as_str().to_owned(), t.tool.to_string()))
+        .collect()
 }
 
 fn task_status(state: TaskState) -> &'static str {
@@ -296,23 +315,22 @@ impl Telemetry {
         let telemetry = Telemetry::new(metrics);
         let mut view = DashboardState::for_saved(run, plan.as_ref());
         // Each task's tool, for the latency table (not known when the plan is gone).
-        let tools: HashMap<&str, String> = plan
-            .iter()
-            .flat_map(|plan| &plan.tasks)
-            .map(|t| (t.id.as_str(), t.tool.to_string()))
-            .collect();
+        let tools = plan.as_ref().map(task_tools).unwrap_or_default();
         let mut latency: BTreeMap<String, (u64, f64, f64)> = BTreeMap::new();
         // Why each task ended as it did, its attempt and how long its attempts took: the run
         // list holds only the states.
         for task in saved_tasks(store, &run.run_id)? {
             let times = task.attempt_times;
             if times.count > 0
-                && let Some(tool) = tools.get(task.id.as_str())
+                && let Some(tool) = tools.get(&task.id)
             {
-                let entry = latency.entry(tool.clone()).or_insert((0, 0.0, 0.0));
-                entry.0 += u64::from(times.count);
-                entry.1 += times.total_us as f64 / 1e6;
-                entry.2 = entry.2.max(times.longest_us as f64 / 1e6);
+                add_latency(
+                    &mut latency,
+                    tool.clone(),
+                    u64::from(times.count),
+                    times.total_us as f64 / 1e6,
+                    times.longest_us as f64 / 1e6,
+                );
             }
             view.set_task(&task.id, task.state, Some(task.attempt), Some(task.reason));
         }
@@ -330,11 +348,7 @@ impl Telemetry {
         let mut tracker = self.inner.tracker.lock();
         *tracker = Tracker {
             view: DashboardState::for_plan(plan),
-            tools: plan
-                .tasks
-                .iter()
-                .map(|t| (t.id.as_str().to_owned(), t.tool.to_string()))
-                .collect(),
+            tools: task_tools(plan),
             ..Tracker::default()
         };
     }
