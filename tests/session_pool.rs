@@ -502,3 +502,121 @@ async fn an_acquire_dropped_while_its_session_starts_leaves_the_count_right() {
     assert_eq!(pool.stats().size, 2);
     drop((a, b));
 }
+
+/// The first session starts at once (pre-warmed), every later one takes 400 ms: a tool server
+/// that is slow to start. `finished` counts the starts that completed.
+#[derive(Clone, Default)]
+struct SlowAfterFirst {
+    created: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
+}
+
+impl SessionFactory for SlowAfterFirst {
+    fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+        let serial = self.created.fetch_add(1, Ordering::SeqCst);
+        let finished = Arc::clone(&self.finished);
+        Box::pin(async move {
+            if serial > 0 {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            finished.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Numbered {
+                serial,
+                sick: Arc::default(),
+            }) as Box<dyn Session>)
+        })
+    }
+}
+
+/// Acquires and calls from a task of its own: the serial of the session it got.
+fn call_in_task(pool: &Pool) -> tokio::task::JoinHandle<u64> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let mut session = pool.acquire().await.unwrap();
+        let outcome = session
+            .call(ToolRequest::new("id", json!({})))
+            .await
+            .unwrap();
+        outcome.json.unwrap().as_u64().unwrap()
+    })
+}
+
+/// A fan-out onto a pool with one warm session: the second acquire starts a session, but the
+/// warm one comes back first and serves it; the start goes on and joins the idle list.
+#[tokio::test]
+async fn an_acquire_takes_a_session_returned_while_its_own_is_starting() {
+    let factory = SlowAfterFirst::default();
+    let pool = Pool::start(config(1, 2), factory.clone()).await.unwrap();
+    let held = pool.acquire().await.unwrap();
+    let second = call_in_task(&pool);
+    wait_until("the second start", || {
+        factory.created.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    drop(held);
+    assert_eq!(second.await.unwrap(), 0, "served by the returned session");
+    assert_eq!(
+        factory.finished.load(Ordering::SeqCst),
+        1,
+        "the start is not done yet"
+    );
+    wait_until("the started session idle", || pool.stats().idle == 2).await;
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.size, stats.in_use, stats.created),
+        (2, 0, 2),
+        "{stats:?}"
+    );
+}
+
+/// An acquire that finds a background start pending waits for it instead of starting a third
+/// session past `max_size`.
+#[tokio::test]
+async fn an_acquire_waits_for_a_pending_background_start_rather_than_starting_another() {
+    let factory = SlowAfterFirst::default();
+    let pool = Pool::start(config(1, 2), factory.clone()).await.unwrap();
+    let held = pool.acquire().await.unwrap();
+    let second = pool.clone();
+    let second = tokio::spawn(async move { second.acquire().await.unwrap() });
+    wait_until("the second start", || {
+        factory.created.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    drop(held);
+    // The second acquirer holds the warm session; its start is in the background.
+    let second = second.await.unwrap();
+    let third = call_in_task(&pool);
+    assert_eq!(third.await.unwrap(), 1, "served by the background start");
+    assert_eq!(
+        factory.created.load(Ordering::SeqCst),
+        2,
+        "no third session"
+    );
+    assert_eq!(pool.stats().size, 2);
+    drop(second);
+}
+
+/// Closing the pool stops a start going on in the background; nothing stays counted.
+#[tokio::test]
+async fn close_stops_a_background_start() {
+    let factory = SlowAfterFirst::default();
+    let pool = Pool::start(config(1, 2), factory.clone()).await.unwrap();
+    let held = pool.acquire().await.unwrap();
+    let second = pool.clone();
+    let second = tokio::spawn(async move { second.acquire().await.unwrap() });
+    wait_until("the second start", || {
+        factory.created.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    drop(held);
+    let second = second.await.unwrap();
+    pool.close_and_wait().await;
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        factory.finished.load(Ordering::SeqCst),
+        1,
+        "the start was stopped"
+    );
+    assert_eq!(pool.stats().size, 0, "{:?}", pool.stats());
+}

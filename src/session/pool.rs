@@ -6,6 +6,14 @@
 //! are idle, health-checks sessions idle for longer than `health_check_interval`, and tops the
 //! idle list back up to `min_idle`; it is woken at once when a broken session is discarded. The
 //! task holds only a weak reference and ends when the last [`Pool`] handle is dropped.
+//!
+//! An acquire that finds no idle session starts one, and meanwhile watches the idle list: a
+//! session returned before the new one is up (the common case in a fan-out, where a warm session
+//! frees up in milliseconds and a tool server takes hundreds to start) is taken instead, and the
+//! start goes on in the background, its session joining the idle list when ready. An acquire
+//! that finds such a start pending waits for it rather than starting yet another session, so the
+//! pool stays within `max_size`. An acquire dropped while its own start is still its own (no
+//! session came back) cancels the start.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -129,6 +137,30 @@ struct Shared {
     discarded: AtomicU64,
     /// The sessions' tool names, asked once (see [`Pool::tools`]).
     tools: tokio::sync::OnceCell<Option<Vec<String>>>,
+    /// Woken (all waiters) when the idle list or the count changes: a session returned, started
+    /// or discarded, a background start ended, the pool closed.
+    changed: Notify,
+    /// Session starts handed to the background by acquirers that took a returned session.
+    background: parking_lot::Mutex<BackgroundStarts>,
+}
+
+/// Starts going on in the background (see the module doc).
+#[derive(Default)]
+struct BackgroundStarts {
+    /// Their tasks, aborted when the pool closes (a start holds the pool's factory).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Starts not yet ended.
+    pending: usize,
+    /// Acquirers waiting for one of them instead of starting their own.
+    claimed: usize,
+}
+
+/// What an acquire that found the idle list empty got first.
+enum Acquired {
+    /// The session it started.
+    Started(Box<dyn Session>),
+    /// A session returned to the idle list while its own was starting.
+    Returned(IdleSession),
 }
 
 /// One session counted in a pool's `size`, taken off the count when this drops unless
@@ -196,6 +228,104 @@ impl Shared {
         self.discarded.fetch_add(1, Ordering::SeqCst);
         drop(session);
         self.wake.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    /// Puts `entry` on the idle list (the warmest end) and wakes the acquirers watching it.
+    fn push_idle(&self, entry: IdleSession) {
+        self.lock_idle().push(entry);
+        self.changed.notify_waiters();
+    }
+
+    /// The warmest open idle session, discarding dead ones on the way.
+    fn take_idle(&self) -> Option<IdleSession> {
+        loop {
+            let entry = self.lock_idle().pop()?;
+            if entry.session.is_open() {
+                return Some(entry);
+            }
+            self.discard(entry.session);
+        }
+    }
+
+    /// Counts the caller as waiting for a background start, if one is pending that no other
+    /// acquirer waits for.
+    fn claim_background_start(&self) -> bool {
+        let mut background = self.background.lock();
+        if background.pending > background.claimed {
+            background.claimed += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn release_claim(&self) {
+        let mut background = self.background.lock();
+        background.claimed = background.claimed.saturating_sub(1);
+    }
+
+    /// Starts a session for an acquirer holding a permit, and takes a session returned to the
+    /// idle list meanwhile if one comes first; the start then goes on in the background.
+    /// `changed` is the caller's registration, made before it found the idle list empty.
+    async fn start_or_take_returned<'a>(
+        self: &'a Arc<Self>,
+        mut changed: std::pin::Pin<&mut tokio::sync::futures::Notified<'a>>,
+    ) -> Result<Acquired, SessionError> {
+        let shared = Arc::clone(self);
+        let mut start: BoxFuture<'static, Result<Box<dyn Session>, SessionError>> =
+            Box::pin(async move { shared.create().await });
+        loop {
+            tokio::select! {
+                biased;
+                started = &mut start => return started.map(Acquired::Started),
+                () = &mut changed => {
+                    changed.set(self.changed.notified());
+                    changed.as_mut().enable();
+                    if let Some(entry) = self.take_idle() {
+                        self.start_in_background(start);
+                        return Ok(Acquired::Returned(entry));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets `start` finish on a task of its own; its session joins the idle list.
+    fn start_in_background(
+        self: &Arc<Self>,
+        start: BoxFuture<'static, Result<Box<dyn Session>, SessionError>>,
+    ) {
+        let shared = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let started = start.await;
+            shared.background.lock().pending -= 1;
+            match started {
+                Ok(session) => shared.adopt(session),
+                Err(e) => {
+                    tracing::warn!(pool = %shared.config.name, error = %e, "a session started in the background failed to start");
+                    shared.changed.notify_waiters();
+                }
+            }
+        });
+        let mut background = self.background.lock();
+        background.pending += 1;
+        background.tasks.retain(|task| !task.is_finished());
+        background.tasks.push(task);
+    }
+
+    /// A session started in the background: kept idle, unless the pool closed or is over
+    /// `max_size` (see `maintain`).
+    fn adopt(&self, session: Box<dyn Session>) {
+        if self.closed.load(Ordering::SeqCst)
+            || self.size.load(Ordering::SeqCst) > self.config.max_size
+        {
+            self.size.fetch_sub(1, Ordering::SeqCst);
+            drop(session);
+            self.changed.notify_waiters();
+        } else {
+            self.push_idle(IdleSession::new(session, false));
+        }
     }
 
     /// One round of upkeep: idle timeout, health checks, top-up to `min_idle`.
@@ -243,6 +373,7 @@ impl Shared {
             } else if healthy {
                 entry.checked = Instant::now();
                 self.lock_idle().insert(0, entry);
+                self.changed.notify_waiters();
             } else {
                 tracing::warn!(pool = %self.config.name, "discarding a session that failed its health check");
                 self.size.fetch_sub(1, Ordering::SeqCst);
@@ -254,7 +385,7 @@ impl Shared {
             && self.size.load(Ordering::SeqCst) < self.config.max_size
         {
             match self.create().await {
-                Ok(session) => self.lock_idle().push(IdleSession::new(session, false)),
+                Ok(session) => self.push_idle(IdleSession::new(session, false)),
                 Err(e) => {
                     tracing::warn!(pool = %self.config.name, error = %e, "could not start a replacement session; retrying later");
                     break;
@@ -315,6 +446,8 @@ impl Pool {
             created: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
             tools: tokio::sync::OnceCell::new(),
+            changed: Notify::new(),
+            background: parking_lot::Mutex::default(),
             config,
         });
         let starts = (0..shared.config.min_idle).map(|_| shared.create());
@@ -416,27 +549,40 @@ impl Pool {
             }
         };
         let session = loop {
-            let popped = shared.lock_idle().pop();
-            match popped {
-                Some(mut entry) if entry.session.is_open() => {
-                    // Between tasks: a session that served a call is reset before it serves
-                    // another; one that cannot be reset is replaced.
-                    if entry.dirty {
-                        // Dropped with the session if this future is dropped during the reset.
-                        let counted = SizeGuard::new(&shared.size);
-                        let reset = entry.session.reset().await;
-                        counted.keep();
-                        if let Err(e) = reset {
-                            tracing::warn!(pool = %shared.config.name, "reset failed, session replaced: {e}");
-                            shared.discard(entry.session);
-                            continue;
-                        }
-                    }
-                    break entry.session;
+            // Registered before looking at the idle list, so a session returned right after the
+            // look still wakes this acquire.
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let mut entry = match shared.take_idle() {
+                Some(entry) => entry,
+                None if shared.closed.load(Ordering::SeqCst) => {
+                    return Err(SessionError::PoolClosed { pool: pool_name() });
                 }
-                Some(entry) => shared.discard(entry.session),
-                None => break shared.create().await?,
+                None if shared.claim_background_start() => {
+                    changed.await;
+                    shared.release_claim();
+                    continue;
+                }
+                None => match shared.start_or_take_returned(changed).await? {
+                    Acquired::Started(session) => break session,
+                    Acquired::Returned(entry) => entry,
+                },
+            };
+            // Between tasks: a session that served a call is reset before it serves another;
+            // one that cannot be reset is replaced.
+            if entry.dirty {
+                // Dropped with the session if this future is dropped during the reset.
+                let counted = SizeGuard::new(&shared.size);
+                let reset = entry.session.reset().await;
+                counted.keep();
+                if let Err(e) = reset {
+                    tracing::warn!(pool = %shared.config.name, "reset failed, session replaced: {e}");
+                    shared.discard(entry.session);
+                    continue;
+                }
             }
+            break entry.session;
         };
         shared.in_use.fetch_add(1, Ordering::SeqCst);
         if counted {
@@ -485,7 +631,7 @@ impl Pool {
                 tracing::warn!(pool = %shared.config.name, "warm-up failed, session replaced: {e}");
             }
             if result.is_ok() && session.is_open() {
-                shared.lock_idle().push(IdleSession::new(session, false));
+                shared.push_idle(IdleSession::new(session, false));
             } else {
                 shared.discard(session);
             }
@@ -519,18 +665,25 @@ impl Pool {
         self.shared.permits.close();
         let drained: Vec<_> = std::mem::take(&mut *self.shared.lock_idle());
         self.shared.size.fetch_sub(drained.len(), Ordering::SeqCst);
+        for task in &self.shared.background.lock().tasks {
+            task.abort();
+        }
+        self.shared.changed.notify_waiters();
     }
 
-    /// Closes the pool ([`Pool::close`]) and stops its upkeep, waiting (a second at most) for a
-    /// health check or a replacement in progress to be dropped: until then it holds the pool's
-    /// context, and the store in it.
+    /// Closes the pool ([`Pool::close`]) and stops its upkeep and its background starts, waiting
+    /// (a second at most) for a health check, a replacement or a start in progress to be
+    /// dropped: until then it holds the pool's context, and the store in it.
     pub async fn close_and_wait(&self) {
         self.close();
-        let task = self.maintenance.0.lock().take();
-        if let Some(task) = task {
+        // `close` aborted the background starts; the upkeep is aborted here.
+        let mut tasks = std::mem::take(&mut self.shared.background.lock().tasks);
+        tasks.extend(self.maintenance.0.lock().take());
+        for task in &tasks {
             task.abort();
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(tasks)).await;
     }
 }
 
@@ -681,9 +834,7 @@ impl Drop for PooledSession {
             // One over `max_size` (see `maintain`): closed rather than kept idle.
             shared.size.fetch_sub(1, Ordering::SeqCst);
         } else {
-            shared
-                .lock_idle()
-                .push(IdleSession::new(session, self.called));
+            shared.push_idle(IdleSession::new(session, self.called));
         }
     }
 }
