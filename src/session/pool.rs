@@ -311,6 +311,11 @@ impl Shared {
         let mut background = self.background.lock();
         background.pending += 1;
         background.tasks.retain(|task| !task.is_finished());
+        // Checked under the lock `close` aborts the tasks under: a start handed off while the
+        // pool closes is stopped either there or here.
+        if self.closed.load(Ordering::SeqCst) {
+            task.abort();
+        }
         background.tasks.push(task);
     }
 
