@@ -33,7 +33,11 @@ fn label(args: &Value) -> String {
 }
 
 async fn harness(tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
+    harness_in(tempfile::tempdir().unwrap(), tune).await
+}
+
+/// A harness on the store in `dir` (a new one, or one a harness shut down left).
+async fn harness_in(dir: tempfile::TempDir, tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
     let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
     let calls: CallLog = Arc::default();
     let mut natives = NativeRegistry::new();
@@ -490,6 +494,130 @@ async fn a_run_cancelled_before_it_starts_runs_nothing_and_reports_cancelled() {
     // Another run is not affected.
     let report = h.runtime.run(plan(DIAMOND), options()).await.unwrap();
     assert_eq!(report.status, RunStatus::Complete);
+    h.runtime.shutdown().await;
+}
+
+/// A plan of one task whose pool's MCP server never answers its handshake (`sleep`): the run
+/// stays in its start, as while a tool server builds, until `sleep` exits.
+fn plan_with_a_pool_that_starts_for(seconds: u32) -> Plan {
+    plan(&format!(
+        r#"
+name = "slow-pool"
+[pools.slow]
+kind = "mcp"
+command = ["sleep", "{seconds}"]
+env_allowlist = ["PATH"]
+min_idle = 1
+max_size = 1
+start_timeout = "1m"
+[[task]]
+id = "create"
+tool = "fn.echo"
+args = {{ label = "create" }}
+compensate = {{ tool = "fn.echo", args = {{ label = "undo-create" }} }}
+[[task]]
+id = "call"
+tool = "slow.echo"
+deps = ["create"]
+args = {{ label = "call" }}
+"#
+    ))
+}
+
+#[tokio::test]
+async fn a_run_cancelled_while_its_pools_start_stops_the_start_and_runs_nothing() {
+    let h = harness(|_| {}).await;
+    let run = RunOptions {
+        run_id: Some("starting".to_owned()),
+        ..options()
+    };
+    let started = std::time::Instant::now();
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.runtime.cancel("starting").await.unwrap();
+    };
+    let (report, ()) = tokio::join!(
+        h.runtime.run(plan_with_a_pool_that_starts_for(30), run),
+        cancel
+    );
+    // Answered at the cancel, not when `sleep` exits (30 s) or the start times out (1 min).
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "answered after {took:?}");
+    let report = report.unwrap();
+    assert_eq!(report.status, RunStatus::Cancelled);
+    assert!(
+        report.tasks.iter().all(|t| t.state == TaskState::Skipped),
+        "{report:?}"
+    );
+    assert!(h.calls.lock().is_empty());
+    h.runtime.shutdown().await;
+}
+
+// Worker threads: the first runtime's shutdown goes on while the run's task waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_cancelled_while_its_pools_start_waits_for_them_to_undo_its_work() {
+    // The first process completes `create` and stops (its restart limit: the tree stops, nothing
+    // is rolled back) while `call` runs.
+    let Harness {
+        runtime,
+        calls,
+        dir,
+    } = harness(|actors| {
+        actors.reviewer.restart.max_restarts = 0;
+    })
+    .await;
+    let first = RunOptions {
+        run_id: Some("resumed".to_owned()),
+        ..options()
+    };
+    let plan_text = r#"
+name = "slow-pool"
+[[task]]
+id = "create"
+tool = "fn.echo"
+args = { label = "create" }
+compensate = { tool = "fn.echo", args = { label = "undo-create" } }
+[[task]]
+id = "call"
+tool = "fn.echo"
+deps = ["create"]
+args = { label = "call", sleep_ms = 30000 }
+"#;
+    let stop = async {
+        while calls.lock().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        runtime.inject_fault(AgentKind::Reviewer).unwrap();
+    };
+    let (answered, ()) = tokio::join!(runtime.run(plan(plan_text), first), stop);
+    assert!(
+        matches!(answered, Err(AgentError::IntensityExceeded { .. })),
+        "{:?}",
+        answered.map(|r| r.status)
+    );
+    runtime.shutdown().await;
+    // The next process resumes it, and is cancelled while a pool starts: `create` has to be
+    // undone, which needs the run's pools, so their start is waited for: it fails when `sleep`
+    // exits (a fresh run would have been answered at the cancel, cancelled).
+    let h = harness_in(dir, |_| {}).await;
+    let resume = RunOptions {
+        run_id: Some("resumed".to_owned()),
+        resume: true,
+        ..options()
+    };
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        h.runtime.cancel("resumed").await.unwrap();
+    };
+    let (outcome, ()) = tokio::join!(
+        h.runtime.run(plan_with_a_pool_that_starts_for(2), resume),
+        cancel
+    );
+    let error = outcome.expect_err("the start was waited for, and failed");
+    assert!(
+        error.to_string().contains("failed to initialize"),
+        "{error}"
+    );
     h.runtime.shutdown().await;
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use ractor::{Actor, ActorRef};
 use tokio::sync::{broadcast, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::events::RunEvent;
@@ -18,7 +19,7 @@ use super::pipeline::{ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, Reviewe
 use super::supervisor::{
     Fatal, RestartCounters, StateToken, Supervisor, SupervisorArgs, SupervisorMsg,
 };
-use super::{ActorsConfig, AgentError, AgentKind, RunReport, RunStatus};
+use super::{ActorsConfig, AgentError, AgentKind, RunReport, RunStatus, TaskState};
 use crate::lessons::Lessons;
 use crate::permissions::{ApprovalHandler, DenyAll, PermissionEngine};
 use crate::plan::{Diagnostic, Plan, PlanError, StaticCatalog, ToolRef};
@@ -320,6 +321,20 @@ pub struct Runtime {
     states_dropped: tokio::sync::mpsc::Receiver<std::convert::Infallible>,
     /// The Reviewer's score pool (for [`Runtime::run`]'s check of score gates).
     score_pool: String,
+    /// Runs still starting their pools, by id: [`Runtime::cancel`] stops that start.
+    starting: parking_lot::Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// A run's entry in [`Runtime`]'s `starting`, removed when the run is past its start.
+struct Starting<'a> {
+    runs: &'a parking_lot::Mutex<HashMap<String, CancellationToken>>,
+    run_id: &'a str,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.runs.lock().remove(self.run_id);
+    }
 }
 
 /// Starts `defs` (for every run, or for run `run` alone).
@@ -432,6 +447,7 @@ impl Runtime {
             background,
             states_dropped,
             score_pool,
+            starting: parking_lot::Mutex::default(),
         })
     }
 
@@ -522,16 +538,44 @@ impl Runtime {
         options: RunOptions,
         started: &AtomicBool,
     ) -> Result<RunReport, AgentError> {
-        self.start_pools_for(Some(&run_id), &plan.pools, &options.base_dir)
-            .await?;
-        self.check_tools(&run_id, &plan).await?;
-        let calls = warm_up_calls(&plan.pools);
-        warm_up_through_agents(
-            &self.peers.orchestrator,
-            Some(Arc::from(run_id.as_str())),
-            calls,
-        )
-        .await;
+        {
+            let cancelled = CancellationToken::new();
+            self.starting
+                .lock()
+                .insert(run_id.clone(), cancelled.clone());
+            let _starting = Starting {
+                runs: &self.starting,
+                run_id: &run_id,
+            };
+            let prepare = async {
+                self.start_pools_for(Some(&run_id), &plan.pools, &options.base_dir)
+                    .await?;
+                self.check_tools(&run_id, &plan).await?;
+                let calls = warm_up_calls(&plan.pools);
+                warm_up_through_agents(
+                    &self.peers.orchestrator,
+                    Some(Arc::from(run_id.as_str())),
+                    calls,
+                )
+                .await;
+                Ok::<(), AgentError>(())
+            };
+            tokio::pin!(prepare);
+            tokio::select! {
+                prepared = &mut prepare => prepared?,
+                () = cancelled.cancelled() => {
+                    // Cancelled while its pools start (a tool server building, say): the run
+                    // starts cancelled, so no task runs. Its pools are needed only to undo what
+                    // an earlier process of this run completed; otherwise the start is stopped
+                    // now rather than waited for, up to the pools' start timeouts.
+                    if self.rollback_needs_pools(&run_id, &plan, options.resume) {
+                        prepare.await?;
+                    } else {
+                        tracing::info!(run = %run_id, "cancelled while its pools started: start stopped");
+                    }
+                }
+            }
+        }
         let mut spec = RunSpec {
             run_id,
             plan: Arc::new(plan),
@@ -577,6 +621,25 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Whether a resumed run cancelled before its start has a compensation to run: a task the
+    /// store has as complete (or as in flight during an earlier rollback) that declares one. An
+    /// unreadable store counts as yes (the start is then waited for, as it always was).
+    fn rollback_needs_pools(&self, run_id: &str, plan: &Plan, resume: bool) -> bool {
+        if !resume {
+            return false;
+        }
+        let Ok(saved) = super::state::saved_tasks(&self.store, run_id) else {
+            return true;
+        };
+        saved.iter().any(|task| {
+            matches!(task.state, TaskState::Complete | TaskState::Running)
+                && plan
+                    .tasks
+                    .iter()
+                    .any(|t| t.id.as_str() == task.id && t.compensate.is_some())
+        })
     }
 
     /// See [`Runtime::run`]: every call the plan makes names a pool and a tool that exist.
@@ -711,16 +774,22 @@ impl Runtime {
     }
 
     /// Cancels a run: its calls in flight are stopped, its completed tasks' compensations run,
-    /// and [`Runtime::run`] returns a report with status `cancelled`. A run that has not started
-    /// yet (its plan's pools still starting) is cancelled as soon as it starts, before any task.
+    /// and [`Runtime::run`] returns a report with status `cancelled`. A run whose plan's pools
+    /// are still starting starts cancelled, before any task: the pools' start is stopped, unless
+    /// a resumed run has completed tasks to compensate, which need them.
     pub async fn cancel(&self, run_id: &str) -> Result<(), AgentError> {
         self.check_alive()?;
+        // Sent first: the Orchestrator then knows of the cancel before the run's start.
         self.peers
             .orchestrator
             .send(OrchestratorMsg::Cancel {
                 run_id: run_id.to_owned(),
             })
-            .await
+            .await?;
+        if let Some(starting) = self.starting.lock().get(run_id) {
+            starting.cancel();
+        }
+        Ok(())
     }
 
     /// A round trip through an agent's mailbox.
