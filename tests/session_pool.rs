@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tetrarch::session::{
-    BoxFuture, Pool, PoolConfig, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest,
+    BoxFuture, Pool, PoolConfig, PooledSession, Session, SessionError, SessionFactory, ToolOutcome,
+    ToolRequest,
 };
 
 /// A successful call's outcome carrying the session's serial number.
@@ -330,7 +331,7 @@ async fn a_session_acquired_while_another_is_health_checked_keeps_the_pool_withi
     assert_eq!(pool.stats().size, 1, "{:?}", pool.stats());
 }
 
-async fn hold_sessions(pool: &Pool, n: usize) -> Vec<tetrarch::session::PooledSession> {
+async fn hold_sessions(pool: &Pool, n: usize) -> Vec<PooledSession> {
     let mut held = Vec::new();
     for _ in 0..n {
         held.push(pool.acquire().await.unwrap());
@@ -541,25 +542,43 @@ fn call_in_task(pool: &Pool) -> tokio::task::JoinHandle<u64> {
     })
 }
 
-/// A fan-out onto a pool with one warm session: the second acquire starts a session, but the
-/// warm one comes back first and serves it; the start goes on and joins the idle list.
-#[tokio::test]
-async fn an_acquire_takes_a_session_returned_while_its_own_is_starting() {
+/// A fan-out onto a pool with one warm session (of 2 at most): a second acquire starts a
+/// session, the warm one comes back first and serves it, and the start goes on in the
+/// background. Returns the factory, the pool and the second acquire's session.
+async fn a_start_left_in_the_background() -> (SlowAfterFirst, Pool, PooledSession) {
     let factory = SlowAfterFirst::default();
     let pool = Pool::start(config(1, 2), factory.clone()).await.unwrap();
     let held = pool.acquire().await.unwrap();
-    let second = call_in_task(&pool);
+    let acquiring = pool.clone();
+    let second = tokio::spawn(async move { acquiring.acquire().await.unwrap() });
     wait_until("the second start", || {
         factory.created.load(Ordering::SeqCst) == 2
     })
     .await;
     drop(held);
-    assert_eq!(second.await.unwrap(), 0, "served by the returned session");
+    let second = second.await.unwrap();
+    (factory, pool, second)
+}
+
+/// The second acquire is served by the returned session; its start joins the idle list.
+#[tokio::test]
+async fn an_acquire_takes_a_session_returned_while_its_own_is_starting() {
+    let (factory, pool, mut second) = a_start_left_in_the_background().await;
+    let outcome = second
+        .call(ToolRequest::new("id", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.json,
+        Some(json!(0)),
+        "served by the returned session"
+    );
     assert_eq!(
         factory.finished.load(Ordering::SeqCst),
         1,
         "the start is not done yet"
     );
+    drop(second);
     wait_until("the started session idle", || pool.stats().idle == 2).await;
     let stats = pool.stats();
     assert_eq!(
@@ -573,18 +592,7 @@ async fn an_acquire_takes_a_session_returned_while_its_own_is_starting() {
 /// session past `max_size`.
 #[tokio::test]
 async fn an_acquire_waits_for_a_pending_background_start_rather_than_starting_another() {
-    let factory = SlowAfterFirst::default();
-    let pool = Pool::start(config(1, 2), factory.clone()).await.unwrap();
-    let held = pool.acquire().await.unwrap();
-    let second = pool.clone();
-    let second = tokio::spawn(async move { second.acquire().await.unwrap() });
-    wait_until("the second start", || {
-        factory.created.load(Ordering::SeqCst) == 2
-    })
-    .await;
-    drop(held);
-    // The second acquirer holds the warm session; its start is in the background.
-    let second = second.await.unwrap();
+    let (factory, pool, second) = a_start_left_in_the_background().await;
     let third = call_in_task(&pool);
     assert_eq!(third.await.unwrap(), 1, "served by the background start");
     assert_eq!(
@@ -599,17 +607,7 @@ async fn an_acquire_waits_for_a_pending_background_start_rather_than_starting_an
 /// Closing the pool stops a start going on in the background; nothing stays counted.
 #[tokio::test]
 async fn close_stops_a_background_start() {
-    let factory = SlowAfterFirst::default();
-    let pool = Pool::start(config(1, 2), factory.clone()).await.unwrap();
-    let held = pool.acquire().await.unwrap();
-    let second = pool.clone();
-    let second = tokio::spawn(async move { second.acquire().await.unwrap() });
-    wait_until("the second start", || {
-        factory.created.load(Ordering::SeqCst) == 2
-    })
-    .await;
-    drop(held);
-    let second = second.await.unwrap();
+    let (factory, pool, second) = a_start_left_in_the_background().await;
     pool.close_and_wait().await;
     drop(second);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -633,13 +633,14 @@ impl Runtime {
         let Ok(saved) = super::state::saved_tasks(&self.store, run_id) else {
             return true;
         };
-        saved.iter().any(|task| {
-            matches!(task.state, TaskState::Complete | TaskState::Running)
-                && plan
-                    .tasks
-                    .iter()
-                    .any(|t| t.id.as_str() == task.id && t.compensate.is_some())
-        })
+        let done: std::collections::HashSet<&str> = saved
+            .iter()
+            .filter(|task| matches!(task.state, TaskState::Complete | TaskState::Running))
+            .map(|task| task.id.as_str())
+            .collect();
+        plan.tasks
+            .iter()
+            .any(|t| t.compensate.is_some() && done.contains(t.id.as_str()))
     }
 
     /// See [`Runtime::run`]: every call the plan makes names a pool and a tool that exist.

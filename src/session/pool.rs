@@ -301,7 +301,7 @@ impl Shared {
             let started = start.await;
             shared.background.lock().pending -= 1;
             match started {
-                Ok(session) => shared.adopt(session),
+                Ok(session) => shared.keep_idle(session, false),
                 Err(e) => {
                     tracing::warn!(pool = %shared.config.name, error = %e, "a session started in the background failed to start");
                     shared.changed.notify_waiters();
@@ -319,9 +319,10 @@ impl Shared {
         background.tasks.push(task);
     }
 
-    /// A session started in the background: kept idle, unless the pool closed or is over
-    /// `max_size` (see `maintain`).
-    fn adopt(&self, session: Box<dyn Session>) {
+    /// A working session back from a call (`dirty`) or from a start in the background: kept
+    /// idle, unless the pool closed or is one over `max_size` (see `maintain`), when it is
+    /// closed instead.
+    fn keep_idle(&self, session: Box<dyn Session>, dirty: bool) {
         if self.closed.load(Ordering::SeqCst)
             || self.size.load(Ordering::SeqCst) > self.config.max_size
         {
@@ -329,7 +330,7 @@ impl Shared {
             drop(session);
             self.changed.notify_waiters();
         } else {
-            self.push_idle(IdleSession::new(session, false));
+            self.push_idle(IdleSession::new(session, dirty));
         }
     }
 
@@ -835,11 +836,8 @@ impl Drop for PooledSession {
         }
         if self.broken || self.in_call || !session.is_open() {
             shared.discard(session);
-        } else if shared.size.load(Ordering::SeqCst) > shared.config.max_size {
-            // One over `max_size` (see `maintain`): closed rather than kept idle.
-            shared.size.fetch_sub(1, Ordering::SeqCst);
         } else {
-            shared.push_idle(IdleSession::new(session, self.called));
+            shared.keep_idle(session, self.called);
         }
     }
 }
