@@ -12,11 +12,16 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rusqlite::{Connection, params};
 use serde_json::{Value, json};
-use tetrarch::store::{MemoryId, Namespace, NewMemory, SearchOptions, Store, StoreConfig};
+use tetrarch::store::{
+    DurabilityMode, MemoryId, Namespace, NewMemory, SearchOptions, Store, StoreConfig,
+};
 
 const NAMESPACES: usize = 16;
 const VOCABULARY: usize = 20_000;
 const CONCURRENT_CLIENTS: usize = 64;
+/// The namespaces of the second corpus: a store that has served a thousand runs has a thousand
+/// session namespaces, and a search over all of them must not pay for each.
+const MANY_NAMESPACES: usize = 1000;
 
 /// A deterministic synthetic corpus: Zipf-distributed words, 300-700 bytes per memory.
 struct Corpus {
@@ -278,6 +283,43 @@ fn bench_tetrarch(dir: &Path, n: usize, seed: u64) -> Results {
     }
 }
 
+/// Search over every namespace of the same corpus spread over [`MANY_NAMESPACES`] namespaces,
+/// written one namespace after another as runs write theirs. The writes are not measured, so they
+/// skip the fsync.
+fn bench_many_namespaces(dir: &Path, n: usize, seed: u64) -> Percentiles {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = StoreConfig {
+        durability: DurabilityMode::Relaxed {
+            sync_interval: Duration::from_secs(60),
+        },
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.join("many-namespaces.redb"), config).unwrap();
+    let mut corpus = Corpus::new(seed);
+    let per_namespace = n.div_ceil(MANY_NAMESPACES);
+    let texts: Vec<(usize, String)> = (0..n).map(|i| (i / per_namespace, corpus.text())).collect();
+    runtime.block_on(async {
+        for chunk in texts.chunks(CONCURRENT_CLIENTS) {
+            let writes = chunk.iter().map(|(ns, text)| {
+                store.store(NewMemory::new(
+                    Namespace::project(&format!("run{ns}")).unwrap(),
+                    text.clone(),
+                ))
+            });
+            for id in futures::future::join_all(writes).await {
+                id.unwrap();
+            }
+        }
+    });
+    let queries: Vec<String> = (0..2000).map(|_| corpus.query()).collect();
+    time_each(queries.len(), |i| {
+        std::hint::black_box(store.search(&queries[i], &SearchOptions::default()));
+    })
+}
+
 fn sqlite_open(path: &Path) -> Connection {
     let conn = Connection::open(path).unwrap();
     conn.execute_batch(
@@ -491,6 +533,7 @@ fn main() {
         let redb_floor = redb_commit_floor(dir.path(), n);
         let ours = bench_tetrarch(dir.path(), n, 42);
         let theirs = bench_sqlite(dir.path(), n, 42);
+        let many = bench_many_namespaces(dir.path(), n, 42);
         println!(
             "\nstore benchmark, N = {n} memories, {NAMESPACES} namespaces (µs; ratio = SQLite / tetrarch)"
         );
@@ -533,6 +576,10 @@ fn main() {
         );
         row("stats", &ours.stats, &theirs.stats, "");
         println!(
+            "{:<22} {:>10.1} {:>10.1} {:>12} {:>12}  the same search over {MANY_NAMESPACES} namespaces",
+            "search, 1000 ns", many.p50, many.p99, "—", "—"
+        );
+        println!(
             "{:<22} {:>10.0}/s {:>22.0}/s  target >= 20000/s",
             "store, 64 clients", ours.concurrent_per_s, theirs.concurrent_per_s
         );
@@ -545,6 +592,7 @@ fn main() {
             "fsync": entry(&fsync),
             "redb_insert_commit": entry(&redb_floor),
             "tetrarch": ours.json(),
+            "tetrarch_1000_namespaces": { "search": entry(&many) },
             "sqlite_fts5": theirs.json(),
         }));
     }

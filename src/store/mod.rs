@@ -1074,7 +1074,8 @@ impl Store {
             options.limit,
             now,
             |_, slot| {
-                slot.importance >= min_importance
+                // Importance is 1..=10: without a minimum the slot is not read (a cache miss).
+                (min_importance <= 1 || slot.importance >= min_importance)
                     && (wanted_tags.is_empty() && excluded_tags.is_empty()
                         || state.live.get(&slot.id).is_some_and(|e| {
                             let has = |wanted: &String| {
