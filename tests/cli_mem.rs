@@ -330,6 +330,34 @@ fn commands_started_together_wait_their_turn_for_the_store() {
     assert_eq!(stdout(&recent).lines().count(), 8, "{}", stdout(&recent));
 }
 
+/// A command that finds the store held for long says so while it waits, then fails naming the
+/// file; what was stored stays.
+#[test]
+fn a_command_beside_a_process_holding_the_store_says_it_waits_then_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    let out = tetrarch(&store, &["mem", "store", "--content", "kept while held"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held =
+        tetrarch::store::Store::open(&store, tetrarch::store::StoreConfig::default()).unwrap();
+    let out = tetrarch(&store, &["mem", "store", "--content", "refused"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let waiting = format!(
+        "waiting for {}: another process has it open",
+        store.display()
+    );
+    assert_eq!(stderr.matches(&waiting).count(), 1, "{stderr}");
+    assert!(stderr.contains("already open"), "{stderr}");
+    drop(held);
+    let found = tetrarch(&store, &["mem", "search", "kept", "--json"]);
+    assert_eq!(stdout(&found).lines().count(), 1, "{}", stdout(&found));
+}
+
 /// The commands that only read leave the store file as it was, byte for byte (they used to
 /// open it for writing, which rewrites its header, and failed on a file they could not write).
 #[test]

@@ -130,9 +130,14 @@ fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// How long a command waits for a store another process holds (a `mem` command beside another
-/// short one; a run holds its store until it ends, so waiting on one is bounded).
+/// How long a command waits for a store another process holds: long enough for a `mem` command
+/// beside another short one; a run holds its store until it ends, so a command beside a run
+/// fails after this.
 const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a command waits for a store before it says so on stderr: commands started together
+/// take turns in well under this, silently.
+const STORE_WAIT_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Opens the store at `path`, waiting up to [`STORE_WAIT`] while another process holds it:
 /// redb takes the file for one writer at a time, so two commands started together would
@@ -166,13 +171,24 @@ fn open_waiting(
         tetrarch::store::StoreConfig,
     ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError>,
 ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
-    let deadline = std::time::Instant::now() + STORE_WAIT;
+    let started = std::time::Instant::now();
+    let deadline = started + STORE_WAIT;
     let mut pause = std::time::Duration::from_millis(20);
+    let mut told = false;
     loop {
         match open(path, config.clone()) {
             Err(tetrarch::store::StoreError::AlreadyOpen { .. })
                 if std::time::Instant::now() + pause < deadline =>
             {
+                if !told && started.elapsed() >= STORE_WAIT_NOTICE {
+                    told = true;
+                    eprintln!(
+                        "waiting for {}: another process has it open (a `tetrarch run` holds its \
+                         store until it ends); giving up after {} s",
+                        path.display(),
+                        STORE_WAIT.as_secs()
+                    );
+                }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(250));
             }
