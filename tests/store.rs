@@ -190,6 +190,59 @@ async fn update_and_archive_change_what_search_and_recent_see() {
     ));
 }
 
+/// A search hit shares the store's copy of the memory: its access statistics are those last
+/// written (after `sync`, those `get` counted), a search does not count as an access, and an
+/// update after the statistics were written is what the next search returns.
+#[tokio::test]
+async fn a_search_hit_carries_the_access_statistics_last_written_and_the_newest_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let id = store
+        .store(NewMemory::new(
+            Namespace::Global,
+            "caustics converge slowly",
+        ))
+        .await
+        .unwrap();
+    let mut last_read = store.get(id).unwrap();
+    for _ in 0..2 {
+        last_read = store.get(id).unwrap();
+    }
+    store.sync().await.unwrap();
+    let before = store.search("caustics", &SearchOptions::default());
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].memory.access_count, 3);
+    assert_eq!(
+        before[0].memory.last_accessed_at,
+        last_read.last_accessed_at
+    );
+    assert_eq!(
+        store.get(id).unwrap().access_count,
+        4,
+        "a search counted as an access"
+    );
+
+    store
+        .update(
+            id,
+            MemoryPatch {
+                content: Some("caustics converge faster with photon guiding".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let after = store.search("caustics", &SearchOptions::default());
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        after[0].memory.content,
+        "caustics converge faster with photon guiding"
+    );
+    assert_eq!(after[0].memory.access_count, 4);
+    // A hit taken earlier keeps the version it was given.
+    assert_eq!(before[0].memory.content, "caustics converge slowly");
+}
+
 #[tokio::test]
 async fn a_sync_in_the_same_batch_as_an_update_or_archive_keeps_them() {
     // A `sync` writes the access statistics `get` gathered; in the same batch as an update or

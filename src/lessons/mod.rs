@@ -345,7 +345,7 @@ impl Lessons {
         self.store
             .search(query, &options)
             .into_iter()
-            .filter_map(|hit| to_lesson(hit.memory))
+            .filter_map(|hit| to_lesson(&hit.memory))
             .collect()
     }
 
@@ -364,12 +364,13 @@ impl Lessons {
 
     /// The most recent lessons, newest first.
     pub fn list(&self, limit: usize) -> Vec<Lesson> {
+        // Only the memories kept are copied out of the store, so a long history costs no copy.
         self.store
-            .list_recent(Some(&self.namespace), usize::MAX)
-            .into_iter()
-            .filter(|m| m.tags.iter().any(|t| t == LESSON_TAG))
+            .list_recent_matching(Some(&self.namespace), limit, |m| {
+                m.tags.iter().any(|t| t == LESSON_TAG) && to_lesson(m).is_some()
+            })
+            .iter()
             .filter_map(to_lesson)
-            .take(limit)
             .collect()
     }
 
@@ -459,10 +460,10 @@ fn kept_len(message: &str) -> usize {
     message.floor_char_boundary(MAX_MESSAGE_BYTES)
 }
 
-fn to_lesson(memory: crate::store::Memory) -> Option<Lesson> {
+fn to_lesson(memory: &crate::store::Memory) -> Option<Lesson> {
     let failure: Failure = serde_json::from_str(memory.context.as_deref()?).ok()?;
     let normalised = if memory.tags.iter().any(|t| t == CODES_KEPT_TAG) {
-        memory.content
+        memory.content.clone()
     } else {
         normalise_message(&failure.message)
     };

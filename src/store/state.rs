@@ -61,8 +61,9 @@ pub(crate) enum Effect {
         encoded_len: u64,
         expires_at: i64,
     },
-    /// A memory's access statistics were written; its record size may have changed.
-    AccessWritten { id: MemoryId, encoded_len: u64 },
+    /// A memory's access statistics were written (`memory` is the record written); its record
+    /// size may have changed.
+    AccessWritten { memory: Memory, encoded_len: u64 },
 }
 
 /// The hot tier.
@@ -116,14 +117,22 @@ impl State {
                 }
                 self.expiry.remove(&(expires_at, id));
             }
-            Effect::AccessWritten { id, encoded_len } => {
-                if let Some(entry) = self.live.get_mut(&id) {
+            Effect::AccessWritten {
+                memory,
+                encoded_len,
+            } => {
+                if let Some(entry) = self.live.get_mut(&memory.id) {
                     let counts = self
                         .counts
                         .entry(entry.memory.namespace.clone())
                         .or_default();
                     counts.bytes = counts.bytes.saturating_sub(entry.encoded_len) + encoded_len;
                     entry.encoded_len = encoded_len;
+                    // The shared copy that search hits hand out takes the statistics as
+                    // written (the atomics stay the live count). It is the same version: the
+                    // writer does not write statistics of a memory its batch rewrote, and a
+                    // later rewrite in the batch applies after this.
+                    entry.memory = Arc::new(memory);
                 }
             }
         }

@@ -527,7 +527,7 @@ impl<'a> Batch<'a> {
                 .insert(memory.id.as_u128(), encoded.as_slice())
                 .map_err(db_error(&self.ctx.path, "write access statistics"))?;
             self.effects.push(Effect::AccessWritten {
-                id: memory.id,
+                memory,
                 encoded_len: encoded.len() as u64,
             });
         }
