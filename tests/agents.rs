@@ -72,6 +72,34 @@ async fn harness_in(dir: tempfile::TempDir, tune: impl FnOnce(&mut ActorsConfig)
             }
         }
     });
+    let log = Arc::clone(&calls);
+    // Returns an object of the fields named in `fields_by_attempt[attempt - 1]`, each with the
+    // value of the arg of that name (null when there is none): an output whose fields change
+    // from one attempt to the next.
+    natives.register("fields", move |args: Value| {
+        let log = Arc::clone(&log);
+        async move {
+            log.lock().push((label(&args), args.clone()));
+            let attempt = args.get("attempt").and_then(Value::as_u64).unwrap_or(1);
+            let index = usize::try_from(attempt.saturating_sub(1)).unwrap_or(usize::MAX);
+            let names = args
+                .get("fields_by_attempt")
+                .and_then(|lists| lists.get(index))
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("no fields for attempt {attempt}"))?;
+            let output: serde_json::Map<String, Value> = names
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|name| {
+                    (
+                        name.to_owned(),
+                        args.get(name).cloned().unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
+            Ok(Value::Object(output))
+        }
+    });
     // Blocks its thread for `ms` (a tool that never awaits, which no cancel can cut off).
     natives.register("block", |args: Value| async move {
         let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
@@ -251,6 +279,93 @@ gates = [{ json = "/words", ge = 2 }]
         let feedback = calls[1].1["feedback"].as_str().unwrap();
         assert!(feedback.contains("/words"), "feedback: {feedback}");
     }
+    h.runtime.shutdown().await;
+}
+
+/// `make` declares `path`, `frames` and `previous`; its output has `path` and `previous` (null)
+/// on every attempt, and `frames` from attempt `first_complete` on.
+fn declared_outputs_plan(max_attempts: u32, first_complete: u32) -> Plan {
+    let by_attempt: Vec<&str> = (1..=max_attempts)
+        .map(|attempt| {
+            if attempt >= first_complete {
+                r#"["path", "frames", "previous"]"#
+            } else {
+                r#"["path", "previous"]"#
+            }
+        })
+        .collect();
+    plan(&format!(
+        r#"
+name = "declared"
+[[task]]
+id = "make"
+tool = "fn.fields"
+args = {{ label = "make", attempt = "{{{{attempt}}}}", feedback = "{{{{feedback}}}}", path = "out.png", frames = 24, fields_by_attempt = [{}] }}
+outputs = ["path", "frames", "previous"]
+max_attempts = {max_attempts}
+[[task]]
+id = "use"
+tool = "fn.echo"
+deps = ["make"]
+args = {{ label = "use", frames = "{{{{tasks.make.output.frames}}}}" }}
+"#,
+        by_attempt.join(", ")
+    ))
+}
+
+#[tokio::test]
+async fn an_output_without_a_declared_field_fails_review_and_the_next_attempt_sees_why() {
+    let h = harness(|_| {}).await;
+    let report = h
+        .runtime
+        .run(declared_outputs_plan(2, 2), options())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    assert_eq!(report.task("make").unwrap().attempts, 2);
+    {
+        let calls = h.calls.lock();
+        let makes: Vec<&Value> = calls
+            .iter()
+            .filter(|(l, _)| l == "make")
+            .map(|(_, args)| args)
+            .collect();
+        assert_eq!(makes.len(), 2);
+        let feedback = makes[1]["feedback"].as_str().unwrap();
+        // `previous` is there (as null): only `frames` is missing.
+        assert!(
+            feedback.contains(r#"output lacks field "frames" that the task declares"#),
+            "feedback: {feedback}"
+        );
+        let used = calls.iter().find(|(l, _)| l == "use").unwrap();
+        assert_eq!(used.1["frames"], json!(24));
+    }
+    h.runtime.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_that_never_produces_its_declared_outputs_fails_and_its_dependent_is_skipped() {
+    let h = harness(|_| {}).await;
+    let report = h
+        .runtime
+        .run(declared_outputs_plan(1, 2), options())
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    let make = report.task("make").unwrap();
+    assert_eq!(make.state, TaskState::Failed);
+    let reason = make.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(r#"lacks field "frames""#),
+        "reason: {reason}"
+    );
+    assert_eq!(report.task("use").unwrap().state, TaskState::Skipped);
+    assert!(!h.calls.lock().iter().any(|(l, _)| l == "use"));
     h.runtime.shutdown().await;
 }
 

@@ -2,7 +2,9 @@
 //!
 //! A task passes when every gate passes. A task without an `exit` gate must exit 0: a non-zero
 //! exit is then an error of the tool (retried up to `retries`), not a gate failure; with an
-//! explicit `exit` gate it is a gate failure (another attempt with feedback). `score` gates
+//! explicit `exit` gate it is a gate failure (another attempt with feedback). A task that
+//! declares its `outputs` also fails its review, as a failed gate, when its output lacks one of
+//! them (or is not a JSON object). `score` gates
 //! call the score pool (an image scorer session) and run as tasks of the actor so a slow score
 //! does not hold up other reviews. Relative paths in gates resolve against the plan's folder.
 //! Compensations are not gated: they pass when their tool exits 0.
@@ -64,6 +66,38 @@ fn metric_tool(metric: ScoreMetric) -> &'static str {
         ScoreMetric::MsSsim => "msssim",
         ScoreMetric::Psnr => "psnr",
     }
+}
+
+/// The failure of an output that lacks fields its task declares (`outputs`), if it does. Later
+/// tasks' templates were checked against those fields before the run, so the producer fails
+/// here, where another attempt can act on the feedback, rather than its dependents failing to
+/// render. A field present with a `null` value is present.
+fn missing_outputs(output: &Value, declared: &[String]) -> Option<GateResult> {
+    let missing: Vec<String> = match output.as_object() {
+        Some(fields) => declared
+            .iter()
+            .filter(|field| !fields.contains_key(field.as_str()))
+            .map(|field| format!("{field:?}"))
+            .collect(),
+        None => {
+            return Some(GateResult {
+                passed: false,
+                reason: format!(
+                    "output is not a JSON object, and the task declares outputs: {}",
+                    declared.join(", ")
+                ),
+            });
+        }
+    };
+    (!missing.is_empty()).then(|| GateResult {
+        passed: false,
+        reason: format!(
+            "output lacks field{} {} that the task declares (outputs: {})",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", "),
+            declared.join(", ")
+        ),
+    })
 }
 
 /// What a score gate came to: a judgement of the task's image, or a failure that is not the
@@ -307,6 +341,7 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
     }
     let gates = attempt.task.gates.iter();
     let mut results = Vec::new();
+    let mut tool_failed = false;
     for gate in gates {
         let result = match gate.check_in(&seen, &ctx, &attempt.base_dir) {
             Some(result) => result,
@@ -317,9 +352,9 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
                 }
             },
         };
-        let failed_exit = !result.passed && matches!(gate, Gate::ExitStatus { .. });
+        tool_failed = !result.passed && matches!(gate, Gate::ExitStatus { .. });
         results.push(result);
-        if failed_exit {
+        if tool_failed {
             // Nothing else is meaningful when the tool failed; say what it printed.
             let stderr = outcome.stderr.trim();
             if !stderr.is_empty() {
@@ -330,6 +365,12 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
             }
             break;
         }
+    }
+    if !tool_failed
+        && let Some(declared) = &attempt.task.outputs
+        && let Some(missing) = missing_outputs(&output, declared)
+    {
+        results.push(missing);
     }
     let failed: Vec<&str> = results
         .iter()
@@ -431,5 +472,33 @@ impl Actor for Reviewer {
             ReviewerMsg::Crash => injected_fault(AgentKind::Reviewer),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_outputs;
+    use serde_json::json;
+
+    #[test]
+    fn an_output_is_checked_against_the_fields_its_task_declares() {
+        let declared = ["path".to_owned(), "frames".to_owned(), "note".to_owned()];
+        let complete = json!({ "path": "a.png", "frames": 3, "note": null, "extra": 1 });
+        assert!(missing_outputs(&complete, &declared).is_none());
+
+        let partial = missing_outputs(&json!({ "frames": 3 }), &declared).unwrap();
+        assert!(!partial.passed);
+        assert_eq!(
+            partial.reason,
+            r#"output lacks fields "path", "note" that the task declares (outputs: path, frames, note)"#
+        );
+
+        let text = missing_outputs(&json!("done"), &declared).unwrap();
+        assert!(!text.passed);
+        assert!(
+            text.reason.starts_with("output is not a JSON object"),
+            "{}",
+            text.reason
+        );
     }
 }

@@ -90,7 +90,9 @@
 //! - `fixes = [{ when = "REGEX", args = { ... }, env = { ... } }]`: automatic fixes, each tried
 //!   once when the task fails for good with a matching reason (see [`Fix`]).
 //! - `outputs`: the fields of the task's (JSON object) output. When declared, references to
-//!   other fields are errors; when absent, any field is accepted.
+//!   other fields are errors, and an output that lacks one of them fails the task's review like
+//!   a failed gate (another attempt, with the missing fields as feedback); when absent, any
+//!   field is accepted.
 //! - `context_files = ["docs/a.md", ...]`: project files the Optimizer adds to the task's
 //!   `{{context}}` (so the args must use it), relative to the plan's folder. A file that is
 //!   missing or unreadable when the task runs is a warning, not a failure.
