@@ -190,11 +190,11 @@ async fn update_and_archive_change_what_search_and_recent_see() {
     ));
 }
 
-/// A search hit shares the store's copy of the memory: its access statistics are those last
-/// written (after `sync`, those `get` counted), a search does not count as an access, and an
+/// Search hits and recent lists share the store's copy of a memory: its access statistics are
+/// those last written (after `sync`, those `get` counted), neither counts as an access, and an
 /// update after the statistics were written is what the next search returns.
 #[tokio::test]
-async fn a_search_hit_carries_the_access_statistics_last_written_and_the_newest_version() {
+async fn shared_memories_carry_the_access_statistics_last_written_and_the_newest_version() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let id = store
@@ -216,10 +216,13 @@ async fn a_search_hit_carries_the_access_statistics_last_written_and_the_newest_
         before[0].memory.last_accessed_at,
         last_read.last_accessed_at
     );
+    let recent = store.list_recent(None, 10);
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].access_count, 3);
     assert_eq!(
         store.get(id).unwrap().access_count,
         4,
-        "a search counted as an access"
+        "a search or a recent list counted as an access"
     );
 
     store
@@ -1211,8 +1214,8 @@ async fn store_many_keeps_order_and_stops_at_the_first_refusal() {
     );
     let kept: Vec<String> = store
         .list_recent(Some(&project("n")), 10)
-        .into_iter()
-        .map(|m| m.content)
+        .iter()
+        .map(|m| m.content.clone())
         .collect();
     assert_eq!(kept, ["before the refusal"]);
 }

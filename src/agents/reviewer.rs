@@ -477,6 +477,7 @@ impl Actor for Reviewer {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::missing_outputs;
     use serde_json::json;
 

@@ -364,13 +364,12 @@ impl Lessons {
 
     /// The most recent lessons, newest first.
     pub fn list(&self, limit: usize) -> Vec<Lesson> {
-        // Only the memories kept are copied out of the store, so a long history costs no copy.
         self.store
             .list_recent_matching(Some(&self.namespace), limit, |m| {
                 m.tags.iter().any(|t| t == LESSON_TAG) && to_lesson(m).is_some()
             })
             .iter()
-            .filter_map(to_lesson)
+            .filter_map(|memory| to_lesson(memory))
             .collect()
     }
 

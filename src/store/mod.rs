@@ -7,7 +7,9 @@
 //! in relaxed mode, committed) and the index never disagrees with the table.
 //!
 //! Reads (`get`, `search`, `list_recent`, `stats`) are synchronous and never touch the disk for
-//! live memories; writes are `async` and resolve once committed.
+//! live memories; writes are `async` and resolve once committed. `search` and `list_recent`
+//! hand out the hot tier's own copy of each memory (an `Arc`, never changed in place: a write
+//! replaces it), so a read copies no text; `get` returns a copy.
 //!
 //! Durability: by default every acknowledged write is fsync'd ([`DurabilityMode::Durable`]).
 //! [`DurabilityMode::Relaxed`] commits without fsync and makes a durable commit every
@@ -15,7 +17,8 @@
 //!
 //! Access statistics (`access_count`, `last_accessed_at`) are counted in memory by `get` and written
 //! by the writer at each housekeeping tick (default every second) and on [`Store::sync`]; a crash can
-//! lose the counts of that last tick. Expired memories vanish from reads at their expiry time and are
+//! lose the counts of that last tick. `get` returns the current counts; the shared copies that
+//! `search` and `list_recent` return carry those last written. Expired memories vanish from reads at their expiry time and are
 //! deleted at the next tick; until then `stats` still counts them (a store opened after they
 //! expired leaves them out of its counts at once).
 //!
@@ -180,7 +183,7 @@ pub struct SearchHit {
     /// fifth of a search's time. Its access statistics (`access_count`, `last_accessed_at`)
     /// are those last written to the file, which the writer does every
     /// [`StoreConfig::housekeeping_interval`] and on [`Store::sync`]; [`Store::get`] returns
-    /// the current ones (and counts as an access, which a search does not).
+    /// a copy with the current ones (and counts as an access, which a search does not).
     pub memory: Arc<Memory>,
 }
 
@@ -1102,7 +1105,10 @@ impl Store {
     }
 
     /// The most recently created live memories, newest first, in one namespace or all.
-    pub fn list_recent(&self, namespace: Option<&Namespace>, limit: usize) -> Vec<Memory> {
+    ///
+    /// Each is shared with the store, as a [`SearchHit::memory`] is, with the same access
+    /// statistics: those last written. [`Store::get`] returns the current ones.
+    pub fn list_recent(&self, namespace: Option<&Namespace>, limit: usize) -> Vec<Arc<Memory>> {
         self.list_recent_matching(namespace, limit, |_| true)
     }
 
@@ -1113,7 +1119,7 @@ impl Store {
         namespace: Option<&Namespace>,
         limit: usize,
         mut keep: impl FnMut(&Memory) -> bool,
-    ) -> Vec<Memory> {
+    ) -> Vec<Arc<Memory>> {
         let now = Timestamp::now();
         let state = self.inner.state.read();
         let order = match namespace {
@@ -1129,7 +1135,7 @@ impl Store {
             .filter_map(|id| state.live.get(id))
             .filter(|e| !e.memory.is_expired(now) && keep(&e.memory))
             .take(limit)
-            .map(|e| e.snapshot())
+            .map(|e| Arc::clone(&e.memory))
             .collect()
     }
 
