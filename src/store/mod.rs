@@ -18,9 +18,11 @@
 //! Access statistics (`access_count`, `last_accessed_at`) are counted in memory by `get` and written
 //! by the writer at each housekeeping tick (default every second) and on [`Store::sync`]; a crash can
 //! lose the counts of that last tick. `get` returns the current counts; the shared copies that
-//! `search` and `list_recent` return carry those last written. Expired memories vanish from reads at their expiry time and are
-//! deleted at the next tick; until then `stats` still counts them (a store opened after they
-//! expired leaves them out of its counts at once).
+//! `search` and `list_recent` return carry those last written.
+//!
+//! Expired memories vanish from reads at their expiry time and are deleted at the next tick; until
+//! then `stats` still counts them (a store opened after they expired leaves them out of its counts
+//! at once).
 //!
 //! A record of `memories` that does not load at open because it is damaged is moved, as it was,
 //! to the `damaged_memories` table with a warning naming it, and the store opens with the rest;

@@ -128,10 +128,10 @@ impl State {
                         .or_default();
                     counts.bytes = counts.bytes.saturating_sub(entry.encoded_len) + encoded_len;
                     entry.encoded_len = encoded_len;
-                    // The shared copy that search hits hand out takes the statistics as
-                    // written (the atomics stay the live count). It is the same version: the
-                    // writer does not write statistics of a memory its batch rewrote, and a
-                    // later rewrite in the batch applies after this.
+                    // The shared copy that `search` and `list_recent` hand out takes the
+                    // statistics as written (the atomics stay the live count). It is the same
+                    // version: the writer does not write statistics of a memory its batch
+                    // rewrote, and a later rewrite in the batch applies after this.
                     entry.memory = Arc::new(memory);
                 }
             }
