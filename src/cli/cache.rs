@@ -6,13 +6,13 @@
 //! a tool reads).
 
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use tetrarch::store::{CacheCategory, CacheClearFilter, Timestamp};
 
+use super::StoreRef;
 use super::mem::{open, open_to_read, print_json, runtime};
 
 /// Cache commands.
@@ -37,6 +37,13 @@ pub enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+impl CacheCommand {
+    /// Whether the command removes entries (`clear`), which a run serving the store refuses.
+    pub(crate) fn clears(&self) -> bool {
+        matches!(self, CacheCommand::Clear { .. })
+    }
 }
 
 fn parse_category(text: &str) -> Result<CacheCategory> {
@@ -67,9 +74,12 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// Runs one cache command against the store at `store_path`.
-pub fn run(command: CacheCommand, store_path: &Path) -> Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
+/// Runs one cache command against `store_path`, printing to `out`.
+pub(crate) fn run(
+    command: CacheCommand,
+    store_path: StoreRef<'_>,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
     match command {
         CacheCommand::Stats { json } => {
             let usage = open_to_read(store_path)?.persisted_cache_usage()?;
@@ -81,7 +91,7 @@ pub fn run(command: CacheCommand, store_path: &Path) -> Result<ExitCode> {
                     "bytes": bytes,
                     "categories": usage,
                 });
-                print_json(&mut out, &summary)?;
+                print_json(out, &summary)?;
             } else {
                 writeln!(out, "persisted cache: {entries} entries, {}", size(bytes))?;
                 for u in &usage {
@@ -109,7 +119,7 @@ pub fn run(command: CacheCommand, store_path: &Path) -> Result<ExitCode> {
             let store = open(store_path)?;
             let cleared = runtime()?.block_on(store.clear_persisted_cache(filter))?;
             if json {
-                print_json(&mut out, &cleared)?;
+                print_json(out, &cleared)?;
             } else {
                 writeln!(
                     out,

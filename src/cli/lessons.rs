@@ -1,13 +1,14 @@
 //! `tetrarch lessons ...`: error→fix learning from the command line.
 
 use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use tetrarch::lessons::{DEFAULT_THRESHOLD, Failure, Lessons};
 use tetrarch::store::{Namespace, StoreConfig};
+
+use super::StoreRef;
 
 /// Lesson commands.
 #[derive(Debug, Subcommand)]
@@ -69,19 +70,22 @@ impl LessonsCommand {
 }
 
 /// The lessons of `ns`; `reading`: for a command that only reads (the file is not written).
-fn open(path: &Path, ns: &str, reading: bool) -> Result<Lessons> {
+fn open(store: StoreRef<'_>, ns: &str, reading: bool) -> Result<Lessons> {
     let namespace: Namespace = ns.parse()?;
     let store = if reading {
-        super::open_store_to_read(path, StoreConfig::default())?
+        store.open_to_read(StoreConfig::default())?
     } else {
-        super::open_store(path, StoreConfig::default())?
+        store.open(StoreConfig::default())?
     };
     Ok(Lessons::new(store, namespace))
 }
 
-/// Runs one lessons command against the store at `store_path`.
-pub fn run(command: LessonsCommand, store_path: &Path) -> Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
+/// Runs one lessons command against `store_path`, printing to `out`.
+pub(crate) fn run(
+    command: LessonsCommand,
+    store_path: StoreRef<'_>,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
     match command {
         LessonsCommand::Record {
             error_type,
@@ -109,7 +113,7 @@ pub fn run(command: LessonsCommand, store_path: &Path) -> Result<ExitCode> {
         LessonsCommand::List { ns, limit, json } => {
             for lesson in open(store_path, &ns, true)?.list(limit) {
                 if json {
-                    serde_json::to_writer(&mut out, &lesson)?;
+                    serde_json::to_writer(&mut *out, &lesson)?;
                     writeln!(out)?;
                 } else {
                     let f = &lesson.failure;
@@ -148,7 +152,7 @@ pub fn run(command: LessonsCommand, store_path: &Path) -> Result<ExitCode> {
                 .suggest_fix(&message);
             match (suggestion, json) {
                 (Some(s), true) => {
-                    serde_json::to_writer(&mut out, &s)?;
+                    serde_json::to_writer(&mut *out, &s)?;
                     writeln!(out)?;
                 }
                 (Some(s), false) => writeln!(

@@ -1,12 +1,13 @@
 //! `tetrarch mem ...`: the context store from the command line.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+
+use super::StoreRef;
 use tetrarch::store::{
     Memory, MemoryId, MemoryType, Namespace, NewMemory, SearchOptions, Store, StoreConfig,
 };
@@ -144,14 +145,14 @@ impl MemCommand {
     }
 }
 
-pub(crate) fn open(path: &Path) -> Result<Store> {
-    Ok(super::open_store(path, config())?)
+pub(crate) fn open(store: StoreRef<'_>) -> Result<Store> {
+    Ok(store.open(config())?)
 }
 
 /// [`open`] for a command that only reads (`search`, `recent`, `stats`; not `get`, which
 /// counts an access): see [`super::open_store_to_read`].
-pub(crate) fn open_to_read(path: &Path) -> Result<Store> {
-    Ok(super::open_store_to_read(path, config())?)
+pub(crate) fn open_to_read(store: StoreRef<'_>) -> Result<Store> {
+    Ok(store.open_to_read(config())?)
 }
 
 fn config() -> StoreConfig {
@@ -184,7 +185,7 @@ fn parse_ttl(text: &str) -> Result<Duration> {
     Ok(ttl)
 }
 
-pub(crate) fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(out: &mut dyn Write, value: &impl serde::Serialize) -> Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     writeln!(out)?;
     Ok(())
@@ -200,7 +201,7 @@ fn preview(memory: &Memory) -> String {
     short
 }
 
-fn print_memory(out: &mut impl Write, m: &Memory) -> Result<()> {
+fn print_memory(out: &mut dyn Write, m: &Memory) -> Result<()> {
     writeln!(out, "id:          {}", m.id)?;
     writeln!(out, "namespace:   {}", m.namespace)?;
     writeln!(out, "type:        {}", m.memory_type)?;
@@ -245,10 +246,12 @@ fn list(values: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-/// Runs one memory command against the store at `store_path`.
-pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+/// Runs one memory command against `store_path`, printing to `out`.
+pub(crate) fn run(
+    command: MemCommand,
+    store_path: StoreRef<'_>,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
     match command {
         MemCommand::Store(args) => {
             if args.content.trim().is_empty() {
@@ -282,7 +285,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             let store = open(store_path)?;
             let id = runtime()?.block_on(store.store(new))?;
             if args.output.json {
-                print_json(&mut out, &serde_json::json!({ "id": id }))?;
+                print_json(out, &serde_json::json!({ "id": id }))?;
             } else {
                 writeln!(out, "{id}")?;
             }
@@ -292,9 +295,9 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             let store = open(store_path)?;
             let memory = store.get(id)?;
             if output.json {
-                print_json(&mut out, &memory)?;
+                print_json(out, &memory)?;
             } else {
-                print_memory(&mut out, &memory)?;
+                print_memory(out, &memory)?;
             }
         }
         MemCommand::Search {
@@ -322,7 +325,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             let store = open_to_read(store_path)?;
             for hit in store.search(&query, &options) {
                 if output.json {
-                    print_json(&mut out, &hit)?;
+                    print_json(out, &hit)?;
                 } else {
                     writeln!(
                         out,
@@ -341,7 +344,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             let store = open_to_read(store_path)?;
             for memory in store.list_recent(ns.as_ref(), limit) {
                 if output.json {
-                    print_json(&mut out, &memory)?;
+                    print_json(out, &memory)?;
                 } else {
                     writeln!(
                         out,
@@ -359,7 +362,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             let store = open(store_path)?;
             runtime()?.block_on(store.archive(id))?;
             if output.json {
-                print_json(&mut out, &serde_json::json!({ "id": id, "archived": true }))?;
+                print_json(out, &serde_json::json!({ "id": id, "archived": true }))?;
             } else {
                 writeln!(out, "archived {id}")?;
             }
@@ -369,7 +372,7 @@ pub fn run(command: MemCommand, store_path: &Path) -> Result<ExitCode> {
             let store = open_to_read(store_path)?;
             let stats = store.stats(ns.as_ref());
             if output.json {
-                print_json(&mut out, &stats)?;
+                print_json(out, &stats)?;
             } else {
                 writeln!(
                     out,

@@ -28,6 +28,7 @@ mod perms;
 mod plan;
 mod run;
 mod score;
+mod store_socket;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -131,8 +132,8 @@ fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// How long a command waits for a store another process holds: long enough for a `mem` command
-/// beside another short one; a run holds its store until it ends, so a command beside a run
-/// fails after this.
+/// beside another short one. A run holds its store until it ends, and serves the store commands
+/// beside it (`store_socket`); the others (`dashboard`, a second `run`) fail after this.
 const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a command waits for a store before it says so on stderr: commands started together
@@ -149,6 +150,49 @@ pub(crate) fn open_store(
     open_waiting(path, config, |path, config| {
         tetrarch::store::Store::open(path, config)
     })
+}
+
+/// The store a command works on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StoreRef<'a> {
+    /// The file, which the command opens (waiting its turn while another command holds it).
+    File(&'a std::path::Path),
+    /// The store of the run serving the command (see `store_socket`).
+    Served(&'a tetrarch::store::Store),
+}
+
+impl StoreRef<'_> {
+    /// The store, opened to write: see [`open_store`].
+    pub(crate) fn open(
+        self,
+        config: tetrarch::store::StoreConfig,
+    ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
+        match self {
+            StoreRef::File(path) => open_store(path, config),
+            StoreRef::Served(store) => Ok(store.clone()),
+        }
+    }
+
+    /// The store, opened only to read: see [`open_store_to_read`]. A served store is the run's,
+    /// which is writable: `mem get` beside a run counts an access, as it does without one.
+    pub(crate) fn open_to_read(
+        self,
+        config: tetrarch::store::StoreConfig,
+    ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
+        match self {
+            StoreRef::File(path) => open_store_to_read(path, config),
+            StoreRef::Served(store) => Ok(store.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreRef::File(path) => write!(f, "{}", path.display()),
+            StoreRef::Served(store) => write!(f, "{}", store.path().display()),
+        }
+    }
 }
 
 /// [`open_store`] for a command that only reads: the file is not written (unless a crash left
@@ -300,21 +344,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let Cli { store, command, .. } = cli;
     match command {
         Command::Run(args) => run::run(args, &resolve_store(store)?),
-        Command::Runs { json } => run::list(&store_for(false, store)?, json),
+        Command::Runs { json } => {
+            let store = store_for(false, store)?;
+            served_or(&store, |file| {
+                run::list(file, json, &mut std::io::stdout().lock())
+            })
+        }
         Command::Mem(command) => {
             let store = store_for(command.creates_store(), store)?;
-            mem::run(command, &store)
+            served_or(&store, |file| {
+                mem::run(command, file, &mut std::io::stdout().lock())
+            })
         }
         Command::Score(args) => score::run(args, resolve_store(store).ok()),
         Command::Kernels(command) => kernels::run(command),
         Command::Perms(command) => perms::run(command),
         Command::Lessons(command) => {
             let store = store_for(command.creates_store(), store)?;
-            lessons::run(command, &store)
+            served_or(&store, |file| {
+                lessons::run(command, file, &mut std::io::stdout().lock())
+            })
         }
         Command::Plan(command) => plan::run(command),
         Command::Dashboard(args) => dashboard::run(args, &store_for(false, store)?),
-        Command::Cache(command) => cache::run(command, &store_for(false, store)?),
+        Command::Cache(command) => {
+            let store = store_for(false, store)?;
+            served_or(&store, |file| {
+                cache::run(command, file, &mut std::io::stdout().lock())
+            })
+        }
+    }
+}
+
+/// Runs a store command in the run that holds `store` when one serves it (see `store_socket`),
+/// else `here` on the file.
+fn served_or(
+    store: &std::path::Path,
+    here: impl FnOnce(StoreRef<'_>) -> Result<ExitCode>,
+) -> Result<ExitCode> {
+    match store_socket::forward(store)? {
+        Some(code) => Ok(code),
+        None => here(StoreRef::File(store)),
     }
 }
 

@@ -10,7 +10,7 @@
 //! compensations run, the state is saved); a second Ctrl-C kills the children still running and exits
 //! at once (130).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,6 +29,8 @@ use tetrarch::permissions::{
 use tetrarch::plan::{Plan, StaticCatalog};
 use tetrarch::store::{Store, StoreConfig};
 use tokio::sync::broadcast;
+
+use super::StoreRef;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -156,6 +158,9 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         (None, None) => None,
     };
     let store = open_store(store_path)?;
+    // From here until the run ends, `tetrarch mem`, `runs`, `lessons` and `cache stats` beside
+    // it use this process's store instead of waiting for the file.
+    let socket = super::store_socket::StoreSocket::serve(&store, store_path);
     // A run resumes the unfinished run of the same plan text in the same folder: relative
     // paths (the tools' files, gates, a pool's cwd) mean that folder, so a copy of the plan
     // elsewhere sharing the store is another run.
@@ -277,6 +282,9 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
             }
         }
         live.shutdown().await;
+    }
+    if let Some(socket) = socket {
+        socket.close().await;
     }
     runtime.shutdown().await;
     let report = outcome?;
@@ -544,17 +552,19 @@ fn print_report(report: &RunReport) {
     }
 }
 
-/// `tetrarch runs`: every run in the store, with its status and task states.
-pub fn list(store: &Path, json: bool) -> Result<ExitCode> {
-    let store = super::open_store_to_read(store, StoreConfig::default())
-        .with_context(|| format!("cannot open the store {}", store.display()))?;
-    let runs = saved_runs(&store)?;
+/// `tetrarch runs`: every run in the store, with its status and task states, printed to `out`.
+pub(crate) fn list(store: StoreRef<'_>, json: bool, out: &mut dyn Write) -> Result<ExitCode> {
+    let opened = store
+        .open_to_read(StoreConfig::default())
+        .with_context(|| format!("cannot open the store {store}"))?;
+    let runs = saved_runs(&opened)?;
     for run in runs {
         if json {
-            stdout_line!("{}", serde_json::to_string(&run)?)?;
+            writeln!(out, "{}", serde_json::to_string(&run)?)?;
             continue;
         }
-        stdout_line!(
+        writeln!(
+            out,
             "{}  {:<9}  {}  {} ({})",
             run.run_id,
             format!("{:?}", run.status).to_lowercase(),
