@@ -178,6 +178,45 @@ fn store_commands_beside_a_run_use_the_runs_store() {
     assert_eq!(listed["status"], "cancelled", "{listed}");
 }
 
+/// The socket is the user's alone: even opened to everyone, another user's command is not
+/// answered (it falls back to the file, which the run holds, and fails as it always did).
+#[test]
+fn another_users_command_is_not_served() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: switching to another user for the command needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_plan(dir.path(), PLAN);
+    let mut run = run_until_slow_starts(dir.path());
+    let socket = dir.path().join("store.redb.sock");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let nobody = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .args(["runs", "--json"])
+        .env_clear()
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(nobody.status.code(), Some(2), "{}", stderr(&nobody));
+    assert!(stdout(&nobody).is_empty(), "{}", stdout(&nobody));
+    assert!(
+        stderr(&nobody).contains("already open"),
+        "{}",
+        stderr(&nobody)
+    );
+    // The owner is still served.
+    let owner = tetrarch(&dir.path().join("store.redb"), &["runs", "--json"]);
+    assert!(owner.status.success(), "{}", stderr(&owner));
+    interrupt(&run);
+    run.wait().unwrap();
+}
+
 #[test]
 fn a_socket_left_by_a_killed_run_is_passed_over_and_replaced() {
     let dir = tempfile::tempdir().unwrap();

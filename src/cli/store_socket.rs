@@ -352,24 +352,30 @@ pub(crate) fn forward(store: &Path) -> Result<Option<ExitCode>> {
         .with_context(|| talk("cannot be asked"))?;
     let mut line = serde_json::to_vec(&request)?;
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .with_context(|| talk("did not take the command"))?;
+    // A run that closes the connection unanswered (it is ending, or the connection is not
+    // the user's) did not take the command.
+    if stream.write_all(&line).is_err() {
+        return Ok(None);
+    }
     let mut stdout = std::io::stdout().lock();
     let mut taken = false;
     loop {
         let mut header = [0u8; 5];
         match stream.read_exact(&mut header) {
             Ok(()) => {}
-            // Before it took the command, the run was ending: the store is about to be free.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !taken => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(e) if !taken && closed(&e) => return Ok(None),
+            Err(e) if closed(&e) => {
                 anyhow::bail!(
                     "{} (the command may have taken effect)",
                     talk("ended before it finished the command")
                 );
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(e).with_context(|| {
                     talk(&format!("did not answer in {} s", ANSWER_TIMEOUT.as_secs()))
                 });
@@ -395,6 +401,18 @@ pub(crate) fn forward(store: &Path) -> Result<Option<ExitCode>> {
             kind => anyhow::bail!("{}", talk(&format!("sent an unknown answer ({kind})"))),
         }
     }
+}
+
+/// Whether `error` is the run closing the connection.
+fn closed(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    )
 }
 
 #[cfg(test)]
