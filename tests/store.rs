@@ -126,17 +126,31 @@ async fn search_filters_by_namespace_tags_and_importance() {
         .is_empty()
     );
     // A tag given exactly as stored is found, whatever its case folds to (`str::to_lowercase`
-    // makes a final Σ a ς; a character-wise fold does not).
+    // makes a final Σ a ς; a character-wise fold does not), and the full folds of ß and ς make
+    // the spellings one tag, as they make words one term.
     let mut greek = NewMemory::new(project("c"), "tone mapping exposure");
     greek.tags = vec!["ΟΔΟΣ".into()];
     let greek = store.store(greek).await.unwrap();
-    for wanted in ["ΟΔΟΣ", "οδοσ"] {
+    for wanted in ["ΟΔΟΣ", "οδοσ", "οδος"] {
         assert_eq!(
             search(SearchOptions {
                 tags: vec![wanted.into()],
                 ..Default::default()
             }),
             vec![greek],
+            "{wanted}"
+        );
+    }
+    let mut street = NewMemory::new(project("c"), "tone mapping exposure");
+    street.tags = vec!["Straße".into()];
+    let street = store.store(street).await.unwrap();
+    for wanted in ["Straße", "STRASSE", "strasse", "STRAẞE"] {
+        assert_eq!(
+            search(SearchOptions {
+                tags: vec![wanted.into()],
+                ..Default::default()
+            }),
+            vec![street],
             "{wanted}"
         );
     }

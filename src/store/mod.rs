@@ -265,10 +265,30 @@ fn same_tag(tag: &str, wanted: &str) -> bool {
     folded(tag).eq(wanted.chars())
 }
 
-/// A tag lower-cased per character (`str::to_lowercase` makes a final `Σ` a `ς`, which the
-/// same tag stored as `ΟΔΟΣ` would never fold to).
+/// A tag folded per character, as the text analysis folds words: lower-cased, with the full folds
+/// of `ß`/`ẞ` (`ss`) and `ς` (`σ`), so `Straße` and `STRASSE`, or `ΟΔΟΣ` and `οδος`, are one tag.
+/// Per character, not `str::to_lowercase`, which makes a final `Σ` a `ς` by its context, and
+/// without NFKC, which tags are not put through (a tag is a label, matched whole).
 fn folded(tag: &str) -> impl Iterator<Item = char> + '_ {
-    tag.chars().flat_map(char::to_lowercase)
+    tag.chars().flat_map(fold_char)
+}
+
+/// One character's fold (at most three characters).
+fn fold_char(c: char) -> std::iter::Take<std::array::IntoIter<char, 3>> {
+    let mut out = ['\0'; 3];
+    let mut len = 0;
+    let mut push = |c: char| {
+        if let Some(slot) = out.get_mut(len) {
+            *slot = c;
+            len += 1;
+        }
+    };
+    match c {
+        'ß' | 'ẞ' => "ss".chars().for_each(&mut push),
+        'ς' => push('σ'),
+        c => c.to_lowercase().for_each(&mut push),
+    }
+    out.into_iter().take(len)
 }
 
 /// Borrows the searchable fields of a memory.
