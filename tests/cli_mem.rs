@@ -614,6 +614,23 @@ mod beside_a_run {
             stderr(&clear)
         );
 
+        // The commands it does not serve fail at once (no 5 s wait, which says so after 1 s),
+        // saying why.
+        let dashboard = tetrarch(&store, &["dashboard", "--addr", "127.0.0.1:0"]);
+        let second = tetrarch(
+            &store,
+            &["run", &dir.path().join("plan.toml").to_string_lossy()],
+        );
+        for refused in [dashboard, second] {
+            assert_eq!(refused.status.code(), Some(2));
+            assert!(
+                stderr(&refused).contains("a `tetrarch run` holds")
+                    && !stderr(&refused).contains("waiting for"),
+                "{}",
+                stderr(&refused)
+            );
+        }
+
         interrupt(&run);
         assert_eq!(run.wait().unwrap().code(), Some(1));
         assert!(!dir.path().join("store.redb.sock").exists());

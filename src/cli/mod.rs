@@ -133,7 +133,7 @@ fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
 
 /// How long a command waits for a store another process holds: long enough for a `mem` command
 /// beside another short one. A run holds its store until it ends, and serves the store commands
-/// beside it (`store_socket`); the others (`dashboard`, a second `run`) fail after this.
+/// beside it (`store_socket`); the others (`dashboard`, a second `run`) fail at once, saying so.
 const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a command waits for a store before it says so on stderr: commands started together
@@ -221,6 +221,18 @@ fn open_waiting(
     let mut told = false;
     loop {
         match open(path, config.clone()) {
+            // A run holds its store until it ends, which is rarely within the wait.
+            Err(error @ tetrarch::store::StoreError::AlreadyOpen { .. })
+                if store_socket::run_serves(path) =>
+            {
+                stderr_line!(
+                    "note: a `tetrarch run` holds {} until it ends; only `runs`, `mem`, \
+                     `lessons` and `cache stats` work beside it (the run's live dashboard is \
+                     `tetrarch run --dashboard ADDR`)",
+                    path.display()
+                );
+                return Err(error);
+            }
             Err(tetrarch::store::StoreError::AlreadyOpen { .. })
                 if std::time::Instant::now() + pause < deadline =>
             {

@@ -12,7 +12,8 @@
 //! is closed unanswered), and it only carries these commands, each parsed by the same argument
 //! parser as on the command line. `cache clear` is refused beside a run (the run keeps its own
 //! copies of cached results in memory, so clearing the file would not clear what it serves);
-//! `dashboard` and a second `run` of the same store still wait for the run to end.
+//! `dashboard` and a second `run` of the same store fail at once, saying a run holds it (they
+//! used to wait 5 s first).
 //!
 //! A socket file left by a killed run answers nobody: a command then opens the store itself, and
 //! the next run replaces the file (it holds the store's lock, so no other run can be serving).
@@ -321,6 +322,14 @@ impl Write for FrameWriter<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.stream.flush()
     }
+}
+
+/// Whether a run holding `store` answers on its socket (a command it does not serve then fails
+/// at once instead of waiting for the file).
+pub(crate) fn run_serves(store: &Path) -> bool {
+    let path = socket_path(store);
+    // Connected and closed unasked: the run reads an empty request and moves on.
+    path.exists() && std::os::unix::net::UnixStream::connect(&path).is_ok()
 }
 
 /// Runs this process's command in the run that holds `store`, if one serves it: `Ok(None)`
