@@ -658,7 +658,12 @@ mod beside_a_run {
         let socket = dir.path().join("store.redb.sock");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let nobody = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        // The build's own folder may be closed to other users (CI builds in a `mktemp -d`).
+        let binary = dir.path().join("tetrarch");
+        std::fs::hard_link(env!("CARGO_BIN_EXE_tetrarch"), &binary)
+            .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_tetrarch"), &binary).map(drop))
+            .unwrap();
+        let nobody = Command::new(&binary)
             .arg("--store")
             .arg(dir.path().join("store.redb"))
             .args(["runs", "--json"])
