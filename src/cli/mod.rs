@@ -358,45 +358,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(args, &resolve_store(store)?),
         Command::Runs { json } => {
             let store = store_for(false, store)?;
-            served_or(&store, |file| {
-                run::list(file, json, &mut std::io::stdout().lock())
-            })
+            served_or(&store, |file, out| run::list(file, json, out))
         }
         Command::Mem(command) => {
             let store = store_for(command.creates_store(), store)?;
-            served_or(&store, |file| {
-                mem::run(command, file, &mut std::io::stdout().lock())
-            })
+            served_or(&store, |file, out| mem::run(command, file, out))
         }
         Command::Score(args) => score::run(args, resolve_store(store).ok()),
         Command::Kernels(command) => kernels::run(command),
         Command::Perms(command) => perms::run(command),
         Command::Lessons(command) => {
             let store = store_for(command.creates_store(), store)?;
-            served_or(&store, |file| {
-                lessons::run(command, file, &mut std::io::stdout().lock())
-            })
+            served_or(&store, |file, out| lessons::run(command, file, out))
         }
         Command::Plan(command) => plan::run(command),
         Command::Dashboard(args) => dashboard::run(args, &store_for(false, store)?),
         Command::Cache(command) => {
             let store = store_for(false, store)?;
-            served_or(&store, |file| {
-                cache::run(command, file, &mut std::io::stdout().lock())
-            })
+            served_or(&store, |file, out| cache::run(command, file, out))
         }
     }
 }
 
 /// Runs a store command in the run that holds `store` when one serves it (see `store_socket`),
-/// else `here` on the file.
+/// else `here` on the file, printing to stdout.
 fn served_or(
     store: &std::path::Path,
-    here: impl FnOnce(StoreRef<'_>) -> Result<ExitCode>,
+    here: impl FnOnce(StoreRef<'_>, &mut dyn std::io::Write) -> Result<ExitCode>,
 ) -> Result<ExitCode> {
     match store_socket::forward(store)? {
         Some(code) => Ok(code),
-        None => here(StoreRef::File(store)),
+        None => here(StoreRef::File(store), &mut std::io::stdout().lock()),
     }
 }
 

@@ -78,7 +78,7 @@ struct Request {
 /// error) stops accepting and removes the file, without waiting for commands being served.
 pub(crate) struct StoreSocket {
     path: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The accept loop; aborting it stops accepting (it holds nothing half done between accepts).
     accept: tokio::task::JoinHandle<()>,
     serving: TaskTracker,
 }
@@ -91,17 +91,10 @@ impl StoreSocket {
         let path = socket_path(store_path);
         match Self::bind(&path) {
             Ok(listener) => {
-                let (stop, stopped) = tokio::sync::oneshot::channel();
                 let serving = TaskTracker::new();
-                let accept = tokio::spawn(accept_loop(
-                    listener,
-                    store.clone(),
-                    serving.clone(),
-                    stopped,
-                ));
+                let accept = tokio::spawn(accept_loop(listener, store.clone(), serving.clone()));
                 Some(StoreSocket {
                     path,
-                    stop: Some(stop),
                     accept,
                     serving,
                 })
@@ -134,7 +127,7 @@ impl StoreSocket {
     /// Stops accepting, waits (a bounded time) for the commands being served, and removes the
     /// socket file.
     pub(crate) async fn close(mut self) {
-        self.stop_accepting();
+        self.accept.abort();
         let _ = (&mut self.accept).await;
         self.serving.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.serving.wait())
@@ -144,41 +137,26 @@ impl StoreSocket {
             tracing::warn!("a command served beside the run did not finish; not waiting for it");
         }
     }
-
-    fn stop_accepting(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 impl Drop for StoreSocket {
     fn drop(&mut self) {
-        self.stop_accepting();
         self.accept.abort();
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-async fn accept_loop(
-    listener: tokio::net::UnixListener,
-    store: Store,
-    serving: TaskTracker,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-) {
+async fn accept_loop(listener: tokio::net::UnixListener, store: Store, serving: TaskTracker) {
     let me = nix::unistd::geteuid().as_raw();
     loop {
-        let stream = tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(%error, "store socket: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!(%error, "store socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         match stream.peer_cred() {
             Ok(peer) if peer.uid() == me => {}

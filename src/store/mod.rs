@@ -270,25 +270,15 @@ fn same_tag(tag: &str, wanted: &str) -> bool {
 /// Per character, not `str::to_lowercase`, which makes a final `Σ` a `ς` by its context, and
 /// without NFKC, which tags are not put through (a tag is a label, matched whole).
 fn folded(tag: &str) -> impl Iterator<Item = char> + '_ {
-    tag.chars().flat_map(fold_char)
-}
-
-/// One character's fold (at most three characters).
-fn fold_char(c: char) -> std::iter::Take<std::array::IntoIter<char, 3>> {
-    let mut out = ['\0'; 3];
-    let mut len = 0;
-    let mut push = |c: char| {
-        if let Some(slot) = out.get_mut(len) {
-            *slot = c;
-            len += 1;
-        }
-    };
-    match c {
-        'ß' | 'ẞ' => "ss".chars().for_each(&mut push),
-        'ς' => push('σ'),
-        c => c.to_lowercase().for_each(&mut push),
-    }
-    out.into_iter().take(len)
+    tag.chars().flat_map(|c| {
+        let full: &'static [char] = match c {
+            'ß' | 'ẞ' => &['s', 's'],
+            'ς' => &['σ'],
+            _ => &[],
+        };
+        let lower = full.is_empty().then(|| c.to_lowercase());
+        full.iter().copied().chain(lower.into_iter().flatten())
+    })
 }
 
 /// Borrows the searchable fields of a memory.
