@@ -506,9 +506,14 @@ mod beside_a_run {
 
     /// Starts `tetrarch run` on `dir`'s plan and returns once the task `slow` has started.
     fn run_until_slow_starts(dir: &Path) -> Child {
+        run_on_store_until_slow_starts(dir, &dir.join("store.redb"))
+    }
+
+    /// [`run_until_slow_starts`] with the store at `store`.
+    fn run_on_store_until_slow_starts(dir: &Path, store: &Path) -> Child {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
             .arg("--store")
-            .arg(dir.join("store.redb"))
+            .arg(store)
             .arg("run")
             .arg(dir.join("plan.toml"))
             .args(["--events", "json"])
@@ -684,6 +689,34 @@ mod beside_a_run {
         assert!(owner.status.success(), "{}", stderr(&owner));
         interrupt(&run);
         run.wait().unwrap();
+    }
+
+    /// A store deep in a folder tree has a socket path longer than a socket address holds, and
+    /// a command may name the store through a symbolic link: both are still served.
+    #[test]
+    fn a_long_store_path_and_a_link_to_the_store_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        write_plan(dir.path(), PLAN);
+        let deep = dir.path().join("a-folder-with-a-long-name".repeat(5));
+        std::fs::create_dir(&deep).unwrap();
+        let store = deep.join("store.redb");
+        assert!(store.as_os_str().len() > 120);
+        let mut run = run_on_store_until_slow_starts(dir.path(), &store);
+        assert!(deep.join("store.redb.sock").exists());
+
+        let link = dir.path().join("linked.redb");
+        std::os::unix::fs::symlink(&store, &link).unwrap();
+        for named in [&store, &link] {
+            // Not served, the command would wait for the run's file and fail.
+            let stored = tetrarch(named, &["mem", "store", "--content", "a deep note"]);
+            assert!(stored.status.success(), "{}", stderr(&stored));
+        }
+        let found = tetrarch(&link, &["mem", "search", "deep", "--json"]);
+        assert_eq!(stdout(&found).lines().count(), 2, "{}", stdout(&found));
+
+        interrupt(&run);
+        assert_eq!(run.wait().unwrap().code(), Some(1));
+        assert!(!deep.join("store.redb.sock").exists());
     }
 
     #[test]

@@ -58,11 +58,34 @@ const OUTPUT: u8 = 2;
 const EXIT: u8 = 3;
 const FAILED: u8 = 4;
 
-/// The socket beside a store file.
+/// The socket beside a store file: beside the file itself, so a command that names the store
+/// through a symbolic link (or another relative path) finds the run's socket.
 pub(crate) fn socket_path(store: &Path) -> PathBuf {
-    let mut name = store.as_os_str().to_owned();
+    let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
+    let mut name = store.into_os_string();
     name.push(".sock");
     PathBuf::from(name)
+}
+
+/// Calls `f` (a bind or a connect) with an address for the socket at `path`. A Unix socket's
+/// address holds at most 107 bytes, and a store deep in a folder tree has a longer path: then
+/// (on Linux) the address reaches the same file through this process's handle on its folder,
+/// `/proc/self/fd/N/NAME`, as systemd does for long socket paths.
+fn at_socket<T>(path: &Path, f: impl FnOnce(&Path) -> std::io::Result<T>) -> std::io::Result<T> {
+    /// `sun_path`'s size on Linux, its closing NUL included.
+    const ADDRESS_BYTES: usize = 108;
+    #[cfg(target_os = "linux")]
+    if path.as_os_str().len() >= ADDRESS_BYTES {
+        use std::os::fd::AsRawFd;
+        if let (Some(folder), Some(name)) = (path.parent(), path.file_name()) {
+            let folder = std::fs::File::open(folder)?;
+            let short = Path::new("/proc/self/fd")
+                .join(folder.as_raw_fd().to_string())
+                .join(name);
+            return f(&short);
+        }
+    }
+    f(path)
 }
 
 /// A command line sent to the run.
@@ -85,8 +108,9 @@ pub(crate) struct StoreSocket {
 
 impl StoreSocket {
     /// Starts serving `store` (the file at `store_path`, which this process holds) on its socket.
-    /// `None`, with a warning, when the socket cannot be made (a path too long for a Unix socket,
-    /// a folder that takes none): the run goes on, and commands beside it wait as they did.
+    /// `None`, with a warning, when the socket cannot be made (a folder that takes none, a
+    /// path too long for a socket off Linux): the run goes on, and commands beside it wait as
+    /// they did.
     pub(crate) fn serve(store: &Store, store_path: &Path) -> Option<StoreSocket> {
         let path = socket_path(store_path);
         match Self::bind(&path) {
@@ -117,7 +141,7 @@ impl StoreSocket {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let listener = tokio::net::UnixListener::bind(path)?;
+        let listener = at_socket(path, |address| tokio::net::UnixListener::bind(address))?;
         // Connections from other users are refused by their credentials too (see
         // `accept_loop`): this only narrows who can reach it at all.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -307,7 +331,11 @@ impl Write for FrameWriter<'_> {
 pub(crate) fn run_serves(store: &Path) -> bool {
     let path = socket_path(store);
     // Connected and closed unasked: the run reads an empty request and moves on.
-    path.exists() && std::os::unix::net::UnixStream::connect(&path).is_ok()
+    path.exists()
+        && at_socket(&path, |address| {
+            std::os::unix::net::UnixStream::connect(address)
+        })
+        .is_ok()
 }
 
 /// Runs this process's command in the run that holds `store`, if one serves it: `Ok(None)`
@@ -318,7 +346,9 @@ pub(crate) fn forward(store: &Path) -> Result<Option<ExitCode>> {
     if !path.exists() {
         return Ok(None);
     }
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&path) else {
+    let Ok(mut stream) = at_socket(&path, |address| {
+        std::os::unix::net::UnixStream::connect(address)
+    }) else {
         return Ok(None);
     };
     let Ok(args) = std::env::args_os()
