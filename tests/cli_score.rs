@@ -92,6 +92,30 @@ fn bad_input_exits_2_naming_the_file() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--map needs"));
+    // The map never replaces an input, and is named as the PNG it is.
+    let dir = tempfile::tempdir().unwrap();
+    let (reference, test) = (dir.path().join("ref.png"), dir.path().join("test.png"));
+    std::fs::copy(&r, &reference).unwrap();
+    std::fs::copy(fixture("test_noise.png"), &test).unwrap();
+    let before = std::fs::read(&test).unwrap();
+    for (map, says) in [
+        (&reference, "is the reference image"),
+        (&test, "is the test image"),
+        (&dir.path().join("map.jpg"), "name it .png"),
+    ] {
+        let out = tetrarch(&[
+            "score",
+            reference.to_str().unwrap(),
+            test.to_str().unwrap(),
+            "--map",
+            map.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    assert_eq!(std::fs::read(&test).unwrap(), before);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     // A pixels-per-degree that would need filters too large to allocate is refused, not tried.
     // So is one so small that the filters' terms underflow (the score was NaN).
     for ppd in ["1e12", "0", "-3", "NaN", "1e-20"] {
@@ -262,7 +286,7 @@ fn device_cuda_without_cuda_is_a_clear_error_and_auto_falls_back() {
     let out = tetrarch(&["score", r.to_str().unwrap(), t.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("computed on Cpu (CUDA unavailable: "),
+        stdout.contains("computed on cpu (CUDA unavailable: "),
         "{stdout}"
     );
 }

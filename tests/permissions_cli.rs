@@ -253,3 +253,70 @@ fn consolidate_refuses_a_rule_that_loading_refuses() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow[1] `Read(src/[)`"));
 }
+
+/// `consolidate` writes beside its input, never over it, and writes its two files together or
+/// not at all; a broken rule's error names the file it is in (`diff` reads two).
+#[test]
+fn consolidate_never_overwrites_its_input_nor_writes_half() {
+    let dir = scratch("overwrite");
+    let settings = dir.join("settings.json");
+    std::fs::copy(FIXTURE, &settings).unwrap();
+    let original = std::fs::read(&settings).unwrap();
+    let s = settings.to_str().unwrap();
+    let other = dir.join("other.json");
+    let o = other.to_str().unwrap();
+    for (args, refused) in [
+        (vec!["--out", s], "--out"),
+        (vec!["--report", s], "--report"),
+        (vec!["--out", o, "--report", o], "--report"),
+    ] {
+        let out = tetrarch(&[&["perms", "consolidate", s][..], &args].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stdout(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(refused) && err.contains("refusing to overwrite it"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(std::fs::read(&settings).unwrap(), original);
+        assert!(!other.exists());
+    }
+
+    let missing = dir.join("missing").join("report.md");
+    let out = tetrarch(&[
+        "perms",
+        "consolidate",
+        s,
+        "--out",
+        o,
+        "--report",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("report.md"));
+    assert!(!other.exists(), "the settings file without its report");
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["settings.json"]);
+
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"permissions": {"deny": ["Read(src/[)"]}}"#).unwrap();
+    let corpus = dir.join("corpus.jsonl");
+    std::fs::write(&corpus, "{\"tool\": \"Bash\", \"input\": \"ls\"}\n").unwrap();
+    let out = tetrarch(&[
+        "perms",
+        "diff",
+        s,
+        bad.to_str().unwrap(),
+        "--corpus",
+        corpus.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("settings file {}: rule deny[0]", bad.display())),
+        "{err}"
+    );
+}

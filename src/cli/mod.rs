@@ -24,6 +24,7 @@ mod dashboard;
 mod kernels;
 mod lessons;
 mod mem;
+mod outputs;
 mod perms;
 mod plan;
 mod run;

@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tetrarch::permissions::{Decision, PermissionEngine, ToolCall, consolidate::consolidate};
+use tetrarch::permissions::{
+    Decision, PermissionEngine, PermissionError, ToolCall, consolidate::consolidate,
+};
+
+use super::outputs::{refuse_overwriting, write_all_or_none};
 
 /// Permission-rule commands.
 #[derive(Debug, clap::Subcommand)]
@@ -80,9 +84,19 @@ impl Dirs {
 fn load(settings: &Path, dirs: &Dirs) -> anyhow::Result<PermissionEngine> {
     let (cwd, home) = dirs.resolve()?;
     let text = super::read_text(settings, "settings")?;
-    Ok(PermissionEngine::from_settings_json(
-        &text, settings, &cwd, &home,
-    )?)
+    PermissionEngine::from_settings_json(&text, settings, &cwd, &home)
+        .map_err(|e| naming_the_file(e, settings))
+}
+
+/// A rule's error says which rule but not which file (the other errors name it): with two
+/// settings files (`diff`) that is ambiguous.
+fn naming_the_file(error: PermissionError, settings: &Path) -> anyhow::Error {
+    match error {
+        PermissionError::InvalidRule { .. } => {
+            anyhow::Error::new(error).context(format!("settings file {}", settings.display()))
+        }
+        other => other.into(),
+    }
 }
 
 fn describe(decision: &Decision) -> String {
@@ -160,23 +174,38 @@ pub fn run(command: PermsCommand) -> anyhow::Result<ExitCode> {
             out,
             report,
         } => {
-            let text = super::read_text(&settings, "settings")?;
-            let result = consolidate(&text, &settings, widen)?;
             let out = out.unwrap_or_else(|| settings.with_extension("consolidated.json"));
             let report = report.unwrap_or_else(|| out.with_extension("report.md"));
+            refuse_overwriting("--out", &out, &[(&settings, "the settings file")])?;
+            refuse_overwriting(
+                "--report",
+                &report,
+                &[
+                    (&settings, "the settings file"),
+                    (&out, "the new settings file"),
+                ],
+            )?;
+            let text = super::read_text(&settings, "settings")?;
+            let result =
+                consolidate(&text, &settings, widen).map_err(|e| naming_the_file(e, &settings))?;
             let json = serde_json::to_string_pretty(&result.settings)? + "\n";
-            std::fs::write(&out, json)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            std::fs::write(&report, result.report())
-                .with_context(|| format!("cannot write {}", report.display()))?;
+            write_all_or_none(&[
+                (&out, json.as_bytes()),
+                (&report, result.report().as_bytes()),
+            ])?;
             stdout_line!(
                 "rules: {} -> {}{}\nwrote {} and {}",
                 result.rules_before,
                 result.rules_after,
                 if widen {
                     format!(
-                        " ({} families widened, review the report)",
-                        result.widened.len()
+                        " ({} {} widened, review the report)",
+                        result.widened.len(),
+                        if result.widened.len() == 1 {
+                            "family"
+                        } else {
+                            "families"
+                        }
                     )
                 } else {
                     String::new()

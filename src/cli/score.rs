@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use std::sync::Arc;
 
+use super::outputs::refuse_overwriting;
 use tetrarch::scoring::{
     Device, FLIP_DEFAULT_PPD, KernelCache, Metric, RgbImage, Scorer, ScorerConfig,
     StoreKernelCache, cuda_unavailable_reason, write_error_map,
@@ -63,6 +64,23 @@ pub fn run(args: ScoreArgs, store_path: Option<PathBuf>) -> anyhow::Result<ExitC
         anyhow::bail!("--map needs --metric flip or hdr-flip");
     }
     tetrarch::scoring::check_ppd(args.ppd).context("--ppd")?;
+    if let Some(map) = &args.map {
+        // The map is always a PNG: another extension would mislabel it.
+        anyhow::ensure!(
+            map.extension()
+                .is_none_or(|extension| extension.eq_ignore_ascii_case("png")),
+            "--map {}: the error map is a PNG; name it .png",
+            map.display()
+        );
+        refuse_overwriting(
+            "--map",
+            map,
+            &[
+                (&args.reference, "the reference image"),
+                (&args.test, "the test image"),
+            ],
+        )?;
+    }
     let reference = RgbImage::open(&args.reference)?;
     let test = RgbImage::open(&args.test)?;
     let scorer = Scorer::new(ScorerConfig {
@@ -72,7 +90,7 @@ pub fn run(args: ScoreArgs, store_path: Option<PathBuf>) -> anyhow::Result<ExitC
     })?;
     let score = scorer.score(args.metric, &reference, &test, args.map.is_some())?;
     if let (Some(path), Some(map)) = (&args.map, &score.error_map) {
-        write_error_map(map, path).with_context(|| format!("writing {}", path.display()))?;
+        write_error_map(map, path)?;
     }
     if args.json {
         let mut value = serde_json::to_value(&score)?;
@@ -110,8 +128,8 @@ pub fn run(args: ScoreArgs, store_path: Option<PathBuf>) -> anyhow::Result<ExitC
             _ => writeln!(out, "{name} {:.6}", score.value)?,
         }
         match scorer.cpu_reason() {
-            Some(reason) => writeln!(out, "  computed on {:?} ({reason})", score.backend)?,
-            None => writeln!(out, "  computed on {:?}", score.backend)?,
+            Some(reason) => writeln!(out, "  computed on {} ({reason})", score.backend)?,
+            None => writeln!(out, "  computed on {}", score.backend)?,
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -138,9 +138,11 @@ impl RgbImage {
                 message: other.to_string(),
             },
         };
-        let (width, height) = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format)
-            .into_dimensions()
-            .map_err(failed)?;
+        let mut header = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+        // The decoder's own limits would refuse a huge size with a vaguer "Memory limit
+        // exceeded"; reading the size allocates nothing.
+        header.no_limits();
+        let (width, height) = header.into_dimensions().map_err(failed)?;
         check_pixels(&path.display().to_string(), width as usize, height as usize)?;
         let decoded = image::load_from_memory_with_format(&bytes, format).map_err(failed)?;
         Self::from_dynamic(path.display().to_string(), &decoded)

@@ -61,6 +61,16 @@ pub enum Backend {
     Cuda,
 }
 
+impl std::fmt::Display for Backend {
+    /// `cpu` or `cuda`, as in JSON.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+        })
+    }
+}
+
 /// How to build a [`Scorer`].
 #[derive(Clone)]
 pub struct ScorerConfig {
