@@ -433,7 +433,17 @@ fn variables_a_call_sets_are_judged_like_leading_assignments() {
         command = [\"sh\", \"-c\"]\n\
         [[task]]\nid = \"path\"\ntool = \"sh.run\"\nargs = { argv = [\"ls\"], env = { PATH = \"./bin:/usr/bin:/bin\" } }\n\
         [[task]]\nid = \"harmless\"\ntool = \"sh.run\"\nargs = { argv = [\"echo ok\"], env = { NO_COLOR = \"1\" } }\n";
-    let (code, err) = run(dir.path(), plan);
+    // The pool's own `env` reaches the process as the call's does, so it is judged too (with
+    // the pool's real shell).
+    let evil = dir.path().join("evil.sh");
+    std::fs::write(&evil, "touch ran\n").unwrap();
+    let plan = format!(
+        "{plan}[pools.bash]\nkind = \"process\"\ncommand = [\"bash\", \"-c\"]\n\
+         env = {{ BASH_ENV = \"{}\" }}\n\
+         [[task]]\nid = \"pool-env\"\ntool = \"bash.run\"\nargs = {{ argv = [\"echo hi\"] }}\n",
+        evil.display()
+    );
+    let (code, err) = run(dir.path(), &plan);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("path: Failed (permission denied: no rule allows Bash")
@@ -441,6 +451,15 @@ fn variables_a_call_sets_are_judged_like_leading_assignments() {
         "{err}"
     );
     assert!(!err.contains("harmless: Failed"), "{err}");
+    assert!(
+        err.contains("pool-env: Failed (permission denied: no rule allows Bash")
+            && err.contains(&format!(
+                "env BASH_ENV={} bash -c 'echo hi'",
+                evil.display()
+            )),
+        "{err}"
+    );
+    assert!(!dir.path().join("ran").exists());
 }
 
 #[test]

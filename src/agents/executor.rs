@@ -5,7 +5,7 @@
 //! marked `cacheable` are kept in the [`ContextCache`] (category `tool_result`, persisted), keyed
 //! by pool, tool and rendered arguments. Outputs and errors become memories of the run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -125,26 +125,37 @@ fn permission_call(
                     .collect::<Vec<_>>()
                     .join(" ")
             };
-            // Variables the call sets (`args.env`) that could change what runs (`PATH`,
-            // `LD_PRELOAD`, `BASH_ENV`): judged as `env NAME=value …` around the command, so
-            // allow rules see them as they see leading assignments.
-            let variables: Vec<String> = args
-                .get("env")
-                .and_then(|e| e.as_object())
+            // Variables the process gets from its pool's `env` and the call's own (`args.env`,
+            // which wins) that could change what runs (`PATH`, `LD_PRELOAD`, `BASH_ENV`):
+            // judged as `env NAME=value …` around the command, so allow rules see them as they
+            // see leading assignments.
+            let mut set: BTreeMap<&str, String> = def
+                .env
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.clone()))
+                .collect();
+            let call_env = args.get("env").and_then(|e| e.as_object());
+            for (name, value) in call_env.into_iter().flatten() {
+                if let Some(text) = crate::session::process::value_text(value) {
+                    set.insert(name, text);
+                }
+            }
+            let variables: Vec<String> = set
                 .into_iter()
-                .flatten()
                 .filter(|(name, _)| !crate::permissions::is_harmless_variable(name))
-                .filter_map(|(name, value)| {
-                    let text = crate::session::process::value_text(value)?;
-                    Some(shell_word(&format!("{name}={text}")))
-                })
+                .map(|(name, text)| shell_word(&format!("{name}={text}")))
                 .collect();
             // `sh -c SCRIPT NAME ARGS...`: the script is the command; the rest are its data.
             let command = match (shell && !extra.is_empty(), variables.is_empty()) {
                 (true, true) => extra[0].clone(),
                 (true, false) => format!(
-                    "env {} sh -c {}",
+                    "env {} {} {}",
                     variables.join(" "),
+                    def.command
+                        .iter()
+                        .map(|w| shell_word(w))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     shell_word(&extra[0])
                 ),
                 (false, true) => line(),
