@@ -658,3 +658,41 @@ fixes = [{ when = "x", args = { argvv = ["echo x"] } }]
     let (code, out, err) = check(&[name]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A cacheable task that a rollback undid is called again by the next run, not completed from
+/// the cache without its effect.
+#[test]
+fn a_result_a_compensation_undid_is_not_served_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = shell_plan(
+        dir.path(),
+        r#"[pools.undo]
+kind = "process"
+command = ["sh", "-c"]
+
+[[task]]
+id = "publish"
+tool = "sh.x"
+cacheable = true
+args = { argv = ['echo pub >> calls; touch published; echo "{\"path\": \"published\"}"'] }
+outputs = ["path"]
+compensate = { tool = "undo.x", args = { argv = ['mv "$1" undone', "u", "{{tasks.publish.output.path}}"] } }
+
+[[task]]
+id = "check"
+tool = "sh.x"
+deps = ["publish"]
+args = { argv = ['test -f published && test -f go'] }
+"#,
+    );
+    let (code, err) = run(dir.path(), &plan);
+    assert_eq!(code, 1, "{err}");
+    assert!(dir.path().join("undone").exists(), "{err}");
+    assert!(!dir.path().join("published").exists(), "{err}");
+
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let (code, err) = run(dir.path(), &plan);
+    assert_eq!(code, 0, "{err}");
+    let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+    assert_eq!(calls.lines().count(), 2, "publish ran again: {calls}");
+}

@@ -671,7 +671,8 @@ impl Actor for Executor {
                     let (outcome, memory) = match called {
                         Ok((failed, outcome, key, memory)) => {
                             attempt.failure = failed;
-                            attempt.cache_key = key;
+                            // A compensation carries the key of the call it undoes.
+                            attempt.cache_key = key.or(attempt.cache_key);
                             (outcome, memory)
                         }
                         Err(panic) => {

@@ -42,7 +42,7 @@ use crate::lessons::{Failure, Lessons};
 use crate::permissions::PermissionEngine;
 use crate::plan::template::{Reference, references_in};
 use crate::plan::{Fix, Location, Plan, Task, TaskId, TemplateContext};
-use crate::store::Store;
+use crate::store::{CacheKey, Store};
 
 /// Dispatch tokens, unique in the process, so a verdict for an attempt dispatched by an earlier
 /// Orchestrator (before a restart) can never match a new one.
@@ -112,6 +112,8 @@ struct Slot {
     /// A resumed rollback found the task in flight when the process stopped: its call may have
     /// done its work, so its compensation runs.
     outcome_unknown: bool,
+    /// The result cache's key of the call that completed the task: its compensation drops it.
+    result_cache_key: Option<CacheKey>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -237,6 +239,7 @@ impl RunState {
                 fix_trial: None,
                 backing_off: false,
                 outcome_unknown: false,
+                result_cache_key: None,
             })
             .collect();
         let span = tracing::info_span!(
@@ -283,6 +286,7 @@ impl RunState {
             reason: slot.reason.clone(),
             output_json: slot.output.as_ref().map(Value::to_string),
             attempt_times: slot.attempt_times,
+            result_cache_key: slot.result_cache_key.map(|key| key.as_u128()),
         }
     }
 
@@ -409,6 +413,7 @@ impl OrchestratorState {
                 slot.retries = record.retries;
                 slot.feedback = record.feedback;
                 slot.attempt_times = record.attempt_times;
+                slot.result_cache_key = record.result_cache_key.map(CacheKey::from_u128);
                 match record.state {
                     TaskState::Complete => {
                         slot.state = TaskState::Complete;
@@ -753,6 +758,7 @@ impl OrchestratorState {
                 let slot = &mut run.slots[i];
                 slot.state = TaskState::Complete;
                 slot.output = Some(output);
+                slot.result_cache_key = attempt.cache_key;
                 slot.reason = (!summary.is_empty()).then_some(summary);
                 for d in run.dependents[i].clone() {
                     run.waiting_on[d] -= 1;
@@ -1210,7 +1216,8 @@ impl OrchestratorState {
             args: None,
             permissions: run.permissions.clone(),
             failure: None,
-            cache_key: None,
+            // The undone call's result, which the Reviewer drops from the cache.
+            cache_key: run.slots[i].result_cache_key,
         };
         if let Err(e) = self
             .args

@@ -404,10 +404,17 @@ async fn review_and_reply(
     let verdict = review(shared, &attempt, outcome).instrument(span).await;
     // A result that failed the gates is not reused: the next attempt (or a later run) calls
     // the tool again. Cached results are only those whose call exited 0, not those that passed.
-    if let (Verdict::GateFailed { .. }, Some(key)) = (&verdict, attempt.cache_key)
+    // Nor is one a compensation has undone (whether the compensation worked or not): served
+    // again, its task would complete without redoing what was undone.
+    let dropped = match &verdict {
+        _ if attempt.purpose == Purpose::Compensation => attempt.cache_key,
+        Verdict::GateFailed { .. } => attempt.cache_key,
+        _ => None,
+    };
+    if let Some(key) = dropped
         && let Err(e) = shared.cache.remove(key).await
     {
-        tracing::warn!("reviewer: a result that failed its gates stays cached: {e}");
+        tracing::warn!("reviewer: a result that failed its gates or was undone stays cached: {e}");
     }
     if let Err(e) = shared
         .peers

@@ -186,7 +186,8 @@ impl From<RunRecordV1> for RunRecord {
 #[derive(Serialize, Deserialize)]
 enum StoredTask {
     V1(TaskRecordV1),
-    V2(TaskRecord),
+    V2(TaskRecordV2),
+    V3(TaskRecord),
 }
 
 /// How long a task's attempts took, each from its dispatch to its verdict (context, tool call
@@ -222,11 +223,15 @@ pub(crate) struct TaskRecord {
     pub reason: Option<String>,
     pub output_json: Option<String>,
     pub attempt_times: AttemptTimes,
+    /// The result cache's key of the call that completed the task (a `cacheable` task's): its
+    /// compensation drops that entry, or a later run would be handed the undone result without
+    /// the call's effect.
+    pub result_cache_key: Option<u128>,
 }
 
 impl From<TaskRecordV1> for TaskRecord {
     fn from(old: TaskRecordV1) -> Self {
-        TaskRecord {
+        TaskRecordV2 {
             state: old.state,
             attempt: old.attempt,
             retries: old.retries,
@@ -235,7 +240,35 @@ impl From<TaskRecordV1> for TaskRecord {
             output_json: old.output_json,
             attempt_times: AttemptTimes::default(),
         }
+        .into()
     }
+}
+
+impl From<TaskRecordV2> for TaskRecord {
+    fn from(old: TaskRecordV2) -> Self {
+        TaskRecord {
+            state: old.state,
+            attempt: old.attempt,
+            retries: old.retries,
+            feedback: old.feedback,
+            reason: old.reason,
+            output_json: old.output_json,
+            attempt_times: old.attempt_times,
+            result_cache_key: None,
+        }
+    }
+}
+
+/// A task as persisted before the result cache's key was kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct TaskRecordV2 {
+    pub state: TaskState,
+    pub attempt: u32,
+    pub retries: u32,
+    pub feedback: String,
+    pub reason: Option<String>,
+    pub output_json: Option<String>,
+    pub attempt_times: AttemptTimes,
 }
 
 /// A task as persisted before attempt times were kept.
@@ -274,7 +307,7 @@ pub(crate) fn decode_run(id: &str, bytes: &[u8]) -> Result<RunRecord, StoreError
 }
 
 pub(crate) fn encode_task(record: &TaskRecord) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(&StoredTask::V2(record.clone())).map_err(|e| codec_error("encode task", e))
+    postcard::to_stdvec(&StoredTask::V3(record.clone())).map_err(|e| codec_error("encode task", e))
 }
 
 /// Every run in the store, `(run id, record)`, oldest first (ids sort by time).
@@ -321,7 +354,8 @@ pub(crate) fn load_tasks(
 fn decode_task(run_id: &str, task: &str, bytes: &[u8]) -> Result<TaskRecord, StoreError> {
     match postcard::from_bytes::<StoredTask>(bytes) {
         Ok(StoredTask::V1(old)) => Ok(old.into()),
-        Ok(StoredTask::V2(record)) => Ok(record),
+        Ok(StoredTask::V2(old)) => Ok(old.into()),
+        Ok(StoredTask::V3(record)) => Ok(record),
         Err(e) => Err(codec_error(
             &format!("decode task {task} of run {run_id}"),
             e,
@@ -438,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn a_first_version_task_record_reads_with_no_attempt_times() {
+    fn older_task_records_read_with_no_attempt_times_and_no_cache_key() {
         let old = TaskRecordV1 {
             state: TaskState::Complete,
             attempt: 2,
@@ -463,8 +497,22 @@ mod tests {
             (times.count, times.total_us, times.longest_us),
             (2, 1500, 1200)
         );
-        let current = TaskRecord {
+        // The second version reads with no result cache key.
+        let second = TaskRecordV2 {
+            state: read.state,
+            attempt: read.attempt,
+            retries: read.retries,
+            feedback: read.feedback.clone(),
+            reason: None,
+            output_json: read.output_json.clone(),
             attempt_times: times,
+        };
+        let bytes = postcard::to_stdvec(&StoredTask::V2(second)).unwrap();
+        let read = decode_task("r", "t", &bytes).unwrap();
+        assert_eq!(read.attempt_times, times);
+        assert_eq!(read.result_cache_key, None);
+        let current = TaskRecord {
+            result_cache_key: Some(u128::MAX - 7),
             ..read
         };
         let bytes = encode_task(&current).unwrap();

@@ -208,6 +208,11 @@ impl CacheKey {
     pub fn as_u128(&self) -> u128 {
         self.0
     }
+
+    /// A key saved as [`CacheKey::as_u128`] gave it.
+    pub fn from_u128(value: u128) -> CacheKey {
+        CacheKey(value)
+    }
 }
 
 /// Why a cached computation failed. Shared (behind an `Arc`) by every caller waiting on the key.
