@@ -825,9 +825,11 @@ fn a_reference_inside_a_gates_json_array_or_object_is_refused() {
         e,
         [
             "p.toml:5:32: task \"a\" gates[0].eq[0]: {{attempt}} is not filled in: a gate's \
-             expected text is compared as written (only file_exists, reference and test are templates)",
+             expected text is compared as written (only file_exists, reference and test are \
+             templates); to look for the text itself, use `matches` with the braces escaped (`\\{\\{`)",
             "p.toml:5:82: task \"a\" gates[1].ne.k[1]: {{run.id}} is not filled in: a gate's \
-             expected text is compared as written (only file_exists, reference and test are templates)",
+             expected text is compared as written (only file_exists, reference and test are \
+             templates); to look for the text itself, use `matches` with the braces escaped (`\\{\\{`)",
         ]
     );
 }
@@ -872,5 +874,75 @@ args = { anything = 1 }
             "10:8: task \"t\" fixes[1] args: unknown key `argvv` for a process call (expected argv, stdin, env)",
             "13:23: task \"t\" compensate args: a process call's args are a table of argv, stdin, env, not \"echo undo\"",
         ]
+    );
+}
+
+#[test]
+fn a_process_calls_argv_and_env_of_the_wrong_kind_are_found_without_running() {
+    let plan = Plan::from_toml(
+        r#"name = "ak"
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+[[task]]
+id = "line"
+tool = "sh.x"
+args = { argv = "echo hi" }
+[[task]]
+id = "nested"
+tool = "sh.x"
+args = { argv = ["echo", ["hi"]] }
+[[task]]
+id = "list"
+tool = "sh.x"
+args = { argv = ["echo $A"], env = ["A=1"] }
+[[task]]
+id = "name"
+tool = "sh.x"
+args = { argv = ["echo $A"], env = { "A=B" = "1" } }
+[[task]]
+id = "fine"
+tool = "sh.x"
+deps = ["line"]
+args = { argv = ["echo", 1, true], env = "{{tasks.line.output}}", stdin = 5 }
+"#,
+        "p.toml",
+    )
+    .unwrap();
+    let found: Vec<String> = plan
+        .own_process_args_problems()
+        .iter()
+        .map(|d| d.message.clone())
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "task \"line\" tool args: `argv` must be a list of strings, not \"echo hi\"",
+            "task \"nested\" tool args: `argv[1]` is [\"hi\"], not a string",
+            "task \"list\" tool args: `env` must be a table of NAME = value, not [\"A=1\"]",
+            "task \"name\" tool args: `env` names \"A=B\": a variable's name cannot hold `=`",
+        ]
+    );
+}
+
+#[test]
+fn gates_that_could_never_check_what_they_say_are_refused() {
+    let e = errors(
+        "name = \"x\"\n[[task]]\nid = \"a\"\ntool = \"p.t\"\n\
+         gates = [{ json = \"/a~2\", exists = true }, { json = \"/a~0b~1c\", exists = true }, \
+         { file_exists = \"\" }, { contains = '{{ \"{{\" }}run.id}}' }]\n",
+    );
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].contains("gates[0]: gate `json` pointer \"/a~2\": a `~` must be followed by 0"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].contains("gates[2]: gate `file_exists` needs a path"),
+        "{e:#?}"
+    );
+    assert!(
+        e[2].contains("gates[3].contains: `{{ \"{{\" }}` escapes braces in templates"),
+        "{e:#?}"
     );
 }

@@ -60,6 +60,32 @@ async fn environment_is_cleared_except_the_allowlist() {
 }
 
 #[tokio::test]
+async fn a_calls_env_that_is_not_a_table_of_variables_is_refused() {
+    for (env, expected) in [
+        (
+            json!(["A=1"]),
+            "`env` must be a table of NAME = value, not [\"A=1\"]",
+        ),
+        (json!("A=1"), "`env` must be a table of NAME = value"),
+        (json!({"": "1"}), "a variable's name cannot be empty"),
+    ] {
+        let request = ToolRequest::new("shell", json!({ "env": env }));
+        let err = run(sh("echo ran"), request).await.unwrap_err();
+        assert!(
+            matches!(&err, SessionError::InvalidArguments { tool, detail }
+                if tool == "shell" && detail.contains(expected)),
+            "{err}"
+        );
+    }
+    // Values other than strings are written out, and `null` sets nothing.
+    let request = ToolRequest::new("shell", json!({ "env": { "A": 1, "B": null } }));
+    let outcome = run(sh("printf '%s|%s' \"$A\" \"${B-unset}\""), request)
+        .await
+        .unwrap();
+    assert_eq!(outcome.stdout, "1|unset");
+}
+
+#[tokio::test]
 async fn non_zero_exit_passes_through_with_stderr() {
     let outcome = run(sh("echo oops >&2; exit 3"), request()).await.unwrap();
     assert_eq!(outcome.exit_status, Some(3));
@@ -236,6 +262,14 @@ async fn a_missing_program_or_folder_is_named_by_the_check_and_does_not_stop_the
         (
             "kind = \"native\"\ncwd = \"/tmp\"\n",
             "`cwd` is for process, mcp and scorer pools only",
+        ),
+        (
+            "kind = \"process\"\ncommand = [\"sh\"]\nenv = { \"A=B\" = \"x\" }\n",
+            "`env` names \"A=B\": a variable's name cannot hold `=`",
+        ),
+        (
+            "kind = \"mcp\"\ncommand = [\"server\"]\nenv_allowlist = [\"PATH\", \"\"]\n",
+            "`env_allowlist` names \"\": a variable's name cannot be empty",
         ),
         (
             "kind = \"process\"\ncommand = [\"sh\"]\nstart_timeout = \"5m\"\n",

@@ -267,9 +267,13 @@ async fn check_call(
             detail: format!("no pool named {:?}", attempt.call().pool),
         });
     };
-    // Parsed before the rules see the command, so a malformed `argv` is reported as such.
+    // Parsed before the rules see the command, so a malformed `argv` or `env` is reported as
+    // such.
     let argv = match def.kind {
-        PoolKind::Process => crate::session::process::extra_argv(&attempt.call().tool, args)?,
+        PoolKind::Process => {
+            crate::session::process::call_env(&attempt.call().tool, args)?;
+            crate::session::process::extra_argv(&attempt.call().tool, args)?
+        }
         _ => Vec::new(),
     };
     // A shell pool's script is `argv[0]`; one that starts with `-` or `+` is read by the shell

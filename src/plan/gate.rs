@@ -213,6 +213,16 @@ impl Gate {
                     "gate `json` must be an RFC 6901 pointer starting with `/`, got {pointer:?}"
                 ));
             }
+            // `~` only starts `~0` (a `~`) or `~1` (a `/`): anything else finds nothing.
+            if pointer
+                .match_indices('~')
+                .any(|(at, _)| !matches!(pointer.as_bytes().get(at + 1), Some(b'0' | b'1')))
+            {
+                return Err(format!(
+                    "gate `json` pointer {pointer:?}: a `~` must be followed by 0 (for `~`) or 1 \
+                     (for `/`)"
+                ));
+            }
             let ops: Vec<&&str> = keys.iter().filter(|k| **k != "json").collect();
             let [op] = ops.as_slice() else {
                 return Err(
@@ -245,9 +255,11 @@ impl Gate {
         }
         if table.contains_key("file_exists") {
             allow(&["file_exists"])?;
-            return Ok(Gate::FileExists {
-                path: string("file_exists")?,
-            });
+            let path = string("file_exists")?;
+            if path.trim().is_empty() {
+                return Err("gate `file_exists` needs a path".to_owned());
+            }
+            return Ok(Gate::FileExists { path });
         }
         if table.contains_key("score") {
             allow(&["score", "reference", "test", "max", "min"])?;

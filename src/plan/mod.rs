@@ -401,7 +401,8 @@ impl Task {
             (_, false) => ("tool", &self.args),
         };
         let own = match args {
-            Value::Object(map) => unknown_process_key(map.keys().map(String::as_str)),
+            Value::Object(map) => unknown_process_key(map.keys().map(String::as_str))
+                .or_else(|| process_arg_type_problem(map)),
             other => Some(format!(
                 "a process call's args are a table of {}, not {other}",
                 PROCESS_ARG_KEYS.join(", ")
@@ -415,6 +416,35 @@ impl Task {
                 .map(|p| format!("task {id:?} fixes[{i}] args: {p}"))
         });
         own.into_iter().chain(fixes).collect()
+    }
+}
+
+/// A process call's `argv` or `env` written as a value the call refuses: `argv` must be a list
+/// of strings (numbers and booleans are written out), `env` a table of variables. A string
+/// holding a template may render to either, so it is left to the call.
+fn process_arg_type_problem(args: &serde_json::Map<String, Value>) -> Option<String> {
+    let templated = |value: &Value| matches!(value, Value::String(s) if s.contains("{{"));
+    if let Some(argv) = args.get("argv").filter(|v| !templated(v)) {
+        let Value::Array(items) = argv else {
+            return Some(format!("`argv` must be a list of strings, not {argv}"));
+        };
+        if let Some((i, item)) = items
+            .iter()
+            .enumerate()
+            .find(|(_, item)| matches!(item, Value::Array(_) | Value::Object(_) | Value::Null))
+        {
+            return Some(format!("`argv[{i}]` is {item}, not a string"));
+        }
+    }
+    match args.get("env").filter(|v| !templated(v)) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(table)) => table.keys().find_map(|name| {
+            crate::session::process::variable_name_problem(name)
+                .map(|problem| format!("`env` names {name:?}: {problem}"))
+        }),
+        Some(other) => Some(format!(
+            "`env` must be a table of NAME = value, not {other}"
+        )),
     }
 }
 

@@ -126,6 +126,22 @@ pub fn parse_template(text: &str) -> Result<Vec<Segment>, TemplateError> {
     Ok(segments)
 }
 
+/// Whether `text` holds the escape `{{ "{{" }}` (a literal `{{` in a template).
+pub(crate) fn holds_brace_escape(text: &str) -> bool {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return false;
+        };
+        if after[..end].trim() == "\"{{\"" {
+            return true;
+        }
+        rest = &after[end + 2..];
+    }
+    false
+}
+
 /// Appends literal text, joining it to literal text just before (an escaped `{{` and what
 /// follows it are one piece of text).
 fn push_text(segments: &mut Vec<Segment>, text: &str) {

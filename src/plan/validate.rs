@@ -12,7 +12,7 @@ use toml::de::{DeTable, DeValue};
 use super::catalog::ToolCatalog;
 use super::dag::Dag;
 use super::gate::{Gate, toml_to_json};
-use super::template::{Reference, Segment, parse_template, references_in};
+use super::template::{Reference, Segment, holds_brace_escape, parse_template, references_in};
 use super::{
     Defaults, Diagnostic, Fix, Location, Plan, PlanError, Task, TaskId, ToolCall, ToolRef,
 };
@@ -462,7 +462,19 @@ pub(super) fn parse(
                                 format!(
                                     "task {id:?} gates[{g}].{path}: {{{{{name}}}}} is not filled in: \
                                      a gate's expected text is compared as written (only file_exists, \
-                                     reference and test are templates)"
+                                     reference and test are templates); to look for the text \
+                                     itself, use `matches` with the braces escaped (`\\{{\\{{`)"
+                                ),
+                            );
+                        } else if holds_brace_escape(text) {
+                            // Compared as written, the escape itself would be looked for.
+                            c.push(
+                                at(&path).start,
+                                format!(
+                                    "task {id:?} gates[{g}].{path}: `{{{{ \"{{{{\" }}}}` \
+                                     escapes braces in templates, but a gate's expected text is \
+                                     compared as written: write `{{{{` itself, or use `matches` \
+                                     with the braces escaped (`\\{{\\{{`)"
                                 ),
                             );
                         }

@@ -279,6 +279,17 @@ impl PoolDef {
                     .to_owned(),
             ));
         }
+        let mut names = self.env.keys().chain(&self.env_allowlist);
+        if let Some((name, problem)) =
+            names.find_map(|name| super::process::variable_name_problem(name).map(|p| (name, p)))
+        {
+            let list = if self.env.contains_key(name) {
+                "env"
+            } else {
+                "env_allowlist"
+            };
+            return Err(invalid(format!("`{list}` names {name:?}: {problem}")));
+        }
         if self.kind == PoolKind::Native && self.cwd.is_some() {
             return Err(invalid(
                 "`cwd` is for process, mcp and scorer pools only".to_owned(),

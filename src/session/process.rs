@@ -206,6 +206,52 @@ pub(crate) fn value_text(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// Why `name` cannot name an environment variable, if it cannot: the OS keeps `NAME=value`
+/// strings, so a name holding `=` (or empty) would set another variable than the one written.
+pub(crate) fn variable_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("a variable's name cannot be empty")
+    } else if name.contains('=') {
+        Some("a variable's name cannot hold `=`")
+    } else if name.contains('\0') {
+        Some("a variable's name cannot hold a NUL")
+    } else {
+        None
+    }
+}
+
+/// The call's own variables (`args.env`): a table of `NAME = value`, each value as
+/// [`value_text`] gives it (`null` sets nothing). Anything else is refused, naming the tool: a
+/// list or a string here used to be ignored, and the command ran without the variables.
+pub(crate) fn call_env(
+    tool: &str,
+    args: &serde_json::Value,
+) -> Result<Vec<(String, String)>, SessionError> {
+    let bad = |detail: String| SessionError::InvalidArguments {
+        tool: tool.to_owned(),
+        detail,
+    };
+    let table = match args.get("env") {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Object(table)) => table,
+        Some(other) => {
+            return Err(bad(format!(
+                "`env` must be a table of NAME = value, not {other}"
+            )));
+        }
+    };
+    let mut set = Vec::with_capacity(table.len());
+    for (name, value) in table {
+        if let Some(problem) = variable_name_problem(name) {
+            return Err(bad(format!("`env` names {name:?}: {problem}")));
+        }
+        if let Some(text) = value_text(value) {
+            set.push((name.clone(), text));
+        }
+    }
+    Ok(set)
+}
+
 /// The call's extra arguments: the strings of `args.argv` (numbers and booleans are written out;
 /// anything else is refused, naming the tool and the item). The Executor checks them before the
 /// permission rules see the command, so a malformed `argv` is reported as such.
@@ -247,12 +293,8 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
         &spec.env,
     );
     // Per-call variables (`args.env`, e.g. from a plan's declared fix) win over the spec's.
-    if let Some(env) = request.args.get("env").and_then(|e| e.as_object()) {
-        for (name, value) in env {
-            if let Some(value) = value_text(value) {
-                command.env(name, value);
-            }
-        }
+    for (name, value) in call_env(&request.tool, &request.args)? {
+        command.env(name, value);
     }
     command
         .stdin(if request.stdin.is_some() {
