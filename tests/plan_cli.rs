@@ -696,3 +696,29 @@ args = { argv = ['test -f published && test -f go'] }
     let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
     assert_eq!(calls.lines().count(), 2, "publish ran again: {calls}");
 }
+
+/// A tool's stderr reaches the terminal in a failure's reason: its control sequences (colour,
+/// window title, carriage return) are printed as escapes, not obeyed.
+#[test]
+fn a_tools_control_sequences_are_printed_as_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("noisy.sh"),
+        "printf 'evil\\033[31mRED\\033]0;title\\007\\rX' >&2\nexit 2\n",
+    )
+    .unwrap();
+    let plan = shell_plan(
+        dir.path(),
+        "[[task]]\nid = \"noisy\"\ntool = \"sh.x\"\nargs = { argv = [\"sh noisy.sh\"] }\n",
+    );
+    let (code, err) = run(dir.path(), &plan);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(r"evil\u{1b}[31mRED\u{1b}]0;title\u{7}\rX"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(['\u{1b}', '\u{7}', '\r']),
+        "a control character reached the terminal: {err:?}"
+    );
+}

@@ -9,6 +9,7 @@ use tetrarch::lessons::{DEFAULT_THRESHOLD, Failure, Lessons};
 use tetrarch::store::{Namespace, StoreConfig};
 
 use super::StoreRef;
+use super::terminal_text::printable;
 
 /// Lesson commands.
 #[derive(Debug, Subcommand)]
@@ -126,9 +127,9 @@ pub(crate) fn run(
                         out,
                         "{}  [{}] {}  fix: {} ({outcome})",
                         lesson.id,
-                        f.error_type,
-                        lesson.normalised,
-                        f.fix.as_deref().unwrap_or("-")
+                        printable(&f.error_type, true),
+                        printable(&lesson.normalised, true),
+                        printable(f.fix.as_deref().unwrap_or("-"), true)
                     )?;
                 }
             }
@@ -158,7 +159,7 @@ pub(crate) fn run(
                 (Some(s), false) => writeln!(
                     out,
                     "{}\n  similarity {:.2}, worked {:.0}% of {} tries (like lesson {})",
-                    s.fix,
+                    printable(&s.fix, false),
                     s.similarity,
                     s.success_rate * 100.0,
                     s.attempts,

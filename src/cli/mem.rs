@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::StoreRef;
+use super::terminal_text::printable;
 use tetrarch::store::{
     Memory, MemoryId, MemoryType, Namespace, NewMemory, SearchOptions, Store, StoreConfig,
 };
@@ -198,7 +199,7 @@ fn preview(memory: &Memory) -> String {
     if short.len() < line.len() || text.lines().nth(1).is_some() {
         short.push('…');
     }
-    short
+    printable(&short, true).into_owned()
 }
 
 fn print_memory(out: &mut dyn Write, m: &Memory) -> Result<()> {
@@ -221,18 +222,22 @@ fn print_memory(out: &mut dyn Write, m: &Memory) -> Result<()> {
         writeln!(out, "archived:    yes")?;
     }
     if !m.tags.is_empty() {
-        writeln!(out, "tags:        {}", m.tags.join(", "))?;
+        writeln!(out, "tags:        {}", printable(&m.tags.join(", "), true))?;
     }
     if !m.keywords.is_empty() {
-        writeln!(out, "keywords:    {}", m.keywords.join(", "))?;
+        writeln!(
+            out,
+            "keywords:    {}",
+            printable(&m.keywords.join(", "), true)
+        )?;
     }
     if let Some(s) = &m.summary {
-        writeln!(out, "summary:     {s}")?;
+        writeln!(out, "summary:     {}", printable(s, true))?;
     }
     if let Some(c) = &m.context {
-        writeln!(out, "context:     {c}")?;
+        writeln!(out, "context:     {}", printable(c, true))?;
     }
-    writeln!(out, "content:\n{}", m.content)?;
+    writeln!(out, "content:\n{}", printable(&m.content, false))?;
     Ok(())
 }
 

@@ -30,6 +30,7 @@ mod plan;
 mod run;
 mod score;
 mod store_socket;
+mod terminal_text;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -423,7 +424,10 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            stderr_line!("error: {}", error_text(&error));
+            stderr_line!(
+                "error: {}",
+                terminal_text::printable(&error_text(&error), false)
+            );
             ExitCode::from(2)
         }
     };

@@ -31,6 +31,7 @@ use tetrarch::store::{Store, StoreConfig};
 use tokio::sync::broadcast;
 
 use super::StoreRef;
+use super::terminal_text::printable;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -506,6 +507,7 @@ fn print_human(event: &RunEvent, bar: Option<&ProgressBar>) {
     }
     let done = matches!(event, RunEvent::TaskFinished { .. });
     if let Some(line) = describe(event) {
+        let line = printable(&line, false).into_owned();
         match bar {
             Some(bar) => {
                 if done {
@@ -537,7 +539,7 @@ fn print_report(report: &RunReport) {
         report.duration
     );
     for problem in report.problems() {
-        stderr_line!("  {problem}");
+        stderr_line!("  {}", printable(&problem, false));
     }
     for comp in &report.compensations {
         if comp.ok {
@@ -546,7 +548,7 @@ fn print_report(report: &RunReport) {
             stderr_line!(
                 "  undone {}: compensation FAILED: {}",
                 comp.task,
-                comp.detail
+                printable(&comp.detail, false)
             );
         }
     }
