@@ -722,3 +722,27 @@ fn a_tools_control_sequences_are_printed_as_escapes() {
         "a control character reached the terminal: {err:?}"
     );
 }
+
+/// Gates judge what was captured: when the capture cut the output, the feedback says so rather
+/// than only that the text is missing.
+#[test]
+fn feedback_says_when_the_gates_saw_a_cut_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("long.sh"),
+        "head -c 2000000 /dev/zero | tr '\\0' x\necho RESULT=ok\n",
+    )
+    .unwrap();
+    let plan = shell_plan(
+        dir.path(),
+        "[[task]]\nid = \"long\"\ntool = \"sh.x\"\nargs = { argv = [\"sh long.sh\"] }\n\
+         gates = [{ contains = \"RESULT=ok\" }]\n",
+    );
+    let (code, err) = run(dir.path(), &plan);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("output does not contain \"RESULT=ok\"")
+            && err.contains("the tool's output was cut at the capture limit"),
+        "{err}"
+    );
+}

@@ -372,11 +372,18 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
     {
         results.push(missing);
     }
-    let failed: Vec<&str> = results
+    let mut failed: Vec<&str> = results
         .iter()
         .filter(|r| !r.passed)
         .map(|r| r.reason.as_str())
         .collect();
+    // Feedback that blames the output for what the capture cut off would mislead the next
+    // attempt (`{{feedback}}`).
+    if !failed.is_empty() && outcome.truncated {
+        failed.push(
+            "the tool's output was cut at the capture limit, so the gates saw only its start",
+        );
+    }
     if failed.is_empty() {
         Verdict::Pass {
             output,
