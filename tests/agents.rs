@@ -730,7 +730,8 @@ args = { label = "call", sleep_ms = 30000 }
     );
     let error = outcome.expect_err("the start was waited for, and failed");
     assert!(
-        error.to_string().contains("failed to initialize"),
+        error.to_string().contains("pool \"slow\" could not start")
+            && error.to_string().contains("failed to initialize"),
         "{error}"
     );
     h.runtime.shutdown().await;

@@ -271,6 +271,14 @@ impl ActorsConfig {
                 let path = dir.join(format!("{kind}.toml"));
                 match std::fs::read_to_string(&path) {
                     Ok(text) => Ok((text, path.display().to_string())),
+                    // A link whose file is gone is a mistake, not a missing file: its agent
+                    // would run on the defaults unannounced.
+                    Err(_) if path.is_symlink() => Err(AgentError::Config {
+                        detail: format!(
+                            "cannot read {}: it is a symbolic link to a file that does not exist",
+                            path.display()
+                        ),
+                    }),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         let text = EMBEDDED
                             .iter()
@@ -385,6 +393,19 @@ impl ActorsConfig {
                     format!("executor [pools.{name}]: {detail}"),
                 ));
             }
+        }
+        // The pool itself may come later (a plan's own `[pools]`, `Runtime::add_pools`): a
+        // plan with a score gate is checked against it before it runs.
+        if !crate::session::def::is_pool_name(&self.reviewer.score_pool) {
+            return Err(problem(
+                AgentKind::Reviewer,
+                "score_pool",
+                format!(
+                    "reviewer score_pool {:?}: {}",
+                    self.reviewer.score_pool,
+                    crate::session::def::POOL_NAME_RULE
+                ),
+            ));
         }
         for (kind, mailbox, restart) in [
             (
@@ -560,6 +581,11 @@ mod tests {
                 "mailbox = 3\n",
                 ":1: reviewer mailbox (3) must hold every attempt in flight",
             ),
+            (
+                "reviewer.toml",
+                "# the pool for score gates\nscore_pool = \"\"\n",
+                ":2: reviewer score_pool \"\": a pool's name must be",
+            ),
         ];
         for (file, text, expected) in cases {
             let dir = tempfile::tempdir().unwrap();
@@ -568,6 +594,19 @@ mod tests {
             let named = format!("{}{expected}", dir.path().join(file).display());
             assert!(error.contains(&named), "{error}\nexpected: {named}");
         }
+    }
+
+    #[test]
+    fn a_link_to_a_missing_file_is_an_error_not_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("executor.toml");
+        std::os::unix::fs::symlink(dir.path().join("gone.toml"), &link).unwrap();
+        let error = ActorsConfig::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("cannot read {}", link.display()))
+                && error.contains("symbolic link to a file that does not exist"),
+            "{error}"
+        );
     }
 
     #[test]

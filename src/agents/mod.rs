@@ -152,9 +152,18 @@ pub enum AgentError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    /// A session pool could not start.
+    /// A session pool's declaration is invalid, or a session failed.
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),
+    /// A pool could not start its sessions (an MCP server that does not start or answer).
+    #[error("pool {pool:?} could not start: {source}")]
+    PoolStart {
+        /// The pool, as declared.
+        pool: String,
+        /// Why.
+        #[source]
+        source: crate::session::SessionError,
+    },
     /// The plan is invalid (for the runtime's pools).
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),

@@ -23,7 +23,9 @@ use super::{ActorsConfig, AgentError, AgentKind, RunReport, RunStatus, TaskState
 use crate::lessons::Lessons;
 use crate::permissions::{ApprovalHandler, DenyAll, PermissionEngine};
 use crate::plan::{Diagnostic, Plan, PlanError, StaticCatalog, ToolRef};
-use crate::session::{NativeRegistry, Pool, PoolContext, PoolDef, PoolKind, PoolStats};
+use crate::session::{
+    NativeRegistry, Pool, PoolContext, PoolDef, PoolKind, PoolStats, SessionError,
+};
 use crate::store::{CacheStats, CacheTtls, ContextCache, Namespace, Store};
 
 /// The session pools by name, with each pool's default call timeout. Shared by the Executor and
@@ -355,12 +357,19 @@ async fn start_pools(
             // Kept with its `cwd` resolved: the declaration then says where its calls run,
             // which the result cache keys on.
             Ok(pool) => pools.insert(run, name.clone(), pool, &def.resolved(&context.base_dir)),
-            Err(e) => {
-                first_error.get_or_insert(e);
+            // A declaration's error names its pool already.
+            Err(e @ SessionError::InvalidConfig { .. }) => {
+                first_error.get_or_insert(AgentError::from(e));
+            }
+            Err(source) => {
+                first_error.get_or_insert(AgentError::PoolStart {
+                    pool: name.clone(),
+                    source,
+                });
             }
         }
     }
-    first_error.map_or(Ok(()), |e| Err(e.into()))
+    first_error.map_or(Ok(()), Err)
 }
 
 impl Runtime {
@@ -733,7 +742,8 @@ impl Runtime {
                 diagnostics.push(Diagnostic {
                     location: task.tool_location,
                     message: format!(
-                        "task {:?} has a score gate, but the score pool {:?} cannot run it: {problem}",
+                        "task {:?} has a score gate, but the score pool {:?} (the Reviewer's \
+                         `score_pool`, reviewer.toml) cannot run it: {problem}",
                         task.id.as_str(),
                         self.score_pool
                     ),
