@@ -416,10 +416,26 @@ pub(crate) fn error_text(error: &anyhow::Error) -> String {
     text
 }
 
+/// A panic of the database engine on a damaged file that the store catches becomes an error
+/// naming the file (`StoreError::Corrupt`); printed by the default hook as well, with a
+/// backtrace under `RUST_BACKTRACE`, it read as a crash. It is logged at debug level instead.
+/// Every other panic is printed as before.
+fn quiet_caught_engine_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if tetrarch::store::engine_panic_is_caught() {
+            tracing::debug!("the database engine panicked (caught): {info}");
+        } else {
+            default(info);
+        }
+    }));
+}
+
 /// Parses the arguments, runs the command and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let tracing = init_tracing(cli.otlp_endpoint.as_deref());
+    quiet_caught_engine_panics();
     let code = match run(cli) {
         Ok(code) => code,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,

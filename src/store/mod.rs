@@ -238,6 +238,9 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Opened by [`Store::open_read_only`]: no writer; every write is [`StoreError::ReadOnly`].
     read_only: bool,
+    /// Why the writer stopped writing, once the database engine failed under it (see
+    /// [`writer::run`]).
+    writer_failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Drop for Inner {
@@ -293,7 +296,7 @@ pub(crate) fn fields_of(memory: &Memory) -> Fields<'_> {
 }
 
 /// What a panic of the database engine on damaged data becomes.
-fn engine_failed(path: &Path, panic: &(dyn std::any::Any + Send)) -> StoreError {
+pub(crate) fn engine_failed(path: &Path, panic: &(dyn std::any::Any + Send)) -> StoreError {
     StoreError::Corrupt {
         path: path.to_path_buf(),
         detail: format!(
@@ -307,6 +310,28 @@ fn engine_failed(path: &Path, panic: &(dyn std::any::Any + Send)) -> StoreError 
     }
 }
 
+thread_local! {
+    /// How many [`catching_engine_panics`] calls this thread is inside.
+    static CATCHING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f`, a call into the database engine, catching its panic (the caller turns it into
+/// [`StoreError::Corrupt`]), and marks the thread meanwhile for [`engine_panic_is_caught`].
+pub(crate) fn catching_engine_panics<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    CATCHING.with(|depth| depth.set(depth.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    result
+}
+
+/// Whether a panic on this thread now happens inside a call into the database engine whose
+/// panic the store catches and returns as [`StoreError::Corrupt`] (redb panics on some damaged
+/// pages). A program's panic hook can stay quiet about such a panic: the error that follows
+/// names the file and what failed. (The `tetrarch` binary's hook does.)
+pub fn engine_panic_is_caught() -> bool {
+    CATCHING.with(|depth| depth.get() > 0)
+}
+
 /// Runs a read of the file, turning a panic of the engine into [`StoreError::Corrupt`]. redb
 /// panics on some damaged pages (a key that is not UTF-8) instead of returning an error, and
 /// damage it did not meet while opening can be met by any later read: the caller gets an error
@@ -316,8 +341,7 @@ fn guarded_read<T>(
     path: &Path,
     read: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
-        .unwrap_or_else(|panic| Err(engine_failed(path, &*panic)))
+    catching_engine_panics(read).unwrap_or_else(|panic| Err(engine_failed(path, &*panic)))
 }
 
 /// Opens (or creates) the database file; a panic of the engine on a damaged file is
@@ -427,18 +451,19 @@ impl Store {
         }
         // redb can panic on some damaged files instead of returning an error; a damaged file
         // must be a clear error, never a crash of the process that opened it.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let opened = catching_engine_panics(|| {
             let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
             Self::prepare_tables(&db, &path)?;
             let dictionary = Arc::new(Dictionary::default());
             let state = Self::load_state(&db, &path, &config, &dictionary)?;
             Ok::<_, StoreError>((db, state, dictionary))
-        }));
+        });
         let (db, state, dictionary) = opened.map_err(|panic| engine_failed(&path, &*panic))??;
         let db = Arc::new(SharedDb::new(OpenDb::Writable(db)));
         let state = Arc::new(RwLock::new(state));
         let access_queue = Arc::new(Mutex::new(Vec::new()));
         let (commands, receiver) = mpsc::channel();
+        let writer_failure = Arc::new(Mutex::new(None));
         let context = WriterContext {
             db: db.clone(),
             state: state.clone(),
@@ -446,6 +471,7 @@ impl Store {
             config: config.clone(),
             access_queue: access_queue.clone(),
             dictionary: dictionary.clone(),
+            failure: Arc::clone(&writer_failure),
         };
         let handle = std::thread::Builder::new()
             .name("tetrarch-store-writer".into())
@@ -462,6 +488,7 @@ impl Store {
                 dictionary,
                 writer: Mutex::new(Some(handle)),
                 read_only: false,
+                writer_failure,
             }),
         })
     }
@@ -484,7 +511,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         config.check()?;
         let path = path.as_ref().to_path_buf();
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let opened = catching_engine_panics(|| {
             let db = match redb::Builder::new().open_read_only(&path) {
                 Ok(db) => db,
                 // Only a writable open repairs the file.
@@ -507,7 +534,7 @@ impl Store {
             }
             state.damaged = Self::count_set_aside(&db, &path)?;
             Ok::<_, StoreError>(Some((db, state, dictionary)))
-        }));
+        });
         let Some((db, state, dictionary)) =
             opened.map_err(|panic| engine_failed(&path, &*panic))??
         else {
@@ -526,6 +553,7 @@ impl Store {
                 dictionary,
                 writer: Mutex::new(None),
                 read_only: true,
+                writer_failure: Arc::default(),
             }),
         })
     }
@@ -866,7 +894,19 @@ impl Store {
         self.inner
             .commands
             .send(command)
-            .map_err(|_| StoreError::Closed)
+            .map_err(|_| self.writer_stopped())
+    }
+
+    /// Why the writer did not answer: the engine failed under it (damaged data; see
+    /// [`writer::run`]), or the store is shutting down.
+    fn writer_stopped(&self) -> StoreError {
+        match self.inner.writer_failure.lock().clone() {
+            Some(detail) => StoreError::Corrupt {
+                path: self.inner.path.clone(),
+                detail,
+            },
+            None => StoreError::Closed,
+        }
     }
 
     /// Whether this handle was opened read-only ([`Store::open_read_only`] found nothing to
@@ -915,7 +955,7 @@ impl Store {
             }
         }
         for answer in answers {
-            answer.await.map_err(|_| StoreError::Closed)??;
+            answer.await.map_err(|_| self.writer_stopped())??;
         }
         record_latency("store_many", started);
         refused.map_or(Ok(ids), Err)
@@ -923,7 +963,7 @@ impl Store {
 
     async fn store_unmeasured(&self, new: NewMemory) -> Result<MemoryId, StoreError> {
         let (id, answer) = self.queue_store_unmeasured(new)?;
-        answer.await.map_err(|_| StoreError::Closed)??;
+        answer.await.map_err(|_| self.writer_stopped())??;
         Ok(id)
     }
 
@@ -1045,7 +1085,7 @@ impl Store {
             patch: Box::new(patch),
             reply,
         })?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        answer.await.map_err(|_| self.writer_stopped())?
     }
 
     /// Archives a memory: it stays readable by id but leaves search and recent lists.
@@ -1056,7 +1096,7 @@ impl Store {
     pub async fn archive(&self, id: MemoryId) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Archive { id, reply })?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        answer.await.map_err(|_| self.writer_stopped())?
     }
 
     /// Makes every acknowledged write durable and writes pending access statistics.
@@ -1066,7 +1106,7 @@ impl Store {
     pub async fn sync(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Sync { reply })?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        answer.await.map_err(|_| self.writer_stopped())?
     }
 
     /// Searches live memories, best first (see the ranking in the index docs: more matched terms,
@@ -1298,7 +1338,7 @@ impl Store {
         }
         let (reply, answer) = oneshot::channel();
         self.send(Command::CacheRemove { keys, reply })?;
-        answer.await.map_err(|_| StoreError::Closed)??;
+        answer.await.map_err(|_| self.writer_stopped())??;
         Ok(cleared)
     }
 
@@ -1348,7 +1388,7 @@ impl Store {
         records: Vec<(String, Vec<u8>)>,
     ) -> Result<(), StoreError> {
         let answer = self.queue_run_records(records)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        answer.await.map_err(|_| self.writer_stopped())?
     }
 
     /// Every run record whose key starts with `prefix`, in key order.
@@ -1378,7 +1418,7 @@ impl Store {
             keys: vec![key],
             reply,
         })?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        answer.await.map_err(|_| self.writer_stopped())?
     }
 
     /// Persists a cache entry durably.
@@ -1389,7 +1429,7 @@ impl Store {
         value: &[u8],
     ) -> Result<(), StoreError> {
         let answer = self.queue_cache_entry(key, category, value)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        answer.await.map_err(|_| self.writer_stopped())?
     }
 }
 

@@ -172,6 +172,8 @@ pub(crate) struct WriterContext {
     pub config: StoreConfig,
     pub access_queue: Arc<Mutex<Vec<MemoryId>>>,
     pub dictionary: Arc<Dictionary>,
+    /// Set when the engine panicked under the writer: why it writes no more.
+    pub failure: Arc<Mutex<Option<String>>>,
 }
 
 /// Wraps a database error with the file and the operation.
@@ -545,7 +547,11 @@ impl<'a> Batch<'a> {
             mut effects,
             mut replies,
         } = self;
+        // Dropped before `replies` if the engine panics in the commit (see `write_batch`).
+        let _failure_noted = NoteFailureOnPanic(&ctx.failure);
         let mut needs_reopen = false;
+        #[cfg(test)]
+        tests::panic_if_asked(&ctx.path);
         match txn.commit() {
             Ok(()) => {
                 if !effects.is_empty() {
@@ -678,14 +684,19 @@ impl SharedError {
 }
 
 fn fail_command(command: Command, error: &SharedError) {
+    answer_with_error(command, || error.get());
+}
+
+/// Answers `command` with the error `error` makes.
+fn answer_with_error(command: Command, error: impl Fn() -> StoreError) {
     match command {
         Command::Store { reply, .. }
         | Command::Archive { reply, .. }
         | Command::CachePut { reply, .. }
         | Command::CacheRemove { reply, .. }
         | Command::RunRecords { reply, .. }
-        | Command::Sync { reply } => send(reply, Err(error.get())),
-        Command::Update { reply, .. } => send(reply, Err(error.get())),
+        | Command::Sync { reply } => send(reply, Err(error())),
+        Command::Update { reply, .. } => send(reply, Err(error())),
         Command::Shutdown => {}
     }
 }
@@ -733,6 +744,10 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
     // Kept across batches, like the batch's own buffers (see `Buffers`).
     let mut batch: Vec<Command> = Vec::new();
     let mut buffers = Buffers::default();
+    // Set once the engine panicked during a write (redb panics on some damaged pages instead
+    // of returning an error): every later write is refused with it, and the thread lives on to
+    // shut down in order, since a crash of this thread left the file needing a repair.
+    let mut broken: Option<String> = None;
     while !shutting_down {
         // In relaxed mode, unsynced commits wake the writer when their sync is due, not at the
         // next housekeeping tick (which made the loss window the tick, 1 s by default).
@@ -753,6 +768,16 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
         }
         if batch.iter().any(|c| matches!(c, Command::Shutdown)) {
             shutting_down = true;
+        }
+        if let Some(detail) = &broken {
+            let corrupt = || StoreError::Corrupt {
+                path: ctx.path.clone(),
+                detail: detail.clone(),
+            };
+            for command in batch.drain(..) {
+                answer_with_error(command, corrupt);
+            }
+            continue;
         }
         let housekeeping = shutting_down || last_housekeeping.elapsed() >= tick;
         let wants_sync = batch.iter().any(|c| matches!(c, Command::Sync { .. }));
@@ -784,59 +809,210 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
         // An idle store does not commit: an empty housekeeping commit was an fsync every tick.
         let chores = housekeeping
             && (ctx.state.read().any_expired(now) || !ctx.access_queue.lock().is_empty());
-        if batch.is_empty() && !chores && !sync_due && !shutting_down {
+        // Nor does a store closed with nothing to write (a read-only command's): the last
+        // commit only makes unsynced commits durable.
+        let nothing_to_write = batch.iter().all(|c| matches!(c, Command::Shutdown));
+        let closing_unsynced = shutting_down && unsynced;
+        if nothing_to_write && !chores && !sync_due && !closing_unsynced {
             last_housekeeping = Instant::now();
+            batch.clear();
             continue;
         }
         let durable = relaxed_interval.is_none() || wants_sync || sync_due || shutting_down;
-        let begun = match Batch::begin(&ctx, durable, &mut buffers) {
-            // Latched by an error the writer did not see (a read's): reopen and try once more.
-            Err(e) if begin_needs_reopen(&e) => {
-                tracing::warn!(path = %ctx.path.display(), error = %e, "store: reopening after an I/O error");
-                match reopen(&ctx) {
-                    Ok(()) => {
-                        unsynced = false;
-                        Batch::begin(&ctx, durable, &mut buffers)
-                    }
-                    Err(e) => {
-                        // Retried at the next batch or tick.
-                        needs_reopen = true;
-                        Err(e)
-                    }
+        let written = super::catching_engine_panics(|| {
+            write_batch(
+                &ctx,
+                &mut batch,
+                &mut buffers,
+                durable,
+                housekeeping.then_some(&mut last_housekeeping),
+                chores,
+                now,
+            )
+        });
+        match written {
+            Ok(Written::Committed { reopen }) => {
+                needs_reopen = reopen;
+                if durable {
+                    last_sync = Instant::now();
+                    unsynced = false;
+                } else {
+                    unsynced = true;
                 }
             }
-            begun => begun,
-        };
-        let mut work = match begun {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(path = %ctx.path.display(), error = %e, "store write failed");
-                needs_reopen |= begin_needs_reopen(&e);
-                let error = SharedError::from_store(&ctx.path, e, "begin write");
+            Ok(Written::NotBegun { reopen, reopened }) => {
+                needs_reopen |= reopen;
+                if reopened {
+                    unsynced = false;
+                }
+            }
+            Err(panic) => {
+                let detail = match super::engine_failed(&ctx.path, &*panic) {
+                    StoreError::Corrupt { detail, .. } => format!(
+                        "{detail} (while writing; the store takes no more writes until it is \
+                         opened again)"
+                    ),
+                    other => other.to_string(),
+                };
+                tracing::error!(path = %ctx.path.display(), "store writer: {detail}");
+                *ctx.failure.lock() = Some(detail.clone());
+                // Those the batch had not taken yet; the callers it had taken find the failure
+                // when their answer does not come.
                 for command in batch.drain(..) {
-                    fail_command(command, &error);
+                    answer_with_error(command, || StoreError::Corrupt {
+                        path: ctx.path.clone(),
+                        detail: detail.clone(),
+                    });
                 }
-                continue;
-            }
-        };
-        if housekeeping {
-            last_housekeeping = Instant::now();
-        }
-        if chores {
-            // Each chore runs whatever the other did.
-            for chore in [work.purge_expired(now), work.flush_access_statistics(now)] {
-                if let Err(e) = chore {
-                    tracing::warn!(error = %e, "store housekeeping failed; will retry");
-                }
+                broken = Some(detail);
             }
         }
-        work.execute_all(&mut batch, now);
-        needs_reopen = work.commit(&mut buffers);
-        if durable {
-            last_sync = Instant::now();
-            unsynced = false;
-        } else {
-            unsynced = true;
+    }
+}
+
+/// Records that the engine failed, while a panic unwinds past it (the panic's own message
+/// replaces this once it is caught).
+struct NoteFailureOnPanic<'a>(&'a Mutex<Option<String>>);
+
+impl Drop for NoteFailureOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            *self.0.lock() = Some(
+                "the database engine failed on damaged data while writing; the store takes no \
+                 more writes until it is opened again"
+                    .to_owned(),
+            );
         }
+    }
+}
+
+/// What [`write_batch`] did.
+enum Written {
+    /// The batch was committed (or its commit failed, answered to its callers); `reopen` when
+    /// the file must be reopened before the next.
+    Committed { reopen: bool },
+    /// No write could begin: the batch's callers were answered with the error.
+    NotBegun { reopen: bool, reopened: bool },
+}
+
+/// Begins a write, runs the chores and the batch's commands, and commits.
+fn write_batch(
+    ctx: &WriterContext,
+    batch: &mut Vec<Command>,
+    buffers: &mut Buffers,
+    durable: bool,
+    last_housekeeping: Option<&mut Instant>,
+    chores: bool,
+    now: Timestamp,
+) -> Written {
+    let (mut reopened, mut reopen_failed) = (false, false);
+    let begun = match Batch::begin(ctx, durable, buffers) {
+        // Latched by an error the writer did not see (a read's): reopen and try once more.
+        Err(e) if begin_needs_reopen(&e) => {
+            tracing::warn!(path = %ctx.path.display(), error = %e, "store: reopening after an I/O error");
+            match reopen(ctx) {
+                Ok(()) => {
+                    reopened = true;
+                    Batch::begin(ctx, durable, buffers)
+                }
+                Err(e) => {
+                    // Retried at the next batch or tick.
+                    reopen_failed = true;
+                    Err(e)
+                }
+            }
+        }
+        begun => begun,
+    };
+    let mut work = match begun {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(path = %ctx.path.display(), error = %e, "store write failed");
+            let reopen = reopen_failed || begin_needs_reopen(&e);
+            let error = SharedError::from_store(&ctx.path, e, "begin write");
+            for command in batch.drain(..) {
+                fail_command(command, &error);
+            }
+            return Written::NotBegun { reopen, reopened };
+        }
+    };
+    // Declared after `work`, so dropped before it when the engine panics: the callers whose
+    // answers `work` holds find the failure recorded when those answers are dropped.
+    let _failure_noted = NoteFailureOnPanic(&ctx.failure);
+    if let Some(last) = last_housekeeping {
+        *last = Instant::now();
+    }
+    if chores {
+        // Each chore runs whatever the other did.
+        for chore in [work.purge_expired(now), work.flush_access_statistics(now)] {
+            if let Err(e) = chore {
+                tracing::warn!(error = %e, "store housekeeping failed; will retry");
+            }
+        }
+    }
+    work.execute_all(batch, now);
+    Written::Committed {
+        reopen: work.commit(buffers),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::path::{Path, PathBuf};
+
+    use parking_lot::Mutex;
+
+    use crate::store::{Namespace, NewMemory, Store, StoreConfig, StoreError};
+
+    /// The store whose next commit panics, as redb does on some damaged pages (a damaged file
+    /// that reaches the writer depends on the build's layout and checks, so the test injects it).
+    static PANIC_AT_COMMIT: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+    pub(super) fn panic_if_asked(path: &Path) {
+        let mut asked = PANIC_AT_COMMIT.lock();
+        if asked.as_deref() == Some(path) {
+            *asked = None;
+            drop(asked);
+            panic!("internal error: entered unreachable code");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_engine_panic_in_a_write_refuses_writes_naming_the_file_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let kept = store
+            .store(NewMemory::new(Namespace::Global, "written before"))
+            .await
+            .unwrap();
+        *PANIC_AT_COMMIT.lock() = Some(path.clone());
+        for attempt in ["the write that meets it", "a later write"] {
+            let error = store
+                .store(NewMemory::new(Namespace::Global, attempt))
+                .await
+                .unwrap_err();
+            match &error {
+                StoreError::Corrupt {
+                    path: named,
+                    detail,
+                } => {
+                    assert_eq!(named, &path);
+                    assert!(detail.contains("while writing"), "{detail}");
+                }
+                other => panic!("{attempt}: {other:?}"),
+            }
+        }
+        assert_eq!(store.get(kept).unwrap().content, "written before");
+        assert_eq!(store.list_recent(None, 10).len(), 1);
+        // It closes in order, and the file opens again with what was committed.
+        drop(store);
+        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(store.list_recent(None, 10).len(), 1);
+        store
+            .store(NewMemory::new(Namespace::Global, "after reopening"))
+            .await
+            .unwrap();
     }
 }
