@@ -1252,6 +1252,14 @@ fn serve_after_until(stop: nix::sys::signal::Signal) {
             .any(|l| l.starts_with("tetrarch_runs_total{status=\"complete\"} 1")),
         "{body}"
     );
+    // The task's output memory, recorded after its outcome went on, is counted (sampled at the
+    // run's end it sometimes was not yet committed).
+    assert!(
+        body.lines()
+            .any(|l| l == "tetrarch_store_memories{state=\"live\"} 1"),
+        "{body}"
+    );
+    assert!(seen.contains("run over: serving /metrics for"), "{seen}");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     let interrupted = std::time::Instant::now();
     nix::sys::signal::kill(pid, stop).unwrap();

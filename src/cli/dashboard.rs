@@ -110,7 +110,11 @@ pub async fn start_live(
     let metrics = match metrics_addr {
         Some(addr) => started(
             MetricsServer::bind(addr, telemetry.clone()).await,
-            "/metrics",
+            if dashboard.is_some() {
+                "/metrics of its own (the dashboard serves /metrics too)"
+            } else {
+                "/metrics"
+            },
             |s| format!("metrics: http://{}/metrics", s.local_addr()),
         ),
         None => None,
@@ -162,10 +166,26 @@ impl LiveTelemetry {
     /// Waits (at most 2 s) until the run's end is recorded: the events reach the telemetry on
     /// a task of their own, and what is served after the run must include its final values
     /// (`tetrarch_runs_total` is only counted then).
-    pub async fn settle(&self) {
+    /// The store's gauges are sampled again once the run's queued writes (its outputs'
+    /// memories, recorded after the outcome went on) are committed: sampled at the run's end,
+    /// they could miss the last ones.
+    pub async fn settle(&self, runtime: &Runtime) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while !self.telemetry.run_over() && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if let Err(e) = runtime.store().sync().await {
+            tracing::warn!("telemetry: the store's last writes were not committed: {e}");
+        }
+        self.telemetry.sample(runtime);
+    }
+
+    /// What is served: the dashboard (with `/metrics`), `/metrics` alone, or both.
+    pub fn serving(&self) -> &'static str {
+        if self.dashboard.is_some() {
+            "the dashboard and /metrics"
+        } else {
+            "/metrics"
         }
     }
 

@@ -272,9 +272,10 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     }
     if let Some(live) = live {
         if let Some(linger) = args.serve_after.filter(|d| !d.is_zero()) {
-            live.settle().await;
+            live.settle(&runtime).await;
             stderr_line!(
-                "run over: serving the dashboard and metrics for {} more (Ctrl-C to stop)",
+                "run over: serving {} for {} more (Ctrl-C to stop)",
+                live.serving(),
                 humantime::format_duration(linger)
             );
             tokio::select! {

@@ -122,12 +122,6 @@ impl Serving {
         limits: ServeLimits,
     ) -> Result<Self, TelemetryError> {
         limits.check(server)?;
-        if !is_loopback(addr.ip()) {
-            tracing::warn!(
-                "{server} listens on {addr}: other machines can reach it, and it shows command \
-                 lines and failure reasons"
-            );
-        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| match source.kind() {
@@ -149,6 +143,13 @@ impl Serving {
                 addr,
                 source,
             })?;
+        // Warned with the port bound, which `:0` leaves to the system.
+        if !is_loopback(bound.ip()) {
+            tracing::warn!(
+                "{server} listens on {bound}: other machines can reach it, and it shows command \
+                 lines and failure reasons"
+            );
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(
             listener,
