@@ -946,3 +946,14 @@ fn gates_that_could_never_check_what_they_say_are_refused() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn a_call_written_as_a_string_says_what_a_call_looks_like() {
+    let e = errors("name = \"x\"\n[[task]]\nid = \"a\"\ntool = \"p.t\"\ncompensate = \"p.u\"\n");
+    assert_eq!(
+        e,
+        [
+            "p.toml:5:14: invalid type: string \"p.u\", expected a table such as { tool = \"POOL.TOOL\", args = { … } }"
+        ]
+    );
+}

@@ -713,6 +713,11 @@ impl OrchestratorState {
             }
             run.compensation_in_flight = None;
             let (ok, detail) = match verdict {
+                // Text output as it is (not JSON-quoted), as a failure's reason is.
+                Verdict::Pass {
+                    output: Value::String(text),
+                    ..
+                } => (true, text),
                 Verdict::Pass { output, .. } => (true, output.to_string()),
                 Verdict::GateFailed { feedback } => (false, feedback),
                 Verdict::Error { reason, .. } => (false, reason),
@@ -832,7 +837,10 @@ impl OrchestratorState {
                     });
                 } else {
                     let reason = if retryable && task.retries > 0 {
-                        format!("{reason} (after {retries} retries)")
+                        format!(
+                            "{reason} (after {retries} {})",
+                            if retries == 1 { "retry" } else { "retries" }
+                        )
                     } else {
                         reason
                     };

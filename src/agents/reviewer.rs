@@ -295,13 +295,14 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
                 summary: "compensation exited 0".to_owned(),
             }
         } else {
+            let said = outcome.stderr.trim();
             Verdict::Error {
                 reason: format!(
-                    "compensation exited {}: {}",
+                    "compensation exited {}{}{said}",
                     outcome
                         .exit_status
                         .map_or_else(|| "without a status".to_owned(), |code| code.to_string()),
-                    outcome.stderr.trim()
+                    if said.is_empty() { "" } else { ": " }
                 ),
                 retryable: false,
             }

@@ -355,8 +355,8 @@ fn describe(event: &RunEvent) -> Option<String> {
             task, ok, detail, ..
         } => {
             // A compensation that printed nothing has nothing more to say than "done".
-            let said = detail.trim_matches('"').trim();
-            match (*ok, said.is_empty()) {
+            let said = detail.trim();
+            match (*ok, said.is_empty() || said == "null") {
                 (true, true) => format!("{task}: compensation done"),
                 (true, false) => format!("{task}: compensation done: {detail}"),
                 (false, _) => format!("{task}: compensation FAILED: {detail}"),
@@ -370,7 +370,14 @@ fn describe(event: &RunEvent) -> Option<String> {
         RunEvent::RunStarted {
             already_complete, ..
         } if *already_complete > 0 => {
-            format!("{already_complete} tasks already complete from the earlier attempt")
+            format!(
+                "{already_complete} {} already complete from the earlier attempt",
+                if *already_complete == 1 {
+                    "task"
+                } else {
+                    "tasks"
+                }
+            )
         }
         RunEvent::RunStarted { .. }
         | RunEvent::RunFinished { .. }

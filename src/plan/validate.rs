@@ -19,7 +19,7 @@ use super::{
 use crate::session::PoolDef;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a plan table")]
 struct RawPlan {
     name: Spanned<String>,
     defaults: Option<RawDefaults>,
@@ -31,7 +31,7 @@ struct RawPlan {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table of task defaults")]
 struct RawDefaults {
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
@@ -39,7 +39,10 @@ struct RawDefaults {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a task table ([[task]] with id and tool)"
+)]
 struct RawTask {
     id: Spanned<String>,
     tool: Spanned<String>,
@@ -63,7 +66,10 @@ struct RawTask {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { when = \"error text\", args = { … } }"
+)]
 struct RawFix {
     when: Spanned<String>,
     args: Option<Spanned<toml::Value>>,
@@ -72,7 +78,10 @@ struct RawFix {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { tool = \"POOL.TOOL\", args = { … } }"
+)]
 struct RawCall {
     tool: Spanned<String>,
     args: Option<Spanned<toml::Value>>,
