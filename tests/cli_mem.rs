@@ -269,7 +269,7 @@ async fn cache_stats_and_clear_through_the_binary() {
 }
 
 #[test]
-fn comma_separated_tags_are_trimmed_and_empty_ones_dropped() {
+fn comma_separated_tags_are_trimmed_and_empty_and_repeated_ones_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s.redb");
     let out = tetrarch(
@@ -280,7 +280,7 @@ fn comma_separated_tags_are_trimmed_and_empty_ones_dropped() {
             "--content",
             "tagged lantern",
             "--tags",
-            "gpu, cuda,,",
+            "gpu, cuda,,GPU, gpu ",
             "--json",
         ],
     );
@@ -425,6 +425,16 @@ fn arguments_that_could_only_give_nothing_are_refused() {
         (&["mem", "search", "plasma", "--limit", "0"], "--limit"),
         (&["mem", "recent", "--limit", "0"], "--limit"),
         (&["lessons", "list", "--limit", "0"], "--limit"),
+        // Said as what is wrong, not as a parse of the number.
+        (&["mem", "recent", "--limit", "-1"], "must be 1 or more"),
+        (
+            &["mem", "store", "--content", "x", "--importance", "256"],
+            "importance 256 is outside 1..=10",
+        ),
+        (
+            &["mem", "store", "--content", "x", "--confidence", "-0.1"],
+            "confidence -0.1 is outside",
+        ),
         (&["mem", "search", ""], "has no word"),
         (&["mem", "search", "!!! ---"], "has no word"),
         (&["mem", "store", "--content", "!!! ---"], "has no word"),

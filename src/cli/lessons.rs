@@ -41,7 +41,7 @@ pub enum LessonsCommand {
         #[arg(long, default_value = "global")]
         ns: String,
         /// At most this many (1 or more).
-        #[arg(long, default_value_t = 20, value_parser = super::mem::positive())]
+        #[arg(long, default_value_t = 20, value_parser = super::mem::positive(), allow_negative_numbers = true)]
         limit: usize,
         /// One JSON object per line.
         #[arg(long)]

@@ -43,7 +43,7 @@ pub enum MemCommand {
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
         min_importance: Option<u8>,
         /// At most this many results (1 or more).
-        #[arg(long, default_value_t = 10, value_parser = positive())]
+        #[arg(long, default_value_t = 10, value_parser = positive(), allow_negative_numbers = true)]
         limit: usize,
         #[command(flatten)]
         output: Output,
@@ -54,7 +54,7 @@ pub enum MemCommand {
         #[arg(long)]
         ns: Option<String>,
         /// At most this many (1 or more).
-        #[arg(long, default_value_t = 20, value_parser = positive())]
+        #[arg(long, default_value_t = 20, value_parser = positive(), allow_negative_numbers = true)]
         limit: usize,
         #[command(flatten)]
         output: Output,
@@ -100,10 +100,10 @@ pub struct StoreArgs {
     #[arg(long)]
     context: Option<String>,
     /// 1 (trivia) to 10 (critical).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = importance, allow_negative_numbers = true)]
     importance: u8,
     /// 0.0 to 1.0.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     confidence: f32,
     /// Tags, comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -122,9 +122,24 @@ pub struct StoreArgs {
     output: Output,
 }
 
+/// An importance, 1 to 10, said as the store says it (a number past a byte's range was refused
+/// as "not in 0..=255").
+fn importance(text: &str) -> Result<u8, String> {
+    match text.trim().parse::<i64>() {
+        Ok(value @ 1..=10) => Ok(u8::try_from(value).unwrap_or(5)),
+        Ok(value) => Err(format!("importance {value} is outside 1..=10")),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
 /// A count of 1 or more: a limit of 0 could only ever print nothing.
-pub(crate) fn positive() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+pub(crate) fn positive() -> fn(&str) -> Result<usize, String> {
+    |text| match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be 1 or more".to_owned()),
+        Ok(count) => Ok(count),
+        Err(_) if text.trim().starts_with('-') => Err("must be 1 or more".to_owned()),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
 }
 
 /// Whether `text` has a word the search index keeps: the index keeps exactly the words with a
@@ -241,13 +256,15 @@ fn print_memory(out: &mut dyn Write, m: &Memory) -> Result<()> {
     Ok(())
 }
 
-/// A comma-separated option's values as meant: `--tags "gpu, cuda"` is `gpu` and `cuda`, and
-/// empty values (`,,`) are none.
+/// A comma-separated option's values as meant: `--tags "gpu, cuda"` is `gpu` and `cuda`, empty
+/// values (`,,`) are none, and a value given again (in any case: tag filters ignore case) is
+/// kept once, as first written, since each copy would weigh in the search's ranking again.
 fn list(values: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
     values
         .into_iter()
         .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+        .filter(|v| !v.is_empty() && seen.insert(v.to_lowercase()))
         .collect()
 }
 
