@@ -261,7 +261,7 @@ async fn cache_stats_and_clear_through_the_binary() {
     assert_eq!(stats["entries"], 1);
     assert_eq!(stats["categories"][0]["category"], "technique");
     let all = stdout(&tetrarch(&store_path, &["cache", "clear"]));
-    assert!(all.starts_with("removed 1 entries"), "{all}");
+    assert!(all.starts_with("removed 1 entry ("), "{all}");
 
     let missing = tetrarch(&dir.path().join("nope.redb"), &["cache", "stats"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no store at"));
@@ -297,6 +297,47 @@ fn comma_separated_tags_are_trimmed_and_empty_and_repeated_ones_dropped() {
         &["mem", "search", "lantern", "--tags", " cuda", "--json"],
     );
     assert_eq!(stdout(&found).lines().count(), 1, "{}", stdout(&found));
+}
+
+/// A path that cannot be a store is refused saying why: a folder, a device, a file standing
+/// where a folder of the path should be.
+#[test]
+fn a_store_path_that_cannot_be_a_store_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.redb");
+    std::fs::write(&file, "").unwrap();
+    let cases: [(&Path, &[&str], String); 4] = [
+        (
+            dir.path(),
+            &["mem", "recent"],
+            format!(
+                "{} is a folder: a store is a regular file",
+                dir.path().display()
+            ),
+        ),
+        (
+            Path::new("/dev/null"),
+            &["mem", "store", "--content", "x"],
+            "/dev/null is a device or a pipe: a store is a regular file".to_owned(),
+        ),
+        (
+            &file.join("sub.redb"),
+            &["mem", "store", "--content", "x"],
+            format!("{} is a file, not a folder", file.display()),
+        ),
+        (
+            &file,
+            &["mem", "recent"],
+            format!("{} is an empty file, not a store", file.display()),
+        ),
+    ];
+    for (store, args, expected) in cases {
+        let out = tetrarch(store, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
 }
 
 #[test]

@@ -178,6 +178,24 @@ async fn damaged_records_are_set_aside_and_the_store_opens_with_the_rest() {
         );
         assert_eq!(damaged.get(key).unwrap().unwrap().value(), bytes, "{key}");
     }
+    drop((memories, damaged, txn, db));
+    // `tetrarch mem stats` says so, not only `--json`.
+    let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(&path)
+        .args(["mem", "stats"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("live 2 ") && text.contains("damaged 3 ("),
+        "{text}"
+    );
 }
 
 /// A record a newer tetrarch wrote is not damage: the store is refused, naming it, and the

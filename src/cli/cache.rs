@@ -123,8 +123,13 @@ pub(crate) fn run(
             } else {
                 writeln!(
                     out,
-                    "removed {} entries ({})",
+                    "removed {} {} ({})",
                     cleared.entries,
+                    if cleared.entries == 1 {
+                        "entry"
+                    } else {
+                        "entries"
+                    },
                     size(cleared.bytes)
                 )?;
             }

@@ -401,6 +401,14 @@ pub(crate) fn run(
                     "live {}  archived {}  bytes {}",
                     stats.live, stats.archived, stats.bytes
                 )?;
+                if stats.damaged > 0 {
+                    writeln!(
+                        out,
+                        "damaged {} (records that did not decode, set aside as they were in the \
+                         file's damaged_memories table)",
+                        stats.damaged
+                    )?;
+                }
                 for (t, n) in &stats.by_type {
                     writeln!(out, "  type {t}: {n}")?;
                 }

@@ -124,6 +124,19 @@ fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
         "no store at {}: nothing has run or been stored there (check --store or TETRARCH_STORE)",
         path.display()
     );
+    // A device, a pipe or a folder is no store, whatever the command.
+    if let Ok(metadata) = path.metadata() {
+        anyhow::ensure!(
+            metadata.is_file(),
+            "{} is {}: a store is a regular file (check --store or TETRARCH_STORE)",
+            path.display(),
+            if metadata.is_dir() {
+                "a folder"
+            } else {
+                "a device or a pipe"
+            }
+        );
+    }
     // An empty file is not a store either (opening it would make it one).
     anyhow::ensure!(
         creates || path.metadata().map_or(true, |m| m.len() > 0),

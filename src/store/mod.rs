@@ -363,6 +363,12 @@ fn open_error(path: &Path, error: DatabaseError) -> StoreError {
                 path: path.to_path_buf(),
             }
         }
+        // No file yet: the folder refused to hold a new one.
+        DatabaseError::Storage(StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::PermissionDenied && !path.exists() =>
+        {
+            db_error(path, "create the file in its folder")(io)
+        }
         DatabaseError::Storage(StorageError::Io(io))
             if io.kind() == std::io::ErrorKind::PermissionDenied =>
         {
@@ -447,6 +453,12 @@ impl Store {
         config.check()?;
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // A file where a folder of the path should be: "File exists" would not say which.
+            if let Some(file) = parent.ancestors().find(|a| a.is_file()) {
+                return Err(db_error(&path, "create its folder")(std::io::Error::other(
+                    format!("{} is a file, not a folder", file.display()),
+                )));
+            }
             std::fs::create_dir_all(parent).map_err(db_error(&path, "create directory"))?;
         }
         // redb can panic on some damaged files instead of returning an error; a damaged file
