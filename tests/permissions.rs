@@ -606,6 +606,9 @@ fn deny_rules_see_what_bash_will_really_run() {
     for hidden in [
         "test -v 'x[$(rm -rf ~)]'",
         "printf -v 'x[$(rm -rf ~)]' %s 1",
+        // The subscript of the variable `printf -v` writes is evaluated, `x`'s value with it.
+        "printf -v 'a[x]' %s 1",
+        "printf '-va[x]' %s 1",
         "let 'x[$(rm -rf ~)]=1'",
         "declare 'x[$(rm -rf ~)]=1'",
         "unset 'x[$(rm -rf ~)]'",
@@ -625,6 +628,9 @@ fn deny_rules_see_what_bash_will_really_run() {
         "find . -name x -print",
         "xargs -n1 echo",
         "printf '%s\\n' hello",
+        // A format or argument with brackets is text to printf: only `-v`'s name is evaluated.
+        "printf '[%s] %s\\n' x 'a[b]'",
+        "printf -v 'a[1]' %s 1",
         "test -f x",
         "declare -a arr",
         "git push origin main",

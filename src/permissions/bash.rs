@@ -845,6 +845,21 @@ fn defers_code(text: &str) -> bool {
         .is_some_and(|at| text[at..].contains("$(") || text[at..].contains('`'))
 }
 
+/// The variable `printf -v NAME` (or `-vNAME`) writes, among its options (before the format).
+fn printf_variable<'a>(runs: &[&'a str]) -> Option<&'a str> {
+    let mut words = runs.iter().skip(1);
+    while let Some(word) = words.next() {
+        match *word {
+            "--" => return None,
+            "-v" => return words.next().copied(),
+            option if option.starts_with("-v") => return Some(&option[2..]),
+            option if option.starts_with('-') && option.len() > 1 => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// A word naming an array element by a subscript that is not a number (`a[x]`, `a[$i]`):
 /// given to `printf -v`, `test -v`, `unset`, … it evaluates that subscript as code.
 fn names_evaluated_subscript(text: &str) -> bool {
@@ -1043,6 +1058,11 @@ impl CommandPart {
         let evaluates_subscripts = runs.first().is_some_and(|name| {
             SUBSCRIPT_EVALUATING.contains(&name.rsplit('/').next().unwrap_or(name))
         });
+        // `printf` evaluates a subscript only in the variable `-v` names (its numbers are read
+        // as numbers, not arithmetic), so a format such as `[%s]` is just text.
+        let printf = runs
+            .first()
+            .is_some_and(|name| name.rsplit('/').next() == Some("printf"));
         let writes_variables = assignments
             .iter()
             .chain(words.iter().filter(|w| is_assignment(w)))
@@ -1060,7 +1080,8 @@ impl CommandPart {
                 && words
                     .iter()
                     .chain(&values)
-                    .any(|w| defers_code(w) || names_evaluated_subscript(w)));
+                    .any(|w| defers_code(w) || (!printf && names_evaluated_subscript(w))))
+            || (printf && printf_variable(runs).is_some_and(names_evaluated_subscript));
         let inert = strip_wrappers(words, Wrappers::Inert);
         let xargs_runs = match inert.first() {
             Some(&"xargs") => spawned_commands(inert).into_iter().next(),
