@@ -742,18 +742,21 @@ mod beside_a_run {
         run.wait().unwrap();
     }
 
-    /// A store deep in a folder tree has a socket path longer than a socket address holds, and
-    /// a command may name the store through a symbolic link: both are still served.
+    /// A store deep in a folder tree has a socket path longer than a socket address holds, a
+    /// command may name the store through a symbolic link, and a path need not be UTF-8: all are
+    /// still served.
     #[test]
     fn a_long_store_path_and_a_link_to_the_store_are_served() {
+        use std::os::unix::ffi::OsStrExt;
         let dir = tempfile::tempdir().unwrap();
         write_plan(dir.path(), PLAN);
         let deep = dir.path().join("a-folder-with-a-long-name".repeat(5));
         std::fs::create_dir(&deep).unwrap();
-        let store = deep.join("store.redb");
+        let store = deep.join(std::ffi::OsStr::from_bytes(b"store\xff.redb"));
         assert!(store.as_os_str().len() > 120);
+        let socket = deep.join(std::ffi::OsStr::from_bytes(b"store\xff.redb.sock"));
         let mut run = run_on_store_until_slow_starts(dir.path(), &store);
-        assert!(deep.join("store.redb.sock").exists());
+        assert!(socket.exists());
 
         let link = dir.path().join("linked.redb");
         std::os::unix::fs::symlink(&store, &link).unwrap();
@@ -767,7 +770,7 @@ mod beside_a_run {
 
         interrupt(&run);
         assert_eq!(run.wait().unwrap().code(), Some(1));
-        assert!(!deep.join("store.redb.sock").exists());
+        assert!(!socket.exists());
     }
 
     #[test]

@@ -94,7 +94,34 @@ struct Request {
     /// The sender's tetrarch version: a run of another version may parse the line differently.
     version: String,
     /// The command line without the program name.
-    args: Vec<String>,
+    args: Vec<Word>,
+}
+
+/// One word of a command line: text, or the bytes of one that is not UTF-8 (a store path may
+/// be any bytes on Unix).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Word {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl From<std::ffi::OsString> for Word {
+    fn from(word: std::ffi::OsString) -> Word {
+        match word.into_string() {
+            Ok(text) => Word::Text(text),
+            Err(word) => Word::Bytes(std::os::unix::ffi::OsStringExt::into_vec(word)),
+        }
+    }
+}
+
+impl From<Word> for std::ffi::OsString {
+    fn from(word: Word) -> std::ffi::OsString {
+        match word {
+            Word::Text(text) => text.into(),
+            Word::Bytes(bytes) => std::os::unix::ffi::OsStringExt::from_vec(bytes),
+        }
+    }
 }
 
 /// A run's socket while it serves. [`StoreSocket::close`] ends it; dropping it without (an early
@@ -243,8 +270,10 @@ fn serve_request(
             request.version
         ));
     }
-    let cli = Cli::try_parse_from(std::iter::once("tetrarch".to_owned()).chain(request.args))
-        .map_err(|e| e.to_string().trim_end().to_owned())?;
+    let words = request.args.into_iter().map(std::ffi::OsString::from);
+    let cli =
+        Cli::try_parse_from(std::iter::once(std::ffi::OsString::from("tetrarch")).chain(words))
+            .map_err(|e| e.to_string().trim_end().to_owned())?;
     let command = served(cli.command, store)?;
     frames
         .frame(TAKEN, &[])
@@ -339,8 +368,8 @@ pub(crate) fn run_serves(store: &Path) -> bool {
 }
 
 /// Runs this process's command in the run that holds `store`, if one serves it: `Ok(None)`
-/// when none does (no socket, a socket nobody answers, a run ending before it took the command,
-/// a command line that is not UTF-8), and the command opens the store itself.
+/// when none does (no socket, a socket nobody answers, a run ending before it took the command),
+/// and the command opens the store itself.
 pub(crate) fn forward(store: &Path) -> Result<Option<ExitCode>> {
     let path = socket_path(store);
     if !path.exists() {
@@ -351,16 +380,9 @@ pub(crate) fn forward(store: &Path) -> Result<Option<ExitCode>> {
     }) else {
         return Ok(None);
     };
-    let Ok(args) = std::env::args_os()
-        .skip(1)
-        .map(std::ffi::OsString::into_string)
-        .collect::<std::result::Result<Vec<_>, _>>()
-    else {
-        return Ok(None);
-    };
     let request = Request {
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        args,
+        args: std::env::args_os().skip(1).map(Word::from).collect(),
     };
     let talk = |what: &str| format!("the run holding {} {what}", store.display());
     stream
