@@ -2029,3 +2029,49 @@ retries = 3
     assert!(reason.contains("could not start"), "{reason}");
     runtime.shutdown().await;
 }
+
+/// A plan's own `permissions` file governs its calls in an embedding program too (it was read
+/// by the binary only, so a library run asked about every call instead).
+#[tokio::test]
+async fn a_plans_own_permissions_file_governs_its_calls_in_the_library() {
+    let h = harness(|_| {}).await;
+    let dir = h.dir.path();
+    std::fs::write(
+        dir.join("rules.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)"], "deny": ["Bash(touch *)"]}}"#,
+    )
+    .unwrap();
+    let text = r#"name = "ruled"
+permissions = "rules.json"
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+[[task]]
+id = "allowed"
+tool = "sh.x"
+args = { argv = ["echo '{\"ok\": true}'"] }
+[[task]]
+id = "denied"
+tool = "sh.x"
+args = { argv = ["touch ran"] }
+"#;
+    let here = RunOptions {
+        base_dir: dir.to_path_buf(),
+        ..RunOptions::default()
+    };
+    let report = h.runtime.run(plan(text), here.clone()).await.unwrap();
+    let task = |id: &str| report.tasks.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(task("allowed").state, TaskState::Complete);
+    assert_eq!(task("denied").state, TaskState::Failed);
+    let reason = task("denied").reason.clone().unwrap_or_default();
+    assert!(reason.contains("denied by rule deny[0]"), "{reason}");
+    assert!(!dir.join("ran").exists());
+    // A file that is not there is an error naming it, before anything runs.
+    let missing = text.replace("rules.json", "gone.json");
+    let error = h.runtime.run(plan(&missing), here).await.unwrap_err();
+    assert!(
+        error.to_string().contains("permissions file") && error.to_string().contains("gone.json"),
+        "{error}"
+    );
+    h.runtime.shutdown().await;
+}

@@ -292,8 +292,9 @@ pub struct RunOptions {
     /// Continue the run `run_id` from the store instead of starting fresh.
     pub resume: bool,
     /// The permission rules every `process` and `mcp` call of the run is checked against
-    /// (native tools and scorers are in-process and exempt). `None`: no rule allows anything,
-    /// so each call goes to the approval handler (denied when headless).
+    /// (native tools and scorers are in-process and exempt). `None`: the plan's own
+    /// `permissions` file (relative to `base_dir`), and with none either, no rule allows
+    /// anything, so each call goes to the approval handler (denied when headless).
     pub permissions: Option<Arc<PermissionEngine>>,
     /// The plan as written, kept with the run in the store (`tetrarch dashboard --run` shows a
     /// finished run's DAG from it even when the file has moved).
@@ -337,6 +338,30 @@ impl Drop for Starting<'_> {
     fn drop(&mut self) {
         self.runs.lock().remove(self.run_id);
     }
+}
+
+/// The rules of the plan's own `permissions` file (relative to `base_dir`, with `~/` rules
+/// anchored to the user's home), if it names one.
+fn plan_permissions(
+    plan: &Plan,
+    base_dir: &Path,
+) -> Result<Option<Arc<PermissionEngine>>, AgentError> {
+    let Some(file) = &plan.permissions else {
+        return Ok(None);
+    };
+    let path = base_dir.join(file);
+    let problem = |detail: String| AgentError::Config {
+        detail: format!(
+            "plan {}: permissions file {}: {detail}",
+            plan.name,
+            path.display()
+        ),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| problem(e.to_string()))?;
+    let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("/"));
+    let engine = PermissionEngine::from_settings_json(&text, &path, base_dir, &home)
+        .map_err(|e| problem(e.to_string()))?;
+    Ok(Some(Arc::new(engine)))
 }
 
 /// Starts `defs` (for every run, or for run `run` alone).
@@ -544,9 +569,12 @@ impl Runtime {
         &self,
         run_id: String,
         plan: Plan,
-        options: RunOptions,
+        mut options: RunOptions,
         started: &AtomicBool,
     ) -> Result<RunReport, AgentError> {
+        if options.permissions.is_none() {
+            options.permissions = plan_permissions(&plan, &options.base_dir)?;
+        }
         {
             let cancelled = CancellationToken::new();
             self.starting
