@@ -1739,17 +1739,25 @@ args = {{ message = "the volume is read-only", fail = true }}
 async fn a_malformed_argv_fails_its_task_naming_it_without_retries() {
     let (runtime, dir) = shell_runtime(false).await;
     let rules = r#"{"permissions": {"allow": ["Bash(echo *)"]}}"#;
+    // Written literally they are refused with the plan; rendered from upstream outputs, the
+    // call refuses them.
     let text = r#"
 name = "argv"
 [[task]]
+id = "src"
+tool = "sh.run"
+args = { argv = ["echo '{\"line\": \"echo {}\", \"obj\": {\"k\": 1}}'"] }
+[[task]]
 id = "string"
 tool = "sh.run"
-args = { argv = "echo {}" }
+deps = ["src"]
+args = { argv = "{{tasks.src.output.line}}" }
 retries = 2
 [[task]]
 id = "table"
 tool = "sh.run"
-args = { argv = ["echo", { k = 1 }] }
+deps = ["src"]
+args = { argv = ["echo", "{{tasks.src.output.obj}}"] }
 "#;
     let report = runtime
         .run(plan(text), with_rules(dir.path(), rules))
@@ -2073,5 +2081,49 @@ args = { argv = ["touch ran"] }
         error.to_string().contains("permissions file") && error.to_string().contains("gone.json"),
         "{error}"
     );
+    h.runtime.shutdown().await;
+}
+
+/// Resuming is for a run the store has, of the same plan: another plan's saved tasks would be
+/// taken for this one's by their ids alone, and an unknown id used to start a fresh run.
+#[tokio::test]
+async fn a_resume_of_an_unknown_run_or_of_another_plans_run_is_refused() {
+    let h = harness(|_| {}).await;
+    let text =
+        "name = \"first\"\n[[task]]\nid = \"a\"\ntool = \"fn.echo\"\nargs = { label = \"a\" }\n";
+    let first = RunOptions {
+        run_id: Some("kept".to_owned()),
+        plan_hash: "hash-of-first".to_owned(),
+        ..options()
+    };
+    let report = h.runtime.run(plan(text), first.clone()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Complete);
+    let other = RunOptions {
+        resume: true,
+        plan_hash: "hash-of-second".to_owned(),
+        ..first.clone()
+    };
+    let error = h
+        .runtime
+        .run(plan(&text.replace("first", "second")), other)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, AgentError::Resume { run_id, reason }
+            if run_id == "kept" && reason.contains("a run of another plan")),
+        "{error}"
+    );
+    let unknown = RunOptions {
+        run_id: Some("never-ran".to_owned()),
+        resume: true,
+        ..first
+    };
+    let error = h.runtime.run(plan(text), unknown).await.unwrap_err();
+    assert!(
+        matches!(&error, AgentError::Resume { reason, .. } if reason.contains("no such run")),
+        "{error}"
+    );
+    // The calls of the refused resumes never ran.
+    assert_eq!(h.calls.lock().len(), 1);
     h.runtime.shutdown().await;
 }

@@ -391,9 +391,21 @@ impl OrchestratorState {
                 .sync()
                 .await
                 .map_err(|e| format!("store: {e}"))?;
-            if let Some(saved) =
-                load_run(&self.args.store, &spec.run_id).map_err(|e| format!("store: {e}"))?
+            let saved =
+                load_run(&self.args.store, &spec.run_id).map_err(|e| format!("store: {e}"))?;
+            // Another plan's saved tasks would be taken for this one's by their ids alone.
+            if let Some(saved) = &saved
+                && saved.plan_hash != spec.plan_hash
             {
+                return Err(format!(
+                    "it is a run of another plan ({:?} from {}, plan hash {}; this one's is {})",
+                    saved.plan_name, saved.source, saved.plan_hash, spec.plan_hash
+                ));
+            }
+            if saved.is_none() && spec.resume_asked {
+                return Err("no such run is saved in the store".to_owned());
+            }
+            if let Some(saved) = saved {
                 run.record.started_ms = saved.started_ms;
                 run.record.plan_text = run.record.plan_text.take().or(saved.plan_text);
                 run.record.stopping = saved.stopping;

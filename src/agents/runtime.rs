@@ -192,6 +192,9 @@ pub(crate) struct RunSpec {
     pub source: String,
     pub base_dir: PathBuf,
     pub resume: bool,
+    /// The caller asked to resume (not only a restarted Orchestrator): the run must be in the
+    /// store.
+    pub resume_asked: bool,
     pub permissions: Option<Arc<PermissionEngine>>,
     pub plan_text: Option<String>,
 }
@@ -289,7 +292,8 @@ pub struct RunOptions {
     pub plan_hash: String,
     /// The run's id; a new one when `None`.
     pub run_id: Option<String>,
-    /// Continue the run `run_id` from the store instead of starting fresh.
+    /// Continue the run `run_id` from the store instead of starting fresh: it must be there,
+    /// and of the same plan (`plan_hash`), else the run fails with [`AgentError::Resume`].
     pub resume: bool,
     /// The permission rules every `process` and `mcp` call of the run is checked against
     /// (native tools and scorers are in-process and exempt). `None`: the plan's own
@@ -620,6 +624,7 @@ impl Runtime {
             source: options.source,
             base_dir: options.base_dir,
             resume: options.resume,
+            resume_asked: options.resume,
             permissions: options.permissions,
             plan_text: options.plan_text,
         };
