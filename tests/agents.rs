@@ -2127,3 +2127,25 @@ async fn a_resume_of_an_unknown_run_or_of_another_plans_run_is_refused() {
     assert_eq!(h.calls.lock().len(), 1);
     h.runtime.shutdown().await;
 }
+
+/// Cancelling a run that has ended does nothing: it used to be remembered as a cancel for a run
+/// not started yet, and cancelled the next run of that id (a resume) at its start.
+#[tokio::test]
+async fn cancelling_a_run_that_ended_leaves_a_later_run_of_its_id_alone() {
+    let h = harness(|_| {}).await;
+    let run = RunOptions {
+        run_id: Some("done".to_owned()),
+        plan_hash: "diamond".to_owned(),
+        ..options()
+    };
+    let report = h.runtime.run(plan(DIAMOND), run.clone()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Complete);
+    h.runtime.cancel("done").await.unwrap();
+    let again = RunOptions {
+        resume: true,
+        ..run
+    };
+    let report = h.runtime.run(plan(DIAMOND), again).await.unwrap();
+    assert_eq!(report.status, RunStatus::Complete, "{report:?}");
+    h.runtime.shutdown().await;
+}

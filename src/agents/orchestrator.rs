@@ -1103,6 +1103,15 @@ impl OrchestratorState {
 
     async fn cancel(&mut self, run_id: &str) {
         let Some(run) = self.runs.get_mut(run_id) else {
+            // A run that has ended is not cancelled again: remembered, the cancel would stop
+            // a later resume or reuse of its id.
+            let ended = load_run(&self.args.store, run_id)
+                .ok()
+                .flatten()
+                .is_some_and(|saved| saved.status != RunStatus::Running);
+            if ended {
+                return;
+            }
             // Not started yet: remembered, so it is cancelled when it starts.
             if !self.early_cancels.iter().any(|c| c == run_id) {
                 if self.early_cancels.len() == EARLY_CANCELS {

@@ -820,7 +820,9 @@ impl Runtime {
     /// Cancels a run: its calls in flight are stopped, its completed tasks' compensations run,
     /// and [`Runtime::run`] returns a report with status `cancelled`. A run whose plan's pools
     /// are still starting starts cancelled, before any task: the pools' start is stopped, unless
-    /// a resumed run has completed tasks to compensate, which need them.
+    /// a resumed run has completed tasks to compensate, which need them. A run not started yet
+    /// is cancelled when it starts; one the store has as ended is left alone (a later resume
+    /// of its id is not cancelled).
     pub async fn cancel(&self, run_id: &str) -> Result<(), AgentError> {
         self.check_alive()?;
         // Sent first: the Orchestrator then knows of the cancel before the run's start.
