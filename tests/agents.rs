@@ -2149,3 +2149,22 @@ async fn cancelling_a_run_that_ended_leaves_a_later_run_of_its_id_alone() {
     assert_eq!(report.status, RunStatus::Complete, "{report:?}");
     h.runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_run_id_its_memory_namespace_cannot_hold_is_refused() {
+    let h = harness(|_| {}).await;
+    for bad in ["", "a:b", "two words", "tab\there"] {
+        let run = RunOptions {
+            run_id: Some(bad.to_owned()),
+            ..options()
+        };
+        let error = h.runtime.run(plan(DIAMOND), run).await.unwrap_err();
+        assert!(
+            matches!(&error, AgentError::Run { run_id, reason }
+                if run_id == bad && reason.contains("a run id must be")),
+            "{bad:?}: {error}"
+        );
+    }
+    assert!(h.calls.lock().is_empty());
+    h.runtime.shutdown().await;
+}

@@ -155,6 +155,15 @@ fn an_image_over_the_pixel_limit_is_refused_from_its_header() {
         );
         assert!(err.to_string().contains("huge.png"), "{err}");
     }
+    // Pixels handed over in memory are held to the same limit; a size whose sample count
+    // overflows used to wrap to the buffer's length (or panic in a debug build).
+    let wraps = usize::MAX / 3 + 1;
+    let err =
+        RgbImage::from_interleaved("in memory", wraps, 3, Transfer::Srgb, &[0.5; 3]).unwrap_err();
+    assert!(
+        matches!(err, ScoreError::TooLarge { width, height: 3, .. } if width == wraps),
+        "{err}"
+    );
 }
 
 fn crc32(bytes: &[u8]) -> u32 {

@@ -7,8 +7,8 @@
 //!                         └───────────────── verdict ───────────────────┘
 //! ```
 //!
-//! Data flows one way: the Orchestrator renders a ready task's templates and sends the attempt to
-//! the Optimizer, which assembles its context and passes it to the Executor, which runs the tool
+//! Data flows one way: the Orchestrator sends a ready task's attempt to the Optimizer, which
+//! renders its templates, assembles its context and passes it to the Executor, which runs the tool
 //! through a session pool and passes the outcome to the Reviewer, which applies the gates and
 //! sends the verdict back to the Orchestrator. No agent waits for another's answer; the store is
 //! the only shared state (plus the session pools, a resource the supervisor hands to each agent

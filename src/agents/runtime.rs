@@ -290,7 +290,8 @@ pub struct RunOptions {
     pub source: String,
     /// A stable hash of the plan's text ([`plan_hash`]), used to find a run to resume.
     pub plan_hash: String,
-    /// The run's id; a new one when `None`.
+    /// The run's id; a new one when `None`. It names the run's memory namespace
+    /// (`session:run:ID`), so it is non-empty, without `:`, whitespace or control characters.
     pub run_id: Option<String>,
     /// Continue the run `run_id` from the store instead of starting fresh: it must be there,
     /// and of the same plan (`plan_hash`), else the run fails with [`AgentError::Resume`].
@@ -311,6 +312,11 @@ pub fn plan_hash(text: &str) -> String {
 }
 
 /// The running supervision tree.
+///
+/// End it with [`Runtime::shutdown`]: dropping it stops nothing (the agents, the pools' servers
+/// and the store's writer go on, and the store file stays held), since stopping them cleanly
+/// needs awaiting. A runtime shared behind an `Arc` is shut down by its last owner
+/// (`Arc::into_inner`).
 pub struct Runtime {
     peers: Peers,
     supervisor: ActorRef<SupervisorMsg>,
@@ -490,7 +496,8 @@ impl Runtime {
     }
 
     /// Starts (pre-warms) pools every later run may use; a pool of an existing name replaces
-    /// it. (The pools a plan declares are started by [`Runtime::run`] for that run alone.)
+    /// it. (The pools a plan declares are started by [`Runtime::run`] for that run alone.) On
+    /// an error (the first pool that did not start), the pools that did start are in place.
     pub async fn add_pools(
         &self,
         defs: &BTreeMap<String, PoolDef>,
@@ -553,6 +560,16 @@ impl Runtime {
             .run_id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        // The run's memories live in `session:run:ID`: an id that namespace cannot hold would
+        // leave its outputs unrecorded and put its context in the global namespace.
+        if crate::store::Namespace::session("run", &run_id).is_err() {
+            return Err(AgentError::Run {
+                run_id,
+                reason: "a run id must be non-empty, without `:`, whitespace or control \
+                         characters"
+                    .to_owned(),
+            });
+        }
         let mut pools = RunPools {
             run_id: run_id.clone(),
             pools: self.pools.clone(),
@@ -724,7 +741,11 @@ impl Runtime {
                         });
                         continue;
                     };
-                    tools_of.insert(tool.pool.as_str(), pool.tools().await?);
+                    let tools = pool.tools().await.map_err(|source| AgentError::PoolStart {
+                        pool: tool.pool.clone(),
+                        source,
+                    })?;
+                    tools_of.insert(tool.pool.as_str(), tools);
                 }
                 if let Some(Some(names)) = tools_of.get(tool.pool.as_str())
                     && !names.contains(&tool.tool)

@@ -77,6 +77,9 @@ impl RgbImage {
                 height,
             });
         }
+        // Checked before the product is taken: a size whose samples overflow `usize` could
+        // otherwise wrap to the buffer's length.
+        check_pixels(&label, width, height)?;
         if rgb.len() != 3 * width * height {
             return Err(ScoreError::BufferSize {
                 image: label,

@@ -25,8 +25,9 @@
 //! trait, and boxing by hand avoids the `async-trait` macro for the same effect.
 //!
 //! Cancellation: every call is a cancel-safe future. Dropping it kills the child process (and, on
-//! unix, its process group) for the `process` kind, aborts the task for the `native` kind, and
-//! drops the request for the `mcp` kind; a pooled session whose call was dropped half-way is
+//! unix, its process group) for the `process` kind, drops the function's future for the `native`
+//! kind (a function that blocks its thread cannot be stopped), and drops the request for the
+//! `mcp` kind; a pooled session whose call was dropped half-way is
 //! treated as broken and replaced.
 //!
 //! Safe by default: child processes get a cleared environment plus the names in their allowlist

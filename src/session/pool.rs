@@ -36,7 +36,8 @@ pub struct PoolConfig {
     pub min_idle: usize,
     /// Most sessions checked out at once.
     pub max_size: usize,
-    /// Longest a caller waits for a free session.
+    /// Longest a caller waits for a free slot (starting a session for it is bounded by the
+    /// kind's own start limit).
     pub acquire_timeout: Duration,
     /// Idle sessions above `min_idle` are closed after this long unused.
     pub idle_timeout: Duration,
@@ -485,9 +486,10 @@ impl Pool {
         })
     }
 
-    /// Takes a session, waiting at most `acquire_timeout` for one to be free. An idle session is
-    /// handed out when there is one (dead ones are discarded on the way); otherwise a new one is
-    /// started for the caller.
+    /// Takes a session, waiting at most `acquire_timeout` for one to be free (a slot under
+    /// `max_size`). An idle session is handed out when there is one (dead ones are discarded on
+    /// the way); otherwise a new one is started for the caller, which is not under that bound:
+    /// the start has its own limit (an MCP server's `start_timeout`).
     pub async fn acquire(&self) -> Result<PooledSession, SessionError> {
         self.acquire_within(Some(self.shared.config.acquire_timeout), true)
             .await
