@@ -501,7 +501,7 @@ async fn a_start_timeout_too_large_for_the_clock_means_none() {
     let session = McpSession::connect(&spec).await.unwrap();
     assert_eq!(
         session.tool_names().await.unwrap(),
-        ["big", "pid", "sleep", "say", "die"]
+        ["big", "pid", "sleep", "say", "die", "leave"]
     );
 }
 
@@ -559,4 +559,31 @@ async fn a_server_that_dies_mid_call_is_reported_with_its_last_stderr_lines() {
             .contains("the server's stderr ends: ValueError: model file corrupt"),
         "{error}"
     );
+}
+
+/// A server that exited between calls is not handed out again, even when a process it left
+/// holds its pipes open (so the client never reads their end): its next call used to go to
+/// nobody and fail, or wait out its timeout.
+#[tokio::test]
+async fn a_server_that_exited_while_idle_is_replaced_before_its_next_call() {
+    let Some(spec) = stdlib_server("") else {
+        return;
+    };
+    let config = PoolConfig {
+        min_idle: 1,
+        max_size: 1,
+        ..PoolConfig::new("leaving")
+    };
+    let pool = Pool::start(config, McpFactory::new(spec)).await.unwrap();
+    let left = {
+        let mut session = pool.acquire().await.unwrap();
+        session.call(call("leave", json!({}))).await.unwrap().stdout
+    };
+    // The server and its wrapper exit just after answering.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut session = pool.acquire().await.unwrap();
+    let request = call("pid", json!({})).with_timeout(Duration::from_secs(5));
+    let pid = session.call(request).await.unwrap().stdout;
+    assert_ne!(pid, left, "the server that left answered");
+    assert!(pool.stats().discarded >= 1);
 }

@@ -463,6 +463,30 @@ async fn read_capped_line<R: tokio::io::AsyncBufRead + Unpin>(
 /// The longest stderr line of a server kept for the log.
 const MAX_STDERR_LINE: usize = 8 * 1024;
 
+impl McpSession {
+    /// Whether the server process has ended (a zombie not yet reaped counts; the process is
+    /// left for the session's drop to reap). The client notices a closed pipe only when it next
+    /// reads, so a server that exited between calls was handed out by its pool, and the next
+    /// call failed without reaching any server.
+    fn server_exited(&self) -> bool {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+            let Some(pid) = self.server_pid.and_then(|pid| i32::try_from(pid).ok()) else {
+                return false;
+            };
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags) {
+                Ok(WaitStatus::StillAlive) => false,
+                Ok(_) | Err(nix::errno::Errno::ECHILD) => true,
+                Err(_) => false,
+            }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        false
+    }
+}
+
 fn map_service_error(tool: &str, error: ServiceError) -> SessionError {
     match error {
         ServiceError::McpError(e) => SessionError::ToolRejected {
@@ -503,7 +527,7 @@ impl Session for McpSession {
     }
 
     fn is_open(&self) -> bool {
-        !self.service.is_closed() && !self.service.is_transport_closed()
+        !self.service.is_closed() && !self.service.is_transport_closed() && !self.server_exited()
     }
 
     fn warm_up(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {

@@ -4,17 +4,19 @@ that never comes (`python3 stdlib_server.py silent-list`), and a call that outli
 
 Tools: `big` (`bytes` of text), `pid` (the server's process id), `sleep` (`seconds`, then "slept"),
 `say` (its `message`, as an error result when `fail` is true), `die` (writes a traceback-like line
-on stderr and exits 3 mid-call).
+on stderr and exits 3 mid-call), `leave` (answers with its process id, then exits, leaving a child
+that holds its pipes open).
 """
 import json
 import os
+import subprocess
 import sys
 import time
 
 SILENT_LIST = sys.argv[1:] == ["silent-list"]
 TOOLS = [
     {"name": name, "inputSchema": {"type": "object"}}
-    for name in ("big", "pid", "sleep", "say", "die")
+    for name in ("big", "pid", "sleep", "say", "die", "leave")
 ]
 
 
@@ -56,6 +58,10 @@ for line in sys.stdin:
             sys.stderr.write("ValueError: model file corrupt\n")
             sys.stderr.flush()
             sys.exit(3)
+        elif name == "leave":
+            reply(message, text(str(os.getpid())))
+            subprocess.Popen(["sleep", "30"])
+            sys.exit(0)
         elif name == "sleep":
             time.sleep(float(args["seconds"]))
             reply(message, text("slept"))
