@@ -855,6 +855,10 @@ id = "m"
 tool = "mcp.read"
 args = { path = "x" }
 [[task]]
+id = "m2"
+tool = "mcp.read"
+args = "x.txt"
+[[task]]
 id = "elsewhere"
 tool = "other.x"
 args = { anything = 1 }
@@ -863,7 +867,7 @@ args = { anything = 1 }
     )
     .unwrap();
     let found: Vec<String> = plan
-        .own_process_args_problems()
+        .own_args_problems()
         .iter()
         .map(|d| format!("{}:{}: {}", d.location.line, d.location.column, d.message))
         .collect();
@@ -873,6 +877,7 @@ args = { anything = 1 }
             "10:8: task \"t\" tool args: unknown key `arg` for a process call (expected argv, stdin, env)",
             "10:8: task \"t\" fixes[1] args: unknown key `argvv` for a process call (expected argv, stdin, env)",
             "13:23: task \"t\" compensate args: a process call's args are a table of argv, stdin, env, not \"echo undo\"",
+            "20:8: task \"m2\" tool args: an MCP tool's arguments are a table, not \"x.txt\"",
         ]
     );
 }
@@ -910,7 +915,7 @@ args = { argv = ["echo", 1, true], env = "{{tasks.line.output}}", stdin = 5 }
     )
     .unwrap();
     let found: Vec<String> = plan
-        .own_process_args_problems()
+        .own_args_problems()
         .iter()
         .map(|d| d.message.clone())
         .collect();

@@ -746,3 +746,23 @@ fn feedback_says_when_the_gates_saw_a_cut_output() {
         "{err}"
     );
 }
+
+/// Under an `exit` gate a failing tool's own words are in the reason (and `{{feedback}}`): its
+/// stderr, or, when it printed none, its output, where an MCP tool's error result puts its
+/// message.
+#[test]
+fn an_exit_gates_failure_says_what_the_tool_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = shell_plan(
+        dir.path(),
+        "[[task]]\nid = \"quiet\"\ntool = \"sh.x\"\n\
+         args = { argv = [\"echo 'cannot read missing.txt'; exit 1\"] }\n\
+         gates = [{ exit = 0 }]\n",
+    );
+    let (code, err) = run(dir.path(), &plan);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("exit status was 1, expected 0; output: cannot read missing.txt"),
+        "{err}"
+    );
+}

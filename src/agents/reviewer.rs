@@ -356,12 +356,16 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
         tool_failed = !result.passed && matches!(gate, Gate::ExitStatus { .. });
         results.push(result);
         if tool_failed {
-            // Nothing else is meaningful when the tool failed; say what it printed.
-            let stderr = outcome.stderr.trim();
-            if !stderr.is_empty() {
+            // Nothing else is meaningful when the tool failed; say what it printed: its stderr,
+            // else its output (where an MCP tool's error result puts its message).
+            let (stream, said) = match (outcome.stderr.trim(), outcome.stdout.trim()) {
+                ("", stdout) => ("output", stdout),
+                (stderr, _) => ("stderr", stderr),
+            };
+            if !said.is_empty() {
                 results.push(GateResult {
                     passed: false,
-                    reason: format!("stderr: {}", stderr.chars().take(500).collect::<String>()),
+                    reason: format!("{stream}: {}", said.chars().take(500).collect::<String>()),
                 });
             }
             break;

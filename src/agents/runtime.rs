@@ -715,11 +715,10 @@ impl Runtime {
                 std::iter::once((&task.tool, task.tool_location, "tool")).chain(compensation);
             for (tool, location, what) in calls {
                 // A process call reads `argv`, `stdin` and `env` from its args: another key is
-                // a typo that would run the pool's command without what was meant.
-                if let Some((_, def)) = self.pools.get_with_def(run_id, &tool.pool)
-                    && def.kind == PoolKind::Process
-                {
-                    let problems = task.process_args_problems(what == "compensate");
+                // a typo that would run the pool's command without what was meant. An MCP
+                // call's args are the tool's arguments, a table.
+                if let Some((_, def)) = self.pools.get_with_def(run_id, &tool.pool) {
+                    let problems = task.args_problems(def.kind, what == "compensate");
                     for message in problems {
                         diagnostics.push(Diagnostic { location, message });
                     }

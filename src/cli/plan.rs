@@ -54,7 +54,7 @@ fn check(file: &std::path::Path, pools: Option<Vec<String>>, as_json: bool) -> R
         Ok(plan) => {
             // What `run` refuses before anything runs, where the plan itself says the pool's
             // kind (a configured pool's is not known here).
-            let diagnostics = plan.own_process_args_problems();
+            let diagnostics = plan.own_args_problems();
             if !diagnostics.is_empty() {
                 let err = PlanError {
                     source_name: source,

@@ -116,9 +116,9 @@
 //! compile and references in expected values), template references to unknown or non-upstream
 //! tasks or undeclared fields, and, with a [`ToolCatalog`], unknown pools and tools. Each error
 //! has the line and column of the value at fault, `plan.toml:14:9: task "render" depends on
-//! unknown task "rendr"`. [`Plan::own_process_args_problems`] adds what the plan's own
-//! `process` pools would refuse (`tetrarch plan check` reports it; `tetrarch run` refuses it for
-//! every `process` pool).
+//! unknown task "rendr"`. [`Plan::own_args_problems`] adds what the plan's own `process` and
+//! `mcp` pools would refuse (`tetrarch plan check` reports it; `tetrarch run` refuses it for
+//! every such pool).
 //!
 //! # DAG
 //!
@@ -389,6 +389,31 @@ pub struct Task {
 const PROCESS_ARG_KEYS: [&str; 3] = ["argv", "stdin", "env"];
 
 impl Task {
+    /// What a pool of `kind` would refuse in one of this task's calls before running anything:
+    /// [`Task::process_args_problems`] for a `process` pool; for an `mcp` pool, args that are not
+    /// a table of the tool's arguments (a whole-string template may render to one).
+    pub fn args_problems(&self, kind: crate::session::PoolKind, compensate: bool) -> Vec<String> {
+        match kind {
+            crate::session::PoolKind::Process => self.process_args_problems(compensate),
+            crate::session::PoolKind::Mcp => {
+                let (what, args) = match (&self.compensate, compensate) {
+                    (Some(call), true) => ("compensate", &call.args),
+                    (None, true) => return Vec::new(),
+                    (_, false) => ("tool", &self.args),
+                };
+                match args {
+                    Value::Object(_) | Value::Null => Vec::new(),
+                    Value::String(text) if text.contains("{{") => Vec::new(),
+                    other => vec![format!(
+                        "task {:?} {what} args: an MCP tool's arguments are a table, not {other}",
+                        self.id.as_str()
+                    )],
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// What a `process` pool would refuse in one of this task's calls before running anything
     /// (`compensate`: its compensation, else its `tool` call and the args of its fixes): args
     /// that are not a table, or a key the call does not read (`arg`, a fix's `argvv`), a typo
@@ -509,15 +534,11 @@ impl Plan {
         &self.dag
     }
 
-    /// [`Task::process_args_problems`] for every call to a `process` pool the plan declares
+    /// [`Task::args_problems`] for every call to a `process` or `mcp` pool the plan declares
     /// itself, at the call's `tool`: what `tetrarch run` refuses before anything runs, found
     /// without starting a pool (the kind of a pool configured elsewhere is not known here).
-    pub fn own_process_args_problems(&self) -> Vec<Diagnostic> {
-        let is_process = |tool: &ToolRef| {
-            self.pools
-                .get(&tool.pool)
-                .is_some_and(|def| def.kind == crate::session::PoolKind::Process)
-        };
+    pub fn own_args_problems(&self) -> Vec<Diagnostic> {
+        let kind = |tool: &ToolRef| self.pools.get(&tool.pool).map(|def| def.kind);
         let mut diagnostics = Vec::new();
         for task in &self.tasks {
             let calls = std::iter::once((&task.tool, task.tool_location, false)).chain(
@@ -526,9 +547,9 @@ impl Plan {
                     .map(|c| (&c.tool, c.tool_location, true)),
             );
             for (tool, location, compensate) in calls {
-                if is_process(tool) {
+                if let Some(kind) = kind(tool) {
                     diagnostics.extend(
-                        task.process_args_problems(compensate)
+                        task.args_problems(kind, compensate)
                             .into_iter()
                             .map(|message| Diagnostic { location, message }),
                     );
