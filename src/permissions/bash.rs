@@ -893,7 +893,8 @@ fn sets_code_variable(word: &str) -> bool {
 }
 
 /// Whether `name` is one of the variables an allowed command may be given and still match its
-/// allow rule (see [`HARMLESS_VARIABLES`]).
+/// allow rule (`CI`, `NO_COLOR`, `TERM`, `RUST_LOG` and the like: variables that change how a
+/// program reports, not what it runs).
 pub fn is_harmless_variable(name: &str) -> bool {
     HARMLESS_VARIABLES.contains(&name)
 }

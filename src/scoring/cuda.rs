@@ -78,7 +78,7 @@ impl std::fmt::Debug for CudaScorer {
 const MAX_GRID_Y: usize = 65_535;
 
 /// The tallest image the kernels take: the row passes launch one block row per
-/// `CUDA_TILE_Y` image rows, and a grid's y dimension stops at [`MAX_GRID_Y`].
+/// `CUDA_TILE_Y` image rows, and a grid's y dimension stops at 65,535 blocks.
 pub const CUDA_MAX_HEIGHT: usize = MAX_GRID_Y * CUDA_TILE_Y as usize;
 
 /// Why a `width`×`height` image cannot be scored by the kernels, if it cannot (it is scored
