@@ -1036,8 +1036,8 @@ impl Store {
         Ok((id, answer))
     }
 
-    /// Reads a memory by id, counting the access. Archived memories are readable; expired ones
-    /// are not.
+    /// Reads a memory by id, counting the access to a live one. Archived memories are readable
+    /// (as archived: their access count and time stay as they were); expired ones are not.
     ///
     /// # Errors
     /// [`StoreError::NotFound`] when no live or archived memory has this id.
