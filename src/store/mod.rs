@@ -1629,10 +1629,21 @@ mod tests {
     /// A store file the process may not write is said to be that, not a bare "open failed".
     #[test]
     fn a_store_file_that_is_not_writable_is_said_to_be() {
-        let path = Path::new("/somewhere/store.redb");
-        let refused = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        let error = open_error(path, DatabaseError::Storage(StorageError::Io(refused)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        std::fs::write(&path, "").unwrap();
+        let refused = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let error = open_error(&path, DatabaseError::Storage(StorageError::Io(refused())));
         assert!(matches!(error, StoreError::NotWritable { .. }), "{error:?}");
         assert!(error.to_string().contains("is not writable"), "{error}");
+        // With no file there, it is the folder that refused a new one.
+        let missing = dir.path().join("new.redb");
+        let error = open_error(&missing, DatabaseError::Storage(StorageError::Io(refused())));
+        assert!(
+            error
+                .to_string()
+                .contains("create the file in its folder failed"),
+            "{error}"
+        );
     }
 }
