@@ -1638,7 +1638,10 @@ mod tests {
         assert!(error.to_string().contains("is not writable"), "{error}");
         // With no file there, it is the folder that refused a new one.
         let missing = dir.path().join("new.redb");
-        let error = open_error(&missing, DatabaseError::Storage(StorageError::Io(refused())));
+        let error = open_error(
+            &missing,
+            DatabaseError::Storage(StorageError::Io(refused())),
+        );
         assert!(
             error
                 .to_string()
