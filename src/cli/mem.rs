@@ -126,8 +126,10 @@ pub struct StoreArgs {
 /// as "not in 0..=255").
 fn importance(text: &str) -> Result<u8, String> {
     match text.trim().parse::<i64>() {
-        Ok(value @ 1..=10) => Ok(u8::try_from(value).unwrap_or(5)),
-        Ok(value) => Err(format!("importance {value} is outside 1..=10")),
+        Ok(value) => u8::try_from(value)
+            .ok()
+            .filter(|importance| (1..=10).contains(importance))
+            .ok_or_else(|| format!("importance {value} is outside 1..=10")),
         Err(_) => Err(format!("{text:?} is not a whole number")),
     }
 }

@@ -124,8 +124,8 @@ fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
         "no store at {}: nothing has run or been stored there (check --store or TETRARCH_STORE)",
         path.display()
     );
-    // A device, a pipe or a folder is no store, whatever the command.
     if let Ok(metadata) = path.metadata() {
+        // A device, a pipe or a folder is no store, whatever the command.
         anyhow::ensure!(
             metadata.is_file(),
             "{} is {}: a store is a regular file (check --store or TETRARCH_STORE)",
@@ -136,13 +136,13 @@ fn store_for(creates: bool, store: Option<PathBuf>) -> Result<PathBuf> {
                 "a device or a pipe"
             }
         );
+        // An empty file is not a store either (opening it would make it one).
+        anyhow::ensure!(
+            creates || metadata.len() > 0,
+            "{} is an empty file, not a store (check --store or TETRARCH_STORE)",
+            path.display()
+        );
     }
-    // An empty file is not a store either (opening it would make it one).
-    anyhow::ensure!(
-        creates || path.metadata().map_or(true, |m| m.len() > 0),
-        "{} is an empty file, not a store (check --store or TETRARCH_STORE)",
-        path.display()
-    );
     Ok(path)
 }
 

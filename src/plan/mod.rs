@@ -396,10 +396,8 @@ impl Task {
         match kind {
             crate::session::PoolKind::Process => self.process_args_problems(compensate),
             crate::session::PoolKind::Mcp => {
-                let (what, args) = match (&self.compensate, compensate) {
-                    (Some(call), true) => ("compensate", &call.args),
-                    (None, true) => return Vec::new(),
-                    (_, false) => ("tool", &self.args),
+                let Some((what, args)) = self.call_args(compensate) else {
+                    return Vec::new();
                 };
                 match args {
                     Value::Object(_) | Value::Null => Vec::new(),
@@ -414,16 +412,24 @@ impl Task {
         }
     }
 
+    /// The args of the task's own call, or of its compensation (`None` when it has none), with
+    /// which of the two it is.
+    fn call_args(&self, compensate: bool) -> Option<(&'static str, &Value)> {
+        match (&self.compensate, compensate) {
+            (Some(call), true) => Some(("compensate", &call.args)),
+            (None, true) => None,
+            (_, false) => Some(("tool", &self.args)),
+        }
+    }
+
     /// What a `process` pool would refuse in one of this task's calls before running anything
     /// (`compensate`: its compensation, else its `tool` call and the args of its fixes): args
     /// that are not a table, or a key the call does not read (`arg`, a fix's `argvv`), a typo
     /// that would run the pool's command without what was meant. Each message names the task.
     pub fn process_args_problems(&self, compensate: bool) -> Vec<String> {
         let id = self.id.as_str();
-        let (what, args) = match (&self.compensate, compensate) {
-            (Some(call), true) => ("compensate", &call.args),
-            (None, true) => return Vec::new(),
-            (_, false) => ("tool", &self.args),
+        let Some((what, args)) = self.call_args(compensate) else {
+            return Vec::new();
         };
         let own = match args {
             Value::Object(map) => unknown_process_key(map.keys().map(String::as_str))
@@ -448,29 +454,24 @@ impl Task {
 /// of strings (numbers and booleans are written out), `env` a table of variables. A string
 /// holding a template may render to either, so it is left to the call.
 fn process_arg_type_problem(args: &serde_json::Map<String, Value>) -> Option<String> {
+    use crate::session::{SessionError, process};
+    // The call's own checks, on the values written as they are.
     let templated = |value: &Value| matches!(value, Value::String(s) if s.contains("{{"));
-    if let Some(argv) = args.get("argv").filter(|v| !templated(v)) {
-        let Value::Array(items) = argv else {
-            return Some(format!("`argv` must be a list of strings, not {argv}"));
-        };
-        if let Some((i, item)) = items
-            .iter()
-            .enumerate()
-            .find(|(_, item)| matches!(item, Value::Array(_) | Value::Object(_) | Value::Null))
-        {
-            return Some(format!("`argv[{i}]` is {item}, not a string"));
-        }
-    }
-    match args.get("env").filter(|v| !templated(v)) {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(table)) => table.keys().find_map(|name| {
-            crate::session::process::variable_name_problem(name)
-                .map(|problem| format!("`env` names {name:?}: {problem}"))
-        }),
-        Some(other) => Some(format!(
-            "`env` must be a table of NAME = value, not {other}"
-        )),
-    }
+    let literal: serde_json::Map<String, Value> = ["argv", "env"]
+        .into_iter()
+        .filter_map(|key| {
+            let value = args.get(key).filter(|v| !templated(v))?;
+            Some((key.to_owned(), value.clone()))
+        })
+        .collect();
+    let literal = Value::Object(literal);
+    let refused = process::extra_argv("", &literal)
+        .err()
+        .or_else(|| process::call_env("", &literal).err())?;
+    Some(match refused {
+        SessionError::InvalidArguments { detail, .. } => detail,
+        other => other.to_string(),
+    })
 }
 
 /// The first key a `process` call would ignore, named with the keys it reads.
