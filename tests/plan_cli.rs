@@ -240,6 +240,24 @@ fn runs_json_prints_one_run_per_line_and_a_closed_pipe_ends_quietly() {
     assert_eq!(runs[0]["plan"], "first", "{stdout}");
     assert_eq!(runs[1]["plan"], "second", "{stdout}");
     assert_ne!(runs[0]["status"], runs[1]["status"], "{stdout}");
+    // Both ended, so each has an end time no earlier than its start, and the list says how long.
+    for run in &runs {
+        let (started, finished) = (run["started_ms"].as_i64(), run["finished_ms"].as_i64());
+        assert!(
+            started.is_some_and(|s| finished.is_some_and(|f| f >= s)),
+            "{run}"
+        );
+    }
+    let listed = tetrarch_on(&dir.path().join("store.redb"), &["runs"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let ended_in = |line: &str| {
+        line.rsplit_once("  in ")
+            .is_some_and(|(_, t)| [" µs", " ms", " s"].iter().any(|u| t.ends_with(u)))
+    };
+    assert!(listed.lines().all(ended_in), "{listed}");
 
     for args in [
         &["runs"][..],

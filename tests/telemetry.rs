@@ -420,6 +420,9 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
     assert_eq!(saved["mode"], "finished");
     assert_eq!(saved["run"]["run_id"], report.run_id.as_str());
     assert_eq!(saved["run"]["status"], "complete");
+    // From its start to its end, saved with the run: at least the critical path a→b→d's sleeps.
+    let duration_ms = saved["run"]["duration_ms"].as_u64().unwrap_or(0);
+    assert!(duration_ms >= 190, "{saved}");
     assert!(
         saved["note"].is_null(),
         "the plan file was readable: {saved}"

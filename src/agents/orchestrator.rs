@@ -381,6 +381,7 @@ impl OrchestratorState {
             started_ms: crate::store::Timestamp::now().as_millis(),
             plan_text: spec.plan_text.clone(),
             stopping: None,
+            finished_ms: None,
         };
         let mut run = RunState::new(&spec, record);
         let mut already_complete = 0;
@@ -1281,6 +1282,7 @@ impl OrchestratorState {
             return;
         };
         run.record.status = status;
+        run.record.finished_ms = Some(crate::store::Timestamp::now().as_millis());
         run.span.record("status", status.as_str());
         let report = run.take_report(status);
         self.flush();

@@ -132,7 +132,8 @@ impl RunReport {
 #[derive(Serialize, Deserialize)]
 enum StoredRun {
     V1(RunRecordV1),
-    V2(RunRecord),
+    V2(RunRecordV2),
+    V3(RunRecord),
 }
 
 /// A run as the first version persisted it (read from older stores only).
@@ -154,6 +155,18 @@ pub(crate) enum Stopping {
     Cancelled,
 }
 
+/// A run as the second version persisted it: no end time (read from older stores only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct RunRecordV2 {
+    plan_name: String,
+    plan_hash: String,
+    source: String,
+    status: RunStatus,
+    started_ms: i64,
+    plan_text: Option<String>,
+    stopping: Option<Stopping>,
+}
+
 /// A run as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct RunRecord {
@@ -167,11 +180,14 @@ pub(crate) struct RunRecord {
     /// Set, in the same commit as the failing task's record (or on a cancel), when the run
     /// starts rolling back: a resume then finishes the rollback instead of running tasks again.
     pub stopping: Option<Stopping>,
+    /// When the run ended (milliseconds since the epoch), saved with its final status; `None`
+    /// while it runs, for a run killed before its end, and for runs older stores saved.
+    pub finished_ms: Option<i64>,
 }
 
 impl From<RunRecordV1> for RunRecord {
     fn from(old: RunRecordV1) -> Self {
-        RunRecord {
+        RunRecordV2 {
             plan_name: old.plan_name,
             plan_hash: old.plan_hash,
             source: old.source,
@@ -179,6 +195,22 @@ impl From<RunRecordV1> for RunRecord {
             started_ms: old.started_ms,
             plan_text: None,
             stopping: None,
+        }
+        .into()
+    }
+}
+
+impl From<RunRecordV2> for RunRecord {
+    fn from(old: RunRecordV2) -> Self {
+        RunRecord {
+            plan_name: old.plan_name,
+            plan_hash: old.plan_hash,
+            source: old.source,
+            status: old.status,
+            started_ms: old.started_ms,
+            plan_text: old.plan_text,
+            stopping: old.stopping,
+            finished_ms: None,
         }
     }
 }
@@ -295,13 +327,14 @@ fn codec_error(what: &str, e: postcard::Error) -> StoreError {
 }
 
 pub(crate) fn encode_run(record: &RunRecord) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(&StoredRun::V2(record.clone())).map_err(|e| codec_error("encode run", e))
+    postcard::to_stdvec(&StoredRun::V3(record.clone())).map_err(|e| codec_error("encode run", e))
 }
 
 pub(crate) fn decode_run(id: &str, bytes: &[u8]) -> Result<RunRecord, StoreError> {
     match postcard::from_bytes::<StoredRun>(bytes) {
         Ok(StoredRun::V1(old)) => Ok(old.into()),
-        Ok(StoredRun::V2(record)) => Ok(record),
+        Ok(StoredRun::V2(old)) => Ok(old.into()),
+        Ok(StoredRun::V3(record)) => Ok(record),
         Err(e) => Err(codec_error(&format!("decode run {id}"), e)),
     }
 }
@@ -378,6 +411,20 @@ pub struct SavedRun {
     pub tasks: Vec<(String, TaskState)>,
     /// The plan as written, when the run was started with it (`tetrarch run` always is).
     pub plan_text: Option<String>,
+    /// When the run first started, in milliseconds since the epoch (a resume keeps it).
+    pub started_ms: i64,
+    /// When it ended, in milliseconds since the epoch: `None` while it runs, for a run killed
+    /// before its end, and for runs saved by an older version of tetrarch.
+    pub finished_ms: Option<i64>,
+}
+
+impl SavedRun {
+    /// From its first start to its end, including any time between a kill and its resume;
+    /// `None` until it ends.
+    pub fn duration(&self) -> Option<Duration> {
+        let ms = self.finished_ms?.checked_sub(self.started_ms)?;
+        Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    }
 }
 
 /// Every run in the store, oldest first, with its tasks' states.
@@ -395,6 +442,8 @@ pub fn saved_runs(store: &Store) -> Result<Vec<SavedRun>, StoreError> {
                 status: record.status,
                 tasks,
                 plan_text: record.plan_text,
+                started_ms: record.started_ms,
+                finished_ms: record.finished_ms,
                 run_id,
             })
         })
@@ -458,10 +507,27 @@ mod tests {
         assert_eq!(read.plan_name, "p");
         assert_eq!(read.status, RunStatus::Running);
         assert_eq!((read.plan_text, read.stopping), (None, None));
+        // The second version reads with no end time.
+        let second = RunRecordV2 {
+            plan_name: "p".into(),
+            plan_hash: "h".into(),
+            source: "p.toml".into(),
+            status: RunStatus::Complete,
+            started_ms: 7,
+            plan_text: Some("name = \"p\"".into()),
+            stopping: Some(Stopping::Cancelled),
+        };
+        let bytes = postcard::to_stdvec(&StoredRun::V2(second)).unwrap();
+        let read = decode_run("r", &bytes).unwrap();
+        assert_eq!(read.plan_text.as_deref(), Some("name = \"p\""));
+        assert_eq!(
+            (read.status, read.stopping.clone(), read.finished_ms),
+            (RunStatus::Complete, Some(Stopping::Cancelled), None)
+        );
         // The current version round-trips with its new fields.
         let current = RunRecord {
-            plan_text: Some("name = \"p\"".into()),
             stopping: Some(Stopping::Failed("task a failed: boom".into())),
+            finished_ms: Some(1_234),
             ..read
         };
         assert_eq!(
@@ -533,6 +599,7 @@ mod tests {
             started_ms: 7,
             plan_text: None,
             stopping: None,
+            finished_ms: None,
         };
         store
             .put_run_records(vec![

@@ -573,9 +573,18 @@ pub(crate) fn list(store: StoreRef<'_>, json: bool, out: &mut dyn Write) -> Resu
             writeln!(out, "{}", serde_json::to_string(&run)?)?;
             continue;
         }
+        let ended_in = run
+            .duration()
+            .map(|d| {
+                format!(
+                    "  in {}",
+                    took(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+                )
+            })
+            .unwrap_or_default();
         writeln!(
             out,
-            "{}  {:<9}  {}  {} ({})",
+            "{}  {:<9}  {}  {} ({}){ended_in}",
             run.run_id,
             format!("{:?}", run.status).to_lowercase(),
             task_counts(&run.tasks),

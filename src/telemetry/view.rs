@@ -202,7 +202,9 @@ impl DashboardState {
             run_id: run.run_id.clone(),
             plan: run.plan.clone(),
             status: run.status,
-            duration_ms: None,
+            duration_ms: run
+                .duration()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         });
         state
     }
