@@ -323,6 +323,10 @@ impl ContextCache {
     /// entry. A persisted entry filed under another category is computed again and overwritten
     /// (the file holds one entry per key).
     ///
+    /// A persisted category's miss in memory reads the store on the calling thread (a redb read
+    /// of one key); only the write of a new value goes
+    /// through the writer.
+    ///
     /// # Errors
     /// The computation's error, or a store error for the permanent category; shared by every
     /// caller that waited on the same key. A failed computation is not cached.

@@ -222,6 +222,11 @@ pub struct StoreStats {
 }
 
 /// A handle to an open store. Cheap to clone; all clones share one database and one writer.
+///
+/// Dropping the last clone closes the store: the thread that drops it waits while the writer
+/// commits what is queued, fsync included (usually a few milliseconds), so an async program
+/// should drop its last clone outside a busy runtime thread, or call [`Store::sync`] first so
+/// nothing is left to write.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
