@@ -324,8 +324,7 @@ impl ContextCache {
     /// (the file holds one entry per key).
     ///
     /// A persisted category's miss in memory reads the store on the calling thread (a redb read
-    /// of one key); only the write of a new value goes
-    /// through the writer.
+    /// of one key); only the write of a new value goes through the writer.
     ///
     /// # Errors
     /// The computation's error, or a store error for the permanent category; shared by every
