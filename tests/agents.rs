@@ -498,14 +498,33 @@ compensate = { tool = "nowhere.undo", args = {} }
     h.runtime.shutdown().await;
 }
 
+/// The pool `sh` is configured (so the plan parses without a catalogue), and the plan's own
+/// MCP pool would leave a file if it were started: the run is refused before any pool starts.
 #[tokio::test]
 async fn a_process_calls_unknown_arg_keys_are_refused_before_anything_runs() {
-    let h = harness(|_| {}).await;
-    let text = r#"
+    let marker = tempfile::tempdir().unwrap();
+    let started = marker.path().join("started");
+    let h = harness(|actors| {
+        let mut sh = PoolDef::new(PoolKind::Process);
+        sh.command = vec!["sh".into(), "-c".into()];
+        actors.executor.pools.insert("sh".to_owned(), sh);
+    })
+    .await;
+    let server = format!(
+        r#"
 name = "process-typos"
-[pools.sh]
-kind = "process"
-command = ["sh", "-c"]
+[pools.srv]
+kind = "mcp"
+command = ["sh", "-c", "touch '{}'; sleep 30"]
+start_timeout = "3s"
+[[task]]
+id = "served"
+tool = "srv.x"
+"#,
+        started.display()
+    );
+    let text = server
+        + r#"
 [[task]]
 id = "first"
 tool = "fn.echo"
@@ -518,10 +537,11 @@ args = { arg = ["echo typo"] }
 fixes = [{ when = "x", env = { A = "1" } }, { when = "y", args = { argvv = ["z"] } }]
 compensate = { tool = "sh.undo", args = "echo undo" }
 "#;
-    let error = h.runtime.run(plan(text), options()).await.unwrap_err();
+    let error = h.runtime.run(plan(&text), options()).await.unwrap_err();
     let AgentError::Plan(plan_error) = &error else {
         panic!("not a plan error: {error}");
     };
+    assert!(!started.exists(), "the plan's own pool was started");
     let lines = plan_error.lines();
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(

@@ -11,6 +11,7 @@ use tetrarch::plan::{
     Gate, Plan, PlanError, ScoreBound, ScoreMetric, StaticCatalog, Task, TaskId, TemplateContext,
     render,
 };
+use tetrarch::session::PoolKind;
 
 const POSTER: &str = include_str!("fixtures/plans/poster.toml");
 const BROKEN: &str = include_str!("fixtures/plans/broken.toml");
@@ -132,7 +133,7 @@ fn catalogue_checks_pools_and_tools() {
     assert_eq!(
         err.lines(),
         [
-            "poster.toml:59:23: task \"publish\" compensate.tool: pool \"cdn\" has no tool \"delete\""
+            "poster.toml:59:23: task \"publish\" compensate.tool: pool \"cdn\" has no tool \"delete\" (its tools: upload)"
         ]
     );
     let catalog = catalog.with_tools("cdn", ["upload", "delete"]);
@@ -836,8 +837,7 @@ fn a_reference_inside_a_gates_json_array_or_object_is_refused() {
 
 #[test]
 fn a_process_call_the_plans_own_pool_would_refuse_is_found_without_running() {
-    let plan = Plan::from_toml(
-        r#"name = "ak"
+    let text = r#"name = "ak"
 [pools.sh]
 kind = "process"
 command = ["sh", "-c"]
@@ -862,12 +862,10 @@ args = "x.txt"
 id = "elsewhere"
 tool = "other.x"
 args = { anything = 1 }
-"#,
-        "p.toml",
-    )
-    .unwrap();
-    let found: Vec<String> = plan
-        .own_args_problems()
+"#;
+    let error = Plan::from_toml(text, "p.toml").unwrap_err();
+    let found: Vec<String> = error
+        .diagnostics
         .iter()
         .map(|d| format!("{}:{}: {}", d.location.line, d.location.column, d.message))
         .collect();
@@ -879,6 +877,22 @@ args = { anything = 1 }
             "13:23: task \"t\" compensate args: a process call's args are a table of argv, stdin, env, not \"echo undo\"",
             "20:8: task \"m2\" tool args: an MCP tool's arguments are a table, not \"x.txt\"",
         ]
+    );
+    // A pool whose kind the catalogue knows is checked too; the plan's own pools keep theirs.
+    let catalog = StaticCatalog::new()
+        .with_kind("other", PoolKind::Process)
+        .with_kind("sh", PoolKind::Mcp);
+    let error = Plan::from_toml_with_catalog(text, "p.toml", &catalog).unwrap_err();
+    let found: Vec<&str> = error
+        .diagnostics
+        .iter()
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(found.len(), 5, "{found:?}");
+    assert!(found[0].contains("unknown key `arg` for a process call"));
+    assert_eq!(
+        found[4],
+        "task \"elsewhere\" tool args: unknown key `anything` for a process call (expected argv, stdin, env)"
     );
 }
 
@@ -913,12 +927,8 @@ args = { argv = ["echo", 1, true], env = "{{tasks.line.output}}", stdin = 5 }
 "#,
         "p.toml",
     )
-    .unwrap();
-    let found: Vec<String> = plan
-        .own_args_problems()
-        .iter()
-        .map(|d| d.message.clone())
-        .collect();
+    .unwrap_err();
+    let found: Vec<String> = plan.diagnostics.iter().map(|d| d.message.clone()).collect();
     assert_eq!(
         found,
         [

@@ -19,7 +19,18 @@ fn check(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn valid_plan_prints_levels_and_critical_path() {
-    let (code, out, _) = check(&["tests/fixtures/plans/poster.toml"]);
+    // Its pools are neither its own nor configured: `run` would refuse it, and so does the check.
+    let (code, _, err) = check(&["tests/fixtures/plans/poster.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(":10:8: task \"render-day\" tool: unknown pool \"blender\""),
+        "{err}"
+    );
+    let (code, out, _) = check(&[
+        "tests/fixtures/plans/poster.toml",
+        "--pools",
+        "blender,shell,cdn",
+    ]);
     assert_eq!(code, 0);
     assert!(
         out.contains("level 0: render-day, render-dusk, render-night\n"),
@@ -33,7 +44,10 @@ fn valid_plan_prints_levels_and_critical_path() {
         out.contains("critical path: render-night -> compose -> publish (3m 20s)"),
         "{out}"
     );
-    assert!(out.contains("pools and tools not checked"), "{out}");
+    assert!(
+        out.contains("(checked against the plan's pools, the built-in actors' pools and --pools;"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -48,7 +62,11 @@ fn invalid_plan_lists_every_error_and_exits_2() {
         err.contains(":15:18: task \"render\" depends on unknown task \"rendr\""),
         "{err}"
     );
-    assert!(err.contains("13 errors — plan rejected"), "{err}");
+    assert!(
+        err.contains(":27:8: task \"publish\" tool: unknown pool \"cdn\""),
+        "{err}"
+    );
+    assert!(err.contains("17 errors — plan rejected"), "{err}");
 }
 
 #[test]
@@ -330,8 +348,8 @@ fn commands_that_read_refuse_a_store_that_does_not_exist_and_create_none() {
 fn the_permission_file_a_plan_names_is_read_by_plan_check() {
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("plan.toml");
-    let text =
-        "name = \"p\"\npermissions = \"settings.json\"\n[[task]]\nid = \"t\"\ntool = \"sh.run\"\n";
+    let text = "name = \"p\"\npermissions = \"settings.json\"\n[[task]]\nid = \"t\"\n\
+                tool = \"sh.run\"\n[pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n";
     std::fs::write(&plan, text).unwrap();
     let plan = plan.to_str().unwrap();
     let (code, _, err) = check(&[plan]);
@@ -782,5 +800,62 @@ fn an_exit_gates_failure_says_what_the_tool_printed() {
     assert!(
         err.contains("exit status was 1, expected 0; output: cannot read missing.txt"),
         "{err}"
+    );
+}
+
+/// Every error at once (a bad args key beside an unknown dependency), and `run` refuses the
+/// plan before its own pools start.
+#[test]
+fn args_errors_come_with_the_others_and_no_pool_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let text = format!(
+        r#"name = "all-at-once"
+[pools.srv]
+kind = "mcp"
+command = ["sh", "-c", "touch '{}'; sleep 30"]
+start_timeout = "3s"
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+[[task]]
+id = "a"
+tool = "sh.run"
+args = {{ arg = ["true"] }}
+[[task]]
+id = "b"
+tool = "srv.x"
+deps = ["ghost"]
+args = "notes.md"
+"#,
+        started.display()
+    );
+    let plan = dir.path().join("plan.toml");
+    std::fs::write(&plan, &text).unwrap();
+    let name = plan.to_str().unwrap();
+    let (code, _, err) = check(&[name]);
+    assert_eq!(code, 2, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    assert!(
+        lines[0].contains(":11:8: task \"a\" tool args: unknown key `arg`"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains(":15:8: task \"b\" tool args: an MCP tool's arguments are a table"),
+        "{err}"
+    );
+    assert!(
+        lines[2].contains(":16:9: task \"b\" depends on unknown task \"ghost\""),
+        "{err}"
+    );
+    // Without the unknown dependency, only the args are wrong.
+    let (code, run_err) = run(dir.path(), &text.replace("deps = [\"ghost\"]\n", ""));
+    assert_eq!(code, 2, "{run_err}");
+    assert!(run_err.contains("unknown key `arg`"), "{run_err}");
+    assert!(!run_err.contains("ghost"), "{run_err}");
+    assert!(
+        !started.exists(),
+        "the plan's MCP server was started: {run_err}"
     );
 }

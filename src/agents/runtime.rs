@@ -535,9 +535,10 @@ impl Runtime {
         // Native pools list the registry's tools; other kinds accept any tool name.
         for (name, kind) in configured.into_iter().chain(declared) {
             catalog = match kind {
-                PoolKind::Native => catalog.with_tools(name, natives.clone()),
-                _ => catalog.with_open_pool(name),
-            };
+                PoolKind::Native => catalog.with_tools(name.clone(), natives.clone()),
+                _ => catalog,
+            }
+            .with_kind(name, kind);
         }
         catalog
     }
@@ -548,7 +549,9 @@ impl Runtime {
     /// Before anything runs, every task's tool (and its compensation's) is checked against the
     /// tools its pool's sessions answer to (an MCP server's list, the native registry, the
     /// scorer's metrics; a `process` pool takes any name): a plan naming a tool or pool that is
-    /// not there fails with [`AgentError::Plan`], naming each, and nothing runs.
+    /// not there fails with [`AgentError::Plan`], naming each, and nothing runs. Unknown pools,
+    /// native tools the registry lacks and args a pool would refuse ([`Plan::check_calls`]) are
+    /// found before the plan's own pools start; the tools of MCP servers once they have.
     ///
     /// The pools the plan declares are started for this run alone (before anything else) and
     /// closed when it returns.
@@ -605,6 +608,14 @@ impl Runtime {
                 runs: &self.starting,
                 run_id: &run_id,
             };
+            // Unknown pools and args a pool would refuse, before any pool starts.
+            let problems = plan.check_calls(&self.catalog(&plan.pools));
+            if !problems.is_empty() {
+                return Err(AgentError::Plan(PlanError {
+                    source_name: plan.source_name.clone(),
+                    diagnostics: problems,
+                }));
+            }
             let prepare = async {
                 self.start_pools_for(Some(&run_id), &plan.pools, &options.base_dir)
                     .await?;
@@ -710,24 +721,10 @@ impl Runtime {
             let compensation = task
                 .compensate
                 .as_ref()
-                .map(|c| (&c.tool, c.tool_location, "compensate"));
+                .map(|c| (&c.tool, c.tool_location, "compensate.tool"));
             let calls =
                 std::iter::once((&task.tool, task.tool_location, "tool")).chain(compensation);
             for (tool, location, what) in calls {
-                // A process call reads `argv`, `stdin` and `env` from its args: another key is
-                // a typo that would run the pool's command without what was meant. An MCP
-                // call's args are the tool's arguments, a table.
-                if let Some((_, def)) = self.pools.get_with_def(run_id, &tool.pool) {
-                    let problems = task.args_problems(def.kind, what == "compensate");
-                    for message in problems {
-                        diagnostics.push(Diagnostic { location, message });
-                    }
-                }
-                let what = if what == "tool" {
-                    "tool"
-                } else {
-                    "compensate.tool"
-                };
                 if !tools_of.contains_key(tool.pool.as_str()) {
                     let Some((pool, _)) = self.pools.get(Some(run_id), &tool.pool) else {
                         diagnostics.push(Diagnostic {

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 use serde_json::json;
-use tetrarch::plan::{Plan, PlanError, StaticCatalog};
+use tetrarch::agents::ActorsConfig;
+use tetrarch::plan::{Plan, PlanError};
 
 /// Plan commands.
 #[derive(Debug, Subcommand)]
@@ -15,8 +16,12 @@ pub enum PlanCommand {
     Check {
         /// The plan file (TOML).
         file: PathBuf,
-        /// Known pools, comma-separated; tasks naming other pools are errors. Tool names are
-        /// not checked (no actor catalogue yet).
+        /// Actor configuration folder whose pools the plan may name, as `run --actors` reads
+        /// it (default: the built-in configuration).
+        #[arg(long)]
+        actors: Option<PathBuf>,
+        /// More pools the plan may name, comma-separated: pools an embedding program adds
+        /// (their kind unknown, so their calls' args are not checked).
         #[arg(long, value_delimiter = ',')]
         pools: Option<Vec<String>>,
         /// Print a JSON report instead of text.
@@ -28,41 +33,51 @@ pub enum PlanCommand {
 /// Runs a plan command: exit 0 when the plan is valid, 2 when it is not.
 pub fn run(cmd: PlanCommand) -> Result<ExitCode> {
     match cmd {
-        PlanCommand::Check { file, pools, json } => check(&file, pools, json),
+        PlanCommand::Check {
+            file,
+            actors,
+            pools,
+            json,
+        } => check(&file, actors.as_deref(), pools, json),
     }
 }
 
-fn check(file: &std::path::Path, pools: Option<Vec<String>>, as_json: bool) -> Result<ExitCode> {
+fn check(
+    file: &std::path::Path,
+    actors: Option<&std::path::Path>,
+    pools: Option<Vec<String>>,
+    as_json: bool,
+) -> Result<ExitCode> {
     let text = super::read_text(file, "plan")?;
     let source = file.display().to_string();
-    let catalog = pools.as_ref().map(|names| {
-        names
-            .iter()
-            .filter(|n| !n.is_empty())
-            .fold(StaticCatalog::new(), |c, n| c.with_open_pool(n.clone()))
+    let (config, configured_from) = match actors {
+        Some(dir) => (ActorsConfig::load(dir)?, dir.display().to_string()),
+        None => (ActorsConfig::embedded()?, "the built-in actors".to_owned()),
+    };
+    let extra = pools.iter().flatten().filter(|n| !n.is_empty());
+    let catalog = extra.fold(super::run::configured_pools(&config), |c, n| {
+        c.with_open_pool(n.clone())
     });
-    let result = match &catalog {
-        Some(catalog) => Plan::from_toml_with_catalog(&text, &source, catalog),
-        None => Plan::from_toml(&text, &source),
-    };
-    let scope = if pools.is_some() {
-        "structure, templates and pool names checked; tool names not checked (no actor catalogue)"
-    } else {
-        "structure and templates checked; pools and tools not checked: no catalogue, pass --pools"
-    };
+    let result = Plan::from_toml_with_catalog(&text, &source, &catalog);
+    let configured = format!(
+        "{configured_from}'{} pools",
+        if configured_from.ends_with('s') {
+            ""
+        } else {
+            "s"
+        }
+    );
+    let scope = format!(
+        "checked against the plan's pools{}; tool names of mcp and native pools are checked \
+         when a run starts them",
+        if pools.is_some() {
+            format!(", {configured} and --pools")
+        } else {
+            format!(" and {configured}")
+        }
+    );
     match result {
         Ok(plan) => {
-            // What `run` refuses before anything runs, where the plan itself says the pool's
-            // kind (a configured pool's is not known here).
-            let diagnostics = plan.own_args_problems();
-            if !diagnostics.is_empty() {
-                let err = PlanError {
-                    source_name: source,
-                    diagnostics,
-                };
-                print_errors(&err, as_json)?;
-                return Ok(ExitCode::from(2));
-            }
             // The permission file the plan names is read and parsed as `run` would.
             if let Some(path) = &plan.permissions {
                 let base = file
@@ -91,7 +106,7 @@ fn check(file: &std::path::Path, pools: Option<Vec<String>>, as_json: bool) -> R
                     return Ok(ExitCode::from(2));
                 }
             }
-            print_plan(&plan, scope, as_json)?;
+            print_plan(&plan, &scope, as_json)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {

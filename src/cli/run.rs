@@ -136,13 +136,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         None => ActorsConfig::embedded()?,
     };
     // Validate everything before anything starts.
-    let catalog = actors
-        .executor
-        .pools
-        .keys()
-        .fold(StaticCatalog::new(), |c, name| {
-            c.with_open_pool(name.clone())
-        });
+    let catalog = configured_pools(&actors);
     let plan = match Plan::from_toml_with_catalog(&text, &source, &catalog) {
         Ok(plan) => plan,
         Err(error) => {
@@ -560,6 +554,19 @@ fn print_report(report: &RunReport) {
             );
         }
     }
+}
+
+/// The pools a run of the binary has besides the plan's own: those `actors` configures, with
+/// their kinds (so calls' args are checked before any pool starts). Their tools are checked
+/// when the run starts them.
+pub(crate) fn configured_pools(actors: &ActorsConfig) -> StaticCatalog {
+    actors
+        .executor
+        .pools
+        .iter()
+        .fold(StaticCatalog::new(), |c, (name, def)| {
+            c.with_kind(name.clone(), def.kind)
+        })
 }
 
 /// `tetrarch runs`: every run in the store, with its status and task states, printed to `out`.

@@ -2,6 +2,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::session::PoolKind;
+
 /// The known pools and their tools.
 pub trait ToolCatalog {
     /// Whether a pool of this name exists.
@@ -9,13 +11,28 @@ pub trait ToolCatalog {
     /// Whether the pool has this tool: `None` when the pool accepts any tool name (a process
     /// pool runs whatever command it is given) or the pool is unknown.
     fn has_tool(&self, pool: &str, tool: &str) -> Option<bool>;
+    /// The pool's kind, when known: a call's args are then checked as that kind reads them
+    /// (a `process` call's keys, an `mcp` call's table).
+    fn pool_kind(&self, _pool: &str) -> Option<PoolKind> {
+        None
+    }
+    /// The pool's tools, sorted, when the catalogue lists them (for errors naming a missing one).
+    fn tools(&self, _pool: &str) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// A catalogue held in memory.
 #[derive(Debug, Clone, Default)]
 pub struct StaticCatalog {
-    /// Pool name to its tools; `None` accepts any tool name.
-    pools: HashMap<String, Option<HashSet<String>>>,
+    pools: HashMap<String, KnownPool>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct KnownPool {
+    /// Its tools; `None` accepts any tool name.
+    tools: Option<HashSet<String>>,
+    kind: Option<PoolKind>,
 }
 
 impl StaticCatalog {
@@ -26,7 +43,13 @@ impl StaticCatalog {
 
     /// Adds a pool that accepts any tool name.
     pub fn with_open_pool(mut self, pool: impl Into<String>) -> Self {
-        self.pools.insert(pool.into(), None);
+        self.pools.insert(pool.into(), KnownPool::default());
+        self
+    }
+
+    /// Says what kind of pool `pool` is, adding it (accepting any tool name) if it is not known.
+    pub fn with_kind(mut self, pool: impl Into<String>, kind: PoolKind) -> Self {
+        self.pools.entry(pool.into()).or_default().kind = Some(kind);
         self
     }
 
@@ -36,10 +59,8 @@ impl StaticCatalog {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.pools.insert(
-            pool.into(),
-            Some(tools.into_iter().map(Into::into).collect()),
-        );
+        let tools = Some(tools.into_iter().map(Into::into).collect());
+        self.pools.entry(pool.into()).or_default().tools = tools;
         self
     }
 }
@@ -52,7 +73,25 @@ impl ToolCatalog for StaticCatalog {
     fn has_tool(&self, pool: &str, tool: &str) -> Option<bool> {
         self.pools
             .get(pool)?
+            .tools
             .as_ref()
             .map(|tools| tools.contains(tool))
+    }
+
+    fn pool_kind(&self, pool: &str) -> Option<PoolKind> {
+        self.pools.get(pool)?.kind
+    }
+
+    fn tools(&self, pool: &str) -> Option<Vec<String>> {
+        let mut tools: Vec<String> = self
+            .pools
+            .get(pool)?
+            .tools
+            .as_ref()?
+            .iter()
+            .cloned()
+            .collect();
+        tools.sort();
+        Some(tools)
     }
 }

@@ -116,9 +116,8 @@
 //! compile and references in expected values), template references to unknown or non-upstream
 //! tasks or undeclared fields, and, with a [`ToolCatalog`], unknown pools and tools. Each error
 //! has the line and column of the value at fault, `plan.toml:14:9: task "render" depends on
-//! unknown task "rendr"`. [`Plan::own_args_problems`] adds what the plan's own `process` and
-//! `mcp` pools would refuse (`tetrarch plan check` reports it; `tetrarch run` refuses it for
-//! every such pool).
+//! unknown task "rendr"`. Args that a `process` or `mcp` pool would refuse are errors too, for the
+//! plan's own pools and for pools whose kind the catalogue knows ([`Plan::check_calls`]).
 //!
 //! # DAG
 //!
@@ -535,28 +534,76 @@ impl Plan {
         &self.dag
     }
 
-    /// [`Task::args_problems`] for every call to a `process` or `mcp` pool the plan declares
-    /// itself, at the call's `tool`: what `tetrarch run` refuses before anything runs, found
-    /// without starting a pool (the kind of a pool configured elsewhere is not known here).
-    pub fn own_args_problems(&self) -> Vec<Diagnostic> {
-        let kind = |tool: &ToolRef| self.pools.get(&tool.pool).map(|def| def.kind);
-        let mut diagnostics = Vec::new();
-        for task in &self.tasks {
-            let calls = std::iter::once((&task.tool, task.tool_location, false)).chain(
-                task.compensate
-                    .as_ref()
-                    .map(|c| (&c.tool, c.tool_location, true)),
-            );
-            for (tool, location, compensate) in calls {
-                if let Some(kind) = kind(tool) {
-                    diagnostics.extend(
-                        task.args_problems(kind, compensate)
-                            .into_iter()
-                            .map(|message| Diagnostic { location, message }),
-                    );
+    /// What `catalog` says is wrong with the plan's calls (each task's and its compensation's),
+    /// found without starting a pool: pools that are neither the plan's own nor in the
+    /// catalogue, tools the catalogue knows a pool lacks, and args that a pool of known kind
+    /// (the plan's own, or the catalogue's [`ToolCatalog::pool_kind`]) would refuse
+    /// ([`Task::args_problems`]). Each error is at the call's `tool`.
+    /// [`Plan::from_toml_with_catalog`] reports these with the plan's other errors.
+    pub fn check_calls(&self, catalog: &dyn ToolCatalog) -> Vec<Diagnostic> {
+        call_problems(self.tasks.iter().map(|t| &**t), &self.pools, Some(catalog))
+    }
+}
+
+/// See [`Plan::check_calls`]; without a catalogue only the args of calls to the plan's own
+/// pools are checked.
+pub(crate) fn call_problems<'a>(
+    tasks: impl IntoIterator<Item = &'a Task>,
+    own_pools: &BTreeMap<String, PoolDef>,
+    catalog: Option<&dyn ToolCatalog>,
+) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for task in tasks {
+        let compensation = task
+            .compensate
+            .as_ref()
+            .map(|c| (&c.tool, c.tool_location, "compensate.tool", true));
+        let calls = std::iter::once((&task.tool, task.tool_location, "tool", false));
+        for (tool, location, what, compensate) in calls.chain(compensation) {
+            if tool.pool.is_empty() {
+                continue; // already reported as malformed
+            }
+            let own = own_pools.get(&tool.pool);
+            if own.is_none()
+                && let Some(catalog) = catalog
+            {
+                let message = if !catalog.has_pool(&tool.pool) {
+                    Some(format!(
+                        "task {:?} {what}: unknown pool {:?}",
+                        task.id.as_str(),
+                        tool.pool
+                    ))
+                } else if catalog.has_tool(&tool.pool, &tool.tool) == Some(false) {
+                    let known = match catalog.tools(&tool.pool) {
+                        Some(tools) if tools.is_empty() => " (it has none)".to_owned(),
+                        Some(tools) => format!(" (its tools: {})", tools.join(", ")),
+                        None => String::new(),
+                    };
+                    Some(format!(
+                        "task {:?} {what}: pool {:?} has no tool {:?}{known}",
+                        task.id.as_str(),
+                        tool.pool,
+                        tool.tool
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = message {
+                    diagnostics.push(Diagnostic { location, message });
+                    continue;
                 }
             }
+            let kind = own
+                .map(|def| def.kind)
+                .or_else(|| catalog.and_then(|c| c.pool_kind(&tool.pool)));
+            if let Some(kind) = kind {
+                diagnostics.extend(
+                    task.args_problems(kind, compensate)
+                        .into_iter()
+                        .map(|message| Diagnostic { location, message }),
+                );
+            }
         }
-        diagnostics
     }
+    diagnostics
 }

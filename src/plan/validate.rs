@@ -647,39 +647,13 @@ pub(super) fn parse(
         check_templates(&mut c, site, &tasks, &first_seen, &edges);
     }
 
-    if let Some(catalog) = catalog {
-        for task in &tasks {
-            let mut calls = vec![(&task.tool, task.tool_location, "tool")];
-            if let Some(comp) = &task.compensate {
-                calls.push((&comp.tool, comp.tool_location, "compensate.tool"));
-            }
-            for (tool, location, what) in calls {
-                if tool.pool.is_empty() {
-                    continue; // already reported as malformed
-                }
-                if raw.pools.contains_key(&tool.pool) {
-                    continue; // declared by the plan itself: any tool name
-                }
-                let message = if !catalog.has_pool(&tool.pool) {
-                    format!(
-                        "task {:?} {what}: unknown pool {:?}",
-                        task.id.as_str(),
-                        tool.pool
-                    )
-                } else if catalog.has_tool(&tool.pool, &tool.tool) == Some(false) {
-                    format!(
-                        "task {:?} {what}: pool {:?} has no tool {:?}",
-                        task.id.as_str(),
-                        tool.pool,
-                        tool.tool
-                    )
-                } else {
-                    continue;
-                };
-                c.diagnostics.push(Diagnostic { location, message });
-            }
-        }
-    }
+    let pools: BTreeMap<String, PoolDef> = raw
+        .pools
+        .into_iter()
+        .map(|(name, def)| (name, def.into_inner()))
+        .collect();
+    c.diagnostics
+        .extend(super::call_problems(&tasks, &pools, catalog));
 
     if !c.diagnostics.is_empty() {
         let mut diagnostics = c.diagnostics;
@@ -692,11 +666,7 @@ pub(super) fn parse(
         defaults,
         dag: Dag::new(&tasks),
         tasks: tasks.into_iter().map(std::sync::Arc::new).collect(),
-        pools: raw
-            .pools
-            .into_iter()
-            .map(|(name, def)| (name, def.into_inner()))
-            .collect(),
+        pools,
         permissions: raw.permissions.map(std::path::PathBuf::from),
     })
 }
