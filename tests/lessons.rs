@@ -505,3 +505,90 @@ async fn a_lesson_recorded_before_codes_were_kept_still_matches() {
     );
     assert_eq!(lessons.suggest_fix("exit code 2"), None);
 }
+
+/// A lesson the previous version recorded (tag `lesson-codes`) read a negative code as a
+/// number (`code - <num>`): it is normalised again when read, so `-9`'s fix is not offered
+/// for `-11`.
+#[tokio::test]
+async fn a_lesson_recorded_with_an_unsigned_code_is_normalised_again() {
+    use tetrarch::store::{MemoryType, NewMemory};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
+    let namespace = Namespace::project("render").unwrap();
+    // Exactly what the previous `Lessons::record` wrote.
+    let mut old = NewMemory::new(namespace.clone(), "worker process exited with code - <num>");
+    old.memory_type = MemoryType::BugFix;
+    old.summary = Some("raise the memory limit".into());
+    old.keywords = vec!["crash".into()];
+    old.tags = vec!["lesson".into(), "lesson-codes".into(), "lesson-fix".into()];
+    old.context = Some(
+        serde_json::json!({
+            "error_type": "crash", "message": "worker process exited with code -9",
+            "context": "render", "fix": "raise the memory limit", "worked": true,
+        })
+        .to_string(),
+    );
+    store.store(old).await.unwrap();
+    let lessons = Lessons::new(store, namespace);
+    let found = lessons
+        .suggest_fix("worker process exited with code -9")
+        .unwrap();
+    assert_eq!(
+        (found.fix.as_str(), found.similarity),
+        ("raise the memory limit", 1.0)
+    );
+    assert_eq!(
+        lessons.suggest_fix("worker process exited with code -11"),
+        None
+    );
+    assert_eq!(
+        lessons.suggest_fix("worker process exited with code 9"),
+        None
+    );
+}
+
+/// An error recorded more times than a search's first candidates (200) keeps its whole tally:
+/// the fix that worked once, first, is still found behind 250 failed tries of another fix, and
+/// each fix's count is complete.
+#[tokio::test]
+async fn a_frequent_error_keeps_its_whole_tally() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
+    let lessons = Lessons::new(store, Namespace::project("render").unwrap());
+    let oom = |job: usize| format!("worker ran out of memory on job {job}");
+    lessons
+        .record(failure("oom", &oom(1), "use swap", true))
+        .await
+        .unwrap();
+    for job in 2..252 {
+        let worked = job > 201; // 200 failures, then 50 successes
+        lessons
+            .record(failure("oom", &oom(job), "add ram", worked))
+            .await
+            .unwrap();
+    }
+    let found = lessons.suggest_fix(&oom(999)).unwrap();
+    // "add ram": 50 of 250 (smoothed 51/252); "use swap": 1 of 1 (smoothed 2/3).
+    assert_eq!(
+        (found.fix.as_str(), found.attempts, found.success_rate),
+        ("use swap", 1, 1.0)
+    );
+    let with_more_swap_failures = {
+        for job in 252..262 {
+            lessons
+                .record(failure("oom", &oom(job), "use swap", false))
+                .await
+                .unwrap();
+        }
+        lessons.suggest_fix(&oom(999)).unwrap()
+    };
+    // "use swap": 1 of 11 (smoothed 2/13 = 0.154); "add ram": 50 of 250 (0.202).
+    assert_eq!(
+        (
+            with_more_swap_failures.fix.as_str(),
+            with_more_swap_failures.attempts
+        ),
+        ("add ram", 250)
+    );
+    assert!((with_more_swap_failures.success_rate - 0.2).abs() < 1e-9);
+}

@@ -8,15 +8,21 @@
 //! "file /c/d.rs line 340" are the same error. A number that is a code is kept: an integer of up
 //! to four digits right after `status`, `code`, `exit`, `exited`, `errno`, `signal`, `sig`, `rc`
 //! or `HTTP` (`HTTP/1.1`), optionally with `:`, `=` or `#` between, or after `error` and a space,
-//! and not glued to a unit, decimal or time (`30s`, `1.5`, `12:30`). So "exited with status 137"
+//! with its sign if negative (`code -9`), and not glued to a unit, decimal or time (`30s`, `1.5`,
+//! `12:30`). So "exited with status 137"
 //! and "exited with status 2", or "HTTP 404" and "HTTP 500", stay apart, while ids, timestamps,
 //! durations, sizes, counts and line numbers (`file.rs:123`) are still placeholders.
 //!
-//! Similarity is the Jaccard index of the normalised messages' word sets, except that two
+//! Similarity is the Jaccard index of the normalised messages' word sets (words as the store's
+//! search splits and folds them: each ideograph is a word, and `Straße`, `STRASSE`, fullwidth
+//! and decomposed letters fold to one form), except that two
 //! messages that both name codes, and not the same ones, are different errors (similarity 0): one
 //! differing word in a short message would otherwise leave them similar. Candidates come from the
-//! store's BM25 search over the normalised text, so suggesting stays fast with many lessons.
-//! Lessons keep the normalised text they were recorded with.
+//! store's BM25 search over the normalised text, so suggesting stays fast with many lessons; when
+//! every candidate read is close to the message, more are read (200, then four times as many, up
+//! to 51,200), so an error recorded hundreds of times keeps its whole tally. Lessons keep the
+//! normalised text they were recorded with; those an earlier normalisation wrote are normalised
+//! again when read.
 //! A suggestion comes from the single most similar past error at or above the threshold (ties:
 //! the one with more recorded fix attempts; errors none of whose fixes ever worked are skipped):
 //! its fixes are ranked by success rate (Laplace smoothed, so one lucky success does not beat a
@@ -28,6 +34,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+use unicode_segmentation::UnicodeSegmentation;
 
 use crate::store::{MemoryId, MemoryType, Namespace, NewMemory, SearchOptions, Store, StoreError};
 
@@ -39,13 +46,21 @@ pub const LESSON_TAG: &str = "lesson";
 /// the candidates.
 pub const LESSON_FIX_TAG: &str = "lesson-fix";
 
-/// The tag of a lesson whose stored normalisation keeps codes (see the module docs). A lesson
-/// recorded before codes were kept (every number `<num>`) lacks it and is normalised again from
-/// its message when read, so it still matches the same error.
-const CODES_KEPT_TAG: &str = "lesson-codes";
+/// The tag of a lesson whose stored normalisation is this version's (see the module docs). A
+/// lesson recorded by an earlier version (which turned every number into `<num>`, or read a
+/// negative code as a number, or kept a number glued to a letter of a script written without
+/// spaces) lacks it and is normalised again from its message when read, so it still matches the
+/// same error.
+const NORMALISED_TAG: &str = "lesson-normalised-3";
 
-/// Candidates read from the search per suggestion.
+/// Candidates first read from the search per suggestion. When all of them are close to the
+/// message (a frequent error recorded many times fills them), four times as many are read, up to
+/// [`MAX_CANDIDATES`]: an error's older lessons (the fix that worked, say) must not fall out of
+/// its tally.
 const CANDIDATES: usize = 200;
+
+/// The most candidates a suggestion reads.
+const MAX_CANDIDATES: usize = 51_200;
 
 /// The similarity below which no fix is suggested.
 pub const DEFAULT_THRESHOLD: f64 = 0.6;
@@ -177,7 +192,9 @@ static PATTERNS: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 
 /// A number, with the word before it when that word can introduce a code (see the module docs).
 static NUMBER: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    const PATTERN: &str = r"(?i)(\b(?:status|code|exit|exited|errno|signal|sig|rc|https?(?:/\d(?:\.\d)?)?)(?:\s*[:=#]\s*|\s+)|\berror\s+)?\b(\d+(?:\.\d+)?)";
+    // The boundary before the digits is ASCII's, so a number glued to a letter of a script
+    // without spaces (`ファイルの123行目`) is still a number; a code may be negative.
+    const PATTERN: &str = r"(?i)(\b(?:status|code|exit|exited|errno|signal|sig|rc|https?(?:/\d(?:\.\d)?)?)(?:\s*[:=#]\s*|\s+)|\berror\s+)?(-?(?-u:\b)\d+(?:\.\d+)?)";
     Regex::new(PATTERN)
         .inspect_err(|e| {
             // A constant; a failure here is a bug caught by the tests.
@@ -203,9 +220,13 @@ fn normalise_numbers(text: &str) -> String {
                 Some('.' | ':' | ',') => after.next().is_some_and(|c| c.is_ascii_digit()),
                 _ => false,
             };
+            let (minus, unsigned) = match digits.as_str().strip_prefix('-') {
+                Some(unsigned) => ("-", unsigned),
+                None => ("", digits.as_str()),
+            };
             let code = !prefix.is_empty()
-                && digits.len() <= 4
-                && digits.as_str().bytes().all(|b| b.is_ascii_digit())
+                && unsigned.len() <= 4
+                && unsigned.bytes().all(|b| b.is_ascii_digit())
                 && !glued;
             // The protocol's version is not part of a code (`HTTP/1.1 404` is `HTTP 404`), and
             // its digits must not read as codes of their own.
@@ -218,9 +239,10 @@ fn normalise_numbers(text: &str) -> String {
                 prefix
             };
             if code {
-                format!("{prefix}{}", digits.as_str())
+                format!("{prefix}{minus}{unsigned}")
             } else {
-                format!("{prefix} <num> ")
+                // A minus that is not a code's sign stays as written (`1-5`).
+                format!("{prefix}{minus} <num> ")
             }
         })
         .into_owned()
@@ -249,11 +271,31 @@ pub fn normalise_message(message: &str) -> String {
         .join(" ")
 }
 
-fn word_set(normalised: &str) -> BTreeSet<&str> {
-    normalised
-        .split(|c: char| !(c.is_alphanumeric() || c == '<' || c == '>' || c == '_'))
-        .filter(|w| !w.is_empty())
-        .collect()
+/// The words of a normalised message, as the store's search splits and folds them (UAX #29
+/// words, so each ideograph is a word; NFKC and full case folding, so `Straße` is `strasse`),
+/// unstemmed. A code's minus sign stays on it (`-9` is not `9`): a `-` that no letter or digit
+/// precedes, followed by digits.
+fn word_set(normalised: &str) -> BTreeSet<String> {
+    let mut words = BTreeSet::new();
+    let mut folded = String::new();
+    let mut previous: Option<&str> = None;
+    let mut before_previous_is_word = false;
+    for segment in normalised.split_word_bounds() {
+        let is_word = segment.chars().any(char::is_alphanumeric);
+        if is_word {
+            let signed = previous == Some("-")
+                && !before_previous_is_word
+                && segment.bytes().all(|b| b.is_ascii_digit());
+            crate::store::fold_word(segment, &mut folded);
+            if signed {
+                folded.insert(0, '-');
+            }
+            words.insert(folded.clone());
+        }
+        before_previous_is_word = previous.is_some_and(|p| p.chars().any(char::is_alphanumeric));
+        previous = Some(segment);
+    }
+    words
 }
 
 /// The Jaccard similarity of two normalised messages' word sets; 0 when both name codes and not
@@ -261,7 +303,10 @@ fn word_set(normalised: &str) -> BTreeSet<&str> {
 pub fn similarity(a: &str, b: &str) -> f64 {
     let (a, b) = (word_set(a), word_set(b));
     // Every other number is a placeholder by now, so the words that are all digits are the codes.
-    let is_code = |w: &&&str| w.bytes().all(|b| b.is_ascii_digit());
+    let is_code = |w: &&String| {
+        let unsigned = w.strip_prefix('-').unwrap_or(w);
+        !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit())
+    };
     let (mut codes_a, mut codes_b) = (a.iter().filter(is_code), b.iter().filter(is_code));
     let (first_a, first_b) = (codes_a.next(), codes_b.next());
     if first_a.is_some() && first_b.is_some() && (first_a != first_b || !codes_a.eq(codes_b)) {
@@ -323,7 +368,7 @@ impl Lessons {
         memory.memory_type = MemoryType::BugFix;
         memory.summary = failure.fix.clone();
         memory.keywords = vec![failure.error_type.clone()];
-        memory.tags = vec![LESSON_TAG.to_string(), CODES_KEPT_TAG.to_string()];
+        memory.tags = vec![LESSON_TAG.to_string(), NORMALISED_TAG.to_string()];
         if failure.fix.is_some() {
             memory.tags.push(LESSON_FIX_TAG.to_string());
         }
@@ -349,11 +394,30 @@ impl Lessons {
             .collect()
     }
 
+    /// The lessons carrying `tags` that match `query` (normalised), best first: all those at
+    /// least as good as the last one close to it (see [`CANDIDATES`]).
+    fn close_lessons(&self, query: &str, tags: &[&str]) -> Vec<Lesson> {
+        let mut limit = CANDIDATES;
+        loop {
+            let found = self.lessons_matching(query, tags, limit);
+            let full = found.len() >= limit;
+            let last_is_close = found
+                .last()
+                .is_some_and(|l| similarity(query, &l.normalised) >= self.threshold);
+            if !full || !last_is_close || limit >= MAX_CANDIDATES {
+                return found;
+            }
+            limit = (limit * 4).min(MAX_CANDIDATES);
+        }
+    }
+
     /// The lessons with a fix that match `query`: those tagged [`LESSON_FIX_TAG`], then any
     /// recorded before that tag existed (found among all lessons).
     fn fixes_matching(&self, query: &str) -> Vec<Lesson> {
-        let mut found = self.lessons_matching(query, &[LESSON_TAG, LESSON_FIX_TAG], CANDIDATES);
+        let mut found = self.close_lessons(query, &[LESSON_TAG, LESSON_FIX_TAG]);
         let mut seen: std::collections::HashSet<MemoryId> = found.iter().map(|l| l.id).collect();
+        // Lessons without the tag predate it: a fixed number of candidates, so the failures
+        // recorded without a fix (most lessons) are not read by the thousand.
         for lesson in self.lessons_matching(query, &[LESSON_TAG], CANDIDATES) {
             if lesson.failure.fix.is_some() && seen.insert(lesson.id) {
                 found.push(lesson);
@@ -461,7 +525,7 @@ fn kept_len(message: &str) -> usize {
 
 fn to_lesson(memory: &crate::store::Memory) -> Option<Lesson> {
     let failure: Failure = serde_json::from_str(memory.context.as_deref()?).ok()?;
-    let normalised = if memory.tags.iter().any(|t| t == CODES_KEPT_TAG) {
+    let normalised = if memory.tags.iter().any(|t| t == NORMALISED_TAG) {
         memory.content.clone()
     } else {
         normalise_message(&failure.message)
@@ -584,6 +648,40 @@ mod tests {
         assert_eq!(similar("HTTP 404 Not Found", "http 404 not found"), 1.0);
         // A message without a code is compared by its words alone.
         assert!(similar("worker exited with status 137", "worker exited with status") > 0.6);
+    }
+
+    #[test]
+    fn negative_codes_keep_their_sign() {
+        let similar = |a: &str, b: &str| similarity(&normalise_message(a), &normalise_message(b));
+        assert_eq!(
+            normalise_message("worker exited with code -9"),
+            "worker exited with code -9"
+        );
+        assert_eq!(normalise_message("errno=-2 ENOENT"), "errno=-2 enoent");
+        assert_eq!(similar("exited with code -9", "exited with code -9"), 1.0);
+        assert_eq!(similar("exited with code -9", "exited with code -11"), 0.0);
+        assert_eq!(similar("exited with code -9", "exited with code 9"), 0.0);
+        // A minus between numbers is not a sign: the numbers are placeholders.
+        assert_eq!(similar("rows 1-5 failed", "rows 20-70 failed"), 1.0);
+    }
+
+    #[test]
+    fn words_compare_as_the_search_folds_them() {
+        let similar = |a: &str, b: &str| similarity(&normalise_message(a), &normalise_message(b));
+        // A number glued to a letter of a script without spaces is still a number.
+        assert_eq!(
+            similar(
+                "ファイルの123行目で構文エラー",
+                "ファイルの456行目で構文エラー"
+            ),
+            1.0
+        );
+        // Each ideograph is a word: one more character is one more word, not another word.
+        assert!(similar("连接超时", "连接超时了") >= DEFAULT_THRESHOLD);
+        assert_eq!(similar("Straße gesperrt", "STRASSE GESPERRT"), 1.0);
+        assert_eq!(similar("ＧＰＵ not found", "GPU not found"), 1.0);
+        assert_eq!(similar("cafe\u{301} crashed", "café crashed"), 1.0);
+        assert!(similar("connection refused", "permission denied") < DEFAULT_THRESHOLD);
     }
 
     #[test]

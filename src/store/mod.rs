@@ -71,6 +71,7 @@ pub use cache::{
 };
 pub use error::StoreError;
 pub use memory::{Memory, MemoryId, MemoryPatch, MemoryType, Namespace, NewMemory, Timestamp};
+pub(crate) use text::fold_into as fold_word;
 
 use memory::{validate_memory, validate_ttl};
 use state::State;

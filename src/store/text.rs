@@ -245,7 +245,8 @@ fn words(text: &str) -> Words<'_> {
 
 /// Folds one word into `out` (cleared first): lower-cased, and for a non-ASCII word also NFKC,
 /// the full folds of `ß` and `ς`, and typographic apostrophes as `'` (see the module docs).
-fn fold_into(word: &str, out: &mut String) {
+/// Lessons fold their words with it too, so they compare words as the search does.
+pub(crate) fn fold_into(word: &str, out: &mut String) {
     out.clear();
     if word.is_ascii() {
         out.push_str(word);
