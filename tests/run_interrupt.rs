@@ -129,6 +129,8 @@ fn a_second_ctrl_c_exits_130_and_kills_the_compensation_in_flight() {
         assert!(Instant::now() < deadline, "the compensation never started");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Later than a repeated delivery of the first signal would come (which is the same stop).
+    std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{status}");
@@ -230,4 +232,65 @@ fn ctrl_c_at_a_permission_prompt_cancels_and_exits() {
     assert!(output.contains("Cancelled"), "{output}");
     assert!(!output.contains("\nasked"), "the call ran: {output}");
     drop(stdin);
+}
+
+/// `timeout` signals the process and then its group, and a closing terminal can send SIGHUP
+/// twice: signals arriving together are one stop, so the run is cancelled and rolled back
+/// (exit 1), not left at once.
+#[test]
+fn two_signals_at_once_are_one_stop() {
+    let (dir, mut child) = run_until_slow_starts(PLAN);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{status}");
+    let undone = std::fs::read_to_string(dir.path().join("undo.txt")).unwrap();
+    assert_eq!(undone.trim(), "undone");
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    assert_eq!(saved_runs(&store).unwrap()[0].status, RunStatus::Cancelled);
+}
+
+/// A second Ctrl-C during the rollback exits 130 with the cancel saved: the next run finishes
+/// the rollback and never runs the cancelled task (it used to resume the run as if it had not
+/// been cancelled when the exit came before the cancel reached the disk).
+#[test]
+fn a_run_left_by_a_second_ctrl_c_finishes_its_rollback_on_the_next_run() {
+    let plan = PLAN
+        .replace("name = \"interrupt\"", "name = \"interrupt-resume\"")
+        .replace(
+            "echo undone >> undo.txt",
+            "echo undone >> undo.txt; sleep 2",
+        );
+    let (dir, mut child) = run_until_slow_starts(&plan);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    let again = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .arg("run")
+        .arg(dir.path().join("plan.toml"))
+        .arg("--actors")
+        .arg(dir.path().join("actors"))
+        .args(["--events", "json"])
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&again.stdout);
+    assert_eq!(again.status.code(), Some(1), "{events}");
+    assert!(
+        !events
+            .lines()
+            .any(|l| l.contains("\"task_started\"") && l.contains("\"slow\"")),
+        "the cancelled task ran again:\n{events}"
+    );
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let runs = saved_runs(&store).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Cancelled);
+    let state = |id: &str| runs[0].tasks.iter().find(|(t, _)| t == id).unwrap().1;
+    assert_eq!(state("quick"), TaskState::Compensated);
 }

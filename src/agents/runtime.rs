@@ -840,6 +840,10 @@ impl Runtime {
     /// a resumed run has completed tasks to compensate, which need them. A run not started yet
     /// is cancelled when it starts; one the store has as ended is left alone (a later resume
     /// of its id is not cancelled).
+    ///
+    /// Returns once the Orchestrator has taken the cancel and what it saved of it (the run as
+    /// stopping, its stopped calls) is durable, so a process that exits right after does not
+    /// resume the run as if it had not been cancelled: a resume finishes the rollback.
     pub async fn cancel(&self, run_id: &str) -> Result<(), AgentError> {
         self.check_alive()?;
         // Sent first: the Orchestrator then knows of the cancel before the run's start.
@@ -852,6 +856,10 @@ impl Runtime {
         if let Some(starting) = self.starting.lock().get(run_id) {
             starting.cancel();
         }
+        // The mailbox is in order: the answer to a ping comes after the cancel was handled and
+        // its writes handed to the store, whose sync makes them durable.
+        self.ping(AgentKind::Orchestrator).await?;
+        self.store.sync().await?;
         Ok(())
     }
 

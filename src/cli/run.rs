@@ -235,20 +235,35 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
                 report = &mut run => break report,
                 signal = stops.next(), if !interrupted => {
                     interrupted = true;
+                    let first = std::time::Instant::now();
                     stderr_line!(
                         "\ninterrupted ({signal}): cancelling run {run_id} (Ctrl-C again to exit \
                          now; a rollback cut short resumes on the next `tetrarch run` of this plan)"
                     );
                     let mut again = Interrupts::new()?;
-                    // A question on the terminal is answered "no": nobody is answering now.
-                    tetrarch::permissions::abandon_prompts();
-                    runtime.cancel(&run_id).await?;
+                    let (cancel_saved, saved) = tokio::sync::oneshot::channel::<()>();
                     tokio::spawn(async move {
-                        again.next().await;
+                        // `timeout` and a closing terminal signal the process and then its
+                        // group: one stop can arrive twice at once. A signal sent later is the
+                        // second one.
+                        loop {
+                            again.next().await;
+                            if first.elapsed() >= SAME_STOP {
+                                break;
+                            }
+                        }
+                        // The cancel is saved first, or the next run would resume the run as if
+                        // it had not been cancelled (and finish it).
+                        let _ = tokio::time::timeout(CANCEL_SAVE_WAIT, saved).await;
                         // Exiting skips every drop: the children's groups are killed here.
                         tetrarch::session::kill_child_process_groups();
                         std::process::exit(130);
                     });
+                    // A question on the terminal is answered "no": nobody is answering now.
+                    tetrarch::permissions::abandon_prompts();
+                    let cancelled = runtime.cancel(&run_id).await;
+                    let _ = cancel_saved.send(());
+                    cancelled?;
                 }
             }
         }
@@ -291,6 +306,12 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         ExitCode::from(1)
     })
 }
+
+/// Signals this soon after the one that cancelled a run count as the same stop (see `run_plan`).
+const SAME_STOP: Duration = Duration::from_millis(100);
+
+/// How long a second Ctrl-C waits for the cancel to be saved before it exits.
+const CANCEL_SAVE_WAIT: Duration = Duration::from_secs(2);
 
 /// A task's time from dispatch, at a precision that reads well on a progress line.
 fn took(us: u64) -> String {
