@@ -590,6 +590,40 @@ mod beside_a_run {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     }
 
+    /// A command waiting its turn for the store while a run takes it is done by the run (it
+    /// used to fail at once, saying only some commands work beside a run).
+    #[test]
+    fn a_command_waiting_for_the_store_when_a_run_takes_it_is_served_by_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        write_plan(dir.path(), PLAN);
+        let store = dir.path().join("store.redb");
+        let held =
+            tetrarch::store::Store::open(&store, tetrarch::store::StoreConfig::default()).unwrap();
+        let waiting = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+            .arg("--store")
+            .arg(&store)
+            .args([
+                "mem",
+                "store",
+                "--content",
+                "stored while a run took the file",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Long enough for it to wait between tries, so the run usually takes the file first.
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        drop(held);
+        let mut run = run_on_store_until_slow_starts(dir.path(), &store);
+        let stored = waiting.wait_with_output().unwrap();
+        assert!(stored.status.success(), "{}", stderr(&stored));
+        let found = tetrarch(&store, &["mem", "search", "stored while", "--json"]);
+        assert_eq!(stdout(&found).lines().count(), 1, "{}", stdout(&found));
+        interrupt(&run);
+        run.wait().unwrap();
+    }
+
     #[test]
     fn store_commands_beside_a_run_use_the_runs_store() {
         let dir = tempfile::tempdir().unwrap();

@@ -162,9 +162,18 @@ pub(crate) fn open_store(
     path: &std::path::Path,
     config: tetrarch::store::StoreConfig,
 ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
-    open_waiting(path, config, |path, config| {
+    open_waiting(path, config, BesideRun::Refused, |path, config| {
         tetrarch::store::Store::open(path, config)
     })
+}
+
+/// What a command does when a `tetrarch run` holds its store.
+#[derive(Clone, Copy, PartialEq)]
+enum BesideRun {
+    /// The run serves it (`served_or` sends it there).
+    Served,
+    /// It fails, saying which commands work beside a run.
+    Refused,
 }
 
 /// The store a command works on.
@@ -183,7 +192,11 @@ impl StoreRef<'_> {
         config: tetrarch::store::StoreConfig,
     ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
         match self {
-            StoreRef::File(path) => open_store(path, config),
+            StoreRef::File(path) => {
+                open_waiting(path, config, BesideRun::Served, |path, config| {
+                    tetrarch::store::Store::open(path, config)
+                })
+            }
             StoreRef::Served(store) => Ok(store.clone()),
         }
     }
@@ -195,7 +208,11 @@ impl StoreRef<'_> {
         config: tetrarch::store::StoreConfig,
     ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
         match self {
-            StoreRef::File(path) => open_store_to_read(path, config),
+            StoreRef::File(path) => {
+                open_waiting(path, config, BesideRun::Served, |path, config| {
+                    tetrarch::store::Store::open_read_only(path, config)
+                })
+            }
             StoreRef::Served(store) => Ok(store.clone()),
         }
     }
@@ -217,7 +234,7 @@ pub(crate) fn open_store_to_read(
     path: &std::path::Path,
     config: tetrarch::store::StoreConfig,
 ) -> Result<tetrarch::store::Store, tetrarch::store::StoreError> {
-    open_waiting(path, config, |path, config| {
+    open_waiting(path, config, BesideRun::Refused, |path, config| {
         tetrarch::store::Store::open_read_only(path, config)
     })
 }
@@ -225,6 +242,7 @@ pub(crate) fn open_store_to_read(
 fn open_waiting(
     path: &std::path::Path,
     config: tetrarch::store::StoreConfig,
+    beside_run: BesideRun,
     open: impl Fn(
         &std::path::Path,
         tetrarch::store::StoreConfig,
@@ -240,6 +258,10 @@ fn open_waiting(
             Err(error @ tetrarch::store::StoreError::AlreadyOpen { .. })
                 if store_socket::run_serves(path) =>
             {
+                // A run took the file while this command waited for it: it serves the command.
+                if beside_run == BesideRun::Served {
+                    return Err(error);
+                }
                 stderr_line!(
                     "note: a `tetrarch run` holds {} until it ends; only `runs`, `mem`, \
                      `lessons` and `cache stats` work beside it (the run's live dashboard is \
@@ -401,10 +423,26 @@ fn served_or(
     store: &std::path::Path,
     here: impl FnOnce(StoreRef<'_>, &mut dyn std::io::Write) -> Result<ExitCode>,
 ) -> Result<ExitCode> {
-    match store_socket::forward(store)? {
-        Some(code) => Ok(code),
-        None => here(StoreRef::File(store), &mut std::io::stdout().lock()),
+    if let Some(code) = store_socket::forward(store)? {
+        return Ok(code);
     }
+    match here(StoreRef::File(store), &mut std::io::stdout().lock()) {
+        // A run took the file while this command waited its turn (the store is opened before
+        // anything is printed): the run does the command.
+        Err(error) if held_by_a_run(&error) && store_socket::run_serves(store) => {
+            store_socket::forward(store)?.ok_or(error)
+        }
+        done => done,
+    }
+}
+
+fn held_by_a_run(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<tetrarch::store::StoreError>(),
+            Some(tetrarch::store::StoreError::AlreadyOpen { .. })
+        )
+    })
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
