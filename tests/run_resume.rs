@@ -435,3 +435,51 @@ fn a_killed_run_leaves_no_tool_running() {
         "the tool (pids {sleeping:?}) outlived the killed tetrarch"
     );
 }
+
+/// A run killed during a retry's backoff resumes with that retry counted: the tool is called
+/// at most `retries + 1` times in all (the retry used to be saved only at its dispatch, so
+/// the resumed run started counting again).
+#[test]
+fn a_retry_counts_when_the_run_is_killed_during_its_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "name = \"backoff\"\npermissions = \"settings.json\"\n\
+         [pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n\
+         [[task]]\nid = \"flaky\"\ntool = \"sh.run\"\nretries = 2\n\
+         args = { argv = [\"echo try >> log.txt; exit 3\"] }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("actors")).unwrap();
+    std::fs::write(dir.path().join("actors/executor.toml"), "mailbox = 4096\n").unwrap();
+    std::fs::write(
+        dir.path().join("actors/orchestrator.toml"),
+        "mailbox = 4096\n[run]\nretry_backoff = \"400ms\"\nretry_backoff_max = \"400ms\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(exit *)"]}}"#,
+    )
+    .unwrap();
+    let tries = || {
+        std::fs::read_to_string(dir.path().join("log.txt"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let mut child = tetrarch(dir.path()).stdout(Stdio::piped()).spawn().unwrap();
+    let events = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let retrying = events
+        .map(Result::unwrap)
+        .any(|line| line.contains("\"task_retrying\""));
+    assert!(retrying, "the run ended without a retry");
+    // Killed in the backoff, once the retry's record has had time to commit.
+    std::thread::sleep(Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(tries(), 1);
+    let resumed = tetrarch(dir.path()).output().unwrap();
+    assert_eq!(resumed.status.code(), Some(1));
+    assert_eq!(tries(), 3, "retries = 2 allows 3 calls in all");
+}

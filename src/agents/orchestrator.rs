@@ -839,15 +839,19 @@ impl OrchestratorState {
                         backoff_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
                     });
                     let orchestrator = self.args.peers.orchestrator.clone();
-                    let run_id = Arc::clone(&run_id);
+                    let retried = Arc::clone(&run_id);
                     tokio::spawn(async move {
                         tokio::time::sleep(backoff).await;
                         let _ = orchestrator.send_control(OrchestratorMsg::Retry {
-                            run_id,
+                            run_id: retried,
                             task_index: i,
                             token,
                         });
                     });
+                    // Saved now, not at the retry's dispatch: a process killed during the
+                    // backoff resumes with this retry counted, so the tool is not called more
+                    // often than `retries` allows.
+                    self.persist(&run_id, i);
                 } else {
                     let reason = if retryable && task.retries > 0 {
                         format!(
