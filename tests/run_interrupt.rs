@@ -294,3 +294,66 @@ fn a_run_left_by_a_second_ctrl_c_finishes_its_rollback_on_the_next_run() {
     let state = |id: &str| runs[0].tasks.iter().find(|(t, _)| t == id).unwrap().1;
     assert_eq!(state("quick"), TaskState::Compensated);
 }
+
+/// A signal while the configured pools start (an MCP server that never answers, here) stops
+/// the start: the process says so and exits 130, and the server is killed. It used to end the
+/// process by the signal's default action, saying nothing.
+#[test]
+fn a_signal_while_the_configured_pools_start_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plan.toml"), PLAN).unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("actors")).unwrap();
+    let pid_file = dir.path().join("server.pid");
+    std::fs::write(
+        dir.path().join("actors/executor.toml"),
+        format!(
+            "mailbox = 4096\n[pools.mute]\nkind = \"mcp\"\nmin_idle = 1\nstart_timeout = \"1m\"\n\
+             command = [\"sh\", \"-c\", \"echo $$ > '{}'; exec sleep 30\"]\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+        .arg("--store")
+        .arg(dir.path().join("store.redb"))
+        .arg("run")
+        .arg(dir.path().join("plan.toml"))
+        .arg("--actors")
+        .arg(dir.path().join("actors"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let server = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            break nix::unistd::Pid::from_raw(pid);
+        }
+        assert!(Instant::now() < deadline, "the server never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(
+            "interrupted (SIGTERM) while the agents and their pools started: nothing ran"
+        ),
+        "{stderr}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(server, None).is_ok() {
+        assert!(Instant::now() < deadline, "the server outlived tetrarch");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -201,7 +201,21 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
             bar: bar.clone(),
         });
     }
-    let runtime = Runtime::start(runtime_options).await?;
+    // Listened for from before the start: the configured pools may take long to start (an MCP
+    // server building), and a signal then must stop the start, not end the process unseen.
+    let mut stops = Interrupts::new()?;
+    let runtime = tokio::select! {
+        started = Runtime::start(runtime_options) => started?,
+        signal = stops.next() => {
+            stderr_line!("interrupted ({signal}) while the agents and their pools started: nothing ran");
+            // Dropping the start stops it; a server it had started is killed with its group.
+            tetrarch::session::kill_child_process_groups();
+            if let Some(socket) = socket {
+                socket.close().await;
+            }
+            return Ok(ExitCode::from(130));
+        }
+    };
     let live = super::dashboard::start_live(
         args.dashboard.as_deref(),
         args.metrics.as_deref(),
@@ -220,9 +234,8 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         permissions,
         plan_text: Some(text),
     };
-    // One listener from here to the end: a signal between the run's end and `--serve-after`'s
-    // wait is seen by that wait.
-    let mut stops = Interrupts::new()?;
+    // One listener (`stops`) from the start to the end: a signal between the run's end and
+    // `--serve-after`'s wait is seen by that wait.
     let outcome = {
         let run = super::dashboard::drive(live.as_ref(), &runtime, runtime.run(plan, options));
         tokio::pin!(run);
