@@ -333,3 +333,18 @@ async fn a_missing_working_directory_is_named_not_the_program() {
         );
     }
 }
+
+/// An argument over the system's limit (a large `{{context}}` rendered into argv, say) fails
+/// the call with an error that says so and where large text goes instead.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_argument_over_the_systems_limit_says_what_to_do() {
+    let big = "x".repeat(200 * 1024);
+    let error = run(ProcessSpec::new("echo", [big.as_str()]), request())
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, SessionError::Spawn { .. }), "{text}");
+    assert!(text.contains("over the system's limit"), "{text}");
+    assert!(text.contains("stdin = \"{{context}}\""), "{text}");
+}

@@ -204,6 +204,18 @@ pub(crate) fn spawn_error(
                 }
             ),
         },
+        // The usual cause is a template that rendered a large text into an argument.
+        _ if source.kind() == std::io::ErrorKind::ArgumentListTooLong => SessionError::Spawn {
+            program: program.to_owned(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "{source}: an argument, or the arguments and environment together, are over \
+                     the system's limit (Linux: 128 KiB for one argument); pass a large text \
+                     such as {{{{context}}}} on stdin (`stdin = \"{{{{context}}}}\"`)"
+                ),
+            ),
+        },
         _ => SessionError::Spawn {
             program: program.to_owned(),
             source,
