@@ -642,7 +642,7 @@ fn a_failed_compensation_is_reported_with_its_exit_status_and_reason() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("undone made: compensation FAILED: compensation exited 3: cannot undo"),
+        err.contains("  not undone made: compensation FAILED: compensation exited 3: cannot undo"),
         "{err}"
     );
 }

@@ -582,7 +582,7 @@ fn print_report(report: &RunReport) {
             stderr_line!("  undone {}: ok", comp.task);
         } else {
             stderr_line!(
-                "  undone {}: compensation FAILED: {}",
+                "  not undone {}: compensation FAILED: {}",
                 comp.task,
                 printable(&comp.detail, false)
             );

@@ -430,8 +430,9 @@ fn check_json(json: Option<&Value>, pointer: &str, op: &JsonOp) -> GateResult {
             return GateResult::new(passed, format!("JSON field {pointer} {state}"));
         }
         JsonOp::Eq(v) | JsonOp::Ne(v) => {
-            let equal = found.is_some_and(|f| json_equal(f, v));
-            let passed = equal == matches!(op, JsonOp::Eq(_));
+            // A missing field fails `ne` as it fails every comparison: a gate fails closed
+            // (`{ json = "/status", ne = "error" }` must not pass a tool that printed `{}`).
+            let passed = found.is_some_and(|f| json_equal(f, v) == matches!(op, JsonOp::Eq(_)));
             let shown = found.map_or("missing".to_owned(), Value::to_string);
             let sym = if matches!(op, JsonOp::Eq(_)) {
                 "=="
@@ -600,6 +601,9 @@ mod tests {
         assert!(passes("{ json = \"/n\", exists = true }", &o));
         assert!(passes("{ json = \"/gone\", exists = false }", &o));
         assert!(!passes("{ json = \"/gone\", lt = 1 }", &o));
+        // A missing field fails `ne` too: a tool that printed `{}` has not shown it is fine.
+        assert!(!passes("{ json = \"/gone\", ne = \"error\" }", &o));
+        assert!(passes("{ json = \"/status\", ne = \"error\" }", &o));
         assert!(!passes("{ json = \"/status\", lt = 1 }", &o));
         assert!(!passes(
             "{ json = \"/n\", eq = 3 }",
