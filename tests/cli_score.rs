@@ -290,3 +290,19 @@ fn device_cuda_without_cuda_is_a_clear_error_and_auto_falls_back() {
         "{stdout}"
     );
 }
+
+/// An architecture list with an empty entry, a virtual architecture or a misspelling is a usage
+/// error naming it, before NVRTC is looked for.
+#[test]
+fn kernels_check_refuses_architectures_it_cannot_report_on() {
+    for (arch, says) in [
+        ("sm_80,,sm_90", "an empty architecture"),
+        ("compute_80", "is a virtual architecture"),
+        ("sm90", "is not a GPU architecture"),
+    ] {
+        let out = tetrarch(&["kernels", "check", "--arch", arch]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{arch}: {stderr}");
+        assert!(stderr.contains(says), "{arch}: {stderr}");
+    }
+}

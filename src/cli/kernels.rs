@@ -11,13 +11,33 @@ pub enum KernelsCommand {
     /// Compile every kernel to PTX and a cubin per architecture; print registers, spills and
     /// shared memory per function. Fails on a compile error or any spill.
     Check {
-        /// Target architectures, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "sm_80,sm_90")]
+        /// Target architectures, comma-separated: real ones (`sm_90`, `sm_90a`), each of which
+        /// gets a cubin; one named twice is compiled once.
+        #[arg(long, value_delimiter = ',', default_value = "sm_80,sm_90", value_parser = real_arch)]
         arch: Vec<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A real GPU architecture (`sm_` and its number, with an optional letter: `sm_90a`). A virtual
+/// one (`compute_90`) has no cubin, so no register report.
+fn real_arch(text: &str) -> Result<String, String> {
+    let digits = text.strip_prefix("sm_").map(|rest| {
+        rest.strip_suffix(|c: char| c.is_ascii_lowercase())
+            .unwrap_or(rest)
+    });
+    match digits {
+        Some(d) if !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) => Ok(text.to_owned()),
+        _ if text.is_empty() => Err("an empty architecture (two commas in a row?)".to_owned()),
+        _ if text.starts_with("compute_") => Err(format!(
+            "{text:?} is a virtual architecture, which has no cubin to report on: name a real \
+             one (sm_{})",
+            &text["compute_".len()..]
+        )),
+        _ => Err(format!("{text:?} is not a GPU architecture such as sm_90")),
+    }
 }
 
 /// Runs a kernels command.
@@ -26,7 +46,9 @@ pub enum KernelsCommand {
 /// NVRTC missing.
 pub fn run(cmd: KernelsCommand) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let KernelsCommand::Check { arch, json } = cmd;
+    let KernelsCommand::Check { mut arch, json } = cmd;
+    let mut seen = std::collections::HashSet::new();
+    arch.retain(|a| seen.insert(a.clone()));
     let version = nvrtc_version().map_err(|e| anyhow::anyhow!("NVRTC unavailable: {e}"))?;
     let mut failed = false;
     let mut report = Vec::new();
