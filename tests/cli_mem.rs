@@ -845,3 +845,64 @@ mod beside_a_run {
         assert!(!socket.exists());
     }
 }
+
+/// A negative number or duration gets the error about its value, not clap's "unexpected
+/// argument '-0'" (it was read as a flag).
+#[test]
+fn negative_values_are_refused_by_their_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    assert!(
+        tetrarch(&store, &["mem", "store", "--content", "seed"])
+            .status
+            .success()
+    );
+    for (args, says) in [
+        (
+            &["lessons", "suggest", "--threshold", "-0.5", "x"][..],
+            "--threshold -0.5 is outside 0..=1",
+        ),
+        (
+            &["mem", "store", "--content", "x", "--ttl", "-5m"],
+            "invalid --ttl \"-5m\"",
+        ),
+        (
+            &["mem", "search", "x", "--min-importance", "-1"],
+            "-1 is not in 1..=10",
+        ),
+        (
+            &["cache", "clear", "--older-than", "-3d"],
+            "invalid --older-than \"-3d\"",
+        ),
+    ] {
+        let out = tetrarch(&store, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+/// A usage error echoes what was typed without its control characters (a value holding a
+/// terminal escape must not retitle or recolour the terminal).
+#[test]
+fn a_usage_error_prints_no_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tetrarch(
+        &dir.path().join("s.redb"),
+        &[
+            "mem",
+            "store",
+            "--content",
+            "x",
+            "--importance",
+            "\u{1b}]0;pwned\u{7}",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--importance"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "{stderr:?}"
+    );
+}

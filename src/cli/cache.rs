@@ -31,7 +31,7 @@ pub enum CacheCommand {
         #[arg(long)]
         category: Option<String>,
         /// Only entries stored longer ago than this, such as 7days or 12h.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         older_than: Option<String>,
         /// One JSON object.
         #[arg(long)]

@@ -55,7 +55,7 @@ pub enum LessonsCommand {
         #[arg(long, default_value = "global")]
         ns: String,
         /// Least similarity (0-1) to suggest anything.
-        #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+        #[arg(long, default_value_t = DEFAULT_THRESHOLD, allow_negative_numbers = true)]
         threshold: f64,
         /// Print the suggestion as one JSON object (`null` when there is none).
         #[arg(long)]

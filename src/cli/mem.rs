@@ -40,7 +40,7 @@ pub enum MemCommand {
         #[arg(long, value_delimiter = ',')]
         exclude_tags: Vec<String>,
         /// Only memories at least this important (1 to 10).
-        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10), allow_negative_numbers = true)]
         min_importance: Option<u8>,
         /// At most this many results (1 or more).
         #[arg(long, default_value_t = 10, value_parser = positive(), allow_negative_numbers = true)]
@@ -116,7 +116,7 @@ pub struct StoreArgs {
     #[arg(long = "type", default_value = "insight")]
     memory_type: String,
     /// Time to live, such as 10m, 2h or 7days; expired memories disappear.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     ttl: Option<String>,
     #[command(flatten)]
     output: Output,

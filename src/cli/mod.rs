@@ -484,7 +484,17 @@ fn quiet_caught_engine_panics() {
 
 /// Parses the arguments, runs the command and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version print as clap prints them; a usage error echoes what was typed,
+        // which may hold control characters: written as escapes, as all human output is.
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let text = error.render().to_string();
+            eprint!("{}", terminal_text::printable(&text, false));
+            return ExitCode::from(2);
+        }
+    };
     let tracing = init_tracing(cli.otlp_endpoint.as_deref());
     quiet_caught_engine_panics();
     let code = match run(cli) {

@@ -28,7 +28,7 @@ pub struct ScoreArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
     /// FLIP's pixels per degree of visual angle.
-    #[arg(long, default_value_t = FLIP_DEFAULT_PPD)]
+    #[arg(long, default_value_t = FLIP_DEFAULT_PPD, allow_negative_numbers = true)]
     pub ppd: f32,
     /// Write FLIP's error map here as a colour-mapped PNG.
     #[arg(long, value_name = "OUT.png")]
