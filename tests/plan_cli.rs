@@ -859,3 +859,46 @@ args = "notes.md"
         "the plan's MCP server was started: {run_err}"
     );
 }
+
+/// A store file deleted while a run uses it takes the run's writes with it: the run says so at
+/// its end rather than reporting as if its state were saved.
+#[test]
+fn a_store_deleted_during_the_run_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "name = \"gone\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+         command = [\"sh\", \"-c\"]\n[[task]]\nid = \"t\"\ntool = \"sh.run\"\n\
+         args = { argv = [\"sleep 1\"] }\n",
+    )
+    .unwrap();
+    let store = dir.path().join("store.redb");
+    let child = tetrarch_on(&store, &["run"])
+        .arg(dir.path().join("plan.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.exists() {
+        assert!(std::time::Instant::now() < deadline, "no store was made");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::remove_file(&store).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: the store file {} was deleted or replaced during the run",
+            store.display()
+        )),
+        "{stderr}"
+    );
+}

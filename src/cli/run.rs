@@ -153,6 +153,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         (None, None) => None,
     };
     let store = open_store(store_path)?;
+    let store_file = file_identity(store_path);
     // From here until the run ends, `tetrarch mem`, `runs`, `lessons` and `cache stats` beside
     // it use this process's store instead of waiting for the file.
     let socket = super::store_socket::StoreSocket::serve(&store, store_path);
@@ -313,11 +314,34 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     runtime.shutdown().await;
     let report = outcome?;
     print_report(&report);
+    // The run's writes went to the file it opened; one deleted or replaced meanwhile took them
+    // with it, and nothing else would say so.
+    if store_file.is_some() && file_identity(store_path) != store_file {
+        stderr_line!(
+            "warning: the store file {} was deleted or replaced during the run: what the run \
+             saved (and what commands beside it stored) went to the old file and is lost; this \
+             report is all that is left of the run",
+            store_path.display()
+        );
+    }
     Ok(if report.status == RunStatus::Complete {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The device and inode of the file at `path` (following links), if there is one.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).ok().map(|_| (0, 0))
+    }
 }
 
 /// Signals this soon after the one that cancelled a run count as the same stop (see `run_plan`).
