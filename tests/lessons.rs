@@ -592,3 +592,28 @@ async fn a_frequent_error_keeps_its_whole_tally() {
     );
     assert!((with_more_swap_failures.success_rate - 0.2).abs() < 1e-9);
 }
+
+/// Messages that fold to the same words are one error with one tally: five successes of a fix
+/// recorded for `Straße gesperrt` count when the same error was also recorded in capitals.
+#[tokio::test]
+async fn errors_that_fold_alike_share_their_tally() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
+    let lessons = Lessons::new(store, Namespace::project("roads").unwrap());
+    for _ in 0..5 {
+        lessons
+            .record(failure("road", "Straße gesperrt", "umleiten", true))
+            .await
+            .unwrap();
+        lessons
+            .record(failure("road", "STRASSE GESPERRT", "hupen", false))
+            .await
+            .unwrap();
+    }
+    lessons
+        .record(failure("road", "STRASSE GESPERRT", "warten", true))
+        .await
+        .unwrap();
+    let found = lessons.suggest_fix("Straße gesperrt").unwrap();
+    assert_eq!((found.fix.as_str(), found.attempts), ("umleiten", 5));
+}

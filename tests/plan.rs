@@ -972,3 +972,30 @@ fn a_call_written_as_a_string_says_what_a_call_looks_like() {
         ]
     );
 }
+
+/// `--pools` naming a configured pool keeps its kind (its calls' args are still checked), and a
+/// native pool with no registered tools says why.
+#[test]
+fn a_pool_named_twice_keeps_its_kind_and_an_empty_native_pool_says_why() {
+    let text = "name = \"k\"\n[[task]]\nid = \"t\"\ntool = \"sh.x\"\nargs = { argvv = [\"echo\"] }\n\
+                [[task]]\nid = \"n\"\ntool = \"nat.foo\"\n";
+    let catalog = StaticCatalog::new()
+        .with_kind("sh", PoolKind::Process)
+        .with_open_pool("sh")
+        .with_tools("nat", Vec::<String>::new())
+        .with_kind("nat", PoolKind::Native);
+    let error = Plan::from_toml_with_catalog(text, "k.toml", &catalog).unwrap_err();
+    let found: Vec<&str> = error
+        .diagnostics
+        .iter()
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("unknown key `argvv`"), "{found:?}");
+    assert!(
+        found[1].contains(
+            "has no tool \"foo\" (it is a native pool, and no native tools are registered"
+        ),
+        "{found:?}"
+    );
+}

@@ -81,11 +81,13 @@ fn retryable(error: &SessionError) -> bool {
         | SessionError::ToolRejected { .. }
         | SessionError::InvalidConfig { .. }
         | SessionError::PermissionDenied { .. } => false,
-        // A program that is not there, or may not be run, will not be there on a retry either
-        // (running out of processes or file handles might pass).
+        // A program that is not there, or may not be run, will not be there on a retry either,
+        // nor will the same arguments fit (running out of processes or file handles might pass).
         SessionError::Spawn { source, .. } => !matches!(
             source.kind(),
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::ArgumentListTooLong
         ),
         _ => true,
     }
@@ -738,8 +740,20 @@ impl Actor for Executor {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::{OutcomeRecord, runs_script};
+    use super::{OutcomeRecord, retryable, runs_script};
+    use crate::session::SessionError;
     use crate::store::{Namespace, NewMemory, Store, StoreConfig};
+
+    #[test]
+    fn a_spawn_that_would_fail_the_same_way_again_is_not_retried() {
+        let spawn = |kind: std::io::ErrorKind| SessionError::Spawn {
+            program: "sh".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert!(!retryable(&spawn(std::io::ErrorKind::ArgumentListTooLong)));
+        assert!(!retryable(&spawn(std::io::ErrorKind::NotFound)));
+        assert!(retryable(&spawn(std::io::ErrorKind::WouldBlock)));
+    }
 
     #[tokio::test]
     async fn an_outcome_record_is_queued_when_its_call_task_is_cut_off() {

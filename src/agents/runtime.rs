@@ -752,9 +752,7 @@ impl Runtime {
                         .is_some_and(|(_, def)| def.kind == PoolKind::Native);
                     let known = if names.is_empty() && native {
                         // The binary registers no native tools: only an embedding program can.
-                        "it is a native pool, and no native tools are registered: they are Rust \
-                         functions a library caller registers (RuntimeOptions::natives)"
-                            .to_owned()
+                        crate::plan::NO_NATIVE_TOOLS.to_owned()
                     } else {
                         format!("its tools: {}", names.join(", "))
                     };

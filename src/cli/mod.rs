@@ -486,11 +486,19 @@ fn quiet_caught_engine_panics() {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // Help and version print as clap prints them; a usage error echoes what was typed,
-        // which may hold control characters: written as escapes, as all human output is.
+        // Help and version print as clap prints them.
         Err(error) if !error.use_stderr() => error.exit(),
+        // A usage error echoes what was typed, which may hold control characters: written as
+        // escapes, as all human output is. Parsed again without styles, the error's text holds
+        // no escape sequence but the user's (clap's plain rendering drops those silently).
         Err(error) => {
-            let text = error.render().to_string();
+            use clap::CommandFactory;
+            let plain = Cli::command()
+                .styles(clap::builder::Styles::plain())
+                .try_get_matches()
+                .err()
+                .unwrap_or(error);
+            let text = plain.render().ansi().to_string();
             eprint!("{}", terminal_text::printable(&text, false));
             return ExitCode::from(2);
         }

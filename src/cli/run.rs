@@ -75,7 +75,7 @@ pub struct RunArgs {
     /// a scraper sees the run's final values (`tetrarch_runs_total`,
     /// `tetrarch_run_duration_seconds`); Ctrl-C, SIGTERM or SIGHUP stops early. Needs
     /// `--dashboard` or `--metrics`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_serve_after)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_serve_after, allow_hyphen_values = true)]
     serve_after: Option<Duration>,
 }
 

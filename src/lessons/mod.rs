@@ -19,10 +19,10 @@
 //! messages that both name codes, and not the same ones, are different errors (similarity 0): one
 //! differing word in a short message would otherwise leave them similar. Candidates come from the
 //! store's BM25 search over the normalised text, so suggesting stays fast with many lessons; when
-//! every candidate read is close to the message, more are read (200, then four times as many, up
-//! to 51,200), so an error recorded hundreds of times keeps its whole tally. Lessons keep the
-//! normalised text they were recorded with; those an earlier normalisation wrote are normalised
-//! again when read.
+//! the lowest-ranked candidate read is still close to the message, more are read (200, then four
+//! times as many, up to 51,200), so an error recorded hundreds of times keeps its whole tally.
+//! Lessons keep the normalised text they were recorded with; those an earlier normalisation wrote
+//! are normalised again when read.
 //! A suggestion comes from the single most similar past error at or above the threshold (ties:
 //! the one with more recorded fix attempts; errors none of whose fixes ever worked are skipped):
 //! its fixes are ranked by success rate (Laplace smoothed, so one lucky success does not beat a
@@ -53,10 +53,10 @@ pub const LESSON_FIX_TAG: &str = "lesson-fix";
 /// same error.
 const NORMALISED_TAG: &str = "lesson-normalised-3";
 
-/// Candidates first read from the search per suggestion. When all of them are close to the
-/// message (a frequent error recorded many times fills them), four times as many are read, up to
-/// [`MAX_CANDIDATES`]: an error's older lessons (the fix that worked, say) must not fall out of
-/// its tally.
+/// Candidates first read from the search per suggestion. When the lowest-ranked of them is still
+/// close to the message (a frequent error recorded many times fills them), four times as many
+/// are read, up to [`MAX_CANDIDATES`]: an error's older lessons (the fix that worked, say) must
+/// not fall out of its tally.
 const CANDIDATES: usize = 200;
 
 /// The most candidates a suggestion reads.
@@ -194,7 +194,7 @@ static PATTERNS: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 static NUMBER: LazyLock<Option<Regex>> = LazyLock::new(|| {
     // The boundary before the digits is ASCII's, so a number glued to a letter of a script
     // without spaces (`ファイルの123行目`) is still a number; a code may be negative.
-    const PATTERN: &str = r"(?i)(\b(?:status|code|exit|exited|errno|signal|sig|rc|https?(?:/\d(?:\.\d)?)?)(?:\s*[:=#]\s*|\s+)|\berror\s+)?(-?(?-u:\b)\d+(?:\.\d+)?)";
+    const PATTERN: &str = r"(?i)(\b(?:status|code|exit|exited|errno|signal|sig|rc|https?(?:/[0-9](?:\.[0-9])?)?)(?:\s*[:=#]\s*|\s+)|\berror\s+)?(-?(?-u:\b)[0-9]+(?:\.[0-9]+)?)";
     Regex::new(PATTERN)
         .inspect_err(|e| {
             // A constant; a failure here is a bug caught by the tests.
@@ -251,7 +251,11 @@ fn normalise_numbers(text: &str) -> String {
 /// Normalises an error message for comparison: volatile parts become placeholders, case and
 /// spacing are folded.
 pub fn normalise_message(message: &str) -> String {
-    let mut text = message.to_string();
+    // NFKC first: fullwidth digits (`１２３`, common in Japanese text) are ASCII digits then, so
+    // they are numbers as any other.
+    const NFKC: icu_normalizer::ComposingNormalizerBorrowed<'static> =
+        icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    let mut text = NFKC.normalize(message).into_owned();
     for (regex, replacement, accept) in PATTERNS.iter() {
         text = regex
             .replace_all(&text, |found: &regex::Captures<'_>| {
@@ -470,13 +474,14 @@ impl Lessons {
                 continue;
             };
             let worked = lesson.failure.worked == Some(true);
-            let error = errors
-                .entry(lesson.normalised.clone())
-                .or_insert(PastError {
-                    similarity: score,
-                    attempts: 0,
-                    fixes: BTreeMap::new(),
-                });
+            // Grouped by their words as compared (folded), so `Straße` and `STRASSE` are one
+            // error with one tally.
+            let words: Vec<String> = word_set(&lesson.normalised).into_iter().collect();
+            let error = errors.entry(words.join(" ")).or_insert(PastError {
+                similarity: score,
+                attempts: 0,
+                fixes: BTreeMap::new(),
+            });
             error.attempts += 1;
             let tally = error.fixes.entry(fix).or_default();
             tally.attempts += 1;
@@ -673,6 +678,21 @@ mod tests {
             similar(
                 "ファイルの123行目で構文エラー",
                 "ファイルの456行目で構文エラー"
+            ),
+            1.0
+        );
+        // Fullwidth digits too, glued or not, and they are not read as codes.
+        assert_eq!(
+            similar(
+                "ファイルの１２３行目で構文エラー",
+                "ファイルの４５６行目で構文エラー"
+            ),
+            1.0
+        );
+        assert_eq!(
+            similar(
+                "ジョブ １２３ で失敗しました",
+                "ジョブ ４５６ で失敗しました"
             ),
             1.0
         );

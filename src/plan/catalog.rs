@@ -42,8 +42,9 @@ impl StaticCatalog {
     }
 
     /// Adds a pool that accepts any tool name.
+    /// A pool already known keeps its kind.
     pub fn with_open_pool(mut self, pool: impl Into<String>) -> Self {
-        self.pools.insert(pool.into(), KnownPool::default());
+        self.pools.entry(pool.into()).or_default().tools = None;
         self
     }
 

@@ -138,7 +138,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::session::PoolDef;
+use crate::session::{PoolDef, PoolKind};
 
 pub use catalog::{StaticCatalog, ToolCatalog};
 pub use dag::Dag;
@@ -545,6 +545,10 @@ impl Plan {
     }
 }
 
+/// Why a native pool has no tools: the binary registers none.
+pub(crate) const NO_NATIVE_TOOLS: &str = "it is a native pool, and no native tools are \
+     registered: they are Rust functions a library caller registers (RuntimeOptions::natives)";
+
 /// See [`Plan::check_calls`]; without a catalogue only the args of calls to the plan's own
 /// pools are checked.
 pub(crate) fn call_problems<'a>(
@@ -574,7 +578,11 @@ pub(crate) fn call_problems<'a>(
                         tool.pool
                     ))
                 } else if catalog.has_tool(&tool.pool, &tool.tool) == Some(false) {
+                    let native = catalog.pool_kind(&tool.pool) == Some(PoolKind::Native);
                     let known = match catalog.tools(&tool.pool) {
+                        Some(tools) if tools.is_empty() && native => {
+                            format!(" ({NO_NATIVE_TOOLS})")
+                        }
                         Some(tools) if tools.is_empty() => " (it has none)".to_owned(),
                         Some(tools) => format!(" (its tools: {})", tools.join(", ")),
                         None => String::new(),
