@@ -607,6 +607,10 @@ args = {{ label = "{name}-second" }}
         "{:?}",
         runtime.pool_stats()
     );
+    // Their last counts stay (the last run's: its two calls), holding no session.
+    let ended = runtime.ended_pool_stats();
+    let (_, own) = ended.iter().find(|(name, _)| name == "own").unwrap();
+    assert_eq!((own.acquired, own.size, own.in_use), (2, 0, 0), "{ended:?}");
     h.runtime.shutdown().await;
 }
 

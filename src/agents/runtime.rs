@@ -41,6 +41,9 @@ pub(crate) struct PoolSet(Arc<RwLock<Pools>>);
 struct Pools {
     shared: HashMap<String, PoolEntry>,
     by_run: HashMap<String, HashMap<String, PoolEntry>>,
+    /// The last counts of run pools that have closed, by name (the last run's, when runs
+    /// declared the same name): a scrape after a run ends still sees what its pools did.
+    ended: HashMap<String, PoolStats>,
 }
 
 impl Pools {
@@ -88,11 +91,21 @@ impl PoolSet {
         }
     }
 
-    /// Closes and forgets the pools of a run that ended.
+    /// Closes and forgets the pools of a run that ended, keeping their last counts.
     fn close_run(&self, run: &str) {
-        if let Some(pools) = self.0.write().by_run.remove(run) {
-            for (pool, _) in pools.values() {
+        let mut all = self.0.write();
+        if let Some(pools) = all.by_run.remove(run) {
+            for (name, (pool, _)) in pools {
                 pool.close();
+                // Closed, it holds no session and nobody waits on it.
+                let last = PoolStats {
+                    size: 0,
+                    idle: 0,
+                    in_use: 0,
+                    waiters: 0,
+                    ..pool.stats()
+                };
+                all.ended.insert(name, last);
             }
         }
     }
@@ -115,6 +128,21 @@ impl PoolSet {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// The last counts of closed run pools whose name no open pool has.
+    fn ended_stats(&self) -> Vec<(String, PoolStats)> {
+        let pools = self.0.read();
+        let open: std::collections::HashSet<&String> =
+            pools.every().map(|(name, _)| name).collect();
+        let mut ended: Vec<_> = pools
+            .ended
+            .iter()
+            .filter(|(name, _)| !open.contains(name))
+            .map(|(name, last)| (name.clone(), last.clone()))
+            .collect();
+        ended.sort_by(|a, b| a.0.cmp(&b.0));
+        ended
     }
 
     /// Closes every pool and waits for their upkeep to stop ([`Pool::close_and_wait`]).
@@ -910,9 +938,17 @@ impl Runtime {
         ]
     }
 
-    /// Each pool's counters.
+    /// Each open pool's counters.
     pub fn pool_stats(&self) -> Vec<(String, PoolStats)> {
         self.pools.stats()
+    }
+
+    /// The last counts of the pools of runs that have ended (a plan's own pools close with its
+    /// run), by name, for those no open pool shares a name with: what a final metrics scrape
+    /// reports for them. A closed pool holds no session, so its size, idle, in-use and waiter
+    /// counts are 0.
+    pub fn ended_pool_stats(&self) -> Vec<(String, PoolStats)> {
+        self.pools.ended_stats()
     }
 
     /// The context cache's hits and misses per category.

@@ -350,6 +350,16 @@ const SAME_STOP: Duration = Duration::from_millis(100);
 /// How long a second Ctrl-C waits for the cancel to be saved before it exits.
 const CANCEL_SAVE_WAIT: Duration = Duration::from_secs(2);
 
+/// A run's length as saved (whole milliseconds): `740 ms`, `12.3 s`, `2m 5s`.
+fn run_length(length: Duration) -> String {
+    let ms = length.as_millis();
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", length.as_secs_f64()),
+        _ => humantime::format_duration(Duration::from_secs(length.as_secs())).to_string(),
+    }
+}
+
 /// A task's time from dispatch, at a precision that reads well on a progress line.
 fn took(us: u64) -> String {
     match us {
@@ -640,12 +650,7 @@ pub(crate) fn list(store: StoreRef<'_>, json: bool, out: &mut dyn Write) -> Resu
         }
         let ended_in = run
             .duration()
-            .map(|d| {
-                format!(
-                    "  in {}",
-                    took(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-                )
-            })
+            .map(|d| format!("  in {}", run_length(d)))
             .unwrap_or_default();
         writeln!(
             out,
@@ -682,7 +687,7 @@ fn task_counts(tasks: &[(String, TaskState)]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{TaskState, task_counts, took};
+    use super::{TaskState, run_length, task_counts, took};
 
     #[test]
     fn a_runs_line_counts_its_tasks_by_state() {
@@ -709,5 +714,13 @@ mod tests {
         assert_eq!(took(740), "740 µs");
         assert_eq!(took(12_340), "12.3 ms");
         assert_eq!(took(42_500_000), "42.5 s");
+    }
+
+    #[test]
+    fn run_lengths_read_in_the_unit_that_fits() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(run_length(ms(740)), "740 ms");
+        assert_eq!(run_length(ms(1_347)), "1.3 s");
+        assert_eq!(run_length(ms(125_400)), "2m 5s");
     }
 }

@@ -422,7 +422,9 @@ impl Telemetry {
             RunEvent::ContextAlert { .. } => {
                 counter!("tetrarch_context_alerts_total").increment(1);
             }
-            RunEvent::FixApplied { .. } | RunEvent::Compensated { .. } => {}
+            // The failed call before a fix is a call of its own (the fixed one starts anew).
+            RunEvent::FixApplied { task, .. } => tracker.end_attempt(task, "failed", now),
+            RunEvent::Compensated { .. } => {}
         }
         tracker.view.parallel_ratio = tracker.parallel_ratio(now);
     }
@@ -447,8 +449,11 @@ impl Telemetry {
             counter!("tetrarch_agent_restarts_total", "agent" => name).absolute(agent.restarts);
             gauge!("tetrarch_mailbox_depth", "agent" => name).set(agent.mailbox_depth as f64);
         }
-        let pools: Vec<PoolView> = runtime
-            .pool_stats()
+        // A plan's own pools close with its run: their last counts are still shown.
+        let mut all = runtime.pool_stats();
+        all.extend(runtime.ended_pool_stats());
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let pools: Vec<PoolView> = all
             .into_iter()
             .map(|(name, stats)| PoolView {
                 name,
@@ -659,6 +664,23 @@ mod tests {
             telemetry.record(&finished(TaskState::Skipped));
         });
         assert_eq!(calls(&handle.render(), "skipped"), 0.0);
+
+        // The failed call before a declared fix is a call: two calls, one failed, one complete.
+        let fixed = RunEvent::FixApplied {
+            run_id: run_id.clone(),
+            task: task.clone(),
+            fix: "env FIXED=1".to_owned(),
+            reason: "out of memory".to_owned(),
+        };
+        let before = calls(&handle.render(), "failed");
+        metrics::with_local_recorder(&recorder, || {
+            for event in [started(1), fixed, started(1), finished(TaskState::Complete)] {
+                telemetry.record(&event);
+            }
+        });
+        let text = handle.render();
+        assert_eq!(calls(&text, "failed") - before, 1.0, "{text}");
+        assert_eq!(calls(&text, "complete"), 1.0, "{text}");
     }
 
     #[test]
