@@ -450,6 +450,22 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
         "dashboard: the store holds no run no-such-run"
     );
 
+    // A live view of the same run resumed starts from what the store has of it.
+    let resumed = Telemetry::new(None);
+    resumed.watch_plan(&Plan::from_toml(DIAMOND, "plan.toml").unwrap());
+    resumed
+        .resume_from(runtime.store(), report.run_id.as_str())
+        .unwrap();
+    let view = serde_json::to_value(resumed.state()).unwrap();
+    let tasks = view["tasks"].as_array().unwrap();
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t["state"] == "complete" && t["attempt"] == 1),
+        "{view}"
+    );
+    assert_eq!(view["latency"][0]["count"], 4, "{view}");
+
     // Context cache hits and misses: the second of two identical cacheable calls is a hit.
     let cached = Plan::from_toml(CACHED, "cached.toml").unwrap();
     telemetry.watch_plan(&cached);

@@ -70,6 +70,7 @@ pub async fn start_live(
     dashboard: Option<&str>,
     metrics: Option<&str>,
     plan: &Plan,
+    resumed_run: Option<&str>,
     runtime: &Runtime,
 ) -> Option<LiveTelemetry> {
     if dashboard.is_none() && metrics.is_none() {
@@ -93,6 +94,11 @@ pub async fn start_live(
         .ok();
     let telemetry = Telemetry::new(recorder);
     telemetry.watch_plan(plan);
+    if let Some(run_id) = resumed_run
+        && let Err(e) = telemetry.resume_from(runtime.store(), run_id)
+    {
+        stderr_line!("warning: the dashboard starts without the run's earlier tasks: {e}");
+    }
     let observer = telemetry.observe(runtime.subscribe());
     let dashboard = match dashboard_addr {
         Some(addr) => started(

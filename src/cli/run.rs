@@ -221,6 +221,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         args.dashboard.as_deref(),
         args.metrics.as_deref(),
         &plan,
+        resume.as_deref(),
         &runtime,
     )
     .await;

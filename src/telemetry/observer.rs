@@ -353,6 +353,40 @@ impl Telemetry {
         };
     }
 
+    /// Starts the view of a resumed run (after [`Telemetry::watch_plan`]) from what the store
+    /// has of it: each saved task's state, attempt and reason, and its attempts' times in the
+    /// latency table, so the page shows what happened before the process was killed. A task
+    /// that was in flight then runs again, so it shows as pending until it does.
+    ///
+    /// # Errors
+    /// The store's, reading the run's tasks.
+    pub fn resume_from(&self, store: &Store, run_id: &str) -> Result<(), crate::store::StoreError> {
+        let saved = saved_tasks(store, run_id)?;
+        let mut tracker = self.inner.tracker.lock();
+        for task in saved {
+            let state = match task.state {
+                TaskState::Running => TaskState::Pending,
+                state => state,
+            };
+            let times = task.attempt_times;
+            if times.count > 0
+                && let Some(tool) = tracker.tools.get(&task.id).cloned()
+            {
+                add_latency(
+                    &mut tracker.latency,
+                    tool,
+                    u64::from(times.count),
+                    times.total_us as f64 / 1e6,
+                    times.longest_us as f64 / 1e6,
+                );
+            }
+            tracker
+                .view
+                .set_task(&task.id, state, Some(task.attempt), Some(task.reason));
+        }
+        Ok(())
+    }
+
     /// Records every event from `events` (a [`Runtime::subscribe`] receiver) until the runtime
     /// closes it, passing each on to [`Telemetry::subscribe`]rs.
     pub fn observe(
