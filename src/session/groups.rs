@@ -18,13 +18,11 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::OnceLock;
-use std::sync::mpsc::Sender;
 
 static LIVE: parking_lot::Mutex<BTreeSet<i32>> = parking_lot::Mutex::new(BTreeSet::new());
 
-/// The reaper's feed: `(+ or -, group id)` lines for its writer thread; `None` when it could not
-/// be started.
-static REAPER: OnceLock<Option<Sender<(char, i32)>>> = OnceLock::new();
+/// The reaper's input; `None` when it could not be started.
+static REAPER: OnceLock<Option<Feed>> = OnceLock::new();
 
 /// Keeps a count per listed group id (`+` adds one, `-` takes one off); at end of input, kills
 /// the groups still listed, in one `kill`. awk, not a shell loop: removing an id from a shell
@@ -44,73 +42,149 @@ pub(crate) fn start_reaper() {
     let _ = reaper();
 }
 
-fn reaper() -> Option<&'static Sender<(char, i32)>> {
+fn reaper() -> Option<&'static Feed> {
     REAPER.get_or_init(spawn_reaper).as_ref()
 }
 
-/// Spawns the reaper and the thread that writes its lines: the writes block when the pipe is
-/// full (a reaper stopped by SIGSTOP), and they must never block a caller, which may be an
-/// async worker (the whole runtime froze in a test that stopped the reaper).
+/// The reaper's input, written on the caller's thread: a group is listed before its
+/// `ChildGroup` is made, rather than when a writer thread next runs (under load that took long
+/// enough for a child killed with us to escape). The socket is non-blocking, so a write never
+/// blocks a caller, which may be an async worker (the whole runtime froze in a test that stopped
+/// the reaper): what does not fit (a reaper stopped by SIGSTOP) waits in `backlog`, in order,
+/// and a thread of its own retries it.
+struct Feed {
+    state: parking_lot::Mutex<FeedState>,
+    /// The thread retrying the backlog (woken when there is one).
+    retrier: std::thread::Thread,
+    /// The reaper's process id (the tests stop it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pid: u32,
+}
+
+struct FeedState {
+    input: std::os::unix::net::UnixStream,
+    /// Bytes not written yet; every later line goes after them.
+    backlog: Vec<u8>,
+    /// The reaper has gone: nothing more is written.
+    gone: bool,
+}
+
+impl FeedState {
+    /// Writes what the socket takes of the backlog.
+    fn flush(&mut self) {
+        while !self.backlog.is_empty() && !self.gone {
+            match self.input.write(&self.backlog) {
+                Ok(0) => self.lose_reaper(),
+                Ok(n) => {
+                    self.backlog.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => self.lose_reaper(),
+            }
+        }
+    }
+
+    fn lose_reaper(&mut self) {
+        self.gone = true;
+        self.backlog = Vec::new();
+        tracing::warn!(
+            "the reaper of child processes has gone: if this process is killed outright, its \
+             tools keep running"
+        );
+    }
+}
+
+/// Spawns the reaper and the thread that retries what its input could not take at once.
 #[cfg(unix)]
-fn spawn_reaper() -> Option<Sender<(char, i32)>> {
+fn spawn_reaper() -> Option<Feed> {
     use std::os::unix::process::CommandExt;
+    let no_reaper = |why: String| {
+        tracing::warn!(
+            "no reaper for child processes ({why}): if this process is killed outright, its \
+             tools keep running"
+        );
+        None
+    };
+    // A socket pair rather than a pipe: std can make its end non-blocking. Ours is
+    // close-on-exec, so no other child holds it open past our death.
+    let (input, reaper_end) = match std::os::unix::net::UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => return no_reaper(format!("cannot make its input: {e}")),
+    };
+    if let Err(e) = input.set_nonblocking(true) {
+        return no_reaper(format!("cannot make its input non-blocking: {e}"));
+    }
     let spawned = std::process::Command::new("sh")
         .args(["-c", REAPER_SCRIPT])
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .current_dir("/")
         .process_group(0)
-        .stdin(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            reaper_end,
+        )))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
-    let mut input = match spawned.map(|mut child| child.stdin.take()) {
-        Ok(Some(input)) => input,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!(
-                "no reaper for child processes (cannot start sh: {e}): if this process is \
-                 killed outright, its tools keep running"
-            );
-            return None;
-        }
+    let pid = match spawned {
+        Ok(child) => child.id(),
+        Err(e) => return no_reaper(format!("cannot start sh: {e}")),
     };
-    let (lines, received) = std::sync::mpsc::channel::<(char, i32)>();
-    let feeding = std::thread::Builder::new()
+    let retrying = std::thread::Builder::new()
         .name("tetrarch-reaper-feed".into())
-        .spawn(move || {
-            for (change, pgid) in received {
-                // One write per line: a pipe write this small arrives whole.
-                if input
-                    .write_all(format!("{change}{pgid}\n").as_bytes())
-                    .is_err()
-                {
-                    tracing::warn!(
-                        "the reaper of child processes has gone: if this process is killed \
-                         outright, its tools keep running"
-                    );
-                    return;
+        .spawn(|| {
+            loop {
+                // Woken when a line did not fit; then retried until the backlog is written.
+                std::thread::park();
+                while let Some(feed) = REAPER.get().and_then(Option::as_ref) {
+                    let mut state = feed.state.lock();
+                    state.flush();
+                    if state.gone {
+                        return;
+                    }
+                    if state.backlog.is_empty() {
+                        break;
+                    }
+                    drop(state);
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
             }
         });
-    match feeding {
-        Ok(_) => Some(lines),
-        Err(e) => {
-            tracing::warn!("no reaper for child processes (cannot start its thread: {e})");
-            None
-        }
+    match retrying {
+        Ok(handle) => Some(Feed {
+            state: parking_lot::Mutex::new(FeedState {
+                input,
+                backlog: Vec::new(),
+                gone: false,
+            }),
+            retrier: handle.thread().clone(),
+            pid,
+        }),
+        Err(e) => no_reaper(format!("cannot start its thread: {e}")),
     }
 }
 
 #[cfg(not(unix))]
-fn spawn_reaper() -> Option<Sender<(char, i32)>> {
+fn spawn_reaper() -> Option<Feed> {
     None
 }
 
 /// Tells the reaper a group started (`+`) or ended (`-`). Never blocks.
 fn tell_reaper(change: char, pgid: i32) {
-    if let Some(feed) = reaper() {
-        let _ = feed.send((change, pgid));
+    let Some(feed) = reaper() else {
+        return;
+    };
+    let mut state = feed.state.lock();
+    if state.gone {
+        return;
+    }
+    state
+        .backlog
+        .extend_from_slice(format!("{change}{pgid}\n").as_bytes());
+    state.flush();
+    if !state.backlog.is_empty() {
+        feed.retrier.unpark();
     }
 }
 
@@ -170,4 +244,41 @@ pub fn kill_child_process_groups() -> usize {
         kill(pgid);
     }
     groups.len()
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A stopped reaper (SIGSTOP) takes no more input: telling it of groups never blocks the
+    /// caller, and what waited is written, in order, once it runs again.
+    #[test]
+    fn a_stopped_reaper_never_blocks_and_catches_up() {
+        start_reaper();
+        let feed = reaper().unwrap();
+        let reaper_pid = nix::unistd::Pid::from_raw(i32::try_from(feed.pid).unwrap());
+        nix::sys::signal::kill(reaper_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        // Far more than a socket buffer holds: 100,000 lines of 12 bytes. A group id above
+        // Linux's pid limit, so none of them is a real group.
+        let started = std::time::Instant::now();
+        for _ in 0..50_000 {
+            tell_reaper('+', 1_999_999_999);
+            tell_reaper('-', 1_999_999_999);
+        }
+        let told_in = started.elapsed();
+        let waiting = feed.state.lock().backlog.len();
+        nix::sys::signal::kill(reaper_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        assert!(waiting > 0, "the stopped reaper took everything");
+        assert!(told_in < std::time::Duration::from_secs(10), "{told_in:?}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !feed.state.lock().backlog.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backlog was not written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!feed.state.lock().gone);
+    }
 }
