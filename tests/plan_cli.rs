@@ -902,3 +902,43 @@ fn a_store_deleted_during_the_run_is_reported() {
         "{stderr}"
     );
 }
+
+/// A cached result that fails the gates is stale (here the tool's data file changed): the tool
+/// is called for the same attempt, so a task with one attempt still completes (it used to fail
+/// on the cached result without calling the tool).
+#[test]
+fn a_cached_result_the_gates_refuse_is_replaced_by_a_call_in_the_same_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(cat *)"]}}"#,
+    )
+    .unwrap();
+    let plan = |expected: bool| {
+        format!(
+            "name = \"stale\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+             command = [\"sh\", \"-c\"]\n[[task]]\nid = \"t\"\ntool = \"sh.run\"\ncacheable = true\n\
+             args = {{ argv = [\"echo call >> calls.log; cat data.json\"] }}\n\
+             gates = [{{ json = \"/ok\", eq = {expected} }}]\n"
+        )
+    };
+    let calls = || {
+        std::fs::read_to_string(dir.path().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    std::fs::write(dir.path().join("data.json"), r#"{"ok": true}"#).unwrap();
+    let (code, err) = run(dir.path(), &plan(true));
+    assert_eq!((code, calls()), (0, 1), "{err}");
+    // Served from the cache: no call.
+    let (code, err) = run(dir.path(), &plan(true));
+    assert_eq!((code, calls()), (0, 1), "{err}");
+    std::fs::write(dir.path().join("data.json"), r#"{"ok": false}"#).unwrap();
+    let (code, err) = run(dir.path(), &plan(false));
+    assert_eq!((code, calls()), (0, 2), "{err}");
+    // The refreshing call's own result that fails is the attempt's: one call, no more.
+    std::fs::write(dir.path().join("data.json"), r#"{"ok": "neither"}"#).unwrap();
+    let (code, err) = run(dir.path(), &plan(true));
+    assert_eq!((code, calls()), (1, 3), "{err}");
+}

@@ -343,12 +343,13 @@ async fn make_call(
     outcome
 }
 
-/// The call's outcome, and the result cache's key when the call is cacheable.
-async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<CacheKey>) {
+/// The call's outcome, the result cache's key when the call is cacheable, and whether the
+/// outcome was the cache's (no call was made).
+async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<CacheKey>, bool) {
     let args = match &attempt.args {
         Some(Ok(args)) => args.clone(),
-        Some(Err(e)) => return (not_run(format!("cannot render args: {e}")), None),
-        None => return (not_run("args were not rendered".to_owned()), None),
+        Some(Err(e)) => return (not_run(format!("cannot render args: {e}")), None, false),
+        None => return (not_run("args were not rendered".to_owned()), None, false),
     };
     // Checked first, cached or not: a result cached under looser rules is not served under
     // stricter ones.
@@ -359,28 +360,33 @@ async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<C
                 retryable: retryable(&e),
                 reason: e.to_string(),
             };
-            return (outcome, None);
+            return (outcome, None, false);
         }
     };
-    let (result, key) = if attempt.task.cacheable && attempt.purpose == Purpose::Task {
+    let (result, key, served) = if attempt.task.cacheable && attempt.purpose == Purpose::Task {
         match result_key(shared, attempt, &args) {
             // Boxed: the cache's future is large, and every call's task would carry (and copy
             // on spawn) its size, cached or not.
-            Ok(key) => (
-                Box::pin(cached_call(shared, attempt, &checked, args, key)).await,
-                Some(key),
-            ),
-            Err(e) => (Err((false, format!("cache key: {e}"))), None),
+            Ok(key) => {
+                let (result, served) =
+                    Box::pin(cached_call(shared, attempt, &checked, args, key)).await;
+                (result, Some(key), served)
+            }
+            Err(e) => (Err((false, format!("cache key: {e}"))), None, false),
         }
     } else {
         let result = make_call(attempt, &checked, args).await;
-        (result.map_err(|e| (retryable(&e), e.to_string())), None)
+        (
+            result.map_err(|e| (retryable(&e), e.to_string())),
+            None,
+            false,
+        )
     };
     let outcome = match result {
         Ok(outcome) => Outcome::Ran(outcome),
         Err((retryable, reason)) => Outcome::Error { reason, retryable },
     };
-    (outcome, key)
+    (outcome, key, served)
 }
 
 /// A call that cannot be made (it would fail the same way again).
@@ -432,17 +438,19 @@ fn result_key(
 }
 
 /// A cacheable call: the result from the [`ContextCache`], else the call's (kept when it
-/// succeeded).
+/// succeeded); and whether it was the cache's (this call made no call of its own).
 async fn cached_call(
     shared: &ExecutorArgs,
     attempt: &Attempt,
     checked: &Checked,
     args: serde_json::Value,
     key: CacheKey,
-) -> Result<ToolOutcome, (bool, String)> {
+) -> (Result<ToolOutcome, (bool, String)>, bool) {
+    let called = std::sync::atomic::AtomicBool::new(false);
     let computed = shared
         .cache
         .get_or_compute(key, CacheCategory::ToolResult, async {
+            called.store(true, std::sync::atomic::Ordering::Relaxed);
             let outcome = make_call(attempt, checked, args.clone())
                 .await
                 .map_err(|e| (retryable(&e), e.to_string()))?;
@@ -459,7 +467,8 @@ async fn cached_call(
             })
         })
         .await;
-    match computed {
+    let served = !called.load(std::sync::atomic::Ordering::Relaxed);
+    let result = match computed {
         Ok(cached) => Ok(ToolOutcome {
             exit_status: cached.exit_status,
             stdout: cached.stdout,
@@ -475,7 +484,8 @@ async fn cached_call(
             CacheError::Compute((retry, reason)) => Err((*retry, reason.clone())),
             CacheError::Store(e) => Err((true, format!("result cache: {e}"))),
         },
-    }
+    };
+    (result, served)
 }
 
 /// A failing outcome carried through the cache's error path as JSON.
@@ -667,16 +677,17 @@ impl Actor for Executor {
                     // fails this attempt like a crashed tool, and the attempt still goes on:
                     // swallowed, its run would wait for its verdict for ever.
                     let called = AssertUnwindSafe(async {
-                        let (outcome, key) = execute(&shared, &attempt).await;
+                        let (outcome, key, served) = execute(&shared, &attempt).await;
                         let memory = outcome_memory(&shared, &attempt, &outcome);
-                        (failure(&shared, &outcome), outcome, key, memory)
+                        (failure(&shared, &outcome), outcome, key, served, memory)
                     })
                     .catch_unwind()
                     .instrument(span)
                     .await;
                     let (outcome, memory) = match called {
-                        Ok((failed, outcome, key, memory)) => {
+                        Ok((failed, outcome, key, served, memory)) => {
                             attempt.failure = failed;
+                            attempt.served_from_cache = served;
                             // A compensation carries the key of the call it undoes.
                             attempt.cache_key = key.or(attempt.cache_key);
                             (outcome, memory)

@@ -114,6 +114,8 @@ struct Slot {
     outcome_unknown: bool,
     /// The result cache's key of the call that completed the task: its compensation drops it.
     result_cache_key: Option<CacheKey>,
+    /// The attempt whose stale cached result was replaced by a call (at most once an attempt).
+    cache_refreshed: Option<u32>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -240,6 +242,7 @@ impl RunState {
                 backing_off: false,
                 outcome_unknown: false,
                 result_cache_key: None,
+                cache_refreshed: None,
             })
             .collect();
         let span = tracing::info_span!(
@@ -631,6 +634,7 @@ impl OrchestratorState {
             permissions: run.permissions.clone(),
             failure: None,
             cache_key: None,
+            served_from_cache: false,
         };
         if let Err(e) = self
             .args
@@ -786,6 +790,24 @@ impl OrchestratorState {
                 }
                 self.persist(&run_id, i);
                 self.task_event(&self.runs[&run_id], i);
+            }
+            Verdict::GateFailed { feedback }
+                if attempt.served_from_cache
+                    && run.slots[i].cache_refreshed != Some(run.slots[i].attempt)
+                    && run.failure.is_none()
+                    && !run.cancelled =>
+            {
+                // A cached result the gates refuse is stale: the tool is called for this same
+                // attempt (the Reviewer has dropped the entry), rather than the attempt being
+                // spent on a result no call made now.
+                let slot = &mut run.slots[i];
+                slot.cache_refreshed = Some(slot.attempt);
+                tracing::info!(
+                    run = %run_id,
+                    task = %task.id,
+                    "cached result failed the gates ({feedback}); calling the tool"
+                );
+                self.dispatch(&run_id, i).await;
             }
             Verdict::GateFailed { feedback } => {
                 let attempt_no = run.slots[i].attempt;
@@ -1062,6 +1084,7 @@ impl OrchestratorState {
                 permissions: None,
                 failure: None,
                 cache_key: None,
+                served_from_cache: false,
             });
         }
         if tokens.is_empty() {
@@ -1252,6 +1275,7 @@ impl OrchestratorState {
             failure: None,
             // The undone call's result, which the Reviewer drops from the cache.
             cache_key: run.slots[i].result_cache_key,
+            served_from_cache: false,
         };
         if let Err(e) = self
             .args

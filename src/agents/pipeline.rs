@@ -54,6 +54,11 @@ pub(crate) struct Attempt {
     /// Set by the Executor for a cacheable call: the result cache's key of its outcome, which
     /// the Reviewer drops when the gates fail (a result that failed them must not be reused).
     pub cache_key: Option<crate::store::CacheKey>,
+    /// Set by the Executor when the outcome was the result cache's, not a call's: one that fails
+    /// the gates is stale (the tool's files changed, say), and the Orchestrator has the tool
+    /// called for the same attempt once the Reviewer has dropped it. The Reviewer clears it when
+    /// the entry could not be dropped (the call would be served the same result again).
+    pub served_from_cache: bool,
     /// This attempt's `task` (or `compensate`) span, a child of the run's span: the agents open
     /// their own spans (`context`, `tool_call`, `review`) under it, so one trace follows the
     /// attempt across the four mailboxes. It closes when the Orchestrator drops the attempt.

@@ -409,7 +409,7 @@ async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> V
 /// Orchestrator finishes the run would keep the run's span open past its end.
 async fn review_and_reply(
     shared: &ReviewerArgs,
-    attempt: Box<Attempt>,
+    mut attempt: Box<Attempt>,
     outcome: Outcome,
     span: tracing::Span,
 ) {
@@ -427,6 +427,8 @@ async fn review_and_reply(
         && let Err(e) = shared.cache.remove(key).await
     {
         tracing::warn!("reviewer: a result that failed its gates or was undone stays cached: {e}");
+        // Called again, the task would be served the same result.
+        attempt.served_from_cache = false;
     }
     if let Err(e) = shared
         .peers
