@@ -117,18 +117,7 @@ fn a_second_ctrl_c_exits_130_and_kills_the_compensation_in_flight() {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     // The compensation starts and writes its pid.
-    let pid_file = dir.path().join("undo.pid");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let undo = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok())
-        {
-            break nix::unistd::Pid::from_raw(pid);
-        }
-        assert!(Instant::now() < deadline, "the compensation never started");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let undo = pid_written_to(&dir.path().join("undo.pid"), "the compensation");
     // Later than a repeated delivery of the first signal would come (which is the same stop).
     std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
@@ -136,12 +125,29 @@ fn a_second_ctrl_c_exits_130_and_kills_the_compensation_in_flight() {
     assert_eq!(status.code(), Some(130), "{status}");
     // Its child was killed before the exit (it leads its own group, so the terminal's Ctrl-C
     // would not have reached it).
+    gone_soon(undo, "the compensation's process");
+}
+
+/// The pid `what` writes to `file` once it runs (waiting up to 20 s for it).
+fn pid_written_to(file: &std::path::Path, what: &str) -> nix::unistd::Pid {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+        {
+            return nix::unistd::Pid::from_raw(pid);
+        }
+        assert!(Instant::now() < deadline, "{what} never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (up to 5 s) for process `pid`, `what`, to be gone.
+fn gone_soon(pid: nix::unistd::Pid, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while nix::sys::signal::kill(undo, None).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the compensation's process outlived tetrarch"
-        );
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        assert!(Instant::now() < deadline, "{what} outlived tetrarch");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -329,17 +335,7 @@ fn a_signal_while_the_configured_pools_start_stops_the_start() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let server = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok())
-        {
-            break nix::unistd::Pid::from_raw(pid);
-        }
-        assert!(Instant::now() < deadline, "the server never started");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let server = pid_written_to(&pid_file, "the server");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -351,9 +347,5 @@ fn a_signal_while_the_configured_pools_start_stops_the_start() {
         ),
         "{stderr}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nix::sys::signal::kill(server, None).is_ok() {
-        assert!(Instant::now() < deadline, "the server outlived tetrarch");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    gone_soon(server, "the server");
 }
