@@ -43,9 +43,9 @@ fn sigterm_cancels_compensates_and_saves_the_run_as_ctrl_c_does() {
     stopped_by(nix::sys::signal::Signal::SIGTERM);
 }
 
-/// Writes `plan` with its rules and an actors folder in a new folder, starts `tetrarch run` on
-/// it and returns once the task `slow` has started.
-fn run_until_slow_starts(plan: &str) -> (tempfile::TempDir, std::process::Child) {
+/// A new folder holding `plan`, its rules and an actors folder whose `executor.toml` is
+/// `executor`.
+fn plan_folder(plan: &str, executor: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
     std::fs::write(
@@ -54,14 +54,28 @@ fn run_until_slow_starts(plan: &str) -> (tempfile::TempDir, std::process::Child)
     )
     .unwrap();
     std::fs::create_dir_all(dir.path().join("actors")).unwrap();
-    std::fs::write(dir.path().join("actors/executor.toml"), "mailbox = 4096\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+    std::fs::write(dir.path().join("actors/executor.toml"), executor).unwrap();
+    dir
+}
+
+/// `tetrarch run` of the plan in `dir` (see [`plan_folder`]), on its store and actors.
+fn run_in(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tetrarch"));
+    command
         .arg("--store")
-        .arg(dir.path().join("store.redb"))
+        .arg(dir.join("store.redb"))
         .arg("run")
-        .arg(dir.path().join("plan.toml"))
+        .arg(dir.join("plan.toml"))
         .arg("--actors")
-        .arg(dir.path().join("actors"))
+        .arg(dir.join("actors"));
+    command
+}
+
+/// Writes `plan` with its rules and an actors folder in a new folder, starts `tetrarch run` on
+/// it and returns once the task `slow` has started.
+fn run_until_slow_starts(plan: &str) -> (tempfile::TempDir, std::process::Child) {
+    let dir = plan_folder(plan, "mailbox = 4096\n");
+    let mut child = run_in(dir.path())
         .args(["--events", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -275,13 +289,7 @@ fn a_run_left_by_a_second_ctrl_c_finishes_its_rollback_on_the_next_run() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{status}");
-    let again = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .arg("--store")
-        .arg(dir.path().join("store.redb"))
-        .arg("run")
-        .arg(dir.path().join("plan.toml"))
-        .arg("--actors")
-        .arg(dir.path().join("actors"))
+    let again = run_in(dir.path())
         .args(["--events", "json"])
         .output()
         .unwrap();
@@ -306,31 +314,17 @@ fn a_run_left_by_a_second_ctrl_c_finishes_its_rollback_on_the_next_run() {
 /// process by the signal's default action, saying nothing.
 #[test]
 fn a_signal_while_the_configured_pools_start_stops_the_start() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("plan.toml"), PLAN).unwrap();
-    std::fs::write(
-        dir.path().join("settings.json"),
-        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("actors")).unwrap();
-    let pid_file = dir.path().join("server.pid");
-    std::fs::write(
-        dir.path().join("actors/executor.toml"),
-        format!(
+    let pid_dir = tempfile::tempdir().unwrap();
+    let pid_file = pid_dir.path().join("server.pid");
+    let dir = plan_folder(
+        PLAN,
+        &format!(
             "mailbox = 4096\n[pools.mute]\nkind = \"mcp\"\nmin_idle = 1\nstart_timeout = \"1m\"\n\
              command = [\"sh\", \"-c\", \"echo $$ > '{}'; exec sleep 30\"]\n",
             pid_file.display()
         ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-        .arg("--store")
-        .arg(dir.path().join("store.redb"))
-        .arg("run")
-        .arg(dir.path().join("plan.toml"))
-        .arg("--actors")
-        .arg(dir.path().join("actors"))
+    );
+    let child = run_in(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

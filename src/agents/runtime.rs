@@ -741,7 +741,7 @@ impl Runtime {
             .any(|t| t.compensate.is_some() && done.contains(t.id.as_str()))
     }
 
-    /// See [`Runtime::run`]: every call the plan makes names a pool and a tool that exist.
+    /// See [`Runtime::run`]: every call the plan makes names a tool its (started) pool has.
     async fn check_tools(&self, run_id: &str, plan: &Plan) -> Result<(), AgentError> {
         let mut tools_of: HashMap<&str, Option<Vec<String>>> = HashMap::new();
         let mut diagnostics = Vec::new();
@@ -754,15 +754,8 @@ impl Runtime {
                 std::iter::once((&task.tool, task.tool_location, "tool")).chain(compensation);
             for (tool, location, what) in calls {
                 if !tools_of.contains_key(tool.pool.as_str()) {
+                    // Unknown pools were refused before the pools started (`check_calls`).
                     let Some((pool, _)) = self.pools.get(Some(run_id), &tool.pool) else {
-                        diagnostics.push(Diagnostic {
-                            location,
-                            message: format!(
-                                "task {:?} {what}: unknown pool {:?}",
-                                task.id.as_str(),
-                                tool.pool
-                            ),
-                        });
                         continue;
                     };
                     let tools = pool.tools().await.map_err(|source| AgentError::PoolStart {

@@ -50,23 +50,21 @@ fn check(
 ) -> Result<ExitCode> {
     let text = super::read_text(file, "plan")?;
     let source = file.display().to_string();
-    let (config, configured_from) = match actors {
-        Some(dir) => (ActorsConfig::load(dir)?, dir.display().to_string()),
-        None => (ActorsConfig::embedded()?, "the built-in actors".to_owned()),
+    let (config, configured) = match actors {
+        Some(dir) => (
+            ActorsConfig::load(dir)?,
+            format!("the pools of {}", dir.display()),
+        ),
+        None => (
+            ActorsConfig::embedded()?,
+            "the built-in actors' pools".to_owned(),
+        ),
     };
     let extra = pools.iter().flatten().filter(|n| !n.is_empty());
     let catalog = extra.fold(super::run::configured_pools(&config), |c, n| {
         c.with_open_pool(n.clone())
     });
     let result = Plan::from_toml_with_catalog(&text, &source, &catalog);
-    let configured = format!(
-        "{configured_from}'{} pools",
-        if configured_from.ends_with('s') {
-            ""
-        } else {
-            "s"
-        }
-    );
     let scope = format!(
         "checked against the plan's pools{}; tool names of mcp and native pools are checked \
          when a run starts them",

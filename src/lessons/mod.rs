@@ -305,7 +305,12 @@ fn word_set(normalised: &str) -> BTreeSet<String> {
 /// The Jaccard similarity of two normalised messages' word sets; 0 when both name codes and not
 /// the same ones (see the module docs).
 pub fn similarity(a: &str, b: &str) -> f64 {
-    let (a, b) = (word_set(a), word_set(b));
+    word_similarity(&word_set(a), &word_set(b))
+}
+
+/// [`similarity`] of two messages' word sets ([`word_set`]), so a message compared with many
+/// is split and folded once.
+fn word_similarity(a: &BTreeSet<String>, b: &BTreeSet<String>) -> f64 {
     // Every other number is a placeholder by now, so the words that are all digits are the codes.
     let is_code = |w: &&String| {
         let unsigned = w.strip_prefix('-').unwrap_or(w);
@@ -316,11 +321,11 @@ pub fn similarity(a: &str, b: &str) -> f64 {
     if first_a.is_some() && first_b.is_some() && (first_a != first_b || !codes_a.eq(codes_b)) {
         return 0.0;
     }
-    let union = a.union(&b).count();
+    let union = a.union(b).count();
     if union == 0 {
         return 0.0;
     }
-    a.intersection(&b).count() as f64 / union as f64
+    a.intersection(b).count() as f64 / union as f64
 }
 
 /// The lessons of one namespace of a store.
@@ -465,8 +470,10 @@ impl Lessons {
             fixes: BTreeMap<String, Tally>,
         }
         let mut errors: BTreeMap<String, PastError> = BTreeMap::new();
+        let query_words = word_set(&normalised);
         for lesson in self.fixes_matching(&normalised) {
-            let score = similarity(&normalised, &lesson.normalised);
+            let words = word_set(&lesson.normalised);
+            let score = word_similarity(&query_words, &words);
             if score < self.threshold {
                 continue;
             }
@@ -476,8 +483,8 @@ impl Lessons {
             let worked = lesson.failure.worked == Some(true);
             // Grouped by their words as compared (folded), so `Straße` and `STRASSE` are one
             // error with one tally.
-            let words: Vec<String> = word_set(&lesson.normalised).into_iter().collect();
-            let error = errors.entry(words.join(" ")).or_insert(PastError {
+            let key: Vec<String> = words.into_iter().collect();
+            let error = errors.entry(key.join(" ")).or_insert(PastError {
                 similarity: score,
                 attempts: 0,
                 fixes: BTreeMap::new(),

@@ -215,6 +215,24 @@ impl Tracker {
         }
     }
 
+    /// Shows a task as the store saved it, in `state`, and counts its saved attempts' times.
+    fn add_saved_task(&mut self, task: crate::agents::SavedTask, state: TaskState) {
+        let times = task.attempt_times;
+        if times.count > 0
+            && let Some(tool) = self.tools.get(&task.id).cloned()
+        {
+            add_latency(
+                &mut self.latency,
+                tool,
+                u64::from(times.count),
+                times.total_us as f64 / 1e6,
+                times.longest_us as f64 / 1e6,
+            );
+        }
+        self.view
+            .set_task(&task.id, state, Some(task.attempt), Some(task.reason));
+    }
+
     fn start_attempt(&mut self, task: &str, now: Instant) {
         self.advance(now);
         self.running.insert(task.to_owned(), now);
@@ -313,31 +331,19 @@ impl Telemetry {
             .or_else(|| std::fs::read_to_string(&run.source).ok())
             .and_then(|text| Plan::from_toml(&text, &run.source).ok());
         let telemetry = Telemetry::new(metrics);
-        let mut view = DashboardState::for_saved(run, plan.as_ref());
-        // Each task's tool, for the latency table (not known when the plan is gone).
-        let tools = plan.as_ref().map(task_tools).unwrap_or_default();
-        let mut latency: BTreeMap<String, (u64, f64, f64)> = BTreeMap::new();
+        let view = DashboardState::for_saved(run, plan.as_ref());
         // Why each task ended as it did, its attempt and how long its attempts took: the run
-        // list holds only the states.
-        for task in saved_tasks(store, &run.run_id)? {
-            let times = task.attempt_times;
-            if times.count > 0
-                && let Some(tool) = tools.get(&task.id)
-            {
-                add_latency(
-                    &mut latency,
-                    tool.clone(),
-                    u64::from(times.count),
-                    times.total_us as f64 / 1e6,
-                    times.longest_us as f64 / 1e6,
-                );
-            }
-            view.set_task(&task.id, task.state, Some(task.attempt), Some(task.reason));
-        }
+        // list holds only the states. Each task's tool, for the latency table, is not known
+        // when the plan is gone.
+        let tasks = saved_tasks(store, &run.run_id)?;
         {
             let mut tracker = telemetry.inner.tracker.lock();
             tracker.view = view;
-            tracker.latency = latency;
+            tracker.tools = plan.as_ref().map(task_tools).unwrap_or_default();
+            for task in tasks {
+                let state = task.state;
+                tracker.add_saved_task(task, state);
+            }
         }
         telemetry.sample_store(store);
         Ok(telemetry)
@@ -368,21 +374,7 @@ impl Telemetry {
                 TaskState::Running => TaskState::Pending,
                 state => state,
             };
-            let times = task.attempt_times;
-            if times.count > 0
-                && let Some(tool) = tracker.tools.get(&task.id).cloned()
-            {
-                add_latency(
-                    &mut tracker.latency,
-                    tool,
-                    u64::from(times.count),
-                    times.total_us as f64 / 1e6,
-                    times.longest_us as f64 / 1e6,
-                );
-            }
-            tracker
-                .view
-                .set_task(&task.id, state, Some(task.attempt), Some(task.reason));
+            tracker.add_saved_task(task, state);
         }
         Ok(())
     }
