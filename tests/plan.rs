@@ -753,7 +753,8 @@ fn dense_cycles_are_reported_once_per_group_with_a_bounded_path() {
     assert_eq!(
         e,
         [
-            "p.toml:9:9: cycle: a -> b -> a (and at least 1 more among the same 3 tasks)",
+            "p.toml:9:9: cycle: a -> b -> a (and at least 1 more among the same 3 tasks, which \
+             also include c)",
             "p.toml:21:9: cycle: d -> e -> d",
         ]
     );
@@ -998,4 +999,86 @@ fn a_pool_named_twice_keeps_its_kind_and_an_empty_native_pool_says_why() {
         ),
         "{found:?}"
     );
+}
+
+/// A scorer's tools are its metrics and its args two image paths, whoever declares the pool: a
+/// call the scorer would refuse is found without scoring anything.
+#[test]
+fn a_scorer_call_is_checked_against_its_metrics_and_arguments() {
+    let text = "name = \"s\"\n[pools.own]\nkind = \"scorer\"\n\
+                [[task]]\nid = \"a\"\ntool = \"scorer.nosuchmetric\"\n\
+                args = { reference = \"r.png\", test = \"t.png\" }\n\
+                [[task]]\nid = \"b\"\ntool = \"own.ssim\"\nargs = { reference = \"r.png\", test = \"t.png\", map = \"m.png\" }\n\
+                [[task]]\nid = \"c\"\ntool = \"scorer.flip\"\nargs = { reference = \"r.png\", bogus = 1 }\n\
+                [[task]]\nid = \"d\"\ntool = \"own.psnr\"\nargs = { reference = \"r.png\" }\n\
+                [[task]]\nid = \"e\"\ntool = \"own.fl1p\"\n\
+                [[task]]\nid = \"f\"\ntool = \"scorer.hdr-flip\"\nargs = { reference = \"r.png\", test = \"{{tasks.a.output.path}}\", map = \"m.png\" }\ndeps = [\"a\"]\n";
+    let catalog = StaticCatalog::new()
+        .with_tools("scorer", tetrarch::session::SCORER_TOOLS)
+        .with_kind("scorer", PoolKind::Scorer);
+    let error = Plan::from_toml_with_catalog(text, "s.toml", &catalog).unwrap_err();
+    let found: Vec<&str> = error
+        .diagnostics
+        .iter()
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "task \"a\" tool: pool \"scorer\" has no tool \"nosuchmetric\" (its tools: flip, \
+             hdr-flip, ms-ssim, msssim, psnr, ssim)",
+            "task \"b\" tool args: `map` is only produced by flip and hdr-flip",
+            "task \"c\" tool args: unknown argument `bogus` (a scorer call reads reference, test, map)",
+            "task \"d\" tool args: missing `test` (an image path)",
+            "task \"e\" tool: pool \"own\" has no tool \"fl1p\" (its tools: flip, hdr-flip, ssim, \
+             msssim, ms-ssim, psnr)",
+        ]
+    );
+}
+
+/// Score gates run on the Reviewer's score pool: a plan with one is refused before anything runs
+/// when the catalogue's score pool is missing or is not a scorer, and accepted when the plan
+/// declares that pool as a scorer or the pool's kind is not known.
+#[test]
+fn a_score_gate_needs_the_reviewers_score_pool_to_be_a_scorer() {
+    let plan = |pools: &str| {
+        format!(
+            "name = \"g\"\n{pools}[[task]]\nid = \"a\"\ntool = \"sh.x\"\n\
+             gates = [{{ score = \"flip\", reference = \"ref.png\", max = 0.1 }}]\n"
+        )
+    };
+    let base = || StaticCatalog::new().with_kind("sh", PoolKind::Process);
+    let refused = |text: &str, catalog: &StaticCatalog| {
+        let error = Plan::from_toml_with_catalog(text, "g.toml", catalog).unwrap_err();
+        error.lines()
+    };
+    let missing = base().with_score_pool("nosuch");
+    assert_eq!(
+        refused(&plan(""), &missing),
+        [
+            "g.toml:4:8: task \"a\" has a score gate, but the score pool \"nosuch\" (the \
+             Reviewer's `score_pool`, reviewer.toml) cannot run it: no such pool is configured"
+        ]
+    );
+    let wrong_kind = base().with_score_pool("sh");
+    assert!(
+        refused(&plan(""), &wrong_kind)[0].ends_with("cannot run it: it is not a scorer pool"),
+        "{:?}",
+        refused(&plan(""), &wrong_kind)
+    );
+    // The plan's own pool by that name counts, as a run would start it.
+    let own_scorer = plan("[pools.nosuch]\nkind = \"scorer\"\n");
+    Plan::from_toml_with_catalog(&own_scorer, "g.toml", &missing).unwrap();
+    let own_process = plan("[pools.nosuch]\nkind = \"process\"\ncommand = [\"sh\"]\n");
+    assert!(refused(&own_process, &missing)[0].ends_with("it is not a scorer pool"));
+    // `--pools` names pools of unknown kind: given the benefit of the doubt.
+    Plan::from_toml_with_catalog(
+        &plan(""),
+        "g.toml",
+        &missing.clone().with_open_pool("nosuch"),
+    )
+    .unwrap();
+    // Without a score gate the score pool does not matter.
+    let ungated = "name = \"g\"\n[[task]]\nid = \"a\"\ntool = \"sh.x\"\n";
+    Plan::from_toml_with_catalog(ungated, "g.toml", &missing).unwrap();
 }

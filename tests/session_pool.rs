@@ -618,3 +618,27 @@ async fn close_stops_a_background_start() {
     );
     assert_eq!(pool.stats().size, 0, "{:?}", pool.stats());
 }
+
+#[tokio::test]
+async fn a_declared_pools_idle_timeout_and_health_check_interval_are_its_own() {
+    use tetrarch::session::{PoolContext, PoolDef};
+    let text = "kind = \"native\"\nmin_idle = 1\nmax_size = 4\nidle_timeout = \"100ms\"\n\
+                health_check_interval = \"50ms\"\n";
+    let def: PoolDef = toml::from_str(text).unwrap();
+    assert_eq!(def.idle_timeout, Duration::from_millis(100));
+    assert_eq!(def.health_check_interval, Duration::from_millis(50));
+    let pool = def.start("nat", &PoolContext::default()).await.unwrap();
+    let held = hold_sessions(&pool, 3).await;
+    drop(held);
+    wait_until("shrink", || pool.stats().size == 1).await;
+    // The defaults: 5 minutes, 30 seconds.
+    let def: PoolDef = toml::from_str("kind = \"native\"\n").unwrap();
+    assert_eq!(def.idle_timeout, Duration::from_secs(300));
+    assert_eq!(def.health_check_interval, Duration::from_secs(30));
+    let zero: PoolDef = toml::from_str("kind = \"native\"\nidle_timeout = \"0s\"\n").unwrap();
+    let err = zero.check("nat").unwrap_err().to_string();
+    assert!(
+        err.contains("idle_timeout and health_check_interval must be above zero"),
+        "{err}"
+    );
+}

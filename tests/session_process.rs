@@ -298,12 +298,97 @@ async fn garbage_output_is_kept_lossily() {
 }
 
 #[tokio::test]
-async fn signal_death_is_a_crash() {
+async fn signal_death_is_a_crash_naming_the_signal_and_quoting_stderr() {
     let err = run(sh("kill -9 $$"), request()).await.unwrap_err();
     match err {
-        SessionError::Crashed { reason, .. } => assert!(reason.contains("signal 9"), "{reason}"),
+        SessionError::Crashed { reason, .. } => {
+            assert_eq!(reason, "killed by SIGKILL (signal 9)");
+        }
         other => panic!("expected Crashed, got {other}"),
     }
+    // What it said last is why, as with a non-zero exit.
+    let script = "echo one >&2; echo 'cannot map the atlas' >&2; kill -SEGV $$";
+    let err = run(sh(script), request()).await.unwrap_err();
+    match err {
+        SessionError::Crashed { reason, .. } => assert!(
+            reason.starts_with("killed by SIGSEGV (signal 11)")
+                && reason.ends_with("; its stderr ends: one | cannot map the atlas"),
+            "{reason}"
+        ),
+        other => panic!("expected Crashed, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_child_that_exits_in_time_is_not_failed_by_the_wait_for_its_pipes() {
+    // A detached process keeps the pipes open, so they are read on for a moment after the
+    // exit; that moment is not part of the call's timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let script = format!(
+        "setsid sleep 30 & echo $! > '{}'; sleep 0.5; echo '{{\"ok\": 1}}'",
+        pid_file.display()
+    );
+    let request = request().with_timeout(Duration::from_millis(600));
+    let result = run(sh(&script), request).await;
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+    let outcome = result.unwrap();
+    assert_eq!(outcome.json, Some(json!({ "ok": 1 })));
+    // A child still running at its timeout is stopped there.
+    let started = Instant::now();
+    let request = self::request().with_timeout(Duration::from_millis(300));
+    let err = run(sh("sleep 5"), request).await.unwrap_err();
+    assert!(matches!(err, SessionError::Timeout { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_nul_byte_in_an_argument_or_variable_is_refused_naming_it() {
+    let spec = ProcessSpec::new("echo", Vec::<String>::new());
+    let request = ToolRequest::new("shell", json!({ "argv": ["ok", "a\u{0}b"] }));
+    let err = run(spec.clone(), request).await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::InvalidArguments { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("`argv[1]`: holds a NUL byte"),
+        "{err}"
+    );
+    let request = ToolRequest::new("shell", json!({ "env": { "MODE": "a\u{0}" } }));
+    let err = run(spec, request).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`env` \"MODE\": its value holds a NUL byte"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_script_whose_interpreter_is_missing_names_the_interpreter() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("tool.sh");
+    std::fs::write(&script, "#!/no/such/python9 -u\nprint(1)\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = script.display().to_string();
+    let err = run(ProcessSpec::new(program.clone(), ["x"]), request())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Spawn { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "{program} starts with `#!/no/such/python9 -u`, and its interpreter \
+             /no/such/python9 does not exist"
+        )),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -82,12 +82,14 @@ fn retryable(error: &SessionError) -> bool {
         | SessionError::InvalidConfig { .. }
         | SessionError::PermissionDenied { .. } => false,
         // A program that is not there, or may not be run, will not be there on a retry either,
-        // nor will the same arguments fit (running out of processes or file handles might pass).
+        // nor will the same arguments fit or become valid (running out of processes or file
+        // handles might pass).
         SessionError::Spawn { source, .. } => !matches!(
             source.kind(),
             std::io::ErrorKind::NotFound
                 | std::io::ErrorKind::PermissionDenied
                 | std::io::ErrorKind::ArgumentListTooLong
+                | std::io::ErrorKind::InvalidInput
         ),
         _ => true,
     }

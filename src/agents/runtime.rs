@@ -24,7 +24,7 @@ use crate::lessons::Lessons;
 use crate::permissions::{ApprovalHandler, DenyAll, PermissionEngine};
 use crate::plan::{Diagnostic, Plan, PlanError, StaticCatalog, ToolRef};
 use crate::session::{
-    NativeRegistry, Pool, PoolContext, PoolDef, PoolKind, PoolStats, SessionError,
+    NativeRegistry, Pool, PoolContext, PoolDef, PoolKind, PoolStats, SCORER_TOOLS, SessionError,
 };
 use crate::store::{CacheStats, CacheTtls, ContextCache, Namespace, Store};
 
@@ -549,7 +549,7 @@ impl Runtime {
 
     /// The pools and tools plans may name: configured pools, plus `extra` (a plan's own).
     pub fn catalog(&self, extra: &BTreeMap<String, PoolDef>) -> StaticCatalog {
-        let mut catalog = StaticCatalog::new();
+        let mut catalog = StaticCatalog::new().with_score_pool(self.score_pool.clone());
         let natives = self.pool_context.natives.names();
         let configured: Vec<(String, PoolKind)> = self
             .pools
@@ -560,10 +560,12 @@ impl Runtime {
             .map(|(name, (_, def))| (name.clone(), def.kind))
             .collect();
         let declared = extra.iter().map(|(name, def)| (name.clone(), def.kind));
-        // Native pools list the registry's tools; other kinds accept any tool name.
+        // Native pools list the registry's tools, scorers their metrics; other kinds accept
+        // any tool name until they start.
         for (name, kind) in configured.into_iter().chain(declared) {
             catalog = match kind {
                 PoolKind::Native => catalog.with_tools(name.clone(), natives.clone()),
+                PoolKind::Scorer => catalog.with_tools(name.clone(), SCORER_TOOLS),
                 _ => catalog,
             }
             .with_kind(name, kind);
@@ -787,36 +789,6 @@ impl Runtime {
                         ),
                     });
                 }
-            }
-        }
-        // Score gates run on the Reviewer's score pool: it must exist and be a scorer (a plan
-        // declaring a `process` pool by that name would run any command, unchecked by the
-        // permission rules, and report any score it likes).
-        let scored = plan.tasks.iter().find(|t| {
-            t.gates
-                .iter()
-                .any(|g| matches!(g, crate::plan::Gate::Score { .. }))
-        });
-        if let Some(task) = scored {
-            let kind = self
-                .pools
-                .get_with_def(run_id, &self.score_pool)
-                .map(|(_, def)| def.kind);
-            let problem = match kind {
-                None => Some("no such pool is configured"),
-                Some(PoolKind::Scorer) => None,
-                Some(_) => Some("it is not a scorer pool"),
-            };
-            if let Some(problem) = problem {
-                diagnostics.push(Diagnostic {
-                    location: task.tool_location,
-                    message: format!(
-                        "task {:?} has a score gate, but the score pool {:?} (the Reviewer's \
-                         `score_pool`, reviewer.toml) cannot run it: {problem}",
-                        task.id.as_str(),
-                        self.score_pool
-                    ),
-                });
             }
         }
         if diagnostics.is_empty() {

@@ -27,6 +27,7 @@ use tetrarch::permissions::{
     ApprovalHandler, Decision, PermissionEngine, TerminalPrompt, ToolCall,
 };
 use tetrarch::plan::{Plan, StaticCatalog};
+use tetrarch::session::{PoolKind, SCORER_TOOLS};
 use tetrarch::store::{Store, StoreConfig};
 use tokio::sync::broadcast;
 
@@ -626,16 +627,19 @@ fn print_report(report: &RunReport) {
 }
 
 /// The pools a run of the binary has besides the plan's own: those `actors` configures, with
-/// their kinds (so calls' args are checked before any pool starts). Their tools are checked
-/// when the run starts them.
+/// their kinds (so calls' args are checked before any pool starts) and the Reviewer's score
+/// pool. A scorer's tools are known; the others' are checked when the run starts them.
 pub(crate) fn configured_pools(actors: &ActorsConfig) -> StaticCatalog {
-    actors
-        .executor
-        .pools
-        .iter()
-        .fold(StaticCatalog::new(), |c, (name, def)| {
-            c.with_kind(name.clone(), def.kind)
-        })
+    actors.executor.pools.iter().fold(
+        StaticCatalog::new().with_score_pool(actors.reviewer.score_pool.clone()),
+        |c, (name, def)| {
+            match def.kind {
+                PoolKind::Scorer => c.with_tools(name.clone(), SCORER_TOOLS),
+                _ => c,
+            }
+            .with_kind(name.clone(), def.kind)
+        },
+    )
 }
 
 /// `tetrarch runs`: every run in the store, with its status and task states, printed to `out`.

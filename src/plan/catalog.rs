@@ -20,12 +20,18 @@ pub trait ToolCatalog {
     fn tools(&self, _pool: &str) -> Option<Vec<String>> {
         None
     }
+    /// The pool the Reviewer runs score gates on, when the catalogue knows it: a plan with a
+    /// score gate is then checked to have it as a scorer pool.
+    fn score_pool(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A catalogue held in memory.
 #[derive(Debug, Clone, Default)]
 pub struct StaticCatalog {
     pools: HashMap<String, KnownPool>,
+    score_pool: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -51,6 +57,12 @@ impl StaticCatalog {
     /// Says what kind of pool `pool` is, adding it (accepting any tool name) if it is not known.
     pub fn with_kind(mut self, pool: impl Into<String>, kind: PoolKind) -> Self {
         self.pools.entry(pool.into()).or_default().kind = Some(kind);
+        self
+    }
+
+    /// Names the pool score gates run on ([`ToolCatalog::score_pool`]).
+    pub fn with_score_pool(mut self, pool: impl Into<String>) -> Self {
+        self.score_pool = Some(pool.into());
         self
     }
 
@@ -94,5 +106,9 @@ impl ToolCatalog for StaticCatalog {
             .collect();
         tools.sort();
         Some(tools)
+    }
+
+    fn score_pool(&self) -> Option<&str> {
+        self.score_pool.as_deref()
     }
 }

@@ -390,7 +390,8 @@ const PROCESS_ARG_KEYS: [&str; 3] = ["argv", "stdin", "env"];
 impl Task {
     /// What a pool of `kind` would refuse in one of this task's calls before running anything:
     /// [`Task::process_args_problems`] for a `process` pool; for an `mcp` pool, args that are not
-    /// a table of the tool's arguments (a whole-string template may render to one).
+    /// a table of the tool's arguments (a whole-string template may render to one); for a
+    /// `scorer` pool, what the scorer refuses (an unknown key, a missing image path).
     pub fn args_problems(&self, kind: crate::session::PoolKind, compensate: bool) -> Vec<String> {
         match kind {
             crate::session::PoolKind::Process => self.process_args_problems(compensate),
@@ -407,7 +408,20 @@ impl Task {
                     )],
                 }
             }
-            _ => Vec::new(),
+            crate::session::PoolKind::Scorer => {
+                let Some((what, args)) = self.call_args(compensate) else {
+                    return Vec::new();
+                };
+                let tool = match (&self.compensate, compensate) {
+                    (Some(call), true) => &call.tool.tool,
+                    _ => &self.tool.tool,
+                };
+                crate::session::scorer::plan_args_problem(tool, args)
+                    .map(|p| format!("task {:?} {what} args: {p}", self.id.as_str()))
+                    .into_iter()
+                    .collect()
+            }
+            crate::session::PoolKind::Native => Vec::new(),
         }
     }
 
@@ -557,7 +571,11 @@ pub(crate) fn call_problems<'a>(
     catalog: Option<&dyn ToolCatalog>,
 ) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
+    let mut score_gated = None;
     for task in tasks {
+        if score_gated.is_none() && task.gates.iter().any(|g| matches!(g, Gate::Score { .. })) {
+            score_gated = Some(task);
+        }
         let compensation = task
             .compensate
             .as_ref()
@@ -601,6 +619,22 @@ pub(crate) fn call_problems<'a>(
                     continue;
                 }
             }
+            // A scorer's tools are its metrics, whoever declares the pool.
+            if own.is_some_and(|def| def.kind == PoolKind::Scorer)
+                && !crate::session::scorer::SCORER_TOOLS.contains(&tool.tool.as_str())
+            {
+                diagnostics.push(Diagnostic {
+                    location,
+                    message: format!(
+                        "task {:?} {what}: pool {:?} has no tool {:?} (its tools: {})",
+                        task.id.as_str(),
+                        tool.pool,
+                        tool.tool,
+                        crate::session::scorer::SCORER_TOOLS.join(", ")
+                    ),
+                });
+                continue;
+            }
             let kind = own
                 .map(|def| def.kind)
                 .or_else(|| catalog.and_then(|c| c.pool_kind(&tool.pool)));
@@ -613,5 +647,39 @@ pub(crate) fn call_problems<'a>(
             }
         }
     }
+    if let Some(task) = score_gated
+        && let Some(catalog) = catalog
+        && let Some(problem) = score_pool_problem(own_pools, catalog)
+    {
+        diagnostics.push(Diagnostic {
+            location: task.tool_location,
+            message: format!(
+                "task {:?} has a score gate, but the score pool {:?} (the Reviewer's \
+                 `score_pool`, reviewer.toml) cannot run it: {problem}",
+                task.id.as_str(),
+                catalog.score_pool().unwrap_or_default()
+            ),
+        });
+    }
     diagnostics
+}
+
+/// Why the catalogue's score pool cannot run score gates, if it cannot: it must be a scorer
+/// (a plan declaring a `process` pool by that name would run any command, unchecked by the
+/// permission rules, and report any score it likes). A pool of unknown kind (`plan check
+/// --pools`) is given the benefit of the doubt.
+fn score_pool_problem(
+    own_pools: &BTreeMap<String, PoolDef>,
+    catalog: &dyn ToolCatalog,
+) -> Option<&'static str> {
+    let score_pool = catalog.score_pool()?;
+    let kind = match own_pools.get(score_pool) {
+        Some(def) => Some(def.kind),
+        None if catalog.has_pool(score_pool) => catalog.pool_kind(score_pool),
+        None => return Some("no such pool is configured"),
+    };
+    match kind {
+        None | Some(PoolKind::Scorer) => None,
+        Some(_) => Some("it is not a scorer pool"),
+    }
 }

@@ -824,13 +824,14 @@ fn is_upstream(edges: &[Vec<(usize, usize)>], task: usize, target: usize) -> boo
 }
 
 /// A cycle to report: the path `a -> b -> ... -> a` (each task depends on the next), the offset
-/// of the dependency entry that closes it, and how many other dependencies close cycles among
-/// the `tasks` that depend on each other with it (its strongly connected component).
+/// of the dependency entry that closes it, how many other dependencies close cycles among the
+/// tasks that depend on each other with it (its strongly connected component), and those of
+/// the component's tasks that are not on the path (`others`).
 struct Cycle {
     path: Vec<usize>,
     offset: usize,
     more: usize,
-    tasks: usize,
+    others: Vec<usize>,
 }
 
 /// Tasks printed in full in a cycle's path; a longer path shows its ends.
@@ -855,10 +856,21 @@ fn cycle_message(cycle: &Cycle, tasks: &[Task]) -> String {
         )
     };
     if cycle.more > 0 {
+        let on_path = cycle.path.len().saturating_sub(1);
         text.push_str(&format!(
-            " (and at least {} more among the same {} tasks)",
-            cycle.more, cycle.tasks
+            " (and at least {} more among the same {} tasks",
+            cycle.more,
+            on_path + cycle.others.len()
         ));
+        // The other cycles may run through tasks the path misses: name them.
+        if !cycle.others.is_empty() {
+            let named: Vec<&str> = cycle.others.iter().take(CYCLE_ENDS).map(name).collect();
+            text.push_str(&format!(", which also include {}", named.join(", ")));
+            if cycle.others.len() > CYCLE_ENDS {
+                text.push_str(&format!(" and {} others", cycle.others.len() - CYCLE_ENDS));
+            }
+        }
+        text.push(')');
     }
     format!("cycle: {text}")
 }
@@ -929,10 +941,6 @@ fn find_cycles(edges: &[Vec<(usize, usize)>]) -> Vec<Cycle> {
         Done,
     }
     let component = components(edges);
-    let mut sizes: HashMap<usize, usize> = HashMap::new();
-    for &c in &component {
-        *sizes.entry(c).or_default() += 1;
-    }
     let mut reported: HashMap<usize, usize> = HashMap::new();
     let mut mark = vec![Mark::New; edges.len()];
     // Where each open task is on the stack, so closing a cycle does not scan the stack.
@@ -966,7 +974,7 @@ fn find_cycles(edges: &[Vec<(usize, usize)>]) -> Vec<Cycle> {
                                 path,
                                 offset,
                                 more: 0,
-                                tasks: sizes.get(&component[dep]).copied().unwrap_or(0),
+                                others: Vec::new(),
                             });
                         }
                     },
@@ -977,6 +985,15 @@ fn find_cycles(edges: &[Vec<(usize, usize)>]) -> Vec<Cycle> {
                 stack.pop();
             }
         }
+    }
+    for (task, c) in component.iter().enumerate() {
+        if let Some(&at) = reported.get(c) {
+            found[at].others.push(task);
+        }
+    }
+    for cycle in &mut found {
+        let on_path: HashSet<usize> = cycle.path.iter().copied().collect();
+        cycle.others.retain(|task| !on_path.contains(task));
     }
     found
 }

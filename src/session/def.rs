@@ -11,6 +11,8 @@
 //! min_idle = 1                      # started before the first task
 //! max_size = 4
 //! acquire_timeout = "30s"
+//! idle_timeout = "5m"               # sessions above min_idle unused this long are closed
+//! health_check_interval = "30s"     # idle sessions are checked this often; broken ones replaced
 //! start_timeout = "2m"
 //! call_timeout = "60s"              # for tasks that give no timeout
 //! # mcp only: a call made while pre-warming each session, `calls` times, so the first task's
@@ -80,6 +82,13 @@ pub struct PoolDef {
     /// sessions is normal.
     #[serde(default = "thirty_seconds", with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// Sessions above `min_idle` left unused this long are closed.
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How often idle sessions are health-checked in the background (a broken one is
+    /// replaced).
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    pub health_check_interval: Duration,
     /// Longest start of one session (an MCP server's spawn, handshake, first ping and
     /// warm-up calls).
     #[serde(default = "thirty_seconds", with = "humantime_serde")]
@@ -136,6 +145,9 @@ fn thirty_seconds() -> Duration {
 fn sixty_seconds() -> Duration {
     Duration::from_secs(60)
 }
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
 
 /// Serde adapter for humantime durations (`"30s"`, `"2m"`).
 pub(crate) mod humantime_serde {
@@ -190,6 +202,8 @@ impl PoolDef {
             min_idle: 1,
             max_size: 4,
             acquire_timeout: thirty_seconds(),
+            idle_timeout: five_minutes(),
+            health_check_interval: thirty_seconds(),
             start_timeout: thirty_seconds(),
             call_timeout: sixty_seconds(),
             device: None,
@@ -223,6 +237,8 @@ impl PoolDef {
             min_idle: self.min_idle,
             max_size: self.max_size,
             acquire_timeout: self.acquire_timeout,
+            idle_timeout: self.idle_timeout,
+            health_check_interval: self.health_check_interval,
             ..PoolConfig::new(name)
         }
     }
@@ -269,6 +285,23 @@ impl PoolDef {
                 ));
             }
             _ => {}
+        }
+        if let Some(i) = self.command.iter().position(|word| word.contains('\0')) {
+            return Err(invalid(format!(
+                "`command[{i}]` {}",
+                super::process::NUL_IN_VALUE
+            )));
+        }
+        if let Some(name) = self
+            .env
+            .iter()
+            .find(|(_, v)| v.contains('\0'))
+            .map(|(n, _)| n)
+        {
+            return Err(invalid(format!(
+                "`env` {name:?}: its value {}",
+                super::process::NUL_IN_VALUE
+            )));
         }
         // Settings the kind would ignore are refused, so a declaration means what it says.
         let child = matches!(self.kind, PoolKind::Process | PoolKind::Mcp);

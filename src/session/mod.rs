@@ -56,7 +56,7 @@ pub use mcp::{MAX_MESSAGE_BYTES, McpFactory, McpSession, McpSpec};
 pub use native::{NativeFactory, NativeRegistry, NativeSession, NativeTool};
 pub use pool::{Pool, PoolConfig, PoolStats, PooledSession};
 pub use process::{DEFAULT_MAX_OUTPUT_BYTES, ProcessFactory, ProcessSession, ProcessSpec};
-pub use scorer::{ScorerFactory, ScorerSession, ScorerSpec};
+pub use scorer::{SCORER_TOOLS, ScorerFactory, ScorerSession, ScorerSpec};
 
 /// One tool call as the Executor hands it to a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,11 +216,42 @@ pub(crate) fn spawn_error(
                 ),
             ),
         },
+        _ if source.kind() == std::io::ErrorKind::NotFound && program.contains('/') => {
+            let path = cwd.map_or_else(|| PathBuf::from(program), |dir| dir.join(program));
+            let source = match missing_interpreter(&path) {
+                Some(problem) => std::io::Error::new(source.kind(), problem),
+                None => source,
+            };
+            SessionError::Spawn {
+                program: program.to_owned(),
+                source,
+            }
+        }
         _ => SessionError::Spawn {
             program: program.to_owned(),
             source,
         },
     }
+}
+
+/// Why the script at `path` cannot start although it is there: the interpreter its `#!` line
+/// names does not exist (the OS then reports the script itself as not found).
+pub(crate) fn missing_interpreter(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let read = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..read].strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = String::from_utf8_lossy(line);
+    let interpreter = line.split_whitespace().next()?;
+    if std::path::Path::new(interpreter).is_file() {
+        return None;
+    }
+    Some(format!(
+        "{} starts with `#!{}`, and its interpreter {interpreter} does not exist",
+        path.display(),
+        line.trim()
+    ))
 }
 
 /// A child command with a cleared environment: only the allowlisted variables of ours (absent ones

@@ -144,7 +144,10 @@ fn check_startable(spec: &ProcessSpec) -> Result<(), SessionError> {
             None => PathBuf::from(&spec.program),
         };
         return if is_executable(&path) {
-            Ok(())
+            match super::missing_interpreter(&path) {
+                Some(problem) => Err(missing(&problem)),
+                None => Ok(()),
+            }
         } else {
             Err(missing(&format!(
                 "{} is not an executable file",
@@ -246,11 +249,18 @@ pub(crate) fn call_env(
             return Err(bad(format!("`env` names {name:?}: {problem}")));
         }
         if let Some(text) = value_text(value) {
+            if text.contains('\0') {
+                return Err(bad(format!("`env` {name:?}: its value {NUL_IN_VALUE}")));
+            }
             set.push((name.clone(), text));
         }
     }
     Ok(set)
 }
+
+/// Why a value with a NUL byte is refused: the OS passes arguments and variables as C strings.
+pub(crate) const NUL_IN_VALUE: &str =
+    "holds a NUL byte, which no program argument or environment variable can carry";
 
 /// The call's extra arguments: the strings of `args.argv` (numbers and booleans are written out;
 /// anything else is refused, naming the tool and the item). The Executor checks them before the
@@ -273,6 +283,9 @@ pub(crate) fn extra_argv(
         .iter()
         .enumerate()
         .map(|(i, item)| match item {
+            serde_json::Value::String(s) if s.contains('\0') => {
+                Err(bad(format!("`argv[{i}]`: {NUL_IN_VALUE}")))
+            }
             serde_json::Value::String(s) => Ok(s.clone()),
             serde_json::Value::Number(n) => Ok(n.to_string()),
             serde_json::Value::Bool(b) => Ok(b.to_string()),
@@ -339,11 +352,17 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
     let (mut out, mut err) = (Captured::default(), Captured::default());
     let cap = spec.max_output_bytes;
 
+    let tool = request.tool.clone();
     let work = async {
-        let (exited, mut exit_seen) = tokio::sync::watch::channel(false);
+        let (ended, mut end_seen) = tokio::sync::watch::channel(ChildEnd::Running);
+        // The call's timeout bounds the child's run; what it wrote last is read afterwards, so
+        // a child that exits in time is not failed by the moment its output takes to drain.
         let wait = async {
-            let status = child.wait().await;
-            let _ = exited.send(true);
+            let status = tokio::time::timeout(request.timeout, child.wait()).await;
+            let _ = ended.send(match status {
+                Ok(_) => ChildEnd::Exited,
+                Err(_) => ChildEnd::TimedOut,
+            });
             status
         };
         // The pipes are read alongside the wait (a child blocks on a full pipe), until their
@@ -369,12 +388,21 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
             tokio::select! {
                 done = streams => done,
                 _ = async {
-                    let _ = exit_seen.wait_for(|exited| *exited).await;
-                    tokio::time::sleep(PIPES_AFTER_EXIT).await;
+                    let end = end_seen.wait_for(|end| *end != ChildEnd::Running).await;
+                    if end.is_ok_and(|end| *end == ChildEnd::Exited) {
+                        tokio::time::sleep(PIPES_AFTER_EXIT).await;
+                    }
                 } => Ok(()),
             }
         };
         let (status, io) = tokio::join!(wait, io);
+        let Ok(status) = status else {
+            // `group` kills the group; kill_on_drop kills the child when `child` drops.
+            return Err(SessionError::Timeout {
+                tool: tool.clone(),
+                after: request.timeout,
+            });
+        };
         // The call is one child: what it left in its group goes with it once its output is
         // read (a `tee` of a process substitution may still be copying the last lines), rather
         // than outliving the task, the run and tetrarch. A server meant to outlive the call
@@ -383,25 +411,16 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
         io?;
         status.map_err(io_error("wait"))
     };
-    let status = match tokio::time::timeout(request.timeout, work).await {
-        Ok(done) => done?,
-        // `group` kills the group; kill_on_drop kills the child when `child` drops.
-        Err(_) => {
-            return Err(SessionError::Timeout {
-                tool: request.tool,
-                after: request.timeout,
-            });
-        }
-    };
+    let status = work.await?;
     let exit_status = status.code();
-    if exit_status.is_none() {
-        return Err(SessionError::Crashed {
-            tool: request.tool,
-            reason: signal_reason(&status),
-        });
-    }
     let (stdout, out_cut) = out.text(cap);
     let (stderr, err_cut) = err.text(cap);
+    if exit_status.is_none() {
+        return Err(SessionError::Crashed {
+            tool,
+            reason: crash_reason(&status, &stderr),
+        });
+    }
     let json = if out_cut {
         None
     } else {
@@ -421,15 +440,48 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
 /// last, not for what a process it left in the background writes.
 const PIPES_AFTER_EXIT: std::time::Duration = std::time::Duration::from_millis(200);
 
-fn signal_reason(status: &std::process::ExitStatus) -> String {
+/// How the child's run ended, for the reading of its pipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChildEnd {
+    Running,
+    Exited,
+    TimedOut,
+}
+
+/// How many of a crashed child's last stderr lines its reason quotes, and at most how many
+/// characters of them.
+const CRASH_STDERR_LINES: usize = 5;
+const CRASH_STDERR_CHARS: usize = 500;
+
+/// Why a child that ended without an exit code did: the signal by name (`SIGSEGV`), and the
+/// last lines it wrote on stderr (a sanitizer's report, an assertion), as a non-zero exit's
+/// reason quotes them.
+fn crash_reason(status: &std::process::ExitStatus, stderr: &str) -> String {
+    let mut reason = format!("ended without an exit code ({status})");
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;
         if let Some(signal) = status.signal() {
-            return format!("killed by signal {signal}");
+            reason = match nix::sys::signal::Signal::try_from(signal) {
+                Ok(name) => format!("killed by {} (signal {signal})", name.as_str()),
+                Err(_) => format!("killed by signal {signal}"),
+            };
+            if status.core_dumped() {
+                reason.push_str(", core dumped");
+            }
         }
     }
-    format!("ended without an exit code ({status})")
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim_end)
+        .filter(|line| !line.is_empty())
+        .collect();
+    if !lines.is_empty() {
+        let last = &lines[lines.len().saturating_sub(CRASH_STDERR_LINES)..];
+        let text: String = last.join(" | ").chars().take(CRASH_STDERR_CHARS).collect();
+        reason.push_str(&format!("; its stderr ends: {text}"));
+    }
+    reason
 }
 
 #[derive(Default)]

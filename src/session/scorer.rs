@@ -174,13 +174,19 @@ impl ScorerSession {
     async fn score(&self, request: ToolRequest) -> Result<ToolOutcome, SessionError> {
         let started = Instant::now();
         let metric = parse_metric(&request.tool)?;
+        if let Some(detail) = unknown_arg(&request.args) {
+            return Err(SessionError::InvalidArguments {
+                tool: request.tool,
+                detail,
+            });
+        }
         let reference = required_path(&request, "reference")?;
         let test = required_path(&request, "test")?;
         let map = optional_path(&request, "map")?;
         if map.is_some() && !matches!(metric, Metric::Flip | Metric::HdrFlip) {
             return Err(SessionError::InvalidArguments {
                 tool: request.tool,
-                detail: "`map` is only produced by flip and hdr-flip".to_owned(),
+                detail: MAP_ONLY_FLIP.to_owned(),
             });
         }
         let job = Job {
@@ -258,8 +264,63 @@ fn required_path(request: &ToolRequest, name: &str) -> Result<String, SessionErr
     })
 }
 
-/// The scorer's tool names: one per metric, and `ms-ssim` for `msssim`.
-const SCORER_TOOLS: [&str; 6] = ["flip", "hdr-flip", "ssim", "msssim", "ms-ssim", "psnr"];
+/// The arguments a scorer call reads.
+const SCORER_ARGS: [&str; 3] = ["reference", "test", "map"];
+
+/// A key in `args` the scorer does not read (a typo would otherwise surface as a missing
+/// argument, or, for `map`, as no map written), or args that are not a table.
+fn unknown_arg(args: &Value) -> Option<String> {
+    match args {
+        Value::Object(map) => map
+            .keys()
+            .find(|key| !SCORER_ARGS.contains(&key.as_str()))
+            .map(|key| {
+                format!(
+                    "unknown argument `{key}` (a scorer call reads {})",
+                    SCORER_ARGS.join(", ")
+                )
+            }),
+        Value::Null => None,
+        other => Some(format!(
+            "a scorer call's args are a table of {}, not {other}",
+            SCORER_ARGS.join(", ")
+        )),
+    }
+}
+
+/// What the scorer would refuse in a call of `tool` with `args` as a plan writes them (before
+/// templates are filled): args that are not a table, an unknown key, a missing `reference` or
+/// `test`, a value that is not a path string, or a `map` asked of a metric that draws none.
+/// `None` when it would run; an unknown tool is the catalogue's to report.
+pub(crate) fn plan_args_problem(tool: &str, args: &Value) -> Option<String> {
+    if matches!(args, Value::String(text) if text.contains("{{")) {
+        return None; // rendered at the call
+    }
+    if let Some(problem) = unknown_arg(args) {
+        return Some(problem);
+    }
+    let request = ToolRequest::new(tool, args.clone());
+    let checked = required_path(&request, "reference")
+        .and_then(|_| required_path(&request, "test"))
+        .and_then(|_| optional_path(&request, "map"));
+    let draws_map = matches!(
+        parse_metric(tool),
+        Ok(Metric::Flip | Metric::HdrFlip) | Err(_)
+    );
+    match checked {
+        Err(SessionError::InvalidArguments { detail, .. }) => Some(detail),
+        Err(other) => Some(other.to_string()),
+        Ok(Some(_)) if !draws_map => Some(MAP_ONLY_FLIP.to_owned()),
+        Ok(_) => None,
+    }
+}
+
+/// Why `map` is refused for a metric other than FLIP's.
+const MAP_ONLY_FLIP: &str = "`map` is only produced by flip and hdr-flip";
+
+/// The scorer's tool names: one per metric, and `ms-ssim` for `msssim` (a scorer pool has no
+/// others).
+pub const SCORER_TOOLS: [&str; 6] = ["flip", "hdr-flip", "ssim", "msssim", "ms-ssim", "psnr"];
 
 /// The metric a tool name asks for.
 fn parse_metric(tool: &str) -> Result<Metric, SessionError> {
