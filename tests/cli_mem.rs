@@ -910,3 +910,33 @@ fn a_usage_error_prints_no_control_characters() {
         "{stderr:?}"
     );
 }
+
+/// A closed pipe (`| head -c 1`) ends a command quietly with 0, also when the pipe closes while
+/// a large memory is being written out as JSON (the I/O error then comes wrapped in JSON's).
+#[test]
+fn json_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.redb");
+    let content = "a long memory ".repeat(8_000);
+    let stored = tetrarch(&store, &["mem", "store", "--content", &content]);
+    assert_eq!(stored.status.code(), Some(0), "{stored:?}");
+    let id = stdout(&stored).trim().to_owned();
+    for args in [
+        vec!["mem", "recent", "--json"],
+        vec!["mem", "get", id.as_str(), "--json"],
+        vec!["mem", "search", "long", "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+            .arg("--store")
+            .arg(&store)
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

@@ -36,6 +36,8 @@
 //! read-only handle, shared by any number of readers, no writer thread); the CLI's commands that
 //! only read use it. A file that needs a write first (a repair after a crash, tables a newer
 //! build added, damaged records to set aside) is opened writable instead, as [`Store::open`] does.
+//! A writable open checks the file's pages first and refuses a damaged one (`create_checked`):
+//! a write must never cost what a reader could still read.
 //! redb's multi-process modes would also let readers open a store while a run writes it, but
 //! they cost a second fsync per commit and forbid relaxed durability, so the writer keeps the
 //! file to itself.
@@ -353,9 +355,38 @@ fn guarded_read<T>(
 /// Opens (or creates) the database file; a panic of the engine on a damaged file is
 /// [`StoreError::Corrupt`].
 pub(crate) fn open_database(path: &Path) -> Result<Database, StoreError> {
-    guarded_read(path, || {
-        Database::create(path).map_err(|e| open_error(path, e))
-    })
+    guarded_read(path, || create_checked(path))
+}
+
+/// Opens (or creates) the database file for writing, checking it first: every page of its
+/// trees against its checksum, and the record of free pages rebuilt from them. A plain open
+/// trusts that record, and one damaged bit in it let the next commit overwrite pages in use:
+/// a file every read command could read became one none could, memories and all. Damage the
+/// check finds is [`StoreError::Corrupt`] and nothing is written; reads (the read-only open)
+/// still work. It costs about 7% of an open: 2.5 ms of 34 ms at 10k memories, 12 of 300–400 ms
+/// at 100k (release build).
+fn create_checked(path: &Path) -> Result<Database, StoreError> {
+    redb::Builder::new()
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|e| match open_error(path, e) {
+            // Say what is left to the user: reading out what is intact.
+            StoreError::Corrupt { path, detail } if readable_without_writing(&path) => {
+                StoreError::Corrupt {
+                    detail: format!(
+                        "{detail} (found by the check before writing: nothing was written, and \
+                         read-only commands, `mem recent --json` say, still read what is intact)"
+                    ),
+                    path,
+                }
+            }
+            other => other,
+        })
+}
+
+/// Whether the file opens read-only (which checks nothing and writes nothing).
+fn readable_without_writing(path: &Path) -> bool {
+    catching_engine_panics(|| redb::Builder::new().open_read_only(path).is_ok()).unwrap_or(false)
 }
 
 fn open_error(path: &Path, error: DatabaseError) -> StoreError {
@@ -417,6 +448,21 @@ fn table_error(path: &Path, table: &str) -> impl FnOnce(TableError) -> StoreErro
     let path = path.to_path_buf();
     let table = table.to_owned();
     move |error| match error {
+        // Damage, as `open_error` reads it: a page that ends early or does not decode.
+        TableError::Storage(StorageError::Corrupted(detail)) => {
+            StoreError::Corrupt { path, detail }
+        }
+        TableError::Storage(StorageError::Io(io))
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            StoreError::Corrupt {
+                detail: format!("its table `{table}`: {io}"),
+                path,
+            }
+        }
         TableError::Storage(storage) => db_error(&path, "open table")(storage),
         other => StoreError::Corrupt {
             detail: format!(
@@ -470,7 +516,7 @@ impl Store {
         // redb can panic on some damaged files instead of returning an error; a damaged file
         // must be a clear error, never a crash of the process that opened it.
         let opened = catching_engine_panics(|| {
-            let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
+            let db = create_checked(&path)?;
             Self::prepare_tables(&db, &path)?;
             let dictionary = Arc::new(Dictionary::default());
             let state = Self::load_state(&db, &path, &config, &dictionary)?;
@@ -1466,7 +1512,8 @@ mod tests {
 
     /// A run record whose key is no longer UTF-8 made redb panic inside `run_records`; the
     /// process crashed with the file open, and the repair at the next open failed, so every
-    /// memory was lost with it. The read is now an error and the store opens again.
+    /// memory was lost with it. The read is now an error and the store opens again to read; a
+    /// writable open finds the damaged page and refuses, writing nothing.
     #[tokio::test]
     async fn a_damaged_run_record_is_an_error_and_the_store_still_opens() {
         let dir = tempfile::tempdir().unwrap();
@@ -1493,13 +1540,20 @@ mod tests {
         }
         assert!(damaged > 0, "the key is not in the file");
         std::fs::write(&path, &bytes).unwrap();
+        let refused = Store::open(&path, StoreConfig::default()).unwrap_err();
+        assert!(matches!(refused, StoreError::Corrupt { .. }), "{refused}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the refused open wrote"
+        );
         {
-            let store = Store::open(&path, StoreConfig::default()).unwrap();
+            let store = Store::open_read_only(&path, StoreConfig::default()).unwrap();
             let error = store.run_records("run/").unwrap_err();
             assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
             assert!(error.to_string().contains("damaged data"), "{error}");
         }
-        let store = Store::open(&path, StoreConfig::default()).unwrap();
+        let store = Store::open_read_only(&path, StoreConfig::default()).unwrap();
         assert_eq!(store.list_recent(None, 10).len(), 1);
     }
 
