@@ -2192,3 +2192,45 @@ async fn a_run_id_its_memory_namespace_cannot_hold_is_refused() {
     assert!(h.calls.lock().is_empty());
     h.runtime.shutdown().await;
 }
+
+/// `subscribe_all` gets every event, also a burst beyond the broadcast's 16k: a failure whose
+/// 17,000 dependents are skipped in one go (the broadcast's subscriber loses the oldest, the
+/// failure itself among them).
+#[tokio::test]
+async fn subscribe_all_loses_no_event_of_a_burst_past_the_broadcast() {
+    let h = harness(|_| {}).await;
+    let n = 17_000;
+    let mut text = String::from(
+        "name = \"burst\"\n[[task]]\nid = \"t0\"\ntool = \"fn.flaky\"\n\
+         args = { label = \"t0\", fail_times = 9 }\n",
+    );
+    for i in 1..n {
+        text.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"fn.echo\"\ndeps = [\"t{}\"]\n",
+            i - 1
+        ));
+    }
+    let mut every = h.runtime.subscribe_all();
+    let mut some = h.runtime.subscribe();
+    let report = h.runtime.run(plan(&text), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    let mut finished = HashMap::new();
+    while let Ok(event) = every.try_recv() {
+        if let RunEvent::TaskFinished { task, state, .. } = event {
+            finished.insert(task, state);
+        }
+    }
+    assert_eq!(finished.len(), n);
+    assert_eq!(finished["t0"], TaskState::Failed);
+    assert_eq!(finished[&format!("t{}", n - 1)], TaskState::Skipped);
+    // The broadcast's subscriber did lose some: the burst is what the test is about.
+    let lagged = loop {
+        match some.try_recv() {
+            Ok(_) => continue,
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(lagged, "the burst fitted the broadcast");
+    h.runtime.shutdown().await;
+}

@@ -315,7 +315,7 @@ async fn crossing_the_alert_ratio_in_a_run_alerts_once_per_session_and_preserves
     let window = actors.optimizer.context.budget.window;
     let runtime = runtime(dir.path(), actors).await;
     let telemetry = Telemetry::new(Some(install_metrics().unwrap()));
-    let observer = telemetry.observe(runtime.subscribe());
+    let observer = telemetry.observe(runtime.subscribe_all());
     let mut events = runtime.subscribe();
     let report = run_complete(
         &runtime,

@@ -119,7 +119,7 @@ async fn the_page_shows_task_states_change_during_a_run() {
     let plan = Plan::from_toml(CHAIN, "chain.toml").unwrap();
     let telemetry = Telemetry::new(None);
     telemetry.watch_plan(&plan);
-    let observer = telemetry.observe(runtime.subscribe());
+    let observer = telemetry.observe(runtime.subscribe_all());
     let server = DashboardServer::bind("127.0.0.1:0".parse().unwrap(), telemetry.clone())
         .await
         .unwrap();

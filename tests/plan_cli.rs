@@ -942,3 +942,67 @@ fn a_cached_result_the_gates_refuse_is_replaced_by_a_call_in_the_same_attempt() 
     let (code, err) = run(dir.path(), &plan(true));
     assert_eq!((code, calls()), (1, 3), "{err}");
 }
+
+/// A reader of `--events json` that stops reading holds neither the run nor its events: the
+/// run finishes and is saved while the reader waits, and the reader then gets every event, the
+/// run's `run_finished` last. (The printer wrote from a worker of the runtime: a full pipe held
+/// the worker, and the run hung with its tasks ready.)
+#[test]
+fn a_paused_events_reader_holds_neither_the_run_nor_any_event() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)"]}}"#,
+    )
+    .unwrap();
+    // 600 tasks: about 1,200 events, several times what a pipe holds.
+    let mut plan = String::from(
+        "name = \"paused\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+         command = [\"echo\"]\n",
+    );
+    for i in 0..600 {
+        plan.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"sh.x\"\nargs = {{ argv = [\"{{}}\"] }}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
+    let store = dir.path().join("store.redb");
+    let mut child = tetrarch_on(&store, &["run", "--events", "json"])
+        .arg(dir.path().join("plan.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Nobody reads stdout until the store has the run as complete.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let runs = tetrarch_on(&store, &["runs", "--json"]).output().unwrap();
+        if String::from_utf8_lossy(&runs.stdout).contains("\"status\":\"complete\"") {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not finish while its events reader paused");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let mut printed = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut printed)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let events: Vec<serde_json::Value> = printed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let finished = events
+        .iter()
+        .filter(|e| e["event"] == "task_finished")
+        .count();
+    assert_eq!(finished, 600, "{} events", events.len());
+    assert_eq!(events.last().unwrap()["event"], "run_finished");
+}

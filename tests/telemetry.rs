@@ -198,7 +198,7 @@ async fn dashboard_serves_page_state_events_and_metrics_of_a_run() {
 
     let telemetry = Telemetry::new(Some(install_metrics().unwrap()));
     telemetry.watch_plan(&plan);
-    let observer = telemetry.observe(runtime.subscribe());
+    let observer = telemetry.observe(runtime.subscribe_all());
     let server = DashboardServer::bind("127.0.0.1:0".parse().unwrap(), telemetry.clone())
         .await
         .unwrap();
@@ -666,7 +666,7 @@ args = { notes = "{{context}}" }
     let plan = Plan::from_toml(WITH_CONTEXT, "plan.toml").unwrap();
     let telemetry = Telemetry::new(Some(install_metrics().unwrap()));
     telemetry.watch_plan(&plan);
-    let observer = telemetry.observe(runtime.subscribe());
+    let observer = telemetry.observe(runtime.subscribe_all());
     let server = DashboardServer::bind("127.0.0.1:0".parse().unwrap(), telemetry.clone())
         .await
         .unwrap();
@@ -739,7 +739,7 @@ deps = ["scored"]
     let before = handle.render();
     let telemetry = Telemetry::new(Some(handle.clone()));
     telemetry.watch_plan(&plan);
-    let observer = telemetry.observe(runtime.subscribe());
+    let observer = telemetry.observe(runtime.subscribe_all());
     let options = RunOptions {
         base_dir: dir.path().to_path_buf(),
         ..RunOptions::default()

@@ -1,7 +1,11 @@
-//! Progress events anyone can subscribe to ([`super::Runtime::subscribe`]); `tetrarch run
-//! --events json` prints one per line.
+//! Progress events anyone can subscribe to ([`super::Runtime::subscribe`], or
+//! [`super::Runtime::subscribe_all`] for every event); `tetrarch run --events json` prints one
+//! per line.
+
+use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::sync::{broadcast, mpsc};
 
 use super::{AgentKind, RunStatus, TaskState};
 
@@ -143,4 +147,50 @@ pub enum RunEvent {
         /// Why it failed.
         reason: String,
     },
+}
+
+/// Where the agents send their events: a bounded broadcast, whose subscribers lose the oldest
+/// events when they fall too far behind (a live view that can reload its state), and the
+/// queues of subscribers that must see every event (a printed stream that ends with the run's
+/// `run_finished`, a tracker whose totals must add up). A burst of thousands of skipped
+/// dependents comes from one message of the Orchestrator, faster than any reader.
+#[derive(Clone)]
+pub(crate) struct EventBus {
+    broadcast: broadcast::Sender<RunEvent>,
+    every: Arc<parking_lot::Mutex<Vec<mpsc::UnboundedSender<RunEvent>>>>,
+}
+
+impl EventBus {
+    /// A bus whose broadcast holds `capacity` events per subscriber.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            broadcast: broadcast::channel(capacity).0,
+            every: Arc::default(),
+        }
+    }
+
+    /// Events from now on, the oldest lost past the broadcast's capacity.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.broadcast.subscribe()
+    }
+
+    /// Every event from now on, queued for as long as the receiver takes.
+    pub(crate) fn subscribe_all(&self) -> mpsc::UnboundedReceiver<RunEvent> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.every.lock().push(sender);
+        receiver
+    }
+
+    /// Whether anyone listens (events are not even built otherwise).
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.broadcast.receiver_count() > 0 || self.every.lock().iter().any(|s| !s.is_closed())
+    }
+
+    /// Sends `event` to every subscriber; one that went away is dropped, not an error.
+    pub(crate) fn send(&self, event: RunEvent) {
+        self.every
+            .lock()
+            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+        let _ = self.broadcast.send(event);
+    }
 }

@@ -40,7 +40,7 @@ pub(crate) struct OptimizerArgs {
     pub config: OptimizerConfig,
     /// The actors folder: a relative `skills_dir` resolves against it.
     pub base_dir: std::path::PathBuf,
-    pub events: tokio::sync::broadcast::Sender<super::RunEvent>,
+    pub events: super::events::EventBus,
     /// The contents already preserved in each run's snapshots.
     pub preserved: Arc<PreservedContents>,
     /// Where snapshots are stored, off the actor's path (a shutdown waits for them).
@@ -249,7 +249,7 @@ fn assemble(
         project_root: Some(attempt.base_dir.as_ref().clone()),
     };
     let payload = optimizer.build(&request);
-    let _ = args.events.send(super::RunEvent::ContextBuilt {
+    args.events.send(super::RunEvent::ContextBuilt {
         run_id: attempt.run_id.to_string(),
         task: attempt.task.id.as_str().to_owned(),
         session: session.clone(),
@@ -258,7 +258,7 @@ fn assemble(
         window: payload.window,
     });
     if let Some(alert) = &payload.alert {
-        let _ = args.events.send(super::RunEvent::ContextAlert {
+        args.events.send(super::RunEvent::ContextAlert {
             run_id: attempt.run_id.to_string(),
             task: attempt.task.id.as_str().to_owned(),
             session: session.clone(),

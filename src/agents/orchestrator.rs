@@ -22,12 +22,12 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use super::AgentKind;
 use super::config::RunSettings;
-use super::events::RunEvent;
+use super::events::{EventBus, RunEvent};
 use super::mailbox::Envelope;
 use super::pipeline::{
     Attempt, ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, Purpose, Verdict, WarmUpCall,
@@ -61,7 +61,7 @@ pub(crate) struct OrchestratorArgs {
     pub peers: Peers,
     pub store: Store,
     pub settings: RunSettings,
-    pub events: broadcast::Sender<RunEvent>,
+    pub events: EventBus,
     pub lessons: Arc<Lessons>,
     /// Where lessons are recorded, off the actor's path (a shutdown waits for them).
     pub background: TaskTracker,
@@ -323,9 +323,8 @@ impl OrchestratorState {
     /// Sends the event `make` builds, when anyone listens: without a subscriber (an embedded
     /// run, the benchmark) the per-task events are not even built.
     fn emit(&self, make: impl FnOnce() -> RunEvent) {
-        if self.args.events.receiver_count() > 0 {
-            // A subscriber that went away since is not an error.
-            let _ = self.args.events.send(make());
+        if self.args.events.has_subscribers() {
+            self.args.events.send(make());
         }
     }
 
@@ -811,7 +810,7 @@ impl OrchestratorState {
             }
             Verdict::GateFailed { feedback } => {
                 let attempt_no = run.slots[i].attempt;
-                let _ = self.args.events.send(RunEvent::GateFailed {
+                self.args.events.send(RunEvent::GateFailed {
                     run_id: run_id.to_string(),
                     task: task.id.as_str().to_owned(),
                     attempt: attempt_no,
@@ -853,7 +852,7 @@ impl OrchestratorState {
                     slot.token = Some(token);
                     slot.backing_off = true;
                     run.in_flight += 1;
-                    let _ = self.args.events.send(RunEvent::TaskRetrying {
+                    self.args.events.send(RunEvent::TaskRetrying {
                         run_id: run_id.to_string(),
                         task: task.id.as_str().to_owned(),
                         retry,
@@ -945,7 +944,7 @@ impl OrchestratorState {
             slot.fix_trial = Some((f, message));
             let base = slot.fixed_args.clone().unwrap_or_else(|| task.args.clone());
             slot.fixed_args = Some(fix.apply(&base));
-            let _ = self.args.events.send(RunEvent::FixApplied {
+            self.args.events.send(RunEvent::FixApplied {
                 run_id: run_id.to_string(),
                 task: task.id.as_str().to_owned(),
                 fix: fix.describe(),

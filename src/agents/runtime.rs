@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::events::RunEvent;
+use super::events::{EventBus, RunEvent};
 use super::mailbox::Mailbox;
 use super::pipeline::{ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, ReviewerMsg, WarmUpCall};
 use super::supervisor::{
@@ -158,7 +158,7 @@ struct RunPools {
     run_id: String,
     pools: PoolSet,
     orchestrator: Mailbox<OrchestratorMsg>,
-    events: broadcast::Sender<RunEvent>,
+    events: EventBus,
     store: Store,
     /// The Orchestrator was handed the run.
     started: AtomicBool,
@@ -349,7 +349,7 @@ pub struct Runtime {
     peers: Peers,
     supervisor: ActorRef<SupervisorMsg>,
     supervisor_done: tokio::task::JoinHandle<()>,
-    events: broadcast::Sender<RunEvent>,
+    events: EventBus,
     pools: PoolSet,
     pool_context: PoolContext,
     restarts: Arc<RestartCounters>,
@@ -446,7 +446,7 @@ impl Runtime {
             approval,
         } = options;
         actors.validate()?;
-        let (events, _) = broadcast::channel(16 * 1024);
+        let events = EventBus::new(16 * 1024);
         let pool_context = PoolContext {
             base_dir: actors.base_dir.clone(),
             natives: Arc::new(natives),
@@ -823,6 +823,13 @@ impl Runtime {
     /// the oldest (the run's outcome is always in [`Runtime::run`]'s report).
     pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
         self.events.subscribe()
+    }
+
+    /// Every progress event from now on, none lost however far the receiver falls behind: they
+    /// queue in memory until it reads them (two or three per task), so read them, or drop the
+    /// receiver. For a record that must be complete: a printed stream, a tracker's totals.
+    pub fn subscribe_all(&self) -> tokio::sync::mpsc::UnboundedReceiver<RunEvent> {
+        self.events.subscribe_all()
     }
 
     /// Cancels a run: its calls in flight are stopped, its completed tasks' compensations run,

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_util::task::TaskTracker;
 
-use super::events::RunEvent;
+use super::events::{EventBus, RunEvent};
 use super::executor::{Executor, ExecutorArgs};
 use super::optimizer::{Optimizer, OptimizerArgs};
 use super::orchestrator::{Orchestrator, OrchestratorArgs};
@@ -100,7 +100,7 @@ pub(crate) struct SupervisorArgs {
     pub pools: PoolSet,
     pub cache: ContextCache,
     pub config: Arc<ActorsConfig>,
-    pub events: broadcast::Sender<RunEvent>,
+    pub events: EventBus,
     pub restarts: Arc<RestartCounters>,
     pub fatal: Arc<watch::Sender<Option<Fatal>>>,
     pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
@@ -271,7 +271,7 @@ impl SupervisorState {
         self.spawn(myself, kind).await?;
         let counter = self.args.restarts.slot(kind);
         let restarts = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = self.args.events.send(RunEvent::AgentRestarted {
+        self.args.events.send(RunEvent::AgentRestarted {
             agent: kind,
             restarts,
             reason,

@@ -99,7 +99,7 @@ pub async fn start_live(
     {
         stderr_line!("warning: the dashboard starts without the run's earlier tasks: {e}");
     }
-    let observer = telemetry.observe(runtime.subscribe());
+    let observer = telemetry.observe(runtime.subscribe_all());
     let dashboard = match dashboard_addr {
         Some(addr) => started(
             DashboardServer::bind(addr, telemetry.clone()).await,

@@ -29,7 +29,7 @@ use tetrarch::permissions::{
 use tetrarch::plan::{Plan, StaticCatalog};
 use tetrarch::session::{PoolKind, SCORER_TOOLS};
 use tetrarch::store::{Store, StoreConfig};
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use super::StoreRef;
 use super::terminal_text::printable;
@@ -226,8 +226,8 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         &runtime,
     )
     .await;
-    let events = runtime.subscribe();
-    let mut printer = tokio::spawn(print_events(events, args.events, bar, run_id.clone()));
+    let events = runtime.subscribe_all();
+    let mut printed = spawn_printer(events, args.events, bar, run_id.clone())?;
     let options = RunOptions {
         base_dir,
         source,
@@ -285,15 +285,16 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         }
     };
     // The printer stops after the run's `run_finished` event, the last one it emits: wait for
-    // it to print everything queued before that, rather than cutting the stream. A run that
-    // ended in an error emits none, so then only a moment is given.
-    let drain = if outcome.is_ok() {
-        Duration::from_secs(10)
+    // it to print everything queued before that, however slowly the reader reads, rather than
+    // cut the stream (a signal ends the wait; the run is saved by then). A run that ended in an
+    // error emits none, so then only a moment is given.
+    if outcome.is_ok() {
+        tokio::select! {
+            _ = &mut printed => {}
+            _ = stops.next() => {}
+        }
     } else {
-        Duration::from_millis(20)
-    };
-    if tokio::time::timeout(drain, &mut printer).await.is_err() {
-        printer.abort();
+        let _ = tokio::time::timeout(Duration::from_millis(20), &mut printed).await;
     }
     if let Some(live) = live {
         if let Some(linger) = args.serve_after.filter(|d| !d.is_zero()) {
@@ -528,25 +529,39 @@ impl ApprovalHandler for PromptAboveBar {
     }
 }
 
-async fn print_events(
-    mut events: broadcast::Receiver<RunEvent>,
+/// Prints the run's events on a thread of its own, and says when it is done: a reader that
+/// stops reading blocks that thread's writes, never a worker of the runtime (a stalled pipe
+/// held a worker, and the run hung with tasks ready and did not take a SIGTERM).
+fn spawn_printer(
+    events: mpsc::UnboundedReceiver<RunEvent>,
     format: EventsFormat,
     bar: Option<ProgressBar>,
     run_id: String,
+) -> Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, printed) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tetrarch-events".to_owned())
+        .spawn(move || {
+            print_events(events, format, bar, &run_id);
+            let _ = done.send(());
+        })
+        .context("cannot start the thread that prints the run's events")?;
+    Ok(printed)
+}
+
+/// Prints every event (none is dropped: the receiver queues them) until the run's
+/// `run_finished`, or until the reader of stdout goes away.
+fn print_events(
+    mut events: mpsc::UnboundedReceiver<RunEvent>,
+    format: EventsFormat,
+    bar: Option<ProgressBar>,
+    run_id: &str,
 ) {
     if let Some(bar) = &bar {
         bar.set_draw_target(ProgressDrawTarget::stderr());
         bar.enable_steady_tick(Duration::from_millis(120));
     }
-    loop {
-        let event = match events.recv().await {
-            Ok(event) => event,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                stderr_line!("({n} progress events skipped)");
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => break,
-        };
+    while let Some(event) = events.blocking_recv() {
         let last = matches!(&event, RunEvent::RunFinished { run_id: id, .. } if *id == run_id);
         if format == EventsFormat::Json {
             // A reader that went away (`| head`) ends the printing, not the run: it still

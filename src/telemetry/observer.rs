@@ -379,25 +379,19 @@ impl Telemetry {
         Ok(())
     }
 
-    /// Records every event from `events` (a [`Runtime::subscribe`] receiver) until the runtime
-    /// closes it, passing each on to [`Telemetry::subscribe`]rs.
+    /// Records every event from `events` (a [`Runtime::subscribe_all`] receiver: none is lost,
+    /// however far the recording falls behind; a burst of thousands of skipped tasks overflowed
+    /// the broadcast, and the view kept a failed task as running) until the runtime closes it,
+    /// passing each on to [`Telemetry::subscribe`]rs.
     pub fn observe(
         &self,
-        mut events: broadcast::Receiver<RunEvent>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<RunEvent>,
     ) -> tokio::task::JoinHandle<()> {
         let telemetry = self.clone();
         tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(event) => {
-                        telemetry.record(&event);
-                        let _ = telemetry.inner.live.send(event);
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!("telemetry: {n} run events were missed (too slow)");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
+            while let Some(event) = events.recv().await {
+                telemetry.record(&event);
+                let _ = telemetry.inner.live.send(event);
             }
         })
     }
