@@ -1268,6 +1268,7 @@ gates = [{ contains = "N=1 PORT=8080" }, { contains = '"k":"v"' }]
     runtime.shutdown().await;
 }
 
+/// The refused calls wait for `allowed`: once a task fails, calls not yet made are not made.
 const SHELL_PLAN: &str = r#"
 name = "shell"
 [[task]]
@@ -1277,10 +1278,12 @@ args = { argv = ["echo hello"] }
 [[task]]
 id = "denied"
 tool = "sh.run"
+deps = ["allowed"]
 args = { argv = ["echo hi && rm -rf ./nothing"] }
 [[task]]
 id = "unmatched"
 tool = "sh.run"
+deps = ["allowed"]
 args = { argv = ["echo asked"] }
 "#;
 
@@ -1320,6 +1323,7 @@ args = { argv = ["echo asked"] }
 [[task]]
 id = "refused"
 tool = "sh.run"
+deps = ["unmatched"]
 args = { argv = ["echo refused"] }
 "#;
     let report = runtime
@@ -2085,6 +2089,7 @@ args = { argv = ["echo '{\"ok\": true}'"] }
 [[task]]
 id = "denied"
 tool = "sh.x"
+deps = ["allowed"]
 args = { argv = ["touch ran"] }
 "#;
     let here = RunOptions {
@@ -2232,5 +2237,45 @@ async fn subscribe_all_loses_no_event_of_a_burst_past_the_broadcast() {
         }
     };
     assert!(lagged, "the burst fitted the broadcast");
+    h.runtime.shutdown().await;
+}
+
+/// Nothing new starts once a task has failed for good: calls still waiting for a session are
+/// not made, and their tasks end skipped, saying so; the call already made finishes.
+#[tokio::test]
+async fn calls_waiting_for_a_session_are_not_made_once_a_task_has_failed() {
+    let h = harness(|actors| {
+        if let Some(pool) = actors.executor.pools.get_mut("fn") {
+            pool.max_size = 1;
+        }
+    })
+    .await;
+    let mut text = String::from(
+        "name = \"fail-fast\"\n[[task]]\nid = \"bad\"\ntool = \"fn.flaky\"\n\
+         args = { label = \"bad\", fail_times = 9 }\n",
+    );
+    for i in 0..10 {
+        text.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"fn.echo\"\nargs = {{ label = \"t{i}\", sleep_ms = 50 }}\n"
+        ));
+    }
+    let report = h.runtime.run(plan(&text), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    // `bad` and at most the one call that held the session when it failed.
+    let made = h.calls.lock().len();
+    assert!(made <= 2, "{made} calls made: {:?}", h.calls.lock());
+    let not_started: Vec<_> = report
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Skipped)
+        .collect();
+    assert!(not_started.len() >= 9, "{:?}", report.tasks);
+    for task in not_started {
+        let reason = task.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("was not called: the run stopped while the call waited"),
+            "{reason}"
+        );
+    }
     h.runtime.shutdown().await;
 }

@@ -319,6 +319,41 @@ fn unused_shares_are_passed_on() {
     assert!(payload.warnings.is_empty(), "{:?}", payload.warnings);
 }
 
+/// What the critical share leaves once the upstream outputs are in passes on too: they are
+/// held back to be shared fairly, and what they did not use was lost to the other categories.
+#[test]
+fn what_upstream_outputs_leave_of_their_share_is_passed_on() {
+    let window = 4_000;
+    let optimizer = optimizer(with_window(window));
+    let memories: Vec<Candidate> = (0..40)
+        .map(|i| {
+            memory(
+                Category::General,
+                &format!("memory:{i}"),
+                &shader_text(&i.to_string(), 10),
+            )
+        })
+        .collect();
+    let alone = optimizer.build(&request(
+        "alone",
+        "shader registers sm_90",
+        memories.clone(),
+    ));
+    let mut with_upstream = request("upstream", "shader registers sm_90", memories);
+    with_upstream.upstream = vec![("up".to_owned(), "shader registers: 96".to_owned())];
+    let payload = optimizer.build(&with_upstream);
+    let upstream = tokens_of(&payload.items, Category::Critical);
+    assert!(upstream > 0, "{:?}", payload.items);
+    let general = tokens_of(&payload.items, Category::General);
+    let general_alone = tokens_of(&alone.items, Category::General);
+    // The small upstream output costs the memories about its own size, not the 40% share.
+    assert!(
+        general + upstream + 64 >= general_alone,
+        "memories got {general} beside a {upstream}-token upstream output, {general_alone} alone"
+    );
+    assert!(payload.tokens <= window);
+}
+
 #[test]
 fn duplicates_are_sent_once() {
     let optimizer = optimizer(ContextConfig::default());

@@ -93,6 +93,15 @@ fn context_files_are_validated_with_the_plan() {
     assert!(bad.contains("context_files has an empty path"), "{bad}");
     assert!(bad.contains("context_files names \"a.md\" twice"), "{bad}");
     assert!(bad.contains("is a path, not a template"), "{bad}");
+    // The same file spelled with `./` is the same file.
+    let dotted = error(
+        "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.echo\"\n\
+         context_files = [\"docs/a.md\", \"./docs/./a.md\"]\nargs = { x = \"{{context}}\" }\n",
+    );
+    assert!(
+        dotted.contains("context_files names \"./docs/./a.md\" twice"),
+        "{dotted}"
+    );
     let plan = Plan::from_toml(
         "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.echo\"\n\
          context_files = [\"docs/a.md\", \"/abs/b.md\"]\nargs = { x = \"{{context}}\" }\n",
@@ -718,4 +727,44 @@ fn rust_log_changes_what_tetrarch_prints() {
     assert!(!quiet.contains("WARN"), "{quiet}");
     assert!(!quiet.contains("max_file_bytes"), "{quiet}");
     assert!(quiet.contains("2/2 tasks complete"), "{quiet}");
+}
+
+/// An upstream output reaches a task's context once, as `task:ID`: the memory the Executor
+/// recorded of it (the tool's stdout as printed, where the context holds its JSON written out
+/// again, so their hashes differ) is not sent and charged a second time.
+#[tokio::test]
+async fn an_upstream_output_is_sent_once_not_again_as_its_recorded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(dir.path(), ActorsConfig::embedded().unwrap()).await;
+    std::fs::write(
+        dir.path().join("rules.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    // `slow` holds `down` back until `up`'s memory has surely been written.
+    let text = r#"
+name = "once"
+permissions = "rules.json"
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+[[task]]
+id = "up"
+tool = "sh.x"
+args = { argv = ["echo '{\"walrus\": \"tusks of ivory\", \"count\": 2}'"] }
+[[task]]
+id = "slow"
+tool = "sh.x"
+args = { argv = ["sleep 0.3; echo '{}'"] }
+[[task]]
+id = "down"
+tool = "fn.echo"
+deps = ["up", "slow"]
+args = { notes = "{{context}}", topic = "walrus tusks" }
+"#;
+    let report = run_complete(&runtime, text, options(dir.path())).await;
+    let context = notes(&report, "down");
+    assert!(section(&context, "task:up").is_some(), "{context}");
+    assert_eq!(context.matches("tusks of ivory").count(), 1, "{context}");
+    runtime.shutdown().await;
 }

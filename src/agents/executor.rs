@@ -254,6 +254,8 @@ async fn check_permission(
 struct Checked {
     pool: crate::session::Pool,
     call_timeout: std::time::Duration,
+    /// Set by [`make_call`] when the run stopped before a session was free: no call was made.
+    not_started: std::sync::atomic::AtomicBool,
 }
 
 /// Everything that must hold before a call is made, or its result served from the cache: the
@@ -306,6 +308,7 @@ async fn check_call(
     Ok(Checked {
         pool,
         call_timeout: def.call_timeout,
+        not_started: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -315,7 +318,11 @@ async fn make_call(
     checked: &Checked,
     args: serde_json::Value,
 ) -> Result<ToolOutcome, SessionError> {
-    let Checked { pool, call_timeout } = checked;
+    let Checked {
+        pool,
+        call_timeout,
+        not_started,
+    } = checked;
     let call_timeout = *call_timeout;
     let stdin = args
         .get("stdin")
@@ -329,7 +336,24 @@ async fn make_call(
     };
     // In turn, however long the pool's sessions are busy: a plan may hold more tasks than its
     // pool has sessions, and a task must not fail for having waited behind the others.
-    let mut session = pool.acquire_queued().await?;
+    // A task's call that has not started when its run stops is not made: "nothing new starts"
+    // once a task has failed for good (a wide plan had up to a thousand calls queued).
+    let stopped = async {
+        match &attempt.stop_starting {
+            Some(stop) => stop.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut session = tokio::select! {
+        biased;
+        () = stopped => {
+            not_started.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(SessionError::NotStarted {
+                tool: attempt.call().to_string(),
+            });
+        }
+        session = pool.acquire_queued() => session?,
+    };
     let started = std::time::Instant::now();
     let outcome = session.call(request).await;
     // A warm-up is not a task's call: counted, it would put the histogram ahead of
@@ -386,6 +410,13 @@ async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<C
     };
     let outcome = match result {
         Ok(outcome) => Outcome::Ran(outcome),
+        Err((_, reason))
+            if checked
+                .not_started
+                .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            Outcome::NotStarted { reason }
+        }
         Err((retryable, reason)) => Outcome::Error { reason, retryable },
     };
     (outcome, key, served)
@@ -549,6 +580,8 @@ fn outcome_memory(
             MemoryType::TaskError,
         ),
         Outcome::Error { reason, .. } => (reason.clone(), "error", MemoryType::TaskError),
+        // Nothing ran: nothing to record.
+        Outcome::NotStarted { .. } => return None,
     };
     if content.trim().is_empty() {
         return None;
@@ -596,6 +629,7 @@ fn failure(shared: &ExecutorArgs, outcome: &Outcome) -> Option<(String, Option<S
         Outcome::Ran(o) if o.succeeded() => return None,
         Outcome::Ran(o) => o.error_text().to_owned(),
         Outcome::Error { reason, .. } => reason.clone(),
+        Outcome::NotStarted { .. } => return None,
     };
     if message.is_empty() {
         return None;

@@ -147,8 +147,21 @@ fn memories(args: &OptimizerArgs, attempt: &Attempt, query: &str) -> Vec<Candida
     // are left out inside the search and the recent list, where they would take the places of
     // the task's memories (a run's snapshots match its tasks' words better than anything).
     let bookkeeping = [crate::lessons::LESSON_TAG, crate::context::SNAPSHOT_TAG];
+    // An upstream task's output is in the context already, as `task:ID`: the memory the
+    // Executor recorded of it (its stdout as printed, where the context holds the parsed JSON
+    // written out again) would be sent and charged a second time under another name.
+    let upstream: std::collections::HashSet<String> = attempt
+        .task
+        .deps
+        .iter()
+        .map(|dep| format!("task:{dep}"))
+        .collect();
+    let upstream_output = |memory: &crate::store::Memory| {
+        memory.tags.iter().any(|t| t == "output")
+            && memory.tags.iter().any(|t| upstream.contains(t))
+    };
     let mut offer = |memory: &crate::store::Memory| {
-        if seen.insert(memory.id) {
+        if !upstream_output(memory) && seen.insert(memory.id) {
             found.push(Candidate::from_memory(memory, now));
         }
     };

@@ -126,6 +126,9 @@ enum Phase {
 
 struct RunState {
     id: Arc<str>,
+    /// Cancelled when the run stops (its first failure, or a cancel): task calls still waiting
+    /// for a session are then not made ("nothing new starts").
+    stop_starting: tokio_util::sync::CancellationToken,
     plan: Arc<Plan>,
     /// The plan's name, shared by every attempt's template context.
     plan_name: Arc<str>,
@@ -254,6 +257,7 @@ impl RunState {
         );
         RunState {
             span,
+            stop_starting: tokio_util::sync::CancellationToken::new(),
             id: Arc::from(spec.run_id.as_str()),
             plan_name: Arc::from(plan.name.as_str()),
             plan,
@@ -634,6 +638,7 @@ impl OrchestratorState {
             failure: None,
             cache_key: None,
             served_from_cache: false,
+            stop_starting: Some(run.stop_starting.clone()),
         };
         if let Err(e) = self
             .args
@@ -656,6 +661,7 @@ impl OrchestratorState {
         let id = run.plan.tasks[i].id.as_str().to_owned();
         let first_failure = run.failure.is_none();
         if first_failure {
+            run.stop_starting.cancel();
             let failure = format!("task {id} failed: {reason}");
             run.record.stopping = Some(Stopping::Failed(failure.clone()));
             run.failure = Some(failure);
@@ -712,6 +718,7 @@ impl OrchestratorState {
                 Verdict::Pass { .. } => "pass",
                 Verdict::GateFailed { .. } => "gate_failed",
                 Verdict::Error { .. } => "error",
+                Verdict::NotStarted { .. } => "not_started",
             },
         );
         if attempt.purpose == Purpose::WarmUp {
@@ -736,7 +743,7 @@ impl OrchestratorState {
                 } => (true, text),
                 Verdict::Pass { output, .. } => (true, output.to_string()),
                 Verdict::GateFailed { feedback } => (false, feedback),
-                Verdict::Error { reason, .. } => (false, reason),
+                Verdict::Error { reason, .. } | Verdict::NotStarted { reason } => (false, reason),
             };
             if ok {
                 run.slots[i].state = TaskState::Compensated;
@@ -775,6 +782,13 @@ impl OrchestratorState {
             Self::record_lesson(&self.args, &task, original, fix, Some(worked));
         }
         match verdict {
+            Verdict::NotStarted { reason } => {
+                let slot = &mut run.slots[i];
+                slot.state = TaskState::Skipped;
+                slot.reason = Some(reason);
+                self.persist(&run_id, i);
+                self.task_event(&self.runs[&run_id], i);
+            }
             Verdict::Pass { output, summary } => {
                 let slot = &mut run.slots[i];
                 slot.state = TaskState::Complete;
@@ -1084,6 +1098,7 @@ impl OrchestratorState {
                 failure: None,
                 cache_key: None,
                 served_from_cache: false,
+                stop_starting: None,
             });
         }
         if tokens.is_empty() {
@@ -1152,6 +1167,7 @@ impl OrchestratorState {
             return;
         }
         run.cancelled = true;
+        run.stop_starting.cancel();
         // A run already rolling back for a failure keeps that reason (and status) on resume.
         if run.record.stopping.is_none() {
             run.record.stopping = Some(Stopping::Cancelled);
@@ -1275,6 +1291,7 @@ impl OrchestratorState {
             // The undone call's result, which the Reviewer drops from the cache.
             cache_key: run.slots[i].result_cache_key,
             served_from_cache: false,
+            stop_starting: None,
         };
         if let Err(e) = self
             .args

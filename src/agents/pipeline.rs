@@ -59,6 +59,10 @@ pub(crate) struct Attempt {
     /// called for the same attempt once the Reviewer has dropped it. The Reviewer clears it when
     /// the entry could not be dropped (the call would be served the same result again).
     pub served_from_cache: bool,
+    /// A task's call: cancelled when its run stops (a task failed for good, or a cancel), so
+    /// a call still waiting for a session is not made ([`Outcome::NotStarted`]). A call already
+    /// made finishes. `None` for compensations and warm-ups, which run while a run stops.
+    pub stop_starting: Option<tokio_util::sync::CancellationToken>,
     /// This attempt's `task` (or `compensate`) span, a child of the run's span: the agents open
     /// their own spans (`context`, `tool_call`, `review`) under it, so one trace follows the
     /// attempt across the four mailboxes. It closes when the Orchestrator drops the attempt.
@@ -91,6 +95,8 @@ pub(crate) enum Outcome {
     Ran(ToolOutcome),
     /// It could not run or did not finish: crashed, timed out, pool failure, denied.
     Error { reason: String, retryable: bool },
+    /// It was not called: the run stopped while the call waited for a session.
+    NotStarted { reason: String },
 }
 
 /// The Reviewer's judgement.
@@ -101,6 +107,8 @@ pub(crate) enum Verdict {
     GateFailed { feedback: String },
     /// The tool errored.
     Error { reason: String, retryable: bool },
+    /// The tool was not called: the run stopped first.
+    NotStarted { reason: String },
 }
 
 /// Messages to the Orchestrator.

@@ -285,6 +285,7 @@ async fn score_gate(
 async fn review(shared: &ReviewerArgs, attempt: &Attempt, outcome: Outcome) -> Verdict {
     let outcome = match outcome {
         Outcome::Error { reason, retryable } => return Verdict::Error { reason, retryable },
+        Outcome::NotStarted { reason } => return Verdict::NotStarted { reason },
         Outcome::Ran(outcome) => outcome,
     };
     let output = output_value(&outcome);

@@ -459,11 +459,14 @@ impl ContextOptimizer {
             }
         }
 
-        // Phase 2: shares left unused by categories with nothing waiting are passed on.
+        // Phase 2: shares left unused by categories with nothing waiting are passed on; those
+        // with items waiting hold theirs back until their last item is in.
         let mut spare = remaining_total;
+        let mut held_back = [false; 4];
         for category in Category::ALL {
             if pending[category.index()] > 0 {
                 spare = spare.saturating_sub(own[category.index()]);
+                held_back[category.index()] = true;
             }
         }
         let (critical, others): (Vec<_>, Vec<_>) = deferred
@@ -517,11 +520,23 @@ impl ContextOptimizer {
         spare = spare.saturating_sub(critical_used.saturating_sub(own[Category::Critical.index()]));
         own[Category::Critical.index()] =
             own[Category::Critical.index()].saturating_sub(critical_used);
+        pending[Category::Critical.index()] = 0;
 
         // Other items in rank order: whole if they fit their share plus what was passed on,
         // else compressed to that.
         for entry in others {
+            // A category with nothing left waiting passes on what its share has left (the
+            // critical one's too, once its items are in: it held back its whole share while
+            // any upstream output waited, and what they left went unused).
+            for k in 0..held_back.len() {
+                if held_back[k] && pending[k] == 0 {
+                    spare += own[k];
+                    own[k] = 0;
+                    held_back[k] = false;
+                }
+            }
             let c = entry.category.index();
+            pending[c] = pending[c].saturating_sub(1);
             let tokens = entry.tokens.unwrap_or(0);
             let room = (own[c] + spare).min(remaining_total);
             // What is sent comes out of the category's own share first, then the spare.

@@ -696,9 +696,15 @@ fn context_files(
         );
     }
     let mut paths: Vec<std::path::PathBuf> = Vec::with_capacity(files.len());
+    // Compared without `.` parts: `./style.md` is `style.md`, and would be sent and charged twice.
+    let mut seen: Vec<std::path::PathBuf> = Vec::with_capacity(files.len());
     for file in files {
         let name = file.get_ref();
         let path = std::path::PathBuf::from(name);
+        let same: std::path::PathBuf = path
+            .components()
+            .filter(|part| *part != std::path::Component::CurDir)
+            .collect();
         if name.trim().is_empty() {
             c.push(
                 file.span().start,
@@ -709,12 +715,13 @@ fn context_files(
                 file.span().start,
                 format!("task {id:?} context_files entry {name:?} is a path, not a template"),
             );
-        } else if paths.contains(&path) {
+        } else if seen.contains(&same) {
             c.push(
                 file.span().start,
                 format!("task {id:?} context_files names {name:?} twice"),
             );
         } else {
+            seen.push(same);
             paths.push(path);
         }
     }

@@ -106,6 +106,13 @@ pub enum SessionError {
         /// The pool's name.
         pool: String,
     },
+    /// The call was never made: its run stopped (a task failed for good, or the run was
+    /// cancelled) while the call waited for a free session.
+    #[error("tool {tool:?} was not called: the run stopped while the call waited for a session")]
+    NotStarted {
+        /// The tool.
+        tool: String,
+    },
 }
 
 impl SessionError {
