@@ -1082,3 +1082,40 @@ fn a_score_gate_needs_the_reviewers_score_pool_to_be_a_scorer() {
     let ungated = "name = \"g\"\n[[task]]\nid = \"a\"\ntool = \"sh.x\"\n";
     Plan::from_toml_with_catalog(ungated, "g.toml", &missing).unwrap();
 }
+
+/// References to indirect ancestors are accepted and to non-ancestors refused, for more distinct
+/// targets than the check keeps the dependents of (the rest are searched).
+#[test]
+fn references_to_many_distinct_indirect_ancestors_are_judged_alike() {
+    let n = 150;
+    let mut text = String::from("name = \"far\"\n");
+    for i in 0..n {
+        let deps = if i == 0 {
+            String::new()
+        } else {
+            format!("\"t{}\"", i - 1)
+        };
+        let args = if i >= 2 {
+            format!("args = {{ x = \"{{{{tasks.t{}.output}}}}\" }}\n", i - 2)
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"p.run\"\ndeps = [{deps}]\n{args}"
+        ));
+    }
+    Plan::from_toml(&text, "far.toml").unwrap();
+    // A side task beside the chain is upstream of nobody in it.
+    text.push_str("[[task]]\nid = \"side\"\ntool = \"p.run\"\n");
+    text.push_str(&format!(
+        "[[task]]\nid = \"last\"\ntool = \"p.run\"\ndeps = [\"t{}\"]\n\
+         args = {{ a = \"{{{{tasks.t0.output}}}}\", b = \"{{{{tasks.side.output}}}}\" }}\n",
+        n - 1
+    ));
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("refers to task \"side\", which is not upstream of \"last\""),
+        "{e:?}"
+    );
+}

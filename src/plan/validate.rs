@@ -641,10 +641,11 @@ pub(super) fn parse(
         c.push(cycle.offset, cycle_message(&cycle, &tasks));
     }
 
-    // Reachability is searched per reference, stopping at the target: a set of ancestors per
-    // task made validating a 10,000-task chain quadratic (seconds).
+    // Reachability per reference (see `Upstream`): a set of ancestors per task made validating
+    // a 10,000-task chain quadratic (seconds).
+    let mut upstream = Upstream::new(&edges);
     for site in &sites {
-        check_templates(&mut c, site, &tasks, &first_seen, &edges);
+        check_templates(&mut c, site, &tasks, &first_seen, &mut upstream);
     }
 
     let pools: BTreeMap<String, PoolDef> = raw
@@ -733,7 +734,7 @@ fn check_templates(
     site: &TemplateSite,
     tasks: &[Task],
     ids: &HashMap<&str, usize>,
-    edges: &[Vec<(usize, usize)>],
+    upstream: &mut Upstream<'_>,
 ) {
     let owner = tasks[site.task].id.as_str();
     let path = &site.path;
@@ -774,7 +775,7 @@ fn check_templates(
             Some(&target) if target == site.task && !site.self_allowed => {
                 "refers to the task's own output, which does not exist before it runs".to_owned()
             }
-            Some(&target) if target != site.task && !is_upstream(edges, site.task, target) => {
+            Some(&target) if target != site.task && !upstream.is(site.task, target) => {
                 format!(
                     "refers to task {task:?}, which is not upstream of {owner:?} (add it to deps)"
                 )
@@ -812,22 +813,79 @@ fn locate_reference(text: &str, span: &std::ops::Range<usize>, reference: &str) 
     None
 }
 
-/// Whether `task` depends on `target`, directly or not. Breadth-first from `task`, so a direct
-/// dependency (the usual reference) is found at the first step.
-fn is_upstream(edges: &[Vec<(usize, usize)>], task: usize, target: usize) -> bool {
-    let mut seen = HashSet::new();
-    let mut queue = VecDeque::from([task]);
-    while let Some(t) = queue.pop_front() {
-        for &(dep, _) in &edges[t] {
-            if dep == target {
-                return true;
-            }
-            if dep != task && seen.insert(dep) {
-                queue.push_back(dep);
-            }
+/// Answers "does `task` depend on `target`, directly or not" for the template checks. A search
+/// per reference made a plan whose 20k chained tasks each name the first one's output take 15 s
+/// to check (a search through the whole chain per task): the tasks below a target are found
+/// once and kept, for the first [`Upstream::KEPT`] targets named past a direct dependency.
+struct Upstream<'a> {
+    edges: &'a [Vec<(usize, usize)>],
+    /// Each task's dependents (the edges reversed), built at the first indirect reference.
+    dependents: Vec<Vec<usize>>,
+    /// For a target: which tasks are below it.
+    below: HashMap<usize, Vec<bool>>,
+}
+
+impl<'a> Upstream<'a> {
+    /// Targets whose dependents are kept (each costs a flag per task).
+    const KEPT: usize = 64;
+
+    fn new(edges: &'a [Vec<(usize, usize)>]) -> Self {
+        Self {
+            edges,
+            dependents: Vec::new(),
+            below: HashMap::new(),
         }
     }
-    false
+
+    fn is(&mut self, task: usize, target: usize) -> bool {
+        if self.edges[task].iter().any(|&(dep, _)| dep == target) {
+            return true;
+        }
+        if let Some(below) = self.below.get(&target) {
+            return below[task];
+        }
+        if self.below.len() >= Self::KEPT {
+            return self.search(task, target);
+        }
+        if self.dependents.is_empty() {
+            self.dependents = vec![Vec::new(); self.edges.len()];
+            for (t, deps) in self.edges.iter().enumerate() {
+                for &(dep, _) in deps {
+                    self.dependents[dep].push(t);
+                }
+            }
+        }
+        let mut below = vec![false; self.edges.len()];
+        let mut queue = VecDeque::from([target]);
+        while let Some(t) = queue.pop_front() {
+            for &d in &self.dependents[t] {
+                if !below[d] {
+                    below[d] = true;
+                    queue.push_back(d);
+                }
+            }
+        }
+        let answer = below[task];
+        self.below.insert(target, below);
+        answer
+    }
+
+    /// Breadth-first from `task`, so a near dependency is found in a few steps.
+    fn search(&self, task: usize, target: usize) -> bool {
+        let mut seen = HashSet::new();
+        let mut queue = VecDeque::from([task]);
+        while let Some(t) = queue.pop_front() {
+            for &(dep, _) in &self.edges[t] {
+                if dep == target {
+                    return true;
+                }
+                if dep != task && seen.insert(dep) {
+                    queue.push_back(dep);
+                }
+            }
+        }
+        false
+    }
 }
 
 /// A cycle to report: the path `a -> b -> ... -> a` (each task depends on the next), the offset
