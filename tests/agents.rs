@@ -2279,3 +2279,48 @@ async fn calls_waiting_for_a_session_are_not_made_once_a_task_has_failed() {
     }
     h.runtime.shutdown().await;
 }
+
+/// Two cacheable calls with the same args wait on one computation: when the run stops before
+/// it is made, neither is made, and both tasks end skipped (the one that waited on the other's
+/// computation was failed with the other's reason).
+#[tokio::test]
+async fn a_cached_call_waiting_on_one_that_was_not_made_is_not_made_either() {
+    let h = harness(|actors| {
+        if let Some(pool) = actors.executor.pools.get_mut("fn") {
+            pool.max_size = 1;
+        }
+    })
+    .await;
+    // `hold` keeps the one session while `bad` is refused by the (absent) permission rules.
+    let text = r#"
+name = "shared-not-started"
+[pools.sh]
+kind = "process"
+command = ["true"]
+[[task]]
+id = "hold"
+tool = "fn.echo"
+args = { label = "hold", sleep_ms = 300 }
+[[task]]
+id = "bad"
+tool = "sh.x"
+[[task]]
+id = "a"
+tool = "fn.echo"
+cacheable = true
+args = { label = "same", sleep_ms = 20 }
+[[task]]
+id = "b"
+tool = "fn.echo"
+cacheable = true
+args = { label = "same", sleep_ms = 20 }
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    for id in ["a", "b"] {
+        let task = report.task(id).unwrap();
+        assert_eq!(task.state, TaskState::Skipped, "{task:?}");
+    }
+    assert_eq!(calls_per_label(&h.calls).get("same"), None);
+    h.runtime.shutdown().await;
+}

@@ -389,6 +389,16 @@ async fn a_script_whose_interpreter_is_missing_names_the_interpreter() {
         )),
         "{err}"
     );
+    // Saved with Windows line endings, `/bin/sh` is looked for as `/bin/sh\r`.
+    std::fs::write(&script, "#!/bin/sh\r\necho hi\r\n").unwrap();
+    let err = run(ProcessSpec::new(program.clone(), ["x"]), request())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("starts with `#!/bin/sh` followed by a carriage return"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

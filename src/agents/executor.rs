@@ -372,6 +372,20 @@ async fn make_call(
 /// The call's outcome, the result cache's key when the call is cacheable, and whether the
 /// outcome was the cache's (no call was made).
 async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<CacheKey>, bool) {
+    // Its run stopped before it came to this call: not even its permission is asked.
+    if attempt
+        .stop_starting
+        .as_ref()
+        .is_some_and(|s| s.is_cancelled())
+    {
+        let reason = SessionError::NotStarted {
+            tool: attempt.call().to_string(),
+        };
+        let outcome = Outcome::NotStarted {
+            reason: reason.to_string(),
+        };
+        return (outcome, None, false);
+    }
     let args = match &attempt.args {
         Some(Ok(args)) => args.clone(),
         Some(Err(e)) => return (not_run(format!("cannot render args: {e}")), None, false),
@@ -470,6 +484,14 @@ fn result_key(
     )
 }
 
+/// Why a cacheable call gave no result to keep: every caller waiting on the same key gets it.
+struct CallFailure {
+    retryable: bool,
+    reason: String,
+    /// The call was not made: the run of the attempt that led the computation stopped.
+    not_started: bool,
+}
+
 /// A cacheable call: the result from the [`ContextCache`], else the call's (kept when it
 /// succeeded); and whether it was the cache's (this call made no call of its own).
 async fn cached_call(
@@ -479,29 +501,66 @@ async fn cached_call(
     args: serde_json::Value,
     key: CacheKey,
 ) -> (Result<ToolOutcome, (bool, String)>, bool) {
-    let called = std::sync::atomic::AtomicBool::new(false);
-    let computed = shared
-        .cache
-        .get_or_compute(key, CacheCategory::ToolResult, async {
-            called.store(true, std::sync::atomic::Ordering::Relaxed);
-            let outcome = make_call(attempt, checked, args.clone())
-                .await
-                .map_err(|e| (retryable(&e), e.to_string()))?;
-            if !outcome.succeeded() {
-                // A failing run is not worth reusing: report it uncached.
-                return Err((false, encode_outcome(&outcome)));
-            }
-            Ok(CachedOutcome {
-                exit_status: outcome.exit_status,
-                json: outcome.json.as_ref().map(|j| j.to_string()),
-                stdout: outcome.stdout,
-                stderr: outcome.stderr,
-                truncated: outcome.truncated,
+    loop {
+        let called = std::sync::atomic::AtomicBool::new(false);
+        let computed = shared
+            .cache
+            .get_or_compute(key, CacheCategory::ToolResult, async {
+                called.store(true, std::sync::atomic::Ordering::Relaxed);
+                let outcome = make_call(attempt, checked, args.clone())
+                    .await
+                    .map_err(|e| CallFailure {
+                        retryable: retryable(&e),
+                        not_started: matches!(e, SessionError::NotStarted { .. }),
+                        reason: e.to_string(),
+                    })?;
+                if !outcome.succeeded() {
+                    // A failing run is not worth reusing: report it uncached.
+                    return Err(CallFailure {
+                        retryable: false,
+                        reason: encode_outcome(&outcome),
+                        not_started: false,
+                    });
+                }
+                Ok(CachedOutcome {
+                    exit_status: outcome.exit_status,
+                    json: outcome.json.as_ref().map(|j| j.to_string()),
+                    stdout: outcome.stdout,
+                    stderr: outcome.stderr,
+                    truncated: outcome.truncated,
+                })
             })
-        })
-        .await;
-    let served = !called.load(std::sync::atomic::Ordering::Relaxed);
-    let result = match computed {
+            .await;
+        let served = !called.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(error) = &computed
+            && let CacheError::Compute(failure) = error.as_ref()
+            && failure.not_started
+            && served
+        {
+            // Another attempt led the computation, and its run stopped before the call was
+            // made: this attempt's call is not made either only when its own run stopped too
+            // (the cache keeps no error, so computing again makes the call).
+            if attempt
+                .stop_starting
+                .as_ref()
+                .is_some_and(|s| s.is_cancelled())
+            {
+                checked
+                    .not_started
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return (Err((false, failure.reason.clone())), false);
+            }
+            continue;
+        }
+        return (served_result(computed), served);
+    }
+}
+
+/// A cached call's result, its failure as the call's own.
+fn served_result(
+    computed: Result<CachedOutcome, Arc<CacheError<CallFailure>>>,
+) -> Result<ToolOutcome, (bool, String)> {
+    match computed {
         Ok(cached) => Ok(ToolOutcome {
             exit_status: cached.exit_status,
             stdout: cached.stdout,
@@ -511,14 +570,15 @@ async fn cached_call(
             duration: std::time::Duration::ZERO,
         }),
         Err(error) => match error.as_ref() {
-            CacheError::Compute((false, encoded)) if encoded.starts_with('{') => {
-                decode_outcome(encoded).ok_or((false, encoded.clone()))
+            CacheError::Compute(failure)
+                if !failure.retryable && failure.reason.starts_with('{') =>
+            {
+                decode_outcome(&failure.reason).ok_or((false, failure.reason.clone()))
             }
-            CacheError::Compute((retry, reason)) => Err((*retry, reason.clone())),
+            CacheError::Compute(failure) => Err((failure.retryable, failure.reason.clone())),
             CacheError::Store(e) => Err((true, format!("result cache: {e}"))),
         },
-    };
-    (result, served)
+    }
 }
 
 /// A failing outcome carried through the cache's error path as JSON.

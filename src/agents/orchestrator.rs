@@ -638,7 +638,9 @@ impl OrchestratorState {
             failure: None,
             cache_key: None,
             served_from_cache: false,
-            stop_starting: Some(run.stop_starting.clone()),
+            // A dispatch after the run stopped re-sends a call that may have run (an agent
+            // restarted during the rollback): it is made, so its work is compensated.
+            stop_starting: (!run.stop_starting.is_cancelled()).then(|| run.stop_starting.clone()),
         };
         if let Err(e) = self
             .args
@@ -769,14 +771,16 @@ impl OrchestratorState {
         }
         let slot = &mut run.slots[i];
         slot.token = None;
-        if let Some(at) = slot.dispatched {
+        // A call that was not made is neither an attempt's time nor a trial of a fix.
+        let not_started = matches!(verdict, Verdict::NotStarted { .. });
+        if let Some(at) = slot.dispatched.filter(|_| !not_started) {
             slot.attempt_times.add(at.elapsed());
         }
         run.in_flight -= 1;
         let task = Arc::clone(&run.plan.tasks[i]);
         let (message, suggestion) = attempt.failure.clone().unzip();
         let suggestion = suggestion.flatten();
-        if let Some((f, original)) = run.slots[i].fix_trial.take() {
+        if let Some((f, original)) = run.slots[i].fix_trial.take().filter(|_| !not_started) {
             let worked = matches!(verdict, Verdict::Pass { .. });
             let fix = task.fixes.get(f).map(Fix::describe);
             Self::record_lesson(&self.args, &task, original, fix, Some(worked));
@@ -786,6 +790,8 @@ impl OrchestratorState {
                 let slot = &mut run.slots[i];
                 slot.state = TaskState::Skipped;
                 slot.reason = Some(reason);
+                // No call: its event carries no time (a subscriber counts no call).
+                slot.dispatched = None;
                 self.persist(&run_id, i);
                 self.task_event(&self.runs[&run_id], i);
             }

@@ -239,13 +239,13 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     };
     // One listener (`stops`) from the start to the end: a signal between the run's end and
     // `--serve-after`'s wait is seen by that wait.
+    let mut interrupted = false;
     let outcome = {
         let run = super::dashboard::drive(live.as_ref(), &runtime, runtime.run(plan, options));
         tokio::pin!(run);
         // SIGTERM (`kill`, `docker stop`, systemd) and SIGHUP (the terminal closed) stop a run
         // as Ctrl-C does: they used to end the process with its tools still running and no
         // rollback.
-        let mut interrupted = false;
         loop {
             tokio::select! {
                 report = &mut run => break report,
@@ -288,11 +288,16 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     // it to print everything queued before that, however slowly the reader reads, rather than
     // cut the stream (a signal ends the wait; the run is saved by then). A run that ended in an
     // error emits none, so then only a moment is given.
-    if outcome.is_ok() {
+    if outcome.is_ok() && !interrupted {
         tokio::select! {
             _ = &mut printed => {}
             _ = stops.next() => {}
         }
+    } else if outcome.is_ok() {
+        // After a stop the listener set up then (a second signal exits at once) is the one to
+        // end this wait: `stops` may hold the first stop's twin (`timeout` signals the process
+        // and then its group), which would cut the stream before its `run_finished`.
+        let _ = (&mut printed).await;
     } else {
         let _ = tokio::time::timeout(Duration::from_millis(20), &mut printed).await;
     }

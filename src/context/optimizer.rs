@@ -461,12 +461,15 @@ impl ContextOptimizer {
 
         // Phase 2: shares left unused by categories with nothing waiting are passed on; those
         // with items waiting hold theirs back until their last item is in.
+        // What each waiting category holds back is what it took out of the spare: no more
+        // than was there (the shares can add up to more than the window has left).
         let mut spare = remaining_total;
-        let mut held_back = [false; 4];
+        let mut held_back = [0usize; 4];
         for category in Category::ALL {
-            if pending[category.index()] > 0 {
-                spare = spare.saturating_sub(own[category.index()]);
-                held_back[category.index()] = true;
+            let k = category.index();
+            if pending[k] > 0 {
+                held_back[k] = own[k].min(spare);
+                spare -= held_back[k];
             }
         }
         let (critical, others): (Vec<_>, Vec<_>) = deferred
@@ -529,10 +532,10 @@ impl ContextOptimizer {
             // critical one's too, once its items are in: it held back its whole share while
             // any upstream output waited, and what they left went unused).
             for k in 0..held_back.len() {
-                if held_back[k] && pending[k] == 0 {
-                    spare += own[k];
+                if held_back[k] > 0 && pending[k] == 0 {
+                    spare += own[k].min(held_back[k]);
                     own[k] = 0;
-                    held_back[k] = false;
+                    held_back[k] = 0;
                 }
             }
             let c = entry.category.index();

@@ -243,9 +243,22 @@ pub(crate) fn missing_interpreter(path: &std::path::Path) -> Option<String> {
     let line = head[..read].strip_prefix(b"#!")?;
     let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
     let line = String::from_utf8_lossy(line);
-    let interpreter = line.split_whitespace().next()?;
+    // Split as the kernel does, on spaces and tabs: a `\r` (Windows line endings) is part of
+    // the interpreter's name.
+    let interpreter = line
+        .trim_start_matches([' ', '\t'])
+        .split([' ', '\t'])
+        .next()
+        .filter(|name| !name.is_empty())?;
     if std::path::Path::new(interpreter).is_file() {
         return None;
+    }
+    if let Some(name) = interpreter.strip_suffix('\r') {
+        return Some(format!(
+            "{} starts with `#!{name}` followed by a carriage return: the file has Windows line \
+             endings, so the interpreter looked for is `{name}\\r`, which does not exist",
+            path.display()
+        ));
     }
     Some(format!(
         "{} starts with `#!{}`, and its interpreter {interpreter} does not exist",

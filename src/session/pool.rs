@@ -265,7 +265,36 @@ impl Shared {
         let mut background = self.background.lock();
         background.claimed = background.claimed.saturating_sub(1);
     }
+}
 
+/// A caller counted in `waiters` while it waits for a permit, also when its acquire is dropped
+/// mid-wait (a task whose run stopped, a cancel): the count and its gauge would grow for good.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiters: &'a AtomicUsize) -> Self {
+        waiters.fetch_add(1, Ordering::SeqCst);
+        Self(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A claim on a background start, released when the acquire stops waiting for it, dropped
+/// mid-wait included (a leaked claim made later acquires start sessions of their own).
+struct Claim<'a>(&'a Shared);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.release_claim();
+    }
+}
+
+impl Shared {
     /// Starts a session for an acquirer holding a permit, and takes a session returned to the
     /// idle list meanwhile if one comes first; the start then goes on in the background.
     /// `changed` is the caller's registration, made before it found the idle list empty.
@@ -524,13 +553,13 @@ impl Pool {
                 return Err(SessionError::PoolClosed { pool: pool_name() });
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                shared.waiters.fetch_add(1, Ordering::SeqCst);
+                let waiting = Waiting::new(&shared.waiters);
                 let wait = Arc::clone(&shared.permits).acquire_owned();
                 let permit = match timeout {
                     Some(limit) => tokio::time::timeout(limit, wait).await,
                     None => Ok(wait.await),
                 };
-                shared.waiters.fetch_sub(1, Ordering::SeqCst);
+                drop(waiting);
                 permit
             }
         };
@@ -568,8 +597,9 @@ impl Pool {
                     return Err(SessionError::PoolClosed { pool: pool_name() });
                 }
                 None if shared.claim_background_start() => {
+                    let claim = Claim(shared);
                     changed.await;
-                    shared.release_claim();
+                    drop(claim);
                     continue;
                 }
                 None => match shared.start_or_take_returned(changed).await? {

@@ -418,7 +418,7 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
     if exit_status.is_none() {
         return Err(SessionError::Crashed {
             tool,
-            reason: crash_reason(&status, &stderr),
+            reason: crash_reason(&status, &stderr, err_cut),
         });
     }
     let json = if out_cut {
@@ -455,8 +455,8 @@ const CRASH_STDERR_CHARS: usize = 500;
 
 /// Why a child that ended without an exit code did: the signal by name (`SIGSEGV`), and the
 /// last lines it wrote on stderr (a sanitizer's report, an assertion), as a non-zero exit's
-/// reason quotes them.
-fn crash_reason(status: &std::process::ExitStatus, stderr: &str) -> String {
+/// reason quotes them. Stderr past the capture's cap (`cut`) is not there to quote.
+fn crash_reason(status: &std::process::ExitStatus, stderr: &str, cut: bool) -> String {
     let mut reason = format!("ended without an exit code ({status})");
     #[cfg(unix)]
     {
@@ -477,9 +477,22 @@ fn crash_reason(status: &std::process::ExitStatus, stderr: &str) -> String {
         .filter(|line| !line.is_empty())
         .collect();
     if !lines.is_empty() {
-        let last = &lines[lines.len().saturating_sub(CRASH_STDERR_LINES)..];
-        let text: String = last.join(" | ").chars().take(CRASH_STDERR_CHARS).collect();
-        reason.push_str(&format!("; its stderr ends: {text}"));
+        let last = lines[lines.len().saturating_sub(CRASH_STDERR_LINES)..].join(" | ");
+        // The end is what says why: a long line keeps its last characters.
+        let skip = last.chars().count().saturating_sub(CRASH_STDERR_CHARS);
+        let text: String = last.chars().skip(skip).collect();
+        let (said, more) = if cut {
+            (
+                "its stderr, cut at the capture's limit, ends",
+                " (what followed is lost)",
+            )
+        } else {
+            ("its stderr ends", "")
+        };
+        reason.push_str(&format!(
+            "; {said}: {}{text}{more}",
+            if skip > 0 { "…" } else { "" }
+        ));
     }
     reason
 }

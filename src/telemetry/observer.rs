@@ -238,6 +238,12 @@ impl Tracker {
         self.running.insert(task.to_owned(), now);
     }
 
+    /// Forgets a task's attempt in flight that made no call, counting nothing.
+    fn drop_attempt(&mut self, task: &str, now: Instant) {
+        self.advance(now);
+        self.running.remove(task);
+    }
+
     /// Ends a task's attempt in flight with `status`, counting it and recording its latency;
     /// nothing for a task with no attempt in flight (skipped, or cancelled before it started).
     fn end_attempt(&mut self, task: &str, status: &'static str, now: Instant) {
@@ -413,8 +419,18 @@ impl Telemetry {
                 tracker.gates_failed.remove(task.as_str());
                 tracker.start_attempt(task, now);
             }
-            RunEvent::TaskFinished { task, state, .. } => {
-                if !(tracker.gates_failed.remove(task.as_str()) && *state == TaskState::Failed) {
+            RunEvent::TaskFinished {
+                task,
+                state,
+                elapsed_us,
+                ..
+            } => {
+                if *state == TaskState::Skipped && elapsed_us.is_none() {
+                    // Dispatched, but its run stopped before the call was made: no call.
+                    tracker.drop_attempt(task, now);
+                } else if !(tracker.gates_failed.remove(task.as_str())
+                    && *state == TaskState::Failed)
+                {
                     tracker.end_attempt(task, task_status(*state), now);
                 }
             }
