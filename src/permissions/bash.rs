@@ -111,11 +111,25 @@ static PARSE_GUARD: ParseGuard = ParseGuard::new(PARSE_DEADLINE, MAX_OVERRUNNING
 /// a 2-vCPU VM where the parse itself takes 5 µs (reusing parked threads
 /// saved nothing there: a bare channel ping-pong between two threads took
 /// 58 µs). Plain commands skip the parser entirely.
+///
+/// At most [`MAX_PARSING`] parses run at once; a caller waits for a free one before its deadline
+/// starts. A thousand permission checks at once (a wide plan's first level) each started a
+/// thread, and on 2 cores dozens of plain `echo` commands then missed the deadline and were
+/// refused as unanalysable.
 struct ParseGuard {
     deadline: Duration,
     max_overrunning: usize,
     overrunning: AtomicUsize,
+    /// Parses running now (overrunning ones included), and the signal that one ended.
+    parsing: parking_lot::Mutex<usize>,
+    ended: parking_lot::Condvar,
 }
+
+/// Parses that may run at once.
+const MAX_PARSING: usize = 4;
+
+/// How long a caller waits for a parse to end when [`MAX_PARSING`] are running.
+const PARSE_SLOT_WAIT: Duration = Duration::from_secs(30);
 
 /// A parse's progress, shared by the waiting caller and the parsing thread,
 /// so exactly one of them decides whether the parse counts as overrunning.
@@ -129,7 +143,32 @@ impl ParseGuard {
             deadline,
             max_overrunning,
             overrunning: AtomicUsize::new(0),
+            parsing: parking_lot::const_mutex(0),
+            ended: parking_lot::Condvar::new(),
         }
+    }
+
+    /// Takes one of the [`MAX_PARSING`] places, waiting for one to free up.
+    fn take_place(&self) -> Result<(), SplitError> {
+        let mut parsing = self.parsing.lock();
+        let until = std::time::Instant::now() + PARSE_SLOT_WAIT;
+        while *parsing >= MAX_PARSING {
+            if self.ended.wait_until(&mut parsing, until).timed_out() && *parsing >= MAX_PARSING {
+                return Err(SplitError(format!(
+                    "no shell parse ended within {} s ({MAX_PARSING} running)",
+                    PARSE_SLOT_WAIT.as_secs()
+                )));
+            }
+        }
+        *parsing += 1;
+        Ok(())
+    }
+
+    /// Gives a place back (the parse ended, or its thread could not start).
+    fn free_place(&self) {
+        let mut parsing = self.parsing.lock();
+        *parsing = parsing.saturating_sub(1);
+        self.ended.notify_one();
     }
 
     fn run(&'static self, command: &str) -> Result<Vec<CommandPart>, SplitError> {
@@ -151,6 +190,7 @@ impl ParseGuard {
                 "{overrunning} earlier commands are still being parsed past their deadline"
             )));
         }
+        self.take_place()?;
         let progress = Arc::new(AtomicU8::new(PARSING));
         let (sender, receiver) = mpsc::sync_channel(1);
         let parser_progress = Arc::clone(&progress);
@@ -160,6 +200,7 @@ impl ParseGuard {
             .stack_size(8 << 20)
             .spawn(move || {
                 let result = parse();
+                self.free_place();
                 if parser_progress
                     .compare_exchange(PARSING, PARSED, Ordering::AcqRel, Ordering::Acquire)
                     .is_err()
@@ -170,6 +211,7 @@ impl ParseGuard {
                 let _ = sender.send(result);
             });
         if let Err(e) = spawned {
+            self.free_place();
             return Err(SplitError(format!("could not start the shell parser: {e}")));
         }
         match receiver.recv_timeout(self.deadline) {
@@ -2020,6 +2062,35 @@ mod tests {
             refused.0.contains("did not finish within 20 ms"),
             "{refused}"
         );
+    }
+
+    /// Parses run at most `MAX_PARSING` at once, and a caller's deadline starts when its own
+    /// parse does: many callers at once all get their answer (each started a thread of its own,
+    /// and on 2 cores allowed commands missed the deadline).
+    #[test]
+    fn many_callers_at_once_parse_a_few_at_a_time_within_their_deadlines() {
+        let guard = private_guard(1_000, 2);
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let callers: Vec<_> = (0..16)
+            .map(|_| {
+                let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+                std::thread::spawn(move || {
+                    guard.within_deadline(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(100));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.join().unwrap().unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= MAX_PARSING && most > 1, "{most} parses ran at once");
     }
 
     #[test]
