@@ -940,3 +940,54 @@ fn json_into_a_closed_pipe_ends_quietly() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+/// On a store a writable open refuses as damaged, `mem get` (the one command that reads an
+/// archived memory) still reads it, without counting the access.
+#[test]
+fn mem_get_reads_a_damaged_store_without_writing() {
+    use tetrarch::store::{MemoryId, Store, StoreConfig, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.redb");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let text = format!("memory {i} about the poster render");
+        let stored = tetrarch(&store, &["mem", "store", "--content", &text]);
+        ids.push(stdout(&stored).trim().to_owned());
+    }
+    let archived = ids[0].clone();
+    assert_eq!(
+        tetrarch(&store, &["mem", "archive", &archived])
+            .status
+            .code(),
+        Some(0)
+    );
+    let id: MemoryId = archived.parse().unwrap();
+    // A single flipped bit the check before writing finds while a read-only open still reads
+    // the memory.
+    let golden = std::fs::read(&store).unwrap();
+    let written = (0..golden.len()).filter(|&at| golden[at] != 0);
+    let damaged = written.step_by(3).find_map(|at| {
+        let mut bytes = golden.clone();
+        bytes[at] ^= 1 << (at % 8);
+        std::fs::write(&store, &bytes).unwrap();
+        let refused = matches!(
+            Store::open(&store, StoreConfig::default()),
+            Err(StoreError::Corrupt { .. })
+        );
+        let readable = Store::open_read_only(&store, StoreConfig::default())
+            .is_ok_and(|s| s.get(id).is_ok_and(|m| m.archived));
+        (refused && readable).then_some(bytes)
+    });
+    let damaged = damaged.expect("no single-bit damage refused for writing and still readable");
+    std::fs::write(&store, &damaged).unwrap();
+    let got = tetrarch(&store, &["mem", "get", &archived]);
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert_eq!(got.status.code(), Some(0), "{stderr}");
+    assert!(stdout(&got).contains(&archived), "{}", stdout(&got));
+    assert!(stderr.contains("not counted as an access"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        damaged,
+        "the read wrote to the file"
+    );
+}

@@ -1006,3 +1006,36 @@ fn a_paused_events_reader_holds_neither_the_run_nor_any_event() {
     assert_eq!(finished, 600, "{} events", events.len());
     assert_eq!(events.last().unwrap()["event"], "run_finished");
 }
+
+/// Events that cannot be written for another reason than a reader gone (a full disk) are said
+/// to be missing; the run goes on.
+#[test]
+fn events_that_cannot_be_written_are_said_to_be_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)"]}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        "name = \"full\"\npermissions = \"settings.json\"\n[pools.sh]\nkind = \"process\"\n\
+         command = [\"echo\"]\n[[task]]\nid = \"a\"\ntool = \"sh.x\"\nargs = { argv = [\"hi\"] }\n",
+    )
+    .unwrap();
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("skipped: no /dev/full here");
+        return;
+    };
+    let out = tetrarch_on(&dir.path().join("store.redb"), &["run", "--events", "json"])
+        .arg(dir.path().join("plan.toml"))
+        .stdout(full)
+        .output()
+        .unwrap();
+    let (code, err) = code_and_stderr(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("cannot write the run's events to stdout") && err.contains("No space left"),
+        "{err}"
+    );
+}

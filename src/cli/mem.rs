@@ -316,7 +316,20 @@ pub(crate) fn run(
         }
         MemCommand::Get { id, output } => {
             let id: MemoryId = id.parse()?;
-            let store = open(store_path)?;
+            let store = match store_path.open(config()) {
+                Ok(store) => store,
+                // A damaged file is refused for writing, and `get` is how an archived memory is
+                // read: read it without counting the access.
+                Err(refused @ tetrarch::store::StoreError::Corrupt { .. }) => {
+                    let store = open_to_read(store_path).map_err(|_| refused)?;
+                    stderr_line!(
+                        "note: the store is damaged, so it is read without writing: this read \
+                         is not counted as an access"
+                    );
+                    store
+                }
+                Err(other) => return Err(other.into()),
+            };
             let memory = store.get(id)?;
             if output.json {
                 print_json(out, &memory)?;

@@ -570,10 +570,17 @@ fn print_events(
         let last = matches!(&event, RunEvent::RunFinished { run_id: id, .. } if *id == run_id);
         if format == EventsFormat::Json {
             // A reader that went away (`| head`) ends the printing, not the run: it still
-            // finishes (or rolls back) and reports on stderr.
+            // finishes (or rolls back) and reports on stderr. Any other failure (a full disk)
+            // is said, so a cut stream is not taken for the whole one.
             if let Ok(line) = serde_json::to_string(&event)
-                && stdout_line!("{line}").is_err()
+                && let Err(e) = stdout_line!("{line}")
             {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    stderr_line!(
+                        "warning: cannot write the run's events to stdout ({e}): the rest are \
+                         not printed; the run goes on"
+                    );
+                }
                 break;
             }
         } else {
