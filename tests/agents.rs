@@ -2240,16 +2240,21 @@ async fn subscribe_all_loses_no_event_of_a_burst_past_the_broadcast() {
     h.runtime.shutdown().await;
 }
 
-/// Nothing new starts once a task has failed for good: calls still waiting for a session are
-/// not made, and their tasks end skipped, saying so; the call already made finishes.
-#[tokio::test]
-async fn calls_waiting_for_a_session_are_not_made_once_a_task_has_failed() {
-    let h = harness(|actors| {
+/// A harness whose `fn` pool has one session: a second call waits for the first.
+async fn harness_with_one_session() -> Harness {
+    harness(|actors| {
         if let Some(pool) = actors.executor.pools.get_mut("fn") {
             pool.max_size = 1;
         }
     })
-    .await;
+    .await
+}
+
+/// Nothing new starts once a task has failed for good: calls still waiting for a session are
+/// not made, and their tasks end skipped, saying so; the call already made finishes.
+#[tokio::test]
+async fn calls_waiting_for_a_session_are_not_made_once_a_task_has_failed() {
+    let h = harness_with_one_session().await;
     let mut text = String::from(
         "name = \"fail-fast\"\n[[task]]\nid = \"bad\"\ntool = \"fn.flaky\"\n\
          args = { label = \"bad\", fail_times = 9 }\n",
@@ -2285,12 +2290,7 @@ async fn calls_waiting_for_a_session_are_not_made_once_a_task_has_failed() {
 /// computation was failed with the other's reason).
 #[tokio::test]
 async fn a_cached_call_waiting_on_one_that_was_not_made_is_not_made_either() {
-    let h = harness(|actors| {
-        if let Some(pool) = actors.executor.pools.get_mut("fn") {
-            pool.max_size = 1;
-        }
-    })
-    .await;
+    let h = harness_with_one_session().await;
     // `hold` keeps the one session while `bad` is refused by the (absent) permission rules.
     let text = r#"
 name = "shared-not-started"

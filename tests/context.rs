@@ -310,20 +310,25 @@ fn budget_shares_are_respected_when_every_category_wants_more() {
     );
 }
 
+/// `count` general memories of `sentences` sentences each about the shader.
+fn general_memories(count: usize, sentences: usize) -> Vec<Candidate> {
+    (0..count)
+        .map(|i| {
+            memory(
+                Category::General,
+                &format!("memory:{i}"),
+                &shader_text(&i.to_string(), sentences),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn unused_shares_are_passed_on() {
     // Only general candidates: they may use far more than general's 10% of the window.
     let window = 4_000;
     let optimizer = optimizer(with_window(window));
-    let memories: Vec<Candidate> = (0..40)
-        .map(|i| {
-            memory(
-                Category::General,
-                &format!("memory:{i}"),
-                &shader_text(&i.to_string(), 3),
-            )
-        })
-        .collect();
+    let memories = general_memories(40, 3);
     let payload = optimizer.build(&request("s", "shader registers sm_90", memories));
     let general = tokens_of(&payload.items, Category::General);
     assert!(
@@ -340,15 +345,7 @@ fn unused_shares_are_passed_on() {
 fn what_upstream_outputs_leave_of_their_share_is_passed_on() {
     let window = 4_000;
     let optimizer = optimizer(with_window(window));
-    let memories: Vec<Candidate> = (0..40)
-        .map(|i| {
-            memory(
-                Category::General,
-                &format!("memory:{i}"),
-                &shader_text(&i.to_string(), 10),
-            )
-        })
-        .collect();
+    let memories = general_memories(40, 10);
     let alone = optimizer.build(&request(
         "alone",
         "shader registers sm_90",
