@@ -343,3 +343,93 @@ fn a_signal_while_the_configured_pools_start_stops_the_start() {
     );
     gone_soon(server, "the server");
 }
+
+/// The `demo-tools` MCP server, the example `cargo test` builds beside this test.
+fn demo_tools() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(std::path::Path::parent).unwrap();
+    profile.join("examples").join("demo-tools")
+}
+
+/// A Ctrl-C while a resumed run waits for its plan's pools (its rollback needs them) is saved
+/// before a second Ctrl-C exits, so the next run only finishes the rollback. It used to be kept
+/// in memory only (the run had not started), and the next run ran the cancelled task to the end.
+#[test]
+fn a_cancel_while_a_resumed_run_waits_for_its_pools_is_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("server.pid");
+    let plan = format!(
+        r#"
+name = "early-cancel"
+permissions = "settings.json"
+
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+
+[pools.slow]
+kind = "mcp"
+min_idle = 1
+start_timeout = "1m"
+command = ["sh", "-c", "if [ -f hang ]; then echo $$ > '{pid}'; exec sleep 30; fi; exec '{server}'"]
+
+[[task]]
+id = "made"
+tool = "sh.run"
+args = {{ argv = ["echo made >> log.txt"] }}
+compensate = {{ tool = "sh.undo", args = {{ argv = ["echo undone >> log.txt"] }} }}
+
+[[task]]
+id = "long"
+tool = "sh.run"
+deps = ["made"]
+args = {{ argv = ["echo long-start >> log.txt; sleep 5; echo long-end >> log.txt"] }}
+"#,
+        pid = pid_file.display(),
+        server = demo_tools().display()
+    );
+    std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
+    std::fs::write(
+        dir.path().join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("actors")).unwrap();
+    std::fs::write(dir.path().join("actors/executor.toml"), "mailbox = 4096\n").unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("log.txt")).unwrap_or_default();
+    let quiet = |mut command: Command| {
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command
+    };
+    // Killed while `long` runs, `made` complete.
+    let mut first = quiet(run_in(dir.path())).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("long-start") {
+        assert!(Instant::now() < deadline, "{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Resumed with its MCP server hanging: the run waits for its pools when the Ctrl-C comes.
+    std::fs::write(dir.path().join("hang"), "").unwrap();
+    let second = quiet(run_in(dir.path())).spawn().unwrap();
+    pid_written_to(&pid_file, "the hanging server");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(second.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = second.wait_with_output().unwrap().status;
+    assert_eq!(status.code(), Some(130), "{status}");
+    std::fs::remove_file(dir.path().join("hang")).unwrap();
+    let third = quiet(run_in(dir.path())).output().unwrap();
+    assert_eq!(third.status.code(), Some(1), "{}", log());
+    assert_eq!(log().matches("long-start").count(), 1, "{}", log());
+    assert!(log().contains("undone"), "{}", log());
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let runs = saved_runs(&store).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Cancelled);
+    let state = |id: &str| runs[0].tasks.iter().find(|(t, _)| t == id).unwrap().1;
+    assert_eq!(state("made"), TaskState::Compensated);
+    assert_eq!(state("long"), TaskState::Skipped);
+}

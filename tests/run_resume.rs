@@ -312,6 +312,113 @@ fn a_rollback_resumed_after_a_kill_compensates_the_task_that_was_in_flight() {
     assert_eq!(slow, TaskState::Compensated);
 }
 
+/// A plan whose rollback undoes `b`, then `a`, then `z`: `b`'s compensation reads `a`'s output
+/// and fails on its first try, `z`'s takes 3 s. `bad` fails after `b`; `slow` (3 s, compensated)
+/// is still running when it does. Each tool call logs to `log.txt`.
+fn write_rollback_plan(dir: &Path) {
+    std::fs::write(
+        dir.join("tool.sh"),
+        "case \"$1\" in\n\
+         do) echo \"do-$2\" >> log.txt; echo \"{\\\"name\\\": \\\"$2-out\\\"}\" ;;\n\
+         slow) echo \"$2-start\" >> log.txt; sleep 3; echo \"$2-end\" >> log.txt ;;\n\
+         flaky) if [ -e tried ]; then echo \"undo-$2-$3\" >> log.txt; else touch tried; exit 1; fi ;;\n\
+         fail) sleep 0.3; exit 1 ;;\n\
+         esac\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("plan.toml"),
+        "name = \"undo-order\"\npermissions = \"settings.json\"\n\
+         [pools.t]\nkind = \"process\"\ncommand = [\"sh\", \"tool.sh\"]\nmax_size = 4\n\
+         [[task]]\nid = \"z\"\ntool = \"t.run\"\nargs = { argv = [\"do\", \"z\"] }\n\
+         compensate = { tool = \"t.undo\", args = { argv = [\"slow\", \"undo-z\"] } }\n\
+         [[task]]\nid = \"a\"\ntool = \"t.run\"\ndeps = [\"z\"]\nargs = { argv = [\"do\", \"a\"] }\n\
+         compensate = { tool = \"t.undo\", args = { argv = [\"do\", \"undo-a\"] } }\n\
+         [[task]]\nid = \"b\"\ntool = \"t.run\"\ndeps = [\"a\"]\nargs = { argv = [\"do\", \"b\"] }\n\
+         compensate = { tool = \"t.undo\", args = { argv = [\"flaky\", \"b\", \"{{tasks.a.output.name}}\"] } }\n\
+         [[task]]\nid = \"slow\"\ntool = \"t.run\"\ndeps = [\"b\"]\nargs = { argv = [\"slow\", \"slow\"] }\n\
+         compensate = { tool = \"t.undo\", args = { argv = [\"do\", \"undo-slow\"] } }\n\
+         [[task]]\nid = \"bad\"\ntool = \"t.run\"\ndeps = [\"b\"]\nargs = { argv = [\"fail\"] }\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("actors")).unwrap();
+    std::fs::write(dir.join("actors/executor.toml"), "mailbox = 4096\n").unwrap();
+    std::fs::write(
+        dir.join("settings.json"),
+        r#"{"permissions": {"allow": ["Bash(sh tool.sh *)"]}}"#,
+    )
+    .unwrap();
+}
+
+/// Killed during its rollback after a compensation failed, the resumed rollback tries that
+/// compensation again with the output of the task it reads, which is already undone (it used
+/// to fail rendering it, so the task stayed done for good).
+#[test]
+fn a_resumed_rollback_retries_a_failed_compensation_with_its_upstream_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    write_rollback_plan(dir.path());
+    let log = || std::fs::read_to_string(dir.path().join("log.txt")).unwrap_or_default();
+    let mut child = tetrarch(dir.path()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !log().contains("undo-z-start") {
+        assert!(std::time::Instant::now() < deadline, "{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The first try of b's compensation failed; a is undone.
+    assert!(dir.path().join("tried").exists() && log().contains("do-undo-a"));
+    assert!(!log().contains("undo-b-"), "{}", log());
+    let resumed = tetrarch(dir.path()).output().unwrap();
+    assert_eq!(resumed.status.code(), Some(1));
+    assert!(log().contains("undo-b-a-out"), "{}", log());
+    let store = open_store(dir.path());
+    let runs = saved_runs(&store).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    for id in ["z", "a", "b", "slow"] {
+        let state = runs[0].tasks.iter().find(|(t, _)| t == id).unwrap().1;
+        assert_eq!(state, TaskState::Compensated, "{id}: {}", log());
+    }
+}
+
+/// A Ctrl-C after a task failed, while the rollback waits for a call still in flight, does not
+/// stop that call: it ends and is compensated, as a resume after a kill at the same moment
+/// would compensate it (it used to be killed and left not undone).
+#[test]
+fn ctrl_c_while_the_rollback_waits_for_a_call_lets_it_end_and_compensates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_rollback_plan(dir.path());
+    let log = || std::fs::read_to_string(dir.path().join("log.txt")).unwrap_or_default();
+    let mut child = tetrarch(dir.path()).stdout(Stdio::piped()).spawn().unwrap();
+    let events = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut rest = Vec::new();
+    let mut signalled = false;
+    for line in events {
+        let line = line.unwrap();
+        if !signalled && line.contains("\"task_finished\"") && line.contains("\"bad\"") {
+            assert!(
+                log().contains("slow-start") && !log().contains("slow-end"),
+                "{}",
+                log()
+            );
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+            signalled = true;
+        }
+        rest.push(line);
+    }
+    assert!(signalled, "{rest:?}");
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(log().contains("slow-end"), "{}", log());
+    assert!(log().contains("do-undo-slow"), "{}", log());
+    let store = open_store(dir.path());
+    let runs = saved_runs(&store).unwrap();
+    assert_eq!(runs[0].status, RunStatus::Failed);
+    let slow = runs[0].tasks.iter().find(|(t, _)| t == "slow").unwrap().1;
+    assert_eq!(slow, TaskState::Compensated);
+}
+
 /// The same plan text in another folder (a copy, a worktree) sharing the store is another run:
 /// its relative paths mean another folder, so it must not resume the first one's run.
 #[test]

@@ -15,9 +15,10 @@ use crate::session::def::humantime_serde;
 /// The shortest restart window accepted (see [`ActorsConfig::validate`]).
 pub const MIN_RESTART_WINDOW: Duration = Duration::from_secs(1);
 
-/// OTP-style restart intensity: at most `max_restarts` restarts within `within`.
+/// OTP-style restart intensity: at most `max_restarts` restarts within `within`. A key left
+/// out of `[restart]` keeps its default (5 restarts, 10 s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RestartIntensity {
     /// Restarts allowed in the window.
     pub max_restarts: u32,
@@ -291,7 +292,11 @@ impl ActorsConfig {
                     }),
                 }
             },
-            dir.to_path_buf(),
+            // Absolute, so a pool's folder (and with it a cached result's key) is the same
+            // folder whatever the working directory of the command.
+            std::fs::canonicalize(dir).map_err(|e| AgentError::Config {
+                detail: format!("actors folder {}: {e}", dir.display()),
+            })?,
         )
     }
 
@@ -317,15 +322,26 @@ impl ActorsConfig {
             base_dir,
         };
         // A setting that parsed but cannot work is named with its file and line, as a bad key
-        // is (the line of the setting's key, found in the file's text).
+        // is: the first candidate written in a file of the user's, else one written in an
+        // embedded file, else the first candidate's file without a line.
         let files = [orchestrator, optimizer, executor, reviewer];
         config.check().map_err(|problem| {
-            let file = files.iter().find(|(kind, _, _)| *kind == problem.agent);
-            let detail = match file {
-                Some((_, text, source)) => match key_line(text, &problem.key) {
-                    Some(line) => format!("{source}:{line}: {}", problem.message),
-                    None => format!("{source}: {}", problem.message),
-                },
+            let file = |agent: AgentKind| files.iter().find(|(kind, _, _)| *kind == agent);
+            let found = |embedded: bool| {
+                problem.spots.iter().find_map(|(agent, spot)| {
+                    let (_, text, source) = file(*agent)?;
+                    if source.starts_with("(embedded)") != embedded {
+                        return None;
+                    }
+                    spot.line(text).map(|line| format!("{source}:{line}"))
+                })
+            };
+            let at = found(false).or_else(|| found(true)).or_else(|| {
+                let (agent, _) = problem.spots.first()?;
+                file(*agent).map(|(_, _, source)| source.clone())
+            });
+            let detail = match at {
+                Some(at) => format!("{at}: {}", problem.message),
                 None => problem.message,
             };
             AgentError::Config { detail }
@@ -343,24 +359,55 @@ impl ActorsConfig {
     }
 
     fn check(&self) -> Result<(), Problem> {
-        let problem = |agent, key: &str, message: String| Problem {
-            agent,
-            key: key.to_owned(),
-            message,
-        };
+        let problem =
+            |agent, key: &str, message: String| Problem::at(agent, Spot::key(key), message);
         self.optimizer.context.validate().map_err(|e| {
-            let key = match &e {
+            let message = format!("optimizer [context]: {e}");
+            match &e {
                 crate::context::ContextError::Config { field, .. } => {
-                    field.rsplit('.').next().unwrap_or("context").to_owned()
+                    let (table, key) = match field.rsplit_once('.') {
+                        Some((table, key)) => (format!("[context.{table}]"), key),
+                        None => ("[context]".to_owned(), field.as_str()),
+                    };
+                    // A whole table's problem (shares summing past 1) points at the table.
+                    let spot = if ["budget", "ranking"].contains(&key) {
+                        Spot::Header(format!("[context.{key}]"))
+                    } else {
+                        Spot::InTable {
+                            headers: vec![table],
+                            key: key.to_owned(),
+                        }
+                    };
+                    Problem::at(AgentKind::Optimizer, spot, message)
+                        .or_at(AgentKind::Optimizer, Spot::key(key))
                 }
-                _ => "[context".to_owned(),
-            };
-            problem(
-                AgentKind::Optimizer,
-                &key,
-                format!("optimizer [context]: {e}"),
-            )
+                _ => Problem::at(
+                    AgentKind::Optimizer,
+                    Spot::Header("[context".to_owned()),
+                    message,
+                ),
+            }
         })?;
+        // A folder that is not there would leave every task without its skills, said only in
+        // a log line.
+        if let Some(dir) = &self.optimizer.context.skills_dir {
+            let path = self.base_dir.join(dir);
+            if !path.is_dir() {
+                return Err(Problem::at(
+                    AgentKind::Optimizer,
+                    Spot::key("skills_dir"),
+                    format!(
+                        "optimizer [context] skills_dir {}: {}",
+                        path.display(),
+                        if path.exists() {
+                            "is not a folder"
+                        } else {
+                            "no such folder"
+                        }
+                    ),
+                ));
+            }
+        }
         let run = &self.orchestrator.run;
         let in_flight = run.max_in_flight;
         if in_flight == 0 {
@@ -387,11 +434,12 @@ impl ActorsConfig {
                     crate::session::SessionError::InvalidConfig { detail } => detail,
                     other => other.to_string(),
                 };
-                return Err(problem(
-                    AgentKind::Executor,
-                    &format!("[pools.{name}]"),
-                    format!("executor [pools.{name}]: {detail}"),
-                ));
+                let message = format!("executor [pools.{name}]: {detail}");
+                let unplaced = Problem {
+                    spots: Vec::new(),
+                    message,
+                };
+                return Err(pool_spots(unplaced, name, &detail));
             }
         }
         // The pool itself may come later (a plan's own `[pools]`, `Runtime::add_pools`): a
@@ -443,6 +491,7 @@ impl ActorsConfig {
                 in_flight
             };
             if mailbox < needed {
+                // Either setting may be the one to change: the one the user wrote comes first.
                 return Err(problem(
                     kind,
                     "mailbox",
@@ -455,7 +504,8 @@ impl ActorsConfig {
                             ""
                         }
                     ),
-                ));
+                )
+                .or_at(AgentKind::Orchestrator, Spot::key("max_in_flight")));
             }
             // A window shorter than a restart takes counts each failure alone, so a crash
             // loop would never reach the limit; OTP's period is whole seconds for the same reason.
@@ -474,32 +524,130 @@ impl ActorsConfig {
     }
 }
 
-/// A setting that parsed but cannot work: its agent's file, the key to point at, the message.
+/// A setting that parsed but cannot work: where to point (candidates, best first) and the
+/// message.
 struct Problem {
-    agent: AgentKind,
-    /// The key's last name (`within`, `mailbox`), or `[pools.NAME]` for a pool.
-    key: String,
+    spots: Vec<(AgentKind, Spot)>,
     message: String,
 }
 
-/// The 1-based line of `key` in a configuration file's text: a `[pools.NAME]`-style header, or
-/// the first `key =` (inline tables included). `None` when the key is not written there (a
-/// default that does not fit another setting).
-fn key_line(text: &str, key: &str) -> Option<usize> {
-    let found = |line: &str| {
-        let line = line.trim_start();
-        if key.starts_with('[') {
-            return line.starts_with(key);
+impl Problem {
+    fn at(agent: AgentKind, spot: Spot, message: String) -> Self {
+        Problem {
+            spots: vec![(agent, spot)],
+            message,
         }
-        line.match_indices(key).any(|(at, _)| {
-            let before = line[..at].chars().next_back();
-            let after = line[at + key.len()..].trim_start();
-            before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) && after.starts_with('=')
+    }
+
+    /// Also points at `spot` of `agent`'s file when the first candidates are not written in a
+    /// file of the user's (a default that does not fit another setting).
+    fn or_at(mut self, agent: AgentKind, spot: Spot) -> Self {
+        self.spots.push((agent, spot));
+        self
+    }
+}
+
+/// Where a setting is written in a configuration file.
+enum Spot {
+    /// The first `key =` (inline tables included).
+    Key(String),
+    /// A table header starting with this text (`[context.budget`).
+    Header(String),
+    /// `key` inside the table under one of these headers, else the header itself.
+    InTable { headers: Vec<String>, key: String },
+}
+
+impl Spot {
+    fn key(key: &str) -> Self {
+        Spot::Key(key.to_owned())
+    }
+
+    /// The 1-based line of the spot in a configuration file's text; `None` when not written
+    /// there.
+    fn line(&self, text: &str) -> Option<usize> {
+        let lines: Vec<&str> = text.lines().collect();
+        let live = |line: &&str| !line.trim_start().starts_with('#');
+        let header = |headers: &[String]| {
+            lines.iter().position(|line| {
+                live(line)
+                    && headers
+                        .iter()
+                        .any(|h| line.trim_start().starts_with(h.as_str()))
+            })
+        };
+        match self {
+            Spot::Key(key) => lines
+                .iter()
+                .position(|line| live(line) && sets_key(line, key))
+                .map(|i| i + 1),
+            Spot::Header(start) => header(std::slice::from_ref(start)).map(|i| i + 1),
+            Spot::InTable { headers, key } => {
+                let at = header(headers)?;
+                let inside = lines[at + 1..]
+                    .iter()
+                    .take_while(|line| !line.trim_start().starts_with('['))
+                    .position(|line| live(line) && sets_key(line, key));
+                Some(inside.map_or(at + 1, |i| at + i + 2))
+            }
+        }
+    }
+}
+
+/// Whether `line` sets `key` (`key = ...`, also inside an inline table).
+fn sets_key(line: &str, key: &str) -> bool {
+    let line = line.trim_start();
+    line.match_indices(key).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + key.len()..].trim_start();
+        before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) && after.starts_with('=')
+    })
+}
+
+/// The settings of a pool's table, to find the one a pool's error names.
+const POOL_KEYS: [&str; 15] = [
+    "kind",
+    "command",
+    "cwd",
+    "env_allowlist",
+    "env",
+    "min_idle",
+    "max_size",
+    "acquire_timeout",
+    "idle_timeout",
+    "health_check_interval",
+    "start_timeout",
+    "call_timeout",
+    "device",
+    "warmup_size",
+    "warmup",
+];
+
+/// Where pool `name`'s error `detail` points: the setting it names first, in the pool's table.
+fn pool_spots(problem: Problem, name: &str, detail: &str) -> Problem {
+    let named = |key: &str| {
+        detail.match_indices(key).find_map(|(at, _)| {
+            let before = detail[..at].chars().next_back();
+            let after = detail[at + key.len()..].chars().next();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            (!word(before) && !word(after)).then_some(at)
         })
     };
-    text.lines()
-        .position(|line| !line.trim_start().starts_with('#') && found(line))
-        .map(|i| i + 1)
+    let setting = POOL_KEYS
+        .iter()
+        .filter_map(|key| named(key).map(|at| (at, *key)))
+        .min()
+        .map_or("", |(_, key)| key);
+    let headers = vec![format!("[pools.{name}]"), format!("[pools.\"{name}\"]")];
+    problem
+        .or_at(
+            AgentKind::Executor,
+            Spot::InTable {
+                headers,
+                key: setting.to_owned(),
+            },
+        )
+        .or_at(AgentKind::Executor, Spot::key(name))
+        .or_at(AgentKind::Executor, Spot::key(&format!("\"{name}\"")))
 }
 
 #[cfg(test)]
@@ -574,7 +722,7 @@ mod tests {
             (
                 "executor.toml",
                 "mailbox = 4096\n\n[pools.judge]\nkind = \"scorer\"\ncommand = [\"x\"]\n",
-                ":3: executor [pools.judge]: pool \"judge\": `command` is for process and mcp pools only",
+                ":5: executor [pools.judge]: pool \"judge\": `command` is for process and mcp pools only",
             ),
             (
                 "reviewer.toml",
@@ -586,6 +734,33 @@ mod tests {
                 "# the pool for score gates\nscore_pool = \"\"\n",
                 ":2: reviewer score_pool \"\": a pool's name must be",
             ),
+            // The mailbox is the embedded default: the setting written is the one named.
+            (
+                "orchestrator.toml",
+                "[run]\nmax_in_flight = 5000\n",
+                ":2: orchestrator mailbox (4096) must hold every attempt in flight",
+            ),
+            (
+                "optimizer.toml",
+                "[context]\nalert_ratio = 0.5\n[context.budget]\ncritical = 0.9\n",
+                ":3: optimizer [context]: ",
+            ),
+            (
+                "executor.toml",
+                "[pools.a]\nkind = \"native\"\n[pools.p]\nkind = \"process\"\ncommand = [\"sh\"]\n\
+                 max_size = 0\n",
+                ":6: executor [pools.p]: pool \"p\": max_size must be at least 1",
+            ),
+            (
+                "executor.toml",
+                "[pools]\nbad_ = { kind = \"process\", command = [\"sh\"] }\n",
+                ":2: executor [pools.bad_]: pool \"bad_\": a pool's name must be",
+            ),
+            (
+                "optimizer.toml",
+                "[context]\n\nskills_dir = \"skilz\"\n",
+                ":3: optimizer [context] skills_dir ",
+            ),
         ];
         for (file, text, expected) in cases {
             let dir = tempfile::tempdir().unwrap();
@@ -594,6 +769,37 @@ mod tests {
             let named = format!("{}{expected}", dir.path().join(file).display());
             assert!(error.contains(&named), "{error}\nexpected: {named}");
         }
+    }
+
+    #[test]
+    fn a_restart_table_may_leave_a_key_to_its_default() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("executor.toml"),
+            "[restart]\nmax_restarts = 1\n",
+        )
+        .unwrap();
+        let config = ActorsConfig::load(dir.path()).unwrap();
+        assert_eq!(
+            config.executor.restart,
+            RestartIntensity {
+                max_restarts: 1,
+                within: Duration::from_secs(10)
+            }
+        );
+    }
+
+    /// A relative folder is made absolute: the pools' folders, and the keys of their cached
+    /// results, would otherwise be the same text for two folders.
+    #[test]
+    fn the_actors_folder_is_taken_as_an_absolute_path() {
+        let config = ActorsConfig::load(Path::new("actors")).unwrap();
+        assert!(
+            config.base_dir.is_absolute(),
+            "{}",
+            config.base_dir.display()
+        );
+        assert_eq!(config.base_dir, std::fs::canonicalize("actors").unwrap());
     }
 
     #[test]

@@ -450,6 +450,12 @@ impl OrchestratorState {
                     {
                         slot.state = record.state;
                         slot.reason = record.reason;
+                        // An undone task's output is still what the compensations of the tasks
+                        // after it read (`{{tasks.ID.output}}`) when one of them runs again.
+                        slot.output = record
+                            .output_json
+                            .as_deref()
+                            .and_then(|j| serde_json::from_str(j).ok());
                     }
                     // In flight when the process stopped during the rollback (the failure
                     // committed it as running): whether its call did its work is unknown, so
@@ -1153,12 +1159,24 @@ impl OrchestratorState {
         let Some(run) = self.runs.get_mut(run_id) else {
             // A run that has ended is not cancelled again: remembered, the cancel would stop
             // a later resume or reuse of its id.
-            let ended = load_run(&self.args.store, run_id)
-                .ok()
-                .flatten()
-                .is_some_and(|saved| saved.status != RunStatus::Running);
-            if ended {
+            let saved = load_run(&self.args.store, run_id).ok().flatten();
+            if saved
+                .as_ref()
+                .is_some_and(|saved| saved.status != RunStatus::Running)
+            {
                 return;
+            }
+            // A saved run being resumed (its pools still starting): the cancel is saved with
+            // it, so a process that exits before the run starts (a second Ctrl-C, a pool that
+            // fails to start) leaves a run whose next resume only finishes the rollback.
+            if let Some(mut saved) = saved
+                && saved.stopping.is_none()
+            {
+                saved.stopping = Some(Stopping::Cancelled);
+                match encode_run(&saved) {
+                    Ok(bytes) => self.unsaved.push((run_key(run_id), bytes)),
+                    Err(e) => tracing::error!("orchestrator: could not encode a run state: {e}"),
+                }
             }
             // Not started yet: remembered, so it is cancelled when it starts.
             if !self.early_cancels.iter().any(|c| c == run_id) {
@@ -1169,7 +1187,10 @@ impl OrchestratorState {
             }
             return;
         };
-        if run.cancelled || run.phase != Phase::Running {
+        // A run that failed is already rolling back (waiting for the calls in flight, to
+        // compensate them too): a cancel would stop those calls and leave them not undone,
+        // where a kill at the same moment has them compensated on resume.
+        if run.cancelled || run.phase != Phase::Running || run.failure.is_some() {
             return;
         }
         run.cancelled = true;

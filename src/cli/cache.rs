@@ -57,7 +57,7 @@ fn parse_category(text: &str) -> Result<CacheCategory> {
 }
 
 fn stored_before(older_than: &str, now: Timestamp) -> Result<Timestamp> {
-    let age = humantime::parse_duration(older_than).with_context(|| {
+    let age = tetrarch::plan::parse_duration(older_than).with_context(|| {
         format!("invalid --older-than {older_than:?}: expected a duration such as 7days or 12h")
     })?;
     let millis = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);

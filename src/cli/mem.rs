@@ -193,7 +193,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn parse_ttl(text: &str) -> Result<Duration> {
-    let ttl = humantime::parse_duration(text).with_context(|| {
+    let ttl = tetrarch::plan::parse_duration(text).with_context(|| {
         format!("invalid --ttl {text:?}: expected a duration such as 10m or 2h")
     })?;
     anyhow::ensure!(

@@ -81,7 +81,7 @@ pub struct RunArgs {
 }
 
 fn parse_serve_after(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
+    tetrarch::plan::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
 }
 
 pub(crate) fn load_permissions(path: &Path, base: &Path) -> Result<Arc<PermissionEngine>> {
@@ -163,11 +163,16 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     // elsewhere sharing the store is another run.
     let folder = std::fs::canonicalize(&base_dir).unwrap_or_else(|_| base_dir.clone());
     let hash = plan_hash(&format!("{}\n{text}", folder.display()));
-    let resume = if args.fresh {
-        None
-    } else {
-        Runtime::resumable_run(&store, &hash)?
-    };
+    let resume = Runtime::resumable_run(&store, &hash)?;
+    if args.fresh
+        && let Some(old) = &resume
+    {
+        stderr_line!(
+            "note: --fresh leaves run {old} of {source} unfinished for good: it is not resumed, \
+             and what it left undone (a rollback cut short included) stays so"
+        );
+    }
+    let resume = resume.filter(|_| !args.fresh);
     if resume.is_none()
         && !args.fresh
         && let Some(old) = Runtime::unfinished_run_of_edited_plan(&store, &source, &hash)?

@@ -42,10 +42,32 @@ impl O200kCounter {
     }
 }
 
+/// The longest run of whitespace counted in one piece. tiktoken's pre-tokenizer (fancy-regex,
+/// backtracking on `\s+(?!\S)`) overflows its stack on a run of about 900k whitespace characters
+/// and panics inside `encode_ordinary` (openai/tiktoken#245): a tool that printed a megabyte of
+/// spaces would take the Optimizer down with every attempt. Longer runs are cut into pieces of
+/// this many characters, each counted alone (a count that differs by a token or so per cut).
+const LONGEST_WHITESPACE_RUN: usize = 65_536;
+
 impl TokenCounter for O200kCounter {
     fn count(&self, text: &str) -> usize {
         // Ordinary encoding: text that happens to spell a special token costs its plain tokens.
-        self.bpe.encode_ordinary(text).len()
+        if text.len() <= LONGEST_WHITESPACE_RUN {
+            return self.bpe.encode_ordinary(text).len();
+        }
+        let (mut total, mut piece_start, mut run) = (0, 0, 0);
+        for (at, c) in text.char_indices() {
+            if !c.is_whitespace() {
+                run = 0;
+                continue;
+            }
+            run += 1;
+            if run > LONGEST_WHITESPACE_RUN {
+                total += self.bpe.encode_ordinary(&text[piece_start..at]).len();
+                (piece_start, run) = (at, 1);
+            }
+        }
+        total + self.bpe.encode_ordinary(&text[piece_start..]).len()
     }
 
     fn name(&self) -> &str {
@@ -119,5 +141,34 @@ impl TokenCounter for CalibratedCounter {
 
     fn name(&self) -> &str {
         "calibrated"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A megabyte of spaces inside a tool's output used to overflow tiktoken's pre-tokenizer
+    /// and panic the Optimizer; tabs and other whitespace the same.
+    #[test]
+    fn a_megabyte_of_whitespace_is_counted_without_a_panic() {
+        let counter = O200kCounter::new().unwrap();
+        for blank in [" ", "\t", "\u{3000}"] {
+            let text = format!("start{}end", blank.repeat(1_040_000));
+            let tokens = counter.count(&text);
+            // Whitespace merges into tokens of many characters, never into fewer tokens than
+            // the cuts between pieces force.
+            assert!(
+                tokens > 1_040_000 / LONGEST_WHITESPACE_RUN && tokens < 1_040_000,
+                "{blank:?}: {tokens}"
+            );
+        }
+        // Text without such a run counts as tiktoken counts it, in one piece.
+        let prose = "word ".repeat(30_000);
+        assert_eq!(
+            counter.count(&prose),
+            counter.bpe.encode_ordinary(&prose).len()
+        );
     }
 }

@@ -126,6 +126,7 @@
 
 pub mod catalog;
 pub mod dag;
+mod duration;
 pub mod gate;
 mod print;
 pub mod template;
@@ -142,6 +143,7 @@ use crate::session::{PoolDef, PoolKind};
 
 pub use catalog::{StaticCatalog, ToolCatalog};
 pub use dag::Dag;
+pub use duration::{DurationError, parse_duration};
 pub use gate::{Gate, GateResult, JsonOp, ScoreBound, ScoreMetric, ToolOutcome};
 pub use template::{TemplateContext, TemplateError, render};
 

@@ -230,7 +230,7 @@ impl Collector<'_> {
     }
 
     fn duration(&mut self, value: &Spanned<String>, what: &str) -> Option<Duration> {
-        match humantime::parse_duration(value.get_ref()) {
+        match super::parse_duration(value.get_ref()) {
             Ok(d) if d.is_zero() => {
                 self.push(value.span().start, format!("{what} must be more than zero"));
                 None

@@ -158,7 +158,7 @@ pub(crate) mod humantime_serde {
     /// Parses a humantime string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
+        crate::plan::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("bad duration {text:?}: {e}")))
     }
 }
