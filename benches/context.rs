@@ -21,7 +21,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use tetrarch::context::{
     Candidate, Category, ContextConfig, ContextOptimizer, ContextRequest, O200kCounter,
-    TokenCounter, item_overhead, keyword_overlap_baseline,
+    TokenCounter, keyword_overlap_baseline, rendered_item_tokens,
 };
 
 /// The reported run; the other seeds show how much the figures move with the corpus.
@@ -385,6 +385,15 @@ fn run(
         .map(|c| (c.source.as_str(), counter.count(&c.text)))
         .collect();
     let corpus_tokens = tokens.values().sum();
+    // Each item as the task would receive it, heading and text counted together, as ours are
+    // charged.
+    let rendered: std::collections::HashMap<&str, usize> = candidates
+        .iter()
+        .map(|c| {
+            let count = rendered_item_tokens(counter.as_ref(), &c.source, &c.text);
+            (c.source.as_str(), count)
+        })
+        .collect();
 
     let (mut naive, mut ours) = (Totals::default(), Totals::default());
     let mut latencies = Vec::new();
@@ -399,8 +408,7 @@ fn run(
             .into_iter()
             .map(|c| {
                 // Sent the same way as ours: each item under its `## SOURCE` heading.
-                let heading = item_overhead(counter.as_ref(), &c.source);
-                (c.source.clone(), tokens[c.source.as_str()] + heading, false)
+                (c.source.clone(), rendered[c.source.as_str()], false)
             })
             .collect();
         naive.add(&picked, &relevant);
@@ -425,7 +433,7 @@ fn run(
         optimizer.forget_session(&request.session);
     }
     latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize] as f64;
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize] as f64;
     Outcome {
         naive,
         optimizer: ours,

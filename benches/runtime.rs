@@ -5,20 +5,24 @@
 //! - Orchestration overhead: 10,000 no-op `native` tasks, wide (all independent) and deep (one
 //!   chain), run through Orchestrator → Optimizer → Executor → Reviewer with the default
 //!   configuration (task states persisted, outputs recorded as memories), against the same DAG
-//!   run by a plain tokio `JoinSet` scheduler in the same process (the floor). Per-task overhead is
+//!   run by a plain tokio `JoinSet` scheduler in the same process (the floor). Both are driven
+//!   from a task on a runtime worker, as the agents are (not from `block_on`'s thread, which
+//!   would cost the floor two wake-ups across threads per task). Per-task overhead is
 //!   wall time ÷ tasks, median over rounds. Targets: ≤ 25 µs per task and ≤ 5× the floor. Also
 //!   shown: the same without recording each output as a memory (`record_outputs = false`).
 //! - Parallel efficiency: 10 levels × 16 tasks that each sleep 10 ms, every task depending on the
 //!   whole previous level: nominal critical path 100 ms. Target: wall ≤ 1.05 × critical path,
-//!   taken as the path the tools really took: each tool reports how long its sleep lasted, and
+//!   taken as the path the tools really took: each tool reports how long its thread slept
+//!   (timed around the sleep on the blocking thread, so reaching that thread and coming back
+//!   count against the runtime), and
 //!   the critical path is the sum over levels of the level's longest sleep (the nominal ratio and
 //!   a bare JoinSet running the same sleeps are printed beside it). The tools sleep on the
 //!   blocking pool rather than on tokio's 1 ms timer wheel, which by itself adds 5–15% to a 10 ms
 //!   sleep; `std::thread::sleep` still overshoots by 0.1–0.5 ms on this kind of machine, which is
 //!   the OS's, not the runtime's.
 //! - Round trip: a ping through each agent's mailbox, p50/p99.
-//! - Pre-warm: a one-task plan calling the `demo-tools` MCP server (built by cargo as an
-//!   example) from a pool pre-warmed with a declared warm-up call, run 11 times in each of 25
+//! - Pre-warm: a one-task plan calling the `demo-tools` MCP server (the example, which this
+//!   benchmark builds with `cargo build --release --example demo-tools` first) from a pool pre-warmed with a declared warm-up call, run 11 times in each of 25
 //!   fresh runtimes; the median first-run task latency (dispatch to verdict, through the four
 //!   agents and the pooled session) vs the median of the later runs. Target: first ≤ 1.2 ×
 //!   steady state. The whole run's wall time is shown beside it: it adds the run's end commit
@@ -131,11 +135,19 @@ async fn joinset_floor(deps: &[Vec<usize>]) -> Duration {
 }
 
 /// Sleeps `duration` on the blocking pool rather than on tokio's timer, which rounds every sleep
-/// up to its next 1 ms tick. `std::thread::sleep` still overshoots (0.1–0.5 ms on these
-/// machines), so each tool reports how long it really slept and the critical path is taken from
-/// that. The JoinSet floor sleeps the same way.
-async fn precise_sleep(duration: Duration) {
-    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(duration)).await;
+/// up to its next 1 ms tick, and returns how long the thread slept: `std::thread::sleep`
+/// overshoots (0.1–0.5 ms on these machines), so each tool reports that and the critical path is
+/// taken from it. It is timed around the sleep itself, on the blocking thread: getting that
+/// thread and coming back to the runtime are costs of running the tool, counted against the
+/// wall time, not the critical path. The JoinSet floor sleeps the same way.
+async fn precise_sleep(duration: Duration) -> Duration {
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        std::thread::sleep(duration);
+        started.elapsed()
+    })
+    .await
+    .unwrap()
 }
 
 fn natives() -> NativeRegistry {
@@ -143,9 +155,8 @@ fn natives() -> NativeRegistry {
     natives.register("noop", |args: Value| async move { Ok(args) });
     natives.register("sleep", |args: Value| async move {
         let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(10);
-        let started = Instant::now();
-        precise_sleep(Duration::from_millis(ms)).await;
-        Ok(json!({ "slept_us": us(started.elapsed()) }))
+        let slept = precise_sleep(Duration::from_millis(ms)).await;
+        Ok(json!({ "slept_us": us(slept) }))
     });
     natives
 }
@@ -311,10 +322,23 @@ async fn round_trips() -> Value {
     Value::Object(all)
 }
 
-/// The demo MCP tool server built by `cargo bench` (examples are built with benches).
+/// The demo MCP tool server, built here (`cargo bench` builds no examples): a binary left by an
+/// earlier build could be older than the code it is meant to measure.
 fn demo_tools() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let path = exe.parent()?.parent()?.join("examples").join("demo-tools");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--example", "demo-tools"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status();
+    match built {
+        Ok(status) if status.success() => {}
+        other => {
+            println!("pre-warm: building the demo-tools example failed ({other:?})");
+            return None;
+        }
+    }
     path.exists().then_some(path)
 }
 
@@ -335,8 +359,8 @@ async fn task_latency(mut events: tokio::sync::broadcast::Receiver<RunEvent>) ->
 
 async fn prewarm() -> Value {
     let Some(server) = demo_tools() else {
-        println!("pre-warm: skipped (the demo-tools example is not built)");
-        return json!({ "skipped": "demo-tools example not built" });
+        println!("pre-warm: skipped (the demo-tools example could not be built)");
+        return json!({ "skipped": "demo-tools example could not be built" });
     };
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("notes.md");
@@ -491,44 +515,51 @@ fn main() {
         .unwrap();
     // `TETRARCH_BENCH_ONLY=overhead,efficiency,round_trip,prewarm` runs some sections only.
     let only = std::env::var("TETRARCH_BENCH_ONLY").ok();
-    let wanted = |section: &str| {
+    let wanted = move |section: &str| {
         only.as_deref()
             .is_none_or(|list| list.split(',').any(|s| s.trim() == section))
     };
     let skipped = || json!({ "skipped": "not in TETRARCH_BENCH_ONLY" });
+    // Everything runs in a task on a worker thread, as the agents do: a future driven by
+    // `block_on` runs on the main thread, and every task it spawns or awaits costs a wake-up
+    // across threads, which the floor's deep chain would pay twice per task.
     let report = runtime.block_on(async {
-        let (wide, deep, wide_bare, deep_bare) = if wanted("overhead") {
-            (
-                overhead("wide", true).await,
-                overhead("deep", true).await,
-                overhead("wide", false).await,
-                overhead("deep", false).await,
-            )
-        } else {
-            (skipped(), skipped(), skipped(), skipped())
-        };
-        let efficiency = if wanted("efficiency") {
-            parallel_efficiency().await
-        } else {
-            skipped()
-        };
-        let trips = if wanted("round_trip") {
-            round_trips().await
-        } else {
-            skipped()
-        };
-        let warm = if wanted("prewarm") {
-            prewarm().await
-        } else {
-            skipped()
-        };
-        json!({
-            "overhead": { "wide": wide, "deep": deep },
-            "overhead_without_output_memories": { "wide": wide_bare, "deep": deep_bare },
-            "parallel_efficiency": efficiency,
-            "round_trip": trips,
-            "prewarm_mcp": warm,
+        tokio::spawn(async move {
+            let (wide, deep, wide_bare, deep_bare) = if wanted("overhead") {
+                (
+                    overhead("wide", true).await,
+                    overhead("deep", true).await,
+                    overhead("wide", false).await,
+                    overhead("deep", false).await,
+                )
+            } else {
+                (skipped(), skipped(), skipped(), skipped())
+            };
+            let efficiency = if wanted("efficiency") {
+                parallel_efficiency().await
+            } else {
+                skipped()
+            };
+            let trips = if wanted("round_trip") {
+                round_trips().await
+            } else {
+                skipped()
+            };
+            let warm = if wanted("prewarm") {
+                prewarm().await
+            } else {
+                skipped()
+            };
+            json!({
+                "overhead": { "wide": wide, "deep": deep },
+                "overhead_without_output_memories": { "wide": wide_bare, "deep": deep_bare },
+                "parallel_efficiency": efficiency,
+                "round_trip": trips,
+                "prewarm_mcp": warm,
+            })
         })
+        .await
+        .unwrap()
     });
     let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
         .join("bench");

@@ -117,7 +117,7 @@ try:
     out["flip"] = {"seconds": sorted(times)[len(times) // 2], "value": float(v)}
     hr, ht = np.float32(16) * ref * ref * ref, np.float32(16) * test * test * test
     times = []
-    for _ in range(max(1, reps - 1)):
+    for _ in range(reps):
         t0 = time.perf_counter()
         _, v, _ = flip.evaluate(hr, ht, "HDR", applyMagma=False)
         times.append(time.perf_counter() - t0)
@@ -284,10 +284,20 @@ fn cuda_rows(
                 continue;
             }
         };
+        let batch: Vec<(&RgbImage, &RgbImage)> = (0..8).map(|_| (a, b)).collect();
+        // A batch that fails returns at once: timed unchecked, it would pass for a fast one.
+        if let Some(Err(e)) = cuda
+            .score_batch(metric, &batch, false)
+            .into_iter()
+            .find(Result::is_err)
+        {
+            println!("{name:<9} batch failed: {e}");
+            rows.push(serde_json::json!({ "metric": name, "error": format!("batch: {e}") }));
+            continue;
+        }
         let one = time(reps.max(20), || {
             let _ = std::hint::black_box(cuda.score(metric, a, b, false));
         });
-        let batch: Vec<(&RgbImage, &RgbImage)> = (0..8).map(|_| (a, b)).collect();
         let per_pair = time(reps.max(5), || {
             let _ = std::hint::black_box(cuda.score_batch(metric, &batch, false));
         }) / 8.0;

@@ -51,6 +51,8 @@ proptest! {
         let loaded = PermissionEngine::from_settings_json(&settings, Path::new("/p/s.json"), Path::new("/p"), Path::new("/h"));
         match loaded {
             Ok(engine) => {
+                // Loaded, so the rule parsed: one that does not must never load.
+                prop_assert!(Rule::parse(&rule).is_ok(), "{:?} loaded but does not parse", rule);
                 for tool in ["Bash", "Read", "Edit", "WebFetch", "mcp__a__b"] {
                     let _ = engine.decide(&ToolCall::from_text(tool, &command));
                 }

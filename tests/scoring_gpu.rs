@@ -64,6 +64,7 @@ fn cuda_matches_cpu_on_every_metric() {
     for metric in [Metric::Flip, Metric::Ssim, Metric::Psnr] {
         let g = cuda.score_batch(metric, &pairs, true);
         let c = cpu.score_batch(metric, &pairs, true);
+        assert_eq!((g.len(), c.len()), (pairs.len(), pairs.len()), "{metric:?}");
         for (g, c) in g.iter().zip(&c) {
             let (g, c) = (g.as_ref().unwrap(), c.as_ref().unwrap());
             let tol = if metric == Metric::Psnr { 1e-3 } else { 1e-4 };
@@ -72,6 +73,12 @@ fn cuda_matches_cpu_on_every_metric() {
                 "{metric:?}: cuda {} cpu {}",
                 g.value,
                 c.value
+            );
+            // Both give a map where one was asked for (FLIP's), or neither does.
+            assert_eq!(
+                g.error_map.is_some(),
+                c.error_map.is_some(),
+                "{metric:?}: a map from one path only"
             );
             if let (Some(gm), Some(cm)) = (&g.error_map, &c.error_map) {
                 let worst = gm

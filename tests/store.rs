@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tetrarch::store::{
-    CacheCategory, CacheError, CacheKey, CacheTtls, ContextCache, DurabilityMode, MemoryPatch,
-    MemoryType, Namespace, NewMemory, SearchOptions, Store, StoreConfig, StoreError, Timestamp,
+    CacheCategory, CacheError, CacheKey, CacheTtls, ContextCache, MemoryPatch, MemoryType,
+    Namespace, NewMemory, SearchOptions, Store, StoreConfig, StoreError, Timestamp,
 };
 
 fn project(name: &str) -> Namespace {
@@ -594,28 +594,6 @@ async fn a_damaged_store_is_reported_not_panicked_on() {
         Ok(Ok(_)) => {}
         Err(_) => panic!("opening a damaged store panicked"),
     }
-}
-
-#[tokio::test]
-async fn relaxed_mode_acknowledges_and_persists_after_sync() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.redb");
-    let config = StoreConfig {
-        durability: DurabilityMode::Relaxed {
-            sync_interval: Duration::from_millis(100),
-        },
-        ..StoreConfig::default()
-    };
-    let store = Store::open(&path, config).unwrap();
-    let id = store
-        .store(NewMemory::new(Namespace::Global, "relaxed write"))
-        .await
-        .unwrap();
-    assert_eq!(store.get(id).unwrap().content, "relaxed write");
-    store.sync().await.unwrap();
-    drop(store);
-    let store = Store::open(&path, StoreConfig::default()).unwrap();
-    assert_eq!(store.get(id).unwrap().content, "relaxed write");
 }
 
 #[tokio::test]

@@ -61,7 +61,9 @@ fn acknowledged_writes_survive_sigkill() {
     let exe = std::env::current_exe().unwrap();
     let mut acknowledged: BTreeMap<MemoryId, (usize, usize)> = BTreeMap::new();
     let mut rng = rand::rng();
+    let mut silent_cycles = Vec::new();
     for cycle in 0..CYCLES {
+        let stderr = std::fs::File::create(dir.path().join(format!("child-{cycle}.err"))).unwrap();
         let mut child = Command::new(&exe)
             .args([
                 "kill_test_child_writer",
@@ -73,7 +75,7 @@ fn acknowledged_writes_survive_sigkill() {
             .env(CHILD_ENV, &path)
             .env("TETRARCH_KILL_TEST_CYCLE", cycle.to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -96,10 +98,9 @@ fn acknowledged_writes_survive_sigkill() {
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         let acks = reader.join().unwrap();
-        assert!(
-            !acks.is_empty() || cycle > 0,
-            "the child never acknowledged a write"
-        );
+        if acks.is_empty() {
+            silent_cycles.push(cycle);
+        }
         for (id, c, seq) in acks {
             acknowledged.insert(id, (c, seq));
         }
@@ -138,24 +139,40 @@ fn acknowledged_writes_survive_sigkill() {
         "only {} writes acknowledged",
         acknowledged.len()
     );
+    // Each cycle reopens the store its predecessor was killed in: most must write again (a
+    // child killed before its first write, on a slow machine, is not a failure by itself).
+    assert!(
+        silent_cycles.len() <= CYCLES / 4,
+        "no write acknowledged in cycles {silent_cycles:?}; the first one's stderr:\n{}",
+        std::fs::read_to_string(dir.path().join(format!("child-{}.err", silent_cycles[0])))
+            .unwrap_or_default()
+    );
 }
 
 const RELAXED_CHILD_ENV: &str = "TETRARCH_RELAXED_KILL_TEST_STORE";
+/// `interval` (the default) or `sync`: see [`relaxed_kill_test_child`].
+const RELAXED_CHILD_MODE: &str = "TETRARCH_RELAXED_KILL_TEST_MODE";
 
-/// The child of `relaxed_writes_are_synced_within_the_interval`: stores 10 memories in relaxed
-/// mode (acknowledged before any fsync), prints their ids, waits ten sync intervals, says so,
-/// and then idles until it is killed.
+/// The child of the relaxed-mode kill tests: stores 10 memories in relaxed mode (acknowledged
+/// before any fsync) and prints their ids. Then, with `interval`, waits ten sync intervals; with
+/// `sync`, whose interval is far longer than the test, calls `Store::sync`. It says so and idles
+/// until it is killed.
 #[test]
-#[ignore = "child process of relaxed_writes_are_synced_within_the_interval"]
+#[ignore = "child process of the relaxed-mode kill tests"]
 fn relaxed_kill_test_child() {
     let Ok(path) = std::env::var(RELAXED_CHILD_ENV) else {
         return;
     };
+    let explicit_sync = std::env::var(RELAXED_CHILD_MODE).as_deref() == Ok("sync");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
         let config = StoreConfig {
             durability: tetrarch::store::DurabilityMode::Relaxed {
-                sync_interval: Duration::from_millis(50),
+                sync_interval: if explicit_sync {
+                    Duration::from_secs(600)
+                } else {
+                    Duration::from_millis(50)
+                },
             },
             // Far longer than the test: a sync may not wait for the housekeeping tick.
             housekeeping_interval: Duration::from_secs(600),
@@ -170,7 +187,11 @@ fn relaxed_kill_test_child() {
                 .unwrap();
             writeln!(out, "ACK {id} {i}").unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if explicit_sync {
+            store.sync().await.unwrap();
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         writeln!(out, "WAITED").unwrap();
         out.flush().unwrap();
         tokio::time::sleep(Duration::from_secs(600)).await;
@@ -179,6 +200,17 @@ fn relaxed_kill_test_child() {
 
 #[test]
 fn relaxed_writes_are_synced_within_the_interval() {
+    relaxed_writes_survive_a_kill_after("interval");
+}
+
+/// `Store::sync` makes every acknowledged relaxed write durable: killed right after it, with no
+/// periodic sync due and no shutdown, the process loses none of them.
+#[test]
+fn relaxed_writes_survive_a_kill_right_after_sync() {
+    relaxed_writes_survive_a_kill_after("sync");
+}
+
+fn relaxed_writes_survive_a_kill_after(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -190,6 +222,7 @@ fn relaxed_writes_are_synced_within_the_interval() {
             "--test-threads=1",
         ])
         .env(RELAXED_CHILD_ENV, &path)
+        .env(RELAXED_CHILD_MODE, mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -214,7 +247,7 @@ fn relaxed_writes_are_synced_within_the_interval() {
     let store = Store::open(&path, StoreConfig::default()).unwrap();
     for (id, i) in acks {
         let memory = store.get(id).unwrap_or_else(|e| {
-            panic!("memory {i}, acknowledged 500 ms before the kill, lost: {e}")
+            panic!("memory {i}, made durable ({mode}) before the kill, lost: {e}")
         });
         assert_eq!(memory.content, format!("relaxed {i}"));
     }

@@ -64,7 +64,7 @@ pub struct OrchestratorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSettings {
-    /// Task attempts in flight at once.
+    /// Task attempts of one run in flight at once (concurrent runs each have their own).
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
     /// First retry backoff (doubled per retry).

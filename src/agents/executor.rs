@@ -189,6 +189,9 @@ fn runs_script(command: &[String]) -> bool {
         && options.last().is_some_and(|o| o.contains('c'))
 }
 
+/// Held while a permission question is out (see [`check_permission`]).
+static ASKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Checks the call against the run's rules; `Err` names the rule that denied it.
 async fn check_permission(
     shared: &ExecutorArgs,
@@ -219,6 +222,10 @@ async fn check_permission(
     };
     let decision = if decided.verdict == Verdict::Ask {
         let approval = Arc::clone(&shared.approval);
+        // Questions are put one at a time anyway (the terminal is one); waiting here rather
+        // than on the blocking pool keeps hundreds of unanswered ones from holding all of its
+        // threads, which the permission checks and the Optimizer need.
+        let _turn = ASKING.lock().await;
         tokio::task::spawn_blocking(move || {
             let verdict = if approval.approve(&call, &decided) {
                 Verdict::Allow

@@ -30,8 +30,10 @@
 //! of the library API ([`Runtime::run`], [`Runtime::cancel`], [`Runtime::ping`]) wait for a slot
 //! ([`Mailbox::send`]); the non-waiting [`Mailbox::try_send`] fails with [`AgentError::Busy`]
 //! instead (crate-internal for now). Inside the pipeline the Orchestrator never has more than
-//! `max_in_flight` attempts out, and configuration validation demands every mailbox hold that
-//! many, so the agents' own sends never wait on each other (no cycle can deadlock).
+//! `max_in_flight` attempts of a run out, and configuration validation demands every mailbox
+//! hold that many, so one run's sends never wait on each other. Concurrent runs each have their
+//! own window, so their sends can wait for a slot; none deadlocks, since the Executor's handler
+//! never waits on a send (its calls run as tasks that do, holding no slot).
 //!
 //! ractor's `factory` was considered for the Executor: its queue bound discards jobs when full
 //! (work silently dropped instead of the caller waiting) and its workers run one job each, so

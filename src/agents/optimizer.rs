@@ -294,11 +294,23 @@ fn assemble(
         if !snapshot.is_empty() {
             let store = args.store.clone();
             let preserved_session = session.clone();
+            // On the blocking pool: the store analyses the text before it queues it (tens of
+            // milliseconds for a snapshot near a full window), which would hold an async thread.
             args.background.spawn(async move {
-                if let Err(e) =
-                    preserve_snapshot(&store, namespace, &preserved_session, &snapshot).await
-                {
-                    tracing::error!("optimizer: context not preserved: {e}");
+                let handle = tokio::runtime::Handle::current();
+                let preserved = tokio::task::spawn_blocking(move || {
+                    handle.block_on(preserve_snapshot(
+                        &store,
+                        namespace,
+                        &preserved_session,
+                        &snapshot,
+                    ))
+                })
+                .await;
+                match preserved {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!("optimizer: context not preserved: {e}"),
+                    Err(e) => tracing::error!("optimizer: context not preserved: {e}"),
                 }
             });
         }

@@ -108,7 +108,15 @@ pub fn run(args: RunArgs, store: &Path) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(run_plan(args, store));
+    // Driven from a task on a worker, as the agents are: a future that `block_on` drives runs
+    // on this thread, and each message between it and the agents would cost a wake-up across
+    // threads.
+    let store = store.to_path_buf();
+    let result = runtime.block_on(async move {
+        tokio::spawn(async move { run_plan(args, &store).await })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the run's task ended abnormally: {e}")))
+    });
     // Not a plain drop, which waits for every blocking thread: one still reading a terminal
     // prompt would keep the process alive after its report.
     runtime.shutdown_timeout(Duration::from_secs(1));
