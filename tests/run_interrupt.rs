@@ -356,8 +356,8 @@ fn demo_tools() -> std::path::PathBuf {
 /// in memory only (the run had not started), and the next run ran the cancelled task to the end.
 #[test]
 fn a_cancel_while_a_resumed_run_waits_for_its_pools_is_saved() {
-    let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("server.pid");
+    let pid_dir = tempfile::tempdir().unwrap();
+    let pid_file = pid_dir.path().join("server.pid");
     let plan = format!(
         r#"
 name = "early-cancel"
@@ -388,14 +388,7 @@ args = {{ argv = ["echo long-start >> log.txt; sleep 5; echo long-end >> log.txt
         pid = pid_file.display(),
         server = demo_tools().display()
     );
-    std::fs::write(dir.path().join("plan.toml"), plan).unwrap();
-    std::fs::write(
-        dir.path().join("settings.json"),
-        r#"{"permissions": {"allow": ["Bash(echo *)", "Bash(sleep *)"]}}"#,
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("actors")).unwrap();
-    std::fs::write(dir.path().join("actors/executor.toml"), "mailbox = 4096\n").unwrap();
+    let dir = plan_folder(&plan, "mailbox = 4096\n");
     let log = || std::fs::read_to_string(dir.path().join("log.txt")).unwrap_or_default();
     let quiet = |mut command: Command| {
         command.stdout(Stdio::null()).stderr(Stdio::null());

@@ -395,7 +395,7 @@ async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<C
     }
     let args = match &attempt.args {
         Some(Ok(args)) => args.clone(),
-        Some(Err(e)) => return (not_run(format!("cannot render args: {e}")), None, false),
+        Some(Err(e)) => return (not_run(e.clone()), None, false),
         None => return (not_run("args were not rendered".to_owned()), None, false),
     };
     // Checked first, cached or not: a result cached under looser rules is not served under

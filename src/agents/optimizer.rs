@@ -214,6 +214,19 @@ fn without_placeholders(text: &str) -> String {
     out
 }
 
+/// Runs a context assembly, a panic in it becoming the failure of its attempt (`Err` says so,
+/// with the panic's message).
+fn panic_as_failure(assemble: impl FnOnce() -> String) -> Result<String, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(assemble)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        format!("assembling its context panicked: {message}")
+    })
+}
+
 fn assemble(
     args: &OptimizerArgs,
     context: Option<&Arc<ContextOptimizer>>,
@@ -351,28 +364,41 @@ impl Actor for Optimizer {
         let Envelope { msg, .. } = envelope;
         match msg {
             OptimizerMsg::Prepare(mut attempt) => {
+                let mut assembly_panic = None;
                 if attempt.wants_context {
                     let span = tracing::info_span!(parent: &attempt.span, "context");
                     let context = state.context().instrument(span.clone()).await;
                     // Off the async threads: it reads files and counts the tokens of upstream
                     // outputs (up to a mebibyte each). The mailbox still waits for it, so the
-                    // attempts keep their order. A panic there fails this agent, as it would
-                    // inline, and the supervisor restarts it.
+                    // attempts keep their order. A panic there fails this attempt, not the
+                    // agent: the same input would panic the restarted agent again (and every
+                    // resume of the run), until the restart limit stopped the runtime.
                     let args = state.args.clone();
                     let (returned, text) = tokio::task::spawn_blocking(move || {
-                        let text = span.in_scope(|| assemble(&args, context.as_ref(), &attempt));
+                        let text = panic_as_failure(|| {
+                            span.in_scope(|| assemble(&args, context.as_ref(), &attempt))
+                        });
                         (attempt, text)
                     })
                     .await
                     .map_err(|e| format!("optimizer: context assembly failed: {e}"))?;
                     attempt = returned;
-                    attempt.ctx.context = text;
+                    match text {
+                        Ok(text) => attempt.ctx.context = text,
+                        Err(failure) => {
+                            tracing::error!(run = %attempt.run_id, "optimizer: {failure}");
+                            assembly_panic = Some(failure);
+                        }
+                    }
                 }
                 // A warm-up call's args go as declared, as the sessions' own warm-ups send them.
-                attempt.args = Some(if attempt.purpose == Purpose::WarmUp {
-                    Ok(attempt.args_template().clone())
-                } else {
-                    render(attempt.args_template(), &attempt.ctx).map_err(|e| e.to_string())
+                attempt.args = Some(match assembly_panic {
+                    Some(failure) => Err(failure),
+                    None if attempt.purpose == Purpose::WarmUp => {
+                        Ok(attempt.args_template().clone())
+                    }
+                    None => render(attempt.args_template(), &attempt.ctx)
+                        .map_err(|e| format!("cannot render args: {e}")),
                 });
                 if let Err(e) = state
                     .args
@@ -400,7 +426,28 @@ impl Actor for Optimizer {
 
 #[cfg(test)]
 mod tests {
-    use super::without_placeholders;
+    use super::{panic_as_failure, without_placeholders};
+
+    /// A panic while assembling a task's context fails that attempt with the panic's message
+    /// (the agent, restarted, would meet the same input again); an assembly that returns is
+    /// passed on.
+    #[test]
+    fn a_panicking_context_assembly_is_the_attempts_failure() {
+        assert_eq!(
+            panic_as_failure(|| "context".to_owned()),
+            Ok("context".to_owned())
+        );
+        let failure = panic_as_failure(|| panic!("stack overflow in the pre-tokenizer"));
+        assert_eq!(
+            failure,
+            Err("assembling its context panicked: stack overflow in the pre-tokenizer".to_owned())
+        );
+        let formatted = panic_as_failure(|| panic!("item {} of {}", 3, 7));
+        assert_eq!(
+            formatted,
+            Err("assembling its context panicked: item 3 of 7".to_owned())
+        );
+    }
 
     #[test]
     fn a_task_query_leaves_out_the_template_language() {

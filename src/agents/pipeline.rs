@@ -44,7 +44,8 @@ pub(crate) struct Attempt {
     pub timeout: Option<Duration>,
     /// The plan's folder: relative paths in gates resolve against it.
     pub base_dir: Arc<PathBuf>,
-    /// Rendered by the Optimizer; `Err` when a template could not be rendered.
+    /// Rendered by the Optimizer; `Err` says why the call cannot be made (a template that could
+    /// not be rendered, a context whose assembly panicked).
     pub args: Option<Result<Value, String>>,
     /// The run's permission rules.
     pub permissions: Option<Arc<PermissionEngine>>,
