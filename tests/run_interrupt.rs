@@ -356,8 +356,26 @@ fn demo_tools() -> std::path::PathBuf {
 /// in memory only (the run had not started), and the next run ran the cancelled task to the end.
 #[test]
 fn a_cancel_while_a_resumed_run_waits_for_its_pools_is_saved() {
+    cancel_while_a_resumed_run_waits_for_its_pools(true);
+}
+
+/// With one Ctrl-C, the run starts once its pools are up, cancelled: it finishes its rollback
+/// and ends (a run whose stop was saved before it started used to wait for ever).
+#[test]
+fn a_resumed_run_cancelled_while_its_pools_start_rolls_back_when_they_are_up() {
+    cancel_while_a_resumed_run_waits_for_its_pools(false);
+}
+
+/// A run killed while `long` runs (`made` complete), resumed with its MCP server slow to start
+/// (hanging, for `second_signal`; 2 s, otherwise), and interrupted while its pools start.
+fn cancel_while_a_resumed_run_waits_for_its_pools(second_signal: bool) {
     let pid_dir = tempfile::tempdir().unwrap();
     let pid_file = pid_dir.path().join("server.pid");
+    let stall = if second_signal {
+        "exec sleep 30"
+    } else {
+        "sleep 2"
+    };
     let plan = format!(
         r#"
 name = "early-cancel"
@@ -371,7 +389,7 @@ command = ["sh", "-c"]
 kind = "mcp"
 min_idle = 1
 start_timeout = "1m"
-command = ["sh", "-c", "if [ -f hang ]; then echo $$ > '{pid}'; exec sleep 30; fi; exec '{server}'"]
+command = ["sh", "-c", "if [ -f hang ]; then echo $$ > '{pid}'; {stall}; fi; exec '{server}'"]
 
 [[task]]
 id = "made"
@@ -394,7 +412,6 @@ args = {{ argv = ["echo long-start >> log.txt; sleep 5; echo long-end >> log.txt
         command.stdout(Stdio::null()).stderr(Stdio::null());
         command
     };
-    // Killed while `long` runs, `made` complete.
     let mut first = quiet(run_in(dir.path())).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !log().contains("long-start") {
@@ -403,19 +420,33 @@ args = {{ argv = ["echo long-start >> log.txt; sleep 5; echo long-end >> log.txt
     }
     first.kill().unwrap();
     first.wait().unwrap();
-    // Resumed with its MCP server hanging: the run waits for its pools when the Ctrl-C comes.
     std::fs::write(dir.path().join("hang"), "").unwrap();
-    let second = quiet(run_in(dir.path())).spawn().unwrap();
-    pid_written_to(&pid_file, "the hanging server");
+    let mut second = quiet(run_in(dir.path())).spawn().unwrap();
+    pid_written_to(&pid_file, "the slow server");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(second.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = second.wait_with_output().unwrap().status;
-    assert_eq!(status.code(), Some(130), "{status}");
-    std::fs::remove_file(dir.path().join("hang")).unwrap();
-    let third = quiet(run_in(dir.path())).output().unwrap();
-    assert_eq!(third.status.code(), Some(1), "{}", log());
+    if second_signal {
+        std::thread::sleep(Duration::from_millis(500));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let status = second.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{status}");
+        std::fs::remove_file(dir.path().join("hang")).unwrap();
+        let third = quiet(run_in(dir.path())).output().unwrap();
+        assert_eq!(third.status.code(), Some(1), "{}", log());
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = second.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                second.kill().unwrap();
+                panic!("the cancelled run never ended: {}", log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(1), "{status}: {}", log());
+    }
     assert_eq!(log().matches("long-start").count(), 1, "{}", log());
     assert!(log().contains("undone"), "{}", log());
     let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();

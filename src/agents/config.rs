@@ -595,6 +595,9 @@ impl Spot {
 
 /// Whether `line` sets `key` (`key = ...`, also inside an inline table).
 fn sets_key(line: &str, key: &str) -> bool {
+    if key.is_empty() {
+        return false;
+    }
     let line = line.trim_start();
     line.match_indices(key).any(|(at, _)| {
         let before = line[..at].chars().next_back();
@@ -636,15 +639,21 @@ fn pool_spots(problem: Problem, name: &str, detail: &str) -> Problem {
         .iter()
         .filter_map(|key| named(key).map(|at| (at, *key)))
         .min()
-        .map_or("", |(_, key)| key);
+        .map(|(_, key)| key);
     let headers = vec![format!("[pools.{name}]"), format!("[pools.\"{name}\"]")];
+    let spot = match setting {
+        Some(key) => Spot::InTable {
+            headers,
+            key: (*key).to_owned(),
+        },
+        // The pool as a whole (its name): its header.
+        None => Spot::Header(headers[0].clone()),
+    };
     problem
+        .or_at(AgentKind::Executor, spot)
         .or_at(
             AgentKind::Executor,
-            Spot::InTable {
-                headers,
-                key: setting.to_owned(),
-            },
+            Spot::Header(format!("[pools.\"{name}\"]")),
         )
         .or_at(AgentKind::Executor, Spot::key(name))
         .or_at(AgentKind::Executor, Spot::key(&format!("\"{name}\"")))
@@ -750,6 +759,11 @@ mod tests {
                 "[pools.a]\nkind = \"native\"\n[pools.p]\nkind = \"process\"\ncommand = [\"sh\"]\n\
                  max_size = 0\n",
                 ":6: executor [pools.p]: pool \"p\": max_size must be at least 1",
+            ),
+            (
+                "executor.toml",
+                "[pools.bad_]\nkind = \"process\"\ncommand = [\"sh\"]\n",
+                ":1: executor [pools.bad_]: pool \"bad_\": a pool's name must be",
             ),
             (
                 "executor.toml",

@@ -44,6 +44,11 @@ pub(crate) struct ExecutorArgs {
     pub cache: ContextCache,
     pub config: ExecutorConfig,
     pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
+    /// Bounds the approval handler's calls out at once (each holds a blocking thread while it
+    /// waits, for a person perhaps): hundreds of unanswered questions held every thread of the
+    /// blocking pool, which the permission checks and the Optimizer need. Per runtime, across
+    /// restarts.
+    pub approvals: Arc<tokio::sync::Semaphore>,
     pub lessons: Arc<Lessons>,
     /// Dropped with the agent's state, after the fields above (declared last: fields drop in
     /// order, and the store's last handle closes the file as it drops). See
@@ -189,8 +194,8 @@ fn runs_script(command: &[String]) -> bool {
         && options.last().is_some_and(|o| o.contains('c'))
 }
 
-/// Held while a permission question is out (see [`check_permission`]).
-static ASKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Approval calls a runtime has out at once (see [`ExecutorArgs::approvals`]).
+pub(crate) const APPROVALS_AT_ONCE: usize = 16;
 
 /// Checks the call against the run's rules; `Err` names the rule that denied it.
 async fn check_permission(
@@ -222,10 +227,12 @@ async fn check_permission(
     };
     let decision = if decided.verdict == Verdict::Ask {
         let approval = Arc::clone(&shared.approval);
-        // Questions are put one at a time anyway (the terminal is one); waiting here rather
-        // than on the blocking pool keeps hundreds of unanswered ones from holding all of its
-        // threads, which the permission checks and the Optimizer need.
-        let _turn = ASKING.lock().await;
+        // Waited for here, not on the blocking pool (see `ExecutorArgs::approvals`).
+        let _turn = shared
+            .approvals
+            .acquire()
+            .await
+            .map_err(|e| format!("permission check failed: {e}"))?;
         tokio::task::spawn_blocking(move || {
             let verdict = if approval.approve(&call, &decided) {
                 Verdict::Allow

@@ -463,8 +463,8 @@ impl OrchestratorState {
                     TaskState::Running if rolling_back => {
                         slot.state = TaskState::Cancelled;
                         slot.reason = Some(
-                            "in flight when the process stopped during the rollback: its \
-                             outcome is unknown"
+                            "in flight when an earlier process of the run stopped: its outcome \
+                             is unknown"
                                 .to_owned(),
                         );
                         slot.outcome_unknown = true;
@@ -538,6 +538,10 @@ impl OrchestratorState {
         if let Some(at) = self.early_cancels.iter().position(|c| **c == *id) {
             self.early_cancels.remove(at);
             self.cancel(&id).await;
+            // A resumed run whose stop was saved before it started (that cancel, or an earlier
+            // failure) starts stopped, which `cancel` leaves alone: `pump` dispatches nothing
+            // then and goes on to its rollback.
+            self.pump(&id).await;
             return Ok(());
         }
         // A resumed rollback dispatches nothing: it goes on to the compensations.

@@ -477,6 +477,9 @@ impl Runtime {
             restarts: Arc::clone(&restarts),
             fatal: Arc::new(fatal_tx),
             approval,
+            approvals: Arc::new(tokio::sync::Semaphore::new(
+                super::executor::APPROVALS_AT_ONCE,
+            )),
             // The namespace `tetrarch lessons` reads by default.
             lessons: Arc::new(Lessons::new(store.clone(), Namespace::Global)),
             background: background.clone(),

@@ -104,6 +104,8 @@ pub(crate) struct SupervisorArgs {
     pub restarts: Arc<RestartCounters>,
     pub fatal: Arc<watch::Sender<Option<Fatal>>>,
     pub approval: Arc<dyn ApprovalHandler + Send + Sync>,
+    /// Approval calls out at once (see [`ExecutorArgs::approvals`]).
+    pub approvals: Arc<tokio::sync::Semaphore>,
     pub lessons: Arc<Lessons>,
     /// The agents' background writes, which [`super::Runtime::shutdown`] waits for.
     pub background: TaskTracker,
@@ -178,6 +180,7 @@ impl SupervisorState {
                     cache: a.cache.clone(),
                     config: a.config.executor.clone(),
                     approval: Arc::clone(&a.approval),
+                    approvals: Arc::clone(&a.approvals),
                     lessons: Arc::clone(&a.lessons),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Executor, args, link)

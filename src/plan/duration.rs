@@ -20,40 +20,61 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     humantime::parse_duration(text)
 }
 
-/// At least the whole seconds `text` adds up to, read as humantime reads it (numbers, each
-/// followed by a unit). A unit humantime does not know counts as a year (it refuses the text
-/// anyway); a sub-second part counts as one second more than it can be.
+/// At least the whole seconds humantime adds up from `text` before it either returns or stops at
+/// an error, read with its grammar (a number's digits may have whitespace between them; a `.`
+/// starts a fraction; a unit runs until whitespace or the next digit). A part that can add
+/// nanoseconds (a sub-second unit, a fraction) counts a second more than it can be, so a total
+/// of exactly 2^64 − 1 seconds with nanoseconds on top is over the bound.
 fn upper_bound_seconds(text: &str) -> u128 {
+    let mut chars = text.chars().peekable();
     let mut total: u128 = 0;
-    let mut rest = text;
-    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
-        rest = &rest[start..];
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        // Past 38 digits a number does not fit u128: it is too large whatever its unit.
-        let number: u128 = rest[..digits].parse().unwrap_or(u128::MAX);
-        rest = rest[digits..].trim_start();
-        let unit_len = rest
-            .find(|c: char| !c.is_alphabetic())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let seconds = match unit {
-            "nsec" | "ns" | "usec" | "us" | "µs" | "msec" | "ms" => {
-                (number / 1000).saturating_add(1)
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut number: u128 = 0;
+        let mut digits = 0;
+        while let Some(c) = chars.next_if(|c| c.is_ascii_digit() || c.is_whitespace()) {
+            if let Some(digit) = c.to_digit(10) {
+                number = number.saturating_mul(10).saturating_add(u128::from(digit));
+                digits += 1;
             }
-            "seconds" | "second" | "sec" | "s" => number,
-            "minutes" | "minute" | "min" | "m" => number.saturating_mul(60),
-            "hours" | "hour" | "hr" | "h" => number.saturating_mul(3_600),
-            "days" | "day" | "d" => number.saturating_mul(86_400),
-            "weeks" | "week" | "w" => number.saturating_mul(604_800),
-            "months" | "month" | "M" => number.saturating_mul(2_630_016),
-            _ => number.saturating_mul(31_557_600),
+        }
+        if digits == 0 {
+            // The end, or text humantime refuses here, having added nothing more.
+            return total;
+        }
+        let fraction = chars.next_if_eq(&'.').is_some();
+        if fraction {
+            while chars
+                .next_if(|c| c.is_ascii_digit() || c.is_whitespace())
+                .is_some()
+            {}
+        }
+        let mut unit = String::new();
+        while let Some(c) = chars.next_if(|c| c.is_ascii_alphabetic() || *c == 'µ') {
+            unit.push(c);
+        }
+        let (seconds_per, nanos_per) = match unit.as_str() {
+            "nanos" | "nsec" | "ns" => (0, 1_000_000_000),
+            "usec" | "us" | "µs" => (0, 1_000_000),
+            "millis" | "msec" | "ms" => (0, 1_000),
+            "seconds" | "second" | "secs" | "sec" | "s" => (1, 0),
+            "minutes" | "minute" | "min" | "mins" | "m" => (60, 0),
+            "hours" | "hour" | "hr" | "hrs" | "h" => (3_600, 0),
+            "days" | "day" | "d" => (86_400, 0),
+            "weeks" | "week" | "wk" | "wks" | "w" => (604_800, 0),
+            "months" | "month" | "M" => (2_630_016, 0),
+            "years" | "year" | "yr" | "yrs" | "y" => (31_557_600, 0),
+            // humantime refuses the unit before adding its part.
+            _ => return total,
         };
-        total = total.saturating_add(seconds);
+        let part = match number.checked_div(nanos_per) {
+            Some(seconds) => seconds.saturating_add(1),
+            None => number
+                .saturating_mul(seconds_per)
+                .saturating_add(if fraction { seconds_per + 1 } else { 0 }),
+        };
+        total = total.saturating_add(part);
     }
-    total
 }
 
 #[cfg(test)]
@@ -67,6 +88,8 @@ mod tests {
             "18446744073709551615s 1000ms",
             "18446744073709551615s 500ms 500ms",
             "307445734561825860m 15s 1000ms",
+            "1 8446744073709551615s 1000ms",
+            "18446744073709551614s 0.5s 0.5s",
             "999999999999999999999999999999999999999999s",
         ] {
             assert!(
@@ -88,6 +111,12 @@ mod tests {
             "1y",
             "10 min",
             "18446744073709551615s",
+            "600000000000nanos",
+            "600000000000.5us",
+            "1000000000000millis",
+            "1.5h",
+            "2 wks 3 hrs",
+            "1 000 s",
         ] {
             assert_eq!(
                 parse_duration(text).unwrap(),
