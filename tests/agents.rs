@@ -1748,9 +1748,9 @@ async fn pre_warming_sends_each_declared_warm_up_call_through_the_agents() {
     assert_eq!(stats["warm"].acquired, 1, "{:?}", stats["warm"]);
     assert_eq!(stats["cold"].acquired, 0, "{:?}", stats["cold"]);
     assert_eq!(stats["warm"].discarded, 0, "{:?}", stats["warm"]);
-    // Memories are written in the background: once the store has synced, any the warm-up
-    // call made would be counted.
-    store.sync().await.unwrap();
+    // Memories are written in the background: once settled, any the warm-up call made would
+    // be counted.
+    assert!(runtime.settle(Duration::from_secs(10)).await.unwrap());
     assert_eq!(store.stats(None).live, 0, "a warm-up call is not a memory");
     runtime.shutdown().await;
 }

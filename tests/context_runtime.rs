@@ -246,25 +246,20 @@ args = { notes = "{{context}}", topic = "lantern exposure", from = "{{tasks.fetc
     }
     // Outputs are recorded as memories of the run (in the background), typed as task outputs.
     let namespace = Namespace::session("run", &report.run_id).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let outputs: Vec<_> = runtime
-            .store()
-            .list_recent(Some(&namespace), 100)
-            .into_iter()
-            .filter(|m| m.tags.iter().any(|t| t == "output"))
-            .collect();
-        if outputs.len() == 2 {
-            assert!(
-                outputs
-                    .iter()
-                    .all(|m| m.memory_type == tetrarch::store::MemoryType::TaskOutput)
-            );
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{outputs:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Written after each outcome went on: the run can report its end first.
+    assert!(runtime.settle(Duration::from_secs(10)).await.unwrap());
+    let outputs: Vec<_> = runtime
+        .store()
+        .list_recent(Some(&namespace), 100)
+        .into_iter()
+        .filter(|m| m.tags.iter().any(|t| t == "output"))
+        .collect();
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+    assert!(
+        outputs
+            .iter()
+            .all(|m| m.memory_type == tetrarch::store::MemoryType::TaskOutput)
+    );
     runtime.shutdown().await;
 }
 
@@ -428,28 +423,18 @@ args = {{ notes = "{{{{context}}}}" }}
 
     // Preserved in the run's namespace before compaction (written in the background).
     let namespace = Namespace::session("run", &report.run_id).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    // Each alert's snapshot is written on a task of its own: wait until some are there and
-    // none has come for half a second.
-    let (mut last, mut steady) = (0, 0);
-    let snapshot = loop {
-        let found: Vec<_> = runtime
-            .store()
-            .list_recent(Some(&namespace), 100)
-            .into_iter()
-            .filter(|m| m.tags.iter().any(|t| t == "context-snapshot"))
-            .collect();
-        steady = if found.len() == last { steady + 1 } else { 0 };
-        last = found.len();
-        if !found.is_empty() && steady >= 25 {
-            break found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no context-snapshot memory in {namespace}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // Each alert's snapshot is written on a task of its own, which a settle waits for.
+    assert!(runtime.settle(Duration::from_secs(10)).await.unwrap());
+    let snapshot: Vec<_> = runtime
+        .store()
+        .list_recent(Some(&namespace), 100)
+        .into_iter()
+        .filter(|m| m.tags.iter().any(|t| t == "context-snapshot"))
+        .collect();
+    assert!(
+        !snapshot.is_empty(),
+        "no context-snapshot memory in {namespace}"
+    );
     assert!(
         snapshot.iter().all(|m| sessions
             .iter()

@@ -15,6 +15,8 @@ use tracing::Instrument;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::AgentKind;
 use super::config::ExecutorConfig;
@@ -50,6 +52,9 @@ pub(crate) struct ExecutorArgs {
     /// restarts.
     pub approvals: Arc<tokio::sync::Semaphore>,
     pub lessons: Arc<Lessons>,
+    /// The agents' background writes: an outcome's memory counts among them until it is
+    /// queued (see [`OutcomeRecord`]), so [`super::Runtime::settle`] waits for it.
+    pub background: TaskTracker,
     /// Dropped with the agent's state, after the fields above (declared last: fields drop in
     /// order, and the store's last handle closes the file as it drops). See
     /// [`super::supervisor::StateToken`].
@@ -680,10 +685,14 @@ fn outcome_memory(
 /// its way to the Reviewer and the task has yielded, so the text analysis and the write are off
 /// the attempt's path, and nothing waits on the disk for them. A call task cut off at that
 /// yield (its run cancelled, or the Executor stopping) drops it too, so the memory is still
-/// queued. (Like any memory write, it is not ordered with the run's own records.)
+/// queued. (Like any memory write, it is not ordered with the run's own records.) Until then
+/// it counts as one of the runtime's background writes: a run can be over before its last
+/// call task has run again after that yield.
 struct OutcomeRecord {
     store: Store,
     memory: Option<NewMemory>,
+    /// Released after `drop` has queued the memory (fields drop after it).
+    _pending: TaskTrackerToken,
 }
 
 impl Drop for OutcomeRecord {
@@ -820,6 +829,7 @@ impl Actor for Executor {
                     let record = OutcomeRecord {
                         store: shared.store.clone(),
                         memory,
+                        _pending: shared.background.token(),
                     };
                     if let Err(e) = shared
                         .peers
@@ -861,7 +871,7 @@ impl Actor for Executor {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::{OutcomeRecord, retryable, runs_script};
+    use super::{OutcomeRecord, TaskTracker, retryable, runs_script};
     use crate::session::SessionError;
     use crate::store::{Namespace, NewMemory, Store, StoreConfig};
 
@@ -881,9 +891,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
         let namespace = Namespace::session("run", "r1").unwrap();
+        let background = TaskTracker::new();
         let record = OutcomeRecord {
             store: store.clone(),
             memory: Some(NewMemory::new(namespace.clone(), "lantern rendered")),
+            _pending: background.token(),
         };
         // A call task holding its record when it is aborted (its run cancelled, or the
         // Executor stopping) at the yield before recording.
@@ -892,8 +904,11 @@ mod tests {
             std::future::pending::<()>().await;
         });
         tokio::task::yield_now().await;
+        // Pending until queued: a settle waits for it.
+        assert_eq!(background.len(), 1);
         call.abort();
         assert!(call.await.unwrap_err().is_cancelled());
+        assert!(background.is_empty());
         store.sync().await.unwrap();
         let recorded = store.list_recent(Some(&namespace), 10);
         assert_eq!(recorded.len(), 1, "{recorded:?}");

@@ -941,6 +941,27 @@ impl Runtime {
         &self.store
     }
 
+    /// Waits (at most `limit`) for the agents' background writes to be queued — the memories of
+    /// call outcomes, lessons, context snapshots — then commits what the store has queued. A run
+    /// reports its end before its last outcome's memory is written (that write is kept off the
+    /// attempt's path): read the store after this to see everything a finished run wrote.
+    /// Returns `false` when `limit` passed first (what was queued by then is still committed).
+    pub async fn settle(&self, limit: Duration) -> Result<bool, AgentError> {
+        // A `TaskTracker` wakes waiters only once closed, and this one stays open: poll it.
+        let deadline = tokio::time::Instant::now() + limit;
+        let settled = loop {
+            if self.background.is_empty() {
+                break true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        self.store.sync().await?;
+        Ok(settled)
+    }
+
     /// The runtime's fatal error, once the supervisor has given up.
     pub fn failure(&self) -> Option<AgentError> {
         self.fatal.borrow().as_ref().map(Fatal::error)

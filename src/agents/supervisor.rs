@@ -182,6 +182,7 @@ impl SupervisorState {
                     approval: Arc::clone(&a.approval),
                     approvals: Arc::clone(&a.approvals),
                     lessons: Arc::clone(&a.lessons),
+                    background: a.background.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, Executor, args, link)
                     .await
