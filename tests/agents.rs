@@ -1459,18 +1459,7 @@ fixes = [
         assert_eq!(calls[1].1["mode"], json!("safe"));
         assert_eq!(calls[1].1.get("never"), None);
     }
-    let lessons = tetrarch::lessons::Lessons::new(
-        h.runtime.store().clone(),
-        tetrarch::store::Namespace::Global,
-    );
-    let mut recorded = Vec::new();
-    for _ in 0..100 {
-        recorded = lessons.list(10);
-        if !recorded.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let recorded = lessons_recorded(&h.runtime).await;
     let lesson = &recorded.first().expect("a lesson was recorded").failure;
     assert_eq!(lesson.fix.as_deref(), Some(r#"set args {"mode":"safe"}"#));
     assert_eq!(lesson.worked, Some(true));
@@ -1527,18 +1516,11 @@ fixes = [{ when = "transient failure", args = { mode = "{{tasks.source.output.mo
 }
 
 /// Waits for the lessons the orchestrator records off its path.
-async fn lessons_recorded(store: &Store, at_least: usize) -> Vec<tetrarch::lessons::Lesson> {
-    let lessons =
-        tetrarch::lessons::Lessons::new(store.clone(), tetrarch::store::Namespace::Global);
-    let mut recorded = Vec::new();
-    for _ in 0..200 {
-        recorded = lessons.list(50);
-        if recorded.len() >= at_least {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    recorded
+/// The lessons recorded so far: each is written by a background task, which a settle waits for.
+async fn lessons_recorded(runtime: &Runtime) -> Vec<tetrarch::lessons::Lesson> {
+    assert!(runtime.settle(Duration::from_secs(10)).await.unwrap());
+    tetrarch::lessons::Lessons::new(runtime.store().clone(), tetrarch::store::Namespace::Global)
+        .list(50)
 }
 
 #[tokio::test]
@@ -1576,7 +1558,7 @@ fixes = [{ when = "FIX_MODE is not set", env = { FIX_MODE = "safe" } }]
     assert_eq!(applied.len(), 1, "{applied:?}");
     assert_eq!(applied[0].0, "set env FIX_MODE=safe");
     assert!(applied[0].1.contains("exited with status 3"), "{applied:?}");
-    let recorded = lessons_recorded(runtime.store(), 1).await;
+    let recorded = lessons_recorded(&runtime).await;
     let lesson = &recorded.first().expect("a lesson was recorded").failure;
     assert_eq!(lesson.fix.as_deref(), Some("set env FIX_MODE=safe"));
     assert_eq!(lesson.worked, Some(true));
@@ -1613,7 +1595,7 @@ fixes = [
         assert_eq!(modes, [Value::Null, json!("first"), json!("second")]);
         assert!(calls.iter().all(|(_, args)| args.get("never").is_none()));
     }
-    let recorded = lessons_recorded(h.runtime.store(), 2).await;
+    let recorded = lessons_recorded(&h.runtime).await;
     let outcome = |fix: &str| {
         recorded
             .iter()
@@ -1649,7 +1631,7 @@ fixes = [
     assert_eq!(report.task("hopeless").unwrap().state, TaskState::Failed);
     let per_label = calls_per_label(&h.calls);
     assert_eq!(per_label.get("hopeless"), Some(&3), "{per_label:?}");
-    let recorded = lessons_recorded(h.runtime.store(), 4).await;
+    let recorded = lessons_recorded(&h.runtime).await;
     let failed: Vec<_> = recorded
         .iter()
         .filter(|l| l.failure.context.contains("hopeless"))
@@ -2006,8 +1988,7 @@ gates = [{ json = "/ok", eq = true }]
         Some("the run stopped before the task's next attempt")
     );
     // Only the real failure is a lesson.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let lessons = lessons_recorded(h.runtime.store(), 1).await;
+    let lessons = lessons_recorded(&h.runtime).await;
     assert_eq!(lessons.len(), 1, "{lessons:?}");
     assert!(lessons[0].failure.context.contains("broken"), "{lessons:?}");
     h.runtime.shutdown().await;
@@ -2079,8 +2060,8 @@ async fn attempts_still_on_their_way_when_a_run_is_cancelled_do_not_run() {
 #[tokio::test]
 async fn a_restart_leaves_a_task_waiting_out_its_backoff_to_its_timer() {
     let h = harness(|actors| {
-        actors.orchestrator.run.retry_backoff = Duration::from_millis(1500);
-        actors.orchestrator.run.retry_backoff_max = Duration::from_millis(1500);
+        actors.orchestrator.run.retry_backoff = Duration::from_secs(4);
+        actors.orchestrator.run.retry_backoff_max = Duration::from_secs(4);
     })
     .await;
     let text = r#"
@@ -2104,7 +2085,7 @@ retries = 1
             matches!(event, RunEvent::AgentRestarted { .. }).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         calls_per_label(&h.calls)["flaky"]
     };
     let (report, calls_during_backoff) = tokio::join!(runtime.run(plan(text), options()), meddle);

@@ -455,8 +455,22 @@ fn a_copy_of_the_plan_in_another_folder_does_not_resume_its_run() {
             }
         }
         if kill {
-            // The run's first records are committed in the background: give them a moment.
-            std::thread::sleep(Duration::from_millis(500));
+            // The run's first records are committed in the background: killed once the store
+            // (reached through the run's socket) lists it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let runs = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
+                    .arg("--store")
+                    .arg(&store)
+                    .args(["runs", "--json"])
+                    .output()
+                    .unwrap();
+                let listed = String::from_utf8_lossy(&runs.stdout);
+                if listed.contains("\"running\"") || std::time::Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             child.kill().unwrap();
         }
         child.wait().unwrap();
@@ -561,7 +575,7 @@ fn a_retry_counts_when_the_run_is_killed_during_its_backoff() {
     std::fs::write(dir.path().join("actors/executor.toml"), "mailbox = 4096\n").unwrap();
     std::fs::write(
         dir.path().join("actors/orchestrator.toml"),
-        "mailbox = 4096\n[run]\nretry_backoff = \"400ms\"\nretry_backoff_max = \"400ms\"\n",
+        "mailbox = 4096\n[run]\nretry_backoff = \"2s\"\nretry_backoff_max = \"2s\"\n",
     )
     .unwrap();
     std::fs::write(
@@ -581,8 +595,9 @@ fn a_retry_counts_when_the_run_is_killed_during_its_backoff() {
         .map(Result::unwrap)
         .any(|line| line.contains("\"task_retrying\""));
     assert!(retrying, "the run ended without a retry");
-    // Killed in the backoff, once the retry's record has had time to commit.
-    std::thread::sleep(Duration::from_millis(150));
+    // Killed in the backoff (2 s), once the retry's record has had time to commit (queued as
+    // the event goes out; one group commit).
+    std::thread::sleep(Duration::from_millis(700));
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(tries(), 1);

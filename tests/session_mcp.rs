@@ -579,7 +579,14 @@ async fn a_server_that_exited_while_idle_is_replaced_before_its_next_call() {
         let mut session = pool.acquire().await.unwrap();
         session.call(call("leave", json!({}))).await.unwrap().stdout
     };
-    // The server and its wrapper exit just after answering.
+    // The server and its wrapper exit just after answering: the server first (however slowly a
+    // loaded machine runs it), then its wrapper, a moment later.
+    let server: i32 = left.trim().parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while is_alive(server) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!is_alive(server), "the server did not leave");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut session = pool.acquire().await.unwrap();
     let request = call("pid", json!({})).with_timeout(Duration::from_secs(5));

@@ -323,19 +323,33 @@ async fn signal_death_is_a_crash_naming_the_signal_and_quoting_stderr() {
 async fn a_child_that_exits_in_time_is_not_failed_by_the_wait_for_its_pipes() {
     // A detached process keeps the pipes open, so they are read on for a moment after the
     // exit; that moment is not part of the call's timeout.
-    let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("pid");
-    let script = format!(
-        "setsid sleep 30 & echo $! > '{}'; sleep 0.5; echo '{{\"ok\": 1}}'",
-        pid_file.display()
-    );
-    let request = request().with_timeout(Duration::from_millis(600));
-    let result = run(sh(&script), request).await;
-    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
-        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    // The child exits 500 ms in, inside the 600 ms timeout only if counted without the 200 ms
+    // read after its exit. A loaded machine can start the shell late enough to leave the child
+    // itself past the timeout: such a try is made again (a timeout that counted the read would
+    // fail every try).
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "setsid sleep 30 & echo $! > '{}'; sleep 0.5; echo '{{\"ok\": 1}}'",
+            pid_file.display()
+        );
+        let request = request().with_timeout(Duration::from_millis(600));
+        let result = run(sh(&script), request).await;
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+        match result {
+            Err(e @ SessionError::Timeout { .. }) => tries.push(e.to_string()),
+            other => {
+                let outcome = other.unwrap();
+                assert_eq!(outcome.json, Some(json!({ "ok": 1 })));
+                break;
+            }
+        }
     }
-    let outcome = result.unwrap();
-    assert_eq!(outcome.json, Some(json!({ "ok": 1 })));
+    assert!(tries.len() < 3, "every try timed out: {tries:?}");
     // A child still running at its timeout is stopped there.
     let started = Instant::now();
     let request = self::request().with_timeout(Duration::from_millis(300));

@@ -438,7 +438,10 @@ async fn expired_memories_vanish_and_are_purged() {
     let path = dir.path().join("store.redb");
     let store = Store::open(&path, fast_housekeeping()).unwrap();
     let mut short = NewMemory::new(Namespace::Global, "ephemeral note");
-    short.ttl = Some(Duration::from_millis(150));
+    // Long enough for two fsync'd stores and a search on a loaded machine.
+    let ttl = Duration::from_millis(1500);
+    short.ttl = Some(ttl);
+    let stored_at = tokio::time::Instant::now();
     let gone = store.store(short).await.unwrap();
     let stays = store
         .store(NewMemory::new(Namespace::Global, "ephemeral but permanent"))
@@ -448,7 +451,11 @@ async fn expired_memories_vanish_and_are_purged() {
         store.search("ephemeral", &SearchOptions::default()).len(),
         2
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        stored_at.elapsed() < ttl,
+        "too slow to see it before it expired"
+    );
+    tokio::time::sleep_until(stored_at + ttl + Duration::from_millis(50)).await;
     // Gone from reads at its expiry time, whether or not the purge has run.
     assert!(matches!(store.get(gone), Err(StoreError::NotFound(_))));
     let hits = store.search("ephemeral", &SearchOptions::default());
@@ -479,9 +486,11 @@ async fn an_idle_store_does_not_write_its_file() {
         .store(NewMemory::new(Namespace::Global, "written once"))
         .await
         .unwrap();
-    // A read queues access statistics, which the next tick writes; then nothing is left to do.
+    // A read queues access statistics, which a sync writes (as the next tick would); then
+    // nothing is left to do.
     store.get(id).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.sync().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let modified = || std::fs::metadata(&path).unwrap().modified().unwrap();
     let before = modified();
     // Eight housekeeping ticks with nothing to do: each one used to commit (and fsync) an

@@ -684,11 +684,17 @@ args = { notes = "{{context}}" }
             .contains("spills registers"),
         "{notes}"
     );
-    eventually("the context payload is measured", async || {
-        let (_, _, text) = get(addr, "/metrics").await;
-        metric(&text, "tetrarch_context_tokens_count", &[]).unwrap_or(0.0) >= 1.0
+    // This run's own view: the metric is process-wide, and a test beside this one raises it.
+    eventually("the context payload is shown", async || {
+        let state = get_json(addr, "/api/state").await;
+        state["context"].as_array().is_some_and(|c| !c.is_empty())
     })
     .await;
+    let (_, _, text) = get(addr, "/metrics").await;
+    assert!(
+        metric(&text, "tetrarch_context_tokens_count", &[]).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
     let state = get_json(addr, "/api/state").await;
     let context = state["context"].as_array().unwrap();
     assert_eq!(context.len(), 1, "{state}");

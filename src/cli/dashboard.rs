@@ -169,21 +169,22 @@ pub async fn drive<F: Future>(
 }
 
 impl LiveTelemetry {
-    /// Waits (at most 2 s) until the run's end is recorded: the events reach the telemetry on
+    /// Waits (at most 10 s) until the run's end is recorded: the events reach the telemetry on
     /// a task of their own, and what is served after the run must include its final values
     /// (`tetrarch_runs_total` is only counted then).
     /// The store's gauges are sampled again once the run's background writes (its outputs'
     /// memories, recorded after the outcome went on) are queued and committed
     /// ([`Runtime::settle`]): sampled at the run's end, they could miss the last ones.
     pub async fn settle(&self, runtime: &Runtime) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        // Limits a loaded machine will not reach; they bound the wait on a stuck write.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !self.telemetry.run_over() && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        match runtime.settle(std::time::Duration::from_secs(2)).await {
+        match runtime.settle(std::time::Duration::from_secs(10)).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
-                "telemetry: the run's background writes were still going after 2s; the store's \
+                "telemetry: the run's background writes were still going after 10s; the store's \
                  gauges may miss them"
             ),
             Err(e) => tracing::warn!("telemetry: the store's last writes were not committed: {e}"),
