@@ -465,10 +465,14 @@ fn a_copy_of_the_plan_in_another_folder_does_not_resume_its_run() {
                     .args(["runs", "--json"])
                     .output()
                     .unwrap();
-                let listed = String::from_utf8_lossy(&runs.stdout);
-                if listed.contains("\"running\"") || std::time::Instant::now() > deadline {
+                let listed = String::from_utf8_lossy(&runs.stdout).into_owned();
+                if listed.contains("\"running\"") {
                     break;
                 }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the run was never listed as running: {listed}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             child.kill().unwrap();

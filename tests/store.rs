@@ -447,14 +447,12 @@ async fn expired_memories_vanish_and_are_purged() {
         .store(NewMemory::new(Namespace::Global, "ephemeral but permanent"))
         .await
         .unwrap();
-    assert_eq!(
-        store.search("ephemeral", &SearchOptions::default()).len(),
-        2
-    );
+    let hits = store.search("ephemeral", &SearchOptions::default()).len();
     assert!(
         stored_at.elapsed() < ttl,
         "too slow to see it before it expired"
     );
+    assert_eq!(hits, 2);
     tokio::time::sleep_until(stored_at + ttl + Duration::from_millis(50)).await;
     // Gone from reads at its expiry time, whether or not the purge has run.
     assert!(matches!(store.get(gone), Err(StoreError::NotFound(_))));

@@ -356,7 +356,8 @@ pub struct Runtime {
     fatal: watch::Receiver<Option<Fatal>>,
     store: Store,
     cache: ContextCache,
-    /// The agents' background writes (lessons, context snapshots), waited for at shutdown.
+    /// The agents' background writes (outcome memories, lessons, context snapshots), waited for
+    /// at shutdown and by [`Runtime::settle`].
     background: TaskTracker,
     /// Ends when the supervisor's and every agent's state have been dropped.
     states_dropped: tokio::sync::mpsc::Receiver<std::convert::Infallible>,
@@ -944,7 +945,10 @@ impl Runtime {
     /// Waits (at most `limit`) for the agents' background writes to be queued — the memories of
     /// call outcomes, lessons, context snapshots — then commits what the store has queued. A run
     /// reports its end before its last outcome's memory is written (that write is kept off the
-    /// attempt's path): read the store after this to see everything a finished run wrote.
+    /// attempt's path): read the store after this to see everything a run that completed or
+    /// failed wrote. It waits for the whole runtime's writes, other runs' included, so while
+    /// other runs go on it may wait out `limit`. Not covered: a cancelled run's calls still out
+    /// at the cancel (they are cut off, and one finishing just then records its outcome later).
     /// Returns `false` when `limit` passed first (what was queued by then is still committed).
     pub async fn settle(&self, limit: Duration) -> Result<bool, AgentError> {
         // A `TaskTracker` wakes waiters only once closed, and this one stays open: poll it.
@@ -967,7 +971,8 @@ impl Runtime {
         self.fatal.borrow().as_ref().map(Fatal::error)
     }
 
-    /// Stops the agents, waits for their background writes (lessons, context snapshots), and
+    /// Stops the agents, waits for their background writes (outcome memories, lessons, context
+    /// snapshots), and
     /// closes the pools (their servers and children end; their upkeep is stopped and waited
     /// for). Calls in flight are cancelled. When it returns, the runtime holds the store no
     /// longer: the caller's own [`Store`] handle is the last, and the file can be opened again

@@ -169,16 +169,18 @@ pub async fn drive<F: Future>(
 }
 
 impl LiveTelemetry {
-    /// Waits (at most 10 s) until the run's end is recorded: the events reach the telemetry on
-    /// a task of their own, and what is served after the run must include its final values
+    /// Waits (at most 10 s) until the run's end is recorded when it emitted one (`run_ended`: a
+    /// run that ended in an error emits none): the events reach the telemetry on a task of
+    /// their own, and what is served after the run must include its final values
     /// (`tetrarch_runs_total` is only counted then).
     /// The store's gauges are sampled again once the run's background writes (its outputs'
     /// memories, recorded after the outcome went on) are queued and committed
-    /// ([`Runtime::settle`]): sampled at the run's end, they could miss the last ones.
-    pub async fn settle(&self, runtime: &Runtime) {
+    /// ([`Runtime::settle`], 10 s at most): sampled at the run's end, they could miss the last
+    /// ones.
+    pub async fn settle(&self, runtime: &Runtime, run_ended: bool) {
         // Limits a loaded machine will not reach; they bound the wait on a stuck write.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !self.telemetry.run_over() && std::time::Instant::now() < deadline {
+        while run_ended && !self.telemetry.run_over() && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         match runtime.settle(std::time::Duration::from_secs(10)).await {

@@ -316,15 +316,21 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     }
     if let Some(live) = live {
         if let Some(linger) = args.serve_after.filter(|d| !d.is_zero()) {
-            live.settle(&runtime).await;
-            stderr_line!(
-                "run over: serving {} for {} more (Ctrl-C to stop)",
-                live.serving(),
-                humantime::format_duration(linger)
-            );
-            tokio::select! {
-                () = tokio::time::sleep(linger) => {}
-                _ = stops.next() => {}
+            // A stop while the last values settle ends the serving too.
+            let settled = tokio::select! {
+                () = live.settle(&runtime, outcome.is_ok()) => true,
+                _ = stops.next() => false,
+            };
+            if settled {
+                stderr_line!(
+                    "run over: serving {} for {} more (Ctrl-C to stop)",
+                    live.serving(),
+                    humantime::format_duration(linger)
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(linger) => {}
+                    _ = stops.next() => {}
+                }
             }
         }
         live.shutdown().await;
