@@ -63,6 +63,22 @@ fn notes(report: &RunReport, task: &str) -> String {
 }
 
 /// The text of the item `source` in a rendered `{{context}}` (`## SOURCE\nTEXT\n\n...`).
+/// The memories of `namespace` tagged `tag`, once the runtime's background writes (outcome
+/// memories, context snapshots) are in.
+async fn settled_memories_tagged(
+    runtime: &Runtime,
+    namespace: &Namespace,
+    tag: &str,
+) -> Vec<std::sync::Arc<tetrarch::store::Memory>> {
+    assert!(runtime.settle(Duration::from_secs(10)).await.unwrap());
+    runtime
+        .store()
+        .list_recent(Some(namespace), 100)
+        .into_iter()
+        .filter(|m| m.tags.iter().any(|t| t == tag))
+        .collect()
+}
+
 fn section<'a>(context: &'a str, source: &str) -> Option<&'a str> {
     let start = context.find(&format!("## {source}\n"))? + source.len() + 4;
     let rest = &context[start..];
@@ -247,13 +263,7 @@ args = { notes = "{{context}}", topic = "lantern exposure", from = "{{tasks.fetc
     // Outputs are recorded as memories of the run (in the background), typed as task outputs.
     let namespace = Namespace::session("run", &report.run_id).unwrap();
     // Written after each outcome went on: the run can report its end first.
-    assert!(runtime.settle(Duration::from_secs(10)).await.unwrap());
-    let outputs: Vec<_> = runtime
-        .store()
-        .list_recent(Some(&namespace), 100)
-        .into_iter()
-        .filter(|m| m.tags.iter().any(|t| t == "output"))
-        .collect();
+    let outputs = settled_memories_tagged(&runtime, &namespace, "output").await;
     assert_eq!(outputs.len(), 2, "{outputs:?}");
     assert!(
         outputs
@@ -424,13 +434,7 @@ args = {{ notes = "{{{{context}}}}" }}
     // Preserved in the run's namespace before compaction (written in the background).
     let namespace = Namespace::session("run", &report.run_id).unwrap();
     // Each alert's snapshot is written on a task of its own, which a settle waits for.
-    assert!(runtime.settle(Duration::from_secs(10)).await.unwrap());
-    let snapshot: Vec<_> = runtime
-        .store()
-        .list_recent(Some(&namespace), 100)
-        .into_iter()
-        .filter(|m| m.tags.iter().any(|t| t == "context-snapshot"))
-        .collect();
+    let snapshot = settled_memories_tagged(&runtime, &namespace, "context-snapshot").await;
     assert!(
         !snapshot.is_empty(),
         "no context-snapshot memory in {namespace}"

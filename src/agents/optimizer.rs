@@ -218,12 +218,10 @@ fn without_placeholders(text: &str) -> String {
 /// with the panic's message).
 fn panic_as_failure(assemble: impl FnOnce() -> String) -> Result<String, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(assemble)).map_err(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".to_owned());
-        format!("assembling its context panicked: {message}")
+        format!(
+            "assembling its context panicked: {}",
+            crate::session::panic_message(panic.as_ref())
+        )
     })
 }
 

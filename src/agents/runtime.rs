@@ -972,12 +972,11 @@ impl Runtime {
     }
 
     /// Stops the agents, waits for their background writes (outcome memories, lessons, context
-    /// snapshots), and
-    /// closes the pools (their servers and children end; their upkeep is stopped and waited
-    /// for). Calls in flight are cancelled. When it returns, the runtime holds the store no
-    /// longer: the caller's own [`Store`] handle is the last, and the file can be opened again
-    /// once that is dropped. (Except behind a tool that blocks its thread: its call cannot be
-    /// cut off, and holds the store until it returns.)
+    /// snapshots), and closes the pools (their servers and children end; their upkeep is stopped
+    /// and waited for). Calls in flight are cancelled. When it returns, the runtime holds the
+    /// store no longer: the caller's own [`Store`] handle is the last, and the file can be opened
+    /// again once that is dropped. (Except behind a tool that blocks its thread: its call cannot
+    /// be cut off, and holds the store until it returns.)
     pub async fn shutdown(self) {
         let (reply, answer) = oneshot::channel();
         if self
