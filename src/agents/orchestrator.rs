@@ -36,7 +36,8 @@ use super::pipeline::{
 use super::runtime::RunSpec;
 use super::state::{
     AttemptTimes, CompensationReport, RunRecord, RunReport, RunStatus, Stopping, TaskRecord,
-    TaskReport, TaskState, encode_run, encode_task, load_run, load_tasks, run_key, task_key,
+    TaskReport, TaskState, encode_run, encode_task, load_run, load_tasks, parse_output, run_key,
+    task_key,
 };
 use crate::lessons::{Failure, Lessons};
 use crate::permissions::PermissionEngine;
@@ -423,9 +424,17 @@ impl OrchestratorState {
             // skipped, undone...) and only finishes its rollback; otherwise only COMPLETE
             // tasks are kept and everything else runs again.
             let rolling_back = run.record.stopping.is_some();
-            for (id, record) in saved {
+            for (id, mut record) in saved {
                 let Some(&i) = run.index.get(&id) else {
                     continue;
+                };
+                // Kept for a completed task, and for a final state of a rollback: an undone
+                // task's output is still what the compensations of the tasks after it read
+                // (`{{tasks.ID.output}}`) when one of them runs again.
+                let output_json = record.output_json.take();
+                let output = || {
+                    parse_output(output_json.as_deref(), &spec.run_id, &id)
+                        .map_err(|e| format!("store: {e}"))
                 };
                 let slot = &mut run.slots[i];
                 slot.attempt = record.attempt.max(1);
@@ -435,11 +444,8 @@ impl OrchestratorState {
                 slot.result_cache_key = record.result_cache_key.map(CacheKey::from_u128);
                 match record.state {
                     TaskState::Complete => {
+                        slot.output = output()?;
                         slot.state = TaskState::Complete;
-                        slot.output = record
-                            .output_json
-                            .as_deref()
-                            .and_then(|j| serde_json::from_str(j).ok());
                         already_complete += 1;
                     }
                     TaskState::Failed
@@ -448,14 +454,9 @@ impl OrchestratorState {
                     | TaskState::Compensated
                         if rolling_back =>
                     {
+                        slot.output = output()?;
                         slot.state = record.state;
                         slot.reason = record.reason;
-                        // An undone task's output is still what the compensations of the tasks
-                        // after it read (`{{tasks.ID.output}}`) when one of them runs again.
-                        slot.output = record
-                            .output_json
-                            .as_deref()
-                            .and_then(|j| serde_json::from_str(j).ok());
                     }
                     // In flight when the process stopped during the rollback (the failure
                     // committed it as running): whether its call did its work is unknown, so

@@ -261,6 +261,21 @@ pub(crate) struct TaskRecord {
     pub result_cache_key: Option<u128>,
 }
 
+/// A task's saved output (its record's `output_json`), parsed. Unreadable JSON is an error
+/// naming the task, not "no output": a dependent would otherwise be rendered (or a compensation
+/// run) without its input.
+pub(crate) fn parse_output(
+    json: Option<&str>,
+    run_id: &str,
+    task: &str,
+) -> Result<Option<Value>, StoreError> {
+    json.map(serde_json::from_str).transpose().map_err(|e| {
+        StoreError::Codec(format!(
+            "the saved output of task {task} of run {run_id} is not JSON: {e}"
+        ))
+    })
+}
+
 impl From<TaskRecordV1> for TaskRecord {
     fn from(old: TaskRecordV1) -> Self {
         TaskRecordV2 {
@@ -481,17 +496,37 @@ pub fn saved_tasks(store: &Store, run_id: &str) -> Result<Vec<SavedTask>, StoreE
 
 /// The saved output of one task of a run, when it completed.
 pub fn saved_output(store: &Store, run_id: &str, task: &str) -> Result<Option<Value>, StoreError> {
-    Ok(load_tasks(store, run_id)?
+    match load_tasks(store, run_id)?
         .into_iter()
         .find(|(id, _)| id == task)
-        .and_then(|(_, record)| record.output_json)
-        .and_then(|json| serde_json::from_str(&json).ok()))
+    {
+        Some((_, record)) => parse_output(record.output_json.as_deref(), run_id, task),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A saved output that is not JSON fails with the task and run named; it is not taken for
+    /// a task without output (its dependents would run without their input).
+    #[test]
+    fn an_unreadable_saved_output_is_an_error_naming_the_task() {
+        assert_eq!(parse_output(None, "r1", "t").unwrap(), None);
+        assert_eq!(
+            parse_output(Some("{\"ok\":true}"), "r1", "t").unwrap(),
+            Some(serde_json::json!({ "ok": true }))
+        );
+        let error = parse_output(Some("{\"ok\":tr"), "r1", "render")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("saved output of task render of run r1 is not JSON"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn a_first_version_run_record_still_reads() {
