@@ -1,4 +1,5 @@
-//! The `native` session kind: ok, error, panic, unknown tool, timeout.
+//! The `native` session kind: ok, error, panic, unknown tool, timeout, an answer too deep to
+//! read back.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -19,11 +20,20 @@ fn session() -> NativeSession {
         }
         Ok(Value::Null)
     });
+    // Nests `depth` arrays around 1.
+    registry.register("nest", |args: Value| async move {
+        let depth = args["depth"].as_u64().ok_or("depth must be a count")?;
+        let mut value = json!(1);
+        for _ in 0..depth {
+            value = json!([value]);
+        }
+        Ok(value)
+    });
     registry.register("stall", |_args: Value| async move {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Ok(Value::Null)
     });
-    assert_eq!(registry.names(), ["double", "explode", "stall"]);
+    assert_eq!(registry.names(), ["double", "explode", "nest", "stall"]);
     NativeSession::new(Arc::new(registry))
 }
 
@@ -36,6 +46,31 @@ async fn ok_value_is_json_and_stdout() {
     assert_eq!(outcome.exit_status, Some(0));
     assert_eq!(outcome.json, Some(json!({"doubled": 42})));
     assert_eq!(outcome.stdout, r#"{"doubled":42}"#);
+}
+
+/// An answer nested deeper than text can be read back (a resume reads saved outputs back) fails
+/// its call, saying why; one at the limit is an answer like any other.
+#[tokio::test]
+async fn an_answer_too_deep_to_read_back_fails_its_call() {
+    let limit = tetrarch::session::native::MAX_OUTPUT_DEPTH;
+    let at_limit = session()
+        .call(ToolRequest::new("nest", json!({ "depth": limit })))
+        .await
+        .unwrap();
+    assert_eq!(at_limit.exit_status, Some(0));
+    let read_back: Value = serde_json::from_str(&at_limit.stdout).unwrap();
+    assert_eq!(Some(read_back), at_limit.json);
+    let too_deep = session()
+        .call(ToolRequest::new("nest", json!({ "depth": limit + 1 })))
+        .await
+        .unwrap();
+    assert_eq!(too_deep.exit_status, Some(1));
+    assert_eq!(too_deep.json, None);
+    assert!(
+        too_deep.stderr.contains(&format!("more than {limit} deep")),
+        "{}",
+        too_deep.stderr
+    );
 }
 
 #[tokio::test]

@@ -707,37 +707,58 @@ impl Drop for OutcomeRecord {
     }
 }
 
-/// How long the Executor goes without a new outcome before [`record_when_quiet`] queues the
-/// outcome memories it holds.
+/// How long [`record_when_quiet`] waits for more outcome records before it queues those it
+/// holds: one that came in during a wait starts another.
 const RECORD_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
-/// How many outcome records [`record_when_quiet`] holds before it queues them, quiet or not.
+/// How many outcome records [`record_when_quiet`] holds at most: that many are queued at once,
+/// whether records are still coming in or not.
 const RECORD_BATCH: usize = 64;
 /// Outcome records on their way to [`record_when_quiet`]; one that finds no room is queued by
 /// its call task.
 const RECORD_BACKLOG: usize = 1024;
 
-/// Queues outcome memories once the Executor has been quiet for [`RECORD_QUIET`] (or
-/// [`RECORD_BATCH`] are waiting), not as each call ends. The calls of a level of a plan end
-/// together, and that is when the level after it is dispatched: the memories' text analysis
-/// and the writer's commit, made then, took a CPU from that dispatch (about 0.3% of the wall time
-/// of the runtime benchmark's parallel plan, on two cores; see the README). Made a moment later,
-/// they run while the next calls do. Sends made while it waits do not wake it: it looks when its wait is over.
-/// A record is queued as it drops, so the records it holds are queued if this task is cut off.
-async fn record_when_quiet(mut records: tokio::sync::mpsc::Receiver<OutcomeRecord>) {
-    while let Some(first) = records.recv().await {
-        let mut held = vec![first];
-        loop {
-            tokio::time::sleep(RECORD_QUIET).await;
-            let before = held.len();
-            while let Ok(record) = records.try_recv() {
-                held.push(record);
+/// Queues outcome memories once no new one has come in during a wait of `quiet` (so 1–2 such
+/// waits after the last, give or take the timer's millisecond), or as soon as `batch` are held,
+/// not as each call ends. The calls of a level of a plan end together, and that is when the
+/// level after it is dispatched: the memories' text analysis and the writer's commit, made
+/// then, took a CPU from that dispatch (about 0.3% of the wall time of the runtime benchmark's
+/// parallel plan, on two cores; see the README). Made a moment later, they run while the next
+/// calls do. Records sent during a wait do not wake it: it looks when the wait is over. The
+/// records are queued one at a time with a yield between them, so a batch of large outputs
+/// does not hold a worker thread. A record is queued as it drops, so the records it holds (and
+/// those still in the channel) are queued if this task is cut off.
+async fn record_when_quiet(
+    mut records: tokio::sync::mpsc::Receiver<OutcomeRecord>,
+    quiet: std::time::Duration,
+    batch: usize,
+) {
+    let mut held = Vec::new();
+    let take_waiting =
+        |held: &mut Vec<OutcomeRecord>,
+         records: &mut tokio::sync::mpsc::Receiver<OutcomeRecord>| {
+            while held.len() < batch {
+                match records.try_recv() {
+                    Ok(record) => held.push(record),
+                    Err(_) => break,
+                }
             }
-            if held.len() == before || held.len() >= RECORD_BATCH {
+        };
+    while let Some(first) = records.recv().await {
+        held.push(first);
+        take_waiting(&mut held, &mut records);
+        while held.len() < batch {
+            tokio::time::sleep(quiet).await;
+            let before = held.len();
+            take_waiting(&mut held, &mut records);
+            if held.len() == before {
                 break;
             }
         }
-        // Each queues its memory as it drops.
-        drop(held);
+        for record in held.drain(..) {
+            // Queues its memory.
+            drop(record);
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -779,7 +800,7 @@ impl Actor for Executor {
         // Not one of the runtime's background tasks (a settle would wait for it for ever): the
         // records it holds are, each by its own token. It ends once this state and the call
         // tasks are gone, queuing what it still holds.
-        tokio::spawn(record_when_quiet(waiting));
+        tokio::spawn(record_when_quiet(waiting, RECORD_QUIET, RECORD_BATCH));
         Ok(ExecutorState {
             shared: Arc::new(args),
             calls: JoinSet::new(),
@@ -966,10 +987,12 @@ mod tests {
         assert_eq!(recorded[0].content, "lantern rendered");
     }
 
-    /// The recorder holds outcome records (a settle still counts them), queues them once the
-    /// calls are quiet, and queues what it holds when its senders are gone or it is cut off.
+    /// The recorder holds outcome records (a settle still counts them) while it waits, queues
+    /// them once a wait brings no new one or as soon as a batch is held, and queues what it
+    /// holds when its senders are gone or it is cut off.
     #[tokio::test]
-    async fn the_recorder_queues_what_it_holds_when_quiet_closed_or_cut_off() {
+    async fn the_recorder_holds_records_until_quiet_or_a_batch_and_queues_them_at_its_end() {
+        use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
         let namespace = Namespace::session("run", "r1").unwrap();
@@ -989,46 +1012,68 @@ mod tests {
             texts.sort();
             texts
         };
+        let all_queued = || async {
+            let limit = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !background.is_empty() && tokio::time::Instant::now() < limit {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(
+                background.is_empty(),
+                "{} records still held",
+                background.len()
+            );
+        };
+        let hour = Duration::from_secs(3600);
 
-        // Quiet: queued after a moment without a new record.
+        // Held while it waits (an hour here); queued when it is cut off, including a record
+        // still in the channel.
         let (records, waiting) = tokio::sync::mpsc::channel(RECORD_BACKLOG);
-        let recorder = tokio::spawn(record_when_quiet(waiting));
-        for text in ["a1", "a2", "a3"] {
-            assert!(records.try_send(record(text)).is_ok());
-        }
-        // This test's runtime has one thread: the recorder has not run yet.
-        assert_eq!(background.len(), 3);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !background.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(RECORD_QUIET).await;
-        }
-        assert!(
-            background.is_empty(),
-            "{} records still held",
-            background.len()
-        );
-        assert_eq!(recorded().await, ["a1", "a2", "a3"]);
-
-        // Closed: the last sender gone while it holds records.
-        assert!(records.try_send(record("b1")).is_ok());
-        tokio::task::yield_now().await;
-        assert!(records.try_send(record("b2")).is_ok());
-        drop(records);
-        recorder.await.unwrap();
-        assert!(background.is_empty());
-        assert_eq!(recorded().await, ["a1", "a2", "a3", "b1", "b2"]);
-
-        // Cut off: one record held, one still in the channel.
-        let (records, waiting) = tokio::sync::mpsc::channel(RECORD_BACKLOG);
-        let recorder = tokio::spawn(record_when_quiet(waiting));
-        assert!(records.try_send(record("c1")).is_ok());
-        tokio::task::yield_now().await;
-        assert!(records.try_send(record("c2")).is_ok());
+        let recorder = tokio::spawn(record_when_quiet(waiting, hour, 64));
+        assert!(records.try_send(record("a1")).is_ok());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(records.try_send(record("a2")).is_ok());
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(background.len(), 2);
+        assert_eq!(recorded().await, Vec::<String>::new());
         recorder.abort();
         assert!(recorder.await.unwrap_err().is_cancelled());
         assert!(background.is_empty());
-        assert_eq!(recorded().await, ["a1", "a2", "a3", "b1", "b2", "c1", "c2"]);
+        assert_eq!(recorded().await, ["a1", "a2"]);
+
+        // A full batch is queued without waiting (the wait is an hour); the next is held.
+        let (records, waiting) = tokio::sync::mpsc::channel(RECORD_BACKLOG);
+        let recorder = tokio::spawn(record_when_quiet(waiting, hour, 3));
+        for text in ["b1", "b2", "b3"] {
+            assert!(records.try_send(record(text)).is_ok());
+        }
+        all_queued().await;
+        assert!(records.try_send(record("b4")).is_ok());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(background.len(), 1);
+        recorder.abort();
+        assert!(recorder.await.unwrap_err().is_cancelled());
+        assert_eq!(recorded().await, ["a1", "a2", "b1", "b2", "b3", "b4"]);
+
+        // Queued after a quiet wait; and, held when the last sender goes, queued as it ends.
+        let (records, waiting) = tokio::sync::mpsc::channel(RECORD_BACKLOG);
+        let recorder = tokio::spawn(record_when_quiet(waiting, RECORD_QUIET, 64));
+        for text in ["c1", "c2"] {
+            assert!(records.try_send(record(text)).is_ok());
+        }
+        all_queued().await;
+        assert!(records.try_send(record("c3")).is_ok());
+        tokio::task::yield_now().await;
+        assert!(records.try_send(record("c4")).is_ok());
+        drop(records);
+        tokio::time::timeout(Duration::from_secs(10), recorder)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(background.is_empty());
+        assert_eq!(
+            recorded().await,
+            ["a1", "a2", "b1", "b2", "b3", "b4", "c1", "c2", "c3", "c4"]
+        );
     }
 
     #[test]

@@ -264,16 +264,10 @@ pub(crate) struct TaskRecord {
 /// A task's saved output (its record's `output_json`), parsed. Unreadable JSON is an error
 /// naming the task, not "no output": a dependent would otherwise be rendered (or a compensation
 /// run) without its input.
-pub(crate) fn parse_output(
-    json: Option<&str>,
-    run_id: &str,
-    task: &str,
-) -> Result<Option<Value>, StoreError> {
-    json.map(serde_json::from_str).transpose().map_err(|e| {
-        StoreError::Codec(format!(
-            "the saved output of task {task} of run {run_id} is not JSON: {e}"
-        ))
-    })
+pub(crate) fn parse_output(json: Option<&str>, task: &str) -> Result<Option<Value>, StoreError> {
+    json.map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| StoreError::Codec(format!("the saved output of task {task} is not JSON: {e}")))
 }
 
 impl From<TaskRecordV1> for TaskRecord {
@@ -495,12 +489,16 @@ pub fn saved_tasks(store: &Store, run_id: &str) -> Result<Vec<SavedTask>, StoreE
 }
 
 /// The saved output of one task of a run, when it completed.
+///
+/// # Errors
+/// The store could not be read, a record does not decode, or the saved output is not JSON
+/// ([`StoreError::Codec`], naming the task).
 pub fn saved_output(store: &Store, run_id: &str, task: &str) -> Result<Option<Value>, StoreError> {
     match load_tasks(store, run_id)?
         .into_iter()
         .find(|(id, _)| id == task)
     {
-        Some((_, record)) => parse_output(record.output_json.as_deref(), run_id, task),
+        Some((_, record)) => parse_output(record.output_json.as_deref(), task),
         None => Ok(None),
     }
 }
@@ -510,20 +508,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// A saved output that is not JSON fails with the task and run named; it is not taken for
+    /// A saved output that is not JSON fails with the task named; it is not taken for
     /// a task without output (its dependents would run without their input).
     #[test]
     fn an_unreadable_saved_output_is_an_error_naming_the_task() {
-        assert_eq!(parse_output(None, "r1", "t").unwrap(), None);
+        assert_eq!(parse_output(None, "t").unwrap(), None);
         assert_eq!(
-            parse_output(Some("{\"ok\":true}"), "r1", "t").unwrap(),
+            parse_output(Some("{\"ok\":true}"), "t").unwrap(),
             Some(serde_json::json!({ "ok": true }))
         );
-        let error = parse_output(Some("{\"ok\":tr"), "r1", "render")
+        let error = parse_output(Some("{\"ok\":tr"), "render")
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("saved output of task render of run r1 is not JSON"),
+            error.contains("saved output of task render is not JSON"),
             "{error}"
         );
     }

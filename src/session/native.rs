@@ -2,6 +2,10 @@
 //!
 //! Each call's future is guarded with `catch_unwind`, so a panicking tool fails its call with
 //! [`SessionError::Crashed`] instead of taking the caller down, and a timeout drops it.
+//!
+//! An answer nested deeper than [`MAX_OUTPUT_DEPTH`] arrays and objects fails its call: every
+//! other tool's output is parsed from text, which `serde_json` stops at that depth, and so is a
+//! saved output when its run resumes. Taken, it would be an output no resume could read back.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -12,6 +16,26 @@ use futures::FutureExt;
 use serde_json::Value;
 
 use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
+
+/// The deepest nesting of arrays and objects a native tool's answer may have: what
+/// `serde_json` reads back from text.
+pub const MAX_OUTPUT_DEPTH: usize = 127;
+
+/// Whether `value` nests arrays and objects more than `limit` deep (without recursing, so a
+/// deep value cannot overflow the stack here).
+fn nested_deeper_than(value: &Value, limit: usize) -> bool {
+    let mut open = vec![(value, 0usize)];
+    while let Some((value, depth)) = open.pop() {
+        let inner = depth + 1;
+        match value {
+            Value::Array(_) | Value::Object(_) if inner > limit => return true,
+            Value::Array(items) => open.extend(items.iter().map(|child| (child, inner))),
+            Value::Object(fields) => open.extend(fields.values().map(|child| (child, inner))),
+            _ => {}
+        }
+    }
+    false
+}
 
 /// A native tool: takes the call's arguments, answers a JSON value or an error message.
 pub type NativeTool = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value, String>> + Send + Sync>;
@@ -94,6 +118,15 @@ impl Session for NativeSession {
                 });
             };
             let (exit_status, stdout, stderr, json) = match finished {
+                Ok(Ok(value)) if nested_deeper_than(&value, MAX_OUTPUT_DEPTH) => (
+                    1,
+                    String::new(),
+                    format!(
+                        "its answer nests arrays and objects more than {MAX_OUTPUT_DEPTH} deep: \
+                         a saved output that deep could not be read back"
+                    ),
+                    None,
+                ),
                 Ok(Ok(value)) => (0, value.to_string(), String::new(), Some(value)),
                 Ok(Err(message)) => (1, String::new(), message, None),
                 Err(payload) => {
@@ -136,5 +169,39 @@ impl SessionFactory for NativeFactory {
     fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
         let session = NativeSession::new(Arc::clone(&self.registry));
         Box::pin(async move { Ok(Box::new(session) as Box<dyn Session>) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::{Value, json};
+
+    use super::{MAX_OUTPUT_DEPTH, nested_deeper_than};
+
+    fn nested(depth: usize) -> Value {
+        let mut value = json!(1);
+        for i in 0..depth {
+            value = if i % 2 == 0 {
+                json!([value])
+            } else {
+                json!({ "k": value })
+            };
+        }
+        value
+    }
+
+    /// The limit is where `serde_json` stops reading text back: an answer at it round-trips,
+    /// one level more does not, and only that one is refused.
+    #[test]
+    fn an_answer_is_refused_exactly_where_its_text_could_not_be_read_back() {
+        let deepest = nested(MAX_OUTPUT_DEPTH);
+        assert!(serde_json::from_str::<Value>(&deepest.to_string()).is_ok());
+        assert!(!nested_deeper_than(&deepest, MAX_OUTPUT_DEPTH));
+        let too_deep = nested(MAX_OUTPUT_DEPTH + 1);
+        assert!(serde_json::from_str::<Value>(&too_deep.to_string()).is_err());
+        assert!(nested_deeper_than(&too_deep, MAX_OUTPUT_DEPTH));
+        assert!(!nested_deeper_than(&json!("flat"), 0));
+        assert!(nested_deeper_than(&json!([]), 0));
     }
 }
