@@ -1040,16 +1040,20 @@ mod tests {
         assert!(background.is_empty());
         assert_eq!(recorded().await, ["a1", "a2"]);
 
-        // A full batch is queued without waiting (the wait is an hour); the next is held.
+        // A full batch is queued without waiting (the wait is an hour), and no more than a
+        // batch: of four waiting, the fourth is held.
         let (records, waiting) = tokio::sync::mpsc::channel(RECORD_BACKLOG);
         let recorder = tokio::spawn(record_when_quiet(waiting, hour, 3));
-        for text in ["b1", "b2", "b3"] {
+        for text in ["b1", "b2", "b3", "b4"] {
             assert!(records.try_send(record(text)).is_ok());
         }
-        all_queued().await;
-        assert!(records.try_send(record("b4")).is_ok());
+        let limit = tokio::time::Instant::now() + Duration::from_secs(10);
+        while background.len() > 1 && tokio::time::Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(background.len(), 1);
+        assert_eq!(recorded().await, ["a1", "a2", "b1", "b2", "b3"]);
         recorder.abort();
         assert!(recorder.await.unwrap_err().is_cancelled());
         assert_eq!(recorded().await, ["a1", "a2", "b1", "b2", "b3", "b4"]);

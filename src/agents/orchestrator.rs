@@ -432,8 +432,14 @@ impl OrchestratorState {
                 // task's output is still what the compensations of the tasks after it read
                 // (`{{tasks.ID.output}}`) when one of them runs again.
                 let output_json = record.output_json.take();
-                let output =
-                    || parse_output(output_json.as_deref(), &id).map_err(|e| format!("store: {e}"));
+                let output = || {
+                    parse_output(output_json.as_deref(), &id).map_err(|e| {
+                        format!(
+                            "store: {e}; the run cannot go on without it (a new run of the plan \
+                             can)"
+                        )
+                    })
+                };
                 let slot = &mut run.slots[i];
                 slot.attempt = record.attempt.max(1);
                 slot.retries = record.retries;

@@ -339,12 +339,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         socket.close().await;
     }
     runtime.shutdown().await;
-    let report = outcome.map_err(|e| match (&e, &resume) {
-        (tetrarch::agents::AgentError::Resume { .. }, Some(old)) => anyhow::anyhow!(
-            "{e}\n`tetrarch run --fresh` starts a new run of this plan (run {old} stays as it is)"
-        ),
-        _ => e.into(),
-    })?;
+    let report = outcome?;
     print_report(&report);
     // The run's writes went to the file it opened; one deleted or replaced meanwhile took them
     // with it, and nothing else would say so.

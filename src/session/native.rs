@@ -21,20 +21,19 @@ use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolR
 /// `serde_json` reads back from text.
 pub const MAX_OUTPUT_DEPTH: usize = 127;
 
-/// Whether `value` nests arrays and objects more than `limit` deep (without recursing, so a
-/// deep value cannot overflow the stack here).
+/// Whether `value` nests arrays and objects more than `limit` deep. It recurses at most
+/// `limit + 1` calls deep however deep the value is, and holds nothing per element.
 fn nested_deeper_than(value: &Value, limit: usize) -> bool {
-    let mut open = vec![(value, 0usize)];
-    while let Some((value, depth)) = open.pop() {
-        let inner = depth + 1;
-        match value {
-            Value::Array(_) | Value::Object(_) if inner > limit => return true,
-            Value::Array(items) => open.extend(items.iter().map(|child| (child, inner))),
-            Value::Object(fields) => open.extend(fields.values().map(|child| (child, inner))),
-            _ => {}
-        }
+    let Some(inner) = limit.checked_sub(1) else {
+        return matches!(value, Value::Array(_) | Value::Object(_));
+    };
+    match value {
+        Value::Array(items) => items.iter().any(|item| nested_deeper_than(item, inner)),
+        Value::Object(fields) => fields
+            .values()
+            .any(|field| nested_deeper_than(field, inner)),
+        _ => false,
     }
-    false
 }
 
 /// A native tool: takes the call's arguments, answers a JSON value or an error message.
