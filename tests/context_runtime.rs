@@ -62,7 +62,6 @@ fn notes(report: &RunReport, task: &str) -> String {
     output["notes"].as_str().unwrap().to_owned()
 }
 
-/// The text of the item `source` in a rendered `{{context}}` (`## SOURCE\nTEXT\n\n...`).
 /// The memories of `namespace` tagged `tag`, once the runtime's background writes (outcome
 /// memories, context snapshots) are in.
 async fn settled_memories_tagged(
@@ -79,6 +78,7 @@ async fn settled_memories_tagged(
         .collect()
 }
 
+/// The text of the item `source` in a rendered `{{context}}` (`## SOURCE\nTEXT\n\n...`).
 fn section<'a>(context: &'a str, source: &str) -> Option<&'a str> {
     let start = context.find(&format!("## {source}\n"))? + source.len() + 4;
     let rest = &context[start..];

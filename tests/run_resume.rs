@@ -428,6 +428,11 @@ fn a_copy_of_the_plan_in_another_folder_does_not_resume_its_run() {
         [pools.sh]\nkind = \"process\"\ncommand = [\"sh\", \"-c\"]\n\
         [[task]]\nid = \"slow\"\ntool = \"sh.run\"\nargs = { argv = [\"sleep 2\"] }\n";
     let store = dir.path().join("store.redb");
+    let on_store = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tetrarch"));
+        command.arg("--store").arg(&store);
+        command
+    };
     let first_event = |folder: &Path, kill: bool| -> String {
         std::fs::create_dir_all(folder).unwrap();
         std::fs::write(folder.join("plan.toml"), plan).unwrap();
@@ -436,9 +441,7 @@ fn a_copy_of_the_plan_in_another_folder_does_not_resume_its_run() {
             r#"{"permissions": {"allow": ["Bash(sleep *)"]}}"#,
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-            .arg("--store")
-            .arg(&store)
+        let mut child = on_store()
             .arg("run")
             .arg(folder.join("plan.toml"))
             .args(["--events", "json"])
@@ -459,12 +462,7 @@ fn a_copy_of_the_plan_in_another_folder_does_not_resume_its_run() {
             // (reached through the run's socket) lists it.
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
-                let runs = Command::new(env!("CARGO_BIN_EXE_tetrarch"))
-                    .arg("--store")
-                    .arg(&store)
-                    .args(["runs", "--json"])
-                    .output()
-                    .unwrap();
+                let runs = on_store().args(["runs", "--json"]).output().unwrap();
                 let listed = String::from_utf8_lossy(&runs.stdout).into_owned();
                 if listed.contains("\"running\"") {
                     break;

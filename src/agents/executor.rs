@@ -732,24 +732,26 @@ async fn record_when_quiet(
     quiet: std::time::Duration,
     batch: usize,
 ) {
+    // Moves what is waiting in the channel into `held`, up to a batch.
+    fn take_waiting(
+        held: &mut Vec<OutcomeRecord>,
+        records: &mut tokio::sync::mpsc::Receiver<OutcomeRecord>,
+        batch: usize,
+    ) {
+        while held.len() < batch
+            && let Ok(record) = records.try_recv()
+        {
+            held.push(record);
+        }
+    }
     let mut held = Vec::new();
-    let take_waiting =
-        |held: &mut Vec<OutcomeRecord>,
-         records: &mut tokio::sync::mpsc::Receiver<OutcomeRecord>| {
-            while held.len() < batch {
-                match records.try_recv() {
-                    Ok(record) => held.push(record),
-                    Err(_) => break,
-                }
-            }
-        };
     while let Some(first) = records.recv().await {
         held.push(first);
-        take_waiting(&mut held, &mut records);
+        take_waiting(&mut held, &mut records, batch);
         while held.len() < batch {
             tokio::time::sleep(quiet).await;
             let before = held.len();
-            take_waiting(&mut held, &mut records);
+            take_waiting(&mut held, &mut records, batch);
             if held.len() == before {
                 break;
             }
@@ -958,33 +960,73 @@ mod tests {
         assert!(retryable(&spawn(std::io::ErrorKind::WouldBlock)));
     }
 
+    /// A store, a run's namespace and a background tracker, for outcome records.
+    struct Recording {
+        _dir: tempfile::TempDir,
+        store: Store,
+        namespace: Namespace,
+        background: TaskTracker,
+    }
+
+    impl Recording {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
+            Self {
+                _dir: dir,
+                store,
+                namespace: Namespace::session("run", "r1").unwrap(),
+                background: TaskTracker::new(),
+            }
+        }
+
+        fn record(&self, text: &str) -> OutcomeRecord {
+            OutcomeRecord {
+                store: self.store.clone(),
+                memory: Some(NewMemory::new(self.namespace.clone(), text)),
+                _pending: self.background.token(),
+            }
+        }
+
+        /// The texts of the memories written so far, sorted.
+        async fn recorded(&self) -> Vec<String> {
+            self.store.sync().await.unwrap();
+            let mut texts: Vec<String> = self
+                .store
+                .list_recent(Some(&self.namespace), 100)
+                .into_iter()
+                .map(|m| m.content.clone())
+                .collect();
+            texts.sort();
+            texts
+        }
+
+        /// Waits (10 s at most) until no more than `held` records are still to be queued.
+        async fn held_at_most(&self, held: usize) {
+            let limit = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.background.len() > held && tokio::time::Instant::now() < limit {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_outcome_record_is_queued_when_its_call_task_is_cut_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
-        let namespace = Namespace::session("run", "r1").unwrap();
-        let background = TaskTracker::new();
-        let record = OutcomeRecord {
-            store: store.clone(),
-            memory: Some(NewMemory::new(namespace.clone(), "lantern rendered")),
-            _pending: background.token(),
-        };
+        let recording = Recording::new();
+        let record = recording.record("lantern rendered");
         // A call task holding its record when it is aborted (its run cancelled, or the
-        // Executor stopping) at the yield before recording.
+        // Executor stopping) before it hands the record over.
         let call = tokio::spawn(async move {
             let _record = record;
             std::future::pending::<()>().await;
         });
         tokio::task::yield_now().await;
         // Pending until queued: a settle waits for it.
-        assert_eq!(background.len(), 1);
+        assert_eq!(recording.background.len(), 1);
         call.abort();
         assert!(call.await.unwrap_err().is_cancelled());
-        assert!(background.is_empty());
-        store.sync().await.unwrap();
-        let recorded = store.list_recent(Some(&namespace), 10);
-        assert_eq!(recorded.len(), 1, "{recorded:?}");
-        assert_eq!(recorded[0].content, "lantern rendered");
+        assert!(recording.background.is_empty());
+        assert_eq!(recording.recorded().await, ["lantern rendered"]);
     }
 
     /// The recorder holds outcome records (a settle still counts them) while it waits, queues
@@ -993,36 +1035,8 @@ mod tests {
     #[tokio::test]
     async fn the_recorder_holds_records_until_quiet_or_a_batch_and_queues_them_at_its_end() {
         use std::time::Duration;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.redb"), StoreConfig::default()).unwrap();
-        let namespace = Namespace::session("run", "r1").unwrap();
-        let background = TaskTracker::new();
-        let record = |text: &str| OutcomeRecord {
-            store: store.clone(),
-            memory: Some(NewMemory::new(namespace.clone(), text)),
-            _pending: background.token(),
-        };
-        let recorded = || async {
-            store.sync().await.unwrap();
-            let mut texts: Vec<String> = store
-                .list_recent(Some(&namespace), 100)
-                .into_iter()
-                .map(|m| m.content.clone())
-                .collect();
-            texts.sort();
-            texts
-        };
-        let all_queued = || async {
-            let limit = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !background.is_empty() && tokio::time::Instant::now() < limit {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            assert!(
-                background.is_empty(),
-                "{} records still held",
-                background.len()
-            );
-        };
+        let recording = Recording::new();
+        let (record, background) = (|text| recording.record(text), &recording.background);
         let hour = Duration::from_secs(3600);
 
         // Held while it waits (an hour here); queued when it is cut off, including a record
@@ -1034,11 +1048,11 @@ mod tests {
         assert!(records.try_send(record("a2")).is_ok());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(background.len(), 2);
-        assert_eq!(recorded().await, Vec::<String>::new());
+        assert_eq!(recording.recorded().await, Vec::<String>::new());
         recorder.abort();
         assert!(recorder.await.unwrap_err().is_cancelled());
         assert!(background.is_empty());
-        assert_eq!(recorded().await, ["a1", "a2"]);
+        assert_eq!(recording.recorded().await, ["a1", "a2"]);
 
         // A full batch is queued without waiting (the wait is an hour), and no more than a
         // batch: of four waiting, the fourth is held.
@@ -1047,16 +1061,16 @@ mod tests {
         for text in ["b1", "b2", "b3", "b4"] {
             assert!(records.try_send(record(text)).is_ok());
         }
-        let limit = tokio::time::Instant::now() + Duration::from_secs(10);
-        while background.len() > 1 && tokio::time::Instant::now() < limit {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        recording.held_at_most(1).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(background.len(), 1);
-        assert_eq!(recorded().await, ["a1", "a2", "b1", "b2", "b3"]);
+        assert_eq!(recording.recorded().await, ["a1", "a2", "b1", "b2", "b3"]);
         recorder.abort();
         assert!(recorder.await.unwrap_err().is_cancelled());
-        assert_eq!(recorded().await, ["a1", "a2", "b1", "b2", "b3", "b4"]);
+        assert_eq!(
+            recording.recorded().await,
+            ["a1", "a2", "b1", "b2", "b3", "b4"]
+        );
 
         // Queued after a quiet wait; and, held when the last sender goes, queued as it ends.
         let (records, waiting) = tokio::sync::mpsc::channel(RECORD_BACKLOG);
@@ -1064,7 +1078,12 @@ mod tests {
         for text in ["c1", "c2"] {
             assert!(records.try_send(record(text)).is_ok());
         }
-        all_queued().await;
+        recording.held_at_most(0).await;
+        assert!(
+            background.is_empty(),
+            "{} records still held",
+            background.len()
+        );
         assert!(records.try_send(record("c3")).is_ok());
         tokio::task::yield_now().await;
         assert!(records.try_send(record("c4")).is_ok());
@@ -1075,7 +1094,7 @@ mod tests {
             .unwrap();
         assert!(background.is_empty());
         assert_eq!(
-            recorded().await,
+            recording.recorded().await,
             ["a1", "a2", "b1", "b2", "b3", "b4", "c1", "c2", "c3", "c4"]
         );
     }
