@@ -30,8 +30,8 @@ use super::config::RunSettings;
 use super::events::{EventBus, RunEvent};
 use super::mailbox::Envelope;
 use super::pipeline::{
-    Attempt, ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, Purpose, Verdict, WarmUpCall,
-    injected_fault,
+    Attempt, ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, Purpose, RunFailure, Verdict,
+    WarmUpCall, injected_fault,
 };
 use super::runtime::RunSpec;
 use super::state::{
@@ -151,7 +151,7 @@ struct RunState {
     compensation_queue: VecDeque<usize>,
     compensation_in_flight: Option<(usize, u64)>,
     compensations: Vec<CompensationReport>,
-    replies: Vec<oneshot::Sender<Result<RunReport, String>>>,
+    replies: Vec<oneshot::Sender<Result<RunReport, RunFailure>>>,
     started: Instant,
     /// The run's span: the parent of every attempt's span (`status` recorded at the end).
     span: tracing::Span,
@@ -374,8 +374,8 @@ impl OrchestratorState {
     async fn start(
         &mut self,
         spec: RunSpec,
-        reply: &mut Option<oneshot::Sender<Result<RunReport, String>>>,
-    ) -> Result<(), String> {
+        reply: &mut Option<oneshot::Sender<Result<RunReport, RunFailure>>>,
+    ) -> Result<(), RunFailure> {
         if let Some(run) = self.runs.get_mut(spec.run_id.as_str()) {
             run.replies.extend(reply.take());
             return Ok(());
@@ -398,28 +398,30 @@ impl OrchestratorState {
                 .store
                 .sync()
                 .await
-                .map_err(|e| format!("store: {e}"))?;
-            let saved =
-                load_run(&self.args.store, &spec.run_id).map_err(|e| format!("store: {e}"))?;
+                .map_err(|e| RunFailure::Resume(format!("store: {e}")))?;
+            let saved = load_run(&self.args.store, &spec.run_id)
+                .map_err(|e| RunFailure::Resume(format!("store: {e}")))?;
             // Another plan's saved tasks would be taken for this one's by their ids alone.
             if let Some(saved) = &saved
                 && saved.plan_hash != spec.plan_hash
             {
-                return Err(format!(
+                return Err(RunFailure::Resume(format!(
                     "it is a run of another plan ({:?} from {}, plan hash {}; this one's is {})",
                     saved.plan_name, saved.source, saved.plan_hash, spec.plan_hash
-                ));
+                )));
             }
             if saved.is_none() && spec.resume_asked {
-                return Err("no such run is saved in the store".to_owned());
+                return Err(RunFailure::Resume(
+                    "no such run is saved in the store".to_owned(),
+                ));
             }
             if let Some(saved) = saved {
                 run.record.started_ms = saved.started_ms;
                 run.record.plan_text = run.record.plan_text.take().or(saved.plan_text);
                 run.record.stopping = saved.stopping;
             }
-            let saved =
-                load_tasks(&self.args.store, &spec.run_id).map_err(|e| format!("store: {e}"))?;
+            let saved = load_tasks(&self.args.store, &spec.run_id)
+                .map_err(|e| RunFailure::Resume(format!("store: {e}")))?;
             // A run that was rolling back keeps every final state it reached (failed,
             // skipped, undone...) and only finishes its rollback; otherwise only COMPLETE
             // tasks are kept and everything else runs again.
@@ -434,10 +436,10 @@ impl OrchestratorState {
                 let output_json = record.output_json.take();
                 let output = || {
                     parse_output(output_json.as_deref(), &id).map_err(|e| {
-                        format!(
+                        RunFailure::Resume(format!(
                             "store: {e}; the run cannot go on without it (a new run of the plan \
                              can)"
-                        )
+                        ))
                     })
                 };
                 let slot = &mut run.slots[i];
@@ -498,14 +500,14 @@ impl OrchestratorState {
         let mut records = Vec::with_capacity(run.plan.tasks.len() + 1);
         records.push((
             run_key(&spec.run_id),
-            encode_run(&run.record).map_err(|e| e.to_string())?,
+            encode_run(&run.record).map_err(|e| RunFailure::Run(e.to_string()))?,
         ));
         for i in 0..run.plan.tasks.len() {
             // Tasks a resume kept (complete, or final in a rollback) keep their records.
             if run.slots[i].state == TaskState::Pending {
                 records.push((
                     task_key(&spec.run_id, run.plan.tasks[i].id.as_str()),
-                    encode_task(&run.task_record(i)).map_err(|e| e.to_string())?,
+                    encode_task(&run.task_record(i)).map_err(|e| RunFailure::Run(e.to_string()))?,
                 ));
             }
         }
@@ -515,7 +517,7 @@ impl OrchestratorState {
             self.args
                 .store
                 .queue_run_records(records)
-                .map_err(|e| format!("store: {e}"))?,
+                .map_err(|e| RunFailure::Run(format!("store: {e}")))?,
         );
         let rolling_back = run.failure.is_some() || run.cancelled;
         for i in 0..run.plan.tasks.len() {
@@ -1383,7 +1385,9 @@ impl OrchestratorState {
         });
         let answer = |report: RunReport| match &written {
             Ok(()) => Ok(report),
-            Err(e) => Err(format!("the run ended but its state was not saved: {e}")),
+            Err(e) => Err(RunFailure::Run(format!(
+                "the run ended but its state was not saved: {e}"
+            ))),
         };
         // A run started twice has two callers: the last gets the report, the others a copy.
         let mut replies = std::mem::take(&mut run.replies);

@@ -112,11 +112,23 @@ pub(crate) enum Verdict {
     NotStarted { reason: String },
 }
 
+/// Why the Orchestrator could not start or end a run, as [`Runtime::run`](super::Runtime::run)
+/// reports it.
+#[derive(Debug, Clone)]
+pub(crate) enum RunFailure {
+    /// The saved run could not be taken up: not saved, another plan's, or unreadable
+    /// ([`AgentError::Resume`](super::AgentError::Resume)).
+    Resume(String),
+    /// The run's own records could not be written, or its end could not be saved
+    /// ([`AgentError::Run`](super::AgentError::Run)).
+    Run(String),
+}
+
 /// Messages to the Orchestrator.
 pub(crate) enum OrchestratorMsg {
     Start {
         spec: Box<RunSpec>,
-        reply: oneshot::Sender<Result<RunReport, String>>,
+        reply: oneshot::Sender<Result<RunReport, RunFailure>>,
     },
     Verdict {
         attempt: Box<Attempt>,

@@ -15,7 +15,9 @@ use tokio_util::task::TaskTracker;
 
 use super::events::{EventBus, RunEvent};
 use super::mailbox::Mailbox;
-use super::pipeline::{ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, ReviewerMsg, WarmUpCall};
+use super::pipeline::{
+    ExecutorMsg, OptimizerMsg, OrchestratorMsg, Peers, ReviewerMsg, RunFailure, WarmUpCall,
+};
 use super::supervisor::{
     Fatal, RestartCounters, StateToken, Supervisor, SupervisorArgs, SupervisorMsg,
 };
@@ -711,16 +713,16 @@ impl Runtime {
             started.store(true, Ordering::Release);
             match answer.await {
                 Ok(Ok(report)) => return Ok(report),
-                Ok(Err(detail)) if spec.resume => {
+                Ok(Err(RunFailure::Resume(reason))) => {
                     return Err(AgentError::Resume {
                         run_id: spec.run_id,
-                        reason: detail,
+                        reason,
                     });
                 }
-                Ok(Err(detail)) => {
+                Ok(Err(RunFailure::Run(reason))) => {
                     return Err(AgentError::Run {
                         run_id: spec.run_id,
-                        reason: detail,
+                        reason,
                     });
                 }
                 Err(_) => {

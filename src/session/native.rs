@@ -36,6 +36,20 @@ fn nested_deeper_than(value: &Value, limit: usize) -> bool {
     }
 }
 
+/// Drops `value` one level at a time: `serde_json`'s own drop recurses once per level, so an
+/// answer nested deep enough (a native tool can build one a million levels deep) would overflow
+/// the stack, which aborts the whole process.
+fn drop_without_recursion(value: Value) {
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(fields) => pending.extend(fields.into_iter().map(|(_, field)| field)),
+            _ => {}
+        }
+    }
+}
+
 /// A native tool: takes the call's arguments, answers a JSON value or an error message.
 pub type NativeTool = Arc<dyn Fn(Value) -> BoxFuture<'static, Result<Value, String>> + Send + Sync>;
 
@@ -117,15 +131,18 @@ impl Session for NativeSession {
                 });
             };
             let (exit_status, stdout, stderr, json) = match finished {
-                Ok(Ok(value)) if nested_deeper_than(&value, MAX_OUTPUT_DEPTH) => (
-                    1,
-                    String::new(),
-                    format!(
-                        "its answer nests arrays and objects more than {MAX_OUTPUT_DEPTH} deep: \
-                         a saved output that deep could not be read back"
-                    ),
-                    None,
-                ),
+                Ok(Ok(value)) if nested_deeper_than(&value, MAX_OUTPUT_DEPTH) => {
+                    drop_without_recursion(value);
+                    (
+                        1,
+                        String::new(),
+                        format!(
+                            "its answer nests arrays and objects more than {MAX_OUTPUT_DEPTH} \
+                             deep: a saved output that deep could not be read back"
+                        ),
+                        None,
+                    )
+                }
                 Ok(Ok(value)) => (0, value.to_string(), String::new(), Some(value)),
                 Ok(Err(message)) => (1, String::new(), message, None),
                 Err(payload) => {
@@ -176,7 +193,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use serde_json::{Value, json};
 
-    use super::{MAX_OUTPUT_DEPTH, nested_deeper_than};
+    use super::{MAX_OUTPUT_DEPTH, NativeRegistry, NativeSession, nested_deeper_than};
+    use crate::session::{Session, ToolRequest};
 
     fn nested(depth: usize) -> Value {
         let mut value = json!(1);
@@ -202,5 +220,33 @@ mod tests {
         assert!(nested_deeper_than(&too_deep, MAX_OUTPUT_DEPTH));
         assert!(!nested_deeper_than(&json!("flat"), 0));
         assert!(nested_deeper_than(&json!([]), 0));
+    }
+
+    /// An answer a million levels deep fails its call with the reason; dropping it (serde_json
+    /// drops a level per call) used to overflow the stack and abort the process.
+    #[tokio::test]
+    async fn an_answer_a_million_levels_deep_fails_its_call_without_overflowing() {
+        let mut registry = NativeRegistry::new();
+        registry.register("deep", |_args: Value| async move {
+            let mut value = json!(1);
+            for _ in 0..1_000_000 {
+                value = Value::Array(vec![value]);
+            }
+            Ok(value)
+        });
+        let mut session = NativeSession::new(std::sync::Arc::new(registry));
+        let outcome = session
+            .call(ToolRequest::new("deep", json!({})))
+            .await
+            .unwrap();
+        assert_eq!(outcome.exit_status, Some(1));
+        assert!(outcome.json.is_none());
+        assert!(
+            outcome
+                .stderr
+                .contains(&format!("more than {MAX_OUTPUT_DEPTH}")),
+            "{}",
+            outcome.stderr
+        );
     }
 }
