@@ -526,6 +526,74 @@ mod tests {
         );
     }
 
+    /// A resume whose saved output of a completed task is not JSON fails as a resume
+    /// ([`AgentError::Resume`](crate::agents::AgentError::Resume)), naming the task, and runs
+    /// nothing: its dependent would otherwise run without its input.
+    #[tokio::test]
+    async fn a_resume_with_an_unreadable_saved_output_fails_naming_the_task() {
+        use crate::agents::{ActorsConfig, AgentError, RunOptions, Runtime, RuntimeOptions};
+        use crate::session::{NativeRegistry, PoolDef, PoolKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("store.redb"),
+            crate::store::StoreConfig::default(),
+        )
+        .unwrap();
+        let mut actors = ActorsConfig::embedded().unwrap();
+        actors
+            .executor
+            .pools
+            .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut natives = NativeRegistry::new();
+        let counted = std::sync::Arc::clone(&calls);
+        natives.register("echo", move |args: Value| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok(args) }
+        });
+        let mut options = RuntimeOptions::new(store.clone(), actors);
+        options.natives = natives;
+        let runtime = Runtime::start(options).await.unwrap();
+        let plan = crate::plan::Plan::from_toml(
+            "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.echo\"\nargs = { x = 1 }\n\
+             [[task]]\nid = \"b\"\ntool = \"fn.echo\"\ndeps = [\"a\"]\n\
+             args = { y = \"{{tasks.a.output.x}}\" }\n",
+            "p.toml",
+        )
+        .unwrap();
+        let run = RunOptions {
+            run_id: Some("r".to_owned()),
+            plan_hash: "h".to_owned(),
+            base_dir: dir.path().to_path_buf(),
+            ..RunOptions::default()
+        };
+        let report = runtime.run(plan.clone(), run.clone()).await.unwrap();
+        assert_eq!(report.status, RunStatus::Complete);
+        let (_, mut record) = load_tasks(&store, "r")
+            .unwrap()
+            .into_iter()
+            .find(|(id, _)| id == "a")
+            .unwrap();
+        record.output_json = Some("{\"x\":".to_owned());
+        store
+            .put_run_records(vec![(task_key("r", "a"), encode_task(&record).unwrap())])
+            .await
+            .unwrap();
+        let made = calls.load(std::sync::atomic::Ordering::SeqCst);
+        let resume = RunOptions {
+            resume: true,
+            ..run
+        };
+        let error = runtime.run(plan, resume).await.unwrap_err();
+        assert!(
+            matches!(&error, AgentError::Resume { run_id, reason }
+                if run_id == "r" && reason.contains("saved output of task a is not JSON")),
+            "{error}"
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), made);
+        runtime.shutdown().await;
+    }
+
     #[test]
     fn a_first_version_run_record_still_reads() {
         let old = RunRecordV1 {
