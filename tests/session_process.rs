@@ -43,6 +43,42 @@ async fn stdin_is_fed_and_json_is_parsed() {
     assert_eq!(outcome.json, Some(json!({"answer": 42})));
 }
 
+/// A program named without a `/` is started from where the child's own `PATH` finds it (not
+/// ours), keeps its name as `argv[0]`, and a script without a `#!` line still runs, through
+/// `sh`, as `execvp` runs it.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_bare_program_name_is_found_on_the_childs_path_and_keeps_its_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let outcome = run(sh("tr '\\0' ' ' < /proc/$$/cmdline"), request())
+        .await
+        .unwrap();
+    assert!(outcome.stdout.starts_with("sh -c "), "{:?}", outcome.stdout);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("only-here", "#!/bin/sh\necho \"from $0\"\n"),
+        ("no-hash-bang", "echo plain\n"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let on_child_path = |program: &str| {
+        let mut spec = ProcessSpec::new(program, Vec::<String>::new());
+        let path = format!("{}:/usr/bin:/bin", dir.path().display());
+        spec.env.insert("PATH".to_owned(), path);
+        spec
+    };
+    let outcome = run(on_child_path("only-here"), request()).await.unwrap();
+    let expected = format!("from {}\n", dir.path().join("only-here").display());
+    assert_eq!(outcome.stdout, expected);
+    let outcome = run(on_child_path("no-hash-bang"), request()).await.unwrap();
+    assert_eq!(
+        (outcome.exit_status, outcome.stdout.as_str()),
+        (Some(0), "plain\n")
+    );
+}
+
 #[tokio::test]
 async fn environment_is_cleared_except_the_allowlist() {
     // HOME is always set for the test process; the child sees it only when allowlisted.

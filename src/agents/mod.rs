@@ -169,7 +169,8 @@ pub enum AgentError {
     /// The plan is invalid (for the runtime's pools).
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
-    /// A run asked to resume does not exist or belongs to another plan.
+    /// A run asked to resume cannot be taken up: it is not saved, it belongs to another plan, or
+    /// the store or a completed task's saved output cannot be read.
     #[error("cannot resume run {run_id}: {reason}")]
     Resume {
         /// The run.
@@ -177,8 +178,8 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
-    /// A new run could not start or go on (its records could not be written, or its end could
-    /// not be saved).
+    /// A run, new or resumed, could not start or go on (its id is not usable, its records could
+    /// not be written, or its end could not be saved).
     #[error("run {run_id}: {reason}")]
     Run {
         /// The run.

@@ -527,8 +527,9 @@ mod tests {
     }
 
     /// A resume whose saved output of a completed task is not JSON fails as a resume
-    /// ([`AgentError::Resume`](crate::agents::AgentError::Resume)), naming the task, and runs
-    /// nothing: its dependent would otherwise run without its input.
+    /// ([`AgentError::Resume`](crate::agents::AgentError::Resume)), naming the task, and calls
+    /// nothing: the task after it, not reached yet, would otherwise run as if that task had no
+    /// output.
     #[tokio::test]
     async fn a_resume_with_an_unreadable_saved_output_fails_naming_the_task() {
         use crate::agents::{ActorsConfig, AgentError, RunOptions, Runtime, RuntimeOptions};
@@ -557,7 +558,7 @@ mod tests {
         let plan = crate::plan::Plan::from_toml(
             "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.echo\"\nargs = { x = 1 }\n\
              [[task]]\nid = \"b\"\ntool = \"fn.echo\"\ndeps = [\"a\"]\n\
-             args = { y = \"{{tasks.a.output.x}}\" }\n",
+             args = { y = 2 }\n",
             "p.toml",
         )
         .unwrap();
@@ -575,8 +576,23 @@ mod tests {
             .find(|(id, _)| id == "a")
             .unwrap();
         record.output_json = Some("{\"x\":".to_owned());
+        // b as if the run had stopped before it: a resume that took a as having no output
+        // would run it.
+        let pending = TaskRecord {
+            state: TaskState::Pending,
+            attempt: 0,
+            retries: 0,
+            feedback: String::new(),
+            reason: None,
+            output_json: None,
+            attempt_times: AttemptTimes::default(),
+            result_cache_key: None,
+        };
         store
-            .put_run_records(vec![(task_key("r", "a"), encode_task(&record).unwrap())])
+            .put_run_records(vec![
+                (task_key("r", "a"), encode_task(&record).unwrap()),
+                (task_key("r", "b"), encode_task(&pending).unwrap()),
+            ])
             .await
             .unwrap();
         let made = calls.load(std::sync::atomic::Ordering::SeqCst);
@@ -584,13 +600,14 @@ mod tests {
             resume: true,
             ..run
         };
-        let error = runtime.run(plan, resume).await.unwrap_err();
+        let error = runtime.run(plan, resume).await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), made);
+        let error = error.unwrap_err();
         assert!(
             matches!(&error, AgentError::Resume { run_id, reason }
                 if run_id == "r" && reason.contains("saved output of task a is not JSON")),
             "{error}"
         );
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), made);
         runtime.shutdown().await;
     }
 

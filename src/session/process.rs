@@ -143,7 +143,7 @@ fn check_startable(spec: &ProcessSpec) -> Result<(), SessionError> {
             Some(dir) => dir.join(&spec.program),
             None => PathBuf::from(&spec.program),
         };
-        return if is_executable(&path) {
+        return if super::is_executable(&path) {
             match super::missing_interpreter(&path) {
                 Some(problem) => Err(missing(&problem)),
                 None => Ok(()),
@@ -155,46 +155,20 @@ fn check_startable(spec: &ProcessSpec) -> Result<(), SessionError> {
             )))
         };
     }
-    let child_path = spec
-        .env
-        .get("PATH")
-        .map(std::ffi::OsString::from)
-        .or_else(|| {
-            spec.env_allowlist
-                .iter()
-                .any(|name| name == "PATH")
-                .then(|| std::env::var_os("PATH"))
-                .flatten()
-        });
     let searched = [
-        child_path,
+        super::child_path(&spec.env_allowlist, &spec.env),
         std::env::var_os("PATH"),
-        Some("/bin:/usr/bin".into()),
+        Some(super::EXECVP_DEFAULT_PATH.into()),
     ];
     let base = spec.cwd.clone().unwrap_or_default();
     let found = searched.iter().flatten().any(|paths| {
-        std::env::split_paths(paths).any(|dir| is_executable(&base.join(dir).join(&spec.program)))
+        std::env::split_paths(paths)
+            .any(|dir| super::is_executable(&base.join(dir).join(&spec.program)))
     });
     if found {
         Ok(())
     } else {
         Err(missing("no such program on the PATH the child gets"))
-    }
-}
-
-/// Whether `path` is a file we may execute.
-fn is_executable(path: &std::path::Path) -> bool {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return false;
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        meta.is_file() && meta.permissions().mode() & 0o111 != 0
-    }
-    #[cfg(not(unix))]
-    {
-        meta.is_file()
     }
 }
 
