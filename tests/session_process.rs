@@ -43,9 +43,9 @@ async fn stdin_is_fed_and_json_is_parsed() {
     assert_eq!(outcome.json, Some(json!({"answer": 42})));
 }
 
-/// A program named without a `/` is started from where the child's own `PATH` finds it (not
-/// ours), keeps its name as `argv[0]`, and a script without a `#!` line still runs, through
-/// `sh`, as `execvp` runs it.
+/// A program named without a `/` is started from where the child's own `PATH` finds it (a
+/// `sh` of its own here, before ours), keeps its name as `argv[0]`, and a script without a
+/// `#!` line still runs, through `sh`, as `execvp` runs it.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_bare_program_name_is_found_on_the_childs_path_and_keeps_its_name() {
@@ -56,7 +56,7 @@ async fn a_bare_program_name_is_found_on_the_childs_path_and_keeps_its_name() {
     assert!(outcome.stdout.starts_with("sh -c "), "{:?}", outcome.stdout);
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in [
-        ("only-here", "#!/bin/sh\necho \"from $0\"\n"),
+        ("sh", "#!/bin/sh\necho \"the child's own sh, as $0\"\n"),
         ("no-hash-bang", "echo plain\n"),
     ] {
         let path = dir.path().join(name);
@@ -69,8 +69,11 @@ async fn a_bare_program_name_is_found_on_the_childs_path_and_keeps_its_name() {
         spec.env.insert("PATH".to_owned(), path);
         spec
     };
-    let outcome = run(on_child_path("only-here"), request()).await.unwrap();
-    let expected = format!("from {}\n", dir.path().join("only-here").display());
+    let outcome = run(on_child_path("sh"), request()).await.unwrap();
+    let expected = format!(
+        "the child's own sh, as {}\n",
+        dir.path().join("sh").display()
+    );
     assert_eq!(outcome.stdout, expected);
     let outcome = run(on_child_path("no-hash-bang"), request()).await.unwrap();
     assert_eq!(
