@@ -18,9 +18,9 @@
 //! Why the child does not list itself before its `exec` (a `pre_exec` hook), which would close
 //! that window: any hook makes std `fork` the whole process instead of `posix_spawn`ing it, and
 //! fork copies the page tables. Measured on a 2-core machine for a `true` call spawned through
-//! tokio in its own group, which std can `posix_spawn`: 0.75–0.84 ms without a hook at every size; with an empty
-//! one 1.76 ms at 10 MB resident, 2.9–3.2 ms at 50 MB and 8.3–8.6 ms at 200 MB. Every `process`
-//! call would pay that for a kill that must land in that short window.
+//! tokio in its own group: 0.75–0.87 ms without a hook at 10, 50 and 200 MB resident; with an
+//! empty one 1.76 ms at 10 MB, 2.9–3.2 ms at 50 MB and 8.3–8.6 ms at 200 MB. Every `process` call
+//! would pay that for a kill that must land in that short window.
 
 use std::collections::BTreeSet;
 use std::io::Write;

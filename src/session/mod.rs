@@ -306,8 +306,8 @@ pub(crate) const EXECVP_DEFAULT_PATH: &str = "/bin:/usr/bin";
 /// Why: the child's environment is cleared, and std then cannot `posix_spawn` a bare name (that
 /// would search our `PATH`, not the child's), so it forks the whole process instead, copying its
 /// page tables. Measured for a `true` call through tokio on a 2-core machine, with the cleared
-/// environment and a process group as here: 11 ms by name against 0.7 ms by path at 200 MB
-/// resident; 0.8 against 1.8 ms at 10 MB.
+/// environment and a process group as here, at 200 MB resident: 10.9–11.2 ms by name against
+/// 0.7–1.2 ms by path (groups.rs gives the fork's cost at other sizes).
 ///
 /// `None` leaves the search to the child, as before, wherever `execvp` could decide otherwise: a
 /// name with a `/`; a `PATH` with an empty or relative entry (the child's folder takes part); no
@@ -326,6 +326,12 @@ pub(crate) fn program_on_child_path(
     if program.is_empty() || program.contains('/') {
         return None;
     }
+    let passed_over = |kind: ErrorKind| {
+        matches!(
+            kind,
+            ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::PermissionDenied
+        )
+    };
     let paths = child_path.unwrap_or(EXECVP_DEFAULT_PATH.as_ref());
     for dir in paths.as_bytes().split(|&b| b == b':') {
         if !dir.starts_with(b"/") {
@@ -336,12 +342,6 @@ pub(crate) fn program_on_child_path(
         candidate.push("/");
         candidate.push(program);
         let candidate = PathBuf::from(candidate);
-        let passed_over = |kind: ErrorKind| {
-            matches!(
-                kind,
-                ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::PermissionDenied
-            )
-        };
         match std::fs::metadata(&candidate) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => continue,
