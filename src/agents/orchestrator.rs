@@ -1367,16 +1367,24 @@ impl OrchestratorState {
         run.record.finished_ms = Some(crate::store::Timestamp::now().as_millis());
         run.span.record("status", status.as_str());
         let report = run.take_report(status);
-        self.flush();
-        // Durable before it is reported: everything queued before commits with it.
+        // Durable before it is reported, in one write with the transitions not yet queued: as
+        // two, the first often woke the writer into a commit of its own and the end waited for a
+        // second fsync (one-task runs: 11 fsyncs a process in 4 of 6, 10 in every run now).
+        // Everything queued before commits with it or earlier.
         let written = match encode_run(&run.record) {
-            Ok(bytes) => self
-                .args
-                .store
-                .put_run_records(vec![(run_key(run_id), bytes)])
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(bytes) => {
+                let mut records = std::mem::take(&mut self.unsaved);
+                records.push((run_key(run_id), bytes));
+                self.args
+                    .store
+                    .put_run_records(records)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => {
+                self.flush();
+                Err(e.to_string())
+            }
         };
         self.emit(|| RunEvent::RunFinished {
             run_id: run_id.to_string(),
