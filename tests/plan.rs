@@ -1119,3 +1119,108 @@ fn references_to_many_distinct_indirect_ancestors_are_judged_alike() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_template_that_can_only_render_to_text_is_checked_where_a_list_or_table_is_needed() {
+    let plan = |args: &str| {
+        format!(
+            "name = \"p\"\n[pools.sh]\nkind = \"process\"\ncommand = [\"render\"]\n\
+             [pools.m]\nkind = \"mcp\"\ncommand = [\"srv\"]\n\
+             [[task]]\nid = \"a\"\ntool = \"sh.x\"\n\
+             [[task]]\nid = \"b\"\ntool = \"m.draft\"\ndeps = [\"a\"]\n{args}\n"
+        )
+    };
+    // Text around the reference: it renders to a string, which `argv` and MCP args refuse.
+    let refused = errors(&plan(
+        "args = \"draft {{attempt}}\"\n[[task]]\nid = \"c\"\ntool = \"sh.y\"\nargs = { argv = \"--attempt {{attempt}}\" }",
+    ));
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(
+        refused[0].contains("task \"b\" tool args: an MCP tool's arguments are a table"),
+        "{refused:#?}"
+    );
+    assert!(
+        refused[1].contains("task \"c\" tool args:") && refused[1].contains("argv"),
+        "{refused:#?}"
+    );
+    // A whole-string reference may render to a list or a table: left to the call.
+    Plan::from_toml(
+        &plan("args = \"{{tasks.a.output}}\"\n[[task]]\nid = \"c\"\ntool = \"sh.y\"\ndeps = [\"a\"]\nargs = { argv = \"{{tasks.a.output.argv}}\" }"),
+        "p.toml",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_fix_is_checked_like_the_call_it_changes_and_must_have_tables_to_merge_into() {
+    let plan = |task: &str| {
+        format!(
+            "name = \"p\"\n[pools.sh]\nkind = \"process\"\ncommand = [\"make\"]\n\
+             [pools.m]\nkind = \"mcp\"\ncommand = [\"srv\"]\n\
+             [[task]]\nid = \"prep\"\ntool = \"m.prepare\"\n{task}\n"
+        )
+    };
+    let typed = errors(&plan(
+        "[[task]]\nid = \"t\"\ntool = \"sh.x\"\nargs = { argv = [\"all\"] }\n\
+         fixes = [{ when = \"oom\", args = { argv = \"-j1\" } }, { when = \"x\", env = { \"A=B\" = \"1\" } }]",
+    ));
+    assert_eq!(typed.len(), 2, "{typed:#?}");
+    assert!(
+        typed[0].contains("task \"t\" fixes[0] args:") && typed[0].contains("argv"),
+        "{typed:#?}"
+    );
+    assert!(
+        typed[1].contains("task \"t\" fixes[1] env names \"A=B\""),
+        "{typed:#?}"
+    );
+
+    // Merged over args or an env that are templates as written, a fix would be lost.
+    let targets = errors(&plan(
+        "[[task]]\nid = \"d\"\ntool = \"m.draft\"\ndeps = [\"prep\"]\nargs = \"{{tasks.prep.output}}\"\n\
+         fixes = [{ when = \"oom\", args = { quality = \"low\" } }]\n\
+         [[task]]\nid = \"b\"\ntool = \"sh.x\"\ndeps = [\"prep\"]\n\
+         args = { argv = [\"all\"], env = \"{{tasks.prep.output}}\" }\n\
+         fixes = [{ when = \"oom\", env = { MAKEFLAGS = \"-j1\" } }]",
+    ));
+    assert_eq!(targets.len(), 2, "{targets:#?}");
+    assert!(
+        targets[0].contains("task \"d\" fixes[0]: a fix is merged over the task's args"),
+        "{targets:#?}"
+    );
+    assert!(
+        targets[1].contains("task \"b\" fixes[0] env:"),
+        "{targets:#?}"
+    );
+}
+
+#[test]
+fn a_template_error_is_placed_at_the_opening_that_fails() {
+    let text = "name = \"p\"\n\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\n\n[task.args]\nstdin = '''\necho \"attempt {{attempt}}\"\ndocker ps --format '{{.Names}}'\n'''\n";
+    let lines = errors(text);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].starts_with("p.toml:10:21: "), "{lines:#?}");
+}
+
+#[test]
+fn a_brace_before_a_reference_is_literal() {
+    let text = "name = \"poster\"\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\nargs = { tex = '\\textbf{{{plan.name}}}' }\n";
+    let plan = Plan::from_toml(text, "p.toml").unwrap();
+    let ctx = tetrarch::plan::TemplateContext {
+        plan_name: "poster".into(),
+        ..Default::default()
+    };
+    let rendered = tetrarch::plan::render(&plan.tasks[0].args, &ctx).unwrap();
+    assert_eq!(rendered["tex"], "\\textbf{poster}");
+}
+
+#[test]
+fn a_gates_expected_text_is_refused_for_a_reference_beside_literal_braces() {
+    let text = "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\n\
+                gates = [{ contains = \"{{.Names}} attempt {{attempt}}\" }]\n";
+    let lines = errors(text);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("{{attempt}} is not filled in"),
+        "{lines:#?}"
+    );
+}

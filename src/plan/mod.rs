@@ -403,7 +403,8 @@ impl Task {
                 };
                 match args {
                     Value::Object(_) | Value::Null => Vec::new(),
-                    Value::String(text) if text.contains("{{") => Vec::new(),
+                    // Only a whole-string reference can render to a table.
+                    Value::String(text) if template::may_render_typed(text) => Vec::new(),
                     other => vec![format!(
                         "task {:?} {what} args: an MCP tool's arguments are a table, not {other}",
                         self.id.as_str()
@@ -458,20 +459,57 @@ impl Task {
         // A fix is applied to the task's own call only.
         let fixes = self.fixes.iter().enumerate().filter(|_| !compensate);
         let fixes = fixes.filter_map(|(i, fix)| {
-            unknown_process_key(fix.args.keys().map(String::as_str))
-                .map(|p| format!("task {id:?} fixes[{i}] args: {p}"))
+            let args = unknown_process_key(fix.args.keys().map(String::as_str))
+                .or_else(|| process_arg_type_problem(&fix.args))
+                .map(|p| format!("task {id:?} fixes[{i}] args: {p}"));
+            let env = || {
+                fix.env.keys().find_map(|name| {
+                    crate::session::process::variable_name_problem(name)
+                        .map(|p| format!("task {id:?} fixes[{i}] env names {name:?}: {p}"))
+                })
+            };
+            args.or_else(env)
         });
         own.into_iter().chain(fixes).collect()
+    }
+
+    /// What the task's fixes cannot be applied to: a fix's `args` are merged over the task's
+    /// args, and its `env` into their `env`, as the plan writes them (before templates are
+    /// filled), so those must be tables there, not a template that renders to one.
+    pub(crate) fn fix_target_problems(&self) -> Vec<String> {
+        let id = self.id.as_str();
+        let args_table = matches!(self.args, Value::Object(_) | Value::Null);
+        let env_table = match &self.args {
+            Value::Object(map) => matches!(map.get("env"), None | Some(Value::Object(_))),
+            _ => true,
+        };
+        let mut problems = Vec::new();
+        for (i, fix) in self.fixes.iter().enumerate() {
+            let changes_args = !fix.args.is_empty() || !fix.env.is_empty();
+            if !args_table && changes_args {
+                problems.push(format!(
+                    "task {id:?} fixes[{i}]: a fix is merged over the task's args, which are {}                      here, not a table",
+                    self.args
+                ));
+            } else if !env_table && !fix.env.is_empty() && !fix.args.contains_key("env") {
+                problems.push(format!(
+                    "task {id:?} fixes[{i}] env: a fix's variables are added to the task's `env`,                      which is not a table here (a template is filled in only at the call)"
+                ));
+            }
+        }
+        problems
     }
 }
 
 /// A process call's `argv` or `env` written as a value the call refuses: `argv` must be a list
 /// of strings (numbers and booleans are written out), `env` a table of variables. A string
-/// holding a template may render to either, so it is left to the call.
+/// that is one whole reference may render to either, so it is left to the call; any other
+/// string renders to a string.
 fn process_arg_type_problem(args: &serde_json::Map<String, Value>) -> Option<String> {
     use crate::session::{SessionError, process};
     // The call's own checks, on the values written as they are.
-    let templated = |value: &Value| matches!(value, Value::String(s) if s.contains("{{"));
+    let templated =
+        |value: &Value| matches!(value, Value::String(s) if template::may_render_typed(s));
     let literal: serde_json::Map<String, Value> = ["argv", "env"]
         .into_iter()
         .filter_map(|key| {
@@ -643,6 +681,13 @@ pub(crate) fn call_problems<'a>(
             if let Some(kind) = kind {
                 diagnostics.extend(
                     task.args_problems(kind, compensate)
+                        .into_iter()
+                        .map(|message| Diagnostic { location, message }),
+                );
+            }
+            if !compensate {
+                diagnostics.extend(
+                    task.fix_target_problems()
                         .into_iter()
                         .map(|message| Diagnostic { location, message }),
                 );

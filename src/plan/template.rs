@@ -93,32 +93,58 @@ pub enum TemplateError {
     },
 }
 
+/// Where the next `{{` that opens a reference starts in `text`: the last two braces of a run,
+/// so `{{{x}}}` is a literal `{`, the reference, and a literal `}` (a `}}` left over is never
+/// special).
+pub(crate) fn find_open(text: &str) -> Option<usize> {
+    let start = text.find("{{")?;
+    let run = text[start..].bytes().take_while(|&b| b == b'{').count();
+    Some(start + run - 2)
+}
+
 /// Splits a string into literal text and references.
 pub fn parse_template(text: &str) -> Result<Vec<Segment>, TemplateError> {
-    let syntax = |reason: String| TemplateError::Syntax {
-        template: text.to_owned(),
-        reason,
+    parse_counting(text).map_err(|(_, e)| e)
+}
+
+/// Which `{{` of `text` (0 for the first) [`parse_template`] fails at, if it fails.
+pub(crate) fn failing_opening(text: &str) -> Option<usize> {
+    parse_counting(text).err().map(|(at, _)| at)
+}
+
+/// [`parse_template`], with the failing `{{`'s place among the openings on error.
+fn parse_counting(text: &str) -> Result<Vec<Segment>, (usize, TemplateError)> {
+    let mut opening = 0;
+    let syntax = |opening: usize, reason: String| {
+        (
+            opening,
+            TemplateError::Syntax {
+                template: text.to_owned(),
+                reason,
+            },
+        )
     };
     let mut segments = Vec::new();
     let mut rest = text;
-    while let Some(start) = rest.find("{{") {
+    while let Some(start) = find_open(rest) {
         if start > 0 {
             push_text(&mut segments, &rest[..start]);
         }
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
-            return Err(syntax("unclosed `{{`".to_owned()));
+            return Err(syntax(opening, "unclosed `{{`".to_owned()));
         };
         // `{{ "{{" }}` is a literal `{{` (for `docker ps --format '{{ "{{" }}.Names}}'`); a
         // lone `}}` is never special.
         if after[..end].trim() == "\"{{\"" {
             push_text(&mut segments, "{{");
         } else {
-            segments.push(Segment::Ref(
-                parse_reference(&after[..end]).map_err(syntax)?,
-            ));
+            let reference =
+                parse_reference(&after[..end]).map_err(|reason| syntax(opening, reason))?;
+            segments.push(Segment::Ref(reference));
         }
         rest = &after[end + 2..];
+        opening += 1;
     }
     if !rest.is_empty() {
         push_text(&mut segments, rest);
@@ -129,7 +155,7 @@ pub fn parse_template(text: &str) -> Result<Vec<Segment>, TemplateError> {
 /// Whether `text` holds the escape `{{ "{{" }}` (a literal `{{` in a template).
 pub(crate) fn holds_brace_escape(text: &str) -> bool {
     let mut rest = text;
-    while let Some(start) = rest.find("{{") {
+    while let Some(start) = find_open(rest) {
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
             return false;
@@ -140,6 +166,33 @@ pub(crate) fn holds_brace_escape(text: &str) -> bool {
         rest = &after[end + 2..];
     }
     false
+}
+
+/// Whether `text` may render to something other than a string: it is one reference and nothing
+/// else (as [`render_str`] reads it). A string that does not parse counts too: its syntax error
+/// is reported where the plan is checked.
+pub(crate) fn may_render_typed(text: &str) -> bool {
+    parse_template(text).map_or(true, |segments| {
+        matches!(segments.as_slice(), [Segment::Ref(_)])
+    })
+}
+
+/// The references among the `{{ ... }}` of `text`, each read on its own: those of a text that
+/// is not a template as a whole (a gate's expected text, where `{{.Names}}` stays literal).
+pub(crate) fn references_in_spans(text: &str) -> Vec<Reference> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = find_open(rest) {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            break;
+        };
+        if let Ok(reference) = parse_reference(&after[..end]) {
+            found.push(reference);
+        }
+        rest = &after[end + 2..];
+    }
+    found
 }
 
 /// Appends literal text, joining it to literal text just before (an escaped `{{` and what

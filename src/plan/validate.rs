@@ -12,7 +12,10 @@ use toml::de::{DeTable, DeValue};
 use super::catalog::ToolCatalog;
 use super::dag::Dag;
 use super::gate::{Gate, toml_to_json};
-use super::template::{Reference, Segment, holds_brace_escape, parse_template, references_in};
+use super::template::{
+    Reference, Segment, failing_opening, find_open, holds_brace_escape, parse_template,
+    references_in, references_in_spans,
+};
 use super::{
     Defaults, Diagnostic, Fix, Location, Plan, PlanError, Task, TaskId, ToolCall, ToolRef,
 };
@@ -455,12 +458,9 @@ pub(super) fn parse(
                     // filled in, so the gate could never pass as meant (`{{.Names}}` and other
                     // text that is not a reference stays literal).
                     for (path, text) in parsed.literal_texts() {
-                        let reference = parse_template(text).ok().and_then(|segments| {
-                            segments.into_iter().find_map(|s| match s {
-                                Segment::Ref(r) => Some(r),
-                                Segment::Text(_) => None,
-                            })
-                        });
+                        // Each `{{ ... }}` on its own: one that is not a reference does not
+                        // hide one that is.
+                        let reference = references_in_spans(text).into_iter().next();
                         if let Some(reference) = reference {
                             let span = at(&path);
                             let name = reference.to_string();
@@ -748,10 +748,23 @@ fn check_templates(
             Segment::Text(_) => None,
         }),
         Err(e) => {
+            // At the `{{` the parse failed at, found in the source by its place among the
+            // openings (escapes in the source do not make braces).
             let window = text.get(site.span.clone()).unwrap_or("");
-            let offset = window
-                .find("{{")
-                .map_or(site.span.start, |i| site.span.start + i);
+            let mut opening = window.len();
+            let mut from = 0;
+            for _ in 0..=failing_opening(&site.text).unwrap_or(0) {
+                let Some(at) = find_open(&window[from..]) else {
+                    break;
+                };
+                opening = from + at;
+                from = opening + 2;
+            }
+            let offset = if opening < window.len() {
+                site.span.start + opening
+            } else {
+                site.span.start
+            };
             c.push(offset, format!("task {owner:?} {path}: {e}"));
             return;
         }
@@ -801,7 +814,7 @@ fn check_templates(
 fn locate_reference(text: &str, span: &std::ops::Range<usize>, reference: &str) -> Option<usize> {
     let window = text.get(span.clone())?;
     let mut from = 0;
-    while let Some(open) = window[from..].find("{{") {
+    while let Some(open) = find_open(&window[from..]) {
         let start = from + open + 2;
         let end = start + window[start..].find("}}")?;
         let inner = window[start..end].chars().filter(|c| !c.is_whitespace());

@@ -293,8 +293,10 @@ fn unknown_arg(args: &Value) -> Option<String> {
 /// `test`, a value that is not a path string, or a `map` asked of a metric that draws none.
 /// `None` when it would run; an unknown tool is the catalogue's to report.
 pub(crate) fn plan_args_problem(tool: &str, args: &Value) -> Option<String> {
-    if matches!(args, Value::String(text) if text.contains("{{")) {
-        return None; // rendered at the call
+    // A whole-string reference is rendered at the call (it may give a table); any other
+    // string renders to a string, which the scorer refuses.
+    if matches!(args, Value::String(text) if crate::plan::template::may_render_typed(text)) {
+        return None;
     }
     if let Some(problem) = unknown_arg(args) {
         return Some(problem);
