@@ -397,6 +397,7 @@ struct Resettable {
     serial: usize,
     resets: Arc<AtomicUsize>,
     fail_reset: Arc<AtomicBool>,
+    hang_reset: Arc<AtomicBool>,
 }
 
 impl Session for Resettable {
@@ -412,6 +413,9 @@ impl Session for Resettable {
     fn reset(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
         self.resets.fetch_add(1, Ordering::SeqCst);
         let fail = self.fail_reset.load(Ordering::SeqCst);
+        if self.hang_reset.load(Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
         Box::pin(async move { closed_if(fail, "cannot reset") })
     }
 }
@@ -421,6 +425,7 @@ struct ResettableFactory {
     created: Arc<AtomicUsize>,
     resets: Arc<AtomicUsize>,
     fail_reset: Arc<AtomicBool>,
+    hang_reset: Arc<AtomicBool>,
 }
 
 impl SessionFactory for ResettableFactory {
@@ -429,6 +434,7 @@ impl SessionFactory for ResettableFactory {
             serial: self.created.fetch_add(1, Ordering::SeqCst),
             resets: Arc::clone(&self.resets),
             fail_reset: Arc::clone(&self.fail_reset),
+            hang_reset: Arc::clone(&self.hang_reset),
         };
         Box::pin(async move { Ok(Box::new(session) as Box<dyn Session>) })
     }
@@ -452,6 +458,34 @@ async fn a_session_that_served_a_call_is_reset_before_its_next_task_and_replaced
     factory.fail_reset.store(true, Ordering::SeqCst);
     assert_eq!(serial_of(&pool).await, 1);
     assert_eq!(factory.resets.load(Ordering::SeqCst), 3);
+    assert_eq!(pool.stats().discarded, 1);
+}
+
+#[tokio::test]
+async fn warming_idle_sessions_keeps_the_reset_a_served_session_owes() {
+    let factory = ResettableFactory::default();
+    let pool = Pool::start(config(1, 1), factory.clone()).await.unwrap();
+    assert_eq!(serial_of(&pool).await, 0);
+    pool.warm_up_idle().await;
+    assert_eq!(serial_of(&pool).await, 0);
+    assert_eq!(factory.resets.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_reset_that_never_answers_is_cut_off_and_its_session_replaced() {
+    let factory = ResettableFactory::default();
+    let config = PoolConfig {
+        health_check_timeout: Duration::from_millis(100),
+        ..config(1, 1)
+    };
+    let pool = Pool::start(config, factory.clone()).await.unwrap();
+    assert_eq!(serial_of(&pool).await, 0);
+    factory.hang_reset.store(true, Ordering::SeqCst);
+    // The session that served a call is reset before the next: that reset hangs.
+    let next = tokio::time::timeout(Duration::from_secs(5), serial_of(&pool))
+        .await
+        .expect("the acquire waited for a reset that never answers");
+    assert_eq!(next, 1);
     assert_eq!(pool.stats().discarded, 1);
 }
 

@@ -80,6 +80,15 @@ async fn a_bare_program_name_is_found_on_the_childs_path_and_keeps_its_name() {
         (outcome.exit_status, outcome.stdout.as_str()),
         (Some(0), "plain\n")
     );
+    // A call's own `env.PATH` is the child's, so the lookup follows it, not the pool's.
+    let mut pool_path = ProcessSpec::new("sh", Vec::<String>::new());
+    pool_path
+        .env
+        .insert("PATH".to_owned(), "/usr/bin:/bin".to_owned());
+    let call_path = format!("{}:/usr/bin:/bin", dir.path().display());
+    let request = ToolRequest::new("shell", json!({ "env": { "PATH": call_path } }));
+    let outcome = run(pool_path, request).await.unwrap();
+    assert_eq!(outcome.stdout, expected);
 }
 
 #[tokio::test]

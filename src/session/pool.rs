@@ -43,7 +43,8 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Sessions idle longer than this are health-checked by the background task.
     pub health_check_interval: Duration,
-    /// Longest one health check may take before the session counts as broken.
+    /// Longest one health check, or one reset between calls, may take before the session counts
+    /// as broken (and is replaced).
     pub health_check_timeout: Duration,
 }
 
@@ -612,7 +613,13 @@ impl Pool {
             if entry.dirty {
                 // Dropped with the session if this future is dropped during the reset.
                 let counted = SizeGuard::new(&shared.size);
-                let reset = entry.session.reset().await;
+                // Bounded like a health check: a reset that never answers would hold this
+                // acquire, and its slot of `max_size`, for ever.
+                let limit = shared.config.health_check_timeout;
+                let reset = match tokio::time::timeout(limit, entry.session.reset()).await {
+                    Ok(reset) => reset.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {limit:?}")),
+                };
                 counted.keep();
                 if let Err(e) = reset {
                     tracing::warn!(pool = %shared.config.name, "reset failed, session replaced: {e}");
@@ -658,9 +665,11 @@ impl Pool {
             let counted = SizeGuard::new(&shared.size);
             let result = idle.session.warm_up().await;
             counted.keep();
-            (idle.session, result)
+            (idle, result)
         });
-        for (session, result) in futures::future::join_all(warmed).await {
+        for (idle, result) in futures::future::join_all(warmed).await {
+            // Put back as it was: a reset still owed, the idle clock not restarted.
+            let (session, dirty, since) = (idle.session, idle.dirty, idle.since);
             if shared.closed.load(Ordering::SeqCst) {
                 shared.size.fetch_sub(1, Ordering::SeqCst);
                 continue;
@@ -669,7 +678,10 @@ impl Pool {
                 tracing::warn!(pool = %shared.config.name, "warm-up failed, session replaced: {e}");
             }
             if result.is_ok() && session.is_open() {
-                shared.push_idle(IdleSession::new(session, false));
+                shared.push_idle(IdleSession {
+                    since,
+                    ..IdleSession::new(session, dirty)
+                });
             } else {
                 shared.discard(session);
             }

@@ -272,17 +272,25 @@ async fn run(spec: &ProcessSpec, request: ToolRequest) -> Result<ToolOutcome, Se
     let started = Instant::now();
     let mut args = spec.args.clone();
     args.extend(extra_argv(&request.tool, &request.args)?);
+    // Per-call variables (`args.env`, e.g. from a plan's declared fix) win over the spec's, in
+    // the lookup of a bare program name too: the child's `PATH` may be the call's.
+    let per_call = call_env(&request.tool, &request.args)?;
+    let merged;
+    let env = if per_call.is_empty() {
+        &spec.env
+    } else {
+        let mut env = spec.env.clone();
+        env.extend(per_call);
+        merged = env;
+        &merged
+    };
     let mut command = super::child_command(
         &spec.program,
         &args,
         spec.cwd.as_ref(),
         &spec.env_allowlist,
-        &spec.env,
+        env,
     );
-    // Per-call variables (`args.env`, e.g. from a plan's declared fix) win over the spec's.
-    for (name, value) in call_env(&request.tool, &request.args)? {
-        command.env(name, value);
-    }
     command
         .stdin(if request.stdin.is_some() {
             Stdio::piped()
