@@ -210,6 +210,48 @@ async fn crashed_session_is_discarded_and_replaced() {
 }
 
 #[tokio::test]
+async fn an_acquire_during_a_replacement_waits_for_it_rather_than_go_over_max_size() {
+    /// Counts the starts begun; each takes 200 ms.
+    #[derive(Clone, Default)]
+    struct SlowStarts(Arc<AtomicUsize>);
+    impl SessionFactory for SlowStarts {
+        fn create(&self) -> BoxFuture<'_, Result<Box<dyn Session>, SessionError>> {
+            let serial = self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(Box::new(Numbered {
+                    serial,
+                    sick: Arc::default(),
+                }) as Box<dyn Session>)
+            })
+        }
+    }
+    let starts = SlowStarts::default();
+    let config = PoolConfig {
+        acquire_timeout: Duration::from_secs(5),
+        ..config(1, 1)
+    };
+    let pool = Pool::start(config, starts.clone()).await.unwrap();
+    {
+        let mut session = pool.acquire().await.unwrap();
+        session
+            .call(ToolRequest::new("crash", json!({})))
+            .await
+            .unwrap_err();
+    }
+    // The upkeep task is starting the replacement when the next acquire comes.
+    wait_until("the replacement's start", || {
+        starts.0.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(serial_of(&pool).await, 1);
+    // No second start was begun beside it (one would go on in the background).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(starts.0.load(Ordering::SeqCst), 2);
+    assert_eq!(pool.stats().size, 1);
+}
+
+#[tokio::test]
 async fn dropped_call_discards_the_session() {
     struct Hangs;
     impl Session for Hangs {

@@ -421,14 +421,39 @@ impl Shared {
             && self.lock_idle().len() < self.config.min_idle
             && self.size.load(Ordering::SeqCst) < self.config.max_size
         {
-            match self.create().await {
-                Ok(session) => self.push_idle(IdleSession::new(session, false)),
+            // A pending start, as a start handed off by an acquire is: an acquire that finds the
+            // list empty meanwhile waits for it rather than start a session of its own, which
+            // made the pool one over `max_size`.
+            let pending = PendingStart::new(self);
+            let started = self.create().await;
+            drop(pending);
+            match started {
+                Ok(session) => self.keep_idle(session, false),
                 Err(e) => {
                     tracing::warn!(pool = %self.config.name, error = %e, "could not start a replacement session; retrying later");
                     break;
                 }
             }
         }
+    }
+}
+
+/// A start by the upkeep task, counted among the pending background starts while it runs (also
+/// when its future is dropped part-way); acquirers waiting for it are woken when it ends.
+struct PendingStart<'a>(&'a Shared);
+
+impl<'a> PendingStart<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.background.lock().pending += 1;
+        Self(shared)
+    }
+}
+
+impl Drop for PendingStart<'_> {
+    fn drop(&mut self) {
+        self.0.background.lock().pending -= 1;
+        // A failed start pushes nothing: its claimers look again (and start their own).
+        self.0.changed.notify_waiters();
     }
 }
 
