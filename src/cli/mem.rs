@@ -259,14 +259,15 @@ fn print_memory(out: &mut dyn Write, m: &Memory) -> Result<()> {
 }
 
 /// A comma-separated option's values as meant: `--tags "gpu, cuda"` is `gpu` and `cuda`, empty
-/// values (`,,`) are none, and a value given again (in any case: tag filters ignore case) is
-/// kept once, as first written, since each copy would weigh in the search's ranking again.
+/// values (`,,`) are none, and a value given again (in any case, folded as tag filters fold it:
+/// `Straße` and `STRASSE` are one) is kept once, as first written, since each copy would weigh
+/// in the search's ranking again.
 fn list(values: Vec<String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     values
         .into_iter()
         .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty() && seen.insert(v.to_lowercase()))
+        .filter(|v| !v.is_empty() && seen.insert(tetrarch::store::folded_tag(v)))
         .collect()
 }
 
@@ -439,4 +440,16 @@ pub(crate) fn run(
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::list;
+
+    #[test]
+    fn a_tag_given_again_in_another_case_or_fold_is_kept_once_as_first_written() {
+        let given = ["Straße", " STRASSE", "gpu", "", "GPU", "ΟΔΟΣ", "οδος"];
+        let kept = list(given.iter().map(|s| (*s).to_owned()).collect());
+        assert_eq!(kept, ["Straße", "gpu", "ΟΔΟΣ"]);
+    }
 }

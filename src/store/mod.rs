@@ -276,6 +276,12 @@ fn same_tag(tag: &str, wanted: &str) -> bool {
     folded(tag).eq(wanted.chars())
 }
 
+/// A tag (or keyword) folded as the tag filters of [`SearchQuery`] compare it: lower-cased per
+/// character, with `ß`/`ẞ` as `ss` and `ς` as `σ` (`Straße` and `STRASSE` are one tag).
+pub fn folded_tag(tag: &str) -> String {
+    folded(tag).collect()
+}
+
 /// A tag folded per character, as the text analysis folds words: lower-cased, with the full folds
 /// of `ß`/`ẞ` (`ss`) and `ς` (`σ`), so `Straße` and `STRASSE`, or `ΟΔΟΣ` and `οδος`, are one tag.
 /// Per character, not `str::to_lowercase`, which makes a final `Σ` a `ς` by its context, and
@@ -1378,7 +1384,7 @@ impl Store {
     }
 
     /// Removes the persisted cache entries that `filter` matches, durably (fsync'd before this
-    /// returns), and says how many. Cached values are recomputable: a removed entry is computed
+    /// returns on a durable store, with the next sync on a relaxed one), and says how many. Cached values are recomputable: a removed entry is computed
     /// again the next time its key is asked for. A [`ContextCache`] already running on this
     /// store keeps its in-memory copies.
     ///
@@ -1446,7 +1452,8 @@ impl Store {
         Ok(answer)
     }
 
-    /// Writes run records durably (fsync'd before this returns).
+    /// Writes run records durably: fsync'd before this returns on a [`DurabilityMode::Durable`]
+    /// store; a relaxed one makes them durable with its next sync, as every write.
     pub(crate) async fn put_run_records(
         &self,
         records: Vec<(String, Vec<u8>)>,
@@ -1475,7 +1482,8 @@ impl Store {
         })
     }
 
-    /// Removes a persisted cache entry (fsync'd before this returns; absent is not an error).
+    /// Removes a persisted cache entry (fsync'd before this returns on a durable store, with the
+    /// next sync on a relaxed one; absent is not an error).
     pub(crate) async fn remove_cache_entry(&self, key: u128) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::CacheRemove {
@@ -1485,7 +1493,7 @@ impl Store {
         answer.await.map_err(|_| self.writer_stopped())?
     }
 
-    /// Persists a cache entry durably.
+    /// Persists a cache entry durably (on a relaxed store, with its next sync).
     pub(crate) async fn put_cache_entry(
         &self,
         key: u128,
