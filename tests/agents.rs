@@ -637,6 +637,27 @@ async fn a_run_cancelled_before_it_starts_runs_nothing_and_reports_cancelled() {
     h.runtime.shutdown().await;
 }
 
+/// A run cancelled once, its id used again by a new run (not a resume): the new run's attempts
+/// are its own, not the cancelled run's, and run.
+#[tokio::test]
+async fn a_new_run_of_a_cancelled_runs_id_runs_its_tasks() {
+    let h = harness(|_| {}).await;
+    h.runtime.cancel("nightly").await.unwrap();
+    let run = RunOptions {
+        run_id: Some("nightly".to_owned()),
+        ..options()
+    };
+    let report = h.runtime.run(plan(DIAMOND), run.clone()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Cancelled);
+    let again = tokio::time::timeout(Duration::from_secs(30), h.runtime.run(plan(DIAMOND), run))
+        .await
+        .expect("the new run of the id never ended")
+        .unwrap();
+    assert_eq!(again.status, RunStatus::Complete, "{again:?}");
+    assert_eq!(h.calls.lock().len(), 4);
+    h.runtime.shutdown().await;
+}
+
 /// A plan of one task whose pool's MCP server never answers its handshake (`sleep`): the run
 /// stays in its start, as while a tool server builds, until `sleep` exits.
 fn plan_with_a_pool_that_starts_for(seconds: u32) -> Plan {
@@ -2039,6 +2060,7 @@ async fn attempts_still_on_their_way_when_a_run_is_cancelled_do_not_run() {
     }
     let runtime = &h.runtime;
     let mut events = runtime.subscribe();
+    let mut every = runtime.subscribe_all();
     let cancel = async {
         let run_id = first_event(&mut events, |event| match event {
             RunEvent::ContextBuilt { run_id, .. } => Some(run_id),
@@ -2054,6 +2076,18 @@ async fn attempts_still_on_their_way_when_a_run_is_cancelled_do_not_run() {
     // Nothing of the cancelled run starts once it has been reported.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(h.calls.lock().len(), ran);
+    // Nor is anything of it reported after its end: the attempts on their way get no context.
+    let mut ended = false;
+    while let Ok(event) = every.try_recv() {
+        match event {
+            RunEvent::RunFinished { .. } => ended = true,
+            RunEvent::ContextBuilt { task, .. } | RunEvent::ContextAlert { task, .. } if ended => {
+                panic!("context of {task} reported after the run's end")
+            }
+            _ => {}
+        }
+    }
+    assert!(ended);
     h.runtime.shutdown().await;
 }
 

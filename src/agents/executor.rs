@@ -829,10 +829,16 @@ impl Actor for Executor {
         match msg {
             ExecutorMsg::Execute(attempt)
                 if attempt.purpose == Purpose::Task
-                    && state.cancelled.contains(&attempt.run_id) =>
+                    && state.cancelled.contains(&attempt.run_id)
+                    && attempt
+                        .stop_starting
+                        .as_ref()
+                        .is_some_and(|stop| stop.is_cancelled()) =>
             {
                 // The Orchestrator has forgotten this attempt (its verdict would be ignored):
-                // running it would act after the cancel, with nothing to undo it.
+                // running it would act after the cancel, with nothing to undo it. Only an
+                // attempt of the cancelled run itself: a later run may take up its id again
+                // (a new run, or a resume), and its attempts carry a stop of their own.
                 tracing::debug!(
                     "executor: {} of cancelled run {} not run",
                     attempt.task.id,

@@ -363,7 +363,14 @@ impl Actor for Optimizer {
         match msg {
             OptimizerMsg::Prepare(mut attempt) => {
                 let mut assembly_panic = None;
-                if attempt.wants_context {
+                // A task's attempt whose run stopped on its way is not called: its context
+                // would be built (and reported, after the run's end) for nothing.
+                let stopped = attempt.purpose == Purpose::Task
+                    && attempt
+                        .stop_starting
+                        .as_ref()
+                        .is_some_and(|stop| stop.is_cancelled());
+                if attempt.wants_context && !stopped {
                     let span = tracing::info_span!(parent: &attempt.span, "context");
                     let context = state.context().instrument(span.clone()).await;
                     // Off the async threads: it reads files and counts the tokens of upstream
