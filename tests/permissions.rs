@@ -806,6 +806,17 @@ fn deny_rules_see_through_nul_braces_clusters_launchers_and_unseen_scripts() {
         "rbash -c 'touch ran'",
         "su -c 'touch ran' root",
         "runuser -u root touch ran",
+        // A fourth review's shapes: GNU time's options with values, sudo's assignments and
+        // value options, runuser's and su's `-c` after the user or past another option's value.
+        "/usr/bin/time -o echo touch ran",
+        "command time --format echo touch ran",
+        "sudo LANG=C touch ran",
+        "sudo -R / touch ran",
+        "runuser root -c 'touch ran'",
+        "runuser -l root -c 'touch ran'",
+        "runuser root -- -c 'touch ran'",
+        "su -c 'touch ran' -w -c root",
+        "su -w -c -c 'touch ran' root",
         "busybox sh -c 'touch ran'",
         "trap 'touch ran' EXIT",
         "mapfile -C 'touch ran #' -c 1 < f",

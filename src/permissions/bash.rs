@@ -347,7 +347,7 @@ fn inner_script(words: &[&str]) -> HandedScript {
             _ => HandedScript::None,
         },
         // Tools whose `-c` (`--command`) is a shell command line: the last one counts.
-        "su" | "runuser" | "script" | "flock" => match last_command_option(rest) {
+        "su" | "runuser" | "script" | "flock" => match last_command_option(base, rest) {
             Some(command) => HandedScript::Inline(command),
             // A shell reading standard input (or a terminal).
             None if base == "su" => HandedScript::Unseen,
@@ -426,11 +426,25 @@ fn inner_script(words: &[&str]) -> HandedScript {
 
 /// The shell command line of the last `-c` option of `su`, `runuser`, `script` or `flock`
 /// (`-c CMD`, `-cCMD`, in a cluster, `--command[=]CMD` or a prefix of it, `--session-command`).
-fn last_command_option(args: &[&str]) -> Option<String> {
+/// The values of the tool's other options are passed over (`su -w -c` names a variable).
+fn last_command_option(tool: &str, args: &[&str]) -> Option<String> {
+    let (letters, _) = value_options(tool);
     let mut last = None;
     let mut at = 0;
     while let Some(word) = args.get(at) {
         at += 1;
+        if let Some(long) = word.strip_prefix("--")
+            && !long.is_empty()
+            && !long.contains('=')
+            && option_takes_value(tool, word)
+            && !["command", "session-command"]
+                .iter()
+                .any(|n| long.len() >= 3 && n.starts_with(long))
+        {
+            // Its value is the next word.
+            at += 1;
+            continue;
+        }
         if let Some(long) = word.strip_prefix("--") {
             let (name, value) = long
                 .split_once('=')
@@ -450,16 +464,26 @@ fn last_command_option(args: &[&str]) -> Option<String> {
             }
             continue;
         }
-        if let Some(cluster) = word.strip_prefix('-')
-            && let Some(c) = cluster.find('c')
-        {
-            let attached = &cluster[c + 1..];
-            last = if attached.is_empty() {
-                at += 1;
-                args.get(at - 1).map(|v| (*v).to_owned())
-            } else {
-                Some(attached.to_owned())
-            };
+        let Some(cluster) = word.strip_prefix('-') else {
+            continue;
+        };
+        // The first letter that takes a value ends the cluster: `c`, or another whose value
+        // (attached, or the next word) is passed over.
+        let Some((i, letter)) = cluster
+            .char_indices()
+            .find(|&(_, l)| l == 'c' || letters.contains(l))
+        else {
+            continue;
+        };
+        let attached = &cluster[i + letter.len_utf8()..];
+        let value = if attached.is_empty() {
+            at += 1;
+            args.get(at - 1).map(|v| (*v).to_owned())
+        } else {
+            Some(attached.to_owned())
+        };
+        if letter == 'c' {
+            last = value;
         }
     }
     last
@@ -1834,10 +1858,12 @@ fn decode_ansi_c(body: &str) -> Option<String> {
 fn value_options(wrapper: &str) -> (&'static str, &'static [&'static str]) {
     match wrapper {
         "timeout" => ("sk", &["signal", "kill-after"]),
+        // GNU time (`/usr/bin/time -o FILE -f FMT CMD`; the shell keyword takes only `-p`).
+        "time" => ("of", &["output", "format"]),
         "env" => ("uCS", &["unset", "chdir", "split-string"]),
         "exec" => ("a", &[]),
         "sudo" => (
-            "ughpCDrtTU",
+            "ughpCDrtTURac",
             &[
                 "user",
                 "group",
@@ -1849,15 +1875,36 @@ fn value_options(wrapper: &str) -> (&'static str, &'static [&'static str]) {
                 "type",
                 "command-timeout",
                 "other-user",
+                "chroot",
+                "auth-type",
+                "login-class",
             ],
         ),
         "doas" => ("uC", &[]),
         "nice" => ("n", &["adjustment"]),
         "stdbuf" => ("ioe", &["input", "output", "error"]),
         "ionice" => ("cnpPu", &["class", "classdata", "pid", "pgid", "uid"]),
-        "runuser" => (
-            "ugGw",
-            &["user", "group", "supp-group", "whitelist-environment"],
+        "runuser" | "su" => (
+            "ugGws",
+            &[
+                "user",
+                "group",
+                "supp-group",
+                "whitelist-environment",
+                "shell",
+            ],
+        ),
+        "script" => (
+            "EIOBTmo",
+            &[
+                "echo",
+                "log-in",
+                "log-out",
+                "log-io",
+                "log-timing",
+                "logging-format",
+                "output-limit",
+            ],
         ),
         "flock" => ("wE", &["timeout", "wait", "conflict-exit-code"]),
         "chroot" => ("", &["userspec", "groups"]),
@@ -1987,8 +2034,18 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
         {
             return words;
         }
-        if wrapper == "env" {
-            // `env NAME=value ... CMD`.
+        // `runuser USER -c CMD`: getopt takes options after the user too, and after `--` the
+        // user's shell gets `-c CMD`. The command line is judged as the script. (With `-u USER`
+        // the words after the user are a command of its own, judged as such.)
+        let options = &words[1..words.len() - rest.len()];
+        let names_user = options.iter().any(|o| {
+            o.starts_with("--u") || (o.starts_with('-') && !o.starts_with("--") && o.contains('u'))
+        });
+        if wrapper == "runuser" && !names_user && last_command_option(wrapper, rest).is_some() {
+            return words;
+        }
+        if matches!(wrapper, "env" | "sudo") {
+            // `env NAME=value ... CMD`, `sudo NAME=value ... CMD`.
             while rest.first().is_some_and(|w| is_env_assignment(w)) {
                 rest = &rest[1..];
             }
