@@ -817,6 +817,10 @@ fn deny_rules_see_through_nul_braces_clusters_launchers_and_unseen_scripts() {
         "runuser root -- -c 'touch ran'",
         "su -c 'touch ran' -w -c root",
         "su -w -c -c 'touch ran' root",
+        // A script that cannot be analysed does not hide a denied one beside it.
+        "sh -c 'touch ran'; bash -c '[[ -e x ]]'",
+        "bash -c '[[ -e x ]]'; sh -c 'touch ran'",
+        "sh -c 'touch ran' && sh -c '((1))'",
         "busybox sh -c 'touch ran'",
         "trap 'touch ran' EXIT",
         "mapfile -C 'touch ran #' -c 1 < f",
@@ -898,4 +902,24 @@ fn deny_rules_see_through_expanded_options_stdin_spellings_and_code_variables() 
     }
     // `command -v` runs nothing.
     assert_eq!(bash(&bypass, "command -v touch"), Verdict::Allow);
+}
+
+/// A brace range spanning every 64-bit integer overflowed its count inside the parser thread (a
+/// panic in debug builds), and each such panic kept one of the parser's few places for good:
+/// after a handful, every command waited out the parse deadline and was refused.
+#[test]
+fn a_brace_range_over_every_integer_neither_panics_nor_uses_up_the_parser() {
+    let e = engine(&["Bash(echo *)"], &[], &["Bash(touch *)"]);
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        assert_eq!(
+            bash(
+                &e,
+                "echo {-9223372036854775808..9223372036854775807}; touch ran"
+            ),
+            Verdict::Deny
+        );
+    }
+    assert_eq!(bash(&e, "echo fine"), Verdict::Allow);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }

@@ -199,7 +199,16 @@ impl ParseGuard {
             // The parser recurses per nesting level; give it a main thread's stack.
             .stack_size(8 << 20)
             .spawn(move || {
-                let result = parse();
+                // A panic while parsing fails this command, and the place is freed all the
+                // same: a place kept by a dead parse would be lost for good (after a few, every
+                // command waited out its deadline and was refused).
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse))
+                    .unwrap_or_else(|panic| {
+                        Err(SplitError(format!(
+                            "the shell parser failed: {}",
+                            crate::session::panic_message(panic.as_ref())
+                        )))
+                    });
                 self.free_place();
                 if parser_progress
                     .compare_exchange(PARSING, PARSED, Ordering::AcqRel, Ordering::Acquire)
@@ -808,7 +817,8 @@ fn sequence(inner: &str) -> Option<Vec<String>> {
             true,
         ),
     };
-    let count = from.abs_diff(to) / step + 1;
+    // `{-9223372036854775808..9223372036854775807}` spans every i64: its count overflows.
+    let count = (from.abs_diff(to) / step).checked_add(1)?;
     if count > 64 {
         return None;
     }

@@ -532,15 +532,23 @@ impl PermissionEngine {
         };
         let mut handed: Vec<(Handed, usize)> =
             parts.iter().flat_map(handed_by).map(|h| (h, 1)).collect();
+        // Too deep, or not analysable: judged whole, and never allowed, once every other
+        // script has been seen by the deny rules (one that names a denied command still denies).
+        let mut unanalysable: Option<String> = None;
         while let Some((next, depth)) = handed.pop() {
             let inner = match next {
                 Handed::Part(part) if depth <= MAX_SCRIPT_DEPTH => vec![part],
                 Handed::Script(script) => match split_parts(&script) {
                     Ok(inner) if depth <= MAX_SCRIPT_DEPTH => inner,
-                    // Too deep, or not analysable: judged whole, and never allowed.
-                    _ => return self.decide_unanalysable(&script),
+                    _ => {
+                        unanalysable.get_or_insert(script);
+                        continue;
+                    }
                 },
-                Handed::Part(part) => return self.decide_unanalysable(&part.restrictive[0]),
+                Handed::Part(mut part) => {
+                    unanalysable.get_or_insert(part.restrictive.swap_remove(0));
+                    continue;
+                }
             };
             for part in inner {
                 if let Some(i) = restricted_by(&self.deny, &part) {
@@ -555,6 +563,9 @@ impl PermissionEngine {
                 computed_name |= part.dynamic_name || part.hidden_code;
                 handed.extend(handed_by(&part).into_iter().map(|h| (h, depth + 1)));
             }
+        }
+        if let Some(script) = unanalysable {
+            return self.decide_unanalysable(&script);
         }
         if computed_name {
             // No rule can say what a computed command name runs (as a command that cannot
