@@ -1218,3 +1218,40 @@ async fn store_many_keeps_order_and_stops_at_the_first_refusal() {
         .collect();
     assert_eq!(kept, ["before the refusal"]);
 }
+
+/// An archived memory that has since expired is not counted by a store opened after its expiry,
+/// read-only included (no writer purges it there), as an expired live one is not.
+#[tokio::test]
+async fn an_archived_memory_past_its_expiry_is_not_counted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = Store::open(&path, StoreConfig::default()).unwrap();
+    let mut short = NewMemory::new(Namespace::Global, "archived and fleeting");
+    let ttl = Duration::from_millis(1500);
+    short.ttl = Some(ttl);
+    let stored_at = std::time::Instant::now();
+    let id = store.store(short).await.unwrap();
+    store.archive(id).await.unwrap();
+    let kept = store
+        .store(NewMemory::new(Namespace::Global, "archived for good"))
+        .await
+        .unwrap();
+    store.archive(kept).await.unwrap();
+    assert_eq!(store.stats(None).archived, 2);
+    drop(store);
+    std::thread::sleep(
+        (stored_at + ttl + Duration::from_millis(50))
+            .saturating_duration_since(std::time::Instant::now()),
+    );
+    let kept_bytes = {
+        let reader = Store::open_read_only(&path, StoreConfig::default()).unwrap();
+        let stats = reader.stats(None);
+        assert_eq!(stats.archived, 1, "{stats:?}");
+        stats.bytes
+    };
+    // Its purge by a writer then takes nothing off the counts (it was never counted).
+    let store = Store::open(&path, fast_housekeeping()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = store.stats(None);
+    assert_eq!((stats.archived, stats.bytes), (1, kept_bytes), "{stats:?}");
+}

@@ -908,6 +908,7 @@ impl Store {
         });
         let analysed_at = started.elapsed();
         let mut state = State::new(dictionary.clone());
+        state.loaded_at_ms = now.as_millis();
         let mut live = Vec::with_capacity(records.len());
         let mut damaged = Vec::new();
         for part in loaded {
@@ -921,9 +922,12 @@ impl Store {
                 } = record;
                 match terms {
                     Some(terms) => live.push((memory, terms, encoded_len)),
-                    None if memory.archived => state.count_archived(&memory, encoded_len),
+                    None if memory.archived && !memory.is_expired(now) => {
+                        state.count_archived(&memory, encoded_len);
+                    }
                     None => {
-                        // Expired: not live; the next housekeeping tick deletes it.
+                        // Expired (archived or not): not counted; the next housekeeping tick
+                        // deletes it.
                         if let Some(at) = memory.expires_at {
                             state.expiry.insert((at.as_millis(), memory.id));
                         }

@@ -78,6 +78,9 @@ pub(crate) struct State {
     pub counts: BTreeMap<Namespace, NamespaceCounts>,
     /// Records set aside in `damaged_memories` (or left in place when that failed) at load.
     pub damaged: u64,
+    /// When the file was loaded (ms): archived records that had expired by then were not
+    /// counted, so their purge takes nothing off the counts.
+    pub loaded_at_ms: i64,
 }
 
 impl State {
@@ -91,6 +94,7 @@ impl State {
             expiry: BTreeSet::new(),
             counts: BTreeMap::new(),
             damaged: 0,
+            loaded_at_ms: i64::MIN,
         }
     }
 
@@ -111,7 +115,7 @@ impl State {
             } => {
                 self.remove_live(id);
                 let counts = self.counts.entry(namespace).or_default();
-                if archived {
+                if archived && expires_at > self.loaded_at_ms {
                     counts.archived = counts.archived.saturating_sub(1);
                     counts.bytes = counts.bytes.saturating_sub(encoded_len);
                 }
