@@ -84,3 +84,27 @@ async fn file_and_dotted_names_are_found_by_their_parts_and_whole_names_rank_fir
     }
     assert!(found(&store, "index.rs").contains(&loose));
 }
+
+/// A query's first 64 terms that some live memory holds are searched: words only an archived
+/// memory held (the store's dictionary keeps them until a reopen) take no place among them.
+#[tokio::test]
+async fn words_only_an_archived_memory_held_do_not_crowd_out_a_live_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
+    let words: Vec<String> = (0..64).map(|i| format!("alpha{i}")).collect();
+    let gone = store
+        .store(NewMemory::new(Namespace::Global, words.join(" ")))
+        .await
+        .unwrap();
+    store.archive(gone).await.unwrap();
+    let live = store
+        .store(NewMemory::new(Namespace::Global, "plasma"))
+        .await
+        .unwrap();
+    let query = format!("{} plasma", words.join(" "));
+    let hits = store.search(&query, &SearchOptions::default());
+    assert_eq!(
+        hits.iter().map(|h| h.memory.id).collect::<Vec<_>>(),
+        vec![live]
+    );
+}

@@ -744,6 +744,14 @@ impl SearchIndex {
     }
 
     /// The posting list of `term` in namespace `ns`, if it has one.
+    /// Whether some live document holds `term`.
+    pub fn has_live_term(&self, term: &str) -> bool {
+        self.dictionary
+            .id(term)
+            .and_then(|id| self.document_frequency.get(id as usize))
+            .is_some_and(|&df| df > 0)
+    }
+
     fn list(&self, term: TermId, ns: NsId) -> Option<&PostingList> {
         self.lists.get(term as usize)?.get(ns)
     }
@@ -772,7 +780,8 @@ impl SearchIndex {
         };
         let n = f64::from(self.live_docs);
         let stats = QueryStats::new(self.total_length, n);
-        // Terms no live document has are dropped before the cut, so they take no place in it.
+        // Terms no live document has are dropped before the cut, so they take no place in it
+        // (a store's search collects only such terms already: see `has_live_term`).
         let terms: Vec<(TermId, f64)> = query_terms
             .iter()
             .filter_map(|t| self.dictionary.id(t))

@@ -77,7 +77,7 @@ pub(crate) use text::fold_into as fold_word;
 
 use memory::{validate_memory, validate_ttl};
 use state::State;
-use text::{Dictionary, DocTerms, Fields, analyze_document, analyze_query_known};
+use text::{Dictionary, DocTerms, Fields, analyze_document, analyze_query_matching};
 use writer::{
     CACHE, Command, DAMAGED_MEMORIES, MEMORIES, META, OpenDb, RUNS, SharedDb, WriterContext,
     db_error,
@@ -1193,9 +1193,9 @@ impl Store {
     }
 
     fn search_unmeasured(&self, query: &str, options: &SearchOptions) -> Vec<SearchHit> {
-        let terms = analyze_query_known(query, &self.inner.dictionary);
         let now = Timestamp::now().as_millis();
         let state = self.inner.state.read();
+        let terms = analyze_query_matching(query, |term| state.index.has_live_term(term));
         let min_importance = options.min_importance.unwrap_or(0);
         // As `same_tag` folds the stored tags.
         let fold =

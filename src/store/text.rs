@@ -408,6 +408,16 @@ pub(crate) fn analyze_query_known(query: &str, dictionary: &Dictionary) -> Vec<B
     query_terms(query, |term| dictionary.id(term).is_some())
 }
 
+/// As [`analyze_query_known`], keeping only the terms `matches`: for a store's search, those
+/// some live memory holds. The dictionary alone keeps the terms of archived, rewritten and
+/// purged memories until the store is reopened, and those would take places in the cut.
+pub(crate) fn analyze_query_matching(
+    query: &str,
+    matches: impl FnMut(&str) -> bool,
+) -> Vec<Box<str>> {
+    query_terms(query, matches)
+}
+
 fn query_terms(query: &str, mut known: impl FnMut(&str) -> bool) -> Vec<Box<str>> {
     let mut terms: Vec<Box<str>> = Vec::new();
     let mut folded = String::new();
