@@ -1587,6 +1587,34 @@ fixes = [{ when = "FIX_MODE is not set", env = { FIX_MODE = "safe" } }]
     runtime.shutdown().await;
 }
 
+/// A fix trial that fails in a way the task retries (a transient error) is not judged there: the
+/// retry runs with the fix too, and the lesson says how the task ended.
+#[tokio::test]
+async fn a_fix_whose_trial_is_retried_is_recorded_by_how_the_retry_ends() {
+    let h = harness(|_| {}).await;
+    let text = r#"
+name = "fix-then-retry"
+[[task]]
+id = "t"
+tool = "fn.flaky"
+args = { label = "plain", fail_times = 0 }
+retries = 1
+gates = [{ json = "/label", eq = "fixed" }]
+fixes = [{ when = "gates failed", args = { label = "fixed", fail_times = 1 } }]
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(
+        report.task("t").unwrap().state,
+        TaskState::Complete,
+        "{report:?}"
+    );
+    let labels: Vec<String> = h.calls.lock().iter().map(|(l, _)| l.clone()).collect();
+    assert_eq!(labels, ["plain", "fixed", "fixed"]);
+    let recorded = lessons_recorded(&h.runtime).await;
+    let worked: Vec<Option<bool>> = recorded.iter().map(|l| l.failure.worked).collect();
+    assert_eq!(worked, [Some(true)], "{recorded:?}");
+}
+
 #[tokio::test]
 async fn a_fix_that_does_not_work_is_recorded_not_retried_and_the_next_match_is_tried() {
     let h = harness(|_| {}).await;

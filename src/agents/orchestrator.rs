@@ -797,7 +797,25 @@ impl OrchestratorState {
         let task = Arc::clone(&run.plan.tasks[i]);
         let (message, suggestion) = attempt.failure.clone().unzip();
         let suggestion = suggestion.flatten();
-        if let Some((f, original)) = run.slots[i].fix_trial.take().filter(|_| !not_started) {
+        // A fix trial's lesson is recorded once its outcome is known: not while the task goes
+        // on with the fix (a retry after an error, a next attempt or a fresh call after failed
+        // gates, as the branches below decide), where a later verdict may still pass.
+        let stopping = run.failure.is_some() || run.cancelled;
+        let slot = &run.slots[i];
+        let goes_on = match &verdict {
+            Verdict::GateFailed { .. } => {
+                !stopping
+                    && ((attempt.served_from_cache && slot.cache_refreshed != Some(slot.attempt))
+                        || slot.attempt < task.max_attempts)
+            }
+            Verdict::Error { retryable, .. } => {
+                !stopping && *retryable && slot.retries < task.retries
+            }
+            _ => false,
+        };
+        if !goes_on
+            && let Some((f, original)) = run.slots[i].fix_trial.take().filter(|_| !not_started)
+        {
             let worked = matches!(verdict, Verdict::Pass { .. });
             let fix = task.fixes.get(f).map(Fix::describe);
             Self::record_lesson(&self.args, &task, original, fix, Some(worked));
