@@ -656,6 +656,32 @@ async fn a_new_run_of_a_cancelled_runs_id_runs_its_tasks() {
     assert_eq!(again.status, RunStatus::Complete, "{again:?}");
     assert_eq!(h.calls.lock().len(), 4);
     h.runtime.shutdown().await;
+
+    // A run of a cancelled id that fails with many attempts still on their way: those end as
+    // not started, and the run ends.
+    let h = harness(|actors| actors.orchestrator.run.max_in_flight = 1000).await;
+    h.runtime.cancel("again").await.unwrap();
+    let run = RunOptions {
+        run_id: Some("again".to_owned()),
+        ..options()
+    };
+    let report = h.runtime.run(plan(DIAMOND), run.clone()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Cancelled);
+    let mut text = String::from(
+        "name = \"failing\"\n[[task]]\nid = \"bad\"\ntool = \"fn.flaky\"\n\
+         args = { label = \"bad\", fail_times = 100 }\n",
+    );
+    for i in 0..300 {
+        text.push_str(&format!(
+            "[[task]]\nid = \"t{i}\"\ntool = \"fn.echo\"\nargs = {{ label = \"t{i}\", context = \"{{{{context}}}}\" }}\n"
+        ));
+    }
+    let failed = tokio::time::timeout(Duration::from_secs(60), h.runtime.run(plan(&text), run))
+        .await
+        .expect("the failing run of the id never ended")
+        .unwrap();
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    h.runtime.shutdown().await;
 }
 
 /// A plan of one task whose pool's MCP server never answers its handshake (`sleep`): the run

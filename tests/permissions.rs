@@ -815,6 +815,8 @@ fn deny_rules_see_through_nul_braces_clusters_launchers_and_unseen_scripts() {
         "runuser root -c 'touch ran'",
         "runuser -l root -c 'touch ran'",
         "runuser root -- -c 'touch ran'",
+        "runuser -s/usr/bin/bash root -c 'touch ran'",
+        "runuser -g users root -c 'touch ran'",
         "su -c 'touch ran' -w -c root",
         "su -w -c -c 'touch ran' root",
         // A script that cannot be analysed does not hide a denied one beside it.
@@ -902,6 +904,23 @@ fn deny_rules_see_through_expanded_options_stdin_spellings_and_code_variables() 
     }
     // `command -v` runs nothing.
     assert_eq!(bash(&bypass, "command -v touch"), Verdict::Allow);
+}
+
+/// GNU time's `-o FILE` (or `-a`, `-f FORMAT`) writes a file of the caller's choosing: an allow
+/// rule for the timed command does not allow it (`time -p` and `-v` still do).
+#[test]
+fn an_allow_rule_does_not_stretch_over_time_writing_a_file() {
+    let e = engine(&["Bash(true)", "Bash(true *)"], &[], &[]);
+    for written in [
+        "/usr/bin/time -o ~/.ssh/authorized_keys true",
+        "/usr/bin/time -f 'x' -o out true",
+        "command time --output=out true",
+    ] {
+        assert_ne!(bash(&e, written), Verdict::Allow, "{written}");
+    }
+    for inert in ["time true", "time -p true", "/usr/bin/time -v true"] {
+        assert_eq!(bash(&e, inert), Verdict::Allow, "{inert}");
+    }
 }
 
 /// A brace range spanning every 64-bit integer overflowed its count inside the parser thread (a

@@ -1184,7 +1184,9 @@ fn a_fix_is_checked_like_the_call_it_changes_and_must_have_tables_to_merge_into(
     ));
     assert_eq!(targets.len(), 2, "{targets:#?}");
     assert!(
-        targets[0].contains("task \"d\" fixes[0]: a fix is merged over the task's args"),
+        targets[0].ends_with(
+            "task \"d\" fixes[0]: a fix is merged over the task's args, which are \"{{tasks.prep.output}}\" here, not a table"
+        ),
         "{targets:#?}"
     );
     assert!(
@@ -1199,6 +1201,14 @@ fn a_template_error_is_placed_at_the_opening_that_fails() {
     let lines = errors(text);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].starts_with("p.toml:10:21: "), "{lines:#?}");
+}
+
+#[test]
+fn a_template_error_after_an_escaped_pair_of_braces_is_placed_at_its_own_opening() {
+    let text = "name = \"p\"\n[[task]]\nid = \"x\"\ntool = \"sh.run\"\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\ndeps = [\"x\"]\nargs = { f = '--format {{ \"{{\" }}.Names}} {{tasks.x.outptu}}' }\n";
+    let lines = errors(text);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].starts_with("p.toml:9:43: "), "{lines:#?}");
 }
 
 #[test]

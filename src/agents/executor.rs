@@ -394,11 +394,7 @@ async fn make_call(
 /// outcome was the cache's (no call was made).
 async fn execute(shared: &ExecutorArgs, attempt: &Attempt) -> (Outcome, Option<CacheKey>, bool) {
     // Its run stopped before it came to this call: not even its permission is asked.
-    if attempt
-        .stop_starting
-        .as_ref()
-        .is_some_and(|s| s.is_cancelled())
-    {
+    if attempt.run_stopped() {
         let reason = SessionError::NotStarted {
             tool: attempt.call().to_string(),
         };
@@ -561,11 +557,7 @@ async fn cached_call(
             // Another attempt led the computation, and its run stopped before the call was
             // made: this attempt's call is not made either only when its own run stopped too
             // (the cache keeps no error, so computing again makes the call).
-            if attempt
-                .stop_starting
-                .as_ref()
-                .is_some_and(|s| s.is_cancelled())
-            {
+            if attempt.run_stopped() {
                 checked
                     .not_started
                     .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -829,16 +821,10 @@ impl Actor for Executor {
         match msg {
             ExecutorMsg::Execute(attempt)
                 if attempt.purpose == Purpose::Task
-                    && state.cancelled.contains(&attempt.run_id)
-                    && attempt
-                        .stop_starting
-                        .as_ref()
-                        .is_some_and(|stop| stop.is_cancelled()) =>
+                    && state.cancelled.contains(&attempt.run_id) =>
             {
                 // The Orchestrator has forgotten this attempt (its verdict would be ignored):
-                // running it would act after the cancel, with nothing to undo it. Only an
-                // attempt of the cancelled run itself: a later run may take up its id again
-                // (a new run, or a resume), and its attempts carry a stop of their own.
+                // running it would act after the cancel, with nothing to undo it.
                 tracing::debug!(
                     "executor: {} of cancelled run {} not run",
                     attempt.task.id,
@@ -935,6 +921,13 @@ impl Actor for Executor {
                     state.cancelled.pop_front();
                 }
                 state.cancelled.push_back(run_id);
+            }
+            ExecutorMsg::RunStarted(run_id) => {
+                // A later run of a cancelled run's id (a new run, or a resume) runs its tasks:
+                // dropped, they would leave it waiting for their verdicts for ever. Attempts of
+                // the cancelled run still on their way are not called either way: their stop
+                // has fired, so they end as not started, and their verdicts are ignored.
+                state.cancelled.retain(|cancelled| *cancelled != run_id);
             }
             ExecutorMsg::Ping(reply) => {
                 let _ = reply.send(());

@@ -365,11 +365,7 @@ impl Actor for Optimizer {
                 let mut assembly_panic = None;
                 // A task's attempt whose run stopped on its way is not called: its context
                 // would be built (and reported, after the run's end) for nothing.
-                let stopped = attempt.purpose == Purpose::Task
-                    && attempt
-                        .stop_starting
-                        .as_ref()
-                        .is_some_and(|stop| stop.is_cancelled());
+                let stopped = attempt.purpose == Purpose::Task && attempt.run_stopped();
                 if attempt.wants_context && !stopped {
                     let span = tracing::info_span!(parent: &attempt.span, "context");
                     let context = state.context().instrument(span.clone()).await;

@@ -380,6 +380,12 @@ impl OrchestratorState {
             run.replies.extend(reply.take());
             return Ok(());
         }
+        // Before any of its attempts: the Executor forgets an earlier cancel of this id.
+        let _ = self
+            .args
+            .peers
+            .executor
+            .send_control(ExecutorMsg::RunStarted(Arc::from(spec.run_id.as_str())));
         let record = RunRecord {
             plan_name: spec.plan.name.clone(),
             plan_hash: spec.plan_hash.clone(),
@@ -799,24 +805,17 @@ impl OrchestratorState {
         let suggestion = suggestion.flatten();
         // A fix trial's lesson is recorded once its outcome is known: not while the task goes
         // on with the fix (a retry after an error, a next attempt or a fresh call after failed
-        // gates, as the branches below decide), where a later verdict may still pass.
-        let stopping = run.failure.is_some() || run.cancelled;
+        // gates, as the branches below decide), where a later verdict may still pass; nor when
+        // the run stopped while the task had something left to try, or no call was made.
         let slot = &run.slots[i];
-        let goes_on = match &verdict {
-            Verdict::GateFailed { .. } => {
-                !stopping
-                    && ((attempt.served_from_cache && slot.cache_refreshed != Some(slot.attempt))
-                        || slot.attempt < task.max_attempts)
-            }
-            Verdict::Error { retryable, .. } => {
-                !stopping && *retryable && slot.retries < task.retries
-            }
-            _ => false,
-        };
-        if !goes_on
-            && let Some((f, original)) = run.slots[i].fix_trial.take().filter(|_| !not_started)
+        let more_to_try = has_more_to_try(&task, slot.attempt, slot.retries, &verdict)
+            || (matches!(verdict, Verdict::GateFailed { .. })
+                && attempt.served_from_cache
+                && slot.cache_refreshed != Some(slot.attempt));
+        let worked = matches!(verdict, Verdict::Pass { .. });
+        if let Some((f, original)) = run.slots[i].fix_trial.take_if(|_| !more_to_try)
+            && !not_started
         {
-            let worked = matches!(verdict, Verdict::Pass { .. });
             let fix = task.fixes.get(f).map(Fix::describe);
             Self::record_lesson(&self.args, &task, original, fix, Some(worked));
         }
@@ -1424,6 +1423,16 @@ impl OrchestratorState {
         if let Some(reply) = last {
             let _ = reply.send(answer(report));
         }
+    }
+}
+
+/// Whether a verdict leaves the task something to try (an attempt after failed gates, a retry
+/// after an error the task retries), had its run not stopped.
+fn has_more_to_try(task: &Task, attempt: u32, retries: u32, verdict: &Verdict) -> bool {
+    match verdict {
+        Verdict::GateFailed { .. } => attempt < task.max_attempts,
+        Verdict::Error { retryable, .. } => *retryable && retries < task.retries,
+        _ => false,
     }
 }
 

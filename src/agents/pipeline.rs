@@ -71,6 +71,13 @@ pub(crate) struct Attempt {
 }
 
 impl Attempt {
+    /// Its run stopped before its call was made (see `stop_starting`): the call is not made.
+    pub fn run_stopped(&self) -> bool {
+        self.stop_starting
+            .as_ref()
+            .is_some_and(tokio_util::sync::CancellationToken::is_cancelled)
+    }
+
     /// The tool this attempt calls: the task's, or its compensation's. (Borrowed from the
     /// task, so a dispatch copies neither.)
     pub fn call(&self) -> &ToolRef {
@@ -177,6 +184,8 @@ pub(crate) enum OptimizerMsg {
 pub(crate) enum ExecutorMsg {
     Execute(Box<Attempt>),
     CancelRun(Arc<str>),
+    /// A run of this id starts (new, or resumed): an earlier cancel of the id is not its.
+    RunStarted(Arc<str>),
     Ping(oneshot::Sender<()>),
     Crash,
 }

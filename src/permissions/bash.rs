@@ -1965,6 +1965,38 @@ fn wrapper_operands(wrapper: &str) -> usize {
     }
 }
 
+/// Whether `runuser`'s options (values included, as written) hold `-u USER` / `--user`: read as
+/// getopt reads them, so a value that holds a `u` (`-s/usr/bin/bash`, `-g users`) is not one.
+fn runuser_names_user(options: &[&str]) -> bool {
+    let (letters, _) = value_options("runuser");
+    let mut at = 0;
+    while let Some(word) = options.get(at) {
+        at += 1;
+        if let Some(long) = word.strip_prefix("--") {
+            let name = long.split_once('=').map_or(long, |(n, _)| n);
+            if !name.is_empty() && "user".starts_with(name) {
+                return true;
+            }
+            if option_takes_value("runuser", word) {
+                at += 1;
+            }
+            continue;
+        }
+        let Some(cluster) = word.strip_prefix('-') else {
+            continue;
+        };
+        if let Some((i, letter)) = cluster.char_indices().find(|&(_, l)| letters.contains(l)) {
+            if letter == 'u' {
+                return true;
+            }
+            if cluster[i + letter.len_utf8()..].is_empty() {
+                at += 1;
+            }
+        }
+    }
+    false
+}
+
 /// Strips wrapper commands (and their options) from the front of a command.
 /// Returns an empty slice when nothing but wrappers is left.
 fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str] {
@@ -1994,6 +2026,22 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
             }
             _ => return words,
         };
+        if wrapper == "time"
+            && which != Wrappers::All
+            && rest
+                .iter()
+                .take_while(|w| w.starts_with('-') && **w != "--")
+                .any(|o| {
+                    !matches!(
+                        *o,
+                        "-p" | "-v" | "-q" | "--portability" | "--verbose" | "--quiet"
+                    )
+                })
+        {
+            // GNU time's `-o FILE` / `-a` / `-f FORMAT` write a file of the caller's choosing:
+            // not an inert wrapper for allow rules (deny and ask rules still see the command).
+            return words;
+        }
         let mut rest = rest;
         while let Some((&option, after)) = rest.split_first() {
             if option == "--" {
@@ -2047,11 +2095,10 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
         // `runuser USER -c CMD`: getopt takes options after the user too, and after `--` the
         // user's shell gets `-c CMD`. The command line is judged as the script. (With `-u USER`
         // the words after the user are a command of its own, judged as such.)
-        let options = &words[1..words.len() - rest.len()];
-        let names_user = options.iter().any(|o| {
-            o.starts_with("--u") || (o.starts_with('-') && !o.starts_with("--") && o.contains('u'))
-        });
-        if wrapper == "runuser" && !names_user && last_command_option(wrapper, rest).is_some() {
+        if wrapper == "runuser"
+            && !runuser_names_user(&words[1..words.len() - rest.len()])
+            && last_command_option(wrapper, rest).is_some()
+        {
             return words;
         }
         if matches!(wrapper, "env" | "sudo") {

@@ -488,12 +488,12 @@ impl Task {
             let changes_args = !fix.args.is_empty() || !fix.env.is_empty();
             if !args_table && changes_args {
                 problems.push(format!(
-                    "task {id:?} fixes[{i}]: a fix is merged over the task's args, which are {}                      here, not a table",
+                    "task {id:?} fixes[{i}]: a fix is merged over the task's args, which are {} here, not a table",
                     self.args
                 ));
             } else if !env_table && !fix.env.is_empty() && !fix.args.contains_key("env") {
                 problems.push(format!(
-                    "task {id:?} fixes[{i}] env: a fix's variables are added to the task's `env`,                      which is not a table here (a template is filled in only at the call)"
+                    "task {id:?} fixes[{i}] env: a fix's variables are added to the task's `env`, which is not a table here (a template is filled in only at the call)"
                 ));
             }
         }

@@ -758,7 +758,11 @@ fn check_templates(
                     break;
                 };
                 opening = from + at;
-                from = opening + 2;
+                // Past its `}}`, as the parser goes (the escape `{{ "{{" }}` holds a `{{`).
+                let inside = opening + 2;
+                from = window[inside..]
+                    .find("}}")
+                    .map_or(window.len(), |close| inside + close + 2);
             }
             let offset = if opening < window.len() {
                 site.span.start + opening

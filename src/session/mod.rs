@@ -139,7 +139,8 @@ pub trait Session: Send {
     fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>>;
 
     /// Brings the session back to a clean state between tasks: a pool calls it before handing
-    /// out again a session that served a call, and replaces a session whose reset fails. The
+    /// out again a session that served a call, and replaces a session whose reset fails or does
+    /// not answer within the pool's `health_check_timeout`. The
     /// built-in kinds keep no state between calls and do nothing; a session kind of your own
     /// (a [`SessionFactory`]) can clear what one task left behind.
     fn reset(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {

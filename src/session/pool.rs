@@ -327,6 +327,8 @@ impl Shared {
         self: &Arc<Self>,
         start: BoxFuture<'static, Result<Box<dyn Session>, SessionError>>,
     ) {
+        // Counted before the task can end (and uncount it).
+        self.background.lock().pending += 1;
         let shared = Arc::clone(self);
         let task = tokio::spawn(async move {
             let started = start.await;
@@ -340,7 +342,6 @@ impl Shared {
             }
         });
         let mut background = self.background.lock();
-        background.pending += 1;
         background.tasks.retain(|task| !task.is_finished());
         // Checked under the lock `close` aborts the tasks under: a start handed off while the
         // pool closes is stopped either there or here.
@@ -426,10 +427,15 @@ impl Shared {
             // made the pool one over `max_size`.
             let pending = PendingStart::new(self);
             let started = self.create().await;
-            drop(pending);
+            // The guard goes once the session is on the list: a claimer woken before would
+            // find neither and start its own.
             match started {
-                Ok(session) => self.keep_idle(session, false),
+                Ok(session) => {
+                    self.keep_idle(session, false);
+                    drop(pending);
+                }
                 Err(e) => {
+                    drop(pending);
                     tracing::warn!(pool = %self.config.name, error = %e, "could not start a replacement session; retrying later");
                     break;
                 }

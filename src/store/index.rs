@@ -743,7 +743,6 @@ impl SearchIndex {
         }
     }
 
-    /// The posting list of `term` in namespace `ns`, if it has one.
     /// Whether some live document holds `term`.
     pub fn has_live_term(&self, term: &str) -> bool {
         self.dictionary
@@ -752,6 +751,7 @@ impl SearchIndex {
             .is_some_and(|&df| df > 0)
     }
 
+    /// The posting list of `term` in namespace `ns`, if it has one.
     fn list(&self, term: TermId, ns: NsId) -> Option<&PostingList> {
         self.lists.get(term as usize)?.get(ns)
     }
