@@ -442,18 +442,6 @@ fn last_command_option(tool: &str, args: &[&str]) -> Option<String> {
     let mut at = 0;
     while let Some(word) = args.get(at) {
         at += 1;
-        if let Some(long) = word.strip_prefix("--")
-            && !long.is_empty()
-            && !long.contains('=')
-            && option_takes_value(tool, word)
-            && !["command", "session-command"]
-                .iter()
-                .any(|n| long.len() >= 3 && n.starts_with(long))
-        {
-            // Its value is the next word.
-            at += 1;
-            continue;
-        }
         if let Some(long) = word.strip_prefix("--") {
             let (name, value) = long
                 .split_once('=')
@@ -470,6 +458,9 @@ fn last_command_option(tool: &str, args: &[&str]) -> Option<String> {
                         args.get(at - 1).map(|v| (*v).to_owned())
                     }
                 };
+            } else if option_takes_value(tool, word) {
+                // Another option's value, the next word (`--shell -c` names a shell).
+                at += 1;
             }
             continue;
         }
