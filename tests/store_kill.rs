@@ -94,7 +94,9 @@ fn acknowledged_writes_survive_sigkill() {
             }
             acks
         });
-        std::thread::sleep(Duration::from_millis(rng.random_range(150..600)));
+        // Long enough for a debug child to reopen the grown store and write on a loaded CI
+        // machine (150-600 ms left 6 of 20 cycles without a write once, while sibling tests ran).
+        std::thread::sleep(Duration::from_millis(rng.random_range(250..900)));
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         let acks = reader.join().unwrap();
