@@ -21,7 +21,7 @@ extern "C" __global__ void flip_prepare(const float* __restrict__ rgb, float* __
         float v = src[(size_t)k * n + i];
         if (srgb) v = srgb_to_linear(fminf(fmaxf(v, 0.0f), 1.0f));
         if (hdr) {
-            float x = fminf(v * exposure_scale, HDR_EXPOSED_MAX);
+            float x = fminf(fmaxf(v * exposure_scale, -HDR_EXPOSED_MAX), HDR_EXPOSED_MAX);
             v = (ACES_0 * x * x + ACES_1 * x + ACES_2) / (ACES_3 * x * x + ACES_4 * x + ACES_5);
         }
         c[k] = fminf(fmaxf(v, 0.0f), 1.0f);

@@ -747,7 +747,7 @@ mod beside_a_run {
     }
 
     /// The socket is the user's alone: even opened to everyone, another user's command is not
-    /// answered (it falls back to the file, which the run holds, and fails as it always did).
+    /// answered (the command, seeing the run is not its user's, sends nothing and fails).
     #[test]
     fn another_users_command_is_not_served() {
         use std::os::unix::fs::PermissionsExt;
@@ -778,8 +778,10 @@ mod beside_a_run {
             .unwrap();
         assert_eq!(nobody.status.code(), Some(2), "{}", stderr(&nobody));
         assert!(stdout(&nobody).is_empty(), "{}", stdout(&nobody));
+        // The command sees whose run it is before it sends anything (the run would refuse it
+        // by its credentials too).
         assert!(
-            stderr(&nobody).contains("already open"),
+            stderr(&nobody).contains("is served by another user (uid 0)"),
             "{}",
             stderr(&nobody)
         );
@@ -788,6 +790,115 @@ mod beside_a_run {
         assert!(owner.status.success(), "{}", stderr(&owner));
         interrupt(&run);
         run.wait().unwrap();
+    }
+
+    /// The next connection to `listener`, failing the test if none comes within `limit` (a
+    /// command that never connects must not hang it).
+    fn accept_within(
+        listener: &std::os::unix::net::UnixListener,
+        limit: std::time::Duration,
+    ) -> (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::SocketAddr,
+    ) {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match listener.accept() {
+                Ok((stream, address)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    return (stream, address);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the command never connected"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }
+
+    /// A socket at the store's path that another user serves (a store in a shared folder) is
+    /// not told the command, which may hold a secret: the command fails, naming the file.
+    #[test]
+    fn a_socket_another_user_serves_is_not_told_the_command() {
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: running the command as another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let socket = dir.path().join("store.redb.sock");
+        // This process (root) plays the other user's listener.
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let heard = std::thread::spawn(move || {
+            let (mut stream, _) = accept_within(&listener, std::time::Duration::from_secs(30));
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            let mut heard = Vec::new();
+            let _ = stream.read_to_end(&mut heard);
+            heard
+        });
+        let binary = dir.path().join("tetrarch");
+        std::fs::hard_link(env!("CARGO_BIN_EXE_tetrarch"), &binary)
+            .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_tetrarch"), &binary).map(drop))
+            .unwrap();
+        let nobody = Command::new(&binary)
+            .arg("--store")
+            .arg(dir.path().join("store.redb"))
+            .args(["mem", "store", "--content", "token=hunter2"])
+            .env_clear()
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(nobody.status.code(), Some(2), "{}", stderr(&nobody));
+        assert!(
+            stderr(&nobody).contains("is served by another user (uid 0)")
+                && stderr(&nobody).contains("store.redb.sock"),
+            "{}",
+            stderr(&nobody)
+        );
+        let heard = heard.join().unwrap();
+        assert!(heard.is_empty(), "{}", String::from_utf8_lossy(&heard));
+    }
+
+    /// An answer whose frame is longer than a run ever writes is refused, not allocated.
+    #[test]
+    fn an_oversized_answer_frame_is_refused() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("store.redb.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let answer = std::thread::spawn(move || {
+            let (mut stream, _) = accept_within(&listener, std::time::Duration::from_secs(30));
+            let mut request = [0u8; 1];
+            // The request's first byte, then a header claiming 4 GiB of output.
+            stream.read_exact(&mut request).unwrap();
+            let mut header = vec![2u8];
+            header.extend(u32::MAX.to_le_bytes());
+            stream.write_all(&header).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        });
+        let out = tetrarch(
+            &dir.path().join("store.redb"),
+            &["mem", "store", "--content", "x"],
+        );
+        answer.join().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("sent a frame of 4294967295 bytes"),
+            "{}",
+            stderr(&out)
+        );
     }
 
     /// A store deep in a folder tree has a socket path longer than a socket address holds, a

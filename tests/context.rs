@@ -251,6 +251,29 @@ fn a_long_task_text_of_unknown_words_still_ranks_by_the_words_after_them() {
     assert_eq!(payload.items[0].source, "memory:plasma", "{payload:?}");
 }
 
+/// The same after the optimizer has seen those ids in an earlier request: known terms that no
+/// candidate of this request holds used to take the query's places, and `plasma` was cut.
+#[test]
+fn words_of_earlier_requests_do_not_take_the_places_of_this_requests_words() {
+    let optimizer = optimizer(with_window(200));
+    let ids: Vec<String> = (0..80).map(|i| format!("qzx{i}")).collect();
+    let earlier = memory(Category::General, "memory:ids", &ids.join(" "));
+    optimizer.build(&request("first", "qzx0", vec![earlier]));
+    let relevant = memory(
+        Category::General,
+        "memory:plasma",
+        "plasma renders too dark",
+    );
+    let other = memory(
+        Category::General,
+        "memory:other",
+        "the cache warmed up twice",
+    );
+    let query = format!("{} plasma", ids.join(" "));
+    let payload = optimizer.build(&request("second", &query, vec![other, relevant]));
+    assert_eq!(payload.items[0].source, "memory:plasma", "{payload:?}");
+}
+
 #[test]
 fn budget_shares_are_respected_when_every_category_wants_more() {
     let window = 4_000;

@@ -153,7 +153,13 @@ async fn a_reference_that_cannot_be_read_fails_the_task_at_once_without_retries(
     image::Rgb32FImage::from_pixel(32, 32, image::Rgb([2.0, 2.0, 2.0]))
         .save(&hot)
         .unwrap();
+    // Smaller than MS-SSIM's five scales take (176 pixels a side): no render could pass.
+    let tiny = dir.path().join("tiny.png");
+    image::RgbImage::from_pixel(100, 100, image::Rgb([90, 90, 90]))
+        .save(&tiny)
+        .unwrap();
     let references = [
+        (tiny, "tiny.png", "msssim"),
         (
             dir.path().join("no-such-reference.png"),
             "no-such-reference.png",

@@ -326,6 +326,36 @@ fn an_extreme_hdr_pixel_is_an_error_not_a_perfect_match() {
 }
 
 #[test]
+fn an_extreme_negative_hdr_pixel_is_scored_like_its_positive_twin() {
+    // The exposed value was capped from above only: at -1e13 × the exposure scale `x * x`
+    // overflowed, the CPU's NaN failed the score as not finite (CUDA's clamp made it black).
+    // The tone curve is above 1 for every x below about -0.4, so it maps to white.
+    let dark = |i: usize| 1e-7 * (1.0 + (i % 7) as f32);
+    let reference = linear("dark.exr", 32, 32, dark);
+    let test = linear("negative-pixel.exr", 32, 32, |i| {
+        if i == 500 { -1e13 } else { dark(i) }
+    });
+    let bright = linear("bright-pixel.exr", 32, 32, |i| {
+        if i == 500 { 1e13 } else { dark(i) }
+    });
+    for scorer in scorers() {
+        let negative = scorer
+            .score(Metric::HdrFlip, &reference, &test, true)
+            .unwrap();
+        let positive = scorer
+            .score(Metric::HdrFlip, &reference, &bright, true)
+            .unwrap();
+        assert!(
+            negative.value > 0.0,
+            "{:?}: {}",
+            scorer.backend(),
+            negative.value
+        );
+        assert_eq!(negative.value, positive.value, "{:?}", scorer.backend());
+    }
+}
+
+#[test]
 fn a_metric_that_overflows_is_an_error_naming_both_images() {
     // Finite values near f32::MAX: SSIM's squares overflow to inf, and inf - inf is NaN.
     let reference = linear("gradient.exr", 32, 32, |i| (i % 32) as f32 / 32.0);

@@ -1293,6 +1293,41 @@ fn serve_after_until(stop: nix::sys::signal::Signal) {
     assert_eq!(status.code(), Some(0), "{seen}");
 }
 
+/// A run stopped by Ctrl-C and then served on: the Ctrl-C that ends the serving is an ordinary
+/// stop (the cancelled run's status and report), not the "second Ctrl-C" that exits at once.
+#[test]
+fn serve_after_a_cancelled_run_ends_on_ctrl_c_with_the_runs_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_cli_run(dir.path(), 60, "127.0.0.1:0", &["--serve-after", "5m"]);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut read_until = |wanted: &str, seen: &mut String| loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            panic!("tetrarch ended before {wanted:?}: {seen}");
+        }
+        seen.push_str(&line);
+        if line.starts_with(wanted) {
+            break;
+        }
+    };
+    read_until("metrics: http://", &mut seen);
+    // The task's `sleep 60` is under way by now; the stop cancels it.
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    read_until("run over: serving", &mut seen);
+    // Well past the moment in which a signal counts as the first one's twin.
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    seen.push_str(&rest);
+    assert_eq!(status.code(), Some(1), "{seen}");
+    assert!(seen.contains("Cancelled: 0/1 tasks complete"), "{seen}");
+}
+
 #[tokio::test]
 async fn event_streams_cannot_take_every_connection() {
     let limits = ServeLimits {

@@ -82,6 +82,17 @@ impl PreservedContents {
         }
         hashes.entry(namespace.clone()).or_default().insert(hash)
     }
+
+    /// Gives back what [`Self::claim`] took for texts whose snapshot was not stored, so a later
+    /// snapshot of the run stores them.
+    fn release<'a>(&self, namespace: &Namespace, texts: impl Iterator<Item = &'a str>) {
+        let mut preserved = self.0.lock();
+        if let Some(hashes) = preserved.hashes.get_mut(namespace) {
+            for text in texts {
+                hashes.remove(&crate::context::content_hash(text));
+            }
+        }
+    }
 }
 
 pub(crate) struct OptimizerState {
@@ -305,17 +316,23 @@ fn assemble(
         if !snapshot.is_empty() {
             let store = args.store.clone();
             let preserved_session = session.clone();
+            let claimed = Arc::clone(&args.preserved);
             // On the blocking pool: the store analyses the text before it queues it (tens of
             // milliseconds for a snapshot near a full window), which would hold an async thread.
             args.background.spawn(async move {
                 let handle = tokio::runtime::Handle::current();
                 let preserved = tokio::task::spawn_blocking(move || {
-                    handle.block_on(preserve_snapshot(
+                    let stored = handle.block_on(preserve_snapshot(
                         &store,
-                        namespace,
+                        namespace.clone(),
                         &preserved_session,
                         &snapshot,
-                    ))
+                    ));
+                    // Not stored: the next snapshot of the run tries these texts again.
+                    if stored.is_err() {
+                        claimed.release(&namespace, snapshot.iter().map(|i| i.text.as_str()));
+                    }
+                    stored
                 })
                 .await;
                 match preserved {
@@ -427,7 +444,23 @@ impl Actor for Optimizer {
 
 #[cfg(test)]
 mod tests {
-    use super::{panic_as_failure, without_placeholders};
+    #![allow(clippy::unwrap_used)]
+    use super::{PreservedContents, panic_as_failure, without_placeholders};
+    use crate::store::Namespace;
+
+    /// A text whose snapshot was not stored is given back, so the run's next snapshot stores
+    /// it; the others stay claimed.
+    #[test]
+    fn a_released_text_is_preserved_by_the_next_snapshot() {
+        let preserved = PreservedContents::default();
+        let run = Namespace::session("run", "r1").unwrap();
+        assert!(preserved.claim(&run, "upstream output"));
+        assert!(preserved.claim(&run, "a file"));
+        assert!(!preserved.claim(&run, "upstream output"));
+        preserved.release(&run, ["upstream output"].into_iter());
+        assert!(preserved.claim(&run, "upstream output"));
+        assert!(!preserved.claim(&run, "a file"));
+    }
 
     /// A panic while assembling a task's context fails that attempt with the panic's message
     /// (the agent, restarted, would meet the same input again); an assembly that returns is

@@ -109,7 +109,8 @@ enum ScoreGateOutcome {
 }
 
 /// Why the reference image cannot be scored by `metric` whatever the test image is, if so:
-/// it does not decode, or (HDR-FLIP) it has no exposure range. Asked only after the scorer
+/// it does not decode, (HDR-FLIP) it has no exposure range, or (SSIM, MS-SSIM) it is smaller
+/// than the metric's window or outside 0..1. Asked only after the scorer
 /// refused a pair, so a good reference is decoded once more only on that path.
 async fn reference_problem(reference: &Path, metric: ScoreMetric) -> Option<String> {
     let path = reference.to_path_buf();
@@ -125,11 +126,19 @@ async fn reference_problem(reference: &Path, metric: ScoreMetric) -> Option<Stri
                     .err()
                     .map(|e| e.to_string())
             }
-            // The scorer's own check: it refuses such a pair whatever the test image.
-            ScoreMetric::Ssim | ScoreMetric::MsSsim => image
-                .check_unit_range(metric_tool(metric))
-                .err()
-                .map(|e| e.to_string()),
+            // The scorer's own checks: it refuses such a pair whatever the test image (one of
+            // another size is refused for that).
+            ScoreMetric::Ssim | ScoreMetric::MsSsim => {
+                let windowed = if metric == ScoreMetric::Ssim {
+                    crate::scoring::Metric::Ssim
+                } else {
+                    crate::scoring::Metric::Msssim
+                };
+                crate::scoring::check_size(windowed, &image)
+                    .and_then(|()| image.check_unit_range(metric_tool(metric)))
+                    .err()
+                    .map(|e| e.to_string())
+            }
             ScoreMetric::Flip | ScoreMetric::Psnr => None,
         }
     })

@@ -30,7 +30,7 @@ mod plan;
 mod run;
 mod score;
 mod store_socket;
-mod terminal_text;
+use tetrarch::telemetry::terminal_text;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -275,7 +275,7 @@ fn open_waiting(
             {
                 if !told && started.elapsed() >= STORE_WAIT_NOTICE {
                     told = true;
-                    eprintln!(
+                    stderr_line!(
                         "waiting for {}: another process has it open (a `tetrarch run` holds its \
                          store until it ends); giving up after {} s",
                         path.display(),
@@ -506,7 +506,15 @@ pub fn main() -> ExitCode {
                 .err()
                 .unwrap_or(error);
             let text = plain.render().ansi().to_string();
-            eprint!("{}", terminal_text::printable(&text, false));
+            // Not `eprint!`, which panics when stderr is closed.
+            {
+                use std::io::Write as _;
+                let _ = write!(
+                    std::io::stderr().lock(),
+                    "{}",
+                    terminal_text::printable(&text, false)
+                );
+            }
             return ExitCode::from(2);
         }
     };

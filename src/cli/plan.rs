@@ -166,8 +166,9 @@ fn print_errors(err: &PlanError, as_json: bool) -> std::io::Result<()> {
         let report = json!({ "ok": false, "source": err.source_name, "errors": errors });
         return stdout_line!("{report}");
     }
+    // A diagnostic quotes the plan (a name or value holding an escape sequence).
     for line in err.lines() {
-        stderr_line!("{line}");
+        stderr_line!("{}", super::terminal_text::printable(&line, false));
     }
     let n = err.diagnostics.len();
     stderr_line!(

@@ -149,8 +149,9 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     let plan = match Plan::from_toml_with_catalog(&text, &source, &catalog) {
         Ok(plan) => plan,
         Err(error) => {
+            // A diagnostic quotes the plan (a name or value holding an escape sequence).
             for line in error.lines() {
-                stderr_line!("{line}");
+                stderr_line!("{}", printable(&line, false));
             }
             stderr_line!("error: the plan is invalid; nothing ran");
             return Ok(ExitCode::from(2));
@@ -203,7 +204,10 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
         if !plan.pools.is_empty() {
             stderr_line!(
                 "starting pools {} (pre-warm)",
-                plan.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                printable(
+                    &plan.pools.keys().cloned().collect::<Vec<_>>().join(", "),
+                    true
+                )
             );
         }
     }
@@ -253,6 +257,8 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     // One listener (`stops`) from the start to the end: a signal between the run's end and
     // `--serve-after`'s wait is seen by that wait.
     let mut interrupted = false;
+    // The listener a stop sets up for a second one (which exits at once).
+    let mut second_stop: Option<tokio::task::JoinHandle<()>> = None;
     let outcome = {
         let run = super::dashboard::drive(live.as_ref(), &runtime, runtime.run(plan, options));
         tokio::pin!(run);
@@ -271,7 +277,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
                     );
                     let mut again = Interrupts::new()?;
                     let (cancel_saved, saved) = tokio::sync::oneshot::channel::<()>();
-                    tokio::spawn(async move {
+                    second_stop = Some(tokio::spawn(async move {
                         // `timeout` and a closing terminal signal the process and then its
                         // group: one stop can arrive twice at once. A signal sent later is the
                         // second one.
@@ -287,7 +293,7 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
                         // Exiting skips every drop: the children's groups are killed here.
                         tetrarch::session::kill_child_process_groups();
                         std::process::exit(130);
-                    });
+                    }));
                     // A question on the terminal is answered "no": nobody is answering now.
                     tetrarch::permissions::abandon_prompts();
                     let cancelled = runtime.cancel(&run_id).await;
@@ -316,6 +322,11 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     }
     if let Some(live) = live {
         if let Some(linger) = args.serve_after.filter(|d| !d.is_zero()) {
+            // The run is over and saved: the Ctrl-C that ends the serving is an ordinary stop,
+            // not a second one that exits at once (130, with no report).
+            if let Some(listener) = second_stop.take() {
+                listener.abort();
+            }
             // A stop while the last values settle ends the serving too.
             let settled = tokio::select! {
                 () = live.settle(&runtime, outcome.is_ok()) => true,
@@ -709,8 +720,8 @@ pub(crate) fn list(store: StoreRef<'_>, json: bool, out: &mut dyn Write) -> Resu
             run.run_id,
             format!("{:?}", run.status).to_lowercase(),
             task_counts(&run.tasks),
-            run.plan,
-            run.source
+            printable(&run.plan, true),
+            printable(&run.source, true)
         )?;
     }
     Ok(ExitCode::SUCCESS)

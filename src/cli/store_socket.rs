@@ -42,7 +42,7 @@ use super::{Cli, Command, StoreRef};
 /// The longest request read: a command line of a memory's text is well within it.
 const MAX_REQUEST: u64 = 4 << 20;
 
-/// How long the run waits for a request, and for a command to take each piece of its output.
+/// How long the run waits for a command's request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a command waits for the run to answer (a durable write waits behind the run's
@@ -51,6 +51,13 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a run's end waits for the commands it is serving to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most output one `OUTPUT` frame carries.
+const MAX_OUTPUT_FRAME: usize = 1 << 20;
+
+/// The longest frame a command reads: an `OUTPUT` frame, or a `FAILED` message (an error's
+/// text, far shorter).
+const MAX_FRAME: u32 = (MAX_OUTPUT_FRAME as u32) + (64 << 10);
 
 /// Frame kinds, run → command.
 const TAKEN: u8 = 1;
@@ -240,9 +247,12 @@ async fn accept_loop(listener: tokio::net::UnixListener, store: Store, serving: 
 fn answer(stream: &std::os::unix::net::UnixStream, store: &Store) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = String::new();
     BufReader::new(stream.take(MAX_REQUEST)).read_line(&mut line)?;
+    // The output is written at the command's pace: `mem recent … | less` may not read for
+    // minutes, and cut off at 10 s it would fail a command that works without a run. The run's
+    // end does not wait for it beyond `DRAIN_TIMEOUT`.
+    stream.set_write_timeout(None)?;
     let mut frames = FrameWriter { stream };
     let outcome = match serde_json::from_str::<Request>(&line) {
         Err(error) => Err(format!("the store socket got a bad request: {error}")),
@@ -345,7 +355,7 @@ impl FrameWriter<'_> {
 impl Write for FrameWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         // Frames of at most 1 MiB: the length never overflows, and memory stays bounded.
-        let bytes = &bytes[..bytes.len().min(1 << 20)];
+        let bytes = &bytes[..bytes.len().min(MAX_OUTPUT_FRAME)];
         self.frame(OUTPUT, bytes)?;
         Ok(bytes.len())
     }
@@ -385,6 +395,19 @@ pub(crate) fn forward(store: &Path) -> Result<Option<ExitCode>> {
         args: std::env::args_os().skip(1).map(Word::from).collect(),
     };
     let talk = |what: &str| format!("the run holding {} {what}", store.display());
+    // The command line may hold a secret (`mem store --content …`), and the answer goes to the
+    // terminal: only a run of this user is told it. Another user's socket at this path (a
+    // store in a shared folder such as /tmp, where the run cannot remove a file it does not
+    // own) is not answered.
+    if let Some(uid) = served_by(&stream, &path)
+        && uid != nix::unistd::geteuid().as_raw()
+    {
+        anyhow::bail!(
+            "{} is served by another user (uid {uid}), not by a run of yours; not sending \
+             the command there (remove the file or use another --store)",
+            path.display()
+        );
+    }
     stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(ANSWER_TIMEOUT)))
@@ -422,6 +445,11 @@ pub(crate) fn forward(store: &Path) -> Result<Option<ExitCode>> {
             Err(e) => return Err(e).with_context(|| talk("did not answer")),
         }
         let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
+        // A run writes frames of at most `MAX_FRAME`: a longer length is not one of its
+        // answers, and is not allocated.
+        if len > MAX_FRAME {
+            anyhow::bail!("{}", talk(&format!("sent a frame of {len} bytes")));
+        }
         let mut bytes = vec![0u8; len as usize];
         stream
             .read_exact(&mut bytes)
@@ -440,6 +468,21 @@ pub(crate) fn forward(store: &Path) -> Result<Option<ExitCode>> {
             kind => anyhow::bail!("{}", talk(&format!("sent an unknown answer ({kind})"))),
         }
     }
+}
+
+/// The user id of the process serving `stream` (its peer's credentials where the system gives
+/// them, else the owner of the socket file at `path`); `None` when neither can be read.
+fn served_by(stream: &std::os::unix::net::UnixStream, path: &Path) -> Option<u32> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        if let Ok(peer) = getsockopt(stream, PeerCredentials) {
+            return Some(peer.uid());
+        }
+    }
+    let _ = stream;
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| m.uid())
 }
 
 /// Whether `error` is the run closing the connection.

@@ -334,7 +334,10 @@ impl ContextOptimizer {
         }
     }
 
-    /// Scores the entries, drops duplicates (keeping the always-sent copy, else the best scored;
+    /// Scores the entries, drops duplicates (keeping the always-sent copy, else the copy of the
+    /// category first in priority order — a skill document before a project file before a
+    /// memory, so the copy is named by where it came from — and within one category the best
+    /// scored;
     /// two always-sent items with the same content are both kept, since each names its own
     /// source: two upstream tasks that printed the same text) and those below the relevance
     /// cut-off, and sorts the rest best first.
@@ -665,11 +668,20 @@ impl ContextOptimizer {
     /// the monitor is re-armed, so the next payload sends everything it needs again.
     pub fn compact(&self, session: &str) {
         let state = self.sessions.lock().get(session).cloned();
-        if let Some(state) = state {
-            state.lock().clear();
+        let window = self.config.budget.window.max(1);
+        match state {
+            // Re-armed under the session's lock, as `build` records under it: a build between
+            // the clear and the record would refill the session unseen (no alert), and the
+            // record of 0 after it would leave the monitor below while the session is not.
+            Some(state) => {
+                let mut state = state.lock();
+                state.clear();
+                self.monitor.record(session, 0, window);
+            }
+            None => {
+                self.monitor.record(session, 0, window);
+            }
         }
-        self.monitor
-            .record(session, 0, self.config.budget.window.max(1));
     }
 
     /// Forgets a session entirely (it ended).

@@ -1,10 +1,11 @@
 //! BM25 over one request's candidates, and extractive compression of an item to a token budget.
 
+use rustc_hash::FxHashSet as HashSet;
 use unicode_segmentation::UnicodeSegmentation;
 
 use super::TokenCounter;
 use crate::store::text::{
-    Dictionary, DocTerms, Fields, TermId, analyze_document, analyze_query_known,
+    Dictionary, DocTerms, Fields, TermId, analyze_document, analyze_query_matching,
 };
 
 /// BM25 term-frequency saturation.
@@ -50,12 +51,20 @@ impl Bm25 {
         dictionary: &Dictionary,
         docs: impl Iterator<Item = &'a DocTerms> + Clone,
     ) -> Bm25 {
-        // Only known terms take the query's places: a task text led by ids and paths still
-        // ranks by the words after them.
-        let query_terms: Vec<TermId> = analyze_query_known(query, dictionary)
-            .iter()
-            .filter_map(|term| dictionary.id(term))
+        // Only terms some document of this pool holds take the query's places: a task text
+        // led by ids and paths still ranks by the words after them. (Known to the dictionary is
+        // not enough: it keeps every term of every earlier request, and those took the places
+        // of the words this pool matches.)
+        let pool: HashSet<TermId> = docs
+            .clone()
+            .flat_map(|doc| doc.terms.iter().map(|&(term, _)| term))
             .collect();
+        let query_terms: Vec<TermId> = analyze_query_matching(query, |term| {
+            dictionary.id(term).is_some_and(|id| pool.contains(&id))
+        })
+        .iter()
+        .filter_map(|term| dictionary.id(term))
+        .collect();
         let (mut count, mut total_length) = (0usize, 0.0f32);
         let mut frequencies = vec![0usize; query_terms.len()];
         for doc in docs {

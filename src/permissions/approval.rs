@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{Decision, ToolCall};
+use crate::telemetry::terminal_text::printable;
 
 /// Decides calls the rules left to a person.
 pub trait ApprovalHandler {
@@ -171,7 +172,14 @@ impl ApprovalHandler for TerminalPrompt {
             || "no rule matched".to_string(),
             |r| format!("rule {}[{}] `{}`", r.list, r.index, r.text),
         );
-        let question = format!("Allow {} {}? ({reason}) [y/N] \n", call.tool, call.input);
+        // The input may be built from earlier tools' output: JSON escapes the C0 controls but
+        // not C1 ones (`\u{9b}` starts a sequence on some terminals) or the bidirectional
+        // overrides that would reorder what the person reads.
+        let question = format!(
+            "Allow {}? ({}) [y/N] \n",
+            printable(&format!("{} {}", call.tool, call.input), true),
+            printable(&reason, true)
+        );
         let _one_prompt_at_a_time = lock(&PROMPT_LOCK);
         if ABANDONED.load(Ordering::SeqCst) {
             return false;
@@ -285,6 +293,25 @@ mod tests {
         assert!(
             out.text()
                 .contains("Read {\"file_path\":\"/etc/hosts\"}? (no rule matched)")
+        );
+    }
+
+    /// Text a person would be misled by (a C1 control, a right-to-left override that makes
+    /// `rm` read as something else) is shown escaped; JSON alone leaves both as they are.
+    #[test]
+    fn the_question_escapes_what_would_reorder_or_control_the_terminal() {
+        let out = Shared::default();
+        let prompt = TerminalPrompt::with_io(std::io::Cursor::new("n\n"), out.clone());
+        let call = ToolCall::from_text("Bash", "echo \u{202e}fr- mr\u{202c} \u{9b}31m");
+        assert!(!prompt.approve(&call, &ask_rule()));
+        let question = out.text();
+        assert!(
+            question.contains("echo \\u{202e}fr- mr\\u{202c} \\u{9b}31m"),
+            "{question}"
+        );
+        assert!(
+            !question.contains(['\u{202e}', '\u{202c}', '\u{9b}']),
+            "{question}"
         );
     }
 

@@ -83,10 +83,10 @@ pub const ACES: [f32; 6] = [
 ];
 /// Tone-mapped value whose input defines the brightest HDR-FLIP exposure target.
 pub const HDR_TONEMAP_TARGET: f32 = 0.85;
-/// The largest exposed value HDR-FLIP tone-maps: the ACES curve is clamped to 1 from about 12
-/// on, so capping there changes no result, and it keeps `x * x` finite for any finite pixel
-/// (at about 2e19 it overflowed to inf, inf / inf is NaN, and the NaN made a bad pixel's whole
-/// neighbourhood score as a perfect match).
+/// The largest magnitude of exposed value HDR-FLIP tone-maps (either sign): the ACES curve is
+/// clamped to 1 from about 12 on and below about -0.4, so capping there changes no result, and
+/// it keeps `x * x` finite for any finite pixel (at about ±2e19 it overflowed to inf, inf / inf
+/// is NaN, and the NaN made a bad pixel's whole neighbourhood score as a perfect match).
 pub const HDR_EXPOSED_MAX: f32 = 1.0e4;
 /// SSIM's Gaussian window standard deviation.
 pub const SSIM_SIGMA: f32 = 1.5;

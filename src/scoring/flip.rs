@@ -533,7 +533,7 @@ pub fn tone_map(rgb: &[Plane; 3], exposure: f32) -> [Plane; 3] {
     let scale = exposure.exp2();
     rgb.clone().map(|mut p| {
         p.data.par_iter_mut().for_each(|v| {
-            let x = (*v * scale).min(HDR_EXPOSED_MAX);
+            let x = (*v * scale).clamp(-HDR_EXPOSED_MAX, HDR_EXPOSED_MAX);
             let mapped = (ACES[0] * x * x + ACES[1] * x + ACES[2])
                 / (ACES[3] * x * x + ACES[4] * x + ACES[5]);
             *v = mapped.clamp(0.0, 1.0);

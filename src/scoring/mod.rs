@@ -30,5 +30,5 @@ pub use kernels::{
     KernelSource, MemoryKernelCache, StoreKernelCache, compile, cubin_cached, nvrtc_version,
     parse_ptxas_log,
 };
-pub use scorer::{Backend, Device, Metric, Score, Scorer, ScorerConfig};
+pub use scorer::{Backend, Device, Metric, Score, Scorer, ScorerConfig, check_size};
 pub use ssim::{MSSSIM_MIN_SIDE, PsnrStats, gaussian_window, ms_ssim, psnr, ssim};

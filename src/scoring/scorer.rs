@@ -393,27 +393,37 @@ fn plain(metric: Metric, value: f64, backend: Backend) -> Score {
     }
 }
 
-/// The input checks both paths share, so both report bad input the same way.
-fn validate(metric: Metric, reference: &RgbImage, test: &RgbImage) -> Result<(), ScoreError> {
-    check_pair(reference, test)?;
+/// Whether `image` is large enough for `metric`'s window (SSIM's 11 pixels, MS-SSIM's five
+/// scales); a pair's images have one size, so this is the reference's check for any test image.
+///
+/// # Errors
+/// [`ScoreError::TooSmall`], naming the image and the smallest side the metric takes.
+pub fn check_size(metric: Metric, image: &RgbImage) -> Result<(), ScoreError> {
     let min_side = match metric {
         Metric::Ssim => 2 * SSIM_RADIUS + 1,
         Metric::Msssim => MSSSIM_MIN_SIDE,
         _ => 1,
     };
-    if reference.width() < min_side || reference.height() < min_side {
+    if image.width() < min_side || image.height() < min_side {
         return Err(ScoreError::TooSmall {
-            image: reference.label().to_owned(),
+            image: image.label().to_owned(),
             metric: if metric == Metric::Ssim {
                 "SSIM"
             } else {
                 "MS-SSIM"
             },
-            width: reference.width(),
-            height: reference.height(),
+            width: image.width(),
+            height: image.height(),
             min_side,
         });
     }
+    Ok(())
+}
+
+/// The input checks both paths share, so both report bad input the same way.
+fn validate(metric: Metric, reference: &RgbImage, test: &RgbImage) -> Result<(), ScoreError> {
+    check_pair(reference, test)?;
+    check_size(metric, reference)?;
     if metric == Metric::HdrFlip {
         flip::exposures(reference.label(), &flip::hdr_linear(reference))?;
     }

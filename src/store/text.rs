@@ -400,17 +400,12 @@ pub(crate) fn analyze_query(query: &str) -> Vec<Box<str>> {
     query_terms(query, |_| true)
 }
 
-/// Analyses a query for a search in a store with this dictionary: its first [`MAX_QUERY_TERMS`]
-/// distinct terms that the dictionary knows, in order of first appearance. Unknown terms can
-/// match nothing, so they are skipped while collecting rather than cut afterwards: an error log
-/// whose first hundred words are ids still finds the words after them.
-pub(crate) fn analyze_query_known(query: &str, dictionary: &Dictionary) -> Vec<Box<str>> {
-    query_terms(query, |term| dictionary.id(term).is_some())
-}
-
-/// As [`analyze_query_known`], keeping only the terms `matches`: for a store's search, those
-/// some live memory holds. The dictionary alone keeps the terms of archived, rewritten and
-/// purged memories until the store is reopened, and those would take places in the cut.
+/// Analyses a query into its first [`MAX_QUERY_TERMS`] distinct terms that `matches` keeps, in
+/// order of first appearance: for a store's search, those some live memory holds; for a context
+/// request, those some candidate holds. Terms that can match nothing are skipped while
+/// collecting rather than cut afterwards: an error log whose first hundred words are ids still
+/// finds the words after them. (A dictionary keeps the terms of archived, rewritten and purged
+/// memories, or of earlier requests, and those would take places in the cut.)
 pub(crate) fn analyze_query_matching(
     query: &str,
     matches: impl FnMut(&str) -> bool,
@@ -566,7 +561,7 @@ mod tests {
         let ids: Vec<String> = (0..500).map(|i| format!("id{i}")).collect();
         let query = format!("{} rendering PLASMA plasma", ids.join(" "));
         assert_eq!(
-            analyze_query_known(&query, &dictionary),
+            analyze_query_matching(&query, |term| dictionary.id(term).is_some()),
             vec![Box::<str>::from("render"), Box::from("plasma")]
         );
         assert_eq!(analyze_query(&query).len(), MAX_QUERY_TERMS);

@@ -28,6 +28,7 @@ mod observer;
 #[cfg(feature = "otel")]
 mod otel;
 mod server;
+pub mod terminal_text;
 mod view;
 
 #[cfg(feature = "otel")]

@@ -1,14 +1,14 @@
 //! Text from tools and from the store made safe to print: a tool's stderr in a failure reason,
 //! a memory's content or a lesson's fix may hold terminal control sequences (an escape that
 //! recolours the terminal or sets its title, a carriage return that overwrites what was printed,
-//! a bell) or bidirectional overrides that reorder what is shown. The human output writes them
-//! as escapes instead; `--json` output is JSON-escaped already.
+//! a bell) or bidirectional overrides that reorder what is shown. The binary's human output and
+//! the permission prompt write them as escapes instead; `--json` output is JSON-escaped already.
 
 use std::borrow::Cow;
 
 /// `text` with every control character (and bidirectional override) written as an escape
 /// (`\u{1b}`, `\r`); line breaks and tabs are kept unless `one_line` asks for them escaped too.
-pub(crate) fn printable(text: &str, one_line: bool) -> Cow<'_, str> {
+pub fn printable(text: &str, one_line: bool) -> Cow<'_, str> {
     let unsafe_char = |c: char| {
         (c.is_control() && (one_line || !matches!(c, '\n' | '\t')))
             || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
