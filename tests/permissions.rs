@@ -186,6 +186,45 @@ fn a_deny_rule_is_not_dodged_by_quoting_wrappers_or_computed_names() {
     }
 }
 
+/// An argument the shell computes may be any text: a deny (or ask) rule that some value of it
+/// would match judges the command, which an allow rule would otherwise let through as written.
+#[test]
+fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
+    let e = engine(
+        &["Bash(git *)", "Bash(cat *)", "Bash(echo *)"],
+        &["Bash(git commit --amend*)"],
+        &["Bash(git push *)", "Bash(cat ~/.ssh/*)"],
+    );
+    for dodge in [
+        "git pu${x}sh origin main",
+        "git pu$x origin",
+        "git pu\"$(printf sh)\" origin",
+        "git pu`printf sh`",
+        "git \"pu${empty}sh\"",
+        "timeout 5 git pu${x}sh",
+        "git ${verb}",
+        "cat $HOME/.ssh/id_rsa",
+        "echo ok && git pu${x}sh",
+    ] {
+        assert_eq!(bash(&e, dodge), Verdict::Deny, "{dodge}");
+    }
+    assert_eq!(bash(&e, "git commit --am${x}end"), Verdict::Ask);
+    // No value of the expansion makes a denied command: allowed as before.
+    for fine in [
+        "git status $FLAGS",
+        "git log --oneline -n ${N}",
+        "echo $HOME",
+        "cat notes-$USER.txt",
+        "git pull${x} origin",
+    ] {
+        assert_eq!(bash(&e, fine), Verdict::Allow, "{fine}");
+    }
+    // `$HOME` may be any text, `~/.ssh/x` among them: the deny rule holds it back.
+    assert_eq!(bash(&e, "cat $HOME/notes.txt"), Verdict::Deny);
+    // A computed command name stays asked, not denied.
+    assert_eq!(bash(&e, "$EDITOR notes.txt"), Verdict::Ask);
+}
+
 #[test]
 fn an_allow_rule_is_not_stretched_by_assignments_or_xargs() {
     let e = engine(

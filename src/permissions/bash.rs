@@ -275,6 +275,7 @@ fn plain_simple_command(command: &str) -> Option<Option<CommandPart>> {
         &words[..command_at],
         &words[command_at..],
         &[],
+        &[],
     ))
 }
 
@@ -284,7 +285,9 @@ pub(crate) struct CommandPart {
     /// What deny and ask rules are matched against; a match on any form counts. The first is
     /// the part with its assignments and wrappers stripped, as written (what
     /// [`split_command`] returns); then, where they differ, the same with `env`, `exec` and
-    /// `sudo` stripped too, and both again with quotes and escapes removed.
+    /// `sudo` stripped too, and both again with quotes and escapes removed, and with what the
+    /// shell computes in a word as [`EXPANDED`] (such a form matches a rule when some value of
+    /// those slots would: [`may_match`]).
     pub restrictive: Vec<String>,
     /// What allow rules are matched against: assignments kept unless all are harmless, only
     /// the wrappers that change nothing about what runs stripped, a bare `xargs CMD` as
@@ -1001,11 +1004,14 @@ impl CommandPart {
     /// Builds the forms of a simple command from its leading assignments and its words (as
     /// written), with the value after quote removal of each word where it differs from the
     /// text (`unquoted[i]`; `None`, or a shorter slice, where it does not or the shell
-    /// computes it). `None` when there is nothing to match.
+    /// computes it). `opened[i]`, where given, is the word's value with what the shell computes
+    /// in it as [`EXPANDED`]: deny and ask rules also see that form, matching when some value
+    /// would. `None` when there is nothing to match.
     fn new(
         assignments: &[&str],
         words: &[&str],
         unquoted: &[Option<String>],
+        opened: &[Option<String>],
     ) -> Option<CommandPart> {
         let as_written = |stripped: &[&str]| {
             if stripped.is_empty() {
@@ -1050,6 +1056,21 @@ impl CommandPart {
             .collect();
         if unquoted.iter().any(Option::is_some) {
             add_forms(&values, true);
+        }
+        // `git pu${x}sh`, `git pu"$(printf sh)"`: the arguments the shell computes may be any
+        // text, and a deny rule that some value would match must not be dodged by writing the
+        // command that way. (A computed command name is never allowed already, and asked rather
+        // than denied: every deny rule could match some value of `$EDITOR file`.)
+        let name_computed = strip_wrappers(words, Wrappers::All)
+            .first()
+            .is_some_and(|name| computes_name(name));
+        if !name_computed && opened.iter().any(Option::is_some) {
+            let open: Vec<&str> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| opened.get(i).and_then(Option::as_deref).unwrap_or(v))
+                .collect();
+            add_forms(&open, true);
         }
         // Brace expansion in the arguments (`git push {--force,origin}`, `--force{,}`): deny
         // and ask rules see the words bash will make. One too large to expand, or mixed with
@@ -1121,7 +1142,7 @@ impl CommandPart {
         };
         let spawned = spawned_commands(runs)
             .iter()
-            .filter_map(|command| CommandPart::new(&[], command, &[]))
+            .filter_map(|command| CommandPart::new(&[], command, &[], &[]))
             .collect();
         let evaluates_subscripts = runs.first().is_some_and(|name| {
             SUBSCRIPT_EVALUATING.contains(&name.rsplit('/').next().unwrap_or(name))
@@ -1591,15 +1612,25 @@ impl Walker<'_> {
     }
 
     /// A word's value after quote removal, where it differs from the text and the shell does
-    /// not compute it (no expansion or substitution in it); `None` otherwise.
-    fn unquoted(&self, text: &str) -> Option<String> {
+    /// not compute it (no expansion or substitution in it); and, where the shell computes some
+    /// of it, its value with each expansion or substitution as [`EXPANDED`]. `None` where not.
+    fn values(&self, text: &str) -> (Option<String>, Option<String>) {
         if !text.contains(['\'', '"', '\\', '$', '`', '~']) {
-            return None;
+            return (None, None);
         }
-        let pieces =
-            guarded(|| word::parse(text, &self.options).map_err(|e| e.to_string())).ok()?;
+        let Ok(pieces) = guarded(|| word::parse(text, &self.options).map_err(|e| e.to_string()))
+        else {
+            return (None, None);
+        };
         let mut value = String::new();
-        literal_pieces(&pieces, &mut value).then_some(value)
+        if literal_pieces(&pieces, &mut value) {
+            return (Some(value), None);
+        }
+        let mut opened = String::new();
+        (
+            None,
+            open_pieces(text, &pieces, &mut opened).then_some(opened),
+        )
     }
 
     /// Finds the command substitutions inside one word and splits them too.
@@ -1690,9 +1721,9 @@ impl Walker<'_> {
         for item in simple.suffix.iter().flat_map(|s| s.0.iter()) {
             self.item(item, &mut words)?;
         }
-        let unquoted: Vec<Option<String>> = words.iter().map(|w| self.unquoted(w)).collect();
+        let (unquoted, opened): (Vec<_>, Vec<_>) = words.iter().map(|w| self.values(w)).unzip();
         let assignments: Vec<&str> = rendered_prefix.iter().map(String::as_str).collect();
-        if let Some(mut part) = CommandPart::new(&assignments, &words, &unquoted) {
+        if let Some(mut part) = CommandPart::new(&assignments, &words, &unquoted, &opened) {
             part.evaluates_names |= std::mem::take(&mut self.arithmetic_names);
             self.parts.push(part);
         }
@@ -1766,6 +1797,48 @@ fn literal_pieces(pieces: &[WordPieceWithSource], value: &mut String) -> bool {
         | WordPiece::BackquotedCommandSubstitution(_)
         | WordPiece::ArithmeticExpression(_) => false,
     })
+}
+
+/// Pushes the value of `pieces` onto `value` with [`EXPANDED`] for each expansion or
+/// substitution (a tilde stays as written, as deny rules name it: `~/.ssh`); whether there was
+/// one.
+fn open_pieces(text: &str, pieces: &[WordPieceWithSource], value: &mut String) -> bool {
+    let mut opened = false;
+    for piece in pieces {
+        match &piece.piece {
+            WordPiece::Text(literal) | WordPiece::SingleQuotedText(literal) => {
+                value.push_str(literal);
+            }
+            WordPiece::EscapeSequence(escaped) => {
+                value.push_str(escaped.strip_prefix('\\').unwrap_or(escaped));
+            }
+            WordPiece::DoubleQuotedSequence(inner)
+            | WordPiece::GettextDoubleQuotedSequence(inner) => {
+                opened |= open_pieces(text, inner, value);
+            }
+            WordPiece::AnsiCQuotedText(body) => match decode_ansi_c(body) {
+                Some(decoded) => value.push_str(&decoded),
+                None => {
+                    value.push(EXPANDED);
+                    opened = true;
+                }
+            },
+            WordPiece::TildeExpansion(_) => {
+                value.push_str(text.get(piece.start_index..piece.end_index).unwrap_or("~"));
+            }
+            WordPiece::ParameterExpansion(_)
+            | WordPiece::CommandSubstitution(_)
+            | WordPiece::BackquotedCommandSubstitution(_)
+            | WordPiece::ArithmeticExpression(_) => {
+                // Adjacent slots are one: `$a$b` may be any text, as `$a` may.
+                if !value.ends_with(EXPANDED) {
+                    value.push(EXPANDED);
+                }
+                opened = true;
+            }
+        }
+    }
+    opened
 }
 
 /// The value of an ANSI-C quoted `$'…'` body, as bash decodes it (`\n`, `\t`, `\xHH`, octal
@@ -2105,6 +2178,81 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
     }
 }
 
+/// Stands, in a form deny and ask rules see, for the value of an expansion or substitution
+/// inside a word (`git pu${x}sh`): the shell computes it, so it may be any text. A private-use
+/// character: one written in a command is read as a wildcard too, which only makes deny and
+/// ask rules match more.
+pub(crate) const EXPANDED: char = '\u{e000}';
+
+/// Whether some text a form holding [`EXPANDED`] slots could become (each slot any text) matches
+/// the specifier `spec` (normalised, `*` any run of characters, a trailing ` *` also matching
+/// nothing): how deny and ask rules judge a word the shell computes. `git pu${x}sh` matches
+/// `git push *` (with `x` empty), as does `git pu$x` (with `x` = `sh`).
+pub(crate) fn may_match(spec: &str, form: &str) -> bool {
+    /// Past this many states the question is not worked out: judged a match (deny and ask rules
+    /// are the ones asking, so a form too long to check is held back, not let through).
+    const MAX_STATES: usize = 1 << 24;
+    #[derive(Clone, Copy, PartialEq)]
+    enum Token {
+        Char(char),
+        Any,
+    }
+    let tokens = |text: &str, any: char| -> Vec<Token> {
+        text.chars()
+            .map(|c| if c == any { Token::Any } else { Token::Char(c) })
+            .collect()
+    };
+    let form = tokens(form, EXPANDED);
+    // Whether the two token strings have a text in common: a walk over pairs of positions,
+    // where `Any` may match nothing (a move on its own side) or any one character of the
+    // other side (staying put).
+    let overlap = |pattern: &[Token]| -> bool {
+        let (n, m) = (pattern.len(), form.len());
+        let states = (n + 1).saturating_mul(m + 1);
+        if states > MAX_STATES {
+            return true;
+        }
+        let mut seen = vec![false; states];
+        let mut todo = vec![(0usize, 0usize)];
+        while let Some((i, j)) = todo.pop() {
+            let at = i * (m + 1) + j;
+            if seen[at] {
+                continue;
+            }
+            seen[at] = true;
+            if i == n && j == m {
+                return true;
+            }
+            let (a, b) = (pattern.get(i), form.get(j));
+            if a == Some(&Token::Any) {
+                todo.push((i + 1, j));
+            }
+            if b == Some(&Token::Any) {
+                todo.push((i, j + 1));
+            }
+            match (a, b) {
+                (Some(Token::Char(x)), Some(Token::Char(y))) if x == y => todo.push((i + 1, j + 1)),
+                (Some(Token::Char(_)), Some(Token::Any)) => todo.push((i + 1, j)),
+                (Some(Token::Any), Some(Token::Char(_))) => todo.push((i, j + 1)),
+                _ => {}
+            }
+        }
+        false
+    };
+    // The specifier's own `*` is its wildcard; a literal `*` cannot be written in one.
+    let (body, boundary) = match spec.strip_suffix(" *") {
+        Some(body) => (body, true),
+        None => (spec, false),
+    };
+    let body = tokens(body, '*');
+    overlap(&body)
+        || (boundary && {
+            let mut spaced = body;
+            spaced.extend([Token::Char(' '), Token::Any]);
+            overlap(&spaced)
+        })
+}
+
 /// One compiled Bash specifier.
 #[derive(Debug, Clone)]
 pub(crate) enum BashPattern {
@@ -2146,6 +2294,49 @@ mod tests {
 
     fn split(s: &str) -> Vec<String> {
         split_command(s).unwrap()
+    }
+
+    #[test]
+    fn a_form_with_open_slots_matches_a_specifier_some_value_would_match() {
+        let open = |text: &str| text.replace('@', &EXPANDED.to_string());
+        for (spec, form, matches) in [
+            ("git push *", "git pu@sh origin", true),
+            ("git push *", "git pu@", true),
+            ("git push *", "git pu@sh", true),
+            ("git push *", "git pull@ origin", false),
+            ("git push *", "@", true),
+            ("git push", "git @", true),
+            ("git push", "git push@x", false),
+            ("rm -rf *", "echo @", false),
+            ("* --force*", "git push @", true),
+            ("ls *", "lsof@", false),
+            ("ls *", "ls@", true),
+            ("a*b*c", "@x@", true),
+            ("a*b", "c@", false),
+            ("a*b", "@a", false),
+            ("a*b*c", "a@x@c", true),
+            ("cat ~/.ssh/*", "cat notes-@.txt", false),
+        ] {
+            assert_eq!(may_match(spec, &open(form)), matches, "{spec} ~ {form}");
+        }
+    }
+
+    #[test]
+    fn words_the_shell_computes_are_seen_with_open_slots() {
+        let forms = |command: &str| -> Vec<String> {
+            split_parts(command)
+                .unwrap()
+                .into_iter()
+                .flat_map(|p| p.restrictive)
+                .collect()
+        };
+        let slot = EXPANDED.to_string();
+        assert!(forms("git pu${x}sh origin").contains(&format!("git pu{slot}sh origin")));
+        assert!(forms("git \"a$b$(c)\"d").contains(&format!("git a{slot}d")));
+        assert!(forms("cat ~/x$y").contains(&format!("cat ~/x{slot}")));
+        // Nothing computed, or a computed name: no such form.
+        assert!(forms("git push 'x'").iter().all(|f| !f.contains(EXPANDED)));
+        assert!(forms("$EDITOR x$y").iter().all(|f| !f.contains(EXPANDED)));
     }
 
     /// A guard of its own, so the overrunning parses a test leaves behind

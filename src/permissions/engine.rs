@@ -6,7 +6,7 @@ use std::path::Path;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::RegexSet;
 
-use super::bash::{BashPattern, CommandPart, split_parts};
+use super::bash::{BashPattern, CommandPart, EXPANDED, may_match, split_parts};
 use super::path::{Anchors, anchored_globs, normalise};
 use super::rule::{EDIT_TOOLS, ParsedRule, READ_TOOLS, parse_rule};
 use super::{Decision, DefaultMode, List, MatchedRule, PermissionError, ToolCall, Verdict};
@@ -138,6 +138,8 @@ struct CompiledList {
     bash_exact: HashMap<String, usize>,
     bash_set: RegexSet,
     bash_owner: Vec<usize>,
+    /// Every Bash specifier with its rule's index, for forms holding [`EXPANDED`] slots.
+    bash_specs: Vec<(usize, String)>,
     read: PathSet,
     edit: PathSet,
     web_any: Option<usize>,
@@ -158,6 +160,7 @@ impl CompiledList {
         let mut tools = HashMap::new();
         let (mut bash_any, mut bash_exact, mut bash_res, mut bash_owner) =
             (None, HashMap::new(), Vec::new(), Vec::new());
+        let mut bash_specs = Vec::new();
         let (mut read_any, mut read_globs, mut edit_any, mut edit_globs) =
             (None, Vec::new(), None, Vec::new());
         let (mut web_any, mut web_exact, mut web_suffix) = (None, HashMap::new(), Vec::new());
@@ -166,13 +169,16 @@ impl CompiledList {
             let parsed = parse_rule(text).map_err(|reason| invalid(index, reason))?;
             match parsed {
                 ParsedRule::Bash(None) => bash_any = bash_any.or(Some(index)),
-                ParsedRule::Bash(Some(spec)) => match BashPattern::new(&spec) {
-                    BashPattern::Exact(exact) => first(&mut bash_exact, exact, index),
-                    BashPattern::Wildcard(re) => {
-                        bash_res.push(re);
-                        bash_owner.push(index);
+                ParsedRule::Bash(Some(spec)) => {
+                    match BashPattern::new(&spec) {
+                        BashPattern::Exact(exact) => first(&mut bash_exact, exact, index),
+                        BashPattern::Wildcard(re) => {
+                            bash_res.push(re);
+                            bash_owner.push(index);
+                        }
                     }
-                },
+                    bash_specs.push((index, spec));
+                }
                 ParsedRule::Read(None) => read_any = read_any.or(Some(index)),
                 ParsedRule::Read(Some(spec)) => read_globs.extend(
                     anchored_globs(&spec, anchors)
@@ -211,6 +217,7 @@ impl CompiledList {
             bash_exact,
             bash_set,
             bash_owner,
+            bash_specs,
             read: PathSet::build(read_globs, read_any).map_err(|(i, r)| invalid(i, r))?,
             edit: PathSet::build(edit_globs, edit_any).map_err(|(i, r)| invalid(i, r))?,
             web_any,
@@ -233,6 +240,17 @@ impl CompiledList {
                 .min()
         };
         min_opt(self.bash_any, min_opt(exact, wild))
+    }
+
+    /// The first rule some text of `form` would match, each [`EXPANDED`] slot in it any text.
+    fn bash_open(&self, form: &str) -> Option<usize> {
+        let specific = self
+            .bash_specs
+            .iter()
+            .filter(|(_, spec)| may_match(spec, form))
+            .map(|&(index, _)| index)
+            .min();
+        min_opt(self.bash_any, specific)
     }
 
     fn web(&self, host: Option<&str>) -> Option<usize> {
@@ -492,7 +510,16 @@ impl PermissionEngine {
         // Deny and ask rules see every form of a part (any match counts); allow rules only
         // the form that keeps what stripping would hide (see `bash::CommandPart`).
         let restricted_by = |list: &CompiledList, part: &CommandPart| {
-            part.restrictive.iter().filter_map(|f| list.bash(f)).min()
+            part.restrictive
+                .iter()
+                .filter_map(|form| {
+                    if form.contains(EXPANDED) {
+                        list.bash_open(form)
+                    } else {
+                        list.bash(form)
+                    }
+                })
+                .min()
         };
         let mut first_ask = None;
         let mut unmatched = false;

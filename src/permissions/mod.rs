@@ -25,7 +25,9 @@
 //!   assignments kept unless each sets a harmless variable, and a bare
 //!   `xargs CMD` as `CMD …` (see `bash::CommandPart`). A command name the
 //!   shell computes (an expansion, a glob, `{a,b}`) is never allowed, as
-//!   for a command that cannot be analysed. **Redirections are not part of that text**: `Bash(echo *)`
+//!   for a command that cannot be analysed. An argument it computes may be
+//!   any text: deny and ask rules match the part when some value of it
+//!   would (`git pu${x}sh` is `Bash(git push *)`'s). **Redirections are not part of that text**: `Bash(echo *)`
 //!   also allows `echo x > file` and `echo x >> ~/.bashrc`; the redirection
 //!   target is not checked against `Edit` rules (substitutions inside
 //!   targets, `> $(cmd)`, are split out and checked like any other part). A
