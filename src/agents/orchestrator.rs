@@ -295,6 +295,15 @@ impl RunState {
             output_json: slot.output.as_ref().map(Value::to_string),
             attempt_times: slot.attempt_times,
             result_cache_key: slot.result_cache_key.map(|key| key.as_u128()),
+            fixes_tried: slot
+                .fixes_tried
+                .iter()
+                .map(|&f| u32::try_from(f).unwrap_or(u32::MAX))
+                .collect(),
+            fix_trial: slot
+                .fix_trial
+                .as_ref()
+                .map(|(f, message)| (u32::try_from(*f).unwrap_or(u32::MAX), message.clone())),
         }
     }
 
@@ -448,12 +457,25 @@ impl OrchestratorState {
                         ))
                     })
                 };
+                let task = Arc::clone(&run.plan.tasks[i]);
                 let slot = &mut run.slots[i];
                 slot.attempt = record.attempt.max(1);
                 slot.retries = record.retries;
                 slot.feedback = record.feedback;
                 slot.attempt_times = record.attempt_times;
                 slot.result_cache_key = record.result_cache_key.map(CacheKey::from_u128);
+                // The fixes tried, applied again in the order they were (the plan is the one
+                // the run saved: its hash matched); a task that was trying one goes on with it.
+                let declared = |f: &u32| usize::try_from(*f).ok().filter(|&f| f < task.fixes.len());
+                slot.fixes_tried = record.fixes_tried.iter().filter_map(declared).collect();
+                slot.fixed_args = (!slot.fixes_tried.is_empty()).then(|| {
+                    slot.fixes_tried
+                        .iter()
+                        .fold(task.args.clone(), |args, &f| task.fixes[f].apply(&args))
+                });
+                slot.fix_trial = record
+                    .fix_trial
+                    .and_then(|(f, message)| declared(&f).map(|f| (f, message)));
                 match record.state {
                     TaskState::Complete => {
                         slot.output = output()?;

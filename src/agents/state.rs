@@ -219,7 +219,8 @@ impl From<RunRecordV2> for RunRecord {
 enum StoredTask {
     V1(TaskRecordV1),
     V2(TaskRecordV2),
-    V3(TaskRecord),
+    V3(TaskRecordV3),
+    V4(TaskRecord),
 }
 
 /// How long a task's attempts took, each from its dispatch to its verdict (context, tool call
@@ -259,6 +260,43 @@ pub(crate) struct TaskRecord {
     /// compensation drops that entry, or a later run would be handed the undone result without
     /// the call's effect.
     pub result_cache_key: Option<u128>,
+    /// The declared fixes tried so far, by index in the task's `fixes`, in the order tried: a
+    /// resume applies them again to the task's args, so a task that was trying a fix when the
+    /// process stopped is not run again without it.
+    pub fixes_tried: Vec<u32>,
+    /// The fix the attempt in flight was trying, and the failure it answers (its lesson is
+    /// recorded once the outcome is known).
+    pub fix_trial: Option<(u32, String)>,
+}
+
+/// A task as persisted before its fixes were kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct TaskRecordV3 {
+    pub state: TaskState,
+    pub attempt: u32,
+    pub retries: u32,
+    pub feedback: String,
+    pub reason: Option<String>,
+    pub output_json: Option<String>,
+    pub attempt_times: AttemptTimes,
+    pub result_cache_key: Option<u128>,
+}
+
+impl From<TaskRecordV3> for TaskRecord {
+    fn from(old: TaskRecordV3) -> Self {
+        TaskRecord {
+            state: old.state,
+            attempt: old.attempt,
+            retries: old.retries,
+            feedback: old.feedback,
+            reason: old.reason,
+            output_json: old.output_json,
+            attempt_times: old.attempt_times,
+            result_cache_key: old.result_cache_key,
+            fixes_tried: Vec::new(),
+            fix_trial: None,
+        }
+    }
 }
 
 /// A task's saved output (its record's `output_json`), parsed. Unreadable JSON is an error
@@ -287,7 +325,7 @@ impl From<TaskRecordV1> for TaskRecord {
 
 impl From<TaskRecordV2> for TaskRecord {
     fn from(old: TaskRecordV2) -> Self {
-        TaskRecord {
+        TaskRecordV3 {
             state: old.state,
             attempt: old.attempt,
             retries: old.retries,
@@ -297,6 +335,7 @@ impl From<TaskRecordV2> for TaskRecord {
             attempt_times: old.attempt_times,
             result_cache_key: None,
         }
+        .into()
     }
 }
 
@@ -349,7 +388,7 @@ pub(crate) fn decode_run(id: &str, bytes: &[u8]) -> Result<RunRecord, StoreError
 }
 
 pub(crate) fn encode_task(record: &TaskRecord) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(&StoredTask::V3(record.clone())).map_err(|e| codec_error("encode task", e))
+    postcard::to_stdvec(&StoredTask::V4(record.clone())).map_err(|e| codec_error("encode task", e))
 }
 
 /// Every run in the store, `(run id, record)`, oldest first (ids sort by time).
@@ -397,7 +436,8 @@ fn decode_task(run_id: &str, task: &str, bytes: &[u8]) -> Result<TaskRecord, Sto
     match postcard::from_bytes::<StoredTask>(bytes) {
         Ok(StoredTask::V1(old)) => Ok(old.into()),
         Ok(StoredTask::V2(old)) => Ok(old.into()),
-        Ok(StoredTask::V3(record)) => Ok(record),
+        Ok(StoredTask::V3(old)) => Ok(old.into()),
+        Ok(StoredTask::V4(record)) => Ok(record),
         Err(e) => Err(codec_error(
             &format!("decode task {task} of run {run_id}"),
             e,
@@ -587,6 +627,8 @@ mod tests {
             output_json: None,
             attempt_times: AttemptTimes::default(),
             result_cache_key: None,
+            fixes_tried: Vec::new(),
+            fix_trial: None,
         };
         store
             .put_run_records(vec![
@@ -608,6 +650,81 @@ mod tests {
                 if run_id == "r" && reason.contains("saved output of task a is not JSON")),
             "{error}"
         );
+        runtime.shutdown().await;
+    }
+
+    /// A task that was trying a declared fix when the process stopped goes on with the fix on
+    /// resume: it used to run with its args as written again (and then apply the fix anew).
+    #[tokio::test]
+    async fn a_resume_during_a_fix_trial_runs_the_task_with_the_fix() {
+        use crate::agents::{ActorsConfig, RunOptions, RunStatus, Runtime, RuntimeOptions};
+        use crate::session::{NativeRegistry, PoolDef, PoolKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("store.redb"),
+            crate::store::StoreConfig::default(),
+        )
+        .unwrap();
+        let mut actors = ActorsConfig::embedded().unwrap();
+        actors
+            .executor
+            .pools
+            .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
+        let modes = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+        let mut natives = NativeRegistry::new();
+        let seen = std::sync::Arc::clone(&modes);
+        natives.register("render", move |args: Value| {
+            let mode = args["mode"].as_str().unwrap_or("").to_owned();
+            seen.lock().push(mode.clone());
+            async move {
+                if mode == "safe" {
+                    Ok(serde_json::json!({ "mode": mode }))
+                } else {
+                    Err("the renderer needs a fix".to_owned())
+                }
+            }
+        });
+        let mut options = RuntimeOptions::new(store.clone(), actors);
+        options.natives = natives;
+        let runtime = Runtime::start(options).await.unwrap();
+        let plan = crate::plan::Plan::from_toml(
+            "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.render\"\n\
+             args = { mode = \"fast\" }\n\
+             fixes = [{ when = \"needs a fix\", args = { mode = \"safe\" } }]\n",
+            "p.toml",
+        )
+        .unwrap();
+        let run = RunOptions {
+            run_id: Some("r".to_owned()),
+            plan_hash: "h".to_owned(),
+            base_dir: dir.path().to_path_buf(),
+            ..RunOptions::default()
+        };
+        let report = runtime.run(plan.clone(), run.clone()).await.unwrap();
+        assert_eq!(report.status, RunStatus::Complete);
+        assert_eq!(*modes.lock(), ["fast", "safe"]);
+        // `a` as the fix trial's dispatch saved it, the process stopping before its verdict.
+        let (_, mut record) = load_tasks(&store, "r")
+            .unwrap()
+            .into_iter()
+            .find(|(id, _)| id == "a")
+            .unwrap();
+        assert_eq!(record.fixes_tried, [0]);
+        record.state = TaskState::Running;
+        record.output_json = None;
+        record.fix_trial = Some((0, "the renderer needs a fix".to_owned()));
+        store
+            .put_run_records(vec![(task_key("r", "a"), encode_task(&record).unwrap())])
+            .await
+            .unwrap();
+        modes.lock().clear();
+        let resume = RunOptions {
+            resume: true,
+            ..run
+        };
+        let report = runtime.run(plan, resume).await.unwrap();
+        assert_eq!(report.status, RunStatus::Complete);
+        assert_eq!(*modes.lock(), ["safe"]);
         runtime.shutdown().await;
     }
 
@@ -656,7 +773,7 @@ mod tests {
     }
 
     #[test]
-    fn older_task_records_read_with_no_attempt_times_and_no_cache_key() {
+    fn older_task_records_read_with_no_attempt_times_cache_key_or_fixes() {
         let old = TaskRecordV1 {
             state: TaskState::Complete,
             attempt: 2,
@@ -695,8 +812,24 @@ mod tests {
         let read = decode_task("r", "t", &bytes).unwrap();
         assert_eq!(read.attempt_times, times);
         assert_eq!(read.result_cache_key, None);
-        let current = TaskRecord {
+        // The third version reads with no fixes tried.
+        let third = TaskRecordV3 {
+            state: read.state,
+            attempt: read.attempt,
+            retries: read.retries,
+            feedback: read.feedback.clone(),
+            reason: None,
+            output_json: read.output_json.clone(),
+            attempt_times: times,
             result_cache_key: Some(u128::MAX - 7),
+        };
+        let bytes = postcard::to_stdvec(&StoredTask::V3(third)).unwrap();
+        let read = decode_task("r", "t", &bytes).unwrap();
+        assert_eq!(read.result_cache_key, Some(u128::MAX - 7));
+        assert_eq!((read.fixes_tried.len(), read.fix_trial.clone()), (0, None));
+        let current = TaskRecord {
+            fixes_tried: vec![1, 0],
+            fix_trial: Some((0, "render timed out".into())),
             ..read
         };
         let bytes = encode_task(&current).unwrap();
