@@ -223,6 +223,55 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
     assert_eq!(bash(&e, "cat $HOME/notes.txt"), Verdict::Deny);
     // A computed command name stays asked, not denied.
     assert_eq!(bash(&e, "$EDITOR notes.txt"), Verdict::Ask);
+    // An unquoted expansion that is a whole word may vanish with its space.
+    let exact = engine(
+        &["Bash(git *)", "Bash(rm *)"],
+        &[],
+        &["Bash(git push)", "Bash(rm -rf /)"],
+    );
+    for dodge in ["git push $x", "rm $x -rf /", "rm -rf $(true) /"] {
+        assert_eq!(bash(&exact, dodge), Verdict::Deny, "{dodge}");
+    }
+    assert_eq!(bash(&exact, "git push \"$x\""), Verdict::Allow);
+    // What `xargs` and `find -exec` start is judged with its computed arguments open, and what
+    // `xargs` adds from its input may be anything.
+    let spawning = engine(
+        &[
+            "Bash(git *)",
+            "Bash(xargs *)",
+            "Bash(find *)",
+            "Bash(echo *)",
+        ],
+        &[],
+        &["Bash(git push *)"],
+    );
+    for dodge in [
+        "xargs -n1 git pu${x}sh",
+        "find . -maxdepth 0 -exec git pu$x origin \\;",
+        "echo push | xargs git",
+        "echo origin | xargs -n1 git push",
+    ] {
+        assert_eq!(bash(&spawning, dodge), Verdict::Deny, "{dodge}");
+    }
+    assert_eq!(
+        bash(&spawning, "echo x | xargs git log -n1"),
+        Verdict::Allow
+    );
+    // Tildes other than the home folder are other folders.
+    let tilde = engine(&["Bash(rm *)", "Bash(cd *)"], &[], &["Bash(rm -rf /*)"]);
+    assert_eq!(bash(&tilde, "cd / && rm -rf ~+"), Verdict::Deny);
+    assert_eq!(bash(&tilde, "rm -rf ~/build"), Verdict::Allow);
+    // A rule that does not name its command is not matched through an expansion: every
+    // command with one would be denied by it.
+    let unanchored = engine(
+        &["Bash(echo *)", "Bash(ls *)"],
+        &[],
+        &["Bash(*LD_PRELOAD*)"],
+    );
+    for fine in ["echo $HOME", "ls \"$TMPDIR\""] {
+        assert_eq!(bash(&unanchored, fine), Verdict::Allow, "{fine}");
+    }
+    assert_eq!(bash(&unanchored, "LD_PRELOAD=x.so ls"), Verdict::Deny);
 }
 
 #[test]

@@ -328,8 +328,15 @@ fn assemble(
                         &preserved_session,
                         &snapshot,
                     ));
-                    // Not stored: the next snapshot of the run tries these texts again.
-                    if stored.is_err() {
+                    // Not committed (nothing of the batch was): the next snapshot of the run
+                    // tries these texts again. A refused item is not given back: the items
+                    // before it were stored, and it would be refused again.
+                    if let Err(crate::context::ContextError::Store(
+                        crate::store::StoreError::Database { .. }
+                        | crate::store::StoreError::Closed
+                        | crate::store::StoreError::NotWritable { .. },
+                    )) = &stored
+                    {
                         claimed.release(&namespace, snapshot.iter().map(|i| i.text.as_str()));
                     }
                     stored

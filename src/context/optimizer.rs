@@ -20,12 +20,39 @@ use crate::store::text::{Dictionary, DocTerms};
 /// A compressed item smaller than this is not worth sending (except for critical items).
 const MIN_COMPRESSED_TOKENS: usize = 32;
 
+/// Terms the optimizer's dictionary may hold before it starts again from the skills' alone:
+/// every request adds the words of its candidates (tool output full of ids and hashes adds
+/// thousands), and a long-lived runtime would keep them all. About 80 MB at the limit.
+const MAX_DICTIONARY_TERMS: usize = 1 << 20;
+
+/// The term dictionary and the skills' terms in it: replaced together, so a build's terms all
+/// come from one dictionary.
+#[derive(Debug)]
+struct Vocabulary {
+    dictionary: Dictionary,
+    /// Each skill's terms, in the order of [`ContextOptimizer::skills`].
+    skill_terms: Vec<DocTerms>,
+}
+
+impl Vocabulary {
+    fn of(skills: &[Skill]) -> Vocabulary {
+        let dictionary = Dictionary::default();
+        let skill_terms = skills
+            .iter()
+            .map(|skill| analyze(&skill.text, &dictionary))
+            .collect();
+        Vocabulary {
+            dictionary,
+            skill_terms,
+        }
+    }
+}
+
 /// A skill document loaded from the skills folder.
 #[derive(Debug)]
 struct Skill {
     source: String,
     text: String,
-    terms: DocTerms,
     hash: u64,
     /// Tokens of the skill as rendered, heading included (counted once, at load).
     tokens: usize,
@@ -98,7 +125,9 @@ struct Entry<'a> {
 pub struct ContextOptimizer {
     config: ContextConfig,
     counter: Arc<dyn TokenCounter>,
-    dictionary: Dictionary,
+    vocabulary: parking_lot::RwLock<Arc<Vocabulary>>,
+    /// [`MAX_DICTIONARY_TERMS`], lower in tests.
+    max_terms: usize,
     skills: Vec<Skill>,
     sessions: Mutex<HashMap<String, Arc<Mutex<SessionState>>>>,
     monitor: ContextMonitor,
@@ -123,7 +152,6 @@ impl ContextOptimizer {
         counter: Arc<dyn TokenCounter>,
     ) -> Result<(Self, Vec<String>), ContextError> {
         config.validate()?;
-        let dictionary = Dictionary::default();
         let mut warnings = Vec::new();
         let mut skills = Vec::new();
         if let Some(dir) = &config.skills_dir {
@@ -149,7 +177,6 @@ impl ContextOptimizer {
                     overhead: item_overhead(counter.as_ref(), &source),
                     tokens: rendered_item_tokens(counter.as_ref(), &source, &text),
                     source,
-                    terms: analyze(&text, &dictionary),
                     hash: content_hash(&text),
                     text,
                     modified,
@@ -164,7 +191,8 @@ impl ContextOptimizer {
             ContextOptimizer {
                 config,
                 counter,
-                dictionary,
+                vocabulary: parking_lot::RwLock::new(Arc::new(Vocabulary::of(&skills))),
+                max_terms: MAX_DICTIONARY_TERMS,
                 skills,
                 sessions: Mutex::new(HashMap::new()),
                 monitor,
@@ -203,6 +231,20 @@ impl ContextOptimizer {
         &self.monitor
     }
 
+    /// The dictionary and skills' terms a build uses, started again from the skills' alone once
+    /// it holds more than `max_terms` terms (builds under way keep the one they took).
+    fn vocabulary(&self) -> Arc<Vocabulary> {
+        let current = Arc::clone(&self.vocabulary.read());
+        if current.dictionary.len() <= self.max_terms {
+            return current;
+        }
+        let mut vocabulary = self.vocabulary.write();
+        if vocabulary.dictionary.len() > self.max_terms {
+            *vocabulary = Arc::new(Vocabulary::of(&self.skills));
+        }
+        Arc::clone(&vocabulary)
+    }
+
     fn session(&self, session: &str) -> Arc<Mutex<SessionState>> {
         self.sessions
             .lock()
@@ -217,6 +259,8 @@ impl ContextOptimizer {
     pub fn build(&self, request: &ContextRequest) -> ContextPayload {
         let mut warnings = Vec::new();
         let now = SystemTime::now();
+        let vocabulary = self.vocabulary();
+        let dictionary = &vocabulary.dictionary;
 
         let files: Vec<(String, String, Duration)> = request
             .project_files
@@ -240,6 +284,7 @@ impl ContextOptimizer {
         let mut entries: Vec<Entry<'_>> = Vec::new();
         for (id, output) in &request.upstream {
             entries.push(self.entry(
+                dictionary,
                 Category::Critical,
                 Cow::Owned(format!("task:{id}")),
                 output,
@@ -250,6 +295,7 @@ impl ContextOptimizer {
         }
         for (source, text, age) in &files {
             entries.push(self.entry(
+                dictionary,
                 Category::Project,
                 Cow::Borrowed(source),
                 text,
@@ -260,6 +306,7 @@ impl ContextOptimizer {
         }
         for candidate in &request.memories {
             entries.push(self.entry(
+                dictionary,
                 candidate.category,
                 Cow::Borrowed(&candidate.source),
                 &candidate.text,
@@ -273,12 +320,12 @@ impl ContextOptimizer {
                 false,
             ));
         }
-        for skill in &self.skills {
+        for (skill, terms) in self.skills.iter().zip(&vocabulary.skill_terms) {
             entries.push(Entry {
                 category: Category::Skills,
                 source: Cow::Borrowed(&skill.source),
                 text: &skill.text,
-                terms: Cow::Borrowed(&skill.terms),
+                terms: Cow::Borrowed(terms),
                 hash: skill.hash,
                 importance: 0.5,
                 age: now.duration_since(skill.modified).unwrap_or_default(),
@@ -291,7 +338,7 @@ impl ContextOptimizer {
 
         let bm25 = Bm25::new(
             &request.query,
-            &self.dictionary,
+            dictionary,
             entries.iter().map(|e| e.terms.as_ref()),
         );
         let entries = self.rank(entries, &bm25);
@@ -310,8 +357,10 @@ impl ContextOptimizer {
         payload
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn entry<'a>(
         &self,
+        dictionary: &Dictionary,
         category: Category,
         source: Cow<'a, str>,
         text: &'a str,
@@ -323,7 +372,7 @@ impl ContextOptimizer {
             category,
             source,
             text,
-            terms: Cow::Owned(analyze(text, &self.dictionary)),
+            terms: Cow::Owned(analyze(text, dictionary)),
             hash: content_hash(text),
             importance,
             age,
@@ -341,7 +390,7 @@ impl ContextOptimizer {
     /// two always-sent items with the same content are both kept, since each names its own
     /// source: two upstream tasks that printed the same text) and those below the relevance
     /// cut-off, and sorts the rest best first.
-    fn rank<'a>(&self, mut entries: Vec<Entry<'a>>, bm25: &Bm25) -> Vec<Entry<'a>> {
+    fn rank<'a>(&self, mut entries: Vec<Entry<'a>>, bm25: &Bm25<'_>) -> Vec<Entry<'a>> {
         let ranking = &self.config.ranking;
         let relevance: Vec<f64> = entries
             .iter()
@@ -392,7 +441,7 @@ impl ContextOptimizer {
     fn pack(
         &self,
         entries: Vec<Entry<'_>>,
-        bm25: &Bm25,
+        bm25: &Bm25<'_>,
         state: &mut SessionState,
         warnings: &mut Vec<String>,
     ) -> ContextPayload {
@@ -633,7 +682,7 @@ impl ContextOptimizer {
 
     /// The entry's text compressed so that, rendered with its heading, it costs at most
     /// `budget` tokens; with that cost.
-    fn fit(&self, entry: &Entry<'_>, budget: usize, bm25: &Bm25) -> Option<(String, usize)> {
+    fn fit(&self, entry: &Entry<'_>, budget: usize, bm25: &Bm25<'_>) -> Option<(String, usize)> {
         let counter = self.counter.as_ref();
         let overhead = match entry.overhead {
             0 => item_overhead(counter, &entry.source),
@@ -641,7 +690,7 @@ impl ContextOptimizer {
         };
         let mut room = budget.checked_sub(overhead)?;
         loop {
-            let text = compress(entry.text, room, bm25, &self.dictionary, counter)?;
+            let text = compress(entry.text, room, bm25, counter)?;
             let sent = rendered_item_tokens(counter, &entry.source, &text);
             if sent <= budget {
                 return Some((text, sent));
@@ -797,5 +846,59 @@ fn read_limited(
             ));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::context::{BudgetConfig, CalibratedCounter};
+
+    /// Past its limit the dictionary starts again from the skills' terms: the words of earlier
+    /// requests are not kept for ever, and skills still rank by the new dictionary's ids.
+    #[test]
+    fn the_dictionary_starts_again_from_the_skills_past_its_limit() {
+        let skills = tempfile::tempdir().unwrap();
+        std::fs::write(
+            skills.path().join("bloom.md"),
+            "Plasma renders need the bloom pass before tone mapping.",
+        )
+        .unwrap();
+        let config = ContextConfig {
+            skills_dir: Some(skills.path().to_path_buf()),
+            budget: BudgetConfig {
+                window: 4_000,
+                ..BudgetConfig::default()
+            },
+            ..ContextConfig::default()
+        };
+        let counter = Arc::new(CalibratedCounter::with_chars_per_token(4.0).unwrap());
+        let (mut optimizer, _) = ContextOptimizer::new(config, counter).unwrap();
+        optimizer.max_terms = 100;
+        let ids: Vec<String> = (0..300).map(|i| format!("id{i}x")).collect();
+        let noisy = Candidate {
+            category: Category::General,
+            source: "memory:ids".to_owned(),
+            text: ids.join(" "),
+            importance: 0.5,
+            age: Duration::from_secs(60),
+        };
+        let first = ContextRequest {
+            session: "first".to_owned(),
+            query: "id1x".to_owned(),
+            memories: vec![noisy],
+            ..ContextRequest::default()
+        };
+        optimizer.build(&first);
+        assert!(optimizer.vocabulary.read().dictionary.len() > 300);
+        let second = ContextRequest {
+            session: "second".to_owned(),
+            query: "render the plasma with bloom".to_owned(),
+            ..ContextRequest::default()
+        };
+        let payload = optimizer.build(&second);
+        assert!(optimizer.vocabulary.read().dictionary.len() < 100);
+        assert_eq!(payload.items[0].source, "skill:bloom.md", "{payload:?}");
     }
 }

@@ -38,19 +38,21 @@ fn term_frequency(doc: &DocTerms, term: TermId) -> f32 {
 
 /// BM25 scoring of documents against one query, with the statistics of one pool of documents.
 #[derive(Debug)]
-pub(super) struct Bm25 {
+pub(super) struct Bm25<'d> {
     /// The query's terms that occur in the pool, with their IDF.
     terms: Vec<(TermId, f32)>,
     average_length: f32,
+    /// The dictionary the pool's terms were given ids by (sentences are analysed with it).
+    dictionary: &'d Dictionary,
 }
 
-impl Bm25 {
+impl<'d> Bm25<'d> {
     /// Statistics of `docs` for the terms of `query`.
     pub fn new<'a>(
         query: &str,
-        dictionary: &Dictionary,
+        dictionary: &'d Dictionary,
         docs: impl Iterator<Item = &'a DocTerms> + Clone,
-    ) -> Bm25 {
+    ) -> Bm25<'d> {
         // Only terms some document of this pool holds take the query's places: a task text
         // led by ids and paths still ranks by the words after them. (Known to the dictionary is
         // not enough: it keeps every term of every earlier request, and those took the places
@@ -88,6 +90,7 @@ impl Bm25 {
             .collect();
         Bm25 {
             terms,
+            dictionary,
             average_length: if count == 0 {
                 1.0
             } else {
@@ -130,10 +133,10 @@ impl Bm25 {
 pub(super) fn compress(
     text: &str,
     budget: usize,
-    bm25: &Bm25,
-    dictionary: &Dictionary,
+    bm25: &Bm25<'_>,
     counter: &dyn TokenCounter,
 ) -> Option<String> {
+    let dictionary = bm25.dictionary;
     if budget == 0 {
         return None;
     }

@@ -258,6 +258,16 @@ fn plain_simple_command(command: &str) -> Option<Option<CommandPart>> {
     if !command.chars().all(plain) {
         return None;
     }
+    // `~user`, `~+`, `~-`, `~2` name folders the shell computes (only `~` and `~/…` are kept as
+    // written): the parser sees those.
+    if command.match_indices('~').any(|(at, _)| {
+        !matches!(
+            command[at + 1..].chars().next(),
+            None | Some('/' | ' ' | '\t')
+        )
+    }) {
+        return None;
+    }
     let words: Vec<&str> = command.split_whitespace().collect();
     let command_at = words
         .iter()
@@ -294,7 +304,8 @@ pub(crate) struct CommandPart {
     /// `CMD …`.
     pub permissive: String,
     /// The command name is computed by the shell (an expansion, a glob or a brace expansion
-    /// in it), so no rule can say what runs: never allowed.
+    /// in it), or the arguments it computes are too long to judge slot by slot
+    /// ([`MAX_OPEN_FORM_CHARS`]), so no rule can say what runs: never allowed.
     pub dynamic_name: bool,
     /// The script the part hands to another shell (`bash -c SCRIPT`, `sh -ec SCRIPT`, `eval
     /// WORDS`, `env -S STRING`), after quote removal: deny and ask rules judge its commands
@@ -1064,13 +1075,19 @@ impl CommandPart {
         let name_computed = strip_wrappers(words, Wrappers::All)
             .first()
             .is_some_and(|name| computes_name(name));
-        if !name_computed && opened.iter().any(Option::is_some) {
-            let open: Vec<&str> = values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| opened.get(i).and_then(Option::as_deref).unwrap_or(v))
-                .collect();
-            add_forms(&open, true);
+        let open: Option<Vec<&str>> =
+            (!name_computed && opened.iter().any(Option::is_some)).then(|| {
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| opened.get(i).and_then(Option::as_deref).unwrap_or(v))
+                    .collect()
+            });
+        let open_too_long = open.as_ref().is_some_and(|open| {
+            open.iter().map(|w| w.chars().count() + 1).sum::<usize>() > MAX_OPEN_FORM_CHARS
+        });
+        if let Some(open) = open.as_deref().filter(|_| !open_too_long) {
+            add_forms(open, true);
         }
         // Brace expansion in the arguments (`git push {--force,origin}`, `--force{,}`): deny
         // and ask rules see the words bash will make. One too large to expand, or mixed with
@@ -1140,10 +1157,47 @@ impl CommandPart {
             HandedScript::Inline(script) => (Some(script), false),
             HandedScript::Unseen => (None, true),
         };
-        let spawned = spawned_commands(runs)
+        // Also with the arguments the shell computes open (`xargs git pu$x`), and with what
+        // `xargs` adds after its command (its input: `echo push | xargs git` runs `git push`)
+        // as a vanishing slot; a started command whose name is open is judged as computed by
+        // the part written from its values.
+        let mut spawned: Vec<CommandPart> = spawned_commands(runs)
             .iter()
             .filter_map(|command| CommandPart::new(&[], command, &[], &[]))
             .collect();
+        let vanishing = VANISHING.to_string();
+        let written = expanded.as_deref().unwrap_or(&values);
+        let open_written = open.as_deref().filter(|_| !open_too_long);
+        for (base, from_values) in [(Some(written), true), (open_written, false)] {
+            let Some(base) = base else {
+                continue;
+            };
+            let all = strip_wrappers(base, Wrappers::All);
+            let is_xargs = |word: Option<&&str>| {
+                word.is_some_and(|name| name.rsplit('/').next() == Some("xargs"))
+            };
+            let mut commands: Vec<(Vec<&str>, bool)> = spawned_commands(all)
+                .into_iter()
+                .map(|command| (command, is_xargs(all.first())))
+                .collect();
+            // A bare `xargs` is stripped as a wrapper: what is left takes its input.
+            if base.len() > all.len() && is_xargs(base.get(base.len() - all.len() - 1)) {
+                commands.push((all.to_vec(), true));
+            }
+            for (mut command, adds_input) in commands {
+                if command
+                    .first()
+                    .is_none_or(|name| name.contains([EXPANDED, VANISHING]))
+                    || (from_values && !adds_input)
+                {
+                    continue;
+                }
+                if adds_input {
+                    command.push(&vanishing);
+                }
+                spawned.extend(CommandPart::new(&[], &command, &[], &[]));
+            }
+        }
         let evaluates_subscripts = runs.first().is_some_and(|name| {
             SUBSCRIPT_EVALUATING.contains(&name.rsplit('/').next().unwrap_or(name))
         });
@@ -1203,9 +1257,8 @@ impl CommandPart {
         };
         // The name after every wrapper too: `env {touch,x}`, `exec $CMD` run a computed name.
         let dynamic_name = command.first().is_some_and(|name| computes_name(name))
-            || strip_wrappers(words, Wrappers::All)
-                .first()
-                .is_some_and(|name| computes_name(name));
+            || name_computed
+            || open_too_long;
         Some(CommandPart {
             restrictive,
             permissive,
@@ -1626,6 +1679,18 @@ impl Walker<'_> {
         if literal_pieces(&pieces, &mut value) {
             return (Some(value), None);
         }
+        // One unquoted expansion is the whole word: empty, bash drops the word.
+        if let [piece] = pieces.as_slice()
+            && matches!(
+                piece.piece,
+                WordPiece::ParameterExpansion(_)
+                    | WordPiece::CommandSubstitution(_)
+                    | WordPiece::BackquotedCommandSubstitution(_)
+                    | WordPiece::ArithmeticExpression(_)
+            )
+        {
+            return (None, Some(VANISHING.to_string()));
+        }
         let mut opened = String::new();
         (
             None,
@@ -1800,8 +1865,8 @@ fn literal_pieces(pieces: &[WordPieceWithSource], value: &mut String) -> bool {
 }
 
 /// Pushes the value of `pieces` onto `value` with [`EXPANDED`] for each expansion or
-/// substitution (a tilde stays as written, as deny rules name it: `~/.ssh`); whether there was
-/// one.
+/// substitution (a plain `~` stays as written, as deny rules name it: `~/.ssh`); whether there
+/// was one.
 fn open_pieces(text: &str, pieces: &[WordPieceWithSource], value: &mut String) -> bool {
     let mut opened = false;
     for piece in pieces {
@@ -1823,8 +1888,18 @@ fn open_pieces(text: &str, pieces: &[WordPieceWithSource], value: &mut String) -
                     opened = true;
                 }
             },
+            // `~` is the home folder, as deny rules name it (`~/.ssh`); `~+`, `~-`, `~2` and
+            // `~user` are other folders (`$PWD`, `$OLDPWD`, the stack, a user's home).
+            WordPiece::TildeExpansion(_)
+                if text.get(piece.start_index..piece.end_index) == Some("~") =>
+            {
+                value.push('~');
+            }
             WordPiece::TildeExpansion(_) => {
-                value.push_str(text.get(piece.start_index..piece.end_index).unwrap_or("~"));
+                if !value.ends_with(EXPANDED) {
+                    value.push(EXPANDED);
+                }
+                opened = true;
             }
             WordPiece::ParameterExpansion(_)
             | WordPiece::CommandSubstitution(_)
@@ -2184,28 +2259,66 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
 /// ask rules match more.
 pub(crate) const EXPANDED: char = '\u{e000}';
 
-/// Whether some text a form holding [`EXPANDED`] slots could become (each slot any text) matches
+/// As [`EXPANDED`], for a word that is one unquoted expansion (`git push $x`): it may also
+/// vanish, its space with it (an empty `$x` runs `git push`), as the arguments `xargs` adds
+/// after its command may.
+pub(crate) const VANISHING: char = '\u{e001}';
+
+/// Open forms longer than this (in characters) are not judged slot by slot: the part is never
+/// allowed instead (see [`CommandPart::dynamic_name`]).
+const MAX_OPEN_FORM_CHARS: usize = 8 << 10;
+
+/// Whether some text a form holding [`EXPANDED`] and [`VANISHING`] slots could become matches
 /// the specifier `spec` (normalised, `*` any run of characters, a trailing ` *` also matching
-/// nothing): how deny and ask rules judge a word the shell computes. `git pu${x}sh` matches
-/// `git push *` (with `x` empty), as does `git pu$x` (with `x` = `sh`).
+/// nothing): how deny and ask rules judge arguments the shell computes. `git pu${x}sh` matches
+/// `git push *` (with `x` empty), as does `git pu$x` (with `x` = `sh`). A specifier that does
+/// not name its command (`*LD_PRELOAD*`, `* --force*`) is not judged this way: some value of
+/// any expansion would match it, and `echo $HOME` would be denied by it.
 pub(crate) fn may_match(spec: &str, form: &str) -> bool {
-    /// Past this many states the question is not worked out: judged a match (deny and ask rules
-    /// are the ones asking, so a form too long to check is held back, not let through).
+    /// Past this many states the question is not worked out: judged a match (a form is at
+    /// most [`MAX_OPEN_FORM_CHARS`] long, so only a specifier of thousands of characters gets
+    /// here).
     const MAX_STATES: usize = 1 << 24;
     #[derive(Clone, Copy, PartialEq)]
     enum Token {
         Char(char),
         Any,
+        /// Any text, or nothing together with the space before it.
+        Vanishing,
     }
-    let tokens = |text: &str, any: char| -> Vec<Token> {
-        text.chars()
-            .map(|c| if c == any { Token::Any } else { Token::Char(c) })
-            .collect()
+    if spec.starts_with('*') {
+        return false;
+    }
+    let form: Vec<Token> = form
+        .chars()
+        .map(|c| match c {
+            EXPANDED => Token::Any,
+            VANISHING => Token::Vanishing,
+            c => Token::Char(c),
+        })
+        .collect();
+    // The specifier's own `*` is its wildcard; a literal `*` cannot be written in one.
+    let (body, boundary) = match spec.strip_suffix(" *") {
+        Some(body) => (body, true),
+        None => (spec, false),
     };
-    let form = tokens(form, EXPANDED);
+    let body: Vec<Token> = body
+        .chars()
+        .map(|c| if c == '*' { Token::Any } else { Token::Char(c) })
+        .collect();
+    // Most rules name another command: their literal starts differ.
+    let differs = body
+        .iter()
+        .zip(&form)
+        .take_while(|(a, b)| matches!((a, b), (Token::Char(_), Token::Char(_))))
+        .any(|(a, b)| a != b);
+    if differs {
+        return false;
+    }
+    let open = |t: Option<&Token>| matches!(t, Some(Token::Any | Token::Vanishing));
     // Whether the two token strings have a text in common: a walk over pairs of positions,
-    // where `Any` may match nothing (a move on its own side) or any one character of the
-    // other side (staying put).
+    // where a slot may match nothing (a move on its own side) or any one character of the
+    // other side (staying put), and a vanishing one may be passed over with its space.
     let overlap = |pattern: &[Token]| -> bool {
         let (n, m) = (pattern.len(), form.len());
         let states = (n + 1).saturating_mul(m + 1);
@@ -2224,27 +2337,24 @@ pub(crate) fn may_match(spec: &str, form: &str) -> bool {
                 return true;
             }
             let (a, b) = (pattern.get(i), form.get(j));
-            if a == Some(&Token::Any) {
+            if open(a) {
                 todo.push((i + 1, j));
             }
-            if b == Some(&Token::Any) {
+            if open(b) {
                 todo.push((i, j + 1));
+            }
+            if b == Some(&Token::Char(' ')) && form.get(j + 1) == Some(&Token::Vanishing) {
+                todo.push((i, j + 2));
             }
             match (a, b) {
                 (Some(Token::Char(x)), Some(Token::Char(y))) if x == y => todo.push((i + 1, j + 1)),
-                (Some(Token::Char(_)), Some(Token::Any)) => todo.push((i + 1, j)),
-                (Some(Token::Any), Some(Token::Char(_))) => todo.push((i, j + 1)),
+                (Some(Token::Char(_)), b) if open(b) => todo.push((i + 1, j)),
+                (a, Some(Token::Char(_))) if open(a) => todo.push((i, j + 1)),
                 _ => {}
             }
         }
         false
     };
-    // The specifier's own `*` is its wildcard; a literal `*` cannot be written in one.
-    let (body, boundary) = match spec.strip_suffix(" *") {
-        Some(body) => (body, true),
-        None => (spec, false),
-    };
-    let body = tokens(body, '*');
     overlap(&body)
         || (boundary && {
             let mut spaced = body;
@@ -2298,7 +2408,10 @@ mod tests {
 
     #[test]
     fn a_form_with_open_slots_matches_a_specifier_some_value_would_match() {
-        let open = |text: &str| text.replace('@', &EXPANDED.to_string());
+        let open = |text: &str| {
+            text.replace('@', &EXPANDED.to_string())
+                .replace('%', &VANISHING.to_string())
+        };
         for (spec, form, matches) in [
             ("git push *", "git pu@sh origin", true),
             ("git push *", "git pu@", true),
@@ -2308,7 +2421,7 @@ mod tests {
             ("git push", "git @", true),
             ("git push", "git push@x", false),
             ("rm -rf *", "echo @", false),
-            ("* --force*", "git push @", true),
+            ("git push --force*", "git push @", true),
             ("ls *", "lsof@", false),
             ("ls *", "ls@", true),
             ("a*b*c", "@x@", true),
@@ -2316,6 +2429,15 @@ mod tests {
             ("a*b", "@a", false),
             ("a*b*c", "a@x@c", true),
             ("cat ~/.ssh/*", "cat notes-@.txt", false),
+            // A vanishing slot may take its space with it; an open one may not.
+            ("git push", "git push %", true),
+            ("git push", "git push @", false),
+            ("rm -rf /", "rm % -rf /", true),
+            ("rm -rf /", "rm % -rf", false),
+            ("git push *", "git %", true),
+            // Specifiers that do not name their command are not judged through slots.
+            ("*LD_PRELOAD*", "echo @", false),
+            ("* --force*", "git push %", false),
         ] {
             assert_eq!(may_match(spec, &open(form)), matches, "{spec} ~ {form}");
         }
@@ -2337,6 +2459,11 @@ mod tests {
         // Nothing computed, or a computed name: no such form.
         assert!(forms("git push 'x'").iter().all(|f| !f.contains(EXPANDED)));
         assert!(forms("$EDITOR x$y").iter().all(|f| !f.contains(EXPANDED)));
+        // A whole unquoted word vanishes when empty; quoted, it is an empty word.
+        assert!(forms("git push $x").contains(&format!("git push {VANISHING}")));
+        assert!(forms("git push \"$x\"").contains(&format!("git push {slot}")));
+        // `~` is home as written; `~+` is another folder.
+        assert!(forms("rm ~+/x").contains(&format!("rm {slot}/x")));
     }
 
     /// A guard of its own, so the overrunning parses a test leaves behind

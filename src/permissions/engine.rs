@@ -6,7 +6,7 @@ use std::path::Path;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::RegexSet;
 
-use super::bash::{BashPattern, CommandPart, EXPANDED, may_match, split_parts};
+use super::bash::{BashPattern, CommandPart, EXPANDED, VANISHING, may_match, split_parts};
 use super::path::{Anchors, anchored_globs, normalise};
 use super::rule::{EDIT_TOOLS, ParsedRule, READ_TOOLS, parse_rule};
 use super::{Decision, DefaultMode, List, MatchedRule, PermissionError, ToolCall, Verdict};
@@ -242,7 +242,8 @@ impl CompiledList {
         min_opt(self.bash_any, min_opt(exact, wild))
     }
 
-    /// The first rule some text of `form` would match, each [`EXPANDED`] slot in it any text.
+    /// The first rule some text of `form` would match, each [`EXPANDED`] or [`VANISHING`] slot
+    /// in it any text.
     fn bash_open(&self, form: &str) -> Option<usize> {
         let specific = self
             .bash_specs
@@ -513,7 +514,7 @@ impl PermissionEngine {
             part.restrictive
                 .iter()
                 .filter_map(|form| {
-                    if form.contains(EXPANDED) {
+                    if form.contains([EXPANDED, VANISHING]) {
                         list.bash_open(form)
                     } else {
                         list.bash(form)

@@ -133,6 +133,11 @@ impl Dictionary {
     pub fn id(&self, term: &str) -> Option<TermId> {
         self.ids.get(term).map(|id| *id)
     }
+
+    /// How many terms it holds.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
