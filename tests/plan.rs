@@ -607,6 +607,9 @@ kind = "native"
 [pools.ok]
 kind = "process"
 command = ["sh", "-c"]
+[pools.hasty]
+kind = "native"
+health_check_timeout = "0s"
 [[task]]
 id = "t"
 tool = "ok.run"
@@ -634,6 +637,10 @@ tool = "ok.run"
         (
             "p.toml:22:",
             "pool \"my__srv\": a pool's name must be ASCII letters, digits, `-` and single inner `_`",
+        ),
+        (
+            "p.toml:27:",
+            "pool \"hasty\": `health_check_timeout` must be more than zero",
         ),
     ];
     assert_eq!(e.len(), expected.len(), "{e:?}");

@@ -607,7 +607,7 @@ fn sets_key(line: &str, key: &str) -> bool {
 }
 
 /// The settings of a pool's table, to find the one a pool's error names.
-const POOL_KEYS: [&str; 15] = [
+const POOL_KEYS: [&str; 16] = [
     "kind",
     "command",
     "cwd",
@@ -618,6 +618,7 @@ const POOL_KEYS: [&str; 15] = [
     "acquire_timeout",
     "idle_timeout",
     "health_check_interval",
+    "health_check_timeout",
     "start_timeout",
     "call_timeout",
     "device",

@@ -13,6 +13,7 @@
 //! acquire_timeout = "30s"
 //! idle_timeout = "5m"               # sessions above min_idle unused this long are closed
 //! health_check_interval = "30s"     # idle sessions are checked this often; broken ones replaced
+//! health_check_timeout = "5s"       # a check or a reset between calls answered later: replaced
 //! start_timeout = "2m"
 //! call_timeout = "60s"              # for tasks that give no timeout
 //! # mcp only: a call made while pre-warming each session, `calls` times, so the first task's
@@ -89,6 +90,10 @@ pub struct PoolDef {
     /// replaced).
     #[serde(default = "thirty_seconds", with = "humantime_serde")]
     pub health_check_interval: Duration,
+    /// Longest health check, and longest reset of a session between calls: a session that
+    /// answers neither in time is replaced.
+    #[serde(default = "five_seconds", with = "humantime_serde")]
+    pub health_check_timeout: Duration,
     /// Longest start of one session (an MCP server's spawn, handshake, first ping and
     /// warm-up calls).
     #[serde(default = "thirty_seconds", with = "humantime_serde")]
@@ -138,6 +143,9 @@ fn one() -> usize {
 }
 fn four() -> usize {
     4
+}
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
 }
 fn thirty_seconds() -> Duration {
     Duration::from_secs(30)
@@ -204,6 +212,7 @@ impl PoolDef {
             acquire_timeout: thirty_seconds(),
             idle_timeout: five_minutes(),
             health_check_interval: thirty_seconds(),
+            health_check_timeout: five_seconds(),
             start_timeout: thirty_seconds(),
             call_timeout: sixty_seconds(),
             device: None,
@@ -239,6 +248,7 @@ impl PoolDef {
             acquire_timeout: self.acquire_timeout,
             idle_timeout: self.idle_timeout,
             health_check_interval: self.health_check_interval,
+            health_check_timeout: self.health_check_timeout,
             ..PoolConfig::new(name)
         }
     }
@@ -336,6 +346,7 @@ impl PoolDef {
         for (setting, value) in [
             ("start_timeout", self.start_timeout),
             ("call_timeout", self.call_timeout),
+            ("health_check_timeout", self.health_check_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(format!("`{setting}` must be more than zero")));
@@ -438,5 +449,27 @@ impl PoolDef {
                 Pool::start(config, ScorerFactory::new(spec)).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The TOML's health-check timeout reaches the pool (it was fixed at 5 s).
+    #[test]
+    fn a_declared_health_check_timeout_is_the_pools() {
+        let def: PoolDef =
+            toml::from_str("kind = \"native\"\nhealth_check_timeout = \"250ms\"\n").unwrap();
+        assert_eq!(
+            def.config("p").health_check_timeout,
+            Duration::from_millis(250)
+        );
+        let default: PoolDef = toml::from_str("kind = \"native\"\n").unwrap();
+        assert_eq!(
+            default.config("p").health_check_timeout,
+            Duration::from_secs(5)
+        );
     }
 }
