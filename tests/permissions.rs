@@ -186,8 +186,9 @@ fn a_deny_rule_is_not_dodged_by_quoting_wrappers_or_computed_names() {
     }
 }
 
-/// An argument the shell computes may be any text: a deny (or ask) rule that some value of it
-/// would match judges the command, which an allow rule would otherwise let through as written.
+/// An argument the shell computes may be any text: a command a deny rule would hold back for
+/// some value of it is never allowed (asked, naming that rule; `dontAsk` denies it), where an
+/// allow rule let it through as written.
 #[test]
 fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
     let e = engine(
@@ -205,9 +206,24 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
         "git ${verb}",
         "cat $HOME/.ssh/id_rsa",
         "echo ok && git pu${x}sh",
+        // `$HOME` may be any text, `~/.ssh/x` among them.
+        "cat $HOME/notes.txt",
     ] {
-        assert_eq!(bash(&e, dodge), Verdict::Deny, "{dodge}");
+        assert_eq!(bash(&e, dodge), Verdict::Ask, "{dodge}");
     }
+    let decision = e.decide(&ToolCall::from_text("Bash", "git pu${x}sh"));
+    let rule = decision.rule.unwrap();
+    assert_eq!(
+        (rule.list, rule.text.as_str()),
+        (List::Deny, "Bash(git push *)")
+    );
+    // Under `dontAsk`, never allowed is denied.
+    let strict = engine_with(json!({"permissions": {
+        "defaultMode": "dontAsk", "allow": ["Bash(git *)"], "deny": ["Bash(git push *)"]
+    }}));
+    assert_eq!(bash(&strict, "git pu${x}sh"), Verdict::Deny);
+    // As written it is still a plain deny.
+    assert_eq!(bash(&e, "git push origin"), Verdict::Deny);
     assert_eq!(bash(&e, "git commit --am${x}end"), Verdict::Ask);
     // No value of the expansion makes a denied command: allowed as before.
     for fine in [
@@ -219,50 +235,75 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
     ] {
         assert_eq!(bash(&e, fine), Verdict::Allow, "{fine}");
     }
-    // `$HOME` may be any text, `~/.ssh/x` among them: the deny rule holds it back.
-    assert_eq!(bash(&e, "cat $HOME/notes.txt"), Verdict::Deny);
-    // A computed command name stays asked, not denied.
     assert_eq!(bash(&e, "$EDITOR notes.txt"), Verdict::Ask);
-    // An unquoted expansion that is a whole word may vanish with its space.
+    // Words bash splits may vanish with their space: `"$@"` with no arguments, `$a$b` empty.
     let exact = engine(
         &["Bash(git *)", "Bash(rm *)"],
         &[],
         &["Bash(git push)", "Bash(rm -rf /)"],
     );
-    for dodge in ["git push $x", "rm $x -rf /", "rm -rf $(true) /"] {
-        assert_eq!(bash(&exact, dodge), Verdict::Deny, "{dodge}");
+    for dodge in [
+        "git push $x",
+        "git push $a$b",
+        "git push \"$@\"",
+        "git push \"${refs[@]}\"",
+        "rm $x -rf /",
+        "rm -rf $(true) /",
+    ] {
+        assert_eq!(bash(&exact, dodge), Verdict::Ask, "{dodge}");
     }
     assert_eq!(bash(&exact, "git push \"$x\""), Verdict::Allow);
-    // What `xargs` and `find -exec` start is judged with its computed arguments open, and what
-    // `xargs` adds from its input may be anything.
+    // What `xargs` and `find -exec` start is judged with its computed arguments open, what
+    // `xargs` adds from its input (after the command, or for its replace string) may be
+    // anything, and `find`'s `{}` is a path under a starting point.
     let spawning = engine(
         &[
             "Bash(git *)",
             "Bash(xargs *)",
             "Bash(find *)",
             "Bash(echo *)",
+            "Bash(ls *)",
         ],
         &[],
-        &["Bash(git push *)"],
+        &["Bash(git push *)", "Bash(cat ~/.ssh/*)", "Bash(rm -rf *)"],
     );
     for dodge in [
         "xargs -n1 git pu${x}sh",
         "find . -maxdepth 0 -exec git pu$x origin \\;",
         "echo push | xargs git",
-        "echo origin | xargs -n1 git push",
+        "echo push | xargs nice git",
+        "echo push | xargs timeout 5 git",
+        "echo push | xargs -I{} git {} origin",
+        "echo push | xargs -I X git X origin",
+        "echo push | xargs --replace git {} origin",
+        "find ~/.ssh -name id_rsa -exec cat {} \\;",
+        // Split, these words move where the command starts.
+        "timeout ${t:-1 rm -rf /x} git status",
+        "find . ${x:--exec} rm -rf /x \\;",
+        "xargs -n ${x:-1 rm -rf /x} echo",
+        // Its input is the command.
+        "echo rm | xargs -I X X -rf /x",
     ] {
-        assert_eq!(bash(&spawning, dodge), Verdict::Deny, "{dodge}");
+        assert_eq!(bash(&spawning, dodge), Verdict::Ask, "{dodge}");
     }
+    // It runs `git push` whatever the input.
     assert_eq!(
-        bash(&spawning, "echo x | xargs git log -n1"),
-        Verdict::Allow
+        bash(&spawning, "echo origin | xargs -n1 git push"),
+        Verdict::Deny
     );
+    for fine in [
+        "echo x | xargs git log -n1",
+        "find . -name '*.o' -exec ls -l {} \\;",
+        "find src -exec git add {} +",
+    ] {
+        assert_eq!(bash(&spawning, fine), Verdict::Allow, "{fine}");
+    }
     // Tildes other than the home folder are other folders.
     let tilde = engine(&["Bash(rm *)", "Bash(cd *)"], &[], &["Bash(rm -rf /*)"]);
-    assert_eq!(bash(&tilde, "cd / && rm -rf ~+"), Verdict::Deny);
+    assert_eq!(bash(&tilde, "cd / && rm -rf ~+"), Verdict::Ask);
     assert_eq!(bash(&tilde, "rm -rf ~/build"), Verdict::Allow);
     // A rule that does not name its command is not matched through an expansion: every
-    // command with one would be denied by it.
+    // command with one would be held back by it.
     let unanchored = engine(
         &["Bash(echo *)", "Bash(ls *)"],
         &[],

@@ -630,6 +630,105 @@ fn env_split_string(mut args: &[&str]) -> Option<String> {
     None
 }
 
+fn owned(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| (*w).to_owned()).collect()
+}
+
+/// The command `xargs` (its words `all`) starts as deny and ask rules see it: what it reads
+/// from its input is any text, in place of its replace string (`-I R`, `-i`, `--replace`),
+/// else as a [`VANISHING`] slot after the command.
+fn xargs_started(all: &[&str], command: &[&str]) -> Vec<String> {
+    let options = all
+        .get(1..all.len().saturating_sub(command.len()))
+        .unwrap_or(&[]);
+    let mut replace: Option<&str> = None;
+    let mut at = 0;
+    while let Some(option) = options.get(at) {
+        at += 1;
+        if let Some(value) = option.strip_prefix("--replace") {
+            replace = Some(value.strip_prefix('=').unwrap_or("{}"));
+            continue;
+        }
+        let Some(cluster) = option.strip_prefix('-').filter(|o| !o.starts_with('-')) else {
+            continue;
+        };
+        // Read as getopt reads a cluster: a letter taking a value takes the rest of it.
+        for (i, letter) in cluster.char_indices() {
+            let attached = &cluster[i + letter.len_utf8()..];
+            match letter {
+                'I' if attached.is_empty() => replace = options.get(at).copied(),
+                'I' => replace = Some(attached),
+                'i' if attached.is_empty() => replace = Some("{}"),
+                'i' => replace = Some(attached),
+                _ => {}
+            }
+            if "adEILnPseil".contains(letter) {
+                break;
+            }
+        }
+    }
+    match replace.filter(|r| !r.is_empty()) {
+        Some(replace) => command
+            .iter()
+            .map(|w| w.replace(replace, &EXPANDED.to_string()))
+            .collect(),
+        None => {
+            let mut started = owned(command);
+            started.push(VANISHING.to_string());
+            started
+        }
+    }
+}
+
+/// `find`'s own words: its starting points and expression, but not the words of the commands
+/// it starts (`-exec CMD … ;`).
+fn find_own_words<'w>(all: &[&'w str]) -> Vec<&'w str> {
+    let mut expression = Vec::new();
+    let mut in_command = false;
+    for word in all.iter().skip(1) {
+        if in_command {
+            in_command = !matches!(*word, ";" | "+");
+        } else {
+            in_command = matches!(*word, "-exec" | "-execdir" | "-ok" | "-okdir");
+            expression.push(*word);
+        }
+    }
+    expression
+}
+
+/// Whether a `find` argument starts its expression (ends the starting points).
+fn is_find_operator(word: &str) -> bool {
+    word.starts_with('-') || matches!(word, "(" | "!" | ",")
+}
+
+/// The command `find` (its words `all`) starts as deny and ask rules see it, one form per
+/// starting point (at most 4; `.` when none is given): each `{}` is a path under it. `None`
+/// when the command holds no `{}`.
+fn find_started(all: &[&str], command: &[&str]) -> Option<Vec<Vec<String>>> {
+    if !command.iter().any(|w| w.contains("{}")) {
+        return None;
+    }
+    let mut starts: Vec<&str> = all
+        .iter()
+        .skip(1)
+        .take_while(|w| !is_find_operator(w))
+        .take(4)
+        .copied()
+        .collect();
+    if starts.is_empty() {
+        starts.push(".");
+    }
+    Some(
+        starts
+            .into_iter()
+            .map(|start| {
+                let path = format!("{start}{EXPANDED}");
+                command.iter().map(|w| w.replace("{}", &path)).collect()
+            })
+            .collect(),
+    )
+}
+
 /// Commands `xargs` or `find` start from their own words: `xargs [OPTIONS] CMD …` (its
 /// options skipped, with their values; no command is `echo`), and each `find … -exec CMD … ;`
 /// (also `-execdir`, `-ok`, `-okdir`, ended by `;` or `+`). `words` are unquoted and
@@ -1086,6 +1185,27 @@ impl CommandPart {
         let open_too_long = open.as_ref().is_some_and(|open| {
             open.iter().map(|w| w.chars().count() + 1).sum::<usize>() > MAX_OPEN_FORM_CHARS
         });
+        // Words bash may split, where a wrapper reads its options and operands (a duration,
+        // `NAME=value`, `-n N`), among `xargs`'s options or among `find`'s own words: split,
+        // they move where the command starts (`find . ${x:--exec} rm -rf /x \;`), which no
+        // form shows.
+        let splits_where_read = open.as_deref().is_some_and(|open| {
+            let splits = |w: &&str| w.contains(VANISHING);
+            let all = strip_wrappers(open, Wrappers::All);
+            let launcher = all
+                .first()
+                .map(|name| name.rsplit('/').next().unwrap_or(name));
+            open[..open.len() - all.len()].iter().any(splits)
+                || match launcher {
+                    Some("xargs") => {
+                        let started = spawned_commands(all).first().map_or(0, std::vec::Vec::len);
+                        all.get(1..all.len().saturating_sub(started))
+                            .is_some_and(|options| options.iter().any(splits))
+                    }
+                    Some("find") => find_own_words(all).iter().any(splits),
+                    _ => false,
+                }
+        });
         if let Some(open) = open.as_deref().filter(|_| !open_too_long) {
             add_forms(open, true);
         }
@@ -1165,37 +1285,56 @@ impl CommandPart {
             .iter()
             .filter_map(|command| CommandPart::new(&[], command, &[], &[]))
             .collect();
-        let vanishing = VANISHING.to_string();
         let written = expanded.as_deref().unwrap_or(&values);
-        let open_written = open.as_deref().filter(|_| !open_too_long);
+        let open_written = open
+            .as_deref()
+            .filter(|_| !open_too_long && !splits_where_read);
         for (base, from_values) in [(Some(written), true), (open_written, false)] {
             let Some(base) = base else {
                 continue;
             };
             let all = strip_wrappers(base, Wrappers::All);
-            let is_xargs = |word: Option<&&str>| {
-                word.is_some_and(|name| name.rsplit('/').next() == Some("xargs"))
-            };
-            let mut commands: Vec<(Vec<&str>, bool)> = spawned_commands(all)
-                .into_iter()
-                .map(|command| (command, is_xargs(all.first())))
-                .collect();
-            // A bare `xargs` is stripped as a wrapper: what is left takes its input.
-            if base.len() > all.len() && is_xargs(base.get(base.len() - all.len() - 1)) {
-                commands.push((all.to_vec(), true));
+            let launcher = all
+                .first()
+                .map(|name| name.rsplit('/').next().unwrap_or(name));
+            let mut commands: Vec<(Vec<String>, bool)> = Vec::new();
+            for command in spawned_commands(all) {
+                let (command, changed) = match launcher {
+                    Some("xargs") => (xargs_started(all, &command), true),
+                    Some("find") => match find_started(all, &command) {
+                        Some(forms) => {
+                            commands.extend(forms.into_iter().map(|c| (c, true)));
+                            continue;
+                        }
+                        None => (owned(&command), false),
+                    },
+                    _ => (owned(&command), false),
+                };
+                commands.push((command, changed));
             }
-            for (mut command, adds_input) in commands {
-                if command
-                    .first()
-                    .is_none_or(|name| name.contains([EXPANDED, VANISHING]))
-                    || (from_values && !adds_input)
-                {
+            // A bare `xargs` is stripped as a wrapper: what is left takes its input.
+            if base[..base.len() - all.len()]
+                .iter()
+                .any(|w| w.rsplit('/').next() == Some("xargs"))
+            {
+                let mut command = owned(all);
+                command.push(VANISHING.to_string());
+                commands.push((command, true));
+            }
+            for (command, changed) in commands {
+                if from_values && !changed {
                     continue;
                 }
-                if adds_input {
-                    command.push(&vanishing);
-                }
-                spawned.extend(CommandPart::new(&[], &command, &[], &[]));
+                let words: Vec<&str> = command.iter().map(String::as_str).collect();
+                // A name that is input (`xargs -I X X`) or a computed word: no rule can say
+                // what runs.
+                let computed = words
+                    .first()
+                    .is_none_or(|name| name.contains([EXPANDED, VANISHING]));
+                spawned.extend(CommandPart::new(&[], &words, &[], &[]).map(|mut part| {
+                    part.dynamic_name |= computed;
+                    part
+                }));
             }
         }
         let evaluates_subscripts = runs.first().is_some_and(|name| {
@@ -1258,7 +1397,8 @@ impl CommandPart {
         // The name after every wrapper too: `env {touch,x}`, `exec $CMD` run a computed name.
         let dynamic_name = command.first().is_some_and(|name| computes_name(name))
             || name_computed
-            || open_too_long;
+            || open_too_long
+            || splits_where_read;
         Some(CommandPart {
             restrictive,
             permissive,
@@ -1679,22 +1819,10 @@ impl Walker<'_> {
         if literal_pieces(&pieces, &mut value) {
             return (Some(value), None);
         }
-        // One unquoted expansion is the whole word: empty, bash drops the word.
-        if let [piece] = pieces.as_slice()
-            && matches!(
-                piece.piece,
-                WordPiece::ParameterExpansion(_)
-                    | WordPiece::CommandSubstitution(_)
-                    | WordPiece::BackquotedCommandSubstitution(_)
-                    | WordPiece::ArithmeticExpression(_)
-            )
-        {
-            return (None, Some(VANISHING.to_string()));
-        }
         let mut opened = String::new();
         (
             None,
-            open_pieces(text, &pieces, &mut opened).then_some(opened),
+            open_pieces(text, &pieces, false, &mut opened).then_some(opened),
         )
     }
 
@@ -1864,12 +1992,28 @@ fn literal_pieces(pieces: &[WordPieceWithSource], value: &mut String) -> bool {
     })
 }
 
-/// Pushes the value of `pieces` onto `value` with [`EXPANDED`] for each expansion or
-/// substitution (a plain `~` stays as written, as deny rules name it: `~/.ssh`); whether there
-/// was one.
-fn open_pieces(text: &str, pieces: &[WordPieceWithSource], value: &mut String) -> bool {
+/// Pushes the value of `pieces` onto `value` with a slot for each expansion or substitution:
+/// [`VANISHING`] where bash splits its value into words (unquoted, or `"$@"` and
+/// `"${name[@]}"`), which may also drop it, else [`EXPANDED`]; a plain `~` stays as written, as
+/// deny rules name it (`~/.ssh`). Whether there was one.
+fn open_pieces(
+    text: &str,
+    pieces: &[WordPieceWithSource],
+    quoted: bool,
+    value: &mut String,
+) -> bool {
     let mut opened = false;
+    let slot = |value: &mut String, splits: bool| {
+        // Adjacent slots are one: `$a$b` may be any text, as `$a` may.
+        match value.pop() {
+            Some(EXPANDED | VANISHING) => {}
+            Some(other) => value.push(other),
+            None => {}
+        }
+        value.push(if splits { VANISHING } else { EXPANDED });
+    };
     for piece in pieces {
+        let source = text.get(piece.start_index..piece.end_index).unwrap_or("");
         match &piece.piece {
             WordPiece::Text(literal) | WordPiece::SingleQuotedText(literal) => {
                 value.push_str(literal);
@@ -1879,36 +2023,30 @@ fn open_pieces(text: &str, pieces: &[WordPieceWithSource], value: &mut String) -
             }
             WordPiece::DoubleQuotedSequence(inner)
             | WordPiece::GettextDoubleQuotedSequence(inner) => {
-                opened |= open_pieces(text, inner, value);
+                opened |= open_pieces(text, inner, true, value);
             }
             WordPiece::AnsiCQuotedText(body) => match decode_ansi_c(body) {
                 Some(decoded) => value.push_str(&decoded),
                 None => {
-                    value.push(EXPANDED);
+                    slot(value, false);
                     opened = true;
                 }
             },
             // `~` is the home folder, as deny rules name it (`~/.ssh`); `~+`, `~-`, `~2` and
             // `~user` are other folders (`$PWD`, `$OLDPWD`, the stack, a user's home).
-            WordPiece::TildeExpansion(_)
-                if text.get(piece.start_index..piece.end_index) == Some("~") =>
-            {
-                value.push('~');
-            }
+            WordPiece::TildeExpansion(_) if source == "~" => value.push('~'),
             WordPiece::TildeExpansion(_) => {
-                if !value.ends_with(EXPANDED) {
-                    value.push(EXPANDED);
-                }
+                slot(value, false);
                 opened = true;
             }
             WordPiece::ParameterExpansion(_)
             | WordPiece::CommandSubstitution(_)
             | WordPiece::BackquotedCommandSubstitution(_)
             | WordPiece::ArithmeticExpression(_) => {
-                // Adjacent slots are one: `$a$b` may be any text, as `$a` may.
-                if !value.ends_with(EXPANDED) {
-                    value.push(EXPANDED);
-                }
+                let every_word = source == "$@"
+                    || source.starts_with("${@")
+                    || (source.starts_with("${") && source.contains("[@]"));
+                slot(value, !quoted || every_word);
                 opened = true;
             }
         }
@@ -2259,9 +2397,10 @@ fn strip_wrappers<'w>(mut words: &'w [&'w str], which: Wrappers) -> &'w [&'w str
 /// ask rules match more.
 pub(crate) const EXPANDED: char = '\u{e000}';
 
-/// As [`EXPANDED`], for a word that is one unquoted expansion (`git push $x`): it may also
+/// As [`EXPANDED`], for an expansion bash splits into words (unquoted, `"$@"`): it may also
 /// vanish, its space with it (an empty `$x` runs `git push`), as the arguments `xargs` adds
-/// after its command may.
+/// after its command may, and as words it may be read as a wrapper's or launcher's own
+/// options (`timeout ${t:-1 rm -rf /x} git status`), so a part with one there is never allowed.
 pub(crate) const VANISHING: char = '\u{e001}';
 
 /// Open forms longer than this (in characters) are not judged slot by slot: the part is never
@@ -2453,12 +2592,14 @@ mod tests {
                 .collect()
         };
         let slot = EXPANDED.to_string();
-        assert!(forms("git pu${x}sh origin").contains(&format!("git pu{slot}sh origin")));
+        // Unquoted, bash splits the value (the slot may vanish); quoted, it does not.
+        assert!(forms("git pu${x}sh origin").contains(&format!("git pu{VANISHING}sh origin")));
         assert!(forms("git \"a$b$(c)\"d").contains(&format!("git a{slot}d")));
-        assert!(forms("cat ~/x$y").contains(&format!("cat ~/x{slot}")));
+        assert!(forms("cat ~/x$y").contains(&format!("cat ~/x{VANISHING}")));
         // Nothing computed, or a computed name: no such form.
-        assert!(forms("git push 'x'").iter().all(|f| !f.contains(EXPANDED)));
-        assert!(forms("$EDITOR x$y").iter().all(|f| !f.contains(EXPANDED)));
+        let open = |f: &String| f.contains([EXPANDED, VANISHING]);
+        assert!(!forms("git push 'x'").iter().any(open));
+        assert!(!forms("$EDITOR x$y").iter().any(open));
         // A whole unquoted word vanishes when empty; quoted, it is an empty word.
         assert!(forms("git push $x").contains(&format!("git push {VANISHING}")));
         assert!(forms("git push \"$x\"").contains(&format!("git push {slot}")));

@@ -510,11 +510,15 @@ impl PermissionEngine {
         };
         // Deny and ask rules see every form of a part (any match counts); allow rules only
         // the form that keeps what stripping would hide (see `bash::CommandPart`).
-        let restricted_by = |list: &CompiledList, part: &CommandPart| {
+        // A form with open slots (what the shell computes) matches when some value of them
+        // would. Such a match on a deny rule is not a deny: the command is never allowed (a
+        // person is asked), as for a computed name; `rm "$f"` is not `rm -rf /` for certain.
+        let restricted_by = |list: &CompiledList, part: &CommandPart, open: bool| {
             part.restrictive
                 .iter()
+                .filter(|form| form.contains([EXPANDED, VANISHING]) == open)
                 .filter_map(|form| {
-                    if form.contains([EXPANDED, VANISHING]) {
+                    if open {
                         list.bash_open(form)
                     } else {
                         list.bash(form)
@@ -522,18 +526,26 @@ impl PermissionEngine {
                 })
                 .min()
         };
+        let matched_by = |list: &CompiledList, part: &CommandPart| {
+            min_opt(
+                restricted_by(list, part, false),
+                restricted_by(list, part, true),
+            )
+        };
+        let mut maybe_denied: Option<usize> = None;
         let mut first_ask = None;
         let mut unmatched = false;
         let mut computed_name = false;
         let mut first_allow = None;
         for part in &parts {
-            if let Some(i) = restricted_by(&self.deny, part) {
+            if let Some(i) = restricted_by(&self.deny, part, false) {
                 return Decision {
                     verdict: Verdict::Deny,
                     rule: Some(self.deny.rule(List::Deny, i)),
                 };
             }
-            if let Some(i) = restricted_by(&self.ask, part) {
+            maybe_denied = min_opt(maybe_denied, restricted_by(&self.deny, part, true));
+            if let Some(i) = matched_by(&self.ask, part) {
                 first_ask = first_ask.or(Some(i));
             } else if part.dynamic_name || part.hidden_code {
                 computed_name = true;
@@ -579,13 +591,14 @@ impl PermissionEngine {
                 }
             };
             for part in inner {
-                if let Some(i) = restricted_by(&self.deny, &part) {
+                if let Some(i) = restricted_by(&self.deny, &part, false) {
                     return Decision {
                         verdict: Verdict::Deny,
                         rule: Some(self.deny.rule(List::Deny, i)),
                     };
                 }
-                if let Some(i) = restricted_by(&self.ask, &part) {
+                maybe_denied = min_opt(maybe_denied, restricted_by(&self.deny, &part, true));
+                if let Some(i) = matched_by(&self.ask, &part) {
                     first_ask = first_ask.or(Some(i));
                 }
                 computed_name |= part.dynamic_name || part.hidden_code;
@@ -594,6 +607,13 @@ impl PermissionEngine {
         }
         if let Some(script) = unanalysable {
             return self.decide_unanalysable(&script);
+        }
+        if let Some(i) = maybe_denied {
+            // Asked (`dontAsk`: denied), naming the deny rule some value would meet.
+            return Decision {
+                rule: Some(self.deny.rule(List::Deny, i)),
+                ..self.never_allowed(None)
+            };
         }
         if computed_name {
             // No rule can say what a computed command name runs (as a command that cannot

@@ -26,8 +26,9 @@
 //!   `xargs CMD` as `CMD …` (see `bash::CommandPart`). A command name the
 //!   shell computes (an expansion, a glob, `{a,b}`) is never allowed, as
 //!   for a command that cannot be analysed. An argument it computes may be
-//!   any text: deny and ask rules match the part when some value of it
-//!   would (`git pu${x}sh` is `Bash(git push *)`'s). **Redirections are not part of that text**: `Bash(echo *)`
+//!   any text: a part an ask rule, or a deny rule naming its command, would
+//!   match for some value of it is never allowed, naming that rule
+//!   (`git pu${x}sh` is held back by `Bash(git push *)`; see `bash::may_match`). **Redirections are not part of that text**: `Bash(echo *)`
 //!   also allows `echo x > file` and `echo x >> ~/.bashrc`; the redirection
 //!   target is not checked against `Edit` rules (substitutions inside
 //!   targets, `> $(cmd)`, are split out and checked like any other part). A
