@@ -253,6 +253,33 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
         assert_eq!(bash(&exact, dodge), Verdict::Ask, "{dodge}");
     }
     assert_eq!(bash(&exact, "git push \"$x\""), Verdict::Allow);
+    // `"${!prefix@}"` is every matching name, or none.
+    assert_eq!(bash(&exact, "git push \"${!zz@}\""), Verdict::Ask);
+    // A script built from what the shell computes is read as code again.
+    let scripts = engine(
+        &[
+            "Bash(git *)",
+            "Bash(sh -c *)",
+            "Bash(echo *)",
+            "Bash(eval *)",
+        ],
+        &[],
+        &["Bash(git push *)"],
+    );
+    for hidden in [
+        "sh -c 'x=\";git push --force\"; eval echo $x'",
+        "eval echo $x",
+        "sh -c \"echo $x\"",
+    ] {
+        assert_eq!(bash(&scripts, hidden), Verdict::Ask, "{hidden}");
+    }
+    assert_eq!(bash(&scripts, "sh -c 'echo $x'"), Verdict::Allow);
+    // A path after `~/` with quotes in it is seen unquoted.
+    let home = engine(&["Bash(env *)"], &[], &["Bash(git push *)"]);
+    assert_eq!(
+        bash(&home, "env ~/../../../../usr/bin/'git' push --force"),
+        Verdict::Deny
+    );
     // What `xargs` and `find -exec` start is judged with its computed arguments open, what
     // `xargs` adds from its input (after the command, or for its replace string) may be
     // anything, and `find`'s `{}` is a path under a starting point.
@@ -283,6 +310,18 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
         "xargs -n ${x:-1 rm -rf /x} echo",
         // Its input is the command.
         "echo rm | xargs -I X X -rf /x",
+        // Options without a command after them; a prefix of `--replace`; a replace string a
+        // later `-L` turns off.
+        "echo origin | xargs -n ${n:-1 git push --force}",
+        "echo push | xargs --rep git {} origin",
+        "echo push | xargs -I Z -L 1 git",
+        // A wrapper inside what `xargs` and `find` start.
+        "echo /x | xargs -n1 timeout ${t:-1 rm -rf} echo",
+        "find . -exec timeout ${t:-1 rm -rf} echo {} \\;",
+        // Starting points after `find`'s own options.
+        "find -L ~/.ssh -name id_rsa -exec cat {} \\;",
+        // A quoted word after `~/`.
+        "find ~/'.ssh' -exec cat {} \\;",
     ] {
         assert_eq!(bash(&spawning, dodge), Verdict::Ask, "{dodge}");
     }

@@ -637,19 +637,22 @@ fn owned(words: &[&str]) -> Vec<String> {
 /// The command `xargs` (its words `all`) starts as deny and ask rules see it: what it reads
 /// from its input is any text, in place of its replace string (`-I R`, `-i`, `--replace`),
 /// else as a [`VANISHING`] slot after the command.
-fn xargs_started(all: &[&str], command: &[&str]) -> Vec<String> {
-    let options = all
-        .get(1..all.len().saturating_sub(command.len()))
-        .unwrap_or(&[]);
+fn xargs_started(all: &[&str], command: &[&str]) -> Vec<Vec<String>> {
+    let rest = all.get(1..).unwrap_or(&[]);
+    let options = &rest[..xargs_options(rest)];
     let mut replace: Option<&str> = None;
     let mut at = 0;
     while let Some(option) = options.get(at) {
         at += 1;
-        if let Some(value) = option.strip_prefix("--replace") {
-            replace = Some(value.strip_prefix('=').unwrap_or("{}"));
+        if let Some(long) = option.strip_prefix("--") {
+            // getopt takes any unambiguous prefix: `--r`, `--rep`.
+            let (name, value) = long.split_once('=').unwrap_or((long, ""));
+            if !name.is_empty() && "replace".starts_with(name) {
+                replace = Some(if value.is_empty() { "{}" } else { value });
+            }
             continue;
         }
-        let Some(cluster) = option.strip_prefix('-').filter(|o| !o.starts_with('-')) else {
+        let Some(cluster) = option.strip_prefix('-') else {
             continue;
         };
         // Read as getopt reads a cluster: a letter taking a value takes the rest of it.
@@ -667,17 +670,19 @@ fn xargs_started(all: &[&str], command: &[&str]) -> Vec<String> {
             }
         }
     }
-    match replace.filter(|r| !r.is_empty()) {
-        Some(replace) => command
-            .iter()
-            .map(|w| w.replace(replace, &EXPANDED.to_string()))
-            .collect(),
-        None => {
-            let mut started = owned(command);
-            started.push(VANISHING.to_string());
-            started
-        }
+    // Input after the command, always: a later `-L`, `-l` or `-n` turns the replace string off.
+    let mut appended = owned(command);
+    appended.push(VANISHING.to_string());
+    let mut started = vec![appended];
+    if let Some(replace) = replace.filter(|r| !r.is_empty()) {
+        started.push(
+            command
+                .iter()
+                .map(|w| w.replace(replace, &EXPANDED.to_string()))
+                .collect(),
+        );
     }
+    started
 }
 
 /// `find`'s own words: its starting points and expression, but not the words of the commands
@@ -696,6 +701,25 @@ fn find_own_words<'w>(all: &[&'w str]) -> Vec<&'w str> {
     expression
 }
 
+/// `find`'s starting points: the words after its leading options (`-H`, `-L`, `-P`, `-D LIST`,
+/// `-O3`) up to its expression.
+fn find_starts<'a, 'w>(all: &'a [&'w str]) -> &'a [&'w str] {
+    let mut rest = all.get(1..).unwrap_or(&[]);
+    while let Some((first, after)) = rest.split_first() {
+        rest = match *first {
+            "-H" | "-L" | "-P" => after,
+            "-D" => after.get(1..).unwrap_or(&[]),
+            option if option.starts_with("-O") => after,
+            _ => break,
+        };
+    }
+    let end = rest
+        .iter()
+        .position(|w| is_find_operator(w))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
 /// Whether a `find` argument starts its expression (ends the starting points).
 fn is_find_operator(word: &str) -> bool {
     word.starts_with('-') || matches!(word, "(" | "!" | ",")
@@ -708,13 +732,7 @@ fn find_started(all: &[&str], command: &[&str]) -> Option<Vec<Vec<String>>> {
     if !command.iter().any(|w| w.contains("{}")) {
         return None;
     }
-    let mut starts: Vec<&str> = all
-        .iter()
-        .skip(1)
-        .take_while(|w| !is_find_operator(w))
-        .take(4)
-        .copied()
-        .collect();
+    let mut starts: Vec<&str> = find_starts(all).iter().take(4).copied().collect();
     if starts.is_empty() {
         starts.push(".");
     }
@@ -729,6 +747,57 @@ fn find_started(all: &[&str], command: &[&str]) -> Option<Vec<Vec<String>>> {
     )
 }
 
+/// How many of `xargs`'s arguments (`rest`, after its name) are its options and their values:
+/// the command it starts begins after them.
+fn xargs_options(rest: &[&str]) -> usize {
+    let mut args = rest;
+    while let Some((&option, after)) = args.split_first() {
+        if option == "--" {
+            args = after;
+            break;
+        }
+        if !option.starts_with('-') || option == "-" {
+            break;
+        }
+        args = if let Some(long) = option.strip_prefix("--") {
+            // getopt takes any unambiguous prefix (`--max-a 1`).
+            let takes_value = !long.is_empty()
+                && !long.contains('=')
+                && [
+                    "arg-file",
+                    "delimiter",
+                    "max-args",
+                    "max-procs",
+                    "max-chars",
+                    "process-slot-var",
+                ]
+                .iter()
+                .any(|name| name.starts_with(long));
+            if takes_value {
+                after.get(1..).unwrap_or(&[])
+            } else {
+                after
+            }
+        } else {
+            // A cluster: a letter taking a value takes the rest of the cluster, or the next
+            // word when it ends the cluster; `e`, `i`, `l` take only an attached one.
+            let letters = &option[1..];
+            let needs_next = letters
+                .char_indices()
+                .find(|(_, c)| "adEILnPseil".contains(*c))
+                .is_some_and(|(at, c)| {
+                    at + c.len_utf8() == letters.len() && "adEILnPs".contains(c)
+                });
+            if needs_next {
+                after.get(1..).unwrap_or(&[])
+            } else {
+                after
+            }
+        };
+    }
+    rest.len() - args.len()
+}
+
 /// Commands `xargs` or `find` start from their own words: `xargs [OPTIONS] CMD …` (its
 /// options skipped, with their values; no command is `echo`), and each `find … -exec CMD … ;`
 /// (also `-execdir`, `-ok`, `-okdir`, ended by `;` or `+`). `words` are unquoted and
@@ -739,52 +808,7 @@ fn spawned_commands<'w>(words: &[&'w str]) -> Vec<Vec<&'w str>> {
     };
     match name.rsplit('/').next().unwrap_or(name) {
         "xargs" => {
-            let mut args = rest;
-            while let Some((&option, after)) = args.split_first() {
-                if option == "--" {
-                    args = after;
-                    break;
-                }
-                if !option.starts_with('-') || option == "-" {
-                    break;
-                }
-                args = if let Some(long) = option.strip_prefix("--") {
-                    // getopt takes any unambiguous prefix (`--max-a 1`).
-                    let takes_value = !long.is_empty()
-                        && !long.contains('=')
-                        && [
-                            "arg-file",
-                            "delimiter",
-                            "max-args",
-                            "max-procs",
-                            "max-chars",
-                            "process-slot-var",
-                        ]
-                        .iter()
-                        .any(|name| name.starts_with(long));
-                    if takes_value {
-                        after.get(1..).unwrap_or(&[])
-                    } else {
-                        after
-                    }
-                } else {
-                    // A cluster: a letter taking a value takes the rest of the cluster, or
-                    // the next word when it ends the cluster; `e`, `i`, `l` take only an
-                    // attached one.
-                    let letters = &option[1..];
-                    let needs_next = letters
-                        .char_indices()
-                        .find(|(_, c)| "adEILnPseil".contains(*c))
-                        .is_some_and(|(at, c)| {
-                            at + c.len_utf8() == letters.len() && "adEILnPs".contains(c)
-                        });
-                    if needs_next {
-                        after.get(1..).unwrap_or(&[])
-                    } else {
-                        after
-                    }
-                };
-            }
+            let args = &rest[xargs_options(rest)..];
             vec![if args.is_empty() {
                 vec!["echo"]
             } else {
@@ -1198,9 +1222,8 @@ impl CommandPart {
             open[..open.len() - all.len()].iter().any(splits)
                 || match launcher {
                     Some("xargs") => {
-                        let started = spawned_commands(all).first().map_or(0, std::vec::Vec::len);
-                        all.get(1..all.len().saturating_sub(started))
-                            .is_some_and(|options| options.iter().any(splits))
+                        let rest = all.get(1..).unwrap_or(&[]);
+                        rest[..xargs_options(rest)].iter().any(splits)
                     }
                     Some("find") => find_own_words(all).iter().any(splits),
                     _ => false,
@@ -1300,7 +1323,11 @@ impl CommandPart {
             let mut commands: Vec<(Vec<String>, bool)> = Vec::new();
             for command in spawned_commands(all) {
                 let (command, changed) = match launcher {
-                    Some("xargs") => (xargs_started(all, &command), true),
+                    Some("xargs") => {
+                        commands
+                            .extend(xargs_started(all, &command).into_iter().map(|c| (c, true)));
+                        continue;
+                    }
                     Some("find") => match find_started(all, &command) {
                         Some(forms) => {
                             commands.extend(forms.into_iter().map(|c| (c, true)));
@@ -1326,11 +1353,16 @@ impl CommandPart {
                     continue;
                 }
                 let words: Vec<&str> = command.iter().map(String::as_str).collect();
-                // A name that is input (`xargs -I X X`) or a computed word: no rule can say
-                // what runs.
-                let computed = words
+                // A name that is input (`xargs -I X X`) or a computed word, or a split-able
+                // word where a wrapper reads its own (`timeout ${t:-1 rm -rf} echo`): no rule
+                // can say what runs.
+                let stripped = strip_wrappers(&words, Wrappers::All);
+                let computed = stripped
                     .first()
-                    .is_none_or(|name| name.contains([EXPANDED, VANISHING]));
+                    .is_none_or(|name| name.contains([EXPANDED, VANISHING]))
+                    || words[..words.len() - stripped.len()]
+                        .iter()
+                        .any(|w| w.contains(VANISHING));
                 spawned.extend(CommandPart::new(&[], &words, &[], &[]).map(|mut part| {
                     part.dynamic_name |= computed;
                     part
@@ -1352,7 +1384,19 @@ impl CommandPart {
             || runs.first().is_some_and(|name| {
                 WRITES_VARIABLES.contains(name) && (*name != "printf" || runs.contains(&"-v"))
             });
+        // A script built from words the shell computes (`eval echo $x`, `sh -c "echo $x"`):
+        // their values are read as code again, which no form shows.
+        let script_computed = open
+            .as_deref()
+            .filter(|_| !open_too_long)
+            .is_some_and(|open| {
+                matches!(
+                    self::inner_script(strip_wrappers(open, Wrappers::All)),
+                    HandedScript::Inline(script) if script.contains([EXPANDED, VANISHING])
+                )
+            });
         let hidden_code = braces_unseen
+            || script_computed
             || reads_stdin
             || assignments
                 .iter()
@@ -1819,11 +1863,14 @@ impl Walker<'_> {
         if literal_pieces(&pieces, &mut value) {
             return (Some(value), None);
         }
+        // Computed in part (a slot), or only a `~` kept as written (`~/'.ssh'`: its value
+        // is `~/.ssh`).
         let mut opened = String::new();
-        (
-            None,
-            open_pieces(text, &pieces, false, &mut opened).then_some(opened),
-        )
+        if open_pieces(text, &pieces, false, &mut opened) {
+            (None, Some(opened))
+        } else {
+            (Some(opened), None)
+        }
     }
 
     /// Finds the command substitutions inside one word and splits them too.
@@ -2045,7 +2092,8 @@ fn open_pieces(
             | WordPiece::ArithmeticExpression(_) => {
                 let every_word = source == "$@"
                     || source.starts_with("${@")
-                    || (source.starts_with("${") && source.contains("[@]"));
+                    || (source.starts_with("${") && source.contains("[@]"))
+                    || (source.starts_with("${!") && source.ends_with("@}"));
                 slot(value, !quoted || every_word);
                 opened = true;
             }
@@ -2405,7 +2453,7 @@ pub(crate) const VANISHING: char = '\u{e001}';
 
 /// Open forms longer than this (in characters) are not judged slot by slot: the part is never
 /// allowed instead (see [`CommandPart::dynamic_name`]).
-const MAX_OPEN_FORM_CHARS: usize = 8 << 10;
+pub(crate) const MAX_OPEN_FORM_CHARS: usize = 8 << 10;
 
 /// Whether some text a form holding [`EXPANDED`] and [`VANISHING`] slots could become matches
 /// the specifier `spec` (normalised, `*` any run of characters, a trailing ` *` also matching

@@ -6,7 +6,9 @@ use std::path::Path;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::RegexSet;
 
-use super::bash::{BashPattern, CommandPart, EXPANDED, VANISHING, may_match, split_parts};
+use super::bash::{
+    BashPattern, CommandPart, EXPANDED, MAX_OPEN_FORM_CHARS, VANISHING, may_match, split_parts,
+};
 use super::path::{Anchors, anchored_globs, normalise};
 use super::rule::{EDIT_TOOLS, ParsedRule, READ_TOOLS, parse_rule};
 use super::{Decision, DefaultMode, List, MatchedRule, PermissionError, ToolCall, Verdict};
@@ -245,6 +247,12 @@ impl CompiledList {
     /// The first rule some text of `form` would match, each [`EXPANDED`] or [`VANISHING`] slot
     /// in it any text.
     fn bash_open(&self, form: &str) -> Option<usize> {
+        // Too long to work out (a form `find` or `xargs` made, or slots typed in): taken as
+        // matching the list's first Bash rule, so it is never allowed.
+        if form.chars().count() > MAX_OPEN_FORM_CHARS {
+            let first = self.bash_specs.first().map(|&(index, _)| index);
+            return min_opt(self.bash_any, first);
+        }
         let specific = self
             .bash_specs
             .iter()
