@@ -322,6 +322,13 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
         "find -L ~/.ssh -name id_rsa -exec cat {} \\;",
         // A quoted word after `~/`.
         "find ~/'.ssh' -exec cat {} \\;",
+        // A computed word may end what `find` starts, and start another.
+        "find . -maxdepth 0 -exec true $(echo ';') -exec git push \\;",
+        "find . -maxdepth 0 -exec true \"$(echo ';')\" -exec git push \\;",
+        // Input pasted into a script.
+        "echo 'x; git push' | xargs -I{} sh -c 'echo {}'",
+        // Starting points after `--`.
+        "find -- push -maxdepth 0 -exec git {} \\;",
     ] {
         assert_eq!(bash(&spawning, dodge), Verdict::Ask, "{dodge}");
     }
@@ -330,8 +337,13 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
         bash(&spawning, "echo origin | xargs -n1 git push"),
         Verdict::Deny
     );
+    // `env -a NAME` names the command's argv[0]: the command is the word after.
+    let env = engine(&["Bash(env *)"], &[], &["Bash(git push *)"]);
+    assert_eq!(bash(&env, "env -a x git push origin"), Verdict::Deny);
     for fine in [
         "echo x | xargs git log -n1",
+        "ls | xargs -I{} echo {}",
+        "find . -name x -exec sh -c 'echo \"$1\"' _ {} \\;",
         "find . -name '*.o' -exec ls -l {} \\;",
         "find src -exec git add {} +",
     ] {

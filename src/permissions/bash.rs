@@ -709,6 +709,10 @@ fn find_starts<'a, 'w>(all: &'a [&'w str]) -> &'a [&'w str] {
         rest = match *first {
             "-H" | "-L" | "-P" => after,
             "-D" => after.get(1..).unwrap_or(&[]),
+            "--" => {
+                rest = after;
+                break;
+            }
             option if option.starts_with("-O") => after,
             _ => break,
         };
@@ -736,11 +740,17 @@ fn find_started(all: &[&str], command: &[&str]) -> Option<Vec<Vec<String>>> {
     if starts.is_empty() {
         starts.push(".");
     }
+    let holes: usize = command.iter().map(|w| w.matches("{}").count()).sum();
     Some(
         starts
             .into_iter()
             .map(|start| {
-                let path = format!("{start}{EXPANDED}");
+                // Past the cap, any path: it matches more, and the form stays small.
+                let path = if holes.saturating_mul(start.len()) > MAX_OPEN_FORM_CHARS {
+                    EXPANDED.to_string()
+                } else {
+                    format!("{start}{EXPANDED}")
+                };
                 command.iter().map(|w| w.replace("{}", &path)).collect()
             })
             .collect(),
@@ -855,6 +865,10 @@ fn outside_quotes(word: &str) -> String {
     }
     out
 }
+
+/// The longest word (in bytes) whose braces are expanded; a longer one holding a `{` leaves its
+/// part unjudged.
+const MAX_BRACE_WORD_BYTES: usize = 4 << 10;
 
 /// How many words one part's brace expansions may make before the part is left unjudged.
 const MAX_BRACE_WORDS: usize = 256;
@@ -1225,7 +1239,15 @@ impl CommandPart {
                         let rest = all.get(1..).unwrap_or(&[]);
                         rest[..xargs_options(rest)].iter().any(splits)
                     }
-                    Some("find") => find_own_words(all).iter().any(splits),
+                    // Or, inside a command it starts, a word that may be `;` or `+` and end it
+                    // early (`-exec true $(echo ';') -exec git push \;`).
+                    Some("find") => {
+                        find_own_words(all).iter().any(splits)
+                            || spawned_commands(all).iter().flatten().any(|w| {
+                                w.contains(VANISHING)
+                                    || (!w.is_empty() && w.chars().all(|c| c == EXPANDED))
+                            })
+                    }
                     _ => false,
                 }
         });
@@ -1238,9 +1260,18 @@ impl CommandPart {
         let mut braces_unseen = false;
         let mut brace_words: Option<Vec<String>> = None;
         // Which words bash brace-expands (most parts have no `{`: no work for them).
+        // A word too long to expand in reasonable time (finding a brace's partner is a scan to
+        // the word's end) is left unjudged: never allowed.
+        braces_unseen |= words
+            .iter()
+            .any(|w| w.len() > MAX_BRACE_WORD_BYTES && w.contains('{'));
         let braced: Vec<bool> = words
             .iter()
-            .map(|w| w.contains('{') && has_brace_expansion(&outside_quotes(w)))
+            .map(|w| {
+                w.len() <= MAX_BRACE_WORD_BYTES
+                    && w.contains('{')
+                    && has_brace_expansion(&outside_quotes(w))
+            })
             .collect();
         if braced.contains(&true) {
             let mut budget = MAX_BRACE_WORDS;
@@ -1386,15 +1417,16 @@ impl CommandPart {
             });
         // A script built from words the shell computes (`eval echo $x`, `sh -c "echo $x"`):
         // their values are read as code again, which no form shows.
-        let script_computed = open
-            .as_deref()
-            .filter(|_| !open_too_long)
-            .is_some_and(|open| {
-                matches!(
-                    self::inner_script(strip_wrappers(open, Wrappers::All)),
-                    HandedScript::Inline(script) if script.contains([EXPANDED, VANISHING])
-                )
-            });
+        let script_computed = matches!(&inner_script, Some(script) if script.contains([EXPANDED, VANISHING]))
+            || open
+                .as_deref()
+                .filter(|_| !open_too_long)
+                .is_some_and(|open| {
+                    matches!(
+                        self::inner_script(strip_wrappers(open, Wrappers::All)),
+                        HandedScript::Inline(script) if script.contains([EXPANDED, VANISHING])
+                    )
+                });
         let hidden_code = braces_unseen
             || script_computed
             || reads_stdin
@@ -2195,7 +2227,7 @@ fn value_options(wrapper: &str) -> (&'static str, &'static [&'static str]) {
         "timeout" => ("sk", &["signal", "kill-after"]),
         // GNU time (`/usr/bin/time -o FILE -f FMT CMD`; the shell keyword takes only `-p`).
         "time" => ("of", &["output", "format"]),
-        "env" => ("uCS", &["unset", "chdir", "split-string"]),
+        "env" => ("uCSa", &["unset", "chdir", "split-string", "argv0"]),
         "exec" => ("a", &[]),
         "sudo" => (
             "ughpCDrtTURac",
@@ -2628,6 +2660,39 @@ mod tests {
         ] {
             assert_eq!(may_match(spec, &open(form)), matches, "{spec} ~ {form}");
         }
+    }
+
+    /// A long word of braces, or many `{}` under a long starting point, is decided quickly.
+    #[test]
+    fn long_brace_words_and_many_find_holes_stay_cheap() {
+        let braces = format!(
+            "find {} -exec echo {} \\;",
+            "{".repeat(2000),
+            "{}".repeat(2000)
+        );
+        let started = std::time::Instant::now();
+        // Each `{}` became a bare slot (the starting point is long): no word of millions of
+        // braces is made.
+        let parts = split_parts(&braces).unwrap();
+        let started_words = parts
+            .iter()
+            .flat_map(|p| &p.spawned)
+            .flat_map(|p| &p.restrictive);
+        assert!(started_words.clone().count() > 0);
+        assert!(started_words.clone().all(|form| form.len() < 64 << 10));
+        let long_start = format!(
+            "find {} -exec echo {} \\;",
+            "a".repeat(30_000),
+            "{}".repeat(1000)
+        );
+        assert!(split_parts(&long_start).is_ok());
+        // Hours before (a brace scan over a word of 4 million characters); well under a second
+        // in a release build. A bound against the blow-up, not a timing target.
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
