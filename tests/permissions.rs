@@ -274,6 +274,9 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
         assert_eq!(bash(&scripts, hidden), Verdict::Ask, "{hidden}");
     }
     assert_eq!(bash(&scripts, "sh -c 'echo $x'"), Verdict::Allow);
+    // A script file's arguments are not its options.
+    let files = engine(&["Bash(bash *)"], &[], &["Bash(git push *)"]);
+    assert_eq!(bash(&files, "bash script.sh \"$x\" $y"), Verdict::Allow);
     // A path after `~/` with quotes in it is seen unquoted.
     let home = engine(&["Bash(env *)"], &[], &["Bash(git push *)"]);
     assert_eq!(
@@ -329,6 +332,12 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
         "echo 'x; git push' | xargs -I{} sh -c 'echo {}'",
         // Starting points after `--`.
         "find -- push -maxdepth 0 -exec git {} \\;",
+        // Quoted, a computed word may still be read as an option.
+        "find . \"${x:--exec}\" rm -rf /x \\;",
+        "env -\"$x\" echo git push",
+        "echo o | xargs -\"$x\" echo git push",
+        "env '--' \"x${y:-args}\" git push",
+        "env sh \"${x:--c}\" 'git push'",
     ] {
         assert_eq!(bash(&spawning, dodge), Verdict::Ask, "{dodge}");
     }
@@ -340,8 +349,17 @@ fn a_deny_rule_is_not_dodged_by_an_expansion_inside_an_argument() {
     // `env -a NAME` names the command's argv[0]: the command is the word after.
     let env = engine(&["Bash(env *)"], &[], &["Bash(git push *)"]);
     assert_eq!(bash(&env, "env -a x git push origin"), Verdict::Deny);
+    // Braces in a long quoted word are never expanded: judged as before.
+    let long = format!("echo '{}{{x}}'", "a".repeat(5000));
+    assert_eq!(bash(&spawning, &long), Verdict::Allow);
+    // Commands started by started commands, without end: cut off, never allowed, and quick.
+    let chain = format!("{}true", "xargs -0 ".repeat(40));
+    assert_eq!(bash(&spawning, &chain), Verdict::Ask);
+    let finds = format!("{}true", "find a b c d -exec ".repeat(12));
+    assert_ne!(bash(&spawning, &finds), Verdict::Allow);
     for fine in [
         "echo x | xargs git log -n1",
+        "find \"$dir\" -name '*.o' -print",
         "ls | xargs -I{} echo {}",
         "find . -name x -exec sh -c 'echo \"$1\"' _ {} \\;",
         "find . -name '*.o' -exec ls -l {} \\;",

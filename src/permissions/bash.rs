@@ -30,6 +30,7 @@ use brush_parser::ast::{
 };
 use brush_parser::word::{self, WordPiece, WordPieceWithSource};
 use brush_parser::{Parser, ParserOptions};
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -685,6 +686,30 @@ fn xargs_started(all: &[&str], command: &[&str]) -> Vec<Vec<String>> {
     started
 }
 
+/// Whether an open word may be read as an option: it starts with a slot, or with `-` and a
+/// slot (`"${x:--exec}"`, `-"$x"`).
+fn may_be_option(word: &str) -> bool {
+    let slot = |c: char| c == EXPANDED || c == VANISHING;
+    word.starts_with(slot) || word.strip_prefix('-').is_some_and(|w| w.starts_with(slot))
+}
+
+/// How deep commands started by commands (`xargs … xargs …`, `find -exec find …`) are built.
+const MAX_STARTED_DEPTH: usize = 4;
+
+thread_local! {
+    /// How many [`CommandPart::new`] calls for started commands enclose the current one.
+    static STARTED_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Leaves one level of [`STARTED_DEPTH`] when dropped.
+struct DepthGuard;
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        STARTED_DEPTH.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
+}
+
 /// `find`'s own words: its starting points and expression, but not the words of the commands
 /// it starts (`-exec CMD … ;`).
 fn find_own_words<'w>(all: &[&'w str]) -> Vec<&'w str> {
@@ -1209,9 +1234,13 @@ impl CommandPart {
         // text, and a deny rule that some value would match must not be dodged by writing the
         // command that way. (A computed command name is never allowed already, and asked rather
         // than denied: every deny rule could match some value of `$EDITOR file`.)
-        let name_computed = strip_wrappers(words, Wrappers::All)
-            .first()
-            .is_some_and(|name| computes_name(name));
+        // As written and after quote removal (`env '--' "x$y" …`: the quoted `--` ends env's
+        // options only once unquoted).
+        let name_computed = [words, values.as_slice()].iter().any(|base| {
+            strip_wrappers(base, Wrappers::All)
+                .first()
+                .is_some_and(|name| computes_name(name))
+        });
         let open: Option<Vec<&str>> =
             (!name_computed && opened.iter().any(Option::is_some)).then(|| {
                 values
@@ -1227,22 +1256,41 @@ impl CommandPart {
         // `NAME=value`, `-n N`), among `xargs`'s options or among `find`'s own words: split,
         // they move where the command starts (`find . ${x:--exec} rm -rf /x \;`), which no
         // form shows.
+        // A computed word that may be read as an option (`-"$x"`, `"${x:--c}"`) counts too.
         let splits_where_read = open.as_deref().is_some_and(|open| {
-            let splits = |w: &&str| w.contains(VANISHING);
+            let splits = |w: &&str| w.contains(VANISHING) || may_be_option(w);
             let all = strip_wrappers(open, Wrappers::All);
             let launcher = all
                 .first()
                 .map(|name| name.rsplit('/').next().unwrap_or(name));
             open[..open.len() - all.len()].iter().any(splits)
+                || all
+                    .first()
+                    .is_some_and(|name| name.contains([EXPANDED, VANISHING]))
                 || match launcher {
                     Some("xargs") => {
                         let rest = all.get(1..).unwrap_or(&[]);
                         rest[..xargs_options(rest)].iter().any(splits)
                     }
+                    // Before the script a shell (or `su -c`, `script -c`, …) runs: a computed
+                    // option may be `-c`, and the next word the script.
+                    Some(
+                        "sh" | "bash" | "dash" | "zsh" | "ksh" | "rbash" | "mksh" | "yash" | "ash"
+                        | "su" | "runuser" | "script" | "flock" | "watch",
+                    ) => all
+                        .iter()
+                        .skip(1)
+                        .take_while(|w| w.starts_with('-') || may_be_option(w))
+                        .any(splits),
                     // Or, inside a command it starts, a word that may be `;` or `+` and end it
                     // early (`-exec true $(echo ';') -exec git push \;`).
+                    // A computed word that may be `-exec` matters only with a `;` or `+` to
+                    // end a command after it (`find "$d" -name x` is fine).
                     Some("find") => {
-                        find_own_words(all).iter().any(splits)
+                        let own = find_own_words(all);
+                        own.iter().any(|w| w.contains(VANISHING))
+                            || (own.iter().any(|w| may_be_option(w))
+                                && all.iter().any(|w| matches!(*w, ";" | "+")))
                             || spawned_commands(all).iter().flatten().any(|w| {
                                 w.contains(VANISHING)
                                     || (!w.is_empty() && w.chars().all(|c| c == EXPANDED))
@@ -1264,7 +1312,7 @@ impl CommandPart {
         // the word's end) is left unjudged: never allowed.
         braces_unseen |= words
             .iter()
-            .any(|w| w.len() > MAX_BRACE_WORD_BYTES && w.contains('{'));
+            .any(|w| w.len() > MAX_BRACE_WORD_BYTES && outside_quotes(w).contains('{'));
         let braced: Vec<bool> = words
             .iter()
             .map(|w| {
@@ -1335,16 +1383,27 @@ impl CommandPart {
         // `xargs` adds after its command (its input: `echo push | xargs git` runs `git push`)
         // as a vanishing slot; a started command whose name is open is judged as computed by
         // the part written from its values.
-        let mut spawned: Vec<CommandPart> = spawned_commands(runs)
-            .iter()
-            .filter_map(|command| CommandPart::new(&[], command, &[], &[]))
-            .collect();
+        // Commands started by commands started by … are built up to `MAX_STARTED_DEPTH` deep
+        // (each level makes several forms: `xargs -0 xargs -0 …` doubled per level); deeper,
+        // the part is never allowed.
+        let started_depth = STARTED_DEPTH.with(Cell::get);
+        let too_deep = started_depth >= MAX_STARTED_DEPTH && !spawned_commands(runs).is_empty();
+        STARTED_DEPTH.with(|depth| depth.set(started_depth + 1));
+        let _depth = DepthGuard;
+        let mut spawned: Vec<CommandPart> = if too_deep {
+            Vec::new()
+        } else {
+            spawned_commands(runs)
+                .iter()
+                .filter_map(|command| CommandPart::new(&[], command, &[], &[]))
+                .collect()
+        };
         let written = expanded.as_deref().unwrap_or(&values);
         let open_written = open
             .as_deref()
             .filter(|_| !open_too_long && !splits_where_read);
         for (base, from_values) in [(Some(written), true), (open_written, false)] {
-            let Some(base) = base else {
+            let Some(base) = base.filter(|_| !too_deep) else {
                 continue;
             };
             let all = strip_wrappers(base, Wrappers::All);
@@ -1472,6 +1531,7 @@ impl CommandPart {
         };
         // The name after every wrapper too: `env {touch,x}`, `exec $CMD` run a computed name.
         let dynamic_name = command.first().is_some_and(|name| computes_name(name))
+            || too_deep
             || name_computed
             || open_too_long
             || splits_where_read;
