@@ -566,25 +566,34 @@ mod tests {
         );
     }
 
+    /// A store in `dir` and a runtime on it with a native pool `fn` of `natives`.
+    async fn native_runtime(
+        dir: &std::path::Path,
+        natives: crate::session::NativeRegistry,
+    ) -> (Store, crate::agents::Runtime) {
+        use crate::agents::{ActorsConfig, Runtime, RuntimeOptions};
+        use crate::session::{PoolDef, PoolKind};
+        let store =
+            Store::open(dir.join("store.redb"), crate::store::StoreConfig::default()).unwrap();
+        let mut actors = ActorsConfig::embedded().unwrap();
+        actors
+            .executor
+            .pools
+            .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
+        let mut options = RuntimeOptions::new(store.clone(), actors);
+        options.natives = natives;
+        (store, Runtime::start(options).await.unwrap())
+    }
+
     /// A resume whose saved output of a completed task is not JSON fails as a resume
     /// ([`AgentError::Resume`](crate::agents::AgentError::Resume)), naming the task, and calls
     /// nothing: the task after it, not reached yet, would otherwise run as if that task had no
     /// output.
     #[tokio::test]
     async fn a_resume_with_an_unreadable_saved_output_fails_naming_the_task() {
-        use crate::agents::{ActorsConfig, AgentError, RunOptions, Runtime, RuntimeOptions};
-        use crate::session::{NativeRegistry, PoolDef, PoolKind};
+        use crate::agents::{AgentError, RunOptions};
+        use crate::session::NativeRegistry;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path().join("store.redb"),
-            crate::store::StoreConfig::default(),
-        )
-        .unwrap();
-        let mut actors = ActorsConfig::embedded().unwrap();
-        actors
-            .executor
-            .pools
-            .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
         let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut natives = NativeRegistry::new();
         let counted = std::sync::Arc::clone(&calls);
@@ -592,9 +601,7 @@ mod tests {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move { Ok(args) }
         });
-        let mut options = RuntimeOptions::new(store.clone(), actors);
-        options.natives = natives;
-        let runtime = Runtime::start(options).await.unwrap();
+        let (store, runtime) = native_runtime(dir.path(), natives).await;
         let plan = crate::plan::Plan::from_toml(
             "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.echo\"\nargs = { x = 1 }\n\
              [[task]]\nid = \"b\"\ntool = \"fn.echo\"\ndeps = [\"a\"]\n\
@@ -657,19 +664,9 @@ mod tests {
     /// resume: it used to run with its args as written again (and then apply the fix anew).
     #[tokio::test]
     async fn a_resume_during_a_fix_trial_runs_the_task_with_the_fix() {
-        use crate::agents::{ActorsConfig, RunOptions, RunStatus, Runtime, RuntimeOptions};
-        use crate::session::{NativeRegistry, PoolDef, PoolKind};
+        use crate::agents::{RunOptions, RunStatus};
+        use crate::session::NativeRegistry;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path().join("store.redb"),
-            crate::store::StoreConfig::default(),
-        )
-        .unwrap();
-        let mut actors = ActorsConfig::embedded().unwrap();
-        actors
-            .executor
-            .pools
-            .insert("fn".to_owned(), PoolDef::new(PoolKind::Native));
         let modes = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
         let mut natives = NativeRegistry::new();
         let seen = std::sync::Arc::clone(&modes);
@@ -684,9 +681,7 @@ mod tests {
                 }
             }
         });
-        let mut options = RuntimeOptions::new(store.clone(), actors);
-        options.natives = natives;
-        let runtime = Runtime::start(options).await.unwrap();
+        let (store, runtime) = native_runtime(dir.path(), natives).await;
         let plan = crate::plan::Plan::from_toml(
             "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"fn.render\"\n\
              args = { mode = \"fast\" }\n\

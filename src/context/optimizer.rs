@@ -717,20 +717,16 @@ impl ContextOptimizer {
     /// the monitor is re-armed, so the next payload sends everything it needs again.
     pub fn compact(&self, session: &str) {
         let state = self.sessions.lock().get(session).cloned();
-        let window = self.config.budget.window.max(1);
-        match state {
-            // Re-armed under the session's lock, as `build` records under it: a build between
-            // the clear and the record would refill the session unseen (no alert), and the
-            // record of 0 after it would leave the monitor below while the session is not.
-            Some(state) => {
-                let mut state = state.lock();
-                state.clear();
-                self.monitor.record(session, 0, window);
-            }
-            None => {
-                self.monitor.record(session, 0, window);
-            }
-        }
+        // Re-armed under the session's lock, as `build` records under it: a build between the
+        // clear and the record would refill the session unseen (no alert), and the record of 0
+        // after it would leave the monitor below while the session is not.
+        let _cleared = state.as_ref().map(|state| {
+            let mut held = state.lock();
+            held.clear();
+            held
+        });
+        self.monitor
+            .record(session, 0, self.config.budget.window.max(1));
     }
 
     /// Forgets a session entirely (it ended).

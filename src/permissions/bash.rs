@@ -704,6 +704,14 @@ thread_local! {
 /// Leaves one level of [`STARTED_DEPTH`] when dropped.
 struct DepthGuard;
 
+impl DepthGuard {
+    /// Enters one level: the depth before it, and the guard that leaves it.
+    fn enter() -> (usize, DepthGuard) {
+        let depth = STARTED_DEPTH.with(|depth| depth.replace(depth.get() + 1));
+        (depth, DepthGuard)
+    }
+}
+
 impl Drop for DepthGuard {
     fn drop(&mut self) {
         STARTED_DEPTH.with(|depth| depth.set(depth.get().saturating_sub(1)));
@@ -1386,14 +1394,13 @@ impl CommandPart {
         // Commands started by commands started by … are built up to `MAX_STARTED_DEPTH` deep
         // (each level makes several forms: `xargs -0 xargs -0 …` doubled per level); deeper,
         // the part is never allowed.
-        let started_depth = STARTED_DEPTH.with(Cell::get);
-        let too_deep = started_depth >= MAX_STARTED_DEPTH && !spawned_commands(runs).is_empty();
-        STARTED_DEPTH.with(|depth| depth.set(started_depth + 1));
-        let _depth = DepthGuard;
+        let (started_depth, _depth) = DepthGuard::enter();
+        let started = spawned_commands(runs);
+        let too_deep = started_depth >= MAX_STARTED_DEPTH && !started.is_empty();
         let mut spawned: Vec<CommandPart> = if too_deep {
             Vec::new()
         } else {
-            spawned_commands(runs)
+            started
                 .iter()
                 .filter_map(|command| CommandPart::new(&[], command, &[], &[]))
                 .collect()
@@ -1411,7 +1418,12 @@ impl CommandPart {
                 .first()
                 .map(|name| name.rsplit('/').next().unwrap_or(name));
             let mut commands: Vec<(Vec<String>, bool)> = Vec::new();
-            for command in spawned_commands(all) {
+            let started_here = if from_values {
+                started.clone()
+            } else {
+                spawned_commands(all)
+            };
+            for command in started_here {
                 let (command, changed) = match launcher {
                     Some("xargs") => {
                         commands
