@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -38,9 +39,19 @@ async fn harness(tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
 
 /// A harness on the store in `dir` (a new one, or one a harness shut down left).
 async fn harness_in(dir: tempfile::TempDir, tune: impl FnOnce(&mut ActorsConfig)) -> Harness {
+    harness_with_tools(dir, tune, |_, _| {}).await
+}
+
+/// A harness whose `fn` pool also has the tools `register` adds (given the runtime's store).
+async fn harness_with_tools(
+    dir: tempfile::TempDir,
+    tune: impl FnOnce(&mut ActorsConfig),
+    register: impl FnOnce(&mut NativeRegistry, &Store),
+) -> Harness {
     let store = Store::open(dir.path().join("store.redb"), StoreConfig::default()).unwrap();
     let calls: CallLog = Arc::default();
     let mut natives = NativeRegistry::new();
+    register(&mut natives, &store);
     let log = Arc::clone(&calls);
     // Echoes its args; sleeps `sleep_ms` first when given.
     natives.register("echo", move |args: Value| {
@@ -2319,7 +2330,7 @@ async fn a_resume_of_an_unknown_run_or_of_another_plans_run_is_refused() {
 }
 
 /// Cancelling a run that has ended does nothing: it used to be remembered as a cancel for a run
-/// not started yet, and cancelled the next run of that id (a resume) at its start.
+/// not started yet, and cancelled the next run of that id at its start.
 #[tokio::test]
 async fn cancelling_a_run_that_ended_leaves_a_later_run_of_its_id_alone() {
     let h = harness(|_| {}).await;
@@ -2331,11 +2342,7 @@ async fn cancelling_a_run_that_ended_leaves_a_later_run_of_its_id_alone() {
     let report = h.runtime.run(plan(DIAMOND), run.clone()).await.unwrap();
     assert_eq!(report.status, RunStatus::Complete);
     h.runtime.cancel("done").await.unwrap();
-    let again = RunOptions {
-        resume: true,
-        ..run
-    };
-    let report = h.runtime.run(plan(DIAMOND), again).await.unwrap();
+    let report = h.runtime.run(plan(DIAMOND), run).await.unwrap();
     assert_eq!(report.status, RunStatus::Complete, "{report:?}");
     h.runtime.shutdown().await;
 }
@@ -2549,4 +2556,182 @@ async fn unanswered_permission_questions_do_not_stall_allowed_tasks() {
         report.task("second")
     );
     runtime.shutdown().await;
+}
+
+/// The rollback's first compensation is called only once the run's failure is in the store: a
+/// kill before that commit left a run whose resume ran the failed task again, not the rollback.
+#[tokio::test]
+async fn a_rollback_calls_its_first_compensation_once_the_failure_is_saved() {
+    let seen: Arc<Mutex<Vec<Option<TaskState>>>> = Arc::default();
+    let saw = Arc::clone(&seen);
+    let h = harness_with_tools(
+        tempfile::tempdir().unwrap(),
+        |_| {},
+        move |natives, store| {
+            let store = store.clone();
+            // Records the saved state of task `publish` as it is called.
+            natives.register("saved_publish", move |_args: Value| {
+                let (store, saw) = (store.clone(), Arc::clone(&saw));
+                async move {
+                    let runs = tetrarch::agents::saved_runs(&store).map_err(|e| e.to_string())?;
+                    let state = runs
+                        .iter()
+                        .flat_map(|run| &run.tasks)
+                        .find(|(id, _)| id == "publish")
+                        .map(|(_, state)| *state);
+                    saw.lock().push(state);
+                    Ok(json!({}))
+                }
+            });
+            natives.register("fail", |_args: Value| async move {
+                Err::<Value, _>("it does not work".to_owned())
+            });
+        },
+    )
+    .await;
+    let text = r#"
+name = "saved-before-undo"
+[[task]]
+id = "create"
+tool = "fn.echo"
+args = { label = "create" }
+compensate = { tool = "fn.saved_publish", args = {} }
+[[task]]
+id = "publish"
+tool = "fn.fail"
+deps = ["create"]
+args = {}
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed, "{:?}", report.problems());
+    assert_eq!(report.task("create").unwrap().state, TaskState::Compensated);
+    assert_eq!(*seen.lock(), [Some(TaskState::Failed)]);
+    h.runtime.shutdown().await;
+}
+
+/// After the Orchestrator crashes, the run resumed in its successor stops the calls the old
+/// one made before making them again: a task never runs twice at once.
+#[tokio::test]
+async fn a_run_resumed_after_an_orchestrator_crash_stops_the_old_calls_first() {
+    /// Counts the calls running now, down again when a call ends or is dropped.
+    struct Running(Arc<AtomicUsize>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (now_in, most_in) = (Arc::clone(&now), Arc::clone(&most));
+    let h = harness_with_tools(
+        tempfile::tempdir().unwrap(),
+        |_| {},
+        move |natives, _| {
+            natives.register("exclusive", move |_args: Value| {
+                let (now, most) = (Arc::clone(&now_in), Arc::clone(&most_in));
+                async move {
+                    let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    let _running = Running(now);
+                    most.fetch_max(running, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    Ok(json!({}))
+                }
+            });
+        },
+    )
+    .await;
+    let text = r#"
+name = "exclusive"
+[[task]]
+id = "deploy"
+tool = "fn.exclusive"
+args = {}
+"#;
+    let runtime = &h.runtime;
+    let run = runtime.run(plan(text), options());
+    let crash = async {
+        while now.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        runtime.inject_fault(AgentKind::Orchestrator).unwrap();
+    };
+    let (report, ()) = tokio::join!(run, crash);
+    let report = report.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Complete,
+        "{:?}",
+        report.problems()
+    );
+    assert_eq!(runtime.restarts(AgentKind::Orchestrator), 1);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two calls of the task ran at once"
+    );
+    h.runtime.shutdown().await;
+}
+
+/// A run that has ended is not resumed (its rollback would run again), and a run id holding a
+/// `/` is refused (its saved tasks would be listed under another run's).
+#[tokio::test]
+async fn an_ended_run_is_not_resumed_and_a_run_id_with_a_slash_is_refused() {
+    let h = harness(|_| {}).await;
+    let first = RunOptions {
+        run_id: Some("once".to_owned()),
+        ..options()
+    };
+    let report = h.runtime.run(plan(DIAMOND), first).await.unwrap();
+    assert_eq!(report.status, RunStatus::Complete);
+    let again = RunOptions {
+        run_id: Some("once".to_owned()),
+        resume: true,
+        ..options()
+    };
+    let err = h.runtime.run(plan(DIAMOND), again).await.unwrap_err();
+    assert!(matches!(err, AgentError::Resume { .. }), "{err}");
+    assert!(err.to_string().contains("has ended (complete)"), "{err}");
+    assert_eq!(calls_per_label(&h.calls).get("a"), Some(&1));
+    let slashed = RunOptions {
+        run_id: Some("a/b".to_owned()),
+        ..options()
+    };
+    let err = h.runtime.run(plan(DIAMOND), slashed).await.unwrap_err();
+    assert!(err.to_string().contains("`/`"), "{err}");
+    h.runtime.shutdown().await;
+}
+
+/// A task skipped while it waits out a retry's backoff (another task failed) made no retry:
+/// the report does not count the one that was scheduled.
+#[tokio::test]
+async fn a_retry_scheduled_but_not_made_is_not_counted() {
+    let h = harness(|actors| {
+        actors.orchestrator.run.retry_backoff = Duration::from_secs(4);
+        actors.orchestrator.run.retry_backoff_max = Duration::from_secs(4);
+    })
+    .await;
+    let text = r#"
+name = "not-retried"
+[[task]]
+id = "flaky"
+tool = "fn.flaky"
+args = { label = "flaky", fail_times = 5 }
+retries = 2
+[[task]]
+id = "slow"
+tool = "fn.echo"
+args = { label = "slow", sleep_ms = 100 }
+[[task]]
+id = "bad"
+tool = "fn.flaky"
+deps = ["slow"]
+args = { label = "bad", fail_times = 1 }
+"#;
+    let report = h.runtime.run(plan(text), options()).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    let flaky = report.task("flaky").unwrap();
+    assert_eq!(flaky.state, TaskState::Skipped, "{flaky:?}");
+    assert_eq!((flaky.attempts, flaky.retries), (1, 0), "{flaky:?}");
+    assert_eq!(calls_per_label(&h.calls)["flaky"], 1);
+    h.runtime.shutdown().await;
 }

@@ -33,7 +33,20 @@ fn session() -> NativeSession {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Ok(Value::Null)
     });
-    assert_eq!(registry.names(), ["double", "explode", "nest", "stall"]);
+    // Answers (or fails with) a string of `bytes` bytes of "é" (two bytes each).
+    registry.register("big", |args: Value| async move {
+        let bytes = args["bytes"].as_u64().ok_or("bytes must be a count")?;
+        let text = "é".repeat(usize::try_from(bytes / 2).unwrap());
+        if args["fail"] == json!(true) {
+            Err(text)
+        } else {
+            Ok(json!(text))
+        }
+    });
+    assert_eq!(
+        registry.names(),
+        ["big", "double", "explode", "nest", "stall"]
+    );
     NativeSession::new(Arc::new(registry))
 }
 
@@ -112,4 +125,31 @@ async fn unknown_tool_and_timeout() {
         .await
         .unwrap_err();
     assert!(matches!(err, SessionError::Timeout { .. }), "{err}");
+}
+
+/// An answer or an error longer than a process's output cap is cut to it, on a character
+/// boundary, and marked truncated; a cut answer is no longer the tool's value.
+#[tokio::test]
+async fn a_long_answer_is_cut_to_the_output_cap() {
+    let cap = tetrarch::session::DEFAULT_MAX_OUTPUT_BYTES;
+    let big =
+        |bytes: usize, fail: bool| ToolRequest::new("big", json!({ "bytes": bytes, "fail": fail }));
+    let fits = session().call(big(cap - 10, false)).await.unwrap();
+    assert!(!fits.truncated);
+    assert!(fits.json.is_some());
+    let long = session().call(big(3 * cap, false)).await.unwrap();
+    assert!(long.truncated);
+    assert_eq!(long.exit_status, Some(0));
+    assert_eq!(long.json, None);
+    assert!(
+        long.stdout.len() <= cap && long.stdout.len() > cap - 4,
+        "{}",
+        long.stdout.len()
+    );
+    assert!(long.stdout.starts_with("\"é"));
+    let failed = session().call(big(3 * cap, true)).await.unwrap();
+    assert!(failed.truncated);
+    assert_eq!(failed.exit_status, Some(1));
+    assert!(failed.stderr.len() <= cap && failed.stderr.len() > cap - 4);
+    assert!(failed.stderr.chars().all(|c| c == 'é'));
 }

@@ -718,3 +718,91 @@ async fn a_declared_pools_idle_timeout_and_health_check_interval_are_its_own() {
         "{err}"
     );
 }
+
+/// Sessions started together fall due for their health checks together; they are checked one
+/// at a time, so while one check hangs the others stay on the list and serve acquires, and no
+/// session is started past the ones the pool has.
+#[tokio::test]
+async fn health_checks_take_one_session_off_the_list_at_a_time() {
+    let factory = SlowToCheck::default();
+    let config = PoolConfig {
+        health_check_interval: Duration::from_millis(50),
+        ..config(3, 3)
+    };
+    let pool = Pool::start(config, factory.clone()).await.unwrap();
+    wait_until("a check", || pool.stats().idle < 3).await;
+    assert_eq!(pool.stats().idle, 2, "{:?}", pool.stats());
+    // Two acquires while the first check runs (300 ms) take the two sessions still listed.
+    let held = hold_sessions(&pool, 2).await;
+    assert_eq!(
+        factory.created.load(Ordering::SeqCst),
+        3,
+        "no session started"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.size, stats.created, stats.discarded),
+        (3, 3, 0),
+        "{stats:?}"
+    );
+}
+
+/// A session whose health check ends after its pool closed is closed, not listed as idle on
+/// the closed pool (where it kept its server running and counted in its size).
+#[tokio::test]
+async fn a_session_checked_while_its_pool_closes_is_closed() {
+    let factory = SlowToCheck::default();
+    let config = PoolConfig {
+        health_check_interval: Duration::from_millis(50),
+        ..config(1, 1)
+    };
+    let pool = Pool::start(config, factory.clone()).await.unwrap();
+    wait_until("a check", || pool.stats().idle == 0).await;
+    pool.close();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stats = pool.stats();
+    assert_eq!((stats.size, stats.idle), (0, 0), "{stats:?}");
+}
+
+/// An acquire starting a session of its own gives up when its pool closes, rather than wait
+/// for the start and make its call on a closed pool's session; the start is dropped.
+#[tokio::test]
+async fn an_acquire_starting_a_session_ends_when_its_pool_closes() {
+    let factory = SlowAfterFirst::default();
+    let config = PoolConfig {
+        acquire_timeout: Duration::from_secs(5),
+        ..config(0, 1)
+    };
+    let pool = Pool::start(config, factory.clone()).await.unwrap();
+    // The first start is quick; its session crashes, so the next acquire starts a slow one.
+    let mut first = pool.acquire().await.unwrap();
+    first
+        .call(ToolRequest::new("crash", json!({})))
+        .await
+        .unwrap_err();
+    drop(first);
+    let acquiring = pool.clone();
+    let acquire = tokio::spawn(async move { acquiring.acquire().await.map(|_| ()) });
+    wait_until("the slow start", || {
+        factory.created.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let closed_at = Instant::now();
+    pool.close();
+    let err = acquire.await.unwrap().unwrap_err();
+    assert!(matches!(err, SessionError::PoolClosed { .. }), "{err}");
+    assert!(
+        closed_at.elapsed() < Duration::from_millis(300),
+        "it waited for the start: {:?}",
+        closed_at.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        factory.finished.load(Ordering::SeqCst),
+        1,
+        "the start was dropped"
+    );
+    assert_eq!(pool.stats().size, 0, "{:?}", pool.stats());
+}

@@ -366,3 +366,35 @@ async fn a_job_whose_call_timed_out_holds_its_slot_until_it_ends() {
     let outcome = second.call(call("flip", small)).await.unwrap();
     assert_eq!(outcome.exit_status, Some(0), "{}", outcome.stderr);
 }
+
+/// A scorer's timed-out call does not cost its session: the pool keeps it rather than start
+/// another, which would build its scorer and score its warm-up images again.
+#[tokio::test]
+async fn a_pooled_scorer_whose_call_timed_out_is_kept_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    png(dir.path(), "big-ref.png", 960, 720, gradient);
+    png(dir.path(), "big-test.png", 960, 720, darker);
+    let spec = ScorerSpec {
+        base_dir: Some(dir.path().to_path_buf()),
+        warmup_size: None,
+        ..ScorerSpec::new(Device::Cpu)
+    };
+    let config = PoolConfig {
+        min_idle: 1,
+        max_size: 1,
+        ..PoolConfig::new("scorer")
+    };
+    let pool = Pool::start(config, ScorerFactory::new(spec)).await.unwrap();
+    let big = json!({ "reference": "big-ref.png", "test": "big-test.png" });
+    let mut session = pool.acquire().await.unwrap();
+    let impatient = ToolRequest::new("flip", big.clone()).with_timeout(Duration::from_millis(1));
+    let err = session.call(impatient).await.unwrap_err();
+    assert!(matches!(err, SessionError::Timeout { .. }), "{err}");
+    drop(session);
+    let mut again = pool.acquire().await.unwrap();
+    let outcome = again.call(call("flip", big)).await.unwrap();
+    assert_eq!(outcome.exit_status, Some(0), "{}", outcome.stderr);
+    drop(again);
+    let stats = pool.stats();
+    assert_eq!((stats.created, stats.discarded), (1, 0), "{stats:?}");
+}

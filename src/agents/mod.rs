@@ -169,8 +169,8 @@ pub enum AgentError {
     /// The plan is invalid (for the runtime's pools).
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
-    /// A run asked to resume cannot be taken up: it is not saved, it belongs to another plan, or
-    /// the store or a completed task's saved output cannot be read.
+    /// A run asked to resume cannot be taken up: it is not saved, it has ended, it belongs to
+    /// another plan, or the store or a completed task's saved output cannot be read.
     #[error("cannot resume run {run_id}: {reason}")]
     Resume {
         /// The run.

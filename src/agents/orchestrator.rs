@@ -125,6 +125,7 @@ enum Phase {
     Compensating,
 }
 
+/// Dropped with a crashed Orchestrator's state too: see its `Drop`.
 struct RunState {
     id: Arc<str>,
     /// Cancelled when the run stops (its first failure, or a cancel): task calls still waiting
@@ -192,6 +193,15 @@ fn referenced_tasks(task: &Task) -> (HashSet<String>, bool) {
         }
     }
     (found, context)
+}
+
+impl Drop for RunState {
+    /// Attempts of this run still on their way to a call are not called once it is gone: after
+    /// a crash of its Orchestrator, the run is resumed by the next one, which dispatches them
+    /// again (and their verdicts would find no one waiting for them).
+    fn drop(&mut self) {
+        self.stop_starting.cancel();
+    }
 }
 
 impl RunState {
@@ -389,12 +399,16 @@ impl OrchestratorState {
             run.replies.extend(reply.take());
             return Ok(());
         }
+        let executor = &self.args.peers.executor;
+        // A resume in the same process (this Orchestrator replaced one that crashed) finds the
+        // calls the old one made still running: they are stopped first, or a task would run
+        // twice at once, and a rollback would undo a call before it finished. (After a restart
+        // of the process there are none.)
+        if spec.resume {
+            let _ = executor.send_control(ExecutorMsg::CancelRun(Arc::from(spec.run_id.as_str())));
+        }
         // Before any of its attempts: the Executor forgets an earlier cancel of this id.
-        let _ = self
-            .args
-            .peers
-            .executor
-            .send_control(ExecutorMsg::RunStarted(Arc::from(spec.run_id.as_str())));
+        let _ = executor.send_control(ExecutorMsg::RunStarted(Arc::from(spec.run_id.as_str())));
         let record = RunRecord {
             plan_name: spec.plan.name.clone(),
             plan_hash: spec.plan_hash.clone(),
@@ -429,6 +443,16 @@ impl OrchestratorState {
                 return Err(RunFailure::Resume(
                     "no such run is saved in the store".to_owned(),
                 ));
+            }
+            // An ended run is not taken up again: its rollback would run again, compensating
+            // the tasks whose compensation failed once more, and its end would be rewritten.
+            if let Some(saved) = &saved
+                && saved.status != RunStatus::Running
+            {
+                return Err(RunFailure::Resume(format!(
+                    "it has ended ({}); run the plan again for a new run",
+                    saved.status.as_str()
+                )));
             }
             if let Some(saved) = saved {
                 run.record.started_ms = saved.started_ms;
@@ -729,6 +753,8 @@ impl OrchestratorState {
         for (j, slot) in run.slots.iter_mut().enumerate() {
             if slot.backing_off && slot.token.take().is_some() {
                 slot.backing_off = false;
+                // Counted when it was scheduled; it is not made.
+                slot.retries = slot.retries.saturating_sub(1);
                 slot.state = TaskState::Skipped;
                 slot.reason = Some("the run stopped before the retry".to_owned());
                 run.in_flight -= 1;
@@ -1185,7 +1211,7 @@ impl OrchestratorState {
     /// A warm-up attempt is back: its waiter is answered once its whole pass is.
     fn warmed(&mut self, attempt: &Attempt, verdict: &Verdict) {
         if let Verdict::Error { reason, .. } = verdict {
-            tracing::debug!(
+            tracing::warn!(
                 "orchestrator: warm-up call {} failed: {reason}",
                 attempt.call()
             );
@@ -1253,6 +1279,10 @@ impl OrchestratorState {
         let mut changed = Vec::new();
         for (i, slot) in run.slots.iter_mut().enumerate() {
             if slot.token.take().is_some() {
+                if std::mem::take(&mut slot.backing_off) {
+                    // A retry counted when it was scheduled, which is not made.
+                    slot.retries = slot.retries.saturating_sub(1);
+                }
                 slot.state = TaskState::Cancelled;
                 slot.reason = Some("cancelled".to_owned());
                 changed.push(i);
@@ -1319,9 +1349,21 @@ impl OrchestratorState {
             .filter_map(|id| run.index.get(id.as_str()).copied())
             .collect();
         run.phase = Phase::Compensating;
+        let undoes = !run.compensation_queue.is_empty();
         for i in changed {
             self.persist(run_id, i);
             self.task_event(&self.runs[run_id], i);
+        }
+        // The stop is on disk before the first compensation is called: a kill between them
+        // left a run whose resume did not know it was rolling back, so it ran the failed task
+        // again and could end COMPLETE with a task undone. (One fsync a rollback.)
+        if undoes {
+            let records = std::mem::take(&mut self.unsaved);
+            if let Err(e) = self.args.store.put_run_records(records).await {
+                tracing::error!(
+                    "orchestrator: could not save the run's stop before its rollback: {e}"
+                );
+            }
         }
         self.next_compensation(run_id).await;
     }

@@ -321,7 +321,8 @@ pub struct RunOptions {
     /// A stable hash of the plan's text ([`plan_hash`]), used to find a run to resume.
     pub plan_hash: String,
     /// The run's id; a new one when `None`. It names the run's memory namespace
-    /// (`session:run:ID`), so it is non-empty, without `:`, whitespace or control characters.
+    /// (`session:run:ID`), so it is non-empty, without `:`, `/`, whitespace or control
+    /// characters.
     pub run_id: Option<String>,
     /// Continue the run `run_id` from the store instead of starting fresh: it must be there,
     /// and of the same plan (`plan_hash`), else the run fails with [`AgentError::Resume`].
@@ -605,11 +606,13 @@ impl Runtime {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         // The run's memories live in `session:run:ID`: an id that namespace cannot hold would
-        // leave its outputs unrecorded and put its context in the global namespace.
-        if crate::store::Namespace::session("run", &run_id).is_err() {
+        // leave its outputs unrecorded and put its context in the global namespace. Its tasks
+        // are saved under `task:ID/TASK`: with a `/` in ids, run `a`'s tasks would be listed
+        // with run `a/b`'s.
+        if crate::store::Namespace::session("run", &run_id).is_err() || run_id.contains('/') {
             return Err(AgentError::Run {
                 run_id,
-                reason: "a run id must be non-empty, without `:`, whitespace or control \
+                reason: "a run id must be non-empty, without `:`, `/`, whitespace or control \
                          characters"
                     .to_owned(),
             });

@@ -491,7 +491,12 @@ fn map_service_error(tool: &str, error: ServiceError) -> SessionError {
     match error {
         ServiceError::McpError(e) => SessionError::ToolRejected {
             tool: tool.to_owned(),
-            detail: e.message.into_owned(),
+            // Capped as a call's text is: a server may send megabytes of message.
+            detail: {
+                let mut detail = e.message.into_owned();
+                detail.truncate(detail.floor_char_boundary(DEFAULT_MAX_OUTPUT_BYTES));
+                detail
+            },
         },
         ServiceError::TransportClosed | ServiceError::TransportSend(_) => SessionError::Closed {
             detail: format!("MCP server connection lost during {tool:?}: {error}"),

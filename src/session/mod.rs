@@ -154,6 +154,15 @@ pub trait Session: Send {
         Box::pin(async { Ok(None) })
     }
 
+    /// Whether a call that timed out leaves the session unusable, so that its pool replaces it
+    /// (the default: a process or a server may be part-way through an answer it will still
+    /// send). A session whose calls leave nothing in it says `false`: the scorer, whose
+    /// timed-out job finishes on its own, and whose replacement would compile its kernels and
+    /// score its warm-up images again.
+    fn timeout_breaks_it(&self) -> bool {
+        true
+    }
+
     /// A cheap check without I/O: `false` once the session is known to be dead.
     fn is_open(&self) -> bool {
         true

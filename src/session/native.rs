@@ -6,6 +6,11 @@
 //! An answer nested deeper than [`MAX_OUTPUT_DEPTH`] arrays and objects fails its call: every
 //! other tool's output is parsed from text, which `serde_json` stops at that depth, and so is a
 //! saved output when its run resumes. Taken, it would be an output no resume could read back.
+//!
+//! An answer's text (its JSON, or the error message) is kept up to [`DEFAULT_MAX_OUTPUT_BYTES`],
+//! as a process's output is: a longer one is cut at a character boundary and marked `truncated`,
+//! and its value is dropped (the output is then the cut text, as for a process whose output was
+//! cut), so one tool cannot hold hundreds of megabytes in every record of its output.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -15,7 +20,10 @@ use std::time::Instant;
 use futures::FutureExt;
 use serde_json::Value;
 
-use super::{BoxFuture, Session, SessionError, SessionFactory, ToolOutcome, ToolRequest};
+use super::{
+    BoxFuture, DEFAULT_MAX_OUTPUT_BYTES, Session, SessionError, SessionFactory, ToolOutcome,
+    ToolRequest,
+};
 
 /// The deepest nesting of arrays and objects a native tool's answer may have: what
 /// `serde_json` reads back from text.
@@ -130,7 +138,7 @@ impl Session for NativeSession {
                     after: request.timeout,
                 });
             };
-            let (exit_status, stdout, stderr, json) = match finished {
+            let (exit_status, mut stdout, mut stderr, mut json) = match finished {
                 Ok(Ok(value)) if nested_deeper_than(&value, MAX_OUTPUT_DEPTH) => {
                     drop_without_recursion(value);
                     (
@@ -152,12 +160,17 @@ impl Session for NativeSession {
                     });
                 }
             };
+            let truncated = cut_to_limit(&mut stdout) | cut_to_limit(&mut stderr);
+            if truncated {
+                // A cut answer is not the tool's value; its text is what is left of it.
+                json = None;
+            }
             Ok(ToolOutcome {
                 exit_status: Some(exit_status),
                 stdout,
                 stderr,
                 json,
-                truncated: false,
+                truncated,
                 duration: started.elapsed(),
             })
         })
@@ -166,6 +179,16 @@ impl Session for NativeSession {
     fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// Cuts `text` to [`DEFAULT_MAX_OUTPUT_BYTES`] at a character boundary; whether it was cut.
+fn cut_to_limit(text: &mut String) -> bool {
+    if text.len() <= DEFAULT_MAX_OUTPUT_BYTES {
+        return false;
+    }
+    text.truncate(text.floor_char_boundary(DEFAULT_MAX_OUTPUT_BYTES));
+    text.shrink_to_fit();
+    true
 }
 
 /// Makes [`NativeSession`]s over one registry for a pool.

@@ -235,7 +235,27 @@ impl Shared {
 
     /// Puts `entry` on the idle list (the warmest end) and wakes the acquirers watching it.
     fn push_idle(&self, entry: IdleSession) {
-        self.lock_idle().push(entry);
+        self.put_idle(entry, false);
+    }
+
+    /// Puts a session on the idle list (at its cold end when `coldest`: one back from a health
+    /// check), or closes it if the pool has closed. Checked under the list's lock, which `close`
+    /// drains the list under, so no session is left running on a closed pool's list (a health
+    /// check or a warm-up that ended as the pool closed put theirs back there).
+    fn put_idle(&self, entry: IdleSession, coldest: bool) {
+        let mut idle = self.lock_idle();
+        if self.closed.load(Ordering::SeqCst) {
+            drop(idle);
+            self.size.fetch_sub(1, Ordering::SeqCst);
+            // Dropped outside the lock: closing a session may take a while (a server's exit).
+            drop(entry);
+        } else if coldest {
+            idle.insert(0, entry);
+            drop(idle);
+        } else {
+            idle.push(entry);
+            drop(idle);
+        }
         self.changed.notify_waiters();
     }
 
@@ -313,6 +333,13 @@ impl Shared {
                 () = &mut changed => {
                     changed.set(self.changed.notified());
                     changed.as_mut().enable();
+                    // A pool closed meanwhile (a run's end, a pool replaced by name) serves no
+                    // more calls: the start is dropped, which stops its server.
+                    if self.closed.load(Ordering::SeqCst) {
+                        return Err(SessionError::PoolClosed {
+                            pool: self.config.name.clone(),
+                        });
+                    }
                     if let Some(entry) = self.take_idle() {
                         self.start_in_background(start);
                         return Ok(Acquired::Returned(entry));
@@ -327,19 +354,19 @@ impl Shared {
         self: &Arc<Self>,
         start: BoxFuture<'static, Result<Box<dyn Session>, SessionError>>,
     ) {
-        // Counted before the task can end (and uncount it).
-        self.background.lock().pending += 1;
-        let shared = Arc::clone(self);
+        // Counted before the task can end (and uncount it), and uncounted only once its session
+        // is on the list: an acquire in between found neither and started one of its own, one
+        // over `max_size`.
+        let pending = PendingStart::new(Arc::clone(self));
         let task = tokio::spawn(async move {
-            let started = start.await;
-            shared.background.lock().pending -= 1;
-            match started {
+            let shared = &pending.0;
+            match start.await {
                 Ok(session) => shared.keep_idle(session, false),
                 Err(e) => {
                     tracing::warn!(pool = %shared.config.name, error = %e, "a session started in the background failed to start");
-                    shared.changed.notify_waiters();
                 }
             }
+            drop(pending);
         });
         let mut background = self.background.lock();
         background.tasks.retain(|task| !task.is_finished());
@@ -366,12 +393,21 @@ impl Shared {
         }
     }
 
+    /// The first idle session due for a health check (or found closed), taken off the list.
+    fn take_due(&self, now: Instant) -> Option<IdleSession> {
+        let mut idle = self.lock_idle();
+        let due = idle.iter().position(|entry| {
+            now.saturating_duration_since(entry.checked) >= self.config.health_check_interval
+                || !entry.session.is_open()
+        })?;
+        Some(idle.remove(due))
+    }
+
     /// One round of upkeep: idle timeout, health checks, top-up to `min_idle`.
     async fn maintain(&self) {
         let now = Instant::now();
-        let mut to_check = Vec::new();
         let mut expired = Vec::new();
-        {
+        let due = {
             let mut idle = self.lock_idle();
             // Oldest first: those are the ones past the idle timeout.
             let mut index = 0;
@@ -380,21 +416,25 @@ impl Shared {
                 let unused_for = now.saturating_duration_since(entry.since);
                 if unused_for >= self.config.idle_timeout && idle.len() > self.config.min_idle {
                     expired.push(idle.remove(index));
-                } else if now.saturating_duration_since(entry.checked)
-                    >= self.config.health_check_interval
-                    || !entry.session.is_open()
-                {
-                    to_check.push(idle.remove(index));
                 } else {
                     index += 1;
                 }
             }
-        }
+            idle.len()
+        };
         for entry in expired {
             self.size.fetch_sub(1, Ordering::SeqCst);
             drop(entry);
         }
-        for mut entry in to_check {
+        // One session off the list at a time: the sessions of one start fall due on one tick,
+        // and taking them all while the first one's check hung (up to `health_check_timeout`)
+        // left acquires an empty list, so they started servers of their own (up to twice
+        // `max_size` at once) and the checked ones were closed as surplus. A checked session is
+        // no longer due, so each is taken once a round (`due` bounds it anyway).
+        for _ in 0..due {
+            let Some(mut entry) = self.take_due(now) else {
+                break;
+            };
             let healthy = entry.session.is_open()
                 && matches!(
                     tokio::time::timeout(
@@ -410,8 +450,7 @@ impl Shared {
                 self.size.fetch_sub(1, Ordering::SeqCst);
             } else if healthy {
                 entry.checked = Instant::now();
-                self.lock_idle().insert(0, entry);
-                self.changed.notify_waiters();
+                self.put_idle(entry, true);
             } else {
                 tracing::warn!(pool = %self.config.name, "discarding a session that failed its health check");
                 self.size.fetch_sub(1, Ordering::SeqCst);
@@ -444,18 +483,19 @@ impl Shared {
     }
 }
 
-/// A start by the upkeep task, counted among the pending background starts while it runs (also
-/// when its future is dropped part-way); acquirers waiting for it are woken when it ends.
-struct PendingStart<'a>(&'a Shared);
+/// A start by the upkeep task, or one an acquire handed off (see `start_in_background`), counted
+/// among the pending background starts while it runs (also when its future is dropped part-way);
+/// acquirers waiting for it are woken when it ends.
+struct PendingStart<S: std::ops::Deref<Target = Shared>>(S);
 
-impl<'a> PendingStart<'a> {
-    fn new(shared: &'a Shared) -> Self {
+impl<S: std::ops::Deref<Target = Shared>> PendingStart<S> {
+    fn new(shared: S) -> Self {
         shared.background.lock().pending += 1;
         Self(shared)
     }
 }
 
-impl Drop for PendingStart<'_> {
+impl<S: std::ops::Deref<Target = Shared>> Drop for PendingStart<S> {
     fn drop(&mut self) {
         self.0.background.lock().pending -= 1;
         // A failed start pushes nothing: its claimers look again (and start their own).
@@ -701,10 +741,6 @@ impl Pool {
         for (idle, result) in futures::future::join_all(warmed).await {
             // Put back as it was: a reset still owed, the idle clock not restarted.
             let (session, dirty, since) = (idle.session, idle.dirty, idle.since);
-            if shared.closed.load(Ordering::SeqCst) {
-                shared.size.fetch_sub(1, Ordering::SeqCst);
-                continue;
-            }
             if let Err(e) = &result {
                 tracing::warn!(pool = %shared.config.name, "warm-up failed, session replaced: {e}");
             }
@@ -806,8 +842,9 @@ impl std::fmt::Debug for PooledSession {
 }
 
 impl PooledSession {
-    /// Runs one call. An error that breaks the session (see [`SessionError::breaks_session`])
-    /// marks it broken; so does dropping this future before it finishes.
+    /// Runs one call. An error that breaks the session (see [`SessionError::breaks_session`],
+    /// and [`Session::timeout_breaks_it`] for a timeout) marks it broken; so does dropping this
+    /// future before it finishes.
     pub async fn call(&mut self, request: ToolRequest) -> Result<ToolOutcome, SessionError> {
         let Some(session) = self.session.as_mut() else {
             return Err(SessionError::Closed {
@@ -818,7 +855,10 @@ impl PooledSession {
         self.called = true;
         let result = session.call(request).await;
         self.in_call = false;
-        if result.as_ref().is_err_and(SessionError::breaks_session) {
+        if let Err(e) = &result
+            && e.breaks_session()
+            && (!matches!(e, SessionError::Timeout { .. }) || session.timeout_breaks_it())
+        {
             self.broken = true;
         }
         result

@@ -462,6 +462,11 @@ impl Session for ScorerSession {
         Box::pin(async { Ok(()) })
     }
 
+    /// A timed-out job goes on in its job slot and leaves nothing in the session.
+    fn timeout_breaks_it(&self) -> bool {
+        false
+    }
+
     fn tools(&mut self) -> BoxFuture<'_, Result<Option<Vec<String>>, SessionError>> {
         Box::pin(async { Ok(Some(SCORER_TOOLS.map(str::to_owned).to_vec())) })
     }
