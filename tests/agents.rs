@@ -2622,18 +2622,22 @@ async fn a_run_resumed_after_an_orchestrator_crash_stops_the_old_calls_first() {
     }
     let now = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
     let (now_in, most_in) = (Arc::clone(&now), Arc::clone(&most));
+    let finished_in = Arc::clone(&finished);
     let h = harness_with_tools(
         tempfile::tempdir().unwrap(),
         |_| {},
         move |natives, _| {
             natives.register("exclusive", move |_args: Value| {
                 let (now, most) = (Arc::clone(&now_in), Arc::clone(&most_in));
+                let finished = Arc::clone(&finished_in);
                 async move {
                     let running = now.fetch_add(1, Ordering::SeqCst) + 1;
                     let _running = Running(now);
                     most.fetch_max(running, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(400)).await;
+                    finished.fetch_add(1, Ordering::SeqCst);
                     Ok(json!({}))
                 }
             });
@@ -2668,6 +2672,11 @@ args = {}
         most.load(Ordering::SeqCst),
         1,
         "two calls of the task ran at once"
+    );
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "the old Orchestrator's call was not stopped"
     );
     h.runtime.shutdown().await;
 }

@@ -835,6 +835,7 @@ impl Actor for Executor {
                 let shared = Arc::clone(&state.shared);
                 let records = state.records.clone();
                 let run_id = Arc::clone(&attempt.run_id);
+                let warm_up = attempt.purpose == Purpose::WarmUp;
                 // A warm-up belongs to no run, so it has no trace either.
                 let span = if attempt.purpose == Purpose::WarmUp {
                     tracing::Span::none()
@@ -909,7 +910,11 @@ impl Actor for Executor {
                         drop(full.into_inner());
                     }
                 });
-                state.runs.insert(handle.id(), (run_id, handle));
+                // A warm-up is not stopped with its run: it has no effect to stop, and cut
+                // off mid-call it would cost its session (a server restarted, a scorer rebuilt).
+                if !warm_up {
+                    state.runs.insert(handle.id(), (run_id, handle));
+                }
             }
             ExecutorMsg::CancelRun(run_id) => {
                 for (run, handle) in state.runs.values() {

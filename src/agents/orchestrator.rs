@@ -129,8 +129,12 @@ enum Phase {
 struct RunState {
     id: Arc<str>,
     /// Cancelled when the run stops (its first failure, or a cancel): task calls still waiting
-    /// for a session are then not made ("nothing new starts").
+    /// for a session are then not made ("nothing new starts"). A child of `dropped`.
     stop_starting: tokio_util::sync::CancellationToken,
+    /// Cancelled when this state is dropped (see its `Drop`): the calls that must be made even
+    /// though the run stopped (compensations, a call re-sent during the rollback) are still not
+    /// made once the run has gone with a crashed Orchestrator.
+    dropped: tokio_util::sync::CancellationToken,
     plan: Arc<Plan>,
     /// The plan's name, shared by every attempt's template context.
     plan_name: Arc<str>,
@@ -200,12 +204,13 @@ impl Drop for RunState {
     /// a crash of its Orchestrator, the run is resumed by the next one, which dispatches them
     /// again (and their verdicts would find no one waiting for them).
     fn drop(&mut self) {
-        self.stop_starting.cancel();
+        self.dropped.cancel();
     }
 }
 
 impl RunState {
     fn new(spec: &RunSpec, record: RunRecord) -> Self {
+        let dropped = tokio_util::sync::CancellationToken::new();
         let plan = Arc::clone(&spec.plan);
         let tasks = &plan.tasks;
         let index: HashMap<String, usize> = tasks
@@ -268,7 +273,8 @@ impl RunState {
         );
         RunState {
             span,
-            stop_starting: tokio_util::sync::CancellationToken::new(),
+            stop_starting: dropped.child_token(),
+            dropped,
             id: Arc::from(spec.run_id.as_str()),
             plan_name: Arc::from(plan.name.as_str()),
             plan,
@@ -392,7 +398,7 @@ impl OrchestratorState {
 
     async fn start(
         &mut self,
-        spec: RunSpec,
+        mut spec: RunSpec,
         reply: &mut Option<oneshot::Sender<Result<RunReport, RunFailure>>>,
     ) -> Result<(), RunFailure> {
         if let Some(run) = self.runs.get_mut(spec.run_id.as_str()) {
@@ -421,7 +427,10 @@ impl OrchestratorState {
         };
         let mut run = RunState::new(&spec, record);
         let mut already_complete = 0;
-        if spec.resume {
+        'resume: {
+            if !spec.resume {
+                break 'resume;
+            }
             // Commit whatever an earlier Orchestrator of this process still had queued.
             self.args
                 .store
@@ -449,10 +458,16 @@ impl OrchestratorState {
             if let Some(saved) = &saved
                 && saved.status != RunStatus::Running
             {
-                return Err(RunFailure::Resume(format!(
-                    "it has ended ({}); run the plan again for a new run",
-                    saved.status.as_str()
-                )));
+                if spec.resume_asked {
+                    return Err(RunFailure::Resume(format!(
+                        "it has ended ({}); run the plan again for a new run",
+                        saved.status.as_str()
+                    )));
+                }
+                // A new run reusing the id of an ended one, whose start reached this
+                // Orchestrator only after a crash of the last: it starts afresh.
+                spec.resume = false;
+                break 'resume;
             }
             if let Some(saved) = saved {
                 run.record.started_ms = saved.started_ms;
@@ -709,7 +724,11 @@ impl OrchestratorState {
             served_from_cache: false,
             // A dispatch after the run stopped re-sends a call that may have run (an agent
             // restarted during the rollback): it is made, so its work is compensated.
-            stop_starting: (!run.stop_starting.is_cancelled()).then(|| run.stop_starting.clone()),
+            stop_starting: Some(if run.stop_starting.is_cancelled() {
+                run.dropped.clone()
+            } else {
+                run.stop_starting.clone()
+            }),
         };
         if let Err(e) = self
             .args
@@ -1091,6 +1110,8 @@ impl OrchestratorState {
         run.slots[i].backing_off = false;
         run.in_flight -= 1;
         if run.failure.is_some() || run.cancelled {
+            // Counted when it was scheduled; it is not made.
+            run.slots[i].retries = run.slots[i].retries.saturating_sub(1);
             run.slots[i].state = TaskState::Skipped;
             run.slots[i].reason = Some("the run stopped before the retry".to_owned());
             self.persist(&run_id, i);
@@ -1410,7 +1431,8 @@ impl OrchestratorState {
             // The undone call's result, which the Reviewer drops from the cache.
             cache_key: run.slots[i].result_cache_key,
             served_from_cache: false,
-            stop_starting: None,
+            // Made even though the run stopped, unless the run is gone (see `dropped`).
+            stop_starting: Some(run.dropped.clone()),
         };
         if let Err(e) = self
             .args

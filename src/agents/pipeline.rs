@@ -62,7 +62,8 @@ pub(crate) struct Attempt {
     pub served_from_cache: bool,
     /// A task's call: cancelled when its run stops (a task failed for good, or a cancel), so
     /// a call still waiting for a session is not made ([`Outcome::NotStarted`]). A call already
-    /// made finishes. `None` for compensations and warm-ups, which run while a run stops.
+    /// made finishes. For compensations (which run while a run stops), cancelled only when the
+    /// run is gone with a crashed Orchestrator; `None` for warm-ups.
     pub stop_starting: Option<tokio_util::sync::CancellationToken>,
     /// This attempt's `task` (or `compensate`) span, a child of the run's span: the agents open
     /// their own spans (`context`, `tool_call`, `review`) under it, so one trace follows the
