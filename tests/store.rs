@@ -399,6 +399,16 @@ async fn bad_input_is_refused_with_a_typed_error_and_nothing_is_lost() {
         store.store(tagged).await,
         Err(StoreError::FieldTooLarge { field: "tags", .. })
     ));
+    // Each item counts a byte more than its text: empty keywords by the million are not free.
+    let mut empty_keywords = NewMemory::new(Namespace::Global, "short");
+    empty_keywords.keywords = vec![String::new(); 1024 * 1024 + 1];
+    assert!(matches!(
+        store.store(empty_keywords).await,
+        Err(StoreError::FieldTooLarge {
+            field: "keywords",
+            ..
+        })
+    ));
     // Expiries the store cannot keep: under its 1 ms resolution, or past the year 9999.
     for ttl in [
         Duration::from_micros(500),

@@ -566,6 +566,19 @@ mod tests {
         );
     }
 
+    /// The saved records of run `run_id`'s tasks `tasks` (id, record), its own record put back to
+    /// unfinished, as a process killed mid-run left them.
+    async fn save_as_killed(store: &Store, run_id: &str, tasks: Vec<(&str, TaskRecord)>) {
+        let mut run = load_run(store, run_id).unwrap().unwrap();
+        run.status = crate::agents::RunStatus::Running;
+        run.finished_ms = None;
+        let mut records = vec![(run_key(run_id), encode_run(&run).unwrap())];
+        for (task, record) in tasks {
+            records.push((task_key(run_id, task), encode_task(&record).unwrap()));
+        }
+        store.put_run_records(records).await.unwrap();
+    }
+
     /// A store in `dir` and a runtime on it with a native pool `fn` of `natives`.
     async fn native_runtime(
         dir: &std::path::Path,
@@ -637,13 +650,7 @@ mod tests {
             fixes_tried: Vec::new(),
             fix_trial: None,
         };
-        store
-            .put_run_records(vec![
-                (task_key("r", "a"), encode_task(&record).unwrap()),
-                (task_key("r", "b"), encode_task(&pending).unwrap()),
-            ])
-            .await
-            .unwrap();
+        save_as_killed(&store, "r", vec![("a", record), ("b", pending)]).await;
         let made = calls.load(std::sync::atomic::Ordering::SeqCst);
         let resume = RunOptions {
             resume: true,
@@ -708,10 +715,7 @@ mod tests {
         record.state = TaskState::Running;
         record.output_json = None;
         record.fix_trial = Some((0, "the renderer needs a fix".to_owned()));
-        store
-            .put_run_records(vec![(task_key("r", "a"), encode_task(&record).unwrap())])
-            .await
-            .unwrap();
+        save_as_killed(&store, "r", vec![("a", record)]).await;
         modes.lock().clear();
         let resume = RunOptions {
             resume: true,

@@ -442,7 +442,8 @@ pub struct MemoryPatch {
 }
 
 /// Checks everything a write would store: the namespace, the size of every text field (each
-/// within `max_bytes`; keywords and tags counted together), importance, confidence and expiry.
+/// within `max_bytes`; keywords and tags counted together, one byte more for each item, so fifty
+/// million empty tags are not a free 1 GiB of hot tier), importance, confidence and expiry.
 pub(crate) fn validate_memory(memory: &Memory, max_bytes: usize) -> Result<(), StoreError> {
     memory.namespace.check()?;
     if memory.content.len() > max_bytes {
@@ -451,7 +452,12 @@ pub(crate) fn validate_memory(memory: &Memory, max_bytes: usize) -> Result<(), S
             limit: max_bytes,
         });
     }
-    let total = |items: &[String]| items.iter().map(String::len).sum::<usize>();
+    let total = |items: &[String]| {
+        items
+            .iter()
+            .map(|item| item.len().saturating_add(1))
+            .fold(0usize, usize::saturating_add)
+    };
     for (field, size) in [
         ("summary", memory.summary.as_ref().map_or(0, String::len)),
         ("context", memory.context.as_ref().map_or(0, String::len)),

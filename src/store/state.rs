@@ -44,6 +44,14 @@ pub(crate) struct NamespaceCounts {
     pub live_by_type: BTreeMap<MemoryType, u64>,
 }
 
+impl NamespaceCounts {
+    /// Nothing left to count: the namespace's entry can go (each run has a namespace of its
+    /// own, and a long-lived process whose memories expire would keep them all).
+    fn is_empty(&self) -> bool {
+        self.live == 0 && self.archived == 0
+    }
+}
+
 /// What a committed batch does to the hot tier.
 #[derive(Debug)]
 pub(crate) enum Effect {
@@ -114,10 +122,15 @@ impl State {
                 expires_at,
             } => {
                 self.remove_live(id);
-                let counts = self.counts.entry(namespace).or_default();
-                if archived && expires_at > self.loaded_at_ms {
+                if archived
+                    && expires_at > self.loaded_at_ms
+                    && let Some(counts) = self.counts.get_mut(&namespace)
+                {
                     counts.archived = counts.archived.saturating_sub(1);
                     counts.bytes = counts.bytes.saturating_sub(encoded_len);
+                    if counts.is_empty() {
+                        self.counts.remove(&namespace);
+                    }
                 }
                 self.expiry.remove(&(expires_at, id));
             }
@@ -259,6 +272,9 @@ impl State {
         let namespace = &entry.memory.namespace;
         if let Some(set) = self.recent.get_mut(namespace) {
             set.remove(&id);
+            if set.is_empty() {
+                self.recent.remove(namespace);
+            }
         }
         self.recent_all.remove(&id);
         if let Some(counts) = self.counts.get_mut(namespace) {
@@ -266,6 +282,12 @@ impl State {
             counts.bytes = counts.bytes.saturating_sub(entry.encoded_len);
             if let Some(n) = counts.live_by_type.get_mut(&entry.memory.memory_type) {
                 *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.live_by_type.remove(&entry.memory.memory_type);
+                }
+            }
+            if counts.is_empty() {
+                self.counts.remove(namespace);
             }
         }
         Some(entry)

@@ -50,8 +50,12 @@ static STEMMER: LazyLock<Stemmer> = LazyLock::new(|| Stemmer::create(Algorithm::
 
 /// Analysis cost is dominated by per-word lookups and the vocabulary is Zipf-distributed, so each
 /// thread remembers the term id of every raw word it has seen, for one dictionary at a time.
-/// Bounded: cleared when it grows past this many words.
+/// Bounded: cleared when it grows past this many words, and words longer than
+/// [`WORD_CACHE_MAX_BYTES`] are not kept (base64 blobs, hex dumps and log lines without spaces are
+/// rarely seen twice and would make the cache's bytes unbounded).
 const WORD_CACHE_LIMIT: usize = 200_000;
+/// The longest word the per-thread cache keeps.
+const WORD_CACHE_MAX_BYTES: usize = 64;
 
 struct WordCache {
     dictionary: u64,
@@ -342,6 +346,9 @@ fn for_each_word_ids(text: &str, dictionary: &Dictionary, mut sink: impl FnMut(&
                 fresh.push(dictionary.id_or_insert(term));
             });
             sink(fresh);
+            if word.len() > WORD_CACHE_MAX_BYTES {
+                continue;
+            }
             if cached.len() >= WORD_CACHE_LIMIT {
                 cached.clear();
             }

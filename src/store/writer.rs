@@ -10,10 +10,13 @@
 //! statistics that `get` accumulated in memory, and (in relaxed mode) makes the periodic durable
 //! commit.
 //!
-//! After an I/O error (disk full, a file size limit) redb refuses every later transaction until
-//! the database is closed and opened again. The writer does that itself before its next batch or
-//! housekeeping tick, and rebuilds the hot tier from the reopened file, so the store recovers once
-//! there is room again and what readers see is exactly what the file holds.
+//! After an I/O error (disk full, a file size limit), and after any failed commit but a poisoned
+//! transaction's, redb refuses every later write transaction until the database is closed and
+//! opened again. The writer does that itself before its next batch or housekeeping tick, and
+//! rebuilds the hot tier from the reopened file, so the store recovers once there is room again
+//! and what readers see is exactly what the file holds. A failed commit is indeterminate: its
+//! callers get the error, but redb may have made the batch durable before failing, so after the
+//! reopen it may be in the file (a caller that retries a `store` may then hold two copies).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +27,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use redb::{
     CommitError, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
-    StorageError, TableDefinition, TransactionError, WriteTransaction,
+    TableDefinition, TransactionError, WriteTransaction,
 };
 use tokio::sync::oneshot;
 
@@ -148,20 +151,19 @@ impl SharedDb {
     }
 }
 
-/// Whether a failed begin left redb refusing every later transaction (an I/O error, now or
-/// before), which only closing and reopening the file clears.
+/// Whether a failed begin left redb refusing every later transaction (a storage error: an I/O
+/// error now or before, or the allocator state a failed commit discarded), which only closing
+/// and reopening the file clears.
 fn begin_needs_reopen(error: &StoreError) -> bool {
     let StoreError::Database { source, .. } = error else {
         return false;
     };
+    // Any storage error, not only a latched I/O error: after a failed commit redb refuses
+    // every write transaction (its allocator state discarded) until the file is reopened.
     match source.downcast_ref::<TransactionError>() {
-        Some(TransactionError::Storage(storage)) => io_latched(storage),
+        Some(TransactionError::Storage(_)) => true,
         _ => source.is::<NotReopenedYet>(),
     }
-}
-
-fn io_latched(error: &StorageError) -> bool {
-    matches!(error, StorageError::Io(_) | StorageError::PreviousIo)
 }
 
 /// What the writer shares with the store handles.
@@ -539,7 +541,8 @@ impl<'a> Batch<'a> {
     /// Commits, applies the effects to the hot tier, then answers every caller; hands the
     /// emptied buffers back for the next batch. Returns whether the commit failed on an I/O
     /// error, after which the file must be reopened.
-    fn commit(self, buffers: &mut Buffers) -> bool {
+    /// Commits; returns whether it committed and whether the file must be reopened first.
+    fn commit(self, buffers: &mut Buffers) -> (bool, bool) {
         let Batch {
             ctx,
             txn,
@@ -550,6 +553,7 @@ impl<'a> Batch<'a> {
         // Dropped before `replies` if the engine panics in the commit (see `write_batch`).
         let _failure_noted = NoteFailureOnPanic(&ctx.failure);
         let mut needs_reopen = false;
+        let mut committed = true;
         #[cfg(test)]
         tests::panic_if_asked(&ctx.path);
         match txn.commit() {
@@ -569,9 +573,13 @@ impl<'a> Batch<'a> {
             }
             Err(e) => {
                 tracing::error!(path = %ctx.path.display(), error = %e, "store commit failed");
-                // Not acknowledged, so none of it reaches the hot tier.
+                // Not acknowledged, so none of it reaches the hot tier (the reopen rebuilds it
+                // from the file, which may or may not hold the batch).
                 effects.clear();
-                needs_reopen = matches!(&e, CommitError::Storage(s) if io_latched(s));
+                committed = false;
+                // redb refuses later writes after any failed commit but a poisoned
+                // transaction's (rolled back) until the file is reopened.
+                needs_reopen = !matches!(&e, CommitError::TransactionPoisoned);
                 let error = SharedError::new(&ctx.path, "commit", e);
                 for reply in replies.drain(..) {
                     match reply {
@@ -587,7 +595,7 @@ impl<'a> Batch<'a> {
             effects,
             replies,
         };
-        needs_reopen
+        (committed, needs_reopen)
     }
 }
 
@@ -831,12 +839,14 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
             )
         });
         match written {
-            Ok(Written::Committed { reopen }) => {
+            Ok(Written::Committed { committed, reopen }) => {
                 needs_reopen = reopen;
-                if durable {
+                // A failed sync is no sync: the writes before it stay due (the reopen, which
+                // rebuilds the hot tier from the file, clears them).
+                if committed && durable {
                     last_sync = Instant::now();
                     unsynced = false;
-                } else {
+                } else if committed {
                     unsynced = true;
                 }
             }
@@ -888,9 +898,9 @@ impl Drop for NoteFailureOnPanic<'_> {
 
 /// What [`write_batch`] did.
 enum Written {
-    /// The batch was committed (or its commit failed, answered to its callers); `reopen` when
-    /// the file must be reopened before the next.
-    Committed { reopen: bool },
+    /// The batch's commit was tried (`committed` whether it succeeded; a failure is answered
+    /// to its callers); `reopen` when the file must be reopened before the next.
+    Committed { committed: bool, reopen: bool },
     /// No write could begin: the batch's callers were answered with the error.
     NotBegun { reopen: bool, reopened: bool },
 }
@@ -951,9 +961,8 @@ fn write_batch(
         }
     }
     work.execute_all(batch, now);
-    Written::Committed {
-        reopen: work.commit(buffers),
-    }
+    let (committed, reopen) = work.commit(buffers);
+    Written::Committed { committed, reopen }
 }
 
 #[cfg(test)]
@@ -976,6 +985,28 @@ mod tests {
             drop(asked);
             panic!("internal error: entered unreachable code");
         }
+    }
+
+    /// After a failed commit redb refuses writes with a storage error that is not an I/O
+    /// error (its allocator state was discarded); the writer reopens the file for it too, or
+    /// every later write failed until the process restarted.
+    #[test]
+    fn a_begin_refused_for_any_storage_error_reopens_the_file() {
+        let path = Path::new("store.redb");
+        let refused = |storage: redb::StorageError| {
+            super::db_error(path, "begin write")(redb::TransactionError::Storage(storage))
+        };
+        let discarded = redb::StorageError::Corrupted(
+            "Allocator state was discarded by a failed integrity check or commit; reopen the \
+             database to repair it"
+                .to_owned(),
+        );
+        assert!(super::begin_needs_reopen(&refused(discarded)));
+        assert!(super::begin_needs_reopen(&refused(
+            redb::StorageError::PreviousIo
+        )));
+        let other = StoreError::InvalidConfig("not the engine's".to_owned());
+        assert!(!super::begin_needs_reopen(&other));
     }
 
     #[tokio::test]
