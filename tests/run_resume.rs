@@ -565,9 +565,10 @@ fn a_killed_run_leaves_no_tool_running() {
 
 /// A run killed during a retry's backoff resumes with that retry counted: the tool is called
 /// at most `retries + 1` times in all (the retry used to be saved only at its dispatch, so
-/// the resumed run started counting again).
+/// the resumed run started counting again), and waits out what was left of the backoff before
+/// calling it (it used to call it at once).
 #[test]
-fn a_retry_counts_when_the_run_is_killed_during_its_backoff() {
+fn a_retry_killed_during_its_backoff_counts_and_waits_out_its_backoff_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("plan.toml"),
@@ -601,13 +602,25 @@ fn a_retry_counts_when_the_run_is_killed_during_its_backoff() {
         .map(Result::unwrap)
         .any(|line| line.contains("\"task_retrying\""));
     assert!(retrying, "the run ended without a retry");
+    let backoff_began = std::time::Instant::now();
     // Killed in the backoff (2 s), once the retry's record has had time to commit (queued as
     // the event goes out; one group commit).
     std::thread::sleep(Duration::from_millis(700));
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(tries(), 1);
-    let resumed = tetrarch(dir.path()).output().unwrap();
-    assert_eq!(resumed.status.code(), Some(1));
+    let mut resumed = tetrarch(dir.path()).spawn().unwrap();
+    // The resumed run waits out the rest of the backoff (it used to call the tool at once).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tries() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second try");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second_try = backoff_began.elapsed();
+    assert!(
+        second_try >= Duration::from_millis(1800),
+        "the second try came {second_try:?} after the first, inside its 2 s backoff"
+    );
+    assert_eq!(resumed.wait().unwrap().code(), Some(1));
     assert_eq!(tries(), 3, "retries = 2 allows 3 calls in all");
 }

@@ -110,6 +110,8 @@ struct Slot {
     /// Waiting out a retry backoff: `token` is the timer's, and no agent holds the task, so a
     /// restart's re-dispatch leaves it to the timer.
     backing_off: bool,
+    /// When that retry is due (Unix milliseconds), saved so a resume waits for it too.
+    retry_at_ms: Option<i64>,
     /// A resumed rollback found the task in flight when the process stopped: its call may have
     /// done its work, so its compensation runs.
     outcome_unknown: bool,
@@ -259,6 +261,7 @@ impl RunState {
                 fixes_tried: Vec::new(),
                 fix_trial: None,
                 backing_off: false,
+                retry_at_ms: None,
                 outcome_unknown: false,
                 result_cache_key: None,
                 cache_refreshed: None,
@@ -320,6 +323,7 @@ impl RunState {
                 .fix_trial
                 .as_ref()
                 .map(|(f, message)| (u32::try_from(*f).unwrap_or(u32::MAX), message.clone())),
+            retry_at_ms: slot.retry_at_ms,
         }
     }
 
@@ -515,6 +519,7 @@ impl OrchestratorState {
                 slot.fix_trial = record
                     .fix_trial
                     .and_then(|(f, message)| declared(&f).map(|f| (f, message)));
+                slot.retry_at_ms = record.retry_at_ms;
                 match record.state {
                     TaskState::Complete => {
                         slot.output = output()?;
@@ -587,9 +592,15 @@ impl OrchestratorState {
                 .map_err(|e| RunFailure::Run(format!("store: {e}")))?,
         );
         let rolling_back = run.failure.is_some() || run.cancelled;
+        // A retry that was waiting out its backoff when the process stopped waits out the
+        // rest of it (a rate-limited tool is not called again at once).
+        let mut retry_later = Vec::new();
         for i in 0..run.plan.tasks.len() {
             if !rolling_back && run.slots[i].state == TaskState::Pending && run.waiting_on[i] == 0 {
-                run.ready.push_back(i);
+                match run.slots[i].retry_at_ms {
+                    Some(due) => retry_later.push((i, due)),
+                    None => run.ready.push_back(i),
+                }
             }
         }
         self.emit(|| RunEvent::RunStarted {
@@ -609,6 +620,9 @@ impl OrchestratorState {
         run.replies.extend(reply.take());
         let id = Arc::clone(&run.id);
         self.runs.insert(Arc::clone(&id), run);
+        for (i, due) in retry_later {
+            self.schedule_retry(&id, i, due);
+        }
         if let Some(at) = self.early_cancels.iter().position(|c| **c == *id) {
             self.early_cancels.remove(at);
             self.cancel(&id).await;
@@ -680,6 +694,7 @@ impl OrchestratorState {
         slot.state = TaskState::Running;
         slot.token = Some(token);
         slot.backing_off = false;
+        slot.retry_at_ms = None;
         slot.dispatched = Some(Instant::now());
         run.in_flight += 1;
         // A first dispatch is not persisted: its record would differ from the pending one
@@ -967,12 +982,7 @@ impl OrchestratorState {
                         .retry_backoff
                         .saturating_mul(1u32 << (retry - 1).min(16))
                         .min(settings.retry_backoff_max);
-                    let token = next_token();
-                    let slot = &mut run.slots[i];
-                    slot.retries = retry;
-                    slot.token = Some(token);
-                    slot.backing_off = true;
-                    run.in_flight += 1;
+                    run.slots[i].retries = retry;
                     self.args.events.send(RunEvent::TaskRetrying {
                         run_id: run_id.to_string(),
                         task: task.id.as_str().to_owned(),
@@ -980,19 +990,14 @@ impl OrchestratorState {
                         reason,
                         backoff_ms: u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
                     });
-                    let orchestrator = self.args.peers.orchestrator.clone();
-                    let retried = Arc::clone(&run_id);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(backoff).await;
-                        let _ = orchestrator.send_control(OrchestratorMsg::Retry {
-                            run_id: retried,
-                            task_index: i,
-                            token,
-                        });
-                    });
+                    let due = crate::store::Timestamp::now()
+                        .as_millis()
+                        .saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
+                    self.schedule_retry(&run_id, i, due);
                     // Saved now, not at the retry's dispatch: a process killed during the
                     // backoff resumes with this retry counted, so the tool is not called more
-                    // often than `retries` allows.
+                    // often than `retries` allows, and with its due time, so it is not called
+                    // before it either.
                     self.persist(&run_id, i);
                 } else {
                     let reason = if retryable && task.retries > 0 {
@@ -1097,6 +1102,33 @@ impl OrchestratorState {
         slot.reason = Some("the run stopped before the task's next attempt".to_owned());
         self.persist(run_id, i);
         self.task_event(&self.runs[run_id], i);
+    }
+
+    /// Has task `i` wait out a retry's backoff until `due_ms` (Unix milliseconds; one already
+    /// past is dispatched at once), then dispatched by [`OrchestratorMsg::Retry`].
+    fn schedule_retry(&mut self, run_id: &Arc<str>, i: usize, due_ms: i64) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        let token = next_token();
+        let slot = &mut run.slots[i];
+        slot.state = TaskState::Running;
+        slot.token = Some(token);
+        slot.backing_off = true;
+        slot.retry_at_ms = Some(due_ms);
+        run.in_flight += 1;
+        let wait = due_ms.saturating_sub(crate::store::Timestamp::now().as_millis());
+        let backoff = std::time::Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+        let orchestrator = self.args.peers.orchestrator.clone();
+        let retried = Arc::clone(run_id);
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let _ = orchestrator.send_control(OrchestratorMsg::Retry {
+                run_id: retried,
+                task_index: i,
+                token,
+            });
+        });
     }
 
     async fn on_retry(&mut self, run_id: Arc<str>, i: usize, token: u64) {

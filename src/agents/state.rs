@@ -220,7 +220,8 @@ enum StoredTask {
     V1(TaskRecordV1),
     V2(TaskRecordV2),
     V3(TaskRecordV3),
-    V4(TaskRecord),
+    V4(TaskRecordV4),
+    V5(TaskRecord),
 }
 
 /// How long a task's attempts took, each from its dispatch to its verdict (context, tool call
@@ -267,6 +268,42 @@ pub(crate) struct TaskRecord {
     /// The fix the attempt in flight was trying, and the failure it answers (its lesson is
     /// recorded once the outcome is known).
     pub fix_trial: Option<(u32, String)>,
+    /// When a retry waiting out its backoff is due (Unix milliseconds): a resume waits until
+    /// then rather than call a rate-limited tool again at once.
+    pub retry_at_ms: Option<i64>,
+}
+
+/// A task as persisted before a retry's due time was kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct TaskRecordV4 {
+    pub state: TaskState,
+    pub attempt: u32,
+    pub retries: u32,
+    pub feedback: String,
+    pub reason: Option<String>,
+    pub output_json: Option<String>,
+    pub attempt_times: AttemptTimes,
+    pub result_cache_key: Option<u128>,
+    pub fixes_tried: Vec<u32>,
+    pub fix_trial: Option<(u32, String)>,
+}
+
+impl From<TaskRecordV4> for TaskRecord {
+    fn from(old: TaskRecordV4) -> Self {
+        TaskRecord {
+            state: old.state,
+            attempt: old.attempt,
+            retries: old.retries,
+            feedback: old.feedback,
+            reason: old.reason,
+            output_json: old.output_json,
+            attempt_times: old.attempt_times,
+            result_cache_key: old.result_cache_key,
+            fixes_tried: old.fixes_tried,
+            fix_trial: old.fix_trial,
+            retry_at_ms: None,
+        }
+    }
 }
 
 /// A task as persisted before its fixes were kept.
@@ -295,6 +332,7 @@ impl From<TaskRecordV3> for TaskRecord {
             result_cache_key: old.result_cache_key,
             fixes_tried: Vec::new(),
             fix_trial: None,
+            retry_at_ms: None,
         }
     }
 }
@@ -388,7 +426,7 @@ pub(crate) fn decode_run(id: &str, bytes: &[u8]) -> Result<RunRecord, StoreError
 }
 
 pub(crate) fn encode_task(record: &TaskRecord) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(&StoredTask::V4(record.clone())).map_err(|e| codec_error("encode task", e))
+    postcard::to_stdvec(&StoredTask::V5(record.clone())).map_err(|e| codec_error("encode task", e))
 }
 
 /// Every run in the store, `(run id, record)`, oldest first (ids sort by time).
@@ -437,7 +475,8 @@ fn decode_task(run_id: &str, task: &str, bytes: &[u8]) -> Result<TaskRecord, Sto
         Ok(StoredTask::V1(old)) => Ok(old.into()),
         Ok(StoredTask::V2(old)) => Ok(old.into()),
         Ok(StoredTask::V3(old)) => Ok(old.into()),
-        Ok(StoredTask::V4(record)) => Ok(record),
+        Ok(StoredTask::V4(old)) => Ok(old.into()),
+        Ok(StoredTask::V5(record)) => Ok(record),
         Err(e) => Err(codec_error(
             &format!("decode task {task} of run {run_id}"),
             e,
@@ -649,6 +688,7 @@ mod tests {
             result_cache_key: None,
             fixes_tried: Vec::new(),
             fix_trial: None,
+            retry_at_ms: None,
         };
         save_as_killed(&store, "r", vec![("a", record), ("b", pending)]).await;
         let made = calls.load(std::sync::atomic::Ordering::SeqCst);
@@ -826,9 +866,26 @@ mod tests {
         let read = decode_task("r", "t", &bytes).unwrap();
         assert_eq!(read.result_cache_key, Some(u128::MAX - 7));
         assert_eq!((read.fixes_tried.len(), read.fix_trial.clone()), (0, None));
-        let current = TaskRecord {
+        let fourth = TaskRecordV4 {
+            state: read.state,
+            attempt: read.attempt,
+            retries: read.retries,
+            feedback: read.feedback.clone(),
+            reason: None,
+            output_json: read.output_json.clone(),
+            attempt_times: times,
+            result_cache_key: read.result_cache_key,
             fixes_tried: vec![1, 0],
             fix_trial: Some((0, "render timed out".into())),
+        };
+        let bytes = postcard::to_stdvec(&StoredTask::V4(fourth)).unwrap();
+        let read = decode_task("r", "t", &bytes).unwrap();
+        assert_eq!(
+            (read.fixes_tried.clone(), read.retry_at_ms),
+            (vec![1, 0], None)
+        );
+        let current = TaskRecord {
+            retry_at_ms: Some(1_765_000_000_000),
             ..read
         };
         let bytes = encode_task(&current).unwrap();
