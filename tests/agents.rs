@@ -2744,3 +2744,37 @@ args = { label = "bad", fail_times = 1 }
     assert_eq!(calls_per_label(&h.calls)["flaky"], 1);
     h.runtime.shutdown().await;
 }
+
+/// A cacheable call that waited on another run's computation of the same call does not take
+/// that call's timeout as its own: it makes its call (a task with a long timeout used to fail
+/// with "timed out" after another's short one).
+#[tokio::test]
+async fn a_cached_call_does_not_take_another_calls_timeout_as_its_own() {
+    let h = harness(|_| {}).await;
+    let plan_with = |name: &str, timeout: &str| {
+        plan(&format!(
+            "name = \"{name}\"\n[[task]]\nid = \"t\"\ntool = \"fn.echo\"\ncacheable = true\n\
+             timeout = \"{timeout}\"\nargs = {{ label = \"same\", sleep_ms = 400 }}\n"
+        ))
+    };
+    let runtime = &h.runtime;
+    let impatient = runtime.run(plan_with("impatient", "100ms"), options());
+    let patient = async {
+        // Started once the impatient run's call leads the computation.
+        while !calls_per_label(&h.calls).contains_key("same") {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        runtime.run(plan_with("patient", "10s"), options()).await
+    };
+    let (impatient, patient) = tokio::join!(impatient, patient);
+    let impatient = impatient.unwrap();
+    assert_eq!(impatient.status, RunStatus::Failed);
+    let patient = patient.unwrap();
+    assert_eq!(
+        patient.status,
+        RunStatus::Complete,
+        "{:?}",
+        patient.problems()
+    );
+    h.runtime.shutdown().await;
+}

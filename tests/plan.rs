@@ -434,6 +434,9 @@ max_size = 3
 acquire_timeout = "5s"
 start_timeout = "1m 30s"
 call_timeout = "250ms"
+idle_timeout = "1h"
+health_check_interval = "2m"
+health_check_timeout = "750ms"
 warmup = { tool = "count", args = { path = "a.md" }, calls = 3 }
 
 [pools.judge]
@@ -441,18 +444,36 @@ kind = "scorer"
 device = "cpu"
 warmup_size = [640, 480]
 
+[pools.sh]
+kind = "process"
+command = ["sh", "-c"]
+
 [[task]]
 id = "a"
 tool = "tools.count"
 args = { text = "{{context}}" }
 context_files = ["docs/a.md", "b.md"]
-fixes = [{ when = "timed? out", args = { fast = true }, env = { RETRY = "1" } }, { when = "^x$", env = { X = "1" } }]
+fixes = [{ when = "timed? out", args = { fast = true } }, { when = "^x$", args = { x = 1 } }]
+
+[[task]]
+id = "b"
+tool = "sh.run"
+args = { argv = ["make"] }
+fixes = [{ when = "timed? out", args = { argv = ["make", "-j1"] }, env = { RETRY = "1" } }, { when = "^x$", env = { X = "1" } }]
 "#;
     let first = Plan::from_toml(text, "a.toml").unwrap();
     let printed = first.to_toml();
     let second = Plan::from_toml(&printed, "b.toml").unwrap_or_else(|e| panic!("{e}\n{printed}"));
     assert_eq!(first.pools, second.pools, "{printed}");
     assert_eq!(first.pools["tools"].start_timeout, Duration::from_secs(90));
+    assert_eq!(
+        second.pools["tools"].idle_timeout,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        second.pools["tools"].health_check_timeout,
+        Duration::from_millis(750)
+    );
     assert_eq!(
         second.permissions.as_deref(),
         Some(Path::new("rules/settings.json"))
@@ -466,6 +487,9 @@ fixes = [{ when = "timed? out", args = { fast = true }, env = { RETRY = "1" } },
             .map(|f| (f.when.as_str().to_owned(), f.args.clone(), f.env.clone()))
             .collect::<Vec<_>>()
     };
+    assert_eq!(fixes(a).len(), 2);
+    assert_eq!(fixes(a), fixes(b), "{printed}");
+    let (a, b) = (&first.tasks[1], &second.tasks[1]);
     assert_eq!(fixes(a).len(), 2);
     assert_eq!(fixes(a), fixes(b), "{printed}");
     assert_eq!(printed, second.to_toml());
@@ -1200,6 +1224,58 @@ fn a_fix_is_checked_like_the_call_it_changes_and_must_have_tables_to_merge_into(
         targets[1].contains("task \"b\" fixes[0] env:"),
         "{targets:#?}"
     );
+}
+
+/// A fix's `env` is a process call's environment: on any other kind of call it is refused (it
+/// was sent to an MCP tool as an argument); a scorer task's fixed args are checked as its own
+/// are; a NUL in a fix's env value is refused as in the task's own env.
+#[test]
+fn a_fix_has_an_env_only_for_a_process_call_and_its_args_suit_the_scorer() {
+    let text = "name = \"p\"\n\
+                [pools.sh]\nkind = \"process\"\ncommand = [\"make\"]\n\
+                [pools.m]\nkind = \"mcp\"\ncommand = [\"srv\"]\n\
+                [pools.judge]\nkind = \"scorer\"\ndevice = \"cpu\"\n\
+                [[task]]\nid = \"m\"\ntool = \"m.draft\"\n\
+                fixes = [{ when = \"slow\", env = { FAST = \"1\" } }]\n\
+                [[task]]\nid = \"s\"\ntool = \"judge.flip\"\n\
+                args = { reference = \"r.png\", test = \"t.png\" }\n\
+                fixes = [{ when = \"slow\", args = { quality = \"low\" } }]\n\
+                [[task]]\nid = \"p\"\ntool = \"sh.x\"\n\
+                fixes = [{ when = \"slow\", env = { A = \"a\\u0000b\" } }]\n";
+    let lines = errors(text);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].contains("task \"m\" fixes[0] env: only a process call has an environment")
+            && lines[0].contains("pool is mcp"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].contains("task \"s\" fixes[0] args:") && lines[1].contains("quality"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[2].contains("task \"p\" fixes[0] env \"A\": its value holds a NUL byte"),
+        "{lines:#?}"
+    );
+}
+
+/// A score gate's empty path (the plan's folder, which nothing can score) is refused before
+/// the run; `context_files` read by a fix's args alone are accepted (that fix sends them).
+#[test]
+fn an_empty_score_path_is_refused_and_a_fix_may_be_what_reads_the_context() {
+    let text = "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\n\
+                gates = [{ score = \"flip\", reference = \" \", test = \"t.png\", max = 0.1 }]\n";
+    let lines = errors(text);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("score gate `reference` is an empty path"),
+        "{lines:#?}"
+    );
+    let text = "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\n\
+                args = { argv = [\"draft\"] }\ncontext_files = [\"notes.md\"]\n\
+                fixes = [{ when = \"too short\", args = { stdin = \"{{context}}\" } }]\n";
+    let plan = Plan::from_toml(text, "p.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.tasks[0].context_files, [Path::new("notes.md")]);
 }
 
 #[test]

@@ -551,19 +551,26 @@ async fn cached_call(
         let served = !called.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(error) = &computed
             && let CacheError::Compute(failure) = error.as_ref()
-            && failure.not_started
             && served
         {
-            // Another attempt led the computation, and its run stopped before the call was
-            // made: this attempt's call is not made either only when its own run stopped too
-            // (the cache keeps no error, so computing again makes the call).
-            if attempt.run_stopped() {
-                checked
-                    .not_started
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                return (Err((false, failure.reason.clone())), false);
+            if failure.not_started {
+                // Another attempt led the computation, and its run stopped before the call
+                // was made: this attempt's call is not made either only when its own run
+                // stopped too (the cache keeps no error, so computing again makes the call).
+                if attempt.run_stopped() {
+                    checked
+                        .not_started
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return (Err((false, failure.reason.clone())), false);
+                }
+                continue;
             }
-            continue;
+            if failure.retryable {
+                // Another attempt's call failed in a way that is its own (its timeout, a crash
+                // of its session): this attempt makes its call rather than take that failure
+                // (a task with a 10 minute timeout failed with another's 1 second one).
+                continue;
+            }
         }
         return (served_result(computed), served);
     }

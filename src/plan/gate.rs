@@ -305,9 +305,16 @@ impl Gate {
                 Some(_) => string("test")?,
                 None => default_score_test(task),
             };
+            let reference = string("reference")?;
+            // An empty path is the plan's folder, which no attempt can score.
+            for (key, path) in [("reference", &reference), ("test", &test)] {
+                if path.trim().is_empty() {
+                    return Err(format!("score gate `{key}` is an empty path"));
+                }
+            }
             return Ok(Gate::Score {
                 metric,
-                reference: string("reference")?,
+                reference,
                 test,
                 bound,
             });

@@ -395,6 +395,32 @@ impl Task {
     /// a table of the tool's arguments (a whole-string template may render to one); for a
     /// `scorer` pool, what the scorer refuses (an unknown key, a missing image path).
     pub fn args_problems(&self, kind: crate::session::PoolKind, compensate: bool) -> Vec<String> {
+        let mut problems = self.call_problems(kind, compensate);
+        if !compensate && kind != crate::session::PoolKind::Process {
+            problems.extend(self.fix_env_problems(kind));
+        }
+        problems
+    }
+
+    /// A fix's `env` is merged into a process call's environment; any other kind of call has
+    /// none (it was sent to an MCP tool as an argument, and refused by the scorer).
+    fn fix_env_problems(&self, kind: crate::session::PoolKind) -> Vec<String> {
+        self.fixes
+            .iter()
+            .enumerate()
+            .filter(|(_, fix)| !fix.env.is_empty())
+            .map(|(i, _)| {
+                format!(
+                    "task {:?} fixes[{i}] env: only a process call has an environment (this \
+                     task's pool is {}); set what the tool reads in the fix's args",
+                    self.id.as_str(),
+                    kind.as_str()
+                )
+            })
+            .collect()
+    }
+
+    fn call_problems(&self, kind: crate::session::PoolKind, compensate: bool) -> Vec<String> {
         match kind {
             crate::session::PoolKind::Process => self.process_args_problems(compensate),
             crate::session::PoolKind::Mcp => {
@@ -419,10 +445,15 @@ impl Task {
                     (Some(call), true) => &call.tool.tool,
                     _ => &self.tool.tool,
                 };
-                crate::session::scorer::plan_args_problem(tool, args)
-                    .map(|p| format!("task {:?} {what} args: {p}", self.id.as_str()))
-                    .into_iter()
-                    .collect()
+                let own = crate::session::scorer::plan_args_problem(tool, args)
+                    .map(|p| format!("task {:?} {what} args: {p}", self.id.as_str()));
+                // A fix's args replace the call's: the scorer must take those too.
+                let fixes = self.fixes.iter().enumerate().filter(|_| !compensate);
+                let fixes = fixes.filter_map(|(i, fix)| {
+                    crate::session::scorer::plan_args_problem(tool, &fix.apply(args))
+                        .map(|p| format!("task {:?} fixes[{i}] args: {p}", self.id.as_str()))
+                });
+                own.into_iter().chain(fixes).collect()
             }
             crate::session::PoolKind::Native => Vec::new(),
         }
@@ -463,9 +494,17 @@ impl Task {
                 .or_else(|| process_arg_type_problem(&fix.args))
                 .map(|p| format!("task {id:?} fixes[{i}] args: {p}"));
             let env = || {
-                fix.env.keys().find_map(|name| {
+                fix.env.iter().find_map(|(name, value)| {
                     crate::session::process::variable_name_problem(name)
                         .map(|p| format!("task {id:?} fixes[{i}] env names {name:?}: {p}"))
+                        .or_else(|| {
+                            value.contains('\0').then(|| {
+                                format!(
+                                    "task {id:?} fixes[{i}] env {name:?}: its value {}",
+                                    crate::session::process::NUL_IN_VALUE
+                                )
+                            })
+                        })
                 })
             };
             args.or_else(env)

@@ -10,7 +10,7 @@ use toml::{Table, Value as Toml};
 
 use super::gate::{Gate, JsonOp, ScoreBound, ScoreMetric};
 use super::{Fix, Plan, ToolCall};
-use crate::session::{PoolDef, PoolKind};
+use crate::session::PoolDef;
 
 impl Plan {
     /// The plan as TOML. Defaults are already applied to each task, so every task carries its
@@ -141,13 +141,7 @@ fn fix_table(fix: &Fix) -> Table {
 
 fn pool_table(def: &PoolDef) -> Table {
     let mut t = Table::new();
-    let kind = match def.kind {
-        PoolKind::Process => "process",
-        PoolKind::Mcp => "mcp",
-        PoolKind::Native => "native",
-        PoolKind::Scorer => "scorer",
-    };
-    t.insert("kind".into(), Toml::String(kind.to_owned()));
+    t.insert("kind".into(), Toml::String(def.kind.as_str().to_owned()));
     t.insert("command".into(), strings(&def.command));
     if let Some(cwd) = &def.cwd {
         t.insert("cwd".into(), path(cwd));
@@ -159,6 +153,15 @@ fn pool_table(def: &PoolDef) -> Table {
     t.insert("acquire_timeout".into(), duration(def.acquire_timeout));
     t.insert("start_timeout".into(), duration(def.start_timeout));
     t.insert("call_timeout".into(), duration(def.call_timeout));
+    t.insert("idle_timeout".into(), duration(def.idle_timeout));
+    t.insert(
+        "health_check_interval".into(),
+        duration(def.health_check_interval),
+    );
+    t.insert(
+        "health_check_timeout".into(),
+        duration(def.health_check_timeout),
+    );
     if let Some(device) = &def.device {
         t.insert("device".into(), Toml::String(device.clone()));
     }

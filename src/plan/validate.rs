@@ -614,7 +614,7 @@ pub(super) fn parse(
             }
             names
         });
-        let context_files = context_files(&mut c, &id, &t.context_files, &args);
+        let context_files = context_files(&mut c, &id, &t.context_files, &args, &fixes);
         tasks.push(Task {
             id: TaskId(id),
             tool,
@@ -673,7 +673,8 @@ pub(super) fn parse(
 }
 
 /// A task's `context_files`: non-empty, plain (no templates), each named once, and only on a
-/// task whose args read `{{context}}` (the files are sent nowhere else). Whether a file exists
+/// task whose args, or a fix's args or env, read `{{context}}` (the files are sent nowhere
+/// else). Whether a file exists
 /// is not checked here: it may be written by an upstream task, and a missing one is a warning
 /// at run time.
 fn context_files(
@@ -681,13 +682,21 @@ fn context_files(
     id: &str,
     files: &[Spanned<String>],
     args: &Value,
+    fixes: &[Fix],
 ) -> Vec<std::path::PathBuf> {
     let Some(first) = files.first() else {
         return Vec::new();
     };
-    let reads_context = references_in(args, "args")
-        .iter()
-        .any(|(_, _, refs)| refs.as_ref().is_ok_and(|r| r.contains(&Reference::Context)));
+    let reads = |value: &Value| {
+        references_in(value, "args")
+            .iter()
+            .any(|(_, _, refs)| refs.as_ref().is_ok_and(|r| r.contains(&Reference::Context)))
+    };
+    let reads_context = reads(args)
+        || fixes.iter().any(|fix| {
+            reads(&Value::Object(fix.args.clone()))
+                || fix.env.values().any(|v| reads(&Value::String(v.clone())))
+        });
     if !reads_context {
         c.push(
             first.span().start,

@@ -54,6 +54,18 @@ pub enum PoolKind {
     Scorer,
 }
 
+impl PoolKind {
+    /// The kind as a plan writes it (`kind = "process"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Process => "process",
+            PoolKind::Mcp => "mcp",
+            PoolKind::Native => "native",
+            PoolKind::Scorer => "scorer",
+        }
+    }
+}
+
 /// A pool as declared in TOML.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
