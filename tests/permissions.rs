@@ -1140,3 +1140,130 @@ fn a_brace_range_over_every_integer_neither_panics_nor_uses_up_the_parser() {
     assert_eq!(bash(&e, "echo fine"), Verdict::Allow);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// Path rules with `.`, `..` or doubled slashes name what they say (they loaded but matched
+/// nothing); a `..` after a wildcard and spaces around a path are refused naming the rule.
+#[test]
+fn a_path_rules_dots_resolve_and_what_cannot_resolve_is_refused() {
+    let e = engine(&["Read", "Edit"], &[], &["Read(../.env)", "Edit(./)"]);
+    // The working directory is /proj/sub.
+    assert_eq!(call(&e, "Read", "../.env"), Verdict::Deny);
+    assert_eq!(call(&e, "Read", "/proj/.env"), Verdict::Deny);
+    assert_eq!(call(&e, "Write", "notes.txt"), Verdict::Deny);
+    assert_eq!(call(&e, "Write", "/proj/other.txt"), Verdict::Allow);
+    for (bad, why) in [
+        ("Read(src/*/../x)", "after a wildcard"),
+        ("Read( ./x)", "spaces"),
+    ] {
+        let err = PermissionEngine::from_settings_json(
+            &json!({"permissions": {"deny": ["Read(a)", bad]}}).to_string(),
+            Path::new("/proj/.claude/settings.json"),
+            Path::new("/proj/sub"),
+            Path::new("/home/u"),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(
+                &err,
+                PermissionError::InvalidRule {
+                    list: List::Deny,
+                    index: 1,
+                    ..
+                }
+            ) && err.to_string().contains(why),
+            "{err}"
+        );
+    }
+}
+
+/// A search reaches what an ask rule covers as it reaches what a deny rule covers, and a
+/// Glob pattern that is absolute or climbs out with `..` is judged where it points.
+#[test]
+fn searches_meet_ask_rules_and_glob_patterns_are_judged_where_they_point() {
+    let e = engine(
+        &["Grep", "Glob"],
+        &["Read(./secrets/**)"],
+        &["Read(~/.ssh/**)"],
+    );
+    let search = |tool: &str, input: serde_json::Value| {
+        e.decide(&ToolCall {
+            tool: tool.into(),
+            input,
+        })
+        .verdict
+    };
+    assert_eq!(
+        search("Grep", json!({"pattern": ".", "path": "secrets"})),
+        Verdict::Ask
+    );
+    assert_eq!(
+        search("Grep", json!({"pattern": ".", "path": "src"})),
+        Verdict::Allow
+    );
+    for pattern in [
+        "/home/u/.ssh/*",
+        "../../home/u/.ssh/*",
+        "/home/u/.ssh/id_rsa",
+    ] {
+        assert_eq!(
+            search("Glob", json!({"path": ".", "pattern": pattern})),
+            Verdict::Deny,
+            "{pattern}"
+        );
+    }
+    assert_eq!(
+        search("Glob", json!({"path": ".", "pattern": "src/**/*.rs"})),
+        Verdict::Allow
+    );
+}
+
+/// `dontAsk` asks no one: what an ask rule holds back is denied. Plan mode is read-only:
+/// reads go by the rules, anything else is asked even where an allow rule matches.
+#[test]
+fn dont_ask_denies_what_an_ask_rule_holds_and_plan_mode_only_reads() {
+    let dont_ask = engine_with(json!({"permissions": {
+        "defaultMode": "dontAsk",
+        "allow": ["Bash(git *)"],
+        "ask": ["Bash(git push *)"],
+    }}));
+    assert_eq!(bash(&dont_ask, "git push origin"), Verdict::Deny);
+    assert_eq!(bash(&dont_ask, "git status"), Verdict::Allow);
+    let plan = engine_with(json!({"permissions": {
+        "defaultMode": "plan",
+        "allow": ["Bash(rm *)", "Edit", "Read", "WebFetch"],
+        "deny": ["Read(.env)"],
+    }}));
+    assert_eq!(bash(&plan, "rm -rf build"), Verdict::Ask);
+    assert_eq!(call(&plan, "Write", "x.txt"), Verdict::Ask);
+    assert_eq!(call(&plan, "Read", "src/lib.rs"), Verdict::Allow);
+    assert_eq!(call(&plan, "Read", ".env"), Verdict::Deny);
+    assert_eq!(
+        call(&plan, "WebFetch", "https://docs.rs/regex"),
+        Verdict::Allow
+    );
+}
+
+/// A misspelt key under `permissions` fails the load naming it (a `denny` list dropped every
+/// deny rule without a word); a list item that is not a string is named by its index.
+#[test]
+fn an_unknown_permissions_key_and_a_non_string_rule_are_named() {
+    let load = |settings: serde_json::Value| {
+        PermissionEngine::from_settings_json(
+            &settings.to_string(),
+            Path::new("/proj/.claude/settings.json"),
+            Path::new("/proj/sub"),
+            Path::new("/home/u"),
+        )
+        .err()
+        .unwrap()
+        .to_string()
+    };
+    let typo = load(json!({"permissions": {"allow": ["Bash"], "denny": ["Bash(rm *)"]}}));
+    assert!(typo.contains("unknown key `permissions.denny`"), "{typo}");
+    let number = load(json!({"permissions": {"allow": ["Bash", 1]}}));
+    assert!(
+        number.contains("`permissions.allow[1]` must be a string"),
+        "{number}"
+    );
+}

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::engine::{PermissionEngine, project_root, read_lists};
-use super::path::{Anchors, anchored_globs};
+use super::path::{Anchors, resolve};
 use super::rule::{ParsedRule, parse_rule};
 use super::{List, PermissionError};
 
@@ -295,8 +295,12 @@ fn covers(wide: &ParsedRule, narrow: &ParsedRule) -> bool {
         }
         (ParsedRule::Read(Some(w)), ParsedRule::Read(Some(n)))
         | (ParsedRule::Edit(Some(w)), ParsedRule::Edit(Some(n))) => {
-            let wide: Vec<_> = symbolic_globs(w);
-            symbolic_globs(n)
+            // A rule whose `..` leaves its anchor (or that does not load) is compared with
+            // none: the symbolic anchors cannot say where it lands.
+            let (Some(wide), Some(narrow)) = (symbolic_globs(w), symbolic_globs(n)) else {
+                return false;
+            };
+            narrow
                 .iter()
                 .all(|n| wide.iter().any(|w| symbolic_match(w, n)))
         }
@@ -368,11 +372,12 @@ fn symbolic_anchors() -> Anchors {
 
 /// A path specifier's globs with its anchor directories kept symbolic, so
 /// coverage holds for every working directory.
-fn symbolic_globs(spec: &str) -> Vec<Vec<Tok>> {
-    anchored_globs(spec, &symbolic_anchors())
-        .iter()
-        .map(|g| glob_tokens(g))
-        .collect()
+fn symbolic_globs(spec: &str) -> Option<Vec<Vec<Tok>>> {
+    let (globs, above_anchor) = resolve(spec, &symbolic_anchors()).ok()?;
+    if above_anchor {
+        return None;
+    }
+    Some(globs.iter().map(|g| glob_tokens(g)).collect())
 }
 
 fn glob_tokens(glob: &str) -> Vec<Tok> {

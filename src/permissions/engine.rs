@@ -47,16 +47,37 @@ pub(crate) fn read_lists(
         Some(serde_json::Value::Object(p)) => Some(p),
         Some(_) => return Err(wrong("permissions", "a JSON object")),
     };
+    // Claude Code's keys: those this engine does not use (additionalDirectories,
+    // disableBypassPermissionsMode) are accepted and left alone.
+    const KNOWN_KEYS: [&str; 6] = [
+        "allow",
+        "ask",
+        "deny",
+        "defaultMode",
+        "additionalDirectories",
+        "disableBypassPermissionsMode",
+    ];
+    if let Some(key) = permissions
+        .into_iter()
+        .flat_map(|p| p.keys())
+        .find(|key| !KNOWN_KEYS.contains(&key.as_str()))
+    {
+        return Err(PermissionError::UnknownKey {
+            path: path.clone(),
+            key: key.clone(),
+        });
+    }
     let list = |name: &str| -> Result<Vec<String>, PermissionError> {
         let key = format!("permissions.{name}");
         match permissions.and_then(|p| p.get(name)) {
             None => Ok(Vec::new()),
             Some(serde_json::Value::Array(items)) => items
                 .iter()
-                .map(|item| {
+                .enumerate()
+                .map(|(i, item)| {
                     item.as_str()
                         .map(str::to_string)
-                        .ok_or_else(|| wrong(&key, "an array of strings"))
+                        .ok_or_else(|| wrong(&format!("{key}[{i}]"), "a string"))
                 })
                 .collect(),
             Some(_) => Err(wrong(&key, "an array of strings")),
@@ -184,12 +205,14 @@ impl CompiledList {
                 ParsedRule::Read(None) => read_any = read_any.or(Some(index)),
                 ParsedRule::Read(Some(spec)) => read_globs.extend(
                     anchored_globs(&spec, anchors)
+                        .map_err(|reason| invalid(index, reason))?
                         .into_iter()
                         .map(|g| (index, g)),
                 ),
                 ParsedRule::Edit(None) => edit_any = edit_any.or(Some(index)),
                 ParsedRule::Edit(Some(spec)) => edit_globs.extend(
                     anchored_globs(&spec, anchors)
+                        .map_err(|reason| invalid(index, reason))?
                         .into_iter()
                         .map(|g| (index, g)),
                 ),
@@ -363,6 +386,22 @@ impl PermissionEngine {
     /// [`ApprovalHandler`](super::ApprovalHandler)) must decide; see
     /// [`resolve`](Self::resolve).
     pub fn decide(&self, call: &ToolCall) -> Decision {
+        let decision = self.decide_by_rules(call);
+        // Plan mode is read-only: what reads (a file, a search, a fetch) goes by the rules;
+        // anything else an allow rule or the mode would let through is asked instead.
+        if self.mode == DefaultMode::Plan
+            && decision.verdict == Verdict::Allow
+            && !matches!(self.subject(call), Subject::Read(_) | Subject::Web(_))
+        {
+            return Decision {
+                verdict: Verdict::Ask,
+                ..decision
+            };
+        }
+        decision
+    }
+
+    fn decide_by_rules(&self, call: &ToolCall) -> Decision {
         let subject = self.subject(call);
         match subject {
             Subject::Bash(Some(command)) => return self.decide_bash(command),
@@ -375,7 +414,7 @@ impl PermissionEngine {
         let deny = match (&subject, deny) {
             (Subject::Edit(path), None) => self.deny.read.find(path.as_deref()),
             (Subject::Read(Some(dir)), None) if call.tool != "Read" => {
-                self.search_denied(dir, call)
+                self.search_reaches(&self.deny, dir, call)
             }
             (_, d) => d,
         };
@@ -386,6 +425,13 @@ impl PermissionEngine {
             };
         }
         let ask = self.find(&self.ask, call, &subject);
+        // A search reaches what an ask rule covers as it reaches what a deny rule covers.
+        let ask = match &subject {
+            Subject::Read(Some(dir)) if call.tool != "Read" => {
+                min_opt(ask, self.search_reaches(&self.ask, dir, call))
+            }
+            _ => ask,
+        };
         if matches!(
             subject,
             Subject::Read(None) | Subject::Edit(None) | Subject::Web(None)
@@ -399,14 +445,17 @@ impl PermissionEngine {
         self.conclude(ask, allow, edits_inside_cwd)
     }
 
-    /// The Read deny rule a `Grep`/`Glob` over `dir` reaches although `dir` itself is not
-    /// denied: one denying every file in it (`Read(./secrets/**)` for a search of `secrets`),
-    /// or the files its name filter picks (a Grep `glob` or Glob `pattern` such as `.env`).
-    /// A search over a folder with only some denied files inside stays the rules' `dir`
-    /// decision (the tool is expected to skip those files, as Claude Code's does).
-    fn search_denied(&self, dir: &str, call: &ToolCall) -> Option<usize> {
+    /// The Read rule of `list` (deny or ask) a `Grep`/`Glob` over `dir` reaches although
+    /// `dir` itself is not covered: one covering every file in it (`Read(./secrets/**)` for a
+    /// search of `secrets`), or the files its name filter picks (a Grep `glob` or Glob
+    /// `pattern` such as `.env`). A pattern that is absolute or climbs out with `..` searches
+    /// where it points: it is judged there (normalised like a path), and so is the folder
+    /// before its first wildcard. A search over a folder with only some covered files inside
+    /// stays the rules' `dir` decision (the tool is expected to skip those files, as Claude
+    /// Code's does).
+    fn search_reaches(&self, list: &CompiledList, dir: &str, call: &ToolCall) -> Option<usize> {
         // A name no specific pattern (`*.key`, `.env`) matches: only `*`/`**` reach it.
-        let any_file = format!("{}/\u{10FFFF}", dir.trim_end_matches('/'));
+        let any_file_in = |folder: &str| format!("{}/\u{10FFFF}", folder.trim_end_matches('/'));
         let filter = call
             .input
             .get(if call.tool == "Grep" {
@@ -415,12 +464,32 @@ impl PermissionEngine {
                 "pattern"
             })
             .and_then(|v| v.as_str())
-            .filter(|f| !f.is_empty() && !f.starts_with('/'))
-            .map(|f| format!("{}/{f}", dir.trim_end_matches('/')));
-        min_opt(
-            self.deny.read.find(Some(&any_file)),
-            filter.and_then(|f| self.deny.read.find(Some(&f))),
-        )
+            .filter(|f| !f.is_empty())
+            .map(|f| {
+                let joined = if f.starts_with('/') {
+                    f.to_owned()
+                } else {
+                    format!("{}/{f}", dir.trim_end_matches('/'))
+                };
+                normalise(&joined, &self.anchors)
+            });
+        // The folder a pattern's literal start names, where it leaves `dir`.
+        let elsewhere = filter.as_deref().and_then(|f| {
+            let parts: Vec<&str> = f.split('/').collect();
+            let literal = parts
+                .iter()
+                .take_while(|part| !part.contains(['*', '?', '[', '{', '\\']))
+                .count();
+            // A pattern without a wildcard names a file: its folder is the one before it.
+            let folder = parts[..literal.min(parts.len().saturating_sub(1))].join("/");
+            (!Path::new(&folder).starts_with(dir)).then_some(folder)
+        });
+        let reached = [
+            list.read.find(Some(&any_file_in(dir))),
+            elsewhere.and_then(|folder| list.read.find(Some(&any_file_in(&folder)))),
+            filter.and_then(|f| list.read.find(Some(&f))),
+        ];
+        reached.into_iter().fold(None, min_opt)
     }
 
     /// Decides a call and settles `Ask` with `handler`: approved becomes
@@ -445,8 +514,14 @@ impl PermissionEngine {
         edits_inside_cwd: bool,
     ) -> Decision {
         if let Some(i) = ask {
+            // `dontAsk` asks no one: what an ask rule holds back is denied.
+            let verdict = if self.mode == DefaultMode::DontAsk {
+                Verdict::Deny
+            } else {
+                Verdict::Ask
+            };
             return Decision {
-                verdict: Verdict::Ask,
+                verdict,
                 rule: Some(self.ask.rule(List::Ask, i)),
             };
         }

@@ -28,6 +28,18 @@ pub enum PermissionError {
         /// What the key should hold.
         expected: &'static str,
     },
+    /// `permissions` holds a key this engine does not read: a misspelt `deny` would otherwise
+    /// drop every deny rule without a word.
+    #[error(
+        "settings file {path}: unknown key `permissions.{key}` (expected allow, ask, deny, \
+         defaultMode, additionalDirectories or disableBypassPermissionsMode)"
+    )]
+    UnknownKey {
+        /// The settings file.
+        path: String,
+        /// The unknown key.
+        key: String,
+    },
     /// `defaultMode` names a mode this engine does not know.
     #[error("settings file {path}: unknown permissions.defaultMode `{mode}`")]
     UnknownMode {

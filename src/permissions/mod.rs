@@ -10,6 +10,9 @@
 //!   `allow Bash(aws s3 ls)`). No match: `defaultMode` decides — `default`,
 //!   `plan` and `acceptEdits` ask (`acceptEdits` allows edits inside the
 //!   working directory), `dontAsk` denies, `bypassPermissions` allows.
+//!   `dontAsk` also denies what an ask rule matches (it asks no one), and
+//!   `plan` is read-only: a call that is not a read (`Read`, `Grep`, `Glob`,
+//!   `WebFetch`) is asked even where an allow rule matches.
 //!   An `Ask` is settled by an [`ApprovalHandler`]; headless runs use
 //!   [`DenyAll`].
 //! * **Bash.** The command line is parsed with `brush-parser` and split into
@@ -194,7 +197,8 @@ pub enum DefaultMode {
     Default,
     /// Allow unmatched edits inside the working directory; ask otherwise.
     AcceptEdits,
-    /// Ask (the runtime keeps plan mode read-only).
+    /// Read-only: ask for unmatched calls, and for every call that is not a read (`Read`,
+    /// `Grep`, `Glob`, `WebFetch`) even where an allow rule matches.
     Plan,
     /// Allow unmatched calls (deny and ask rules still apply).
     BypassPermissions,

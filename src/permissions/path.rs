@@ -23,36 +23,83 @@ fn dir_glob(dir: &Path) -> String {
 
 /// Turns one specifier into the absolute globs it stands for (a pattern
 /// names a file or, like gitignore, a directory and everything under it).
-pub(crate) fn anchored_globs(spec: &str, anchors: &Anchors) -> Vec<String> {
+///
+/// `.`, `..` and empty parts are resolved as a tool's path is (see [`normalise`]): a rule
+/// written `Read(../.env)` or `Edit(./)` loaded, but its glob kept the parts literally and
+/// matched no normalised path. A `..` after a wildcard cannot be resolved, and a pattern with
+/// spaces around it matches no path as written: both are refused, with the reason.
+pub(crate) fn anchored_globs(spec: &str, anchors: &Anchors) -> Result<Vec<String>, String> {
+    resolve(spec, anchors).map(|(globs, _)| globs)
+}
+
+/// [`anchored_globs`], and whether a `..` took the pattern above its anchor directory (the
+/// consolidation's symbolic anchors cannot follow it there).
+pub(crate) fn resolve(spec: &str, anchors: &Anchors) -> Result<(Vec<String>, bool), String> {
+    if spec.trim() != spec {
+        return Err("a path pattern with spaces around it matches no path as written".to_owned());
+    }
     if spec == "//" {
         // The filesystem root (its trailing `/` is not the directory-only mark).
-        return vec!["/**".to_owned()];
+        return Ok((vec!["/**".to_owned()], false));
     }
     let (spec, dir_only) = match spec.strip_suffix('/') {
         Some(s) if !s.is_empty() => (s, true),
         _ => (spec, false),
     };
-    let base = if let Some(abs) = spec.strip_prefix("//") {
-        format!("/{abs}")
+    // The anchor directory, the pattern under it, and whether a bare name matches at any
+    // depth (as in gitignore: `Edit(.bashrc)` is any `.bashrc` under the working directory,
+    // not `~/.bashrc`).
+    let (mut dir, rest, any_depth) = if let Some(abs) = spec.strip_prefix("//") {
+        (PathBuf::from("/"), abs, false)
     } else if spec == "~" {
-        dir_glob(&anchors.home)
+        (anchors.home.clone(), "", false)
     } else if let Some(rest) = spec.strip_prefix("~/") {
-        format!("{}/{rest}", dir_glob(&anchors.home))
-    } else if spec.starts_with('/') {
-        format!("{}{spec}", dir_glob(&anchors.root))
+        (anchors.home.clone(), rest, false)
+    } else if let Some(rest) = spec.strip_prefix('/') {
+        (anchors.root.clone(), rest, false)
     } else if let Some(rest) = spec.strip_prefix("./") {
-        format!("{}/{rest}", dir_glob(&anchors.cwd))
-    } else if spec.contains('/') {
-        format!("{}/{spec}", dir_glob(&anchors.cwd))
+        (anchors.cwd.clone(), rest, false)
+    } else if spec.contains('/') || spec == "." || spec == ".." {
+        (anchors.cwd.clone(), spec, false)
     } else {
-        // A bare name is relative to the working directory like `./name`, and matches at any
-        // depth under it, as in gitignore (`Edit(.bashrc)` is not `~/.bashrc`).
-        format!("{}/**/{spec}", dir_glob(&anchors.cwd))
+        (anchors.cwd.clone(), spec, true)
     };
+    let is_literal = |part: &str| !part.contains(['*', '?', '[', '{', '\\']);
+    let mut parts: Vec<&str> = Vec::new();
+    let mut above_anchor = false;
+    for part in rest.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match parts.last() {
+                None => {
+                    dir.pop();
+                    above_anchor = true;
+                }
+                Some(last) if is_literal(last) => {
+                    parts.pop();
+                }
+                Some(_) => {
+                    return Err(
+                        "a `..` after a wildcard cannot be resolved: write the path without it"
+                            .to_owned(),
+                    );
+                }
+            },
+            _ => parts.push(part),
+        }
+    }
+    let mut base = dir_glob(&dir);
+    if any_depth {
+        base.push_str("/**");
+    }
+    for part in &parts {
+        base.push('/');
+        base.push_str(part);
+    }
     // `Read(/)` (the project root) and `Edit(//)` (the filesystem root) name a directory
     // whose glob would otherwise end in `/` and match nothing.
     let base = base.trim_end_matches('/').to_owned();
-    if base.is_empty() {
+    let globs = if base.is_empty() {
         vec!["/**".to_owned()]
     } else if base.ends_with("/**") {
         vec![base]
@@ -60,7 +107,8 @@ pub(crate) fn anchored_globs(spec: &str, anchors: &Anchors) -> Vec<String> {
         vec![format!("{base}/**")]
     } else {
         vec![format!("{base}/**"), base]
-    }
+    };
+    Ok((globs, above_anchor))
 }
 
 /// Makes a tool's path absolute (relative to `cwd`, `~/` to `home`) and
@@ -103,6 +151,7 @@ mod tests {
     #[test]
     fn anchors_resolve() {
         let a = anchors();
+        let anchored_globs = |spec: &str, a: &Anchors| super::anchored_globs(spec, a).unwrap();
         assert_eq!(
             anchored_globs("//etc/passwd", &a),
             ["/etc/passwd/**", "/etc/passwd"]
@@ -122,6 +171,33 @@ mod tests {
             ["/proj/sub/**/.env/**", "/proj/sub/**/.env"]
         );
         assert_eq!(anchored_globs("build/", &a), ["/proj/sub/**/build/**"]);
+    }
+
+    /// A rule's `.`, `..` and doubled slashes are resolved as a tool's path is, so the rule
+    /// matches what it names; what cannot be resolved is refused.
+    #[test]
+    fn a_rules_dots_and_doubled_slashes_resolve_as_a_paths_do() {
+        let a = anchors();
+        let globs = |spec: &str| anchored_globs(spec, &a).unwrap();
+        assert_eq!(globs("../.env"), ["/proj/.env/**", "/proj/.env"]);
+        assert_eq!(globs("."), ["/proj/sub/**", "/proj/sub"]);
+        assert_eq!(globs("./"), ["/proj/sub/**"]);
+        assert_eq!(globs(".."), ["/proj/**", "/proj"]);
+        assert_eq!(globs("src//x"), ["/proj/sub/src/x/**", "/proj/sub/src/x"]);
+        assert_eq!(
+            globs("./a/../b/*.rs"),
+            ["/proj/sub/b/*.rs/**", "/proj/sub/b/*.rs"]
+        );
+        assert_eq!(globs("~/../v/.ssh/**"), ["/home/v/.ssh/**"]);
+        assert_eq!(globs("//etc/./passwd"), ["/etc/passwd/**", "/etc/passwd"]);
+        assert!(resolve("../x", &a).unwrap().1);
+        assert!(!resolve("a/../x", &a).unwrap().1);
+        assert!(
+            anchored_globs("src/*/../x", &a)
+                .unwrap_err()
+                .contains("after a wildcard")
+        );
+        assert!(anchored_globs(" ./x", &a).unwrap_err().contains("spaces"));
     }
 
     #[test]
