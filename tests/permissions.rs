@@ -1216,6 +1216,24 @@ fn searches_meet_ask_rules_and_glob_patterns_are_judged_where_they_point() {
         search("Glob", json!({"path": ".", "pattern": "src/**/*.rs"})),
         Verdict::Allow
     );
+    // No lexical reading bounds these: `**` may match no folder, and braces may climb out.
+    for pattern in [
+        "**/../../../home/u/.ssh/id_rsa",
+        "{../../../home/u/.ssh,src}/*",
+    ] {
+        assert_eq!(
+            search("Glob", json!({"path": ".", "pattern": pattern})),
+            Verdict::Deny,
+            "{pattern}"
+        );
+    }
+    // A Grep `glob` filters names under the searched folder: a leading `/` is that folder.
+    let dotenv = engine(&["Grep"], &[], &["Read(./.env)"]);
+    let grep = dotenv.decide(&ToolCall {
+        tool: "Grep".into(),
+        input: json!({"pattern": "x", "path": ".", "glob": "/.env"}),
+    });
+    assert_eq!(grep.verdict, Verdict::Deny);
 }
 
 /// `dontAsk` asks no one: what an ask rule holds back is denied. Plan mode is read-only:

@@ -1272,6 +1272,13 @@ fn an_empty_score_path_is_refused_and_a_fix_may_be_what_reads_the_context() {
         "{lines:#?}"
     );
     let text = "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\n\
+                gates = [{ score = \"ssim\", reference = \"r.png\", test = \"./\", min = 0.9 }]\n";
+    let lines = errors(text);
+    assert!(
+        lines.len() == 1 && lines[0].contains("score gate `test` names the plan's folder"),
+        "{lines:#?}"
+    );
+    let text = "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\n\
                 args = { argv = [\"draft\"] }\ncontext_files = [\"notes.md\"]\n\
                 fixes = [{ when = \"too short\", args = { stdin = \"{{context}}\" } }]\n";
     let plan = Plan::from_toml(text, "p.toml").unwrap_or_else(|e| panic!("{e}"));

@@ -507,6 +507,8 @@ struct CallFailure {
     reason: String,
     /// The call was not made: the run of the attempt that led the computation stopped.
     not_started: bool,
+    /// The call ran past this timeout, the attempt's own that led the computation.
+    timed_out_after: Option<std::time::Duration>,
 }
 
 /// A cacheable call: the result from the [`ContextCache`], else the call's (kept when it
@@ -529,6 +531,10 @@ async fn cached_call(
                     .map_err(|e| CallFailure {
                         retryable: retryable(&e),
                         not_started: matches!(e, SessionError::NotStarted { .. }),
+                        timed_out_after: match &e {
+                            SessionError::Timeout { after, .. } => Some(*after),
+                            _ => None,
+                        },
                         reason: e.to_string(),
                     })?;
                 if !outcome.succeeded() {
@@ -537,6 +543,7 @@ async fn cached_call(
                         retryable: false,
                         reason: encode_outcome(&outcome),
                         not_started: false,
+                        timed_out_after: None,
                     });
                 }
                 Ok(CachedOutcome {
@@ -565,10 +572,16 @@ async fn cached_call(
                 }
                 continue;
             }
-            if failure.retryable {
-                // Another attempt's call failed in a way that is its own (its timeout, a crash
-                // of its session): this attempt makes its call rather than take that failure
-                // (a task with a 10 minute timeout failed with another's 1 second one).
+            let own_timeout = attempt.timeout.unwrap_or(checked.call_timeout);
+            if failure
+                .timed_out_after
+                .is_some_and(|theirs| own_timeout > theirs)
+            {
+                // Another attempt's call ran past its own shorter timeout: this attempt makes
+                // its call with the time it has (a task with a 10 minute timeout failed with
+                // another's 1 second one). Any other failure is the tool's, taken as it is:
+                // this task's retries and backoff apply, rather than a call at once for each
+                // of the waiters.
                 continue;
             }
         }

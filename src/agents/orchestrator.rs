@@ -787,6 +787,7 @@ impl OrchestratorState {
         for (j, slot) in run.slots.iter_mut().enumerate() {
             if slot.backing_off && slot.token.take().is_some() {
                 slot.backing_off = false;
+                slot.retry_at_ms = None;
                 // Counted when it was scheduled; it is not made.
                 slot.retries = slot.retries.saturating_sub(1);
                 slot.state = TaskState::Skipped;
@@ -1118,7 +1119,10 @@ impl OrchestratorState {
         slot.retry_at_ms = Some(due_ms);
         run.in_flight += 1;
         let wait = due_ms.saturating_sub(crate::store::Timestamp::now().as_millis());
-        let backoff = std::time::Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+        // At most the longest backoff: a due time saved before the clock was set back (or on
+        // another machine's clock) would hold the task for hours.
+        let backoff = std::time::Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+            .min(self.args.settings.retry_backoff_max);
         let orchestrator = self.args.peers.orchestrator.clone();
         let retried = Arc::clone(run_id);
         tokio::spawn(async move {
@@ -1144,6 +1148,7 @@ impl OrchestratorState {
         if run.failure.is_some() || run.cancelled {
             // Counted when it was scheduled; it is not made.
             run.slots[i].retries = run.slots[i].retries.saturating_sub(1);
+            run.slots[i].retry_at_ms = None;
             run.slots[i].state = TaskState::Skipped;
             run.slots[i].reason = Some("the run stopped before the retry".to_owned());
             self.persist(&run_id, i);
@@ -1335,6 +1340,7 @@ impl OrchestratorState {
                 if std::mem::take(&mut slot.backing_off) {
                     // A retry counted when it was scheduled, which is not made.
                     slot.retries = slot.retries.saturating_sub(1);
+                    slot.retry_at_ms = None;
                 }
                 slot.state = TaskState::Cancelled;
                 slot.reason = Some("cancelled".to_owned());

@@ -214,7 +214,9 @@ async fn run_plan(args: RunArgs, store_path: &Path) -> Result<ExitCode> {
     let mut runtime_options = RuntimeOptions::new(store, actors);
     let bar = (args.events == EventsFormat::Human && std::io::stderr().is_terminal())
         .then(|| progress_bar(plan.tasks.len()));
-    if human && std::io::stdin().is_terminal() {
+    // Asked on stderr, answered on stdin: both must be the terminal (with stderr sent to a
+    // file, the question went there and the run waited for an answer no one saw).
+    if human && std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
         runtime_options.approval = Arc::new(PromptAboveBar {
             prompt: TerminalPrompt::new(),
             bar: bar.clone(),

@@ -141,6 +141,11 @@ impl PathSet {
         Ok(PathSet { any, set, owner })
     }
 
+    /// The first rule of the set, whatever path it names.
+    fn first_rule(&self) -> Option<usize> {
+        min_opt(self.any, self.owner.iter().copied().min())
+    }
+
     fn find(&self, path: Option<&str>) -> Option<usize> {
         let globbed = path.and_then(|p| {
             self.set
@@ -393,9 +398,10 @@ impl PermissionEngine {
             && decision.verdict == Verdict::Allow
             && !matches!(self.subject(call), Subject::Read(_) | Subject::Web(_))
         {
+            // Asked for plan mode, not for the allow rule that matched.
             return Decision {
                 verdict: Verdict::Ask,
-                ..decision
+                rule: None,
             };
         }
         decision
@@ -456,30 +462,44 @@ impl PermissionEngine {
     fn search_reaches(&self, list: &CompiledList, dir: &str, call: &ToolCall) -> Option<usize> {
         // A name no specific pattern (`*.key`, `.env`) matches: only `*`/`**` reach it.
         let any_file_in = |folder: &str| format!("{}/\u{10FFFF}", folder.trim_end_matches('/'));
-        let filter = call
+        let grep = call.tool == "Grep";
+        let raw = call
             .input
-            .get(if call.tool == "Grep" {
-                "glob"
-            } else {
-                "pattern"
-            })
+            .get(if grep { "glob" } else { "pattern" })
             .and_then(|v| v.as_str())
-            .filter(|f| !f.is_empty())
-            .map(|f| {
-                let joined = if f.starts_with('/') {
-                    f.to_owned()
-                } else {
-                    format!("{}/{f}", dir.trim_end_matches('/'))
-                };
-                normalise(&joined, &self.anchors)
-            });
+            .filter(|f| !f.is_empty());
+        let is_wild = |part: &str| part.contains(['*', '?', '[', '{', '\\']);
+        // A pattern whose reach no lexical reading bounds: a `..` after a wildcard (`**` may
+        // match no folder, so `**/../x` may be `../x`), or braces holding `/` or `..`
+        // (`{../../etc,src}/*`). It is judged as reaching every file: any rule of the list
+        // may cover one it finds.
+        let unbounded = raw.is_some_and(|f| {
+            let after_wild = f
+                .split('/')
+                .skip_while(|part| !is_wild(part))
+                .any(|part| part == "..");
+            let braces = f
+                .split_once('{')
+                .is_some_and(|(_, inside)| inside.contains('/') || inside.contains(".."));
+            !grep && (after_wild || braces)
+        });
+        let filter = raw.map(|f| {
+            // A Grep `glob` filters names under the searched folder (ripgrep ties a leading
+            // `/` to it); a Glob pattern may be absolute or climb out with `..`.
+            let joined = match f.strip_prefix('/') {
+                Some(rest) if grep => format!("{}/{rest}", dir.trim_end_matches('/')),
+                Some(_) => f.to_owned(),
+                None => format!("{}/{f}", dir.trim_end_matches('/')),
+            };
+            normalise(&joined, &self.anchors)
+        });
+        if unbounded {
+            return list.read.first_rule();
+        }
         // The folder a pattern's literal start names, where it leaves `dir`.
         let elsewhere = filter.as_deref().and_then(|f| {
             let parts: Vec<&str> = f.split('/').collect();
-            let literal = parts
-                .iter()
-                .take_while(|part| !part.contains(['*', '?', '[', '{', '\\']))
-                .count();
+            let literal = parts.iter().take_while(|part| !is_wild(part)).count();
             // A pattern without a wildcard names a file: its folder is the one before it.
             let folder = parts[..literal.min(parts.len().saturating_sub(1))].join("/");
             (!Path::new(&folder).starts_with(dir)).then_some(folder)

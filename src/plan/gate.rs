@@ -306,10 +306,18 @@ impl Gate {
                 None => default_score_test(task),
             };
             let reference = string("reference")?;
-            // An empty path is the plan's folder, which no attempt can score.
+            // An empty path, or `.`, is the plan's folder, which no attempt can score.
             for (key, path) in [("reference", &reference), ("test", &test)] {
                 if path.trim().is_empty() {
                     return Err(format!("score gate `{key}` is an empty path"));
+                }
+                if std::path::Path::new(path.trim())
+                    .components()
+                    .all(|part| part == std::path::Component::CurDir)
+                {
+                    return Err(format!(
+                        "score gate `{key}` names the plan's folder, not an image"
+                    ));
                 }
             }
             return Ok(Gate::Score {

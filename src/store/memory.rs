@@ -442,8 +442,9 @@ pub struct MemoryPatch {
 }
 
 /// Checks everything a write would store: the namespace, the size of every text field (each
-/// within `max_bytes`; keywords and tags counted together, one byte more for each item, so fifty
-/// million empty tags are not a free 1 GiB of hot tier), importance, confidence and expiry.
+/// within `max_bytes`; the keywords together, and the tags together, each item counting one
+/// byte more than its text, so fifty million empty tags are not a free 1 GiB of hot tier),
+/// importance, confidence and expiry.
 pub(crate) fn validate_memory(memory: &Memory, max_bytes: usize) -> Result<(), StoreError> {
     memory.namespace.check()?;
     if memory.content.len() > max_bytes {

@@ -1522,6 +1522,47 @@ mod tests {
 
     use super::*;
 
+    /// A namespace whose memories are all gone leaves nothing behind in the hot tier's
+    /// per-namespace bookkeeping: each run has a namespace of its own, and a long-lived
+    /// process whose memories expire kept an entry for every run it ever had.
+    #[tokio::test]
+    async fn a_namespace_emptied_by_expiry_leaves_no_entry_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            housekeeping_interval: std::time::Duration::from_millis(20),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path().join("s.redb"), config).unwrap();
+        let kept = Namespace::session("run", "kept").unwrap();
+        store
+            .store(NewMemory::new(kept.clone(), "stays"))
+            .await
+            .unwrap();
+        for run in 0..20 {
+            let namespace = Namespace::session("run", &format!("r{run}")).unwrap();
+            let mut fleeting = NewMemory::new(namespace, "expires soon");
+            fleeting.ttl = Some(std::time::Duration::from_millis(30));
+            store.store(fleeting).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (counts, recent) = {
+                let state = store.inner.state.read();
+                (state.counts.len(), state.recent.len())
+            };
+            if (counts, recent) == (1, 1) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{counts} namespaces counted, {recent} in the recency map"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.stats(None).live, 1);
+        assert!(store.inner.state.read().counts.contains_key(&kept));
+    }
+
     /// A run record whose key is no longer UTF-8 made redb panic inside `run_records`; the
     /// process crashed with the file open, and the repair at the next open failed, so every
     /// memory was lost with it. The read is now an error and the store opens again to read; a

@@ -347,6 +347,10 @@ fn for_each_word_ids(text: &str, dictionary: &Dictionary, mut sink: impl FnMut(&
             });
             sink(fresh);
             if word.len() > WORD_CACHE_MAX_BYTES {
+                // Nor does the scratch space keep a long word's size (a 10 MB blob held 10 MB
+                // on every thread that analysed one).
+                folded.shrink_to(WORD_CACHE_MAX_BYTES);
+                fresh.shrink_to(WORD_CACHE_MAX_BYTES);
                 continue;
             }
             if cached.len() >= WORD_CACHE_LIMIT {

@@ -539,9 +539,9 @@ impl<'a> Batch<'a> {
     }
 
     /// Commits, applies the effects to the hot tier, then answers every caller; hands the
-    /// emptied buffers back for the next batch. Returns whether the commit failed on an I/O
-    /// error, after which the file must be reopened.
-    /// Commits; returns whether it committed and whether the file must be reopened first.
+    /// emptied buffers back for the next batch. Returns whether it committed, and whether the
+    /// file must be reopened before the next write (after any failed commit but a poisoned
+    /// transaction's).
     fn commit(self, buffers: &mut Buffers) -> (bool, bool) {
         let Batch {
             ctx,
@@ -759,8 +759,12 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
     while !shutting_down {
         // In relaxed mode, unsynced commits wake the writer when their sync is due, not at the
         // next housekeeping tick (which made the loss window the tick, 1 s by default).
+        // A file waiting to be reopened is retried once a tick, not at once: a failed sync
+        // stays due, and with the reopen failing too the loop would spin.
         let wait = match relaxed_interval {
-            Some(interval) if unsynced => tick.min(interval.saturating_sub(last_sync.elapsed())),
+            Some(interval) if unsynced && !needs_reopen => {
+                tick.min(interval.saturating_sub(last_sync.elapsed()))
+            }
             _ => tick,
         };
         match commands.recv_timeout(wait) {
@@ -789,7 +793,8 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
         }
         let housekeeping = shutting_down || last_housekeeping.elapsed() >= tick;
         let wants_sync = batch.iter().any(|c| matches!(c, Command::Sync { .. }));
-        let sync_due = relaxed_interval.is_some_and(|i| unsynced && last_sync.elapsed() >= i);
+        let sync_due =
+            relaxed_interval.is_some_and(|i| unsynced && !needs_reopen && last_sync.elapsed() >= i);
         if batch.is_empty() && !housekeeping && !sync_due {
             continue;
         }
