@@ -1278,6 +1278,15 @@ fn an_empty_score_path_is_refused_and_a_fix_may_be_what_reads_the_context() {
         lines.len() == 1 && lines[0].contains("score gate `test` names the plan's folder"),
         "{lines:#?}"
     );
+    // A left-out `test` is named as the default, not as a key the plan holds.
+    let text = "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\n\
+                outputs = [\"image\"]\n\
+                gates = [{ score = \"ssim\", reference = \"r.png\", min = 0.9 }]\n";
+    let lines = errors(text);
+    assert!(
+        lines.len() == 1 && lines[0].contains("gates[0].test (the default `test`):"),
+        "{lines:#?}"
+    );
     let text = "name = \"p\"\n[[task]]\nid = \"a\"\ntool = \"sh.run\"\n\
                 args = { argv = [\"draft\"] }\ncontext_files = [\"notes.md\"]\n\
                 fixes = [{ when = \"too short\", args = { stdin = \"{{context}}\" } }]\n";

@@ -125,19 +125,35 @@ struct PathSet {
 
 impl PathSet {
     fn build(rules: Vec<(usize, String)>, any: Option<usize>) -> Result<Self, (usize, String)> {
-        let mut builder = GlobSetBuilder::new();
+        let mut compiled = Vec::new();
         let mut owner = Vec::new();
         for (index, glob) in rules {
-            let compiled = GlobBuilder::new(&glob)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| (index, format!("invalid path pattern: {e}")))?;
-            builder.add(compiled);
+            compiled.push(
+                GlobBuilder::new(&glob)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| (index, format!("invalid path pattern: {e}")))?,
+            );
             owner.push(index);
         }
-        let set = builder
-            .build()
-            .map_err(|e| (owner.first().copied().unwrap_or(0), e.to_string()))?;
+        let build = |globs: &[globset::Glob]| {
+            let mut builder = GlobSetBuilder::new();
+            for glob in globs {
+                builder.add(glob.clone());
+            }
+            builder.build()
+        };
+        let set = build(&compiled).map_err(|e| {
+            // Each compiles alone, so the set is too large together: name the rule that tips
+            // it over (found only on this failing path).
+            let tipping = (1..=compiled.len())
+                .find(|&n| build(&compiled[..n]).is_err())
+                .map_or(0, |n| n - 1);
+            (
+                owner.get(tipping).copied().unwrap_or(0),
+                format!("the list's path patterns are too large together from this one: {e}"),
+            )
+        })?;
         Ok(PathSet { any, set, owner })
     }
 
@@ -235,8 +251,13 @@ impl CompiledList {
             }
         }
         let bash_set = RegexSet::new(&bash_res).map_err(|e| {
+            // Name the rule that fails: alone, or as the one that makes the set too large
+            // (searched only on this failing path).
+            let tipping = (1..=bash_res.len())
+                .find(|&n| RegexSet::new(&bash_res[..n]).is_err())
+                .map_or(0, |n| n - 1);
             invalid(
-                bash_owner.first().copied().unwrap_or(0),
+                bash_owner.get(tipping).copied().unwrap_or(0),
                 format!("pattern does not compile: {e}"),
             )
         })?;

@@ -489,9 +489,19 @@ pub(super) fn parse(
                         }
                     }
                     for (key, template) in parsed.templates() {
+                        // A score gate's `test` left out is the default: say so, or the message
+                        // names a key the plan does not hold.
+                        let default_test = key == "test"
+                            && matches!(parsed, Gate::Score { .. })
+                            && !gate.get_ref().contains_key("test");
+                        let label = if default_test {
+                            "test (the default `test`)"
+                        } else {
+                            key
+                        };
                         sites.push(TemplateSite {
                             task: i,
-                            path: format!("gates[{g}].{key}"),
+                            path: format!("gates[{g}].{label}"),
                             text: template.to_owned(),
                             span: at(key),
                             self_allowed: true,
