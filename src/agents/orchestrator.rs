@@ -12,7 +12,10 @@
 //!
 //! Resume: a run started with `resume` reloads its tasks from the store; COMPLETE tasks keep
 //! their outputs and are never dispatched again, every other unfinished task runs again
-//! (at-least-once for the tasks that were in flight).
+//! (at-least-once for the tasks that were in flight), and a retry that was waiting out its
+//! backoff waits out the rest of it (`retry_backoff_max` at most). A run that has ended is not
+//! taken up: a resume the caller asked for fails, and a restart's start of a new run reusing
+//! the id starts it afresh.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;

@@ -325,7 +325,8 @@ pub struct RunOptions {
     /// characters.
     pub run_id: Option<String>,
     /// Continue the run `run_id` from the store instead of starting fresh: it must be there,
-    /// and of the same plan (`plan_hash`), else the run fails with [`AgentError::Resume`].
+    /// unfinished, and of the same plan (`plan_hash`), else the run fails with
+    /// [`AgentError::Resume`].
     pub resume: bool,
     /// The permission rules every `process` and `mcp` call of the run is checked against
     /// (native tools and scorers are in-process and exempt). `None`: the plan's own

@@ -64,16 +64,21 @@
 //!   depth under the working directory (as Claude Code documents `Read(*.env)`:
 //!   relative to it). A pattern also covers everything under a directory it
 //!   names; a trailing `/` matches directories only. Globs use `globset`
-//!   with `literal_separator(true)`. Tool paths are made absolute and `..`
-//!   is removed lexically (symlinks are not followed). `Read` rules apply
+//!   with `literal_separator(true)`. Tool paths and rule patterns alike are
+//!   made absolute with `.`, `..` and doubled slashes resolved lexically
+//!   (symlinks are not followed). `Read` rules apply
 //!   to `Read`, `Grep` and `Glob`; `Edit` rules to `Edit`, `Write`,
 //!   `MultiEdit` and `NotebookEdit`; a Read deny also denies those edits.
 //!   A `Grep`/`Glob` over a directory is judged on the directory's own path
 //!   (`Read(src/**)` names what is inside `src`; `Read(src)` names both), and
-//!   is also denied when a Read deny rule covers every file in it (`Read(./secrets/**)`
-//!   denies `Grep secrets`) or the files its name filter picks (a Grep `glob`, a
-//!   Glob `pattern`: `.env`). A search of a folder holding only some denied files
-//!   is decided on the folder: the tool must skip those files itself.
+//!   is also denied (or asked) when a Read deny (or ask) rule covers every file in
+//!   it (`Read(./secrets/**)` denies `Grep secrets`) or the files its name filter
+//!   picks (a Grep `glob`, tied to the searched folder; a Glob `pattern`: `.env`).
+//!   A Glob pattern that is absolute or climbs out with `..` is judged where it
+//!   points, and one no lexical reading bounds (a `..` after a wildcard, braces
+//!   holding `/` or `..`) as reaching every file. A search of a folder holding
+//!   only some denied files is decided on the folder: the tool must skip those
+//!   files itself.
 //!   Each tool is judged on its own field (`file_path`; `path` for Grep
 //!   and Glob; `notebook_path` for NotebookEdit; `url` for WebFetch), and a
 //!   call without it, or with a URL that has no host, is never allowed
@@ -96,7 +101,9 @@
 //!   it could not read, so a broken rule can never allow anything. Rules
 //!   that would load but never match fail the same way: a Bash specifier
 //!   with leading or trailing spaces, a by-name rule whose tool name differs
-//!   from a known tool only in case (`bash`). `Read(/)` names the whole
+//!   from a known tool only in case (`bash`), a path pattern with spaces
+//!   around it, and a `..` after a wildcard in one; so does a key under
+//!   `permissions` other than Claude Code's. `Read(/)` names the whole
 //!   project root and `Edit(//)` the whole filesystem. A rule
 //!   whose glob or pattern does not compile (`Read(src/[)`) fails the same
 //!   way, and [`consolidate`] fails on exactly what loading fails on.

@@ -94,7 +94,8 @@
 //!   a failed gate (another attempt, with the missing fields as feedback); when absent, any
 //!   field is accepted.
 //! - `context_files = ["docs/a.md", ...]`: project files the Optimizer adds to the task's
-//!   `{{context}}` (so the args must use it), relative to the plan's folder. A file that is
+//!   `{{context}}` (so the args, or a fix's args or env, must use it), relative to the plan's
+//!   folder. A file that is
 //!   missing or unreadable when the task runs is a warning, not a failure.
 //!
 //! # Templates

@@ -16,7 +16,8 @@
 //! agents' calls wait in turn, [`Pool::acquire_queued`]), idle sessions above `min_idle`
 //! are closed after `idle_timeout`, idle sessions are health-checked every
 //! `health_check_interval`, and a session that breaks (a crash, a protocol error, a timeout, a dead
-//! server) is discarded and replaced in the background. The pool is written on tokio primitives
+//! server) is discarded and replaced in the background; a scorer session is kept after a timeout
+//! (its timed-out job finishes on its own: [`Session::timeout_breaks_it`]). The pool is written on tokio primitives
 //! because `deadpool` and `bb8` do not pre-warm to a minimum on their own (deadpool has no
 //! `min_idle`) and neither runs a health check with a per-kind notion of "broken" after a call.
 //!

@@ -29,8 +29,9 @@
 //! [`StoreStats::damaged`] counts them. One that reads as written by a newer tetrarch is left in
 //! place and the store is refused, naming it (as a newer schema is): it is that tetrarch's.
 //!
-//! After an I/O error (a full disk) the writer closes and reopens the file and rebuilds the hot
-//! tier from it, so writes work again once there is room, without a restart (see `writer.rs`).
+//! After an I/O error (a full disk), or any failed commit but a poisoned transaction's, the
+//! writer closes and reopens the file and rebuilds the hot tier from it, so writes work again
+//! once there is room, without a restart (see `writer.rs`).
 //!
 //! [`Store::open_read_only`] opens a store for reading without writing the file (redb's
 //! read-only handle, shared by any number of readers, no writer thread); the CLI's commands that
