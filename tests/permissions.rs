@@ -1212,10 +1212,13 @@ fn searches_meet_ask_rules_and_glob_patterns_are_judged_where_they_point() {
             "{pattern}"
         );
     }
-    assert_eq!(
-        search("Glob", json!({"path": ".", "pattern": "src/**/*.rs"})),
-        Verdict::Allow
-    );
+    for harmless in ["src/**/*.rs", "{src,tests}/**/*.rs", "{a,b}/*.rs"] {
+        assert_eq!(
+            search("Glob", json!({"path": ".", "pattern": harmless})),
+            Verdict::Allow,
+            "{harmless}"
+        );
+    }
     // No lexical reading bounds these: `**` may match no folder, and braces may climb out.
     for pattern in [
         "**/../../../home/u/.ssh/id_rsa",
@@ -1252,7 +1255,10 @@ fn dont_ask_denies_what_an_ask_rule_holds_and_plan_mode_only_reads() {
         "allow": ["Bash(rm *)", "Edit", "Read", "WebFetch"],
         "deny": ["Read(.env)"],
     }}));
-    assert_eq!(bash(&plan, "rm -rf build"), Verdict::Ask);
+    let rm = plan.decide(&ToolCall::from_text("Bash", "rm -rf build"));
+    assert_eq!(rm.verdict, Verdict::Ask);
+    // The allow rule that would have let it through is named.
+    assert_eq!(rm.rule.map(|r| r.list), Some(List::Allow));
     assert_eq!(call(&plan, "Write", "x.txt"), Verdict::Ask);
     assert_eq!(call(&plan, "Read", "src/lib.rs"), Verdict::Allow);
     assert_eq!(call(&plan, "Read", ".env"), Verdict::Deny);

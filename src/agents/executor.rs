@@ -262,6 +262,12 @@ async fn check_permission(
             "permission denied: {subject} is denied by rule {}[{}] `{}`",
             rule.list, rule.index, rule.text
         ),
+        // Only plan mode asks where an allow rule matched.
+        Some(rule) if rule.list == List::Allow => format!(
+            "permission denied: {subject} needs approval in plan mode, which asks for anything \
+             but a read even where a rule allows it ({}[{}] `{}`): {declined}",
+            rule.list, rule.index, rule.text
+        ),
         Some(rule) => format!(
             "permission denied: {subject} needs approval (rule {}[{}] `{}`): {declined}",
             rule.list, rule.index, rule.text

@@ -1119,13 +1119,16 @@ impl OrchestratorState {
         slot.state = TaskState::Running;
         slot.token = Some(token);
         slot.backing_off = true;
-        slot.retry_at_ms = Some(due_ms);
         run.in_flight += 1;
-        let wait = due_ms.saturating_sub(crate::store::Timestamp::now().as_millis());
+        let now = crate::store::Timestamp::now().as_millis();
         // At most the longest backoff: a due time saved before the clock was set back (or on
         // another machine's clock) would hold the task for hours.
-        let backoff = std::time::Duration::from_millis(u64::try_from(wait).unwrap_or(0))
-            .min(self.args.settings.retry_backoff_max);
+        let longest =
+            i64::try_from(self.args.settings.retry_backoff_max.as_millis()).unwrap_or(i64::MAX);
+        let due_ms = due_ms.min(now.saturating_add(longest));
+        slot.retry_at_ms = Some(due_ms);
+        let wait = due_ms.saturating_sub(now);
+        let backoff = std::time::Duration::from_millis(u64::try_from(wait).unwrap_or(0));
         let orchestrator = self.args.peers.orchestrator.clone();
         let retried = Arc::clone(run_id);
         tokio::spawn(async move {

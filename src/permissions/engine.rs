@@ -146,9 +146,10 @@ impl PathSet {
         let set = build(&compiled).map_err(|e| {
             // Each compiles alone, so the set is too large together: name the rule that tips
             // it over (found only on this failing path).
+            // A set only grows: the prefixes that build come first (binary search).
             let tipping = (1..=compiled.len())
-                .find(|&n| build(&compiled[..n]).is_err())
-                .map_or(0, |n| n - 1);
+                .collect::<Vec<_>>()
+                .partition_point(|&n| build(&compiled[..n]).is_ok());
             (
                 owner.get(tipping).copied().unwrap_or(0),
                 format!("the list's path patterns are too large together from this one: {e}"),
@@ -254,8 +255,8 @@ impl CompiledList {
             // Name the rule that fails: alone, or as the one that makes the set too large
             // (searched only on this failing path).
             let tipping = (1..=bash_res.len())
-                .find(|&n| RegexSet::new(&bash_res[..n]).is_err())
-                .map_or(0, |n| n - 1);
+                .collect::<Vec<_>>()
+                .partition_point(|&n| RegexSet::new(&bash_res[..n]).is_ok());
             invalid(
                 bash_owner.get(tipping).copied().unwrap_or(0),
                 format!("pattern does not compile: {e}"),
@@ -419,10 +420,10 @@ impl PermissionEngine {
             && decision.verdict == Verdict::Allow
             && !matches!(self.subject(call), Subject::Read(_) | Subject::Web(_))
         {
-            // Asked for plan mode, not for the allow rule that matched.
+            // Asked for plan mode; the allow rule that would have let it through is named.
             return Decision {
                 verdict: Verdict::Ask,
-                rule: None,
+                ..decision
             };
         }
         decision
@@ -499,9 +500,19 @@ impl PermissionEngine {
                 .split('/')
                 .skip_while(|part| !is_wild(part))
                 .any(|part| part == "..");
-            let braces = f
-                .split_once('{')
-                .is_some_and(|(_, inside)| inside.contains('/') || inside.contains(".."));
+            // Inside braces only (an unclosed `{` counts as open to the end).
+            let mut depth = 0usize;
+            let mut previous = '\0';
+            let braces = f.chars().any(|c| {
+                let climbs = depth > 0 && (c == '/' || (c == '.' && previous == '.'));
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+                previous = c;
+                climbs
+            });
             !grep && (after_wild || braces)
         });
         let filter = raw.map(|f| {

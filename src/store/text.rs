@@ -349,6 +349,8 @@ fn for_each_word_ids(text: &str, dictionary: &Dictionary, mut sink: impl FnMut(&
             if word.len() > WORD_CACHE_MAX_BYTES {
                 // Nor does the scratch space keep a long word's size (a 10 MB blob held 10 MB
                 // on every thread that analysed one).
+                folded.clear();
+                fresh.clear();
                 folded.shrink_to(WORD_CACHE_MAX_BYTES);
                 fresh.shrink_to(WORD_CACHE_MAX_BYTES);
                 continue;

@@ -853,6 +853,10 @@ pub(crate) fn run(ctx: WriterContext, commands: Receiver<Command>) {
                     unsynced = false;
                 } else if committed {
                     unsynced = true;
+                } else if durable {
+                    // Tried again an interval later, not at once (a commit that keeps failing
+                    // without a reopen would spin).
+                    last_sync = Instant::now();
                 }
             }
             Ok(Written::NotBegun { reopen, reopened }) => {
