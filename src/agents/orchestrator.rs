@@ -91,6 +91,16 @@ pub(crate) struct OrchestratorState {
 /// How many cancels of runs not started yet are remembered.
 const EARLY_CANCELS: usize = 64;
 
+impl Slot {
+    /// Forgets the retry this slot waits out, which will not be made: its count was taken when
+    /// it was scheduled (so a kill during the backoff counts it), and comes off again here.
+    fn drop_scheduled_retry(&mut self) {
+        self.backing_off = false;
+        self.retry_at_ms = None;
+        self.retries = self.retries.saturating_sub(1);
+    }
+}
+
 struct Slot {
     state: TaskState,
     attempt: u32,
@@ -789,10 +799,7 @@ impl OrchestratorState {
         // its timer fires (the rollback waited up to `retry_backoff_max` for it).
         for (j, slot) in run.slots.iter_mut().enumerate() {
             if slot.backing_off && slot.token.take().is_some() {
-                slot.backing_off = false;
-                slot.retry_at_ms = None;
-                // Counted when it was scheduled; it is not made.
-                slot.retries = slot.retries.saturating_sub(1);
+                slot.drop_scheduled_retry();
                 slot.state = TaskState::Skipped;
                 slot.reason = Some("the run stopped before the retry".to_owned());
                 run.in_flight -= 1;
@@ -1149,12 +1156,9 @@ impl OrchestratorState {
             return;
         }
         run.slots[i].token = None;
-        run.slots[i].backing_off = false;
         run.in_flight -= 1;
         if run.failure.is_some() || run.cancelled {
-            // Counted when it was scheduled; it is not made.
-            run.slots[i].retries = run.slots[i].retries.saturating_sub(1);
-            run.slots[i].retry_at_ms = None;
+            run.slots[i].drop_scheduled_retry();
             run.slots[i].state = TaskState::Skipped;
             run.slots[i].reason = Some("the run stopped before the retry".to_owned());
             self.persist(&run_id, i);
@@ -1343,10 +1347,8 @@ impl OrchestratorState {
         let mut changed = Vec::new();
         for (i, slot) in run.slots.iter_mut().enumerate() {
             if slot.token.take().is_some() {
-                if std::mem::take(&mut slot.backing_off) {
-                    // A retry counted when it was scheduled, which is not made.
-                    slot.retries = slot.retries.saturating_sub(1);
-                    slot.retry_at_ms = None;
+                if slot.backing_off {
+                    slot.drop_scheduled_retry();
                 }
                 slot.state = TaskState::Cancelled;
                 slot.reason = Some("cancelled".to_owned());

@@ -9,7 +9,7 @@ use regex::RegexSet;
 use super::bash::{
     BashPattern, CommandPart, EXPANDED, MAX_OPEN_FORM_CHARS, VANISHING, may_match, split_parts,
 };
-use super::path::{Anchors, anchored_globs, normalise};
+use super::path::{Anchors, anchored_globs, has_glob_meta, normalise};
 use super::rule::{EDIT_TOOLS, ParsedRule, READ_TOOLS, parse_rule};
 use super::{Decision, DefaultMode, List, MatchedRule, PermissionError, ToolCall, Verdict};
 
@@ -490,7 +490,6 @@ impl PermissionEngine {
             .get(if grep { "glob" } else { "pattern" })
             .and_then(|v| v.as_str())
             .filter(|f| !f.is_empty());
-        let is_wild = |part: &str| part.contains(['*', '?', '[', '{', '\\']);
         // A pattern whose reach no lexical reading bounds: a `..` after a wildcard (`**` may
         // match no folder, so `**/../x` may be `../x`), or braces holding `/` or `..`
         // (`{../../etc,src}/*`). It is judged as reaching every file: any rule of the list
@@ -498,7 +497,7 @@ impl PermissionEngine {
         let unbounded = raw.is_some_and(|f| {
             let after_wild = f
                 .split('/')
-                .skip_while(|part| !is_wild(part))
+                .skip_while(|part| !has_glob_meta(part))
                 .any(|part| part == "..");
             // Inside braces only (an unclosed `{` counts as open to the end).
             let mut depth = 0usize;
@@ -531,7 +530,7 @@ impl PermissionEngine {
         // The folder a pattern's literal start names, where it leaves `dir`.
         let elsewhere = filter.as_deref().and_then(|f| {
             let parts: Vec<&str> = f.split('/').collect();
-            let literal = parts.iter().take_while(|part| !is_wild(part)).count();
+            let literal = parts.iter().take_while(|part| !has_glob_meta(part)).count();
             // A pattern without a wildcard names a file: its folder is the one before it.
             let folder = parts[..literal.min(parts.len().saturating_sub(1))].join("/");
             (!Path::new(&folder).starts_with(dir)).then_some(folder)

@@ -64,7 +64,6 @@ pub(crate) fn resolve(spec: &str, anchors: &Anchors) -> Result<(Vec<String>, boo
     } else {
         (anchors.cwd.clone(), spec, true)
     };
-    let is_literal = |part: &str| !part.contains(['*', '?', '[', '{', '\\']);
     let mut parts: Vec<&str> = Vec::new();
     let mut above_anchor = false;
     for part in rest.split('/') {
@@ -75,7 +74,7 @@ pub(crate) fn resolve(spec: &str, anchors: &Anchors) -> Result<(Vec<String>, boo
                     dir.pop();
                     above_anchor = true;
                 }
-                Some(last) if is_literal(last) => {
+                Some(last) if !has_glob_meta(last) => {
                     parts.pop();
                 }
                 Some(_) => {
@@ -109,6 +108,11 @@ pub(crate) fn resolve(spec: &str, anchors: &Anchors) -> Result<(Vec<String>, boo
         vec![format!("{base}/**"), base]
     };
     Ok((globs, above_anchor))
+}
+
+/// Whether a path part holds a glob metacharacter (it is a pattern, not a name).
+pub(crate) fn has_glob_meta(part: &str) -> bool {
+    part.contains(['*', '?', '[', '{', '\\'])
 }
 
 /// Makes a tool's path absolute (relative to `cwd`, `~/` to `home`) and

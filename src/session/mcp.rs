@@ -407,8 +407,7 @@ impl McpSession {
             .filter_map(|block| block.as_text().map(|t| t.text.as_str()))
             .collect();
         let mut stdout = texts.join("\n");
-        let truncated = stdout.len() > DEFAULT_MAX_OUTPUT_BYTES;
-        stdout.truncate(stdout.floor_char_boundary(DEFAULT_MAX_OUTPUT_BYTES));
+        let truncated = super::process::cut_at_char(&mut stdout, DEFAULT_MAX_OUTPUT_BYTES);
         let json = match result.structured_content {
             Some(value) => Some(value),
             // Cut text is not the server's JSON, even where what is left parses.
@@ -494,7 +493,7 @@ fn map_service_error(tool: &str, error: ServiceError) -> SessionError {
             // Capped as a call's text is: a server may send megabytes of message.
             detail: {
                 let mut detail = e.message.into_owned();
-                detail.truncate(detail.floor_char_boundary(DEFAULT_MAX_OUTPUT_BYTES));
+                super::process::cut_at_char(&mut detail, DEFAULT_MAX_OUTPUT_BYTES);
                 detail
             },
         },

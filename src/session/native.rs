@@ -160,7 +160,12 @@ impl Session for NativeSession {
                     });
                 }
             };
-            let truncated = cut_to_limit(&mut stdout) | cut_to_limit(&mut stderr);
+            let cut = |text: &mut String| {
+                let cut = super::process::cut_at_char(text, DEFAULT_MAX_OUTPUT_BYTES);
+                text.shrink_to_fit();
+                cut
+            };
+            let truncated = cut(&mut stdout) | cut(&mut stderr);
             if truncated {
                 // A cut answer is not the tool's value; its text is what is left of it.
                 json = None;
@@ -179,16 +184,6 @@ impl Session for NativeSession {
     fn health_check(&mut self) -> BoxFuture<'_, Result<(), SessionError>> {
         Box::pin(async { Ok(()) })
     }
-}
-
-/// Cuts `text` to [`DEFAULT_MAX_OUTPUT_BYTES`] at a character boundary; whether it was cut.
-fn cut_to_limit(text: &mut String) -> bool {
-    if text.len() <= DEFAULT_MAX_OUTPUT_BYTES {
-        return false;
-    }
-    text.truncate(text.floor_char_boundary(DEFAULT_MAX_OUTPUT_BYTES));
-    text.shrink_to_fit();
-    true
 }
 
 /// Makes [`NativeSession`]s over one registry for a pool.

@@ -382,9 +382,8 @@ impl Shared {
     /// idle, unless the pool closed or is one over `max_size` (see `maintain`), when it is
     /// closed instead.
     fn keep_idle(&self, session: Box<dyn Session>, dirty: bool) {
-        if self.closed.load(Ordering::SeqCst)
-            || self.size.load(Ordering::SeqCst) > self.config.max_size
-        {
+        // A closed pool's is closed by `put_idle`, under the list's lock.
+        if self.size.load(Ordering::SeqCst) > self.config.max_size {
             self.size.fetch_sub(1, Ordering::SeqCst);
             drop(session);
             self.changed.notify_waiters();

@@ -495,12 +495,20 @@ impl Captured {
         if self.truncated {
             bytes = &bytes[..complete_utf8_len(bytes)];
         }
-        let text = String::from_utf8_lossy(bytes);
-        if text.len() <= cap {
-            return (text.into_owned(), self.truncated);
-        }
-        (text[..text.floor_char_boundary(cap)].to_owned(), true)
+        let mut text = String::from_utf8_lossy(bytes).into_owned();
+        let cut = cut_at_char(&mut text, cap);
+        (text, self.truncated || cut)
     }
+}
+
+/// Cuts `text` to at most `cap` bytes, at a character boundary; whether it was cut. Every
+/// session kind holds its output and error text to its cap with this.
+pub(crate) fn cut_at_char(text: &mut String, cap: usize) -> bool {
+    if text.len() <= cap {
+        return false;
+    }
+    text.truncate(text.floor_char_boundary(cap));
+    true
 }
 
 /// The length of `bytes` without an incomplete UTF-8 sequence at its end.
